@@ -1,0 +1,204 @@
+//! The answer to "may this client send this mail to this recipient", as
+//! data: verdict, class, the SMTP reply and the exact thing that decided.
+//! The CLI, the log and the console all render this one type.
+
+use super::address::RoutingTrick;
+use super::ip_lists::ListEntry;
+use std::fmt;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// The class of a recipient, from (sender local?, recipient local?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayClass {
+    /// External sender to a local recipient.
+    Inbound,
+    /// Local sender to a local recipient.
+    Internal,
+    /// Local sender to an external recipient.
+    Outbound,
+    /// External sender to an external recipient.
+    Relay,
+}
+
+impl RelayClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayClass::Inbound => "inbound",
+            RelayClass::Internal => "internal",
+            RelayClass::Outbound => "outbound",
+            RelayClass::Relay => "relay",
+        }
+    }
+}
+
+impl fmt::Display for RelayClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An SMTP reply with its RFC 3463 enhanced status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: String,
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.status, self.text)
+    }
+}
+
+/// What decided. Each variant names the entry, switch or rule involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    InboundToLocal {
+        domain: String,
+    },
+    Unrestricted {
+        class: RelayClass,
+    },
+    Authenticated {
+        login: String,
+    },
+    IpAllowed {
+        ip: IpAddr,
+        entry: ListEntry,
+        over: Option<ListEntry>,
+    },
+    IpDenied {
+        class: RelayClass,
+        ip: IpAddr,
+        entry: ListEntry,
+        over: Option<ListEntry>,
+    },
+    IpUnlisted {
+        class: RelayClass,
+        ip: IpAddr,
+    },
+    AuthRequired {
+        class: RelayClass,
+    },
+    DomainRestrictSend {
+        sender: String,
+    },
+    UserRestrictSend {
+        sender: String,
+    },
+    SenderLoginMismatch {
+        login: String,
+        sender: String,
+    },
+    RuleRejected {
+        number: usize,
+        rule: String,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::InboundToLocal { domain } => write!(
+                f,
+                "inbound mail for local domain {domain} is accepted from any address"
+            ),
+            Reason::Unrestricted { class } => write!(
+                f,
+                "{class} mail is unrestricted ({class}.listed-ip and {class}.auth are off)"
+            ),
+            Reason::Authenticated { login } => write!(
+                f,
+                "authenticated as {login} (authentication overrides IP restrictions)"
+            ),
+            Reason::IpAllowed { ip, entry, over } => {
+                write!(f, "{ip} matches {entry}")?;
+                match over {
+                    Some(o) => write!(f, " (more specific than {o})"),
+                    None => Ok(()),
+                }
+            }
+            Reason::IpDenied {
+                class,
+                ip,
+                entry,
+                over,
+            } => match over {
+                None => write!(f, "{class} from unlisted {ip}; {entry}"),
+                Some(o) if o.pattern.span() == entry.pattern.span() => write!(
+                    f,
+                    "{class} from {ip}; {entry} is as specific as {o} and deny wins ties"
+                ),
+                Some(o) => write!(f, "{class} from {ip}; {entry} (more specific than {o})"),
+            },
+            Reason::IpUnlisted { class, ip } => write!(
+                f,
+                "{class} from unlisted {ip}; no allow or deny entry matches ({class}.listed-ip is on)"
+            ),
+            Reason::AuthRequired { class } => write!(
+                f,
+                "{class} mail requires an authenticated client ({class}.auth is on)"
+            ),
+            Reason::DomainRestrictSend { sender } => write!(
+                f,
+                "sender {sender} is not in a local domain and the recipient is external (domain-restrict-send is on)"
+            ),
+            Reason::UserRestrictSend { sender } => write!(
+                f,
+                "outbound sender {sender} is not assigned to any user (user-restrict-send is on)"
+            ),
+            Reason::SenderLoginMismatch { login, sender } => write!(
+                f,
+                "sender {sender} is not owned by login {login} (sender-login-match is on)"
+            ),
+            Reason::RuleRejected { number, rule } => write!(f, "rule #{number}: {rule}"),
+        }
+    }
+}
+
+/// The decision for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub class: RelayClass,
+    pub reply: Reply,
+    pub reason: Reason,
+    /// A routing trick in the recipient's local part: it made the recipient
+    /// count as external.
+    pub routing_trick: Option<RoutingTrick>,
+    /// The accept-and-stop rule that ended rule evaluation, if any.
+    pub accepted_by_rule: Option<usize>,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.verdict {
+            Verdict::Allow => "allowed",
+            Verdict::Deny => "denied",
+        };
+        write!(f, "{verdict}: {}", self.reason)?;
+        if let Some(n) = self.accepted_by_rule {
+            write!(f, "; rule #{n} accept-and-stop ended the rules")?;
+        }
+        if let Some(trick) = self.routing_trick {
+            write!(
+                f,
+                "; the recipient's local part contains {trick} (a routing trick), so it is not treated as local"
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! The relay policy: pure data and logic, no I/O.
+//!
+//! [`PolicyConfig`] is the configuration as stored; [`Policy`] is its
+//! compiled, immutable snapshot, the one thing a session asks
+//! [`Policy::decide`] of, per recipient.
+
+pub mod address;
+pub mod decision;
+pub mod ip_lists;
+pub mod ip_pattern;
+pub mod rules;
+pub mod settings;
+
+use address::{Domain, MailAddress};
+use decision::{Decision, Reason, RelayClass, Reply, Verdict};
+use ip_lists::{IpLists, ListEntry, ListKind, ListVerdict};
+use ip_pattern::{IpPattern, PatternError};
+use rules::{Rule, RuleAction};
+use settings::{AuthMode, ClassSwitches, Switches};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A login and its argon2id password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// The configuration as the store holds it, before compilation.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub local_domains: Vec<String>,
+    pub users: Vec<Login>,
+    /// (login, address or `@domain`) pairs: what each login may send as.
+    pub sender_addresses: Vec<(String, String)>,
+    pub auth_mode: AuthMode,
+    /// The one login of auth mode `specified`.
+    pub specified: Option<Login>,
+    pub switches: Switches,
+    pub rules: Vec<Rule>,
+}
+
+/// Who is asking: the client and its transaction, as seen at RCPT.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub peer: IpAddr,
+    /// The authenticated login, if any.
+    pub login: Option<&'a str>,
+    /// `None` is the null sender `<>`.
+    pub sender: Option<&'a MailAddress>,
+}
+
+/// The compiled policy snapshot. Cheap to share (`Arc<Policy>`), never
+/// changed after it is built.
+#[derive(Debug, Default)]
+pub struct Policy {
+    lists: IpLists,
+    local_domains: HashSet<String>,
+    auth_mode: AuthMode,
+    logins: HashMap<String, String>,
+    owned: HashMap<String, HashSet<String>>,
+    all_owned: HashSet<String>,
+    switches: Switches,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Validates and compiles a configuration. Any invalid entry fails the
+    /// whole compilation, so a half-valid policy is never in force.
+    pub fn compile(config: &PolicyConfig) -> Result<Policy, PatternError> {
+        let mut entries = Vec::with_capacity(config.allow.len() + config.deny.len());
+        for (list, texts) in [
+            (ListKind::Allow, &config.allow),
+            (ListKind::Deny, &config.deny),
+        ] {
+            for text in texts {
+                entries.push(ListEntry {
+                    list,
+                    pattern: IpPattern::parse(text)?,
+                    text: Arc::from(text.trim()),
+                });
+            }
+        }
+        let logins: HashMap<String, String> = match config.auth_mode {
+            AuthMode::None => HashMap::new(),
+            AuthMode::AnyUser => config
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.password_hash.clone()))
+                .collect(),
+            AuthMode::Specified => config
+                .specified
+                .iter()
+                .map(|u| (u.name.clone(), u.password_hash.clone()))
+                .collect(),
+        };
+        let mut owned: HashMap<String, HashSet<String>> = HashMap::new();
+        for (login, addr) in &config.sender_addresses {
+            owned
+                .entry(login.clone())
+                .or_default()
+                .insert(addr.to_lowercase());
+        }
+        let all_owned = owned.values().flatten().cloned().collect();
+        Ok(Policy {
+            lists: IpLists::build(entries),
+            local_domains: config
+                .local_domains
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_lowercase())
+                .collect(),
+            auth_mode: config.auth_mode,
+            logins,
+            owned,
+            all_owned,
+            switches: config.switches,
+            rules: config.rules.clone(),
+        })
+    }
+
+    pub fn lists(&self) -> &IpLists {
+        &self.lists
+    }
+
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth_mode
+    }
+
+    pub fn switches(&self) -> &Switches {
+        &self.switches
+    }
+
+    /// The password hash of a login that may authenticate under the
+    /// current auth mode.
+    pub fn login_hash(&self, login: &str) -> Option<&str> {
+        self.logins.get(login).map(String::as_str)
+    }
+
+    /// Whether a domain is one of ours (case-insensitive, one trailing dot
+    /// ignored).
+    pub fn is_local_domain(&self, domain: &Domain) -> bool {
+        match domain {
+            Domain::Name(n) => self.local_domains.contains(n.trim_end_matches('.')),
+            Domain::Literal(_) => false,
+            Domain::Postmaster => true,
+        }
+    }
+
+    /// Classifies a recipient. A recipient with a routing trick in its local
+    /// part is never local.
+    pub fn classify(&self, sender: Option<&MailAddress>, recipient: &MailAddress) -> RelayClass {
+        let sender_local = sender.is_some_and(|s| self.is_local_domain(&s.domain));
+        let recipient_local =
+            recipient.routing_trick().is_none() && self.is_local_domain(&recipient.domain);
+        match (sender_local, recipient_local) {
+            (false, true) => RelayClass::Inbound,
+            (true, true) => RelayClass::Internal,
+            (true, false) => RelayClass::Outbound,
+            (false, false) => RelayClass::Relay,
+        }
+    }
+
+    /// Decides one recipient. The order is the precedence table of the
+    /// README: sender ownership, then the class's relay controls, then the
+    /// rules, which may only refuse.
+    pub fn decide(&self, env: &Envelope<'_>, recipient: &MailAddress) -> Decision {
+        let class = self.classify(env.sender, recipient);
+        let sender_text = env
+            .sender
+            .map_or_else(|| "<>".to_string(), MailAddress::key);
+        let rcpt_text = recipient.key();
+        let mut decision = Decision {
+            verdict: Verdict::Allow,
+            class,
+            reply: Reply {
+                code: 250,
+                status: "2.1.5",
+                text: format!("<{recipient}> recipient ok"),
+            },
+            reason: Reason::Unrestricted { class },
+            routing_trick: recipient.routing_trick(),
+            accepted_by_rule: None,
+        };
+        let deny = |mut d: Decision, code: u16, text: String, reason: Reason| {
+            d.verdict = Verdict::Deny;
+            d.reply = Reply {
+                code,
+                status: if code == 530 { "5.7.0" } else { "5.7.1" },
+                text,
+            };
+            d.reason = reason;
+            d
+        };
+
+        if let (Some(login), Some(sender), true) =
+            (env.login, env.sender, self.switches.sender_login_match)
+        {
+            if !self.owns(login, sender) {
+                return deny(
+                    decision,
+                    553,
+                    format!("<{sender}>: Sender address rejected: not owned by user {login}"),
+                    Reason::SenderLoginMismatch {
+                        login: login.to_string(),
+                        sender: sender_text,
+                    },
+                );
+            }
+        }
+
+        let access = match class {
+            RelayClass::Inbound => Ok(Reason::InboundToLocal {
+                domain: recipient.domain_name().unwrap_or("postmaster").to_string(),
+            }),
+            RelayClass::Internal => self.class_access(class, self.switches.internal, env),
+            RelayClass::Outbound => self
+                .class_access(class, self.switches.outbound, env)
+                .and_then(|reason| match env.sender {
+                    Some(s) if self.switches.user_restrict_send && !self.owned_by_anyone(s) => {
+                        Err((
+                            553,
+                            format!("<{s}>: Sender address rejected: not a user's address"),
+                            Reason::UserRestrictSend {
+                                sender: sender_text.clone(),
+                            },
+                        ))
+                    }
+                    _ => Ok(reason),
+                }),
+            RelayClass::Relay if self.switches.domain_restrict_send => Err((
+                550,
+                format!("<{recipient}>: Relay access denied: sender domain is not local"),
+                Reason::DomainRestrictSend {
+                    sender: sender_text.clone(),
+                },
+            )),
+            RelayClass::Relay => self.class_access(class, self.switches.relay, env),
+        };
+        match access {
+            Ok(reason) => decision.reason = reason,
+            Err((code, text, reason)) => {
+                let text = if code == 554 || code == 530 {
+                    format!("<{recipient}>: {text}")
+                } else {
+                    text
+                };
+                return deny(decision, code, text, reason);
+            }
+        }
+
+        let rcpt_local = matches!(class, RelayClass::Inbound | RelayClass::Internal);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(&sender_text, &rcpt_text, rcpt_local) {
+                continue;
+            }
+            match &rule.action {
+                RuleAction::Reject(text) => {
+                    return deny(
+                        decision,
+                        550,
+                        text.clone(),
+                        Reason::RuleRejected {
+                            number: i + 1,
+                            rule: rule.to_string(),
+                        },
+                    );
+                }
+                RuleAction::Accept => {
+                    decision.accepted_by_rule = Some(i + 1);
+                    break;
+                }
+            }
+        }
+        decision
+    }
+
+    /// The relay controls of one class: unrestricted, authenticated (which
+    /// overrides every IP restriction), or the allow/deny lists.
+    fn class_access(
+        &self,
+        class: RelayClass,
+        switches: ClassSwitches,
+        env: &Envelope<'_>,
+    ) -> Result<Reason, (u16, String, Reason)> {
+        if !switches.listed_ip && !switches.auth {
+            return Ok(Reason::Unrestricted { class });
+        }
+        if let Some(login) = env.login {
+            return Ok(Reason::Authenticated {
+                login: login.to_string(),
+            });
+        }
+        if switches.auth {
+            return Err((
+                530,
+                "Authentication required".into(),
+                Reason::AuthRequired { class },
+            ));
+        }
+        let ip = ip_pattern::effective_ip(env.peer);
+        match self.lists.check(ip) {
+            ListVerdict::Allowed { entry, over } => Ok(Reason::IpAllowed { ip, entry, over }),
+            ListVerdict::Denied { entry, over } => Err((
+                554,
+                "Relay access denied".into(),
+                Reason::IpDenied {
+                    class,
+                    ip,
+                    entry,
+                    over,
+                },
+            )),
+            ListVerdict::Unlisted => Err((
+                554,
+                "Relay access denied".into(),
+                Reason::IpUnlisted { class, ip },
+            )),
+        }
+    }
+
+    fn owns(&self, login: &str, sender: &MailAddress) -> bool {
+        self.owned
+            .get(login)
+            .is_some_and(|set| address_in(set, sender))
+    }
+
+    fn owned_by_anyone(&self, sender: &MailAddress) -> bool {
+        address_in(&self.all_owned, sender)
+    }
+}
+
+/// Whether a set of owned addresses holds the sender, exactly or as a
+/// whole domain (`@example.com`).
+fn address_in(set: &HashSet<String>, sender: &MailAddress) -> bool {
+    set.contains(&sender.key())
+        || sender
+            .domain_name()
+            .is_some_and(|d| set.contains(&format!("@{d}")))
+}

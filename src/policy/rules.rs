@@ -1,0 +1,215 @@
+//! Sender/recipient rules in the style of the old Mail Manager: a sender
+//! pattern, a recipient pattern, a destination and an action, evaluated in
+//! order. A rule can refuse mail or stop the rule list early; it can never
+//! let through mail the relay controls refused (rules are evaluated after
+//! them), so no rule can make the gateway an open relay.
+
+use std::fmt;
+
+/// A `*`-wildcard pattern over a lowercased address, negated by a leading `!`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressGlob {
+    pub negate: bool,
+    pub pattern: String,
+}
+
+impl AddressGlob {
+    pub fn parse(text: &str) -> Result<AddressGlob, RuleError> {
+        let t = text.trim();
+        let (negate, pattern) = match t.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, t),
+        };
+        if pattern.is_empty() {
+            return Err(RuleError(format!("pattern {text:?} is empty")));
+        }
+        if pattern.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(RuleError(format!(
+                "pattern {text:?} contains a space or control character"
+            )));
+        }
+        Ok(AddressGlob {
+            negate,
+            pattern: pattern.to_lowercase(),
+        })
+    }
+
+    /// Matches an already lowercased address (`<>` for the null sender).
+    pub fn matches(&self, address: &str) -> bool {
+        glob(&self.pattern, address) != self.negate
+    }
+}
+
+impl fmt::Display for AddressGlob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.negate {
+            f.write_str("!")?;
+        }
+        f.write_str(&self.pattern)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Which recipients a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Recipients in a local domain.
+    Internal,
+    /// Recipients anywhere else.
+    External,
+    Any,
+}
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Destination, RuleError> {
+        match s {
+            "internal" => Ok(Destination::Internal),
+            "external" => Ok(Destination::External),
+            "any" => Ok(Destination::Any),
+            _ => Err(RuleError(format!(
+                "destination {s:?} must be internal, external or any"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Internal => "internal",
+            Destination::External => "external",
+            Destination::Any => "any",
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Refuse the recipient with 550 5.7.1 and this text.
+    Reject(String),
+    /// Stop evaluating rules; the recipient is accepted if the relay
+    /// controls accepted it.
+    Accept,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RuleError(pub String);
+
+/// One sender/recipient rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub sender: AddressGlob,
+    pub recipient: AddressGlob,
+    pub destination: Destination,
+    pub action: RuleAction,
+}
+
+impl Rule {
+    /// Builds a rule from its stored or typed parts.
+    pub fn new(
+        sender: &str,
+        recipient: &str,
+        destination: &str,
+        reject_text: Option<&str>,
+    ) -> Result<Rule, RuleError> {
+        let action = match reject_text {
+            Some(text) => RuleAction::Reject(check_reply_text(text)?),
+            None => RuleAction::Accept,
+        };
+        Ok(Rule {
+            sender: AddressGlob::parse(sender)?,
+            recipient: AddressGlob::parse(recipient)?,
+            destination: Destination::parse(destination)?,
+            action,
+        })
+    }
+
+    /// Whether the rule applies: `sender` and `recipient` lowercased, the
+    /// null sender as `<>`.
+    pub fn matches(&self, sender: &str, recipient: &str, recipient_local: bool) -> bool {
+        let dest = match self.destination {
+            Destination::Internal => recipient_local,
+            Destination::External => !recipient_local,
+            Destination::Any => true,
+        };
+        dest && self.sender.matches(sender) && self.recipient.matches(recipient)
+    }
+}
+
+/// A custom reject text must fit on one SMTP reply line.
+fn check_reply_text(text: &str) -> Result<String, RuleError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(RuleError("the reject text is empty".into()));
+    }
+    if t.len() > 400 || !t.chars().all(|c| (' '..='~').contains(&c)) {
+        return Err(RuleError(
+            "the reject text must be printable ASCII on one line, at most 400 characters".into(),
+        ));
+    }
+    Ok(t.to_string())
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sender {} recipient {} destination {} -> ",
+            self.sender,
+            self.recipient,
+            self.destination.as_str()
+        )?;
+        match &self.action {
+            RuleAction::Reject(text) => write!(f, "reject {text:?}"),
+            RuleAction::Accept => f.write_str("accept-and-stop"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*@yourdomain.com", "bob@yourdomain.com"));
+        assert!(!glob("*@yourdomain.com", "bob@yourdomain.com.evil"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(glob("*.*", "a.b"));
+        let neg = AddressGlob::parse("!*@YourDomain.com").unwrap();
+        assert!(neg.matches("eve@elsewhere.test"));
+        assert!(!neg.matches("bob@yourdomain.com"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert!(Rule::new("", "*", "any", None).is_err());
+        assert!(Rule::new("*", "*", "outside", None).is_err());
+        assert!(Rule::new("*", "*", "any", Some("line\r\nbreak")).is_err());
+        assert!(Rule::new("*", "*", "any", Some("  ")).is_err());
+    }
+}
