@@ -1,3 +1,17 @@
-fn main() {
-    println!("Hello, world!");
+//! relaygate: parse the command line, hand off, map errors to exit 2.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use relaygate::cli::{Cli, run};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relaygate: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod address;
 pub mod decision;
 pub mod ip_lists;
 pub mod ip_pattern;
+pub mod list_text;
 pub mod rules;
 pub mod settings;
 
@@ -231,14 +232,24 @@ impl Policy {
                     }
                     _ => Ok(reason),
                 }),
-            RelayClass::Relay if self.switches.domain_restrict_send => Err((
-                550,
-                format!("<{recipient}>: Relay access denied: sender domain is not local"),
-                Reason::DomainRestrictSend {
-                    sender: sender_text.clone(),
-                },
-            )),
-            RelayClass::Relay => self.class_access(class, self.switches.relay, env),
+            RelayClass::Relay => {
+                self.class_access(class, self.switches.relay, env)
+                    .and_then(|reason| {
+                        if self.switches.domain_restrict_send {
+                            Err((
+                                550,
+                                format!(
+                                    "<{recipient}>: Relay access denied: sender domain is not local"
+                                ),
+                                Reason::DomainRestrictSend {
+                                    sender: sender_text.clone(),
+                                },
+                            ))
+                        } else {
+                            Ok(reason)
+                        }
+                    })
+            }
         };
         match access {
             Ok(reason) => decision.reason = reason,

@@ -1,0 +1,143 @@
+//! `relaygate list show|add|remove|import|export allow|deny`
+
+use crate::policy::ip_lists::ListKind;
+use crate::policy::ip_pattern::IpPattern;
+use crate::policy::list_text::{ParsedEntry, format_list_text, parse_list_text};
+use crate::store::Store;
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListArg {
+    Allow,
+    Deny,
+}
+
+impl From<ListArg> for ListKind {
+    fn from(l: ListArg) -> ListKind {
+        match l {
+            ListArg::Allow => ListKind::Allow,
+            ListArg::Deny => ListKind::Deny,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListCommand {
+    /// Print a list (both lists without an argument).
+    Show { list: Option<ListArg> },
+    /// Add entries: 10.1.2.3, 192.168.0.0/16, 10.*.*.*, 172.16-31.*.*, ::1, 2001:db8::/32.
+    Add {
+        list: ListArg,
+        #[arg(required = true, value_name = "ENTRY")]
+        entries: Vec<String>,
+    },
+    /// Remove entries (any equivalent spelling matches).
+    Remove {
+        list: ListArg,
+        #[arg(required = true, value_name = "ENTRY")]
+        entries: Vec<String>,
+    },
+    /// Import entries from a CSV, TSV or one-per-line file ("-" for stdin);
+    /// invalid entries and duplicates are skipped and reported.
+    Import { list: ListArg, file: PathBuf },
+    /// Write a list one entry per line, to FILE or standard output.
+    Export {
+        list: ListArg,
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ListCommand::Show { list } => {
+            let lists = match list {
+                Some(l) => vec![l.into()],
+                None => vec![ListKind::Allow, ListKind::Deny],
+            };
+            for kind in lists {
+                let entries = store.list_entries(kind)?;
+                println!("{kind} ({} entries):", entries.len());
+                for e in entries {
+                    println!("  {e}");
+                }
+            }
+        }
+        ListCommand::Add { list, entries } => {
+            let parsed = parse_all(&entries)?;
+            let outcome = store.add_entries(list.into(), &parsed)?;
+            for e in &outcome.added {
+                println!("added {e} to the {} list", ListKind::from(list));
+            }
+            for (e, existing) in &outcome.duplicates {
+                println!("{e}: already listed as {existing}");
+            }
+        }
+        ListCommand::Remove { list, entries } => {
+            let parsed = parse_all(&entries)?;
+            for e in store.remove_entries(list.into(), &parsed)? {
+                println!("removed {e} from the {} list", ListKind::from(list));
+            }
+        }
+        ListCommand::Import { list, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let parsed = parse_list_text(&text);
+            let outcome = store.add_entries(list.into(), &parsed.entries)?;
+            let dups = parsed.duplicates.len() + outcome.duplicates.len();
+            println!(
+                "imported {} entries into the {} list; {} duplicates and {} invalid entries skipped",
+                outcome.added.len(),
+                ListKind::from(list),
+                dups,
+                parsed.invalid.len()
+            );
+            for (e, first) in &parsed.duplicates {
+                println!("  duplicate, line {}: {} (same as {first})", e.line, e.text);
+            }
+            for (e, existing) in &outcome.duplicates {
+                println!("  duplicate: {e} (already listed as {existing})");
+            }
+            for s in &parsed.invalid {
+                println!("  invalid, line {}: {}", s.line, s.error);
+            }
+        }
+        ListCommand::Export { list, file } => {
+            let text = format_list_text(&store.list_entries(list.into())?);
+            match file {
+                Some(path) => write_file_whole(&path, &text)?,
+                None => std::io::stdout().write_all(text.as_bytes())?,
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses every entry; the first invalid one fails the whole command.
+fn parse_all(entries: &[String]) -> anyhow::Result<Vec<ParsedEntry>> {
+    entries
+        .iter()
+        .map(|text| {
+            Ok(ParsedEntry {
+                line: 0,
+                pattern: IpPattern::parse(text)?,
+                text: text.trim().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Writes a file whole or not at all: a temporary file renamed into place.
+fn write_file_whole(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("relaygate-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}

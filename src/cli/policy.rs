@@ -1,0 +1,54 @@
+//! `relaygate policy show` and `relaygate policy set KEY on|off`
+
+use crate::policy::settings::parse_on_off;
+use crate::store::Store;
+use clap::Subcommand;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show the auth mode, every switch and the size of each list.
+    Show,
+    /// Set a switch: internal.listed-ip, internal.auth, outbound.listed-ip,
+    /// outbound.auth, relay.listed-ip, relay.auth, domain-restrict-send,
+    /// user-restrict-send, sender-login-match.
+    Set { key: String, value: String },
+}
+
+pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Show => {
+            let config = store.load_config()?;
+            println!("{:<22} {}", "auth mode", config.auth_mode);
+            for (key, on, what) in config.switches.entries() {
+                println!("{key:<22} {:<4} {what}", if on { "on" } else { "off" });
+            }
+            println!(
+                "{:<22} {} allow, {} deny entries; {} local domains; {} users; {} rules",
+                "lists",
+                config.allow.len(),
+                config.deny.len(),
+                config.local_domains.len(),
+                config.users.len(),
+                config.rules.len()
+            );
+            for (class, s) in [
+                ("internal", config.switches.internal),
+                ("outbound", config.switches.outbound),
+                ("relay", config.switches.relay),
+            ] {
+                if s.auth && s.listed_ip {
+                    println!(
+                        "note: {class}.auth and {class}.listed-ip are both on: authentication is required and, as it overrides IP restrictions, the lists do not matter for {class} mail"
+                    );
+                }
+            }
+        }
+        PolicyCommand::Set { key, value } => {
+            let on = parse_on_off(&value)?;
+            store.set_switch(&key, on)?;
+            println!("{key} = {}", if on { "on" } else { "off" });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,695 @@
+//! The SQLite store: the only place that speaks SQL. Typed reads and
+//! writes; every multi-row edit is one transaction; input is validated
+//! before anything is written.
+
+mod schema;
+
+pub use schema::{CURRENT_VERSION, DEFAULT_ALLOW, DEFAULT_BINDING, DEFAULT_DENY};
+
+use crate::bindings::{BindKind, Binding};
+use crate::policy::address::{normalize_domain, parse_mailbox};
+use crate::policy::ip_lists::ListKind;
+use crate::policy::list_text::ParsedEntry;
+use crate::policy::rules::{Rule, RuleAction};
+use crate::policy::settings::{AuthMode, SWITCH_KEYS, Switches, parse_on_off};
+use crate::policy::{Login, Policy, PolicyConfig};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a relaygate database ({detail}); it was left untouched")]
+    NotRelaygate { path: PathBuf, detail: String },
+    #[error(
+        "{path}: schema version {found} was written by a newer relaygate (this one knows up to {known}); it was left untouched"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i32,
+        known: i32,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Input that fails validation; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// The stored configuration does not compile (edited by hand?).
+    #[error("the stored policy is invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A user as listed by `user show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+/// What adding entries to a list did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddOutcome {
+    pub added: Vec<String>,
+    /// (entry as given, the equivalent entry already listed)
+    pub duplicates: Vec<(String, String)>,
+}
+
+/// An open relaygate database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens a relaygate database, creating it (mode 0600, safe defaults)
+    /// if the file does not exist. A file that is not a relaygate database,
+    /// or has a newer schema, is refused before anything is written to it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            create_private_file(path).map_err(io)?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let not_ours = |detail: String| StoreError::NotRelaygate {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let app_id: i32 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|e| not_ours(e.to_string()))?;
+        let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let objects: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let fresh = app_id == 0 && version == 0 && objects == 0;
+        if !fresh && app_id != schema::APPLICATION_ID {
+            return Err(not_ours(format!(
+                "application id {app_id:#x}, {objects} schema objects"
+            )));
+        }
+        if version > CURRENT_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                known: CURRENT_VERSION,
+            });
+        }
+        if fresh {
+            set_private_mode(path).map_err(io)?;
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        if version < CURRENT_VERSION {
+            let tx = store.conn.transaction()?;
+            schema::migrate(&tx, version)?;
+            if fresh {
+                tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
+                schema::insert_defaults(&tx)?;
+            }
+            tx.commit()?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A number that changes whenever another connection commits: cheap to
+    /// poll for live reload.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
+    /// Reads the whole configuration in one read transaction, so it is one
+    /// consistent state even while another process writes.
+    pub fn load_config(&mut self) -> Result<PolicyConfig> {
+        let tx = self.conn.transaction()?;
+        let mut config = PolicyConfig::default();
+        {
+            let mut stmt = tx.prepare("SELECT list, entry FROM ip_entries ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let list: String = row.get(0)?;
+                let entry: String = row.get(1)?;
+                if list == "allow" {
+                    config.allow.push(entry);
+                } else {
+                    config.deny.push(entry);
+                }
+            }
+        }
+        config.local_domains = query_strings(&tx, "SELECT name FROM local_domains ORDER BY name")?;
+        config.users = tx
+            .prepare("SELECT name, password_hash FROM users ORDER BY name")?
+            .query_map([], |r| {
+                Ok(Login {
+                    name: r.get(0)?,
+                    password_hash: r.get(1)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        config.sender_addresses = tx
+            .prepare("SELECT login, address FROM sender_addresses ORDER BY login, address")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let settings: Vec<(String, String)> = tx
+            .prepare("SELECT key, value FROM settings")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut specified = (None, None);
+        for (key, value) in settings {
+            match key.as_str() {
+                "auth.mode" => {
+                    config.auth_mode = AuthMode::parse(&value)
+                        .ok_or_else(|| StoreError::Corrupt(format!("auth.mode = {value:?}")))?
+                }
+                "auth.specified-user" => specified.0 = Some(value),
+                "auth.specified-hash" => specified.1 = Some(value),
+                k if SWITCH_KEYS.iter().any(|(s, _)| *s == k) => {
+                    let on = parse_on_off(&value)
+                        .map_err(|e| StoreError::Corrupt(format!("{k}: {e}")))?;
+                    config
+                        .switches
+                        .set(k, on)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(name), Some(password_hash)) = specified {
+            config.specified = Some(Login {
+                name,
+                password_hash,
+            });
+        }
+        config.rules = load_rules(&tx)?;
+        tx.commit()?;
+        Ok(config)
+    }
+
+    /// Loads and compiles the policy snapshot.
+    pub fn load_policy(&mut self) -> Result<Policy> {
+        let config = self.load_config()?;
+        Policy::compile(&config).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    // ----- allow / deny lists -----
+
+    /// The entries of one list, as typed, in the order they were added.
+    pub fn list_entries(&self, list: ListKind) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT entry FROM ip_entries WHERE list = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([list.as_str()], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds parsed entries in one transaction. An entry equivalent to one
+    /// already listed (same addresses, any spelling) is reported, not added.
+    pub fn add_entries(&mut self, list: ListKind, entries: &[ParsedEntry]) -> Result<AddOutcome> {
+        let tx = self.conn.transaction()?;
+        let mut outcome = AddOutcome::default();
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO ip_entries (list, entry, canonical) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut existing =
+                tx.prepare("SELECT entry FROM ip_entries WHERE list = ?1 AND canonical = ?2")?;
+            for e in entries {
+                let canonical = e.pattern.canonical();
+                if insert.execute(params![list.as_str(), e.text, canonical])? == 1 {
+                    outcome.added.push(e.text.clone());
+                } else {
+                    let first: String =
+                        existing.query_row(params![list.as_str(), canonical], |r| r.get(0))?;
+                    outcome.duplicates.push((e.text.clone(), first));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Removes entries (matched by the addresses they cover, any spelling)
+    /// in one transaction; if any is not listed, nothing is removed.
+    pub fn remove_entries(
+        &mut self,
+        list: ListKind,
+        entries: &[ParsedEntry],
+    ) -> Result<Vec<String>> {
+        let tx = self.conn.transaction()?;
+        let mut removed = Vec::new();
+        {
+            let mut find =
+                tx.prepare("SELECT id, entry FROM ip_entries WHERE list = ?1 AND canonical = ?2")?;
+            let mut delete = tx.prepare("DELETE FROM ip_entries WHERE id = ?1")?;
+            for e in entries {
+                let found: Option<(i64, String)> = find
+                    .query_row(params![list.as_str(), e.pattern.canonical()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                let Some((id, text)) = found else {
+                    return Err(StoreError::Invalid(format!(
+                        "{} is not on the {list} list; nothing was removed",
+                        e.text
+                    )));
+                };
+                delete.execute([id])?;
+                removed.push(text);
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Replaces a whole list in one transaction (the console's save).
+    pub fn replace_entries(&mut self, list: ListKind, entries: &[ParsedEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM ip_entries WHERE list = ?1", [list.as_str()])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO ip_entries (list, entry, canonical) VALUES (?1, ?2, ?3)",
+            )?;
+            for e in entries {
+                insert.execute(params![list.as_str(), e.text, e.pattern.canonical()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- local domains -----
+
+    pub fn domains(&self) -> Result<Vec<String>> {
+        query_strings(&self.conn, "SELECT name FROM local_domains ORDER BY name")
+    }
+
+    pub fn add_domain(&mut self, name: &str) -> Result<String> {
+        let name = normalize_domain(name.trim())
+            .map_err(|p| StoreError::Invalid(format!("invalid domain {name:?}: {p}")))?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO local_domains (name) VALUES (?1)",
+            [&name],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!(
+                "{name} is already a local domain"
+            )));
+        }
+        Ok(name)
+    }
+
+    pub fn remove_domain(&mut self, name: &str) -> Result<String> {
+        let key = normalize_domain(name.trim()).unwrap_or_else(|_| name.to_lowercase());
+        let n = self
+            .conn
+            .execute("DELETE FROM local_domains WHERE name = ?1", [&key])?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("{name} is not a local domain")));
+        }
+        Ok(key)
+    }
+
+    // ----- users and sender addresses -----
+
+    pub fn users(&self) -> Result<Vec<UserInfo>> {
+        let names = query_strings(&self.conn, "SELECT name FROM users ORDER BY name")?;
+        names
+            .into_iter()
+            .map(|name| {
+                let addresses = self.sender_addresses(&name)?;
+                Ok(UserInfo { name, addresses })
+            })
+            .collect()
+    }
+
+    /// The sender addresses assigned to a login.
+    pub fn sender_addresses(&self, login: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address FROM sender_addresses WHERE login = ?1 ORDER BY address")?;
+        let rows = stmt.query_map([login], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn add_user(&mut self, name: &str, password_hash: &str) -> Result<()> {
+        check_login_name(name)?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO users (name, password_hash) VALUES (?1, ?2)",
+            [name, password_hash],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("user {name} already exists")));
+        }
+        Ok(())
+    }
+
+    pub fn set_password(&mut self, name: &str, password_hash: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            [name, password_hash],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("no user {name}")));
+        }
+        Ok(())
+    }
+
+    /// Removes a user and its sender addresses in one transaction.
+    pub fn remove_user(&mut self, name: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("DELETE FROM users WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::Invalid(format!("no user {name}")));
+        }
+        let specified: Option<String> = tx
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'auth.specified-user'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if specified.as_deref() != Some(name) {
+            tx.execute("DELETE FROM sender_addresses WHERE login = ?1", [name])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the sender addresses of a login (a user, or the `specified`
+    /// login) in one transaction. An address is `local@domain` or `@domain`
+    /// for a whole domain.
+    pub fn set_sender_addresses(
+        &mut self,
+        login: &str,
+        addresses: &[String],
+    ) -> Result<Vec<String>> {
+        let mut normalized = Vec::new();
+        for a in addresses {
+            normalized.push(normalize_owned_address(a)?);
+        }
+        normalized.sort();
+        normalized.dedup();
+        let tx = self.conn.transaction()?;
+        let is_user: bool = tx
+            .query_row("SELECT 1 FROM users WHERE name = ?1", [login], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        let is_specified: bool = tx
+            .query_row(
+                "SELECT 1 FROM settings WHERE key = 'auth.specified-user' AND value = ?1",
+                [login],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !is_user && !is_specified {
+            return Err(StoreError::Invalid(format!(
+                "no user {login} (nor a specified login of that name)"
+            )));
+        }
+        tx.execute("DELETE FROM sender_addresses WHERE login = ?1", [login])?;
+        for a in &normalized {
+            tx.execute(
+                "INSERT INTO sender_addresses (login, address) VALUES (?1, ?2)",
+                [login, a],
+            )?;
+        }
+        tx.commit()?;
+        Ok(normalized)
+    }
+
+    // ----- auth mode and switches -----
+
+    pub fn auth_mode(&self) -> Result<(AuthMode, Option<String>)> {
+        let mode = self.setting("auth.mode")?.unwrap_or_default();
+        let mode = AuthMode::parse(&mode)
+            .ok_or_else(|| StoreError::Corrupt(format!("auth.mode = {mode:?}")))?;
+        Ok((mode, self.setting("auth.specified-user")?))
+    }
+
+    /// Sets the auth mode; `specified` needs the login and its hash, and
+    /// keeps an earlier one if none is given.
+    pub fn set_auth_mode(&mut self, mode: AuthMode, specified: Option<&Login>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if let Some(login) = specified {
+            check_login_name(&login.name)?;
+            for (k, v) in [
+                ("auth.specified-user", &login.name),
+                ("auth.specified-hash", &login.password_hash),
+            ] {
+                upsert_setting(&tx, k, v)?;
+            }
+        } else if mode == AuthMode::Specified {
+            let has: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM settings WHERE key = 'auth.specified-hash'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if has.is_none() {
+                return Err(StoreError::Invalid(
+                    "auth mode specified needs --user NAME --password-stdin".into(),
+                ));
+            }
+        }
+        upsert_setting(&tx, "auth.mode", mode.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn switches(&mut self) -> Result<Switches> {
+        Ok(self.load_config()?.switches)
+    }
+
+    pub fn set_switch(&mut self, key: &str, on: bool) -> Result<()> {
+        Switches::default()
+            .set(key, on)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let tx = self.conn.transaction()?;
+        upsert_setting(&tx, key, if on { "on" } else { "off" })?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    // ----- rules -----
+
+    pub fn rules(&self) -> Result<Vec<Rule>> {
+        load_rules(&self.conn)
+    }
+
+    /// Inserts a rule at a 1-based position (the end if `None`).
+    pub fn add_rule(&mut self, rule: &Rule, at: Option<usize>) -> Result<usize> {
+        let mut rules = self.rules()?;
+        let pos = at.unwrap_or(rules.len() + 1);
+        if pos == 0 || pos > rules.len() + 1 {
+            return Err(StoreError::Invalid(format!(
+                "position {pos} is out of range 1-{}",
+                rules.len() + 1
+            )));
+        }
+        rules.insert(pos - 1, rule.clone());
+        self.write_rules(&rules)?;
+        Ok(pos)
+    }
+
+    /// Removes the rule at a 1-based position.
+    pub fn remove_rule(&mut self, number: usize) -> Result<Rule> {
+        let mut rules = self.rules()?;
+        if number == 0 || number > rules.len() {
+            return Err(StoreError::Invalid(format!(
+                "there is no rule #{number} ({} rules)",
+                rules.len()
+            )));
+        }
+        let removed = rules.remove(number - 1);
+        self.write_rules(&rules)?;
+        Ok(removed)
+    }
+
+    fn write_rules(&mut self, rules: &[Rule]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM rules", [])?;
+        for (i, r) in rules.iter().enumerate() {
+            let reject = match &r.action {
+                RuleAction::Reject(t) => Some(t.as_str()),
+                RuleAction::Accept => None,
+            };
+            tx.execute(
+                "INSERT INTO rules (position, sender, recipient, destination, reject_text) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    i as i64 + 1,
+                    r.sender.to_string(),
+                    r.recipient.to_string(),
+                    r.destination.as_str(),
+                    reject
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ----- bindings -----
+
+    pub fn bindings(&self) -> Result<Vec<Binding>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address, kind FROM bindings ORDER BY address")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(addr, kind)| {
+                Ok(Binding {
+                    addr: addr
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("binding {addr:?}")))?,
+                    kind: BindKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("binding kind {kind:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a binding, or changes the kind of an existing one.
+    pub fn add_binding(&mut self, binding: Binding) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO bindings (address, kind) VALUES (?1, ?2)
+             ON CONFLICT (address) DO UPDATE SET kind = excluded.kind WHERE kind != excluded.kind",
+            [binding.addr.to_string(), binding.kind.as_str().to_string()],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn remove_binding(&mut self, addr: std::net::SocketAddr) -> Result<()> {
+        let n = self.conn.execute(
+            "DELETE FROM bindings WHERE address = ?1",
+            [addr.to_string()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("{addr} is not a binding")));
+        }
+        Ok(())
+    }
+}
+
+fn query_strings(conn: &Connection, sql: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn load_rules(conn: &Connection) -> Result<Vec<Rule>> {
+    let mut stmt = conn.prepare(
+        "SELECT sender, recipient, destination, reject_text FROM rules ORDER BY position",
+    )?;
+    let rows: Vec<(String, String, String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.iter()
+        .map(|(s, r, d, t)| {
+            Rule::new(s, r, d, t.as_deref()).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
+
+fn upsert_setting(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}
+
+/// A login name: 1 to 128 printable characters, no spaces.
+pub fn check_login_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii())
+    {
+        return Err(StoreError::Invalid(format!(
+            "invalid user name {name:?}: 1 to 128 printable characters, no spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// `local@domain` or `@domain`, lowercased.
+fn normalize_owned_address(text: &str) -> Result<String> {
+    let t = text.trim();
+    if let Some(domain) = t.strip_prefix('@') {
+        return normalize_domain(domain)
+            .map(|d| format!("@{d}"))
+            .map_err(|p| StoreError::Invalid(format!("invalid address {t:?}: {p}")));
+    }
+    parse_mailbox(t)
+        .map(|a| a.key())
+        .map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+#[cfg(not(unix))]
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map(drop)
+}
+
+#[cfg(unix)]
+fn set_private_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn set_private_mode(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
