@@ -1,0 +1,599 @@
+//! The admin CLI, run as the built binary against a real SQLite file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn relaygate(db: &Path, args: &[&str], stdin: &str) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relaygate"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relaygate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(db: &Path, args: &[&str]) -> String {
+    let o = relaygate(db, args, "");
+    assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+/// Runs a command that must fail with exit 2, a message, and no change.
+fn refused(db: &Path, args: &[&str], stdin: &str, message: &str) {
+    let before = std::fs::read(db).unwrap_or_default();
+    let o = relaygate(db, args, stdin);
+    assert_eq!(
+        o.code, 2,
+        "{args:?} should exit 2: {}{}",
+        o.stdout, o.stderr
+    );
+    assert!(
+        o.stderr.contains(message),
+        "{args:?}: stderr {:?} lacks {message:?}",
+        o.stderr
+    );
+    assert_eq!(
+        std::fs::read(db).unwrap_or_default(),
+        before,
+        "{args:?} changed the database"
+    );
+}
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("sub").join("relaygate.db");
+    (dir, db)
+}
+
+#[test]
+fn fresh_database_has_safe_defaults_and_private_mode() {
+    let (_dir, db) = temp_db();
+    let shown = ok(&db, &["list", "show"]);
+    for e in [
+        "127.0.0.0/8",
+        "::1",
+        "10.*.*.*",
+        "172.16-31.*.*",
+        "192.168.*.*",
+        "*.*.*.*",
+        "::/0",
+    ] {
+        assert!(shown.contains(e), "{e} missing from {shown}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let policy = ok(&db, &["policy", "show"]);
+    assert!(
+        policy.contains("auth mode              any-user"),
+        "{policy}"
+    );
+    assert!(policy.contains("relay.listed-ip        on"), "{policy}");
+    assert!(policy.contains("outbound.listed-ip     on"), "{policy}");
+    assert!(policy.contains("internal.listed-ip     off"), "{policy}");
+    assert!(policy.contains("domain-restrict-send   on"), "{policy}");
+    assert!(ok(&db, &["bind", "show"]).contains("127.0.0.1:2525"));
+    // Not an open relay: the world may not relay, even with a local sender.
+    let o = relaygate(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "198.51.100.7",
+            "--from",
+            "a@b.test",
+            "--to",
+            "c@d.test",
+        ],
+        "",
+    );
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stdout.contains("554 5.7.1"), "{}", o.stdout);
+}
+
+#[test]
+fn list_add_remove_and_bad_entries() {
+    let (_dir, db) = temp_db();
+    let out = ok(
+        &db,
+        &["list", "add", "deny", "192.168.1.1", "2001:db8::/32"],
+    );
+    assert!(out.contains("added 192.168.1.1 to the deny list"), "{out}");
+    let dup = ok(&db, &["list", "add", "allow", "192.168.0.0/16"]);
+    assert!(dup.contains("already listed as 192.168.*.*"), "{dup}");
+    for (entry, why) in [
+        ("300.1.1.1", "out of range"),
+        ("10.5-2.*.*", "backwards"),
+        ("10.*", "four octets"),
+        ("1.2.3.4/33", "prefix length"),
+        ("garbage", "four octets"),
+        ("", "empty"),
+    ] {
+        // A good entry before the bad one is not added either.
+        refused(&db, &["list", "add", "allow", "10.9.9.9", entry], "", why);
+    }
+    refused(
+        &db,
+        &["list", "remove", "allow", "10.9.9.9"],
+        "",
+        "not on the allow list",
+    );
+    let removed = ok(&db, &["list", "remove", "allow", "192.168.0.0/16"]);
+    assert!(removed.contains("removed 192.168.*.*"), "{removed}");
+    let allow = ok(&db, &["list", "show", "allow"]);
+    assert!(!allow.contains("192.168"), "{allow}");
+    refused(
+        &db,
+        &["list", "add", "maybe", "1.2.3.4"],
+        "",
+        "invalid value",
+    );
+}
+
+#[test]
+fn import_reports_skips_and_export_round_trips() {
+    let (dir, db) = temp_db();
+    let file = dir.path().join("import.csv");
+    std::fs::write(
+        &file,
+        "ip,comment\n203.0.113.0/24,\"office\"\n198.51.100.7\t10.1.2.1-100\n300.1.1.1\n192.168.0.0/16\n203.0.113.*\n",
+    )
+    .unwrap();
+    let out = ok(&db, &["list", "import", "allow", file.to_str().unwrap()]);
+    assert!(
+        out.contains(
+            "imported 3 entries into the allow list; 2 duplicates and 4 invalid entries skipped"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 4: invalid IP entry \"300.1.1.1\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("203.0.113.* (same as 203.0.113.0/24)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("192.168.0.0/16 (already listed as 192.168.*.*)"),
+        "{out}"
+    );
+    let exported = dir.path().join("allow.txt");
+    ok(
+        &db,
+        &["list", "export", "allow", exported.to_str().unwrap()],
+    );
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(
+        text,
+        "127.0.0.0/8\n::1\n10.*.*.*\n172.16-31.*.*\n192.168.*.*\n203.0.113.0/24\n198.51.100.7\n10.1.2.1-100\n"
+    );
+    assert_eq!(ok(&db, &["list", "export", "allow"]), text);
+    // Importing the export again adds nothing.
+    let again = ok(
+        &db,
+        &["list", "import", "allow", exported.to_str().unwrap()],
+    );
+    assert!(again.contains("imported 0 entries"), "{again}");
+    refused(
+        &db,
+        &["list", "import", "allow", "/nonexistent/file"],
+        "",
+        "reading /nonexistent/file",
+    );
+}
+
+#[test]
+fn domains_users_and_auth() {
+    let (_dir, db) = temp_db();
+    assert!(ok(&db, &["domain", "add", "Example.COM."]).contains("example.com"));
+    refused(
+        &db,
+        &["domain", "add", "example.com"],
+        "",
+        "already a local domain",
+    );
+    refused(&db, &["domain", "add", "bad..name"], "", "empty label");
+    refused(
+        &db,
+        &["domain", "remove", "nope.test"],
+        "",
+        "not a local domain",
+    );
+    assert_eq!(ok(&db, &["domain", "show"]), "example.com\n");
+
+    let o = relaygate(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "wonderland\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    refused(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "x\n",
+        "already exists",
+    );
+    refused(
+        &db,
+        &["user", "add", "bob", "--password-stdin"],
+        "",
+        "no password",
+    );
+    refused(&db, &["user", "add", "bob"], "pw\n", "--password-stdin");
+    refused(
+        &db,
+        &["user", "add", "has space", "--password-stdin"],
+        "pw\n",
+        "invalid user name",
+    );
+    ok(
+        &db,
+        &[
+            "user",
+            "addresses",
+            "alice",
+            "Alice@Example.com",
+            "@example.com",
+        ],
+    );
+    refused(
+        &db,
+        &["user", "addresses", "alice", "not an address"],
+        "",
+        "invalid address",
+    );
+    refused(
+        &db,
+        &["user", "addresses", "nobody", "a@example.com"],
+        "",
+        "no user nobody",
+    );
+    let users = ok(&db, &["user", "show"]);
+    assert!(
+        users.contains("alice  @example.com, alice@example.com"),
+        "{users}"
+    );
+
+    // The hash, never the password, is stored.
+    let raw = std::fs::read(&db).unwrap();
+    assert!(!raw.windows(10).any(|w| w == b"wonderland"));
+
+    // check verifies the password when asked to.
+    let args = [
+        "check",
+        "--ip",
+        "203.0.113.9",
+        "--user",
+        "alice",
+        "--password-stdin",
+        "--from",
+        "alice@example.com",
+        "--to",
+        "x@far.test",
+    ];
+    let good = relaygate(&db, &args, "wonderland\n");
+    assert_eq!(good.code, 0, "{}{}", good.stdout, good.stderr);
+    assert!(
+        good.stdout
+            .contains("authenticated as alice (authentication overrides IP restrictions)"),
+        "{}",
+        good.stdout
+    );
+    let bad = relaygate(&db, &args, "wrong\n");
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert!(bad.stdout.contains("535 5.7.8"), "{}", bad.stdout);
+
+    refused(&db, &["auth", "mode", "specified"], "", "needs --user");
+    refused(&db, &["auth", "mode", "sometimes"], "", "invalid value");
+    let o = relaygate(
+        &db,
+        &[
+            "auth",
+            "mode",
+            "specified",
+            "--user",
+            "gateway",
+            "--password-stdin",
+        ],
+        "s3cret\n",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(ok(&db, &["auth", "show"]).contains("specified (login gateway)"));
+    // Under `specified`, alice can no longer authenticate; the gateway login can.
+    let o = relaygate(&db, &args, "wonderland\n");
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    let gw = [
+        "check",
+        "--ip",
+        "203.0.113.9",
+        "--user",
+        "gateway",
+        "--password-stdin",
+        "--from",
+        "a@example.com",
+        "--to",
+        "x@far.test",
+    ];
+    assert_eq!(relaygate(&db, &gw, "s3cret\n").code, 0);
+    ok(&db, &["auth", "mode", "none"]);
+    refused(
+        &db,
+        &[
+            "check", "--ip", "1.2.3.4", "--user", "gateway", "--from", "", "--to", "a@b.test",
+        ],
+        "",
+        "auth mode is none",
+    );
+    ok(&db, &["user", "remove", "alice"]);
+    refused(&db, &["user", "remove", "alice"], "", "no user alice");
+}
+
+#[test]
+fn policy_switches_rules_and_bindings() {
+    let (_dir, db) = temp_db();
+    ok(&db, &["domain", "add", "example.com"]);
+    let check = |ip: &str, from: &str, to: &str| {
+        relaygate(&db, &["check", "--ip", ip, "--from", from, "--to", to], "")
+    };
+    assert_eq!(check("192.168.1.5", "x@far.test", "y@far.test").code, 1);
+    assert!(
+        ok(&db, &["policy", "set", "domain-restrict-send", "off"])
+            .contains("domain-restrict-send = off")
+    );
+    assert_eq!(check("192.168.1.5", "x@far.test", "y@far.test").code, 0);
+    refused(
+        &db,
+        &["policy", "set", "relay.everything", "on"],
+        "",
+        "unknown policy key",
+    );
+    refused(
+        &db,
+        &["policy", "set", "relay.auth", "maybe"],
+        "",
+        "must be on or off",
+    );
+    ok(&db, &["policy", "set", "relay.auth", "on"]);
+    let o = check("192.168.1.5", "x@far.test", "y@far.test");
+    assert!(o.stdout.contains("530 5.7.0"), "{}", o.stdout);
+    assert!(
+        ok(&db, &["policy", "show"]).contains("note: relay.auth and relay.listed-ip are both on")
+    );
+
+    ok(
+        &db,
+        &[
+            "rule",
+            "add",
+            "--sender",
+            "!*@example.com",
+            "--destination",
+            "external",
+            "--reject",
+            "Use your example.com address",
+        ],
+    );
+    ok(
+        &db,
+        &[
+            "rule",
+            "add",
+            "--sender",
+            "boss@example.com",
+            "--accept",
+            "--at",
+            "1",
+        ],
+    );
+    let rules = ok(&db, &["rule", "show"]);
+    assert!(rules.starts_with("#1  sender boss@example.com recipient * destination any -> accept-and-stop\n#2  sender !*@example.com"), "{rules}");
+    ok(&db, &["policy", "set", "outbound.listed-ip", "off"]);
+    ok(&db, &["policy", "set", "relay.auth", "off"]);
+    let o = check("192.168.1.5", "x@far.test", "y@far.test");
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stdout.contains("550 5.7.1 Use your example.com address"),
+        "{}",
+        o.stdout
+    );
+    refused(
+        &db,
+        &["rule", "add", "--sender", "*", "--reject", "x", "--accept"],
+        "",
+        "cannot be used with",
+    );
+    refused(
+        &db,
+        &[
+            "rule",
+            "add",
+            "--sender",
+            "*",
+            "--destination",
+            "mars",
+            "--accept",
+        ],
+        "",
+        "must be internal, external or any",
+    );
+    refused(&db, &["rule", "remove", "9"], "", "no rule #9");
+    ok(&db, &["rule", "remove", "2"]);
+    assert_eq!(check("192.168.1.5", "x@far.test", "y@far.test").code, 0);
+
+    ok(&db, &["bind", "add", "[::1]:2526", "--kind", "submission"]);
+    ok(&db, &["bind", "add", "127.0.0.1:2465", "--kind", "smtps"]);
+    let binds = ok(&db, &["bind", "show"]);
+    assert!(
+        binds.contains("[::1]:2526") && binds.contains("submission") && binds.contains("smtps"),
+        "{binds}"
+    );
+    refused(&db, &["bind", "add", "localhost"], "", "expected ADDR:PORT");
+    refused(
+        &db,
+        &["bind", "add", "127.0.0.1:99999"],
+        "",
+        "expected ADDR:PORT",
+    );
+    refused(&db, &["bind", "remove", "127.0.0.1:1"], "", "not a binding");
+    ok(&db, &["bind", "remove", "[::1]:2526"]);
+    assert!(!ok(&db, &["bind", "show"]).contains("2526"));
+}
+
+#[test]
+fn check_exit_codes_and_bad_input() {
+    let (_dir, db) = temp_db();
+    ok(&db, &["domain", "add", "example.com"]);
+    let o = relaygate(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "10.1.1.1",
+            "--from",
+            "<>",
+            "--to",
+            "a@example.com",
+            "--to",
+            "<b@example.com>",
+        ],
+        "",
+    );
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    assert_eq!(o.stdout.matches("verdict  allowed").count(), 2);
+    let o = relaygate(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "203.0.113.9",
+            "--from",
+            "",
+            "--to",
+            "a@example.com",
+            "--to",
+            "x@far.test",
+        ],
+        "",
+    );
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stdout.contains("class    relay")
+            && o.stdout
+                .contains("relay from unlisted 203.0.113.9; deny entry *.*.*.*"),
+        "{}",
+        o.stdout
+    );
+    ok(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "203.0.113.9",
+            "--from",
+            "x@far.test",
+            "--to",
+            "<@relay.test:a@example.com>",
+        ],
+    );
+    refused(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "999.1.1.1",
+            "--from",
+            "",
+            "--to",
+            "a@b.test",
+        ],
+        "",
+        "invalid value",
+    );
+    refused(
+        &db,
+        &[
+            "check", "--ip", "1.2.3.4", "--from", "a@", "--to", "a@b.test",
+        ],
+        "",
+        "invalid address",
+    );
+    refused(
+        &db,
+        &["check", "--ip", "1.2.3.4", "--from", "", "--to", "<>"],
+        "",
+        "null path",
+    );
+    refused(&db, &["check", "--ip", "1.2.3.4", "--from", ""], "", "--to");
+    refused(
+        &db,
+        &[
+            "check", "--ip", "1.2.3.4", "--user", "ghost", "--from", "", "--to", "a@b.test",
+        ],
+        "",
+        "cannot authenticate",
+    );
+}
+
+#[test]
+fn foreign_files_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not a database, it is a shopping list\n".repeat(20),
+    )
+    .unwrap();
+    refused(&text, &["list", "show"], "", "not a relaygate database");
+
+    let other = dir.path().join("other.db");
+    {
+        let c = rusqlite::Connection::open(&other).unwrap();
+        c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    refused(
+        &other,
+        &["domain", "add", "x.test"],
+        "",
+        "not a relaygate database",
+    );
+
+    let (_d, newer) = temp_db();
+    ok(&newer, &["list", "show"]);
+    {
+        let c = rusqlite::Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    refused(
+        &newer,
+        &["list", "show"],
+        "",
+        "schema version 99 was written by a newer relaygate",
+    );
+}

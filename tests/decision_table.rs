@@ -1,0 +1,753 @@
+//! Table tests of the relay decision: every class, every switch,
+//! authentication overriding IPs, routing tricks, rules, and the documented
+//! setups of both products relaygate replaces.
+
+use relaygate::policy::address::{parse_forward_path, parse_reverse_path};
+use relaygate::policy::decision::{RelayClass, Verdict};
+use relaygate::policy::rules::Rule;
+use relaygate::policy::settings::Switches;
+use relaygate::policy::{Envelope, Login, Policy, PolicyConfig};
+use relaygate::store::{DEFAULT_ALLOW, DEFAULT_DENY};
+
+/// The defaults of a new database, with example.com local and two users.
+fn base() -> PolicyConfig {
+    PolicyConfig {
+        allow: DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect(),
+        deny: DEFAULT_DENY.iter().map(|s| s.to_string()).collect(),
+        local_domains: vec!["example.com".into(), "Example.NET.".into()],
+        users: vec![
+            Login {
+                name: "alice".into(),
+                password_hash: "x".into(),
+            },
+            Login {
+                name: "bob".into(),
+                password_hash: "x".into(),
+            },
+        ],
+        sender_addresses: vec![
+            ("alice".into(), "alice@example.com".into()),
+            ("bob".into(), "@example.net".into()),
+        ],
+        switches: Switches::default(),
+        ..PolicyConfig::default()
+    }
+}
+
+struct Case {
+    ip: &'static str,
+    login: Option<&'static str>,
+    from: &'static str,
+    to: &'static str,
+    verdict: Verdict,
+    class: RelayClass,
+    reply: &'static str,
+    reason: &'static str,
+}
+
+fn run(config: &PolicyConfig, cases: &[Case]) {
+    let policy = Policy::compile(config).expect("policy compiles");
+    for c in cases {
+        let sender = parse_reverse_path(c.from).expect("sender parses");
+        let rcpt = parse_forward_path(c.to).expect("recipient parses");
+        let env = Envelope {
+            peer: c.ip.parse().expect("ip"),
+            login: c.login,
+            sender: sender.as_ref(),
+        };
+        let d = policy.decide(&env, &rcpt);
+        let what = format!(
+            "{} {:?} {} -> {}: {d} / {}",
+            c.ip, c.login, c.from, c.to, d.reply
+        );
+        assert_eq!(d.verdict, c.verdict, "verdict of {what}");
+        assert_eq!(d.class, c.class, "class of {what}");
+        assert!(d.reply.to_string().starts_with(c.reply), "reply of {what}");
+        assert!(d.to_string().contains(c.reason), "reason of {what}");
+    }
+}
+
+use RelayClass::*;
+use Verdict::*;
+
+fn case(
+    ip: &'static str,
+    login: Option<&'static str>,
+    from: &'static str,
+    to: &'static str,
+    verdict: Verdict,
+    class: RelayClass,
+    reply: &'static str,
+    reason: &'static str,
+) -> Case {
+    Case {
+        ip,
+        login,
+        from,
+        to,
+        verdict,
+        class,
+        reply,
+        reason,
+    }
+}
+
+#[test]
+fn safe_defaults_are_not_an_open_relay() {
+    run(
+        &base(),
+        &[
+            case(
+                "203.0.113.9",
+                None,
+                "spam@elsewhere.test",
+                "victim@far.test",
+                Deny,
+                Relay,
+                "554 5.7.1",
+                "denied: relay from unlisted 203.0.113.9; deny entry *.*.*.*",
+            ),
+            case(
+                "2001:db8::9",
+                None,
+                "spam@elsewhere.test",
+                "victim@far.test",
+                Deny,
+                Relay,
+                "554 5.7.1",
+                "deny entry ::/0",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "a@example.com",
+                "victim@far.test",
+                Deny,
+                Outbound,
+                "554 5.7.1",
+                "outbound from unlisted 203.0.113.9; deny entry *.*.*.*",
+            ),
+            case(
+                "192.168.7.20",
+                None,
+                "a@example.com",
+                "friend@far.test",
+                Allow,
+                Outbound,
+                "250 2.1.5",
+                "allowed: 192.168.7.20 matches allow entry 192.168.*.* (more specific than deny entry *.*.*.*)",
+            ),
+            case(
+                "192.168.7.20",
+                None,
+                "someone@gmail.test",
+                "friend@far.test",
+                Deny,
+                Relay,
+                "550 5.7.1",
+                "domain-restrict-send is on",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "sender@far.test",
+                "a@example.com",
+                Allow,
+                Inbound,
+                "250",
+                "inbound mail for local domain example.com is accepted from any address",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "<>",
+                "a@EXAMPLE.com.",
+                Allow,
+                Inbound,
+                "250",
+                "inbound",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "<>",
+                "<Postmaster>",
+                Allow,
+                Inbound,
+                "250",
+                "inbound",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "a@example.com",
+                "b@example.net",
+                Allow,
+                Internal,
+                "250",
+                "internal mail is unrestricted",
+            ),
+            case(
+                "::ffff:10.1.2.3",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "10.1.2.3 matches allow entry 10.*.*.*",
+            ),
+            case(
+                "::1",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "allow entry ::1",
+            ),
+            case(
+                "172.31.0.1",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "172.16-31.*.*",
+            ),
+            case(
+                "172.32.0.1",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "554",
+                "deny entry *.*.*.*",
+            ),
+            // The null sender is external, so <> to an external recipient is relay.
+            case(
+                "192.168.1.5",
+                None,
+                "<>",
+                "x@far.test",
+                Deny,
+                Relay,
+                "550 5.7.1",
+                "domain-restrict-send",
+            ),
+            // An IP-literal recipient domain is never local.
+            case(
+                "203.0.113.9",
+                None,
+                "a@far.test",
+                "x@[192.0.2.1]",
+                Deny,
+                Relay,
+                "554",
+                "unlisted",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn routing_tricks_never_count_as_local_for_outsiders() {
+    let cases = [
+        "user%elsewhere.invalid@example.com",
+        "elsewhere.invalid!user@example.com",
+        "\"user@elsewhere.invalid\"@example.com",
+    ];
+    for to in cases {
+        let to: &'static str = Box::leak(format!("<{to}>").into_boxed_str());
+        run(
+            &base(),
+            &[
+                case(
+                    "203.0.113.9",
+                    None,
+                    "x@far.test",
+                    to,
+                    Deny,
+                    Relay,
+                    "554 5.7.1",
+                    "routing trick",
+                ),
+                // A client that may relay anyway is allowed: the trick gains it nothing.
+                case(
+                    "192.168.1.9",
+                    None,
+                    "a@example.com",
+                    to,
+                    Allow,
+                    Outbound,
+                    "250",
+                    "routing trick",
+                ),
+                case(
+                    "203.0.113.9",
+                    Some("alice"),
+                    "alice@example.com",
+                    to,
+                    Allow,
+                    Outbound,
+                    "250",
+                    "authenticated as alice",
+                ),
+            ],
+        );
+    }
+}
+
+#[test]
+fn mailgate_router_example() {
+    // Allow the LAN, deny its router.
+    let mut c = base();
+    c.allow = vec!["192.168.0.0/16".into()];
+    c.deny = vec!["192.168.1.1".into()];
+    run(
+        &c,
+        &[
+            case(
+                "192.168.1.1",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "554 5.7.1",
+                "outbound from 192.168.1.1; deny entry 192.168.1.1 (more specific than allow entry 192.168.0.0/16)",
+            ),
+            case(
+                "192.168.1.2",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "allow entry 192.168.0.0/16",
+            ),
+            case(
+                "10.0.0.1",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "554",
+                "unlisted 10.0.0.1; no allow or deny entry",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn hexamail_deny_world_allow_ten_example() {
+    let mut c = base();
+    c.allow = vec!["10.*.*.*".into()];
+    c.deny = vec!["*.*.*.*".into()];
+    c.switches.domain_restrict_send = false;
+    run(
+        &c,
+        &[
+            case(
+                "10.20.30.40",
+                None,
+                "x@far.test",
+                "y@far2.test",
+                Allow,
+                Relay,
+                "250",
+                "10.20.30.40 matches allow entry 10.*.*.* (more specific than deny entry *.*.*.*)",
+            ),
+            case(
+                "11.0.0.1",
+                None,
+                "x@far.test",
+                "y@far2.test",
+                Deny,
+                Relay,
+                "554 5.7.1",
+                "relay from unlisted 11.0.0.1; deny entry *.*.*.*",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn equal_specificity_goes_to_deny() {
+    let mut c = base();
+    c.allow = vec!["192.168.*.*".into()];
+    c.deny = vec!["192.168.0.0/16".into()];
+    run(
+        &c,
+        &[case(
+            "192.168.4.4",
+            None,
+            "a@example.com",
+            "x@far.test",
+            Deny,
+            Outbound,
+            "554",
+            "deny entry 192.168.0.0/16 is as specific as allow entry 192.168.*.* and deny wins ties",
+        )],
+    );
+}
+
+#[test]
+fn authentication_overrides_ip_restrictions() {
+    let mut c = base();
+    c.switches.domain_restrict_send = false;
+    run(
+        &c,
+        &[
+            case(
+                "203.0.113.9",
+                Some("alice"),
+                "alice@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as alice (authentication overrides IP restrictions)",
+            ),
+            case(
+                "203.0.113.9",
+                Some("alice"),
+                "alice@far.test",
+                "x@far.test",
+                Allow,
+                Relay,
+                "250",
+                "authenticated as alice",
+            ),
+            // Even an explicitly denied address.
+            case(
+                "192.168.1.1",
+                Some("alice"),
+                "alice@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn per_class_auth_switches() {
+    let mut c = base();
+    c.switches.outbound.auth = true;
+    c.switches.internal.listed_ip = true;
+    c.switches.relay.auth = true;
+    c.switches.relay.listed_ip = true;
+    c.switches.domain_restrict_send = false;
+    run(
+        &c,
+        &[
+            case(
+                "192.168.1.5",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "530 5.7.0",
+                "outbound mail requires an authenticated client (outbound.auth is on)",
+            ),
+            case(
+                "192.168.1.5",
+                Some("bob"),
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as bob",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "a@example.com",
+                "b@example.com",
+                Deny,
+                Internal,
+                "554 5.7.1",
+                "internal from unlisted 203.0.113.9",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "a@example.com",
+                "b@example.com",
+                Allow,
+                Internal,
+                "250",
+                "allow entry 192.168.*.*",
+            ),
+            // Both switches on: a listed address is not enough, authentication is.
+            case(
+                "192.168.1.5",
+                None,
+                "a@far.test",
+                "x@far.test",
+                Deny,
+                Relay,
+                "530 5.7.0",
+                "relay.auth is on",
+            ),
+            case(
+                "203.0.113.9",
+                Some("bob"),
+                "a@far.test",
+                "x@far.test",
+                Allow,
+                Relay,
+                "250",
+                "authenticated as bob",
+            ),
+            // Inbound is never restricted by the class switches.
+            case(
+                "203.0.113.9",
+                None,
+                "a@far.test",
+                "b@example.com",
+                Allow,
+                Inbound,
+                "250",
+                "inbound",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unrestricted_classes() {
+    let mut c = base();
+    c.switches.outbound.listed_ip = false;
+    c.switches.relay.listed_ip = false;
+    c.switches.domain_restrict_send = false;
+    run(
+        &c,
+        &[
+            case(
+                "203.0.113.9",
+                None,
+                "a@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "outbound mail is unrestricted (outbound.listed-ip and outbound.auth are off)",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "a@far.test",
+                "x@far.test",
+                Allow,
+                Relay,
+                "250",
+                "relay mail is unrestricted",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn user_restrict_send_and_sender_login_match() {
+    let mut c = base();
+    c.switches.user_restrict_send = true;
+    c.switches.sender_login_match = true;
+    run(
+        &c,
+        &[
+            case(
+                "192.168.1.5",
+                None,
+                "nobody@example.com",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "553 5.7.1",
+                "outbound sender nobody@example.com is not assigned to any user (user-restrict-send is on)",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "alice@example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "allow entry",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "anyone@example.net",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "allow entry",
+            ),
+            // Internal mail is not subject to user-restrict-send.
+            case(
+                "192.168.1.5",
+                None,
+                "nobody@example.com",
+                "a@example.com",
+                Allow,
+                Internal,
+                "250",
+                "unrestricted",
+            ),
+            case(
+                "203.0.113.9",
+                Some("alice"),
+                "bob@example.net",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "553 5.7.1",
+                "sender bob@example.net is not owned by login alice (sender-login-match is on)",
+            ),
+            case(
+                "203.0.113.9",
+                Some("alice"),
+                "ALICE@Example.com",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as alice",
+            ),
+            case(
+                "203.0.113.9",
+                Some("bob"),
+                "whoever@example.net",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as bob",
+            ),
+            // The login check applies to inbound mail too: a login cannot spoof.
+            case(
+                "203.0.113.9",
+                Some("bob"),
+                "alice@example.com",
+                "a@example.com",
+                Deny,
+                Internal,
+                "553",
+                "not owned by login bob",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn mail_manager_rules() {
+    let mut c = base();
+    c.switches.domain_restrict_send = false;
+    c.rules = vec![
+        Rule::new("ceo@example.com", "*", "external", None).unwrap(),
+        Rule::new(
+            "!*@example.com",
+            "*",
+            "external",
+            Some("Only example.com senders may send out"),
+        )
+        .unwrap(),
+        Rule::new(
+            "*",
+            "*@blocked.test",
+            "any",
+            Some("No mail to blocked.test"),
+        )
+        .unwrap(),
+        Rule::new("<>", "*", "internal", Some("No bounces in")).unwrap(),
+    ];
+    run(
+        &c,
+        &[
+            case(
+                "192.168.1.5",
+                None,
+                "x@far.test",
+                "y@far.test",
+                Deny,
+                Relay,
+                "550 5.7.1 Only example.com senders may send out",
+                "rule #2: sender !*@example.com recipient * destination external",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "a@example.com",
+                "y@blocked.test",
+                Deny,
+                Outbound,
+                "550 5.7.1 No mail to blocked.test",
+                "rule #3",
+            ),
+            // Accept-and-stop ends the rules before #3.
+            case(
+                "192.168.1.5",
+                None,
+                "ceo@example.com",
+                "y@blocked.test",
+                Allow,
+                Outbound,
+                "250",
+                "rule #1 accept-and-stop",
+            ),
+            // ...but never overrides the relay controls.
+            case(
+                "203.0.113.9",
+                None,
+                "ceo@example.com",
+                "y@far.test",
+                Deny,
+                Outbound,
+                "554 5.7.1",
+                "unlisted 203.0.113.9",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "<>",
+                "a@example.com",
+                Deny,
+                Inbound,
+                "550 5.7.1 No bounces in",
+                "rule #4",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "x@far.test",
+                "a@example.com",
+                Allow,
+                Inbound,
+                "250",
+                "inbound",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn invalid_stored_entry_fails_the_whole_compile() {
+    let mut c = base();
+    c.allow.push("10.5-2.*.*".into());
+    let err = Policy::compile(&c).unwrap_err();
+    assert!(err.to_string().contains("10.5-2.*.*"), "{err}");
+}
