@@ -70,6 +70,7 @@ fn run(config: &PolicyConfig, cases: &[Case]) {
 use RelayClass::*;
 use Verdict::*;
 
+#[allow(clippy::too_many_arguments)]
 fn case(
     ip: &'static str,
     login: Option<&'static str>,

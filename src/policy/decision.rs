@@ -4,6 +4,7 @@
 
 use super::address::RoutingTrick;
 use super::ip_lists::ListEntry;
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -48,7 +49,7 @@ impl fmt::Display for RelayClass {
 pub struct Reply {
     pub code: u16,
     pub status: &'static str,
-    pub text: String,
+    pub text: Cow<'static, str>,
 }
 
 impl fmt::Display for Reply {
@@ -178,6 +179,18 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Turns this decision into a denial with its reply and reason.
+    pub(crate) fn denied(mut self, code: u16, text: Cow<'static, str>, reason: Reason) -> Decision {
+        self.verdict = Verdict::Deny;
+        self.reply = Reply {
+            code,
+            status: if code == 530 { "5.7.0" } else { "5.7.1" },
+            text,
+        };
+        self.reason = reason;
+        self
+    }
+
     pub fn is_allowed(&self) -> bool {
         self.verdict == Verdict::Allow
     }

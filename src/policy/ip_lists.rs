@@ -80,12 +80,48 @@ struct SegmentMap<K> {
 }
 
 impl<K: Copy + Ord> SegmentMap<K> {
-    fn lookup(&self, key: K) -> (u32, u32) {
-        let i = self.starts.partition_point(|&s| s <= key);
+    /// The segment containing `key`, searching only `starts[lo..hi]`: the
+    /// caller knows no segment outside it (but `lo - 1`) can contain `key`.
+    fn lookup_in(&self, key: K, lo: usize, hi: usize) -> (u32, u32) {
+        let i = lo + self.starts[lo..hi].partition_point(|&s| s <= key);
         if i == 0 {
             (NONE, NONE)
         } else {
             self.best[i - 1]
+        }
+    }
+
+    fn lookup(&self, key: K) -> (u32, u32) {
+        self.lookup_in(key, 0, self.starts.len())
+    }
+}
+
+/// IPv4 segments with a direct index on the top 16 bits of the address, so
+/// a lookup binary-searches only the few segments starting in that /16
+/// instead of all of them (a few cache misses fewer per decision).
+#[derive(Debug, Default, Clone)]
+struct IndexedV4 {
+    map: SegmentMap<u32>,
+    /// `index[h]`: the first segment starting at or after `h << 16`.
+    index: Vec<u32>,
+}
+
+impl IndexedV4 {
+    fn new(map: SegmentMap<u32>) -> IndexedV4 {
+        let index = (0..=0x1_0000u64)
+            .map(|h| {
+                let at = h << 16;
+                map.starts.partition_point(|&s| u64::from(s) < at) as u32
+            })
+            .collect();
+        IndexedV4 { map, index }
+    }
+
+    fn lookup(&self, key: u32) -> (u32, u32) {
+        let h = (key >> 16) as usize;
+        match (self.index.get(h), self.index.get(h + 1)) {
+            (Some(&lo), Some(&hi)) => self.map.lookup_in(key, lo as usize, hi as usize),
+            _ => self.map.lookup(key),
         }
     }
 }
@@ -95,7 +131,7 @@ impl<K: Copy + Ord> SegmentMap<K> {
 pub struct IpLists {
     entries: Vec<ListEntry>,
     spans: Vec<u128>,
-    v4: SegmentMap<u32>,
+    v4: IndexedV4,
     v6: SegmentMap<u128>,
     /// IPv4 entries that are not one interval, checked one by one.
     scattered: Vec<u32>,
@@ -118,10 +154,10 @@ impl IpLists {
             }
         }
         let v4 = sweep(&entries, &spans, v4_intervals, u128::from(u32::MAX));
-        let v4 = SegmentMap {
+        let v4 = IndexedV4::new(SegmentMap {
             starts: v4.starts.into_iter().map(|s| s as u32).collect(),
             best: v4.best,
-        };
+        });
         let v6 = sweep(&entries, &spans, v6_intervals, u128::MAX);
         IpLists {
             entries,

@@ -18,6 +18,7 @@ use ip_lists::{IpLists, ListEntry, ListKind, ListVerdict};
 use ip_pattern::{IpPattern, PatternError};
 use rules::{Rule, RuleAction};
 use settings::{AuthMode, ClassSwitches, Switches};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -170,115 +171,90 @@ impl Policy {
     /// rules, which may only refuse.
     pub fn decide(&self, env: &Envelope<'_>, recipient: &MailAddress) -> Decision {
         let class = self.classify(env.sender, recipient);
-        let sender_text = env
-            .sender
-            .map_or_else(|| "<>".to_string(), MailAddress::key);
-        let rcpt_text = recipient.key();
+        let sender_text = || {
+            env.sender
+                .map_or_else(|| "<>".to_string(), MailAddress::key)
+        };
         let mut decision = Decision {
             verdict: Verdict::Allow,
             class,
             reply: Reply {
                 code: 250,
                 status: "2.1.5",
-                text: format!("<{recipient}> recipient ok"),
+                text: Cow::Borrowed("Ok"),
             },
             reason: Reason::Unrestricted { class },
             routing_trick: recipient.routing_trick(),
             accepted_by_rule: None,
         };
-        let deny = |mut d: Decision, code: u16, text: String, reason: Reason| {
-            d.verdict = Verdict::Deny;
-            d.reply = Reply {
-                code,
-                status: if code == 530 { "5.7.0" } else { "5.7.1" },
-                text,
-            };
-            d.reason = reason;
-            d
-        };
 
         if let (Some(login), Some(sender), true) =
             (env.login, env.sender, self.switches.sender_login_match)
+            && !self.owns(login, sender)
         {
-            if !self.owns(login, sender) {
-                return deny(
-                    decision,
-                    553,
-                    format!("<{sender}>: Sender address rejected: not owned by user {login}"),
-                    Reason::SenderLoginMismatch {
-                        login: login.to_string(),
-                        sender: sender_text,
-                    },
-                );
-            }
+            let text = format!("Sender address rejected: not owned by user {login}");
+            return decision.denied(
+                553,
+                text.into(),
+                Reason::SenderLoginMismatch {
+                    login: login.to_string(),
+                    sender: sender_text(),
+                },
+            );
         }
 
         let access = match class {
-            RelayClass::Inbound => Ok(Reason::InboundToLocal {
+            RelayClass::Inbound => Access::Allow(Reason::InboundToLocal {
                 domain: recipient.domain_name().unwrap_or("postmaster").to_string(),
             }),
             RelayClass::Internal => self.class_access(class, self.switches.internal, env),
-            RelayClass::Outbound => self
-                .class_access(class, self.switches.outbound, env)
-                .and_then(|reason| match env.sender {
-                    Some(s) if self.switches.user_restrict_send && !self.owned_by_anyone(s) => {
-                        Err((
-                            553,
-                            format!("<{s}>: Sender address rejected: not a user's address"),
-                            Reason::UserRestrictSend {
-                                sender: sender_text.clone(),
-                            },
-                        ))
-                    }
-                    _ => Ok(reason),
-                }),
-            RelayClass::Relay => {
-                self.class_access(class, self.switches.relay, env)
-                    .and_then(|reason| {
-                        if self.switches.domain_restrict_send {
-                            Err((
-                                550,
-                                format!(
-                                    "<{recipient}>: Relay access denied: sender domain is not local"
-                                ),
-                                Reason::DomainRestrictSend {
-                                    sender: sender_text.clone(),
-                                },
-                            ))
-                        } else {
-                            Ok(reason)
-                        }
-                    })
-            }
+            RelayClass::Outbound => match self.class_access(class, self.switches.outbound, env) {
+                Access::Allow(_)
+                    if self.switches.user_restrict_send
+                        && env.sender.is_some_and(|s| !self.owned_by_anyone(s)) =>
+                {
+                    Access::Deny(
+                        553,
+                        "Sender address rejected: not a user's address",
+                        Reason::UserRestrictSend {
+                            sender: sender_text(),
+                        },
+                    )
+                }
+                other => other,
+            },
+            RelayClass::Relay => match self.class_access(class, self.switches.relay, env) {
+                Access::Allow(_) if self.switches.domain_restrict_send => Access::Deny(
+                    550,
+                    "Relay access denied: sender domain is not local",
+                    Reason::DomainRestrictSend {
+                        sender: sender_text(),
+                    },
+                ),
+                other => other,
+            },
         };
         match access {
-            Ok(reason) => decision.reason = reason,
-            Err((code, text, reason)) => {
-                let text = if code == 554 || code == 530 {
-                    format!("<{recipient}>: {text}")
-                } else {
-                    text
-                };
-                return deny(decision, code, text, reason);
-            }
+            Access::Allow(reason) => decision.reason = reason,
+            Access::Deny(code, text, reason) => return decision.denied(code, text.into(), reason),
         }
 
+        if self.rules.is_empty() {
+            return decision;
+        }
         let rcpt_local = matches!(class, RelayClass::Inbound | RelayClass::Internal);
+        let (sender_text, rcpt_text) = (sender_text(), recipient.key());
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.matches(&sender_text, &rcpt_text, rcpt_local) {
                 continue;
             }
             match &rule.action {
                 RuleAction::Reject(text) => {
-                    return deny(
-                        decision,
-                        550,
-                        text.clone(),
-                        Reason::RuleRejected {
-                            number: i + 1,
-                            rule: rule.to_string(),
-                        },
-                    );
+                    let reason = Reason::RuleRejected {
+                        number: i + 1,
+                        rule: rule.to_string(),
+                    };
+                    return decision.denied(550, text.clone().into(), reason);
                 }
                 RuleAction::Accept => {
                     decision.accepted_by_rule = Some(i + 1);
@@ -296,40 +272,40 @@ impl Policy {
         class: RelayClass,
         switches: ClassSwitches,
         env: &Envelope<'_>,
-    ) -> Result<Reason, (u16, String, Reason)> {
+    ) -> Access {
         if !switches.listed_ip && !switches.auth {
-            return Ok(Reason::Unrestricted { class });
+            return Access::Allow(Reason::Unrestricted { class });
         }
         if let Some(login) = env.login {
-            return Ok(Reason::Authenticated {
+            return Access::Allow(Reason::Authenticated {
                 login: login.to_string(),
             });
         }
         if switches.auth {
-            return Err((
+            return Access::Deny(
                 530,
-                "Authentication required".into(),
+                "Authentication required",
                 Reason::AuthRequired { class },
-            ));
+            );
         }
         let ip = ip_pattern::effective_ip(env.peer);
         match self.lists.check(ip) {
-            ListVerdict::Allowed { entry, over } => Ok(Reason::IpAllowed { ip, entry, over }),
-            ListVerdict::Denied { entry, over } => Err((
+            ListVerdict::Allowed { entry, over } => {
+                Access::Allow(Reason::IpAllowed { ip, entry, over })
+            }
+            ListVerdict::Denied { entry, over } => Access::Deny(
                 554,
-                "Relay access denied".into(),
+                "Relay access denied",
                 Reason::IpDenied {
                     class,
                     ip,
                     entry,
                     over,
                 },
-            )),
-            ListVerdict::Unlisted => Err((
-                554,
-                "Relay access denied".into(),
-                Reason::IpUnlisted { class, ip },
-            )),
+            ),
+            ListVerdict::Unlisted => {
+                Access::Deny(554, "Relay access denied", Reason::IpUnlisted { class, ip })
+            }
         }
     }
 
@@ -342,6 +318,12 @@ impl Policy {
     fn owned_by_anyone(&self, sender: &MailAddress) -> bool {
         address_in(&self.all_owned, sender)
     }
+}
+
+/// The outcome of a class's relay controls.
+enum Access {
+    Allow(Reason),
+    Deny(u16, &'static str, Reason),
 }
 
 /// Whether a set of owned addresses holds the sender, exactly or as a
