@@ -6,3 +6,6 @@ pub mod cli;
 pub mod credentials;
 pub mod policy;
 pub mod store;
+pub mod events;
+pub mod spool;
+pub mod tls;
