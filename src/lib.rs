@@ -4,8 +4,9 @@
 pub mod bindings;
 pub mod cli;
 pub mod credentials;
-pub mod policy;
-pub mod store;
 pub mod events;
+pub mod policy;
+pub mod server_settings;
 pub mod spool;
+pub mod store;
 pub mod tls;

@@ -216,7 +216,15 @@ pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
     )?;
     let rows: Vec<(String, i64, String, Option<String>, String, String, Vec<u8>)> = stmt
         .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     rows.into_iter()

@@ -1,6 +1,7 @@
 //! `relaygate policy show` and `relaygate policy set KEY on|off`
 
 use crate::policy::settings::parse_on_off;
+use crate::server_settings::{SERVER_KEYS, ServerSettings};
 use crate::store::Store;
 use clap::Subcommand;
 use std::process::ExitCode;
@@ -9,10 +10,15 @@ use std::process::ExitCode;
 pub enum PolicyCommand {
     /// Show the auth mode, every switch and the size of each list.
     Show,
-    /// Set a switch: internal.listed-ip, internal.auth, outbound.listed-ip,
+    /// Set a switch (internal.listed-ip, internal.auth, outbound.listed-ip,
     /// outbound.auth, relay.listed-ip, relay.auth, domain-restrict-send,
-    /// user-restrict-send, sender-login-match.
-    Set { key: String, value: String },
+    /// user-restrict-send, sender-login-match) on or off, or an engine
+    /// setting (plaintext-auth, max-message-size, ...: see `policy show`).
+    Set {
+        key: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
 }
 
 pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -32,6 +38,16 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 config.users.len(),
                 config.rules.len()
             );
+            let server = store.server_settings()?;
+            for (key, what) in SERVER_KEYS {
+                let value = server.get(key).unwrap_or_default();
+                let value = if value.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    value
+                };
+                println!("{key:<22} {value:<10} {what}");
+            }
             for (class, s) in [
                 ("internal", config.switches.internal),
                 ("outbound", config.switches.outbound),
@@ -42,6 +58,15 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                         "note: {class}.auth and {class}.listed-ip are both on: authentication is required and, as it overrides IP restrictions, the lists do not matter for {class} mail"
                     );
                 }
+            }
+        }
+        PolicyCommand::Set { key, value } if ServerSettings::is_key(&key) => {
+            let value = store.set_server_setting(&key, &value)?;
+            println!("{key} = {value}");
+            if key == "plaintext-auth" && value == "on" {
+                println!(
+                    "warning: AUTH is now offered without TLS: passwords cross the network in clear"
+                );
             }
         }
         PolicyCommand::Set { key, value } => {

@@ -13,6 +13,7 @@ use crate::policy::list_text::ParsedEntry;
 use crate::policy::rules::{Rule, RuleAction};
 use crate::policy::settings::{AuthMode, SWITCH_KEYS, Switches, parse_on_off};
 use crate::policy::{Login, Policy, PolicyConfig};
+use crate::server_settings::ServerSettings;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -495,6 +496,36 @@ impl Store {
         upsert_setting(&tx, key, if on { "on" } else { "off" })?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The engine settings: defaults overlaid with what is stored.
+    pub fn server_settings(&self) -> Result<ServerSettings> {
+        let mut settings = ServerSettings::default();
+        let mut stmt = self.conn.prepare("SELECT key, value FROM settings")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (key, value) in rows {
+            if ServerSettings::is_key(&key) {
+                settings
+                    .set(&key, &value)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Validates and stores one engine setting.
+    pub fn set_server_setting(&mut self, key: &str, value: &str) -> Result<String> {
+        let mut settings = ServerSettings::default();
+        settings
+            .set(key, value)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let normalized = settings.get(key).unwrap_or_default();
+        let tx = self.conn.transaction()?;
+        upsert_setting(&tx, key, &normalized)?;
+        tx.commit()?;
+        Ok(normalized)
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>> {

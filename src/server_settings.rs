@@ -1,0 +1,234 @@
+//! The SMTP engine's own settings (limits, TLS files, plaintext AUTH), as
+//! the CLI and the store spell them, with safe defaults.
+
+/// Every engine setting, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Name in the greeting, EHLO reply and Received: headers.
+    pub hostname: String,
+    /// Offer AUTH on plaintext sessions from non-loopback peers.
+    pub plaintext_auth: bool,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_command_line: usize,
+    pub max_text_line: usize,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    pub command_timeout_secs: u64,
+    pub data_timeout_secs: u64,
+    pub max_bad_commands: usize,
+    pub auth_max_failures: usize,
+    pub auth_failure_window_secs: u64,
+    pub auth_lockout_secs: u64,
+    /// Seconds sessions in DATA get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            hostname: system_hostname(),
+            plaintext_auth: false,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_command_line: 2048,
+            max_text_line: 8192,
+            max_sessions: 1000,
+            max_sessions_per_ip: 50,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            max_bad_commands: 20,
+            auth_max_failures: 5,
+            auth_failure_window_secs: 600,
+            auth_lockout_secs: 900,
+            shutdown_grace_secs: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+/// Every key with what it sets, in display order.
+pub const SERVER_KEYS: &[(&str, &str)] = &[
+    (
+        "hostname",
+        "name in the greeting, EHLO and Received: headers",
+    ),
+    (
+        "plaintext-auth",
+        "offer AUTH without TLS to non-loopback clients (passwords in clear!)",
+    ),
+    (
+        "max-message-size",
+        "bytes; announced in EHLO SIZE, enforced while streaming (552 5.3.4)",
+    ),
+    (
+        "max-recipients",
+        "recipients per message (452 4.5.3 beyond)",
+    ),
+    (
+        "max-command-line",
+        "bytes per command line incl. CRLF (500 5.5.6 beyond)",
+    ),
+    ("max-text-line", "bytes per message line incl. CRLF"),
+    (
+        "max-sessions",
+        "concurrent sessions in total (421 4.7.0 beyond)",
+    ),
+    (
+        "max-sessions-per-ip",
+        "concurrent sessions per client IP (421 4.7.0 beyond)",
+    ),
+    (
+        "command-timeout",
+        "seconds a client may idle between commands (421 4.4.2)",
+    ),
+    (
+        "data-timeout",
+        "seconds a client may idle inside DATA (421 4.4.2)",
+    ),
+    (
+        "max-bad-commands",
+        "bad commands before the session is closed (421 4.7.0)",
+    ),
+    (
+        "auth-max-failures",
+        "AUTH failures per client IP within the window before lockout",
+    ),
+    (
+        "auth-failure-window",
+        "seconds over which AUTH failures are counted",
+    ),
+    (
+        "auth-lockout",
+        "seconds AUTH is refused (454 4.7.0) after too many failures",
+    ),
+    (
+        "shutdown-grace",
+        "seconds a message in DATA gets to finish at shutdown",
+    ),
+    (
+        "tls-cert-file",
+        "PEM certificate chain (empty: a generated self-signed one)",
+    ),
+    ("tls-key-file", "PEM private key (empty: the generated one)"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
+fn number<T: std::str::FromStr>(
+    key: &str,
+    value: &str,
+    min: u64,
+    max: u64,
+) -> Result<T, SettingError> {
+    let n: u64 = value
+        .parse()
+        .map_err(|_| SettingError(format!("{key} must be a whole number, not {value:?}")))?;
+    if n < min || n > max {
+        return Err(SettingError(format!(
+            "{key} must be between {min} and {max}"
+        )));
+    }
+    value
+        .parse()
+        .map_err(|_| SettingError(format!("{key}: {value} is out of range")))
+}
+
+impl ServerSettings {
+    /// Whether `key` is an engine setting.
+    pub fn is_key(key: &str) -> bool {
+        SERVER_KEYS.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Sets one setting from its text, validating it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
+        let v = value.trim();
+        match key {
+            "hostname" => {
+                self.hostname = crate::policy::address::normalize_domain(v)
+                    .map_err(|p| SettingError(format!("hostname {v:?}: {p}")))?
+            }
+            "plaintext-auth" => {
+                self.plaintext_auth = crate::policy::settings::parse_on_off(v)
+                    .map_err(|e| SettingError(e.to_string()))?
+            }
+            "max-message-size" => self.max_message_size = number(key, v, 1024, 1 << 36)?,
+            "max-recipients" => self.max_recipients = number(key, v, 1, 100_000)?,
+            "max-command-line" => self.max_command_line = number(key, v, 512, 65_536)?,
+            "max-text-line" => self.max_text_line = number(key, v, 1000, 1 << 20)?,
+            "max-sessions" => self.max_sessions = number(key, v, 1, 1_000_000)?,
+            "max-sessions-per-ip" => self.max_sessions_per_ip = number(key, v, 1, 1_000_000)?,
+            "command-timeout" => self.command_timeout_secs = number(key, v, 1, 86_400)?,
+            "data-timeout" => self.data_timeout_secs = number(key, v, 1, 86_400)?,
+            "max-bad-commands" => self.max_bad_commands = number(key, v, 1, 10_000)?,
+            "auth-max-failures" => self.auth_max_failures = number(key, v, 1, 10_000)?,
+            "auth-failure-window" => self.auth_failure_window_secs = number(key, v, 1, 86_400)?,
+            "auth-lockout" => self.auth_lockout_secs = number(key, v, 1, 86_400 * 7)?,
+            "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
+            "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
+            "tls-key-file" => self.tls_key_file = (!v.is_empty()).then(|| v.to_string()),
+            _ => return Err(SettingError(format!("unknown setting {key:?}"))),
+        }
+        Ok(())
+    }
+
+    /// One setting as text.
+    pub fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "hostname" => self.hostname.clone(),
+            "plaintext-auth" => if self.plaintext_auth { "on" } else { "off" }.to_string(),
+            "max-message-size" => self.max_message_size.to_string(),
+            "max-recipients" => self.max_recipients.to_string(),
+            "max-command-line" => self.max_command_line.to_string(),
+            "max-text-line" => self.max_text_line.to_string(),
+            "max-sessions" => self.max_sessions.to_string(),
+            "max-sessions-per-ip" => self.max_sessions_per_ip.to_string(),
+            "command-timeout" => self.command_timeout_secs.to_string(),
+            "data-timeout" => self.data_timeout_secs.to_string(),
+            "max-bad-commands" => self.max_bad_commands.to_string(),
+            "auth-max-failures" => self.auth_max_failures.to_string(),
+            "auth-failure-window" => self.auth_failure_window_secs.to_string(),
+            "auth-lockout" => self.auth_lockout_secs.to_string(),
+            "shutdown-grace" => self.shutdown_grace_secs.to_string(),
+            "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
+            "tls-key-file" => self.tls_key_file.clone().unwrap_or_default(),
+            _ => return None,
+        })
+    }
+}
+
+/// This machine's host name, or `localhost`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| crate::policy::address::normalize_domain(h.trim()).ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_round_trips_and_bad_values_fail() {
+        let defaults = ServerSettings::default();
+        for (key, _) in SERVER_KEYS {
+            let mut s = ServerSettings::default();
+            let v = defaults.get(key).unwrap();
+            s.set(key, &v).unwrap();
+            assert_eq!(s, defaults, "{key}");
+        }
+        let mut s = ServerSettings::default();
+        assert!(s.set("max-recipients", "0").is_err());
+        assert!(s.set("max-recipients", "ten").is_err());
+        assert!(s.set("max-command-line", "100").is_err());
+        assert!(s.set("hostname", "bad host").is_err());
+        assert!(s.set("nope", "1").is_err());
+        assert_eq!(s, ServerSettings::default());
+    }
+}
