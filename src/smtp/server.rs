@@ -1,0 +1,441 @@
+//! The tokio side of a session: it only reads, writes, times out and runs
+//! what the sans-I/O [`Session`] asks for (TLS handshakes, password checks
+//! off-thread, durable spooling). Every protocol decision is the session's.
+
+use super::reply::Reply;
+use super::session::{Action, DataProgress, Limits, Message, Session, SessionParams};
+use super::trace_header::{TraceInfo, received_header};
+use crate::bindings::BindKind;
+use crate::engine::{RunState, Shared};
+use crate::events::Event;
+use crate::server_settings::ServerSettings;
+use crate::spool::{NewMessage, SpoolRecipient};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Everything a connection task needs from its listener.
+pub struct ConnectionContext {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub kind: BindKind,
+    /// Dropped when the task ends: the engine knows all sessions are done
+    /// when the last of these is gone.
+    pub _done: mpsc::Sender<()>,
+}
+
+/// The socket, before or after TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while a handshake has the stream.
+    Gone,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The session limits a set of engine settings asks for.
+pub fn limits_from(settings: &ServerSettings) -> Limits {
+    Limits {
+        max_message_size: settings.max_message_size,
+        max_recipients: settings.max_recipients,
+        max_command_line: settings.max_command_line,
+        max_text_line: settings.max_text_line,
+        max_bad_commands: settings.max_bad_commands,
+        allow_plaintext_auth: settings.plaintext_auth,
+        ..Limits::default()
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
+    let snapshot = ctx.shared.snapshot();
+    let settings = Arc::clone(&snapshot.settings);
+    let id = ctx.shared.next_session_id();
+    let _slot = match ctx.shared.admit(ctx.peer.ip(), &settings) {
+        Ok(slot) => slot,
+        Err(text) => {
+            let reply = Reply::new(421, "4.7.0", text);
+            let mut stream = stream;
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire())).await;
+            ctx.shared.events.emit(Event::SessionRefused {
+                peer: ctx.peer,
+                reply: reply.to_string().trim_end().to_string(),
+            });
+            return;
+        }
+    };
+    let tls = ctx.shared.tls();
+    let mut conn = Conn::Plain(stream);
+    if ctx.kind == BindKind::Smtps {
+        let Some(acceptor) = tls.clone() else {
+            ctx.shared.events.emit(Event::Error {
+                session: Some(id),
+                message: format!("{}: implicit TLS listener without a certificate", ctx.local),
+            });
+            return;
+        };
+        conn = match handshake(&acceptor, conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.shared.events.emit(Event::SessionClosed {
+                    session: id,
+                    why: format!("TLS handshake failed: {e}"),
+                });
+                return;
+            }
+        };
+    }
+    let params = SessionParams {
+        hostname: settings.hostname.clone(),
+        kind: ctx.kind,
+        peer: ctx.peer.ip(),
+        tls_active: ctx.kind == BindKind::Smtps,
+        tls_available: tls.is_some() && ctx.kind != BindKind::Smtps,
+        limits: limits_from(&settings),
+    };
+    ctx.shared.events.emit(Event::SessionOpened {
+        session: id,
+        peer: ctx.peer,
+        local: ctx.local,
+        kind: ctx.kind,
+        tls: params.tls_active,
+    });
+    let mut session = Session::new(params);
+    let why = match run(&ctx, id, &settings, &mut conn, &mut session).await {
+        Ok(why) => why,
+        Err(e) => format!("connection error: {e}"),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
+    ctx.shared.events.emit(Event::SessionClosed { session: id, why });
+}
+
+async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, conn: Conn) -> io::Result<Conn> {
+    let Conn::Plain(tcp) = conn else {
+        return Err(io::Error::other("TLS is already active"));
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(tls))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
+/// The read-handle-write loop. Returns why the session ended.
+async fn run(
+    ctx: &ConnectionContext,
+    id: u64,
+    settings: &ServerSettings,
+    conn: &mut Conn,
+    session: &mut Session,
+) -> io::Result<String> {
+    let ip = ctx.peer.ip();
+    let mut input: Vec<u8> = Vec::new();
+    let mut start = 0usize;
+    let mut out: Vec<u8> = session.greeting().to_wire();
+    let mut discarding_long_line = false;
+    let mut state = ctx.shared.run_state();
+    let mut pending: VecDeque<Action> = VecDeque::new();
+    loop {
+        // Handle every complete line (or DATA bytes) already read.
+        'handle: while !session.is_closed() {
+            if session.in_data() {
+                if start >= input.len() {
+                    break;
+                }
+                match session.handle_data(&input[start..]) {
+                    DataProgress::Continue => {
+                        start = input.len();
+                        break;
+                    }
+                    DataProgress::Finished { consumed, actions } => {
+                        start += consumed;
+                        pending.extend(actions);
+                    }
+                }
+            } else {
+                let Some(pos) = input[start..].iter().position(|&b| b == b'\n') else {
+                    if input.len() - start > session.max_line_len() {
+                        discarding_long_line = true;
+                        start = input.len();
+                    }
+                    break;
+                };
+                let end = start + pos;
+                let mut line = &input[start..end];
+                start = end + 1;
+                if let Some(stripped) = line.strip_suffix(b"\r") {
+                    line = stripped;
+                }
+                let actions = if std::mem::take(&mut discarding_long_line) {
+                    session.handle_overlong_line()
+                } else {
+                    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"AUTH") {
+                        session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
+                    }
+                    let policy = Arc::clone(&ctx.shared.snapshot().policy);
+                    let actions = session.handle_line(line, &policy);
+                    emit_command(ctx, id, line, &actions);
+                    actions
+                };
+                pending.extend(actions);
+            }
+            while let Some(action) = pending.pop_front() {
+                match action {
+                    Action::Reply(r) => out.extend_from_slice(&r.to_wire()),
+                    Action::StartData => {}
+                    Action::RecipientDecided(rd) => {
+                        let tx_sender = session_sender(session);
+                        ctx.shared.events.emit(Event::Decision {
+                            session: id,
+                            peer: ip,
+                            login: session.login().map(str::to_string),
+                            sender: tx_sender,
+                            recipient: rd.recipient.to_string(),
+                            decision: Box::new(rd.decision),
+                        });
+                    }
+                    Action::VerifyAuth(req) => {
+                        let login = req.login.clone();
+                        let ok = tokio::task::spawn_blocking(move || {
+                            crate::credentials::verify_password(req.password_hash.as_deref(), &req.password)
+                        })
+                        .await
+                        .unwrap_or(false);
+                        if ok {
+                            ctx.shared.events.emit(Event::Authenticated { session: id, login });
+                        } else {
+                            let locked = ctx.shared.record_auth_failure(ip, settings);
+                            ctx.shared.events.emit(Event::AuthFailed {
+                                session: id,
+                                peer: ip,
+                                login: Some(login),
+                            });
+                            if locked {
+                                session.set_auth_locked_out(true);
+                            }
+                        }
+                        let more = session.auth_result(ok);
+                        for a in more.into_iter().rev() {
+                            pending.push_front(a);
+                        }
+                    }
+                    Action::StartTls => {
+                        flush(conn, &mut out).await?;
+                        // Bytes pipelined after STARTTLS are dropped, never
+                        // read as commands inside TLS (CVE-2011-0411).
+                        input.clear();
+                        start = 0;
+                        let Some(acceptor) = ctx.shared.tls() else {
+                            return Ok("TLS disappeared before the handshake".into());
+                        };
+                        let plain = std::mem::replace(conn, Conn::Gone);
+                        match handshake(&acceptor, plain).await {
+                            Ok(tls) => {
+                                *conn = tls;
+                                session.tls_established();
+                                ctx.shared.events.emit(Event::TlsEstablished { session: id });
+                            }
+                            Err(e) => return Ok(format!("STARTTLS handshake failed: {e}")),
+                        }
+                        continue 'handle;
+                    }
+                    Action::Message(message) => {
+                        flush(conn, &mut out).await?;
+                        let reply = store_message(ctx, id, settings, session, *message).await;
+                        out.extend_from_slice(&reply.to_wire());
+                    }
+                    Action::Close => {
+                        flush(conn, &mut out).await?;
+                        return Ok("closed".into());
+                    }
+                }
+            }
+        }
+        if start > 0 {
+            input.drain(..start);
+            start = 0;
+        }
+        if input.is_empty() && input.capacity() > 64 * 1024 {
+            input = Vec::new();
+        }
+        flush(conn, &mut out).await?;
+        if session.is_closed() {
+            return Ok("closed".into());
+        }
+        let idle = Duration::from_secs(if session.in_data() {
+            settings.data_timeout_secs
+        } else {
+            settings.command_timeout_secs
+        });
+        if input.capacity() - input.len() < 512 {
+            input.reserve(if input.is_empty() { 1024 } else { 16 * 1024 });
+        }
+        tokio::select! {
+            read = tokio::time::timeout(idle, conn.read_buf(&mut input)) => match read {
+                Err(_) => {
+                    out.extend_from_slice(&session.timeout_reply().to_wire());
+                    flush(conn, &mut out).await?;
+                    return Ok("idle timeout".into());
+                }
+                Ok(Ok(0)) => return Ok("client disconnected".into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+            },
+            changed = state.changed() => {
+                let now = if changed.is_ok() { *state.borrow() } else { RunState::Aborting };
+                if now == RunState::Aborting || (now == RunState::Draining && !session.in_data()) {
+                    let r = Reply::new(421, "4.3.2", format!("{} Service shutting down, closing connection", settings.hostname));
+                    out.extend_from_slice(&r.to_wire());
+                    flush(conn, &mut out).await?;
+                    return Ok("engine shutting down".into());
+                }
+            }
+        }
+    }
+}
+
+async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    conn.write_all(out).await?;
+    conn.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+/// The sender of the transaction in progress, for events.
+fn session_sender(session: &Session) -> String {
+    session
+        .transaction()
+        .and_then(|t| t.sender.as_ref().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Emits the command and its reply; AUTH payloads are never included.
+fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], actions: &[Action]) {
+    let reply = actions.iter().find_map(|a| match a {
+        Action::Reply(r) => Some(r.to_string().lines().last().unwrap_or_default().to_string()),
+        _ => None,
+    });
+    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+    let upper = text.to_ascii_uppercase();
+    let shown = if upper.starts_with("AUTH ") {
+        let mech: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        format!("{mech} ***")
+    } else if !text.is_empty() && !text.contains(' ') && !text.contains(':') && upper.len() > 8 {
+        "*** (AUTH response)".into()
+    } else {
+        text.chars().filter(|c| !c.is_control()).collect()
+    };
+    ctx.shared.events.emit(Event::Command {
+        session: id,
+        line: shown,
+        reply: reply.unwrap_or_default(),
+    });
+}
+
+/// Adds the Received: header, stores the message durably, and returns the
+/// reply the client may now hear (250 only once the spool has it).
+async fn store_message(
+    ctx: &ConnectionContext,
+    id: u64,
+    settings: &ServerSettings,
+    session: &mut Session,
+    message: Message,
+) -> Reply {
+    let t = &message.transaction;
+    let queue_id = ctx.shared.spool.next_id();
+    let first_rcpt = t.recipients.first().map(|r| r.recipient.to_string());
+    let header = received_header(&TraceInfo {
+        helo: &t.helo,
+        peer: t.peer,
+        hostname: &settings.hostname,
+        esmtp: t.esmtp,
+        tls: t.tls,
+        authenticated: t.login.is_some(),
+        queue_id: &queue_id,
+        single_recipient: if t.recipients.len() == 1 { first_rcpt.as_deref() } else { None },
+        at: SystemTime::now(),
+    });
+    let mut body = Vec::with_capacity(header.len() + message.body.len());
+    body.extend_from_slice(header.as_bytes());
+    body.extend_from_slice(&message.body);
+    let size = body.len();
+    let recipients: Vec<SpoolRecipient> = t
+        .recipients
+        .iter()
+        .map(|r| SpoolRecipient {
+            address: r.recipient.to_string(),
+            class: r.decision.class.to_string(),
+            reason: r.decision.to_string(),
+        })
+        .collect();
+    let count = recipients.len();
+    let new = NewMessage {
+        id: queue_id.clone(),
+        sender: t.sender.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        recipients,
+        login: t.login.clone(),
+        peer: t.peer.to_string(),
+        helo: t.helo.clone(),
+        body,
+    };
+    let result = ctx.shared.spool.store(new).await;
+    match &result {
+        Ok(()) => ctx.shared.events.emit(Event::MessageAccepted {
+            session: id,
+            id: queue_id.clone(),
+            size,
+            recipients: count,
+        }),
+        Err(e) => ctx.shared.events.emit(Event::Error {
+            session: Some(id),
+            message: format!("spooling {queue_id} failed: {e}"),
+        }),
+    }
+    session.message_stored(result.map(|()| queue_id).map_err(|e| e.to_string()))
+}
