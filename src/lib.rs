@@ -5,4 +5,5 @@ pub mod bindings;
 pub mod cli;
 pub mod credentials;
 pub mod policy;
+pub mod smtp;
 pub mod store;
