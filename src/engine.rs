@@ -63,7 +63,7 @@ struct ClientState {
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     tls: RwLock<Option<TlsAcceptor>>,
-    pub events: EventBus,
+    pub events: Arc<EventBus>,
     pub spool: Spool,
     clients: Mutex<HashMap<IpAddr, ClientState>>,
     total_sessions: AtomicU64,
@@ -113,7 +113,11 @@ impl Shared {
     }
 
     /// Takes a session slot, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, settings: &ServerSettings) -> Result<SessionSlot, &'static str> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        settings: &ServerSettings,
+    ) -> Result<SessionSlot, &'static str> {
         let total = self.total_sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = SessionSlot {
             shared: Arc::clone(self),
@@ -202,8 +206,10 @@ pub struct Engine {
 impl Engine {
     /// Opens the database and the spool, binds every stored listener
     /// (one that fails is reported and the others run) and starts watching
-    /// the configuration. Must run inside a tokio runtime.
-    pub async fn start(db: &Path) -> Result<Engine, EngineError> {
+    /// the configuration. Events go to `events`, which the caller has
+    /// subscribed to first so that nothing (listener failures included) is
+    /// missed. Must run inside a tokio runtime.
+    pub async fn start(db: &Path, events: Arc<EventBus>) -> Result<Engine, EngineError> {
         let db = db.to_path_buf();
         let (store, policy, settings, bindings) = {
             let db = db.clone();
@@ -225,7 +231,7 @@ impl Engine {
                 settings: Arc::new(settings.clone()),
             })),
             tls: RwLock::new(None),
-            events: EventBus::default(),
+            events,
             spool,
             clients: Mutex::new(HashMap::new()),
             total_sessions: AtomicU64::new(0),
@@ -307,7 +313,10 @@ impl Engine {
             }
         }
         self.session_token.take();
-        if tokio::time::timeout(grace, self.sessions_done.recv()).await.is_err() {
+        if tokio::time::timeout(grace, self.sessions_done.recv())
+            .await
+            .is_err()
+        {
             self.shared.state.send_replace(RunState::Aborting);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions_done.recv()).await;
         }
@@ -379,7 +388,11 @@ async fn reconcile(
     }
 }
 
-async fn open_listener(shared: &Arc<Shared>, binding: Binding, token: mpsc::Sender<()>) -> Listener {
+async fn open_listener(
+    shared: &Arc<Shared>,
+    binding: Binding,
+    token: mpsc::Sender<()>,
+) -> Listener {
     match TcpListener::bind(binding.addr).await {
         Ok(tcp) => {
             let bound = tcp.local_addr().unwrap_or(binding.addr);
@@ -388,7 +401,13 @@ async fn open_listener(shared: &Arc<Shared>, binding: Binding, token: mpsc::Send
                 kind: binding.kind,
             });
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(accept_loop(Arc::clone(shared), tcp, binding.kind, stopped, token));
+            let task = tokio::spawn(accept_loop(
+                Arc::clone(shared),
+                tcp,
+                binding.kind,
+                stopped,
+                token,
+            ));
             Listener {
                 status: ListenerStatus {
                     binding,
@@ -467,7 +486,9 @@ async fn watch_config(
         tick.tick().await;
         let store2 = Arc::clone(&store);
         let loaded = tokio::task::spawn_blocking(move || {
-            let mut store = store2.lock().map_err(|_| "store lock poisoned".to_string())?;
+            let mut store = store2
+                .lock()
+                .map_err(|_| "store lock poisoned".to_string())?;
             let version = store.data_version().map_err(|e| e.to_string())?;
             if last_version == Some(version) {
                 return Ok(None);
@@ -490,10 +511,13 @@ async fn watch_config(
                 continue;
             }
             Err(e) => {
-                shared.events.emit(Event::ConfigRejected { error: e.to_string() });
+                shared.events.emit(Event::ConfigRejected {
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
+        let first = last_version.is_none();
         last_version = Some(version);
         match result {
             Ok((policy, new_settings, bindings)) => {
@@ -511,7 +535,9 @@ async fn watch_config(
                         settings: Arc::new(new_settings),
                     });
                 }
-                shared.events.emit(Event::PolicyReloaded { allow, deny });
+                if !first {
+                    shared.events.emit(Event::PolicyReloaded { allow, deny });
+                }
                 reconcile(&shared, &listeners, &bindings, &token).await;
             }
             Err(error) => shared.events.emit(Event::ConfigRejected { error }),

@@ -4,9 +4,11 @@
 pub mod bindings;
 pub mod cli;
 pub mod credentials;
+pub mod engine;
 pub mod events;
 pub mod policy;
 pub mod server_settings;
+pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod tls;

@@ -8,6 +8,7 @@ mod domain;
 mod list;
 mod policy;
 mod rule;
+mod serve;
 mod user;
 
 use crate::store::Store;
@@ -60,20 +61,25 @@ pub enum Command {
     Bind(bind::BindCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
+    /// Run the SMTP engine on the stored bindings until SIGINT/SIGTERM.
+    Serve {
+        /// No console: log every event to stderr (RELAYGATE_LOG=debug shows
+        /// each command too).
+        #[arg(long)]
+        headless: bool,
+    },
 }
 
 /// Runs a parsed command line. `Err` is bad input or a failed operation
 /// (exit 2); `check` returns 1 itself when a recipient is denied.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut store = Store::open(&cli.db)?;
-    let Some(command) = cli.command else {
-        println!(
-            "relaygate database {} is ready; see `relaygate --help` for the commands",
-            store.path().display()
-        );
-        return Ok(ExitCode::SUCCESS);
+    let command = match cli.command {
+        None | Some(Command::Serve { .. }) => return serve::run(&cli.db),
+        Some(command) => command,
     };
+    let mut store = Store::open(&cli.db)?;
     match command {
+        Command::Serve { .. } => serve::run(&cli.db),
         Command::List(c) => list::run(&mut store, c),
         Command::Domain(c) => domain::run(&mut store, c),
         Command::User(c) => user::run_user(&mut store, c),

@@ -41,7 +41,11 @@ enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -51,7 +55,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -99,7 +107,9 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         Err(text) => {
             let reply = Reply::new(421, "4.7.0", text);
             let mut stream = stream;
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire()))
+                    .await;
             ctx.shared.events.emit(Event::SessionRefused {
                 peer: ctx.peer,
                 reply: reply.to_string().trim_end().to_string(),
@@ -149,7 +159,9 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         Err(e) => format!("connection error: {e}"),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
-    ctx.shared.events.emit(Event::SessionClosed { session: id, why });
+    ctx.shared
+        .events
+        .emit(Event::SessionClosed { session: id, why });
 }
 
 async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, conn: Conn) -> io::Result<Conn> {
@@ -159,7 +171,10 @@ async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, conn: Conn) -> io::Resu
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(tls))),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
     }
 }
 
@@ -215,9 +230,10 @@ async fn run(
                     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"AUTH") {
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
                     }
+                    let secret = session.awaiting_auth_response();
                     let policy = Arc::clone(&ctx.shared.snapshot().policy);
                     let actions = session.handle_line(line, &policy);
-                    emit_command(ctx, id, line, &actions);
+                    emit_command(ctx, id, line, secret, &actions);
                     actions
                 };
                 pending.extend(actions);
@@ -240,12 +256,17 @@ async fn run(
                     Action::VerifyAuth(req) => {
                         let login = req.login.clone();
                         let ok = tokio::task::spawn_blocking(move || {
-                            crate::credentials::verify_password(req.password_hash.as_deref(), &req.password)
+                            crate::credentials::verify_password(
+                                req.password_hash.as_deref(),
+                                &req.password,
+                            )
                         })
                         .await
                         .unwrap_or(false);
                         if ok {
-                            ctx.shared.events.emit(Event::Authenticated { session: id, login });
+                            ctx.shared
+                                .events
+                                .emit(Event::Authenticated { session: id, login });
                         } else {
                             let locked = ctx.shared.record_auth_failure(ip, settings);
                             ctx.shared.events.emit(Event::AuthFailed {
@@ -276,7 +297,9 @@ async fn run(
                             Ok(tls) => {
                                 *conn = tls;
                                 session.tls_established();
-                                ctx.shared.events.emit(Event::TlsEstablished { session: id });
+                                ctx.shared
+                                    .events
+                                    .emit(Event::TlsEstablished { session: id });
                             }
                             Err(e) => return Ok(format!("STARTTLS handshake failed: {e}")),
                         }
@@ -356,18 +379,22 @@ fn session_sender(session: &Session) -> String {
 }
 
 /// Emits the command and its reply; AUTH payloads are never included.
-fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], actions: &[Action]) {
+fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], secret: bool, actions: &[Action]) {
     let reply = actions.iter().find_map(|a| match a {
         Action::Reply(r) => Some(r.to_string().lines().last().unwrap_or_default().to_string()),
         _ => None,
     });
     let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
     let upper = text.to_ascii_uppercase();
-    let shown = if upper.starts_with("AUTH ") {
-        let mech: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        format!("{mech} ***")
-    } else if !text.is_empty() && !text.contains(' ') && !text.contains(':') && upper.len() > 8 {
+    let shown = if secret {
         "*** (AUTH response)".into()
+    } else if upper.starts_with("AUTH ") {
+        let mech: String = text
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("{mech} ***")
     } else {
         text.chars().filter(|c| !c.is_control()).collect()
     };
@@ -388,17 +415,22 @@ async fn store_message(
     message: Message,
 ) -> Reply {
     let t = &message.transaction;
+    let esmtp = session.esmtp();
     let queue_id = ctx.shared.spool.next_id();
     let first_rcpt = t.recipients.first().map(|r| r.recipient.to_string());
     let header = received_header(&TraceInfo {
         helo: &t.helo,
         peer: t.peer,
         hostname: &settings.hostname,
-        esmtp: t.esmtp,
+        esmtp,
         tls: t.tls,
         authenticated: t.login.is_some(),
         queue_id: &queue_id,
-        single_recipient: if t.recipients.len() == 1 { first_rcpt.as_deref() } else { None },
+        single_recipient: if t.recipients.len() == 1 {
+            first_rcpt.as_deref()
+        } else {
+            None
+        },
         at: SystemTime::now(),
     });
     let mut body = Vec::with_capacity(header.len() + message.body.len());

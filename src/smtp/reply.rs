@@ -1,0 +1,196 @@
+//! SMTP replies as they go on the wire: a code, an RFC 3463 enhanced status
+//! (RFC 2034) and one or more lines of text.
+
+use crate::policy::decision;
+use std::fmt;
+
+/// One SMTP reply. Every 2xx/4xx/5xx reply carries an enhanced status code;
+/// only the greeting, the EHLO response (RFC 2034 exempts both, and
+/// convention leaves them bare) and the 3xx prompts (334, 354) go without.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// The enhanced status code, like `"5.5.2"`.
+    pub status: Option<&'static str>,
+    /// At least one line; an empty list renders as one empty line.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply with an enhanced status code.
+    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            lines: vec![text.into()],
+        }
+    }
+
+    /// A one-line reply without an enhanced status code (greeting, prompts).
+    pub fn bare(code: u16, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            status: None,
+            lines: vec![text.into()],
+        }
+    }
+
+    /// The 220 greeting.
+    pub fn greeting(hostname: &str) -> Reply {
+        Reply::bare(220, format!("{hostname} ESMTP relaygate"))
+    }
+
+    /// The reply before the I/O layer drops an idle client.
+    pub fn timeout(hostname: &str) -> Reply {
+        Reply::new(421, "4.4.2", format!("{hostname} Error: timeout exceeded"))
+    }
+
+    /// The reply to every client when the server shuts down.
+    pub fn shutting_down(hostname: &str) -> Reply {
+        Reply::new(
+            421,
+            "4.3.2",
+            format!("{hostname} Service shutting down, closing transmission channel"),
+        )
+    }
+
+    /// The first text line (for tests and logs).
+    pub fn text(&self) -> &str {
+        self.lines.first().map_or("", String::as_str)
+    }
+
+    /// 2xx and 3xx.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// The reply as the client sees it: `code-` on every line but the last,
+    /// `code ` on the last, each line ending in CRLF. CR, LF and other
+    /// control characters in the text are replaced, so nothing echoed back
+    /// (a rule's text, a client's argument) can inject a reply line.
+    pub fn to_wire(&self) -> Vec<u8> {
+        self.to_string().into_bytes()
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let empty = [String::new()];
+        let lines: &[String] = if self.lines.is_empty() {
+            &empty
+        } else {
+            &self.lines
+        };
+        let last = lines.len() - 1;
+        for (i, line) in lines.iter().enumerate() {
+            let separator = if i == last { ' ' } else { '-' };
+            write!(f, "{}{separator}", self.code)?;
+            if let Some(status) = self.status {
+                f.write_str(status)?;
+                if !line.is_empty() {
+                    f.write_str(" ")?;
+                }
+            }
+            for c in line.chars() {
+                if c.is_control() {
+                    f.write_str("?")?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            f.write_str("\r\n")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<decision::Reply> for Reply {
+    fn from(reply: decision::Reply) -> Reply {
+        Reply::new(reply.code, reply.status, reply.text)
+    }
+}
+
+impl From<&decision::Reply> for Reply {
+    fn from(reply: &decision::Reply) -> Reply {
+        Reply::new(reply.code, reply.status, reply.text.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_with_status() {
+        assert_eq!(
+            Reply::new(250, "2.0.0", "Ok").to_string(),
+            "250 2.0.0 Ok\r\n"
+        );
+    }
+
+    #[test]
+    fn multi_line_continues_with_dash() {
+        let r = Reply {
+            code: 250,
+            status: None,
+            lines: vec!["mx.example".into(), "PIPELINING".into(), "8BITMIME".into()],
+        };
+        assert_eq!(
+            r.to_string(),
+            "250-mx.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        );
+        let h = Reply {
+            code: 214,
+            status: Some("2.0.0"),
+            lines: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(h.to_string(), "214-2.0.0 a\r\n214 2.0.0 b\r\n");
+    }
+
+    #[test]
+    fn greeting_and_prompts_are_bare() {
+        assert_eq!(
+            Reply::greeting("mx.example").to_string(),
+            "220 mx.example ESMTP relaygate\r\n"
+        );
+        assert_eq!(Reply::bare(334, "").to_string(), "334 \r\n");
+    }
+
+    #[test]
+    fn control_characters_cannot_inject_lines() {
+        let r = Reply::new(550, "5.7.1", "no\r\n250 2.0.0 ok");
+        assert_eq!(r.to_string(), "550 5.7.1 no??250 2.0.0 ok\r\n");
+        assert_eq!(
+            Reply {
+                code: 250,
+                status: Some("2.0.0"),
+                lines: vec![]
+            }
+            .to_string(),
+            "250 2.0.0\r\n"
+        );
+    }
+
+    #[test]
+    fn timeout_and_shutdown() {
+        assert!(Reply::timeout("h").to_string().starts_with("421 4.4.2 "));
+        assert!(
+            Reply::shutting_down("h")
+                .to_string()
+                .starts_with("421 4.3.2 ")
+        );
+    }
+
+    #[test]
+    fn policy_reply_converts() {
+        let p = decision::Reply {
+            code: 554,
+            status: "5.7.1",
+            text: "<a@b>: Relay access denied".into(),
+        };
+        assert_eq!(
+            Reply::from(&p).to_string(),
+            "554 5.7.1 <a@b>: Relay access denied\r\n"
+        );
+    }
+}
