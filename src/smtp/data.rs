@@ -7,6 +7,9 @@
 //! smuggling works (CVE-2023-51764/51765/51766), where a relay and the
 //! next hop disagree on where a message ends.
 
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
+pub const RFC_TEXT_LINE: usize = 1000;
+
 /// What happens to a message whose body has a bare LF or a bare CR (one
 /// not part of a CRLF pair). Either way the end of data is only ever
 /// `<CRLF>.<CRLF>`.
@@ -55,6 +58,7 @@ pub struct DataReader {
     max_text_line: usize,
     line_len: usize,
     long_lines: usize,
+    line_too_long: bool,
 }
 
 /// The message once its end was seen.
@@ -66,12 +70,16 @@ pub struct DataEnd {
     pub too_big: bool,
     /// How many bare CRs and LFs the body had.
     pub bare_line_endings: usize,
-    /// How many lines were longer than the text line limit (accepted).
+    /// How many lines were longer than RFC 5321's 1000 (accepted).
     pub long_lines: usize,
+    /// A line was longer than the enforced `max_text_line`.
+    pub line_too_long: bool,
 }
 
 impl DataReader {
-    /// `max_text_line` counts the CRLF; longer lines are only counted.
+    /// `max_text_line` counts the CRLF: a longer line makes
+    /// [`DataEnd::line_too_long`]; lines between 1000 and it are only
+    /// counted.
     /// Bare CRs and LFs are always stored as CRLF and counted: whether
     /// that is fine ([`BareLineEnding`]) is the session's call.
     pub fn new(max_size: u64, max_text_line: usize) -> Self {
@@ -84,6 +92,7 @@ impl DataReader {
             max_text_line,
             line_len: 0,
             long_lines: 0,
+            line_too_long: false,
         }
     }
 
@@ -132,6 +141,7 @@ impl DataReader {
             too_big,
             bare_line_endings: self.bare_count,
             long_lines: self.long_lines,
+            line_too_long: self.line_too_long,
         }
     }
 
@@ -185,8 +195,12 @@ impl DataReader {
     }
 
     fn end_line(&mut self) {
-        if self.line_len.saturating_add(2) > self.max_text_line {
+        let len = self.line_len.saturating_add(2);
+        if len > RFC_TEXT_LINE {
             self.long_lines = self.long_lines.saturating_add(1);
+        }
+        if len > self.max_text_line {
+            self.line_too_long = true;
         }
         self.line_len = 0;
         self.store(b"\r\n");
@@ -285,13 +299,19 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_are_counted_not_refused() {
+    fn long_lines_are_counted_and_over_the_limit_flagged() {
         let mut input = vec![b'x'; 1200];
         input.extend_from_slice(b"\r\nshort\r\n.\r\n");
-        let (consumed, end) = read_all(&input);
-        assert!(consumed.is_some());
+        let mut r = DataReader::new(BIG, 1202);
+        assert!(r.feed(&input).is_some());
+        let end = r.finish();
         assert_eq!(end.long_lines, 1);
+        assert!(!end.line_too_long);
         assert_eq!(end.body.len(), 1200 + 2 + 7);
+
+        let mut strict = DataReader::new(BIG, 1201);
+        assert!(strict.feed(&input).is_some());
+        assert!(strict.finish().line_too_long);
     }
 
     #[test]
