@@ -415,14 +415,13 @@ async fn store_message(
     message: Message,
 ) -> Reply {
     let t = &message.transaction;
-    let esmtp = session.esmtp();
     let queue_id = ctx.shared.spool.next_id();
     let first_rcpt = t.recipients.first().map(|r| r.recipient.to_string());
     let header = received_header(&TraceInfo {
         helo: &t.helo,
         peer: t.peer,
         hostname: &settings.hostname,
-        esmtp,
+        esmtp: t.esmtp,
         tls: t.tls,
         authenticated: t.login.is_some(),
         queue_id: &queue_id,
