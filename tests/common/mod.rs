@@ -1,0 +1,253 @@
+//! Shared harness for the end-to-end tests: a temporary database, the real
+//! binary running `serve --headless` on an ephemeral loopback port, and a
+//! tiny raw SMTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_relaygate");
+
+/// Runs a CLI command against `db`, panicking unless it exits 0.
+pub fn cli(db: &Path, args: &[&str]) -> String {
+    cli_stdin(db, args, "")
+}
+
+pub fn cli_stdin(db: &Path, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relaygate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "relaygate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh database whose one binding is 127.0.0.1:0 (an ephemeral port),
+/// with example.com local. Settings are `(key, value)` for `policy set`.
+pub fn test_db(dir: &Path, settings: &[(&str, &str)]) -> PathBuf {
+    let db = dir.join("relaygate.db");
+    cli(&db, &["bind", "remove", "127.0.0.1:2525"]);
+    cli(&db, &["bind", "add", "127.0.0.1:0"]);
+    cli(&db, &["domain", "add", "example.com"]);
+    cli(&db, &["policy", "set", "hostname", "gw.example.com"]);
+    for (k, v) in settings {
+        cli(&db, &["policy", "set", k, v]);
+    }
+    db
+}
+
+/// The binary running `serve --headless`, with its stderr collected.
+pub struct Server {
+    pub child: Child,
+    pub db: PathBuf,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Server {
+    pub fn start(db: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--headless"])
+            .env("RELAYGATE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server {
+            child,
+            db: db.to_path_buf(),
+            lines: rx,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`, returning it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {timeout:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Drains what the server logged so far.
+    pub fn drain_log(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+    }
+
+    /// The address of the first listener to come up.
+    pub fn addr(&mut self) -> SocketAddr {
+        let line = self.wait_for("listening on ", Duration::from_secs(20));
+        let tail = line.split("listening on ").nth(1).expect("address");
+        let addr = tail.split(' ').next().expect("address");
+        addr.parse().expect("socket address")
+    }
+
+    /// SIGTERM, then wait for the process to exit (at most 20 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        wait_exit(&mut self.child, Duration::from_secs(20))
+    }
+
+    /// SIGKILL, now.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw SMTP client line by line, for exact replies.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
+    /// Reads one whole reply (all its lines), joined with '\n'.
+    pub fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => panic!("reading a reply: {e}; got so far {lines:?}"),
+            }
+            let done = line.len() < 4 || line.as_bytes()[3] != b'-';
+            lines.push(line.trim_end().to_string());
+            if done {
+                break;
+            }
+        }
+        lines.join("\n")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends a command line and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends a command and asserts the reply starts with `expect`.
+    pub fn expect(&mut self, line: &str, expect: &str) -> String {
+        let r = self.cmd(line);
+        assert!(
+            r.starts_with(expect),
+            "{line:?} -> {r:?}, wanted {expect:?}"
+        );
+        r
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+/// Sends one whole message over a fresh connection; returns the final reply.
+pub fn send_message(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let mut c = Client::connect(addr);
+    let greeting = c.reply();
+    assert!(greeting.starts_with("220"), "{greeting}");
+    c.expect("EHLO client.test", "250");
+    c.expect(&format!("MAIL FROM:<{from}>"), "250");
+    for r in to {
+        c.expect(&format!("RCPT TO:<{r}>"), "250");
+    }
+    c.expect("DATA", "354");
+    c.send(body.as_bytes());
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
+}
