@@ -13,7 +13,7 @@ pub mod reply;
 pub mod session;
 
 pub use command::{Command, CommandError, Param, parse_command};
-pub use data::{BareLineEnding, DataReader};
+pub use data::{BareLineEnding, DataEnd, DataReader};
 pub use reply::Reply;
 pub use session::{
     Action, AuthRequest, BodyType, DataProgress, Limits, Message, RecipientDecision, Session,
