@@ -15,7 +15,7 @@ pub mod session;
 pub mod trace_header;
 
 pub use command::{Command, CommandError, Param, parse_command};
-pub use data::{BareLineEnding, DataReader};
+pub use data::{BareLineEnding, DataEnd, DataReader};
 pub use reply::Reply;
 pub use session::{
     Action, AuthRequest, BodyType, DataProgress, Limits, Message, RecipientDecision, Session,

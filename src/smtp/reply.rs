@@ -81,7 +81,7 @@ impl fmt::Display for Reply {
         } else {
             &self.lines
         };
-        let last = lines.len() - 1;
+        let last = lines.len().saturating_sub(1);
         for (i, line) in lines.iter().enumerate() {
             let separator = if i == last { ' ' } else { '-' };
             write!(f, "{}{separator}", self.code)?;
