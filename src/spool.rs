@@ -214,45 +214,36 @@ pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
     let mut rcpts = conn.prepare(
         "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
     )?;
-    let rows: Vec<(String, i64, String, Option<String>, String, String, Vec<u8>)> = stmt
+    let mut messages: Vec<StoredMessage> = stmt
         .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter()
-        .map(|(id, received_at, sender, login, peer, helo, body)| {
-            let recipients = rcpts
-                .query_map([&id], |r| {
-                    Ok(SpoolRecipient {
-                        address: r.get(0)?,
-                        class: r.get(1)?,
-                        reason: r.get(2)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let id: String = r.get(0)?;
             Ok(StoredMessage {
                 id: id.clone(),
-                received_at,
+                received_at: r.get(1)?,
                 message: NewMessage {
                     id,
-                    sender,
-                    recipients,
-                    login,
-                    peer,
-                    helo,
-                    body,
+                    sender: r.get(2)?,
+                    recipients: Vec::new(),
+                    login: r.get(3)?,
+                    peer: r.get(4)?,
+                    helo: r.get(5)?,
+                    body: r.get(6)?,
                 },
             })
-        })
-        .collect()
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for m in &mut messages {
+        m.message.recipients = rcpts
+            .query_map([&m.id], |r| {
+                Ok(SpoolRecipient {
+                    address: r.get(0)?,
+                    class: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(messages)
 }
 
 #[cfg(test)]

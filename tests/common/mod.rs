@@ -190,13 +190,19 @@ impl Client {
 
     /// Reads one whole reply (all its lines), joined with '\n'.
     pub fn reply(&mut self) -> String {
+        match self.try_reply() {
+            Ok(r) => r,
+            Err(e) => panic!("reading a reply: {e}"),
+        }
+    }
+
+    /// Reads one whole reply; an I/O error (a reset, a timeout) is returned.
+    pub fn try_reply(&mut self) -> std::io::Result<String> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => panic!("reading a reply: {e}; got so far {lines:?}"),
+            if self.reader.read_line(&mut line)? == 0 {
+                break;
             }
             let done = line.len() < 4 || line.as_bytes()[3] != b'-';
             lines.push(line.trim_end().to_string());
@@ -204,7 +210,12 @@ impl Client {
                 break;
             }
         }
-        lines.join("\n")
+        Ok(lines.join("\n"))
+    }
+
+    /// Writes without panicking (the server may be gone).
+    pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
