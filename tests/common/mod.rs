@@ -32,6 +32,10 @@ pub fn cli_stdin(db: &Path, args: &[&str], stdin: &str) -> String {
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Ok(()),
+            _ => Err(e),
+        })
         .expect("stdin write");
     let out = child.wait_with_output().expect("wait");
     assert!(
