@@ -1,0 +1,220 @@
+//! SMTP load generator: N messages of a given size over M concurrent
+//! sessions to a server on loopback, or N idle sessions held open.
+//!
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 20000 --concurrency 50
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID
+//!
+//! Each session sends EHLO once, then per message MAIL, RCPT and DATA in
+//! one write (PIPELINING), the body, and waits for the final 250: a message
+//! counts as accepted only once the server has acknowledged it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Args {
+    target: SocketAddr,
+    messages: u64,
+    concurrency: u64,
+    size: usize,
+    idle: Option<usize>,
+    pid: Option<u32>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        target: "127.0.0.1:2525".parse().map_err(|_| "default target")?,
+        messages: 10_000,
+        concurrency: 50,
+        size: 2048,
+        idle: None,
+        pid: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--target" => args.target = value("--target")?.parse().map_err(|e| format!("--target: {e}"))?,
+            "--messages" => args.messages = value("--messages")?.parse().map_err(|e| format!("--messages: {e}"))?,
+            "--concurrency" => args.concurrency = value("--concurrency")?.parse().map_err(|e| format!("--concurrency: {e}"))?,
+            "--size" => args.size = value("--size")?.parse().map_err(|e| format!("--size: {e}"))?,
+            "--idle" => args.idle = Some(value("--idle")?.parse().map_err(|e| format!("--idle: {e}"))?),
+            "--pid" => args.pid = Some(value("--pid")?.parse().map_err(|e| format!("--pid: {e}"))?),
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if !args.target.ip().is_loopback() {
+        return Err("the load generator only sends to loopback addresses".into());
+    }
+    Ok(args)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("smtp_load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtp_load: runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = rt.block_on(async {
+        match args.idle {
+            Some(n) => idle(&args, n).await,
+            None => throughput(&args).await,
+        }
+    });
+    std::process::exit(code);
+}
+
+/// A 2 KB-ish message body with CRLF lines, no line starting with a dot.
+fn body(size: usize) -> Vec<u8> {
+    let mut b = b"From: load@example.com\r\nTo: sink@far.test\r\nSubject: load test\r\n\r\n".to_vec();
+    let line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
+    while b.len() + line.len() <= size {
+        b.extend_from_slice(line);
+    }
+    b.extend_from_slice(b".\r\n");
+    b
+}
+
+async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mut String) -> std::io::Result<u16> {
+    loop {
+        line.clear();
+        if r.read_line(line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            return Ok(line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0));
+        }
+    }
+}
+
+async fn session(target: SocketAddr, count: u64, body: Arc<Vec<u8>>, accepted: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> std::io::Result<()> {
+    let stream = TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    read_reply(&mut r, &mut line).await?;
+    w.write_all(b"EHLO loadgen.test\r\n").await?;
+    read_reply(&mut r, &mut line).await?;
+    let envelope = b"MAIL FROM:<load@example.com>\r\nRCPT TO:<sink@far.test>\r\nDATA\r\n";
+    for _ in 0..count {
+        w.write_all(envelope).await?;
+        let (m, rc, d) = (
+            read_reply(&mut r, &mut line).await?,
+            read_reply(&mut r, &mut line).await?,
+            read_reply(&mut r, &mut line).await?,
+        );
+        if d != 354 {
+            // Refused: report once for this session and stop it.
+            refused.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::other(format!("MAIL {m}, RCPT {rc}, DATA {d}")));
+        }
+        w.write_all(&body).await?;
+        if read_reply(&mut r, &mut line).await? == 250 {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    w.write_all(b"QUIT\r\n").await?;
+    let _ = read_reply(&mut r, &mut line).await;
+    Ok(())
+}
+
+async fn throughput(args: &Args) -> i32 {
+    let body = Arc::new(body(args.size));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.concurrency {
+        let share = args.messages / args.concurrency + u64::from(i < args.messages % args.concurrency);
+        tasks.push(tokio::spawn(session(args.target, share, Arc::clone(&body), Arc::clone(&accepted), Arc::clone(&refused))));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if errors == 0 {
+                    eprintln!("smtp_load: a session failed: {e}");
+                }
+                errors += 1;
+            }
+            Err(e) => {
+                eprintln!("smtp_load: task: {e}");
+                errors += 1;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ok = accepted.load(Ordering::Relaxed);
+    println!(
+        "target={} messages={} concurrency={} size={} accepted={ok} refused={} session_errors={errors} seconds={secs:.3} msgs_per_sec={:.0}",
+        args.target,
+        args.messages,
+        args.concurrency,
+        body.len(),
+        refused.load(Ordering::Relaxed),
+        ok as f64 / secs
+    );
+    if ok == args.messages { 0 } else { 1 }
+}
+
+/// Opens `n` sessions (greeting + EHLO each), holds them, and reports the
+/// server's resident memory if its pid is given.
+async fn idle(args: &Args, n: usize) -> i32 {
+    let rss = |pid: u32| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let before = args.pid.and_then(rss);
+    let mut held = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let stream = match TcpStream::connect(args.target).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("smtp_load: connection {i}: {e}");
+                return 1;
+            }
+        };
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        let greeting = read_reply(&mut r, &mut line).await.unwrap_or(0);
+        if greeting != 220 {
+            eprintln!("smtp_load: connection {i}: greeting {line:?}");
+            return 1;
+        }
+        if w.write_all(b"EHLO idle.test\r\n").await.is_err() || read_reply(&mut r, &mut line).await.unwrap_or(0) != 250 {
+            eprintln!("smtp_load: connection {i}: EHLO failed");
+            return 1;
+        }
+        held.push((r, w));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = args.pid.and_then(rss);
+    println!(
+        "idle_sessions={} open_seconds={:.1} server_rss_before_kib={} server_rss_with_sessions_kib={}",
+        held.len(),
+        start.elapsed().as_secs_f64(),
+        before.map_or("?".into(), |v| v.to_string()),
+        during.map_or("?".into(), |v| v.to_string())
+    );
+    0
+}
