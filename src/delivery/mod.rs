@@ -1,0 +1,73 @@
+//! Delivery: taking what the SMTP engine spooled to the next hop: a
+//! configured route (internal server, smarthost) or the recipient domain's
+//! MX, with retries, bounces and loop protection.
+
+pub mod router;
+
+use std::fmt;
+
+/// How a route uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TlsMode {
+    /// Plain SMTP only.
+    None,
+    /// STARTTLS when offered, certificate not verified (like Postfix's `may`).
+    #[default]
+    Opportunistic,
+    /// STARTTLS required and the certificate verified; no plaintext fallback.
+    Required,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::Required => "required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TlsMode> {
+        match s {
+            "none" => Some(TlsMode::None),
+            "opportunistic" => Some(TlsMode::Opportunistic),
+            "required" => Some(TlsMode::Required),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Credentials for AUTH at a smarthost.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RouteAuth {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configured next hop for a domain pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `example.com`, `*.example.com` (its subdomains) or `*` (the default
+    /// route: a smarthost).
+    pub domain: String,
+    /// Host name or IP address of the next hop.
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub auth: Option<RouteAuth>,
+}

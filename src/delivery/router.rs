@@ -1,0 +1,111 @@
+//! Which next hop a recipient domain goes to. Pure: the configured routes
+//! and local domains in, a decision out.
+
+use super::Route;
+
+/// Where mail for a domain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop<'a> {
+    /// A configured route: the internal server, a smarthost.
+    Route(&'a Route),
+    /// The domain's MX hosts (or its A/AAAA, RFC 5321 5.1).
+    Mx(String),
+    /// Not deliverable now; the reason says what the administrator must do.
+    Hold(String),
+}
+
+/// Normalises a route's domain pattern: `*`, `*.example.com` or a domain.
+pub fn normalize_route_domain(pattern: &str) -> Result<String, String> {
+    let p = pattern.trim();
+    if p == "*" {
+        return Ok("*".into());
+    }
+    let (wild, name) = match p.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, p),
+    };
+    let name = crate::policy::address::normalize_domain(name)
+        .map_err(|e| format!("invalid route domain {p:?}: {e}"))?;
+    Ok(if wild { format!("*.{name}") } else { name })
+}
+
+/// Picks the next hop: an exact route, then the longest matching `*.parent`
+/// route, then (for non-local domains only) the `*` default route, then
+/// MX. A local domain never goes to the default route or to DNS: that
+/// would send its mail back here.
+pub fn next_hop<'a>(domain: &str, routes: &'a [Route], is_local: bool) -> NextHop<'a> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(r) = routes.iter().find(|r| r.domain == domain) {
+        return NextHop::Route(r);
+    }
+    let mut best: Option<&Route> = None;
+    for r in routes {
+        if let Some(parent) = r.domain.strip_prefix("*.")
+            && domain.len() > parent.len()
+            && domain.ends_with(parent)
+            && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+            && best.is_none_or(|b| b.domain.len() < r.domain.len())
+        {
+            best = Some(r);
+        }
+    }
+    if let Some(r) = best {
+        return NextHop::Route(r);
+    }
+    if is_local {
+        return NextHop::Hold(format!(
+            "no route for local domain {domain}: add one to the server that holds its mailboxes (relaygate route add {domain} HOST:PORT)"
+        ));
+    }
+    match routes.iter().find(|r| r.domain == "*") {
+        Some(r) => NextHop::Route(r),
+        None => NextHop::Mx(domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::TlsMode;
+
+    fn route(domain: &str, host: &str) -> Route {
+        Route {
+            domain: domain.into(),
+            host: host.into(),
+            port: 25,
+            tls: TlsMode::Opportunistic,
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        let routes = vec![
+            route("*", "smarthost"),
+            route("example.com", "internal"),
+            route("*.example.com", "sub"),
+            route("*.deep.example.com", "deeper"),
+        ];
+        let host = |d: &str, local: bool| match next_hop(d, &routes, local) {
+            NextHop::Route(r) => r.host.clone(),
+            NextHop::Mx(d) => format!("mx:{d}"),
+            NextHop::Hold(_) => "hold".into(),
+        };
+        assert_eq!(host("Example.COM.", true), "internal");
+        assert_eq!(host("a.example.com", false), "sub");
+        assert_eq!(host("x.deep.example.com", false), "deeper");
+        assert_eq!(host("badexample.com", false), "smarthost");
+        assert_eq!(host("far.test", false), "smarthost");
+        assert_eq!(host("local.test", true), "hold");
+        let no_default = vec![route("example.com", "internal")];
+        assert_eq!(next_hop("far.test", &no_default, false), NextHop::Mx("far.test".into()));
+    }
+
+    #[test]
+    fn patterns_normalize() {
+        assert_eq!(normalize_route_domain("*").unwrap(), "*");
+        assert_eq!(normalize_route_domain("*.Example.COM").unwrap(), "*.example.com");
+        assert!(normalize_route_domain("*.").is_err());
+        assert!(normalize_route_domain("a b").is_err());
+    }
+}
