@@ -62,6 +62,7 @@ $RG bind add 127.0.0.1:$RG_PORT >/dev/null
 $RG domain add example.com >/dev/null
 $RG policy set max-sessions-per-ip 20000 >/dev/null
 $RG policy set max-sessions 20000 >/dev/null
+$RG policy set delivery off >/dev/null   # accept and hold, like Postfix's HOLD below
 $RG serve --headless 2> "$work/rg/log" &
 RG_PID=$!
 sleep 1

@@ -31,6 +31,8 @@ use tokio_rustls::TlsAcceptor;
 pub struct Snapshot {
     pub policy: Arc<Policy>,
     pub settings: Arc<ServerSettings>,
+    /// Delivery routes, the default `*` last.
+    pub routes: Arc<Vec<crate::delivery::Route>>,
 }
 
 /// The engine's lifecycle as sessions see it.
@@ -69,6 +71,8 @@ pub struct Shared {
     total_sessions: AtomicU64,
     next_session: AtomicU64,
     state: watch::Sender<RunState>,
+    /// Woken when a message is spooled, so delivery starts at once.
+    pub delivery_wakeup: tokio::sync::Notify,
 }
 
 /// Counts a session against the limits until dropped.
@@ -201,6 +205,7 @@ pub struct Engine {
     sessions_done: mpsc::Receiver<()>,
     session_token: Option<mpsc::Sender<()>>,
     reload: Option<JoinHandle<()>>,
+    delivery: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Engine {
@@ -211,14 +216,15 @@ impl Engine {
     /// missed. Must run inside a tokio runtime.
     pub async fn start(db: &Path, events: Arc<EventBus>) -> Result<Engine, EngineError> {
         let db = db.to_path_buf();
-        let (store, policy, settings, bindings) = {
+        let (store, policy, settings, bindings, routes) = {
             let db = db.clone();
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
                 let mut store = Store::open(&db)?;
                 let policy = store.load_policy()?;
                 let settings = store.server_settings()?;
                 let bindings = store.bindings()?;
-                Ok((store, policy, settings, bindings))
+                let routes = store.routes()?;
+                Ok((store, policy, settings, bindings, routes))
             })
             .await
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
@@ -229,6 +235,7 @@ impl Engine {
             snapshot: RwLock::new(Arc::new(Snapshot {
                 policy: Arc::new(policy),
                 settings: Arc::new(settings.clone()),
+                routes: Arc::new(routes),
             })),
             tls: RwLock::new(None),
             events,
@@ -237,6 +244,7 @@ impl Engine {
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,
+            delivery_wakeup: tokio::sync::Notify::new(),
         });
         let (token, sessions_done) = mpsc::channel(1);
         let mut engine = Engine {
@@ -246,9 +254,19 @@ impl Engine {
             sessions_done,
             session_token: Some(token),
             reload: None,
+            delivery: None,
         };
         engine.load_tls(&settings);
         engine.reconcile_listeners(&bindings).await;
+        let (stop_delivery, stopped) = watch::channel(false);
+        engine.delivery = Some((
+            stop_delivery,
+            tokio::spawn(crate::delivery::scheduler::run(
+                Arc::clone(&engine.shared),
+                spool_path_for(&engine.db),
+                stopped,
+            )),
+        ));
         engine.reload = Some(tokio::spawn(watch_config(
             store,
             Arc::clone(&engine.shared),
@@ -296,6 +314,12 @@ impl Engine {
         if let Some(reload) = self.reload.take() {
             reload.abort();
             let _ = reload.await;
+        }
+        // Delivery stops picking up work; attempts in flight are cut off
+        // with the process and, never recorded, simply run again next time.
+        if let Some((stop, task)) = self.delivery.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         let grace = Duration::from_secs(self.shared.snapshot().settings.shutdown_grace_secs);
         self.shared.state.send_replace(RunState::Draining);
@@ -498,6 +522,7 @@ async fn watch_config(
                     store.load_policy()?,
                     store.server_settings()?,
                     store.bindings()?,
+                    store.routes()?,
                 ))
             })();
             Ok(Some((version, result.map_err(|e| e.to_string()))))
@@ -520,7 +545,7 @@ async fn watch_config(
         let first = last_version.is_none();
         last_version = Some(version);
         match result {
-            Ok((policy, new_settings, bindings)) => {
+            Ok((policy, new_settings, bindings, routes)) => {
                 let (allow, deny) = count_lists(&policy);
                 if new_settings.tls_cert_file != settings.tls_cert_file
                     || new_settings.tls_key_file != settings.tls_key_file
@@ -533,6 +558,7 @@ async fn watch_config(
                     *snap = Arc::new(Snapshot {
                         policy: Arc::new(policy),
                         settings: Arc::new(new_settings),
+                        routes: Arc::new(routes),
                     });
                 }
                 if !first {

@@ -85,6 +85,21 @@ pub enum Event {
         size: usize,
         recipients: usize,
     },
+    /// One delivery attempt for one recipient and its outcome
+    /// (`delivered`, `deferred`, `bounced`, `expired`), with the remote reply.
+    Delivery {
+        message_id: String,
+        recipient: String,
+        host: String,
+        outcome: &'static str,
+        reply: String,
+    },
+    /// A bounce was queued for the sender of a message.
+    Bounced {
+        message_id: String,
+        bounce_id: String,
+        to: String,
+    },
     Error {
         session: Option<u64>,
         message: String,

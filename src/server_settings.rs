@@ -24,6 +24,25 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    /// Seconds before the first retry of a temporary failure; doubles after.
+    pub retry_first_secs: u64,
+    pub retry_max_interval_secs: u64,
+    /// A message still undelivered after this long bounces.
+    pub max_queue_age_secs: u64,
+    pub delivery_concurrency: usize,
+    pub destination_concurrency: usize,
+    pub delivery_connect_timeout_secs: u64,
+    pub delivery_command_timeout_secs: u64,
+    /// More Received: headers than this: a loop; bounce.
+    pub max_hops: usize,
+    /// DNS servers for MX lookups (`ip:port`); empty: /etc/resolv.conf.
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    /// The port MX hosts are reached on (25; tests use another).
+    pub mx_port: u16,
+    /// Deliver queued mail (off: accept and keep it, like Postfix's hold).
+    pub delivery: bool,
+    /// Extra trusted CA certificates (PEM) for routes with `--tls required`.
+    pub delivery_ca_file: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -46,6 +65,18 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 30,
             tls_cert_file: None,
             tls_key_file: None,
+            retry_first_secs: 300,
+            retry_max_interval_secs: 4000,
+            max_queue_age_secs: 5 * 86_400,
+            delivery_concurrency: 100,
+            destination_concurrency: 20,
+            delivery_connect_timeout_secs: 30,
+            delivery_command_timeout_secs: 300,
+            max_hops: 30,
+            dns_servers: Vec::new(),
+            mx_port: 25,
+            delivery: true,
+            delivery_ca_file: None,
         }
     }
 }
@@ -114,6 +145,18 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
         "PEM certificate chain (empty: a generated self-signed one)",
     ),
     ("tls-key-file", "PEM private key (empty: the generated one)"),
+    ("retry-first", "seconds before the first retry of a temporary failure (then doubling)"),
+    ("retry-max-interval", "longest wait between two delivery attempts, seconds"),
+    ("max-queue-age", "seconds after which undelivered mail bounces (5 days)"),
+    ("delivery-concurrency", "deliveries in progress at once, in total"),
+    ("destination-concurrency", "deliveries in progress at once to one next hop"),
+    ("delivery-connect-timeout", "seconds to connect to a next hop"),
+    ("delivery-command-timeout", "seconds a next hop may take to answer a command"),
+    ("max-hops", "Received: headers beyond which a message is a loop and bounces"),
+    ("dns-servers", "MX lookups ask these (ip:port, comma-separated); empty: /etc/resolv.conf"),
+    ("mx-port", "port of MX hosts (25)"),
+    ("delivery", "deliver queued mail (off: keep accepting, hold everything)"),
+    ("delivery-ca-file", "extra trusted CA certificates (PEM) for routes with --tls required"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,6 +215,32 @@ impl ServerSettings {
             "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
             "tls-key-file" => self.tls_key_file = (!v.is_empty()).then(|| v.to_string()),
+            "retry-first" => self.retry_first_secs = number(key, v, 1, 86_400)?,
+            "retry-max-interval" => self.retry_max_interval_secs = number(key, v, 1, 7 * 86_400)?,
+            "max-queue-age" => self.max_queue_age_secs = number(key, v, 1, 60 * 86_400)?,
+            "delivery-concurrency" => self.delivery_concurrency = number(key, v, 1, 10_000)?,
+            "destination-concurrency" => self.destination_concurrency = number(key, v, 1, 10_000)?,
+            "delivery-connect-timeout" => self.delivery_connect_timeout_secs = number(key, v, 1, 3600)?,
+            "delivery-command-timeout" => self.delivery_command_timeout_secs = number(key, v, 1, 3600)?,
+            "max-hops" => self.max_hops = number(key, v, 1, 1000)?,
+            "dns-servers" => {
+                self.dns_servers = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<std::net::SocketAddr>()
+                            .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                            .map_err(|_| SettingError(format!("dns-servers: {s:?} is not ip or ip:port")))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "mx-port" => self.mx_port = number(key, v, 1, 65_535)?,
+            "delivery" => {
+                self.delivery = crate::policy::settings::parse_on_off(v)
+                    .map_err(|e| SettingError(e.to_string()))?
+            }
+            "delivery-ca-file" => self.delivery_ca_file = (!v.is_empty()).then(|| v.to_string()),
             _ => return Err(SettingError(format!("unknown setting {key:?}"))),
         }
         Ok(())
@@ -197,6 +266,23 @@ impl ServerSettings {
             "shutdown-grace" => self.shutdown_grace_secs.to_string(),
             "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
             "tls-key-file" => self.tls_key_file.clone().unwrap_or_default(),
+            "retry-first" => self.retry_first_secs.to_string(),
+            "retry-max-interval" => self.retry_max_interval_secs.to_string(),
+            "max-queue-age" => self.max_queue_age_secs.to_string(),
+            "delivery-concurrency" => self.delivery_concurrency.to_string(),
+            "destination-concurrency" => self.destination_concurrency.to_string(),
+            "delivery-connect-timeout" => self.delivery_connect_timeout_secs.to_string(),
+            "delivery-command-timeout" => self.delivery_command_timeout_secs.to_string(),
+            "max-hops" => self.max_hops.to_string(),
+            "dns-servers" => self
+                .dns_servers
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            "mx-port" => self.mx_port.to_string(),
+            "delivery" => if self.delivery { "on" } else { "off" }.to_string(),
+            "delivery-ca-file" => self.delivery_ca_file.clone().unwrap_or_default(),
             _ => return None,
         })
     }

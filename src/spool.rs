@@ -57,9 +57,43 @@ pub enum SpoolError {
     Stopped,
 }
 
+/// What one delivery attempt did to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientUpdate {
+    Delivered,
+    /// Temporary failure: try again at `next_attempt` (Unix seconds).
+    Retry { next_attempt: i64, error: String },
+    /// Permanent failure (a bounce was or will be made).
+    Failed { error: String },
+}
+
+/// A change to the spool, applied in the writer's next group commit. Each
+/// op is atomic: a bounce goes in with the failure that caused it, so a
+/// crash can neither lose it nor send it twice.
+#[derive(Debug, Clone)]
+pub enum SpoolOp {
+    Insert(NewMessage),
+    /// The outcome of a delivery attempt for some recipients of a message.
+    /// A message with no queued recipient left is removed.
+    Attempt {
+        message_id: String,
+        updates: Vec<(String, RecipientUpdate)>,
+        bounce: Option<NewMessage>,
+    },
+    Hold { message_id: String, held: bool },
+    /// Every queued recipient of the message (of all messages: `None`) is
+    /// due now.
+    RetryNow { message_id: Option<String> },
+    /// Removes a message, storing the bounce (if any) in the same commit.
+    Delete {
+        message_id: String,
+        bounce: Option<NewMessage>,
+    },
+}
+
 struct Job {
-    message: NewMessage,
-    done: oneshot::Sender<Result<(), String>>,
+    op: SpoolOp,
+    done: oneshot::Sender<Result<usize, String>>,
 }
 
 /// Handle to the spool; cheap to clone and share between sessions.
@@ -67,8 +101,10 @@ struct Job {
 pub struct Spool {
     jobs: std_mpsc::Sender<Job>,
     path: PathBuf,
-    seq: std::sync::Arc<AtomicU64>,
 }
+
+/// Schema version of the spool file (`PRAGMA user_version`).
+const SPOOL_VERSION: i32 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -79,17 +115,41 @@ CREATE TABLE IF NOT EXISTS messages (
     peer TEXT NOT NULL,
     helo TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
     address TEXT NOT NULL,
     class TEXT NOT NULL,
     reason TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
     PRIMARY KEY (message_id, address)
 );
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
 ";
+
+/// A new queue id: milliseconds since the epoch, a per-process random
+/// salt and a sequence number: sortable by arrival, and unique even when
+/// the CLI (another process) adds a bounce in the same millisecond.
+pub fn new_id() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let salt = *SALT.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        (u64::from(std::process::id()) ^ u64::from(nanos)) & 0xFFF
+    });
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{ms:011X}{salt:03X}{:05X}", seq & 0xF_FFFF)
+}
 
 /// The spool file that goes with a configuration database:
 /// `data/relaygate.db` -> `data/relaygate.spool.db`.
@@ -99,10 +159,20 @@ pub fn spool_path_for(db: &Path) -> PathBuf {
 
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SPOOL_VERSION {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "spool schema {version} was written by a newer relaygate (this one knows {SPOOL_VERSION})"
+            )),
+        ));
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
     Ok(conn)
 }
 
@@ -122,7 +192,6 @@ impl Spool {
         Ok(Spool {
             jobs: tx,
             path: path.to_path_buf(),
-            seq: std::sync::Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -130,24 +199,38 @@ impl Spool {
         &self.path
     }
 
-    /// A new queue id: milliseconds since the epoch and a sequence number,
-    /// unique within this process and sortable by arrival.
+    /// A new queue id (see [`new_id`]).
     pub fn next_id(&self) -> String {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{ms:011X}{:05X}", seq & 0xF_FFFF)
+        new_id()
     }
 
     /// Stores a message durably. Returns once it is fsynced, never before.
     pub async fn store(&self, message: NewMessage) -> Result<(), SpoolError> {
+        self.apply(SpoolOp::Insert(message)).await.map(drop)
+    }
+
+    /// Applies a change durably; returns how many rows it touched (0: no
+    /// such message).
+    pub async fn apply(&self, op: SpoolOp) -> Result<usize, SpoolError> {
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(Job { message, done })
+            .send(Job { op, done })
             .map_err(|_| SpoolError::Stopped)?;
         match wait.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(SpoolError::Write(e)),
+            Err(_) => Err(SpoolError::Stopped),
+        }
+    }
+
+    /// [`apply`](Self::apply) for callers outside a runtime (the CLI).
+    pub fn apply_blocking(&self, op: SpoolOp) -> Result<usize, SpoolError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { op, done })
+            .map_err(|_| SpoolError::Stopped)?;
+        match wait.blocking_recv() {
+            Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(SpoolError::Write(e)),
             Err(_) => Err(SpoolError::Stopped),
         }
@@ -155,7 +238,8 @@ impl Spool {
 }
 
 /// The writer loop: take one job, then everything else already waiting,
-/// and commit them all in one transaction.
+/// and commit them all in one transaction (each op in its own savepoint,
+/// so one failing op does not fail the others).
 fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -165,44 +249,305 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
-        for job in batch {
-            let _ = job.done.send(result.clone());
+        match commit(&mut conn, &batch) {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for job in batch {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-fn commit(conn: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<()> {
-    let now = SystemTime::now()
+fn now_secs() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let tx = conn.transaction()?;
-    {
-        let mut msg = tx.prepare_cached(
-            "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut rcpt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO recipients (message_id, address, class, reason) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for job in batch {
-            let m = &job.message;
-            msg.execute(rusqlite::params![
-                m.id,
-                now,
-                m.sender,
-                m.login,
-                m.peer,
-                m.helo,
-                m.body.len() as i64,
-                m.body
-            ])?;
-            for r in &m.recipients {
-                rcpt.execute(rusqlite::params![m.id, r.address, r.class, r.reason])?;
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn commit(
+    conn: &mut rusqlite::Connection,
+    batch: &[Job],
+) -> rusqlite::Result<Vec<Result<usize, String>>> {
+    let mut tx = conn.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut sp = tx.savepoint()?;
+        match apply(&sp, &job.op) {
+            Ok(n) => {
+                sp.commit()?;
+                results.push(Ok(n));
+            }
+            Err(e) => {
+                sp.rollback()?;
+                results.push(Err(e.to_string()));
             }
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(results)
+}
+
+fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(rusqlite::params![
+        m.id,
+        now,
+        m.sender,
+        m.login,
+        m.peer,
+        m.helo,
+        m.body.len() as i64,
+        m.body
+    ])?;
+    let mut rcpt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO recipients (message_id, address, class, reason, next_attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in &m.recipients {
+        rcpt.execute(rusqlite::params![m.id, r.address, r.class, r.reason, now])?;
+    }
+    Ok(1)
+}
+
+/// Removes a message once no recipient of it is queued any more.
+fn remove_if_done(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<()> {
+    let queued: i64 = conn.query_row(
+        "SELECT count(*) FROM recipients WHERE message_id = ?1 AND state = 'queued'",
+        [id],
+        |r| r.get(0),
+    )?;
+    if queued == 0 {
+        conn.execute("DELETE FROM recipients WHERE message_id = ?1", [id])?;
+        conn.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+    }
+    Ok(())
+}
+
+fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
+    let now = now_secs();
+    match op {
+        SpoolOp::Insert(m) => insert(conn, m, now),
+        SpoolOp::Attempt {
+            message_id,
+            updates,
+            bounce,
+        } => {
+            let mut touched = 0;
+            {
+                let mut stmt = conn.prepare_cached(
+                    "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5
+                     WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
+                )?;
+                for (address, update) in updates {
+                    let (state, next, error) = match update {
+                        RecipientUpdate::Delivered => ("delivered", now, None),
+                        RecipientUpdate::Retry {
+                            next_attempt,
+                            error,
+                        } => ("queued", *next_attempt, Some(error.as_str())),
+                        RecipientUpdate::Failed { error } => ("failed", now, Some(error.as_str())),
+                    };
+                    touched += stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
+                }
+            }
+            // A message deleted meanwhile (queue delete): nothing to bounce.
+            if touched > 0 {
+                if let Some(b) = bounce {
+                    insert(conn, b, now)?;
+                }
+                remove_if_done(conn, message_id)?;
+            }
+            Ok(touched)
+        }
+        SpoolOp::Hold { message_id, held } => conn.execute(
+            "UPDATE messages SET held = ?2 WHERE id = ?1",
+            rusqlite::params![message_id, *held as i64],
+        ),
+        SpoolOp::RetryNow { message_id } => match message_id {
+            Some(id) => conn.execute(
+                "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND state = 'queued'",
+                [id],
+            ),
+            None => conn.execute(
+                "UPDATE recipients SET next_attempt = 0 WHERE state = 'queued'",
+                [],
+            ),
+        },
+        SpoolOp::Delete { message_id, bounce } => {
+            conn.execute("DELETE FROM recipients WHERE message_id = ?1", [message_id])?;
+            let n = conn.execute("DELETE FROM messages WHERE id = ?1", [message_id])?;
+            if n > 0
+                && let Some(b) = bounce
+            {
+                insert(conn, b, now)?;
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// A queued recipient whose next attempt is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRecipient {
+    pub message_id: String,
+    pub address: String,
+    pub attempts: i64,
+}
+
+/// A recipient as the queue listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientState {
+    pub address: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+}
+
+/// A message as the queue listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: String,
+    pub received_at: i64,
+    pub sender: String,
+    pub size: i64,
+    pub held: bool,
+    pub recipients: Vec<RecipientState>,
+}
+
+/// Read access to the spool, on its own connection (WAL: readers never
+/// wait for the writer).
+pub struct SpoolReader {
+    conn: rusqlite::Connection,
+}
+
+impl SpoolReader {
+    pub fn open(path: &Path) -> rusqlite::Result<SpoolReader> {
+        Ok(SpoolReader {
+            conn: open_connection(path)?,
+        })
+    }
+
+    /// Queued recipients of messages not on hold, due at `now`, oldest
+    /// messages first.
+    pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueRecipient>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.message_id, r.address, r.attempts FROM recipients r
+             JOIN messages m ON m.id = r.message_id
+             WHERE r.state = 'queued' AND r.next_attempt <= ?1 AND m.held = 0
+             ORDER BY r.next_attempt, r.message_id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![now, limit as i64], |r| {
+            Ok(DueRecipient {
+                message_id: r.get(0)?,
+                address: r.get(1)?,
+                attempts: r.get(2)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The earliest next attempt among queued recipients not on hold.
+    pub fn next_due(&self) -> rusqlite::Result<Option<i64>> {
+        self.conn.query_row(
+            "SELECT min(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id
+             WHERE r.state = 'queued' AND m.held = 0",
+            [],
+            |r| r.get(0),
+        )
+    }
+
+    /// One message, whole.
+    pub fn message(&self, id: &str) -> rusqlite::Result<Option<StoredMessage>> {
+        use rusqlite::OptionalExtension;
+        let found = self
+            .conn
+            .query_row(
+                "SELECT id, received_at, sender, login, peer, helo, body FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    let id: String = r.get(0)?;
+                    Ok(StoredMessage {
+                        id: id.clone(),
+                        received_at: r.get(1)?,
+                        message: NewMessage {
+                            id,
+                            sender: r.get(2)?,
+                            recipients: Vec::new(),
+                            login: r.get(3)?,
+                            peer: r.get(4)?,
+                            helo: r.get(5)?,
+                            body: r.get(6)?,
+                        },
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut m) = found else { return Ok(None) };
+        m.message.recipients = self.recipients(id)?;
+        Ok(Some(m))
+    }
+
+    fn recipients(&self, id: &str) -> rusqlite::Result<Vec<SpoolRecipient>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(SpoolRecipient {
+                address: r.get(0)?,
+                class: r.get(1)?,
+                reason: r.get(2)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Every message in the queue with the state of each recipient.
+    pub fn listing(&self) -> rusqlite::Result<Vec<QueueEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, received_at, sender, size, held FROM messages ORDER BY id")?;
+        let mut entries: Vec<QueueEntry> = stmt
+            .query_map([], |r| {
+                Ok(QueueEntry {
+                    id: r.get(0)?,
+                    received_at: r.get(1)?,
+                    sender: r.get(2)?,
+                    size: r.get(3)?,
+                    held: r.get::<_, i64>(4)? != 0,
+                    recipients: Vec::new(),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut rstmt = self.conn.prepare(
+            "SELECT address, state, attempts, next_attempt, last_error FROM recipients
+             WHERE message_id = ?1 ORDER BY rowid",
+        )?;
+        for e in &mut entries {
+            e.recipients = rstmt
+                .query_map([&e.id], |r| {
+                    Ok(RecipientState {
+                        address: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        next_attempt: r.get(3)?,
+                        last_error: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(entries)
+    }
 }
 
 /// Reads every message in a spool file (tests, and the queue view).

@@ -21,11 +21,19 @@ pub fn run(store: &mut Store, cmd: DomainCommand) -> anyhow::Result<ExitCode> {
             if domains.is_empty() {
                 println!("no local domains: all mail is outbound or relay");
             }
+            let unrouted = store.local_domains_without_route()?;
             for d in domains {
-                println!("{d}");
+                if unrouted.contains(&d) {
+                    println!("{d}  (no route: mail held until `relaygate route add {d} HOST:PORT`)");
+                } else {
+                    println!("{d}");
+                }
             }
         }
-        DomainCommand::Add { name } => println!("added local domain {}", store.add_domain(&name)?),
+        DomainCommand::Add { name } => {
+            println!("added local domain {}", store.add_domain(&name)?);
+            super::route::warn_unrouted(store)?;
+        }
         DomainCommand::Remove { name } => {
             println!("removed local domain {}", store.remove_domain(&name)?)
         }

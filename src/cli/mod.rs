@@ -7,6 +7,8 @@ mod check;
 mod domain;
 mod list;
 mod policy;
+mod queue;
+mod route;
 mod rule;
 mod serve;
 mod user;
@@ -59,6 +61,12 @@ pub enum Command {
     /// Show and edit the listen bindings.
     #[command(subcommand)]
     Bind(bind::BindCommand),
+    /// Show and edit delivery routes (internal servers, smarthost).
+    #[command(subcommand)]
+    Route(route::RouteCommand),
+    /// Show and steer the mail queue.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
     /// Run the SMTP engine on the stored bindings until SIGINT/SIGTERM.
@@ -87,6 +95,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(c) => policy::run(&mut store, c),
         Command::Rule(c) => rule::run(&mut store, c),
         Command::Bind(c) => bind::run(&mut store, c),
+        Command::Route(c) => route::run(&mut store, c),
+        Command::Queue(c) => queue::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
     }
 }

@@ -161,6 +161,25 @@ fn log_event(event: &Event) {
         } => tracing::info!(
             "session {session} message {id} accepted: {size} bytes, {recipients} recipients"
         ),
+        Event::Delivery {
+            message_id,
+            recipient,
+            host,
+            outcome,
+            reply,
+        } => {
+            let line = format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}");
+            if *outcome == "delivered" {
+                tracing::info!("{line}")
+            } else {
+                tracing::warn!("{line}")
+            }
+        }
+        Event::Bounced {
+            message_id,
+            bounce_id,
+            to,
+        } => tracing::warn!("bounce {bounce_id} for {message_id} queued to <{to}>"),
         Event::Error { session, message } => match session {
             Some(s) => tracing::error!("session {s}: {message}"),
             None => tracing::error!("{message}"),

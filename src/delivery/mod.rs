@@ -2,7 +2,11 @@
 //! configured route (internal server, smarthost) or the recipient domain's
 //! MX, with retries, bounces and loop protection.
 
+pub mod client;
+pub mod dsn;
+pub mod mx;
 pub mod router;
+pub mod scheduler;
 
 use std::fmt;
 

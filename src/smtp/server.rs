@@ -193,6 +193,7 @@ async fn run(
     let mut discarding_long_line = false;
     let mut state = ctx.shared.run_state();
     let mut pending: VecDeque<Action> = VecDeque::new();
+    let write_limit = Duration::from_secs(settings.command_timeout_secs);
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -227,7 +228,10 @@ async fn run(
                 let actions = if std::mem::take(&mut discarding_long_line) {
                     session.handle_overlong_line()
                 } else {
-                    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"AUTH") {
+                    // The parser allows blanks before the verb: so must
+                    // this check, or " AUTH" would skip the lockout.
+                    let verb = line.trim_ascii_start();
+                    if verb.len() >= 4 && verb[..4].eq_ignore_ascii_case(b"AUTH") {
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
                     }
                     let secret = session.awaiting_auth_response();
@@ -284,7 +288,7 @@ async fn run(
                         }
                     }
                     Action::StartTls => {
-                        flush(conn, &mut out).await?;
+                        flush(conn, &mut out, write_limit).await?;
                         // Bytes pipelined after STARTTLS are dropped, never
                         // read as commands inside TLS (CVE-2011-0411).
                         input.clear();
@@ -306,12 +310,12 @@ async fn run(
                         continue 'handle;
                     }
                     Action::Message(message) => {
-                        flush(conn, &mut out).await?;
+                        flush(conn, &mut out, write_limit).await?;
                         let reply = store_message(ctx, id, settings, session, *message).await;
                         out.extend_from_slice(&reply.to_wire());
                     }
                     Action::Close => {
-                        flush(conn, &mut out).await?;
+                        flush(conn, &mut out, write_limit).await?;
                         return Ok("closed".into());
                     }
                 }
@@ -324,9 +328,15 @@ async fn run(
         if input.is_empty() && input.capacity() > 64 * 1024 {
             input = Vec::new();
         }
-        flush(conn, &mut out).await?;
+        flush(conn, &mut out, write_limit).await?;
         if session.is_closed() {
             return Ok("closed".into());
+        }
+        // The state as it is now, not only its changes: a session that
+        // finished its message while draining, or that started after the
+        // drain began, is idle and must not wait for the grace period.
+        if must_close(*state.borrow_and_update(), session.in_data()) {
+            return shutting_down(conn, &mut out, settings).await;
         }
         let idle = Duration::from_secs(if session.in_data() {
             settings.data_timeout_secs
@@ -340,7 +350,7 @@ async fn run(
             read = tokio::time::timeout(idle, conn.read_buf(&mut input)) => match read {
                 Err(_) => {
                     out.extend_from_slice(&session.timeout_reply().to_wire());
-                    flush(conn, &mut out).await?;
+                    flush(conn, &mut out, write_limit).await?;
                     return Ok("idle timeout".into());
                 }
                 Ok(Ok(0)) => return Ok("client disconnected".into()),
@@ -349,23 +359,54 @@ async fn run(
             },
             changed = state.changed() => {
                 let now = if changed.is_ok() { *state.borrow() } else { RunState::Aborting };
-                if now == RunState::Aborting || (now == RunState::Draining && !session.in_data()) {
-                    let r = Reply::new(421, "4.3.2", format!("{} Service shutting down, closing connection", settings.hostname));
-                    out.extend_from_slice(&r.to_wire());
-                    flush(conn, &mut out).await?;
-                    return Ok("engine shutting down".into());
+                if must_close(now, session.in_data()) {
+                    return shutting_down(conn, &mut out, settings).await;
                 }
             }
         }
     }
 }
 
-async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
+/// Draining closes idle sessions; aborting closes every one.
+fn must_close(state: RunState, in_data: bool) -> bool {
+    state == RunState::Aborting || (state == RunState::Draining && !in_data)
+}
+
+async fn shutting_down(
+    conn: &mut Conn,
+    out: &mut Vec<u8>,
+    settings: &ServerSettings,
+) -> io::Result<String> {
+    out.extend_from_slice(&Reply::shutting_down(&settings.hostname).to_wire());
+    flush(
+        conn,
+        out,
+        Duration::from_secs(settings.command_timeout_secs),
+    )
+    .await?;
+    Ok("engine shutting down".into())
+}
+
+/// Writes the pending replies. A client that stops reading is as idle as
+/// one that stops writing: after `within` it is dropped, or it would hold
+/// its session (and its place under the limits) for ever.
+async fn flush(conn: &mut Conn, out: &mut Vec<u8>, within: Duration) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    conn.write_all(out).await?;
-    conn.flush().await?;
+    let write = async {
+        conn.write_all(out).await?;
+        conn.flush().await
+    };
+    match tokio::time::timeout(within, write).await {
+        Ok(written) => written?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its replies",
+            ));
+        }
+    }
     out.clear();
     Ok(())
 }
@@ -385,16 +426,14 @@ fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], secret: bool, act
         _ => None,
     });
     let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
-    let upper = text.to_ascii_uppercase();
+    let mut words = text.split_whitespace();
+    // Whatever the blanks around it (the parser accepts leading ones and
+    // tabs), an AUTH line's initial response is a credential.
     let shown = if secret {
         "*** (AUTH response)".into()
-    } else if upper.starts_with("AUTH ") {
-        let mech: String = text
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
-        format!("{mech} ***")
+    } else if words.next().is_some_and(|v| v.eq_ignore_ascii_case("AUTH")) {
+        let mech: String = words.next().unwrap_or_default().chars().take(20).collect();
+        format!("AUTH {mech} ***")
     } else {
         text.chars().filter(|c| !c.is_control()).collect()
     };
@@ -457,12 +496,15 @@ async fn store_message(
     };
     let result = ctx.shared.spool.store(new).await;
     match &result {
-        Ok(()) => ctx.shared.events.emit(Event::MessageAccepted {
+        Ok(()) => {
+            ctx.shared.delivery_wakeup.notify_one();
+            ctx.shared.events.emit(Event::MessageAccepted {
             session: id,
             id: queue_id.clone(),
             size,
             recipients: count,
-        }),
+        })
+        }
         Err(e) => ctx.shared.events.emit(Event::Error {
             session: Some(id),
             message: format!("spooling {queue_id} failed: {e}"),

@@ -7,6 +7,7 @@ mod schema;
 pub use schema::{CURRENT_VERSION, DEFAULT_ALLOW, DEFAULT_BINDING, DEFAULT_DENY};
 
 use crate::bindings::{BindKind, Binding};
+use crate::delivery::{Route, RouteAuth, TlsMode};
 use crate::policy::address::{normalize_domain, parse_mailbox};
 use crate::policy::ip_lists::ListKind;
 use crate::policy::list_text::ParsedEntry;
@@ -636,6 +637,81 @@ impl Store {
             return Err(StoreError::Invalid(format!("{addr} is not a binding")));
         }
         Ok(())
+    }
+}
+
+impl Store {
+    // ----- delivery routes -----
+
+    /// Every route, the default `*` last.
+    pub fn routes(&self) -> Result<Vec<Route>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT domain, host, port, tls, auth_user, auth_password FROM routes
+             ORDER BY domain = '*', domain",
+        )?;
+        let rows: Vec<(String, String, i64, String, Option<String>, Option<String>)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(domain, host, port, tls, user, password)| {
+                Ok(Route {
+                    port: u16::try_from(port)
+                        .map_err(|_| StoreError::Corrupt(format!("route {domain}: port {port}")))?,
+                    tls: TlsMode::parse(&tls)
+                        .ok_or_else(|| StoreError::Corrupt(format!("route {domain}: tls {tls}")))?,
+                    auth: match (user, password) {
+                        (Some(user), Some(password)) => Some(RouteAuth { user, password }),
+                        _ => None,
+                    },
+                    domain,
+                    host,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds or replaces the route of a domain pattern.
+    pub fn set_route(&mut self, route: &Route) -> Result<()> {
+        let (user, password) = match &route.auth {
+            Some(a) => (Some(a.user.as_str()), Some(a.password.as_str())),
+            None => (None, None),
+        };
+        self.conn.execute(
+            "INSERT INTO routes (domain, host, port, tls, auth_user, auth_password)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (domain) DO UPDATE SET host = excluded.host, port = excluded.port,
+               tls = excluded.tls, auth_user = excluded.auth_user, auth_password = excluded.auth_password",
+            params![route.domain, route.host, route.port, route.tls.as_str(), user, password],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_route(&mut self, domain: &str) -> Result<()> {
+        if self
+            .conn
+            .execute("DELETE FROM routes WHERE domain = ?1", [domain])?
+            == 0
+        {
+            return Err(StoreError::Invalid(format!("no route for {domain}")));
+        }
+        Ok(())
+    }
+
+    /// Local domains that have no route of their own: their mail is held.
+    pub fn local_domains_without_route(&self) -> Result<Vec<String>> {
+        let routes = self.routes()?;
+        Ok(self
+            .domains()?
+            .into_iter()
+            .filter(|d| {
+                !matches!(
+                    crate::delivery::router::next_hop(d, &routes, true),
+                    crate::delivery::router::NextHop::Route(_)
+                )
+            })
+            .collect())
     }
 }
 

@@ -33,6 +33,17 @@ pub const MIGRATIONS: &[&str] = &[
         reject_text TEXT
     );
     CREATE TABLE bindings (address TEXT PRIMARY KEY, kind TEXT NOT NULL);",
+    // 2: delivery routes. A smarthost password must be sent, so it is kept
+    // as given, in this file that only its owner can read (mode 0600), as
+    // Postfix keeps sasl_passwd.
+    "CREATE TABLE routes (
+        domain TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        tls TEXT NOT NULL CHECK (tls IN ('none', 'opportunistic', 'required')),
+        auth_user TEXT,
+        auth_password TEXT
+    );",
 ];
 
 /// The schema version this build writes.

@@ -3,6 +3,8 @@
 //! tiny raw SMTP client.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -54,6 +56,9 @@ pub fn test_db(dir: &Path, settings: &[(&str, &str)]) -> PathBuf {
     cli(&db, &["bind", "add", "127.0.0.1:0"]);
     cli(&db, &["domain", "add", "example.com"]);
     cli(&db, &["policy", "set", "hostname", "gw.example.com"]);
+    // Delivery must never ask a real DNS server: MX lookups go to a dead
+    // loopback port unless a test points them at its own DNS server.
+    cli(&db, &["policy", "set", "dns-servers", "127.0.0.1:9"]);
     for (k, v) in settings {
         cli(&db, &["policy", "set", k, v]);
     }

@@ -1,0 +1,148 @@
+//! `relaygate queue show|retry|delete|hold|release`: the spool, seen and
+//! steered from another process; the running engine notices within a
+//! quarter of a second (it reads the queue on every tick).
+
+use crate::delivery::dsn::{DsnAction, FailedRecipient};
+use crate::delivery::scheduler::bounce_for;
+use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
+use crate::store::Store;
+use anyhow::Context;
+use clap::Subcommand;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Every queued message: id, age, sender, recipients with state, next
+    /// attempt, last error.
+    Show,
+    /// Attempt delivery now: one message, or `all`.
+    Retry {
+        #[arg(value_name = "ID|all")]
+        id: String,
+    },
+    /// Remove a message; with --bounce its sender is told, else silently.
+    Delete {
+        id: String,
+        #[arg(long)]
+        bounce: bool,
+    },
+    /// Keep a message from being delivered until it is released.
+    Hold { id: String },
+    /// Let a held message be delivered again.
+    Release { id: String },
+}
+
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
+    let path = spool_path_for(store.path());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let reader = SpoolReader::open(&path).with_context(|| format!("opening the spool {}", path.display()))?;
+    let need = |id: &str| -> anyhow::Result<()> {
+        if reader.message(id)?.is_none() {
+            anyhow::bail!("no message {id} in the queue");
+        }
+        Ok(())
+    };
+    match cmd {
+        QueueCommand::Show => {
+            let entries = reader.listing()?;
+            if entries.is_empty() {
+                println!("the queue is empty");
+            }
+            for e in entries {
+                let sender = if e.sender.is_empty() { "<>".to_string() } else { format!("<{}>", e.sender) };
+                println!(
+                    "{}  age {}  {} bytes  from {sender}{}",
+                    e.id,
+                    age(now - e.received_at),
+                    e.size,
+                    if e.held { "  HELD" } else { "" }
+                );
+                for r in e.recipients {
+                    let when = if r.state != "queued" {
+                        String::new()
+                    } else if r.next_attempt <= now {
+                        "  next attempt now".to_string()
+                    } else {
+                        format!("  next attempt in {}", age(r.next_attempt - now))
+                    };
+                    let error = r.last_error.map(|e| format!("\n      last error: {e}")).unwrap_or_default();
+                    println!("    <{}>  {}  {} attempts{when}{error}", r.address, r.state, r.attempts);
+                }
+            }
+        }
+        QueueCommand::Retry { id } => {
+            let spool = Spool::open(&path)?;
+            let target = if id == "all" {
+                None
+            } else {
+                need(&id)?;
+                Some(id.clone())
+            };
+            let n = spool.apply_blocking(SpoolOp::RetryNow { message_id: target })?;
+            println!("{n} recipients due now");
+        }
+        QueueCommand::Hold { id } => {
+            need(&id)?;
+            Spool::open(&path)?.apply_blocking(SpoolOp::Hold {
+                message_id: id.clone(),
+                held: true,
+            })?;
+            println!("{id} held");
+        }
+        QueueCommand::Release { id } => {
+            need(&id)?;
+            Spool::open(&path)?.apply_blocking(SpoolOp::Hold {
+                message_id: id.clone(),
+                held: false,
+            })?;
+            println!("{id} released");
+        }
+        QueueCommand::Delete { id, bounce } => {
+            let Some(message) = reader.message(&id)? else {
+                anyhow::bail!("no message {id} in the queue");
+            };
+            let bounce = if bounce {
+                let settings = store.server_settings()?;
+                let queued: Vec<FailedRecipient> = reader
+                    .listing()?
+                    .into_iter()
+                    .filter(|e| e.id == id)
+                    .flat_map(|e| e.recipients)
+                    .filter(|r| r.state == "queued")
+                    .map(|r| FailedRecipient {
+                        address: r.address,
+                        status: "5.0.0".into(),
+                        diagnostic: Some("deleted from the queue by the administrator".into()),
+                        remote_mta: None,
+                        action: DsnAction::Failed,
+                    })
+                    .collect();
+                bounce_for(&settings, &message, &queued)
+            } else {
+                None
+            };
+            let bounced = bounce.as_ref().map(|b| b.id.clone());
+            Spool::open(&path)?.apply_blocking(SpoolOp::Delete {
+                message_id: id.clone(),
+                bounce,
+            })?;
+            match bounced {
+                Some(b) => println!("{id} deleted; bounce {b} queued to <{}>", message.message.sender),
+                None => println!("{id} deleted"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! `relaygate route show|add|remove DOMAIN|* HOST:PORT`
+
+use super::read_password_stdin;
+use crate::delivery::router::normalize_route_domain;
+use crate::delivery::{Route, RouteAuth, TlsMode};
+use crate::store::Store;
+use clap::{Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// List the routes, and local domains that still need one.
+    Show,
+    /// Route a domain (`example.com`), its subdomains (`*.example.com`) or
+    /// everything else (`*`, a smarthost) to HOST:PORT.
+    Add {
+        #[arg(value_name = "DOMAIN|*")]
+        domain: String,
+        #[arg(value_name = "HOST:PORT")]
+        next_hop: String,
+        /// STARTTLS: none, opportunistic (when offered, unverified) or required (verified).
+        #[arg(long, value_enum, default_value = "opportunistic")]
+        tls: TlsArg,
+        /// Authenticate at the next hop as this user.
+        #[arg(long, requires = "password_stdin")]
+        user: Option<String>,
+        /// Read that user's password from standard input.
+        #[arg(long, requires = "user")]
+        password_stdin: bool,
+    },
+    /// Remove the route of a domain pattern.
+    Remove {
+        #[arg(value_name = "DOMAIN|*")]
+        domain: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TlsArg {
+    None,
+    Opportunistic,
+    Required,
+}
+
+impl From<TlsArg> for TlsMode {
+    fn from(t: TlsArg) -> TlsMode {
+        match t {
+            TlsArg::None => TlsMode::None,
+            TlsArg::Opportunistic => TlsMode::Opportunistic,
+            TlsArg::Required => TlsMode::Required,
+        }
+    }
+}
+
+/// Parses `host:port`, `[v6]:port`, or a host alone (port 25).
+pub fn parse_next_hop(text: &str) -> Result<(String, u16), String> {
+    let t = text.trim();
+    let bad = || format!("invalid next hop {t:?}: expected HOST:PORT, like mail.example.com:25, 10.0.0.5:25 or [2001:db8::5]:25");
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        match after.strip_prefix(':') {
+            Some(p) => (h.to_string(), p),
+            None if after.is_empty() => (h.to_string(), "25"),
+            None => return Err(bad()),
+        }
+    } else {
+        match t.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h.to_string(), p),
+            Some(_) => return Err(bad()),
+            None => (t.to_string(), "25"),
+        }
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    if host.parse::<std::net::IpAddr>().is_err() {
+        crate::policy::address::normalize_domain(&host).map_err(|e| format!("{}: {e}", bad()))?;
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RouteCommand::Show => {
+            let routes = store.routes()?;
+            if routes.is_empty() {
+                println!("no routes: mail for other domains goes to their MX hosts");
+            }
+            for r in &routes {
+                let host = if r.host.contains(':') {
+                    format!("[{}]:{}", r.host, r.port)
+                } else {
+                    format!("{}:{}", r.host, r.port)
+                };
+                let auth = r.auth.as_ref().map(|a| format!(" auth {}", a.user)).unwrap_or_default();
+                println!("{:<30} {host:<30} tls {}{auth}", r.domain, r.tls);
+            }
+            warn_unrouted(store)?;
+        }
+        RouteCommand::Add {
+            domain,
+            next_hop,
+            tls,
+            user,
+            ..
+        } => {
+            let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
+            let (host, port) = parse_next_hop(&next_hop).map_err(anyhow::Error::msg)?;
+            let auth = match user {
+                Some(user) => Some(RouteAuth {
+                    password: read_password_stdin()?,
+                    user,
+                }),
+                None => None,
+            };
+            let route = Route {
+                domain,
+                host,
+                port,
+                tls: tls.into(),
+                auth,
+            };
+            if route.auth.is_some() && route.tls == TlsMode::None {
+                println!("warning: the password will be sent without TLS");
+            }
+            store.set_route(&route)?;
+            println!("route {} -> {}:{} (tls {})", route.domain, route.host, route.port, route.tls);
+        }
+        RouteCommand::Remove { domain } => {
+            let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
+            store.remove_route(&domain)?;
+            println!("removed the route for {domain}");
+            warn_unrouted(store)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Warns about local domains whose mail would be held for want of a route.
+pub fn warn_unrouted(store: &Store) -> anyhow::Result<()> {
+    for d in store.local_domains_without_route()? {
+        println!(
+            "warning: local domain {d} has no route: its mail is held in the queue until one is added (relaygate route add {d} HOST:PORT)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_next_hop;
+
+    #[test]
+    fn next_hops() {
+        assert_eq!(parse_next_hop("mail.example.com:2525").unwrap(), ("mail.example.com".into(), 2525));
+        assert_eq!(parse_next_hop("10.0.0.5").unwrap(), ("10.0.0.5".into(), 25));
+        assert_eq!(parse_next_hop("[::1]:2526").unwrap(), ("::1".into(), 2526));
+        for bad in ["::1:25", "host:0", "host:99999", "[::1", "bad host:25", "[nope]:25", ""] {
+            assert!(parse_next_hop(bad).is_err(), "{bad}");
+        }
+    }
+}

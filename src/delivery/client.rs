@@ -1,0 +1,322 @@
+//! The SMTP client side of delivery, on lettre's connection API: one
+//! connection per next-hop host, STARTTLS as the route says, AUTH at a
+//! smarthost, then MAIL, each RCPT and DATA, with the outcome of every
+//! recipient kept apart (lettre's high-level `send` stops at the first
+//! refused recipient, which a relay cannot do). Idle connections are kept
+//! for the next message to the same host.
+
+use super::{RouteAuth, TlsMode};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::{ClientId, Extension};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One host to deliver to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The name the certificate must carry (route host or MX name).
+    pub tls_name: String,
+    pub tls: TlsMode,
+    pub auth: Option<RouteAuth>,
+}
+
+/// What the next hop said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { reply: String },
+    /// 4xx, or trouble on the connection: try again later.
+    Temporary { reply: String },
+    /// 5xx: bounce. `status` is the enhanced status code.
+    Permanent { reply: String, status: String },
+}
+
+impl Outcome {
+    fn from_error(e: &lettre::transport::smtp::Error) -> Outcome {
+        let reply = one_line(&e.to_string());
+        if e.is_permanent() {
+            let status = enhanced_status(&reply).unwrap_or_else(|| "5.0.0".into());
+            Outcome::Permanent { reply, status }
+        } else {
+            Outcome::Temporary { reply }
+        }
+    }
+}
+
+/// Client settings that come from the engine settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub hello_name: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Extra trust anchors (PEM) for `required` TLS.
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
+/// Failing to reach or greet a host: try the next one.
+#[derive(Debug, Clone)]
+pub struct ConnectError(pub String);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    tls: TlsMode,
+    user: Option<String>,
+}
+
+/// Idle connections by host, reused for the next message.
+#[derive(Default)]
+pub struct ConnectionPool {
+    idle: Mutex<HashMap<PoolKey, Vec<(AsyncSmtpConnection, Instant)>>>,
+}
+
+const MAX_IDLE: Duration = Duration::from_secs(5);
+const MAX_IDLE_PER_HOST: usize = 16;
+
+impl ConnectionPool {
+    fn take(&self, key: &PoolKey) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < MAX_IDLE && !conn.has_broken() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, key: PoolKey, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(key).or_default();
+            list.retain(|(_, since)| since.elapsed() < MAX_IDLE);
+            if list.len() < MAX_IDLE_PER_HOST {
+                list.push((conn, Instant::now()));
+            }
+        }
+    }
+
+    /// Delivers one message to one host. `Err` only when the host could not
+    /// be reached or would not start a session: the caller tries the next
+    /// host. Otherwise every recipient has an outcome.
+    pub async fn deliver(
+        &self,
+        config: &ClientConfig,
+        target: &Target,
+        sender: &str,
+        recipients: &[String],
+        body: &[u8],
+    ) -> Result<Vec<Outcome>, ConnectError> {
+        let key = PoolKey {
+            addr: target.addr,
+            tls: target.tls,
+            user: target.auth.as_ref().map(|a| a.user.clone()),
+        };
+        let mut conn = match self.take(&key) {
+            Some(c) => c,
+            None => connect(config, target).await?,
+        };
+        let outcomes = transaction(config, &mut conn, sender, recipients, body).await;
+        self.give_back(key, conn);
+        Ok(outcomes)
+    }
+}
+
+async fn timed<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(one_line(&e.to_string())),
+        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
+    }
+}
+
+fn tls_parameters(config: &ClientConfig, target: &Target) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(target.tls_name.clone());
+    if target.tls == TlsMode::Required {
+        for pem in &config.extra_roots {
+            let cert = Certificate::from_pem(pem).map_err(|e| format!("extra CA: {e}"))?;
+            b = b.add_root_certificate(cert);
+        }
+    } else {
+        // Opportunistic TLS: encrypt, but any certificate will do (an
+        // unverified certificate is still better than plaintext).
+        b = b
+            .dangerous_accept_invalid_certs(true)
+            .dangerous_accept_invalid_hostnames(true);
+    }
+    b.build_rustls().map_err(|e| e.to_string())
+}
+
+async fn connect(config: &ClientConfig, target: &Target) -> Result<AsyncSmtpConnection, ConnectError> {
+    let hello = ClientId::Domain(config.hello_name.clone());
+    let fail = |what: &str, e: String| ConnectError(format!("{} ({what}): {e}", target.addr));
+    let mut conn = match tokio::time::timeout(
+        config.connect_timeout,
+        AsyncSmtpConnection::connect_tokio1(target.addr, Some(config.connect_timeout), &hello, None, None),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(fail("connect", one_line(&e.to_string()))),
+        Err(_) => return Err(fail("connect", "timed out".into())),
+    };
+    match target.tls {
+        TlsMode::None => {}
+        TlsMode::Opportunistic if !conn.can_starttls() => {}
+        TlsMode::Required if !conn.can_starttls() => {
+            conn.abort().await;
+            return Err(fail("TLS", "STARTTLS required by the route but not offered".into()));
+        }
+        TlsMode::Opportunistic | TlsMode::Required => {
+            let params = tls_parameters(config, target).map_err(|e| fail("TLS", e))?;
+            if let Err(e) = timed(config.command_timeout, conn.starttls(params, &hello)).await {
+                conn.abort().await;
+                return Err(fail("STARTTLS", e));
+            }
+        }
+    }
+    if let Some(auth) = &target.auth {
+        let creds = Credentials::new(auth.user.clone(), auth.password.clone());
+        if let Err(e) = timed(
+            config.command_timeout,
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
+        )
+        .await
+        {
+            conn.abort().await;
+            return Err(fail("AUTH", e));
+        }
+    }
+    Ok(conn)
+}
+
+/// MAIL, every RCPT, DATA: one outcome per recipient.
+async fn transaction(
+    config: &ClientConfig,
+    conn: &mut AsyncSmtpConnection,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+) -> Vec<Outcome> {
+    let t = config.command_timeout;
+    let all = |o: Outcome| vec![o; recipients.len()];
+    let body_param = if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+        " BODY=8BITMIME"
+    } else {
+        ""
+    };
+    let mail = format!("MAIL FROM:<{sender}>{body_param}\r\n");
+    match tokio::time::timeout(t, conn.command(mail)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            let o = Outcome::from_error(&e);
+            reset(conn, t).await;
+            return all(o);
+        }
+        Err(_) => {
+            conn.abort().await;
+            return all(Outcome::Temporary {
+                reply: "timeout after MAIL FROM".into(),
+            });
+        }
+    }
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        match tokio::time::timeout(t, conn.command(format!("RCPT TO:<{r}>\r\n"))).await {
+            Ok(Ok(_)) => outcomes.push(None),
+            Ok(Err(e)) if e.is_transient() || e.is_permanent() => outcomes.push(Some(Outcome::from_error(&e))),
+            Ok(Err(e)) => {
+                conn.abort().await;
+                return all(Outcome::Temporary {
+                    reply: one_line(&e.to_string()),
+                });
+            }
+            Err(_) => {
+                conn.abort().await;
+                return all(Outcome::Temporary {
+                    reply: "timeout after RCPT TO".into(),
+                });
+            }
+        }
+    }
+    if outcomes.iter().all(Option::is_some) {
+        reset(conn, t).await;
+        return outcomes.into_iter().flatten().collect();
+    }
+    let data = async {
+        conn.command("DATA\r\n").await?;
+        conn.message(body).await
+    };
+    let final_outcome = match tokio::time::timeout(t + Duration::from_secs(body.len() as u64 / 100_000), data).await {
+        Ok(Ok(resp)) => Outcome::Delivered {
+            reply: format!("{} {}", resp.code(), one_line(&resp.message().collect::<Vec<_>>().join(" "))),
+        },
+        Ok(Err(e)) => {
+            let o = Outcome::from_error(&e);
+            if !(e.is_transient() || e.is_permanent()) {
+                conn.abort().await;
+            }
+            o
+        }
+        Err(_) => {
+            conn.abort().await;
+            Outcome::Temporary {
+                reply: "timeout during DATA".into(),
+            }
+        }
+    };
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
+        .collect()
+}
+
+async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) {
+    if !matches!(tokio::time::timeout(t, conn.command("RSET\r\n")).await, Ok(Ok(_))) {
+        conn.abort().await;
+    }
+}
+
+/// A remote reply on one line, control characters removed, at most 500
+/// characters: it goes into logs, events and bounces.
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect();
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// The first `d.d.d` enhanced status code in a reply text.
+fn enhanced_status(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ':')
+        .find(|w| {
+            let parts: Vec<&str> = w.split('.').collect();
+            parts.len() == 3
+                && matches!(parts[0], "2" | "4" | "5")
+                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_sanitising() {
+        assert_eq!(enhanced_status("permanent error (550): 5.1.1 no such user"), Some("5.1.1".into()));
+        assert_eq!(enhanced_status("550 no such user"), None);
+        assert_eq!(one_line("a\r\nb\u{0}c  "), "a  b c");
+    }
+}

@@ -1,0 +1,497 @@
+//! The delivery loop: finds due recipients in the spool, groups each
+//! message's recipients by next hop, delivers every group on its own (a
+//! slow domain never holds back the others), and records each recipient's
+//! outcome, with the bounce it causes, in one durable spool commit.
+//!
+//! Delivery is at least once: an outcome is recorded only after the next
+//! hop answered, so after a crash the few messages in flight are sent
+//! again, and nothing is lost.
+
+use super::client::{ClientConfig, ConnectionPool, Outcome, Target};
+use super::dsn::{self, BounceInput, DsnAction, FailedRecipient};
+use super::mx::MxResolver;
+use super::router::{NextHop, next_hop};
+use crate::engine::{Shared, Snapshot};
+use crate::events::Event;
+use crate::policy::address::{Domain, parse_forward_path};
+use crate::server_settings::ServerSettings;
+use crate::spool::{NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What the delivery tasks share.
+struct Delivery {
+    shared: Arc<Shared>,
+    reader: Mutex<SpoolReader>,
+    pool: ConnectionPool,
+    global: Semaphore,
+    per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: Mutex<HashSet<String>>,
+    resolver: Mutex<Option<(Vec<SocketAddr>, Arc<MxResolver>)>>,
+}
+
+/// Runs until `stop` turns true. In-flight deliveries are left to finish
+/// or be cut off with the process: their recipients are still queued.
+pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let reader = match tokio::task::spawn_blocking(move || SpoolReader::open(&spool_path)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            shared.events.emit(Event::Error {
+                session: None,
+                message: format!("delivery disabled: cannot read the spool: {e}"),
+            });
+            return;
+        }
+        Err(e) => {
+            shared.events.emit(Event::Error {
+                session: None,
+                message: format!("delivery disabled: {e}"),
+            });
+            return;
+        }
+    };
+    let settings = Arc::clone(&shared.snapshot().settings);
+    let d = Arc::new(Delivery {
+        shared: Arc::clone(&shared),
+        reader: Mutex::new(reader),
+        pool: ConnectionPool::default(),
+        global: Semaphore::new(settings.delivery_concurrency),
+        per_hop: Mutex::new(HashMap::new()),
+        in_flight: Mutex::new(HashSet::new()),
+        resolver: Mutex::new(None),
+    });
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = shared.delivery_wakeup.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let snapshot = shared.snapshot();
+        if !snapshot.settings.delivery {
+            continue;
+        }
+        let d2 = Arc::clone(&d);
+        let due = tokio::task::spawn_blocking(move || {
+            d2.reader
+                .lock()
+                .map_err(|_| "spool reader lock poisoned".to_string())?
+                .due(now_secs(), 2000)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => {
+                shared.events.emit(Event::Error {
+                    session: None,
+                    message: format!("reading the queue: {e}"),
+                });
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        for r in due {
+            by_message.entry(r.message_id).or_default().insert(r.address, r.attempts);
+        }
+        for (id, rcpts) in by_message {
+            let fresh = d
+                .in_flight
+                .lock()
+                .map(|mut f| f.insert(id.clone()))
+                .unwrap_or(false);
+            if !fresh {
+                continue;
+            }
+            let d = Arc::clone(&d);
+            let snapshot = Arc::clone(&snapshot);
+            tokio::spawn(async move {
+                deliver_message(&d, &snapshot, &id, rcpts).await;
+                if let Ok(mut f) = d.in_flight.lock() {
+                    f.remove(&id);
+                }
+            });
+        }
+    }
+}
+
+/// One message: its due recipients, grouped by next hop, each group
+/// delivered concurrently; then every outcome in one spool commit.
+async fn deliver_message(d: &Arc<Delivery>, snapshot: &Arc<Snapshot>, id: &str, attempts: HashMap<String, i64>) {
+    let rcpts: Vec<String> = attempts.keys().cloned().collect();
+    let d2 = Arc::clone(d);
+    let id2 = id.to_string();
+    let message = tokio::task::spawn_blocking(move || {
+        d2.reader.lock().ok().and_then(|r| r.message(&id2).ok().flatten())
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(message) = message else { return };
+    let message = Arc::new(message);
+    let settings = &snapshot.settings;
+
+    let mut results: Vec<(String, Outcome, Option<String>)> = Vec::new();
+    let hops = dsn::count_received(&message.message.body);
+    if hops > settings.max_hops {
+        for r in rcpts {
+            results.push((
+                r,
+                Outcome::Permanent {
+                    reply: format!("5.4.6 mail loop: {hops} Received: headers (max-hops is {})", settings.max_hops),
+                    status: "5.4.6".into(),
+                },
+                None,
+            ));
+        }
+    } else {
+        // Group by next hop.
+        let mut groups: HashMap<String, (HopPlan, Vec<String>)> = HashMap::new();
+        for r in rcpts {
+            let plan = plan_for(snapshot, &r);
+            groups.entry(plan.key()).or_insert_with(|| (plan, Vec::new())).1.push(r);
+        }
+        let mut set = JoinSet::new();
+        for (_, (plan, group)) in groups {
+            let d = Arc::clone(d);
+            let message = Arc::clone(&message);
+            let settings = Arc::clone(settings);
+            set.spawn(async move { deliver_group(&d, &settings, &message, plan, group).await });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok(r) = done {
+                results.extend(r);
+            }
+        }
+    }
+    record(d, settings, &message, &attempts, results).await;
+}
+
+/// Where a recipient's domain goes, as data the tasks can own.
+#[derive(Debug, Clone)]
+enum HopPlan {
+    Route(super::Route),
+    Mx(String),
+    Hold(String),
+    Invalid(String),
+}
+
+impl HopPlan {
+    fn key(&self) -> String {
+        match self {
+            HopPlan::Route(r) => format!("route {}:{}", r.host, r.port),
+            HopPlan::Mx(d) => format!("mx {d}"),
+            HopPlan::Hold(reason) => format!("hold {reason}"),
+            HopPlan::Invalid(e) => format!("invalid {e}"),
+        }
+    }
+}
+
+fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
+    let addr = match parse_forward_path(rcpt) {
+        Ok(a) => a,
+        Err(e) => return HopPlan::Invalid(e.to_string()),
+    };
+    let is_local = snapshot.policy.is_local_domain(&addr.domain);
+    let domain = match &addr.domain {
+        Domain::Name(n) => n.clone(),
+        Domain::Postmaster => {
+            return HopPlan::Hold("postmaster: add a route for a local domain to deliver it".into());
+        }
+        Domain::Literal(ip) => {
+            // An address literal is its own next hop, on the MX port.
+            return HopPlan::Route(super::Route {
+                domain: format!("[{ip}]"),
+                host: ip.to_string(),
+                port: snapshot.settings.mx_port,
+                tls: super::TlsMode::Opportunistic,
+                auth: None,
+            });
+        }
+    };
+    match next_hop(&domain, &snapshot.routes, is_local) {
+        NextHop::Route(r) => HopPlan::Route(r.clone()),
+        NextHop::Mx(d) => HopPlan::Mx(d),
+        NextHop::Hold(reason) => HopPlan::Hold(reason),
+    }
+}
+
+fn client_config(settings: &ServerSettings) -> ClientConfig {
+    ClientConfig {
+        hello_name: settings.hostname.clone(),
+        connect_timeout: Duration::from_secs(settings.delivery_connect_timeout_secs),
+        command_timeout: Duration::from_secs(settings.delivery_command_timeout_secs),
+        extra_roots: settings
+            .delivery_ca_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn resolver(d: &Delivery, servers: &[SocketAddr]) -> Result<Arc<MxResolver>, String> {
+    let mut slot = d.resolver.lock().map_err(|_| "resolver lock poisoned".to_string())?;
+    if let Some((s, r)) = slot.as_ref()
+        && s == servers
+    {
+        return Ok(Arc::clone(r));
+    }
+    let r = Arc::new(MxResolver::new(servers).map_err(|e| e.to_string())?);
+    *slot = Some((servers.to_vec(), Arc::clone(&r)));
+    Ok(r)
+}
+
+/// The hosts to try for a plan, in order, or an outcome for everyone.
+async fn targets(d: &Delivery, settings: &ServerSettings, plan: &HopPlan) -> Result<Vec<Target>, Outcome> {
+    match plan {
+        HopPlan::Hold(reason) => Err(Outcome::Temporary { reply: reason.clone() }),
+        HopPlan::Invalid(e) => Err(Outcome::Permanent {
+            reply: e.clone(),
+            status: "5.1.3".into(),
+        }),
+        HopPlan::Route(r) => {
+            let addrs: Vec<SocketAddr> = match r.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, r.port)],
+                Err(_) => match tokio::net::lookup_host((r.host.as_str(), r.port)).await {
+                    Ok(a) => a.collect(),
+                    Err(e) => {
+                        return Err(Outcome::Temporary {
+                            reply: format!("cannot resolve route host {}: {e}", r.host),
+                        });
+                    }
+                },
+            };
+            Ok(addrs
+                .into_iter()
+                .map(|addr| Target {
+                    addr,
+                    tls_name: r.host.clone(),
+                    tls: r.tls,
+                    auth: r.auth.clone(),
+                })
+                .collect())
+        }
+        HopPlan::Mx(domain) => {
+            let resolver = resolver(d, &settings.dns_servers).map_err(|e| Outcome::Temporary {
+                reply: format!("DNS resolver: {e}"),
+            })?;
+            match resolver.resolve(domain).await {
+                Ok(hosts) => Ok(hosts
+                    .into_iter()
+                    .flat_map(|h| {
+                        let name = h.name.clone();
+                        h.addrs.into_iter().map(move |ip| Target {
+                            addr: SocketAddr::new(ip, settings.mx_port),
+                            tls_name: name.clone(),
+                            tls: super::TlsMode::Opportunistic,
+                            auth: None,
+                        })
+                    })
+                    .collect()),
+                Err(e) if e.is_permanent() => Err(Outcome::Permanent {
+                    reply: format!("{} {domain}: {e}", e.enhanced_status()),
+                    status: e.enhanced_status().to_string(),
+                }),
+                Err(e) => Err(Outcome::Temporary {
+                    reply: format!("MX lookup for {domain}: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+/// One group of recipients with the same next hop: try its hosts in order
+/// until one answers.
+async fn deliver_group(
+    d: &Delivery,
+    settings: &ServerSettings,
+    message: &StoredMessage,
+    plan: HopPlan,
+    rcpts: Vec<String>,
+) -> Vec<(String, Outcome, Option<String>)> {
+    let everyone = |o: Outcome, host: Option<String>| {
+        rcpts
+            .iter()
+            .map(|r| (r.clone(), o.clone(), host.clone()))
+            .collect::<Vec<_>>()
+    };
+    let targets = match targets(d, settings, &plan).await {
+        Ok(t) if t.is_empty() => {
+            return everyone(
+                Outcome::Temporary {
+                    reply: format!("no address for {}", plan.key()),
+                },
+                None,
+            );
+        }
+        Ok(t) => t,
+        Err(o) => return everyone(o, None),
+    };
+    let hop_sem = {
+        let mut map = match d.per_hop.lock() {
+            Ok(m) => m,
+            Err(_) => return everyone(Outcome::Temporary { reply: "internal lock".into() }, None),
+        };
+        Arc::clone(
+            map.entry(plan.key())
+                .or_insert_with(|| Arc::new(Semaphore::new(settings.destination_concurrency))),
+        )
+    };
+    let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, d.global.acquire().await) else {
+        return everyone(Outcome::Temporary { reply: "shutting down".into() }, None);
+    };
+    let config = client_config(settings);
+    let sender = message.message.sender.clone();
+    let mut last_error = String::from("no host to try");
+    for target in &targets {
+        match d
+            .pool
+            .deliver(&config, target, &sender, &rcpts, &message.message.body)
+            .await
+        {
+            Ok(outcomes) => {
+                let host = Some(format!("{} ({})", target.tls_name, target.addr));
+                return rcpts
+                    .iter()
+                    .cloned()
+                    .zip(outcomes)
+                    .map(|(r, o)| (r, o, host.clone()))
+                    .collect();
+            }
+            Err(e) => last_error = e.0,
+        }
+    }
+    everyone(Outcome::Temporary { reply: last_error }, None)
+}
+
+/// Turns outcomes into spool updates (retry times, expiry, bounces) and
+/// commits them; emits one event per recipient.
+async fn record(
+    d: &Delivery,
+    settings: &ServerSettings,
+    message: &StoredMessage,
+    attempts: &HashMap<String, i64>,
+    results: Vec<(String, Outcome, Option<String>)>,
+) {
+    let now = now_secs();
+    let age = now - message.received_at;
+    let mut updates = Vec::new();
+    let mut failed = Vec::new();
+    for (rcpt, outcome, host) in &results {
+        let (update, event_outcome, reply) = match outcome {
+            Outcome::Delivered { reply } => (RecipientUpdate::Delivered, "delivered", reply.clone()),
+            Outcome::Permanent { reply, status } => {
+                failed.push(FailedRecipient {
+                    address: rcpt.clone(),
+                    status: status.clone(),
+                    diagnostic: Some(reply.clone()),
+                    remote_mta: host.clone(),
+                    action: DsnAction::Failed,
+                });
+                (RecipientUpdate::Failed { error: reply.clone() }, "bounced", reply.clone())
+            }
+            Outcome::Temporary { reply } if age >= settings.max_queue_age_secs as i64 => {
+                let text = format!("4.4.7 message expired after {} days in the queue; last error: {reply}", age / 86_400);
+                failed.push(FailedRecipient {
+                    address: rcpt.clone(),
+                    status: "4.4.7".into(),
+                    diagnostic: Some(text.clone()),
+                    remote_mta: host.clone(),
+                    action: DsnAction::Failed,
+                });
+                (RecipientUpdate::Failed { error: text.clone() }, "expired", text)
+            }
+            Outcome::Temporary { reply } => {
+                let previous = attempts.get(rcpt).copied().unwrap_or(0).clamp(0, 30);
+                let wait = settings
+                    .retry_first_secs
+                    .saturating_mul(1u64 << previous)
+                    .min(settings.retry_max_interval_secs);
+                (
+                    RecipientUpdate::Retry {
+                        next_attempt: now + wait as i64,
+                        error: reply.clone(),
+                    },
+                    "deferred",
+                    reply.clone(),
+                )
+            }
+        };
+        updates.push((rcpt.clone(), update));
+        d.shared.events.emit(Event::Delivery {
+            message_id: message.id.clone(),
+            recipient: rcpt.clone(),
+            host: host.clone().unwrap_or_else(|| "-".into()),
+            outcome: event_outcome,
+            reply,
+        });
+    }
+    let bounce = bounce_for(settings, message, &failed);
+    if let Some(b) = &bounce {
+        d.shared.events.emit(Event::Bounced {
+            message_id: message.id.clone(),
+            bounce_id: b.id.clone(),
+            to: message.message.sender.clone(),
+        });
+    }
+    let op = SpoolOp::Attempt {
+        message_id: message.id.clone(),
+        updates,
+        bounce,
+    };
+    if let Err(e) = d.shared.spool.apply(op).await {
+        d.shared.events.emit(Event::Error {
+            session: None,
+            message: format!("recording delivery of {}: {e}", message.id),
+        });
+    }
+}
+
+/// The bounce for permanently failed recipients, unless the sender is the
+/// null sender or the message is itself a bounce (never a bounce for a
+/// bounce).
+pub fn bounce_for(settings: &ServerSettings, message: &StoredMessage, failed: &[FailedRecipient]) -> Option<NewMessage> {
+    let sender = &message.message.sender;
+    if failed.is_empty() || sender.is_empty() || dsn::is_bounce(&message.message.body) {
+        return None;
+    }
+    let id = crate::spool::new_id();
+    let body = dsn::build_bounce(&BounceInput {
+        reporting_mta: &settings.hostname,
+        original_id: &message.id,
+        original_sender: sender,
+        arrival: UNIX_EPOCH + Duration::from_secs(message.received_at.max(0) as u64),
+        now: SystemTime::now(),
+        original: &message.message.body,
+        recipients: failed,
+        message_id_domain: &settings.hostname,
+    });
+    Some(NewMessage {
+        id,
+        sender: String::new(),
+        recipients: vec![SpoolRecipient {
+            address: sender.clone(),
+            class: "bounce".into(),
+            reason: format!("delivery status notification for {}", message.id),
+        }],
+        login: None,
+        peer: "127.0.0.1".into(),
+        helo: settings.hostname.clone(),
+        body,
+    })
+}
