@@ -37,11 +37,33 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
-            "--target" => args.target = value("--target")?.parse().map_err(|e| format!("--target: {e}"))?,
-            "--messages" => args.messages = value("--messages")?.parse().map_err(|e| format!("--messages: {e}"))?,
-            "--concurrency" => args.concurrency = value("--concurrency")?.parse().map_err(|e| format!("--concurrency: {e}"))?,
-            "--size" => args.size = value("--size")?.parse().map_err(|e| format!("--size: {e}"))?,
-            "--idle" => args.idle = Some(value("--idle")?.parse().map_err(|e| format!("--idle: {e}"))?),
+            "--target" => {
+                args.target = value("--target")?
+                    .parse()
+                    .map_err(|e| format!("--target: {e}"))?
+            }
+            "--messages" => {
+                args.messages = value("--messages")?
+                    .parse()
+                    .map_err(|e| format!("--messages: {e}"))?
+            }
+            "--concurrency" => {
+                args.concurrency = value("--concurrency")?
+                    .parse()
+                    .map_err(|e| format!("--concurrency: {e}"))?
+            }
+            "--size" => {
+                args.size = value("--size")?
+                    .parse()
+                    .map_err(|e| format!("--size: {e}"))?
+            }
+            "--idle" => {
+                args.idle = Some(
+                    value("--idle")?
+                        .parse()
+                        .map_err(|e| format!("--idle: {e}"))?,
+                )
+            }
             "--pid" => args.pid = Some(value("--pid")?.parse().map_err(|e| format!("--pid: {e}"))?),
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -61,7 +83,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("smtp_load: runtime: {e}");
@@ -79,7 +104,8 @@ fn main() {
 
 /// A 2 KB-ish message body with CRLF lines, no line starting with a dot.
 fn body(size: usize) -> Vec<u8> {
-    let mut b = b"From: load@example.com\r\nTo: sink@far.test\r\nSubject: load test\r\n\r\n".to_vec();
+    let mut b =
+        b"From: load@example.com\r\nTo: sink@far.test\r\nSubject: load test\r\n\r\n".to_vec();
     let line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n";
     while b.len() + line.len() <= size {
         b.extend_from_slice(line);
@@ -88,7 +114,10 @@ fn body(size: usize) -> Vec<u8> {
     b
 }
 
-async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mut String) -> std::io::Result<u16> {
+async fn read_reply(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut String,
+) -> std::io::Result<u16> {
     loop {
         line.clear();
         if r.read_line(line).await? == 0 {
@@ -100,7 +129,13 @@ async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mu
     }
 }
 
-async fn session(target: SocketAddr, count: u64, body: Arc<Vec<u8>>, accepted: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> std::io::Result<()> {
+async fn session(
+    target: SocketAddr,
+    count: u64,
+    body: Arc<Vec<u8>>,
+    accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     let stream = TcpStream::connect(target).await?;
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
@@ -120,7 +155,9 @@ async fn session(target: SocketAddr, count: u64, body: Arc<Vec<u8>>, accepted: A
         if d != 354 {
             // Refused: report once for this session and stop it.
             refused.fetch_add(1, Ordering::Relaxed);
-            return Err(std::io::Error::other(format!("MAIL {m}, RCPT {rc}, DATA {d}")));
+            return Err(std::io::Error::other(format!(
+                "MAIL {m}, RCPT {rc}, DATA {d}"
+            )));
         }
         w.write_all(&body).await?;
         if read_reply(&mut r, &mut line).await? == 250 {
@@ -141,8 +178,15 @@ async fn throughput(args: &Args) -> i32 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.concurrency {
-        let share = args.messages / args.concurrency + u64::from(i < args.messages % args.concurrency);
-        tasks.push(tokio::spawn(session(args.target, share, Arc::clone(&body), Arc::clone(&accepted), Arc::clone(&refused))));
+        let share =
+            args.messages / args.concurrency + u64::from(i < args.messages % args.concurrency);
+        tasks.push(tokio::spawn(session(
+            args.target,
+            share,
+            Arc::clone(&body),
+            Arc::clone(&accepted),
+            Arc::clone(&refused),
+        )));
     }
     let mut errors = 0;
     for t in tasks {
@@ -201,7 +245,9 @@ async fn idle(args: &Args, n: usize) -> i32 {
             eprintln!("smtp_load: connection {i}: greeting {line:?}");
             return 1;
         }
-        if w.write_all(b"EHLO idle.test\r\n").await.is_err() || read_reply(&mut r, &mut line).await.unwrap_or(0) != 250 {
+        if w.write_all(b"EHLO idle.test\r\n").await.is_err()
+            || read_reply(&mut r, &mut line).await.unwrap_or(0) != 250
+        {
             eprintln!("smtp_load: connection {i}: EHLO failed");
             return 1;
         }

@@ -145,18 +145,51 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
         "PEM certificate chain (empty: a generated self-signed one)",
     ),
     ("tls-key-file", "PEM private key (empty: the generated one)"),
-    ("retry-first", "seconds before the first retry of a temporary failure (then doubling)"),
-    ("retry-max-interval", "longest wait between two delivery attempts, seconds"),
-    ("max-queue-age", "seconds after which undelivered mail bounces (5 days)"),
-    ("delivery-concurrency", "deliveries in progress at once, in total"),
-    ("destination-concurrency", "deliveries in progress at once to one next hop"),
-    ("delivery-connect-timeout", "seconds to connect to a next hop"),
-    ("delivery-command-timeout", "seconds a next hop may take to answer a command"),
-    ("max-hops", "Received: headers beyond which a message is a loop and bounces"),
-    ("dns-servers", "MX lookups ask these (ip:port, comma-separated); empty: /etc/resolv.conf"),
+    (
+        "retry-first",
+        "seconds before the first retry of a temporary failure (then doubling)",
+    ),
+    (
+        "retry-max-interval",
+        "longest wait between two delivery attempts, seconds",
+    ),
+    (
+        "max-queue-age",
+        "seconds after which undelivered mail bounces (5 days)",
+    ),
+    (
+        "delivery-concurrency",
+        "deliveries in progress at once, in total",
+    ),
+    (
+        "destination-concurrency",
+        "deliveries in progress at once to one next hop",
+    ),
+    (
+        "delivery-connect-timeout",
+        "seconds to connect to a next hop",
+    ),
+    (
+        "delivery-command-timeout",
+        "seconds a next hop may take to answer a command",
+    ),
+    (
+        "max-hops",
+        "Received: headers beyond which a message is a loop and bounces",
+    ),
+    (
+        "dns-servers",
+        "MX lookups ask these (ip:port, comma-separated); empty: /etc/resolv.conf",
+    ),
     ("mx-port", "port of MX hosts (25)"),
-    ("delivery", "deliver queued mail (off: keep accepting, hold everything)"),
-    ("delivery-ca-file", "extra trusted CA certificates (PEM) for routes with --tls required"),
+    (
+        "delivery",
+        "deliver queued mail (off: keep accepting, hold everything)",
+    ),
+    (
+        "delivery-ca-file",
+        "extra trusted CA certificates (PEM) for routes with --tls required",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,8 +253,12 @@ impl ServerSettings {
             "max-queue-age" => self.max_queue_age_secs = number(key, v, 1, 60 * 86_400)?,
             "delivery-concurrency" => self.delivery_concurrency = number(key, v, 1, 10_000)?,
             "destination-concurrency" => self.destination_concurrency = number(key, v, 1, 10_000)?,
-            "delivery-connect-timeout" => self.delivery_connect_timeout_secs = number(key, v, 1, 3600)?,
-            "delivery-command-timeout" => self.delivery_command_timeout_secs = number(key, v, 1, 3600)?,
+            "delivery-connect-timeout" => {
+                self.delivery_connect_timeout_secs = number(key, v, 1, 3600)?
+            }
+            "delivery-command-timeout" => {
+                self.delivery_command_timeout_secs = number(key, v, 1, 3600)?
+            }
             "max-hops" => self.max_hops = number(key, v, 1, 1000)?,
             "dns-servers" => {
                 self.dns_servers = v
@@ -231,7 +268,9 @@ impl ServerSettings {
                     .map(|s| {
                         s.parse::<std::net::SocketAddr>()
                             .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
-                            .map_err(|_| SettingError(format!("dns-servers: {s:?} is not ip or ip:port")))
+                            .map_err(|_| {
+                                SettingError(format!("dns-servers: {s:?} is not ip or ip:port"))
+                            })
                     })
                     .collect::<Result<_, _>>()?
             }

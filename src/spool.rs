@@ -62,9 +62,14 @@ pub enum SpoolError {
 pub enum RecipientUpdate {
     Delivered,
     /// Temporary failure: try again at `next_attempt` (Unix seconds).
-    Retry { next_attempt: i64, error: String },
+    Retry {
+        next_attempt: i64,
+        error: String,
+    },
     /// Permanent failure (a bounce was or will be made).
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// A change to the spool, applied in the writer's next group commit. Each
@@ -80,10 +85,15 @@ pub enum SpoolOp {
         updates: Vec<(String, RecipientUpdate)>,
         bounce: Option<NewMessage>,
     },
-    Hold { message_id: String, held: bool },
+    Hold {
+        message_id: String,
+        held: bool,
+    },
     /// Every queued recipient of the message (of all messages: `None`) is
     /// due now.
-    RetryNow { message_id: Option<String> },
+    RetryNow {
+        message_id: Option<String>,
+    },
     /// Removes a message, storing the bounce (if any) in the same commit.
     Delete {
         message_id: String,
@@ -357,7 +367,8 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                         } => ("queued", *next_attempt, Some(error.as_str())),
                         RecipientUpdate::Failed { error } => ("failed", now, Some(error.as_str())),
                     };
-                    touched += stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
+                    touched +=
+                        stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
                 }
             }
             // A message deleted meanwhile (queue delete): nothing to bounce.

@@ -235,7 +235,10 @@ fn domains_users_and_auth() {
         "example.com  (no route: mail held until `relaygate route add example.com HOST:PORT`)\n"
     );
     let routed = ok(&db, &["route", "add", "example.com", "10.0.0.5:25"]);
-    assert!(routed.contains("route example.com -> 10.0.0.5:25 (tls opportunistic)"), "{routed}");
+    assert!(
+        routed.contains("route example.com -> 10.0.0.5:25 (tls opportunistic)"),
+        "{routed}"
+    );
     assert_eq!(ok(&db, &["domain", "show"]), "example.com\n");
 
     let o = relaygate(

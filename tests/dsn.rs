@@ -249,7 +249,9 @@ fn bounces_are_recognised() {
     assert!(is_bounce(
         b"Subject: x\r\nContent-Type: multipart/report;\r\n\treport-type=\"delivery-status\"; boundary=b\r\n\r\nbody\r\n"
     ));
-    assert!(is_bounce(b"Auto-Submitted: auto-generated\r\n\r\nbody\r\n"));
+    assert!(!is_bounce(
+        b"Auto-Submitted: auto-generated\r\n\r\nbody\r\n"
+    ));
     assert!(is_bounce(
         b"auto-submitted: Auto-Replied (vacation)\r\n\r\nbody\r\n"
     ));

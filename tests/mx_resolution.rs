@@ -24,7 +24,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn names(hosts: &[MxHost]) -> Vec<(&str, u16)> {
-    hosts.iter().map(|h| (h.name.as_str(), h.preference)).collect()
+    hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.preference))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +195,102 @@ async fn servfail_and_timeout_are_temporary() {
     let err = r.resolve("lame.test").await.unwrap_err();
     assert!(matches!(err, MxError::Temporary(_)), "{err:?}");
     assert!(err.to_string().contains("mx.lame.test"), "{err}");
+}
+
+/// A query by hand: `name` (case kept), `qtype`, RD set, with an EDNS OPT.
+fn raw_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+    q
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+#[test]
+fn dns_server_wire_format() {
+    use std::io::{Read, Write};
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("two.test", 20, "mx2.two.test"),
+        DnsRecord::mx("two.test", 10, "mx1.two.test"),
+        DnsRecord::a("two.test", "127.0.0.1"),
+    ]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = |q: &[u8]| {
+        udp.send_to(q, dns.addr()).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = udp.recv_from(&mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+
+    let q = raw_query(0xbeef, "Two.TEST", 15);
+    let r = ask(&q);
+    assert_eq!(u16_at(&r, 0), 0xbeef, "id echoed");
+    // QR, opcode 0, AA, RD echoed, RA clear, NOERROR.
+    assert_eq!(u16_at(&r, 2), 0x8000 | 0x0400 | 0x0100);
+    assert_eq!(
+        (u16_at(&r, 4), u16_at(&r, 6), u16_at(&r, 8), u16_at(&r, 10)),
+        (1, 2, 0, 1)
+    );
+    let qlen = q.len() - 12 - 11;
+    assert_eq!(
+        &r[12..12 + qlen],
+        &q[12..12 + qlen],
+        "question echoed, case kept"
+    );
+    let first = 12 + qlen;
+    assert_eq!(
+        &r[first..first + 4],
+        &[0xc0, 0x0c, 0, 15],
+        "owner points at the question"
+    );
+    assert_eq!(
+        &r[r.len() - 11..],
+        &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0],
+        "minimal OPT"
+    );
+
+    // Known name, no record of the type: NOERROR, empty. Unknown: NXDOMAIN.
+    let r = ask(&raw_query(7, "two.test", 28));
+    assert_eq!(u16_at(&r, 2) & 0x000f, 0);
+    assert_eq!(u16_at(&r, 6), 0);
+    let r = ask(&raw_query(8, "nope.test", 1));
+    assert_eq!(u16_at(&r, 2) & 0x000f, 3);
+    assert_eq!(u16_at(&r, 0), 8);
+
+    // The same over TCP, two queries on one connection.
+    let mut tcp = std::net::TcpStream::connect(dns.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for id in [1u16, 2] {
+        let q = raw_query(id, "two.test", 1);
+        tcp.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        tcp.write_all(&q).unwrap();
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut r).unwrap();
+        assert_eq!(u16_at(&r, 0), id);
+        assert_eq!(u16_at(&r, 6), 1);
+        assert_eq!(&r[r.len() - 15..r.len() - 11], &[127, 0, 0, 1]);
+    }
+    assert!(dns.queries() >= 5);
+}
+
+/// The system configuration is only read here, never queried.
+#[test]
+fn system_resolver_builds_or_fails_temporarily() {
+    match MxResolver::new(&[]) {
+        Ok(_) => {}
+        Err(e) => assert!(!e.is_permanent(), "{e:?}"),
+    }
 }

@@ -24,7 +24,9 @@ pub fn run(store: &mut Store, cmd: DomainCommand) -> anyhow::Result<ExitCode> {
             let unrouted = store.local_domains_without_route()?;
             for d in domains {
                 if unrouted.contains(&d) {
-                    println!("{d}  (no route: mail held until `relaygate route add {d} HOST:PORT`)");
+                    println!(
+                        "{d}  (no route: mail held until `relaygate route add {d} HOST:PORT`)"
+                    );
                 } else {
                     println!("{d}");
                 }

@@ -47,7 +47,8 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let reader = SpoolReader::open(&path).with_context(|| format!("opening the spool {}", path.display()))?;
+    let reader = SpoolReader::open(&path)
+        .with_context(|| format!("opening the spool {}", path.display()))?;
     let need = |id: &str| -> anyhow::Result<()> {
         if reader.message(id)?.is_none() {
             anyhow::bail!("no message {id} in the queue");
@@ -61,7 +62,11 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 println!("the queue is empty");
             }
             for e in entries {
-                let sender = if e.sender.is_empty() { "<>".to_string() } else { format!("<{}>", e.sender) };
+                let sender = if e.sender.is_empty() {
+                    "<>".to_string()
+                } else {
+                    format!("<{}>", e.sender)
+                };
                 println!(
                     "{}  age {}  {} bytes  from {sender}{}",
                     e.id,
@@ -77,8 +82,14 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("  next attempt in {}", age(r.next_attempt - now))
                     };
-                    let error = r.last_error.map(|e| format!("\n      last error: {e}")).unwrap_or_default();
-                    println!("    <{}>  {}  {} attempts{when}{error}", r.address, r.state, r.attempts);
+                    let error = r
+                        .last_error
+                        .map(|e| format!("\n      last error: {e}"))
+                        .unwrap_or_default();
+                    println!(
+                        "    <{}>  {}  {} attempts{when}{error}",
+                        r.address, r.state, r.attempts
+                    );
                 }
             }
         }
@@ -139,7 +150,10 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 bounce,
             })?;
             match bounced {
-                Some(b) => println!("{id} deleted; bounce {b} queued to <{}>", message.message.sender),
+                Some(b) => println!(
+                    "{id} deleted; bounce {b} queued to <{}>",
+                    message.message.sender
+                ),
                 None => println!("{id} deleted"),
             }
         }

@@ -55,7 +55,11 @@ impl From<TlsArg> for TlsMode {
 /// Parses `host:port`, `[v6]:port`, or a host alone (port 25).
 pub fn parse_next_hop(text: &str) -> Result<(String, u16), String> {
     let t = text.trim();
-    let bad = || format!("invalid next hop {t:?}: expected HOST:PORT, like mail.example.com:25, 10.0.0.5:25 or [2001:db8::5]:25");
+    let bad = || {
+        format!(
+            "invalid next hop {t:?}: expected HOST:PORT, like mail.example.com:25, 10.0.0.5:25 or [2001:db8::5]:25"
+        )
+    };
     let (host, port) = if let Some(rest) = t.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or_else(bad)?;
         h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
@@ -91,7 +95,11 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 } else {
                     format!("{}:{}", r.host, r.port)
                 };
-                let auth = r.auth.as_ref().map(|a| format!(" auth {}", a.user)).unwrap_or_default();
+                let auth = r
+                    .auth
+                    .as_ref()
+                    .map(|a| format!(" auth {}", a.user))
+                    .unwrap_or_default();
                 println!("{:<30} {host:<30} tls {}{auth}", r.domain, r.tls);
             }
             warn_unrouted(store)?;
@@ -123,7 +131,10 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 println!("warning: the password will be sent without TLS");
             }
             store.set_route(&route)?;
-            println!("route {} -> {}:{} (tls {})", route.domain, route.host, route.port, route.tls);
+            println!(
+                "route {} -> {}:{} (tls {})",
+                route.domain, route.host, route.port, route.tls
+            );
         }
         RouteCommand::Remove { domain } => {
             let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
@@ -151,10 +162,21 @@ mod tests {
 
     #[test]
     fn next_hops() {
-        assert_eq!(parse_next_hop("mail.example.com:2525").unwrap(), ("mail.example.com".into(), 2525));
+        assert_eq!(
+            parse_next_hop("mail.example.com:2525").unwrap(),
+            ("mail.example.com".into(), 2525)
+        );
         assert_eq!(parse_next_hop("10.0.0.5").unwrap(), ("10.0.0.5".into(), 25));
         assert_eq!(parse_next_hop("[::1]:2526").unwrap(), ("::1".into(), 2526));
-        for bad in ["::1:25", "host:0", "host:99999", "[::1", "bad host:25", "[nope]:25", ""] {
+        for bad in [
+            "::1:25",
+            "host:0",
+            "host:99999",
+            "[::1",
+            "bad host:25",
+            "[nope]:25",
+            "",
+        ] {
             assert!(parse_next_hop(bad).is_err(), "{bad}");
         }
     }

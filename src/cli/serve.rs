@@ -168,7 +168,8 @@ fn log_event(event: &Event) {
             outcome,
             reply,
         } => {
-            let line = format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}");
+            let line =
+                format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}");
             if *outcome == "delivered" {
                 tracing::info!("{line}")
             } else {

@@ -27,11 +27,18 @@ pub struct Target {
 /// What the next hop said about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { reply: String },
+    Delivered {
+        reply: String,
+    },
     /// 4xx, or trouble on the connection: try again later.
-    Temporary { reply: String },
+    Temporary {
+        reply: String,
+    },
     /// 5xx: bounce. `status` is the enhanced status code.
-    Permanent { reply: String, status: String },
+    Permanent {
+        reply: String,
+        status: String,
+    },
 }
 
 impl Outcome {
@@ -60,11 +67,14 @@ pub struct ClientConfig {
 #[derive(Debug, Clone)]
 pub struct ConnectError(pub String);
 
+/// Connections are shared only by deliveries that would have opened the
+/// very same one: same host, TLS mode and credentials.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     addr: SocketAddr,
+    tls_name: String,
     tls: TlsMode,
-    user: Option<String>,
+    auth: Option<(String, String)>,
 }
 
 /// Idle connections by host, reused for the next message.
@@ -114,14 +124,26 @@ impl ConnectionPool {
     ) -> Result<Vec<Outcome>, ConnectError> {
         let key = PoolKey {
             addr: target.addr,
+            tls_name: target.tls_name.clone(),
             tls: target.tls,
-            user: target.auth.as_ref().map(|a| a.user.clone()),
+            auth: target
+                .auth
+                .as_ref()
+                .map(|a| (a.user.clone(), a.password.clone())),
         };
-        let mut conn = match self.take(&key) {
-            Some(c) => c,
-            None => connect(config, target).await?,
+        if let Some(mut conn) = self.take(&key) {
+            // A pooled connection the server has closed meanwhile fails at
+            // MAIL: then open a fresh one instead.
+            if let Ok(outcomes) = transaction(config, &mut conn, sender, recipients, body).await {
+                self.give_back(key, conn);
+                return Ok(outcomes);
+            }
+        }
+        let mut conn = connect(config, target).await?;
+        let outcomes = match transaction(config, &mut conn, sender, recipients, body).await {
+            Ok(o) => o,
+            Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
         };
-        let outcomes = transaction(config, &mut conn, sender, recipients, body).await;
         self.give_back(key, conn);
         Ok(outcomes)
     }
@@ -155,12 +177,21 @@ fn tls_parameters(config: &ClientConfig, target: &Target) -> Result<TlsParameter
     b.build_rustls().map_err(|e| e.to_string())
 }
 
-async fn connect(config: &ClientConfig, target: &Target) -> Result<AsyncSmtpConnection, ConnectError> {
+async fn connect(
+    config: &ClientConfig,
+    target: &Target,
+) -> Result<AsyncSmtpConnection, ConnectError> {
     let hello = ClientId::Domain(config.hello_name.clone());
     let fail = |what: &str, e: String| ConnectError(format!("{} ({what}): {e}", target.addr));
     let mut conn = match tokio::time::timeout(
         config.connect_timeout,
-        AsyncSmtpConnection::connect_tokio1(target.addr, Some(config.connect_timeout), &hello, None, None),
+        AsyncSmtpConnection::connect_tokio1(
+            target.addr,
+            Some(config.connect_timeout),
+            &hello,
+            None,
+            None,
+        ),
     )
     .await
     {
@@ -173,7 +204,10 @@ async fn connect(config: &ClientConfig, target: &Target) -> Result<AsyncSmtpConn
         TlsMode::Opportunistic if !conn.can_starttls() => {}
         TlsMode::Required if !conn.can_starttls() => {
             conn.abort().await;
-            return Err(fail("TLS", "STARTTLS required by the route but not offered".into()));
+            return Err(fail(
+                "TLS",
+                "STARTTLS required by the route but not offered".into(),
+            ));
         }
         TlsMode::Opportunistic | TlsMode::Required => {
             let params = tls_parameters(config, target).map_err(|e| fail("TLS", e))?;
@@ -198,6 +232,9 @@ async fn connect(config: &ClientConfig, target: &Target) -> Result<AsyncSmtpConn
     Ok(conn)
 }
 
+/// The connection failed before the server answered MAIL.
+struct Stale(String);
+
 /// MAIL, every RCPT, DATA: one outcome per recipient.
 async fn transaction(
     config: &ClientConfig,
@@ -205,59 +242,75 @@ async fn transaction(
     sender: &str,
     recipients: &[String],
     body: &[u8],
-) -> Vec<Outcome> {
+) -> Result<Vec<Outcome>, Stale> {
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
-    let body_param = if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
-        " BODY=8BITMIME"
-    } else {
-        ""
-    };
+    let body_param =
+        if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            " BODY=8BITMIME"
+        } else {
+            ""
+        };
     let mail = format!("MAIL FROM:<{sender}>{body_param}\r\n");
     match tokio::time::timeout(t, conn.command(mail)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
+        Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
             let o = Outcome::from_error(&e);
             reset(conn, t).await;
-            return all(o);
+            return Ok(all(o));
+        }
+        Ok(Err(e)) => {
+            conn.abort().await;
+            return Err(Stale(one_line(&e.to_string())));
         }
         Err(_) => {
             conn.abort().await;
-            return all(Outcome::Temporary {
+            return Ok(all(Outcome::Temporary {
                 reply: "timeout after MAIL FROM".into(),
-            });
+            }));
         }
     }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
     for r in recipients {
         match tokio::time::timeout(t, conn.command(format!("RCPT TO:<{r}>\r\n"))).await {
             Ok(Ok(_)) => outcomes.push(None),
-            Ok(Err(e)) if e.is_transient() || e.is_permanent() => outcomes.push(Some(Outcome::from_error(&e))),
+            Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
+                outcomes.push(Some(Outcome::from_error(&e)))
+            }
             Ok(Err(e)) => {
                 conn.abort().await;
-                return all(Outcome::Temporary {
+                return Ok(all(Outcome::Temporary {
                     reply: one_line(&e.to_string()),
-                });
+                }));
             }
             Err(_) => {
                 conn.abort().await;
-                return all(Outcome::Temporary {
+                return Ok(all(Outcome::Temporary {
                     reply: "timeout after RCPT TO".into(),
-                });
+                }));
             }
         }
     }
     if outcomes.iter().all(Option::is_some) {
         reset(conn, t).await;
-        return outcomes.into_iter().flatten().collect();
+        return Ok(outcomes.into_iter().flatten().collect());
     }
     let data = async {
         conn.command("DATA\r\n").await?;
         conn.message(body).await
     };
-    let final_outcome = match tokio::time::timeout(t + Duration::from_secs(body.len() as u64 / 100_000), data).await {
+    let final_outcome = match tokio::time::timeout(
+        t + Duration::from_secs(body.len() as u64 / 100_000),
+        data,
+    )
+    .await
+    {
         Ok(Ok(resp)) => Outcome::Delivered {
-            reply: format!("{} {}", resp.code(), one_line(&resp.message().collect::<Vec<_>>().join(" "))),
+            reply: format!(
+                "{} {}",
+                resp.code(),
+                one_line(&resp.message().collect::<Vec<_>>().join(" "))
+            ),
         },
         Ok(Err(e)) => {
             let o = Outcome::from_error(&e);
@@ -273,14 +326,17 @@ async fn transaction(
             }
         }
     };
-    outcomes
+    Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
-        .collect()
+        .collect())
 }
 
 async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) {
-    if !matches!(tokio::time::timeout(t, conn.command("RSET\r\n")).await, Ok(Ok(_))) {
+    if !matches!(
+        tokio::time::timeout(t, conn.command("RSET\r\n")).await,
+        Ok(Ok(_))
+    ) {
         conn.abort().await;
     }
 }
@@ -304,7 +360,9 @@ fn enhanced_status(text: &str) -> Option<String> {
             let parts: Vec<&str> = w.split('.').collect();
             parts.len() == 3
                 && matches!(parts[0], "2" | "4" | "5")
-                && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map(str::to_string)
 }
@@ -315,7 +373,10 @@ mod tests {
 
     #[test]
     fn status_and_sanitising() {
-        assert_eq!(enhanced_status("permanent error (550): 5.1.1 no such user"), Some("5.1.1".into()));
+        assert_eq!(
+            enhanced_status("permanent error (550): 5.1.1 no such user"),
+            Some("5.1.1".into())
+        );
         assert_eq!(enhanced_status("550 no such user"), None);
         assert_eq!(one_line("a\r\nb\u{0}c  "), "a  b c");
     }

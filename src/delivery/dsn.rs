@@ -4,7 +4,7 @@
 //!
 //! Pure: the stored message and what happened to its recipients in, the
 //! whole notification out (CRLF lines, ready to spool with the null sender
-//! `<>`). Everything a remote server said passes through [`clean_text`]
+//! `<>`). Everything a remote server said passes through `clean_text`
 //! before it is written, so a reply can neither add a header (CR/LF), nor
 //! break the 998-octet line limit, nor make the message 8-bit.
 //!
@@ -163,7 +163,7 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
 
 /// Whether a message is itself a notification or otherwise automatic
 /// (`Content-Type: multipart/report; report-type=delivery-status`, or
-/// `Auto-Submitted: auto-replied` / `auto-generated`), so that it is never
+/// `Auto-Submitted: auto-replied`), so that it is never
 /// bounced. The null sender is the caller's to check.
 pub fn is_bounce(message: &[u8]) -> bool {
     header_fields(message)
@@ -176,8 +176,9 @@ pub fn is_bounce(message: &[u8]) -> bool {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
                     .collect();
+                // Only replies: an `auto-generated` message (a cron report)
+                // with a real return path still deserves its bounce.
                 token.eq_ignore_ascii_case("auto-replied")
-                    || token.eq_ignore_ascii_case("auto-generated")
             }
             _ => false,
         })

@@ -19,9 +19,7 @@
 //! - DNS only: the hosts file is not consulted (Postfix's default too).
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData};
@@ -149,9 +147,7 @@ impl MxResolver {
                 })
                 .collect();
             let rc = ResolverConfig::from_name_servers(servers);
-            let mut b = TokioResolver::builder_with_config(rc, TokioRuntimeProvider::default());
-            *b.options_mut() = ResolverOpts::default();
-            b
+            TokioResolver::builder_with_config(rc, TokioRuntimeProvider::default())
         };
         let opts = builder.options_mut();
         opts.timeout = config.timeout;

@@ -98,13 +98,19 @@ mod tests {
         assert_eq!(host("far.test", false), "smarthost");
         assert_eq!(host("local.test", true), "hold");
         let no_default = vec![route("example.com", "internal")];
-        assert_eq!(next_hop("far.test", &no_default, false), NextHop::Mx("far.test".into()));
+        assert_eq!(
+            next_hop("far.test", &no_default, false),
+            NextHop::Mx("far.test".into())
+        );
     }
 
     #[test]
     fn patterns_normalize() {
         assert_eq!(normalize_route_domain("*").unwrap(), "*");
-        assert_eq!(normalize_route_domain("*.Example.COM").unwrap(), "*.example.com");
+        assert_eq!(
+            normalize_route_domain("*.Example.COM").unwrap(),
+            "*.example.com"
+        );
         assert!(normalize_route_domain("*.").is_err());
         assert!(normalize_route_domain("a b").is_err());
     }

@@ -15,7 +15,9 @@ use crate::engine::{Shared, Snapshot};
 use crate::events::Event;
 use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
-use crate::spool::{NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage};
+use crate::spool::{
+    NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,7 +108,10 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
         };
         let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
         for r in due {
-            by_message.entry(r.message_id).or_default().insert(r.address, r.attempts);
+            by_message
+                .entry(r.message_id)
+                .or_default()
+                .insert(r.address, r.attempts);
         }
         for (id, rcpts) in by_message {
             let fresh = d
@@ -131,12 +136,20 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
 
 /// One message: its due recipients, grouped by next hop, each group
 /// delivered concurrently; then every outcome in one spool commit.
-async fn deliver_message(d: &Arc<Delivery>, snapshot: &Arc<Snapshot>, id: &str, attempts: HashMap<String, i64>) {
+async fn deliver_message(
+    d: &Arc<Delivery>,
+    snapshot: &Arc<Snapshot>,
+    id: &str,
+    attempts: HashMap<String, i64>,
+) {
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
     let d2 = Arc::clone(d);
     let id2 = id.to_string();
     let message = tokio::task::spawn_blocking(move || {
-        d2.reader.lock().ok().and_then(|r| r.message(&id2).ok().flatten())
+        d2.reader
+            .lock()
+            .ok()
+            .and_then(|r| r.message(&id2).ok().flatten())
     })
     .await
     .ok()
@@ -145,40 +158,46 @@ async fn deliver_message(d: &Arc<Delivery>, snapshot: &Arc<Snapshot>, id: &str, 
     let message = Arc::new(message);
     let settings = &snapshot.settings;
 
-    let mut results: Vec<(String, Outcome, Option<String>)> = Vec::new();
     let hops = dsn::count_received(&message.message.body);
     if hops > settings.max_hops {
-        for r in rcpts {
-            results.push((
-                r,
-                Outcome::Permanent {
-                    reply: format!("5.4.6 mail loop: {hops} Received: headers (max-hops is {})", settings.max_hops),
-                    status: "5.4.6".into(),
-                },
-                None,
-            ));
-        }
-    } else {
-        // Group by next hop.
-        let mut groups: HashMap<String, (HopPlan, Vec<String>)> = HashMap::new();
-        for r in rcpts {
-            let plan = plan_for(snapshot, &r);
-            groups.entry(plan.key()).or_insert_with(|| (plan, Vec::new())).1.push(r);
-        }
-        let mut set = JoinSet::new();
-        for (_, (plan, group)) in groups {
-            let d = Arc::clone(d);
-            let message = Arc::clone(&message);
-            let settings = Arc::clone(settings);
-            set.spawn(async move { deliver_group(&d, &settings, &message, plan, group).await });
-        }
-        while let Some(done) = set.join_next().await {
-            if let Ok(r) = done {
-                results.extend(r);
-            }
-        }
+        let loop_failure = Outcome::Permanent {
+            reply: format!(
+                "5.4.6 mail loop: {hops} Received: headers (max-hops is {})",
+                settings.max_hops
+            ),
+            status: "5.4.6".into(),
+        };
+        let results = rcpts
+            .into_iter()
+            .map(|r| (r, loop_failure.clone(), None))
+            .collect();
+        record(d, settings, &message, &attempts, results).await;
+        return;
     }
-    record(d, settings, &message, &attempts, results).await;
+    // Group by next hop; each group is delivered and recorded on its own,
+    // so a slow next hop delays neither the others nor their records.
+    let mut groups: HashMap<String, (HopPlan, Vec<String>)> = HashMap::new();
+    for r in rcpts {
+        let plan = plan_for(snapshot, &r);
+        groups
+            .entry(plan.key())
+            .or_insert_with(|| (plan, Vec::new()))
+            .1
+            .push(r);
+    }
+    let attempts = Arc::new(attempts);
+    let mut set = JoinSet::new();
+    for (_, (plan, group)) in groups {
+        let d = Arc::clone(d);
+        let message = Arc::clone(&message);
+        let settings = Arc::clone(settings);
+        let attempts = Arc::clone(&attempts);
+        set.spawn(async move {
+            let results = deliver_group(&d, &settings, &message, plan, group).await;
+            record(&d, &settings, &message, &attempts, results).await;
+        });
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// Where a recipient's domain goes, as data the tasks can own.
@@ -210,7 +229,9 @@ fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
     let domain = match &addr.domain {
         Domain::Name(n) => n.clone(),
         Domain::Postmaster => {
-            return HopPlan::Hold("postmaster: add a route for a local domain to deliver it".into());
+            return HopPlan::Hold(
+                "postmaster: add a route for a local domain to deliver it".into(),
+            );
         }
         Domain::Literal(ip) => {
             // An address literal is its own next hop, on the MX port.
@@ -245,7 +266,10 @@ fn client_config(settings: &ServerSettings) -> ClientConfig {
 }
 
 fn resolver(d: &Delivery, servers: &[SocketAddr]) -> Result<Arc<MxResolver>, String> {
-    let mut slot = d.resolver.lock().map_err(|_| "resolver lock poisoned".to_string())?;
+    let mut slot = d
+        .resolver
+        .lock()
+        .map_err(|_| "resolver lock poisoned".to_string())?;
     if let Some((s, r)) = slot.as_ref()
         && s == servers
     {
@@ -257,9 +281,15 @@ fn resolver(d: &Delivery, servers: &[SocketAddr]) -> Result<Arc<MxResolver>, Str
 }
 
 /// The hosts to try for a plan, in order, or an outcome for everyone.
-async fn targets(d: &Delivery, settings: &ServerSettings, plan: &HopPlan) -> Result<Vec<Target>, Outcome> {
+async fn targets(
+    d: &Delivery,
+    settings: &ServerSettings,
+    plan: &HopPlan,
+) -> Result<Vec<Target>, Outcome> {
     match plan {
-        HopPlan::Hold(reason) => Err(Outcome::Temporary { reply: reason.clone() }),
+        HopPlan::Hold(reason) => Err(Outcome::Temporary {
+            reply: reason.clone(),
+        }),
         HopPlan::Invalid(e) => Err(Outcome::Permanent {
             reply: e.clone(),
             status: "5.1.3".into(),
@@ -345,7 +375,14 @@ async fn deliver_group(
     let hop_sem = {
         let mut map = match d.per_hop.lock() {
             Ok(m) => m,
-            Err(_) => return everyone(Outcome::Temporary { reply: "internal lock".into() }, None),
+            Err(_) => {
+                return everyone(
+                    Outcome::Temporary {
+                        reply: "internal lock".into(),
+                    },
+                    None,
+                );
+            }
         };
         Arc::clone(
             map.entry(plan.key())
@@ -353,7 +390,12 @@ async fn deliver_group(
         )
     };
     let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, d.global.acquire().await) else {
-        return everyone(Outcome::Temporary { reply: "shutting down".into() }, None);
+        return everyone(
+            Outcome::Temporary {
+                reply: "shutting down".into(),
+            },
+            None,
+        );
     };
     let config = client_config(settings);
     let sender = message.message.sender.clone();
@@ -394,7 +436,9 @@ async fn record(
     let mut failed = Vec::new();
     for (rcpt, outcome, host) in &results {
         let (update, event_outcome, reply) = match outcome {
-            Outcome::Delivered { reply } => (RecipientUpdate::Delivered, "delivered", reply.clone()),
+            Outcome::Delivered { reply } => {
+                (RecipientUpdate::Delivered, "delivered", reply.clone())
+            }
             Outcome::Permanent { reply, status } => {
                 failed.push(FailedRecipient {
                     address: rcpt.clone(),
@@ -403,10 +447,19 @@ async fn record(
                     remote_mta: host.clone(),
                     action: DsnAction::Failed,
                 });
-                (RecipientUpdate::Failed { error: reply.clone() }, "bounced", reply.clone())
+                (
+                    RecipientUpdate::Failed {
+                        error: reply.clone(),
+                    },
+                    "bounced",
+                    reply.clone(),
+                )
             }
             Outcome::Temporary { reply } if age >= settings.max_queue_age_secs as i64 => {
-                let text = format!("4.4.7 message expired after {} days in the queue; last error: {reply}", age / 86_400);
+                let text = format!(
+                    "4.4.7 message expired after {} days in the queue; last error: {reply}",
+                    age / 86_400
+                );
                 failed.push(FailedRecipient {
                     address: rcpt.clone(),
                     status: "4.4.7".into(),
@@ -414,7 +467,13 @@ async fn record(
                     remote_mta: host.clone(),
                     action: DsnAction::Failed,
                 });
-                (RecipientUpdate::Failed { error: text.clone() }, "expired", text)
+                (
+                    RecipientUpdate::Failed {
+                        error: text.clone(),
+                    },
+                    "expired",
+                    text,
+                )
             }
             Outcome::Temporary { reply } => {
                 let previous = attempts.get(rcpt).copied().unwrap_or(0).clamp(0, 30);
@@ -465,7 +524,11 @@ async fn record(
 /// The bounce for permanently failed recipients, unless the sender is the
 /// null sender or the message is itself a bounce (never a bounce for a
 /// bounce).
-pub fn bounce_for(settings: &ServerSettings, message: &StoredMessage, failed: &[FailedRecipient]) -> Option<NewMessage> {
+pub fn bounce_for(
+    settings: &ServerSettings,
+    message: &StoredMessage,
+    failed: &[FailedRecipient],
+) -> Option<NewMessage> {
     let sender = &message.message.sender;
     if failed.is_empty() || sender.is_empty() || dsn::is_bounce(&message.message.body) {
         return None;

@@ -499,11 +499,11 @@ async fn store_message(
         Ok(()) => {
             ctx.shared.delivery_wakeup.notify_one();
             ctx.shared.events.emit(Event::MessageAccepted {
-            session: id,
-            id: queue_id.clone(),
-            size,
-            recipients: count,
-        })
+                session: id,
+                id: queue_id.clone(),
+                size,
+                recipients: count,
+            })
         }
         Err(e) => ctx.shared.events.emit(Event::Error {
             session: Some(id),

@@ -649,27 +649,34 @@ impl Store {
             "SELECT domain, host, port, tls, auth_user, auth_password FROM routes
              ORDER BY domain = '*', domain",
         )?;
-        let rows: Vec<(String, String, i64, String, Option<String>, Option<String>)> = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        rows.into_iter()
-            .map(|(domain, host, port, tls, user, password)| {
-                Ok(Route {
-                    port: u16::try_from(port)
-                        .map_err(|_| StoreError::Corrupt(format!("route {domain}: port {port}")))?,
-                    tls: TlsMode::parse(&tls)
-                        .ok_or_else(|| StoreError::Corrupt(format!("route {domain}: tls {tls}")))?,
-                    auth: match (user, password) {
-                        (Some(user), Some(password)) => Some(RouteAuth { user, password }),
-                        _ => None,
-                    },
-                    domain,
-                    host,
-                })
-            })
-            .collect()
+        let rows = stmt.query_map([], |r| {
+            let tls: String = r.get(3)?;
+            let port: i64 = r.get(2)?;
+            let user: Option<String> = r.get(4)?;
+            let password: Option<String> = r.get(5)?;
+            Ok((
+                Route {
+                    domain: r.get(0)?,
+                    host: r.get(1)?,
+                    port: 0,
+                    tls: TlsMode::None,
+                    auth: user
+                        .zip(password)
+                        .map(|(user, password)| RouteAuth { user, password }),
+                },
+                port,
+                tls,
+            ))
+        })?;
+        rows.map(|row| {
+            let (mut route, port, tls) = row?;
+            route.port = u16::try_from(port)
+                .map_err(|_| StoreError::Corrupt(format!("route {}: port {port}", route.domain)))?;
+            route.tls = TlsMode::parse(&tls)
+                .ok_or_else(|| StoreError::Corrupt(format!("route {}: tls {tls}", route.domain)))?;
+            Ok(route)
+        })
+        .collect()
     }
 
     /// Adds or replaces the route of a domain pattern.

@@ -9,9 +9,7 @@
 //! make a name fail, for the temporary-error paths.
 
 use std::io::{Read, Write};
-use std::net::{
-    Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -62,9 +60,13 @@ pub enum DnsRecord {
         text: String,
     },
     /// Every query for this name gets SERVFAIL.
-    ServFail { name: String },
+    ServFail {
+        name: String,
+    },
     /// Queries for this name are dropped: the client times out.
-    NoResponse { name: String },
+    NoResponse {
+        name: String,
+    },
 }
 
 impl DnsRecord {
@@ -143,7 +145,10 @@ impl DnsServer {
                     encode_name(exchange).unwrap_or_else(|e| panic!("bad DNS record {r:?}: {e}"));
                 }
                 DnsRecord::Txt { text, .. } => {
-                    assert!(text.len() <= 255, "bad DNS record {r:?}: TXT over 255 bytes");
+                    assert!(
+                        text.len() <= 255,
+                        "bad DNS record {r:?}: TXT over 255 bytes"
+                    );
                 }
                 _ => {}
             }
@@ -345,8 +350,7 @@ fn answer(query: &[u8], records: &[DnsRecord], transport: Transport) -> Option<V
     {
         return None;
     }
-    let (rcode, answers): (u8, Vec<&DnsRecord>) = if q.qclass != CLASS_IN && q.qclass != CLASS_ANY
-    {
+    let (rcode, answers): (u8, Vec<&DnsRecord>) = if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
         (RCODE_REFUSED, Vec::new())
     } else if of_name
         .iter()

@@ -1,0 +1,557 @@
+//! Delivery end to end: the real binary relays to SMTP sinks on loopback,
+//! chosen by route or by MX from a DNS server the test runs; per-recipient
+//! outcomes, retries, bounces, expiry, loops, queue control, smarthost AUTH
+//! and STARTTLS.
+
+mod common;
+
+use common::dns::{DnsRecord, DnsServer};
+use common::sink::{Sink, SinkMode, SinkOptions};
+use common::{Client, Server, cli, cli_stdin, test_db};
+use mail_parser::{MessageParser, MimeHeaders};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Sends one message over a fresh connection; returns the queue id.
+fn send(server: &mut Server, from: &str, to: &[&str], body: &str) -> String {
+    let addr = server.addr();
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(&format!("MAIL FROM:<{from}>"), "250");
+    for r in to {
+        c.expect(&format!("RCPT TO:<{r}>"), "250");
+    }
+    c.expect("DATA", "354");
+    c.send(body.as_bytes());
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    c.cmd("QUIT");
+    r.strip_prefix("250 2.0.0 Ok: queued as ")
+        .unwrap_or_else(|| panic!("not queued: {r}"))
+        .trim()
+        .to_string()
+}
+
+fn queue_show(db: &Path) -> String {
+    cli(db, &["queue", "show"])
+}
+
+/// Polls `f` until it is true (15 s at most).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn routes_outcomes_retries_and_bounces() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Sink::start(SinkOptions::default());
+    let smarthost = Sink::start(SinkOptions::default());
+    let db = test_db(
+        dir.path(),
+        &[("retry-first", "1"), ("retry-max-interval", "1")],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &internal.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &smarthost.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+
+    let id = send(
+        &mut server,
+        "alice@example.com",
+        &[
+            "bob@example.com",
+            "ok@far.test",
+            "perm1@far.test",
+            "temp1@far.test",
+            "flaky1@far.test",
+        ],
+        "Subject: outcomes\r\nMessage-ID: <outcomes@example.com>\r\n\r\nbody line\r\n",
+    );
+
+    // Route selection: the local recipient went to the internal server, the rest to the smarthost.
+    let inside = internal.wait_for(1, WAIT);
+    assert_eq!(inside[0].rcpts, ["bob@example.com"]);
+    assert!(inside[0].body_str().contains("Subject: outcomes"));
+    assert!(
+        inside[0]
+            .body_str()
+            .starts_with("Received: from client.test")
+    );
+    let out = smarthost.wait_for(1, WAIT);
+    assert_eq!(out[0].mail_from, "alice@example.com");
+    assert_eq!(
+        out[0].rcpts,
+        ["ok@far.test"],
+        "perm/temp/flaky refused at RCPT, ok accepted"
+    );
+
+    // The flaky recipient is retried (after about a second) and delivered; ok is never sent again.
+    let out = smarthost.wait_for(2, WAIT);
+    assert_eq!(out[1].rcpts, ["flaky1@far.test"]);
+    assert_eq!(smarthost.rcpt_attempts("flaky1@far.test"), 2);
+    assert_eq!(smarthost.rcpt_attempts("ok@far.test"), 1);
+
+    // The permanent failure bounced to the sender, through the internal route.
+    let inside = internal.wait_for(2, WAIT);
+    let bounce = &inside[1];
+    assert_eq!(bounce.mail_from, "", "a bounce has the null sender");
+    assert_eq!(bounce.rcpts, ["alice@example.com"]);
+    let parsed = MessageParser::default()
+        .parse(&bounce.body)
+        .expect("bounce parses");
+    let ct = parsed.content_type().expect("content type");
+    assert_eq!(ct.ctype(), "multipart");
+    assert_eq!(ct.subtype(), Some("report"));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let text = bounce.body_str();
+    assert!(
+        text.contains("Final-Recipient: rfc822; perm1@far.test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Action: failed") && text.contains("Status: 5.1.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Message-ID: <outcomes@example.com>"),
+        "original headers: {text}"
+    );
+    assert!(
+        !text.contains("temp1@far.test"),
+        "temp1 is still being retried: {text}"
+    );
+    assert!(!text.contains("body line"), "never the original body");
+
+    // temp1 stays queued, with its last error.
+    eventually("temp1 retried", || {
+        smarthost.rcpt_attempts("temp1@far.test") >= 2
+    });
+    let q = queue_show(&db);
+    assert!(
+        q.contains(&id) && q.contains("<temp1@far.test>  queued"),
+        "{q}"
+    );
+    assert!(q.contains("451"), "{q}");
+    assert!(
+        !q.contains("ok@far.test") || q.contains("<ok@far.test>  delivered"),
+        "{q}"
+    );
+    server.wait_for(&format!("delivery {id} to=<ok@far.test>"), WAIT);
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn null_sender_expiry_and_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Sink::start(SinkOptions::default());
+    let smarthost = Sink::start(SinkOptions::default());
+    let db = test_db(
+        dir.path(),
+        &[
+            ("retry-first", "1"),
+            ("retry-max-interval", "1"),
+            ("max-queue-age", "2"),
+            ("domain-restrict-send", "off"),
+        ],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &internal.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &smarthost.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+
+    // A bounce that bounces: no bounce for the null sender.
+    let null_id = send(
+        &mut server,
+        "",
+        &["perm2@far.test"],
+        "Subject: a bounce\r\n\r\nx\r\n",
+    );
+    server.wait_for(&format!("delivery {null_id} to=<perm2@far.test>"), WAIT);
+
+    // Expiry: temp3 fails for longer than max-queue-age and bounces.
+    let expired = send(
+        &mut server,
+        "carol@example.com",
+        &["temp3@far.test"],
+        "Subject: slow\r\n\r\nx\r\n",
+    );
+    let inside = internal.wait_for(1, WAIT);
+    assert_eq!(inside[0].rcpts, ["carol@example.com"]);
+    let text = inside[0].body_str();
+    assert!(
+        text.contains("Final-Recipient: rfc822; temp3@far.test") && text.contains("expired"),
+        "{text}"
+    );
+    server.wait_for(&format!("delivery {expired} to=<temp3@far.test> via"), WAIT);
+
+    // A loop: more Received: headers than max-hops (30) bounces with 5.4.6, undelivered.
+    let hops = "Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n".repeat(31);
+    let looped = send(
+        &mut server,
+        "dave@example.com",
+        &["ok2@far.test"],
+        &format!("{hops}Subject: loop\r\n\r\nx\r\n"),
+    );
+    let inside = internal.wait_for(2, WAIT);
+    let text = inside[1].body_str();
+    assert!(
+        text.contains("Status: 5.4.6") && text.contains("ok2@far.test"),
+        "{text}"
+    );
+    assert!(
+        smarthost
+            .messages()
+            .iter()
+            .all(|m| !m.rcpts.contains(&"ok2@far.test".to_string()))
+    );
+    server.wait_for(
+        &format!("delivery {looped} to=<ok2@far.test> via -: bounced"),
+        WAIT,
+    );
+
+    // Nothing went to the null sender, and the queue is empty.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(internal.messages().len(), 2, "no bounce to <>");
+    eventually("queue empty", || {
+        queue_show(&db).contains("the queue is empty")
+    });
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn queue_hold_release_retry_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Sink::start(SinkOptions::default());
+    let smarthost = Sink::start(SinkOptions::default());
+    smarthost.set_mode(SinkMode::TempFailAll);
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &internal.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &smarthost.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+
+    let a = send(
+        &mut server,
+        "erin@example.com",
+        &["x@far.test"],
+        "Subject: a\r\n\r\nx\r\n",
+    );
+    let b = send(
+        &mut server,
+        "frank@example.com",
+        &["y@far.test"],
+        "Subject: b\r\n\r\nx\r\n",
+    );
+    server.wait_for(
+        &format!("delivery {a} to=<x@far.test> via -: deferred"),
+        WAIT,
+    );
+    server.wait_for(
+        &format!("delivery {b} to=<y@far.test> via -: deferred"),
+        WAIT,
+    );
+    let q = queue_show(&db);
+    assert!(q.contains("next attempt in"), "deferred for an hour: {q}");
+    assert!(q.contains("421"), "last error: {q}");
+
+    smarthost.set_mode(SinkMode::Normal);
+    assert!(cli(&db, &["queue", "hold", &a]).contains("held"));
+    assert!(queue_show(&db).contains("HELD"));
+    cli(&db, &["queue", "retry", "all"]);
+    // b goes now; a is held and does not.
+    let out = smarthost.wait_for(1, WAIT);
+    assert_eq!(out[0].rcpts, ["y@far.test"]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        smarthost.messages().len(),
+        1,
+        "a held message is not delivered"
+    );
+    cli(&db, &["queue", "release", &a]);
+    cli(&db, &["queue", "retry", &a]);
+    let out = smarthost.wait_for(2, WAIT);
+    assert_eq!(out[1].rcpts, ["x@far.test"]);
+
+    // Delete: silently, or with a bounce to the sender.
+    smarthost.set_mode(SinkMode::Down);
+    let c = send(
+        &mut server,
+        "gina@example.com",
+        &["z@far.test"],
+        "Subject: c\r\n\r\nx\r\n",
+    );
+    let d = send(
+        &mut server,
+        "hank@example.com",
+        &["w@far.test"],
+        "Subject: d\r\n\r\nx\r\n",
+    );
+    for (id, rcpt) in [(&c, "z@far.test"), (&d, "w@far.test")] {
+        let line = server.wait_for(&format!("delivery {id} to=<{rcpt}> via"), WAIT);
+        assert!(line.contains("deferred"), "{line}");
+    }
+    assert!(cli(&db, &["queue", "delete", &c]).contains("deleted"));
+    let out = cli(&db, &["queue", "delete", &d, "--bounce"]);
+    assert!(
+        out.contains("bounce") && out.contains("<hank@example.com>"),
+        "{out}"
+    );
+    let inside = internal.wait_for(1, WAIT);
+    assert_eq!(inside[0].rcpts, ["hank@example.com"]);
+    assert!(
+        inside[0]
+            .body_str()
+            .contains("deleted from the queue by the administrator")
+    );
+    eventually("queue empty", || {
+        queue_show(&db).contains("the queue is empty")
+    });
+
+    // Bad input: exit 2, nothing changed.
+    let o = std::process::Command::new(common::BIN)
+        .args(["--db", db.to_str().unwrap(), "queue", "hold", "NOSUCHID"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no message NOSUCHID"));
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn smarthost_auth_starttls_and_connection_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let smarthost = Sink::start(SinkOptions {
+        tls: true,
+        auth: Some(("relayuser".into(), "relaypass".into())),
+        hostname: "localhost".into(),
+        ..SinkOptions::default()
+    });
+    let db = test_db(dir.path(), &[]);
+    cli_stdin(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &smarthost.addr().to_string(),
+            "--tls",
+            "opportunistic",
+            "--user",
+            "relayuser",
+            "--password-stdin",
+        ],
+        "relaypass\n",
+    );
+    let shown = cli(&db, &["route", "show"]);
+    assert!(
+        shown.contains("auth relayuser") && !shown.contains("relaypass"),
+        "{shown}"
+    );
+    let mut server = Server::start(&db);
+    for i in 0..3 {
+        send(
+            &mut server,
+            "ivy@example.com",
+            &[&format!("r{i}@far.test")],
+            "Subject: tls\r\n\r\nx\r\n",
+        );
+    }
+    let out = smarthost.wait_for(3, WAIT);
+    for m in &out {
+        assert!(m.tls, "STARTTLS was used");
+        assert_eq!(m.auth_user.as_deref(), Some("relayuser"));
+    }
+    assert!(
+        smarthost.connections() < 3,
+        "connections were reused: {}",
+        smarthost.connections()
+    );
+
+    // Verified TLS: trust the smarthost's certificate and require it.
+    let ca = dir.path().join("smarthost-ca.pem");
+    std::fs::write(&ca, smarthost.cert_pem().expect("certificate")).unwrap();
+    cli(
+        &db,
+        &["policy", "set", "delivery-ca-file", ca.to_str().unwrap()],
+    );
+    let port = smarthost.addr().port();
+    cli_stdin(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &format!("localhost:{port}"),
+            "--tls",
+            "required",
+            "--user",
+            "relayuser",
+            "--password-stdin",
+        ],
+        "relaypass\n",
+    );
+    server.wait_for("configuration reloaded", WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    send(
+        &mut server,
+        "ivy@example.com",
+        &["verified@far.test"],
+        "Subject: verified\r\n\r\nx\r\n",
+    );
+    let out = smarthost.wait_for(4, WAIT);
+    assert_eq!(out[3].rcpts, ["verified@far.test"]);
+    assert!(out[3].tls);
+
+    // Wrong password: deferred with the smarthost's reply, nothing delivered.
+    cli_stdin(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &smarthost.addr().to_string(),
+            "--user",
+            "relayuser",
+            "--password-stdin",
+        ],
+        "wrong\n",
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let id = send(
+        &mut server,
+        "ivy@example.com",
+        &["denied@far.test"],
+        "Subject: nope\r\n\r\nx\r\n",
+    );
+    let line = server.wait_for(&format!("delivery {id} to=<denied@far.test>"), WAIT);
+    assert!(line.contains("deferred") && line.contains("AUTH"), "{line}");
+    assert_eq!(smarthost.messages().len(), 4);
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn mx_preference_fallback_and_unrouted_local_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let dns = DnsServer::start(vec![
+        // Listed first but less preferred.
+        DnsRecord::mx("far.test", 20, "mx2.far.test"),
+        DnsRecord::mx("far.test", 10, "mx1.far.test"),
+        // The preferred MX refuses connections (nothing listens on 127.0.0.2).
+        DnsRecord::a("mx1.far.test", "127.0.0.2"),
+        DnsRecord::a("mx2.far.test", "127.0.0.1"),
+        // No MX: the domain's own address (implicit MX).
+        DnsRecord::a("plain.test", "127.0.0.1"),
+    ]);
+    let db = test_db(dir.path(), &[]);
+    cli(
+        &db,
+        &["policy", "set", "dns-servers", &dns.addr().to_string()],
+    );
+    cli(
+        &db,
+        &["policy", "set", "mx-port", &sink.addr().port().to_string()],
+    );
+    let mut server = Server::start(&db);
+
+    let id = send(
+        &mut server,
+        "jo@example.com",
+        &["one@far.test", "two@plain.test"],
+        "Subject: mx\r\n\r\nx\r\n",
+    );
+    let out = sink.wait_for(2, WAIT);
+    let mut rcpts: Vec<String> = out.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["one@far.test", "two@plain.test"]);
+    let line = server.wait_for(&format!("delivery {id} to=<one@far.test>"), WAIT);
+    assert!(
+        line.contains("mx2.far.test (127.0.0.1:"),
+        "fell back to the second MX: {line}"
+    );
+
+    // A local domain without a route is held, never looked up in DNS.
+    let before = dns.queries();
+    let held = send(
+        &mut server,
+        "jo@example.com",
+        &["boss@example.com"],
+        "Subject: held\r\n\r\nx\r\n",
+    );
+    let line = server.wait_for(&format!("delivery {held} to=<boss@example.com>"), WAIT);
+    assert!(
+        line.contains("deferred") && line.contains("no route for local domain example.com"),
+        "{line}"
+    );
+    assert_eq!(dns.queries(), before, "no DNS query for a local domain");
+    assert!(queue_show(&db).contains("no route for local domain example.com"));
+    assert!(cli(&db, &["domain", "show"]).contains("no route"));
+    assert_eq!(server.terminate().code(), Some(0));
+}
