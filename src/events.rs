@@ -106,6 +106,195 @@ pub enum Event {
     },
 }
 
+/// How an event reads in a log: its kind (for filtering), an outcome word
+/// where there is one, the severity and one line of text. The headless log,
+/// the decision log and the console all render events through this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// `decision`, `auth`, `delivery`, `session`, `command`, `config`, `error`.
+    pub kind: &'static str,
+    /// `allowed`/`denied` for decisions, the delivery outcome, `failed` for AUTH.
+    pub verdict: Option<&'static str>,
+    pub level: Level,
+    pub text: String,
+}
+
+/// Severity of a described event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// One line for an event, the same wherever it is shown.
+pub fn describe(event: &Event) -> Described {
+    use Level::*;
+    let d = |kind, verdict, level, text: String| Described {
+        kind,
+        verdict,
+        level,
+        text,
+    };
+    match event {
+        Event::ListenerUp { addr, kind } => d(
+            "config",
+            None,
+            Info,
+            format!("listening on {addr} ({kind})"),
+        ),
+        Event::ListenerFailed { addr, kind, error } => d(
+            "error",
+            None,
+            Error,
+            format!("cannot listen on {addr} ({kind}): {error}"),
+        ),
+        Event::ListenerDown { addr } => {
+            d("config", None, Info, format!("stopped listening on {addr}"))
+        }
+        Event::PolicyReloaded { allow, deny } => d(
+            "config",
+            None,
+            Info,
+            format!("configuration reloaded: {allow} allow and {deny} deny entries"),
+        ),
+        Event::ConfigRejected { error } => d(
+            "error",
+            None,
+            Error,
+            format!("configuration change rejected, previous one stays: {error}"),
+        ),
+        Event::SessionOpened {
+            session,
+            peer,
+            local,
+            kind,
+            tls,
+        } => d(
+            "session",
+            None,
+            Info,
+            format!(
+                "session {session} opened from {peer} on {local} ({kind}{})",
+                if *tls { ", TLS" } else { "" }
+            ),
+        ),
+        Event::SessionRefused { peer, reply } => d(
+            "session",
+            Some("refused"),
+            Warn,
+            format!("refused {peer}: {reply}"),
+        ),
+        Event::SessionClosed { session, why } => d(
+            "session",
+            None,
+            Info,
+            format!("session {session} closed: {why}"),
+        ),
+        Event::TlsEstablished { session } => d(
+            "session",
+            None,
+            Info,
+            format!("session {session} STARTTLS done"),
+        ),
+        Event::Command {
+            session,
+            line,
+            reply,
+        } => d(
+            "command",
+            None,
+            Debug,
+            format!("session {session} C: {line} S: {reply}"),
+        ),
+        Event::Authenticated { session, login } => d(
+            "auth",
+            Some("authenticated"),
+            Info,
+            format!("session {session} authenticated as {login}"),
+        ),
+        Event::AuthFailed {
+            session,
+            peer,
+            login,
+        } => d(
+            "auth",
+            Some("failed"),
+            Warn,
+            format!(
+                "session {session} AUTH failed from {peer} for {}",
+                login.as_deref().unwrap_or("?")
+            ),
+        ),
+        Event::Decision {
+            session,
+            peer,
+            login,
+            sender,
+            recipient,
+            decision,
+        } => {
+            let allowed = decision.is_allowed();
+            d(
+                "decision",
+                Some(if allowed { "allowed" } else { "denied" }),
+                if allowed { Info } else { Warn },
+                format!(
+                    "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
+                    login.as_deref().unwrap_or("-"),
+                    decision.class,
+                    decision.reply
+                ),
+            )
+        }
+        Event::MessageAccepted {
+            session,
+            id,
+            size,
+            recipients,
+        } => d(
+            "session",
+            Some("accepted"),
+            Info,
+            format!(
+                "session {session} message {id} accepted: {size} bytes, {recipients} recipients"
+            ),
+        ),
+        Event::Delivery {
+            message_id,
+            recipient,
+            host,
+            outcome,
+            reply,
+        } => d(
+            "delivery",
+            Some(outcome),
+            if *outcome == "delivered" { Info } else { Warn },
+            format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}"),
+        ),
+        Event::Bounced {
+            message_id,
+            bounce_id,
+            to,
+        } => d(
+            "delivery",
+            Some("bounced"),
+            Warn,
+            format!("bounce {bounce_id} for {message_id} queued to <{to}>"),
+        ),
+        Event::Error { session, message } => d(
+            "error",
+            None,
+            Error,
+            match session {
+                Some(s) => format!("session {s}: {message}"),
+                None => message.clone(),
+            },
+        ),
+    }
+}
+
 /// An event with the time it happened.
 #[derive(Debug, Clone)]
 pub struct Stamped {

@@ -2,8 +2,7 @@
 //! event to stderr, until SIGINT or SIGTERM.
 
 use crate::engine::Engine;
-use crate::events::{Event, EventBus, Stamped};
-use crate::policy::decision::Verdict;
+use crate::events::{Event, EventBus, Level, Stamped, describe};
 use anyhow::Context;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -92,98 +91,11 @@ async fn log_events(
 }
 
 fn log_event(event: &Event) {
-    match event {
-        Event::ListenerUp { addr, kind } => tracing::info!("listening on {addr} ({kind})"),
-        Event::ListenerFailed { addr, kind, error } => {
-            tracing::error!("cannot listen on {addr} ({kind}): {error}")
-        }
-        Event::ListenerDown { addr } => tracing::info!("stopped listening on {addr}"),
-        Event::PolicyReloaded { allow, deny } => {
-            tracing::info!("configuration reloaded: {allow} allow and {deny} deny entries")
-        }
-        Event::ConfigRejected { error } => {
-            tracing::error!("configuration change rejected, previous one stays: {error}")
-        }
-        Event::SessionOpened {
-            session,
-            peer,
-            local,
-            kind,
-            tls,
-        } => tracing::info!(
-            "session {session} opened from {peer} on {local} ({kind}{})",
-            if *tls { ", TLS" } else { "" }
-        ),
-        Event::SessionRefused { peer, reply } => tracing::warn!("refused {peer}: {reply}"),
-        Event::SessionClosed { session, why } => tracing::info!("session {session} closed: {why}"),
-        Event::TlsEstablished { session } => tracing::info!("session {session} STARTTLS done"),
-        Event::Command {
-            session,
-            line,
-            reply,
-        } => tracing::debug!("session {session} C: {line} S: {reply}"),
-        Event::Authenticated { session, login } => {
-            tracing::info!("session {session} authenticated as {login}")
-        }
-        Event::AuthFailed {
-            session,
-            peer,
-            login,
-        } => tracing::warn!(
-            "session {session} AUTH failed from {peer} for {}",
-            login.as_deref().unwrap_or("?")
-        ),
-        Event::Decision {
-            session,
-            peer,
-            login,
-            sender,
-            recipient,
-            decision,
-        } => {
-            let line = format!(
-                "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
-                login.as_deref().unwrap_or("-"),
-                decision.class,
-                decision.reply
-            );
-            if decision.verdict == Verdict::Allow {
-                tracing::info!("{line}")
-            } else {
-                tracing::warn!("{line}")
-            }
-        }
-        Event::MessageAccepted {
-            session,
-            id,
-            size,
-            recipients,
-        } => tracing::info!(
-            "session {session} message {id} accepted: {size} bytes, {recipients} recipients"
-        ),
-        Event::Delivery {
-            message_id,
-            recipient,
-            host,
-            outcome,
-            reply,
-        } => {
-            let line =
-                format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}");
-            if *outcome == "delivered" {
-                tracing::info!("{line}")
-            } else {
-                tracing::warn!("{line}")
-            }
-        }
-        Event::Bounced {
-            message_id,
-            bounce_id,
-            to,
-        } => tracing::warn!("bounce {bounce_id} for {message_id} queued to <{to}>"),
-        Event::Error { session, message } => match session {
-            Some(s) => tracing::error!("session {s}: {message}"),
-            None => tracing::error!("{message}"),
-        },
+    let d = describe(event);
+    match d.level {
+        Level::Debug => tracing::debug!("{}", d.text),
+        Level::Info => tracing::info!("{}", d.text),
+        Level::Warn => tracing::warn!("{}", d.text),
+        Level::Error => tracing::error!("{}", d.text),
     }
 }
