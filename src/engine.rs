@@ -230,6 +230,7 @@ impl Engine {
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
         };
         let spool = Spool::open(&spool_path_for(&db))?;
+        let log_events = events.subscribe(65_536);
         let (state, _) = watch::channel(RunState::Running);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(Snapshot {
@@ -256,6 +257,24 @@ impl Engine {
             reload: None,
             delivery: None,
         };
+        let for_log = Arc::clone(&engine.shared);
+        let log_writer = crate::decision_log::spawn_writer(
+            &crate::decision_log::log_path_for(&engine.db),
+            log_events,
+            move || {
+                let s = for_log.snapshot();
+                crate::decision_log::Retention {
+                    max_age: Duration::from_secs(s.settings.log_retention_days * 86_400),
+                    max_rows: s.settings.log_max_rows,
+                }
+            },
+        );
+        if let Err(e) = log_writer {
+            engine.shared.events.emit(Event::Error {
+                session: None,
+                message: format!("event log disabled: {e}"),
+            });
+        }
         engine.load_tls(&settings);
         engine.reconcile_listeners(&bindings).await;
         let (stop_delivery, stopped) = watch::channel(false);

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod cli;
 pub mod credentials;
+pub mod decision_log;
 pub mod delivery;
 pub mod engine;
 pub mod events;

@@ -43,6 +43,9 @@ pub struct ServerSettings {
     pub delivery: bool,
     /// Extra trusted CA certificates (PEM) for routes with `--tls required`.
     pub delivery_ca_file: Option<String>,
+    /// How long the persisted event log keeps its history.
+    pub log_retention_days: u64,
+    pub log_max_rows: u64,
 }
 
 impl Default for ServerSettings {
@@ -77,6 +80,8 @@ impl Default for ServerSettings {
             mx_port: 25,
             delivery: true,
             delivery_ca_file: None,
+            log_retention_days: 30,
+            log_max_rows: 1_000_000,
         }
     }
 }
@@ -280,6 +285,8 @@ impl ServerSettings {
                     .map_err(|e| SettingError(e.to_string()))?
             }
             "delivery-ca-file" => self.delivery_ca_file = (!v.is_empty()).then(|| v.to_string()),
+            "log-retention-days" => self.log_retention_days = number(key, v, 1, 3650)?,
+            "log-max-rows" => self.log_max_rows = number(key, v, 1000, 1_000_000_000)?,
             _ => return Err(SettingError(format!("unknown setting {key:?}"))),
         }
         Ok(())
@@ -322,6 +329,8 @@ impl ServerSettings {
             "mx-port" => self.mx_port.to_string(),
             "delivery" => if self.delivery { "on" } else { "off" }.to_string(),
             "delivery-ca-file" => self.delivery_ca_file.clone().unwrap_or_default(),
+            "log-retention-days" => self.log_retention_days.to_string(),
+            "log-max-rows" => self.log_max_rows.to_string(),
             _ => return None,
         })
     }
