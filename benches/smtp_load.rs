@@ -22,6 +22,8 @@ struct Args {
     size: usize,
     idle: Option<usize>,
     pid: Option<u32>,
+    /// Run as a sink on this port until `messages` have arrived.
+    sink: Option<u16>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -32,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
         size: 2048,
         idle: None,
         pid: None,
+        sink: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,6 +68,13 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--pid" => args.pid = Some(value("--pid")?.parse().map_err(|e| format!("--pid: {e}"))?),
+            "--sink" => {
+                args.sink = Some(
+                    value("--sink")?
+                        .parse()
+                        .map_err(|e| format!("--sink: {e}"))?,
+                )
+            }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -94,9 +104,10 @@ fn main() {
         }
     };
     let code = rt.block_on(async {
-        match args.idle {
-            Some(n) => idle(&args, n).await,
-            None => throughput(&args).await,
+        match (args.sink, args.idle) {
+            (Some(port), _) => sink(port, args.messages).await,
+            (None, Some(n)) => idle(&args, n).await,
+            (None, None) => throughput(&args).await,
         }
     });
     std::process::exit(code);
@@ -216,6 +227,101 @@ async fn throughput(args: &Args) -> i32 {
         ok as f64 / secs
     );
     if ok == args.messages { 0 } else { 1 }
+}
+
+/// A minimal SMTP sink on 127.0.0.1:`port`: accepts everything, counts
+/// messages, and when `expect` have arrived prints the Unix time of the
+/// first connection and of the last message, then exits.
+async fn sink(port: u16, expect: u64) -> i32 {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("smtp_load: sink on port {port}: {e}");
+            return 2;
+        }
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::OnceLock::<f64>::new());
+    let done = Arc::new(tokio::sync::Notify::new());
+    println!("sink listening on 127.0.0.1:{port}, expecting {expect} messages");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let accept = {
+        let (received, first, done) =
+            (Arc::clone(&received), Arc::clone(&first), Arc::clone(&done));
+        async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = first.set(now());
+                let (received, done) = (Arc::clone(&received), Arc::clone(&done));
+                tokio::spawn(async move {
+                    let _ = sink_session(stream, &received, expect, &done).await;
+                });
+            }
+        }
+    };
+    tokio::select! {
+        _ = accept => 1,
+        _ = done.notified() => {
+            println!(
+                "sink_first_connection_unix={:.3} sink_last_message_unix={:.3} received={}",
+                first.get().copied().unwrap_or(0.0),
+                now(),
+                received.load(Ordering::Relaxed)
+            );
+            0
+        }
+    }
+}
+
+async fn sink_session(
+    stream: TcpStream,
+    received: &AtomicU64,
+    expect: u64,
+    done: &tokio::sync::Notify,
+) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    w.write_all(b"220 sink ESMTP\r\n").await?;
+    let mut in_data = false;
+    let mut out = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if in_data {
+            if line == ".\r\n" {
+                in_data = false;
+                out.extend_from_slice(b"250 2.0.0 Ok\r\n");
+                if received.fetch_add(1, Ordering::Relaxed) + 1 == expect {
+                    done.notify_one();
+                }
+            }
+        } else {
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            match verb.as_str() {
+                "EHLO" => out.extend_from_slice(b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),
+                "DATA" => {
+                    in_data = true;
+                    out.extend_from_slice(b"354 go ahead\r\n");
+                }
+                "QUIT" => {
+                    w.write_all(b"221 2.0.0 Bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => out.extend_from_slice(b"250 2.0.0 Ok\r\n"),
+            }
+        }
+        // Answer once the client has nothing more pipelined.
+        if r.buffer().is_empty() && !out.is_empty() {
+            w.write_all(&out).await?;
+            out.clear();
+        }
+    }
 }
 
 /// Opens `n` sessions (greeting + EHLO each), holds them, and reports the

@@ -71,8 +71,9 @@ pub struct Shared {
     total_sessions: AtomicU64,
     next_session: AtomicU64,
     state: watch::Sender<RunState>,
-    /// Woken when a message is spooled, so delivery starts at once.
-    pub delivery_wakeup: tokio::sync::Notify,
+    /// Hands each newly spooled message to delivery at once; when full,
+    /// the spool scan picks the message up instead.
+    pub delivery_queue: mpsc::Sender<crate::delivery::scheduler::NewWork>,
 }
 
 /// Counts a session against the limits until dropped.
@@ -231,6 +232,7 @@ impl Engine {
         };
         let spool = Spool::open(&spool_path_for(&db))?;
         let log_events = events.subscribe(65_536);
+        let (delivery_queue, fresh_work) = mpsc::channel(8192);
         let (state, _) = watch::channel(RunState::Running);
         let shared = Arc::new(Shared {
             snapshot: RwLock::new(Arc::new(Snapshot {
@@ -245,7 +247,7 @@ impl Engine {
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,
-            delivery_wakeup: tokio::sync::Notify::new(),
+            delivery_queue,
         });
         let (token, sessions_done) = mpsc::channel(1);
         let mut engine = Engine {
@@ -283,6 +285,7 @@ impl Engine {
             tokio::spawn(crate::delivery::scheduler::run(
                 Arc::clone(&engine.shared),
                 spool_path_for(&engine.db),
+                fresh_work,
                 stopped,
             )),
         ));

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 fn now_secs() -> i64 {
@@ -41,11 +41,25 @@ struct Delivery {
     per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: Mutex<HashSet<String>>,
     resolver: Mutex<Option<(Vec<SocketAddr>, Arc<MxResolver>)>>,
+    /// A message finished: the loop may take more from the spool.
+    slot_freed: tokio::sync::Notify,
 }
 
-/// Runs until `stop` turns true. In-flight deliveries are left to finish
-/// or be cut off with the process: their recipients are still queued.
-pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Receiver<bool>) {
+/// New work handed over by the SMTP engine: a message just spooled and
+/// its recipients. It spares the queue a database scan per message.
+pub type NewWork = (String, Vec<String>);
+
+/// Runs until `stop` turns true. Fresh messages arrive on `fresh`; the
+/// spool is scanned once a second (retries, `queue retry`, messages from
+/// before a restart, and whatever did not fit in flight). In-flight
+/// deliveries are left to finish or be cut off with the process: their
+/// recipients are still queued, so they run again.
+pub async fn run(
+    shared: Arc<Shared>,
+    spool_path: PathBuf,
+    mut fresh: mpsc::Receiver<NewWork>,
+    mut stop: watch::Receiver<bool>,
+) {
     let reader = match tokio::task::spawn_blocking(move || SpoolReader::open(&spool_path)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -64,6 +78,7 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
         }
     };
     let settings = Arc::clone(&shared.snapshot().settings);
+    let max_in_flight = settings.delivery_concurrency.saturating_mul(4).max(16);
     let d = Arc::new(Delivery {
         shared: Arc::clone(&shared),
         reader: Mutex::new(reader),
@@ -72,26 +87,60 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
         per_hop: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
         resolver: Mutex::new(None),
+        slot_freed: tokio::sync::Notify::new(),
     });
+    // More is waiting in the spool than is in flight.
+    let mut backlog = true;
+    let mut next_scan = tokio::time::Instant::now();
     loop {
+        let mut scan = false;
         tokio::select! {
             _ = stop.changed() => return,
-            _ = shared.delivery_wakeup.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            work = fresh.recv() => {
+                let Some(first) = work else { return };
+                let snapshot = shared.snapshot();
+                let mut batch = vec![first];
+                while let Ok(more) = fresh.try_recv() {
+                    batch.push(more);
+                }
+                if !snapshot.settings.delivery {
+                    backlog = true;
+                    continue;
+                }
+                for (id, rcpts) in batch {
+                    let attempts = rcpts.into_iter().map(|r| (r, 0)).collect();
+                    if !start(&d, &snapshot, id, attempts, max_in_flight) {
+                        backlog = true;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_scan) => scan = true,
+            _ = d.slot_freed.notified() => scan = backlog && in_flight(&d) < max_in_flight / 2,
         }
         if *stop.borrow() {
             return;
         }
+        if !scan {
+            continue;
+        }
+        next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
         let snapshot = shared.snapshot();
         if !snapshot.settings.delivery {
             continue;
         }
+        let want = max_in_flight.saturating_sub(in_flight(&d));
+        if want == 0 {
+            backlog = true;
+            continue;
+        }
         let d2 = Arc::clone(&d);
+        // In-flight recipients are still queued: ask for enough to skip them.
+        let limit = want + in_flight(&d) * 8;
         let due = tokio::task::spawn_blocking(move || {
             d2.reader
                 .lock()
                 .map_err(|_| "spool reader lock poisoned".to_string())?
-                .due(now_secs(), 2000)
+                .due(now_secs(), limit)
                 .map_err(|e| e.to_string())
         })
         .await;
@@ -106,6 +155,7 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
             }
             Err(_) => continue,
         };
+        let full = due.len() >= limit;
         let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
         for r in due {
             by_message
@@ -113,25 +163,51 @@ pub async fn run(shared: Arc<Shared>, spool_path: PathBuf, mut stop: watch::Rece
                 .or_default()
                 .insert(r.address, r.attempts);
         }
-        for (id, rcpts) in by_message {
-            let fresh = d
-                .in_flight
-                .lock()
-                .map(|mut f| f.insert(id.clone()))
-                .unwrap_or(false);
-            if !fresh {
-                continue;
+        backlog = full;
+        for (id, attempts) in by_message {
+            if !start(&d, &snapshot, id, attempts, max_in_flight) {
+                backlog = true;
+                break;
             }
-            let d = Arc::clone(&d);
-            let snapshot = Arc::clone(&snapshot);
-            tokio::spawn(async move {
-                deliver_message(&d, &snapshot, &id, rcpts).await;
-                if let Ok(mut f) = d.in_flight.lock() {
-                    f.remove(&id);
-                }
-            });
         }
     }
+}
+
+fn in_flight(d: &Delivery) -> usize {
+    d.in_flight.lock().map_or(usize::MAX, |f| f.len())
+}
+
+/// Starts delivering a message unless it is already in flight. `false`
+/// when there is no room for more work in flight.
+fn start(
+    d: &Arc<Delivery>,
+    snapshot: &Arc<Snapshot>,
+    id: String,
+    attempts: HashMap<String, i64>,
+    max_in_flight: usize,
+) -> bool {
+    {
+        let Ok(mut f) = d.in_flight.lock() else {
+            return false;
+        };
+        if f.contains(&id) {
+            return true;
+        }
+        if f.len() >= max_in_flight {
+            return false;
+        }
+        f.insert(id.clone());
+    }
+    let d = Arc::clone(d);
+    let snapshot = Arc::clone(snapshot);
+    tokio::spawn(async move {
+        deliver_message(&d, &snapshot, &id, attempts).await;
+        if let Ok(mut f) = d.in_flight.lock() {
+            f.remove(&id);
+        }
+        d.slot_freed.notify_one();
+    });
+    true
 }
 
 /// One message: its due recipients, grouped by next hop, each group

@@ -494,10 +494,15 @@ async fn store_message(
         helo: t.helo.clone(),
         body,
     };
+    let rcpt_addresses: Vec<String> = new.recipients.iter().map(|r| r.address.clone()).collect();
     let result = ctx.shared.spool.store(new).await;
     match &result {
         Ok(()) => {
-            ctx.shared.delivery_wakeup.notify_one();
+            // Full: the spool scan will find it within a second.
+            let _ = ctx
+                .shared
+                .delivery_queue
+                .try_send((queue_id.clone(), rcpt_addresses));
             ctx.shared.events.emit(Event::MessageAccepted {
                 session: id,
                 id: queue_id.clone(),
