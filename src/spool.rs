@@ -563,41 +563,17 @@ impl SpoolReader {
 
 /// Reads every message in a spool file (tests, and the queue view).
 pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
-    let conn = open_connection(path)?;
-    let mut stmt = conn.prepare(
-        "SELECT id, received_at, sender, login, peer, helo, body FROM messages ORDER BY id",
-    )?;
-    let mut rcpts = conn.prepare(
-        "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
-    )?;
-    let mut messages: Vec<StoredMessage> = stmt
-        .query_map([], |r| {
-            let id: String = r.get(0)?;
-            Ok(StoredMessage {
-                id: id.clone(),
-                received_at: r.get(1)?,
-                message: NewMessage {
-                    id,
-                    sender: r.get(2)?,
-                    recipients: Vec::new(),
-                    login: r.get(3)?,
-                    peer: r.get(4)?,
-                    helo: r.get(5)?,
-                    body: r.get(6)?,
-                },
-            })
-        })?
+    let reader = SpoolReader::open(path)?;
+    let ids: Vec<String> = reader
+        .conn
+        .prepare("SELECT id FROM messages ORDER BY id")?
+        .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for m in &mut messages {
-        m.message.recipients = rcpts
-            .query_map([&m.id], |r| {
-                Ok(SpoolRecipient {
-                    address: r.get(0)?,
-                    class: r.get(1)?,
-                    reason: r.get(2)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+    let mut messages = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(m) = reader.message(&id)? {
+            messages.push(m);
+        }
     }
     Ok(messages)
 }

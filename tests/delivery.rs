@@ -7,32 +7,16 @@ mod common;
 
 use common::dns::{DnsRecord, DnsServer};
 use common::sink::{Sink, SinkMode, SinkOptions};
-use common::{Client, Server, cli, cli_stdin, test_db};
+use common::{Server, cli, cli_stdin, send_queued, test_db};
 use mail_parser::{MessageParser, MimeHeaders};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Sends one message over a fresh connection; returns the queue id.
+/// Sends one message; returns its queue id.
 fn send(server: &mut Server, from: &str, to: &[&str], body: &str) -> String {
-    let addr = server.addr();
-    let mut c = Client::connect(addr);
-    c.reply();
-    c.expect("EHLO client.test", "250");
-    c.expect(&format!("MAIL FROM:<{from}>"), "250");
-    for r in to {
-        c.expect(&format!("RCPT TO:<{r}>"), "250");
-    }
-    c.expect("DATA", "354");
-    c.send(body.as_bytes());
-    c.send(b"\r\n.\r\n");
-    let r = c.reply();
-    c.cmd("QUIT");
-    r.strip_prefix("250 2.0.0 Ok: queued as ")
-        .unwrap_or_else(|| panic!("not queued: {r}"))
-        .trim()
-        .to_string()
+    send_queued(server.addr(), from, to, body)
 }
 
 fn queue_show(db: &Path) -> String {

@@ -5,9 +5,8 @@
 mod common;
 
 use common::sink::{Sink, SinkOptions};
-use common::{Client, Server, cli, test_db};
+use common::{Server, cli, load_until_gone, test_db};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn test_id(body: &[u8]) -> Option<usize> {
@@ -35,45 +34,12 @@ fn acknowledged_mail_reaches_the_sink_across_sigkill() {
     let mut server = Server::start(&db);
     let addr = server.addr();
 
-    let acked: Arc<Mutex<HashSet<usize>>> = Arc::default();
-    let mut threads = Vec::new();
-    for t in 0..6 {
-        let acked = Arc::clone(&acked);
-        threads.push(std::thread::spawn(move || {
-            let mut c = Client::connect(addr);
-            if !c.try_reply().is_ok_and(|r| r.starts_with("220")) {
-                return;
-            }
-            if c.try_send(b"EHLO loader.test\r\n").is_err() || c.try_reply().is_err() {
-                return;
-            }
-            for i in 0..50 {
-                let n = t * 1000 + i;
-                let cmds =
-                    format!("MAIL FROM:<a@example.com>\r\nRCPT TO:<r{n}@far.test>\r\nDATA\r\n");
-                if c.try_send(cmds.as_bytes()).is_err() {
-                    return;
-                }
-                let replies: Vec<String> = (0..3).filter_map(|_| c.try_reply().ok()).collect();
-                if replies.len() != 3 || !replies[2].starts_with("354") {
-                    return;
-                }
-                let body = format!(
-                    "Subject: {n}\r\nX-Test-Id: {n}\r\n\r\n{}.\r\n",
-                    "text\r\n".repeat(30)
-                );
-                if c.try_send(body.as_bytes()).is_err() {
-                    return;
-                }
-                match c.try_reply() {
-                    Ok(r) if r.starts_with("250") => {
-                        acked.lock().unwrap().insert(n);
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
+    let (acked, threads) = load_until_gone(addr, 6, 50, |n| {
+        format!(
+            "Subject: {n}\r\nX-Test-Id: {n}\r\n\r\n{}.\r\n",
+            "text\r\n".repeat(30)
+        )
+    });
     // Kill it while it is delivering.
     let start = Instant::now();
     while sink.messages().len() < 60 {
@@ -87,7 +53,7 @@ fn acknowledged_mail_reaches_the_sink_across_sigkill() {
     for t in threads {
         let _ = t.join();
     }
-    let acked = acked.lock().unwrap().clone();
+    let acked: HashSet<usize> = acked.lock().unwrap().values().copied().collect();
     let at_kill = sink.messages().len();
 
     // Start again: everything acknowledged must arrive.

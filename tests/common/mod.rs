@@ -272,3 +272,66 @@ pub fn send_message(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> St
     c.cmd("QUIT");
     r
 }
+
+/// Sends one message and returns its queue id (panics unless queued).
+pub fn send_queued(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let r = send_message(addr, from, to, body);
+    r.strip_prefix("250 2.0.0 Ok: queued as ")
+        .unwrap_or_else(|| panic!("not queued: {r}"))
+        .trim()
+        .to_string()
+}
+
+/// Loads a server from `threads` connections, `per_thread` pipelined
+/// messages each, with bodies from `body(n)` (`n` = thread * 1000 + i),
+/// recording `n` by queue id for every message the server acknowledged.
+/// Stops quietly when the server goes away (crash tests kill it).
+pub fn load_until_gone(
+    addr: SocketAddr,
+    threads: usize,
+    per_thread: usize,
+    body: fn(usize) -> String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let acked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        Default::default();
+    let handles = (0..threads)
+        .map(|t| {
+            let acked = std::sync::Arc::clone(&acked);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                if !c.try_reply().is_ok_and(|r| r.starts_with("220")) {
+                    return;
+                }
+                if c.try_send(b"EHLO loader.test\r\n").is_err() || c.try_reply().is_err() {
+                    return;
+                }
+                for i in 0..per_thread {
+                    let n = t * 1000 + i;
+                    let pipelined =
+                        format!("MAIL FROM:<a@example.com>\r\nRCPT TO:<r{n}@far.test>\r\nDATA\r\n");
+                    if c.try_send(pipelined.as_bytes()).is_err() {
+                        return;
+                    }
+                    let replies: Vec<String> = (0..3).filter_map(|_| c.try_reply().ok()).collect();
+                    if replies.len() != 3 || !replies[2].starts_with("354") {
+                        return;
+                    }
+                    if c.try_send(body(n).as_bytes()).is_err() {
+                        return;
+                    }
+                    let Ok(r) = c.try_reply() else { return };
+                    let Some(id) = r.strip_prefix("250 2.0.0 Ok: queued as ") else {
+                        return;
+                    };
+                    if let Ok(mut a) = acked.lock() {
+                        a.insert(id.trim().to_string(), n);
+                    }
+                }
+            })
+        })
+        .collect();
+    (acked, handles)
+}
