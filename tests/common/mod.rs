@@ -282,6 +282,9 @@ pub fn send_queued(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> Str
         .to_string()
 }
 
+/// Queue ids of acknowledged messages, with the number of each.
+pub type Acked = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
 /// Loads a server from `threads` connections, `per_thread` pipelined
 /// messages each, with bodies from `body(n)` (`n` = thread * 1000 + i),
 /// recording `n` by queue id for every message the server acknowledged.
@@ -291,12 +294,8 @@ pub fn load_until_gone(
     threads: usize,
     per_thread: usize,
     body: fn(usize) -> String,
-) -> (
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    Vec<std::thread::JoinHandle<()>>,
-) {
-    let acked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
-        Default::default();
+) -> (Acked, Vec<std::thread::JoinHandle<()>>) {
+    let acked: Acked = Default::default();
     let handles = (0..threads)
         .map(|t| {
             let acked = std::sync::Arc::clone(&acked);
