@@ -115,3 +115,31 @@ fn bindings_open_and_close_live() {
     drop(busy);
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+#[test]
+fn a_user_added_while_running_can_authenticate() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Failed attempts while the change is on its way must not lock us out.
+    let db = test_db(dir.path(), &[("auth-max-failures", "1000")]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0newuser\0fresh-password");
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(&format!("AUTH PLAIN {plain}"), "535 5.7.8");
+    common::cli_stdin(
+        &db,
+        &["user", "add", "newuser", "--password-stdin"],
+        "fresh-password\n",
+    );
+    within_a_second(|| {
+        let mut c = Client::connect(addr);
+        c.reply();
+        c.cmd("EHLO client.test");
+        c.cmd(&format!("AUTH PLAIN {plain}"))
+            .starts_with("235 2.7.0")
+    });
+    assert_eq!(server.terminate().code(), Some(0));
+}
