@@ -108,13 +108,13 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     let report = delivery_status(&mta, &id, input, &recipients);
     let header_lines = header_lines(input.original);
     let (headers_part, transfer_encoding) = rfc822_headers(&header_lines);
-    // The quoted-printable form never contains "=_", so checking the
-    // original (of which the 7-bit form is a part) and our own two parts
-    // (which carry remote text) is enough.
+    // Only what goes into the bounce needs checking: the original's header
+    // section (never its body, which may be 25 MB and crafted to hold
+    // candidate boundaries) and our own two parts (which carry remote text).
     let boundary = choose_boundary(
         &id,
         input.now,
-        &[input.original, notification.as_bytes(), report.as_bytes()],
+        &[headers_part.as_bytes(), notification.as_bytes(), report.as_bytes()],
     );
 
     let mut m =
