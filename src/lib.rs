@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod cli;
+pub mod console;
 pub mod credentials;
 pub mod decision_log;
 pub mod delivery;

@@ -82,7 +82,8 @@ pub enum Command {
 /// (exit 2); `check` returns 1 itself when a recipient is denied.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
-        None | Some(Command::Serve { .. }) => return serve::run(&cli.db),
+        Some(Command::Serve { headless: true }) => return serve::run(&cli.db),
+        None | Some(Command::Serve { headless: false }) => return serve::run_console(&cli.db),
         Some(command) => command,
     };
     let mut store = Store::open(&cli.db)?;

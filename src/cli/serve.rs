@@ -38,6 +38,17 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The engine with the console in the foreground; headless (with a
+/// one-line note) when standard input or output is not a terminal.
+pub fn run_console(db: &Path) -> anyhow::Result<ExitCode> {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        eprintln!("relaygate: not a terminal, so no console: running headless, logging to stderr");
+        return run(db);
+    }
+    crate::console::run(db)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

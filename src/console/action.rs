@@ -1,0 +1,220 @@
+//! What changes the console: commands (from the keymap), text typed into an
+//! editor, and what the engine and the store report. Everything the app
+//! does starts as one [`Action`]; everything it asks of the outside world
+//! is one [`Effect`].
+
+use super::io::ConfigView;
+use super::traffic::LogLine;
+use crate::bindings::Binding;
+use crate::engine::ListenerStatus;
+use crate::events::Stamped;
+use crate::policy::ip_lists::ListKind;
+use crate::policy::list_text::ParsedEntry;
+use crate::policy::rules::Rule;
+use crate::policy::settings::AuthMode;
+use crate::spool::QueueEntry;
+use ratatui::crossterm::event::KeyEvent;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+/// The seven panels, in tab order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Panel {
+    Live,
+    Log,
+    Bindings,
+    Lists,
+    Policy,
+    Users,
+    Queue,
+}
+
+impl Panel {
+    pub const ALL: [Panel; 7] = [
+        Panel::Live,
+        Panel::Log,
+        Panel::Bindings,
+        Panel::Lists,
+        Panel::Policy,
+        Panel::Users,
+        Panel::Queue,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Panel::Live => "Live",
+            Panel::Log => "Log",
+            Panel::Bindings => "Bindings",
+            Panel::Lists => "Relay lists",
+            Panel::Policy => "Auth & rules",
+            Panel::Users => "Users",
+            Panel::Queue => "Queue",
+        }
+    }
+
+    /// The title on a narrow (80-column) screen.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            Panel::Lists => "Lists",
+            Panel::Policy => "Auth",
+            other => other.title(),
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Panel::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+
+    pub fn next(self) -> Panel {
+        Panel::ALL[(self.index() + 1) % Panel::ALL.len()]
+    }
+
+    pub fn prev(self) -> Panel {
+        Panel::ALL[(self.index() + Panel::ALL.len() - 1) % Panel::ALL.len()]
+    }
+}
+
+/// What a key asks for. Data-free, so the keymap can be a static table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    Quit,
+    Help,
+    NextPanel,
+    PrevPanel,
+    GoTo(Panel),
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    ScrollUp,
+    ScrollDown,
+    /// Enter: open the selected thing (a dialogue, an editor, a toggle).
+    Open,
+    /// Esc: close or cancel, never losing anything saved.
+    Cancel,
+    /// Ctrl-S: save the edit in progress.
+    Save,
+    Add,
+    AddRule,
+    Edit,
+    Remove,
+    Toggle,
+    ResetPassword,
+    SenderAddresses,
+    NextField,
+    PrevField,
+    Import,
+    Retry,
+    Hold,
+    Release,
+    Delete,
+    Follow,
+    CycleFilter,
+    Search,
+    Yes,
+    No,
+    Bounce,
+    Silent,
+}
+
+/// Everything that changes the app.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Command(Command),
+    /// A key with no command in this context: text for the focused editor.
+    Input(KeyEvent),
+    Resize,
+    /// Time passes (about twice a second); ages and the rate chart move.
+    Tick(SystemTime),
+    Engine(Stamped),
+    /// How many events the bus dropped so far.
+    Dropped(u64),
+    ConfigLoaded(Box<ConfigView>),
+    Listeners(Vec<ListenerStatus>),
+    QueueLoaded(Result<Vec<QueueEntry>, String>),
+    /// Lines from the persisted decision log, oldest first.
+    History(Vec<LogLine>),
+    /// A save or other operation finished; the message says what happened.
+    Done(Result<String, String>),
+    /// An import file was read (or could not be).
+    ImportRead {
+        list: ListKind,
+        path: String,
+        text: Result<String, String>,
+    },
+}
+
+impl From<Command> for Action {
+    fn from(c: Command) -> Action {
+        Action::Command(c)
+    }
+}
+
+/// A queue operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOp {
+    Retry(String),
+    Hold(String),
+    Release(String),
+    Delete { id: String, bounce: bool },
+}
+
+/// What the app asks of the outside world (the store, the spool, files).
+/// Each runs whole or not at all and answers with [`Action::Done`].
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Replace the lists that changed (`None`: leave that list alone).
+    SaveLists {
+        allow: Option<Vec<ParsedEntry>>,
+        deny: Option<Vec<ParsedEntry>>,
+    },
+    AddDomain(String),
+    RemoveDomain(String),
+    AddUser {
+        name: String,
+        password: String,
+    },
+    SetPassword {
+        name: String,
+        password: String,
+    },
+    RemoveUser(String),
+    SetSenderAddresses {
+        name: String,
+        addresses: Vec<String>,
+    },
+    SetAuthMode {
+        mode: AuthMode,
+        /// For `specified`: the login and its password.
+        specified: Option<(String, String)>,
+    },
+    SetSwitch {
+        key: String,
+        on: bool,
+    },
+    SetServerSetting {
+        key: String,
+        value: String,
+    },
+    AddRule {
+        rule: Rule,
+        at: Option<usize>,
+    },
+    RemoveRule(usize),
+    /// Adds a binding, or replaces `old` with it.
+    PutBinding {
+        old: Option<SocketAddr>,
+        new: Binding,
+    },
+    RemoveBinding(SocketAddr),
+    Queue(QueueOp),
+    ReadImportFile {
+        list: ListKind,
+        path: String,
+    },
+    /// Re-read the configuration if another process changed it.
+    PollStore,
+    LoadQueue,
+}

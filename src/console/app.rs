@@ -1,0 +1,1066 @@
+//! The console's state and the one function that changes it:
+//! [`App::update`] takes an [`Action`] and returns the [`Effect`]s it needs
+//! (saves, queue operations, reads). No I/O happens here, so the app can be
+//! driven headless in tests exactly as the terminal drives it.
+
+use super::action::{Action, Command, Effect, Panel, QueueOp};
+use super::form::{Field, Form, FormPurpose};
+use super::io::ConfigView;
+use super::keymap::{Context, command_for};
+use super::list_editor::{ListEditor, ListFocus};
+use super::traffic::{LogFilter, LogLine, Traffic};
+use crate::bindings::{BindKind, Binding, parse_listen_addr};
+use crate::engine::ListenerStatus;
+use crate::events::Event;
+use crate::policy::rules::Rule;
+use crate::policy::settings::{AuthMode, SWITCH_KEYS};
+use crate::spool::QueueEntry;
+use crate::store::check_login_name;
+use ratatui::crossterm::event::KeyEvent;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+/// An operation waiting for a yes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    RemoveBinding(SocketAddr),
+    RemoveDomain(String),
+    RemoveRule(usize),
+    RemoveUser(String),
+    DeleteMessage(String),
+    DiscardListEdits,
+    Quit,
+}
+
+/// A question before something that cannot be undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub question: String,
+    pub pending: Pending,
+}
+
+/// What a reading popup shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewerSource {
+    /// A connection's dialogue, live.
+    Connection(u64),
+    Text {
+        title: String,
+        lines: Vec<String>,
+    },
+}
+
+/// What has the keyboard besides the panel itself.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Normal,
+    Help { scroll: usize },
+    Viewer { source: ViewerSource, scroll: usize },
+    Form(Form),
+    Confirm(Confirm),
+}
+
+/// The message line under the panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub text: String,
+    pub ok: bool,
+}
+
+/// The Log panel's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogView {
+    pub filter: LogFilter,
+    /// Lowercased; lines must contain it.
+    pub search: Option<String>,
+    /// The selected line, counted from the newest matching one.
+    pub cursor: usize,
+    pub follow: bool,
+}
+
+impl LogView {
+    pub fn admits(&self, line: &LogLine) -> bool {
+        self.filter.admits(line)
+            && self.search.as_ref().is_none_or(|s| {
+                line.text.to_lowercase().contains(s)
+                    || line
+                        .detail
+                        .as_ref()
+                        .is_some_and(|d| d.to_lowercase().contains(s))
+            })
+    }
+}
+
+/// One row of the Auth & restrictions panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyRow {
+    AuthMode,
+    Switch {
+        key: &'static str,
+        help: &'static str,
+    },
+    PlaintextAuth,
+    Domain(String),
+    /// A rule, numbered from 1.
+    Rule(usize),
+}
+
+/// The whole console state.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub panel: Panel,
+    pub mode: Mode,
+    pub traffic: Traffic,
+    pub config: ConfigView,
+    pub listeners: Vec<ListenerStatus>,
+    pub queue: Vec<QueueEntry>,
+    pub queue_error: Option<String>,
+    pub lists: ListEditor,
+    pub log: LogView,
+    pub live_selected: usize,
+    pub bindings_selected: usize,
+    pub policy_selected: usize,
+    pub users_selected: usize,
+    pub queue_selected: usize,
+    pub status: Option<Status>,
+    /// Events the engine could not hand to the console.
+    pub dropped: u64,
+    pub now: SystemTime,
+    /// Rows a page-up/down moves (set from the terminal size).
+    pub page: usize,
+    pub quit: bool,
+    saving_lists: bool,
+    awaiting_reload: bool,
+    ticks: u64,
+}
+
+impl App {
+    pub fn new(now: SystemTime) -> App {
+        App {
+            panel: Panel::Live,
+            mode: Mode::Normal,
+            traffic: Traffic::default(),
+            config: ConfigView::default(),
+            listeners: Vec::new(),
+            queue: Vec::new(),
+            queue_error: None,
+            lists: ListEditor::default(),
+            log: LogView {
+                filter: LogFilter::All,
+                search: None,
+                cursor: 0,
+                follow: true,
+            },
+            live_selected: 0,
+            bindings_selected: 0,
+            policy_selected: 0,
+            users_selected: 0,
+            queue_selected: 0,
+            status: None,
+            dropped: 0,
+            now,
+            page: 10,
+            quit: false,
+            saving_lists: false,
+            awaiting_reload: false,
+            ticks: 0,
+        }
+    }
+
+    /// The keymap contexts in force, most specific first.
+    pub fn contexts(&self) -> Vec<Context> {
+        match &self.mode {
+            Mode::Help { .. } => vec![Context::Help],
+            Mode::Viewer { .. } => vec![Context::Viewer],
+            Mode::Form(_) => vec![Context::Form],
+            Mode::Confirm(c) if matches!(c.pending, Pending::DeleteMessage(_)) => {
+                vec![Context::ConfirmDelete]
+            }
+            Mode::Confirm(_) => vec![Context::Confirm],
+            Mode::Normal if self.editing_lists() => vec![Context::ListEdit],
+            Mode::Normal => vec![Context::Panel(self.panel), Context::Global],
+        }
+    }
+
+    pub fn editing_lists(&self) -> bool {
+        self.panel == Panel::Lists && self.lists.editing
+    }
+
+    /// Whether unbound keys are text for an editor.
+    fn takes_text(&self) -> bool {
+        matches!(self.mode, Mode::Form(_))
+            || (matches!(self.mode, Mode::Normal) && self.editing_lists())
+    }
+
+    /// What a key press means here: a command from the keymap, text for an
+    /// editor, or nothing.
+    pub fn key_action(&self, key: KeyEvent) -> Option<Action> {
+        if key.kind == ratatui::crossterm::event::KeyEventKind::Release {
+            return None;
+        }
+        match command_for(&self.contexts(), &key) {
+            Some(c) => Some(Action::Command(c)),
+            None if self.takes_text() => Some(Action::Input(key)),
+            None => None,
+        }
+    }
+
+    fn say(&mut self, ok: bool, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            ok,
+        });
+    }
+
+    /// The one place the state changes.
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Command(c) => self.command(c),
+            Action::Input(key) => self.input(key),
+            Action::Resize => Vec::new(),
+            Action::Tick(now) => {
+                self.now = now;
+                self.ticks += 1;
+                let mut effects = vec![Effect::PollStore];
+                if self.panel == Panel::Queue && self.ticks.is_multiple_of(2) {
+                    effects.push(Effect::LoadQueue);
+                }
+                effects
+            }
+            Action::Engine(stamped) => {
+                let before = self.traffic.log.lines.len();
+                let full = before >= super::traffic::LOG_LINES;
+                self.traffic.apply(&stamped);
+                let added = full || self.traffic.log.lines.len() > before;
+                if added
+                    && !self.log.follow
+                    && self
+                        .traffic
+                        .log
+                        .lines
+                        .back()
+                        .is_some_and(|l| self.log.admits(l))
+                {
+                    self.log.cursor += 1;
+                }
+                if let Event::PolicyReloaded { allow, deny } = stamped.event.as_ref()
+                    && self.awaiting_reload
+                {
+                    self.awaiting_reload = false;
+                    self.say(
+                        true,
+                        format!(
+                            "in force: the engine reloaded ({allow} allow, {deny} deny entries)"
+                        ),
+                    );
+                }
+                Vec::new()
+            }
+            Action::Dropped(n) => {
+                self.dropped = n;
+                Vec::new()
+            }
+            Action::ConfigLoaded(view) => {
+                self.lists.load(&view.allow, &view.deny);
+                self.config = *view;
+                self.lists
+                    .evaluate_test(&self.config.policy, &self.config.policy_config);
+                self.clamp_selections();
+                Vec::new()
+            }
+            Action::Listeners(l) => {
+                self.listeners = l;
+                Vec::new()
+            }
+            Action::QueueLoaded(result) => {
+                match result {
+                    Ok(q) => {
+                        self.queue = q;
+                        self.queue_error = None;
+                    }
+                    Err(e) => self.queue_error = Some(e),
+                }
+                self.clamp_selections();
+                Vec::new()
+            }
+            Action::History(lines) => {
+                self.traffic.log.prepend_history(lines);
+                Vec::new()
+            }
+            Action::Done(result) => {
+                self.done(result);
+                Vec::new()
+            }
+            Action::ImportRead { list, path, text } => {
+                match text {
+                    Ok(text) => {
+                        self.lists.import(list, &path, &text);
+                        self.mode = Mode::Normal;
+                        self.panel = Panel::Lists;
+                        if !self.lists.editing {
+                            self.lists.begin(match list {
+                                crate::policy::ip_lists::ListKind::Allow => ListFocus::Allow,
+                                crate::policy::ip_lists::ListKind::Deny => ListFocus::Deny,
+                            });
+                        }
+                        let first = self.lists.report.first().cloned().unwrap_or_default();
+                        self.say(true, first);
+                    }
+                    Err(e) => {
+                        if let Mode::Form(f) = &mut self.mode {
+                            f.error = Some(e.clone());
+                        }
+                        self.say(false, e);
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn done(&mut self, result: Result<String, String>) {
+        if self.saving_lists {
+            self.saving_lists = false;
+            match &result {
+                Ok(_) => {
+                    self.lists.mark_saved();
+                    self.lists.end();
+                    self.lists.report.clear();
+                    self.awaiting_reload = true;
+                }
+                Err(e) => self.lists.report = vec![e.clone()],
+            }
+        }
+        if let Mode::Form(form) = &mut self.mode {
+            match &result {
+                Ok(_) => self.mode = Mode::Normal,
+                Err(e) => form.error = Some(e.clone()),
+            }
+        }
+        match result {
+            Ok(text) => self.say(true, text),
+            Err(text) => self.say(false, text),
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Vec<Effect> {
+        match &mut self.mode {
+            Mode::Help { scroll } => {
+                match c {
+                    Command::Cancel => self.mode = Mode::Normal,
+                    other => *scroll = scrolled(*scroll, other, self.page),
+                }
+                return Vec::new();
+            }
+            Mode::Viewer { scroll, .. } => {
+                match c {
+                    Command::Cancel => self.mode = Mode::Normal,
+                    other => *scroll = scrolled(*scroll, other, self.page),
+                }
+                return Vec::new();
+            }
+            Mode::Form(form) => {
+                return match c {
+                    Command::Cancel => {
+                        self.mode = Mode::Normal;
+                        self.say(true, "cancelled: nothing was saved");
+                        Vec::new()
+                    }
+                    Command::NextField => {
+                        form.next_field();
+                        Vec::new()
+                    }
+                    Command::PrevField => {
+                        form.prev_field();
+                        Vec::new()
+                    }
+                    Command::Open if !form.on_last_field() => {
+                        form.next_field();
+                        Vec::new()
+                    }
+                    Command::Open | Command::Save => self.submit_form(),
+                    _ => Vec::new(),
+                };
+            }
+            Mode::Confirm(confirm) => {
+                let pending = confirm.pending.clone();
+                return match c {
+                    Command::No | Command::Cancel => {
+                        self.mode = Mode::Normal;
+                        self.say(true, "nothing was changed");
+                        Vec::new()
+                    }
+                    Command::Yes => {
+                        self.mode = Mode::Normal;
+                        self.confirmed(pending, false)
+                    }
+                    Command::Bounce | Command::Silent => {
+                        self.mode = Mode::Normal;
+                        self.confirmed(pending, c == Command::Bounce)
+                    }
+                    _ => Vec::new(),
+                };
+            }
+            Mode::Normal => {}
+        }
+        if self.editing_lists() {
+            return self.list_edit_command(c);
+        }
+        match c {
+            Command::Quit => {
+                if self.lists.is_dirty() {
+                    self.ask(
+                        "The relay lists have unsaved edits. Quit and drop them?",
+                        Pending::Quit,
+                    );
+                } else {
+                    self.quit = true;
+                }
+                Vec::new()
+            }
+            Command::Help => {
+                self.mode = Mode::Help { scroll: 0 };
+                Vec::new()
+            }
+            Command::NextPanel => self.go(self.panel.next()),
+            Command::PrevPanel => self.go(self.panel.prev()),
+            Command::GoTo(p) => self.go(p),
+            Command::Up
+            | Command::Down
+            | Command::PageUp
+            | Command::PageDown
+            | Command::Top
+            | Command::Bottom
+            | Command::ScrollUp
+            | Command::ScrollDown => {
+                self.move_selection(c);
+                Vec::new()
+            }
+            other => self.panel_command(other),
+        }
+    }
+
+    fn go(&mut self, panel: Panel) -> Vec<Effect> {
+        self.panel = panel;
+        if panel == Panel::Queue {
+            vec![Effect::LoadQueue]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn ask(&mut self, question: impl Into<String>, pending: Pending) {
+        self.mode = Mode::Confirm(Confirm {
+            question: question.into(),
+            pending,
+        });
+    }
+
+    fn open_form(&mut self, purpose: FormPurpose, title: impl Into<String>, fields: Vec<Field>) {
+        self.mode = Mode::Form(Form::new(purpose, title, fields));
+    }
+
+    fn panel_command(&mut self, c: Command) -> Vec<Effect> {
+        match (self.panel, c) {
+            (Panel::Live, Command::Open) => {
+                if let Some(id) = self
+                    .traffic
+                    .connections
+                    .keys()
+                    .nth(self.live_selected)
+                    .copied()
+                {
+                    self.mode = Mode::Viewer {
+                        source: ViewerSource::Connection(id),
+                        scroll: 0,
+                    };
+                }
+            }
+            (Panel::Log, Command::CycleFilter) => {
+                self.log.filter = self.log.filter.next();
+                self.log.cursor = 0;
+                self.log.follow = true;
+            }
+            (Panel::Log, Command::Follow) => {
+                self.log.cursor = 0;
+                self.log.follow = true;
+            }
+            (Panel::Log, Command::Search) => {
+                let current = self.log.search.clone().unwrap_or_default();
+                self.open_form(
+                    FormPurpose::LogSearch,
+                    "Search the log",
+                    vec![
+                        Field::new("text", "lines containing this text; empty shows all")
+                            .with_value(current),
+                    ],
+                );
+            }
+            (Panel::Log, Command::Open) => {
+                if let Some(line) = self.selected_log_line() {
+                    let mut lines = vec![line.text.clone()];
+                    if let Some(d) = &line.detail {
+                        lines.push(String::new());
+                        lines.push(d.clone());
+                    }
+                    self.mode = Mode::Viewer {
+                        source: ViewerSource::Text {
+                            title: format!(
+                                "{} {}",
+                                line.kind,
+                                line.verdict.clone().unwrap_or_default()
+                            ),
+                            lines,
+                        },
+                        scroll: 0,
+                    };
+                }
+            }
+            (Panel::Bindings, Command::Add) => self.open_form(
+                FormPurpose::AddBinding,
+                "Add a listen address",
+                binding_fields("", "smtp"),
+            ),
+            (Panel::Bindings, Command::Edit) => {
+                if let Some(b) = self.config.bindings.get(self.bindings_selected).copied() {
+                    self.open_form(
+                        FormPurpose::EditBinding(b.addr),
+                        format!("Edit binding {}", b.addr),
+                        binding_fields(&b.addr.to_string(), b.kind.as_str()),
+                    );
+                }
+            }
+            (Panel::Bindings, Command::Remove) => {
+                if let Some(b) = self.config.bindings.get(self.bindings_selected).copied() {
+                    self.ask(
+                        format!(
+                            "Stop listening on {} ({}) and remove the binding?",
+                            b.addr, b.kind
+                        ),
+                        Pending::RemoveBinding(b.addr),
+                    );
+                }
+            }
+            (Panel::Lists, Command::Edit) => self.lists.begin(ListFocus::Allow),
+            (Panel::Lists, Command::Toggle) => {
+                self.lists.begin(ListFocus::Test);
+            }
+            (Panel::Lists, Command::Import) => self.open_import(),
+            (Panel::Policy, Command::Toggle) => return self.toggle_policy_row(),
+            (Panel::Policy, Command::Add) => self.open_form(
+                FormPurpose::AddDomain,
+                "Add a local domain",
+                vec![Field::new(
+                    "domain",
+                    "mail for it is inbound/internal, e.g. example.com",
+                )],
+            ),
+            (Panel::Policy, Command::AddRule) => self.open_form(
+                FormPurpose::AddRule,
+                "Add a sender/recipient rule",
+                vec![
+                    Field::new(
+                        "sender",
+                        "pattern with * and a leading ! to negate, e.g. !*@example.com",
+                    ),
+                    Field::new("recipient", "pattern; * for any").with_value("*"),
+                    Field::new("destination", "internal, external or any").with_value("any"),
+                    Field::new("reject text", "the 550 reply text; empty: accept-and-stop"),
+                    Field::new("position", "1 is evaluated first; empty: at the end"),
+                ],
+            ),
+            (Panel::Policy, Command::Remove) => {
+                match self.policy_rows().get(self.policy_selected) {
+                    Some(PolicyRow::Domain(d)) => {
+                        let d = d.clone();
+                        self.ask(
+                            format!("Remove the local domain {d}?"),
+                            Pending::RemoveDomain(d),
+                        );
+                    }
+                    Some(PolicyRow::Rule(n)) => {
+                        let n = *n;
+                        let text = self
+                            .config
+                            .rules
+                            .get(n - 1)
+                            .map(|r| r.to_string())
+                            .unwrap_or_default();
+                        self.ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n));
+                    }
+                    _ => self.say(false, "select a local domain or a rule to remove it"),
+                }
+            }
+            (Panel::Users, Command::Add) => self.open_form(
+                FormPurpose::AddUser,
+                "Add a user",
+                vec![
+                    Field::new("name", "the login, 1-128 printable characters, no spaces"),
+                    Field::new("password", "stored only as an argon2id hash").masked(),
+                    Field::new("again", "the same password once more").masked(),
+                ],
+            ),
+            (Panel::Users, Command::ResetPassword) => {
+                if let Some(u) = self.config.users.get(self.users_selected) {
+                    let name = u.name.clone();
+                    self.open_form(
+                        FormPurpose::ResetPassword(name.clone()),
+                        format!("New password for {name}"),
+                        password_fields(),
+                    );
+                }
+            }
+            (Panel::Users, Command::SenderAddresses) => {
+                if let Some(u) = self.config.users.get(self.users_selected) {
+                    let name = u.name.clone();
+                    let current = u.addresses.join(" ");
+                    self.open_form(
+                        FormPurpose::SenderAddresses(name.clone()),
+                        format!("Sender addresses of {name}"),
+                        vec![
+                            Field::new(
+                                "addresses",
+                                "user@domain or @domain, separated by spaces; empty: none",
+                            )
+                            .with_value(current),
+                        ],
+                    );
+                }
+            }
+            (Panel::Users, Command::Remove) => {
+                if let Some(u) = self.config.users.get(self.users_selected) {
+                    let name = u.name.clone();
+                    self.ask(
+                        format!("Remove user {name} and its sender addresses?"),
+                        Pending::RemoveUser(name),
+                    );
+                }
+            }
+            (Panel::Queue, Command::Retry | Command::Hold | Command::Release) => {
+                let Some(id) = self.queue.get(self.queue_selected).map(|e| e.id.clone()) else {
+                    return Vec::new();
+                };
+                let op = match c {
+                    Command::Retry => QueueOp::Retry(id),
+                    Command::Hold => QueueOp::Hold(id),
+                    _ => QueueOp::Release(id),
+                };
+                return vec![Effect::Queue(op), Effect::LoadQueue];
+            }
+            (Panel::Queue, Command::Delete) => {
+                if let Some(e) = self.queue.get(self.queue_selected) {
+                    let id = e.id.clone();
+                    let sender = if e.sender.is_empty() {
+                        "<>".to_string()
+                    } else {
+                        format!("<{}>", e.sender)
+                    };
+                    self.ask(
+                        format!("Delete message {id} from {sender}? b: delete and bounce to the sender, s: delete silently"),
+                        Pending::DeleteMessage(id),
+                    );
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn open_import(&mut self) {
+        let list = self.lists.focused_list();
+        self.open_form(
+            FormPurpose::Import(list),
+            format!("Import into the {list} list"),
+            vec![Field::new(
+                "file",
+                "path of a CSV, TSV or one-per-line file; entries are added to the editor, Ctrl-S saves",
+            )],
+        );
+    }
+
+    fn list_edit_command(&mut self, c: Command) -> Vec<Effect> {
+        match c {
+            Command::Save => match self.lists.to_save() {
+                Err(problems) => {
+                    self.say(
+                        false,
+                        format!(
+                            "not saved: {} invalid line(s); nothing was written. {}",
+                            problems.len(),
+                            problems.first().cloned().unwrap_or_default()
+                        ),
+                    );
+                    self.lists.report = problems;
+                    Vec::new()
+                }
+                Ok((None, None)) => {
+                    self.lists.end();
+                    self.say(true, "nothing to save: the lists are as stored");
+                    Vec::new()
+                }
+                Ok((allow, deny)) => {
+                    self.saving_lists = true;
+                    vec![Effect::SaveLists { allow, deny }]
+                }
+            },
+            Command::Cancel => {
+                if self.lists.is_dirty() {
+                    self.ask(
+                        "Drop the unsaved edits of the relay lists?",
+                        Pending::DiscardListEdits,
+                    );
+                } else {
+                    self.lists.revert();
+                    self.say(true, "edit closed; nothing was changed");
+                }
+                Vec::new()
+            }
+            Command::NextField | Command::PrevField => {
+                let order = [ListFocus::Allow, ListFocus::Deny, ListFocus::Test];
+                let i = order
+                    .iter()
+                    .position(|f| *f == self.lists.focus)
+                    .unwrap_or(0);
+                let step = if c == Command::NextField { 1 } else { 2 };
+                self.lists.set_focus(order[(i + step) % 3]);
+                Vec::new()
+            }
+            Command::Import => {
+                self.open_import();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn input(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let editing_lists = self.editing_lists();
+        match &mut self.mode {
+            Mode::Form(form) => form.input(&key),
+            Mode::Normal if editing_lists => {
+                self.lists.input(key);
+                self.lists
+                    .evaluate_test(&self.config.policy, &self.config.policy_config);
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn confirmed(&mut self, pending: Pending, bounce: bool) -> Vec<Effect> {
+        match pending {
+            Pending::RemoveBinding(a) => vec![Effect::RemoveBinding(a)],
+            Pending::RemoveDomain(d) => vec![Effect::RemoveDomain(d)],
+            Pending::RemoveRule(n) => vec![Effect::RemoveRule(n)],
+            Pending::RemoveUser(u) => vec![Effect::RemoveUser(u)],
+            Pending::DeleteMessage(id) => {
+                vec![
+                    Effect::Queue(QueueOp::Delete { id, bounce }),
+                    Effect::LoadQueue,
+                ]
+            }
+            Pending::DiscardListEdits => {
+                self.lists.revert();
+                self.say(true, "edits dropped; the lists are as stored");
+                Vec::new()
+            }
+            Pending::Quit => {
+                self.quit = true;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Validates a form and turns it into an effect; a refusal stays in the
+    /// form with its reason.
+    fn submit_form(&mut self) -> Vec<Effect> {
+        let Mode::Form(form) = &mut self.mode else {
+            return Vec::new();
+        };
+        let result: Result<Option<Effect>, String> = match &form.purpose {
+            FormPurpose::LogSearch => {
+                let text = form.value(0).to_lowercase();
+                self.log.search = (!text.is_empty()).then_some(text);
+                self.log.cursor = 0;
+                self.log.follow = true;
+                self.mode = Mode::Normal;
+                return Vec::new();
+            }
+            FormPurpose::AddBinding | FormPurpose::EditBinding(_) => {
+                let old = match &form.purpose {
+                    FormPurpose::EditBinding(a) => Some(*a),
+                    _ => None,
+                };
+                parse_listen_addr(form.value(0)).and_then(|addr| {
+                    let kind = BindKind::parse(form.value(1)).ok_or_else(|| {
+                        format!(
+                            "kind {:?}: must be smtp, submission or smtps",
+                            form.value(1)
+                        )
+                    })?;
+                    Ok(Some(Effect::PutBinding {
+                        old,
+                        new: Binding { addr, kind },
+                    }))
+                })
+            }
+            FormPurpose::AddDomain => match form.value(0) {
+                "" => Err("type a domain name".into()),
+                d => Ok(Some(Effect::AddDomain(d.to_string()))),
+            },
+            FormPurpose::AddRule => {
+                let reject = Some(form.value(3)).filter(|t| !t.is_empty());
+                let at = match form.value(4) {
+                    "" => Ok(None),
+                    n => n
+                        .parse::<usize>()
+                        .map(Some)
+                        .map_err(|_| format!("position {n:?} is not a number")),
+                };
+                at.and_then(|at| {
+                    Rule::new(form.value(0), form.value(1), form.value(2), reject)
+                        .map(|rule| Some(Effect::AddRule { rule, at }))
+                        .map_err(|e| e.to_string())
+                })
+            }
+            FormPurpose::AddUser => check_login_name(form.value(0))
+                .map_err(|e| e.to_string())
+                .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
+                .map(|password| {
+                    Some(Effect::AddUser {
+                        name: form.value(0).to_string(),
+                        password,
+                    })
+                }),
+            FormPurpose::ResetPassword(name) => {
+                let name = name.clone();
+                matching_passwords(form.raw(0), form.raw(1))
+                    .map(|password| Some(Effect::SetPassword { name, password }))
+            }
+            FormPurpose::SenderAddresses(name) => Ok(Some(Effect::SetSenderAddresses {
+                name: name.clone(),
+                addresses: form
+                    .value(0)
+                    .split([' ', ',', ';'])
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            })),
+            FormPurpose::SpecifiedLogin => check_login_name(form.value(0))
+                .map_err(|e| e.to_string())
+                .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
+                .map(|password| {
+                    Some(Effect::SetAuthMode {
+                        mode: AuthMode::Specified,
+                        specified: Some((form.value(0).to_string(), password)),
+                    })
+                }),
+            FormPurpose::Import(list) => match form.value(0) {
+                "" => Err("type the path of the file to import".into()),
+                path => Ok(Some(Effect::ReadImportFile {
+                    list: *list,
+                    path: path.to_string(),
+                })),
+            },
+        };
+        match result {
+            Ok(effect) => effect.into_iter().collect(),
+            Err(e) => {
+                if let Mode::Form(form) = &mut self.mode {
+                    form.error = Some(format!("not saved: {e}"));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The rows of the Auth & restrictions panel, top to bottom.
+    pub fn policy_rows(&self) -> Vec<PolicyRow> {
+        let mut rows = vec![PolicyRow::AuthMode];
+        rows.extend(
+            SWITCH_KEYS
+                .iter()
+                .map(|&(key, help)| PolicyRow::Switch { key, help }),
+        );
+        rows.push(PolicyRow::PlaintextAuth);
+        rows.extend(self.config.domains.iter().cloned().map(PolicyRow::Domain));
+        rows.extend((1..=self.config.rules.len()).map(PolicyRow::Rule));
+        rows
+    }
+
+    fn toggle_policy_row(&mut self) -> Vec<Effect> {
+        match self.policy_rows().get(self.policy_selected) {
+            Some(PolicyRow::AuthMode) => {
+                let next = match self.config.auth_mode {
+                    AuthMode::None => AuthMode::AnyUser,
+                    AuthMode::AnyUser => AuthMode::Specified,
+                    AuthMode::Specified => AuthMode::None,
+                };
+                if next == AuthMode::Specified && self.config.specified_user.is_none() {
+                    self.open_form(
+                        FormPurpose::SpecifiedLogin,
+                        "Auth mode specified: the one login",
+                        vec![
+                            Field::new("login", "the only name that may authenticate"),
+                            Field::new("password", "stored only as an argon2id hash").masked(),
+                            Field::new("again", "the same password once more").masked(),
+                        ],
+                    );
+                    return Vec::new();
+                }
+                vec![Effect::SetAuthMode {
+                    mode: next,
+                    specified: None,
+                }]
+            }
+            Some(PolicyRow::Switch { key, .. }) => {
+                let on = !self.config.switches.get(key).unwrap_or(false);
+                vec![Effect::SetSwitch {
+                    key: key.to_string(),
+                    on,
+                }]
+            }
+            Some(PolicyRow::PlaintextAuth) => vec![Effect::SetServerSetting {
+                key: "plaintext-auth".into(),
+                value: if self.config.plaintext_auth {
+                    "off"
+                } else {
+                    "on"
+                }
+                .into(),
+            }],
+            Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => {
+                self.say(
+                    false,
+                    "a: add a domain, r: add a rule, x: remove the selected one",
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// How many matching lines the Log panel has.
+    pub fn log_matching(&self) -> usize {
+        self.traffic
+            .log
+            .lines
+            .iter()
+            .filter(|l| self.log.admits(l))
+            .count()
+    }
+
+    pub fn selected_log_line(&self) -> Option<&LogLine> {
+        self.traffic
+            .log
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| self.log.admits(l))
+            .nth(self.log.cursor)
+    }
+
+    fn move_selection(&mut self, c: Command) {
+        let page = self.page.max(1);
+        if self.panel == Panel::Log {
+            let count = self.log_matching();
+            // The cursor counts from the newest line: "up" is older.
+            let up = match c {
+                Command::Up => Some(1),
+                Command::ScrollUp => Some(3),
+                Command::PageUp => Some(page),
+                _ => None,
+            };
+            let down = match c {
+                Command::Down => Some(1),
+                Command::ScrollDown => Some(3),
+                Command::PageDown => Some(page),
+                _ => None,
+            };
+            let cursor = match (c, up, down) {
+                (Command::Top, _, _) => count.saturating_sub(1),
+                (Command::Bottom, _, _) => 0,
+                (_, Some(n), _) => (self.log.cursor + n).min(count.saturating_sub(1)),
+                (_, _, Some(n)) => self.log.cursor.saturating_sub(n),
+                _ => self.log.cursor,
+            };
+            self.log.cursor = cursor;
+            self.log.follow = cursor == 0;
+            return;
+        }
+        let count = match self.panel {
+            Panel::Live => self.traffic.connections.len(),
+            Panel::Bindings => self.config.bindings.len(),
+            Panel::Policy => self.policy_rows().len(),
+            Panel::Users => self.config.users.len(),
+            Panel::Queue => self.queue.len(),
+            Panel::Log | Panel::Lists => 0,
+        };
+        let selected = match self.panel {
+            Panel::Live => &mut self.live_selected,
+            Panel::Bindings => &mut self.bindings_selected,
+            Panel::Policy => &mut self.policy_selected,
+            Panel::Users => &mut self.users_selected,
+            Panel::Queue => &mut self.queue_selected,
+            Panel::Log | Panel::Lists => return,
+        };
+        *selected = scrolled(*selected, c, page).min(count.saturating_sub(1));
+    }
+
+    fn clamp_selections(&mut self) {
+        let clamp = |v: &mut usize, n: usize| *v = (*v).min(n.saturating_sub(1));
+        clamp(&mut self.bindings_selected, self.config.bindings.len());
+        let rows = self.policy_rows().len();
+        clamp(&mut self.policy_selected, rows);
+        clamp(&mut self.users_selected, self.config.users.len());
+        clamp(&mut self.queue_selected, self.queue.len());
+        clamp(&mut self.live_selected, self.traffic.connections.len());
+    }
+}
+
+/// A position moved by a navigation command (unbounded above: callers clamp).
+fn scrolled(at: usize, c: Command, page: usize) -> usize {
+    match c {
+        Command::Up => at.saturating_sub(1),
+        Command::Down => at + 1,
+        Command::ScrollUp => at.saturating_sub(3),
+        Command::ScrollDown => at + 3,
+        Command::PageUp => at.saturating_sub(page),
+        Command::PageDown => at + page,
+        Command::Top => 0,
+        Command::Bottom => usize::MAX / 2,
+        _ => at,
+    }
+}
+
+fn binding_fields(addr: &str, kind: &str) -> Vec<Field> {
+    vec![
+        Field::new(
+            "address",
+            "ADDR:PORT, like 0.0.0.0:25 or [::1]:2525; port 0 picks a free port",
+        )
+        .with_value(addr),
+        Field::new(
+            "kind",
+            "smtp (STARTTLS), submission (AUTH first) or smtps (TLS)",
+        )
+        .with_value(kind),
+    ]
+}
+
+fn password_fields() -> Vec<Field> {
+    vec![
+        Field::new("password", "stored only as an argon2id hash").masked(),
+        Field::new("again", "the same password once more").masked(),
+    ]
+}
+
+fn matching_passwords(a: &str, b: &str) -> Result<String, String> {
+    if a.is_empty() {
+        return Err("type a password".into());
+    }
+    if a != b {
+        return Err("the two passwords differ".into());
+    }
+    Ok(a.to_string())
+}

@@ -1,0 +1,40 @@
+//! The one event type the console loop waits on: terminal input, engine
+//! events, the timer and signals all arrive as a [`ConsoleEvent`].
+
+use super::action::{Action, Command};
+use super::app::App;
+use crate::events::Stamped;
+use ratatui::crossterm::event::{KeyEvent, MouseEvent, MouseEventKind};
+use std::time::SystemTime;
+
+#[derive(Debug, Clone)]
+pub enum ConsoleEvent {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    Resize(u16, u16),
+    /// The loop's timer: ages, the rate chart, polling the store.
+    Tick(SystemTime),
+    Engine(Stamped),
+    /// SIGTERM, SIGHUP or SIGINT: quit (the terminal is restored).
+    Terminate,
+    /// The terminal cannot be read any more.
+    InputFailed(String),
+}
+
+impl ConsoleEvent {
+    /// The action this event means for the app, if any.
+    pub fn action(self, app: &App) -> Option<Action> {
+        match self {
+            ConsoleEvent::Key(key) => app.key_action(key),
+            ConsoleEvent::Mouse(m) => match m.kind {
+                MouseEventKind::ScrollUp => Some(Action::Command(Command::ScrollUp)),
+                MouseEventKind::ScrollDown => Some(Action::Command(Command::ScrollDown)),
+                _ => None,
+            },
+            ConsoleEvent::Resize(..) => Some(Action::Resize),
+            ConsoleEvent::Tick(now) => Some(Action::Tick(now)),
+            ConsoleEvent::Engine(stamped) => Some(Action::Engine(stamped)),
+            ConsoleEvent::Terminate | ConsoleEvent::InputFailed(_) => None,
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The console's only contact with the store, the spool and files: it runs
+//! the app's [`Effect`]s through the same `Store` and `Spool` methods the
+//! CLI uses (same validation, same transactions) and answers each with an
+//! [`Action`].
+
+use super::action::{Action, Effect, QueueOp};
+use super::app::App;
+use super::traffic::{LogLine, epoch_ms};
+use crate::bindings::Binding;
+use crate::decision_log::{DecisionLog, log_path_for};
+use crate::delivery::dsn::{DsnAction, FailedRecipient};
+use crate::delivery::scheduler::bounce_for;
+use crate::policy::ip_lists::ListKind;
+use crate::policy::rules::Rule;
+use crate::policy::settings::{AuthMode, Switches};
+use crate::policy::{Login, Policy, PolicyConfig};
+use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
+use crate::store::{Store, StoreError, UserInfo};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The configuration as the panels show it, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigView {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub domains: Vec<String>,
+    pub users: Vec<UserInfo>,
+    pub auth_mode: AuthMode,
+    pub specified_user: Option<String>,
+    pub switches: Switches,
+    pub plaintext_auth: bool,
+    pub rules: Vec<Rule>,
+    pub bindings: Vec<Binding>,
+    /// The stored configuration, for the test box's "edited" policy.
+    pub policy_config: PolicyConfig,
+    /// The saved policy, compiled: what the engine has in force.
+    pub policy: Arc<Policy>,
+}
+
+/// The store, the spool and the file system, as the console uses them.
+pub struct ConsoleIo {
+    store: Store,
+    db: PathBuf,
+    spool_path: PathBuf,
+    spool: Option<Spool>,
+    last_version: Option<i64>,
+}
+
+impl ConsoleIo {
+    /// Opens the store; `spool` is the engine's handle when one runs in
+    /// this process (else the spool is opened when first needed).
+    pub fn open(db: &Path, spool: Option<Spool>) -> Result<ConsoleIo, StoreError> {
+        let store = Store::open(db)?;
+        Ok(ConsoleIo {
+            db: db.to_path_buf(),
+            spool_path: spool_path_for(db),
+            store,
+            spool,
+            last_version: None,
+        })
+    }
+
+    /// Reads everything the panels show.
+    pub fn load_config(&mut self) -> Result<ConfigView, StoreError> {
+        self.last_version = Some(self.store.data_version()?);
+        let policy_config = self.store.load_config()?;
+        let policy =
+            Policy::compile(&policy_config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (auth_mode, specified_user) = self.store.auth_mode()?;
+        let settings = self.store.server_settings()?;
+        Ok(ConfigView {
+            allow: self.store.list_entries(ListKind::Allow)?,
+            deny: self.store.list_entries(ListKind::Deny)?,
+            domains: self.store.domains()?,
+            users: self.store.users()?,
+            auth_mode,
+            specified_user,
+            switches: policy_config.switches,
+            plaintext_auth: settings.plaintext_auth,
+            rules: self.store.rules()?,
+            bindings: self.store.bindings()?,
+            policy_config,
+            policy: Arc::new(policy),
+        })
+    }
+
+    fn reload(&mut self) -> Vec<Action> {
+        match self.load_config() {
+            Ok(view) => vec![Action::ConfigLoaded(Box::new(view))],
+            Err(e) => vec![Action::Done(Err(format!(
+                "could not read the configuration: {e}"
+            )))],
+        }
+    }
+
+    /// The newest persisted log lines written before `before` (this run's
+    /// own events arrive live), oldest first; empty if there is no log.
+    pub fn history(&self, limit: usize, before: SystemTime) -> Vec<LogLine> {
+        let before_ms = epoch_ms(before);
+        let Ok(log) = DecisionLog::open(&log_path_for(&self.db)) else {
+            return Vec::new();
+        };
+        log.recent(limit)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.at_ms < before_ms)
+            .map(|r| LogLine {
+                at_ms: r.at_ms,
+                kind: r.kind,
+                verdict: r.verdict,
+                text: r.text,
+                detail: None,
+            })
+            .collect()
+    }
+
+    fn spool(&mut self) -> Result<&Spool, String> {
+        if self.spool.is_none() {
+            self.spool = Some(Spool::open(&self.spool_path).map_err(|e| e.to_string())?);
+        }
+        self.spool
+            .as_ref()
+            .ok_or_else(|| "the spool is not open".to_string())
+    }
+
+    /// Runs one effect; the actions say how it went.
+    pub fn run(&mut self, effect: Effect) -> Vec<Action> {
+        let (result, reload) = match effect {
+            Effect::PollStore => {
+                let changed = match self.store.data_version() {
+                    Ok(v) => self.last_version != Some(v),
+                    Err(_) => false,
+                };
+                return if changed { self.reload() } else { Vec::new() };
+            }
+            Effect::LoadQueue => {
+                let listing = SpoolReader::open(&self.spool_path)
+                    .and_then(|r| r.listing())
+                    .map_err(|e| format!("cannot read the queue: {e}"));
+                return vec![Action::QueueLoaded(listing)];
+            }
+            Effect::ReadImportFile { list, path } => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"));
+                return vec![Action::ImportRead { list, path, text }];
+            }
+            Effect::Queue(op) => (self.queue(op), false),
+            other => (self.write_config(other), true),
+        };
+        let mut actions = vec![Action::Done(result)];
+        if reload {
+            actions.extend(self.reload());
+        }
+        actions
+    }
+
+    fn write_config(&mut self, effect: Effect) -> Result<String, String> {
+        let store = &mut self.store;
+        let e = |e: StoreError| format!("not saved: {e}");
+        match effect {
+            Effect::SaveLists { allow, deny } => save_lists(store, allow, deny),
+            Effect::AddDomain(name) => store
+                .add_domain(&name)
+                .map(|d| format!("saved: {d} is a local domain"))
+                .map_err(e),
+            Effect::RemoveDomain(name) => store
+                .remove_domain(&name)
+                .map(|d| format!("saved: {d} is no longer a local domain"))
+                .map_err(e),
+            Effect::AddUser { name, password } => {
+                let hash = crate::credentials::hash_password(&password)
+                    .map_err(|x| format!("not saved: {x}"))?;
+                store
+                    .add_user(&name, &hash)
+                    .map(|()| format!("saved: user {name} added"))
+                    .map_err(e)
+            }
+            Effect::SetPassword { name, password } => {
+                let hash = crate::credentials::hash_password(&password)
+                    .map_err(|x| format!("not saved: {x}"))?;
+                store
+                    .set_password(&name, &hash)
+                    .map(|()| format!("saved: new password for {name}"))
+                    .map_err(e)
+            }
+            Effect::RemoveUser(name) => store
+                .remove_user(&name)
+                .map(|()| format!("saved: user {name} removed"))
+                .map_err(e),
+            Effect::SetSenderAddresses { name, addresses } => store
+                .set_sender_addresses(&name, &addresses)
+                .map(|a| {
+                    format!(
+                        "saved: {name} may send as {}",
+                        if a.is_empty() {
+                            "no address".to_string()
+                        } else {
+                            a.join(", ")
+                        }
+                    )
+                })
+                .map_err(e),
+            Effect::SetAuthMode { mode, specified } => {
+                let login = match specified {
+                    Some((name, password)) => Some(Login {
+                        password_hash: crate::credentials::hash_password(&password)
+                            .map_err(|x| format!("not saved: {x}"))?,
+                        name,
+                    }),
+                    None => None,
+                };
+                store
+                    .set_auth_mode(mode, login.as_ref())
+                    .map(|()| format!("saved: auth mode {mode}"))
+                    .map_err(e)
+            }
+            Effect::SetSwitch { key, on } => store
+                .set_switch(&key, on)
+                .map(|()| format!("saved: {key} {}", if on { "on" } else { "off" }))
+                .map_err(e),
+            Effect::SetServerSetting { key, value } => store
+                .set_server_setting(&key, &value)
+                .map(|v| format!("saved: {key} {v}"))
+                .map_err(e),
+            Effect::AddRule { rule, at } => store
+                .add_rule(&rule, at)
+                .map(|n| format!("saved: rule #{n}: {rule}"))
+                .map_err(e),
+            Effect::RemoveRule(n) => store
+                .remove_rule(n)
+                .map(|r| format!("saved: removed rule #{n}: {r}"))
+                .map_err(e),
+            Effect::PutBinding { old, new } => put_binding(store, old, new),
+            Effect::RemoveBinding(addr) => store
+                .remove_binding(addr)
+                .map(|()| format!("saved: no longer listening on {addr}"))
+                .map_err(e),
+            Effect::Queue(_)
+            | Effect::PollStore
+            | Effect::LoadQueue
+            | Effect::ReadImportFile { .. } => Err("internal: not a configuration change".into()),
+        }
+    }
+
+    fn queue(&mut self, op: QueueOp) -> Result<String, String> {
+        let reader = SpoolReader::open(&self.spool_path).map_err(|e| e.to_string())?;
+        let id = match &op {
+            QueueOp::Retry(id) | QueueOp::Hold(id) | QueueOp::Release(id) => id.clone(),
+            QueueOp::Delete { id, .. } => id.clone(),
+        };
+        let Some(message) = reader.message(&id).map_err(|e| e.to_string())? else {
+            return Err(format!("{id} is no longer in the queue"));
+        };
+        let (spool_op, done) = match op {
+            QueueOp::Retry(_) => (
+                SpoolOp::RetryNow {
+                    message_id: Some(id.clone()),
+                },
+                format!("{id}: every queued recipient is due now"),
+            ),
+            QueueOp::Hold(_) => (
+                SpoolOp::Hold {
+                    message_id: id.clone(),
+                    held: true,
+                },
+                format!("{id} held"),
+            ),
+            QueueOp::Release(_) => (
+                SpoolOp::Hold {
+                    message_id: id.clone(),
+                    held: false,
+                },
+                format!("{id} released"),
+            ),
+            QueueOp::Delete { bounce, .. } => {
+                let bounce = if bounce {
+                    let settings = self.store.server_settings().map_err(|e| e.to_string())?;
+                    let queued: Vec<FailedRecipient> = reader
+                        .listing()
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .filter(|e| e.id == id)
+                        .flat_map(|e| e.recipients)
+                        .filter(|r| r.state == "queued")
+                        .map(|r| FailedRecipient {
+                            address: r.address,
+                            status: "5.0.0".into(),
+                            diagnostic: Some("deleted from the queue by the administrator".into()),
+                            remote_mta: None,
+                            action: DsnAction::Failed,
+                        })
+                        .collect();
+                    bounce_for(&settings, &message, &queued)
+                } else {
+                    None
+                };
+                let done = match &bounce {
+                    Some(b) => format!(
+                        "{id} deleted; bounce {} queued to <{}>",
+                        b.id, message.message.sender
+                    ),
+                    None => format!("{id} deleted silently"),
+                };
+                (
+                    SpoolOp::Delete {
+                        message_id: id.clone(),
+                        bounce,
+                    },
+                    done,
+                )
+            }
+        };
+        self.spool()?
+            .apply_blocking(spool_op)
+            .map_err(|e| format!("{id}: {e}"))?;
+        Ok(done)
+    }
+}
+
+/// Saves the changed lists. One list is one transaction; when both
+/// changed and the second fails, the first is put back as it was.
+fn save_lists(
+    store: &mut Store,
+    allow: Option<Vec<crate::policy::list_text::ParsedEntry>>,
+    deny: Option<Vec<crate::policy::list_text::ParsedEntry>>,
+) -> Result<String, String> {
+    let count = |v: &Option<Vec<_>>| v.as_ref().map(Vec::len);
+    let (allow_n, deny_n) = (count(&allow), count(&deny));
+    if allow.is_none() && deny.is_none() {
+        return Ok("nothing to save: the lists are as stored".into());
+    }
+    let before = store
+        .list_entries(ListKind::Allow)
+        .map_err(|e| format!("not saved: {e}"))?;
+    if let Some(entries) = &allow {
+        store
+            .replace_entries(ListKind::Allow, entries)
+            .map_err(|e| format!("not saved: {e}"))?;
+    }
+    if let Some(entries) = &deny
+        && let Err(err) = store.replace_entries(ListKind::Deny, entries)
+    {
+        if allow.is_some() {
+            let parsed = crate::policy::list_text::parse_list_text(&before.join("\n"));
+            let _ = store.replace_entries(ListKind::Allow, &parsed.entries);
+        }
+        return Err(format!("not saved: {err}"));
+    }
+    let part = |name: &str, n: Option<usize>| n.map(|n| format!("{name} list ({n} entries)"));
+    let parts: Vec<String> = [part("allow", allow_n), part("deny", deny_n)]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(format!(
+        "saved the {}; the engine applies it within a second",
+        parts.join(" and the ")
+    ))
+}
+
+/// Adds a binding or moves one to a new address or kind. When the address
+/// changes, the new one is added first and the old one removed; if the
+/// removal fails the new one is taken out again.
+fn put_binding(
+    store: &mut Store,
+    old: Option<std::net::SocketAddr>,
+    new: Binding,
+) -> Result<String, String> {
+    let existed = store
+        .bindings()
+        .map_err(|e| format!("not saved: {e}"))?
+        .iter()
+        .any(|b| b.addr == new.addr);
+    if existed && old != Some(new.addr) {
+        return Err(format!("not saved: {} is already a binding", new.addr));
+    }
+    store
+        .add_binding(new)
+        .map_err(|e| format!("not saved: {e}"))?;
+    if let Some(old) = old.filter(|o| *o != new.addr)
+        && let Err(err) = store.remove_binding(old)
+    {
+        let _ = store.remove_binding(new.addr);
+        return Err(format!("not saved: {err}"));
+    }
+    Ok(match old {
+        Some(o) if o != new.addr => format!("saved: {o} is now {} ({})", new.addr, new.kind),
+        Some(_) => format!("saved: {} is now {}", new.addr, new.kind),
+        None => format!("saved: listening on {} ({})", new.addr, new.kind),
+    })
+}
+
+/// Runs an action and every effect it leads to, in order.
+pub fn dispatch(app: &mut App, io: &mut ConsoleIo, action: Action) {
+    let mut pending = VecDeque::from([action]);
+    while let Some(action) = pending.pop_front() {
+        for effect in app.update(action) {
+            pending.extend(io.run(effect));
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The console: a ratatui front end over the engine running in the same
+//! process. One loop waits for one kind of event ([`event::ConsoleEvent`]),
+//! turns it into an [`action::Action`], lets [`app::App::update`] change the
+//! state, runs the effects through [`io::ConsoleIo`], and redraws at most
+//! about 30 times a second, only when something changed.
+//!
+//! The terminal is always restored: a guard restores it when the loop
+//! ends (quit, error, SIGTERM), and a panic hook restores it before the
+//! panic message is printed. A panic in an engine task (a session, a
+//! listener) does not tear the screen down: tokio contains it to that task,
+//! and the hook hands its message to the console's log as an error instead
+//! of printing over the screen.
+
+pub mod action;
+pub mod app;
+pub mod event;
+pub mod form;
+pub mod io;
+pub mod keymap;
+pub mod list_editor;
+pub mod panels;
+pub mod render;
+pub mod theme;
+pub mod traffic;
+
+use crate::engine::Engine;
+use crate::events::{Event, EventBus, Stamped};
+use action::Action;
+use anyhow::Context;
+use app::App;
+use event::ConsoleEvent;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{DisableMouseCapture, EnableMouseCapture};
+use ratatui::crossterm::terminal::{
+    BeginSynchronizedUpdate, Clear, ClearType, EndSynchronizedUpdate, EnterAlternateScreen,
+    LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use ratatui::crossterm::{cursor, execute, queue};
+use std::io::Stdout;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// Room for engine events between the engine and the console.
+pub const EVENT_CAPACITY: usize = 65_536;
+/// How often ages move and the store is polled for changes by others.
+const TICK: Duration = Duration::from_millis(500);
+/// At most about 30 frames per second.
+const FRAME: Duration = Duration::from_millis(33);
+/// Events handled before a frame is drawn, so a flood cannot starve the screen.
+const DRAIN_LIMIT: usize = 20_000;
+/// Log lines loaded from the persisted decision log at start.
+const HISTORY_LINES: usize = 5_000;
+
+/// Whether the terminal is in raw mode on the alternate screen now.
+static TERMINAL_ACTIVE: AtomicBool = AtomicBool::new(false);
+static CONSOLE_THREAD: OnceLock<ThreadId> = OnceLock::new();
+/// Panics of engine tasks while the console owns the screen.
+static ENGINE_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Leaves raw mode and the alternate screen, shows the cursor. Safe to call
+/// twice: only the first call after [`enter_terminal`] does anything.
+pub fn restore_terminal() {
+    if TERMINAL_ACTIVE.swap(false, Ordering::SeqCst) {
+        let _ = disable_raw_mode();
+        let _ = execute!(
+            std::io::stdout(),
+            DisableMouseCapture,
+            LeaveAlternateScreen,
+            cursor::Show
+        );
+    }
+}
+
+fn enter_terminal() -> anyhow::Result<()> {
+    enable_raw_mode().context("switching the terminal to raw mode")?;
+    TERMINAL_ACTIVE.store(true, Ordering::SeqCst);
+    // Cleared with an escape, not `Terminal::clear`, which asks the
+    // terminal for the cursor position and waits for the answer.
+    execute!(
+        std::io::stdout(),
+        EnterAlternateScreen,
+        EnableMouseCapture,
+        Clear(ClearType::All)
+    )
+    .context("entering the alternate screen")?;
+    Ok(())
+}
+
+/// Restores the terminal when dropped, however the console ends.
+struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Restores the terminal before a console panic is reported; collects
+/// engine-task panics for the log instead of printing over the screen.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let on_console = CONSOLE_THREAD
+            .get()
+            .is_none_or(|t| *t == std::thread::current().id());
+        if TERMINAL_ACTIVE.load(Ordering::SeqCst) && !on_console {
+            let message = match (
+                info.payload().downcast_ref::<&str>(),
+                info.payload().downcast_ref::<String>(),
+            ) {
+                (Some(s), _) => (*s).to_string(),
+                (_, Some(s)) => s.clone(),
+                _ => "(no message)".to_string(),
+            };
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            if let Ok(mut panics) = ENGINE_PANICS.lock() {
+                panics.push(format!("an engine task panicked{at}: {message}"));
+            }
+            return;
+        }
+        restore_terminal();
+        previous(info);
+    }));
+}
+
+/// Runs the engine on `db` with the console in the foreground until the
+/// user quits or a signal comes; then stops the engine gracefully.
+pub fn run(db: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bus = Arc::new(EventBus::default());
+    let engine_events = bus.subscribe(EVENT_CAPACITY);
+    let started = SystemTime::now();
+    let engine = runtime.block_on(Engine::start(db, Arc::clone(&bus)))?;
+    let result = run_console(db, started, &runtime, &engine, &bus, engine_events);
+    restore_terminal();
+    eprintln!("relaygate: stopping the engine (messages in DATA may finish)...");
+    runtime.block_on(engine.shutdown());
+    result
+}
+
+fn run_console(
+    db: &Path,
+    started: SystemTime,
+    runtime: &tokio::runtime::Runtime,
+    engine: &Engine,
+    bus: &Arc<EventBus>,
+    engine_events: mpsc::Receiver<Stamped>,
+) -> anyhow::Result<()> {
+    let mut io = io::ConsoleIo::open(db, Some(engine.shared().spool.clone()))?;
+    let mut app = App::new(SystemTime::now());
+    let config = io.load_config()?;
+    io::dispatch(&mut app, &mut io, Action::ConfigLoaded(Box::new(config)));
+    let history = io.history(HISTORY_LINES, started);
+    io::dispatch(&mut app, &mut io, Action::History(history));
+    io::dispatch(&mut app, &mut io, Action::Listeners(engine.listeners()));
+
+    let (tx, rx) = sync_channel::<ConsoleEvent>(EVENT_CAPACITY);
+    let lost = Arc::new(AtomicU64::new(0));
+    runtime.spawn(forward_engine_events(
+        engine_events,
+        tx.clone(),
+        Arc::clone(&lost),
+    ));
+    runtime.spawn(forward_signals(tx.clone()));
+
+    let _ = CONSOLE_THREAD.set(std::thread::current().id());
+    install_panic_hook();
+    let _guard = TerminalGuard;
+    enter_terminal()?;
+    let stop_input = Arc::new(AtomicBool::new(false));
+    spawn_input_reader(tx, Arc::clone(&stop_input));
+    let mut terminal =
+        Terminal::new(CrosstermBackend::new(std::io::stdout())).context("opening the terminal")?;
+    let theme = theme::Theme::from_env();
+    let result = event_loop(
+        &mut terminal,
+        &mut app,
+        &mut io,
+        &rx,
+        engine,
+        bus,
+        &lost,
+        &theme,
+    );
+    stop_input.store(true, Ordering::SeqCst);
+    result
+}
+
+/// Hands engine events to the console loop; if the loop's queue is full,
+/// the event is dropped and counted, never waited for.
+async fn forward_engine_events(
+    mut events: mpsc::Receiver<Stamped>,
+    tx: SyncSender<ConsoleEvent>,
+    lost: Arc<AtomicU64>,
+) {
+    while let Some(e) = events.recv().await {
+        match tx.try_send(ConsoleEvent::Engine(e)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+async fn forward_signals(tx: SyncSender<ConsoleEvent>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = tx.send(ConsoleEvent::Terminate);
+}
+
+/// Reads the terminal on its own thread (crossterm's read blocks).
+fn spawn_input_reader(tx: SyncSender<ConsoleEvent>, stop: Arc<AtomicBool>) {
+    use ratatui::crossterm::event::{self, Event as TermEvent};
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let ready = match event::poll(Duration::from_millis(200)) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(ConsoleEvent::InputFailed(e.to_string()));
+                    return;
+                }
+            };
+            if !ready {
+                continue;
+            }
+            let event = match event::read() {
+                Ok(TermEvent::Key(k)) => ConsoleEvent::Key(k),
+                Ok(TermEvent::Mouse(m)) => ConsoleEvent::Mouse(m),
+                Ok(TermEvent::Resize(w, h)) => ConsoleEvent::Resize(w, h),
+                Ok(_) => continue,
+                Err(e) => ConsoleEvent::InputFailed(e.to_string()),
+            };
+            let failed = matches!(event, ConsoleEvent::InputFailed(_));
+            if tx.send(event).is_err() || failed {
+                return;
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event_loop(
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    app: &mut App,
+    io: &mut io::ConsoleIo,
+    rx: &Receiver<ConsoleEvent>,
+    engine: &Engine,
+    bus: &EventBus,
+    lost: &AtomicU64,
+    theme: &theme::Theme,
+) -> anyhow::Result<()> {
+    let mut next_tick = Instant::now() + TICK;
+    let mut last_frame: Option<Instant> = None;
+    let mut dirty = true;
+    loop {
+        let now = Instant::now();
+        let mut wait = next_tick.saturating_duration_since(now);
+        if dirty {
+            let frame_due = last_frame.map_or(now, |t| t + FRAME);
+            wait = wait.min(frame_due.saturating_duration_since(now));
+        }
+        let first = match rx.recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let mut events: Vec<ConsoleEvent> = first.into_iter().collect();
+        events.extend(std::iter::from_fn(|| rx.try_recv().ok()).take(DRAIN_LIMIT));
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + TICK;
+            events.push(ConsoleEvent::Tick(SystemTime::now()));
+            io::dispatch(app, io, Action::Listeners(engine.listeners()));
+            io::dispatch(
+                app,
+                io,
+                Action::Dropped(bus.dropped() + lost.load(Ordering::Relaxed)),
+            );
+            let panics = ENGINE_PANICS
+                .lock()
+                .map(|mut p| std::mem::take(&mut *p))
+                .unwrap_or_default();
+            for message in panics {
+                events.push(ConsoleEvent::Engine(Stamped {
+                    at: SystemTime::now(),
+                    event: Arc::new(Event::Error {
+                        session: None,
+                        message,
+                    }),
+                }));
+            }
+        }
+        for event in events {
+            dirty = true;
+            match event {
+                ConsoleEvent::Terminate => return Ok(()),
+                ConsoleEvent::InputFailed(e) => anyhow::bail!("reading the terminal: {e}"),
+                other => {
+                    if let Some(action) = other.action(app) {
+                        io::dispatch(app, io, action);
+                    }
+                }
+            }
+            if app.quit {
+                return Ok(());
+            }
+        }
+        if dirty && last_frame.is_none_or(|t| t.elapsed() >= FRAME) {
+            let size = terminal.size()?;
+            app.page = size.height.saturating_sub(10).max(1) as usize;
+            queue!(terminal.backend_mut(), BeginSynchronizedUpdate)?;
+            terminal.draw(|frame| render::draw(frame, app, theme))?;
+            execute!(terminal.backend_mut(), EndSynchronizedUpdate)?;
+            last_frame = Some(Instant::now());
+            dirty = false;
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Live: who is connected, what was allowed or denied and why, the rates
+//! over the last minutes, and the newest log lines.
+
+use crate::console::app::App;
+use crate::console::render::{age, scroll_top};
+use crate::console::theme::Theme;
+use crate::console::traffic::epoch_ms;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
+use std::collections::BTreeMap;
+
+/// Seconds the rate chart covers.
+const CHART_SECONDS: usize = 300;
+
+pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let tail_height = if area.height >= 30 { 8 } else { 5 };
+    let [header, top, table, tail] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(4),
+        Constraint::Min(4),
+        Constraint::Length(tail_height),
+    ])
+    .areas(area);
+    frame.render_widget(Paragraph::new(header_line(app, theme)), header);
+    let [counters, chart] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(top);
+    render_counters(frame, counters, app, theme);
+    render_chart(frame, chart, app, theme);
+    render_connections(frame, table, app, theme);
+    render_tail(frame, tail, app, theme);
+}
+
+/// Where the engine listens (the bound address, so port 0 shows its real
+/// port) and how many are connected.
+pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
+    let mut spans = Vec::new();
+    if app.listeners.is_empty() {
+        spans.push(Span::styled("not listening anywhere", theme.warning));
+    }
+    for l in &app.listeners {
+        match &l.bound {
+            Ok(addr) => spans.push(Span::styled(
+                format!("listening {addr} ({}) ", l.binding.kind),
+                theme.allowed,
+            )),
+            Err(_) => spans.push(Span::styled(
+                format!("FAILED {} ", l.binding.addr),
+                theme.error,
+            )),
+        }
+    }
+    spans.push(Span::raw(format!("· {} open", app.traffic.open)));
+    Line::from(spans)
+}
+
+fn joined(map: &BTreeMap<&'static str, u64>) -> String {
+    if map.is_empty() {
+        return "-".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+fn render_counters(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let c = &app.traffic.counters;
+    let lines = vec![
+        Line::from(vec![
+            Span::styled("sessions ", theme.dim),
+            Span::raw(format!("{}  ", c.sessions)),
+            Span::styled("msgs ", theme.dim),
+            Span::raw(format!("{}  ", c.messages)),
+            Span::styled("AUTH fail ", theme.dim),
+            Span::raw(format!("{}  ", c.auth_failures)),
+            Span::styled("refused ", theme.dim),
+            Span::raw(c.refused_sessions.to_string()),
+        ]),
+        Line::from(vec![
+            Span::styled("allowed ", theme.allowed),
+            Span::raw(joined(&c.allowed_by_class)),
+        ]),
+        Line::from(vec![
+            Span::styled("denied  ", theme.denied),
+            Span::raw(joined(&c.denied_by_class)),
+        ]),
+        Line::from(vec![
+            Span::styled("why     ", theme.denied),
+            Span::raw(joined(&c.denied_by_reason)),
+        ]),
+    ];
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let label = 9u16;
+    let bars = area.width.saturating_sub(label).max(1) as usize;
+    let per_bar = CHART_SECONDS.div_ceil(bars).max(1);
+    let (allowed, denied) = app.traffic.rate_series(app.now, bars * per_bar);
+    let sum = |v: &[u64]| -> Vec<u64> { v.chunks(per_bar).map(|c| c.iter().sum()).collect() };
+    let [a_row, d_row] =
+        Layout::vertical([Constraint::Length(2), Constraint::Length(2)]).areas(area);
+    for (row, name, data, style) in [
+        (a_row, "allowed", sum(&allowed), theme.allowed),
+        (d_row, "denied", sum(&denied), theme.denied),
+    ] {
+        let [l, s] = Layout::horizontal([Constraint::Length(label), Constraint::Min(1)]).areas(row);
+        let total: u64 = data.iter().sum();
+        frame.render_widget(
+            Paragraph::new(vec![
+                Line::styled(name, style),
+                Line::styled(format!("{total}/5m"), theme.dim),
+            ]),
+            l,
+        );
+        frame.render_widget(Sparkline::default().data(&data).style(style), s);
+    }
+}
+
+fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let block = Block::bordered()
+        .title(format!(
+            " Connections: {} open, {} shown (Enter: dialogue) ",
+            app.traffic.open,
+            app.traffic.connections.len()
+        ))
+        .title_style(theme.title);
+    let rows_height = area.height.saturating_sub(3) as usize;
+    // The listening port and the byte count give way on narrow screens.
+    let wide = area.width >= 110;
+    let selected = app
+        .live_selected
+        .min(app.traffic.connections.len().saturating_sub(1));
+    let top = scroll_top(selected, rows_height);
+    let now_ms = epoch_ms(app.now);
+    // Only the visible rows are built: the table may hold 10,000 connections.
+    let rows: Vec<Row> = app
+        .traffic
+        .connections
+        .values()
+        .skip(top)
+        .take(rows_height)
+        .map(|c| {
+            let style = if c.closed.is_some() {
+                theme.dim
+            } else if c.rcpt_denied > 0 {
+                theme.warning
+            } else {
+                theme.normal
+            };
+            let mut cells = vec![c.peer.to_string()];
+            if wide {
+                cells.push(format!(":{}", c.local.port()));
+            }
+            cells.extend([
+                if c.tls { "yes" } else { "-" }.to_string(),
+                c.login.clone().unwrap_or_else(|| "-".into()),
+                c.state.clone(),
+                c.helo.clone().unwrap_or_default(),
+                c.mail_from.clone().unwrap_or_default(),
+                format!("{}/{}", c.rcpt_allowed, c.rcpt_denied),
+            ]);
+            if wide {
+                cells.push(c.bytes.to_string());
+            }
+            cells.push(age((now_ms - epoch_ms(c.opened_at)) / 1000));
+            Row::new(cells).style(style)
+        })
+        .collect();
+    let mut widths = vec![Constraint::Length(21)];
+    let mut titles = vec!["peer"];
+    if wide {
+        widths.push(Constraint::Length(6));
+        titles.push("bind");
+    }
+    widths.extend([
+        Constraint::Length(3),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Fill(1),
+        Constraint::Fill(2),
+        Constraint::Length(5),
+    ]);
+    titles.extend(["tls", "user", "state", "helo", "mail from", "rcpt"]);
+    if wide {
+        widths.push(Constraint::Length(7));
+        titles.push("bytes");
+    }
+    widths.push(Constraint::Length(4));
+    titles.push("age");
+    let header = Row::new(titles).style(theme.title);
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(block)
+        .column_spacing(1)
+        .row_highlight_style(theme.selected);
+    let mut state = TableState::default();
+    if !app.traffic.connections.is_empty() {
+        state.select(Some(selected - top));
+    }
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn render_tail(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let height = area.height.saturating_sub(2) as usize;
+    let lines: Vec<Line> = app
+        .traffic
+        .log
+        .lines
+        .iter()
+        .rev()
+        .take(height)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|l| super::log_line(l, theme))
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .title(" Latest events (2: full log) ")
+                .title_style(theme.title),
+        ),
+        area,
+    );
+}

@@ -1,0 +1,127 @@
+//! Auth & restrictions: the auth mode, every switch, plaintext AUTH, the
+//! local domains and the sender/recipient rules.
+
+use crate::console::app::{App, PolicyRow};
+use crate::console::render::scroll_top;
+use crate::console::theme::Theme;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+
+fn check(on: bool) -> &'static str {
+    if on { "[x]" } else { "[ ]" }
+}
+
+pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let [columns, help] = Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(columns);
+    let rows = app.policy_rows();
+    let style_for = |i: usize| {
+        if i == app.policy_selected {
+            theme.selected
+        } else {
+            theme.normal
+        }
+    };
+    let mut settings = Vec::new();
+    let mut domains = Vec::new();
+    let mut rules = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match row {
+            PolicyRow::AuthMode => settings.push(Line::from(vec![
+                Span::styled("auth mode ", theme.dim),
+                Span::styled(
+                    format!("{:<10}", app.config.auth_mode.as_str()),
+                    style_for(i),
+                ),
+            ])),
+            PolicyRow::Switch { key, .. } => settings.push(Line::styled(
+                format!(
+                    "{} {key}",
+                    check(app.config.switches.get(key).unwrap_or(false))
+                ),
+                style_for(i),
+            )),
+            PolicyRow::PlaintextAuth => settings.push(Line::styled(
+                format!("{} plaintext-auth", check(app.config.plaintext_auth)),
+                style_for(i),
+            )),
+            PolicyRow::Domain(d) => domains.push(Line::styled(d.clone(), style_for(i))),
+            PolicyRow::Rule(n) => {
+                let text = app
+                    .config
+                    .rules
+                    .get(n - 1)
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                rules.push(Line::styled(format!("#{n} {text}"), style_for(i)));
+            }
+        }
+    }
+    frame.render_widget(
+        Paragraph::new(settings).block(
+            Block::bordered()
+                .title(" Auth and switches ")
+                .title_style(theme.title),
+        ),
+        left,
+    );
+    // Right column: domains, then rules, scrolled to keep the selection in view.
+    let domain_count = domains.len();
+    let mut right_lines = vec![Line::styled(
+        format!("Local domains ({domain_count}), a adds:"),
+        theme.title,
+    )];
+    if domains.is_empty() {
+        right_lines.push(Line::styled(
+            "  none: every recipient is external",
+            theme.warning,
+        ));
+    }
+    right_lines.extend(domains);
+    right_lines.push(Line::styled(
+        format!("Rules ({}), r adds, in order:", rules.len()),
+        theme.title,
+    ));
+    if rules.is_empty() {
+        right_lines.push(Line::styled("  none", theme.dim));
+    }
+    right_lines.extend(rules);
+    let first_right = 11usize;
+    let selected_line = if app.policy_selected >= first_right {
+        let k = app.policy_selected - first_right;
+        if k < domain_count {
+            1 + k
+        } else {
+            2 + usize::from(domain_count == 0) + k
+        }
+    } else {
+        0
+    };
+    let height = right.height.saturating_sub(2) as usize;
+    let top = scroll_top(selected_line, height);
+    let shown: Vec<Line> = right_lines.into_iter().skip(top).collect();
+    frame.render_widget(
+        Paragraph::new(shown).block(
+            Block::bordered()
+                .title(" Domains and rules ")
+                .title_style(theme.title),
+        ),
+        right,
+    );
+    let what = match rows.get(app.policy_selected) {
+        Some(PolicyRow::AuthMode) => "Enter: none -> any-user -> specified (one login)".to_string(),
+        Some(PolicyRow::Switch { help, .. }) => (*help).to_string(),
+        Some(PolicyRow::PlaintextAuth) => {
+            "offer AUTH without TLS to non-loopback clients (passwords in clear!)".to_string()
+        }
+        Some(PolicyRow::Domain(_)) => {
+            "mail for a local domain is inbound/internal; x removes".to_string()
+        }
+        Some(PolicyRow::Rule(_)) => "rules run after the relay controls; x removes".to_string(),
+        None => String::new(),
+    };
+    frame.render_widget(Paragraph::new(Line::styled(what, theme.dim)), help);
+}

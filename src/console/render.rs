@@ -1,0 +1,326 @@
+//! Draws the whole screen from the app state: tabs, the panel, the status
+//! line, the footer generated from the keymap, and any popup. Nothing here
+//! changes state or decides anything.
+
+use super::action::Panel;
+use super::app::{App, Mode, ViewerSource};
+use super::form::Form;
+use super::keymap::{self, Context};
+use super::panels;
+use super::theme::Theme;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph, Tabs, Wrap};
+
+/// Draws one frame.
+pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
+    let [tabs, body, status, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_tabs(frame, tabs, app, theme);
+    match app.panel {
+        Panel::Live => panels::live::render(frame, body, app, theme),
+        Panel::Log => panels::log::render(frame, body, app, theme),
+        Panel::Bindings => panels::bindings::render(frame, body, app, theme),
+        Panel::Lists => panels::lists::render(frame, body, app, theme),
+        Panel::Policy => panels::policy::render(frame, body, app, theme),
+        Panel::Users => panels::users::render(frame, body, app, theme),
+        Panel::Queue => panels::queue::render(frame, body, app, theme),
+    }
+    draw_status(frame, status, app, theme);
+    draw_footer(frame, footer, app, theme);
+    match &app.mode {
+        Mode::Normal => {}
+        Mode::Help { scroll } => draw_help(frame, app, *scroll, theme),
+        Mode::Viewer { source, scroll } => draw_viewer(frame, app, source, *scroll, theme),
+        Mode::Form(form) => draw_form(frame, form, theme),
+        Mode::Confirm(c) => draw_confirm(frame, &c.question, app, theme),
+    }
+}
+
+fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let titles: Vec<Line> = Panel::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let title = if area.width < 100 {
+                p.short_title()
+            } else {
+                p.title()
+            };
+            Line::from(format!("{} {title}", i + 1))
+        })
+        .collect();
+    let tabs = Tabs::new(titles)
+        .select(app.panel.index())
+        .style(theme.dim)
+        .highlight_style(theme.focus)
+        .divider("│")
+        .padding(" ", " ");
+    frame.render_widget(tabs, area);
+}
+
+fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let mut spans = Vec::new();
+    if app.dropped > 0 {
+        spans.push(Span::styled(
+            format!("{} events dropped (the console fell behind) ", app.dropped),
+            theme.warning,
+        ));
+    }
+    if app.editing_lists() {
+        let dirty = app.lists.is_dirty();
+        spans.push(Span::styled(
+            if dirty {
+                "EDITING, unsaved "
+            } else {
+                "EDITING "
+            },
+            theme.focus,
+        ));
+    }
+    if let Some(s) = &app.status {
+        spans.push(Span::styled(
+            s.text.clone(),
+            if s.ok { theme.allowed } else { theme.error },
+        ));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let mut spans = Vec::new();
+    for (keys, hint) in keymap::footer(&app.contexts()) {
+        spans.push(Span::styled(keys, theme.key));
+        spans.push(Span::raw(format!(" {hint}  ")));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// A centered rectangle of at most `width` x `height`.
+pub fn popup_area(area: Rect, width: u16, height: u16) -> Rect {
+    let w = width.min(area.width);
+    let h = height.min(area.height);
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+/// The contexts the help lists, the ones in force first.
+fn help_contexts(app: &App) -> Vec<Context> {
+    let mut first = vec![Context::Panel(app.panel)];
+    if app.panel == Panel::Lists {
+        first.push(Context::ListEdit);
+    }
+    if app.panel == Panel::Queue {
+        first.push(Context::ConfirmDelete);
+    }
+    first.push(Context::Global);
+    let rest = [
+        Context::Form,
+        Context::Confirm,
+        Context::Viewer,
+        Context::Help,
+    ];
+    let mut all = first;
+    for p in Panel::ALL {
+        if p != app.panel {
+            all.push(Context::Panel(p));
+        }
+    }
+    for c in rest {
+        all.push(c);
+    }
+    if app.panel != Panel::Lists {
+        all.push(Context::ListEdit);
+    }
+    if app.panel != Panel::Queue {
+        all.push(Context::ConfirmDelete);
+    }
+    all
+}
+
+fn draw_help(frame: &mut Frame, app: &App, scroll: usize, theme: &Theme) {
+    let mut lines = Vec::new();
+    for ctx in help_contexts(app) {
+        lines.push(Line::styled(ctx.title().to_string(), theme.title));
+        for b in keymap::bindings(ctx) {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {:<16}", b.label()), theme.key),
+                Span::raw(b.help),
+            ]));
+        }
+    }
+    let area = popup_area(frame.area(), 76, frame.area().height.saturating_sub(2));
+    draw_scrolled(frame, area, " Keys (Esc closes) ", lines, scroll, theme);
+}
+
+fn draw_scrolled(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    lines: Vec<Line>,
+    scroll: usize,
+    theme: &Theme,
+) {
+    let inner_height = area.height.saturating_sub(2) as usize;
+    let max = lines.len().saturating_sub(inner_height);
+    let top = scroll.min(max);
+    let shown: Vec<Line> = lines.into_iter().skip(top).take(inner_height).collect();
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(shown).block(
+            Block::bordered()
+                .title(title.to_string())
+                .title_style(theme.title),
+        ),
+        area,
+    );
+}
+
+fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usize, theme: &Theme) {
+    let (title, lines): (String, Vec<Line>) = match source {
+        ViewerSource::Connection(id) => match app.traffic.connections.get(id) {
+            Some(c) => (
+                format!(" Session {id} from {} (Esc closes) ", c.peer),
+                c.dialogue
+                    .iter()
+                    .map(|l| {
+                        let style = if l.starts_with("C:") {
+                            theme.normal
+                        } else if l.contains(" denied: ") {
+                            theme.denied
+                        } else if l.contains(" allowed: ") {
+                            theme.allowed
+                        } else {
+                            theme.dim
+                        };
+                        Line::styled(l.clone(), style)
+                    })
+                    .collect(),
+            ),
+            None => (
+                format!(" Session {id} "),
+                vec![Line::raw("this connection is no longer kept")],
+            ),
+        },
+        ViewerSource::Text { title, lines } => (
+            format!(" {title} (Esc closes) "),
+            lines.iter().map(|l| Line::raw(l.clone())).collect(),
+        ),
+    };
+    let area = popup_area(
+        frame.area(),
+        frame.area().width.saturating_sub(4),
+        frame.area().height.saturating_sub(4),
+    );
+    if matches!(source, ViewerSource::Text { .. }) {
+        frame.render_widget(Clear, area);
+        frame.render_widget(
+            Paragraph::new(lines)
+                .wrap(Wrap { trim: false })
+                .scroll((scroll.min(u16::MAX as usize) as u16, 0))
+                .block(Block::bordered().title(title).title_style(theme.title)),
+            area,
+        );
+    } else {
+        draw_scrolled(frame, area, &title, lines, scroll, theme);
+    }
+}
+
+fn draw_form(frame: &mut Frame, form: &Form, theme: &Theme) {
+    let label_width = form.fields.iter().map(|f| f.label.len()).max().unwrap_or(0) + 2;
+    let mut lines = Vec::new();
+    for (i, f) in form.fields.iter().enumerate() {
+        let focused = i == form.focus;
+        let mut value = f.shown();
+        if focused {
+            value.push('▏');
+        }
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{:>w$} ", f.label, w = label_width),
+                if focused { theme.focus } else { theme.dim },
+            ),
+            Span::styled(value, if focused { theme.focus } else { theme.normal }),
+        ]));
+    }
+    lines.push(Line::raw(""));
+    if let Some(f) = form.fields.get(form.focus) {
+        lines.push(Line::styled(f.hint.to_string(), theme.dim));
+    }
+    if let Some(e) = &form.error {
+        lines.push(Line::styled(e.clone(), theme.error));
+    }
+    let height = lines.len() as u16 + 3;
+    let area = popup_area(frame.area(), 72, height);
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(format!(" {} (Enter: next/save, Esc: cancel) ", form.title))
+                .title_style(theme.title),
+        ),
+        area,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, question: &str, app: &App, theme: &Theme) {
+    let keys: Vec<Span> = keymap::footer(&app.contexts())
+        .into_iter()
+        .flat_map(|(k, h)| [Span::styled(k, theme.key), Span::raw(format!(" {h}   "))])
+        .collect();
+    let lines = vec![
+        Line::raw(question.to_string()),
+        Line::raw(""),
+        Line::from(keys),
+    ];
+    let area = popup_area(frame.area(), 64, 7);
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(" Are you sure? ")
+                .title_style(theme.warning),
+        ),
+        area,
+    );
+}
+
+/// `HH:MM:SS` (UTC) of a time in milliseconds since the epoch.
+pub fn clock(at_ms: i64) -> String {
+    let secs = at_ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// A short age: `42s`, `5m`, `3h`, `2d`.
+pub fn age(secs: i64) -> String {
+    match secs.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The first row to show so that `selected` is visible in `height` rows.
+pub fn scroll_top(selected: usize, height: usize) -> usize {
+    if height == 0 {
+        0
+    } else {
+        selected.saturating_sub(height - 1)
+    }
+}

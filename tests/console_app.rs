@@ -1,0 +1,693 @@
+//! The console without a terminal: every panel rendered with ratatui's
+//! TestBackend at 80x24 and 120x40 against insta snapshots (fixed data and
+//! a fixed clock), and the app driven by key presses against a real
+//! temporary SQLite store, checking what the store and the compiled policy
+//! hold afterwards.
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use relaygate::bindings::{BindKind, Binding};
+use relaygate::console::action::{Action, Panel};
+use relaygate::console::app::{App, Mode};
+use relaygate::console::io::{ConsoleIo, dispatch};
+use relaygate::console::render;
+use relaygate::console::theme::Theme;
+use relaygate::engine::ListenerStatus;
+use relaygate::events::{Event, Stamped};
+use relaygate::policy::Envelope;
+use relaygate::policy::address::parse_mailbox;
+use relaygate::policy::ip_lists::{ListKind, ListVerdict};
+use relaygate::policy::rules::Rule;
+use relaygate::spool::{QueueEntry, RecipientState};
+use relaygate::store::Store;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// 2023-11-14 22:13:20 UTC: every snapshot is drawn at this instant.
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+/// An app over a real store in a temporary directory.
+struct Harness {
+    app: App,
+    io: ConsoleIo,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new(prepare: impl FnOnce(&mut Store)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("relaygate.db");
+        {
+            let mut store = Store::open(&db).expect("store");
+            prepare(&mut store);
+        }
+        let mut io = ConsoleIo::open(&db, None).expect("console io");
+        let mut app = App::new(t0());
+        let config = io.load_config().expect("config");
+        dispatch(&mut app, &mut io, Action::ConfigLoaded(Box::new(config)));
+        Harness {
+            app,
+            io,
+            db,
+            _dir: dir,
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        dispatch(&mut self.app, &mut self.io, action);
+    }
+
+    fn key_event(&mut self, key: KeyEvent) {
+        if let Some(action) = self.app.key_action(key) {
+            self.act(action);
+        }
+    }
+
+    fn key(&mut self, code: KeyCode) {
+        self.key_event(KeyEvent::new(code, KeyModifiers::NONE));
+    }
+
+    fn ctrl(&mut self, c: char) {
+        self.key_event(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL));
+    }
+
+    /// Types text, one key press per character (`\n` is Enter).
+    fn typed(&mut self, text: &str) {
+        for c in text.chars() {
+            match c {
+                '\n' => self.key(KeyCode::Enter),
+                c => self.key(KeyCode::Char(c)),
+            }
+        }
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.db).expect("store")
+    }
+
+    fn status(&self) -> String {
+        self.app
+            .status
+            .as_ref()
+            .map(|s| s.text.clone())
+            .unwrap_or_default()
+    }
+
+    fn screen(&self, width: u16, height: u16) -> Terminal<TestBackend> {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+        terminal
+            .draw(|f| render::draw(f, &self.app, &Theme::monochrome()))
+            .expect("draw");
+        terminal
+    }
+}
+
+fn stamped(offset_ms: u64, event: Event) -> Action {
+    Action::Engine(Stamped {
+        at: t0() - Duration::from_secs(30) + Duration::from_millis(offset_ms),
+        event: Arc::new(event),
+    })
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// A console with a bit of everything: users, domains, a rule, two
+/// bindings (one failed), three connections, decisions both ways, a queue.
+fn populated() -> Harness {
+    let mut h = Harness::new(|store| {
+        store.add_domain("example.com").expect("domain");
+        store.add_user("alice", "$argon2id$fake").expect("user");
+        store.add_user("bob", "$argon2id$fake").expect("user");
+        store
+            .set_sender_addresses(
+                "alice",
+                &["alice@example.com".into(), "@example.org".into()],
+            )
+            .expect("addresses");
+        store
+            .add_rule(
+                &Rule::new(
+                    "!*@example.com",
+                    "*",
+                    "external",
+                    Some("Use your example.com address"),
+                )
+                .expect("rule"),
+                None,
+            )
+            .expect("rule");
+        store
+            .add_binding(Binding {
+                addr: addr("0.0.0.0:587"),
+                kind: BindKind::Submission,
+            })
+            .expect("binding");
+    });
+    h.act(Action::Listeners(vec![
+        ListenerStatus {
+            binding: Binding {
+                addr: addr("0.0.0.0:587"),
+                kind: BindKind::Submission,
+            },
+            bound: Err("Permission denied (os error 13)".into()),
+        },
+        ListenerStatus {
+            binding: Binding {
+                addr: addr("127.0.0.1:2525"),
+                kind: BindKind::Smtp,
+            },
+            bound: Ok(addr("127.0.0.1:2525")),
+        },
+    ]));
+    let policy = Arc::clone(&h.app.config.policy);
+    let local = addr("127.0.0.1:2525");
+    let sessions = [
+        (
+            1,
+            "192.168.1.20:50001",
+            "lan-pc.example.com",
+            "carol@example.com",
+            "friend@far.test",
+        ),
+        (
+            2,
+            "203.0.113.9:41000",
+            "spammer.test",
+            "spam@elsewhere.test",
+            "victim@far.test",
+        ),
+        (
+            3,
+            "10.0.0.5:52000",
+            "printer",
+            "scanner@example.com",
+            "alice@example.com",
+        ),
+    ];
+    let mut t = 0;
+    for (id, peer, helo, from, to) in sessions {
+        t += 1000;
+        let peer: SocketAddr = addr(peer);
+        h.act(stamped(
+            t,
+            Event::SessionOpened {
+                session: id,
+                peer,
+                local,
+                kind: BindKind::Smtp,
+                tls: id == 1,
+            },
+        ));
+        h.act(stamped(
+            t + 10,
+            Event::Command {
+                session: id,
+                line: format!("EHLO {helo}"),
+                reply: "250 SIZE 26214400".into(),
+            },
+        ));
+        h.act(stamped(
+            t + 20,
+            Event::Command {
+                session: id,
+                line: format!("MAIL FROM:<{from}>"),
+                reply: "250 2.1.0 Ok".into(),
+            },
+        ));
+        let sender = parse_mailbox(from).expect("sender");
+        let recipient = parse_mailbox(to).expect("recipient");
+        let decision = policy.decide(
+            &Envelope {
+                peer: peer.ip(),
+                login: None,
+                sender: Some(&sender),
+            },
+            &recipient,
+        );
+        let reply = decision.reply.to_string();
+        h.act(stamped(
+            t + 30,
+            Event::Command {
+                session: id,
+                line: format!("RCPT TO:<{to}>"),
+                reply,
+            },
+        ));
+        h.act(stamped(
+            t + 31,
+            Event::Decision {
+                session: id,
+                peer: peer.ip(),
+                login: None,
+                sender: from.into(),
+                recipient: to.into(),
+                decision: Box::new(decision),
+            },
+        ));
+    }
+    h.act(stamped(
+        t + 100,
+        Event::MessageAccepted {
+            session: 1,
+            id: "18F0A1B2C3D4E5F6".into(),
+            size: 2048,
+            recipients: 1,
+        },
+    ));
+    h.act(stamped(
+        t + 200,
+        Event::SessionClosed {
+            session: 2,
+            why: "client quit".into(),
+        },
+    ));
+    h.act(stamped(
+        t + 300,
+        Event::AuthFailed {
+            session: 3,
+            peer: IpAddr::from([10, 0, 0, 5]),
+            login: Some("printer".into()),
+        },
+    ));
+    h.act(stamped(
+        t + 400,
+        Event::Delivery {
+            message_id: "18F0A1B2C3D4E5F6".into(),
+            recipient: "friend@far.test".into(),
+            host: "mx.far.test:25".into(),
+            outcome: "deferred",
+            reply: "451 4.3.0 try again later".into(),
+        },
+    ));
+    h.act(stamped(
+        t + 500,
+        Event::Error {
+            session: None,
+            message: "TLS disabled: no certificate".into(),
+        },
+    ));
+    h.act(Action::QueueLoaded(Ok(vec![
+        QueueEntry {
+            id: "18F0A1B2C3D4E5F6".into(),
+            received_at: 1_699_999_900,
+            sender: "carol@example.com".into(),
+            size: 2048,
+            held: false,
+            recipients: vec![RecipientState {
+                address: "friend@far.test".into(),
+                state: "queued".into(),
+                attempts: 2,
+                next_attempt: 1_700_000_120,
+                last_error: Some("451 4.3.0 try again later (mx.far.test)".into()),
+            }],
+        },
+        QueueEntry {
+            id: "18F0A1B2C3D4E5F7".into(),
+            received_at: 1_699_990_000,
+            sender: String::new(),
+            size: 911,
+            held: true,
+            recipients: vec![
+                RecipientState {
+                    address: "bob@example.com".into(),
+                    state: "delivered".into(),
+                    attempts: 1,
+                    next_attempt: 0,
+                    last_error: None,
+                },
+                RecipientState {
+                    address: "ghost@far.test".into(),
+                    state: "queued".into(),
+                    attempts: 0,
+                    next_attempt: 1_699_990_000,
+                    last_error: None,
+                },
+            ],
+        },
+    ])));
+    h
+}
+
+// ----- rendering -----
+
+#[test]
+fn every_panel_at_80x24_and_120x40() {
+    let mut h = populated();
+    for panel in Panel::ALL {
+        h.app.panel = panel;
+        for (w, hgt) in [(80, 24), (120, 40)] {
+            let name = format!("{}_{w}x{hgt}", panel.title().replace([' ', '&'], "_"));
+            insta::assert_snapshot!(name, h.screen(w, hgt).backend());
+        }
+    }
+}
+
+#[test]
+fn popups_and_editing_at_80x24() {
+    let mut h = populated();
+    h.app.panel = Panel::Lists;
+    h.typed("e");
+    h.typed("\n300.1.1.1\n10.9.8.7");
+    h.key(KeyCode::Tab);
+    h.key(KeyCode::Tab);
+    h.typed("10.9.8.7");
+    insta::assert_snapshot!("lists_editing_invalid_80x24", h.screen(80, 24).backend());
+    h.ctrl('s');
+    insta::assert_snapshot!("lists_save_refused_80x24", h.screen(80, 24).backend());
+    h.key(KeyCode::Esc);
+    insta::assert_snapshot!("lists_discard_question_80x24", h.screen(80, 24).backend());
+    h.typed("y");
+
+    h.typed("6a");
+    h.typed("carol\nsecret");
+    insta::assert_snapshot!("users_add_form_80x24", h.screen(80, 24).backend());
+    h.key(KeyCode::Esc);
+
+    h.typed("1");
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Enter);
+    insta::assert_snapshot!("live_dialogue_80x24", h.screen(80, 24).backend());
+    h.key(KeyCode::Esc);
+
+    h.typed("7d");
+    insta::assert_snapshot!("queue_delete_question_80x24", h.screen(80, 24).backend());
+    h.key(KeyCode::Esc);
+
+    h.typed("?");
+    insta::assert_snapshot!("help_80x24", h.screen(80, 24).backend());
+}
+
+#[test]
+fn ten_thousand_connections_render_only_the_visible_rows() {
+    let mut h = Harness::new(|_| {});
+    let local = addr("127.0.0.1:2525");
+    for id in 0..10_000u64 {
+        let peer = SocketAddr::from(([10, (id >> 16) as u8, (id >> 8) as u8, id as u8], 40_000));
+        h.act(stamped(
+            id,
+            Event::SessionOpened {
+                session: id,
+                peer,
+                local,
+                kind: BindKind::Smtp,
+                tls: false,
+            },
+        ));
+    }
+    assert_eq!(h.app.traffic.open, 10_000);
+    h.key(KeyCode::End);
+    let started = std::time::Instant::now();
+    let terminal = h.screen(200, 60);
+    let took = started.elapsed();
+    let text = format!("{}", terminal.backend());
+    assert!(
+        text.contains("10.0.39.15:40000"),
+        "the last connection is shown at the end:\n{text}"
+    );
+    // Not a timed test (see the README for the measured figure); this only
+    // catches a render that walks every row.
+    assert!(took < Duration::from_secs(2), "one frame took {took:?}");
+}
+
+// ----- behaviour -----
+
+#[test]
+fn an_allow_entry_typed_and_saved_is_stored_and_in_the_policy() {
+    let mut h = Harness::new(|_| {});
+    h.typed("4e");
+    assert!(h.app.editing_lists());
+    h.typed("\n203.0.113.7");
+    assert!(h.app.lists.is_dirty());
+    h.ctrl('s');
+    assert!(
+        h.status().starts_with("saved the allow list"),
+        "{}",
+        h.status()
+    );
+    assert!(!h.app.editing_lists());
+    let mut store = h.store();
+    let allow = store.list_entries(ListKind::Allow).expect("allow");
+    assert_eq!(allow.last().map(String::as_str), Some("203.0.113.7"));
+    let policy = store.load_policy().expect("policy");
+    match policy.lists().check("203.0.113.7".parse().expect("ip")) {
+        ListVerdict::Allowed { entry, .. } => assert_eq!(&*entry.text, "203.0.113.7"),
+        other => panic!("203.0.113.7 is not allowed: {other:?}"),
+    }
+    // The deny list was not touched, and the editor shows what is stored.
+    assert_eq!(
+        store.list_entries(ListKind::Deny).expect("deny"),
+        ["*.*.*.*", "::/0"]
+    );
+    assert_eq!(
+        h.app
+            .lists
+            .lines(ListKind::Allow)
+            .last()
+            .map(String::as_str),
+        Some("203.0.113.7")
+    );
+}
+
+#[test]
+fn an_invalid_entry_is_refused_with_its_reason_and_nothing_is_saved() {
+    let mut h = Harness::new(|_| {});
+    let store = h.store();
+    let before = (
+        store.list_entries(ListKind::Allow).expect("allow"),
+        store.list_entries(ListKind::Deny).expect("deny"),
+    );
+    h.typed("4e\n10.1.1.1\n300.1.1.1");
+    h.key(KeyCode::Tab);
+    h.typed("\n192.0.2.1");
+    let check = h.app.lists.check(ListKind::Allow);
+    let reason = check
+        .invalid
+        .get(&7)
+        .expect("line 7 is marked invalid while typing");
+    assert!(reason.contains("300.1.1.1"), "{reason}");
+    h.ctrl('s');
+    let status = h.status();
+    assert!(status.starts_with("not saved"), "{status}");
+    assert!(
+        status.contains("allow line 7") && status.contains("300.1.1.1"),
+        "{status}"
+    );
+    assert!(h.app.editing_lists(), "the edit stays open to be fixed");
+    let after = (
+        store.list_entries(ListKind::Allow).expect("allow"),
+        store.list_entries(ListKind::Deny).expect("deny"),
+    );
+    assert_eq!(before, after, "neither list was written");
+    // Fixing the line makes the save go through, both lists at once.
+    h.key(KeyCode::BackTab);
+    for _ in 0..9 {
+        h.key(KeyCode::Backspace);
+    }
+    h.ctrl('s');
+    assert!(
+        h.status().contains("allow list") && h.status().contains("deny list"),
+        "{}",
+        h.status()
+    );
+    let allow = store.list_entries(ListKind::Allow).expect("allow");
+    assert!(allow.contains(&"10.1.1.1".to_string()) && !allow.iter().any(|e| e.contains("300")));
+    assert!(
+        store
+            .list_entries(ListKind::Deny)
+            .expect("deny")
+            .contains(&"192.0.2.1".to_string())
+    );
+}
+
+#[test]
+fn cancel_leaves_everything_as_it_was() {
+    let mut h = Harness::new(|_| {});
+    let store = h.store();
+    let before = store.list_entries(ListKind::Allow).expect("allow");
+    h.typed("4e\n198.51.100.1");
+    h.key(KeyCode::Esc);
+    assert!(
+        matches!(h.app.mode, Mode::Confirm(_)),
+        "dropping edits asks first"
+    );
+    h.typed("n");
+    assert!(h.app.lists.is_dirty(), "no keeps the edit");
+    h.key(KeyCode::Esc);
+    h.typed("y");
+    assert!(!h.app.editing_lists());
+    assert!(!h.app.lists.is_dirty());
+    assert_eq!(h.app.lists.lines(ListKind::Allow), before.as_slice());
+    assert_eq!(store.list_entries(ListKind::Allow).expect("allow"), before);
+
+    // A form cancelled with Esc saves nothing either.
+    h.typed("5a");
+    h.typed("cancelled.example");
+    h.key(KeyCode::Esc);
+    assert!(matches!(h.app.mode, Mode::Normal));
+    assert!(store.domains().expect("domains").is_empty());
+    // And q outside an edit quits; inside an edit it is just a letter.
+    h.typed("4e");
+    h.typed("q");
+    assert!(!h.app.quit);
+    assert!(
+        h.app
+            .lists
+            .lines(ListKind::Allow)
+            .iter()
+            .any(|l| l.ends_with('q'))
+    );
+}
+
+#[test]
+fn quitting_with_unsaved_edits_asks() {
+    let mut h = Harness::new(|_| {});
+    h.typed("4e\n10.2.3.4");
+    // Leave the edit without saving: not possible without Esc, which asks.
+    h.key(KeyCode::Esc);
+    h.typed("n");
+    assert!(h.app.editing_lists());
+    h.app.lists.end();
+    h.typed("q");
+    assert!(!h.app.quit, "unsaved edits: q asks");
+    assert!(matches!(h.app.mode, Mode::Confirm(_)));
+    h.typed("y");
+    assert!(h.app.quit);
+}
+
+#[test]
+fn a_local_domain_added_through_the_keys_is_stored() {
+    let mut h = Harness::new(|_| {});
+    h.typed("5a");
+    h.typed("Example.ORG\n");
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    assert_eq!(h.status(), "saved: example.org is a local domain");
+    assert_eq!(h.store().domains().expect("domains"), ["example.org"]);
+    // A bad name is refused in the form, with the store's reason.
+    h.typed("a");
+    h.typed("bad domain\n");
+    match &h.app.mode {
+        Mode::Form(f) => assert!(
+            f.error.as_deref().unwrap_or("").contains("invalid domain"),
+            "{:?}",
+            f.error
+        ),
+        other => panic!("the form should stay open: {other:?}"),
+    }
+    h.key(KeyCode::Esc);
+    assert_eq!(h.store().domains().expect("domains"), ["example.org"]);
+    // And removed again, after a confirmation.
+    let rows = h.app.policy_rows().len();
+    for _ in 0..rows {
+        h.key(KeyCode::Down);
+    }
+    h.typed("x");
+    h.typed("y");
+    assert!(h.store().domains().expect("domains").is_empty());
+}
+
+#[test]
+fn a_user_added_through_the_keys_can_log_in() {
+    let mut h = Harness::new(|_| {});
+    h.typed("6a");
+    h.typed("carol\nfirst\nsecond\n");
+    match &h.app.mode {
+        Mode::Form(f) => assert_eq!(
+            f.error.as_deref(),
+            Some("not saved: the two passwords differ")
+        ),
+        other => panic!("mismatched passwords must be refused: {other:?}"),
+    }
+    assert!(h.store().users().expect("users").is_empty());
+    for _ in 0..6 {
+        h.key(KeyCode::Backspace);
+    }
+    h.typed("first\n");
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    let config = h.store().load_config().expect("config");
+    let carol = config
+        .users
+        .iter()
+        .find(|u| u.name == "carol")
+        .expect("carol stored");
+    assert!(relaygate::credentials::verify_password(
+        Some(&carol.password_hash),
+        "first"
+    ));
+    assert!(!carol.password_hash.contains("first"));
+    // Sender addresses through the keys.
+    h.typed("s");
+    h.typed("carol@example.com @example.net\n");
+    assert_eq!(
+        h.store().sender_addresses("carol").expect("addresses"),
+        ["@example.net", "carol@example.com"]
+    );
+}
+
+#[test]
+fn a_change_by_another_process_shows_up_on_the_next_tick() {
+    let mut h = Harness::new(|_| {});
+    assert!(h.app.config.domains.is_empty());
+    let mut other = h.store();
+    other.add_domain("elsewhere.example").expect("domain");
+    h.act(Action::Tick(t0()));
+    assert_eq!(h.app.config.domains, ["elsewhere.example"]);
+}
+
+#[test]
+fn bindings_are_added_edited_and_removed_through_the_keys() {
+    let mut h = Harness::new(|_| {});
+    h.typed("3a");
+    h.typed("not an address\n");
+    assert!(matches!(h.app.mode, Mode::Form(_)));
+    h.key(KeyCode::Esc);
+    h.typed("a");
+    h.typed("127.0.0.1:2526\n");
+    // Now on the kind field, which says smtp.
+    for _ in 0..4 {
+        h.key(KeyCode::Backspace);
+    }
+    h.typed("submission\n");
+    let bindings = h.store().bindings().expect("bindings");
+    assert!(
+        bindings.contains(&Binding {
+            addr: addr("127.0.0.1:2526"),
+            kind: BindKind::Submission
+        }),
+        "{bindings:?}"
+    );
+    h.typed("x");
+    h.typed("y");
+    assert_eq!(h.store().bindings().expect("bindings").len(), 1);
+}
+
+#[test]
+fn the_test_box_decides_with_saved_and_edited_lists() {
+    let mut h = Harness::new(|store| {
+        store.add_domain("example.com").expect("domain");
+    });
+    h.typed("4t");
+    h.typed("203.0.113.50");
+    h.key(KeyCode::Down);
+    h.typed("a@example.com");
+    let saved = h.app.lists.test.saved.clone().unwrap_or_default();
+    assert!(
+        saved.starts_with("554 denied:") && saved.contains("deny entry *.*.*.*"),
+        "{saved}"
+    );
+    assert!(h.app.lists.test.edited.is_none());
+    h.key(KeyCode::Tab); // to the allow list
+    h.typed("\n203.0.113.0/24");
+    let edited = h.app.lists.test.edited.clone().unwrap_or_default();
+    assert!(
+        edited.starts_with("250 allowed:") && edited.contains("203.0.113.0/24"),
+        "{edited}"
+    );
+}
