@@ -691,3 +691,66 @@ fn the_test_box_decides_with_saved_and_edited_lists() {
         "{edited}"
     );
 }
+
+#[test]
+fn switches_and_the_auth_mode_change_through_the_keys() {
+    let mut h = Harness::new(|_| {});
+    h.typed("5");
+    // Rows: auth mode, then the switches in the order of `policy show`.
+    for _ in 0..6 {
+        h.key(KeyCode::Down);
+    }
+    h.key(KeyCode::Enter);
+    assert_eq!(h.status(), "saved: relay.auth on");
+    assert!(h.store().switches().expect("switches").relay.auth);
+    h.typed(" ");
+    assert!(!h.store().switches().expect("switches").relay.auth);
+    // Auth mode: any-user -> specified needs the one login, typed twice.
+    h.key(KeyCode::Home);
+    h.key(KeyCode::Enter);
+    assert!(matches!(h.app.mode, Mode::Form(_)));
+    h.typed("gateway\npw\npw\n");
+    let (mode, user) = h.store().auth_mode().expect("auth mode");
+    assert_eq!(
+        (mode.as_str(), user.as_deref()),
+        ("specified", Some("gateway"))
+    );
+    h.key(KeyCode::Enter);
+    assert_eq!(h.store().auth_mode().expect("auth mode").0.as_str(), "none");
+}
+
+#[test]
+fn queued_messages_are_held_released_and_deleted_through_the_keys() {
+    use relaygate::spool::{NewMessage, Spool, SpoolOp, SpoolRecipient, spool_path_for};
+    let mut h = Harness::new(|_| {});
+    let spool = Spool::open(&spool_path_for(&h.db)).expect("spool");
+    let id = spool.next_id();
+    spool
+        .apply_blocking(SpoolOp::Insert(NewMessage {
+            id: id.clone(),
+            sender: "a@example.com".into(),
+            recipients: vec![SpoolRecipient {
+                address: "b@far.test".into(),
+                class: "outbound".into(),
+                reason: "test".into(),
+            }],
+            login: None,
+            peer: "127.0.0.1".into(),
+            helo: "client.test".into(),
+            body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        }))
+        .expect("insert");
+    h.typed("7");
+    assert_eq!(h.app.queue.len(), 1);
+    h.typed("h");
+    assert_eq!(h.status(), format!("{id} held"));
+    assert!(h.app.queue[0].held);
+    h.typed("u");
+    assert!(!h.app.queue[0].held);
+    h.typed("d");
+    h.typed("n");
+    assert_eq!(h.app.queue.len(), 1, "n keeps the message");
+    h.typed("ds");
+    assert_eq!(h.status(), format!("{id} deleted silently"));
+    assert!(h.app.queue.is_empty());
+}

@@ -690,7 +690,8 @@ impl App {
                             problems.first().cloned().unwrap_or_default()
                         ),
                     );
-                    self.lists.report = problems;
+                    // The invalid lines are listed under the editors already.
+                    self.lists.report.clear();
                     Vec::new()
                 }
                 Ok((None, None)) => {
@@ -986,6 +987,20 @@ impl App {
             };
             self.log.cursor = cursor;
             self.log.follow = cursor == 0;
+            return;
+        }
+        if self.panel == Panel::Lists {
+            let rows = match c {
+                Command::Up => -1,
+                Command::Down => 1,
+                Command::ScrollUp => -3,
+                Command::ScrollDown => 3,
+                Command::PageUp => -(page as i32),
+                Command::PageDown => page as i32,
+                Command::Top => i32::MIN / 2,
+                _ => i32::MAX / 2,
+            };
+            self.lists.scroll(rows);
             return;
         }
         let count = match self.panel {

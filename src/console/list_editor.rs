@@ -178,6 +178,20 @@ impl ListEditor {
         self.apply_cursor_styles();
     }
 
+    /// Scrolls the focused list (outside an edit: to read a long list).
+    pub fn scroll(&mut self, rows: i32) {
+        let area = match self.focus {
+            ListFocus::Deny => &mut self.deny,
+            _ => &mut self.allow,
+        };
+        let row = area.cursor().0;
+        let last = area.lines().len().saturating_sub(1) as i64;
+        let target = (row as i64 + rows as i64)
+            .clamp(0, last)
+            .min(u16::MAX as i64);
+        area.move_cursor(CursorMove::Jump(target as u16, 0));
+    }
+
     pub fn set_focus(&mut self, focus: ListFocus) {
         self.focus = focus;
         self.apply_cursor_styles();
@@ -379,7 +393,14 @@ impl ListEditor {
                 return;
             }
         };
-        let sender = match parse_reverse_path(t.fields[1].trim()) {
+        // With no sender typed, one in the first local domain: then the
+        // lists decide (outbound), rather than domain-restrict-send.
+        let assumed_sender = match (t.fields[1].trim(), config.local_domains.first()) {
+            ("", Some(domain)) => Some(format!("someone@{domain}")),
+            _ => None,
+        };
+        let sender_text = assumed_sender.as_deref().unwrap_or(t.fields[1].trim());
+        let sender = match parse_reverse_path(sender_text) {
             Ok(s) => s,
             Err(e) => {
                 self.test.saved = Some(format!("sender: {e}"));
@@ -401,6 +422,9 @@ impl ListEditor {
         let login =
             (!user.is_empty() && saved.login_hash(&user).is_some()).then_some(user.as_str());
         let mut notes = Vec::new();
+        if let Some(s) = &assumed_sender {
+            notes.push(format!("sender {s} assumed"));
+        }
         if t.fields[2].trim().is_empty() {
             notes.push(format!("recipient {DEFAULT_TEST_RECIPIENT} assumed"));
         }
