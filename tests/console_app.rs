@@ -754,3 +754,11 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
     assert_eq!(h.status(), format!("{id} deleted silently"));
     assert!(h.app.queue.is_empty());
 }
+
+/// Prints the keymap as Markdown for the README's "Console keys" section:
+/// `cargo test --test console_app print_keymap -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints the README's key table; run by hand"]
+fn print_keymap() {
+    print!("{}", relaygate::console::keymap::markdown());
+}
