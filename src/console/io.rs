@@ -320,8 +320,8 @@ impl ConsoleIo {
     }
 }
 
-/// Saves the changed lists. One list is one transaction; when both
-/// changed and the second fails, the first is put back as it was.
+/// Saves the changed lists, both in one transaction: the engine sees the
+/// old lists or the new ones, never one of each.
 fn save_lists(
     store: &mut Store,
     allow: Option<Vec<crate::policy::list_text::ParsedEntry>>,
@@ -329,26 +329,19 @@ fn save_lists(
 ) -> Result<String, String> {
     let count = |v: &Option<Vec<_>>| v.as_ref().map(Vec::len);
     let (allow_n, deny_n) = (count(&allow), count(&deny));
-    if allow.is_none() && deny.is_none() {
+    let mut changed: Vec<(ListKind, &[crate::policy::list_text::ParsedEntry])> = Vec::new();
+    if let Some(entries) = &allow {
+        changed.push((ListKind::Allow, entries));
+    }
+    if let Some(entries) = &deny {
+        changed.push((ListKind::Deny, entries));
+    }
+    if changed.is_empty() {
         return Ok("nothing to save: the lists are as stored".into());
     }
-    let before = store
-        .list_entries(ListKind::Allow)
+    store
+        .replace_lists(&changed)
         .map_err(|e| format!("not saved: {e}"))?;
-    if let Some(entries) = &allow {
-        store
-            .replace_entries(ListKind::Allow, entries)
-            .map_err(|e| format!("not saved: {e}"))?;
-    }
-    if let Some(entries) = &deny
-        && let Err(err) = store.replace_entries(ListKind::Deny, entries)
-    {
-        if allow.is_some() {
-            let parsed = crate::policy::list_text::parse_list_text(&before.join("\n"));
-            let _ = store.replace_entries(ListKind::Allow, &parsed.entries);
-        }
-        return Err(format!("not saved: {err}"));
-    }
     let part = |name: &str, n: Option<usize>| n.map(|n| format!("{name} list ({n} entries)"));
     let parts: Vec<String> = [part("allow", allow_n), part("deny", deny_n)]
         .into_iter()

@@ -114,7 +114,11 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     let boundary = choose_boundary(
         &id,
         input.now,
-        &[headers_part.as_bytes(), notification.as_bytes(), report.as_bytes()],
+        &[
+            headers_part.as_bytes(),
+            notification.as_bytes(),
+            report.as_bytes(),
+        ],
     );
 
     let mut m =

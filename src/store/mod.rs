@@ -289,16 +289,24 @@ impl Store {
         Ok(removed)
     }
 
-    /// Replaces a whole list in one transaction (the console's save).
+    /// Replaces a whole list in one transaction.
     pub fn replace_entries(&mut self, list: ListKind, entries: &[ParsedEntry]) -> Result<()> {
+        self.replace_lists(&[(list, entries)])
+    }
+
+    /// Replaces one or both lists in a single transaction (the console's
+    /// save): the engine sees the old lists or the new ones, never a mix.
+    pub fn replace_lists(&mut self, lists: &[(ListKind, &[ParsedEntry])]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM ip_entries WHERE list = ?1", [list.as_str()])?;
         {
             let mut insert = tx.prepare(
                 "INSERT OR IGNORE INTO ip_entries (list, entry, canonical) VALUES (?1, ?2, ?3)",
             )?;
-            for e in entries {
-                insert.execute(params![list.as_str(), e.text, e.pattern.canonical()])?;
+            for (list, entries) in lists {
+                tx.execute("DELETE FROM ip_entries WHERE list = ?1", [list.as_str()])?;
+                for e in *entries {
+                    insert.execute(params![list.as_str(), e.text, e.pattern.canonical()])?;
+                }
             }
         }
         tx.commit()?;
