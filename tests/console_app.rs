@@ -762,3 +762,15 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
 fn print_keymap() {
     print!("{}", relaygate::console::keymap::markdown());
 }
+
+/// The README's key table is the keymap's own: it cannot drift.
+#[test]
+fn readme_key_table_matches_the_keymap() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let table = relaygate::console::keymap::markdown();
+    assert!(
+        readme.contains(&table),
+        "README.md's key table differs from the keymap; regenerate it with\n  cargo test --test console_app print_keymap -- --ignored --nocapture"
+    );
+}
