@@ -27,6 +27,8 @@ pub struct ConfigView {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub domains: Vec<String>,
+    /// Local domains with no delivery route: their mail is held.
+    pub unrouted_domains: Vec<String>,
     pub users: Vec<UserInfo>,
     pub auth_mode: AuthMode,
     pub specified_user: Option<String>,
@@ -75,6 +77,7 @@ impl ConsoleIo {
             allow: self.store.list_entries(ListKind::Allow)?,
             deny: self.store.list_entries(ListKind::Deny)?,
             domains: self.store.domains()?,
+            unrouted_domains: self.store.local_domains_without_route()?,
             users: self.store.users()?,
             auth_mode,
             specified_user,

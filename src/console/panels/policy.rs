@@ -48,7 +48,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 format!("{} plaintext-auth", check(app.config.plaintext_auth)),
                 style_for(i),
             )),
-            PolicyRow::Domain(d) => domains.push(Line::styled(d.clone(), style_for(i))),
+            PolicyRow::Domain(d) => {
+                let text = if app.config.unrouted_domains.contains(d) {
+                    format!("{d}  (no route: its mail is held)")
+                } else {
+                    d.clone()
+                };
+                domains.push(Line::styled(text, style_for(i)))
+            }
             PolicyRow::Rule(n) => {
                 let text = app
                     .config
