@@ -3,10 +3,16 @@
 //!
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 20000 --concurrency 50
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 8000 --concurrency 20 --rate 400
 //!
 //! Each session sends EHLO once, then per message MAIL, RCPT and DATA in
 //! one write (PIPELINING), the body, and waits for the final 250: a message
 //! counts as accepted only once the server has acknowledged it.
+//!
+//! With `--rate R` the messages are paced: message k is started no earlier
+//! than k/R seconds after the start, by whichever session is free (a
+//! session that falls behind sends at once, it does not skip). Without it
+//! every session sends its share back to back (maximum throughput).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +30,8 @@ struct Args {
     pid: Option<u32>,
     /// Run as a sink on this port until `messages` have arrived.
     sink: Option<u16>,
+    /// Messages started per second (paced), instead of as fast as possible.
+    rate: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         idle: None,
         pid: None,
         sink: None,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -74,6 +83,15 @@ fn parse_args() -> Result<Args, String> {
                         .parse()
                         .map_err(|e| format!("--sink: {e}"))?,
                 )
+            }
+            "--rate" => {
+                let rate: f64 = value("--rate")?
+                    .parse()
+                    .map_err(|e| format!("--rate: {e}"))?;
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err("--rate must be a positive number of messages per second".into());
+                }
+                args.rate = Some(rate)
             }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -140,9 +158,48 @@ async fn read_reply(
     }
 }
 
+/// Which messages a session sends: a fixed share back to back, or the next
+/// free slot of a paced schedule shared by all sessions.
+enum Share {
+    Fixed(u64),
+    Paced {
+        next: Arc<AtomicU64>,
+        total: u64,
+        start: tokio::time::Instant,
+        interval: Duration,
+    },
+}
+
+impl Share {
+    /// Waits for this session's next message; false when there is none.
+    async fn next(&mut self) -> bool {
+        match self {
+            Share::Fixed(left) => {
+                let more = *left > 0;
+                *left = left.saturating_sub(1);
+                more
+            }
+            Share::Paced {
+                next,
+                total,
+                start,
+                interval,
+            } => {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= *total {
+                    return false;
+                }
+                let k = u32::try_from(k).unwrap_or(u32::MAX);
+                tokio::time::sleep_until(*start + interval.saturating_mul(k)).await;
+                true
+            }
+        }
+    }
+}
+
 async fn session(
     target: SocketAddr,
-    count: u64,
+    mut share: Share,
     body: Arc<Vec<u8>>,
     accepted: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
@@ -156,7 +213,7 @@ async fn session(
     w.write_all(b"EHLO loadgen.test\r\n").await?;
     read_reply(&mut r, &mut line).await?;
     let envelope = b"MAIL FROM:<load@example.com>\r\nRCPT TO:<sink@far.test>\r\nDATA\r\n";
-    for _ in 0..count {
+    while share.next().await {
         w.write_all(envelope).await?;
         let (m, rc, d) = (
             read_reply(&mut r, &mut line).await?,
@@ -187,10 +244,21 @@ async fn throughput(args: &Args) -> i32 {
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let paced_start = tokio::time::Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..args.concurrency {
-        let share =
-            args.messages / args.concurrency + u64::from(i < args.messages % args.concurrency);
+        let share = match args.rate {
+            Some(rate) => Share::Paced {
+                next: Arc::clone(&next),
+                total: args.messages,
+                start: paced_start,
+                interval: Duration::from_secs_f64(1.0 / rate),
+            },
+            None => Share::Fixed(
+                args.messages / args.concurrency + u64::from(i < args.messages % args.concurrency),
+            ),
+        };
         tasks.push(tokio::spawn(session(
             args.target,
             share,
@@ -218,11 +286,12 @@ async fn throughput(args: &Args) -> i32 {
     let secs = start.elapsed().as_secs_f64();
     let ok = accepted.load(Ordering::Relaxed);
     println!(
-        "target={} messages={} concurrency={} size={} accepted={ok} refused={} session_errors={errors} seconds={secs:.3} msgs_per_sec={:.0}",
+        "target={} messages={} concurrency={} size={} rate={} accepted={ok} refused={} session_errors={errors} seconds={secs:.3} msgs_per_sec={:.0}",
         args.target,
         args.messages,
         args.concurrency,
         body.len(),
+        args.rate.map_or("max".into(), |r| format!("{r}")),
         refused.load(Ordering::Relaxed),
         ok as f64 / secs
     );
