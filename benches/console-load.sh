@@ -51,6 +51,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d /var/tmp/relaygate-console-bench.XXXXXX)
 RG_PID= HOST_PID= BURN_PID=
 cleanup() {
+  set +e
   [ -n "$BURN_PID" ] && kill "$BURN_PID" 2>/dev/null
   [ -n "$RG_PID" ] && kill -TERM "$RG_PID" 2>/dev/null && wait "$RG_PID" 2>/dev/null
   [ -n "$HOST_PID" ] && wait "$HOST_PID" 2>/dev/null
