@@ -286,15 +286,26 @@ fn event_loop(
     let mut dirty = true;
     loop {
         let now = Instant::now();
-        let mut wait = next_tick.saturating_duration_since(now);
-        if dirty {
-            let frame_due = last_frame.map_or(now, |t| t + FRAME);
-            wait = wait.min(frame_due.saturating_duration_since(now));
-        }
-        let first = match rx.recv_timeout(wait) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        let frame_due = last_frame.map_or(now, |t| t + FRAME);
+        let first = if dirty && frame_due > now {
+            // A frame is pending: let events gather until it is due rather
+            // than waking for each one (under load, thousands a second).
+            std::thread::sleep(frame_due.min(next_tick).saturating_duration_since(now));
+            match rx.try_recv() {
+                Ok(e) => Some(e),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
+            }
+        } else {
+            let mut wait = next_tick.saturating_duration_since(now);
+            if dirty {
+                wait = wait.min(frame_due.saturating_duration_since(now));
+            }
+            match rx.recv_timeout(wait) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
         };
         let mut events: Vec<ConsoleEvent> = first.into_iter().collect();
         events.extend(std::iter::from_fn(|| rx.try_recv().ok()).take(DRAIN_LIMIT));

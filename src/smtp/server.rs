@@ -283,6 +283,8 @@ async fn run(
                             }
                         }
                         let more = session.auth_result(ok);
+                        // The dialogue shows the outcome, never the secret.
+                        emit_command(ctx, id, b"(credentials checked)", false, &more);
                         for a in more.into_iter().rev() {
                             pending.push_front(a);
                         }
@@ -313,6 +315,11 @@ async fn run(
                         flush(conn, &mut out, write_limit).await?;
                         let reply = store_message(ctx, id, settings, session, *message).await;
                         out.extend_from_slice(&reply.to_wire());
+                        ctx.shared.events.emit(Event::Command {
+                            session: id,
+                            line: "(end of message data)".into(),
+                            reply: reply.to_string().trim_end().to_string(),
+                        });
                     }
                     Action::Close => {
                         flush(conn, &mut out, write_limit).await?;

@@ -25,7 +25,10 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     .areas(area);
     frame.render_widget(Paragraph::new(header_line(app, theme)), header);
     let [counters, chart] =
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(top);
+        // A blank column between, so a long counter never runs into a label.
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
+            .spacing(1)
+            .areas(top);
     render_counters(frame, counters, app, theme);
     render_chart(frame, chart, app, theme);
     render_connections(frame, table, app, theme);
