@@ -267,6 +267,9 @@ async fn run(
                         })
                         .await
                         .unwrap_or(false);
+                        let more = session.auth_result(ok);
+                        // The dialogue shows the outcome, never the secret.
+                        emit_command(ctx, id, b"(credentials checked)", false, &more);
                         if ok {
                             ctx.shared
                                 .events
@@ -282,9 +285,6 @@ async fn run(
                                 session.set_auth_locked_out(true);
                             }
                         }
-                        let more = session.auth_result(ok);
-                        // The dialogue shows the outcome, never the secret.
-                        emit_command(ctx, id, b"(credentials checked)", false, &more);
                         for a in more.into_iter().rev() {
                             pending.push_front(a);
                         }
