@@ -2,8 +2,7 @@
 //! steered from another process; the running engine notices within a
 //! quarter of a second (it reads the queue on every tick).
 
-use crate::delivery::dsn::{DsnAction, FailedRecipient};
-use crate::delivery::scheduler::bounce_for;
+use crate::delivery::scheduler::bounce_for_deleted;
 use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
 use crate::store::Store;
 use anyhow::Context;
@@ -125,22 +124,7 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no message {id} in the queue");
             };
             let bounce = if bounce {
-                let settings = store.server_settings()?;
-                let queued: Vec<FailedRecipient> = reader
-                    .listing()?
-                    .into_iter()
-                    .filter(|e| e.id == id)
-                    .flat_map(|e| e.recipients)
-                    .filter(|r| r.state == "queued")
-                    .map(|r| FailedRecipient {
-                        address: r.address,
-                        status: "5.0.0".into(),
-                        diagnostic: Some("deleted from the queue by the administrator".into()),
-                        remote_mta: None,
-                        action: DsnAction::Failed,
-                    })
-                    .collect();
-                bounce_for(&settings, &message, &queued)
+                bounce_for_deleted(&store.server_settings()?, &reader, &message)?
             } else {
                 None
             };

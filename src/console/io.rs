@@ -8,8 +8,7 @@ use super::app::App;
 use super::traffic::{LogLine, epoch_ms};
 use crate::bindings::Binding;
 use crate::decision_log::{DecisionLog, log_path_for};
-use crate::delivery::dsn::{DsnAction, FailedRecipient};
-use crate::delivery::scheduler::bounce_for;
+use crate::delivery::scheduler::bounce_for_deleted;
 use crate::policy::ip_lists::ListKind;
 use crate::policy::rules::Rule;
 use crate::policy::settings::{AuthMode, Switches};
@@ -281,22 +280,7 @@ impl ConsoleIo {
             QueueOp::Delete { bounce, .. } => {
                 let bounce = if bounce {
                     let settings = self.store.server_settings().map_err(|e| e.to_string())?;
-                    let queued: Vec<FailedRecipient> = reader
-                        .listing()
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .filter(|e| e.id == id)
-                        .flat_map(|e| e.recipients)
-                        .filter(|r| r.state == "queued")
-                        .map(|r| FailedRecipient {
-                            address: r.address,
-                            status: "5.0.0".into(),
-                            diagnostic: Some("deleted from the queue by the administrator".into()),
-                            remote_mta: None,
-                            action: DsnAction::Failed,
-                        })
-                        .collect();
-                    bounce_for(&settings, &message, &queued)
+                    bounce_for_deleted(&settings, &reader, &message).map_err(|e| e.to_string())?
                 } else {
                     None
                 };

@@ -597,6 +597,31 @@ async fn record(
     }
 }
 
+/// The bounce for a message the administrator deletes from the queue: every
+/// recipient still queued is reported failed (5.0.0). Shared by `queue
+/// delete --bounce` and the console.
+pub fn bounce_for_deleted(
+    settings: &ServerSettings,
+    reader: &SpoolReader,
+    message: &StoredMessage,
+) -> rusqlite::Result<Option<NewMessage>> {
+    let queued: Vec<FailedRecipient> = reader
+        .listing()?
+        .into_iter()
+        .filter(|e| e.id == message.id)
+        .flat_map(|e| e.recipients)
+        .filter(|r| r.state == "queued")
+        .map(|r| FailedRecipient {
+            address: r.address,
+            status: "5.0.0".into(),
+            diagnostic: Some("deleted from the queue by the administrator".into()),
+            remote_mta: None,
+            action: DsnAction::Failed,
+        })
+        .collect();
+    Ok(bounce_for(settings, message, &queued))
+}
+
 /// The bounce for permanently failed recipients, unless the sender is the
 /// null sender or the message is itself a bounce (never a bounce for a
 /// bounce).
