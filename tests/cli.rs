@@ -1,42 +1,13 @@
 //! The admin CLI, run as the built binary against a real SQLite file.
 
-use std::io::Write;
+mod common;
+
+use common::{CliOutput, run_cli};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn relaygate(db: &Path, args: &[&str], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relaygate"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn relaygate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .or_else(|e| match e.kind() {
-            // The command may exit (refusing its arguments) before reading.
-            std::io::ErrorKind::BrokenPipe => Ok(()),
-            _ => Err(e),
-        })
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn relaygate(db: &Path, args: &[&str], stdin: &str) -> CliOutput {
+    run_cli(db, args, stdin)
 }
 
 fn ok(db: &Path, args: &[&str]) -> String {

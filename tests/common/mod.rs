@@ -21,6 +21,20 @@ pub fn cli(db: &Path, args: &[&str]) -> String {
 }
 
 pub fn cli_stdin(db: &Path, args: &[&str], stdin: &str) -> String {
+    let out = run_cli(db, args, stdin);
+    assert!(out.code == 0, "relaygate {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+/// What a CLI run printed and how it exited.
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary with `--db db`, feeding `stdin`, whatever its exit code.
+pub fn run_cli(db: &Path, args: &[&str], stdin: &str) -> CliOutput {
     let mut child = Command::new(BIN)
         .arg("--db")
         .arg(db)
@@ -36,17 +50,17 @@ pub fn cli_stdin(db: &Path, args: &[&str], stdin: &str) -> String {
         .expect("stdin")
         .write_all(stdin.as_bytes())
         .or_else(|e| match e.kind() {
+            // The command may exit (refusing its arguments) before reading.
             std::io::ErrorKind::BrokenPipe => Ok(()),
             _ => Err(e),
         })
         .expect("stdin write");
     let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "relaygate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// A fresh database whose one binding is 127.0.0.1:0 (an ephemeral port),
