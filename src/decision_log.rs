@@ -112,10 +112,11 @@ impl DecisionLog {
 
 /// Turns a bus event into a record; `None` for command lines.
 pub fn record_for(stamped: &Stamped) -> Option<LogRecord> {
-    let d = describe(&stamped.event);
-    if d.kind == "command" {
+    // Before formatting: command lines are most of the events.
+    if matches!(*stamped.event, crate::events::Event::Command { .. }) {
         return None;
     }
+    let d = describe(&stamped.event);
     Some(LogRecord {
         at_ms: stamped
             .at

@@ -102,6 +102,11 @@ async fn log_events(
 }
 
 fn log_event(event: &Event) {
+    // Command lines are logged at debug level only: do not even format them
+    // unless that level is on.
+    if matches!(event, Event::Command { .. }) && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let d = describe(event);
     match d.level {
         Level::Debug => tracing::debug!("{}", d.text),
