@@ -231,7 +231,7 @@ impl Engine {
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
         };
         let spool = Spool::open(&spool_path_for(&db))?;
-        let log_events = events.subscribe(65_536);
+        let log_events = events.subscribe_without_commands(65_536);
         let (delivery_queue, fresh_work) = mpsc::channel(8192);
         let (state, _) = watch::channel(RunState::Running);
         let shared = Arc::new(Shared {

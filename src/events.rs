@@ -302,21 +302,51 @@ pub struct Stamped {
     pub event: Arc<Event>,
 }
 
+/// A subscriber's channel, and whether it wants command lines.
+#[derive(Debug)]
+struct Subscriber {
+    tx: mpsc::Sender<Stamped>,
+    commands: bool,
+}
+
 /// Fans events out to subscribers without ever blocking the engine.
 #[derive(Debug, Default)]
 pub struct EventBus {
-    subscribers: Mutex<Vec<mpsc::Sender<Stamped>>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     dropped: AtomicU64,
+    /// Some subscriber wants [`Event::Command`]s: only then are they built
+    /// (they are most of the events, one per command line).
+    wants_commands: std::sync::atomic::AtomicBool,
 }
 
 impl EventBus {
-    /// A new subscriber with room for `capacity` events.
+    /// A new subscriber to every event, with room for `capacity` events.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Stamped> {
+        self.add(capacity, true)
+    }
+
+    /// A subscriber to every event but the command lines.
+    pub fn subscribe_without_commands(&self, capacity: usize) -> mpsc::Receiver<Stamped> {
+        self.add(capacity, false)
+    }
+
+    fn add(&self, capacity: usize, commands: bool) -> mpsc::Receiver<Stamped> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(tx);
+            subs.push(Subscriber { tx, commands });
+            self.note_interest(&subs);
         }
         rx
+    }
+
+    fn note_interest(&self, subs: &[Subscriber]) {
+        self.wants_commands
+            .store(subs.iter().any(|s| s.commands), Ordering::Relaxed);
+    }
+
+    /// Whether emitting an [`Event::Command`] reaches anyone.
+    pub fn wants_commands(&self) -> bool {
+        self.wants_commands.load(Ordering::Relaxed)
     }
 
     /// Offers an event to every subscriber; a full subscriber loses it.
@@ -327,18 +357,28 @@ impl EventBus {
         if subs.is_empty() {
             return;
         }
+        let is_command = matches!(event, Event::Command { .. });
         let stamped = Stamped {
             at: SystemTime::now(),
             event: Arc::new(event),
         };
-        subs.retain(|tx| match tx.try_send(stamped.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                true
+        let before = subs.len();
+        subs.retain(|s| {
+            if is_command && !s.commands {
+                return !s.tx.is_closed();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match s.tx.try_send(stamped.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
         });
+        if subs.len() != before {
+            self.note_interest(&subs);
+        }
     }
 
     /// How many events were dropped because a subscriber was full.
@@ -371,5 +411,27 @@ mod tests {
             why: "closed subscriber is forgotten".into(),
         });
         assert_eq!(bus.dropped(), 3);
+    }
+
+    #[test]
+    fn command_lines_only_reach_those_who_want_them() {
+        let bus = EventBus::default();
+        let mut quiet = bus.subscribe_without_commands(8);
+        assert!(!bus.wants_commands());
+        let command = || Event::Command {
+            session: 1,
+            line: "NOOP".into(),
+            reply: "250 2.0.0 Ok".into(),
+        };
+        bus.emit(command());
+        assert!(quiet.try_recv().is_err());
+        let mut all = bus.subscribe(8);
+        assert!(bus.wants_commands());
+        bus.emit(command());
+        assert!(all.try_recv().is_ok());
+        assert!(quiet.try_recv().is_err());
+        drop(all);
+        bus.emit(command());
+        assert!(!bus.wants_commands());
     }
 }

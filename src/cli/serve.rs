@@ -18,7 +18,12 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let bus = std::sync::Arc::new(EventBus::default());
-        let events = bus.subscribe(65_536);
+        // Command lines are logged at debug level only.
+        let events = if tracing::enabled!(tracing::Level::DEBUG) {
+            bus.subscribe(65_536)
+        } else {
+            bus.subscribe_without_commands(65_536)
+        };
         let engine = Engine::start(db, bus).await?;
         let logger = tokio::spawn(log_events(events, std::sync::Arc::clone(engine.shared())));
         tracing::info!(

@@ -315,11 +315,13 @@ async fn run(
                         flush(conn, &mut out, write_limit).await?;
                         let reply = store_message(ctx, id, settings, session, *message).await;
                         out.extend_from_slice(&reply.to_wire());
-                        ctx.shared.events.emit(Event::Command {
-                            session: id,
-                            line: "(end of message data)".into(),
-                            reply: reply.to_string().trim_end().to_string(),
-                        });
+                        if ctx.shared.events.wants_commands() {
+                            ctx.shared.events.emit(Event::Command {
+                                session: id,
+                                line: "(end of message data)".into(),
+                                reply: reply.to_string().trim_end().to_string(),
+                            });
+                        }
                     }
                     Action::Close => {
                         flush(conn, &mut out, write_limit).await?;
@@ -428,6 +430,9 @@ fn session_sender(session: &Session) -> String {
 
 /// Emits the command and its reply; AUTH payloads are never included.
 fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], secret: bool, actions: &[Action]) {
+    if !ctx.shared.events.wants_commands() {
+        return;
+    }
     let reply = actions.iter().find_map(|a| match a {
         Action::Reply(r) => Some(r.to_string().lines().last().unwrap_or_default().to_string()),
         _ => None,
