@@ -19,18 +19,9 @@ PF_PORT=2526
 SINK_PORT=2700
 cd "$(dirname "$0")/.."
 
-if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
-  echo "installing postfix from Debian (no configuration)..."
-  apt-get update -qq
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
-cargo build --release --quiet --bin relaygate --bench smtp_load
-LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+. benches/bench-setup.sh
 work=$(mktemp -d /var/tmp/relaygate-e2e.XXXXXX)
 trap 'postfix stop >/dev/null 2>&1 || true; [ -n "${RG_PID:-}" ] && kill "$RG_PID" 2>/dev/null; [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null; rm -rf "$work"' EXIT
-busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 
 # relay LABEL PORT: sink up, load in, wait for the sink, print the figures.
 relay() {

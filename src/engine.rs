@@ -128,18 +128,15 @@ impl Shared {
             shared: Arc::clone(self),
             ip,
         };
-        let mut clients = self.clients.lock().map_err(|_| "internal error")?;
-        let c = clients.entry(ip).or_default();
-        c.sessions += 1;
-        drop(clients);
+        let per_ip = {
+            let mut clients = self.clients.lock().map_err(|_| "internal error")?;
+            let c = clients.entry(ip).or_default();
+            c.sessions += 1;
+            c.sessions
+        };
         if total as usize > settings.max_sessions {
             return Err("Error: too many sessions, try again later");
         }
-        let per_ip = self
-            .clients
-            .lock()
-            .map(|c| c.get(&ip).map_or(0, |s| s.sessions))
-            .unwrap_or(0);
         if per_ip > settings.max_sessions_per_ip {
             return Err("Error: too many sessions from your address, try again later");
         }

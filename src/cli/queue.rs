@@ -32,6 +32,22 @@ pub enum QueueCommand {
     Release { id: String },
 }
 
+/// Holds or releases one message.
+fn set_held(
+    path: &std::path::Path,
+    id: &str,
+    held: bool,
+    need: impl Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    need(id)?;
+    Spool::open(path)?.apply_blocking(SpoolOp::Hold {
+        message_id: id.to_string(),
+        held,
+    })?;
+    println!("{id} {}", if held { "held" } else { "released" });
+    Ok(())
+}
+
 fn age(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -103,22 +119,8 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             let n = spool.apply_blocking(SpoolOp::RetryNow { message_id: target })?;
             println!("{n} recipients due now");
         }
-        QueueCommand::Hold { id } => {
-            need(&id)?;
-            Spool::open(&path)?.apply_blocking(SpoolOp::Hold {
-                message_id: id.clone(),
-                held: true,
-            })?;
-            println!("{id} held");
-        }
-        QueueCommand::Release { id } => {
-            need(&id)?;
-            Spool::open(&path)?.apply_blocking(SpoolOp::Hold {
-                message_id: id.clone(),
-                held: false,
-            })?;
-            println!("{id} released");
-        }
+        QueueCommand::Hold { id } => set_held(&path, &id, true, need)?,
+        QueueCommand::Release { id } => set_held(&path, &id, false, need)?,
         QueueCommand::Delete { id, bounce } => {
             let Some(message) = reader.message(&id)? else {
                 anyhow::bail!("no message {id} in the queue");
