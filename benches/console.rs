@@ -163,8 +163,8 @@ fn long_log(app: &mut App) {
         };
         lines.push_back(LogLine {
             at_ms: start + i as i64 * 10,
-            kind: kind.into(),
-            verdict: verdict.map(str::to_string),
+            kind: relaygate::events::EventKind::parse(kind),
+            verdict: verdict.and_then(relaygate::events::Outcome::parse),
             text,
             detail: None,
         });

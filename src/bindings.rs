@@ -4,7 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// What a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BindKind {
     /// Port 25 style: STARTTLS offered, AUTH optional.
     Smtp,
@@ -40,7 +41,7 @@ impl fmt::Display for BindKind {
 }
 
 /// One listen address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     pub addr: SocketAddr,
     pub kind: BindKind,

@@ -6,22 +6,25 @@
 //! changes to the engine, and never wait on the spool's fsyncs. Commands
 //! and their replies are not kept (they are in each session's dialogue).
 
-use crate::events::{Stamped, describe};
+use crate::events::{Event, EventKind, Outcome, Stamped};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// One logged event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogRecord {
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: i64,
-    /// `decision`, `auth`, `delivery`, `session`, `config`, `error`.
-    pub kind: String,
-    /// `allowed`/`denied` for decisions, the outcome for deliveries.
-    pub verdict: Option<String>,
-    pub text: String,
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRecord {
+    /// The engine's own typed event, exactly as it was emitted.
+    Event(Stamped),
+    /// A line written by a relaygate from before events were stored typed.
+    Legacy {
+        at_ms: i64,
+        kind: Option<EventKind>,
+        verdict: Option<Outcome>,
+        text: String,
+    },
 }
 
 /// How much history is kept.
@@ -53,44 +56,144 @@ pub struct DecisionLog {
     conn: Connection,
 }
 
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as i64)
+}
+
 impl DecisionLog {
+    /// Opens (creating, owner-only) the log for writing.
     pub fn open(path: &Path) -> rusqlite::Result<DecisionLog> {
+        crate::data_dir::ensure_private_file(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // A log line lost to a power cut is acceptable; a slow engine is not.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        let typed: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'event'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !typed {
+            // Version 2: the typed event as JSON; `text` stays for old rows.
+            conn.execute_batch("ALTER TABLE events ADD COLUMN event TEXT")?;
+        }
         Ok(DecisionLog { conn })
+    }
+
+    /// Opens an existing log without writing to it (the CLI, a console).
+    pub fn open_read_only(path: &Path) -> rusqlite::Result<DecisionLog> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(DecisionLog { conn })
+    }
+
+    fn has_event_column(&self) -> bool {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'event'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .is_ok_and(|n| n > 0)
+    }
+
+    fn read_rows(&self, sql: &str, limit: usize) -> rusqlite::Result<Vec<LogRecord>> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let at_ms: i64 = r.get(0)?;
+            let kind: String = r.get(1)?;
+            let verdict: Option<String> = r.get(2)?;
+            let text: String = r.get(3)?;
+            let event: Option<String> = r.get(4)?;
+            Ok((at_ms, kind, verdict, text, event))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at_ms, kind, verdict, text, event) = row?;
+            let typed = event.and_then(|json| serde_json::from_str::<Event>(&json).ok());
+            out.push(match typed {
+                Some(event) => LogRecord::Event(Stamped {
+                    at: UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
+                    event: Arc::new(event),
+                }),
+                None => LogRecord::Legacy {
+                    at_ms,
+                    kind: EventKind::parse(&kind),
+                    verdict: verdict.as_deref().and_then(Outcome::parse),
+                    text,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// The newest `limit` records, oldest first.
     pub fn recent(&self, limit: usize) -> rusqlite::Result<Vec<LogRecord>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at_ms, kind, verdict, text FROM
-               (SELECT id, at_ms, kind, verdict, text FROM events ORDER BY id DESC LIMIT ?1)
-             ORDER BY id",
-        )?;
-        let rows = stmt.query_map([limit as i64], |r| {
-            Ok(LogRecord {
-                at_ms: r.get(0)?,
-                kind: r.get(1)?,
-                verdict: r.get(2)?,
-                text: r.get(3)?,
-            })
-        })?;
-        rows.collect()
+        let event = if self.has_event_column() {
+            "event"
+        } else {
+            "NULL"
+        };
+        self.read_rows(
+            &format!(
+                "SELECT at_ms, kind, verdict, text, {event} FROM
+                   (SELECT * FROM events ORDER BY id DESC LIMIT ?1)
+                 ORDER BY id"
+            ),
+            limit,
+        )
     }
 
-    /// Appends records in one transaction.
-    pub fn append(&mut self, records: &[LogRecord]) -> rusqlite::Result<()> {
+    /// The newest configuration outcome: the last rejection if nothing was
+    /// accepted after it (what `policy show` reports), else `None`.
+    pub fn standing_rejection(&self) -> rusqlite::Result<Option<(SystemTime, Event)>> {
+        if !self.has_event_column() {
+            return Ok(None);
+        }
+        let records = self.read_rows(
+            "SELECT at_ms, kind, verdict, text, event FROM events
+             WHERE kind IN ('config', 'error') AND event IS NOT NULL
+             ORDER BY id DESC LIMIT ?1",
+            200,
+        )?;
+        for record in records {
+            if let LogRecord::Event(stamped) = record {
+                match stamped.event.as_ref() {
+                    Event::ConfigRejected { .. } => {
+                        return Ok(Some((stamped.at, (*stamped.event).clone())));
+                    }
+                    Event::PolicyReloaded { .. } | Event::EngineStarted { .. } => return Ok(None),
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends events in one transaction.
+    pub fn append(&mut self, events: &[&Stamped]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (at_ms, kind, verdict, text) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO events (at_ms, kind, verdict, text, event) VALUES (?1, ?2, ?3, '', ?4)",
             )?;
-            for r in records {
-                stmt.execute(rusqlite::params![r.at_ms, r.kind, r.verdict, r.text])?;
+            for stamped in events {
+                let (kind, verdict) = stamped.event.classify();
+                let json = serde_json::to_string(stamped.event.as_ref())
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                stmt.execute(rusqlite::params![
+                    millis(stamped.at),
+                    kind.as_str(),
+                    verdict.map(Outcome::as_str),
+                    json
+                ])?;
             }
         }
         tx.commit()
@@ -110,22 +213,10 @@ impl DecisionLog {
     }
 }
 
-/// Turns a bus event into a record; `None` for command lines.
-pub fn record_for(stamped: &Stamped) -> Option<LogRecord> {
-    // Before formatting: command lines are most of the events.
-    if matches!(*stamped.event, crate::events::Event::Command { .. }) {
-        return None;
-    }
-    let d = describe(&stamped.event);
-    Some(LogRecord {
-        at_ms: stamped
-            .at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |t| t.as_millis() as i64),
-        kind: d.kind.to_string(),
-        verdict: d.verdict.map(str::to_string),
-        text: d.text,
-    })
+/// Whether an event is kept in the log: everything but command lines
+/// (they are in each session's dialogue).
+pub fn is_logged(stamped: &Stamped) -> bool {
+    !matches!(*stamped.event, Event::Command { .. })
 }
 
 /// The writer, on its own thread: takes whatever events are waiting,
@@ -147,15 +238,16 @@ pub fn spawn_writer(
             };
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
             while let Some(first) = events.blocking_recv() {
-                let mut batch: Vec<LogRecord> = record_for(&first).into_iter().collect();
+                let mut batch: Vec<Stamped> = vec![first];
                 while batch.len() < 5000 {
                     match events.try_recv() {
-                        Ok(e) => batch.extend(record_for(&e)),
+                        Ok(e) => batch.push(e),
                         Err(_) => break,
                     }
                 }
-                if !batch.is_empty() {
-                    let _ = log.append(&batch);
+                let logged: Vec<&Stamped> = batch.iter().filter(|s| is_logged(s)).collect();
+                if !logged.is_empty() {
+                    let _ = log.append(&logged);
                 }
                 if last_prune.elapsed() >= Duration::from_secs(60) {
                     let now = std::time::SystemTime::now()
@@ -174,30 +266,39 @@ pub fn spawn_writer(
 mod tests {
     use super::*;
 
-    fn rec(at_ms: i64, text: &str) -> LogRecord {
-        LogRecord {
-            at_ms,
-            kind: "decision".into(),
-            verdict: Some("denied".into()),
-            text: text.into(),
+    fn rec(at_ms: i64, session: u64) -> Stamped {
+        Stamped {
+            at: UNIX_EPOCH + Duration::from_millis(at_ms as u64),
+            event: Arc::new(Event::SessionClosed {
+                session,
+                why: format!("line {session}"),
+            }),
         }
+    }
+
+    fn sessions(records: &[LogRecord]) -> Vec<u64> {
+        records
+            .iter()
+            .map(|r| match r {
+                LogRecord::Event(s) => match s.event.as_ref() {
+                    Event::SessionClosed { session, .. } => *session,
+                    other => panic!("unexpected {other:?}"),
+                },
+                LogRecord::Legacy { .. } => panic!("legacy"),
+            })
+            .collect()
     }
 
     #[test]
     fn append_recent_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = DecisionLog::open(&dir.path().join("log.db")).unwrap();
-        log.append(
-            &(0..10)
-                .map(|i| rec(1000 * i, &format!("line {i}")))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let records: Vec<Stamped> = (0..10).map(|i| rec(1000 * i, i as u64)).collect();
+        log.append(&records.iter().collect::<Vec<_>>()).unwrap();
         let last3 = log.recent(3).unwrap();
-        assert_eq!(
-            last3.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
-            ["line 7", "line 8", "line 9"]
-        );
+        assert_eq!(sessions(&last3), [7, 8, 9]);
+        // The event comes back exactly as it was emitted.
+        assert_eq!(last3[2], LogRecord::Event(records[9].clone()));
         // Older than 5.5 s at t=10 s: lines 0-4 go; then at most 3 rows stay.
         let retention = Retention {
             max_age: Duration::from_millis(5500),
@@ -205,9 +306,59 @@ mod tests {
         };
         log.prune(retention, 10_000).unwrap();
         let left = log.recent(100).unwrap();
+        assert_eq!(sessions(&left), [7, 8, 9]);
+    }
+
+    #[test]
+    fn old_text_rows_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO events (at_ms, kind, verdict, text) VALUES (5, 'decision', 'denied', 'old line')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut log = DecisionLog::open(&path).unwrap();
+        log.append(&[&rec(6, 1)]).unwrap();
+        let all = log.recent(10).unwrap();
         assert_eq!(
-            left.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
-            ["line 7", "line 8", "line 9"]
+            all[0],
+            LogRecord::Legacy {
+                at_ms: 5,
+                kind: Some(EventKind::Decision),
+                verdict: Some(Outcome::Denied),
+                text: "old line".into()
+            }
         );
+        assert_eq!(sessions(&all[1..]), [1]);
+    }
+
+    #[test]
+    fn a_rejection_stands_until_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DecisionLog::open(&dir.path().join("log.db")).unwrap();
+        let at = |ms: u64, event: Event| Stamped {
+            at: UNIX_EPOCH + Duration::from_millis(ms),
+            event: Arc::new(event),
+        };
+        let rejected = Event::ConfigRejected {
+            error: crate::events::ConfigError::Tls {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into(),
+                detail: "no such file".into(),
+            },
+        };
+        log.append(&[&at(1, rejected.clone())]).unwrap();
+        assert_eq!(
+            log.standing_rejection().unwrap().map(|r| r.1),
+            Some(rejected)
+        );
+        log.append(&[&at(2, Event::PolicyReloaded { allow: 1, deny: 0 })])
+            .unwrap();
+        assert_eq!(log.standing_rejection().unwrap(), None);
     }
 }

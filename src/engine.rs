@@ -2,18 +2,25 @@
 //! event bus. `relaygate serve --headless` and the console both run this
 //! one type.
 //!
+//! One engine per data directory: it holds the directory's lock for its
+//! whole life, and serves its control socket for consoles to attach.
+//!
 //! Configuration is polled from the database (`PRAGMA data_version`, four
 //! times a second): a change made by any other process (the CLI, the
-//! console) is validated, compiled, and swapped in whole; sessions take one
-//! snapshot per transaction and never see half an edit. A configuration
-//! that does not compile leaves the old snapshot in force.
+//! console) is read in one read transaction, validated, compiled (TLS
+//! included) and swapped in whole; sessions take one snapshot per
+//! transaction and never see half an edit. A configuration the engine
+//! refuses leaves the old snapshot in force and is reported as a typed
+//! [`ConfigError`].
 
 use crate::bindings::{BindKind, Binding};
-use crate::events::{Event, EventBus, Stamped};
+use crate::control::feed::Feed;
+use crate::data_dir::{DataDir, EngineLock, LockError};
+use crate::events::{ConfigError, Event, EventBus, Stamped};
 use crate::policy::Policy;
 use crate::server_settings::ServerSettings;
 use crate::smtp::server::{ConnectionContext, serve_connection};
-use crate::spool::{Spool, spool_path_for};
+use crate::spool::Spool;
 use crate::store::Store;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,13 +33,25 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-/// What a session reads at the start of each transaction.
-#[derive(Debug)]
+/// What a session reads at the start of each transaction: everything the
+/// engine runs on, from one read of the store.
 pub struct Snapshot {
     pub policy: Arc<Policy>,
     pub settings: Arc<ServerSettings>,
     /// Delivery routes, the default `*` last.
     pub routes: Arc<Vec<crate::delivery::Route>>,
+    /// STARTTLS and implicit TLS; built with the settings it came from.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("settings", &self.settings)
+            .field("routes", &self.routes.len())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// The engine's lifecycle as sessions see it.
@@ -51,6 +70,12 @@ pub enum EngineError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Control(#[from] crate::control::server::ControlError),
 }
 
 /// Per client IP: concurrent sessions and recent AUTH failures.
@@ -64,7 +89,6 @@ struct ClientState {
 /// State shared by the engine and every session.
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
-    tls: RwLock<Option<TlsAcceptor>>,
     pub events: Arc<EventBus>,
     pub spool: Spool,
     clients: Mutex<HashMap<IpAddr, ClientState>>,
@@ -106,7 +130,7 @@ impl Shared {
     }
 
     pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.tls.read().ok().and_then(|t| t.clone())
+        self.snapshot().tls.clone()
     }
 
     pub fn run_state(&self) -> watch::Receiver<RunState> {
@@ -182,62 +206,149 @@ impl Shared {
 }
 
 /// A listener the engine runs, and how it stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenerStatus {
     pub binding: Binding,
     /// The address actually bound (differs for port 0), or the OS error.
     pub bound: Result<SocketAddr, String>,
 }
 
+/// A binding that could not be opened is tried again after this, doubling
+/// up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 struct Listener {
     status: ListenerStatus,
     stop: Option<watch::Sender<bool>>,
     task: Option<JoinHandle<()>>,
+    /// For a failed binding: when to try again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
+}
+
+type ListenerTable = Arc<Mutex<HashMap<SocketAddr, Listener>>>;
+
+fn listener_statuses(listeners: &ListenerTable) -> Vec<ListenerStatus> {
+    let mut v: Vec<ListenerStatus> = listeners
+        .lock()
+        .map(|l| l.values().map(|l| l.status.clone()).collect())
+        .unwrap_or_default();
+    v.sort_by_key(|s| s.binding.addr);
+    v
+}
+
+/// Asks the running engine to do something outside its schedule.
+#[derive(Debug, Default)]
+pub struct Nudges {
+    /// Try the failed bindings again now.
+    pub retry_bindings: Arc<tokio::sync::Notify>,
+    /// Read the TLS certificate files again (SIGHUP).
+    pub reload_tls: Arc<tokio::sync::Notify>,
 }
 
 /// The running engine.
 pub struct Engine {
     shared: Arc<Shared>,
-    db: PathBuf,
-    listeners: Arc<Mutex<HashMap<SocketAddr, Listener>>>,
+    dir: DataDir,
+    listeners: ListenerTable,
     sessions_done: mpsc::Receiver<()>,
     session_token: Option<mpsc::Sender<()>>,
     reload: Option<JoinHandle<()>>,
     delivery: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    feed: Feed,
+    nudges: Arc<Nudges>,
+    /// Held until the engine is dropped: no second engine on this data.
+    lock: Option<EngineLock>,
+}
+
+/// Builds the TLS acceptor the settings ask for.
+fn build_tls(db: &Path, settings: &ServerSettings) -> Result<TlsAcceptor, ConfigError> {
+    let configured = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(c), Some(k)) => Some((Path::new(c.as_str()), Path::new(k.as_str()))),
+        _ => None,
+    };
+    crate::tls::server_config(configured, db, &settings.hostname)
+        .map(TlsAcceptor::from)
+        .map_err(|e| {
+            let (cert, key) = match configured {
+                Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
+                None => crate::tls::generated_paths(db),
+            };
+            ConfigError::Tls {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                detail: e.to_string(),
+            }
+        })
+}
+
+/// Reads the whole configuration in one transaction and builds the
+/// snapshot from it. TLS is rebuilt when its settings changed or `tls` is
+/// forced; otherwise the previous acceptor is kept.
+fn load_snapshot(
+    store: &mut Store,
+    db: &Path,
+    previous: Option<&Snapshot>,
+    reload_tls: bool,
+) -> Result<(Snapshot, Vec<Binding>), ConfigError> {
+    let config = store.engine_config().map_err(|e| ConfigError::Store {
+        detail: e.to_string(),
+    })?;
+    let tls_changed = |p: &Snapshot| {
+        p.settings.tls_cert_file != config.settings.tls_cert_file
+            || p.settings.tls_key_file != config.settings.tls_key_file
+            || p.settings.hostname != config.settings.hostname
+    };
+    let tls = match previous {
+        Some(p) if !reload_tls && !tls_changed(p) => p.tls.clone(),
+        _ => Some(build_tls(db, &config.settings)?),
+    };
+    Ok((
+        Snapshot {
+            policy: Arc::new(config.policy),
+            settings: Arc::new(config.settings),
+            routes: Arc::new(config.routes),
+            tls,
+        },
+        config.bindings,
+    ))
 }
 
 impl Engine {
-    /// Opens the database and the spool, binds every stored listener
-    /// (one that fails is reported and the others run) and starts watching
+    /// Takes the data directory's lock, opens the database and the spool,
+    /// binds every stored listener (one that fails is reported, retried,
+    /// and the others run), opens the control socket and starts watching
     /// the configuration. Events go to `events`, which the caller has
     /// subscribed to first so that nothing (listener failures included) is
     /// missed. Must run inside a tokio runtime.
     pub async fn start(db: &Path, events: Arc<EventBus>) -> Result<Engine, EngineError> {
-        let db = db.to_path_buf();
-        let (store, policy, settings, bindings, routes) = {
-            let db = db.clone();
+        let dir = DataDir::for_db(db);
+        let lock = EngineLock::acquire(&dir)?;
+        let (store, snapshot, bindings) = {
+            let db = dir.db.clone();
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
                 let mut store = Store::open(&db)?;
-                let policy = store.load_policy()?;
-                let settings = store.server_settings()?;
-                let bindings = store.bindings()?;
-                let routes = store.routes()?;
-                Ok((store, policy, settings, bindings, routes))
+                let (snapshot, bindings) = load_snapshot(&mut store, &db, None, true)?;
+                Ok((store, snapshot, bindings))
             })
             .await
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
         };
-        let spool = Spool::open(&spool_path_for(&db))?;
+        let spool = Spool::open(&dir.spool)?;
         let log_events = events.subscribe_without_commands(65_536);
         let (delivery_queue, fresh_work) = mpsc::channel(8192);
         let (state, _) = watch::channel(RunState::Running);
+        let listeners: ListenerTable = Arc::new(Mutex::new(HashMap::new()));
+        let feed = {
+            let listeners = Arc::clone(&listeners);
+            Feed::start(
+                Arc::clone(&events),
+                Arc::new(move || listener_statuses(&listeners)),
+            )
+        };
         let shared = Arc::new(Shared {
-            snapshot: RwLock::new(Arc::new(Snapshot {
-                policy: Arc::new(policy),
-                settings: Arc::new(settings.clone()),
-                routes: Arc::new(routes),
-            })),
-            tls: RwLock::new(None),
+            snapshot: RwLock::new(Arc::new(snapshot)),
             events,
             spool,
             clients: Mutex::new(HashMap::new()),
@@ -249,39 +360,52 @@ impl Engine {
         let (token, sessions_done) = mpsc::channel(1);
         let mut engine = Engine {
             shared,
-            db,
-            listeners: Arc::new(Mutex::new(HashMap::new())),
+            dir,
+            listeners,
             sessions_done,
             session_token: Some(token),
             reload: None,
             delivery: None,
+            control: None,
+            feed,
+            nudges: Arc::new(Nudges::default()),
+            lock: Some(lock),
         };
         let for_log = Arc::clone(&engine.shared);
-        let log_writer = crate::decision_log::spawn_writer(
-            &crate::decision_log::log_path_for(&engine.db),
-            log_events,
-            move || {
+        let log_writer =
+            crate::decision_log::spawn_writer(&engine.dir.log, log_events, move || {
                 let s = for_log.snapshot();
                 crate::decision_log::Retention {
                     max_age: Duration::from_secs(s.settings.log_retention_days * 86_400),
                     max_rows: s.settings.log_max_rows,
                 }
-            },
-        );
+            });
         if let Err(e) = log_writer {
             engine.shared.events.emit(Event::Error {
                 session: None,
                 message: format!("event log disabled: {e}"),
             });
         }
-        engine.load_tls(&settings);
+        engine.shared.events.emit(Event::EngineStarted {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        });
+        let (stop_control, control_stopped) = watch::channel(false);
+        let control = crate::control::server::start(
+            &engine.dir.socket,
+            Arc::clone(&engine.shared),
+            engine.feed.clone(),
+            Arc::clone(&engine.nudges.retry_bindings),
+            control_stopped,
+        )?;
+        engine.control = Some((stop_control, control));
         engine.reconcile_listeners(&bindings).await;
         let (stop_delivery, stopped) = watch::channel(false);
         engine.delivery = Some((
             stop_delivery,
             tokio::spawn(crate::delivery::scheduler::run(
                 Arc::clone(&engine.shared),
-                spool_path_for(&engine.db),
+                engine.dir.spool.clone(),
                 fresh_work,
                 stopped,
             )),
@@ -289,16 +413,31 @@ impl Engine {
         engine.reload = Some(tokio::spawn(watch_config(
             store,
             Arc::clone(&engine.shared),
-            engine.db.clone(),
+            engine.dir.db.clone(),
             Arc::clone(&engine.listeners),
             engine.session_token.clone(),
-            settings,
+            Arc::clone(&engine.nudges),
         )));
         Ok(engine)
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The live feed consoles attach to.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// The engine's paths.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// Ways to ask the engine for a retry or a TLS reload.
+    pub fn nudges(&self) -> &Arc<Nudges> {
+        &self.nudges
     }
 
     /// A new event subscriber.
@@ -308,27 +447,23 @@ impl Engine {
 
     /// Every configured listener and how it stands.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
-        let mut v: Vec<ListenerStatus> = self
-            .listeners
-            .lock()
-            .map(|l| l.values().map(|l| l.status.clone()).collect())
-            .unwrap_or_default();
-        v.sort_by_key(|s| s.binding.addr);
-        v
+        listener_statuses(&self.listeners)
     }
 
-    fn load_tls(&self, settings: &ServerSettings) {
-        load_tls(&self.shared, &self.db, settings);
+    /// Whether every configured listener is listening.
+    pub fn all_listening(&self) -> bool {
+        self.listeners().iter().all(|l| l.bound.is_ok())
     }
 
     async fn reconcile_listeners(&self, bindings: &[Binding]) {
         if let Some(token) = &self.session_token {
-            reconcile(&self.shared, &self.listeners, bindings, token).await;
+            reconcile(&self.shared, &self.listeners, bindings, token, false).await;
         }
     }
 
     /// Stops accepting, lets messages in DATA finish for the grace period,
-    /// then closes every session with 421 and waits for them all.
+    /// then closes every session with 421 and waits for them all. The
+    /// control socket is removed and the lock released last.
     pub async fn shutdown(mut self) {
         if let Some(reload) = self.reload.take() {
             reload.abort();
@@ -363,35 +498,23 @@ impl Engine {
             self.shared.state.send_replace(RunState::Aborting);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions_done.recv()).await;
         }
-    }
-}
-
-fn load_tls(shared: &Shared, db: &Path, settings: &ServerSettings) {
-    let configured = match (&settings.tls_cert_file, &settings.tls_key_file) {
-        (Some(c), Some(k)) => Some((Path::new(c.as_str()), Path::new(k.as_str()))),
-        _ => None,
-    };
-    let acceptor = match crate::tls::server_config(configured, db, &settings.hostname) {
-        Ok(config) => Some(TlsAcceptor::from(config)),
-        Err(e) => {
-            shared.events.emit(Event::Error {
-                session: None,
-                message: format!("TLS disabled: {e}"),
-            });
-            None
+        if let Some((stop, task)) = self.control.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
-    };
-    if let Ok(mut tls) = shared.tls.write() {
-        *tls = acceptor;
+        self.lock.take();
     }
 }
 
-/// Opens listeners for new bindings and closes those no longer wanted.
+/// Opens listeners for new bindings, closes those no longer wanted, and
+/// tries failed ones again when their back-off is over (or now, if
+/// `retry_now`). A failure is reported once; the success after it too.
 async fn reconcile(
     shared: &Arc<Shared>,
-    listeners: &Arc<Mutex<HashMap<SocketAddr, Listener>>>,
+    listeners: &ListenerTable,
     bindings: &[Binding],
     token: &mpsc::Sender<()>,
+    retry_now: bool,
 ) {
     let wanted: HashMap<SocketAddr, BindKind> = bindings.iter().map(|b| (b.addr, b.kind)).collect();
     let to_stop: Vec<Listener> = match listeners.lock() {
@@ -406,25 +529,32 @@ async fn reconcile(
         Err(_) => Vec::new(),
     };
     for mut l in to_stop {
+        let was_up = l.status.bound.is_ok();
         if let Some(stop) = l.stop.take() {
             let _ = stop.send(true);
         }
         if let Some(task) = l.task.take() {
             let _ = task.await;
         }
-        shared.events.emit(Event::ListenerDown {
-            addr: l.status.binding.addr,
-        });
-    }
-    for binding in bindings {
-        let present = listeners
-            .lock()
-            .map(|m| m.contains_key(&binding.addr))
-            .unwrap_or(true);
-        if present {
-            continue;
+        if was_up {
+            shared.events.emit(Event::ListenerDown {
+                addr: l.status.binding.addr,
+            });
         }
-        let listener = open_listener(shared, *binding, token.clone()).await;
+    }
+    let now = Instant::now();
+    for binding in bindings {
+        let previous_retry = match listeners.lock() {
+            Ok(m) => match m.get(&binding.addr) {
+                None => None,
+                Some(l) => match l.retry {
+                    Some((due, wait)) if retry_now || now >= due => Some(wait),
+                    _ => continue,
+                },
+            },
+            Err(_) => continue,
+        };
+        let listener = open_listener(shared, *binding, token.clone(), previous_retry).await;
         if let Ok(mut map) = listeners.lock() {
             map.insert(binding.addr, listener);
         }
@@ -435,6 +565,7 @@ async fn open_listener(
     shared: &Arc<Shared>,
     binding: Binding,
     token: mpsc::Sender<()>,
+    previous_retry: Option<Duration>,
 ) -> Listener {
     match TcpListener::bind(binding.addr).await {
         Ok(tcp) => {
@@ -458,15 +589,20 @@ async fn open_listener(
                 },
                 stop: Some(stop),
                 task: Some(task),
+                retry: None,
             }
         }
         Err(e) => {
             let error = e.to_string();
-            shared.events.emit(Event::ListenerFailed {
-                addr: binding.addr,
-                kind: binding.kind,
-                error: error.clone(),
-            });
+            // Reported once; the retries are quiet until one succeeds.
+            if previous_retry.is_none() {
+                shared.events.emit(Event::ListenerFailed {
+                    addr: binding.addr,
+                    kind: binding.kind,
+                    error: error.clone(),
+                });
+            }
+            let wait = previous_retry.map_or(RETRY_FIRST, |w| (w * 2).min(RETRY_MAX));
             Listener {
                 status: ListenerStatus {
                     binding,
@@ -474,6 +610,7 @@ async fn open_listener(
                 },
                 stop: None,
                 task: None,
+                retry: Some((Instant::now() + wait, wait)),
             }
         }
     }
@@ -512,81 +649,70 @@ async fn accept_loop(
     }
 }
 
-/// Polls the database for changes and swaps in the new configuration.
+/// Polls the database for changes and swaps in the new configuration;
+/// retries failed bindings; reloads TLS when asked (SIGHUP).
 async fn watch_config(
     store: Store,
     shared: Arc<Shared>,
     db: PathBuf,
-    listeners: Arc<Mutex<HashMap<SocketAddr, Listener>>>,
+    listeners: ListenerTable,
     token: Option<mpsc::Sender<()>>,
-    mut settings: ServerSettings,
+    nudges: Arc<Nudges>,
 ) {
     let Some(token) = token else { return };
     let store = Arc::new(Mutex::new(store));
     let mut last_version: Option<i64> = None;
+    let mut bindings: Vec<Binding> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        tick.tick().await;
+        let mut reload_tls = false;
+        let mut retry_now = false;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = nudges.reload_tls.notified() => reload_tls = true,
+            _ = nudges.retry_bindings.notified() => retry_now = true,
+        }
         let store2 = Arc::clone(&store);
+        let previous = shared.snapshot();
+        let db2 = db.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let mut store = store2
-                .lock()
-                .map_err(|_| "store lock poisoned".to_string())?;
-            let version = store.data_version().map_err(|e| e.to_string())?;
-            if last_version == Some(version) {
+            let mut store = store2.lock().map_err(|_| ConfigError::Store {
+                detail: "store lock poisoned".into(),
+            })?;
+            let version = store.data_version().map_err(|e| ConfigError::Store {
+                detail: e.to_string(),
+            })?;
+            if last_version == Some(version) && !reload_tls {
                 return Ok(None);
             }
-            let result = (|| {
-                Ok::<_, crate::store::StoreError>((
-                    store.load_policy()?,
-                    store.server_settings()?,
-                    store.bindings()?,
-                    store.routes()?,
-                ))
-            })();
-            Ok(Some((version, result.map_err(|e| e.to_string()))))
+            let result = load_snapshot(&mut store, &db2, Some(&previous), reload_tls);
+            Ok(Some((version, result)))
         })
-        .await;
-        let (version, result) = match loaded {
-            Ok(Ok(Some(v))) => v,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
-                shared.events.emit(Event::ConfigRejected { error: e });
-                continue;
-            }
-            Err(e) => {
-                shared.events.emit(Event::ConfigRejected {
-                    error: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let first = last_version.is_none();
-        last_version = Some(version);
-        match result {
-            Ok((policy, new_settings, bindings, routes)) => {
-                let (allow, deny) = count_lists(&policy);
-                if new_settings.tls_cert_file != settings.tls_cert_file
-                    || new_settings.tls_key_file != settings.tls_key_file
-                    || new_settings.hostname != settings.hostname
-                {
-                    load_tls(&shared, &db, &new_settings);
-                }
-                settings = new_settings.clone();
-                if let Ok(mut snap) = shared.snapshot.write() {
-                    *snap = Arc::new(Snapshot {
-                        policy: Arc::new(policy),
-                        settings: Arc::new(new_settings),
-                        routes: Arc::new(routes),
-                    });
-                }
-                if !first {
-                    shared.events.emit(Event::PolicyReloaded { allow, deny });
-                }
-                reconcile(&shared, &listeners, &bindings, &token).await;
-            }
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError::Store {
+                detail: e.to_string(),
+            })
+        });
+        match loaded {
+            Ok(None) => {}
             Err(error) => shared.events.emit(Event::ConfigRejected { error }),
+            Ok(Some((version, result))) => {
+                last_version = Some(version);
+                match result {
+                    Ok((snapshot, new_bindings)) => {
+                        let (allow, deny) = count_lists(&snapshot.policy);
+                        if let Ok(mut snap) = shared.snapshot.write() {
+                            *snap = Arc::new(snapshot);
+                        }
+                        shared.events.emit(Event::PolicyReloaded { allow, deny });
+                        bindings = new_bindings;
+                    }
+                    Err(error) => shared.events.emit(Event::ConfigRejected { error }),
+                }
+            }
         }
+        reconcile(&shared, &listeners, &bindings, &token, retry_now).await;
     }
 }
 

@@ -6,15 +6,24 @@
 
 use crate::bindings::BindKind;
 use crate::policy::decision::Decision;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
-/// One thing that happened in the engine.
-#[derive(Debug, Clone)]
+/// One thing that happened in the engine. The same value reaches the
+/// headless log, the persisted event log (as JSON), the control socket and
+/// the screen; text is made from it at each edge, never parsed back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// The engine took its lock and is starting.
+    EngineStarted {
+        pid: u32,
+        version: String,
+    },
     ListenerUp {
         addr: SocketAddr,
         kind: BindKind,
@@ -34,7 +43,7 @@ pub enum Event {
     },
     /// The stored configuration could not be loaded; the old one stays.
     ConfigRejected {
-        error: String,
+        error: ConfigError,
     },
     SessionOpened {
         session: u64,
@@ -47,6 +56,11 @@ pub enum Event {
     SessionRefused {
         peer: SocketAddr,
         reply: String,
+    },
+    /// A control-socket client was refused (its credentials do not allow it).
+    ControlRefused {
+        uid: u32,
+        pid: Option<i32>,
     },
     SessionClosed {
         session: u64,
@@ -91,7 +105,7 @@ pub enum Event {
         message_id: String,
         recipient: String,
         host: String,
-        outcome: &'static str,
+        outcome: DeliveryOutcome,
         reply: String,
     },
     /// A bounce was queued for the sender of a message.
@@ -106,15 +120,195 @@ pub enum Event {
     },
 }
 
-/// How an event reads in a log: its kind (for filtering), an outcome word
-/// where there is one, the severity and one line of text. The headless log,
-/// the decision log and the console all render events through this.
+/// What a delivery attempt did for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Deferred => "deferred",
+            DeliveryOutcome::Bounced => "bounced",
+            DeliveryOutcome::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the engine refused a configuration; the previous one stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum ConfigError {
+    /// The database could not be read or holds something invalid.
+    #[error("the configuration cannot be read: {detail}")]
+    Store { detail: String },
+    /// The configured TLS certificate or key cannot be used.
+    #[error("TLS certificate {cert} / key {key} unusable: {detail}")]
+    Tls {
+        cert: String,
+        key: String,
+        detail: String,
+    },
+}
+
+/// What kind of thing an event is, for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Decision,
+    Auth,
+    Delivery,
+    Session,
+    Command,
+    Config,
+    Error,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Decision => "decision",
+            EventKind::Auth => "auth",
+            EventKind::Delivery => "delivery",
+            EventKind::Session => "session",
+            EventKind::Command => "command",
+            EventKind::Config => "config",
+            EventKind::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Decision,
+            EventKind::Auth,
+            EventKind::Delivery,
+            EventKind::Session,
+            EventKind::Command,
+            EventKind::Config,
+            EventKind::Error,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome an event reports, where it has one: what colours a line and
+/// what the Log panel's filters select on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    Refused,
+    Accepted,
+    Authenticated,
+    Failed,
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Refused => "refused",
+            Outcome::Accepted => "accepted",
+            Outcome::Authenticated => "authenticated",
+            Outcome::Failed => "failed",
+            Outcome::Delivered => "delivered",
+            Outcome::Deferred => "deferred",
+            Outcome::Bounced => "bounced",
+            Outcome::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        use Outcome::*;
+        [
+            Allowed,
+            Denied,
+            Refused,
+            Accepted,
+            Authenticated,
+            Failed,
+            Delivered,
+            Deferred,
+            Bounced,
+            Expired,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+
+    /// Good news, bad news, or a warning.
+    pub fn tone(self) -> Tone {
+        match self {
+            Outcome::Allowed | Outcome::Accepted | Outcome::Authenticated | Outcome::Delivered => {
+                Tone::Good
+            }
+            Outcome::Denied
+            | Outcome::Refused
+            | Outcome::Failed
+            | Outcome::Bounced
+            | Outcome::Expired => Tone::Bad,
+            Outcome::Deferred => Tone::Warning,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<DeliveryOutcome> for Outcome {
+    fn from(o: DeliveryOutcome) -> Outcome {
+        match o {
+            DeliveryOutcome::Delivered => Outcome::Delivered,
+            DeliveryOutcome::Deferred => Outcome::Deferred,
+            DeliveryOutcome::Bounced => Outcome::Bounced,
+            DeliveryOutcome::Expired => Outcome::Expired,
+        }
+    }
+}
+
+/// How an outcome reads: what the screen colours green, red or yellow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Good,
+    Bad,
+    Warning,
+}
+
+/// How an event reads in a log: its kind (for filtering), an outcome where
+/// there is one, the severity and one line of text. The headless log, the
+/// event log and the console all render events through this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Described {
-    /// `decision`, `auth`, `delivery`, `session`, `command`, `config`, `error`.
-    pub kind: &'static str,
-    /// `allowed`/`denied` for decisions, the delivery outcome, `failed` for AUTH.
-    pub verdict: Option<&'static str>,
+    pub kind: EventKind,
+    pub verdict: Option<Outcome>,
     pub level: Level,
     pub text: String,
 }
@@ -128,42 +322,75 @@ pub enum Level {
     Error,
 }
 
+impl Event {
+    /// The kind and outcome of an event, without formatting its text.
+    pub fn classify(&self) -> (EventKind, Option<Outcome>) {
+        use EventKind as K;
+        match self {
+            Event::EngineStarted { .. }
+            | Event::ListenerUp { .. }
+            | Event::ListenerDown { .. }
+            | Event::PolicyReloaded { .. } => (K::Config, None),
+            Event::ListenerFailed { .. } | Event::ConfigRejected { .. } | Event::Error { .. } => {
+                (K::Error, None)
+            }
+            Event::ControlRefused { .. } => (K::Error, Some(Outcome::Refused)),
+            Event::SessionOpened { .. }
+            | Event::SessionClosed { .. }
+            | Event::TlsEstablished { .. } => (K::Session, None),
+            Event::SessionRefused { .. } => (K::Session, Some(Outcome::Refused)),
+            Event::Command { .. } => (K::Command, None),
+            Event::Authenticated { .. } => (K::Auth, Some(Outcome::Authenticated)),
+            Event::AuthFailed { .. } => (K::Auth, Some(Outcome::Failed)),
+            Event::Decision { decision, .. } => (
+                K::Decision,
+                Some(if decision.is_allowed() {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Denied
+                }),
+            ),
+            Event::MessageAccepted { .. } => (K::Session, Some(Outcome::Accepted)),
+            Event::Delivery { outcome, .. } => (K::Delivery, Some((*outcome).into())),
+            Event::Bounced { .. } => (K::Delivery, Some(Outcome::Bounced)),
+        }
+    }
+}
+
 /// One line for an event, the same wherever it is shown.
 pub fn describe(event: &Event) -> Described {
     use Level::*;
-    let d = |kind, verdict, level, text: String| Described {
+    let (kind, verdict) = event.classify();
+    let d = |level, text: String| Described {
         kind,
         verdict,
         level,
         text,
     };
     match event {
-        Event::ListenerUp { addr, kind } => d(
-            "config",
-            None,
+        Event::EngineStarted { pid, version } => d(
             Info,
-            format!("listening on {addr} ({kind})"),
+            format!("relaygate {version} engine started (pid {pid})"),
         ),
-        Event::ListenerFailed { addr, kind, error } => d(
-            "error",
-            None,
-            Error,
-            format!("cannot listen on {addr} ({kind}): {error}"),
-        ),
-        Event::ListenerDown { addr } => {
-            d("config", None, Info, format!("stopped listening on {addr}"))
+        Event::ListenerUp { addr, kind } => d(Info, format!("listening on {addr} ({kind})")),
+        Event::ListenerFailed { addr, kind, error } => {
+            d(Error, format!("cannot listen on {addr} ({kind}): {error}"))
         }
+        Event::ListenerDown { addr } => d(Info, format!("stopped listening on {addr}")),
         Event::PolicyReloaded { allow, deny } => d(
-            "config",
-            None,
             Info,
             format!("configuration reloaded: {allow} allow and {deny} deny entries"),
         ),
         Event::ConfigRejected { error } => d(
-            "error",
-            None,
             Error,
             format!("configuration change rejected, previous one stays: {error}"),
+        ),
+        Event::ControlRefused { uid, pid } => d(
+            Warn,
+            format!(
+                "control socket: refused a client running as uid {uid}{}",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            ),
         ),
         Event::SessionOpened {
             session,
@@ -172,55 +399,30 @@ pub fn describe(event: &Event) -> Described {
             kind,
             tls,
         } => d(
-            "session",
-            None,
             Info,
             format!(
                 "session {session} opened from {peer} on {local} ({kind}{})",
                 if *tls { ", TLS" } else { "" }
             ),
         ),
-        Event::SessionRefused { peer, reply } => d(
-            "session",
-            Some("refused"),
-            Warn,
-            format!("refused {peer}: {reply}"),
-        ),
-        Event::SessionClosed { session, why } => d(
-            "session",
-            None,
-            Info,
-            format!("session {session} closed: {why}"),
-        ),
-        Event::TlsEstablished { session } => d(
-            "session",
-            None,
-            Info,
-            format!("session {session} STARTTLS done"),
-        ),
+        Event::SessionRefused { peer, reply } => d(Warn, format!("refused {peer}: {reply}")),
+        Event::SessionClosed { session, why } => {
+            d(Info, format!("session {session} closed: {why}"))
+        }
+        Event::TlsEstablished { session } => d(Info, format!("session {session} STARTTLS done")),
         Event::Command {
             session,
             line,
             reply,
-        } => d(
-            "command",
-            None,
-            Debug,
-            format!("session {session} C: {line} S: {reply}"),
-        ),
-        Event::Authenticated { session, login } => d(
-            "auth",
-            Some("authenticated"),
-            Info,
-            format!("session {session} authenticated as {login}"),
-        ),
+        } => d(Debug, format!("session {session} C: {line} S: {reply}")),
+        Event::Authenticated { session, login } => {
+            d(Info, format!("session {session} authenticated as {login}"))
+        }
         Event::AuthFailed {
             session,
             peer,
             login,
         } => d(
-            "auth",
-            Some("failed"),
             Warn,
             format!(
                 "session {session} AUTH failed from {peer} for {}",
@@ -234,28 +436,21 @@ pub fn describe(event: &Event) -> Described {
             sender,
             recipient,
             decision,
-        } => {
-            let allowed = decision.is_allowed();
-            d(
-                "decision",
-                Some(if allowed { "allowed" } else { "denied" }),
-                if allowed { Info } else { Warn },
-                format!(
-                    "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
-                    login.as_deref().unwrap_or("-"),
-                    decision.class,
-                    decision.reply
-                ),
-            )
-        }
+        } => d(
+            if decision.is_allowed() { Info } else { Warn },
+            format!(
+                "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
+                login.as_deref().unwrap_or("-"),
+                decision.class,
+                decision.reply
+            ),
+        ),
         Event::MessageAccepted {
             session,
             id,
             size,
             recipients,
         } => d(
-            "session",
-            Some("accepted"),
             Info,
             format!(
                 "session {session} message {id} accepted: {size} bytes, {recipients} recipients"
@@ -268,9 +463,11 @@ pub fn describe(event: &Event) -> Described {
             outcome,
             reply,
         } => d(
-            "delivery",
-            Some(outcome),
-            if *outcome == "delivered" { Info } else { Warn },
+            if *outcome == DeliveryOutcome::Delivered {
+                Info
+            } else {
+                Warn
+            },
             format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}"),
         ),
         Event::Bounced {
@@ -278,14 +475,10 @@ pub fn describe(event: &Event) -> Described {
             bounce_id,
             to,
         } => d(
-            "delivery",
-            Some("bounced"),
             Warn,
             format!("bounce {bounce_id} for {message_id} queued to <{to}>"),
         ),
         Event::Error { session, message } => d(
-            "error",
-            None,
             Error,
             match session {
                 Some(s) => format!("session {s}: {message}"),
@@ -296,7 +489,7 @@ pub fn describe(event: &Event) -> Described {
 }
 
 /// An event with the time it happened.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {
     pub at: SystemTime,
     pub event: Arc<Event>,
@@ -306,7 +499,26 @@ pub struct Stamped {
 #[derive(Debug)]
 struct Subscriber {
     tx: mpsc::Sender<Stamped>,
-    commands: bool,
+    commands: Arc<AtomicBool>,
+}
+
+/// Turns a subscriber's interest in command lines on and off.
+#[derive(Debug)]
+pub struct CommandSwitch {
+    flag: Arc<AtomicBool>,
+    wanted: Arc<AtomicUsize>,
+}
+
+impl CommandSwitch {
+    pub fn set(&self, on: bool) {
+        if self.flag.swap(on, Ordering::Relaxed) != on {
+            if on {
+                self.wanted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.wanted.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Fans events out to subscribers without ever blocking the engine.
@@ -314,39 +526,49 @@ struct Subscriber {
 pub struct EventBus {
     subscribers: Mutex<Vec<Subscriber>>,
     dropped: AtomicU64,
-    /// Some subscriber wants [`Event::Command`]s: only then are they built
-    /// (they are most of the events, one per command line).
-    wants_commands: std::sync::atomic::AtomicBool,
+    /// How many subscribers want [`Event::Command`]s: only then are they
+    /// built (they are most of the events, one per command line).
+    wanted: Arc<AtomicUsize>,
 }
 
 impl EventBus {
     /// A new subscriber to every event, with room for `capacity` events.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Stamped> {
-        self.add(capacity, true)
+        self.add(capacity, true).0
     }
 
     /// A subscriber to every event but the command lines.
     pub fn subscribe_without_commands(&self, capacity: usize) -> mpsc::Receiver<Stamped> {
+        self.add(capacity, false).0
+    }
+
+    /// A subscriber that turns command lines on and off as it needs them.
+    pub fn subscribe_switchable(
+        &self,
+        capacity: usize,
+    ) -> (mpsc::Receiver<Stamped>, CommandSwitch) {
         self.add(capacity, false)
     }
 
-    fn add(&self, capacity: usize, commands: bool) -> mpsc::Receiver<Stamped> {
+    fn add(&self, capacity: usize, commands: bool) -> (mpsc::Receiver<Stamped>, CommandSwitch) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let switch = CommandSwitch {
+            flag: Arc::new(AtomicBool::new(false)),
+            wanted: Arc::clone(&self.wanted),
+        };
+        switch.set(commands);
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(Subscriber { tx, commands });
-            self.note_interest(&subs);
+            subs.push(Subscriber {
+                tx,
+                commands: Arc::clone(&switch.flag),
+            });
         }
-        rx
-    }
-
-    fn note_interest(&self, subs: &[Subscriber]) {
-        self.wants_commands
-            .store(subs.iter().any(|s| s.commands), Ordering::Relaxed);
+        (rx, switch)
     }
 
     /// Whether emitting an [`Event::Command`] reaches anyone.
     pub fn wants_commands(&self) -> bool {
-        self.wants_commands.load(Ordering::Relaxed)
+        self.wanted.load(Ordering::Relaxed) > 0
     }
 
     /// Offers an event to every subscriber; a full subscriber loses it.
@@ -362,23 +584,24 @@ impl EventBus {
             at: SystemTime::now(),
             event: Arc::new(event),
         };
-        let before = subs.len();
         subs.retain(|s| {
-            if is_command && !s.commands {
-                return !s.tx.is_closed();
-            }
-            match s.tx.try_send(stamped.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    true
+            let keep = if is_command && !s.commands.load(Ordering::Relaxed) {
+                !s.tx.is_closed()
+            } else {
+                match s.tx.try_send(stamped.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if !keep && s.commands.swap(false, Ordering::Relaxed) {
+                self.wanted.fetch_sub(1, Ordering::Relaxed);
             }
+            keep
         });
-        if subs.len() != before {
-            self.note_interest(&subs);
-        }
     }
 
     /// How many events were dropped because a subscriber was full.

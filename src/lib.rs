@@ -4,11 +4,14 @@
 pub mod bindings;
 pub mod cli;
 pub mod console;
+pub mod control;
 pub mod credentials;
+pub mod data_dir;
 pub mod decision_log;
 pub mod delivery;
 pub mod engine;
 pub mod events;
+pub mod live;
 pub mod policy;
 pub mod server_settings;
 pub mod smtp;

@@ -46,6 +46,9 @@ pub struct ServerSettings {
     /// How long the persisted event log keeps its history.
     pub log_retention_days: u64,
     pub log_max_rows: u64,
+    /// A Unix group whose members may attach a console to watch (the
+    /// control socket is then 0660 for it); none: owner only.
+    pub console_group: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -82,12 +85,17 @@ impl Default for ServerSettings {
             delivery_ca_file: None,
             log_retention_days: 30,
             log_max_rows: 1_000_000,
+            console_group: None,
         }
     }
 }
 
 /// Every key with what it sets, in display order.
 pub const SERVER_KEYS: &[(&str, &str)] = &[
+    (
+        "console-group",
+        "Unix group whose members may attach a console to watch (socket 0660); empty: owner only",
+    ),
     (
         "hostname",
         "name in the greeting, EHLO and Received: headers",
@@ -252,6 +260,19 @@ impl ServerSettings {
             "auth-lockout" => self.auth_lockout_secs = number(key, v, 1, 86_400 * 7)?,
             "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
+            "console-group" => {
+                let valid = v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                    && !v.starts_with('-')
+                    && v.len() <= 32;
+                if !valid {
+                    return Err(SettingError(format!(
+                        "console-group {v:?}: not a Unix group name (letters, digits, _ - .)"
+                    )));
+                }
+                self.console_group = (!v.is_empty()).then(|| v.to_string());
+            }
             "tls-key-file" => self.tls_key_file = (!v.is_empty()).then(|| v.to_string()),
             "retry-first" => self.retry_first_secs = number(key, v, 1, 86_400)?,
             "retry-max-interval" => self.retry_max_interval_secs = number(key, v, 1, 7 * 86_400)?,
@@ -311,6 +332,7 @@ impl ServerSettings {
             "auth-lockout" => self.auth_lockout_secs.to_string(),
             "shutdown-grace" => self.shutdown_grace_secs.to_string(),
             "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
+            "console-group" => self.console_group.clone().unwrap_or_default(),
             "tls-key-file" => self.tls_key_file.clone().unwrap_or_default(),
             "retry-first" => self.retry_first_secs.to_string(),
             "retry-max-interval" => self.retry_max_interval_secs.to_string(),

@@ -168,6 +168,12 @@ pub fn spool_path_for(db: &Path) -> PathBuf {
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    // Owner-only before SQLite creates it: its -wal and -shm files take
+    // the database file's mode, and message bodies are private.
+    if !path.exists() {
+        crate::data_dir::ensure_private_file(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    }
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -79,10 +79,10 @@ fn generate(cert: &Path, key: &Path, hostname: &str) -> Result<(), TlsError> {
     }
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(&e))?;
     if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| gen_err(&e))?;
+        crate::data_dir::ensure_private_dir(dir).map_err(|e| gen_err(&e))?;
     }
     write_private(key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| gen_err(&e))?;
-    std::fs::write(cert, ck.cert.pem()).map_err(|e| gen_err(&e))?;
+    write_private(cert, ck.cert.pem().as_bytes()).map_err(|e| gen_err(&e))?;
     Ok(())
 }
 

@@ -283,7 +283,7 @@ fn populated() -> Harness {
             message_id: "18F0A1B2C3D4E5F6".into(),
             recipient: "friend@far.test".into(),
             host: "mx.far.test:25".into(),
-            outcome: "deferred",
+            outcome: relaygate::events::DeliveryOutcome::Deferred,
             reply: "451 4.3.0 try again later".into(),
         },
     ));
@@ -677,18 +677,28 @@ fn the_test_box_decides_with_saved_and_edited_lists() {
     h.typed("203.0.113.50");
     h.key(KeyCode::Down);
     h.typed("a@example.com");
-    let saved = h.app.lists.test.saved.clone().unwrap_or_default();
+    let saved = h.app.lists.test.saved.clone().expect("a decision");
+    assert_eq!(
+        saved.verdict,
+        Some(relaygate::policy::decision::Verdict::Deny)
+    );
     assert!(
-        saved.starts_with("554 denied:") && saved.contains("deny entry *.*.*.*"),
-        "{saved}"
+        saved.text.starts_with("554 denied:") && saved.text.contains("deny entry *.*.*.*"),
+        "{}",
+        saved.text
     );
     assert!(h.app.lists.test.edited.is_none());
     h.key(KeyCode::Tab); // to the allow list
     h.typed("\n203.0.113.0/24");
-    let edited = h.app.lists.test.edited.clone().unwrap_or_default();
+    let edited = h.app.lists.test.edited.clone().expect("a decision");
+    assert_eq!(
+        edited.verdict,
+        Some(relaygate::policy::decision::Verdict::Allow)
+    );
     assert!(
-        edited.starts_with("250 allowed:") && edited.contains("203.0.113.0/24"),
-        "{edited}"
+        edited.text.starts_with("250 allowed:") && edited.text.contains("203.0.113.0/24"),
+        "{}",
+        edited.text
     );
 }
 

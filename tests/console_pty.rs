@@ -254,8 +254,19 @@ fn traffic_shows_live_and_an_allow_entry_typed_in_the_console_lets_a_client_thro
         .expect("list show");
     assert!(String::from_utf8_lossy(&stored.stdout).contains("127.0.0.1"));
 
-    // q quits; the terminal is back to normal.
+    // In one-process mode q asks first, with what is at stake; n keeps
+    // the engine running, y stops it and the terminal is back to normal.
     console.press("q");
+    console.wait_for(&["Stop the engine?", "0 open session(s)", "queued message(s)"]);
+    console.press("n");
+    let mut still = Smtp::connect(port);
+    assert!(
+        still.cmd("QUIT").starts_with("221"),
+        "the engine still serves"
+    );
+    console.press("q");
+    console.wait_for(&["Stop the engine?"]);
+    console.press("y");
     let status = console.wait_exit();
     assert!(status.success(), "exit status {status:?}");
     assert!(

@@ -3,7 +3,9 @@
 mod common;
 
 use common::{Client, Server, cli, test_db};
-use relaygate::decision_log::{DecisionLog, log_path_for};
+use relaygate::decision_log::{DecisionLog, LogRecord, log_path_for};
+use relaygate::events::Event;
+use relaygate::policy::decision::{Reason, Verdict};
 use std::time::Duration;
 
 #[test]
@@ -24,26 +26,43 @@ fn decisions_are_kept_across_restarts() {
 
     let log = DecisionLog::open(&log_path_for(&db)).expect("log opens");
     let records = log.recent(100).expect("records");
-    let decision = records
+    // The log keeps the engine's own typed events, not text.
+    let events: Vec<&Event> = records
         .iter()
-        .find(|r| r.kind == "decision")
-        .unwrap_or_else(|| panic!("no decision in {records:?}"));
-    assert_eq!(decision.verdict.as_deref(), Some("denied"));
+        .map(|r| match r {
+            LogRecord::Event(stamped) => stamped.event.as_ref(),
+            LogRecord::Legacy { text, .. } => panic!("an untyped row: {text}"),
+        })
+        .collect();
+    let (recipient, decision) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Decision {
+                recipient,
+                decision,
+                ..
+            } => Some((recipient, decision)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no decision in {events:?}"));
+    assert_eq!(recipient, "x@far.test");
+    assert_eq!(decision.verdict, Verdict::Deny);
     assert!(
-        decision.text.contains("to=<x@far.test>")
-            && decision
-                .text
-                .contains("outbound from unlisted 127.0.0.1; deny entry *.*.*.*"),
-        "{}",
-        decision.text
+        matches!(
+            &decision.reason,
+            Reason::IpDenied { entry, .. } if &*entry.text == "*.*.*.*"
+        ),
+        "{:?}",
+        decision.reason
     );
     assert!(
-        records.iter().all(|r| r.kind != "command"),
+        events.iter().all(|e| !matches!(e, Event::Command { .. })),
         "commands are not kept"
     );
+    assert!(events.iter().any(|e| matches!(e, Event::ListenerUp { .. })));
     assert!(
-        records
+        events
             .iter()
-            .any(|r| r.text.contains("listening on 127.0.0.1:"))
+            .any(|e| matches!(e, Event::EngineStarted { .. }))
     );
 }

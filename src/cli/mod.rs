@@ -28,7 +28,7 @@ pub const DEFAULT_DB: &str = "data/relaygate.db";
     name = "relaygate",
     version,
     about = "SMTP relay gateway that is never an open relay",
-    long_about = "SMTP relay gateway that is never an open relay.\n\nWith no command, runs the engine. Every command edits or reads the SQLite database given by --db; a running engine picks changes up within a second."
+    long_about = "SMTP relay gateway that is never an open relay.\n\nWith no command on a terminal, attaches a console to the engine running on the database, or runs the engine and the console in one process if none runs. Every command edits or reads the SQLite database given by --db; a running engine picks changes up within a second."
 )]
 pub struct Cli {
     /// The relaygate database (created with safe defaults if missing).
@@ -69,6 +69,9 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
+    /// Attach a console to the engine running on this database (it keeps
+    /// running when the console quits).
+    Console,
     /// Run the SMTP engine on the stored bindings until SIGINT/SIGTERM.
     Serve {
         /// No console: log every event to stderr (RELAYGATE_LOG=debug shows
@@ -83,12 +86,17 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
         Some(Command::Serve { headless: true }) => return serve::run(&cli.db),
-        None | Some(Command::Serve { headless: false }) => return serve::run_console(&cli.db),
+        Some(Command::Serve { headless: false }) => return serve::run_console(&cli.db),
+        Some(Command::Console) => {
+            crate::console::attach(&cli.db)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => return serve::run_default(&cli.db),
         Some(command) => command,
     };
     let mut store = Store::open(&cli.db)?;
     match command {
-        Command::Serve { .. } => serve::run(&cli.db),
+        Command::Serve { .. } | Command::Console => serve::run(&cli.db),
         Command::List(c) => list::run(&mut store, c),
         Command::Domain(c) => domain::run(&mut store, c),
         Command::User(c) => user::run_user(&mut store, c),

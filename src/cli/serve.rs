@@ -1,5 +1,7 @@
 //! `relaygate serve --headless`: the engine with no console, logging every
-//! event to stderr, until SIGINT or SIGTERM.
+//! event to stderr (journald, under systemd), until SIGINT or SIGTERM.
+//! Readiness is told to systemd (`Type=notify`) once the listeners are up;
+//! SIGHUP reads the TLS certificate files again.
 
 use crate::engine::Engine;
 use crate::events::{Event, EventBus, Level, Stamped, describe};
@@ -27,11 +29,46 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         let engine = Engine::start(db, bus).await?;
         let logger = tokio::spawn(log_events(events, std::sync::Arc::clone(engine.shared())));
         tracing::info!(
-            "relaygate engine running on {} (spool {})",
+            "relaygate engine running on {} (spool {}, control socket {})",
             db.display(),
-            engine.shared().spool.path().display()
+            engine.shared().spool.path().display(),
+            engine.data_dir().socket.display()
         );
+        // Ready when the listeners are up (or have failed and are being
+        // retried: the service runs, and says which did not open).
+        let failed: Vec<String> = engine
+            .listeners()
+            .iter()
+            .filter_map(|l| {
+                l.bound
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{} ({e})", l.binding.addr))
+            })
+            .collect();
+        let status = if failed.is_empty() {
+            format!("listening on {} binding(s)", engine.listeners().len())
+        } else {
+            format!("retrying {}", failed.join(", "))
+        };
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        let reload_tls = std::sync::Arc::clone(&engine.nudges().reload_tls);
+        let hangups = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reading the TLS certificate files again");
+                reload_tls.notify_one();
+            }
+        });
         wait_for_signal().await;
+        hangups.abort();
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("shutting down: no new sessions; messages in DATA may finish");
         engine.shutdown().await;
         // Let the logger print what the shutdown emitted.
@@ -41,6 +78,21 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `relaygate` with no command: on a terminal, attach to the engine
+/// running on this database, or run engine and console in one process.
+pub fn run_default(db: &Path) -> anyhow::Result<ExitCode> {
+    let on_terminal = std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if on_terminal
+        && crate::data_dir::DataDir::for_db(db)
+            .running_engine()
+            .is_some()
+    {
+        crate::console::attach(db)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    run_console(db)
 }
 
 /// The engine with the console in the foreground; headless (with a

@@ -6,6 +6,8 @@
 use super::io::ConfigView;
 use super::traffic::LogLine;
 use crate::bindings::Binding;
+use crate::control::client::EngineHello;
+use crate::control::protocol::{ClientMessage, EngineSnapshot, EngineStatus};
 use crate::engine::ListenerStatus;
 use crate::events::Stamped;
 use crate::policy::ip_lists::ListKind;
@@ -131,6 +133,8 @@ pub enum Action {
     Engine(Stamped),
     /// How many events the bus dropped so far.
     Dropped(u64),
+    /// The engine's listeners and drop count, once a second.
+    Status(EngineStatus),
     ConfigLoaded(Box<ConfigView>),
     Listeners(Vec<ListenerStatus>),
     QueueLoaded(Result<Vec<QueueEntry>, String>),
@@ -143,6 +147,25 @@ pub enum Action {
         list: ListKind,
         path: String,
         text: Result<String, String>,
+    },
+    /// Connected to the engine (again): who it is and what we may do.
+    Attached(EngineHello),
+    /// The engine's state: replaces the live picture.
+    Snapshot(Box<EngineSnapshot>),
+    /// The console fell behind by this many events; a snapshot follows.
+    Lagged(u64),
+    Dialogue {
+        session: u64,
+        events: Vec<Stamped>,
+    },
+    /// The engine went away; the console reconnects when it is back.
+    Detached(String),
+    BindingsRetried(Vec<ListenerStatus>),
+    /// The engine refused a request.
+    RemoteError(String),
+    /// Before stopping a one-process engine: how many messages it holds.
+    QuitQuestion {
+        queued: Result<usize, String>,
     },
 }
 
@@ -217,4 +240,12 @@ pub enum Effect {
     /// Re-read the configuration if another process changed it.
     PollStore,
     LoadQueue,
+    /// A request to the engine (a dialogue, a retry of the bindings).
+    Control(ClientMessage),
+    /// The persisted event log from before `before`.
+    LoadHistory {
+        before: SystemTime,
+    },
+    /// Count the queued messages (for the question before quitting).
+    CountQueue,
 }

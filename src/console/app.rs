@@ -10,6 +10,7 @@ use super::keymap::{Context, command_for};
 use super::list_editor::{ListEditor, ListFocus};
 use super::traffic::{LogFilter, LogLine, Traffic};
 use crate::bindings::{BindKind, Binding, parse_listen_addr};
+use crate::control::protocol::{Access, ClientMessage};
 use crate::engine::ListenerStatus;
 use crate::events::Event;
 use crate::policy::rules::Rule;
@@ -105,9 +106,27 @@ pub enum PolicyRow {
     Rule(usize),
 }
 
+/// How the console reaches the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Engine and console in this process: quitting stops the engine.
+    OneProcess,
+    /// Attached to a running engine over its control socket.
+    Attached { pid: u32, access: Access },
+    /// The engine went away; reconnecting.
+    Detached { reason: String, pid: Option<u32> },
+}
+
+/// What to tell a watcher who presses an edit key.
+pub const WATCH_ONLY: &str =
+    "watching only: editing needs the service user (sudo -u relaygate relaygate console) or root";
+
 /// The whole console state.
 #[derive(Debug, Clone)]
 pub struct App {
+    pub link: Link,
+    /// The persisted history was asked for (once, at the first snapshot).
+    history_asked: bool,
     pub panel: Panel,
     pub mode: Mode,
     pub traffic: Traffic,
@@ -125,6 +144,10 @@ pub struct App {
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
+    /// Events skipped because the console fell behind the engine.
+    pub lagged: u64,
+    /// Events the console's own queue could not take.
+    pub lost: u64,
     pub now: SystemTime,
     /// Rows a page-up/down moves (set from the terminal size).
     pub page: usize,
@@ -137,6 +160,8 @@ pub struct App {
 impl App {
     pub fn new(now: SystemTime) -> App {
         App {
+            link: Link::OneProcess,
+            history_asked: false,
             panel: Panel::Live,
             mode: Mode::Normal,
             traffic: Traffic::default(),
@@ -158,6 +183,8 @@ impl App {
             queue_selected: 0,
             status: None,
             dropped: 0,
+            lagged: 0,
+            lost: 0,
             now,
             page: 10,
             quit: false,
@@ -260,6 +287,11 @@ impl App {
                 self.dropped = n;
                 Vec::new()
             }
+            Action::Status(status) => {
+                self.listeners = status.listeners;
+                self.dropped = status.dropped + self.lagged + self.lost;
+                Vec::new()
+            }
             Action::ConfigLoaded(view) => {
                 self.lists.load(&view.allow, &view.deny);
                 self.config = *view;
@@ -285,6 +317,113 @@ impl App {
             }
             Action::History(lines) => {
                 self.traffic.log.prepend_history(lines);
+                Vec::new()
+            }
+            Action::Attached(hello) => {
+                let again = matches!(self.link, Link::Detached { .. });
+                self.link = match self.link {
+                    Link::OneProcess => Link::OneProcess,
+                    _ => Link::Attached {
+                        pid: hello.pid,
+                        access: hello.access,
+                    },
+                };
+                if again {
+                    self.say(
+                        true,
+                        format!("reattached to the engine (pid {})", hello.pid),
+                    );
+                }
+                Vec::new()
+            }
+            Action::Snapshot(snapshot) => {
+                let snapshot = *snapshot;
+                let last_ms = self.traffic.log.lines.back().map(|l| l.at_ms);
+                self.traffic.live = snapshot.live;
+                self.listeners = snapshot.listeners;
+                self.dropped = self.dropped.max(snapshot.dropped);
+                for stamped in &snapshot.recent {
+                    if let Some(line) = super::traffic::log_line(stamped)
+                        && last_ms.is_none_or(|t| line.at_ms > t)
+                    {
+                        self.traffic.log.push(line);
+                    }
+                }
+                self.clamp_selections();
+                let mut effects = Vec::new();
+                if !self.history_asked {
+                    self.history_asked = true;
+                    let before = snapshot
+                        .recent
+                        .first()
+                        .map_or(snapshot.started, |e| e.at.min(snapshot.started));
+                    effects.push(Effect::LoadHistory { before });
+                }
+                if let Mode::Viewer {
+                    source: ViewerSource::Connection(id),
+                    ..
+                } = self.mode
+                {
+                    effects.push(Effect::Control(ClientMessage::Dialogue { session: id }));
+                }
+                effects
+            }
+            Action::Lagged(missed) => {
+                self.lagged += missed;
+                self.dropped += missed;
+                Vec::new()
+            }
+            Action::Dialogue { session, events } => {
+                if let Some(c) = self.traffic.live.connections.get_mut(&session) {
+                    c.replace_dialogue(events);
+                }
+                Vec::new()
+            }
+            Action::Detached(reason) => {
+                let pid = match &self.link {
+                    Link::Attached { pid, .. } => Some(*pid),
+                    Link::Detached { pid, .. } => *pid,
+                    Link::OneProcess => None,
+                };
+                self.link = Link::Detached { reason, pid };
+                Vec::new()
+            }
+            Action::BindingsRetried(listeners) => {
+                let failed = listeners.iter().filter(|l| l.bound.is_err()).count();
+                self.listeners = listeners;
+                if failed == 0 {
+                    self.say(true, "every binding is listening");
+                } else {
+                    self.say(
+                        false,
+                        format!(
+                            "{failed} binding(s) still cannot listen; the engine keeps retrying"
+                        ),
+                    );
+                }
+                Vec::new()
+            }
+            Action::RemoteError(message) => {
+                self.say(false, format!("the engine refused: {message}"));
+                Vec::new()
+            }
+            Action::QuitQuestion { queued } => {
+                let queued = match queued {
+                    Ok(n) => format!("{n} queued message(s)"),
+                    Err(e) => format!("the queue could not be read: {e}"),
+                };
+                let dirty = if self.lists.is_dirty() {
+                    " The relay lists' unsaved edits are dropped."
+                } else {
+                    ""
+                };
+                self.ask(
+                    format!(
+                        "Stop the engine? Mail stops until relaygate runs again. It has {} open session(s) and {queued}.{dirty}",
+                        self.traffic.open
+                    ),
+                    Pending::Quit,
+                );
                 Vec::new()
             }
             Action::Done(result) => {
@@ -406,7 +545,12 @@ impl App {
         if self.editing_lists() {
             return self.list_edit_command(c);
         }
+        if self.watch_only() && self.edits(c) {
+            self.say(false, WATCH_ONLY);
+            return Vec::new();
+        }
         match c {
+            Command::Quit if self.link == Link::OneProcess => vec![Effect::CountQueue],
             Command::Quit => {
                 if self.lists.is_dirty() {
                     self.ask(
@@ -438,6 +582,37 @@ impl App {
             }
             other => self.panel_command(other),
         }
+    }
+
+    /// Attached through the console group: the console watches only.
+    pub fn watch_only(&self) -> bool {
+        matches!(
+            self.link,
+            Link::Attached {
+                access: Access::Watch,
+                ..
+            }
+        )
+    }
+
+    /// Whether a command would change the configuration or the queue.
+    fn edits(&self, c: Command) -> bool {
+        let config_panel = !matches!(self.panel, Panel::Live | Panel::Log);
+        matches!(
+            c,
+            Command::Add
+                | Command::AddRule
+                | Command::Edit
+                | Command::Remove
+                | Command::Toggle
+                | Command::ResetPassword
+                | Command::SenderAddresses
+                | Command::Import
+                | Command::Save
+                | Command::Hold
+                | Command::Release
+                | Command::Delete
+        ) || (config_panel && matches!(c, Command::Open | Command::Retry))
     }
 
     fn go(&mut self, panel: Panel) -> Vec<Effect> {
@@ -474,6 +649,7 @@ impl App {
                         source: ViewerSource::Connection(id),
                         scroll: 0,
                     };
+                    return vec![Effect::Control(ClientMessage::Dialogue { session: id })];
                 }
             }
             (Panel::Log, Command::CycleFilter) => {
@@ -507,8 +683,8 @@ impl App {
                         source: ViewerSource::Text {
                             title: format!(
                                 "{} {}",
-                                line.kind,
-                                line.verdict.clone().unwrap_or_default()
+                                line.kind.map(|k| k.as_str()).unwrap_or("event"),
+                                line.verdict.map(|v| v.as_str()).unwrap_or_default()
                             ),
                             lines,
                         },

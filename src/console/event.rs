@@ -3,6 +3,8 @@
 
 use super::action::{Action, Command};
 use super::app::App;
+use crate::control::client::ClientEvent;
+use crate::control::protocol::ServerMessage;
 use crate::events::Stamped;
 use ratatui::crossterm::event::{KeyEvent, MouseEvent, MouseEventKind};
 use std::time::SystemTime;
@@ -15,6 +17,8 @@ pub enum ConsoleEvent {
     /// The loop's timer: ages, the rate chart, polling the store.
     Tick(SystemTime),
     Engine(Stamped),
+    /// Anything else from the engine: attached, detached, a snapshot...
+    Link(ClientEvent),
     /// SIGTERM, SIGHUP or SIGINT: quit (the terminal is restored).
     Terminate,
     /// The terminal cannot be read any more.
@@ -34,6 +38,22 @@ impl ConsoleEvent {
             ConsoleEvent::Resize(..) => Some(Action::Resize),
             ConsoleEvent::Tick(now) => Some(Action::Tick(now)),
             ConsoleEvent::Engine(stamped) => Some(Action::Engine(stamped)),
+            ConsoleEvent::Link(ClientEvent::Attached(hello)) => Some(Action::Attached(hello)),
+            ConsoleEvent::Link(ClientEvent::Detached(why)) => Some(Action::Detached(why)),
+            ConsoleEvent::Link(ClientEvent::Message(m)) => match m {
+                ServerMessage::Hello { .. } => None,
+                ServerMessage::Snapshot { snapshot } => Some(Action::Snapshot(snapshot)),
+                ServerMessage::Event { event } => Some(Action::Engine(event)),
+                ServerMessage::Status { status } => Some(Action::Status(status)),
+                ServerMessage::Lagged { missed } => Some(Action::Lagged(missed)),
+                ServerMessage::Dialogue { session, events } => {
+                    Some(Action::Dialogue { session, events })
+                }
+                ServerMessage::BindingsRetried { listeners } => {
+                    Some(Action::BindingsRetried(listeners))
+                }
+                ServerMessage::Error { message } => Some(Action::RemoteError(message)),
+            },
             ConsoleEvent::Terminate | ConsoleEvent::InputFailed(_) => None,
         }
     }

@@ -4,9 +4,10 @@
 //! [`Action`].
 
 use super::action::{Action, Effect, QueueOp};
-use super::app::App;
+use super::app::{App, WATCH_ONLY};
 use super::traffic::{LogLine, epoch_ms};
 use crate::bindings::Binding;
+use crate::control::protocol::ClientMessage;
 use crate::decision_log::{DecisionLog, log_path_for};
 use crate::delivery::scheduler::bounce_for_deleted;
 use crate::policy::ip_lists::ListKind;
@@ -43,7 +44,10 @@ pub struct ConfigView {
 
 /// The store, the spool and the file system, as the console uses them.
 pub struct ConsoleIo {
-    store: Store,
+    /// `None` for a console that watches only (no access to the database).
+    store: Option<Store>,
+    /// Requests to the engine (in this process or over the socket).
+    control: Option<tokio::sync::mpsc::UnboundedSender<ClientMessage>>,
     db: PathBuf,
     spool_path: PathBuf,
     spool: Option<Spool>,
@@ -58,32 +62,57 @@ impl ConsoleIo {
         Ok(ConsoleIo {
             db: db.to_path_buf(),
             spool_path: spool_path_for(db),
-            store,
+            store: Some(store),
+            control: None,
             spool,
             last_version: None,
         })
     }
 
+    /// For a console that may only watch: no store, no spool.
+    pub fn watching(db: &Path) -> ConsoleIo {
+        ConsoleIo {
+            db: db.to_path_buf(),
+            spool_path: spool_path_for(db),
+            store: None,
+            control: None,
+            spool: None,
+            last_version: None,
+        }
+    }
+
+    /// Where requests to the engine go.
+    pub fn set_control(&mut self, control: tokio::sync::mpsc::UnboundedSender<ClientMessage>) {
+        self.control = Some(control);
+    }
+
+    fn store(&mut self) -> Result<&mut Store, String> {
+        self.store.as_mut().ok_or_else(|| WATCH_ONLY.to_string())
+    }
+
     /// Reads everything the panels show.
     pub fn load_config(&mut self) -> Result<ConfigView, StoreError> {
-        self.last_version = Some(self.store.data_version()?);
-        let policy_config = self.store.load_config()?;
+        let Some(store) = self.store.as_mut() else {
+            return Err(StoreError::Invalid(WATCH_ONLY.into()));
+        };
+        self.last_version = Some(store.data_version()?);
+        let policy_config = store.load_config()?;
         let policy =
             Policy::compile(&policy_config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (auth_mode, specified_user) = self.store.auth_mode()?;
-        let settings = self.store.server_settings()?;
+        let (auth_mode, specified_user) = store.auth_mode()?;
+        let settings = store.server_settings()?;
         Ok(ConfigView {
-            allow: self.store.list_entries(ListKind::Allow)?,
-            deny: self.store.list_entries(ListKind::Deny)?,
-            domains: self.store.domains()?,
-            unrouted_domains: self.store.local_domains_without_route()?,
-            users: self.store.users()?,
+            allow: store.list_entries(ListKind::Allow)?,
+            deny: store.list_entries(ListKind::Deny)?,
+            domains: store.domains()?,
+            unrouted_domains: store.local_domains_without_route()?,
+            users: store.users()?,
             auth_mode,
             specified_user,
             switches: policy_config.switches,
             plaintext_auth: settings.plaintext_auth,
-            rules: self.store.rules()?,
-            bindings: self.store.bindings()?,
+            rules: store.rules()?,
+            bindings: store.bindings()?,
             policy_config,
             policy: Arc::new(policy),
         })
@@ -102,20 +131,14 @@ impl ConsoleIo {
     /// own events arrive live), oldest first; empty if there is no log.
     pub fn history(&self, limit: usize, before: SystemTime) -> Vec<LogLine> {
         let before_ms = epoch_ms(before);
-        let Ok(log) = DecisionLog::open(&log_path_for(&self.db)) else {
+        let Ok(log) = DecisionLog::open_read_only(&log_path_for(&self.db)) else {
             return Vec::new();
         };
         log.recent(limit)
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.at_ms < before_ms)
-            .map(|r| LogLine {
-                at_ms: r.at_ms,
-                kind: r.kind,
-                verdict: r.verdict,
-                text: r.text,
-                detail: None,
-            })
+            .filter_map(super::traffic::history_line)
+            .filter(|l| l.at_ms < before_ms)
             .collect()
     }
 
@@ -132,9 +155,9 @@ impl ConsoleIo {
     pub fn run(&mut self, effect: Effect) -> Vec<Action> {
         let (result, reload) = match effect {
             Effect::PollStore => {
-                let changed = match self.store.data_version() {
-                    Ok(v) => self.last_version != Some(v),
-                    Err(_) => false,
+                let changed = match self.store.as_ref().map(|s| s.data_version()) {
+                    Some(Ok(v)) => self.last_version != Some(v),
+                    _ => false,
                 };
                 return if changed { self.reload() } else { Vec::new() };
             }
@@ -150,6 +173,22 @@ impl ConsoleIo {
                 return vec![Action::ImportRead { list, path, text }];
             }
             Effect::Queue(op) => (self.queue(op), false),
+            Effect::Control(request) => {
+                if let Some(control) = &self.control {
+                    let _ = control.send(request);
+                }
+                return Vec::new();
+            }
+            Effect::LoadHistory { before } => {
+                return vec![Action::History(self.history(super::HISTORY_LINES, before))];
+            }
+            Effect::CountQueue => {
+                let queued = SpoolReader::open(&self.spool_path)
+                    .and_then(|r| r.listing())
+                    .map(|l| l.len())
+                    .map_err(|e| e.to_string());
+                return vec![Action::QuitQuestion { queued }];
+            }
             other => (self.write_config(other), true),
         };
         let mut actions = vec![Action::Done(result)];
@@ -160,7 +199,7 @@ impl ConsoleIo {
     }
 
     fn write_config(&mut self, effect: Effect) -> Result<String, String> {
-        let store = &mut self.store;
+        let store = self.store()?;
         let e = |e: StoreError| format!("not saved: {e}");
         match effect {
             Effect::SaveLists { allow, deny } => save_lists(store, allow, deny),
@@ -243,11 +282,15 @@ impl ConsoleIo {
             Effect::Queue(_)
             | Effect::PollStore
             | Effect::LoadQueue
+            | Effect::Control(_)
+            | Effect::LoadHistory { .. }
+            | Effect::CountQueue
             | Effect::ReadImportFile { .. } => Err("internal: not a configuration change".into()),
         }
     }
 
     fn queue(&mut self, op: QueueOp) -> Result<String, String> {
+        self.store()?;
         let reader = SpoolReader::open(&self.spool_path).map_err(|e| e.to_string())?;
         let id = match &op {
             QueueOp::Retry(id) | QueueOp::Hold(id) | QueueOp::Release(id) => id.clone(),
@@ -279,7 +322,7 @@ impl ConsoleIo {
             ),
             QueueOp::Delete { bounce, .. } => {
                 let bounce = if bounce {
-                    let settings = self.store.server_settings().map_err(|e| e.to_string())?;
+                    let settings = self.store()?.server_settings().map_err(|e| e.to_string())?;
                     bounce_for_deleted(&settings, &reader, &message).map_err(|e| e.to_string())?
                 } else {
                     None

@@ -67,10 +67,26 @@ pub struct TestBox {
     pub fields: [String; 4],
     pub focus: usize,
     /// What the saved policy decides, or why the input cannot be decided.
-    pub saved: Option<String>,
+    pub saved: Option<TestLine>,
     /// What the edited lists would decide (when they differ from saved).
-    pub edited: Option<String>,
+    pub edited: Option<TestLine>,
     pub note: Option<String>,
+}
+
+/// One answer of the test box: its text and, for a decision, the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestLine {
+    pub text: String,
+    pub verdict: Option<crate::policy::decision::Verdict>,
+}
+
+impl TestLine {
+    fn problem(text: String) -> TestLine {
+        TestLine {
+            text,
+            verdict: None,
+        }
+    }
 }
 
 pub const TEST_LABELS: [&str; 4] = ["IP", "sender", "recipient", "user"];
@@ -389,7 +405,9 @@ impl ListEditor {
         let ip: IpAddr = match ip_text.parse() {
             Ok(ip) => ip,
             Err(_) => {
-                self.test.saved = Some(format!("{ip_text:?} is not an IP address"));
+                self.test.saved = Some(TestLine::problem(format!(
+                    "{ip_text:?} is not an IP address"
+                )));
                 return;
             }
         };
@@ -403,7 +421,7 @@ impl ListEditor {
         let sender = match parse_reverse_path(sender_text) {
             Ok(s) => s,
             Err(e) => {
-                self.test.saved = Some(format!("sender: {e}"));
+                self.test.saved = Some(TestLine::problem(format!("sender: {e}")));
                 return;
             }
         };
@@ -414,7 +432,7 @@ impl ListEditor {
         let recipient = match parse_forward_path(rcpt_text) {
             Ok(r) => r,
             Err(e) => {
-                self.test.saved = Some(format!("recipient: {e}"));
+                self.test.saved = Some(TestLine::problem(format!("recipient: {e}")));
                 return;
             }
         };
@@ -440,7 +458,10 @@ impl ListEditor {
             login,
             sender: sender.as_ref(),
         };
-        let show = |d: Decision| format!("{} {d}", d.reply.code);
+        let show = |d: Decision| TestLine {
+            text: format!("{} {d}", d.reply.code),
+            verdict: Some(d.verdict),
+        };
         self.test.saved = Some(show(saved.decide(&env, &recipient)));
         if self.is_dirty() {
             if self.edited_policy.is_none() {

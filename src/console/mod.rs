@@ -1,5 +1,7 @@
-//! The console: a ratatui front end over the engine running in the same
-//! process. One loop waits for one kind of event ([`event::ConsoleEvent`]),
+//! The console: a ratatui front end over the engine, either running in
+//! the same process ([`run`]) or attached to a running service over its
+//! control socket ([`attach`]). Both get the same messages: a snapshot,
+//! then the engine's typed events. One loop waits for one kind of event ([`event::ConsoleEvent`]),
 //! turns it into an [`action::Action`], lets [`app::App::update`] change the
 //! state, runs the effects through [`io::ConsoleIo`], and redraws at most
 //! about 30 times a second, only when something changed.
@@ -23,11 +25,15 @@ pub mod render;
 pub mod theme;
 pub mod traffic;
 
+use crate::control::client::{self, ClientEvent};
+use crate::control::feed::Feed;
+use crate::control::protocol::{Access, ClientMessage, EngineStatus, ServerMessage};
 use crate::engine::Engine;
 use crate::events::{Event, EventBus, Stamped};
 use action::Action;
 use anyhow::Context;
 use app::App;
+use app::Link;
 use event::ConsoleEvent;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -44,7 +50,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
 
 /// Room for engine events between the engine and the console.
 pub const EVENT_CAPACITY: usize = 65_536;
@@ -55,7 +60,7 @@ const FRAME: Duration = Duration::from_millis(33);
 /// Events handled before a frame is drawn, so a flood cannot starve the screen.
 const DRAIN_LIMIT: usize = 20_000;
 /// Log lines loaded from the persisted decision log at start.
-const HISTORY_LINES: usize = 5_000;
+pub(crate) const HISTORY_LINES: usize = 5_000;
 
 /// Whether the terminal is in raw mode on the alternate screen now.
 static TERMINAL_ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -133,46 +138,169 @@ fn install_panic_hook() {
 }
 
 /// Runs the engine on `db` with the console in the foreground until the
-/// user quits or a signal comes; then stops the engine gracefully.
+/// user quits (and confirms) or a signal comes; then stops the engine
+/// gracefully.
 pub fn run(db: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let bus = Arc::new(EventBus::default());
-    let engine_events = bus.subscribe(EVENT_CAPACITY);
-    let started = SystemTime::now();
     let engine = runtime.block_on(Engine::start(db, Arc::clone(&bus)))?;
-    let result = run_console(db, started, &runtime, &engine, &bus, engine_events);
+    let mut io = io::ConsoleIo::open(db, Some(engine.shared().spool.clone()))?;
+    let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    io.set_control(requests_tx);
+    let (tx, rx) = sync_channel::<ConsoleEvent>(EVENT_CAPACITY);
+    let lost = Arc::new(AtomicU64::new(0));
+    runtime.spawn(in_process_link(
+        engine.feed().clone(),
+        Arc::clone(engine.nudges()),
+        tx.clone(),
+        requests,
+        Arc::clone(&lost),
+    ));
+    let app = App::new(SystemTime::now());
+    let result = run_console(&runtime, app, io, tx, rx, &lost);
     restore_terminal();
     eprintln!("relaygate: stopping the engine (messages in DATA may finish)...");
     runtime.block_on(engine.shutdown());
     result
 }
 
-fn run_console(
-    db: &Path,
-    started: SystemTime,
-    runtime: &tokio::runtime::Runtime,
-    engine: &Engine,
-    bus: &Arc<EventBus>,
-    engine_events: mpsc::Receiver<Stamped>,
-) -> anyhow::Result<()> {
-    let mut io = io::ConsoleIo::open(db, Some(engine.shared().spool.clone()))?;
-    let mut app = App::new(SystemTime::now());
-    let config = io.load_config()?;
-    io::dispatch(&mut app, &mut io, Action::ConfigLoaded(Box::new(config)));
-    let history = io.history(HISTORY_LINES, started);
-    io::dispatch(&mut app, &mut io, Action::History(history));
-    io::dispatch(&mut app, &mut io, Action::Listeners(engine.listeners()));
-
+/// Attaches to the engine running on `db` and runs the console until the
+/// user quits; the engine keeps running. Exits 2 (an error) if no engine
+/// runs there.
+pub fn attach(db: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let dir = crate::data_dir::DataDir::for_db(db);
+    let first = runtime.block_on(client::connect(db, &dir.socket))?;
+    let hello = first.hello.clone();
+    let mut io = match hello.access {
+        Access::Admin => io::ConsoleIo::open(db, None)?,
+        Access::Watch => io::ConsoleIo::watching(db),
+    };
+    let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    io.set_control(requests_tx);
     let (tx, rx) = sync_channel::<ConsoleEvent>(EVENT_CAPACITY);
     let lost = Arc::new(AtomicU64::new(0));
-    runtime.spawn(forward_engine_events(
-        engine_events,
-        tx.clone(),
-        Arc::clone(&lost),
-    ));
+    {
+        let tx = tx.clone();
+        let lost = Arc::clone(&lost);
+        runtime.spawn(client::follow(
+            db.to_path_buf(),
+            dir.socket.clone(),
+            first,
+            requests,
+            move |event| deliver(&tx, &lost, event),
+        ));
+    }
+    let mut app = App::new(SystemTime::now());
+    app.link = Link::Attached {
+        pid: hello.pid,
+        access: hello.access,
+    };
+    let result = run_console(&runtime, app, io, tx, rx, &lost);
+    restore_terminal();
+    result
+}
+
+/// Hands a message from the engine to the console loop. Events may be
+/// dropped (and counted) when the loop is behind; everything else waits.
+fn deliver(tx: &SyncSender<ConsoleEvent>, lost: &AtomicU64, event: ClientEvent) -> bool {
+    let event = match event {
+        ClientEvent::Message(ServerMessage::Event { event }) => {
+            return match tx.try_send(ConsoleEvent::Engine(event)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            };
+        }
+        other => other,
+    };
+    tx.send(ConsoleEvent::Link(event)).is_ok()
+}
+
+/// The one-process console's link to its engine: the same messages an
+/// attached console gets over the socket, without the socket.
+async fn in_process_link(
+    feed: Feed,
+    nudges: Arc<crate::engine::Nudges>,
+    tx: SyncSender<ConsoleEvent>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ClientMessage>,
+    lost: Arc<AtomicU64>,
+) {
+    let send = |m: ServerMessage| deliver(&tx, &lost, ClientEvent::Message(m));
+    let Some(attachment) = feed.attach().await else {
+        return;
+    };
+    let mut events = attachment.events;
+    if !send(ServerMessage::Snapshot {
+        snapshot: attachment.snapshot,
+    }) {
+        return;
+    }
+    let mut status = tokio::time::interval(TICK);
+    loop {
+        let open = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => send(ServerMessage::Event { event }),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    let Some(again) = feed.attach().await else { return };
+                    events = again.events;
+                    send(ServerMessage::Lagged { missed })
+                        && send(ServerMessage::Snapshot { snapshot: again.snapshot })
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+            },
+            request = requests.recv() => match request {
+                Some(ClientMessage::Dialogue { session }) => send(ServerMessage::Dialogue {
+                    session,
+                    events: feed.dialogue(session).await,
+                }),
+                Some(ClientMessage::RetryBindings) => {
+                    nudges.retry_bindings.notify_one();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    send(ServerMessage::BindingsRetried { listeners: feed.listeners() })
+                }
+                Some(ClientMessage::Hello { .. }) => true,
+                None => false,
+            },
+            _ = status.tick() => send(ServerMessage::Status {
+                status: EngineStatus {
+                    listeners: feed.listeners(),
+                    dropped: feed.dropped() + lost.load(Ordering::Relaxed),
+                },
+            }),
+        };
+        if !open {
+            return;
+        }
+    }
+}
+
+/// The console over either link, until the user quits or a signal comes.
+fn run_console(
+    runtime: &tokio::runtime::Runtime,
+    mut app: App,
+    mut io: io::ConsoleIo,
+    tx: SyncSender<ConsoleEvent>,
+    rx: Receiver<ConsoleEvent>,
+    lost: &AtomicU64,
+) -> anyhow::Result<()> {
+    match io.load_config() {
+        Ok(config) => io::dispatch(&mut app, &mut io, Action::ConfigLoaded(Box::new(config))),
+        Err(e) if app.watch_only() => {
+            let _ = e;
+        }
+        Err(e) => return Err(e.into()),
+    }
     runtime.spawn(forward_signals(tx.clone()));
 
     let _ = CONSOLE_THREAD.set(std::thread::current().id());
@@ -184,36 +312,9 @@ fn run_console(
     let mut terminal =
         Terminal::new(CrosstermBackend::new(std::io::stdout())).context("opening the terminal")?;
     let theme = theme::Theme::from_env();
-    let result = event_loop(
-        &mut terminal,
-        &mut app,
-        &mut io,
-        &rx,
-        engine,
-        bus,
-        &lost,
-        &theme,
-    );
+    let result = event_loop(&mut terminal, &mut app, &mut io, &rx, lost, &theme);
     stop_input.store(true, Ordering::SeqCst);
     result
-}
-
-/// Hands engine events to the console loop; if the loop's queue is full,
-/// the event is dropped and counted, never waited for.
-async fn forward_engine_events(
-    mut events: mpsc::Receiver<Stamped>,
-    tx: SyncSender<ConsoleEvent>,
-    lost: Arc<AtomicU64>,
-) {
-    while let Some(e) = events.recv().await {
-        match tx.try_send(ConsoleEvent::Engine(e)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                lost.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => return,
-        }
-    }
 }
 
 async fn forward_signals(tx: SyncSender<ConsoleEvent>) {
@@ -270,14 +371,11 @@ fn spawn_input_reader(tx: SyncSender<ConsoleEvent>, stop: Arc<AtomicBool>) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 fn event_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
     io: &mut io::ConsoleIo,
     rx: &Receiver<ConsoleEvent>,
-    engine: &Engine,
-    bus: &EventBus,
     lost: &AtomicU64,
     theme: &theme::Theme,
 ) -> anyhow::Result<()> {
@@ -312,12 +410,7 @@ fn event_loop(
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + TICK;
             events.push(ConsoleEvent::Tick(SystemTime::now()));
-            io::dispatch(app, io, Action::Listeners(engine.listeners()));
-            io::dispatch(
-                app,
-                io,
-                Action::Dropped(bus.dropped() + lost.load(Ordering::Relaxed)),
-            );
+            app.lost = lost.load(Ordering::Relaxed);
             let panics = ENGINE_PANICS
                 .lock()
                 .map(|mut p| std::mem::take(&mut *p))

@@ -3,11 +3,13 @@
 //! changes state or decides anything.
 
 use super::action::Panel;
+use super::app::Link;
 use super::app::{App, Mode, ViewerSource};
 use super::form::Form;
 use super::keymap::{self, Context};
 use super::panels;
 use super::theme::Theme;
+use crate::control::protocol::Access;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
@@ -43,7 +45,60 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     }
 }
 
+/// Where the console's picture comes from: this process, an attached
+/// engine (and whether we may edit), or an engine that went away.
+/// Long and short forms, and whether all is well.
+pub fn link_label(link: &Link) -> (String, String, bool) {
+    match link {
+        Link::OneProcess => ("one process".into(), "local".into(), true),
+        Link::Attached {
+            pid,
+            access: Access::Admin,
+        } => (format!("attached to pid {pid}"), format!("pid {pid}"), true),
+        Link::Attached {
+            pid,
+            access: Access::Watch,
+        } => (
+            format!("attached to pid {pid}, watching"),
+            format!("{pid} ro"),
+            true,
+        ),
+        Link::Detached { .. } => ("engine gone, reconnecting".into(), "GONE".into(), false),
+    }
+}
+
 fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let (long, short, ok) = link_label(&app.link);
+    // The tabs first; the link takes what is left of the line.
+    let tabs_width: usize = Panel::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let t = if area.width < 100 {
+                p.short_title()
+            } else {
+                p.title()
+            };
+            format!("{} {t}", i + 1).chars().count() + 3
+        })
+        .sum();
+    let room = (area.width as usize).saturating_sub(tabs_width + 1);
+    let label: String = if long.chars().count() <= room {
+        long
+    } else {
+        short.chars().take(room).collect()
+    };
+    let width = label.chars().count() as u16;
+    let [area, link_area] =
+        Layout::horizontal([Constraint::Min(10), Constraint::Length(width)]).areas(area);
+    frame.render_widget(
+        Paragraph::new(Line::styled(
+            label,
+            if ok { theme.dim } else { theme.error },
+        ))
+        .alignment(ratatui::layout::Alignment::Right),
+        link_area,
+    );
     let titles: Vec<Line> = Panel::ALL
         .iter()
         .enumerate()
@@ -193,17 +248,16 @@ fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usiz
                 format!(" Session {id} from {} (Esc closes) ", c.peer),
                 c.dialogue
                     .iter()
-                    .map(|l| {
-                        let style = if l.starts_with("C:") {
-                            theme.normal
-                        } else if l.contains(" denied: ") {
-                            theme.denied
-                        } else if l.contains(" allowed: ") {
-                            theme.allowed
-                        } else {
-                            theme.dim
+                    .flat_map(|e| {
+                        let (text, tone) = super::traffic::dialogue_line(e);
+                        let style = match (&*e.event, tone) {
+                            (crate::events::Event::Command { .. }, _) => theme.normal,
+                            (_, Some(tone)) => theme.tone(tone),
+                            (_, None) => theme.dim,
                         };
-                        Line::styled(l.clone(), style)
+                        text.split('\n')
+                            .map(|l| Line::styled(l.to_string(), style))
+                            .collect::<Vec<_>>()
                     })
                     .collect(),
             ),

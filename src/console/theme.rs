@@ -3,6 +3,7 @@
 //! `NO_COLOR` set (<https://no-color.org>) every style keeps its emphasis
 //! (bold, reversed, dim) and drops its color, so the screen stays readable.
 
+use crate::events::{Outcome, Tone};
 use ratatui::style::{Color, Modifier, Style};
 
 /// The styles every panel draws with.
@@ -66,13 +67,16 @@ impl Theme {
         }
     }
 
-    /// The style of a verdict word (`allowed`, `denied`, `failed`...).
-    pub fn verdict(&self, verdict: Option<&str>) -> Style {
-        match verdict {
-            Some("allowed" | "accepted" | "delivered" | "authenticated") => self.allowed,
-            Some("denied" | "refused" | "failed" | "bounced" | "expired") => self.denied,
-            Some("deferred") => self.warning,
-            _ => self.normal,
+    /// The style of an outcome (`allowed`, `denied`, `failed`...).
+    pub fn verdict(&self, verdict: Option<Outcome>) -> Style {
+        verdict.map_or(self.normal, |v| self.tone(v.tone()))
+    }
+
+    pub fn tone(&self, tone: Tone) -> Style {
+        match tone {
+            Tone::Good => self.allowed,
+            Tone::Bad => self.denied,
+            Tone::Warning => self.warning,
         }
     }
 }

@@ -2,35 +2,25 @@
 //! connection table, the counters, the per-second rates and the event log.
 //! Pure state: no I/O, bounded everywhere so a flood cannot grow it.
 
-use crate::bindings::BindKind;
-use crate::events::{Event, Stamped, describe};
-use crate::policy::decision::{Decision, Reason};
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::events::{Event, EventKind, Outcome, Stamped, Tone, describe};
+use crate::policy::decision::Decision;
+use std::collections::VecDeque;
 
-/// Lines kept per connection dialogue.
-pub const DIALOGUE_LINES: usize = 200;
-/// Closed connections kept in the table (their dialogue stays readable).
-pub const CLOSED_KEPT: usize = 50;
+pub use crate::live::{
+    CLOSED_KEPT, Connection, Counters, DIALOGUE_LINES, LiveState, RATE_SECONDS, RateBucket,
+    epoch_ms, reason_key,
+};
+
 /// Lines kept in the event log.
 pub const LOG_LINES: usize = 20_000;
-/// Seconds of rate history.
-pub const RATE_SECONDS: usize = 600;
-
-/// Milliseconds since the Unix epoch.
-pub fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// One line of the event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     pub at_ms: i64,
-    /// `decision`, `auth`, `delivery`, `session`, `config`, `error`.
-    pub kind: String,
-    pub verdict: Option<String>,
+    /// `None` for a line of an old log whose kind is unknown.
+    pub kind: Option<EventKind>,
+    pub verdict: Option<Outcome>,
     /// One line, as the Log panel shows it.
     pub text: String,
     /// The full wording when it differs from `text` (shown on Enter).
@@ -72,104 +62,17 @@ impl LogFilter {
     }
 
     pub fn admits(self, line: &LogLine) -> bool {
-        let verdict = line.verdict.as_deref();
         match self {
             LogFilter::All => true,
-            LogFilter::Allowed => line.kind == "decision" && verdict == Some("allowed"),
-            LogFilter::Denied => {
-                matches!(verdict, Some("denied" | "refused"))
+            LogFilter::Allowed => {
+                line.kind == Some(EventKind::Decision) && line.verdict == Some(Outcome::Allowed)
             }
-            LogFilter::Errors => line.kind == "error",
-            LogFilter::Auth => line.kind == "auth",
-            LogFilter::Delivery => line.kind == "delivery",
+            LogFilter::Denied => matches!(line.verdict, Some(Outcome::Denied | Outcome::Refused)),
+            LogFilter::Errors => line.kind == Some(EventKind::Error),
+            LogFilter::Auth => line.kind == Some(EventKind::Auth),
+            LogFilter::Delivery => line.kind == Some(EventKind::Delivery),
         }
     }
-}
-
-/// One client connection, as the Live table shows it.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    pub session: u64,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub kind: BindKind,
-    pub tls: bool,
-    pub login: Option<String>,
-    /// The last command verb, `accepted` after a message, `closed`.
-    pub state: String,
-    pub helo: Option<String>,
-    pub mail_from: Option<String>,
-    pub rcpt_allowed: u32,
-    pub rcpt_denied: u32,
-    /// Bytes received: command lines and accepted messages.
-    pub bytes: u64,
-    pub opened_at: SystemTime,
-    pub closed: Option<String>,
-    /// The dialogue so far, the oldest lines dropped past [`DIALOGUE_LINES`].
-    pub dialogue: VecDeque<String>,
-}
-
-impl Connection {
-    fn say(&mut self, line: String) {
-        if self.dialogue.len() >= DIALOGUE_LINES {
-            self.dialogue.pop_front();
-        }
-        self.dialogue.push_back(line);
-    }
-}
-
-/// The counters of the Live panel.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub sessions: u64,
-    pub refused_sessions: u64,
-    pub messages: u64,
-    pub allowed_by_class: BTreeMap<&'static str, u64>,
-    pub denied_by_class: BTreeMap<&'static str, u64>,
-    pub denied_by_reason: BTreeMap<&'static str, u64>,
-    pub auth_failures: u64,
-}
-
-/// Allowed and denied recipients in one second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RateBucket {
-    /// Seconds since the epoch.
-    pub second: i64,
-    pub allowed: u64,
-    pub denied: u64,
-}
-
-/// A short name for what denied a recipient, for the "by reason" counter.
-pub fn reason_key(reason: &Reason) -> &'static str {
-    match reason {
-        Reason::IpDenied { .. } => "deny entry",
-        Reason::IpUnlisted { .. } => "unlisted IP",
-        Reason::AuthRequired { .. } => "auth required",
-        Reason::DomainRestrictSend { .. } => "domain-restrict-send",
-        Reason::UserRestrictSend { .. } => "user-restrict-send",
-        Reason::SenderLoginMismatch { .. } => "sender-login-match",
-        Reason::RuleRejected { .. } => "rule",
-        Reason::InboundToLocal { .. }
-        | Reason::Unrestricted { .. }
-        | Reason::Authenticated { .. }
-        | Reason::IpAllowed { .. } => "other",
-    }
-}
-
-/// The one-line form of a decision: the recipient, the reply code and
-/// what decided (the peer is named unless the reason already names it).
-pub fn decision_line(peer: &str, login: Option<&str>, recipient: &str, d: &Decision) -> String {
-    let full = d.to_string();
-    let reason = full
-        .strip_prefix("allowed: ")
-        .or_else(|| full.strip_prefix("denied: "))
-        .unwrap_or(&full);
-    let who = match login {
-        Some(l) => format!(" from {peer} as {l}"),
-        None if reason.contains(peer) => String::new(),
-        None => format!(" from {peer}"),
-    };
-    format!("<{recipient}>{who} {} {reason}", d.reply.code)
 }
 
 /// The event log: the newest [`LOG_LINES`] lines.
@@ -196,229 +99,55 @@ impl EventLog {
     }
 }
 
-/// Everything the Live and Log panels know.
+/// The one-line form of a decision: the recipient, the reply code and
+/// what decided (the peer is named unless the reason already names it).
+pub fn decision_line(peer: &str, login: Option<&str>, recipient: &str, d: &Decision) -> String {
+    let reason = d.explanation();
+    let who = match login {
+        Some(l) => format!(" from {peer} as {l}"),
+        None if reason.contains(peer) => String::new(),
+        None => format!(" from {peer}"),
+    };
+    format!("<{recipient}>{who} {} {reason}", d.reply.code)
+}
+
+/// Everything the Live and Log panels know: the engine's live picture,
+/// kept up to date from its events, and the event log.
 #[derive(Debug, Clone, Default)]
 pub struct Traffic {
-    /// Open connections and the last few closed ones, by session number.
-    pub connections: BTreeMap<u64, Connection>,
-    closed: VecDeque<u64>,
-    pub open: usize,
-    pub counters: Counters,
-    pub rates: VecDeque<RateBucket>,
+    pub live: LiveState,
     pub log: EventLog,
+}
+
+impl std::ops::Deref for Traffic {
+    type Target = LiveState;
+    fn deref(&self) -> &LiveState {
+        &self.live
+    }
+}
+
+impl std::ops::DerefMut for Traffic {
+    fn deref_mut(&mut self) -> &mut LiveState {
+        &mut self.live
+    }
 }
 
 impl Traffic {
     /// Takes one engine event into account.
     pub fn apply(&mut self, stamped: &Stamped) {
-        let at = stamped.at;
-        let event = stamped.event.as_ref();
-        match event {
-            Event::SessionOpened {
-                session,
-                peer,
-                local,
-                kind,
-                tls,
-            } => {
-                self.counters.sessions += 1;
-                self.open += 1;
-                self.connections.insert(
-                    *session,
-                    Connection {
-                        session: *session,
-                        peer: *peer,
-                        local: *local,
-                        kind: *kind,
-                        tls: *tls,
-                        login: None,
-                        state: "greeting".into(),
-                        helo: None,
-                        mail_from: None,
-                        rcpt_allowed: 0,
-                        rcpt_denied: 0,
-                        bytes: 0,
-                        opened_at: at,
-                        closed: None,
-                        dialogue: VecDeque::new(),
-                    },
-                );
-            }
-            Event::SessionRefused { .. } => self.counters.refused_sessions += 1,
-            Event::SessionClosed { session, why } => {
-                if let Some(c) = self.connections.get_mut(session)
-                    && c.closed.is_none()
-                {
-                    c.closed = Some(why.clone());
-                    c.state = "closed".into();
-                    c.say(format!("-- closed: {why}"));
-                    self.open = self.open.saturating_sub(1);
-                    self.closed.push_back(*session);
-                    while self.closed.len() > CLOSED_KEPT {
-                        if let Some(old) = self.closed.pop_front() {
-                            self.connections.remove(&old);
-                        }
-                    }
-                }
-            }
-            Event::TlsEstablished { session } => {
-                if let Some(c) = self.connections.get_mut(session) {
-                    c.tls = true;
-                    c.say("-- TLS established".into());
-                }
-            }
-            Event::Command {
-                session,
-                line,
-                reply,
-            } => {
-                if let Some(c) = self.connections.get_mut(session) {
-                    c.bytes += line.len() as u64 + 2;
-                    let mut words = line.split_whitespace();
-                    let verb = words.next().unwrap_or_default().to_ascii_uppercase();
-                    match verb.as_str() {
-                        "EHLO" | "HELO" => c.helo = words.next().map(str::to_string),
-                        "MAIL" => c.mail_from = Some(mail_from(line)),
-                        _ => {}
-                    }
-                    if !verb.is_empty() && !verb.starts_with('*') {
-                        c.state = verb.to_ascii_lowercase();
-                    }
-                    c.say(format!("C: {line}"));
-                    if !reply.is_empty() {
-                        c.say(format!("S: {reply}"));
-                    }
-                }
-            }
-            Event::Authenticated { session, login } => {
-                if let Some(c) = self.connections.get_mut(session) {
-                    c.login = Some(login.clone());
-                    c.say(format!("-- authenticated as {login}"));
-                }
-            }
-            Event::AuthFailed { session, .. } => {
-                self.counters.auth_failures += 1;
-                if let Some(c) = self.connections.get_mut(session) {
-                    c.say("-- AUTH failed".into());
-                }
-            }
-            Event::Decision {
-                session,
-                recipient,
-                decision,
-                ..
-            } => {
-                let class = decision.class.as_str();
-                let allowed = decision.is_allowed();
-                if allowed {
-                    *self.counters.allowed_by_class.entry(class).or_default() += 1;
-                } else {
-                    *self.counters.denied_by_class.entry(class).or_default() += 1;
-                    *self
-                        .counters
-                        .denied_by_reason
-                        .entry(reason_key(&decision.reason))
-                        .or_default() += 1;
-                }
-                self.count_rate(at, allowed);
-                if let Some(c) = self.connections.get_mut(session) {
-                    if allowed {
-                        c.rcpt_allowed += 1;
-                    } else {
-                        c.rcpt_denied += 1;
-                    }
-                    c.say(format!("-- <{recipient}> {decision}"));
-                }
-            }
-            Event::MessageAccepted {
-                session, id, size, ..
-            } => {
-                self.counters.messages += 1;
-                if let Some(c) = self.connections.get_mut(session) {
-                    c.bytes += *size as u64;
-                    c.state = "accepted".into();
-                    c.say(format!("-- message {id} accepted ({size} bytes)"));
-                }
-            }
-            _ => {}
-        }
+        self.live.apply(stamped);
         if let Some(line) = log_line(stamped) {
             self.log.push(line);
         }
-    }
-
-    fn count_rate(&mut self, at: SystemTime, allowed: bool) {
-        let second = epoch_ms(at) / 1000;
-        let bucket = match self.rates.back_mut() {
-            Some(b) if b.second == second => b,
-            Some(b) if b.second > second => {
-                // A late event from an earlier second: count it there if kept.
-                match self.rates.iter_mut().rev().find(|b| b.second == second) {
-                    Some(b) => b,
-                    None => return,
-                }
-            }
-            _ => {
-                self.rates.push_back(RateBucket {
-                    second,
-                    ..RateBucket::default()
-                });
-                while self.rates.len() > RATE_SECONDS {
-                    self.rates.pop_front();
-                }
-                match self.rates.back_mut() {
-                    Some(b) => b,
-                    None => return,
-                }
-            }
-        };
-        if allowed {
-            bucket.allowed += 1;
-        } else {
-            bucket.denied += 1;
-        }
-    }
-
-    /// Allowed and denied per second for the `seconds` up to `now`, oldest
-    /// first, zeros where nothing happened.
-    pub fn rate_series(&self, now: SystemTime, seconds: usize) -> (Vec<u64>, Vec<u64>) {
-        let end = epoch_ms(now) / 1000;
-        let start = end - seconds as i64 + 1;
-        let mut allowed = vec![0; seconds];
-        let mut denied = vec![0; seconds];
-        for b in self.rates.iter().rev() {
-            if b.second < start {
-                break;
-            }
-            if b.second <= end {
-                let i = (b.second - start) as usize;
-                allowed[i] = b.allowed;
-                denied[i] = b.denied;
-            }
-        }
-        (allowed, denied)
-    }
-}
-
-/// The address of a `MAIL FROM:<a@b> SIZE=1` line.
-fn mail_from(line: &str) -> String {
-    let rest = line.split_once(':').map_or("", |(_, r)| r).trim_start();
-    match rest.strip_prefix('<').and_then(|r| r.split_once('>')) {
-        Some((addr, _)) => addr.to_string(),
-        None => rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
     }
 }
 
 /// How an event reads in the log; command lines are left to the dialogues.
 pub fn log_line(stamped: &Stamped) -> Option<LogLine> {
-    let described = describe(&stamped.event);
-    if described.kind == "command" {
+    if matches!(*stamped.event, Event::Command { .. }) {
         return None;
     }
+    let described = describe(&stamped.event);
     let text = match stamped.event.as_ref() {
         Event::Decision {
             peer,
@@ -432,21 +161,59 @@ pub fn log_line(stamped: &Stamped) -> Option<LogLine> {
     let detail = (text != described.text).then_some(described.text);
     Some(LogLine {
         at_ms: epoch_ms(stamped.at),
-        kind: described.kind.to_string(),
-        verdict: described.verdict.map(str::to_string),
+        kind: Some(described.kind),
+        verdict: described.verdict,
         text,
         detail,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A log line from the persisted event log: the same rendering as a live
+/// event; an old text row as it was written.
+pub fn history_line(record: crate::decision_log::LogRecord) -> Option<LogLine> {
+    match record {
+        crate::decision_log::LogRecord::Event(stamped) => log_line(&stamped),
+        crate::decision_log::LogRecord::Legacy {
+            at_ms,
+            kind,
+            verdict,
+            text,
+        } => Some(LogLine {
+            at_ms,
+            kind,
+            verdict,
+            text,
+            detail: None,
+        }),
+    }
+}
 
-    #[test]
-    fn mail_from_is_the_address() {
-        assert_eq!(mail_from("MAIL FROM:<a@b.c> SIZE=10"), "a@b.c");
-        assert_eq!(mail_from("MAIL FROM: <> "), "");
-        assert_eq!(mail_from("mail from:x@y"), "x@y");
+/// How a line of a session's dialogue reads, and its tone: what the client
+/// said and what we answered, and the engine's notes (`--`).
+pub fn dialogue_line(stamped: &Stamped) -> (String, Option<Tone>) {
+    match stamped.event.as_ref() {
+        Event::Command { line, reply, .. } if reply.is_empty() => (format!("C: {line}"), None),
+        Event::Command { line, reply, .. } => (format!("C: {line}\nS: {reply}"), None),
+        Event::Decision {
+            recipient,
+            decision,
+            ..
+        } => (
+            format!("-- <{recipient}> {decision}"),
+            Some(if decision.is_allowed() {
+                Tone::Good
+            } else {
+                Tone::Bad
+            }),
+        ),
+        Event::TlsEstablished { .. } => ("-- TLS established".into(), None),
+        Event::Authenticated { login, .. } => (format!("-- authenticated as {login}"), None),
+        Event::AuthFailed { .. } => ("-- AUTH failed".into(), Some(Tone::Bad)),
+        Event::MessageAccepted { id, size, .. } => (
+            format!("-- message {id} accepted ({size} bytes)"),
+            Some(Tone::Good),
+        ),
+        Event::SessionClosed { why, .. } => (format!("-- closed: {why}"), None),
+        other => (format!("-- {}", describe(other).text), None),
     }
 }

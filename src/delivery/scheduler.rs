@@ -12,7 +12,7 @@ use super::dsn::{self, BounceInput, DsnAction, FailedRecipient};
 use super::mx::MxResolver;
 use super::router::{NextHop, next_hop};
 use crate::engine::{Shared, Snapshot};
-use crate::events::Event;
+use crate::events::{DeliveryOutcome, Event};
 use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
 use crate::spool::{
@@ -37,8 +37,11 @@ struct Delivery {
     shared: Arc<Shared>,
     reader: Mutex<SpoolReader>,
     pool: ConnectionPool,
-    global: Semaphore,
-    per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
+    global: Arc<Semaphore>,
+    /// The global semaphore's size now (`delivery-concurrency`, live).
+    global_size: std::sync::atomic::AtomicUsize,
+    /// Per next hop, with the `destination-concurrency` it was made with.
+    per_hop: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     in_flight: Mutex<HashSet<String>>,
     resolver: Mutex<Option<(Vec<SocketAddr>, Arc<MxResolver>)>>,
     /// A message finished: the loop may take more from the spool.
@@ -78,12 +81,14 @@ pub async fn run(
         }
     };
     let settings = Arc::clone(&shared.snapshot().settings);
-    let max_in_flight = settings.delivery_concurrency.saturating_mul(4).max(16);
+    let in_flight_for = |concurrency: usize| concurrency.saturating_mul(4).max(16);
+    let mut max_in_flight = in_flight_for(settings.delivery_concurrency);
     let d = Arc::new(Delivery {
         shared: Arc::clone(&shared),
         reader: Mutex::new(reader),
         pool: ConnectionPool::default(),
-        global: Semaphore::new(settings.delivery_concurrency),
+        global: Arc::new(Semaphore::new(settings.delivery_concurrency)),
+        global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
         per_hop: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
         resolver: Mutex::new(None),
@@ -120,6 +125,9 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
+        let concurrency = shared.snapshot().settings.delivery_concurrency;
+        resize_global(&d, concurrency);
+        max_in_flight = in_flight_for(concurrency);
         if !scan {
             continue;
         }
@@ -460,10 +468,16 @@ async fn deliver_group(
                 );
             }
         };
-        Arc::clone(
-            map.entry(plan.key())
-                .or_insert_with(|| Arc::new(Semaphore::new(settings.destination_concurrency))),
-        )
+        let wanted = settings.destination_concurrency;
+        let entry = map
+            .entry(plan.key())
+            .or_insert_with(|| (wanted, Arc::new(Semaphore::new(wanted))));
+        if entry.0 != wanted {
+            // A changed setting: new attempts share a new semaphore; those
+            // in flight finish under the old one.
+            *entry = (wanted, Arc::new(Semaphore::new(wanted)));
+        }
+        Arc::clone(&entry.1)
     };
     let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, d.global.acquire().await) else {
         return everyone(
@@ -497,6 +511,25 @@ async fn deliver_group(
     everyone(Outcome::Temporary { reply: last_error }, None)
 }
 
+/// Grows or shrinks the global delivery semaphore to a changed
+/// `delivery-concurrency`, without a restart. Shrinking takes the surplus
+/// permits as attempts in flight give them back.
+fn resize_global(d: &Arc<Delivery>, wanted: usize) {
+    use std::sync::atomic::Ordering;
+    let current = d.global_size.swap(wanted, Ordering::Relaxed);
+    if wanted > current {
+        d.global.add_permits(wanted - current);
+    } else if wanted < current {
+        let surplus = (current - wanted) as u32;
+        let global = Arc::clone(&d.global);
+        tokio::spawn(async move {
+            if let Ok(permits) = global.acquire_many(surplus).await {
+                permits.forget();
+            }
+        });
+    }
+}
+
 /// Turns outcomes into spool updates (retry times, expiry, bounces) and
 /// commits them; emits one event per recipient.
 async fn record(
@@ -512,9 +545,11 @@ async fn record(
     let mut failed = Vec::new();
     for (rcpt, outcome, host) in &results {
         let (update, event_outcome, reply) = match outcome {
-            Outcome::Delivered { reply } => {
-                (RecipientUpdate::Delivered, "delivered", reply.clone())
-            }
+            Outcome::Delivered { reply } => (
+                RecipientUpdate::Delivered,
+                DeliveryOutcome::Delivered,
+                reply.clone(),
+            ),
             Outcome::Permanent { reply, status } => {
                 failed.push(FailedRecipient {
                     address: rcpt.clone(),
@@ -527,7 +562,7 @@ async fn record(
                     RecipientUpdate::Failed {
                         error: reply.clone(),
                     },
-                    "bounced",
+                    DeliveryOutcome::Bounced,
                     reply.clone(),
                 )
             }
@@ -547,7 +582,7 @@ async fn record(
                     RecipientUpdate::Failed {
                         error: text.clone(),
                     },
-                    "expired",
+                    DeliveryOutcome::Expired,
                     text,
                 )
             }
@@ -562,7 +597,7 @@ async fn record(
                         next_attempt: now + wait as i64,
                         error: reply.clone(),
                     },
-                    "deferred",
+                    DeliveryOutcome::Deferred,
                     reply.clone(),
                 )
             }

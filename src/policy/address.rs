@@ -28,7 +28,8 @@ pub struct MailAddress {
 
 /// A local-part trick that asks a relay to forward elsewhere
 /// (`user%other@ours`, `other!user@ours`, `"user@other"@ours`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RoutingTrick {
     Percent,
     Bang,

@@ -4,18 +4,21 @@
 
 use super::address::RoutingTrick;
 use super::ip_lists::ListEntry;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Allow,
     Deny,
 }
 
 /// The class of a recipient, from (sender local?, recipient local?).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RelayClass {
     /// External sender to a local recipient.
     Inbound,
@@ -45,10 +48,10 @@ impl fmt::Display for RelayClass {
 }
 
 /// An SMTP reply with its RFC 3463 enhanced status code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub code: u16,
-    pub status: &'static str,
+    pub status: Cow<'static, str>,
     pub text: Cow<'static, str>,
 }
 
@@ -59,7 +62,8 @@ impl fmt::Display for Reply {
 }
 
 /// What decided. Each variant names the entry, switch or rule involved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
 pub enum Reason {
     InboundToLocal {
         domain: String,
@@ -165,7 +169,7 @@ impl fmt::Display for Reason {
 }
 
 /// The decision for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
     pub class: RelayClass,
@@ -184,7 +188,7 @@ impl Decision {
         self.verdict = Verdict::Deny;
         self.reply = Reply {
             code,
-            status: if code == 530 { "5.7.0" } else { "5.7.1" },
+            status: Cow::Borrowed(if code == 530 { "5.7.0" } else { "5.7.1" }),
             text,
         };
         self.reason = reason;
@@ -196,22 +200,29 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// What decided, without the verdict word: the reason, and the rule or
+    /// routing trick that played a part.
+    pub fn explanation(&self) -> String {
+        let mut text = self.reason.to_string();
+        if let Some(n) = self.accepted_by_rule {
+            text.push_str(&format!("; rule #{n} accept-and-stop ended the rules"));
+        }
+        if let Some(trick) = self.routing_trick {
+            text.push_str(&format!(
+                "; the recipient's local part contains {trick} (a routing trick), so it is not treated as local"
+            ));
+        }
+        text
+    }
+}
+
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = match self.verdict {
             Verdict::Allow => "allowed",
             Verdict::Deny => "denied",
         };
-        write!(f, "{verdict}: {}", self.reason)?;
-        if let Some(n) = self.accepted_by_rule {
-            write!(f, "; rule #{n} accept-and-stop ended the rules")?;
-        }
-        if let Some(trick) = self.routing_trick {
-            write!(
-                f,
-                "; the recipient's local part contains {trick} (a routing trick), so it is not treated as local"
-            )?;
-        }
-        Ok(())
+        write!(f, "{verdict}: {}", self.explanation())
     }
 }

@@ -14,7 +14,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Which of the two lists an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ListKind {
     Allow,
     Deny,
@@ -36,7 +39,7 @@ impl fmt::Display for ListKind {
 }
 
 /// An entry as the administrator typed it, with its parsed pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListEntry {
     pub list: ListKind,
     /// The text as typed, shown in every reason.

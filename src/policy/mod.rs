@@ -180,7 +180,7 @@ impl Policy {
             class,
             reply: Reply {
                 code: 250,
-                status: "2.1.5",
+                status: "2.1.5".into(),
                 text: Cow::Borrowed("Ok"),
             },
             reason: Reason::Unrestricted { class },

@@ -104,15 +104,38 @@ impl fmt::Display for Reply {
     }
 }
 
+/// A decision's enhanced status as a static string. Decisions the engine
+/// makes always carry a static one; one read back from JSON falls back to
+/// the generic code of its class.
+#[allow(clippy::ptr_arg)] // Borrowed vs Owned is the point.
+fn static_status(code: u16, status: &std::borrow::Cow<'static, str>) -> &'static str {
+    match status {
+        std::borrow::Cow::Borrowed(s) => s,
+        std::borrow::Cow::Owned(_) => match code / 100 {
+            2 => "2.0.0",
+            4 => "4.0.0",
+            _ => "5.0.0",
+        },
+    }
+}
+
 impl From<decision::Reply> for Reply {
     fn from(reply: decision::Reply) -> Reply {
-        Reply::new(reply.code, reply.status, reply.text)
+        Reply::new(
+            reply.code,
+            static_status(reply.code, &reply.status),
+            reply.text,
+        )
     }
 }
 
 impl From<&decision::Reply> for Reply {
     fn from(reply: &decision::Reply) -> Reply {
-        Reply::new(reply.code, reply.status, reply.text.clone())
+        Reply::new(
+            reply.code,
+            static_status(reply.code, &reply.status),
+            reply.text.clone(),
+        )
     }
 }
 
@@ -185,7 +208,7 @@ mod tests {
     fn policy_reply_converts() {
         let p = decision::Reply {
             code: 554,
-            status: "5.7.1",
+            status: "5.7.1".into(),
             text: "<a@b>: Relay access denied".into(),
         };
         assert_eq!(

@@ -80,7 +80,7 @@ impl Store {
         };
         if !path.exists() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(io)?;
+                crate::data_dir::ensure_private_dir(parent).map_err(io)?;
             }
             create_private_file(path).map_err(io)?;
         }
@@ -150,66 +150,30 @@ impl Store {
     /// consistent state even while another process writes.
     pub fn load_config(&mut self) -> Result<PolicyConfig> {
         let tx = self.conn.transaction()?;
-        let mut config = PolicyConfig::default();
-        {
-            let mut stmt = tx.prepare("SELECT list, entry FROM ip_entries ORDER BY id")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let list: String = row.get(0)?;
-                let entry: String = row.get(1)?;
-                if list == "allow" {
-                    config.allow.push(entry);
-                } else {
-                    config.deny.push(entry);
-                }
-            }
-        }
-        config.local_domains = query_strings(&tx, "SELECT name FROM local_domains ORDER BY name")?;
-        config.users = tx
-            .prepare("SELECT name, password_hash FROM users ORDER BY name")?
-            .query_map([], |r| {
-                Ok(Login {
-                    name: r.get(0)?,
-                    password_hash: r.get(1)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        config.sender_addresses = tx
-            .prepare("SELECT login, address FROM sender_addresses ORDER BY login, address")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let settings: Vec<(String, String)> = tx
-            .prepare("SELECT key, value FROM settings")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut specified = (None, None);
-        for (key, value) in settings {
-            match key.as_str() {
-                "auth.mode" => {
-                    config.auth_mode = AuthMode::parse(&value)
-                        .ok_or_else(|| StoreError::Corrupt(format!("auth.mode = {value:?}")))?
-                }
-                "auth.specified-user" => specified.0 = Some(value),
-                "auth.specified-hash" => specified.1 = Some(value),
-                k if SWITCH_KEYS.iter().any(|(s, _)| *s == k) => {
-                    let on = parse_on_off(&value)
-                        .map_err(|e| StoreError::Corrupt(format!("{k}: {e}")))?;
-                    config
-                        .switches
-                        .set(k, on)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                }
-                _ => {}
-            }
-        }
-        if let (Some(name), Some(password_hash)) = specified {
-            config.specified = Some(Login {
-                name,
-                password_hash,
-            });
-        }
-        config.rules = load_rules(&tx)?;
+        let config = load_config_in(&tx)?;
         tx.commit()?;
+        Ok(config)
+    }
+
+    /// Everything the engine runs on (policy, settings, bindings, routes),
+    /// read in one read transaction: one consistent state, never half of
+    /// an edit another process is committing.
+    pub fn engine_config(&mut self) -> Result<EngineConfig> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        let read = (|| -> Result<EngineConfig> {
+            let policy_config = load_config_in(&self.conn)?;
+            let policy =
+                Policy::compile(&policy_config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok(EngineConfig {
+                policy,
+                settings: self.server_settings()?,
+                bindings: self.bindings()?,
+                routes: self.routes()?,
+            })
+        })();
+        let end = self.conn.execute_batch("COMMIT");
+        let config = read?;
+        end?;
         Ok(config)
     }
 
@@ -728,6 +692,79 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// The policy configuration, read through a transaction the caller holds.
+fn load_config_in(tx: &Connection) -> Result<PolicyConfig> {
+    let mut config = PolicyConfig::default();
+    {
+        let mut stmt = tx.prepare("SELECT list, entry FROM ip_entries ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let list: String = row.get(0)?;
+            let entry: String = row.get(1)?;
+            if list == "allow" {
+                config.allow.push(entry);
+            } else {
+                config.deny.push(entry);
+            }
+        }
+    }
+    config.local_domains = query_strings(tx, "SELECT name FROM local_domains ORDER BY name")?;
+    config.users = tx
+        .prepare("SELECT name, password_hash FROM users ORDER BY name")?
+        .query_map([], |r| {
+            Ok(Login {
+                name: r.get(0)?,
+                password_hash: r.get(1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    config.sender_addresses = tx
+        .prepare("SELECT login, address FROM sender_addresses ORDER BY login, address")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let settings: Vec<(String, String)> = tx
+        .prepare("SELECT key, value FROM settings")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut specified = (None, None);
+    for (key, value) in settings {
+        match key.as_str() {
+            "auth.mode" => {
+                config.auth_mode = AuthMode::parse(&value)
+                    .ok_or_else(|| StoreError::Corrupt(format!("auth.mode = {value:?}")))?
+            }
+            "auth.specified-user" => specified.0 = Some(value),
+            "auth.specified-hash" => specified.1 = Some(value),
+            k if SWITCH_KEYS.iter().any(|(s, _)| *s == k) => {
+                let on =
+                    parse_on_off(&value).map_err(|e| StoreError::Corrupt(format!("{k}: {e}")))?;
+                config
+                    .switches
+                    .set(k, on)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            }
+            _ => {}
+        }
+    }
+    if let (Some(name), Some(password_hash)) = specified {
+        config.specified = Some(Login {
+            name,
+            password_hash,
+        });
+    }
+    config.rules = load_rules(tx)?;
+    Ok(config)
+}
+
+/// What the engine runs on, read in one transaction ([`Store::engine_config`]).
+#[derive(Debug)]
+pub struct EngineConfig {
+    pub policy: Policy,
+    pub settings: ServerSettings,
+    pub bindings: Vec<Binding>,
+    pub routes: Vec<Route>,
 }
 
 fn query_strings(conn: &Connection, sql: &str) -> Result<Vec<String>> {

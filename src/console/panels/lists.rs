@@ -2,8 +2,10 @@
 //! invalid lines marked with their reason, and the test box.
 
 use crate::console::app::App;
+use crate::console::list_editor::TestLine;
 use crate::console::list_editor::{ListFocus, TEST_LABELS};
 use crate::console::theme::Theme;
+use crate::policy::decision::Verdict;
 use crate::policy::ip_lists::ListKind;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -139,16 +141,16 @@ fn render_test(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             if active { theme.focus } else { theme.normal },
         ));
     }
-    let verdict_style = |s: &Option<String>| match s {
-        Some(t) if t.contains(" denied: ") => theme.denied,
-        Some(t) if t.contains(" allowed: ") => theme.allowed,
-        _ => theme.normal,
+    let verdict_style = |s: &TestLine| match s.verdict {
+        Some(Verdict::Deny) => theme.denied,
+        Some(Verdict::Allow) => theme.allowed,
+        None => theme.normal,
     };
     let mut lines = vec![Line::from(fields)];
     match &test.saved {
         Some(s) => lines.push(Line::from(vec![
             Span::styled("saved:  ", theme.dim),
-            Span::styled(s.clone(), verdict_style(&test.saved)),
+            Span::styled(s.text.clone(), verdict_style(s)),
         ])),
         None => lines.push(Line::styled(
             "type an IP (and optionally sender, recipient, user): ↑↓ move between fields",
@@ -158,7 +160,7 @@ fn render_test(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     if let Some(e) = &test.edited {
         lines.push(Line::from(vec![
             Span::styled("edited: ", theme.dim),
-            Span::styled(e.clone(), verdict_style(&test.edited)),
+            Span::styled(e.text.clone(), verdict_style(e)),
         ]));
     } else if let Some(n) = &test.note {
         lines.push(Line::styled(n.clone(), theme.dim));

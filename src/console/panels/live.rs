@@ -58,7 +58,7 @@ pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
     Line::from(spans)
 }
 
-fn joined(map: &BTreeMap<&'static str, u64>) -> String {
+fn joined(map: &BTreeMap<std::borrow::Cow<'static, str>, u64>) -> String {
     if map.is_empty() {
         return "-".into();
     }

@@ -14,27 +14,29 @@ use ratatui::text::{Line, Span};
 
 /// A log line as the Live tail and the Log panel show it.
 pub fn log_line<'a>(line: &'a LogLine, theme: &Theme) -> Line<'a> {
-    let verdict = line.verdict.as_deref();
-    let style = if line.kind == "error" {
+    let error = line.kind == Some(crate::events::EventKind::Error);
+    let style = if error {
         theme.error
     } else {
-        theme.verdict(verdict)
+        theme.verdict(line.verdict)
     };
     Line::from(vec![
         Span::styled(super::render::clock(line.at_ms), theme.dim),
         Span::raw(" "),
         Span::styled(
-            format!("{:<8}", verdict.unwrap_or(line.kind.as_str())),
+            format!(
+                "{:<8}",
+                line.verdict
+                    .map(|v| v.as_str())
+                    .or(line.kind.map(|k| k.as_str()))
+                    .unwrap_or("")
+            ),
             style,
         ),
         Span::raw(" "),
         Span::styled(
             line.text.as_str(),
-            if line.kind == "error" {
-                theme.error
-            } else {
-                theme.normal
-            },
+            if error { theme.error } else { theme.normal },
         ),
     ])
 }

@@ -1,0 +1,176 @@
+//! The engine's live feed: one task that takes every engine event, keeps
+//! the live picture ([`LiveState`]) and the recent events, and fans the
+//! events out to attached consoles.
+//!
+//! Attaching is answered inside that task, between two events, so a
+//! console's snapshot and the events that follow it fit exactly: nothing
+//! missed, nothing twice. Consoles receive through a broadcast channel of
+//! fixed size: one that falls behind is told how many events it skipped
+//! ([`broadcast::error::RecvError::Lagged`]) and attaches again; it never
+//! slows a session, and its backlog never grows past the channel.
+
+use super::protocol::EngineSnapshot;
+use crate::engine::ListenerStatus;
+use crate::events::{CommandSwitch, EventBus, Stamped};
+use crate::live::LiveState;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Events a console may be behind before it is told it skipped some.
+pub const CONSOLE_BACKLOG: usize = 16_384;
+/// Events (no command lines) kept for a console that attaches.
+pub const RECENT_EVENTS: usize = 5_000;
+/// Room between the engine and the feed.
+const BUS_CAPACITY: usize = 65_536;
+
+/// Where the feed gets the listeners' state from.
+pub type ListenerSource = Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync>;
+
+enum Request {
+    Attach(oneshot::Sender<Attachment>),
+    Dialogue(u64, oneshot::Sender<Vec<Stamped>>),
+}
+
+/// A console's start: the state now, and the events from now on.
+pub struct Attachment {
+    pub snapshot: Box<EngineSnapshot>,
+    pub events: broadcast::Receiver<Stamped>,
+}
+
+/// A handle on the feed task.
+#[derive(Clone)]
+pub struct Feed {
+    requests: mpsc::Sender<Request>,
+    bus: Arc<EventBus>,
+    listeners: ListenerSource,
+}
+
+impl Feed {
+    /// Starts the feed on `bus`. Command lines (most of the events) are
+    /// only asked of the engine while a console is attached.
+    pub fn start(bus: Arc<EventBus>, listeners: ListenerSource) -> Feed {
+        let (events, switch) = bus.subscribe_switchable(BUS_CAPACITY);
+        let (requests, incoming) = mpsc::channel(64);
+        let (out, _) = broadcast::channel(CONSOLE_BACKLOG);
+        let task = FeedTask {
+            live: LiveState::default(),
+            recent: VecDeque::new(),
+            started: SystemTime::now(),
+            out,
+            switch,
+            bus: Arc::clone(&bus),
+            listeners: Arc::clone(&listeners),
+        };
+        tokio::spawn(task.run(events, incoming));
+        Feed {
+            requests,
+            bus,
+            listeners,
+        }
+    }
+
+    /// The state now and the events from now on; `None` once the engine
+    /// is gone.
+    pub async fn attach(&self) -> Option<Attachment> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Attach(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// One session's dialogue as the engine has it (empty if unknown).
+    pub async fn dialogue(&self, session: u64) -> Vec<Stamped> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Dialogue(session, tx))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        (self.listeners)()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.bus.dropped()
+    }
+}
+
+struct FeedTask {
+    live: LiveState,
+    recent: VecDeque<Stamped>,
+    started: SystemTime,
+    out: broadcast::Sender<Stamped>,
+    switch: CommandSwitch,
+    bus: Arc<EventBus>,
+    listeners: ListenerSource,
+}
+
+impl FeedTask {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Stamped>,
+        mut requests: mpsc::Receiver<Request>,
+    ) {
+        loop {
+            tokio::select! {
+                // Events first: a request is answered after what happened before it.
+                biased;
+                event = events.recv() => match event {
+                    Some(e) => self.take(e),
+                    None => return,
+                },
+                request = requests.recv() => match request {
+                    Some(r) => self.answer(r),
+                    None => return,
+                },
+            }
+            self.switch.set(self.out.receiver_count() > 0);
+        }
+    }
+
+    fn take(&mut self, stamped: Stamped) {
+        self.live.apply(&stamped);
+        if crate::decision_log::is_logged(&stamped) {
+            if self.recent.len() >= RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(stamped.clone());
+        }
+        // No receiver is not an error: nobody is attached.
+        let _ = self.out.send(stamped);
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Attach(reply) => {
+                let snapshot = Box::new(EngineSnapshot {
+                    started: self.started,
+                    listeners: (self.listeners)(),
+                    live: self.live.clone(),
+                    recent: self.recent.iter().cloned().collect(),
+                    dropped: self.bus.dropped(),
+                });
+                let events = self.out.subscribe();
+                // Commands from now on, for the dialogues.
+                self.switch.set(true);
+                let _ = reply.send(Attachment { snapshot, events });
+            }
+            Request::Dialogue(session, reply) => {
+                let dialogue = self
+                    .live
+                    .connections
+                    .get(&session)
+                    .map(|c| c.dialogue.iter().cloned().collect())
+                    .unwrap_or_default();
+                let _ = reply.send(dialogue);
+            }
+        }
+    }
+}

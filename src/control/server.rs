@@ -1,0 +1,354 @@
+//! The engine's end of the control socket: a Unix socket beside the
+//! database, owner-only (or 0660 for the console group), every peer
+//! checked by its credentials before a byte is read from it.
+
+use super::access::{self, Group};
+use super::feed::Feed;
+use super::protocol::{
+    self, Access, ClientMessage, EngineStatus, PROTOCOL_VERSION, ServerMessage, encode,
+};
+use crate::engine::Shared;
+use crate::events::Event;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// A console that cannot take a line for this long is cut off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client must say hello this soon.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request line.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Why the socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{path} exists and is not a socket; relaygate will not replace it")]
+    NotASocket { path: PathBuf },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the socket's connections share.
+struct Context {
+    shared: Arc<Shared>,
+    feed: Feed,
+    retry_bindings: Arc<Notify>,
+    own_uid: u32,
+}
+
+/// Opens the socket (replacing one left by a crash: the caller holds the
+/// engine lock, so no live engine owns it) and serves it until `stop`.
+pub fn start(
+    path: &Path,
+    shared: Arc<Shared>,
+    feed: Feed,
+    retry_bindings: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(io)?,
+        Ok(_) => {
+            return Err(ControlError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    let group = shared.snapshot().settings.console_group.clone();
+    let ctx = Arc::new(Context {
+        shared,
+        feed,
+        retry_bindings,
+        own_uid: access::own_uid(),
+    });
+    let applied = apply_mode(&ctx, path, group.as_deref());
+    Ok(tokio::spawn(accept_loop(
+        ctx,
+        listener,
+        path.to_path_buf(),
+        applied,
+        stop,
+    )))
+}
+
+/// Sets the socket's mode for the console group setting: 0600, or 0660
+/// with the group's ownership. Returns the group in force.
+fn apply_mode(ctx: &Context, path: &Path, group: Option<&str>) -> Option<Group> {
+    let found = group.and_then(access::lookup_group);
+    if let (Some(name), None) = (group, &found) {
+        ctx.shared.events.emit(Event::Error {
+            session: None,
+            message: format!(
+                "console-group {name}: no such group; the control socket stays owner-only"
+            ),
+        });
+    }
+    let result = match &found {
+        Some(g) => std::os::unix::fs::chown(path, None, Some(g.gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))),
+        None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)),
+    };
+    if let Err(e) = result {
+        ctx.shared.events.emit(Event::Error {
+            session: None,
+            message: format!("control socket {}: setting its mode: {e}", path.display()),
+        });
+        return None;
+    }
+    found
+}
+
+async fn accept_loop(
+    ctx: Arc<Context>,
+    listener: UnixListener,
+    path: PathBuf,
+    mut group: Option<Group>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut setting = ctx.shared.snapshot().settings.console_group.clone();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = check.tick() => {
+                let now = ctx.shared.snapshot().settings.console_group.clone();
+                if now != setting {
+                    group = apply_mode(&ctx, &path, now.as_deref());
+                    setting = now;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let access = match stream.peer_cred() {
+                        Ok(cred) => {
+                            match access::decide(cred.uid(), cred.gid(), ctx.own_uid, group.as_ref()) {
+                                Some(a) => Ok(a),
+                                None => Err((cred.uid(), cred.pid())),
+                            }
+                        }
+                        Err(_) => Err((u32::MAX, None)),
+                    };
+                    match access {
+                        Ok(access) => {
+                            tokio::spawn(serve_client(Arc::clone(&ctx), stream, access));
+                        }
+                        Err((uid, pid)) => {
+                            ctx.shared.events.emit(Event::ControlRefused { uid, pid });
+                            tokio::spawn(refuse(stream));
+                        }
+                    }
+                }
+                Err(e) => {
+                    ctx.shared.events.emit(Event::Error {
+                        session: None,
+                        message: format!("control socket accept: {e}"),
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    // A clean shutdown leaves no socket behind.
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn refuse(mut stream: UnixStream) {
+    let line = encode(&ServerMessage::Error {
+        message: "not allowed: the console needs the service user, root, or the console group"
+            .into(),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+}
+
+/// Writes one message, or gives up on a console that does not read.
+async fn send(
+    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    message: &ServerMessage,
+    flush: bool,
+) -> bool {
+    let line = encode(message);
+    let write = async {
+        writer.write_all(&line).await?;
+        if flush {
+            writer.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
+    let (read, write) = stream.into_split();
+    let mut writer = BufWriter::with_capacity(64 * 1024, write);
+    let hello = ServerMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        engine: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        access,
+    };
+    if !send(&mut writer, &hello, true).await {
+        return;
+    }
+    // Requests are read on their own task: a line read must not be cut
+    // in half by the select below.
+    let (requests_tx, mut requests) = mpsc::channel::<Result<ClientMessage, String>>(16);
+    let reader = tokio::spawn(read_requests(read, requests_tx));
+    let first = tokio::time::timeout(HELLO_TIMEOUT, requests.recv()).await;
+    match first {
+        Ok(Some(Ok(ClientMessage::Hello { .. }))) => {}
+        Ok(Some(Err(message))) => {
+            let _ = send(&mut writer, &ServerMessage::Error { message }, true).await;
+            reader.abort();
+            return;
+        }
+        _ => {
+            reader.abort();
+            return;
+        }
+    }
+    let Some(attachment) = ctx.feed.attach().await else {
+        return;
+    };
+    let mut events = attachment.events;
+    if !send(
+        &mut writer,
+        &ServerMessage::Snapshot {
+            snapshot: attachment.snapshot,
+        },
+        true,
+    )
+    .await
+    {
+        reader.abort();
+        return;
+    }
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_status: Option<EngineStatus> = None;
+    loop {
+        let keep = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let flush = events.is_empty();
+                    send(&mut writer, &ServerMessage::Event { event }, flush).await
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Skip ahead: say how much was missed, then start afresh.
+                    let Some(again) = ctx.feed.attach().await else { break };
+                    events = again.events;
+                    let snapshot = again.snapshot;
+                    send(&mut writer, &ServerMessage::Lagged { missed }, false).await
+                        && send(&mut writer, &ServerMessage::Snapshot { snapshot }, true).await
+                }
+                Err(broadcast::error::RecvError::Closed) => false,
+            },
+            request = requests.recv() => match request {
+                Some(Ok(request)) => answer(&ctx, &mut writer, access, request).await,
+                Some(Err(message)) => send(&mut writer, &ServerMessage::Error { message }, true).await,
+                None => false,
+            },
+            _ = status_tick.tick() => {
+                let status = EngineStatus {
+                    listeners: ctx.feed.listeners(),
+                    dropped: ctx.feed.dropped(),
+                };
+                if last_status.as_ref() != Some(&status) {
+                    last_status = Some(status.clone());
+                    send(&mut writer, &ServerMessage::Status { status }, true).await
+                } else {
+                    true
+                }
+            }
+        };
+        if !keep {
+            break;
+        }
+    }
+    reader.abort();
+}
+
+async fn answer(
+    ctx: &Context,
+    writer: &mut BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    access: Access,
+    request: ClientMessage,
+) -> bool {
+    let reply = match request {
+        ClientMessage::Hello { .. } => ServerMessage::Error {
+            message: "hello twice".into(),
+        },
+        ClientMessage::Dialogue { session } => ServerMessage::Dialogue {
+            session,
+            events: ctx.feed.dialogue(session).await,
+        },
+        ClientMessage::RetryBindings if access == Access::Admin => {
+            ctx.retry_bindings.notify_one();
+            // The engine retries on its configuration task; give it a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ServerMessage::BindingsRetried {
+                listeners: ctx.feed.listeners(),
+            }
+        }
+        ClientMessage::RetryBindings => ServerMessage::Error {
+            message: "retrying bindings needs the service user".into(),
+        },
+    };
+    send(writer, &reply, true).await
+}
+
+async fn read_requests(
+    read: tokio::net::unix::OwnedReadHalf,
+    out: mpsc::Sender<Result<ClientMessage, String>>,
+) {
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    let mut hello_seen = false;
+    loop {
+        line.clear();
+        let n = match tokio::io::AsyncReadExt::take(&mut reader, MAX_REQUEST)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        if line.last() != Some(&b'\n') {
+            let _ = out
+                .send(Err(format!("request longer than {MAX_REQUEST} bytes")))
+                .await;
+            return;
+        }
+        let first = !hello_seen;
+        let parsed = if hello_seen {
+            protocol::decode_client(&line).map_err(|e| e.to_string())
+        } else {
+            hello_seen = true;
+            protocol::check_client_hello(&line)
+                .map(|()| ClientMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                })
+                .map_err(|e| e.to_string())
+        };
+        let fatal = parsed.is_err() && first;
+        if out.send(parsed).await.is_err() || fatal {
+            return;
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The engine's live picture: open sessions, counters by class and reason,
+//! per-second rates, built from the engine's events alone. The engine
+//! keeps one (so a console that attaches gets it whole), and every console
+//! keeps its own copy up to date from the same events.
+//! Pure state: no I/O, bounded everywhere so a flood cannot grow it.
+
+use crate::bindings::BindKind;
+use crate::events::{Event, Stamped};
+use crate::policy::decision::Reason;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Events kept per connection dialogue.
+pub const DIALOGUE_LINES: usize = 200;
+/// Closed connections kept in the table (their dialogue stays readable).
+pub const CLOSED_KEPT: usize = 50;
+/// Seconds of rate history.
+pub const RATE_SECONDS: usize = 600;
+
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One client connection, as the Live table shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub session: u64,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub kind: BindKind,
+    pub tls: bool,
+    pub login: Option<String>,
+    /// The last command verb, `accepted` after a message, `closed`.
+    pub state: String,
+    pub helo: Option<String>,
+    pub mail_from: Option<String>,
+    pub rcpt_allowed: u32,
+    pub rcpt_denied: u32,
+    /// Bytes received: command lines and accepted messages.
+    pub bytes: u64,
+    pub opened_at: SystemTime,
+    pub closed: Option<String>,
+    /// The session's events so far (commands, TLS, AUTH, decisions, the
+    /// message, the close), the oldest dropped past [`DIALOGUE_LINES`].
+    /// Not part of a snapshot sent over the socket: it is asked for.
+    #[serde(skip)]
+    pub dialogue: VecDeque<Stamped>,
+}
+
+impl Connection {
+    fn say(&mut self, event: &Stamped) {
+        if self.dialogue.len() >= DIALOGUE_LINES {
+            self.dialogue.pop_front();
+        }
+        self.dialogue.push_back(event.clone());
+    }
+
+    /// Takes a dialogue sent by the engine; events that arrived live in
+    /// the meantime are kept once.
+    pub fn replace_dialogue(&mut self, events: Vec<Stamped>) {
+        let live: Vec<Stamped> = self.dialogue.drain(..).collect();
+        self.dialogue = events.into();
+        for e in live {
+            if !self
+                .dialogue
+                .iter()
+                .rev()
+                .take(DIALOGUE_LINES)
+                .any(|d| *d == e)
+            {
+                self.say(&e);
+            }
+        }
+        while self.dialogue.len() > DIALOGUE_LINES {
+            self.dialogue.pop_front();
+        }
+    }
+}
+
+/// The counters of the Live panel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub sessions: u64,
+    pub refused_sessions: u64,
+    pub messages: u64,
+    pub allowed_by_class: BTreeMap<Cow<'static, str>, u64>,
+    pub denied_by_class: BTreeMap<Cow<'static, str>, u64>,
+    pub denied_by_reason: BTreeMap<Cow<'static, str>, u64>,
+    pub auth_failures: u64,
+}
+
+/// Allowed and denied recipients in one second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RateBucket {
+    /// Seconds since the epoch.
+    pub second: i64,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// A short name for what denied a recipient, for the "by reason" counter.
+pub fn reason_key(reason: &Reason) -> &'static str {
+    match reason {
+        Reason::IpDenied { .. } => "deny entry",
+        Reason::IpUnlisted { .. } => "unlisted IP",
+        Reason::AuthRequired { .. } => "auth required",
+        Reason::DomainRestrictSend { .. } => "domain-restrict-send",
+        Reason::UserRestrictSend { .. } => "user-restrict-send",
+        Reason::SenderLoginMismatch { .. } => "sender-login-match",
+        Reason::RuleRejected { .. } => "rule",
+        Reason::InboundToLocal { .. }
+        | Reason::Unrestricted { .. }
+        | Reason::Authenticated { .. }
+        | Reason::IpAllowed { .. } => "other",
+    }
+}
+
+/// The live picture of the engine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveState {
+    /// Open connections and the last few closed ones, by session number.
+    pub connections: BTreeMap<u64, Connection>,
+    pub closed: VecDeque<u64>,
+    pub open: usize,
+    pub counters: Counters,
+    pub rates: VecDeque<RateBucket>,
+}
+
+impl LiveState {
+    /// Takes one engine event into account.
+    pub fn apply(&mut self, stamped: &Stamped) {
+        let at = stamped.at;
+        let event = stamped.event.as_ref();
+        match event {
+            Event::SessionOpened {
+                session,
+                peer,
+                local,
+                kind,
+                tls,
+            } => {
+                self.counters.sessions += 1;
+                self.open += 1;
+                self.connections.insert(
+                    *session,
+                    Connection {
+                        session: *session,
+                        peer: *peer,
+                        local: *local,
+                        kind: *kind,
+                        tls: *tls,
+                        login: None,
+                        state: "greeting".into(),
+                        helo: None,
+                        mail_from: None,
+                        rcpt_allowed: 0,
+                        rcpt_denied: 0,
+                        bytes: 0,
+                        opened_at: at,
+                        closed: None,
+                        dialogue: VecDeque::new(),
+                    },
+                );
+            }
+            Event::SessionRefused { .. } => self.counters.refused_sessions += 1,
+            Event::SessionClosed { session, why } => {
+                if let Some(c) = self.connections.get_mut(session)
+                    && c.closed.is_none()
+                {
+                    c.closed = Some(why.clone());
+                    c.state = "closed".into();
+                    c.say(stamped);
+                    self.open = self.open.saturating_sub(1);
+                    self.closed.push_back(*session);
+                    while self.closed.len() > CLOSED_KEPT {
+                        if let Some(old) = self.closed.pop_front() {
+                            self.connections.remove(&old);
+                        }
+                    }
+                }
+            }
+            Event::TlsEstablished { session } => {
+                if let Some(c) = self.connections.get_mut(session) {
+                    c.tls = true;
+                    c.say(stamped);
+                }
+            }
+            Event::Command { session, line, .. } => {
+                if let Some(c) = self.connections.get_mut(session) {
+                    c.bytes += line.len() as u64 + 2;
+                    let mut words = line.split_whitespace();
+                    let verb = words.next().unwrap_or_default().to_ascii_uppercase();
+                    match verb.as_str() {
+                        "EHLO" | "HELO" => c.helo = words.next().map(str::to_string),
+                        "MAIL" => c.mail_from = Some(mail_from(line)),
+                        _ => {}
+                    }
+                    if !verb.is_empty() && !verb.starts_with('*') {
+                        c.state = verb.to_ascii_lowercase();
+                    }
+                    c.say(stamped);
+                }
+            }
+            Event::Authenticated { session, login } => {
+                if let Some(c) = self.connections.get_mut(session) {
+                    c.login = Some(login.clone());
+                    c.say(stamped);
+                }
+            }
+            Event::AuthFailed { session, .. } => {
+                self.counters.auth_failures += 1;
+                if let Some(c) = self.connections.get_mut(session) {
+                    c.say(stamped);
+                }
+            }
+            Event::Decision {
+                session, decision, ..
+            } => {
+                let class = Cow::Borrowed(decision.class.as_str());
+                let allowed = decision.is_allowed();
+                if allowed {
+                    *self.counters.allowed_by_class.entry(class).or_default() += 1;
+                } else {
+                    *self.counters.denied_by_class.entry(class).or_default() += 1;
+                    *self
+                        .counters
+                        .denied_by_reason
+                        .entry(Cow::Borrowed(reason_key(&decision.reason)))
+                        .or_default() += 1;
+                }
+                self.count_rate(at, allowed);
+                if let Some(c) = self.connections.get_mut(session) {
+                    if allowed {
+                        c.rcpt_allowed += 1;
+                    } else {
+                        c.rcpt_denied += 1;
+                    }
+                    c.say(stamped);
+                }
+            }
+            Event::MessageAccepted { session, size, .. } => {
+                self.counters.messages += 1;
+                if let Some(c) = self.connections.get_mut(session) {
+                    c.bytes += *size as u64;
+                    c.state = "accepted".into();
+                    c.say(stamped);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count_rate(&mut self, at: SystemTime, allowed: bool) {
+        let second = epoch_ms(at) / 1000;
+        let bucket = match self.rates.back_mut() {
+            Some(b) if b.second == second => b,
+            Some(b) if b.second > second => {
+                // A late event from an earlier second: count it there if kept.
+                match self.rates.iter_mut().rev().find(|b| b.second == second) {
+                    Some(b) => b,
+                    None => return,
+                }
+            }
+            _ => {
+                self.rates.push_back(RateBucket {
+                    second,
+                    ..RateBucket::default()
+                });
+                while self.rates.len() > RATE_SECONDS {
+                    self.rates.pop_front();
+                }
+                match self.rates.back_mut() {
+                    Some(b) => b,
+                    None => return,
+                }
+            }
+        };
+        if allowed {
+            bucket.allowed += 1;
+        } else {
+            bucket.denied += 1;
+        }
+    }
+
+    /// Allowed and denied per second for the `seconds` up to `now`, oldest
+    /// first, zeros where nothing happened.
+    pub fn rate_series(&self, now: SystemTime, seconds: usize) -> (Vec<u64>, Vec<u64>) {
+        let end = epoch_ms(now) / 1000;
+        let start = end - seconds as i64 + 1;
+        let mut allowed = vec![0; seconds];
+        let mut denied = vec![0; seconds];
+        for b in self.rates.iter().rev() {
+            if b.second < start {
+                break;
+            }
+            if b.second <= end {
+                let i = (b.second - start) as usize;
+                allowed[i] = b.allowed;
+                denied[i] = b.denied;
+            }
+        }
+        (allowed, denied)
+    }
+}
+
+/// The address of a `MAIL FROM:<a@b> SIZE=1` line.
+fn mail_from(line: &str) -> String {
+    let rest = line.split_once(':').map_or("", |(_, r)| r).trim_start();
+    match rest.strip_prefix('<').and_then(|r| r.split_once('>')) {
+        Some((addr, _)) => addr.to_string(),
+        None => rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_from_is_the_address() {
+        assert_eq!(mail_from("MAIL FROM:<a@b.c> SIZE=10"), "a@b.c");
+        assert_eq!(mail_from("MAIL FROM: <> "), "");
+        assert_eq!(mail_from("mail from:x@y"), "x@y");
+    }
+}
