@@ -417,6 +417,7 @@ impl Engine {
             Arc::clone(&engine.listeners),
             engine.session_token.clone(),
             Arc::clone(&engine.nudges),
+            bindings,
         )));
         Ok(engine)
     }
@@ -658,11 +659,12 @@ async fn watch_config(
     listeners: ListenerTable,
     token: Option<mpsc::Sender<()>>,
     nudges: Arc<Nudges>,
+    mut bindings: Vec<Binding>,
 ) {
     let Some(token) = token else { return };
     let store = Arc::new(Mutex::new(store));
     let mut last_version: Option<i64> = None;
-    let mut bindings: Vec<Binding> = Vec::new();
+    let mut first = true;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let mut reload_tls = false;
@@ -705,7 +707,11 @@ async fn watch_config(
                         if let Ok(mut snap) = shared.snapshot.write() {
                             *snap = Arc::new(snapshot);
                         }
-                        shared.events.emit(Event::PolicyReloaded { allow, deny });
+                        // The first read repeats the one made at start.
+                        if !first || reload_tls {
+                            shared.events.emit(Event::PolicyReloaded { allow, deny });
+                        }
+                        first = false;
                         bindings = new_bindings;
                     }
                     Err(error) => shared.events.emit(Event::ConfigRejected { error }),

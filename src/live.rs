@@ -123,7 +123,10 @@ pub fn reason_key(reason: &Reason) -> &'static str {
 /// The live picture of the engine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LiveState {
+    /// As a list on the wire: JSON map keys are strings, and a tagged
+    /// message cannot read them back as numbers.
     /// Open connections and the last few closed ones, by session number.
+    #[serde(with = "connections_as_list")]
     pub connections: BTreeMap<u64, Connection>,
     pub closed: VecDeque<u64>,
     pub open: usize,
@@ -305,6 +308,27 @@ impl LiveState {
             }
         }
         (allowed, denied)
+    }
+}
+
+/// The connection table as a list of connections (each knows its number).
+mod connections_as_list {
+    use super::Connection;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<u64, Connection>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, Connection>, D::Error> {
+        let list = Vec::<Connection>::deserialize(d)?;
+        Ok(list.into_iter().map(|c| (c.session, c)).collect())
     }
 }
 

@@ -3,6 +3,8 @@
 //! into the Relay lists panel lets a refused client through, and the
 //! terminal is restored on quit and on SIGTERM.
 
+mod common;
+
 use portable_pty::{Child, CommandBuilder, MasterPty, PtySize, native_pty_system};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -56,6 +58,13 @@ struct Console {
 
 impl Console {
     fn start(db: &Path) -> Console {
+        let mut cmd = CommandBuilder::new(BIN);
+        cmd.arg("--db");
+        cmd.arg(db);
+        Console::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: CommandBuilder) -> Console {
         let pty = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS.get(),
@@ -64,9 +73,6 @@ impl Console {
                 pixel_height: 0,
             })
             .expect("openpty");
-        let mut cmd = CommandBuilder::new(BIN);
-        cmd.arg("--db");
-        cmd.arg(db);
         cmd.env("TERM", "xterm-256color");
         cmd.env_remove("NO_COLOR");
         let child = pty.slave.spawn_command(cmd).expect("spawn in the pty");
@@ -296,4 +302,94 @@ fn sigterm_restores_the_terminal() {
     assert!(status.success(), "exit status {status:?}");
     assert!(!console.screen.screen().alternate_screen());
     assert!(!console.screen.screen().hide_cursor());
+}
+
+/// A refused session: EHLO with `helo`, a relay attempt, QUIT.
+fn refused_session(port: u16, helo: &str) {
+    let mut smtp = Smtp::connect(port);
+    smtp.cmd(&format!("EHLO {helo}"));
+    assert!(smtp.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(smtp.cmd("RCPT TO:<b@far.test>").starts_with("554"));
+    smtp.cmd("QUIT");
+}
+
+#[test]
+fn relaygate_attaches_to_the_running_service_follows_it_across_a_restart_and_leaves_it_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = refusing_db(dir.path());
+    let mut daemon = common::Server::start(&db);
+    let port = daemon.addr().port();
+    let pid = daemon.child.id();
+
+    // `relaygate` on a terminal, with an engine running: it attaches.
+    let mut console = Console::start(&db);
+    console.wait_for(&[
+        &format!("attached to pid {pid}"),
+        &format!("listening 127.0.0.1:{port}"),
+    ]);
+    refused_session(port, "first.test");
+    console.wait_for(&["first.test", "denied  outbound 1"]);
+
+    // The service restarts: the console says so, then follows the new one.
+    assert_eq!(daemon.terminate().code(), Some(0));
+    console.wait_for(&["engine gone, reconnecting"]);
+    let mut daemon = common::Server::start(&db);
+    let port = daemon.addr().port();
+    let pid = daemon.child.id();
+    console.wait_for(&[
+        &format!("attached to pid {pid}"),
+        &format!("listening 127.0.0.1:{port}"),
+    ]);
+    refused_session(port, "second.test");
+    console.wait_for(&["second.test"]);
+
+    // Quitting an attached console asks nothing and stops nothing.
+    console.press("q");
+    let status = console.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let mut smtp = Smtp::connect(port);
+    assert!(
+        smtp.cmd("QUIT").starts_with("221"),
+        "the service still serves"
+    );
+    assert!(daemon.child.try_wait().expect("wait").is_none());
+}
+
+#[test]
+fn a_console_group_member_watches_and_is_told_how_to_edit() {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !root || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run the console as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = refusing_db(dir.path());
+    cli(&db, &["policy", "set", "console-group", "nogroup"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let mut daemon = common::Server::start(&db);
+    let port = daemon.addr().port();
+    let pid = daemon.child.id();
+    let mut cmd = CommandBuilder::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "--db",
+    ]);
+    cmd.arg(&db);
+    cmd.arg("console");
+    let mut console = Console::spawn(cmd);
+    console.wait_for(&[&format!("attached to pid {pid}, watching")]);
+    refused_session(port, "watched.test");
+    console.wait_for(&["watched.test"]);
+    // An edit key on the Users panel says who may edit instead of failing.
+    console.press("6");
+    console.press("a");
+    console.wait_for(&["watching only: editing needs the service user"]);
+    console.press("q");
+    assert!(console.wait_exit().success());
 }

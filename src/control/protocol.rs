@@ -203,3 +203,288 @@ pub fn check_client_hello(line: &[u8]) -> Result<(), ProtocolError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::{BindKind, Binding};
+    use crate::events::{ConfigError, DeliveryOutcome, Event};
+    use crate::policy::decision::{Decision, Reason, RelayClass, Reply, Verdict};
+    use crate::policy::ip_lists::{ListEntry, ListKind};
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn decision() -> Decision {
+        let entry = ListEntry {
+            list: ListKind::Deny,
+            text: Arc::from("10.*.*.*"),
+            pattern: crate::policy::ip_pattern::IpPattern::V4([
+                (10, 10),
+                (0, 255),
+                (0, 255),
+                (0, 255),
+            ]),
+        };
+        Decision {
+            verdict: Verdict::Deny,
+            class: RelayClass::Relay,
+            reply: Reply {
+                code: 554,
+                status: "5.7.1".into(),
+                text: "Relay access denied".into(),
+            },
+            reason: Reason::IpDenied {
+                class: RelayClass::Relay,
+                ip: "10.1.2.3".parse().unwrap(),
+                entry,
+                over: None,
+            },
+            routing_trick: Some(crate::policy::address::RoutingTrick::Percent),
+            accepted_by_rule: Some(2),
+        }
+    }
+
+    /// One of every event; the match makes a new variant fail to compile
+    /// here until it is added.
+    fn every_event() -> Vec<Event> {
+        let peer: std::net::SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let all = vec![
+            Event::EngineStarted {
+                pid: 7,
+                version: "0.1.0".into(),
+            },
+            Event::ListenerUp {
+                addr: peer,
+                kind: BindKind::Smtp,
+            },
+            Event::ListenerFailed {
+                addr: peer,
+                kind: BindKind::Submission,
+                error: "in use".into(),
+            },
+            Event::ListenerDown { addr: peer },
+            Event::PolicyReloaded { allow: 1, deny: 2 },
+            Event::ConfigRejected {
+                error: ConfigError::Tls {
+                    cert: "/c".into(),
+                    key: "/k".into(),
+                    detail: "gone".into(),
+                },
+            },
+            Event::ConfigRejected {
+                error: ConfigError::Store {
+                    detail: "corrupt".into(),
+                },
+            },
+            Event::SessionOpened {
+                session: 1,
+                peer,
+                local: peer,
+                kind: BindKind::Smtps,
+                tls: true,
+            },
+            Event::SessionRefused {
+                peer,
+                reply: "421 4.7.0 busy".into(),
+            },
+            Event::ControlRefused {
+                uid: 65534,
+                pid: Some(9),
+            },
+            Event::SessionClosed {
+                session: 1,
+                why: "QUIT".into(),
+            },
+            Event::TlsEstablished { session: 1 },
+            Event::Command {
+                session: 1,
+                line: "EHLO x\u{1b}".into(),
+                reply: "250 ok".into(),
+            },
+            Event::Authenticated {
+                session: 1,
+                login: "alice".into(),
+            },
+            Event::AuthFailed {
+                session: 1,
+                peer: peer.ip(),
+                login: None,
+            },
+            Event::Decision {
+                session: 1,
+                peer: peer.ip(),
+                login: Some("alice".into()),
+                sender: "a@example.com".into(),
+                recipient: "b@far.test".into(),
+                decision: Box::new(decision()),
+            },
+            Event::MessageAccepted {
+                session: 1,
+                id: "ABC".into(),
+                size: 10,
+                recipients: 2,
+            },
+            Event::Delivery {
+                message_id: "ABC".into(),
+                recipient: "b@far.test".into(),
+                host: "mx".into(),
+                outcome: DeliveryOutcome::Expired,
+                reply: "4.4.7".into(),
+            },
+            Event::Bounced {
+                message_id: "ABC".into(),
+                bounce_id: "DEF".into(),
+                to: "a@example.com".into(),
+            },
+            Event::Error {
+                session: None,
+                message: "x".into(),
+            },
+        ];
+        for e in &all {
+            match e {
+                Event::EngineStarted { .. }
+                | Event::ListenerUp { .. }
+                | Event::ListenerFailed { .. }
+                | Event::ListenerDown { .. }
+                | Event::PolicyReloaded { .. }
+                | Event::ConfigRejected { .. }
+                | Event::SessionOpened { .. }
+                | Event::SessionRefused { .. }
+                | Event::ControlRefused { .. }
+                | Event::SessionClosed { .. }
+                | Event::TlsEstablished { .. }
+                | Event::Command { .. }
+                | Event::Authenticated { .. }
+                | Event::AuthFailed { .. }
+                | Event::Decision { .. }
+                | Event::MessageAccepted { .. }
+                | Event::Delivery { .. }
+                | Event::Bounced { .. }
+                | Event::Error { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_event_survives_the_socket_and_reads_the_same() {
+        for event in every_event() {
+            let stamped = Stamped {
+                at: UNIX_EPOCH + Duration::from_millis(1_795_000_000_123),
+                event: Arc::new(event),
+            };
+            let line = encode(&ServerMessage::Event {
+                event: stamped.clone(),
+            });
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+            match decode_server(&line) {
+                Ok(ServerMessage::Event { event }) => {
+                    assert_eq!(event, stamped);
+                    // And the text made from it at the edge is the same.
+                    assert_eq!(
+                        crate::events::describe(&event.event),
+                        crate::events::describe(&stamped.event)
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_with_sessions_survives_the_socket() {
+        let mut live = LiveState::default();
+        for (i, event) in every_event().into_iter().enumerate() {
+            live.apply(&Stamped {
+                at: UNIX_EPOCH + Duration::from_secs(1_795_000_000 + i as u64),
+                event: Arc::new(event),
+            });
+        }
+        assert_eq!(live.connections.len(), 1);
+        let snapshot = EngineSnapshot {
+            started: UNIX_EPOCH,
+            listeners: vec![ListenerStatus {
+                binding: Binding {
+                    addr: "127.0.0.1:0".parse().unwrap(),
+                    kind: BindKind::Smtp,
+                },
+                bound: Err("in use".into()),
+            }],
+            live,
+            recent: Vec::new(),
+            dropped: 3,
+        };
+        let line = encode(&ServerMessage::Snapshot {
+            snapshot: Box::new(snapshot.clone()),
+        });
+        match decode_server(&line) {
+            Ok(ServerMessage::Snapshot { snapshot: back }) => {
+                assert_eq!(back.listeners, snapshot.listeners);
+                assert_eq!(back.live.counters, snapshot.live.counters);
+                assert_eq!(back.live.rates, snapshot.live.rates);
+                let (a, b) = (&back.live.connections[&1], &snapshot.live.connections[&1]);
+                assert_eq!(
+                    (a.login.as_deref(), a.rcpt_denied, &a.closed),
+                    (b.login.as_deref(), b.rcpt_denied, &b.closed)
+                );
+                // Dialogues are asked for, not sent with every snapshot.
+                assert!(a.dialogue.is_empty() && !b.dialogue.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_mismatch_is_named_on_both_sides() {
+        let future = br#"{"type":"hello","protocol":2,"engine":"9.0.0","pid":1,"access":"admin","new_field":true}"#;
+        match check_hello(future) {
+            Err(ProtocolError::Version {
+                theirs: 2,
+                ours,
+                engine,
+            }) => {
+                assert_eq!(ours, PROTOCOL_VERSION);
+                assert_eq!(engine, "9.0.0");
+            }
+            other => panic!("{other:?}"),
+        }
+        let message = check_client_hello(br#"{"type":"hello","protocol":0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("protocol 0") && message.contains("same version"),
+            "{message}"
+        );
+        assert!(matches!(
+            check_hello(b"garbage\n"),
+            Err(ProtocolError::Garbled(_))
+        ));
+        assert!(matches!(
+            check_hello(br#"{"type":"error","message":"not allowed"}"#),
+            Err(ProtocolError::Refused(m)) if m == "not allowed"
+        ));
+        let ours = encode(&ServerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            engine: "0.1.0".into(),
+            pid: 5,
+            access: Access::Watch,
+        });
+        assert_eq!(
+            check_hello(&ours).unwrap(),
+            ("0.1.0".into(), 5, Access::Watch)
+        );
+    }
+
+    #[test]
+    fn requests_read_back() {
+        for m in [
+            ClientMessage::Hello { protocol: 1 },
+            ClientMessage::Dialogue { session: 42 },
+            ClientMessage::RetryBindings,
+        ] {
+            assert_eq!(decode_client(&encode(&m)).unwrap(), m);
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! relaygate as a service: one engine per data directory, the control
+//! socket's permissions and peer checks, the protocol as a client sees it,
+//! and the systemd unit.
+
+mod common;
+
+use common::{BIN, Server, cli, run_cli, test_db};
+use relaygate::control::protocol::{
+    self, Access, ClientMessage, PROTOCOL_VERSION, ServerMessage, encode,
+};
+use relaygate::events::Event;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn socket_of(db: &Path) -> std::path::PathBuf {
+    db.with_extension("sock")
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A raw protocol client on the control socket.
+struct Raw {
+    read: BufReader<UnixStream>,
+    write: UnixStream,
+}
+
+impl Raw {
+    fn connect(db: &Path) -> Raw {
+        let stream = UnixStream::connect(socket_of(db)).expect("connect to the control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw {
+            write: stream.try_clone().expect("clone"),
+            read: BufReader::new(stream),
+        }
+    }
+
+    fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.read.read_until(b'\n', &mut line).expect("a line");
+        line
+    }
+
+    fn message(&mut self) -> ServerMessage {
+        let line = self.line();
+        protocol::decode_server(&line)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)))
+    }
+
+    fn send(&mut self, m: &ClientMessage) {
+        self.write.write_all(&encode(m)).expect("send");
+    }
+
+    fn hello(&mut self) -> Access {
+        match protocol::check_hello(&self.line()) {
+            Ok((_, _, access)) => {
+                self.send(&ClientMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                });
+                access
+            }
+            Err(e) => panic!("hello: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_second_engine_on_the_same_database_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut first = Server::start(&db);
+    first.addr();
+    let pid = first.child.id();
+
+    let second = run_cli(&db, &["serve", "--headless"], "");
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains(&format!("(pid {pid}) is already running"))
+            && second.stderr.contains("relaygate console"),
+        "{}",
+        second.stderr
+    );
+    // The configuration commands keep working beside the engine.
+    cli(&db, &["list", "add", "allow", "192.0.2.0/24"]);
+    assert!(cli(&db, &["list", "show", "allow"]).contains("192.0.2.0/24"));
+
+    assert_eq!(first.terminate().code(), Some(0));
+    // A clean stop removes the socket.
+    assert!(!socket_of(&db).exists(), "the socket outlived the engine");
+    let mut again = Server::start(&db);
+    again.addr();
+}
+
+#[test]
+fn a_console_with_no_engine_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let out = run_cli(&db, &["console"], "");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no relaygate engine is running") && out.stderr.contains("serve"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_stale_socket_left_by_a_crash_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    server.addr();
+    server.kill();
+    assert!(socket_of(&db).exists(), "SIGKILL leaves the socket behind");
+    let mut again = Server::start(&db);
+    again.addr();
+    let mut raw = Raw::connect(&db);
+    assert_eq!(raw.hello(), Access::Admin);
+}
+
+#[test]
+fn the_socket_is_owner_only_and_sends_hello_snapshot_then_typed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mode = std::fs::metadata(socket_of(&db))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    let mut raw = Raw::connect(&db);
+    assert_eq!(raw.hello(), Access::Admin);
+    match raw.message() {
+        ServerMessage::Snapshot { snapshot } => {
+            assert!(
+                snapshot
+                    .listeners
+                    .iter()
+                    .any(|l| l.bound.as_ref().is_ok_and(|a| *a == addr))
+            );
+            assert!(
+                snapshot
+                    .recent
+                    .iter()
+                    .any(|e| matches!(*e.event, Event::EngineStarted { .. }))
+            );
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    let mut c = common::Client::connect(addr);
+    c.reply();
+    c.expect("EHLO probe.test", "250");
+    c.expect("QUIT", "221");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen_command = false;
+    let mut seen_close = false;
+    while !(seen_command && seen_close) {
+        assert!(Instant::now() < deadline, "no session events on the socket");
+        if let ServerMessage::Event { event } = raw.message() {
+            match event.event.as_ref() {
+                Event::Command { line, .. } if line == "EHLO probe.test" => seen_command = true,
+                Event::SessionClosed { .. } => seen_close = true,
+                _ => {}
+            }
+        }
+    }
+    // A request: the dialogue of session 1.
+    raw.send(&ClientMessage::Dialogue { session: 1 });
+    loop {
+        if let ServerMessage::Dialogue { session, events } = raw.message() {
+            assert_eq!(session, 1);
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(&*e.event, Event::Command { line, .. } if line == "QUIT")),
+                "{events:?}"
+            );
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_client_speaking_another_protocol_version_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    server.addr();
+    let mut raw = Raw::connect(&db);
+    let _hello = raw.line();
+    raw.write
+        .write_all(b"{\"type\":\"hello\",\"protocol\":999}\n")
+        .unwrap();
+    match raw.message() {
+        ServerMessage::Error { message } => assert!(
+            message.contains("protocol 999") && message.contains("same version"),
+            "{message}"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // And the engine closes the connection.
+    let mut rest = Vec::new();
+    let _ = raw.read.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn a_peer_running_as_another_user_is_refused_and_logged() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a client as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    server.addr();
+    // Open the path on purpose, so that only the credentials check stands
+    // between nobody and the engine.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(socket_of(&db), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--db",
+        ])
+        .arg(&db)
+        .arg("console")
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("not allowed"),
+        "{stderr}"
+    );
+    server.wait_for(
+        "control socket: refused a client running as uid 65534",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn the_console_group_gets_a_0660_socket_and_watches_only() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chown the socket and run a client as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("console-group", "nogroup")]);
+    let mut server = Server::start(&db);
+    server.addr();
+    let meta = std::fs::metadata(socket_of(&db)).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // A member of the group (nobody, primary group nogroup) is let in to
+    // watch; the database itself stays out of its reach.
+    let probe = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--db",
+        ])
+        .arg(&db)
+        .args(["list", "show", "allow"])
+        .output()
+        .expect("setpriv");
+    assert_ne!(probe.status.code(), Some(0), "nobody read the database");
+    // Turning the setting off makes the socket owner-only again, live.
+    cli(&db, &["policy", "set", "console-group", ""]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mode = std::fs::metadata(socket_of(&db))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode == 0o600 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "socket still {mode:o}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_console_that_stops_reading_is_skipped_ahead_and_never_slows_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("delivery", "off")]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // Attached, then never reads.
+    let mut stalled = Raw::connect(&db);
+    stalled.hello();
+    let pid = server.child.id();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // Sessions go on at full speed: many more events (about 40,000) than
+    // the console's backlog (16,384) while it reads nothing.
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..400 {
+                    let mut c = common::Client::connect(addr);
+                    c.reply();
+                    c.expect(&format!("EHLO load{t}-{i}.test"), "250");
+                    c.expect("MAIL FROM:<a@example.com>", "250");
+                    c.expect("RCPT TO:<b@example.com>", "250");
+                    c.expect("NOOP", "250");
+                    c.expect("NOOP", "250");
+                    c.expect("QUIT", "221");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "3,200 sessions took {took:?} with a stalled console"
+    );
+    let after = rss();
+    assert!(
+        after < 200_000,
+        "engine RSS {after} kB with a stalled console"
+    );
+    // When it reads again it is told what it missed, then gets a snapshot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lagged = None;
+    while lagged.is_none() {
+        assert!(Instant::now() < deadline, "never told it fell behind");
+        if let ServerMessage::Lagged { missed } = stalled.message() {
+            lagged = Some(missed);
+        }
+    }
+    assert!(lagged.unwrap_or(0) > 0);
+    assert!(matches!(stalled.message(), ServerMessage::Snapshot { .. }));
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/relaygate.service");
+    let text = std::fs::read_to_string(&unit).expect("data/relaygate.service");
+    for needle in [
+        "Type=notify",
+        "serve --headless",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=relaygate",
+        "ExecReload=",
+    ] {
+        assert!(text.contains(needle), "the unit lacks {needle}");
+    }
+    // verify checks that ExecStart exists: point a copy at the binary built here.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("relaygate.service");
+    std::fs::write(&copy, text.replace("/usr/local/bin/relaygate", BIN)).unwrap();
+    let Ok(out) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    else {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
