@@ -2,7 +2,7 @@
 //! sessions to a server on loopback, or N idle sessions held open.
 //!
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 20000 --concurrency 50
-//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID [--hold SECONDS]
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 8000 --concurrency 20 --rate 400
 //!
 //! Each session sends EHLO once, then per message MAIL, RCPT and DATA in
@@ -27,6 +27,8 @@ struct Args {
     concurrency: u64,
     size: usize,
     idle: Option<usize>,
+    /// With `--idle`: keep the sessions open this many seconds after the report.
+    hold: u64,
     pid: Option<u32>,
     /// Run as a sink on this port until `messages` have arrived.
     sink: Option<u16>,
@@ -41,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 50,
         size: 2048,
         idle: None,
+        hold: 0,
         pid: None,
         sink: None,
         rate: None,
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--idle: {e}"))?,
                 )
             }
+            "--hold" => args.hold = value("--hold")?.parse().map_err(|e| format!("--hold: {e}"))?,
             "--pid" => args.pid = Some(value("--pid")?.parse().map_err(|e| format!("--pid: {e}"))?),
             "--sink" => {
                 args.sink = Some(
@@ -437,5 +441,9 @@ async fn idle(args: &Args, n: usize) -> i32 {
         before.map_or("?".into(), |v| v.to_string()),
         during.map_or("?".into(), |v| v.to_string())
     );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    drop(held);
     0
 }

@@ -50,6 +50,9 @@ pub struct Connection {
     /// Not part of a snapshot sent over the socket: it is asked for.
     #[serde(skip)]
     pub dialogue: VecDeque<Stamped>,
+    /// The generation of the live picture this row last changed at.
+    #[serde(default)]
+    pub updated: u64,
 }
 
 impl Connection {
@@ -132,11 +135,127 @@ pub struct LiveState {
     pub open: usize,
     pub counters: Counters,
     pub rates: VecDeque<RateBucket>,
+    /// Counts every event applied: a console asks for what changed since
+    /// the generation it has.
+    #[serde(default)]
+    pub generation: u64,
+    /// Connections dropped from the table, with the generation they went
+    /// at (the newest [`EVICTIONS_KEPT`]).
+    #[serde(skip)]
+    evicted: VecDeque<(u64, u64)>,
+}
+
+/// Evictions remembered for consoles catching up.
+const EVICTIONS_KEPT: usize = 4096;
+
+/// What changed in the live picture since a generation: what a console
+/// needs to mirror the engine's, a few times a second, however many events
+/// there were.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveTick {
+    pub generation: u64,
+    pub open: usize,
+    pub counters: Counters,
+    /// The newest rate buckets (the last few seconds).
+    pub rates: Vec<RateBucket>,
+    /// Rows changed since, without their dialogues.
+    pub changed: Vec<Connection>,
+    pub removed: Vec<u64>,
 }
 
 impl LiveState {
+    /// What changed since `since`; `None` if that is too far back to tell
+    /// (the console then needs a whole snapshot).
+    pub fn tick_since(&self, since: u64) -> Option<LiveTick> {
+        if let Some((oldest, _)) = self.evicted.front()
+            && since < *oldest
+            && self.evicted.len() >= EVICTIONS_KEPT
+        {
+            return None;
+        }
+        Some(LiveTick {
+            generation: self.generation,
+            open: self.open,
+            counters: self.counters.clone(),
+            rates: self.rates.iter().rev().take(3).rev().copied().collect(),
+            changed: self
+                .connections
+                .values()
+                .filter(|c| c.updated > since)
+                .map(|c| Connection {
+                    dialogue: VecDeque::new(),
+                    ..c.clone()
+                })
+                .collect(),
+            removed: self
+                .evicted
+                .iter()
+                .filter(|(g, _)| *g > since)
+                .map(|(_, id)| *id)
+                .collect(),
+        })
+    }
+
+    /// Takes the engine's picture as it is: counters, rates and the rows
+    /// that changed. Dialogues already held are kept.
+    pub fn merge(&mut self, tick: LiveTick) {
+        self.generation = tick.generation;
+        self.open = tick.open;
+        self.counters = tick.counters;
+        for b in tick.rates {
+            match self.rates.iter_mut().rev().find(|r| r.second == b.second) {
+                Some(r) => *r = b,
+                None => {
+                    if self.rates.back().is_none_or(|r| r.second < b.second) {
+                        self.rates.push_back(b);
+                        while self.rates.len() > RATE_SECONDS {
+                            self.rates.pop_front();
+                        }
+                    }
+                }
+            }
+        }
+        for id in tick.removed {
+            self.connections.remove(&id);
+            self.closed.retain(|c| *c != id);
+        }
+        for mut row in tick.changed {
+            if let Some(old) = self.connections.get_mut(&row.session) {
+                row.dialogue = std::mem::take(&mut old.dialogue);
+            }
+            if row.closed.is_some() && !self.closed.contains(&row.session) {
+                self.closed.push_back(row.session);
+            }
+            self.connections.insert(row.session, row);
+        }
+        while self.closed.len() > CLOSED_KEPT {
+            if let Some(old) = self.closed.pop_front() {
+                self.connections.remove(&old);
+            }
+        }
+    }
+
     /// Takes one engine event into account.
     pub fn apply(&mut self, stamped: &Stamped) {
+        self.generation += 1;
+        self.apply_event(stamped);
+        let session = match stamped.event.as_ref() {
+            Event::SessionOpened { session, .. }
+            | Event::SessionClosed { session, .. }
+            | Event::TlsEstablished { session }
+            | Event::Command { session, .. }
+            | Event::Authenticated { session, .. }
+            | Event::AuthFailed { session, .. }
+            | Event::Decision { session, .. }
+            | Event::MessageAccepted { session, .. } => Some(*session),
+            _ => None,
+        };
+        if let Some(c) = session.and_then(|s| self.connections.get_mut(&s)) {
+            c.updated = self.generation;
+        }
+    }
+
+    fn apply_event(&mut self, stamped: &Stamped) {
         let at = stamped.at;
         let event = stamped.event.as_ref();
         match event {
@@ -166,6 +285,7 @@ impl LiveState {
                         bytes: 0,
                         opened_at: at,
                         closed: None,
+                        updated: 0,
                         dialogue: VecDeque::new(),
                     },
                 );
@@ -183,6 +303,10 @@ impl LiveState {
                     while self.closed.len() > CLOSED_KEPT {
                         if let Some(old) = self.closed.pop_front() {
                             self.connections.remove(&old);
+                            if self.evicted.len() >= EVICTIONS_KEPT {
+                                self.evicted.pop_front();
+                            }
+                            self.evicted.push_back((self.generation, old));
                         }
                     }
                 }

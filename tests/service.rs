@@ -400,3 +400,49 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+#[test]
+fn sighup_rereads_the_tls_files_and_a_refused_configuration_is_reported_while_the_old_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // The engine generated its certificate; use copies as "configured" files.
+    let generated = db.with_extension("tls");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(generated.join("cert.pem"), &cert).unwrap();
+    std::fs::copy(generated.join("key.pem"), &key).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    cli(&db, &["policy", "set", "tls-cert-file", &path(&cert)]);
+    cli(&db, &["policy", "set", "tls-key-file", &path(&key)]);
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    server.drain_log();
+
+    // A renewal gone wrong: the key file is garbage. SIGHUP reads it, the
+    // engine refuses it and keeps the certificate in force.
+    std::fs::write(&key, "not a key\n").unwrap();
+    common::signal(&server.child, "HUP");
+    let refused = server.wait_for("configuration change rejected", Duration::from_secs(5));
+    assert!(refused.contains("TLS") && refused.contains("key.pem"), "{refused}");
+    let show = cli(&db, &["policy", "show"]);
+    assert!(
+        show.contains("engine                 running")
+            && show.contains("the engine refused the stored configuration")
+            && show.contains("key.pem"),
+        "{show}"
+    );
+    let mut c = common::Client::connect(addr);
+    c.reply();
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(ehlo.contains("STARTTLS"), "the previous TLS stays in force: {ehlo}");
+    c.expect("STARTTLS", "220");
+
+    // Fixed and reloaded: the refusal no longer stands.
+    std::fs::copy(generated.join("key.pem"), &key).unwrap();
+    server.drain_log();
+    common::signal(&server.child, "HUP");
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let show = cli(&db, &["policy", "show"]);
+    assert!(!show.contains("refused"), "{show}");
+}

@@ -59,6 +59,7 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            engine_state(store.path());
         }
         PolicyCommand::Set { key, value } if ServerSettings::is_key(&key) => {
             let value = store.set_server_setting(&key, &value)?;
@@ -76,4 +77,27 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an engine runs on this database, and a configuration it refused
+/// (read from its event log: the refusal stands until a later reload).
+fn engine_state(db: &std::path::Path) {
+    let dir = crate::data_dir::DataDir::for_db(db);
+    match dir.running_engine() {
+        Some(pid) => println!(
+            "{:<22} running{}",
+            "engine",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ),
+        None => println!("{:<22} not running", "engine"),
+    }
+    let Ok(log) = crate::decision_log::DecisionLog::open_read_only(&dir.log) else {
+        return;
+    };
+    if let Ok(Some((at, crate::events::Event::ConfigRejected { error }))) = log.standing_rejection() {
+        let ago = at.elapsed().map_or(0, |d| d.as_secs());
+        println!(
+            "error: {ago} s ago the engine refused the stored configuration, and runs on the previous one: {error}"
+        );
+    }
 }

@@ -154,6 +154,11 @@ pub enum Action {
     Snapshot(Box<EngineSnapshot>),
     /// The console fell behind by this many events; a snapshot follows.
     Lagged(u64),
+    /// The engine's live picture: what changed since the last one.
+    LiveTick(Box<crate::live::LiveTick>),
+    /// Events the engine did not send (more than the console is sent per
+    /// second); they are in the event log.
+    Skipped(u64),
     Dialogue {
         session: u64,
         events: Vec<Stamped>,

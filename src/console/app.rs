@@ -148,6 +148,9 @@ pub struct App {
     pub lagged: u64,
     /// Events the console's own queue could not take.
     pub lost: u64,
+    /// Events the engine did not send to keep the console's share small
+    /// (they are in the event log; the counters include them).
+    pub skipped: u64,
     pub now: SystemTime,
     /// Rows a page-up/down moves (set from the terminal size).
     pub page: usize,
@@ -185,6 +188,7 @@ impl App {
             dropped: 0,
             lagged: 0,
             lost: 0,
+            skipped: 0,
             now,
             page: 10,
             quit: false,
@@ -368,6 +372,15 @@ impl App {
                 }
                 effects
             }
+            Action::LiveTick(tick) => {
+                self.traffic.live.merge(*tick);
+                self.clamp_selections();
+                Vec::new()
+            }
+            Action::Skipped(n) => {
+                self.skipped += n;
+                Vec::new()
+            }
             Action::Lagged(missed) => {
                 self.lagged += missed;
                 self.dropped += missed;
@@ -491,9 +504,15 @@ impl App {
                 }
                 return Vec::new();
             }
-            Mode::Viewer { scroll, .. } => {
+            Mode::Viewer { scroll, source } => {
+                let following = matches!(source, ViewerSource::Connection(_));
                 match c {
-                    Command::Cancel => self.mode = Mode::Normal,
+                    Command::Cancel => {
+                        self.mode = Mode::Normal;
+                        if following {
+                            return vec![Effect::Control(ClientMessage::Unfollow)];
+                        }
+                    }
                     other => *scroll = scrolled(*scroll, other, self.page),
                 }
                 return Vec::new();
@@ -691,6 +710,10 @@ impl App {
                         scroll: 0,
                     };
                 }
+            }
+            (Panel::Bindings, Command::Retry) => {
+                self.say(true, "asking the engine to try the failed bindings again...");
+                return vec![Effect::Control(ClientMessage::RetryBindings)];
             }
             (Panel::Bindings, Command::Add) => self.open_form(
                 FormPurpose::AddBinding,

@@ -46,6 +46,8 @@ impl ConsoleEvent {
                 ServerMessage::Event { event } => Some(Action::Engine(event)),
                 ServerMessage::Status { status } => Some(Action::Status(status)),
                 ServerMessage::Lagged { missed } => Some(Action::Lagged(missed)),
+                ServerMessage::Tick { tick } => Some(Action::LiveTick(Box::new(tick))),
+                ServerMessage::Skipped { events } => Some(Action::Skipped(events)),
                 ServerMessage::Dialogue { session, events } => {
                     Some(Action::Dialogue { session, events })
                 }

@@ -170,6 +170,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Bindings), [ch('a')], C::Add, "add", "add a listen address"),
     bind!(X::Panel(P::Bindings), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the selected binding's address or kind"),
     bind!(X::Panel(P::Bindings), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected binding (asks first)"),
+    bind!(X::Panel(P::Bindings), [ch('r')], C::Retry, "retry", "try the bindings that cannot listen again now"),
     // Relay lists
     bind!(X::Panel(P::Lists), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the allow and deny lists"),
     bind!(X::Panel(P::Lists), [ch('i')], C::Import, "import", "import a CSV/TSV file into the focused list"),

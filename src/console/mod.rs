@@ -241,29 +241,58 @@ async fn in_process_link(
         return;
     };
     let mut events = attachment.events;
+    let mut generation = attachment.snapshot.live.generation;
     if !send(ServerMessage::Snapshot {
         snapshot: attachment.snapshot,
     }) {
         return;
     }
     let mut status = tokio::time::interval(TICK);
+    let mut live_tick = tokio::time::interval(crate::control::feed::TICK);
+    // The same share of the stream as an attached console gets.
+    let mut outbox = crate::control::feed::Outbox::default();
     loop {
         let open = tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => send(ServerMessage::Event { event }),
+                Ok(event) => !outbox.admit(&event, Instant::now()) || send(ServerMessage::Event { event }),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     let Some(again) = feed.attach().await else { return };
                     events = again.events;
+                    generation = again.snapshot.live.generation;
                     send(ServerMessage::Lagged { missed })
                         && send(ServerMessage::Snapshot { snapshot: again.snapshot })
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
             },
+            _ = live_tick.tick() => {
+                let skipped = outbox.take_skipped();
+                let ok = skipped == 0 || send(ServerMessage::Skipped { events: skipped });
+                match feed.tick(generation).await {
+                    Some(tick) if tick.generation == generation => ok,
+                    Some(tick) => {
+                        generation = tick.generation;
+                        ok && send(ServerMessage::Tick { tick })
+                    }
+                    None => {
+                        let Some(again) = feed.attach().await else { return };
+                        events = again.events;
+                        generation = again.snapshot.live.generation;
+                        ok && send(ServerMessage::Snapshot { snapshot: again.snapshot })
+                    }
+                }
+            }
             request = requests.recv() => match request {
-                Some(ClientMessage::Dialogue { session }) => send(ServerMessage::Dialogue {
-                    session,
-                    events: feed.dialogue(session).await,
-                }),
+                Some(ClientMessage::Dialogue { session }) => {
+                    outbox.followed = Some(session);
+                    send(ServerMessage::Dialogue {
+                        session,
+                        events: feed.dialogue(session).await,
+                    })
+                }
+                Some(ClientMessage::Unfollow) => {
+                    outbox.followed = None;
+                    true
+                }
                 Some(ClientMessage::RetryBindings) => {
                     nudges.retry_bindings.notify_one();
                     tokio::time::sleep(Duration::from_millis(300)).await;

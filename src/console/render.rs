@@ -122,6 +122,15 @@ fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 
 fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let mut spans = Vec::new();
+    if app.skipped > 0 {
+        spans.push(Span::styled(
+            format!(
+                "{} events not listed here (busy: the log panel shows a sample; the event log has all) ",
+                app.skipped
+            ),
+            theme.dim,
+        ));
+    }
     if app.dropped > 0 {
         spans.push(Span::styled(
             format!("{} events dropped (the console fell behind) ", app.dropped),

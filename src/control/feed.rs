@@ -12,7 +12,7 @@
 use super::protocol::EngineSnapshot;
 use crate::engine::ListenerStatus;
 use crate::events::{CommandSwitch, EventBus, Stamped};
-use crate::live::LiveState;
+use crate::live::{LiveState, LiveTick};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -31,6 +31,63 @@ pub type ListenerSource = Arc<dyn Fn() -> Vec<ListenerStatus> + Send + Sync>;
 enum Request {
     Attach(oneshot::Sender<Attachment>),
     Dialogue(u64, oneshot::Sender<Vec<Stamped>>),
+    Tick(u64, oneshot::Sender<Option<LiveTick>>),
+}
+
+/// Events a console is sent per second at most, besides the dialogue it
+/// follows; the rest are counted and it is told how many (the event log
+/// has them all). The live picture reaches it whole, in ticks.
+pub const EVENTS_PER_SECOND: u64 = 2_000;
+/// How often a console gets the live picture's changes.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What one console is sent of the event stream: no command lines but
+/// those of the session whose dialogue it shows, and at most
+/// [`EVENTS_PER_SECOND`] others. Pure; the clock is passed in.
+#[derive(Debug)]
+pub struct Outbox {
+    pub followed: Option<u64>,
+    window: Option<std::time::Instant>,
+    sent: u64,
+    skipped: u64,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox {
+            followed: None,
+            window: None,
+            sent: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl Outbox {
+    /// Whether to send this event now.
+    pub fn admit(&mut self, event: &Stamped, now: std::time::Instant) -> bool {
+        if let crate::events::Event::Command { session, .. } = event.event.as_ref() {
+            return self.followed == Some(*session);
+        }
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.sent = 0;
+        }
+        if self.sent >= EVENTS_PER_SECOND {
+            self.skipped += 1;
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// Events held back since the last call.
+    pub fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
+    }
 }
 
 /// A console's start: the state now, and the events from now on.
@@ -77,6 +134,14 @@ impl Feed {
         let (tx, rx) = oneshot::channel();
         self.requests.send(Request::Attach(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// What changed in the live picture since `since`; `None` when a whole
+    /// snapshot is needed (or the engine is gone).
+    pub async fn tick(&self, since: u64) -> Option<LiveTick> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Tick(since, tx)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     /// One session's dialogue as the engine has it (empty if unknown).
@@ -161,6 +226,9 @@ impl FeedTask {
                 // Commands from now on, for the dialogues.
                 self.switch.set(true);
                 let _ = reply.send(Attachment { snapshot, events });
+            }
+            Request::Tick(since, reply) => {
+                let _ = reply.send(self.live.tick_since(since));
             }
             Request::Dialogue(session, reply) => {
                 let dialogue = self

@@ -77,6 +77,16 @@ pub enum ServerMessage {
     Lagged {
         missed: u64,
     },
+    /// The live picture's changes (counters, rates, changed rows), a few
+    /// times a second.
+    Tick {
+        tick: crate::live::LiveTick,
+    },
+    /// Events not sent to this console in the last moment (it is sent at
+    /// most a few thousand a second; the event log has every one).
+    Skipped {
+        events: u64,
+    },
     /// One session's dialogue, as the engine has it.
     Dialogue {
         session: u64,
@@ -100,10 +110,12 @@ pub enum ClientMessage {
     Hello {
         protocol: u32,
     },
-    /// One session's full dialogue.
+    /// One session's full dialogue; its command lines are then sent live
+    /// until [`ClientMessage::Unfollow`].
     Dialogue {
         session: u64,
     },
+    Unfollow,
     /// Try every binding that could not be opened again, now.
     RetryBindings,
 }
@@ -483,6 +495,7 @@ mod tests {
             ClientMessage::Hello { protocol: 1 },
             ClientMessage::Dialogue { session: 42 },
             ClientMessage::RetryBindings,
+            ClientMessage::Unfollow,
         ] {
             assert_eq!(decode_client(&encode(&m)).unwrap(), m);
         }

@@ -225,6 +225,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
         return;
     };
     let mut events = attachment.events;
+    let mut generation = attachment.snapshot.live.generation;
     if !send(
         &mut writer,
         &ServerMessage::Snapshot {
@@ -238,25 +239,60 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
         return;
     }
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut live_tick = tokio::time::interval(super::feed::TICK);
     let mut last_status: Option<EngineStatus> = None;
+    let mut outbox = super::feed::Outbox::default();
     loop {
         let keep = tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    let flush = events.is_empty();
-                    send(&mut writer, &ServerMessage::Event { event }, flush).await
+                    if outbox.admit(&event, std::time::Instant::now()) {
+                        let flush = events.is_empty();
+                        send(&mut writer, &ServerMessage::Event { event }, flush).await
+                    } else {
+                        true
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     // Skip ahead: say how much was missed, then start afresh.
                     let Some(again) = ctx.feed.attach().await else { break };
                     events = again.events;
+                    generation = again.snapshot.live.generation;
                     let snapshot = again.snapshot;
                     send(&mut writer, &ServerMessage::Lagged { missed }, false).await
                         && send(&mut writer, &ServerMessage::Snapshot { snapshot }, true).await
                 }
                 Err(broadcast::error::RecvError::Closed) => false,
             },
+            _ = live_tick.tick() => {
+                let skipped = outbox.take_skipped();
+                let mut ok = skipped == 0
+                    || send(&mut writer, &ServerMessage::Skipped { events: skipped }, false).await;
+                match ctx.feed.tick(generation).await {
+                    Some(tick) if tick.generation == generation => {}
+                    Some(tick) => {
+                        generation = tick.generation;
+                        ok = ok && send(&mut writer, &ServerMessage::Tick { tick }, true).await;
+                    }
+                    None => {
+                        // Too far behind to catch up by changes: start afresh.
+                        let Some(again) = ctx.feed.attach().await else { break };
+                        events = again.events;
+                        generation = again.snapshot.live.generation;
+                        ok = ok && send(&mut writer, &ServerMessage::Snapshot { snapshot: again.snapshot }, true).await;
+                    }
+                }
+                ok
+            }
             request = requests.recv() => match request {
+                Some(Ok(ClientMessage::Unfollow)) => {
+                    outbox.followed = None;
+                    true
+                }
+                Some(Ok(ClientMessage::Dialogue { session })) => {
+                    outbox.followed = Some(session);
+                    answer(&ctx, &mut writer, access, ClientMessage::Dialogue { session }).await
+                }
                 Some(Ok(request)) => answer(&ctx, &mut writer, access, request).await,
                 Some(Err(message)) => send(&mut writer, &ServerMessage::Error { message }, true).await,
                 None => false,
@@ -306,6 +342,7 @@ async fn answer(
         ClientMessage::RetryBindings => ServerMessage::Error {
             message: "retrying bindings needs the service user".into(),
         },
+        ClientMessage::Unfollow => return true,
     };
     send(writer, &reply, true).await
 }
