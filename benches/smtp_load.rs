@@ -79,7 +79,11 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--idle: {e}"))?,
                 )
             }
-            "--hold" => args.hold = value("--hold")?.parse().map_err(|e| format!("--hold: {e}"))?,
+            "--hold" => {
+                args.hold = value("--hold")?
+                    .parse()
+                    .map_err(|e| format!("--hold: {e}"))?
+            }
             "--pid" => args.pid = Some(value("--pid")?.parse().map_err(|e| format!("--pid: {e}"))?),
             "--sink" => {
                 args.sink = Some(

@@ -1,10 +1,11 @@
 //! Password hashing: argon2id, PHC strings, never a plaintext password on
 //! disk.
 
-use argon2::Argon2;
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::{Output, PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -34,16 +35,137 @@ pub fn hash_password(password: &str) -> Result<String, CredentialError> {
 /// dummy hash is still verified, so the time taken does not tell whether
 /// the login exists.
 pub fn verify_password(hash: Option<&str>, password: &str) -> bool {
+    verify_with_memory(hash, password, &mut Vec::new())
+}
+
+fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("relaygate-dummy").unwrap_or_default());
-    let parsed = match PasswordHash::new(hash.unwrap_or(dummy)) {
-        Ok(p) => p,
-        Err(_) => return false,
+    DUMMY.get_or_init(|| hash_password("relaygate-dummy").unwrap_or_default())
+}
+
+/// [`verify_password`] with argon2's working memory (19 MiB with the
+/// default parameters) supplied by the caller, so that a thread checking
+/// password after password allocates it once.
+pub fn verify_with_memory(hash: Option<&str>, password: &str, memory: &mut Vec<Block>) -> bool {
+    let text: &str = match hash {
+        Some(h) => h,
+        None => dummy_hash(),
     };
-    let ok = Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
+    let Ok(parsed) = PasswordHash::new(text) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let blocks = params.block_count();
+    if memory.len() != blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut out,
+        memory.as_mut_slice(),
+    );
+    // Output's equality is constant-time.
+    let ok = computed.is_ok() && Output::new(&out).is_ok_and(|o| o == *expected);
     ok && hash.is_some()
+}
+
+/// The engine's password checks: a few threads (about one per core), each
+/// with one argon2 working memory it reuses, behind a bounded queue. The
+/// memory is bounded by the threads, however many clients send AUTH at
+/// once; a check that cannot be queued is refused at once (the client gets
+/// 454 4.7.0) rather than waited for.
+#[derive(Debug, Clone)]
+pub struct PasswordChecker {
+    jobs: SyncSender<Job>,
+}
+
+struct Job {
+    hash: Option<String>,
+    password: String,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job { .. }")
+    }
+}
+
+/// The queue is full: try again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many password checks waiting")]
+pub struct CheckerBusy;
+
+impl PasswordChecker {
+    /// `threads` checkers behind a queue of `queue` waiting checks.
+    pub fn start(threads: usize, queue: usize) -> PasswordChecker {
+        let (jobs, incoming) = sync_channel::<Job>(queue);
+        let incoming = std::sync::Arc::new(std::sync::Mutex::new(incoming));
+        for i in 0..threads.max(1) {
+            let incoming = std::sync::Arc::clone(&incoming);
+            let _ = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || check_loop(&incoming));
+        }
+        PasswordChecker { jobs }
+    }
+
+    /// About one checker per core, at most four.
+    pub fn for_this_machine() -> PasswordChecker {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PasswordChecker::start(cores.clamp(1, 4), 32)
+    }
+
+    /// Queues a check; the answer comes on the receiver.
+    pub fn submit(
+        &self,
+        hash: Option<String>,
+        password: String,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, CheckerBusy> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.jobs.try_send(Job {
+            hash,
+            password,
+            reply,
+        }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(CheckerBusy),
+        }
+    }
+}
+
+fn check_loop(incoming: &std::sync::Mutex<Receiver<Job>>) {
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let job = match incoming.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        // A client that went away does not need its answer, nor the work.
+        if job.reply.is_closed() {
+            continue;
+        }
+        let ok = verify_with_memory(job.hash.as_deref(), &job.password, &mut memory);
+        let _ = job.reply.send(ok);
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +181,26 @@ mod tests {
         assert!(!verify_password(None, "s3cret"));
         assert!(!verify_password(Some("garbage"), "s3cret"));
         assert!(hash_password("").is_err());
+    }
+
+    #[test]
+    fn the_checker_answers_and_refuses_beyond_its_queue() {
+        let h = hash_password("s3cret").unwrap();
+        let checker = PasswordChecker::start(1, 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let good = checker.submit(Some(h.clone()), "s3cret".into()).unwrap();
+        assert!(rt.block_on(good).unwrap());
+        let bad = checker.submit(Some(h.clone()), "nope".into()).unwrap();
+        assert!(!rt.block_on(bad).unwrap());
+        // One thread busy, one waiting: the next is refused, not queued.
+        let answers: Vec<_> = (0..8)
+            .map(|_| checker.submit(Some(h.clone()), "x".into()))
+            .collect();
+        assert!(answers.iter().any(|a| a.is_err()), "the queue is bounded");
+        for a in answers.into_iter().flatten() {
+            assert!(!rt.block_on(a).unwrap());
+        }
     }
 }

@@ -78,12 +78,77 @@ pub enum EngineError {
     Control(#[from] crate::control::server::ControlError),
 }
 
-/// Per client IP: concurrent sessions and recent AUTH failures.
+/// Per client IP: concurrent sessions, AUTH checks under way, recent AUTH
+/// failures.
 #[derive(Debug, Default)]
 struct ClientState {
     sessions: usize,
+    /// Password checks reserved and not yet judged: they count against
+    /// `auth-max-failures` from the moment they start, so parallel sessions
+    /// cannot guess more than the limit.
+    auth_in_flight: usize,
     auth_failures: Vec<Instant>,
     locked_until: Option<Instant>,
+}
+
+impl ClientState {
+    /// Nothing to remember about this client any more.
+    fn forgettable(&self, now: Instant, window: Duration) -> bool {
+        self.sessions == 0
+            && self.auth_in_flight == 0
+            && self.locked_until.is_none_or(|u| u <= now)
+            && self
+                .auth_failures
+                .iter()
+                .all(|t| now.duration_since(*t) >= window)
+    }
+}
+
+/// The most client addresses remembered (sessions, AUTH failures); past
+/// it, those with nothing current are forgotten first.
+const CLIENTS_KEPT: usize = 100_000;
+
+/// A password check a client may make: it counts against the client's
+/// failures until it is judged. Dropped unjudged (the session ended, the
+/// checker was busy), it counts for nothing.
+pub struct AuthTicket {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    judged: bool,
+}
+
+impl AuthTicket {
+    /// Records the verdict; returns true if the client is now locked out.
+    pub fn judged(mut self, ok: bool, settings: &ServerSettings) -> bool {
+        self.judged = true;
+        let Ok(mut clients) = self.shared.clients.lock() else {
+            return false;
+        };
+        let c = clients.entry(self.ip).or_default();
+        c.auth_in_flight = c.auth_in_flight.saturating_sub(1);
+        if ok {
+            return false;
+        }
+        let now = Instant::now();
+        c.auth_failures.push(now);
+        if c.auth_failures.len() >= settings.auth_max_failures {
+            c.locked_until = Some(now + Duration::from_secs(settings.auth_lockout_secs));
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for AuthTicket {
+    fn drop(&mut self) {
+        if !self.judged
+            && let Ok(mut clients) = self.shared.clients.lock()
+            && let Some(c) = clients.get_mut(&self.ip)
+        {
+            c.auth_in_flight = c.auth_in_flight.saturating_sub(1);
+        }
+    }
 }
 
 /// State shared by the engine and every session.
@@ -92,6 +157,8 @@ pub struct Shared {
     pub events: Arc<EventBus>,
     pub spool: Spool,
     clients: Mutex<HashMap<IpAddr, ClientState>>,
+    /// Password checks, on a few threads with bounded memory.
+    pub passwords: crate::credentials::PasswordChecker,
     total_sessions: AtomicU64,
     next_session: AtomicU64,
     state: watch::Sender<RunState>,
@@ -113,7 +180,11 @@ impl Drop for SessionSlot {
             && let Some(c) = clients.get_mut(&self.ip)
         {
             c.sessions = c.sessions.saturating_sub(1);
-            if c.sessions == 0 && c.auth_failures.is_empty() && c.locked_until.is_none() {
+            if c.sessions == 0
+                && c.auth_in_flight == 0
+                && c.auth_failures.is_empty()
+                && c.locked_until.is_none()
+            {
                 clients.remove(&self.ip);
             }
         }
@@ -154,6 +225,15 @@ impl Shared {
         };
         let per_ip = {
             let mut clients = self.clients.lock().map_err(|_| "internal error")?;
+            if clients.len() >= CLIENTS_KEPT && !clients.contains_key(&ip) {
+                let now = Instant::now();
+                let window = Duration::from_secs(settings.auth_failure_window_secs);
+                clients.retain(|_, c| !c.forgettable(now, window));
+                // Still full of current clients: forget the oldest failures.
+                if clients.len() >= CLIENTS_KEPT {
+                    clients.retain(|_, c| c.sessions > 0 || c.auth_in_flight > 0);
+                }
+            }
             let c = clients.entry(ip).or_default();
             c.sessions += 1;
             c.sessions
@@ -167,41 +247,36 @@ impl Shared {
         Ok(slot)
     }
 
-    /// Whether AUTH is locked out for this client IP now.
-    pub fn auth_locked_out(&self, ip: IpAddr) -> bool {
-        let Ok(mut clients) = self.clients.lock() else {
-            return false;
-        };
-        let Some(c) = clients.get_mut(&ip) else {
-            return false;
-        };
+    /// Reserves one password check for this client, or `None` if its
+    /// checks under way and failures in the window already reach
+    /// `auth-max-failures` (or it is locked out).
+    pub fn reserve_auth(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        settings: &ServerSettings,
+    ) -> Option<AuthTicket> {
+        let mut clients = self.clients.lock().ok()?;
+        let now = Instant::now();
+        let c = clients.entry(ip).or_default();
         match c.locked_until {
-            Some(until) if Instant::now() < until => true,
+            Some(until) if now < until => return None,
             Some(_) => {
                 c.locked_until = None;
                 c.auth_failures.clear();
-                false
             }
-            None => false,
+            None => {}
         }
-    }
-
-    /// Records an AUTH failure; returns true if the client is now locked out.
-    pub fn record_auth_failure(&self, ip: IpAddr, settings: &ServerSettings) -> bool {
-        let Ok(mut clients) = self.clients.lock() else {
-            return false;
-        };
-        let c = clients.entry(ip).or_default();
-        let now = Instant::now();
         let window = Duration::from_secs(settings.auth_failure_window_secs);
         c.auth_failures.retain(|t| now.duration_since(*t) < window);
-        c.auth_failures.push(now);
-        if c.auth_failures.len() >= settings.auth_max_failures {
-            c.locked_until = Some(now + Duration::from_secs(settings.auth_lockout_secs));
-            true
-        } else {
-            false
+        if c.auth_failures.len() + c.auth_in_flight >= settings.auth_max_failures {
+            return None;
         }
+        c.auth_in_flight += 1;
+        Some(AuthTicket {
+            shared: Arc::clone(self),
+            ip,
+            judged: false,
+        })
     }
 }
 
@@ -352,6 +427,7 @@ impl Engine {
             events,
             spool,
             clients: Mutex::new(HashMap::new()),
+            passwords: crate::credentials::PasswordChecker::for_this_machine(),
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,

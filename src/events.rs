@@ -84,6 +84,13 @@ pub enum Event {
         peer: IpAddr,
         login: Option<String>,
     },
+    /// A password was not judged: the address has used its guesses for the
+    /// window (or is locked out), or too many checks were waiting (`busy`).
+    AuthRefused {
+        session: u64,
+        peer: IpAddr,
+        busy: bool,
+    },
     /// The policy decision for one recipient, with its reason.
     Decision {
         session: u64,
@@ -342,6 +349,7 @@ impl Event {
             Event::Command { .. } => (K::Command, None),
             Event::Authenticated { .. } => (K::Auth, Some(Outcome::Authenticated)),
             Event::AuthFailed { .. } => (K::Auth, Some(Outcome::Failed)),
+            Event::AuthRefused { .. } => (K::Auth, Some(Outcome::Refused)),
             Event::Decision { decision, .. } => (
                 K::Decision,
                 Some(if decision.is_allowed() {
@@ -428,6 +436,22 @@ pub fn describe(event: &Event) -> Described {
                 "session {session} AUTH failed from {peer} for {}",
                 login.as_deref().unwrap_or("?")
             ),
+        ),
+        Event::AuthRefused {
+            session,
+            peer,
+            busy,
+        } => d(
+            Warn,
+            if *busy {
+                format!(
+                    "session {session} AUTH from {peer} not checked: too many checks waiting (454)"
+                )
+            } else {
+                format!(
+                    "session {session} AUTH from {peer} not checked: too many failures from this address (454)"
+                )
+            },
         ),
         Event::Decision {
             session,

@@ -246,6 +246,7 @@ impl LiveState {
             | Event::Command { session, .. }
             | Event::Authenticated { session, .. }
             | Event::AuthFailed { session, .. }
+            | Event::AuthRefused { session, .. }
             | Event::Decision { session, .. }
             | Event::MessageAccepted { session, .. } => Some(*session),
             _ => None,

@@ -94,7 +94,8 @@ fn engine_state(db: &std::path::Path) {
     let Ok(log) = crate::decision_log::DecisionLog::open_read_only(&dir.log) else {
         return;
     };
-    if let Ok(Some((at, crate::events::Event::ConfigRejected { error }))) = log.standing_rejection() {
+    if let Ok(Some((at, crate::events::Event::ConfigRejected { error }))) = log.standing_rejection()
+    {
         let ago = at.elapsed().map_or(0, |d| d.as_secs());
         println!(
             "error: {ago} s ago the engine refused the stored configuration, and runs on the previous one: {error}"

@@ -712,7 +712,10 @@ impl App {
                 }
             }
             (Panel::Bindings, Command::Retry) => {
-                self.say(true, "asking the engine to try the failed bindings again...");
+                self.say(
+                    true,
+                    "asking the engine to try the failed bindings again...",
+                );
                 return vec![Effect::Control(ClientMessage::RetryBindings)];
             }
             (Panel::Bindings, Command::Add) => self.open_form(

@@ -44,23 +44,12 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// What one console is sent of the event stream: no command lines but
 /// those of the session whose dialogue it shows, and at most
 /// [`EVENTS_PER_SECOND`] others. Pure; the clock is passed in.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Outbox {
     pub followed: Option<u64>,
     window: Option<std::time::Instant>,
     sent: u64,
     skipped: u64,
-}
-
-impl Default for Outbox {
-    fn default() -> Outbox {
-        Outbox {
-            followed: None,
-            window: None,
-            sent: 0,
-            skipped: 0,
-        }
-    }
 }
 
 impl Outbox {

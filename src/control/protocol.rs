@@ -322,6 +322,11 @@ mod tests {
                 peer: peer.ip(),
                 login: None,
             },
+            Event::AuthRefused {
+                session: 1,
+                peer: peer.ip(),
+                busy: true,
+            },
             Event::Decision {
                 session: 1,
                 peer: peer.ip(),
@@ -369,6 +374,7 @@ mod tests {
                 | Event::Command { .. }
                 | Event::Authenticated { .. }
                 | Event::AuthFailed { .. }
+                | Event::AuthRefused { .. }
                 | Event::Decision { .. }
                 | Event::MessageAccepted { .. }
                 | Event::Delivery { .. }

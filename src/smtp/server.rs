@@ -3,7 +3,7 @@
 //! off-thread, durable spooling). Every protocol decision is the session's.
 
 use super::reply::Reply;
-use super::session::{Action, DataProgress, Limits, Message, Session, SessionParams};
+use super::session::{Action, AuthOutcome, DataProgress, Limits, Message, Session, SessionParams};
 use super::trace_header::{TraceInfo, received_header};
 use crate::bindings::BindKind;
 use crate::engine::{RunState, Shared};
@@ -228,12 +228,6 @@ async fn run(
                 let actions = if std::mem::take(&mut discarding_long_line) {
                     session.handle_overlong_line()
                 } else {
-                    // The parser allows blanks before the verb: so must
-                    // this check, or " AUTH" would skip the lockout.
-                    let verb = line.trim_ascii_start();
-                    if verb.len() >= 4 && verb[..4].eq_ignore_ascii_case(b"AUTH") {
-                        session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
-                    }
                     let secret = session.awaiting_auth_response();
                     let policy = Arc::clone(&ctx.shared.snapshot().policy);
                     let actions = session.handle_line(line, &policy);
@@ -259,30 +253,26 @@ async fn run(
                     }
                     Action::VerifyAuth(req) => {
                         let login = req.login.clone();
-                        let ok = tokio::task::spawn_blocking(move || {
-                            crate::credentials::verify_password(
-                                req.password_hash.as_deref(),
-                                &req.password,
-                            )
-                        })
-                        .await
-                        .unwrap_or(false);
-                        let more = session.auth_result(ok);
+                        let outcome = check_password(ctx, ip, settings, req).await;
+                        let more = session.auth_result(outcome);
                         // The dialogue shows the outcome, never the secret.
                         emit_command(ctx, id, b"(credentials checked)", false, &more);
-                        if ok {
-                            ctx.shared
+                        match outcome {
+                            AuthOutcome::Accepted => ctx
+                                .shared
                                 .events
-                                .emit(Event::Authenticated { session: id, login });
-                        } else {
-                            let locked = ctx.shared.record_auth_failure(ip, settings);
-                            ctx.shared.events.emit(Event::AuthFailed {
+                                .emit(Event::Authenticated { session: id, login }),
+                            AuthOutcome::Rejected => ctx.shared.events.emit(Event::AuthFailed {
                                 session: id,
                                 peer: ip,
                                 login: Some(login),
-                            });
-                            if locked {
-                                session.set_auth_locked_out(true);
+                            }),
+                            AuthOutcome::LockedOut | AuthOutcome::Busy => {
+                                ctx.shared.events.emit(Event::AuthRefused {
+                                    session: id,
+                                    peer: ip,
+                                    busy: outcome == AuthOutcome::Busy,
+                                })
                             }
                         }
                         for a in more.into_iter().rev() {
@@ -374,6 +364,26 @@ async fn run(
             }
         }
     }
+}
+
+/// Judges a password on the engine's checkers, if this address may make
+/// one more guess now: the guess is reserved before it is judged, so
+/// parallel sessions share the address's `auth-max-failures`.
+async fn check_password(
+    ctx: &ConnectionContext,
+    ip: std::net::IpAddr,
+    settings: &ServerSettings,
+    req: super::session::AuthRequest,
+) -> AuthOutcome {
+    let Some(ticket) = ctx.shared.reserve_auth(ip, settings) else {
+        return AuthOutcome::LockedOut;
+    };
+    let Ok(answer) = ctx.shared.passwords.submit(req.password_hash, req.password) else {
+        return AuthOutcome::Busy;
+    };
+    let ok = answer.await.unwrap_or(false);
+    ticket.judged(ok, settings);
+    ok.into()
 }
 
 /// Draining closes idle sessions; aborting closes every one.

@@ -157,6 +157,27 @@ impl std::fmt::Debug for AuthRequest {
     }
 }
 
+/// How a password check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Accepted,
+    Rejected,
+    /// Not judged: this address has used its guesses for now.
+    LockedOut,
+    /// Not judged: too many checks are waiting.
+    Busy,
+}
+
+impl From<bool> for AuthOutcome {
+    fn from(ok: bool) -> AuthOutcome {
+        if ok {
+            AuthOutcome::Accepted
+        } else {
+            AuthOutcome::Rejected
+        }
+    }
+}
+
 /// What the I/O layer must do, in order.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -773,19 +794,34 @@ impl Session {
         })]
     }
 
-    /// The answer to [`Action::VerifyAuth`]: 235 2.7.0, or 535 5.7.8 and
-    /// one more failure (which also counts as a bad command).
-    pub fn auth_result(&mut self, ok: bool) -> Vec<Action> {
+    /// The answer to [`Action::VerifyAuth`]: 235 2.7.0; 535 5.7.8 and one
+    /// more failure (which also counts as a bad command); or 454 4.7.0
+    /// when the check could not be made (too many failures from this
+    /// address, or too many checks waiting).
+    pub fn auth_result(&mut self, outcome: AuthOutcome) -> Vec<Action> {
         let Phase::VerifyingAuth { login } = std::mem::replace(&mut self.phase, Phase::Commands)
         else {
             return Vec::new();
         };
-        if ok {
-            self.login = Some(login);
-            vec![reply(235, "2.7.0", "Authentication successful")]
-        } else {
-            self.auth_failures = self.auth_failures.saturating_add(1);
-            self.error(535, "5.7.8", "Error: authentication failed")
+        match outcome {
+            AuthOutcome::Accepted => {
+                self.login = Some(login);
+                vec![reply(235, "2.7.0", "Authentication successful")]
+            }
+            AuthOutcome::Rejected => {
+                self.auth_failures = self.auth_failures.saturating_add(1);
+                self.error(535, "5.7.8", "Error: authentication failed")
+            }
+            AuthOutcome::LockedOut => self.error(
+                454,
+                "4.7.0",
+                "Temporary authentication failure: too many failures, try again later",
+            ),
+            AuthOutcome::Busy => self.error(
+                454,
+                "4.7.0",
+                "Temporary authentication failure: server busy, try again later",
+            ),
         }
     }
 

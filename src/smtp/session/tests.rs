@@ -92,7 +92,7 @@ impl Client {
                 Action::Reply(r) => wire.push_str(&r.to_string()),
                 Action::VerifyAuth(req) => {
                     let ok = verify_password(req.password_hash.as_deref(), &req.password);
-                    let more = self.session.auth_result(ok);
+                    let more = self.session.auth_result(ok.into());
                     wire.push_str(&self.run(more));
                 }
                 Action::RecipientDecided(d) => self.decisions.push(d),

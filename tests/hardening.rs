@@ -1,0 +1,152 @@
+//! The engine as an attacker on loopback meets it: parallel AUTH bursts
+//! from many addresses, trickled bytes, huge unfinished bodies, relay
+//! recipients by the thousand. Each test failed before its fix.
+
+mod common;
+
+use base64::Engine as _;
+use common::{Client, Server, cli_stdin, rss_kib, test_db};
+use std::net::IpAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+fn plain(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// `n` sessions from `source`, each at EHLO, then all send a wrong
+/// password at the same moment; the replies' codes.
+fn parallel_auth(addr: std::net::SocketAddr, sources: &[IpAddr], per_source: usize) -> Vec<String> {
+    let barrier = Arc::new(Barrier::new(sources.len() * per_source));
+    let threads: Vec<_> = sources
+        .iter()
+        .flat_map(|ip| std::iter::repeat_n(*ip, per_source))
+        .map(|ip| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut c = Client::connect_from(addr, ip);
+                c.reply();
+                c.expect("EHLO attacker.test", "250");
+                barrier.wait();
+                c.cmd(&format!("AUTH PLAIN {}", plain("alice", "guess")))
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect()
+}
+
+#[test]
+fn parallel_sessions_cannot_guess_more_than_auth_max_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("auth-max-failures", "5")]);
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "right\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let replies = parallel_auth(addr, &[ip], 30);
+    let judged = replies
+        .iter()
+        .filter(|r| r.starts_with("535 5.7.8"))
+        .count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.starts_with("454 4.7.0"))
+        .count();
+    assert_eq!(judged + refused, 30, "{replies:?}");
+    assert!(judged <= 5, "{judged} wrong passwords judged: {replies:?}");
+    // The address is locked out now, even with the right password.
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", "right")),
+        "454 4.7.0",
+    );
+    // Another address is not.
+    let mut c = Client::connect_from(addr, "127.0.0.9".parse().unwrap());
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", "right")),
+        "235 2.7.0",
+    );
+}
+
+#[test]
+fn auth_bursts_from_many_addresses_keep_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every guess judged: the worst case for memory.
+    let db = test_db(
+        dir.path(),
+        &[
+            ("auth-max-failures", "10000"),
+            ("max-sessions-per-ip", "1000"),
+        ],
+    );
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "right\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let pid = server.child.id();
+    // One check first, so that idle includes what any check needs once.
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(&format!("AUTH PLAIN {}", plain("alice", "right")), "235");
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(pid);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let sources: Vec<IpAddr> = (2..6)
+        .map(|i| format!("127.0.0.{i}").parse().unwrap())
+        .collect();
+    for _ in 0..2 {
+        let replies = parallel_auth(addr, &sources, 40);
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.starts_with("535 5.7.8") || r.starts_with("454 4.7.0")),
+            "{replies:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let after = rss_kib(pid);
+    eprintln!("RSS idle {idle} KiB, peak {peak} KiB, 3 s later {after} KiB");
+    assert!(
+        peak - idle < 150 * 1024,
+        "peak {peak} KiB vs idle {idle} KiB"
+    );
+    assert!(
+        after.saturating_sub(idle) < 100 * 1024,
+        "after {after} KiB vs idle {idle} KiB"
+    );
+    // Logging in still works.
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect(&format!("AUTH PLAIN {}", plain("alice", "right")), "235");
+    let _ = Instant::now();
+}
