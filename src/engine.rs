@@ -132,7 +132,13 @@ impl AuthTicket {
         let now = Instant::now();
         c.auth_failures.push(now);
         if c.auth_failures.len() >= settings.auth_max_failures {
-            c.locked_until = Some(now + Duration::from_secs(settings.auth_lockout_secs));
+            let lockout = Duration::from_secs(settings.auth_lockout_secs);
+            c.locked_until = Some(now + lockout);
+            let until = std::time::SystemTime::now() + lockout;
+            let ms = until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(u64::MAX, |d| d.as_millis() as u64);
+            self.shared.lockouts_until.fetch_max(ms, Ordering::Relaxed);
             true
         } else {
             false
@@ -157,6 +163,9 @@ pub struct Shared {
     pub events: Arc<EventBus>,
     pub spool: Spool,
     clients: Mutex<HashMap<IpAddr, ClientState>>,
+    /// Until when (ms since the epoch) some address may be locked out:
+    /// before that moment, sessions ask; after it, nobody is.
+    lockouts_until: AtomicU64,
     /// Password checks, on a few threads with bounded memory.
     pub passwords: crate::credentials::PasswordChecker,
     total_sessions: AtomicU64,
@@ -245,6 +254,22 @@ impl Shared {
             return Err("Error: too many sessions from your address, try again later");
         }
         Ok(slot)
+    }
+
+    /// Whether AUTH is locked out for this address now. Cheap when no
+    /// address is locked out, which is almost always.
+    pub fn auth_locked_out(&self, ip: IpAddr) -> bool {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if now_ms > self.lockouts_until.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.clients
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&ip).and_then(|c| c.locked_until))
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Reserves one password check for this client, or `None` if its
@@ -428,6 +453,7 @@ impl Engine {
             spool,
             clients: Mutex::new(HashMap::new()),
             passwords: crate::credentials::PasswordChecker::for_this_machine(),
+            lockouts_until: AtomicU64::new(0),
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,

@@ -16,6 +16,8 @@ pub struct ServerSettings {
     pub max_sessions_per_ip: usize,
     pub command_timeout_secs: u64,
     pub data_timeout_secs: u64,
+    /// Bytes per second a DATA transfer must average (0: no minimum).
+    pub min_data_rate: u64,
     pub max_bad_commands: usize,
     pub auth_max_failures: usize,
     pub auth_failure_window_secs: u64,
@@ -64,6 +66,7 @@ impl Default for ServerSettings {
             max_sessions_per_ip: 50,
             command_timeout_secs: 300,
             data_timeout_secs: 600,
+            min_data_rate: 500,
             max_bad_commands: 20,
             auth_max_failures: 5,
             auth_failure_window_secs: 600,
@@ -127,11 +130,15 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     ),
     (
         "command-timeout",
-        "seconds a client may idle between commands (421 4.4.2)",
+        "seconds a client has to send a whole command line (421 4.4.2)",
     ),
     (
         "data-timeout",
-        "seconds a client may idle inside DATA (421 4.4.2)",
+        "seconds a client has to send each message line (421 4.4.2)",
+    ),
+    (
+        "min-data-rate",
+        "bytes/s a message transfer must average after data-timeout; 0: no minimum (421 4.4.2)",
     ),
     (
         "max-bad-commands",
@@ -254,6 +261,7 @@ impl ServerSettings {
             "max-sessions-per-ip" => self.max_sessions_per_ip = number(key, v, 1, 1_000_000)?,
             "command-timeout" => self.command_timeout_secs = number(key, v, 1, 86_400)?,
             "data-timeout" => self.data_timeout_secs = number(key, v, 1, 86_400)?,
+            "min-data-rate" => self.min_data_rate = number(key, v, 0, 1_000_000_000)?,
             "max-bad-commands" => self.max_bad_commands = number(key, v, 1, 10_000)?,
             "auth-max-failures" => self.auth_max_failures = number(key, v, 1, 10_000)?,
             "auth-failure-window" => self.auth_failure_window_secs = number(key, v, 1, 86_400)?,
@@ -326,6 +334,7 @@ impl ServerSettings {
             "max-sessions-per-ip" => self.max_sessions_per_ip.to_string(),
             "command-timeout" => self.command_timeout_secs.to_string(),
             "data-timeout" => self.data_timeout_secs.to_string(),
+            "min-data-rate" => self.min_data_rate.to_string(),
             "max-bad-commands" => self.max_bad_commands.to_string(),
             "auth-max-failures" => self.auth_max_failures.to_string(),
             "auth-failure-window" => self.auth_failure_window_secs.to_string(),

@@ -150,3 +150,82 @@ fn auth_bursts_from_many_addresses_keep_memory_bounded() {
     c.expect(&format!("AUTH PLAIN {}", plain("alice", "right")), "235");
     let _ = Instant::now();
 }
+
+/// Sends `unit` every `every` until the server closes; returns how long
+/// the session lasted and the last reply seen.
+fn trickle(c: &mut Client, unit: &[u8], every: Duration, limit: Duration) -> (Duration, String) {
+    let start = Instant::now();
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    loop {
+        if start.elapsed() > limit {
+            return (start.elapsed(), String::new());
+        }
+        if c.try_send(unit).is_err() {
+            return (start.elapsed(), String::new());
+        }
+        std::thread::sleep(every);
+        match c.try_reply() {
+            Ok(r) if r.is_empty() => return (start.elapsed(), r),
+            Ok(r) if r.starts_with("421") => return (start.elapsed(), r),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_on_time_in_commands_and_in_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(
+        dir.path(),
+        &[
+            ("command-timeout", "2"),
+            ("data-timeout", "2"),
+            ("delivery", "off"),
+        ],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let every = Duration::from_millis(400);
+    let limit = Duration::from_secs(10);
+
+    // A command line, a byte at a time.
+    let mut c = Client::connect(addr);
+    c.reply();
+    let (lasted, reply) = trickle(&mut c, b"N", every, limit);
+    assert!(lasted < Duration::from_secs(4), "held {lasted:?}");
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+
+    // Inside DATA, one line a byte at a time.
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO slow.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@example.com>", "250");
+    c.expect("DATA", "354");
+    let (lasted, reply) = trickle(&mut c, b"x", every, limit);
+    assert!(lasted < Duration::from_secs(4), "held {lasted:?}");
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+
+    // Inside DATA, whole short lines, each on time, far below 500 bytes/s.
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO slow.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@example.com>", "250");
+    c.expect("DATA", "354");
+    let (lasted, reply) = trickle(&mut c, b"x\r\n", every, limit);
+    assert!(lasted < Duration::from_secs(5), "held {lasted:?}");
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?}");
+    server.wait_for("data too slow", Duration::from_secs(5));
+
+    // A client that keeps up is not disturbed: whole commands, slowly.
+    let mut c = Client::connect(addr);
+    c.reply();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.expect("NOOP", "250");
+    }
+    c.expect("QUIT", "221");
+}

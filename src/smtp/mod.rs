@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod data;
+pub mod framer;
 pub mod reply;
 pub mod server;
 pub mod session;

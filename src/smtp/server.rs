@@ -2,6 +2,7 @@
 //! what the sans-I/O [`Session`] asks for (TLS handshakes, password checks
 //! off-thread, durable spooling). Every protocol decision is the session's.
 
+use super::framer::{Frame, Framer, Timeouts};
 use super::reply::Reply;
 use super::session::{Action, AuthOutcome, DataProgress, Limits, Message, Session, SessionParams};
 use super::trace_header::{TraceInfo, received_header};
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -187,10 +188,8 @@ async fn run(
     session: &mut Session,
 ) -> io::Result<String> {
     let ip = ctx.peer.ip();
-    let mut input: Vec<u8> = Vec::new();
-    let mut start = 0usize;
+    let mut framer = Framer::new(timeouts_from(settings), Instant::now());
     let mut out: Vec<u8> = session.greeting().to_wire();
-    let mut discarding_long_line = false;
     let mut state = ctx.shared.run_state();
     let mut pending: VecDeque<Action> = VecDeque::new();
     let write_limit = Duration::from_secs(settings.command_timeout_secs);
@@ -198,48 +197,44 @@ async fn run(
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
             if session.in_data() {
-                if start >= input.len() {
+                if framer.pending().is_empty() {
                     break;
                 }
-                match session.handle_data(&input[start..]) {
+                match session.handle_data(framer.pending()) {
                     DataProgress::Continue => {
-                        start = input.len();
+                        let n = framer.pending().len();
+                        framer.consume(n);
                         break;
                     }
                     DataProgress::Finished { consumed, actions } => {
-                        start += consumed;
+                        framer.consume(consumed);
+                        framer.end_data(Instant::now());
                         pending.extend(actions);
                     }
                 }
             } else {
-                let Some(pos) = input[start..].iter().position(|&b| b == b'\n') else {
-                    if input.len() - start > session.max_line_len() {
-                        discarding_long_line = true;
-                        start = input.len();
-                    }
+                let Some(frame) = framer.next_line(session.max_line_len()) else {
                     break;
                 };
-                let end = start + pos;
-                let mut line = &input[start..end];
-                start = end + 1;
-                if let Some(stripped) = line.strip_suffix(b"\r") {
-                    line = stripped;
-                }
-                let actions = if std::mem::take(&mut discarding_long_line) {
-                    session.handle_overlong_line()
-                } else {
-                    let secret = session.awaiting_auth_response();
-                    let policy = Arc::clone(&ctx.shared.snapshot().policy);
-                    let actions = session.handle_line(line, &policy);
-                    emit_command(ctx, id, line, secret, &actions);
-                    actions
+                let actions = match frame {
+                    Frame::Overlong => session.handle_overlong_line(),
+                    Frame::Line(line) => {
+                        // A locked-out address is told so before it is
+                        // asked for credentials.
+                        session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
+                        let secret = session.awaiting_auth_response();
+                        let policy = Arc::clone(&ctx.shared.snapshot().policy);
+                        let actions = session.handle_line(&line, &policy);
+                        emit_command(ctx, id, &line, secret, &actions);
+                        actions
+                    }
                 };
                 pending.extend(actions);
             }
             while let Some(action) = pending.pop_front() {
                 match action {
                     Action::Reply(r) => out.extend_from_slice(&r.to_wire()),
-                    Action::StartData => {}
+                    Action::StartData => framer.start_data(Instant::now()),
                     Action::RecipientDecided(rd) => {
                         let tx_sender = session_sender(session);
                         ctx.shared.events.emit(Event::Decision {
@@ -283,8 +278,7 @@ async fn run(
                         flush(conn, &mut out, write_limit).await?;
                         // Bytes pipelined after STARTTLS are dropped, never
                         // read as commands inside TLS (CVE-2011-0411).
-                        input.clear();
-                        start = 0;
+                        framer.discard();
                         let Some(acceptor) = ctx.shared.tls() else {
                             return Ok("TLS disappeared before the handshake".into());
                         };
@@ -299,6 +293,7 @@ async fn run(
                             }
                             Err(e) => return Ok(format!("STARTTLS handshake failed: {e}")),
                         }
+                        framer.replied(Instant::now());
                         continue 'handle;
                     }
                     Action::Message(message) => {
@@ -320,14 +315,10 @@ async fn run(
                 }
             }
         }
-        if start > 0 {
-            input.drain(..start);
-            start = 0;
+        if !out.is_empty() {
+            flush(conn, &mut out, write_limit).await?;
+            framer.replied(Instant::now());
         }
-        if input.is_empty() && input.capacity() > 64 * 1024 {
-            input = Vec::new();
-        }
-        flush(conn, &mut out, write_limit).await?;
         if session.is_closed() {
             return Ok("closed".into());
         }
@@ -337,23 +328,16 @@ async fn run(
         if must_close(*state.borrow_and_update(), session.in_data()) {
             return shutting_down(conn, &mut out, settings).await;
         }
-        let idle = Duration::from_secs(if session.in_data() {
-            settings.data_timeout_secs
-        } else {
-            settings.command_timeout_secs
-        });
-        if input.capacity() - input.len() < 512 {
-            input.reserve(if input.is_empty() { 1024 } else { 16 * 1024 });
-        }
+        let (deadline, which) = framer.deadline();
         tokio::select! {
-            read = tokio::time::timeout(idle, conn.read_buf(&mut input)) => match read {
+            read = tokio::time::timeout_at(deadline.into(), conn.read_buf(framer.buffer())) => match read {
                 Err(_) => {
                     out.extend_from_slice(&session.timeout_reply().to_wire());
                     flush(conn, &mut out, write_limit).await?;
-                    return Ok("idle timeout".into());
+                    return Ok(which.describe().into());
                 }
                 Ok(Ok(0)) => return Ok("client disconnected".into()),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => framer.received(n, Instant::now()),
                 Ok(Err(e)) => return Err(e),
             },
             changed = state.changed() => {
@@ -363,6 +347,15 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// The framer's limits from the engine settings.
+pub fn timeouts_from(settings: &ServerSettings) -> Timeouts {
+    Timeouts {
+        command: Duration::from_secs(settings.command_timeout_secs),
+        data_line: Duration::from_secs(settings.data_timeout_secs),
+        min_data_rate: settings.min_data_rate,
     }
 }
 
