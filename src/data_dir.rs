@@ -20,6 +20,8 @@ pub struct DataDir {
     pub log: PathBuf,
     pub lock: PathBuf,
     pub socket: PathBuf,
+    /// Large message bodies while they arrive (`relaygate.spill/`).
+    pub spill: PathBuf,
 }
 
 impl DataDir {
@@ -30,6 +32,7 @@ impl DataDir {
             log: crate::decision_log::log_path_for(db),
             lock: db.with_extension("lock"),
             socket: db.with_extension("sock"),
+            spill: db.with_extension("spill"),
         }
     }
 

@@ -166,6 +166,8 @@ pub struct Shared {
     /// Until when (ms since the epoch) some address may be locked out:
     /// before that moment, sessions ask; after it, nobody is.
     lockouts_until: AtomicU64,
+    /// Where large message bodies are written while they arrive.
+    pub spill_dir: PathBuf,
     /// Password checks, on a few threads with bounded memory.
     pub passwords: crate::credentials::PasswordChecker,
     total_sessions: AtomicU64,
@@ -436,6 +438,15 @@ impl Engine {
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
         };
         let spool = Spool::open(&dir.spool)?;
+        // Bodies left half-received by a crash: never acknowledged, so
+        // never the spool's; the clients will send them again.
+        let _ = std::fs::remove_dir_all(&dir.spill);
+        crate::data_dir::ensure_private_dir(&dir.spill).map_err(|e| {
+            EngineError::Spool(crate::spool::SpoolError::Write(format!(
+                "{}: {e}",
+                dir.spill.display()
+            )))
+        })?;
         let log_events = events.subscribe_without_commands(65_536);
         let (delivery_queue, fresh_work) = mpsc::channel(8192);
         let (state, _) = watch::channel(RunState::Running);
@@ -454,6 +465,7 @@ impl Engine {
             clients: Mutex::new(HashMap::new()),
             passwords: crate::credentials::PasswordChecker::for_this_machine(),
             lockouts_until: AtomicU64::new(0),
+            spill_dir: dir.spill.clone(),
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,

@@ -33,7 +33,25 @@ pub struct NewMessage {
     pub peer: String,
     pub helo: String,
     /// The message with the Received: header prepended, CRLF line endings.
+    /// With `spilled`, only its start: the rest is in that file.
     pub body: Vec<u8>,
+    /// A large message's body, written to a file while it arrived so that
+    /// it never sat in memory; the spool copies it in.
+    pub spilled: Option<Spilled>,
+}
+
+/// The rest of a message body, in a file of the spill directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spilled {
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+impl NewMessage {
+    /// The body's whole size, spilled part included.
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64 + self.spilled.as_ref().map_or(0, |s| s.len)
+    }
 }
 
 /// A message as read back from the spool.
@@ -311,20 +329,66 @@ fn commit(
 }
 
 fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(rusqlite::params![
-        m.id,
-        now,
-        m.sender,
-        m.login,
-        m.peer,
-        m.helo,
-        m.body.len() as i64,
-        m.body
-    ])?;
+    match &m.spilled {
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(rusqlite::params![
+                m.id,
+                now,
+                m.sender,
+                m.login,
+                m.peer,
+                m.helo,
+                m.body.len() as i64,
+                m.body
+            ])?;
+        }
+        Some(spilled) => {
+            // Room for the whole body, then filled piece by piece: the
+            // body never has to be in memory at once.
+            let total = m.size();
+            conn.prepare_cached(
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7))",
+            )?
+            .execute(rusqlite::params![
+                m.id,
+                now,
+                m.sender,
+                m.login,
+                m.peer,
+                m.helo,
+                total as i64
+            ])?;
+            let row = conn.last_insert_rowid();
+            let mut blob = conn.blob_open(rusqlite::MAIN_DB, "messages", "body", row, false)?;
+            let io = |e: std::io::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+            use std::io::{Read, Write};
+            blob.write_all(&m.body).map_err(io)?;
+            let mut file = std::fs::File::open(&spilled.path).map_err(io)?;
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut copied = 0u64;
+            loop {
+                let n = file.read(&mut chunk).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                blob.write_all(chunk.get(..n).unwrap_or_default())
+                    .map_err(io)?;
+                copied += n as u64;
+            }
+            if copied != spilled.len {
+                return Err(io(std::io::Error::other(format!(
+                    "spilled body {}: {copied} bytes, expected {}",
+                    spilled.path.display(),
+                    spilled.len
+                ))));
+            }
+        }
+    }
     let mut rcpt = conn.prepare_cached(
         "INSERT OR IGNORE INTO recipients (message_id, address, class, reason, next_attempt)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -498,6 +562,7 @@ impl SpoolReader {
                         id: id.clone(),
                         received_at: r.get(1)?,
                         message: NewMessage {
+                            spilled: None,
                             id,
                             sender: r.get(2)?,
                             recipients: Vec::new(),
@@ -590,6 +655,7 @@ mod tests {
 
     fn message(spool: &Spool, n: usize) -> NewMessage {
         NewMessage {
+            spilled: None,
             id: spool.next_id(),
             sender: format!("s{n}@example.com"),
             recipients: vec![SpoolRecipient {

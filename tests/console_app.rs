@@ -737,6 +737,7 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
     let id = spool.next_id();
     spool
         .apply_blocking(SpoolOp::Insert(NewMessage {
+            spilled: None,
             id: id.clone(),
             sender: "a@example.com".into(),
             recipients: vec![SpoolRecipient {

@@ -229,3 +229,79 @@ fn slow_clients_are_cut_off_on_time_in_commands_and_in_data() {
     }
     c.expect("QUIT", "221");
 }
+
+#[test]
+fn unfinished_large_bodies_do_not_sit_in_memory_and_finished_ones_are_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(
+        dir.path(),
+        &[("delivery", "off"), ("max-message-size", "30000000")],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let pid = server.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(pid);
+    // 20 sessions, each 10 MiB into a 20 MiB message.
+    let line = [&[b'a'; 998][..], b"\r\n"].concat();
+    let half = 10 * 1024 * 1024 / line.len();
+    let mut clients: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            c.reply();
+            c.expect("EHLO big.test", "250");
+            c.expect("MAIL FROM:<a@example.com>", "250");
+            c.expect("RCPT TO:<b@example.com>", "250");
+            c.expect("DATA", "354");
+            c
+        })
+        .collect();
+    let chunk: Vec<u8> = line.repeat(256);
+    for c in &mut clients {
+        for _ in 0..half / 256 {
+            c.send(&chunk);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let midway = rss_kib(pid);
+    eprintln!("RSS idle {idle} KiB, 20 sessions at 10 MiB each: {midway} KiB");
+    assert!(
+        midway.saturating_sub(idle) < 100 * 1024,
+        "midway {midway} KiB vs idle {idle} KiB"
+    );
+    // Each finishes its message: stored whole.
+    for c in &mut clients {
+        for _ in 0..half / 256 {
+            c.send(&chunk);
+        }
+        c.send(b"end\r\n.\r\n");
+    }
+    for c in &mut clients {
+        let r = c.reply();
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    let expected = 2 * (half / 256) * chunk.len() + "end\r\n".len();
+    let spool = relaygate::spool::SpoolReader::open(&db.with_extension("spool.db")).unwrap();
+    let listing = spool.listing().unwrap();
+    assert_eq!(listing.len(), 20);
+    for entry in &listing {
+        let m = spool.message(&entry.id).unwrap().expect("stored");
+        let body = &m.message.body;
+        // The Received: header, then exactly the lines sent.
+        assert!(body.starts_with(b"Received: "), "starts with our header");
+        let sent = body
+            .windows(line.len())
+            .position(|w| w == line.as_slice())
+            .expect("the first line sent");
+        assert_eq!(body.len() - sent, expected, "{} body bytes", body.len());
+        assert!(
+            body.ends_with(b"aaaa\r\nend\r\n"),
+            "ends with the last line"
+        );
+    }
+    // Nothing is left in the spill directory.
+    let left = std::fs::read_dir(db.with_extension("spill"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "spill files left behind");
+}

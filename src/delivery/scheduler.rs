@@ -681,6 +681,7 @@ pub fn bounce_for(
         message_id_domain: &settings.hostname,
     });
     Some(NewMessage {
+        spilled: None,
         id,
         sender: String::new(),
         recipients: vec![SpoolRecipient {

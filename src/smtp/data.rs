@@ -128,6 +128,17 @@ impl DataReader {
         None
     }
 
+    /// The body bytes held so far, taken out (to be written elsewhere);
+    /// counting goes on, so the size limit still holds.
+    pub fn take_body(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.body)
+    }
+
+    /// Body bytes held now.
+    pub fn held(&self) -> usize {
+        self.body.len()
+    }
+
     /// Whether the end of data has been seen.
     pub fn is_done(&self) -> bool {
         self.state == ScanState::Ended

@@ -84,6 +84,89 @@ impl AsyncWrite for Conn {
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A message body past this size goes to a file as it arrives: memory per
+/// session stays small whatever the message size.
+const SPILL_AT: usize = 256 * 1024;
+
+/// A message body being written to disk as it arrives; removed when
+/// dropped (stored in the spool, refused, or the session ended).
+struct SpillFile {
+    file: tokio::fs::File,
+    path: std::path::PathBuf,
+    len: u64,
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl SpillFile {
+    fn create(dir: &std::path::Path, session: u64) -> io::Result<SpillFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = dir.join(format!("{session}-{nanos:09}"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(SpillFile {
+            file: tokio::fs::File::from_std(file),
+            path,
+            len: 0,
+        })
+    }
+
+    async fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes).await?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Writes the body held so far to the session's spill file (made on
+/// first use). A failure is remembered: the message then gets 451.
+async fn spill_body(
+    ctx: &ConnectionContext,
+    id: u64,
+    session: &mut Session,
+    spill: &mut Option<SpillFile>,
+    failed: &mut bool,
+    threshold: usize,
+) {
+    let Some(bytes) = session.take_data_body(threshold) else {
+        return;
+    };
+    if *failed {
+        return;
+    }
+    if spill.is_none() {
+        match SpillFile::create(&ctx.shared.spill_dir, id) {
+            Ok(f) => *spill = Some(f),
+            Err(e) => {
+                *failed = true;
+                ctx.shared.events.emit(Event::Error {
+                    session: Some(id),
+                    message: format!("writing a message body to disk: {e}"),
+                });
+                return;
+            }
+        }
+    }
+    if let Some(f) = spill
+        && let Err(e) = f.append(&bytes).await
+    {
+        *failed = true;
+        ctx.shared.events.emit(Event::Error {
+            session: Some(id),
+            message: format!("writing a message body to disk: {e}"),
+        });
+    }
+}
 
 /// The session limits a set of engine settings asks for.
 pub fn limits_from(settings: &ServerSettings) -> Limits {
@@ -193,6 +276,8 @@ async fn run(
     let mut state = ctx.shared.run_state();
     let mut pending: VecDeque<Action> = VecDeque::new();
     let write_limit = Duration::from_secs(settings.command_timeout_secs);
+    let mut spill: Option<SpillFile> = None;
+    let mut spill_failed = false;
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -204,11 +289,17 @@ async fn run(
                     DataProgress::Continue => {
                         let n = framer.pending().len();
                         framer.consume(n);
+                        spill_body(ctx, id, session, &mut spill, &mut spill_failed, SPILL_AT).await;
                         break;
                     }
                     DataProgress::Finished { consumed, actions } => {
                         framer.consume(consumed);
                         framer.end_data(Instant::now());
+                        if !actions.iter().any(|a| matches!(a, Action::Message(_))) {
+                            // Refused (too big, bad line endings): nothing to keep.
+                            spill = None;
+                            spill_failed = false;
+                        }
                         pending.extend(actions);
                     }
                 }
@@ -296,9 +387,34 @@ async fn run(
                         framer.replied(Instant::now());
                         continue 'handle;
                     }
-                    Action::Message(message) => {
+                    Action::Message(mut message) => {
                         flush(conn, &mut out, write_limit).await?;
-                        let reply = store_message(ctx, id, settings, session, *message).await;
+                        // A spilled body gets its last part on disk too.
+                        let mut spilled = spill.take();
+                        if let Some(f) = &mut spilled
+                            && !spill_failed
+                        {
+                            let tail = std::mem::take(&mut message.body);
+                            if let Err(e) = async {
+                                f.append(&tail).await?;
+                                f.file.flush().await
+                            }
+                            .await
+                            {
+                                spill_failed = true;
+                                ctx.shared.events.emit(Event::Error {
+                                    session: Some(id),
+                                    message: format!("writing a message body to disk: {e}"),
+                                });
+                            }
+                        }
+                        let reply = if std::mem::take(&mut spill_failed) {
+                            session.message_stored(Err("the body could not be written".into()))
+                        } else {
+                            store_message(ctx, id, settings, session, *message, spilled.as_ref())
+                                .await
+                        };
+                        drop(spilled);
                         out.extend_from_slice(&reply.to_wire());
                         if ctx.shared.events.wants_commands() {
                             ctx.shared.events.emit(Event::Command {
@@ -467,6 +583,7 @@ async fn store_message(
     settings: &ServerSettings,
     session: &mut Session,
     message: Message,
+    spilled: Option<&SpillFile>,
 ) -> Reply {
     let t = &message.transaction;
     let queue_id = ctx.shared.spool.next_id();
@@ -489,7 +606,6 @@ async fn store_message(
     let mut body = Vec::with_capacity(header.len() + message.body.len());
     body.extend_from_slice(header.as_bytes());
     body.extend_from_slice(&message.body);
-    let size = body.len();
     let recipients: Vec<SpoolRecipient> = t
         .recipients
         .iter()
@@ -508,7 +624,12 @@ async fn store_message(
         peer: t.peer.to_string(),
         helo: t.helo.clone(),
         body,
+        spilled: spilled.map(|s| crate::spool::Spilled {
+            path: s.path.clone(),
+            len: s.len,
+        }),
     };
+    let size = new.size() as usize;
     let rcpt_addresses: Vec<String> = new.recipients.iter().map(|r| r.address.clone()).collect();
     let result = ctx.shared.spool.store(new).await;
     match &result {

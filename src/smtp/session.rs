@@ -585,6 +585,16 @@ impl Session {
         }
     }
 
+    /// The body received so far, once at least `threshold` bytes are held:
+    /// the I/O layer writes it to disk, so a large message never sits in
+    /// memory. The session keeps counting (and limiting) the size.
+    pub fn take_data_body(&mut self, threshold: usize) -> Option<Vec<u8>> {
+        match &mut self.phase {
+            Phase::Data(reader) if reader.held() >= threshold => Some(reader.take_body()),
+            _ => None,
+        }
+    }
+
     /// Feeds DATA bytes, any chunking. On the end of data the transaction
     /// is over: an [`Action::Message`] to store, or a refusal (552 5.3.4
     /// too big, 550 5.6.11 bare line endings when those are refused).
