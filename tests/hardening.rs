@@ -305,3 +305,41 @@ fn unfinished_large_bodies_do_not_sit_in_memory_and_finished_ones_are_stored_who
         .count();
     assert_eq!(left, 0, "spill files left behind");
 }
+
+#[test]
+fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
+    use common::sink::{Sink, SinkOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::cli(&db, &["route", "add", "*", &sink.addr().to_string()]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // As accepted (unstuffed), and as sent on the wire (dot-stuffed).
+    let accepted = b"Subject: exact\r\n\r\n.one leading dot\r\n..two\r\n.\r\n \r\nlast line\r\n";
+    let wire = b"Subject: exact\r\n\r\n..one leading dot\r\n...two\r\n..\r\n \r\nlast line\r\n.\r\n";
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO exact.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@far.test>", "250");
+    c.expect("DATA", "354");
+    c.send(wire);
+    let queued = c.reply();
+    assert!(queued.starts_with("250 2.0.0"), "{queued}");
+    c.expect("QUIT", "221");
+    let got = sink.wait_for(1, Duration::from_secs(15));
+    let body = &got[0].body;
+    assert!(body.starts_with(b"Received: from exact.test"), "{}", got[0].body_str());
+    let ours = body
+        .windows(b"Subject: exact".len())
+        .position(|w| w == b"Subject: exact")
+        .expect("the message after our header");
+    assert_eq!(&body[ours..], accepted, "{:?}", got[0].body_str());
+    // Our header is one header: its lines end in CRLF, continuations folded.
+    let header = &body[..ours];
+    assert!(header.ends_with(b"\r\n"));
+    for line in header.split(|&b| b == b'\n').skip(1).filter(|l| !l.is_empty()) {
+        assert!(line.starts_with(b" ") || line.starts_with(b"\t"), "{header:?}");
+    }
+}

@@ -303,9 +303,12 @@ async fn transaction(
         reset(conn, t).await;
         return Ok(outcomes.into_iter().flatten().collect());
     }
+    // lettre ends the data with CRLF "." CRLF itself: the body's own last
+    // CRLF is that first CRLF, or the next hop would get an extra empty line.
+    let content = body.strip_suffix(b"\r\n").unwrap_or(body);
     let data = async {
         conn.command("DATA\r\n").await?;
-        conn.message(body).await
+        conn.message(content).await
     };
     let final_outcome = match tokio::time::timeout(
         t + Duration::from_secs(body.len() as u64 / 100_000),
