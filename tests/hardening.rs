@@ -343,3 +343,28 @@ fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
         assert!(line.starts_with(b" ") || line.starts_with(b"\t"), "{header:?}");
     }
 }
+
+#[test]
+fn refused_recipients_count_as_errors_and_end_the_session_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback may not relay; 5 errors allowed.
+    let db = test_db(dir.path(), &[("max-bad-commands", "5")]);
+    common::cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO spammer.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    for i in 0..5 {
+        c.expect(&format!("RCPT TO:<victim{i}@far.test>"), "554 5.7.1");
+    }
+    c.expect("RCPT TO:<victim5@far.test>", "421 4.7.0");
+    assert!(c.closed(), "the session ends at the limit");
+    // Each refused recipient was decided and logged, no more.
+    server.wait_for("victim5@far.test", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    server.drain_log();
+    let decisions = server.log.iter().filter(|l| l.contains("decision session=1 ")).count();
+    assert_eq!(decisions, 6);
+}

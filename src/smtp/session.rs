@@ -537,7 +537,7 @@ impl Session {
             return self.error(555, "5.5.4", text);
         }
         if transaction.recipients.len() >= self.params.limits.max_recipients {
-            return vec![reply(452, "4.5.3", "Error: too many recipients")];
+            return self.error(452, "4.5.3", "Error: too many recipients");
         }
         let recipient = match parse_forward_path(path) {
             Ok(r) => r,
@@ -556,13 +556,19 @@ impl Session {
             recipient,
             decision,
         };
-        let answer = Action::Reply(Reply::from(&decided.decision.reply));
-        if decided.decision.is_allowed()
-            && let Some(t) = self.transaction.as_mut()
-        {
+        let answer = Reply::from(&decided.decision.reply);
+        if !decided.decision.is_allowed() {
+            // A refused recipient is an error like any other (as Postfix's
+            // smtpd_hard_error_limit counts them): a client cannot try
+            // relay recipients by the thousand in one session.
+            let mut actions = vec![Action::RecipientDecided(decided)];
+            actions.extend(self.error_reply(answer));
+            return actions;
+        }
+        if let Some(t) = self.transaction.as_mut() {
             t.recipients.push(decided.clone());
         }
-        vec![Action::RecipientDecided(decided), answer]
+        vec![Action::RecipientDecided(decided), Action::Reply(answer)]
     }
 
     fn data(&mut self) -> Vec<Action> {
@@ -661,7 +667,11 @@ impl Session {
             self.phase = Phase::Commands;
         }
         match result {
-            Ok(queue_id) => Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}")),
+            Ok(queue_id) => {
+                // Errors count against a client until it delivers mail.
+                self.bad_commands = 0;
+                Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+            }
             Err(_) => Reply::new(
                 451,
                 "4.3.0",
