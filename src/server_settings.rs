@@ -48,6 +48,9 @@ pub struct ServerSettings {
     /// How long the persisted event log keeps its history.
     pub log_retention_days: u64,
     pub log_max_rows: u64,
+    /// Where mail to the bare `<postmaster>` goes; none: postmaster of the
+    /// first local domain.
+    pub postmaster_address: Option<String>,
     /// A Unix group whose members may attach a console to watch (the
     /// control socket is then 0660 for it); none: owner only.
     pub console_group: Option<String>,
@@ -89,12 +92,17 @@ impl Default for ServerSettings {
             log_retention_days: 30,
             log_max_rows: 1_000_000,
             console_group: None,
+            postmaster_address: None,
         }
     }
 }
 
 /// Every key with what it sets, in display order.
 pub const SERVER_KEYS: &[(&str, &str)] = &[
+    (
+        "postmaster-address",
+        "where mail to the bare <postmaster> goes; empty: postmaster@ the first local domain",
+    ),
     (
         "console-group",
         "Unix group whose members may attach a console to watch (socket 0660); empty: owner only",
@@ -268,6 +276,22 @@ impl ServerSettings {
             "auth-lockout" => self.auth_lockout_secs = number(key, v, 1, 86_400 * 7)?,
             "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
+            "postmaster-address" => {
+                self.postmaster_address = if v.is_empty() {
+                    None
+                } else {
+                    match crate::policy::address::parse_forward_path(&format!("<{v}>")) {
+                        Ok(a) if matches!(a.domain, crate::policy::address::Domain::Name(_)) => {
+                            Some(a.to_string())
+                        }
+                        _ => {
+                            return Err(SettingError(format!(
+                                "postmaster-address {v:?}: expected a mailbox like postmaster@example.com"
+                            )));
+                        }
+                    }
+                }
+            }
             "console-group" => {
                 let valid = v
                     .chars()
@@ -342,6 +366,7 @@ impl ServerSettings {
             "shutdown-grace" => self.shutdown_grace_secs.to_string(),
             "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
             "console-group" => self.console_group.clone().unwrap_or_default(),
+            "postmaster-address" => self.postmaster_address.clone().unwrap_or_default(),
             "tls-key-file" => self.tls_key_file.clone().unwrap_or_default(),
             "retry-first" => self.retry_first_secs.to_string(),
             "retry-max-interval" => self.retry_max_interval_secs.to_string(),

@@ -368,3 +368,41 @@ fn refused_recipients_count_as_errors_and_end_the_session_at_the_limit() {
     let decisions = server.log.iter().filter(|l| l.contains("decision session=1 ")).count();
     assert_eq!(decisions, 6);
 }
+
+#[test]
+fn mail_to_the_bare_postmaster_is_delivered_to_a_local_mailbox() {
+    use common::sink::{Sink, SinkOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::cli(&db, &["domain", "add", "z.example"]);
+    common::cli(&db, &["route", "add", "example.com", &sink.addr().to_string()]);
+    // Anyone may write to postmaster, even from an address that may not relay.
+    common::cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let to_postmaster = |server_addr| {
+        let mut c = Client::connect(server_addr);
+        c.reply();
+        c.expect("EHLO stranger.test", "250");
+        c.expect("MAIL FROM:<someone@far.test>", "250");
+        c.expect("RCPT TO:<Postmaster>", "250");
+        c.expect("DATA", "354");
+        c.expect("Subject: hello\r\n\r\nhi\r\n.", "250");
+        c.expect("QUIT", "221");
+    };
+    // No setting: postmaster of the first local domain (example.com).
+    to_postmaster(addr);
+    let line = server.wait_for("delivery ", Duration::from_secs(15));
+    assert!(line.contains("to=<postmaster@example.com>") && line.contains("delivered"), "{line}");
+    let got = sink.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got[0].rcpts, ["postmaster@example.com"]);
+    // With postmaster-address set, there.
+    common::cli(&db, &["policy", "set", "postmaster-address", "hostmaster@example.com"]);
+    std::thread::sleep(Duration::from_millis(600));
+    to_postmaster(addr);
+    let got = sink.wait_for(2, Duration::from_secs(15));
+    assert_eq!(got[1].rcpts, ["hostmaster@example.com"]);
+    let refused = common::run_cli(&db, &["policy", "set", "postmaster-address", "nobody"], "");
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+}

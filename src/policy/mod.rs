@@ -142,6 +142,16 @@ impl Policy {
         self.logins.get(login).map(String::as_str)
     }
 
+    /// Who the bare `<postmaster>` recipient is, without a
+    /// `postmaster-address` setting: postmaster of the first local domain
+    /// (alphabetically), or nobody if there is no local domain.
+    pub fn default_postmaster(&self) -> Option<String> {
+        self.local_domains
+            .iter()
+            .min()
+            .map(|d| format!("postmaster@{d}"))
+    }
+
     /// Whether a domain is one of ours (case-insensitive, one trailing dot
     /// ignored).
     pub fn is_local_domain(&self, domain: &Domain) -> bool {

@@ -606,11 +606,20 @@ async fn store_message(
     let mut body = Vec::with_capacity(header.len() + message.body.len());
     body.extend_from_slice(header.as_bytes());
     body.extend_from_slice(&message.body);
+    let postmaster = settings
+        .postmaster_address
+        .clone()
+        .or_else(|| t.policy.default_postmaster());
     let recipients: Vec<SpoolRecipient> = t
         .recipients
         .iter()
         .map(|r| SpoolRecipient {
-            address: r.recipient.to_string(),
+            // The bare <postmaster> (RFC 5321 4.5.1) is a real mailbox here,
+            // delivered like any local mail.
+            address: match (&r.recipient.domain, &postmaster) {
+                (crate::policy::address::Domain::Postmaster, Some(p)) => p.clone(),
+                _ => r.recipient.to_string(),
+            },
             class: r.decision.class.to_string(),
             reason: r.decision.to_string(),
         })
