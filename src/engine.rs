@@ -253,7 +253,17 @@ impl Shared {
             return Err("Error: too many sessions, try again later");
         }
         if per_ip > settings.max_sessions_per_ip {
-            return Err("Error: too many sessions from your address, try again later");
+            // A LAN mail server or a NAT the lists allow is not one client
+            // among many (Postfix exempts mynetworks too); the total cap
+            // still applies.
+            let exempt = settings.listed_ip_exempt
+                && matches!(
+                    self.snapshot().policy.lists().check(ip),
+                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
+                );
+            if !exempt {
+                return Err("Error: too many sessions from your address, try again later");
+            }
         }
         Ok(slot)
     }

@@ -14,6 +14,8 @@ pub struct ServerSettings {
     pub max_text_line: usize,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Clients on the allow list are exempt from `max-sessions-per-ip`.
+    pub listed_ip_exempt: bool,
     pub command_timeout_secs: u64,
     pub data_timeout_secs: u64,
     /// Bytes per second a DATA transfer must average (0: no minimum).
@@ -67,6 +69,7 @@ impl Default for ServerSettings {
             max_text_line: 8192,
             max_sessions: 1000,
             max_sessions_per_ip: 50,
+            listed_ip_exempt: true,
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             min_data_rate: 500,
@@ -135,6 +138,10 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "max-sessions-per-ip",
         "concurrent sessions per client IP (421 4.7.0 beyond)",
+    ),
+    (
+        "per-ip-exempt-listed",
+        "on: clients the allow list allows are exempt from max-sessions-per-ip (max-sessions still applies)",
     ),
     (
         "command-timeout",
@@ -261,6 +268,10 @@ impl ServerSettings {
                 self.plaintext_auth = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
             }
+            "per-ip-exempt-listed" => {
+                self.listed_ip_exempt = crate::policy::settings::parse_on_off(v)
+                    .map_err(|e| SettingError(e.to_string()))?
+            }
             "max-message-size" => self.max_message_size = number(key, v, 1024, 1 << 36)?,
             "max-recipients" => self.max_recipients = number(key, v, 1, 100_000)?,
             "max-command-line" => self.max_command_line = number(key, v, 512, 65_536)?,
@@ -350,6 +361,7 @@ impl ServerSettings {
         Some(match key {
             "hostname" => self.hostname.clone(),
             "plaintext-auth" => if self.plaintext_auth { "on" } else { "off" }.to_string(),
+            "per-ip-exempt-listed" => if self.listed_ip_exempt { "on" } else { "off" }.to_string(),
             "max-message-size" => self.max_message_size.to_string(),
             "max-recipients" => self.max_recipients.to_string(),
             "max-command-line" => self.max_command_line.to_string(),

@@ -406,3 +406,38 @@ fn mail_to_the_bare_postmaster_is_delivered_to_a_local_mailbox() {
     let refused = common::run_cli(&db, &["policy", "set", "postmaster-address", "nobody"], "");
     assert_eq!(refused.code, 2, "{}", refused.stderr);
 }
+
+#[test]
+fn allow_listed_clients_are_exempt_from_the_per_ip_cap_unless_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("max-sessions-per-ip", "3")]);
+    common::cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    common::cli(&db, &["list", "add", "allow", "127.0.0.5"]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let lan: IpAddr = "127.0.0.5".parse().unwrap();
+    let stranger: IpAddr = "127.0.0.6".parse().unwrap();
+    let open = |ip: IpAddr, n: usize| -> (Vec<Client>, Vec<String>) {
+        let mut held = Vec::new();
+        let mut greetings = Vec::new();
+        for _ in 0..n {
+            let mut c = Client::connect_from(addr, ip);
+            greetings.push(c.reply());
+            held.push(c);
+        }
+        (held, greetings)
+    };
+    // The LAN mail server opens 10 sessions: all admitted.
+    let (lan_sessions, greetings) = open(lan, 10);
+    assert!(greetings.iter().all(|g| g.starts_with("220")), "{greetings:?}");
+    // A stranger is capped at 3.
+    let (_s, greetings) = open(stranger, 4);
+    assert!(greetings[3].starts_with("421 4.7.0"), "{greetings:?}");
+    drop(lan_sessions);
+    // Switched off: the cap applies to listed clients too.
+    common::cli(&db, &["policy", "set", "per-ip-exempt-listed", "off"]);
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_l, greetings) = open(lan, 4);
+    assert!(greetings[3].starts_with("421 4.7.0"), "{greetings:?}");
+}

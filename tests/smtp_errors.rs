@@ -921,7 +921,11 @@ fn starttls_drops_commands_pipelined_after_it() {
 #[test]
 fn sessions_per_address_are_capped() {
     let dir = tempfile::tempdir().unwrap();
-    let db = test_db(dir.path(), &[("max-sessions-per-ip", "2")]);
+    // Loopback is on the allow list: without this switch it would be exempt.
+    let db = test_db(
+        dir.path(),
+        &[("max-sessions-per-ip", "2"), ("per-ip-exempt-listed", "off")],
+    );
     let (server, addr) = start(&db);
 
     let first = connect(addr);
