@@ -441,3 +441,32 @@ fn allow_listed_clients_are_exempt_from_the_per_ip_cap_unless_switched_off() {
     let (_l, greetings) = open(lan, 4);
     assert!(greetings[3].starts_with("421 4.7.0"), "{greetings:?}");
 }
+
+#[test]
+fn a_binding_that_cannot_open_is_retried_until_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    // Something else holds the port when the engine starts.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let busy = format!("127.0.0.1:{port}");
+    common::cli(&db, &["bind", "add", &busy]);
+    let mut server = Server::start(&db);
+    server.addr();
+    let failed = server.wait_for(&format!("cannot listen on {busy}"), Duration::from_secs(5));
+    assert!(failed.contains("in use"), "{failed}");
+    // The port comes free: the engine takes it within its back-off.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(squatter);
+    server.wait_for(&format!("listening on {busy}"), Duration::from_secs(10));
+    let mut c = Client::connect(busy.parse().unwrap());
+    assert!(c.reply().starts_with("220"));
+    // The failure was reported once, not at every retry.
+    server.drain_log();
+    let reports = server
+        .log
+        .iter()
+        .filter(|l| l.contains(&format!("cannot listen on {busy}")))
+        .count();
+    assert_eq!(reports, 1, "{:?}", server.log);
+}
