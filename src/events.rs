@@ -512,6 +512,21 @@ pub fn describe(event: &Event) -> Described {
     }
 }
 
+/// Text from the network, made safe to keep and to show: control
+/// characters (C0, DEL, C1: ESC, BEL, CSI...) become `\x1b`-style escapes,
+/// so no log, file or terminal ever gets them raw.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// An event with the time it happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stamped {

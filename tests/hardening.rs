@@ -317,7 +317,8 @@ fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
     let addr = server.addr();
     // As accepted (unstuffed), and as sent on the wire (dot-stuffed).
     let accepted = b"Subject: exact\r\n\r\n.one leading dot\r\n..two\r\n.\r\n \r\nlast line\r\n";
-    let wire = b"Subject: exact\r\n\r\n..one leading dot\r\n...two\r\n..\r\n \r\nlast line\r\n.\r\n";
+    let wire =
+        b"Subject: exact\r\n\r\n..one leading dot\r\n...two\r\n..\r\n \r\nlast line\r\n.\r\n";
     let mut c = Client::connect(addr);
     c.reply();
     c.expect("EHLO exact.test", "250");
@@ -330,7 +331,11 @@ fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
     c.expect("QUIT", "221");
     let got = sink.wait_for(1, Duration::from_secs(15));
     let body = &got[0].body;
-    assert!(body.starts_with(b"Received: from exact.test"), "{}", got[0].body_str());
+    assert!(
+        body.starts_with(b"Received: from exact.test"),
+        "{}",
+        got[0].body_str()
+    );
     let ours = body
         .windows(b"Subject: exact".len())
         .position(|w| w == b"Subject: exact")
@@ -339,8 +344,15 @@ fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
     // Our header is one header: its lines end in CRLF, continuations folded.
     let header = &body[..ours];
     assert!(header.ends_with(b"\r\n"));
-    for line in header.split(|&b| b == b'\n').skip(1).filter(|l| !l.is_empty()) {
-        assert!(line.starts_with(b" ") || line.starts_with(b"\t"), "{header:?}");
+    for line in header
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter(|l| !l.is_empty())
+    {
+        assert!(
+            line.starts_with(b" ") || line.starts_with(b"\t"),
+            "{header:?}"
+        );
     }
 }
 
@@ -365,7 +377,11 @@ fn refused_recipients_count_as_errors_and_end_the_session_at_the_limit() {
     server.wait_for("victim5@far.test", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(200));
     server.drain_log();
-    let decisions = server.log.iter().filter(|l| l.contains("decision session=1 ")).count();
+    let decisions = server
+        .log
+        .iter()
+        .filter(|l| l.contains("decision session=1 "))
+        .count();
     assert_eq!(decisions, 6);
 }
 
@@ -376,7 +392,10 @@ fn mail_to_the_bare_postmaster_is_delivered_to_a_local_mailbox() {
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
     common::cli(&db, &["domain", "add", "z.example"]);
-    common::cli(&db, &["route", "add", "example.com", &sink.addr().to_string()]);
+    common::cli(
+        &db,
+        &["route", "add", "example.com", &sink.addr().to_string()],
+    );
     // Anyone may write to postmaster, even from an address that may not relay.
     common::cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
     let mut server = Server::start(&db);
@@ -394,11 +413,22 @@ fn mail_to_the_bare_postmaster_is_delivered_to_a_local_mailbox() {
     // No setting: postmaster of the first local domain (example.com).
     to_postmaster(addr);
     let line = server.wait_for("delivery ", Duration::from_secs(15));
-    assert!(line.contains("to=<postmaster@example.com>") && line.contains("delivered"), "{line}");
+    assert!(
+        line.contains("to=<postmaster@example.com>") && line.contains("delivered"),
+        "{line}"
+    );
     let got = sink.wait_for(1, Duration::from_secs(15));
     assert_eq!(got[0].rcpts, ["postmaster@example.com"]);
     // With postmaster-address set, there.
-    common::cli(&db, &["policy", "set", "postmaster-address", "hostmaster@example.com"]);
+    common::cli(
+        &db,
+        &[
+            "policy",
+            "set",
+            "postmaster-address",
+            "hostmaster@example.com",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(600));
     to_postmaster(addr);
     let got = sink.wait_for(2, Duration::from_secs(15));
@@ -429,7 +459,10 @@ fn allow_listed_clients_are_exempt_from_the_per_ip_cap_unless_switched_off() {
     };
     // The LAN mail server opens 10 sessions: all admitted.
     let (lan_sessions, greetings) = open(lan, 10);
-    assert!(greetings.iter().all(|g| g.starts_with("220")), "{greetings:?}");
+    assert!(
+        greetings.iter().all(|g| g.starts_with("220")),
+        "{greetings:?}"
+    );
     // A stranger is capped at 3.
     let (_s, greetings) = open(stranger, 4);
     assert!(greetings[3].starts_with("421 4.7.0"), "{greetings:?}");
@@ -469,4 +502,135 @@ fn a_binding_that_cannot_open_is_retried_until_it_does() {
         .filter(|l| l.contains(&format!("cannot listen on {busy}")))
         .count();
     assert_eq!(reports, 1, "{:?}", server.log);
+}
+
+#[test]
+fn control_characters_from_the_network_are_stored_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "right\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    let evil = "al\u{1b}[2Jice\u{7}\u{9b}31m";
+    c.expect(&format!("AUTH PLAIN {}", plain(evil, "x")), "535");
+    c.expect("QUIT", "221");
+    server.wait_for("AUTH failed", Duration::from_secs(5));
+    // The event log is written in batches.
+    std::thread::sleep(Duration::from_millis(500));
+    let conn = rusqlite::Connection::open(db.with_extension("log.db")).unwrap();
+    let rows: Vec<String> = conn
+        .prepare("SELECT event FROM events WHERE kind = 'auth'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let stored = &rows[0];
+    assert!(
+        !stored.chars().any(|c| c.is_control()),
+        "raw control characters stored: {stored:?}"
+    );
+    // JSON keeps the escape as text: \x1b, \x07, \x9b.
+    for escaped in ["\\\\x1b", "\\\\x07", "\\\\x9b"] {
+        assert!(stored.contains(escaped), "{escaped} missing in {stored}");
+    }
+}
+
+#[test]
+fn a_listing_into_a_closed_pipe_stops_quietly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let entries: String = (0..20000)
+        .map(|i| format!("10.{}.{}.1\n", i / 250, i % 250))
+        .collect();
+    let file = dir.path().join("deny.txt");
+    std::fs::write(&file, entries).unwrap();
+    common::cli(&db, &["list", "import", "deny", file.to_str().unwrap()]);
+    // `relaygate list show deny | head -1`
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["list", "show", "deny"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("deny (20002 entries)"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped: needs root to run the CLI as nobody on a file it cannot write");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::BIN,
+                "--db",
+            ])
+            .arg(&db)
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    let show = as_nobody(&["list", "show", "allow"]);
+    assert_eq!(
+        show.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    assert!(String::from_utf8_lossy(&show.stdout).contains("127.0.0.0/8"));
+    let check = as_nobody(&[
+        "check",
+        "--ip",
+        "192.168.1.2",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@far.test",
+    ]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let change = as_nobody(&["list", "add", "allow", "192.0.2.1"]);
+    let stderr = String::from_utf8_lossy(&change.stderr);
+    assert_eq!(change.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is read-only") && !stderr.contains("not a relaygate database"),
+        "{stderr}"
+    );
 }

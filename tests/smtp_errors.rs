@@ -924,7 +924,10 @@ fn sessions_per_address_are_capped() {
     // Loopback is on the allow list: without this switch it would be exempt.
     let db = test_db(
         dir.path(),
-        &[("max-sessions-per-ip", "2"), ("per-ip-exempt-listed", "off")],
+        &[
+            ("max-sessions-per-ip", "2"),
+            ("per-ip-exempt-listed", "off"),
+        ],
     );
     let (server, addr) = start(&db);
 

@@ -94,7 +94,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => return serve::run_default(&cli.db),
         Some(command) => command,
     };
-    let mut store = Store::open(&cli.db)?;
+    // Reading needs no write access: a read-only file or directory (a
+    // copy, another user's database) can still be shown and checked.
+    let mut store = if reads_only(&command) {
+        Store::open_read_only(&cli.db)?
+    } else {
+        Store::open(&cli.db)?
+    };
     match command {
         Command::Serve { .. } | Command::Console => serve::run(&cli.db),
         Command::List(c) => list::run(&mut store, c),
@@ -108,6 +114,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(c) => queue::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
     }
+}
+
+/// Commands that only read the configuration.
+fn reads_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::List(list::ListCommand::Show { .. } | list::ListCommand::Export { .. })
+            | Command::Domain(domain::DomainCommand::Show)
+            | Command::User(user::UserCommand::Show)
+            | Command::Auth(user::AuthCommand::Show)
+            | Command::Policy(policy::PolicyCommand::Show)
+            | Command::Rule(rule::RuleCommand::Show)
+            | Command::Bind(bind::BindCommand::Show)
+            | Command::Route(route::RouteCommand::Show)
+            | Command::Check(_)
+    )
 }
 
 /// Reads a password from the first line of standard input.

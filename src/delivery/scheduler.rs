@@ -608,7 +608,7 @@ async fn record(
             recipient: rcpt.clone(),
             host: host.clone().unwrap_or_else(|| "-".into()),
             outcome: event_outcome,
-            reply,
+            reply: crate::events::printable(&reply),
         });
     }
     let bounce = bounce_for(settings, message, &failed);

@@ -332,8 +332,8 @@ async fn run(
                             session: id,
                             peer: ip,
                             login: session.login().map(str::to_string),
-                            sender: tx_sender,
-                            recipient: rd.recipient.to_string(),
+                            sender: crate::events::printable(&tx_sender),
+                            recipient: crate::events::printable(&rd.recipient.to_string()),
                             decision: Box::new(rd.decision),
                         });
                     }
@@ -351,7 +351,7 @@ async fn run(
                             AuthOutcome::Rejected => ctx.shared.events.emit(Event::AuthFailed {
                                 session: id,
                                 peer: ip,
-                                login: Some(login),
+                                login: Some(crate::events::printable(&login)),
                             }),
                             AuthOutcome::LockedOut | AuthOutcome::Busy => {
                                 ctx.shared.events.emit(Event::AuthRefused {

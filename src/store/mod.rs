@@ -31,6 +31,12 @@ pub enum StoreError {
         found: i32,
         known: i32,
     },
+    #[error(
+        "{path} is read-only for this user: reading works, changes need write access to it and its directory (run as its owner, e.g. with sudo -u)"
+    )]
+    ReadOnly { path: PathBuf },
+    #[error("{path}: no such database")]
+    Missing { path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -93,9 +99,26 @@ impl Store {
             path: path.to_path_buf(),
             detail,
         };
-        let app_id: i32 = conn
-            .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(|e| not_ours(e.to_string()))?;
+        let read_only = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+            )
+        };
+        let app_id: i32 = match conn.pragma_query_value(None, "application_id", |r| r.get(0)) {
+            Ok(id) => id,
+            Err(e) if read_only(&e) || is_read_only_file(path) => {
+                return Err(StoreError::ReadOnly {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(not_ours(e.to_string())),
+        };
+        if is_read_only_file(path) {
+            return Err(StoreError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
         let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let objects: i64 =
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
@@ -132,6 +155,67 @@ impl Store {
             tx.commit()?;
         }
         Ok(store)
+    }
+
+    /// Opens an existing database for reading only (the `show` commands
+    /// and `check`): works on a file or directory this user cannot write.
+    /// Nothing is created, migrated or written.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let probe = |conn: &Connection| -> rusqlite::Result<(i32, i32)> {
+            conn.busy_timeout(Duration::from_secs(5))?;
+            Ok((
+                conn.pragma_query_value(None, "application_id", |r| r.get(0))?,
+                conn.pragma_query_value(None, "user_version", |r| r.get(0))?,
+            ))
+        };
+        let opened =
+            Connection::open_with_flags(path, flags).and_then(|c| probe(&c).map(|v| (c, v)));
+        let (conn, (app_id, version)) = match opened {
+            Ok(ok) => ok,
+            Err(_) => {
+                // A WAL database in a directory we cannot write: SQLite
+                // cannot make its -shm file. Nobody can be writing it
+                // there, so read the file as it is.
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let conn = Connection::open_with_flags(uri, flags)?;
+                let v = probe(&conn).map_err(|e| StoreError::NotRelaygate {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+                (conn, v)
+            }
+        };
+        if app_id != schema::APPLICATION_ID {
+            return Err(StoreError::NotRelaygate {
+                path: path.to_path_buf(),
+                detail: format!("application id {app_id:#x}"),
+            });
+        }
+        if version > CURRENT_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                known: CURRENT_VERSION,
+            });
+        }
+        if version < CURRENT_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "{}: schema version {version} needs an upgrade, which needs write access (run any changing command as its owner)",
+                path.display()
+            )));
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -765,6 +849,47 @@ pub struct EngineConfig {
     pub settings: ServerSettings,
     pub bindings: Vec<Binding>,
     pub routes: Vec<Route>,
+}
+
+/// Whether this process may not write the file or its directory (root
+/// may write anything; `access(2)` would need unsafe code).
+fn is_read_only_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let uid = crate::control::access::own_uid();
+    if uid == 0 {
+        return false;
+    }
+    let writable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let mode = m.mode();
+            if m.uid() == uid {
+                mode & 0o200 != 0
+            } else {
+                // Group or other: without the group list, be conservative.
+                mode & 0o022 != 0
+            }
+        })
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    !writable(path) || !writable(dir)
+}
+
+/// A path as a `file:` URI path (percent-encoding what URIs reserve).
+fn uri_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn query_strings(conn: &Connection, sql: &str) -> Result<Vec<String>> {
