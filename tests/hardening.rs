@@ -634,3 +634,106 @@ fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
         "{stderr}"
     );
 }
+
+#[test]
+fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join("relaygate.db");
+    let with_umask = |args: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 022; exec {} --db {} {args}", common::BIN, db.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    with_umask("bind remove 127.0.0.1:2525");
+    with_umask("bind add 127.0.0.1:0");
+    with_umask("domain add example.com");
+    with_umask("policy set delivery off");
+    // The engine, started with umask 022 (exec: the child is the binary).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut engine = KillOnDrop(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 022; exec {} --db {} serve --headless", common::BIN, db.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = engine.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the engine starts");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // A message (spool, event log) and a large one (spill file).
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO modes.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@example.com>", "250");
+    c.expect("DATA", "354");
+    let line = [&[b'x'; 998][..], b"\r\n"].concat();
+    c.send(&line.repeat(300));
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    use std::path::Path;
+    let spill_files: Vec<_> = std::fs::read_dir(db.with_extension("spill"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(spill_files.len(), 1, "a large body is being spilled");
+    assert_eq!(mode(&spill_files[0]).unwrap(), 0o600);
+    c.send(b"\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.expect("QUIT", "221");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let m = mode(&path).unwrap();
+        let expected = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m, expected, "{} is {m:o}", path.display());
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).unwrap() {
+                let p = inner.unwrap().path();
+                assert_eq!(mode(&p).unwrap(), 0o600, "{}", p.display());
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(mode(&data).unwrap(), 0o700, "the data directory");
+    for name in [
+        "relaygate.db-wal",
+        "relaygate.spool.db",
+        "relaygate.spool.db-wal",
+        "relaygate.spool.db-shm",
+        "relaygate.log.db",
+        "relaygate.log.db-wal",
+        "relaygate.lock",
+        "relaygate.sock",
+        "relaygate.tls",
+    ] {
+        assert!(data.join(name).exists(), "{name} was not created");
+    }
+    assert!(checked >= 10);
+    drop(engine);
+}
