@@ -41,7 +41,17 @@ fn twenty_crashes_in_a_row_strand_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
-    cli(&db, &["route", "add", "*", &sink.addr().to_string(), "--tls", "none"]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
     for round in 0..rounds {
         let mut server = Server::start(&db);
         let addr = server.addr();
@@ -87,7 +97,14 @@ fn twenty_crashes_in_a_row_strand_no_acknowledged_message() {
                 panic!(
                     "round {round}: {} acknowledged messages stranded: {missing:?}\nqueue:\n{queue}\nlog tail:\n{}",
                     missing.len(),
-                    server.log.iter().rev().take(30).cloned().collect::<Vec<_>>().join("\n")
+                    server
+                        .log
+                        .iter()
+                        .rev()
+                        .take(30)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -3,7 +3,7 @@
 //! setups of both products relaygate replaces.
 
 use relaygate::policy::address::{parse_forward_path, parse_reverse_path};
-use relaygate::policy::decision::{RelayClass, Verdict};
+use relaygate::policy::decision::{Decision, Reason, RelayClass, Verdict};
 use relaygate::policy::rules::Rule;
 use relaygate::policy::settings::Switches;
 use relaygate::policy::{Envelope, Login, Policy, PolicyConfig};
@@ -64,6 +64,135 @@ fn run(config: &PolicyConfig, cases: &[Case]) {
         assert_eq!(d.class, c.class, "class of {what}");
         assert!(d.reply.to_string().starts_with(c.reply), "reply of {what}");
         assert!(d.to_string().contains(c.reason), "reason of {what}");
+        typed_reason(c, &d, &what);
+    }
+}
+
+/// The decision's typed reason agrees with what the case expects: the
+/// variant, the list entry, the login, the rule, the class. (The text
+/// check above is for the wording; this one for the data the CLI, the log
+/// and the console render from.)
+fn typed_reason(c: &Case, d: &Decision, what: &str) {
+    let allowing = matches!(
+        d.reason,
+        Reason::InboundToLocal { .. }
+            | Reason::Unrestricted { .. }
+            | Reason::Authenticated { .. }
+            | Reason::IpAllowed { .. }
+    );
+    assert_eq!(
+        allowing,
+        d.verdict == Allow,
+        "variant of {what}: {:?}",
+        d.reason
+    );
+    let expect = c.reason;
+    let entry_after = |marker: &str| {
+        expect.split(marker).nth(1).map(|rest| {
+            rest.split([' ', ')', ';', ','])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    if let Some(entry) = entry_after("allow entry ") {
+        let found = match &d.reason {
+            Reason::IpAllowed { entry: e, .. } => &*e.text == entry,
+            Reason::IpDenied { over: Some(e), .. } => &*e.text == entry,
+            _ => false,
+        };
+        assert!(
+            found,
+            "allow entry {entry} in the typed reason of {what}: {:?}",
+            d.reason
+        );
+    }
+    if let Some(entry) = entry_after("deny entry ") {
+        let found = match &d.reason {
+            Reason::IpDenied { entry: e, .. } => &*e.text == entry,
+            Reason::IpAllowed { over: Some(e), .. } => &*e.text == entry,
+            _ => false,
+        };
+        assert!(
+            found,
+            "deny entry {entry} in the typed reason of {what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("inbound") {
+        let domain =
+            c.to.trim_matches(['<', '>'])
+                .rsplit('@')
+                .next()
+                .unwrap_or_default();
+        match &d.reason {
+            Reason::InboundToLocal { domain: got } => {
+                if c.to.contains('@') {
+                    assert_eq!(got, &domain.trim_end_matches('.').to_lowercase(), "{what}");
+                }
+            }
+            other => panic!("InboundToLocal expected for {what}: {other:?}"),
+        }
+    }
+    if expect.contains("unlisted") {
+        assert!(
+            matches!(
+                d.reason,
+                Reason::IpUnlisted { .. } | Reason::IpDenied { .. }
+            ),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("unrestricted") {
+        assert!(
+            matches!(d.reason, Reason::Unrestricted { class } if class == c.class),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if let Some(login) = expect.strip_prefix("allowed: authenticated as ") {
+        let login = login.split_whitespace().next().unwrap_or_default();
+        assert!(
+            matches!(&d.reason, Reason::Authenticated { login: l } if l == login),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("domain-restrict-send") {
+        assert!(
+            matches!(d.reason, Reason::DomainRestrictSend { .. }),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("user-restrict-send") {
+        assert!(
+            matches!(d.reason, Reason::UserRestrictSend { .. }),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("sender-login-match") {
+        assert!(
+            matches!(d.reason, Reason::SenderLoginMismatch { .. }),
+            "{what}: {:?}",
+            d.reason
+        );
+    }
+    if expect.contains("routing trick") {
+        assert!(d.routing_trick.is_some(), "{what}");
+    }
+    if let Some(n) = expect.split("rule #").nth(1) {
+        let n: usize = n
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0);
+        let found = matches!(&d.reason, Reason::RuleRejected { number, .. } if *number == n)
+            || d.accepted_by_rule == Some(n);
+        assert!(found, "rule #{n} in the typed decision of {what}: {d:?}");
     }
 }
 

@@ -644,10 +644,18 @@ fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
     let with_umask = |args: &str| {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("umask 022; exec {} --db {} {args}", common::BIN, db.display()))
+            .arg(format!(
+                "umask 022; exec {} --db {} {args}",
+                common::BIN,
+                db.display()
+            ))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     with_umask("bind remove 127.0.0.1:2525");
     with_umask("bind add 127.0.0.1:0");
@@ -664,7 +672,11 @@ fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
     let mut engine = KillOnDrop(
         std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("umask 022; exec {} --db {} serve --headless", common::BIN, db.display()))
+            .arg(format!(
+                "umask 022; exec {} --db {} serve --headless",
+                common::BIN,
+                db.display()
+            ))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -674,12 +686,17 @@ fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let addr: std::net::SocketAddr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the engine starts");
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the engine starts");
         if let Some(rest) = line.split("listening on ").nth(1) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }

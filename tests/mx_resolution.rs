@@ -286,11 +286,19 @@ fn dns_server_wire_format() {
     assert!(dns.queries() >= 5);
 }
 
-/// The system configuration is only read here, never queried.
+/// The system configuration is only read here, never queried: with a
+/// resolv.conf naming servers, the resolver builds.
 #[test]
-fn system_resolver_builds_or_fails_temporarily() {
-    match MxResolver::new(&[]) {
-        Ok(_) => {}
-        Err(e) => assert!(!e.is_permanent(), "{e:?}"),
+fn system_resolver_builds_from_resolv_conf() {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !conf
+        .lines()
+        .any(|l| l.trim_start().starts_with("nameserver"))
+    {
+        eprintln!("skipped: /etc/resolv.conf names no nameserver here");
+        return;
+    }
+    if let Err(e) = MxResolver::new(&[]) {
+        panic!("the system resolver did not build: {e:?}");
     }
 }

@@ -65,3 +65,73 @@ fn acknowledged_messages_survive_sigkill() {
         stored.len()
     );
 }
+
+/// SIGKILL keeps the page cache, so the test above would pass with the
+/// fsync skipped. This one watches the system calls: every acknowledged
+/// message is preceded by an fsync of the spool.
+#[test]
+fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
+    use std::process::{Command, Stdio};
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (apt-get install strace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("delivery", "off")]);
+    let trace = dir.path().join("trace");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(common::BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["serve", "--headless"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the engine starts");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let spool_syncs = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("spool.db") && !l.contains("unfinished"))
+            .count()
+    };
+    let before = spool_syncs();
+    // One message at a time: each commit is its own group.
+    for n in 0..10 {
+        let r = common::send_message(
+            addr,
+            "a@example.com",
+            &["b@example.com"],
+            &format!("Subject: {n}\r\n\r\nx\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let during = spool_syncs() - before;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        during >= 10,
+        "{during} fsyncs of the spool for 10 acknowledged messages"
+    );
+}
