@@ -55,7 +55,7 @@ fn twenty_crashes_in_a_row_strand_no_acknowledged_message() {
     for round in 0..rounds {
         let mut server = Server::start(&db);
         let addr = server.addr();
-        let (acked, threads) = load_until_gone(addr, 16, 40, |n| body(n));
+        let (acked, threads) = load_until_gone(addr, 16, 40, body);
         let start = Instant::now();
         let target = sink.messages().len() + 40;
         while sink.messages().len() < target && start.elapsed() < Duration::from_secs(20) {
