@@ -97,8 +97,8 @@ fn typed_reason(c: &Case, d: &Decision, what: &str) {
     };
     if let Some(entry) = entry_after("allow entry ") {
         let found = match &d.reason {
-            Reason::IpAllowed { entry: e, .. } => &*e.text == entry,
-            Reason::IpDenied { over: Some(e), .. } => &*e.text == entry,
+            Reason::IpAllowed { entry: e, .. } => *e.text == entry,
+            Reason::IpDenied { over: Some(e), .. } => *e.text == entry,
             _ => false,
         };
         assert!(
@@ -109,8 +109,8 @@ fn typed_reason(c: &Case, d: &Decision, what: &str) {
     }
     if let Some(entry) = entry_after("deny entry ") {
         let found = match &d.reason {
-            Reason::IpDenied { entry: e, .. } => &*e.text == entry,
-            Reason::IpAllowed { over: Some(e), .. } => &*e.text == entry,
+            Reason::IpDenied { entry: e, .. } => *e.text == entry,
+            Reason::IpAllowed { over: Some(e), .. } => *e.text == entry,
             _ => false,
         };
         assert!(
