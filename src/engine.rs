@@ -166,6 +166,8 @@ pub struct Shared {
     /// Until when (ms since the epoch) some address may be locked out:
     /// before that moment, sessions ask; after it, nobody is.
     lockouts_until: AtomicU64,
+    /// Delivery attempts under way, for the queue views.
+    pub in_flight: crate::delivery::InFlightTable,
     /// Where large message bodies are written while they arrive.
     pub spill_dir: PathBuf,
     /// Password checks, on a few threads with bounded memory.
@@ -461,11 +463,13 @@ impl Engine {
         let (delivery_queue, fresh_work) = mpsc::channel(8192);
         let (state, _) = watch::channel(RunState::Running);
         let listeners: ListenerTable = Arc::new(Mutex::new(HashMap::new()));
+        let in_flight: crate::delivery::InFlightTable = Default::default();
         let feed = {
             let listeners = Arc::clone(&listeners);
             Feed::start(
                 Arc::clone(&events),
                 Arc::new(move || listener_statuses(&listeners)),
+                Arc::clone(&in_flight),
             )
         };
         let shared = Arc::new(Shared {
@@ -476,6 +480,7 @@ impl Engine {
             passwords: crate::credentials::PasswordChecker::for_this_machine(),
             lockouts_until: AtomicU64::new(0),
             spill_dir: dir.spill.clone(),
+            in_flight,
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,

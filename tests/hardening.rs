@@ -754,3 +754,36 @@ fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
     assert!(checked >= 10);
     drop(engine);
 }
+
+#[test]
+fn an_attempt_in_flight_shows_in_the_queue_with_its_host_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    // A next hop that accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop = silent.local_addr().unwrap();
+    let db = test_db(dir.path(), &[]);
+    common::cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let r = common::send_message(
+        addr,
+        "a@example.com",
+        &["b@far.test"],
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    let id = r.trim().rsplit(' ').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queue = common::cli(&db, &["queue", "show"]);
+        if queue.contains(&format!("{id}  ")) && queue.contains("IN FLIGHT for") {
+            assert!(queue.contains(&hop.to_string()), "{queue}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never shown in flight: {queue}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(silent);
+}

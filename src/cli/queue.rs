@@ -76,14 +76,20 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             if entries.is_empty() {
                 println!("the queue is empty");
             }
+            let in_flight = in_flight_now(store.path());
             for e in entries {
                 let sender = if e.sender.is_empty() {
                     "<>".to_string()
                 } else {
                     format!("<{}>", e.sender)
                 };
+                let flying = in_flight
+                    .iter()
+                    .find(|a| a.message_id == e.id)
+                    .map(|a| crate::console::panels::queue::in_flight_text(a, now))
+                    .unwrap_or_default();
                 println!(
-                    "{}  age {}  {} bytes  from {sender}{}",
+                    "{}  age {}  {} bytes  from {sender}{}{flying}",
                     e.id,
                     age(now - e.received_at),
                     e.size,
@@ -145,4 +151,23 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The running engine's delivery attempts under way, if an engine runs on
+/// this database and lets us ask; otherwise none.
+fn in_flight_now(db: &std::path::Path) -> Vec<crate::delivery::InFlightAttempt> {
+    let dir = crate::data_dir::DataDir::for_db(db);
+    if dir.running_engine().is_none() {
+        return Vec::new();
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    runtime
+        .block_on(crate::control::client::fetch_status(db, &dir.socket))
+        .map(|s| s.in_flight)
+        .unwrap_or_default()
 }

@@ -134,6 +134,8 @@ pub struct App {
     pub listeners: Vec<ListenerStatus>,
     pub queue: Vec<QueueEntry>,
     pub queue_error: Option<String>,
+    /// Delivery attempts under way, by message id (from the engine).
+    pub in_flight: std::collections::HashMap<String, crate::delivery::InFlightAttempt>,
     pub lists: ListEditor,
     pub log: LogView,
     pub live_selected: usize,
@@ -172,6 +174,7 @@ impl App {
             listeners: Vec::new(),
             queue: Vec::new(),
             queue_error: None,
+            in_flight: Default::default(),
             lists: ListEditor::default(),
             log: LogView {
                 filter: LogFilter::All,
@@ -292,6 +295,11 @@ impl App {
                 Vec::new()
             }
             Action::Status(status) => {
+                self.in_flight = status
+                    .in_flight
+                    .into_iter()
+                    .map(|a| (a.message_id.clone(), a))
+                    .collect();
                 self.listeners = status.listeners;
                 self.dropped = status.dropped + self.lagged + self.lost;
                 Vec::new()

@@ -27,7 +27,7 @@ pub mod traffic;
 
 use crate::control::client::{self, ClientEvent};
 use crate::control::feed::Feed;
-use crate::control::protocol::{Access, ClientMessage, EngineStatus, ServerMessage};
+use crate::control::protocol::{Access, ClientMessage, ServerMessage};
 use crate::engine::Engine;
 use crate::events::{Event, EventBus, Stamped};
 use action::Action;
@@ -302,10 +302,7 @@ async fn in_process_link(
                 None => false,
             },
             _ = status.tick() => send(ServerMessage::Status {
-                status: EngineStatus {
-                    listeners: feed.listeners(),
-                    dropped: feed.dropped() + lost.load(Ordering::Relaxed),
-                },
+                status: feed.status(lost.load(Ordering::Relaxed)),
             }),
         };
         if !open {

@@ -117,6 +117,32 @@ pub async fn connect(db: &Path, socket: &Path) -> Result<Attached, AttachError> 
     })
 }
 
+/// The running engine's status (listeners, attempts under way), read off
+/// its control socket; for one-shot commands like `queue show`.
+pub async fn fetch_status(
+    db: &Path,
+    socket: &Path,
+) -> Result<super::protocol::EngineStatus, AttachError> {
+    let mut attached = connect(db, socket).await?;
+    let wait = async {
+        loop {
+            let line = read_line(&mut attached.reader)
+                .await
+                .map_err(|source| AttachError::Io {
+                    socket: socket.to_path_buf(),
+                    source,
+                })?
+                .ok_or(AttachError::Closed)?;
+            if let ServerMessage::Status { status } = protocol::decode_server(&line)? {
+                return Ok(status);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .map_err(|_| AttachError::Closed)?
+}
+
 /// Follows the engine: every message goes to `emit` (which returns false
 /// to stop); requests are written as they come. When the engine goes away
 /// the follower says so and reconnects, once a second, for as long as

@@ -91,12 +91,17 @@ pub struct Feed {
     requests: mpsc::Sender<Request>,
     bus: Arc<EventBus>,
     listeners: ListenerSource,
+    in_flight: crate::delivery::InFlightTable,
 }
 
 impl Feed {
     /// Starts the feed on `bus`. Command lines (most of the events) are
     /// only asked of the engine while a console is attached.
-    pub fn start(bus: Arc<EventBus>, listeners: ListenerSource) -> Feed {
+    pub fn start(
+        bus: Arc<EventBus>,
+        listeners: ListenerSource,
+        in_flight: crate::delivery::InFlightTable,
+    ) -> Feed {
         let (events, switch) = bus.subscribe_switchable(BUS_CAPACITY);
         let (requests, incoming) = mpsc::channel(64);
         let (out, _) = broadcast::channel(CONSOLE_BACKLOG);
@@ -114,6 +119,7 @@ impl Feed {
             requests,
             bus,
             listeners,
+            in_flight,
         }
     }
 
@@ -153,6 +159,16 @@ impl Feed {
 
     pub fn dropped(&self) -> u64 {
         self.bus.dropped()
+    }
+
+    /// What a console shows besides events: listeners, drops, attempts
+    /// under way.
+    pub fn status(&self, lost: u64) -> super::protocol::EngineStatus {
+        super::protocol::EngineStatus {
+            listeners: self.listeners(),
+            dropped: self.dropped() + lost,
+            in_flight: crate::delivery::in_flight_list(&self.in_flight),
+        }
     }
 }
 

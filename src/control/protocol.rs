@@ -51,6 +51,9 @@ pub struct EngineSnapshot {
 pub struct EngineStatus {
     pub listeners: Vec<ListenerStatus>,
     pub dropped: u64,
+    /// Delivery attempts under way.
+    #[serde(default)]
+    pub in_flight: Vec<crate::delivery::InFlightAttempt>,
 }
 
 /// A line from the engine.

@@ -298,10 +298,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                 None => false,
             },
             _ = status_tick.tick() => {
-                let status = EngineStatus {
-                    listeners: ctx.feed.listeners(),
-                    dropped: ctx.feed.dropped(),
-                };
+                let status = ctx.feed.status(0);
                 if last_status.as_ref() != Some(&status) {
                     last_status = Some(status.clone());
                     send(&mut writer, &ServerMessage::Status { status }, true).await

@@ -8,7 +8,34 @@ pub mod mx;
 pub mod router;
 pub mod scheduler;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// A delivery attempt under way: which message, since when, to which
+/// host(s). What the queue views show as "in flight".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InFlightAttempt {
+    pub message_id: String,
+    pub since: SystemTime,
+    /// The hosts being tried now (empty while the next hop is looked up).
+    pub hosts: Vec<String>,
+}
+
+/// Every attempt under way, by message id; shared by the scheduler and
+/// whoever shows the queue.
+pub type InFlightTable = Arc<Mutex<HashMap<String, InFlightAttempt>>>;
+
+/// The attempts under way, oldest first.
+pub fn in_flight_list(table: &InFlightTable) -> Vec<InFlightAttempt> {
+    let mut v: Vec<InFlightAttempt> = table
+        .lock()
+        .map(|t| t.values().cloned().collect())
+        .unwrap_or_default();
+    v.sort_by_key(|a| a.since);
+    v
+}
 
 /// How a route uses TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -18,7 +18,7 @@ use crate::server_settings::ServerSettings;
 use crate::spool::{
     NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,8 @@ struct Delivery {
     global_size: std::sync::atomic::AtomicUsize,
     /// Per next hop, with the `destination-concurrency` it was made with.
     per_hop: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
-    in_flight: Mutex<HashSet<String>>,
+    /// Attempts under way (shared with the engine, which shows them).
+    in_flight: super::InFlightTable,
     resolver: Mutex<Option<(Vec<SocketAddr>, Arc<MxResolver>)>>,
     /// A message finished: the loop may take more from the spool.
     slot_freed: tokio::sync::Notify,
@@ -90,7 +91,7 @@ pub async fn run(
         global: Arc::new(Semaphore::new(settings.delivery_concurrency)),
         global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
         per_hop: Mutex::new(HashMap::new()),
-        in_flight: Mutex::new(HashSet::new()),
+        in_flight: Arc::clone(&shared.in_flight),
         resolver: Mutex::new(None),
         slot_freed: tokio::sync::Notify::new(),
     });
@@ -198,13 +199,20 @@ fn start(
         let Ok(mut f) = d.in_flight.lock() else {
             return false;
         };
-        if f.contains(&id) {
+        if f.contains_key(&id) {
             return true;
         }
         if f.len() >= max_in_flight {
             return false;
         }
-        f.insert(id.clone());
+        f.insert(
+            id.clone(),
+            super::InFlightAttempt {
+                message_id: id.clone(),
+                since: SystemTime::now(),
+                hosts: Vec::new(),
+            },
+        );
     }
     let d = Arc::clone(d);
     let snapshot = Arc::clone(snapshot);
@@ -232,13 +240,58 @@ async fn deliver_message(
     let message = tokio::task::spawn_blocking(move || {
         d2.reader
             .lock()
-            .ok()
-            .and_then(|r| r.message(&id2).ok().flatten())
+            .map_err(|_| "spool reader lock poisoned".to_string())?
+            .message(&id2)
+            .map_err(|e| e.to_string())
     })
     .await
-    .ok()
-    .flatten();
-    let Some(message) = message else { return };
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let message = match message {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            // Deleted from the queue meanwhile: nothing left to do.
+            d.shared.events.emit(Event::Error {
+                session: None,
+                message: format!("delivery of {id}: the message is no longer in the spool"),
+            });
+            return;
+        }
+        Err(e) => {
+            // Every attempt ends in an outcome: this one is retried later.
+            d.shared.events.emit(Event::Error {
+                session: None,
+                message: format!("delivery of {id}: cannot read it from the spool: {e}"),
+            });
+            let stub = StoredMessage {
+                id: id.to_string(),
+                received_at: now_secs(),
+                message: crate::spool::NewMessage {
+                    id: id.to_string(),
+                    sender: String::new(),
+                    recipients: Vec::new(),
+                    login: None,
+                    peer: String::new(),
+                    helo: String::new(),
+                    body: Vec::new(),
+                    spilled: None,
+                },
+            };
+            let results = rcpts
+                .into_iter()
+                .map(|r| {
+                    (
+                        r,
+                        Outcome::Temporary {
+                            reply: format!("4.3.0 the spool could not be read: {e}"),
+                        },
+                        None,
+                    )
+                })
+                .collect();
+            record(d, &snapshot.settings, &stub, &attempts, results).await;
+            return;
+        }
+    };
     let message = Arc::new(message);
     let settings = &snapshot.settings;
 
@@ -491,6 +544,12 @@ async fn deliver_group(
     let sender = message.message.sender.clone();
     let mut last_error = String::from("no host to try");
     for target in &targets {
+        if let Ok(mut f) = d.in_flight.lock()
+            && let Some(a) = f.get_mut(&message.id)
+        {
+            a.hosts
+                .push(format!("{} ({})", target.tls_name, target.addr));
+        }
         match d
             .pool
             .deliver(&config, target, &sender, &rcpts, &message.message.body)

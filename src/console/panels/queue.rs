@@ -38,6 +38,9 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         if m.held {
             head.push(Span::styled("  HELD", theme.warning));
         }
+        if let Some(a) = app.in_flight.get(&m.id) {
+            head.push(Span::styled(in_flight_text(a, now), theme.warning));
+        }
         let head = Line::from(head);
         lines.push(if selected {
             head.style(theme.selected)
@@ -81,4 +84,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         ),
         area,
     );
+}
+
+/// "in flight 12s to mx.example (192.0.2.1:25)": an attempt under way.
+pub fn in_flight_text(a: &crate::delivery::InFlightAttempt, now_secs: i64) -> String {
+    let since = epoch_ms(a.since) / 1000;
+    let to = match a.hosts.last() {
+        Some(h) => format!(" to {h}"),
+        None => " (finding the next hop)".into(),
+    };
+    format!("  IN FLIGHT for {}{to}", age(now_secs - since))
 }
