@@ -38,6 +38,9 @@ pub struct NewMessage {
     /// A large message's body, written to a file while it arrived so that
     /// it never sat in memory; the spool copies it in.
     pub spilled: Option<Spilled>,
+    /// Accepted with SMTPUTF8 (RFC 6531): only a next hop that offers it
+    /// may take the message.
+    pub smtputf8: bool,
 }
 
 /// The rest of a message body, in a file of the spill directory.
@@ -132,7 +135,8 @@ pub struct Spool {
 }
 
 /// Schema version of the spool file (`PRAGMA user_version`).
-const SPOOL_VERSION: i32 = 1;
+/// 2: `messages.smtputf8`.
+const SPOOL_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -144,7 +148,8 @@ CREATE TABLE IF NOT EXISTS messages (
     helo TEXT NOT NULL,
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
-    held INTEGER NOT NULL DEFAULT 0
+    held INTEGER NOT NULL DEFAULT 0,
+    smtputf8 INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
@@ -206,7 +211,17 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
+    let has_smtputf8: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'smtputf8'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_smtputf8 {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")?;
+    }
+    if version < SPOOL_VERSION {
+        conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
+    }
     Ok(conn)
 }
 
@@ -332,8 +347,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
     match &m.spilled {
         None => {
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -343,7 +358,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 m.peer,
                 m.helo,
                 m.body.len() as i64,
-                m.body
+                m.body,
+                m.smtputf8
             ])?;
         }
         Some(spilled) => {
@@ -351,8 +367,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
             // body never has to be in memory at once.
             let total = m.size();
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7))",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7), ?8)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -361,7 +377,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 m.login,
                 m.peer,
                 m.helo,
-                total as i64
+                total as i64,
+                m.smtputf8
             ])?;
             let row = conn.last_insert_rowid();
             let mut blob = conn.blob_open(rusqlite::MAIN_DB, "messages", "body", row, false)?;
@@ -554,7 +571,7 @@ impl SpoolReader {
         let found = self
             .conn
             .query_row(
-                "SELECT id, received_at, sender, login, peer, helo, body FROM messages WHERE id = ?1",
+                "SELECT id, received_at, sender, login, peer, helo, body, smtputf8 FROM messages WHERE id = ?1",
                 [id],
                 |r| {
                     let id: String = r.get(0)?;
@@ -570,6 +587,7 @@ impl SpoolReader {
                             peer: r.get(4)?,
                             helo: r.get(5)?,
                             body: r.get(6)?,
+                            smtputf8: r.get(7)?,
                         },
                     })
                 },
@@ -656,6 +674,7 @@ mod tests {
     fn message(spool: &Spool, n: usize) -> NewMessage {
         NewMessage {
             spilled: None,
+            smtputf8: false,
             id: spool.next_id(),
             sender: format!("s{n}@example.com"),
             recipients: vec![SpoolRecipient {

@@ -738,6 +738,7 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
     spool
         .apply_blocking(SpoolOp::Insert(NewMessage {
             spilled: None,
+            smtputf8: false,
             id: id.clone(),
             sender: "a@example.com".into(),
             recipients: vec![SpoolRecipient {

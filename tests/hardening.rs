@@ -787,3 +787,78 @@ fn an_attempt_in_flight_shows_in_the_queue_with_its_host_and_age() {
     }
     drop(silent);
 }
+
+#[test]
+fn smtputf8_is_required_for_utf8_addresses_and_passed_on_or_bounced() {
+    use common::sink::{Sink, SinkOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let modern = Sink::start(SinkOptions {
+        smtputf8: true,
+        ..SinkOptions::default()
+    });
+    let old = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "modern.test",
+            &modern.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    common::cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "old.test",
+            &old.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    // Bounces to example.com go to the modern sink too.
+    common::cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &modern.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut c = Client::connect(addr);
+    c.reply();
+    let ehlo = c.cmd("EHLO intl.test");
+    assert!(ehlo.contains("SMTPUTF8"), "{ehlo}");
+    // Without the parameter: refused, both sender and recipient.
+    c.expect("MAIL FROM:<jörg@example.com>", "553 5.6.7");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<müller@modern.test>", "553 5.6.7");
+    c.expect("RSET", "250");
+    // With it: accepted, and passed on to a next hop that offers it.
+    c.expect("MAIL FROM:<jörg@example.com> SMTPUTF8", "250");
+    c.expect("RCPT TO:<müller@modern.test>", "250");
+    c.expect("RCPT TO:<ünal@old.test>", "250");
+    c.expect("DATA", "354");
+    c.expect("Subject: grüße\r\n\r\nhallo\r\n.", "250");
+    c.expect("QUIT", "221");
+    let got = modern.wait_for(1, Duration::from_secs(15));
+    assert!(got[0].smtputf8, "the modern next hop got SMTPUTF8");
+    assert_eq!(got[0].rcpts, ["müller@modern.test"]);
+    assert_eq!(got[0].mail_from, "jörg@example.com");
+    // The old next hop gets nothing; its recipient bounces with 5.6.7.
+    let line = server.wait_for("to=<ünal@old.test> via", Duration::from_secs(15));
+    assert!(line.contains("bounced") && line.contains("5.6.7"), "{line}");
+    assert!(old.messages().is_empty());
+    // The bounce reaches the sender through the modern hop.
+    let got = modern.wait_for(2, Duration::from_secs(15));
+    assert!(got[1].body_str().contains("5.6.7"), "{}", got[1].body_str());
+}

@@ -96,7 +96,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     // Reading needs no write access: a read-only file or directory (a
     // copy, another user's database) can still be shown and checked.
-    let mut store = if reads_only(&command) {
+    // A missing database is created with safe defaults, by any command.
+    let mut store = if reads_only(&command) && cli.db.exists() {
         Store::open_read_only(&cli.db)?
     } else {
         Store::open(&cli.db)?

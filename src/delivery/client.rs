@@ -121,6 +121,7 @@ impl ConnectionPool {
         sender: &str,
         recipients: &[String],
         body: &[u8],
+        smtputf8: bool,
     ) -> Result<Vec<Outcome>, ConnectError> {
         let key = PoolKey {
             addr: target.addr,
@@ -134,16 +135,19 @@ impl ConnectionPool {
         if let Some(mut conn) = self.take(&key) {
             // A pooled connection the server has closed meanwhile fails at
             // MAIL: then open a fresh one instead.
-            if let Ok(outcomes) = transaction(config, &mut conn, sender, recipients, body).await {
+            if let Ok(outcomes) =
+                transaction(config, &mut conn, sender, recipients, body, smtputf8).await
+            {
                 self.give_back(key, conn);
                 return Ok(outcomes);
             }
         }
         let mut conn = connect(config, target).await?;
-        let outcomes = match transaction(config, &mut conn, sender, recipients, body).await {
-            Ok(o) => o,
-            Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
-        };
+        let outcomes =
+            match transaction(config, &mut conn, sender, recipients, body, smtputf8).await {
+                Ok(o) => o,
+                Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
+            };
         self.give_back(key, conn);
         Ok(outcomes)
     }
@@ -250,16 +254,31 @@ async fn transaction(
     sender: &str,
     recipients: &[String],
     body: &[u8],
+    smtputf8: bool,
 ) -> Result<Vec<Outcome>, Stale> {
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
+    // RFC 6531 3.4: a message that needs SMTPUTF8 is not downgraded; a
+    // next hop without it gets nothing, and the recipients bounce.
+    let utf8_param = if smtputf8 {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Ok(all(Outcome::Permanent {
+                reply: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
+                    .into(),
+                status: "5.6.7".into(),
+            }));
+        }
+        " SMTPUTF8"
+    } else {
+        ""
+    };
     let body_param =
         if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
             " BODY=8BITMIME"
         } else {
             ""
         };
-    let mail = format!("MAIL FROM:<{sender}>{body_param}\r\n");
+    let mail = format!("MAIL FROM:<{sender}>{body_param}{utf8_param}\r\n");
     match tokio::time::timeout(t, conn.command(mail)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if e.is_transient() || e.is_permanent() => {

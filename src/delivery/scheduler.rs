@@ -274,6 +274,7 @@ async fn deliver_message(
                     helo: String::new(),
                     body: Vec::new(),
                     spilled: None,
+                    smtputf8: false,
                 },
             };
             let results = rcpts
@@ -552,7 +553,14 @@ async fn deliver_group(
         }
         match d
             .pool
-            .deliver(&config, target, &sender, &rcpts, &message.message.body)
+            .deliver(
+                &config,
+                target,
+                &sender,
+                &rcpts,
+                &message.message.body,
+                message.message.smtputf8,
+            )
             .await
         {
             Ok(outcomes) => {
@@ -741,6 +749,7 @@ pub fn bounce_for(
     });
     Some(NewMessage {
         spilled: None,
+        smtputf8: false,
         id,
         sender: String::new(),
         recipients: vec![SpoolRecipient {

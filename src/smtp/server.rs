@@ -633,6 +633,7 @@ async fn store_message(
         peer: t.peer.to_string(),
         helo: t.helo.clone(),
         body,
+        smtputf8: t.smtputf8,
         spilled: spilled.map(|s| crate::spool::Spilled {
             path: s.path.clone(),
             len: s.len,

@@ -117,6 +117,9 @@ pub struct Transaction {
     pub body_type: BodyType,
     /// The `SIZE=` the client declared, if any.
     pub declared_size: Option<u64>,
+    /// `SMTPUTF8` was given with MAIL (RFC 6531): UTF-8 addresses and
+    /// headers; the next hop must support it too.
+    pub smtputf8: bool,
     /// The policy snapshot taken at MAIL: every RCPT of this transaction
     /// is decided by it, even if the policy is swapped meanwhile.
     pub policy: Arc<Policy>,
@@ -441,6 +444,7 @@ impl Session {
             format!("SIZE {}", self.params.limits.max_message_size),
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "SMTPUTF8".to_string(),
         ];
         if offered_starttls {
             lines.push("STARTTLS".to_string());
@@ -482,6 +486,7 @@ impl Session {
         };
         let mut body_type = BodyType::default();
         let mut declared_size = None;
+        let mut smtputf8 = false;
         for param in params {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
@@ -505,6 +510,11 @@ impl Session {
                 ("SIZE" | "BODY", _) => {
                     return self.error(501, "5.5.4", format!("Bad {} parameter", param.keyword));
                 }
+                // RFC 6531: internationalised addresses and headers.
+                ("SMTPUTF8", None) if greeting.esmtp => smtputf8 = true,
+                ("SMTPUTF8", Some(_)) => {
+                    return self.error(501, "5.5.4", "Bad SMTPUTF8 parameter: it takes no value");
+                }
                 // RFC 4954 section 5: accepted; the submitter identity it
                 // names is not trusted, so it is dropped.
                 ("AUTH", Some(_)) if self.auth_offered(policy) || self.login.is_some() => {}
@@ -512,6 +522,13 @@ impl Session {
                     return self.error(555, "5.5.4", format!("Unsupported parameter {keyword}"));
                 }
             }
+        }
+        if !path.is_ascii() && !smtputf8 {
+            return self.error(
+                553,
+                "5.6.7",
+                "Error: a UTF-8 address needs the SMTPUTF8 parameter (RFC 6531)",
+            );
         }
         self.transaction = Some(Transaction {
             peer: self.params.peer,
@@ -523,6 +540,7 @@ impl Session {
             recipients: Vec::new(),
             body_type,
             declared_size,
+            smtputf8,
             policy: Arc::clone(policy),
         });
         vec![reply(250, "2.1.0", "Ok")]
@@ -546,6 +564,13 @@ impl Session {
                 return self.error(501, "5.1.3", text);
             }
         };
+        if !path.is_ascii() && !transaction.smtputf8 {
+            return self.error(
+                553,
+                "5.6.7",
+                "Error: a UTF-8 address needs the SMTPUTF8 parameter on MAIL (RFC 6531)",
+            );
+        }
         let envelope = Envelope {
             peer: transaction.peer,
             login: transaction.login.as_deref(),

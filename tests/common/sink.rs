@@ -43,6 +43,8 @@ pub struct SinkOptions {
     pub max_size: usize,
     /// The name in the greeting and the EHLO reply (also in the certificate).
     pub hostname: String,
+    /// Offer SMTPUTF8 (RFC 6531) and take it on MAIL.
+    pub smtputf8: bool,
 }
 
 impl Default for SinkOptions {
@@ -52,6 +54,7 @@ impl Default for SinkOptions {
             auth: None,
             max_size: 10 * 1024 * 1024,
             hostname: "sink.test".into(),
+            smtputf8: false,
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct SinkMessage {
     pub connection: u64,
     /// The EHLO/HELO argument.
     pub helo: String,
+    /// MAIL carried SMTPUTF8.
+    pub smtputf8: bool,
 }
 
 impl SinkMessage {
@@ -384,11 +389,13 @@ struct Session {
     tls: bool,
     auth_user: Option<String>,
     mail_from: Option<String>,
+    mail_smtputf8: bool,
     rcpts: Vec<String>,
 }
 
 impl Session {
     fn reset_transaction(&mut self) {
+        self.mail_smtputf8 = false;
         self.mail_from = None;
         self.rcpts.clear();
     }
@@ -468,6 +475,9 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                     format!("SIZE {}", ctx.options.max_size),
                     "ENHANCEDSTATUSCODES".into(),
                 ];
+                if ctx.options.smtputf8 {
+                    ext.push("SMTPUTF8".into());
+                }
                 if ctx.tls.is_some() && !s.tls {
                     ext.push("STARTTLS".into());
                 }
@@ -553,9 +563,14 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                     match parse_path(arg, "FROM:") {
                         None => w.reply("501 5.5.4 Syntax: MAIL FROM:<address>"),
                         Some((from, params)) => {
-                            match check_mail_params(params, ctx.options.max_size) {
+                            match check_mail_params(
+                                params,
+                                ctx.options.max_size,
+                                ctx.options.smtputf8,
+                            ) {
                                 Err(r) => w.reply(r),
-                                Ok(()) => {
+                                Ok(utf8) => {
+                                    s.mail_smtputf8 = utf8;
                                     s.mail_from = Some(from);
                                     w.reply("250 2.1.0 Ok");
                                 }
@@ -629,6 +644,7 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                         auth_user: s.auth_user.clone(),
                         connection: id,
                         helo: s.helo.clone().unwrap_or_default(),
+                        smtputf8: s.mail_smtputf8,
                     });
                     st.messages.len()
                 };
@@ -736,7 +752,8 @@ fn parse_path<'a>(arg: &'a str, keyword: &str) -> Option<(String, &'a str)> {
     Some((rest[..end].to_string(), &rest[end + 1..]))
 }
 
-fn check_mail_params(params: &str, max_size: usize) -> Result<(), &'static str> {
+fn check_mail_params(params: &str, max_size: usize, smtputf8: bool) -> Result<bool, &'static str> {
+    let mut utf8 = false;
     for p in params.split_ascii_whitespace() {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
         match key.to_ascii_uppercase().as_str() {
@@ -751,10 +768,11 @@ fn check_mail_params(params: &str, max_size: usize) -> Result<(), &'static str> 
                 }
             }
             "AUTH" => {}
+            "SMTPUTF8" if smtputf8 => utf8 = true,
             _ => return Err("555 5.5.4 Unsupported MAIL parameter"),
         }
     }
-    Ok(())
+    Ok(utf8)
 }
 
 /// The message after 354, dot-unstuffed: `None` if the connection ended,
