@@ -182,16 +182,20 @@ impl DecisionLog {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (at_ms, kind, verdict, text, event) VALUES (?1, ?2, ?3, '', ?4)",
+                "INSERT INTO events (at_ms, kind, verdict, text, event) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for stamped in events {
                 let (kind, verdict) = stamped.event.classify();
                 let json = serde_json::to_string(stamped.event.as_ref())
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                // The text too: an older or newer relaygate that cannot
+                // read the JSON still shows the line.
+                let text = crate::events::describe(&stamped.event).text;
                 stmt.execute(rusqlite::params![
                     millis(stamped.at),
                     kind.as_str(),
                     verdict.map(Outcome::as_str),
+                    text,
                     json
                 ])?;
             }

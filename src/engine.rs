@@ -104,6 +104,20 @@ impl ClientState {
     }
 }
 
+/// The key clients are counted under: an IPv4 address (an IPv4-mapped
+/// IPv6 one as IPv4), or an IPv6 /64, which one host or one site
+/// usually gets whole: one key per /64, or an attacker with a /64 would
+/// get a new AUTH budget and session cap per address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match crate::policy::ip_pattern::effective_ip(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// The most client addresses remembered (sessions, AUTH failures); past
 /// it, those with nothing current are forgotten first.
 const CLIENTS_KEPT: usize = 100_000;
@@ -231,6 +245,8 @@ impl Shared {
         ip: IpAddr,
         settings: &ServerSettings,
     ) -> Result<SessionSlot, &'static str> {
+        let peer = ip;
+        let ip = client_key(ip);
         let total = self.total_sessions.fetch_add(1, Ordering::Relaxed) + 1;
         let slot = SessionSlot {
             shared: Arc::clone(self),
@@ -242,9 +258,14 @@ impl Shared {
                 let now = Instant::now();
                 let window = Duration::from_secs(settings.auth_failure_window_secs);
                 clients.retain(|_, c| !c.forgettable(now, window));
-                // Still full of current clients: forget the oldest failures.
+                // Still full: forget failures that did not lock anyone
+                // out; a lockout in force is never forgotten early.
                 if clients.len() >= CLIENTS_KEPT {
-                    clients.retain(|_, c| c.sessions > 0 || c.auth_in_flight > 0);
+                    clients.retain(|_, c| {
+                        c.sessions > 0
+                            || c.auth_in_flight > 0
+                            || c.locked_until.is_some_and(|u| u > now_instant())
+                    });
                 }
             }
             let c = clients.entry(ip).or_default();
@@ -260,7 +281,7 @@ impl Shared {
             // still applies.
             let exempt = settings.listed_ip_exempt
                 && matches!(
-                    self.snapshot().policy.lists().check(ip),
+                    self.snapshot().policy.lists().check(peer),
                     crate::policy::ip_lists::ListVerdict::Allowed { .. }
                 );
             if !exempt {
@@ -279,6 +300,7 @@ impl Shared {
         if now_ms > self.lockouts_until.load(Ordering::Relaxed) {
             return false;
         }
+        let ip = client_key(ip);
         self.clients
             .lock()
             .ok()
@@ -294,6 +316,7 @@ impl Shared {
         ip: IpAddr,
         settings: &ServerSettings,
     ) -> Option<AuthTicket> {
+        let ip = client_key(ip);
         let mut clients = self.clients.lock().ok()?;
         let now = Instant::now();
         let c = clients.entry(ip).or_default();
@@ -341,6 +364,28 @@ struct Listener {
 }
 
 type ListenerTable = Arc<Mutex<HashMap<SocketAddr, Listener>>>;
+
+fn now_instant() -> Instant {
+    Instant::now()
+}
+
+#[cfg(test)]
+mod client_key_tests {
+    use super::client_key;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let a = client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = client_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = client_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            client_key("::ffff:192.0.2.7".parse().unwrap()),
+            client_key("192.0.2.7".parse().unwrap())
+        );
+    }
+}
 
 fn listener_statuses(listeners: &ListenerTable) -> Vec<ListenerStatus> {
     let mut v: Vec<ListenerStatus> = listeners

@@ -145,6 +145,10 @@ pub struct LiveState {
     evicted: VecDeque<(u64, u64)>,
 }
 
+/// The most rows the table holds: if a close was lost (a subscriber's
+/// queue was full), the oldest rows go rather than the table growing.
+pub const MAX_ROWS: usize = 100_000;
+
 /// Evictions remembered for consoles catching up.
 const EVICTIONS_KEPT: usize = 4096;
 
@@ -269,6 +273,21 @@ impl LiveState {
             } => {
                 self.counters.sessions += 1;
                 self.open += 1;
+                while self.connections.len() >= MAX_ROWS {
+                    let Some((&oldest, _)) = self.connections.iter().next() else {
+                        break;
+                    };
+                    if let Some(c) = self.connections.remove(&oldest)
+                        && c.closed.is_none()
+                    {
+                        self.open = self.open.saturating_sub(1);
+                    }
+                    self.closed.retain(|id| *id != oldest);
+                    if self.evicted.len() >= EVICTIONS_KEPT {
+                        self.evicted.pop_front();
+                    }
+                    self.evicted.push_back((self.generation, oldest));
+                }
                 self.connections.insert(
                     *session,
                     Connection {

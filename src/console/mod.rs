@@ -224,7 +224,9 @@ fn deliver(tx: &SyncSender<ConsoleEvent>, lost: &AtomicU64, event: ClientEvent) 
         }
         other => other,
     };
-    tx.send(ConsoleEvent::Link(event)).is_ok()
+    // This may wait for the console: tell the runtime, so that the
+    // engine's other tasks move to another worker meanwhile.
+    tokio::task::block_in_place(|| tx.send(ConsoleEvent::Link(event)).is_ok())
 }
 
 /// The one-process console's link to its engine: the same messages an

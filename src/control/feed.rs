@@ -189,9 +189,10 @@ impl FeedTask {
         mut requests: mpsc::Receiver<Request>,
     ) {
         loop {
+            // Fair: under a flood of events, attach, tick and dialogue
+            // requests are still answered (an attachment's snapshot and its
+            // events start at the same point whatever the order).
             tokio::select! {
-                // Events first: a request is answered after what happened before it.
-                biased;
                 event = events.recv() => match event {
                     Some(e) => self.take(e),
                     None => return,

@@ -37,7 +37,7 @@ struct Delivery {
     shared: Arc<Shared>,
     reader: Mutex<SpoolReader>,
     pool: ConnectionPool,
-    global: Arc<Semaphore>,
+    global: Mutex<Arc<Semaphore>>,
     /// The global semaphore's size now (`delivery-concurrency`, live).
     global_size: std::sync::atomic::AtomicUsize,
     /// Per next hop, with the `destination-concurrency` it was made with.
@@ -88,7 +88,7 @@ pub async fn run(
         shared: Arc::clone(&shared),
         reader: Mutex::new(reader),
         pool: ConnectionPool::default(),
-        global: Arc::new(Semaphore::new(settings.delivery_concurrency)),
+        global: Mutex::new(Arc::new(Semaphore::new(settings.delivery_concurrency))),
         global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
         per_hop: Mutex::new(HashMap::new()),
         in_flight: Arc::clone(&shared.in_flight),
@@ -533,7 +533,18 @@ async fn deliver_group(
         }
         Arc::clone(&entry.1)
     };
-    let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, d.global.acquire().await) else {
+    let global = match d.global.lock() {
+        Ok(g) => Arc::clone(&g),
+        Err(_) => {
+            return everyone(
+                Outcome::Temporary {
+                    reply: "internal lock".into(),
+                },
+                None,
+            );
+        }
+    };
+    let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, global.acquire().await) else {
         return everyone(
             Outcome::Temporary {
                 reply: "shutting down".into(),
@@ -578,22 +589,15 @@ async fn deliver_group(
     everyone(Outcome::Temporary { reply: last_error }, None)
 }
 
-/// Grows or shrinks the global delivery semaphore to a changed
-/// `delivery-concurrency`, without a restart. Shrinking takes the surplus
-/// permits as attempts in flight give them back.
+/// Applies a changed `delivery-concurrency` without a restart: new
+/// attempts share a semaphore of the new size; those in flight finish
+/// under the old one (so for a moment the two may overlap).
 fn resize_global(d: &Arc<Delivery>, wanted: usize) {
     use std::sync::atomic::Ordering;
-    let current = d.global_size.swap(wanted, Ordering::Relaxed);
-    if wanted > current {
-        d.global.add_permits(wanted - current);
-    } else if wanted < current {
-        let surplus = (current - wanted) as u32;
-        let global = Arc::clone(&d.global);
-        tokio::spawn(async move {
-            if let Ok(permits) = global.acquire_many(surplus).await {
-                permits.forget();
-            }
-        });
+    if d.global_size.swap(wanted, Ordering::Relaxed) != wanted
+        && let Ok(mut g) = d.global.lock()
+    {
+        *g = Arc::new(Semaphore::new(wanted));
     }
 }
 

@@ -96,6 +96,11 @@ impl Framer {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+        } else if self.start >= 4096 || (self.start > 0 && self.start * 2 >= self.buf.len()) {
+            // Lines already taken go, or a client that always leaves a
+            // partial line behind would grow the buffer for ever.
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
             self.buf = Vec::new();
@@ -348,6 +353,33 @@ mod tests {
             feed(&mut f, b"\r\n", secs(t0, 0.1 * i as f64));
         }
         assert_eq!(f.expired(secs(t0, 10.0)), None);
+    }
+
+    #[test]
+    fn a_client_always_leaving_a_partial_line_cannot_grow_the_buffer() {
+        let t0 = Instant::now();
+        let mut f = Framer::new(T, t0);
+        let batch = [&b"NOOP\r\n".repeat(2700)[..], b"NO"].concat();
+        let mut partial = false;
+        for _ in 0..200 {
+            let buf = f.buffer();
+            if partial {
+                buf.extend_from_slice(b"OP\r\n");
+                f.received(5, t0);
+            }
+            let buf = f.buffer();
+            buf.extend_from_slice(&batch);
+            f.received(batch.len(), t0);
+            while let Some(frame) = f.next_line(512) {
+                assert_eq!(frame, Frame::Line(b"NOOP".to_vec()));
+            }
+            partial = true;
+        }
+        assert!(
+            f.buffer().capacity() < 256 * 1024,
+            "{}",
+            f.buffer().capacity()
+        );
     }
 
     #[test]

@@ -692,11 +692,7 @@ impl Session {
             self.phase = Phase::Commands;
         }
         match result {
-            Ok(queue_id) => {
-                // Errors count against a client until it delivers mail.
-                self.bad_commands = 0;
-                Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
-            }
+            Ok(queue_id) => Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}")),
             Err(_) => Reply::new(
                 451,
                 "4.3.0",

@@ -180,10 +180,20 @@ impl Store {
             Connection::open_with_flags(path, flags).and_then(|c| probe(&c).map(|v| (c, v)));
         let (conn, (app_id, version)) = match opened {
             Ok(ok) => ok,
-            Err(_) => {
+            Err(e) => {
                 // A WAL database in a directory we cannot write: SQLite
-                // cannot make its -shm file. Nobody can be writing it
-                // there, so read the file as it is.
+                // cannot make its -shm file. Read the file as it is, but
+                // only if no engine is writing it (else the read could miss
+                // what is in its WAL).
+                if crate::data_dir::DataDir::for_db(path)
+                    .running_engine()
+                    .is_some()
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "{}: cannot be read consistently by this user while the engine runs ({e}); run as the service user",
+                        path.display()
+                    )));
+                }
                 let uri = format!("file:{}?immutable=1", uri_path(path));
                 let conn = Connection::open_with_flags(uri, flags)?;
                 let v = probe(&conn).map_err(|e| StoreError::NotRelaygate {
