@@ -41,7 +41,7 @@ fn run(session: &mut Session, actions: Vec<Action>) -> bool {
             }
             Action::VerifyAuth(request) => {
                 let ok = request.login == "alice" && request.password.len() % 2 == 0;
-                let more = session.auth_result(ok);
+                let more = session.auth_result(ok.into());
                 closed |= run(session, more);
             }
             Action::Message(message) => {
