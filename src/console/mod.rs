@@ -55,8 +55,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub const EVENT_CAPACITY: usize = 65_536;
 /// How often ages move and the store is polled for changes by others.
 const TICK: Duration = Duration::from_millis(500);
-/// At most about 30 frames per second.
-const FRAME: Duration = Duration::from_millis(33);
+/// At most 10 frames per second: live enough for a person, cheap for the
+/// engine's machine (the console usually runs on it, over SSH).
+const FRAME: Duration = Duration::from_millis(100);
 /// Events handled before a frame is drawn, so a flood cannot starve the screen.
 const DRAIN_LIMIT: usize = 20_000;
 /// Log lines loaded from the persisted decision log at start.
@@ -252,11 +253,11 @@ async fn in_process_link(
     let mut status = tokio::time::interval(TICK);
     let mut live_tick = tokio::time::interval(crate::control::feed::TICK);
     // The same share of the stream as an attached console gets.
-    let mut outbox = crate::control::feed::Outbox::default();
+    let mut outbox = crate::control::feed::Outbox::new(&feed);
     loop {
         let open = tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => !outbox.admit(&event, Instant::now()) || send(ServerMessage::Event { event }),
+                Ok(event) => !outbox.admit(&event) || send(ServerMessage::Event { event }),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     let Some(again) = feed.attach().await else { return };
                     events = again.events;
@@ -285,14 +286,14 @@ async fn in_process_link(
             }
             request = requests.recv() => match request {
                 Some(ClientMessage::Dialogue { session }) => {
-                    outbox.followed = Some(session);
+                    outbox.follow(Some(session));
                     send(ServerMessage::Dialogue {
                         session,
                         events: feed.dialogue(session).await,
                     })
                 }
                 Some(ClientMessage::Unfollow) => {
-                    outbox.followed = None;
+                    outbox.follow(None);
                     true
                 }
                 Some(ClientMessage::RetryBindings) => {

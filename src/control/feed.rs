@@ -15,6 +15,7 @@ use crate::events::{CommandSwitch, EventBus, Stamped};
 use crate::live::{LiveState, LiveTick};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -42,40 +43,61 @@ pub const EVENTS_PER_SECOND: u64 = 2_000;
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What one console is sent of the event stream: no command lines but
-/// those of the session whose dialogue it shows, and at most
-/// [`EVENTS_PER_SECOND`] others. Pure; the clock is passed in.
-#[derive(Debug, Default)]
+/// those of the session whose dialogue it shows. (The feed itself sends
+/// at most [`EVENTS_PER_SECOND`] other events a second to all consoles,
+/// and counts the rest: each console is told how many it did not get.)
+#[derive(Debug)]
 pub struct Outbox {
-    pub followed: Option<u64>,
-    window: Option<std::time::Instant>,
-    sent: u64,
-    skipped: u64,
+    followed: Option<u64>,
+    followers: Arc<AtomicUsize>,
+    skipped: Arc<AtomicU64>,
+    skipped_seen: u64,
 }
 
 impl Outbox {
-    /// Whether to send this event now.
-    pub fn admit(&mut self, event: &Stamped, now: std::time::Instant) -> bool {
-        if let crate::events::Event::Command { session, .. } = event.event.as_ref() {
-            return self.followed == Some(*session);
+    pub fn new(feed: &Feed) -> Outbox {
+        Outbox {
+            followed: None,
+            followers: Arc::clone(&feed.followers),
+            skipped: Arc::clone(&feed.skipped),
+            skipped_seen: feed.skipped.load(Ordering::Relaxed),
         }
-        if self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1))
-        {
-            self.window = Some(now);
-            self.sent = 0;
-        }
-        if self.sent >= EVENTS_PER_SECOND {
-            self.skipped += 1;
-            return false;
-        }
-        self.sent += 1;
-        true
     }
 
-    /// Events held back since the last call.
+    /// Follows one session's command lines (its dialogue is open), or none.
+    pub fn follow(&mut self, session: Option<u64>) {
+        match (self.followed.is_some(), session.is_some()) {
+            (false, true) => {
+                self.followers.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.followers.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.followed = session;
+    }
+
+    /// Whether to send this event to this console.
+    pub fn admit(&self, event: &Stamped) -> bool {
+        match event.event.as_ref() {
+            crate::events::Event::Command { session, .. } => self.followed == Some(*session),
+            _ => true,
+        }
+    }
+
+    /// Events the feed held back since the last call.
     pub fn take_skipped(&mut self) -> u64 {
-        std::mem::take(&mut self.skipped)
+        let now = self.skipped.load(Ordering::Relaxed);
+        let new = now.saturating_sub(self.skipped_seen);
+        self.skipped_seen = now;
+        new
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.follow(None);
     }
 }
 
@@ -92,6 +114,10 @@ pub struct Feed {
     bus: Arc<EventBus>,
     listeners: ListenerSource,
     in_flight: crate::delivery::InFlightTable,
+    /// Consoles following some session's command lines.
+    followers: Arc<AtomicUsize>,
+    /// Events not broadcast (over the per-second cap), ever.
+    skipped: Arc<AtomicU64>,
 }
 
 impl Feed {
@@ -105,7 +131,13 @@ impl Feed {
         let (events, switch) = bus.subscribe_switchable(BUS_CAPACITY);
         let (requests, incoming) = mpsc::channel(64);
         let (out, _) = broadcast::channel(CONSOLE_BACKLOG);
+        let followers = Arc::new(AtomicUsize::new(0));
+        let skipped = Arc::new(AtomicU64::new(0));
         let task = FeedTask {
+            followers: Arc::clone(&followers),
+            skipped: Arc::clone(&skipped),
+            window: None,
+            sent: 0,
             live: LiveState::default(),
             recent: VecDeque::new(),
             started: SystemTime::now(),
@@ -120,6 +152,8 @@ impl Feed {
             bus,
             listeners,
             in_flight,
+            followers,
+            skipped,
         }
     }
 
@@ -173,6 +207,11 @@ impl Feed {
 }
 
 struct FeedTask {
+    followers: Arc<AtomicUsize>,
+    skipped: Arc<AtomicU64>,
+    /// The current second of the broadcast cap, and what went out in it.
+    window: Option<std::time::Instant>,
+    sent: u64,
     live: LiveState,
     recent: VecDeque<Stamped>,
     started: SystemTime,
@@ -214,7 +253,31 @@ impl FeedTask {
             }
             self.recent.push_back(stamped.clone());
         }
-        // No receiver is not an error: nobody is attached.
+        if self.out.receiver_count() == 0 {
+            return;
+        }
+        // Command lines only if some console follows a dialogue; other
+        // events up to the cap, so a console's work (and the engine's in
+        // serving it) stays small whatever the rate.
+        if matches!(*stamped.event, crate::events::Event::Command { .. }) {
+            if self.followers.load(Ordering::Relaxed) > 0 {
+                let _ = self.out.send(stamped);
+            }
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.sent = 0;
+        }
+        if self.sent >= EVENTS_PER_SECOND {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.sent += 1;
         let _ = self.out.send(stamped);
     }
 

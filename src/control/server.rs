@@ -241,12 +241,12 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut live_tick = tokio::time::interval(super::feed::TICK);
     let mut last_status: Option<EngineStatus> = None;
-    let mut outbox = super::feed::Outbox::default();
+    let mut outbox = super::feed::Outbox::new(&ctx.feed);
     loop {
         let keep = tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    if outbox.admit(&event, std::time::Instant::now()) {
+                    if outbox.admit(&event) {
                         let flush = events.is_empty();
                         send(&mut writer, &ServerMessage::Event { event }, flush).await
                     } else {
@@ -286,11 +286,11 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
             }
             request = requests.recv() => match request {
                 Some(Ok(ClientMessage::Unfollow)) => {
-                    outbox.followed = None;
+                    outbox.follow(None);
                     true
                 }
                 Some(Ok(ClientMessage::Dialogue { session })) => {
-                    outbox.followed = Some(session);
+                    outbox.follow(Some(session));
                     answer(&ctx, &mut writer, access, ClientMessage::Dialogue { session }).await
                 }
                 Some(Ok(request)) => answer(&ctx, &mut writer, access, request).await,
