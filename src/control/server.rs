@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 
 /// A console that cannot take a line for this long is cut off.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Events reach a console at least this often (batched in between).
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// A client must say hello this soon.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest request line.
@@ -240,6 +242,8 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
     }
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut live_tick = tokio::time::interval(super::feed::TICK);
+    let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+    let mut unflushed = false;
     let mut last_status: Option<EngineStatus> = None;
     let mut outbox = super::feed::Outbox::new(&ctx.feed);
     loop {
@@ -247,8 +251,11 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
             event = events.recv() => match event {
                 Ok(event) => {
                     if outbox.admit(&event) {
-                        let flush = events.is_empty();
-                        send(&mut writer, &ServerMessage::Event { event }, flush).await
+                        // Written out with the next flush tick (or when the
+                        // buffer fills): a console wakes a few times a
+                        // second, not once per event.
+                        unflushed = true;
+                        send(&mut writer, &ServerMessage::Event { event }, false).await
                     } else {
                         true
                     }
@@ -264,6 +271,13 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                 }
                 Err(broadcast::error::RecvError::Closed) => false,
             },
+            _ = flush_tick.tick(), if unflushed => {
+                unflushed = false;
+                matches!(
+                    tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await,
+                    Ok(Ok(()))
+                )
+            }
             _ = live_tick.tick() => {
                 let skipped = outbox.take_skipped();
                 let mut ok = skipped == 0
