@@ -135,6 +135,14 @@ pub struct Spool {
 }
 
 /// Schema version of the spool file (`PRAGMA user_version`).
+/// How many recipients of a message are still queued. `+state`: by the
+/// message's key, never by the state index (that walks the whole queue).
+const QUEUED_LEFT: &str =
+    "SELECT count(*) FROM recipients WHERE message_id = ?1 AND +state = 'queued'";
+/// Makes a message's queued recipients due now (same care).
+const RETRY_MESSAGE: &str =
+    "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND +state = 'queued'";
+
 /// 2: `messages.smtputf8`.
 const SPOOL_VERSION: i32 = 2;
 
@@ -418,11 +426,7 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
 
 /// Removes a message once no recipient of it is queued any more.
 fn remove_if_done(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<()> {
-    let queued: i64 = conn.query_row(
-        "SELECT count(*) FROM recipients WHERE message_id = ?1 AND state = 'queued'",
-        [id],
-        |r| r.get(0),
-    )?;
+    let queued: i64 = conn.query_row(QUEUED_LEFT, [id], |r| r.get(0))?;
     if queued == 0 {
         conn.execute("DELETE FROM recipients WHERE message_id = ?1", [id])?;
         conn.execute("DELETE FROM messages WHERE id = ?1", [id])?;
@@ -472,10 +476,7 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             rusqlite::params![message_id, *held as i64],
         ),
         SpoolOp::RetryNow { message_id } => match message_id {
-            Some(id) => conn.execute(
-                "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND state = 'queued'",
-                [id],
-            ),
+            Some(id) => conn.execute(RETRY_MESSAGE, [id]),
             None => conn.execute(
                 "UPDATE recipients SET next_attempt = 0 WHERE state = 'queued'",
                 [],
@@ -669,6 +670,54 @@ pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The statements that run per message or per outcome must find their
+    /// rows through the message's key, never by walking every queued
+    /// recipient: their cost must not grow with the queue.
+    #[test]
+    fn per_message_statements_do_not_walk_the_queue() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for sql in [
+            QUEUED_LEFT,
+            RETRY_MESSAGE,
+            "UPDATE recipients SET state = ?3, attempts = attempts + 1 WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
+            "DELETE FROM recipients WHERE message_id = ?1",
+            "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
+        ] {
+            let sql = sql
+                .replace("?1", "'a'")
+                .replace("?2", "'b'")
+                .replace("?3", "'x'");
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            let plan = plan.join("; ");
+            assert!(
+                plan.contains("sqlite_autoindex_recipients_1 (message_id=?"),
+                "{sql}: {plan}"
+            );
+        }
+        // And the scan for due work walks only what is due.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT r.message_id FROM recipients r
+                 JOIN messages m ON m.id = r.message_id
+                 WHERE r.state = 'queued' AND r.next_attempt <= 5 AND m.held = 0
+                 ORDER BY r.next_attempt, r.message_id LIMIT 10",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(
+            plan.contains("recipients_due (state=? AND next_attempt<?)"),
+            "{plan}"
+        );
+    }
     use super::*;
 
     fn message(spool: &Spool, n: usize) -> NewMessage {
