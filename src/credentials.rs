@@ -84,6 +84,96 @@ pub fn verify_with_memory(hash: Option<&str>, password: &str, memory: &mut Vec<B
     ok && hash.is_some()
 }
 
+/// Logins verified recently, so that a roaming user whose mail program
+/// logs in for every message costs one argon2 verification per TTL, not
+/// one per session. An entry is a keyed hash (BLAKE2b with a random
+/// per-process key) of the login, the password and the stored hash it
+/// was verified against: never the password itself. A changed password,
+/// a removed user or another auth mode changes (or removes) the stored
+/// hash, so an old entry can never match again. Failures are never kept.
+#[derive(Debug)]
+pub struct LoginCache {
+    key: [u8; 32],
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+}
+
+/// Logins kept at most.
+const LOGIN_CACHE_MAX: usize = 10_000;
+
+impl LoginCache {
+    pub fn new(ttl: std::time::Duration) -> LoginCache {
+        let mut key = [0u8; 32];
+        // Without randomness, a key nobody can guess from outside still
+        // comes from the time and the process: the cache only ever saves
+        // work for a password that was right.
+        if getrandom::fill(&mut key).is_err() {
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            key = tag_with(&[0u8; 32], &[seed.as_bytes()]);
+        }
+        LoginCache {
+            key,
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    fn tag(&self, login: &str, password: &str, hash: &str) -> [u8; 32] {
+        tag_with(
+            &self.key,
+            &[login.as_bytes(), password.as_bytes(), hash.as_bytes()],
+        )
+    }
+
+    /// Whether this login with this password was verified against this
+    /// stored hash within the TTL.
+    pub fn hit(&self, login: &str, password: &str, hash: &str) -> bool {
+        let tag = self.tag(login, password, hash);
+        let Ok(mut entries) = self.entries.lock() else {
+            return false;
+        };
+        match entries.get(&tag) {
+            Some(at) if at.elapsed() < self.ttl => true,
+            Some(_) => {
+                entries.remove(&tag);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remembers a successful verification.
+    pub fn remember(&self, login: &str, password: &str, hash: &str) {
+        let tag = self.tag(login, password, hash);
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= LOGIN_CACHE_MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, at| at.elapsed() < ttl);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(tag, std::time::Instant::now());
+    }
+}
+
+/// BLAKE2b of a secret key and length-prefixed fields, cut to 32 bytes.
+fn tag_with(key: &[u8; 32], fields: &[&[u8]]) -> [u8; 32] {
+    use blake2::Digest;
+    let mut h = blake2::Blake2b512::new();
+    h.update(key);
+    for f in fields {
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    let out = h.finalize();
+    let mut tag = [0u8; 32];
+    tag.copy_from_slice(out.get(..32).unwrap_or(&[0u8; 32]));
+    tag
+}
+
 /// The engine's password checks: a few threads (about one per core), each
 /// with one argon2 working memory it reuses, behind a bounded queue. The
 /// memory is bounded by the threads, however many clients send AUTH at
@@ -181,6 +271,24 @@ mod tests {
         assert!(!verify_password(None, "s3cret"));
         assert!(!verify_password(Some("garbage"), "s3cret"));
         assert!(hash_password("").is_err());
+    }
+
+    #[test]
+    fn the_login_cache_keeps_successes_for_their_hash_only() {
+        let cache = LoginCache::new(std::time::Duration::from_secs(60));
+        let (h1, h2) = ("$argon2id$one", "$argon2id$two");
+        assert!(!cache.hit("alice", "pw", h1));
+        cache.remember("alice", "pw", h1);
+        assert!(cache.hit("alice", "pw", h1));
+        // Another password, another user, or a new stored hash: no hit.
+        assert!(!cache.hit("alice", "other", h1));
+        assert!(!cache.hit("bob", "pw", h1));
+        assert!(!cache.hit("alice", "pw", h2));
+        // Expired entries do not count.
+        let short = LoginCache::new(std::time::Duration::from_millis(1));
+        short.remember("alice", "pw", h1);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(!short.hit("alice", "pw", h1));
     }
 
     #[test]

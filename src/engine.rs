@@ -122,6 +122,16 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 /// it, those with nothing current are forgotten first.
 const CLIENTS_KEPT: usize = 100_000;
 
+/// Why a password check was not reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The address has used its guesses (or is locked out).
+    LockedOut,
+    /// As many checks from this address are under way as it has guesses
+    /// left: one must finish first.
+    Busy,
+}
+
 /// A password check a client may make: it counts against the client's
 /// failures until it is judged. Dropped unjudged (the session ended, the
 /// checker was busy), it counts for nothing.
@@ -184,6 +194,9 @@ pub struct Shared {
     pub in_flight: crate::delivery::InFlightTable,
     /// Where large message bodies are written while they arrive.
     pub spill_dir: PathBuf,
+    /// Logins verified in the last few minutes (keyed hashes, never the
+    /// passwords).
+    pub logins: crate::credentials::LoginCache,
     /// Password checks, on a few threads with bounded memory.
     pub passwords: crate::credentials::PasswordChecker,
     total_sessions: AtomicU64,
@@ -315,13 +328,13 @@ impl Shared {
         self: &Arc<Self>,
         ip: IpAddr,
         settings: &ServerSettings,
-    ) -> Option<AuthTicket> {
+    ) -> Result<AuthTicket, AuthRefusal> {
         let ip = client_key(ip);
-        let mut clients = self.clients.lock().ok()?;
+        let mut clients = self.clients.lock().map_err(|_| AuthRefusal::Busy)?;
         let now = Instant::now();
         let c = clients.entry(ip).or_default();
         match c.locked_until {
-            Some(until) if now < until => return None,
+            Some(until) if now < until => return Err(AuthRefusal::LockedOut),
             Some(_) => {
                 c.locked_until = None;
                 c.auth_failures.clear();
@@ -330,11 +343,15 @@ impl Shared {
         }
         let window = Duration::from_secs(settings.auth_failure_window_secs);
         c.auth_failures.retain(|t| now.duration_since(*t) < window);
+        if c.auth_failures.len() >= settings.auth_max_failures {
+            return Err(AuthRefusal::LockedOut);
+        }
         if c.auth_failures.len() + c.auth_in_flight >= settings.auth_max_failures {
-            return None;
+            // Not failures (yet): checks under way that could all fail.
+            return Err(AuthRefusal::Busy);
         }
         c.auth_in_flight += 1;
-        Some(AuthTicket {
+        Ok(AuthTicket {
             shared: Arc::clone(self),
             ip,
             judged: false,
@@ -523,6 +540,7 @@ impl Engine {
             spool,
             clients: Mutex::new(HashMap::new()),
             passwords: crate::credentials::PasswordChecker::for_this_machine(),
+            logins: crate::credentials::LoginCache::new(Duration::from_secs(300)),
             lockouts_until: AtomicU64::new(0),
             spill_dir: dir.spill.clone(),
             in_flight,

@@ -862,3 +862,45 @@ fn smtputf8_is_required_for_utf8_addresses_and_passed_on_or_bounced() {
     let got = modern.wait_for(2, Duration::from_secs(15));
     assert!(got[1].body_str().contains("5.6.7"), "{}", got[1].body_str());
 }
+
+#[test]
+fn the_login_cache_follows_password_changes_and_removals_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "first\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let auth = |password: &str| {
+        let mut c = Client::connect(addr);
+        c.reply();
+        c.expect("EHLO roaming.test", "250");
+        c.cmd(&format!("AUTH PLAIN {}", plain("alice", password)))
+    };
+    // Verified once, then from the cache.
+    assert!(auth("first").starts_with("235"));
+    assert!(auth("first").starts_with("235"));
+    server.drain_log();
+    server.log.clear();
+    cli_stdin(
+        &db,
+        &["user", "password", "alice", "--password-stdin"],
+        "second\n",
+    );
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    assert!(
+        auth("first").starts_with("535"),
+        "the old password is refused at once"
+    );
+    assert!(auth("second").starts_with("235"));
+    server.log.clear();
+    common::cli(&db, &["user", "remove", "alice"]);
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    assert!(
+        auth("second").starts_with("535"),
+        "a removed user cannot log in"
+    );
+}

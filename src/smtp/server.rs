@@ -484,14 +484,31 @@ async fn check_password(
     settings: &ServerSettings,
     req: super::session::AuthRequest,
 ) -> AuthOutcome {
-    let Some(ticket) = ctx.shared.reserve_auth(ip, settings) else {
-        return AuthOutcome::LockedOut;
+    // A right password verified a moment ago is not verified again
+    // (unless the address is locked out: then nothing is judged).
+    if let Some(hash) = &req.password_hash
+        && !ctx.shared.auth_locked_out(ip)
+        && ctx.shared.logins.hit(&req.login, &req.password, hash)
+    {
+        return AuthOutcome::Accepted;
+    }
+    let ticket = match ctx.shared.reserve_auth(ip, settings) {
+        Ok(t) => t,
+        Err(crate::engine::AuthRefusal::LockedOut) => return AuthOutcome::LockedOut,
+        Err(crate::engine::AuthRefusal::Busy) => return AuthOutcome::Busy,
     };
+    let remember = req
+        .password_hash
+        .clone()
+        .map(|hash| (req.login.clone(), req.password.clone(), hash));
     let Ok(answer) = ctx.shared.passwords.submit(req.password_hash, req.password) else {
         return AuthOutcome::Busy;
     };
     let ok = answer.await.unwrap_or(false);
     ticket.judged(ok, settings);
+    if ok && let Some((login, password, hash)) = remember {
+        ctx.shared.logins.remember(&login, &password, &hash);
+    }
     ok.into()
 }
 

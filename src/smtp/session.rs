@@ -861,7 +861,7 @@ impl Session {
             AuthOutcome::Busy => self.error(
                 454,
                 "4.7.0",
-                "Temporary authentication failure: server busy, try again later",
+                "Temporary authentication failure: too many checks under way, try again shortly",
             ),
         }
     }
