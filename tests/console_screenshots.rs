@@ -733,7 +733,10 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.wait_for(&["Connections:"]);
     capture(&mut console, "live-80x24");
 
+    // One-process mode: q asks before stopping the engine.
     console.press("q");
+    console.wait_for(&["Stop the engine?"]);
+    console.press("y");
     console.wait_exit();
     drop((roaming, printer, idle));
 }
