@@ -321,9 +321,10 @@ impl Shared {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// Reserves one password check for this client, or `None` if its
-    /// checks under way and failures in the window already reach
-    /// `auth-max-failures` (or it is locked out).
+    /// Reserves one password check for this client. Refused when its
+    /// failures in the window reach `auth-max-failures` or it is locked out
+    /// ([`AuthRefusal::LockedOut`]), or when checks under way would take
+    /// its remaining guesses ([`AuthRefusal::Busy`]).
     pub fn reserve_auth(
         self: &Arc<Self>,
         ip: IpAddr,

@@ -134,7 +134,6 @@ pub struct Spool {
     path: PathBuf,
 }
 
-/// Schema version of the spool file (`PRAGMA user_version`).
 /// How many recipients of a message are still queued. `+state`: by the
 /// message's key, never by the state index (that walks the whole queue).
 const QUEUED_LEFT: &str =
@@ -143,7 +142,8 @@ const QUEUED_LEFT: &str =
 const RETRY_MESSAGE: &str =
     "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND +state = 'queued'";
 
-/// 2: `messages.smtputf8`.
+/// Schema version of the spool file (`PRAGMA user_version`); 2 added
+/// `messages.smtputf8`.
 const SPOOL_VERSION: i32 = 2;
 
 const SCHEMA: &str = "

@@ -3,9 +3,13 @@
 //! events out to attached consoles.
 //!
 //! Attaching is answered inside that task, between two events, so a
-//! console's snapshot and the events that follow it fit exactly: nothing
-//! missed, nothing twice. Consoles receive through a broadcast channel of
-//! fixed size: one that falls behind is told how many events it skipped
+//! console's snapshot and the events that follow it start at the same
+//! point. What a console is sent of the stream is deliberately partial:
+//! command lines only for the dialogue it shows, and at most
+//! [`EVENTS_PER_SECOND`] others (the rest are counted, and the console is
+//! told how many; the event log and the live picture, sent whole in ticks,
+//! have them all). Consoles receive through a broadcast channel of fixed
+//! size: one that falls behind is told how many events it skipped
 //! ([`broadcast::error::RecvError::Lagged`]) and attaches again; it never
 //! slows a session, and its backlog never grows past the channel.
 

@@ -243,6 +243,8 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut live_tick = tokio::time::interval(super::feed::TICK);
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+    // After a quiet spell, no burst of overdue ticks (one flush per event).
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unflushed = false;
     let mut last_status: Option<EngineStatus> = None;
     let mut outbox = super::feed::Outbox::new(&ctx.feed);
@@ -281,7 +283,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
             _ = live_tick.tick() => {
                 let skipped = outbox.take_skipped();
                 let mut ok = skipped == 0
-                    || send(&mut writer, &ServerMessage::Skipped { events: skipped }, false).await;
+                    || send(&mut writer, &ServerMessage::Skipped { events: skipped }, true).await;
                 match ctx.feed.tick(generation).await {
                     Some(tick) if tick.generation == generation => {}
                     Some(tick) => {

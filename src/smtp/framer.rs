@@ -365,7 +365,7 @@ mod tests {
             let buf = f.buffer();
             if partial {
                 buf.extend_from_slice(b"OP\r\n");
-                f.received(5, t0);
+                f.received(4, t0);
             }
             let buf = f.buffer();
             buf.extend_from_slice(&batch);

@@ -484,19 +484,20 @@ async fn check_password(
     settings: &ServerSettings,
     req: super::session::AuthRequest,
 ) -> AuthOutcome {
-    // A right password verified a moment ago is not verified again
-    // (unless the address is locked out: then nothing is judged).
-    if let Some(hash) = &req.password_hash
-        && !ctx.shared.auth_locked_out(ip)
-        && ctx.shared.logins.hit(&req.login, &req.password, hash)
-    {
-        return AuthOutcome::Accepted;
-    }
+    // Every guess, cached or not, takes one of the address's guesses
+    // first: the cache must never be a way to try passwords for free.
     let ticket = match ctx.shared.reserve_auth(ip, settings) {
         Ok(t) => t,
         Err(crate::engine::AuthRefusal::LockedOut) => return AuthOutcome::LockedOut,
         Err(crate::engine::AuthRefusal::Busy) => return AuthOutcome::Busy,
     };
+    // A right password verified a moment ago is not verified again.
+    if let Some(hash) = &req.password_hash
+        && ctx.shared.logins.hit(&req.login, &req.password, hash)
+    {
+        ticket.judged(true, settings);
+        return AuthOutcome::Accepted;
+    }
     let remember = req
         .password_hash
         .clone()
