@@ -904,3 +904,55 @@ fn the_login_cache_follows_password_changes_and_removals_at_once() {
         "a removed user cannot log in"
     );
 }
+
+#[test]
+fn the_login_cache_is_no_free_oracle_while_guesses_are_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("auth-max-failures", "1")]);
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "right\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let attacker: IpAddr = "127.0.0.3".parse().unwrap();
+    let session = |ip: IpAddr| {
+        let mut c = Client::connect_from(addr, ip);
+        c.reply();
+        c.expect("EHLO guesser.test", "250");
+        c
+    };
+    // Alice logged in a moment ago from the attacker's address (a shared
+    // NAT, say): her password is in the cache.
+    let mut c = session(attacker);
+    c.expect(&format!("AUTH PLAIN {}", plain("alice", "right")), "235");
+    drop(c);
+    // Keep the checkers busy with guesses from other addresses...
+    let busy: Vec<_> = (10..40)
+        .map(|i| {
+            let ip: IpAddr = format!("127.0.0.{i}").parse().unwrap();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_from(addr, ip);
+                c.reply();
+                c.cmd("EHLO busy.test");
+                c.cmd(&format!("AUTH PLAIN {}", plain("alice", "nope")))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // ...so that the attacker's one guess stays under way for a while.
+    let mut guess = session(attacker);
+    guess.send(format!("AUTH PLAIN {}\r\n", plain("alice", "guess")).as_bytes());
+    std::thread::sleep(Duration::from_millis(50));
+    // Meanwhile every other try from that address is refused unjudged,
+    // cached password or not: the cache answers nothing for free.
+    let mut probe = session(attacker);
+    let r = probe.cmd(&format!("AUTH PLAIN {}", plain("alice", "right")));
+    assert!(r.starts_with("454 4.7.0"), "{r}");
+    let r = guess.reply();
+    assert!(r.starts_with("535") || r.starts_with("454"), "{r}");
+    for t in busy {
+        let _ = t.join();
+    }
+}
