@@ -570,8 +570,15 @@ fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], secret: bool, act
     if !ctx.shared.events.wants_commands() {
         return;
     }
+    // The reply's last line only (EHLO's is long): code, status, text.
     let reply = actions.iter().find_map(|a| match a {
-        Action::Reply(r) => Some(r.to_string().lines().last().unwrap_or_default().to_string()),
+        Action::Reply(r) => {
+            let text = r.lines.last().map(String::as_str).unwrap_or_default();
+            Some(match r.status {
+                Some(status) => format!("{} {status} {text}", r.code),
+                None => format!("{} {text}", r.code),
+            })
+        }
         _ => None,
     });
     let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
