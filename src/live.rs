@@ -274,7 +274,13 @@ impl LiveState {
                 self.counters.sessions += 1;
                 self.open += 1;
                 while self.connections.len() >= MAX_ROWS {
-                    let Some((&oldest, _)) = self.connections.iter().next() else {
+                    // Closed rows go first; then the oldest open one.
+                    let victim = self
+                        .closed
+                        .front()
+                        .copied()
+                        .or_else(|| self.connections.keys().next().copied());
+                    let Some(oldest) = victim else {
                         break;
                     };
                     if let Some(c) = self.connections.remove(&oldest)

@@ -244,6 +244,7 @@ async fn in_process_link(
         return;
     };
     let mut events = attachment.events;
+    let skipped_at = attachment.skipped_at;
     let mut generation = attachment.snapshot.live.generation;
     if !send(ServerMessage::Snapshot {
         snapshot: attachment.snapshot,
@@ -253,7 +254,7 @@ async fn in_process_link(
     let mut status = tokio::time::interval(TICK);
     let mut live_tick = tokio::time::interval(crate::control::feed::TICK);
     // The same share of the stream as an attached console gets.
-    let mut outbox = crate::control::feed::Outbox::new(&feed);
+    let mut outbox = crate::control::feed::Outbox::new(&feed, skipped_at);
     loop {
         let open = tokio::select! {
             event = events.recv() => match event {
@@ -261,6 +262,7 @@ async fn in_process_link(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     let Some(again) = feed.attach().await else { return };
                     events = again.events;
+                    outbox.restart_at(again.skipped_at);
                     generation = again.snapshot.live.generation;
                     send(ServerMessage::Lagged { missed })
                         && send(ServerMessage::Snapshot { snapshot: again.snapshot })
@@ -279,6 +281,8 @@ async fn in_process_link(
                     None => {
                         let Some(again) = feed.attach().await else { return };
                         events = again.events;
+                        outbox.restart_at(again.skipped_at);
+                    outbox.restart_at(again.skipped_at);
                         generation = again.snapshot.live.generation;
                         ok && send(ServerMessage::Snapshot { snapshot: again.snapshot })
                     }

@@ -59,13 +59,20 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(feed: &Feed) -> Outbox {
+    /// For a console whose attachment was taken when the feed had skipped
+    /// `skipped_at` events.
+    pub fn new(feed: &Feed, skipped_at: u64) -> Outbox {
         Outbox {
             followed: None,
             followers: Arc::clone(&feed.followers),
             skipped: Arc::clone(&feed.skipped),
-            skipped_seen: feed.skipped.load(Ordering::Relaxed),
+            skipped_seen: skipped_at,
         }
+    }
+
+    /// After a fresh attachment (the console caught up by a snapshot).
+    pub fn restart_at(&mut self, skipped_at: u64) {
+        self.skipped_seen = skipped_at;
     }
 
     /// Follows one session's command lines (its dialogue is open), or none.
@@ -109,6 +116,9 @@ impl Drop for Outbox {
 pub struct Attachment {
     pub snapshot: Box<EngineSnapshot>,
     pub events: broadcast::Receiver<Stamped>,
+    /// The feed's skipped-events count at the snapshot: what is skipped
+    /// after it is this console's to be told.
+    pub skipped_at: u64,
 }
 
 /// A handle on the feed task.
@@ -296,9 +306,14 @@ impl FeedTask {
                     dropped: self.bus.dropped(),
                 });
                 let events = self.out.subscribe();
+                let skipped_at = self.skipped.load(Ordering::Relaxed);
                 // Commands from now on, for the dialogues.
                 self.switch.set(true);
-                let _ = reply.send(Attachment { snapshot, events });
+                let _ = reply.send(Attachment {
+                    snapshot,
+                    events,
+                    skipped_at,
+                });
             }
             Request::Tick(since, reply) => {
                 let _ = reply.send(self.live.tick_since(since));

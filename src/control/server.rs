@@ -227,6 +227,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
         return;
     };
     let mut events = attachment.events;
+    let skipped_at = attachment.skipped_at;
     let mut generation = attachment.snapshot.live.generation;
     if !send(
         &mut writer,
@@ -247,7 +248,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unflushed = false;
     let mut last_status: Option<EngineStatus> = None;
-    let mut outbox = super::feed::Outbox::new(&ctx.feed);
+    let mut outbox = super::feed::Outbox::new(&ctx.feed, skipped_at);
     loop {
         let keep = tokio::select! {
             event = events.recv() => match event {
@@ -266,6 +267,7 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                     // Skip ahead: say how much was missed, then start afresh.
                     let Some(again) = ctx.feed.attach().await else { break };
                     events = again.events;
+                    outbox.restart_at(again.skipped_at);
                     generation = again.snapshot.live.generation;
                     let snapshot = again.snapshot;
                     send(&mut writer, &ServerMessage::Lagged { missed }, false).await
@@ -294,6 +296,8 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                         // Too far behind to catch up by changes: start afresh.
                         let Some(again) = ctx.feed.attach().await else { break };
                         events = again.events;
+                        outbox.restart_at(again.skipped_at);
+                    outbox.restart_at(again.skipped_at);
                         generation = again.snapshot.live.generation;
                         ok = ok && send(&mut writer, &ServerMessage::Snapshot { snapshot: again.snapshot }, true).await;
                     }
