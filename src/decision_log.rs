@@ -56,11 +56,6 @@ pub struct DecisionLog {
     conn: Connection,
 }
 
-fn millis(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |t| t.as_millis() as i64)
-}
-
 impl DecisionLog {
     /// Opens (creating, owner-only) the log for writing.
     pub fn open(path: &Path) -> rusqlite::Result<DecisionLog> {
@@ -192,7 +187,7 @@ impl DecisionLog {
                 // read the JSON still shows the line.
                 let text = crate::events::describe(&stamped.event).text;
                 stmt.execute(rusqlite::params![
-                    millis(stamped.at),
+                    crate::live::epoch_ms(stamped.at),
                     kind.as_str(),
                     verdict.map(Outcome::as_str),
                     text,

@@ -277,7 +277,7 @@ impl Shared {
                     clients.retain(|_, c| {
                         c.sessions > 0
                             || c.auth_in_flight > 0
-                            || c.locked_until.is_some_and(|u| u > now_instant())
+                            || c.locked_until.is_some_and(|u| u > now)
                     });
                 }
             }
@@ -382,10 +382,6 @@ struct Listener {
 }
 
 type ListenerTable = Arc<Mutex<HashMap<SocketAddr, Listener>>>;
-
-fn now_instant() -> Instant {
-    Instant::now()
-}
 
 #[cfg(test)]
 mod client_key_tests {

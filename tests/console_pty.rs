@@ -357,9 +357,7 @@ fn relaygate_attaches_to_the_running_service_follows_it_across_a_restart_and_lea
 
 #[test]
 fn a_console_group_member_watches_and_is_told_how_to_edit() {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
+    let root = common::is_root();
     if !root || Command::new("setpriv").arg("--version").output().is_err() {
         eprintln!("skipped: needs root and setpriv to run the console as nobody");
         return;

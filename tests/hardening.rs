@@ -577,9 +577,7 @@ fn a_listing_into_a_closed_pipe_stops_quietly() {
 
 #[test]
 fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
+    let root = common::is_root();
     if !root {
         eprintln!("skipped: needs root to run the CLI as nobody on a file it cannot write");
         return;
@@ -669,38 +667,14 @@ fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
             let _ = self.0.wait();
         }
     }
-    let mut engine = KillOnDrop(
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "umask 022; exec {} --db {} serve --headless",
-                common::BIN,
-                db.display()
-            ))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = engine.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: std::net::SocketAddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the engine starts");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c").arg(format!(
+        "umask 022; exec {} --db {} serve --headless",
+        common::BIN,
+        db.display()
+    ));
+    let (child, addr) = common::spawn_engine(sh);
+    let engine = KillOnDrop(child);
     // A message (spool, event log) and a large one (spill file).
     let mut c = Client::connect(addr);
     c.reply();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BIN, Server, cli, run_cli, test_db};
+use common::{BIN, Server, cli, is_root, rss_kib, run_cli, test_db};
 use relaygate::control::protocol::{
     self, Access, ClientMessage, PROTOCOL_VERSION, ServerMessage, encode,
 };
@@ -18,12 +18,6 @@ use std::time::{Duration, Instant};
 
 fn socket_of(db: &Path) -> std::path::PathBuf {
     db.with_extension("sock")
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }
 
 /// A raw protocol client on the control socket.
@@ -323,14 +317,6 @@ fn a_console_that_stops_reading_is_skipped_ahead_and_never_slows_sessions() {
     let mut stalled = Raw::connect(&db);
     stalled.hello();
     let pid = server.child.id();
-    let rss = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     // Sessions go on at full speed: many more events (about 40,000) than
     // the console's backlog (16,384) while it reads nothing.
     let started = Instant::now();
@@ -358,7 +344,7 @@ fn a_console_that_stops_reading_is_skipped_ahead_and_never_slows_sessions() {
         took < Duration::from_secs(60),
         "3,200 sessions took {took:?} with a stalled console"
     );
-    let after = rss();
+    let after = rss_kib(pid);
     assert!(
         after < 200_000,
         "engine RSS {after} kB with a stalled console"

@@ -71,7 +71,7 @@ fn acknowledged_messages_survive_sigkill() {
 /// message is preceded by an fsync of the spool.
 #[test]
 fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     if Command::new("strace").arg("-V").output().is_err() {
         eprintln!("skipped: strace is not installed (apt-get install strace)");
         return;
@@ -79,36 +79,15 @@ fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[("delivery", "off")]);
     let trace = dir.path().join("trace");
-    let mut child = Command::new("strace")
+    let mut strace = Command::new("strace");
+    strace
         .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&trace)
         .arg(common::BIN)
         .arg("--db")
         .arg(&db)
-        .args(["serve", "--headless"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: std::net::SocketAddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the engine starts");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+        .args(["serve", "--headless"]);
+    let (mut child, addr) = common::spawn_engine(strace);
     let spool_syncs = || {
         std::fs::read_to_string(&trace)
             .unwrap_or_default()
