@@ -726,6 +726,13 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.wait_for(&["Keys (Esc closes)"]);
     capture(&mut console, "help");
     console.press("\x1b");
+    // Until the help has closed: a key typed right after a lone Esc can
+    // be read with it as Alt+key.
+    let deadline = Instant::now() + WAIT;
+    while console.text().contains("Keys (Esc closes)") {
+        assert!(Instant::now() < deadline, "the help never closed");
+        console.pump(Duration::from_millis(100));
+    }
 
     // The same console at 80x24.
     console.resize(24, 80);
