@@ -19,6 +19,7 @@ use crate::data_dir::{DataDir, EngineLock, LockError};
 use crate::events::{ConfigError, Event, EventBus, Stamped};
 use crate::policy::Policy;
 use crate::server_settings::ServerSettings;
+use crate::session_board::SessionBoards;
 use crate::smtp::server::{ConnectionContext, serve_connection};
 use crate::spool::Spool;
 use crate::store::Store;
@@ -192,6 +193,8 @@ pub struct Shared {
     lockouts_until: AtomicU64,
     /// Delivery attempts under way, for the queue views.
     pub in_flight: crate::delivery::InFlightTable,
+    /// What each session is doing, for the Live table and the dialogues.
+    pub boards: Arc<SessionBoards>,
     /// Where large message bodies are written while they arrive.
     pub spill_dir: PathBuf,
     /// Logins verified in the last few minutes (keyed hashes, never the
@@ -523,10 +526,12 @@ impl Engine {
         let (state, _) = watch::channel(RunState::Running);
         let listeners: ListenerTable = Arc::new(Mutex::new(HashMap::new()));
         let in_flight: crate::delivery::InFlightTable = Default::default();
+        let boards: Arc<SessionBoards> = Default::default();
         let feed = {
             let listeners = Arc::clone(&listeners);
             Feed::start(
                 Arc::clone(&events),
+                Arc::clone(&boards),
                 Arc::new(move || listener_statuses(&listeners)),
                 Arc::clone(&in_flight),
             )
@@ -541,6 +546,7 @@ impl Engine {
             lockouts_until: AtomicU64::new(0),
             spill_dir: dir.spill.clone(),
             in_flight,
+            boards,
             total_sessions: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
             state,

@@ -14,6 +14,7 @@ pub mod events;
 pub mod live;
 pub mod policy;
 pub mod server_settings;
+pub mod session_board;
 pub mod smtp;
 pub mod spool;
 pub mod store;

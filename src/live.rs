@@ -239,6 +239,26 @@ impl LiveState {
         }
     }
 
+    /// Takes the columns a session keeps on its board
+    /// ([`crate::session_board`]); one generation for a batch of them.
+    pub fn set_columns(&mut self, session: u64, columns: crate::session_board::Columns) {
+        let Some(c) = self.connections.get_mut(&session) else {
+            return;
+        };
+        if c.closed.is_none() {
+            c.state = columns.stage;
+        }
+        c.helo = columns.helo;
+        c.mail_from = columns.mail_from;
+        c.bytes = columns.bytes;
+        c.updated = self.generation + 1;
+    }
+
+    /// Ends a batch of [`LiveState::set_columns`].
+    pub fn columns_set(&mut self) {
+        self.generation += 1;
+    }
+
     /// Takes one engine event into account.
     pub fn apply(&mut self, stamped: &Stamped) {
         self.generation += 1;
@@ -490,7 +510,8 @@ mod connections_as_list {
 }
 
 /// The address of a `MAIL FROM:<a@b> SIZE=1` line.
-fn mail_from(line: &str) -> String {
+/// The address of a MAIL FROM line.
+pub fn mail_from(line: &str) -> String {
     let rest = line.split_once(':').map_or("", |(_, r)| r).trim_start();
     match rest.strip_prefix('<').and_then(|r| r.split_once('>')) {
         Some((addr, _)) => addr.to_string(),

@@ -183,18 +183,89 @@ fn the_socket_is_owner_only_and_sends_hello_snapshot_then_typed_events() {
             _ => {}
         }
     }
-    // A request: the dialogue of session 1, command lines included.
+    // A request: the dialogue of session 1, command lines included, in
+    // the order they happened.
     raw.send(&ClientMessage::Dialogue { session: 1 });
     loop {
         if let ServerMessage::Dialogue { session, events } = raw.message() {
             assert_eq!(session, 1);
+            let at = |f: &dyn Fn(&Event) -> bool| events.iter().position(|e| f(&e.event));
+            let ehlo = at(
+                &|e| matches!(e, Event::Command { line, reply, .. } if line == "EHLO probe.test" && reply.starts_with("250")),
+            );
+            let quit = at(&|e| matches!(e, Event::Command { line, .. } if line == "QUIT"));
+            let closed = at(&|e| matches!(e, Event::SessionClosed { .. }));
+            assert!(ehlo.is_some() && ehlo < quit && quit < closed, "{events:?}");
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_followed_dialogue_gets_its_command_lines_as_they_come_and_credentials_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut raw = Raw::connect(&db);
+    raw.hello();
+    let mut c = common::Client::connect(addr);
+    c.reply();
+    c.expect("EHLO follow.test", "250");
+    // The session's row shows its HELO name; then its dialogue is opened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let session = loop {
+        assert!(Instant::now() < deadline, "no row for the session");
+        if let ServerMessage::Tick { tick } = raw.message()
+            && let Some(row) = tick
+                .changed
+                .iter()
+                .find(|c| c.helo.as_deref() == Some("follow.test"))
+        {
+            break row.session;
+        }
+    };
+    raw.send(&ClientMessage::Dialogue { session });
+    loop {
+        if let ServerMessage::Dialogue { events, .. } = raw.message() {
             assert!(
-                events
-                    .iter()
-                    .any(|e| matches!(&*e.event, Event::Command { line, .. } if line == "QUIT")),
+                events.iter().any(|e| matches!(&*e.event, Event::Command { line, .. } if line == "EHLO follow.test")),
                 "{events:?}"
             );
             break;
+        }
+    }
+    c.expect("NOOP", "250");
+    c.expect("AUTH PLAIN AHVzZXIAc2VjcmV0", "5");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("(credentials")) {
+        assert!(
+            Instant::now() < deadline,
+            "the followed lines never came: {seen:?}"
+        );
+        if let ServerMessage::Event { event } = raw.message()
+            && let Event::Command {
+                session: s, line, ..
+            } = event.event.as_ref()
+        {
+            assert_eq!(*s, session);
+            seen.push(line.clone());
+        }
+    }
+    assert_eq!(seen, ["NOOP", "AUTH PLAIN ***", "(credentials checked)"]);
+    // Unfollowed, the lines stop.
+    raw.send(&ClientMessage::Unfollow);
+    std::thread::sleep(Duration::from_millis(200));
+    c.expect("NOOP", "250");
+    c.expect("QUIT", "221");
+    loop {
+        assert!(Instant::now() < deadline, "the session never closed");
+        if let ServerMessage::Event { event } = raw.message() {
+            match event.event.as_ref() {
+                Event::Command { .. } => panic!("a command line after unfollowing: {event:?}"),
+                Event::SessionClosed { session: s, .. } if *s == session => break,
+                _ => {}
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use super::protocol::EngineSnapshot;
 use crate::engine::ListenerStatus;
 use crate::events::{CommandSwitch, EventBus, Stamped};
 use crate::live::{LiveState, LiveTick};
+use crate::session_board::SessionBoards;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -54,6 +55,7 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 pub struct Outbox {
     followed: Option<u64>,
     followers: Arc<AtomicUsize>,
+    switch: Arc<CommandSwitch>,
     skipped: Arc<AtomicU64>,
     skipped_seen: u64,
 }
@@ -65,6 +67,7 @@ impl Outbox {
         Outbox {
             followed: None,
             followers: Arc::clone(&feed.followers),
+            switch: Arc::clone(&feed.switch),
             skipped: Arc::clone(&feed.skipped),
             skipped_seen: skipped_at,
         }
@@ -87,6 +90,8 @@ impl Outbox {
             _ => {}
         }
         self.followed = session;
+        // Sessions emit their command lines only while someone follows.
+        self.switch.set(self.followers.load(Ordering::Relaxed) > 0);
     }
 
     /// Whether to send this event to this console.
@@ -130,19 +135,24 @@ pub struct Feed {
     in_flight: crate::delivery::InFlightTable,
     /// Consoles following some session's command lines.
     followers: Arc<AtomicUsize>,
+    switch: Arc<CommandSwitch>,
     /// Events not broadcast (over the per-second cap), ever.
     skipped: Arc<AtomicU64>,
 }
 
 impl Feed {
-    /// Starts the feed on `bus`. Command lines (most of the events) are
-    /// only asked of the engine while a console is attached.
+    /// Starts the feed on `bus`. The Live table's columns and the
+    /// dialogues come from the sessions' `boards`; command events (one per
+    /// line) are only asked of the engine while a console follows a
+    /// dialogue.
     pub fn start(
         bus: Arc<EventBus>,
+        boards: Arc<SessionBoards>,
         listeners: ListenerSource,
         in_flight: crate::delivery::InFlightTable,
     ) -> Feed {
         let (events, switch) = bus.subscribe_switchable(BUS_CAPACITY);
+        let switch = Arc::new(switch);
         let (requests, incoming) = mpsc::channel(64);
         let (out, _) = broadcast::channel(CONSOLE_BACKLOG);
         let followers = Arc::new(AtomicUsize::new(0));
@@ -156,7 +166,8 @@ impl Feed {
             recent: VecDeque::new(),
             started: SystemTime::now(),
             out,
-            switch,
+            switch: Arc::clone(&switch),
+            boards,
             bus: Arc::clone(&bus),
             listeners: Arc::clone(&listeners),
         };
@@ -167,6 +178,7 @@ impl Feed {
             listeners,
             in_flight,
             followers,
+            switch,
             skipped,
         }
     }
@@ -230,7 +242,8 @@ struct FeedTask {
     recent: VecDeque<Stamped>,
     started: SystemTime,
     out: broadcast::Sender<Stamped>,
-    switch: CommandSwitch,
+    switch: Arc<CommandSwitch>,
+    boards: Arc<SessionBoards>,
     bus: Arc<EventBus>,
     listeners: ListenerSource,
 }
@@ -255,11 +268,37 @@ impl FeedTask {
                     None => return,
                 },
             }
-            self.switch.set(self.out.receiver_count() > 0);
+            self.switch.set(self.followers.load(Ordering::Relaxed) > 0);
         }
     }
 
+    /// Takes the columns sessions changed on their boards into the live
+    /// picture.
+    fn refresh(&mut self) {
+        let mut changed = Vec::new();
+        let connections = &self.live.connections;
+        self.boards.changes(
+            |s| connections.contains_key(&s),
+            |s, c| changed.push((s, c)),
+        );
+        if changed.is_empty() {
+            return;
+        }
+        for (session, columns) in changed {
+            self.live.set_columns(session, columns);
+        }
+        self.live.columns_set();
+    }
+
     fn take(&mut self, stamped: Stamped) {
+        // Command lines only pass through, to the consoles following a
+        // dialogue: the boards have them.
+        if matches!(*stamped.event, crate::events::Event::Command { .. }) {
+            if self.out.receiver_count() > 0 && self.followers.load(Ordering::Relaxed) > 0 {
+                let _ = self.out.send(stamped);
+            }
+            return;
+        }
         self.live.apply(&stamped);
         if crate::decision_log::is_logged(&stamped) {
             if self.recent.len() >= RECENT_EVENTS {
@@ -270,15 +309,8 @@ impl FeedTask {
         if self.out.receiver_count() == 0 {
             return;
         }
-        // Command lines only if some console follows a dialogue; other
-        // events up to the cap, so a console's work (and the engine's in
-        // serving it) stays small whatever the rate.
-        if matches!(*stamped.event, crate::events::Event::Command { .. }) {
-            if self.followers.load(Ordering::Relaxed) > 0 {
-                let _ = self.out.send(stamped);
-            }
-            return;
-        }
+        // Up to the cap, so a console's work (and the engine's in serving
+        // it) stays small whatever the rate.
         let now = std::time::Instant::now();
         if self
             .window
@@ -298,6 +330,7 @@ impl FeedTask {
     fn answer(&mut self, request: Request) {
         match request {
             Request::Attach(reply) => {
+                self.refresh();
                 let snapshot = Box::new(EngineSnapshot {
                     started: self.started,
                     listeners: (self.listeners)(),
@@ -307,8 +340,6 @@ impl FeedTask {
                 });
                 let events = self.out.subscribe();
                 let skipped_at = self.skipped.load(Ordering::Relaxed);
-                // Commands from now on, for the dialogues.
-                self.switch.set(true);
                 let _ = reply.send(Attachment {
                     snapshot,
                     events,
@@ -316,15 +347,21 @@ impl FeedTask {
                 });
             }
             Request::Tick(since, reply) => {
+                self.refresh();
                 let _ = reply.send(self.live.tick_since(since));
             }
             Request::Dialogue(session, reply) => {
-                let dialogue = self
+                // The session's events and its command lines, in order.
+                let mut dialogue: Vec<Stamped> = self
                     .live
                     .connections
                     .get(&session)
                     .map(|c| c.dialogue.iter().cloned().collect())
                     .unwrap_or_default();
+                if let Some(board) = self.boards.get(session) {
+                    dialogue.extend(board.transcript());
+                    dialogue.sort_by_key(|e| e.at);
+                }
                 let _ = reply.send(dialogue);
             }
         }

@@ -297,7 +297,6 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                         let Some(again) = ctx.feed.attach().await else { break };
                         events = again.events;
                         outbox.restart_at(again.skipped_at);
-                    outbox.restart_at(again.skipped_at);
                         generation = again.snapshot.live.generation;
                         ok = ok && send(&mut writer, &ServerMessage::Snapshot { snapshot: again.snapshot }, true).await;
                     }

@@ -10,6 +10,7 @@ use crate::bindings::BindKind;
 use crate::engine::{RunState, Shared};
 use crate::events::Event;
 use crate::server_settings::ServerSettings;
+use crate::session_board::{Board, LINE_CHARS};
 use crate::spool::{NewMessage, SpoolRecipient};
 use std::collections::VecDeque;
 use std::io;
@@ -230,6 +231,7 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         tls_available: tls.is_some() && ctx.kind != BindKind::Smtps,
         limits: limits_from(&settings),
     };
+    let board = ctx.shared.boards.open(id);
     ctx.shared.events.emit(Event::SessionOpened {
         session: id,
         peer: ctx.peer,
@@ -238,7 +240,7 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         tls: params.tls_active,
     });
     let mut session = Session::new(params);
-    let why = match run(&ctx, id, &settings, &mut conn, &mut session).await {
+    let why = match run(&ctx, id, &board, &settings, &mut conn, &mut session).await {
         Ok(why) => why,
         Err(e) => format!("connection error: {e}"),
     };
@@ -266,6 +268,7 @@ async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, conn: Conn) -> io::Resu
 async fn run(
     ctx: &ConnectionContext,
     id: u64,
+    board: &Board,
     settings: &ServerSettings,
     conn: &mut Conn,
     session: &mut Session,
@@ -316,7 +319,7 @@ async fn run(
                         let secret = session.awaiting_auth_response();
                         let policy = Arc::clone(&ctx.shared.snapshot().policy);
                         let actions = session.handle_line(&line, &policy);
-                        emit_command(ctx, id, &line, secret, &actions);
+                        record_command(ctx, board, id, &line, secret, &actions);
                         actions
                     }
                 };
@@ -342,7 +345,7 @@ async fn run(
                         let outcome = check_password(ctx, ip, settings, req).await;
                         let more = session.auth_result(outcome);
                         // The dialogue shows the outcome, never the secret.
-                        emit_command(ctx, id, b"(credentials checked)", false, &more);
+                        record_command(ctx, board, id, b"(credentials checked)", false, &more);
                         match outcome {
                             AuthOutcome::Accepted => ctx
                                 .shared
@@ -416,11 +419,16 @@ async fn run(
                         };
                         drop(spilled);
                         out.extend_from_slice(&reply.to_wire());
+                        let said = reply.to_string();
+                        board.command("(end of message data)", said.trim_end());
+                        if reply.code == 250 {
+                            board.stage("accepted");
+                        }
                         if ctx.shared.events.wants_commands() {
                             ctx.shared.events.emit(Event::Command {
                                 session: id,
                                 line: "(end of message data)".into(),
-                                reply: reply.to_string().trim_end().to_string(),
+                                reply: said.trim_end().to_string(),
                             });
                         }
                     }
@@ -453,7 +461,10 @@ async fn run(
                     return Ok(which.describe().into());
                 }
                 Ok(Ok(0)) => return Ok("client disconnected".into()),
-                Ok(Ok(n)) => framer.received(n, Instant::now()),
+                Ok(Ok(n)) => {
+                    board.received(n);
+                    framer.received(n, Instant::now());
+                }
                 Ok(Err(e)) => return Err(e),
             },
             changed = state.changed() => {
@@ -565,39 +576,55 @@ fn session_sender(session: &Session) -> String {
         .unwrap_or_default()
 }
 
-/// Emits the command and its reply; AUTH payloads are never included.
-fn emit_command(ctx: &ConnectionContext, id: u64, line: &[u8], secret: bool, actions: &[Action]) {
-    if !ctx.shared.events.wants_commands() {
-        return;
-    }
+/// Records the command and its reply on the session's board, and emits
+/// it while a console follows a dialogue. AUTH payloads are never kept.
+fn record_command(
+    ctx: &ConnectionContext,
+    board: &Board,
+    id: u64,
+    line: &[u8],
+    secret: bool,
+    actions: &[Action],
+) {
     // The reply's last line only (EHLO's is long): code, status, text.
-    let reply = actions.iter().find_map(|a| match a {
-        Action::Reply(r) => {
-            let text = r.lines.last().map(String::as_str).unwrap_or_default();
-            Some(match r.status {
-                Some(status) => format!("{} {status} {text}", r.code),
-                None => format!("{} {text}", r.code),
-            })
-        }
-        _ => None,
-    });
-    let text = String::from_utf8_lossy(&line[..line.len().min(200)]);
+    let reply = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => {
+                let text = r.lines.last().map(String::as_str).unwrap_or_default();
+                Some(match r.status {
+                    Some(status) => format!("{} {status} {text}", r.code),
+                    None => format!("{} {text}", r.code),
+                })
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&line[..line.len().min(LINE_CHARS)]);
     let mut words = text.split_whitespace();
     // Whatever the blanks around it (the parser accepts leading ones and
     // tabs), an AUTH line's initial response is a credential.
-    let shown = if secret {
+    let shown: std::borrow::Cow<str> = if secret {
         "*** (AUTH response)".into()
     } else if words.next().is_some_and(|v| v.eq_ignore_ascii_case("AUTH")) {
         let mech: String = words.next().unwrap_or_default().chars().take(20).collect();
-        format!("AUTH {mech} ***")
+        format!("AUTH {mech} ***").into()
+    } else if text.chars().any(char::is_control) {
+        text.chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>()
+            .into()
     } else {
-        text.chars().filter(|c| !c.is_control()).collect()
+        text
     };
-    ctx.shared.events.emit(Event::Command {
-        session: id,
-        line: shown,
-        reply: reply.unwrap_or_default(),
-    });
+    board.command(&shown, &reply);
+    if ctx.shared.events.wants_commands() {
+        ctx.shared.events.emit(Event::Command {
+            session: id,
+            line: shown.into_owned(),
+            reply,
+        });
+    }
 }
 
 /// Adds the Received: header, stores the message durably, and returns the
