@@ -19,6 +19,8 @@
 #    acceptance against none, and the engine's RSS after the run;
 # 4. 10,000 open sessions: how long until a console that attaches shows
 #    "10000 open" on its Live panel (target: < 1 s).
+#
+# SECTIONS="1 3" runs some of them (default all); ROUNDS sets section 1's.
 set -euo pipefail
 PORT=${PORT:-2710}
 SIZE=${SIZE:-200x60}
@@ -27,6 +29,7 @@ PACED_SECONDS=${PACED_SECONDS:-20}
 MAX_MESSAGES=${MAX_MESSAGES:-60000}
 MAX_SESSIONS=${MAX_SESSIONS:-50}
 ROUNDS=${ROUNDS:-3}
+SECTIONS=${SECTIONS:-1 2 3 4}
 IDLE=${IDLE:-10000}
 cd "$(dirname "$0")/.."
 
@@ -40,6 +43,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d /var/tmp/relaygate-attach-bench.XXXXXX)
 RG_PID= HOSTS= STALL_PID= IDLE_PID=
+want() { case " $SECTIONS " in *" $1 "*) return 0;; esac; return 1; }
+none=() two=()
 cleanup() {
   set +e
   for p in $HOSTS $STALL_PID $IDLE_PID; do kill "$p" 2>/dev/null; done
@@ -96,6 +101,7 @@ unpaced() { # -> msgs/s
 }
 
 echo "relaygate $(git describe --always --dirty 2>/dev/null) · consoles in ${SIZE} ptys · $(nproc) CPUs · load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if want 1; then
 echo
 echo "1. unpaced accepted msg/s ($MAX_MESSAGES messages, $MAX_SESSIONS sessions), none vs two consoles attached"
 none=() two=()
@@ -123,6 +129,8 @@ print("   per round: " + ", ".join(f"{y / x * 100:.1f}%" for x, y in zip(a, b)))
 print(f"   medians {statistics.median(b):.0f} / {statistics.median(a):.0f} = {statistics.median(b) / statistics.median(a) * 100:.1f}% (target >= 95%)")
 PY
 
+fi
+if want 2; then
 echo
 echo "2. one attached console at $RATE msg/s over reused sessions (about $(( RATE * 5 )) events/s)"
 d=$work/p; fresh "$d"; engine "$d"; attach "$d" 1
@@ -135,6 +143,8 @@ awk -v a="$c0" -v b="$c1" -v s0="$s0" -v s1="$s1" -v hz="$HZ" \
   'BEGIN { printf "   console process CPU: %.1f%% of a core (target < 10%%)\n", (b - a) / hz / (s1 - s0) * 100 }'
 stop
 
+fi
+if want 3; then
 echo
 echo "3. a console that stops reading: attached, then reads nothing during an unpaced run"
 d=$work/s; fresh "$d"; engine "$d"
@@ -151,9 +161,11 @@ wait_for "$d/stall.out" attached
 rss0=$(rss_kib "$RG_PID")
 r=$(unpaced)
 rss1=$(rss_kib "$RG_PID")
-echo "   stalled console: $r msg/s (headless median above: $(python3 -c "import statistics,sys; print(int(statistics.median([int(x) for x in sys.argv[1:]])))" "${none[@]}")); engine RSS $(( rss0 / 1024 )) MiB before, $(( rss1 / 1024 )) MiB after"
+echo "   stalled console: $r msg/s (headless median in section 1: $(python3 -c "import statistics,sys; print(int(statistics.median([int(x) for x in sys.argv[1:]])) if sys.argv[1:] else 'not run')" "${none[@]}")); engine RSS $(( rss0 / 1024 )) MiB before, $(( rss1 / 1024 )) MiB after"
 stop
 
+fi
+if want 4; then
 echo
 echo "4. attaching to an engine with $IDLE open sessions"
 d=$work/i; fresh "$d"; engine "$d"
@@ -172,3 +184,4 @@ for attempt in 1 2 3; do
 done
 kill "$IDLE_PID" 2>/dev/null || true; IDLE_PID=
 stop
+fi

@@ -55,9 +55,13 @@ use std::time::{Duration, Instant, SystemTime};
 pub const EVENT_CAPACITY: usize = 65_536;
 /// How often ages move and the store is polled for changes by others.
 const TICK: Duration = Duration::from_millis(500);
-/// At most 10 frames per second: live enough for a person, cheap for the
-/// engine's machine (the console usually runs on it, over SSH).
-const FRAME: Duration = Duration::from_millis(100);
+/// What the engine sends is drawn at most 5 times a second (its live
+/// picture changes 4 times a second): live enough for a person, cheap for
+/// the engine's machine (the console usually runs on it, over SSH). What
+/// the admin types is drawn at once.
+const FRAME: Duration = Duration::from_millis(200);
+/// The longest a key waits to be handled while events are gathered.
+const KEY_LATENCY: Duration = Duration::from_millis(50);
 /// Events handled before a frame is drawn, so a flood cannot starve the screen.
 const DRAIN_LIMIT: usize = 20_000;
 /// Log lines loaded from the persisted decision log at start.
@@ -415,13 +419,25 @@ fn event_loop(
     let mut next_tick = Instant::now() + TICK;
     let mut last_frame: Option<Instant> = None;
     let mut dirty = true;
+    // A key, a click or a resize since the last frame: draw it now.
+    let mut typed = false;
     loop {
         let now = Instant::now();
-        let frame_due = last_frame.map_or(now, |t| t + FRAME);
+        let frame_due = if typed {
+            now
+        } else {
+            last_frame.map_or(now, |t| t + FRAME)
+        };
         let first = if dirty && frame_due > now {
             // A frame is pending: let events gather until it is due rather
-            // than waking for each one (under load, thousands a second).
-            std::thread::sleep(frame_due.min(next_tick).saturating_duration_since(now));
+            // than waking for each one (under load, thousands a second);
+            // in short naps, so a key waits 50 ms at most.
+            std::thread::sleep(
+                frame_due
+                    .min(next_tick)
+                    .min(now + KEY_LATENCY)
+                    .saturating_duration_since(now),
+            );
             match rx.try_recv() {
                 Ok(e) => Some(e),
                 Err(std::sync::mpsc::TryRecvError::Empty) => None,
@@ -460,6 +476,10 @@ fn event_loop(
         }
         for event in events {
             dirty = true;
+            typed |= matches!(
+                event,
+                ConsoleEvent::Key(_) | ConsoleEvent::Mouse(_) | ConsoleEvent::Resize(..)
+            );
             match event {
                 ConsoleEvent::Terminate => return Ok(()),
                 ConsoleEvent::InputFailed(e) => anyhow::bail!("reading the terminal: {e}"),
@@ -473,7 +493,7 @@ fn event_loop(
                 return Ok(());
             }
         }
-        if dirty && last_frame.is_none_or(|t| t.elapsed() >= FRAME) {
+        if dirty && (typed || last_frame.is_none_or(|t| t.elapsed() >= FRAME)) {
             let size = terminal.size()?;
             app.page = size.height.saturating_sub(10).max(1) as usize;
             queue!(terminal.backend_mut(), BeginSynchronizedUpdate)?;
@@ -481,6 +501,7 @@ fn event_loop(
             execute!(terminal.backend_mut(), EndSynchronizedUpdate)?;
             last_frame = Some(Instant::now());
             dirty = false;
+            typed = false;
         }
     }
 }
