@@ -1,81 +1,153 @@
 #!/usr/bin/env bash
-# End-to-end relaying, relaygate against Debian's Postfix in the same run:
-# a load of MESSAGES messages of 2 KB over SESSIONS concurrent sessions goes
-# in, through the relay, out to a sink on loopback; the time runs from the
-# start of the load until the last message has reached the sink.
+# relaygate against Debian's Postfix in the same run, relaying 2 KB messages
+# to a sink on loopback, loaded by Postfix's own smtp-source.
 #
 #   sudo bash benches/relay-e2e.sh [MESSAGES] [SESSIONS]
+#   ONLY=relaygate bash benches/relay-e2e.sh      (relaygate alone, no root)
 #
-# Load: Postfix's smtp-source -d for both. Sink: the load generator's sink
-# mode (benches/smtp_load.rs --sink), which answers 250 to everything.
-# Both relays use their default delivery concurrency to one destination
-# (20) and no TLS to the sink; both fsync every message before 250.
+# For each server, three loads:
+#   1. new connection per message (smtp-source without -d, as real clients
+#      send): accepted msg/s (until the load is done) and end-to-end msg/s
+#      (until the sink has the last message) -- the headline;
+#   2. the same with sessions reused (smtp-source -d);
+#   3. denied sessions: DENIED sessions, DENIED_SESSIONS at a time, from a
+#      client the relay must refuse (each a new connection: EHLO, MAIL, RCPT
+#      refused with 554, QUIT), sessions/s, by benches/smtp_load.rs --denied
+#      (smtp-source exits at the first refused recipient).
+# CPU: "machine" is all the CPU the machine spent in the run minus
+# smtp-source's own (relay + sink + kernel, alike for both); relaygate's own
+# process CPU is read from /proc as well. Both relays use their default
+# delivery concurrency to one destination (20) and no TLS to the sink; both
+# fsync every message before 250; relaygate runs with its event log and
+# headless log at their defaults.
 set -euo pipefail
 MESSAGES=${1:-20000}
 SESSIONS=${2:-50}
+DENIED=${DENIED:-20000}
+DENIED_SESSIONS=${DENIED_SESSIONS:-10}
+ONLY=${ONLY:-}
 SIZE=2048
 RG_PORT=2600
 PF_PORT=2526
 SINK_PORT=2700
 cd "$(dirname "$0")/.."
 
-. benches/bench-setup.sh
+if [ "$ONLY" = relaygate ]; then
+  command -v smtp-source >/dev/null || { echo "needs smtp-source (Debian's postfix package)"; exit 2; }
+  cargo build --release --quiet --bin relaygate --bench smtp_load
+  LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+else
+  . benches/bench-setup.sh
+fi
+HZ=$(getconf CLK_TCK)
 work=$(mktemp -d /var/tmp/relaygate-e2e.XXXXXX)
-trap 'postfix stop >/dev/null 2>&1 || true; [ -n "${RG_PID:-}" ] && kill "$RG_PID" 2>/dev/null; [ -n "${SINK_PID:-}" ] && kill "$SINK_PID" 2>/dev/null; rm -rf "$work"' EXIT
+RG_PID= SINK_PID=
+cleanup() {
+  set +e
+  if [ "$ONLY" != relaygate ]; then
+    postfix stop >/dev/null 2>&1
+    # Postfix's configuration as it was.
+    [ -f "$work/master.cf.orig" ] && cp "$work/master.cf.orig" /etc/postfix/master.cf
+    if [ -f "$work/main.cf.orig" ]; then cp "$work/main.cf.orig" /etc/postfix/main.cf
+    elif [ -f "$work/master.cf.orig" ]; then rm -f /etc/postfix/main.cf; fi
+  fi
+  [ -n "$RG_PID" ] && kill "$RG_PID" 2>/dev/null
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+proc_ticks() { [ -n "${1:-}" ] && sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}' || echo 0; }
 
-# relay LABEL PORT: sink up, load in, wait for the sink, print the figures.
+# relay LABEL PORT REUSE(-d or empty) [PID]: sink up, load in, wait for the
+# sink, print the figures.
 relay() {
-  local label=$1 port=$2
+  local label=$1 port=$2 reuse=$3 pid=${4:-}
   "$LOADGEN" --sink $SINK_PORT --messages "$MESSAGES" > "$work/sink.out" 2>&1 &
   SINK_PID=$!
   sleep 0.5
-  local before start
-  before=$(busy_ticks)
+  local before start p0
+  before=$(busy_ticks); p0=$(proc_ticks "$pid")
   start=$(date +%s.%N)
-  /usr/bin/time -f "%U %S" -o "$work/time" smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -l $SIZE \
+  /usr/bin/time -f "%U %S" -o "$work/time" smtp-source $reuse -s "$SESSIONS" -m "$MESSAGES" -l $SIZE \
     -f load@example.com -t sink@far.test 127.0.0.1:"$port" > "$work/load.out" 2>&1
   local accepted_at
   accepted_at=$(date +%s.%N)
   if ! timeout 600 tail --pid=$SINK_PID -f /dev/null; then echo "sink did not get every message"; exit 1; fi
   SINK_PID=
-  local after
-  after=$(busy_ticks)
-  read -r lu ls < "$work/time"
-  python3 - "$label" "$MESSAGES" "$start" "$accepted_at" "$(cat "$work/sink.out")" "$before" "$after" "$(getconf CLK_TCK)" "$lu" "$ls" <<'PY'
+  local after p1
+  after=$(busy_ticks); p1=$(proc_ticks "$pid")
+  read -r lu ls < <(tail -n1 "$work/time")
+  python3 - "$label" "$MESSAGES" "$start" "$accepted_at" "$(cat "$work/sink.out")" "$before" "$after" "$HZ" "$lu" "$ls" "$p0" "$p1" "$pid" <<'PY'
 import sys, re
-label, n, start, accepted, sink, before, after, hz, lu, ls = sys.argv[1:]
-n = int(n)
+label, n, start, accepted, sink, before, after, hz, lu, ls, p0, p1, pid = sys.argv[1:]
+n = int(n); hz = int(hz)
 last = float(re.search(r"sink_last_message_unix=([0-9.]+)", sink).group(1))
 secs = last - float(start)
-cpu = (int(after) - int(before)) / int(hz) - (float(lu) + float(ls))
-print(f"{label:<12} {n/secs:8.0f} msg/s end to end  ({secs:6.2f} s; all accepted after {float(accepted)-float(start):6.2f} s)  relay+sink CPU {cpu*1e6/n:6.0f} us/msg")
+acc = float(accepted) - float(start)
+cpu = (int(after) - int(before)) / hz - (float(lu) + float(ls))
+own = f"  relaygate process {(int(p1) - int(p0)) / hz * 1e6 / n:5.0f} us/msg" if pid else ""
+print(f"{label:<34} accepted {n/acc:6.0f} msg/s  end to end {n/secs:6.0f} msg/s  machine {cpu*1e6/n:5.0f} us/msg{own}")
 PY
 }
 
+# denied LABEL PORT [PID]: sessions the relay refuses (smtp-source stops at
+# the first refused recipient, so the load generator's --denied mode).
+denied() {
+  local label=$1 port=$2 pid=${3:-}
+  local before p0 after p1
+  before=$(busy_ticks); p0=$(proc_ticks "$pid")
+  /usr/bin/time -f "%U %S" -o "$work/time" "$LOADGEN" --target 127.0.0.1:"$port" --denied "$DENIED" \
+    --concurrency "$DENIED_SESSIONS" > "$work/denied.out" 2>&1 || { cat "$work/denied.out"; exit 1; }
+  after=$(busy_ticks); p1=$(proc_ticks "$pid")
+  read -r lu ls < <(tail -n1 "$work/time")
+  python3 - "$label" "$DENIED" "$(cat "$work/denied.out")" "$before" "$after" "$HZ" "$lu" "$ls" "$p0" "$p1" "$pid" <<'PY'
+import sys, re
+label, n, out, before, after, hz, lu, ls, p0, p1, pid = sys.argv[1:]
+n = int(n); hz = int(hz)
+rate = float(re.search(r"sessions_per_sec=([0-9.]+)", out).group(1))
+cpu = (int(after) - int(before)) / hz - (float(lu) + float(ls))
+own = f"  relaygate process {(int(p1) - int(p0)) / hz * 1e6 / n:5.0f} us/session" if pid else ""
+print(f"{label:<34} {rate:6.0f} sessions/s  machine {cpu*1e6/n:5.0f} us/session  load generator {(float(lu)+float(ls))*1e6/n:4.0f} us/session{own}")
+PY
+}
+
+echo "relay-e2e: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions; denied: $DENIED sessions, $DENIED_SESSIONS at a time; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== relaygate $(git describe --always --dirty 2>/dev/null) -> sink 127.0.0.1:$SINK_PORT"
 mkdir -p "$work/rg"
 RG="target/release/relaygate --db $work/rg/relaygate.db"
 $RG bind remove 127.0.0.1:2525 >/dev/null
 $RG bind add 127.0.0.1:$RG_PORT >/dev/null
 $RG domain add example.com >/dev/null
+$RG policy set max-sessions 20000 >/dev/null
 $RG policy set max-sessions-per-ip 20000 >/dev/null
 $RG route add '*' 127.0.0.1:$SINK_PORT --tls none >/dev/null
-$RG serve --headless 2> "$work/rg/log" &
+target/release/relaygate --db "$work/rg/relaygate.db" serve --headless 2> "$work/rg/log" &
 RG_PID=$!
 sleep 1
-relay relaygate $RG_PORT
+relay "relaygate, new connection each" $RG_PORT "" $RG_PID
+relay "relaygate, sessions reused (-d)" $RG_PORT -d $RG_PID
+# Denied: 127.0.0.1 taken off the allow list; nothing else lets it relay.
+$RG list remove allow 127.0.0.0/8 >/dev/null
+sleep 1.5
+denied "relaygate, denied sessions" $RG_PORT $RG_PID
+echo "relaygate peak RSS $(awk '/VmHWM/{print $2}' /proc/$RG_PID/status) KiB"
 kill -TERM $RG_PID; wait $RG_PID || true; RG_PID=
+[ "$ONLY" = relaygate ] && exit 0
 
 postfix stop >/dev/null 2>&1 || true
 cp /etc/postfix/master.cf "$work/master.cf.orig"
 [ -f /etc/postfix/main.cf ] && cp /etc/postfix/main.cf "$work/main.cf.orig"
+pf_config() { # MYNETWORKS
 cat > /etc/postfix/main.cf <<CF
 compatibility_level = 3.6
 myhostname = bench.localdomain
 mydestination =
 inet_interfaces = loopback-only
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+mynetworks = $1
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 relayhost = [127.0.0.1]:$SINK_PORT
 smtp_tls_security_level = none
@@ -84,11 +156,15 @@ smtpd_client_connection_rate_limit = 0
 default_process_limit = 200
 maillog_file = /var/log/postfix.log
 CF
+}
+pf_config 127.0.0.0/8
 sed -i -E "s/^smtp( +)inet/$PF_PORT inet/" /etc/postfix/master.cf
 echo "== postfix $(postconf -h mail_version) -> sink 127.0.0.1:$SINK_PORT"
 postfix start >/dev/null 2>&1
 sleep 2
-relay postfix $PF_PORT
-postfix stop >/dev/null 2>&1 || true
-cp "$work/master.cf.orig" /etc/postfix/master.cf
-[ -f "$work/main.cf.orig" ] && cp "$work/main.cf.orig" /etc/postfix/main.cf
+relay "postfix, new connection each" $PF_PORT ""
+relay "postfix, sessions reused (-d)" $PF_PORT -d
+pf_config 10.255.255.0/24
+postfix reload >/dev/null 2>&1
+sleep 2
+denied "postfix, denied sessions" $PF_PORT

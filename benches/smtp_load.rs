@@ -4,6 +4,13 @@
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 20000 --concurrency 50
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID [--hold SECONDS]
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 8000 --concurrency 20 --rate 400
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --denied 20000 --concurrency 10
+//!
+//! With `--denied N`: N sessions a relay must refuse, `concurrency` at a
+//! time, each a new connection: greeting, EHLO, MAIL, RCPT (which must be
+//! refused with a 4xx or 5xx; one that is accepted stops the run), QUIT, each
+//! command waiting for its reply as a plain client does. Postfix's
+//! smtp-source cannot do this: a refused recipient is fatal to it.
 //!
 //! Each session sends EHLO once, then per message MAIL, RCPT and DATA in
 //! one write (PIPELINING), the body, and waits for the final 250: a message
@@ -34,6 +41,8 @@ struct Args {
     sink: Option<u16>,
     /// Messages started per second (paced), instead of as fast as possible.
     rate: Option<f64>,
+    /// Sessions to be refused at RCPT, new connection each.
+    denied: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         hold: 0,
         pid: None,
         sink: None,
+        denied: None,
         rate: None,
     };
     let mut it = std::env::args().skip(1);
@@ -101,6 +111,13 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.rate = Some(rate)
             }
+            "--denied" => {
+                args.denied = Some(
+                    value("--denied")?
+                        .parse()
+                        .map_err(|e| format!("--denied: {e}"))?,
+                )
+            }
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -130,10 +147,11 @@ fn main() {
         }
     };
     let code = rt.block_on(async {
-        match (args.sink, args.idle) {
-            (Some(port), _) => sink(port, args.messages).await,
-            (None, Some(n)) => idle(&args, n).await,
-            (None, None) => throughput(&args).await,
+        match (args.sink, args.idle, args.denied) {
+            (Some(port), _, _) => sink(port, args.messages).await,
+            (None, Some(n), _) => idle(&args, n).await,
+            (None, None, Some(n)) => denied(&args, n).await,
+            (None, None, None) => throughput(&args).await,
         }
     });
     std::process::exit(code);
@@ -245,6 +263,67 @@ async fn session(
     w.write_all(b"QUIT\r\n").await?;
     let _ = read_reply(&mut r, &mut line).await;
     Ok(())
+}
+
+/// One session the relay must refuse; Ok(true) if it did.
+async fn denied_session(target: SocketAddr, line: &mut String) -> std::io::Result<bool> {
+    let stream = TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    read_reply(&mut r, line).await?;
+    w.write_all(b"EHLO loadgen.test\r\n").await?;
+    read_reply(&mut r, line).await?;
+    w.write_all(b"MAIL FROM:<load@example.com>\r\n").await?;
+    read_reply(&mut r, line).await?;
+    w.write_all(b"RCPT TO:<sink@far.test>\r\n").await?;
+    let code = read_reply(&mut r, line).await?;
+    w.write_all(b"QUIT\r\n").await?;
+    let _ = read_reply(&mut r, line).await;
+    Ok((400..600).contains(&code))
+}
+
+async fn denied(args: &Args, n: u64) -> i32 {
+    let next = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (next, refused, target) = (Arc::clone(&next), Arc::clone(&refused), args.target);
+        tasks.push(tokio::spawn(async move {
+            let mut line = String::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                match denied_session(target, &mut line).await {
+                    Ok(true) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => return Err("a recipient was accepted".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(e.to_string())),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done = refused.load(Ordering::Relaxed);
+    if let Some(e) = &failure {
+        eprintln!("smtp_load: {e}");
+    }
+    println!(
+        "target={} denied_sessions={done} concurrency={} seconds={secs:.3} sessions_per_sec={:.0}",
+        args.target,
+        args.concurrency,
+        done as f64 / secs
+    );
+    if failure.is_none() && done == n { 0 } else { 1 }
 }
 
 async fn throughput(args: &Args) -> i32 {

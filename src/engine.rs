@@ -819,13 +819,19 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     token: mpsc::Sender<()>,
 ) {
+    // A listener on one address is every connection's local address: no
+    // getsockname per connection.
+    let bound = tcp.local_addr().ok().filter(|a| !a.ip().is_unspecified());
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let local = stream.local_addr().unwrap_or(peer);
+                    let local = match bound {
+                        Some(a) => a,
+                        None => stream.local_addr().unwrap_or(peer),
+                    };
                     let ctx = ConnectionContext {
                         shared: Arc::clone(&shared),
                         peer,

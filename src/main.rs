@@ -32,6 +32,8 @@ fn quiet_on_broken_pipe() {
         if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
             std::process::exit(0);
         }
+        // The headless log's last lines first, then the panic.
+        relaygate::cli::flush_log_on_panic();
         previous(info);
     }));
 }

@@ -332,6 +332,29 @@ fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Job],
 ) -> rusqlite::Result<Vec<Result<usize, String>>> {
+    // Usually every job succeeds: all in one transaction, no savepoints
+    // (two more statements each). If one fails, the batch is rolled back
+    // and done again job by job, so one bad job never takes the others
+    // with it.
+    {
+        let tx = conn.transaction()?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut failed = false;
+        for job in batch {
+            match apply(&tx, &job.op) {
+                Ok(n) => results.push(Ok(n)),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            tx.commit()?;
+            return Ok(results);
+        }
+        tx.rollback()?;
+    }
     let mut tx = conn.transaction()?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
@@ -426,10 +449,14 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
 
 /// Removes a message once no recipient of it is queued any more.
 fn remove_if_done(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<()> {
-    let queued: i64 = conn.query_row(QUEUED_LEFT, [id], |r| r.get(0))?;
+    let queued: i64 = conn
+        .prepare_cached(QUEUED_LEFT)?
+        .query_row([id], |r| r.get(0))?;
     if queued == 0 {
-        conn.execute("DELETE FROM recipients WHERE message_id = ?1", [id])?;
-        conn.execute("DELETE FROM messages WHERE id = ?1", [id])?;
+        conn.prepare_cached("DELETE FROM recipients WHERE message_id = ?1")?
+            .execute([id])?;
+        conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+            .execute([id])?;
     }
     Ok(())
 }
@@ -558,12 +585,12 @@ impl SpoolReader {
 
     /// The earliest next attempt among queued recipients not on hold.
     pub fn next_due(&self) -> rusqlite::Result<Option<i64>> {
-        self.conn.query_row(
-            "SELECT min(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id
-             WHERE r.state = 'queued' AND m.held = 0",
-            [],
-            |r| r.get(0),
-        )
+        self.conn
+            .prepare_cached(
+                "SELECT min(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id
+                 WHERE r.state = 'queued' AND m.held = 0",
+            )?
+            .query_row([], |r| r.get(0))
     }
 
     /// One message, whole.
@@ -571,10 +598,10 @@ impl SpoolReader {
         use rusqlite::OptionalExtension;
         let found = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT id, received_at, sender, login, peer, helo, body, smtputf8 FROM messages WHERE id = ?1",
-                [id],
-                |r| {
+            )?
+            .query_row([id], |r| {
                     let id: String = r.get(0)?;
                     Ok(StoredMessage {
                         id: id.clone(),
@@ -591,8 +618,7 @@ impl SpoolReader {
                             smtputf8: r.get(7)?,
                         },
                     })
-                },
-            )
+            })
             .optional()?;
         let Some(mut m) = found else { return Ok(None) };
         m.message.recipients = self.recipients(id)?;
@@ -736,6 +762,148 @@ mod tests {
             helo: "client".into(),
             body: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes(),
         }
+    }
+
+    /// The scheduler's query: every queued recipient that is due, of
+    /// messages not held, earliest attempt first (then oldest message);
+    /// a smaller limit gives the head of that same order; and the next
+    /// attempts are the file's, so a reopened spool (a restart) has them.
+    #[test]
+    fn due_gives_every_due_recipient_in_order_and_a_reopened_spool_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).unwrap();
+        let now = 1_300;
+        // (next attempt, message id, address) of what must be due.
+        let mut expected: Vec<(i64, String, String)> = Vec::new();
+        let mut later = Vec::new();
+        for n in 0..150usize {
+            let mut m = message(&spool, n);
+            m.recipients = (0..3)
+                .map(|k| SpoolRecipient {
+                    address: format!("r{k}@far.test"),
+                    class: "outbound".into(),
+                    reason: "test".into(),
+                })
+                .collect();
+            let id = m.id.clone();
+            spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+            // Scrambled attempt times, half of them due; some recipients
+            // delivered or failed; every tenth message held.
+            let t = 1_000 + ((n * 7919) % 600) as i64;
+            let retry = |at: i64| RecipientUpdate::Retry {
+                next_attempt: at,
+                error: "451 4.3.0 later".into(),
+            };
+            let r1 = if n % 3 == 0 {
+                RecipientUpdate::Delivered
+            } else {
+                retry(t + 10_000)
+            };
+            let r2 = if n % 4 == 0 {
+                RecipientUpdate::Failed {
+                    error: "550 5.1.1 no".into(),
+                }
+            } else {
+                retry(t)
+            };
+            spool
+                .apply_blocking(SpoolOp::Attempt {
+                    message_id: id.clone(),
+                    updates: vec![
+                        ("r0@far.test".into(), retry(t)),
+                        ("r1@far.test".into(), r1),
+                        ("r2@far.test".into(), r2),
+                    ],
+                    bounce: None,
+                })
+                .unwrap();
+            let held = n % 10 == 0;
+            if held {
+                spool
+                    .apply_blocking(SpoolOp::Hold {
+                        message_id: id.clone(),
+                        held: true,
+                    })
+                    .unwrap();
+            }
+            if n % 3 != 0 {
+                later.push((id.clone(), t + 10_000));
+            }
+            if !held && t <= now {
+                expected.push((t, id.clone(), "r0@far.test".into()));
+                if n % 4 != 0 {
+                    expected.push((t, id.clone(), "r2@far.test".into()));
+                }
+            }
+        }
+        expected.sort();
+        assert!(expected.len() > 50, "a meaningful share is due");
+        let attempts = |v: &[DueRecipient]| v.iter().all(|d| d.attempts == 1);
+        let keyed = |v: &[DueRecipient], reader: &SpoolReader| -> Vec<(i64, String, String)> {
+            let next: std::collections::HashMap<(String, String), i64> = reader
+                .listing()
+                .unwrap()
+                .into_iter()
+                .flat_map(|e| {
+                    let id = e.id.clone();
+                    e.recipients
+                        .into_iter()
+                        .map(move |r| ((id.clone(), r.address), r.next_attempt))
+                })
+                .collect();
+            v.iter()
+                .map(|d| {
+                    (
+                        next[&(d.message_id.clone(), d.address.clone())],
+                        d.message_id.clone(),
+                        d.address.clone(),
+                    )
+                })
+                .collect()
+        };
+        let reader = SpoolReader::open(&path).unwrap();
+        let all = reader.due(now, 100_000).unwrap();
+        assert!(attempts(&all));
+        let got = keyed(&all, &reader);
+        // In order: by next attempt, then message (recipients of one
+        // message in any order).
+        assert!(
+            got.windows(2)
+                .all(|w| (w[0].0, &w[0].1) <= (w[1].0, &w[1].1)),
+            "{got:?}"
+        );
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "every due recipient, nothing else");
+        // A limit takes the head of the same order.
+        let head = keyed(&reader.due(now, 17).unwrap(), &reader);
+        let head_keys: Vec<_> = head.iter().map(|k| (k.0, k.1.clone())).collect();
+        let want: Vec<_> = expected
+            .iter()
+            .take(17)
+            .map(|k| (k.0, k.1.clone()))
+            .collect();
+        assert_eq!(head_keys, want);
+        // Reopened, as after a restart: the same due set, and the deferred
+        // recipients keep their next attempts.
+        drop(reader);
+        drop(spool);
+        let reader = SpoolReader::open(&path).unwrap();
+        let mut again = keyed(&reader.due(now, 100_000).unwrap(), &reader);
+        again.sort();
+        assert_eq!(again, expected);
+        let listing = reader.listing().unwrap();
+        for (id, at) in later {
+            let e = listing.iter().find(|e| e.id == id).unwrap();
+            let r1 = e
+                .recipients
+                .iter()
+                .find(|r| r.address == "r1@far.test")
+                .unwrap();
+            assert_eq!((r1.state.as_str(), r1.next_attempt), ("queued", at));
+        }
+        assert_eq!(reader.next_due().unwrap(), Some(expected[0].0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

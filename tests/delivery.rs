@@ -542,3 +542,83 @@ fn mx_preference_fallback_and_unrouted_local_domain() {
     assert!(cli(&db, &["domain", "show"]).contains("no route"));
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+/// A deferred recipient keeps its next attempt across a restart, clean or
+/// kill -9: the engine neither forgets it nor tries it early.
+#[test]
+fn a_deferred_recipient_keeps_its_next_attempt_across_restarts() {
+    use relaygate::spool::SpoolReader;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    sink.set_mode(SinkMode::TempFailAll);
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    let next_attempt = |id: &str| -> Option<(i64, i64)> {
+        let reader = SpoolReader::open(&spool).ok()?;
+        let listing = reader.listing().ok()?;
+        let e = listing.into_iter().find(|e| e.id == id)?;
+        let r = e.recipients.first()?;
+        (r.state == "queued").then_some((r.attempts, r.next_attempt))
+    };
+    let mut server = Server::start(&db);
+    let id = send(
+        &mut server,
+        "alice@example.com",
+        &["later@far.test"],
+        "Subject: later\r\n\r\nbody\r\n",
+    );
+    eventually("the first attempt deferred", || {
+        next_attempt(&id).is_some_and(|(attempts, _)| attempts == 1)
+    });
+    let (_, deferred_until) = next_attempt(&id).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(deferred_until >= now + 3500, "{deferred_until} vs {now}");
+    let tried = sink.connections();
+    assert_eq!(server.terminate().code(), Some(0));
+
+    // Restarted after a clean stop, then after a kill -9.
+    let mut previous = "a clean stop";
+    for kill_next in [true, false] {
+        let mut server = Server::start(&db);
+        server.addr();
+        // The engine has scanned its queue at start; give it time to try.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            next_attempt(&id),
+            Some((1, deferred_until)),
+            "after {previous}"
+        );
+        assert_eq!(
+            sink.connections(),
+            tried,
+            "tried before its time after {previous}"
+        );
+        let q = queue_show(&db);
+        assert!(q.contains("next attempt in 59m"), "{q}");
+        if kill_next {
+            server.kill();
+            previous = "a kill -9";
+        } else {
+            assert_eq!(server.terminate().code(), Some(0));
+        }
+    }
+    // And once it is due (queue retry), it is tried again.
+    let server = Server::start(&db);
+    cli(&db, &["queue", "retry", &id]);
+    eventually("tried again when due", || sink.connections() > tried);
+    drop(server);
+}

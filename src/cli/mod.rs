@@ -11,6 +11,7 @@ mod queue;
 mod route;
 mod rule;
 mod serve;
+pub use serve::flush_log_on_panic;
 mod user;
 
 use crate::store::Store;

@@ -18,7 +18,7 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let bus = std::sync::Arc::new(EventBus::default());
         // Command lines are logged at debug level only.
         let events = if tracing::enabled!(tracing::Level::DEBUG) {
@@ -75,8 +75,11 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         logger.abort();
         tracing::info!("stopped");
+        flush_log();
         Ok::<_, anyhow::Error>(())
-    })?;
+    });
+    flush_log();
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -111,7 +114,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| BatchedStderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
@@ -139,13 +142,80 @@ async fn wait_for_signal() {
     }
 }
 
+/// Log lines waiting to be written to stderr.
+static LOG_BUFFER: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// Past this, lines are written at once.
+const LOG_BUFFER_MAX: usize = 64 * 1024;
+/// The longest a line waits (one not from an event, say).
+const LOG_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The headless log's writer: lines gather in memory and go to stderr in
+/// one write when the log task has no more events waiting, every 100 ms,
+/// or at 64 KiB. Under load that is one system call per burst instead of
+/// one per line; when quiet, each line is written as it comes.
+struct BatchedStderr;
+
+impl std::io::Write for BatchedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let full = {
+            let mut b = LOG_BUFFER.lock().unwrap_or_else(|e| e.into_inner());
+            b.extend_from_slice(buf);
+            b.len() >= LOG_BUFFER_MAX
+        };
+        if full {
+            flush_log();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the gathered log lines to stderr.
+pub fn flush_log() {
+    let lines = std::mem::take(&mut *LOG_BUFFER.lock().unwrap_or_else(|e| e.into_inner()));
+    write_log(&lines);
+}
+
+/// For the panic hook, so nothing logged before a panic is lost; never
+/// waits (the panic may have happened with the buffer held).
+pub fn flush_log_on_panic() {
+    use std::sync::TryLockError;
+    let lines = match LOG_BUFFER.try_lock() {
+        Ok(mut b) => std::mem::take(&mut *b),
+        Err(TryLockError::Poisoned(e)) => std::mem::take(&mut *e.into_inner()),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    write_log(&lines);
+}
+
+fn write_log(lines: &[u8]) {
+    if !lines.is_empty() {
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(lines);
+    }
+}
+
 /// One log line per event; decisions with their full reason.
 async fn log_events(
     mut events: mpsc::Receiver<Stamped>,
     shared: std::sync::Arc<crate::engine::Shared>,
 ) {
     let mut reported_drops = 0;
-    while let Some(stamped) = events.recv().await {
+    let mut every = tokio::time::interval(LOG_FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stamped = tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = every.tick() => {
+                flush_log();
+                continue;
+            }
+        };
         let dropped = shared.events.dropped();
         if dropped > reported_drops {
             tracing::warn!(
@@ -155,7 +225,11 @@ async fn log_events(
             reported_drops = dropped;
         }
         log_event(&stamped.event);
+        if events.is_empty() {
+            flush_log();
+        }
     }
+    flush_log();
 }
 
 fn log_event(event: &Event) {

@@ -244,7 +244,11 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         Ok(why) => why,
         Err(e) => format!("connection error: {e}"),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
+    // TLS says goodbye (close_notify); plain TCP needs no shutdown call:
+    // closing the socket sends the FIN.
+    if matches!(conn, Conn::Tls(_)) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
+    }
     ctx.shared
         .events
         .emit(Event::SessionClosed { session: id, why });
