@@ -116,7 +116,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(|| BatchedStderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(*LOG_IN_COLOUR.get_or_init(|| std::io::stderr().is_terminal()))
         .try_init();
 }
 
@@ -239,10 +239,87 @@ fn log_event(event: &Event) {
         return;
     }
     let d = describe(event);
-    match d.level {
-        Level::Debug => tracing::debug!("{}", d.text),
-        Level::Info => tracing::info!("{}", d.text),
-        Level::Warn => tracing::warn!("{}", d.text),
-        Level::Error => tracing::error!("{}", d.text),
+    let enabled = match d.level {
+        Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        Level::Error => tracing::enabled!(tracing::Level::ERROR),
+    };
+    if !enabled {
+        return;
+    }
+    if *LOG_IN_COLOUR.get_or_init(|| std::io::stderr().is_terminal()) {
+        match d.level {
+            Level::Debug => tracing::debug!("{}", d.text),
+            Level::Info => tracing::info!("{}", d.text),
+            Level::Warn => tracing::warn!("{}", d.text),
+            Level::Error => tracing::error!("{}", d.text),
+        }
+        return;
+    }
+    // Every event passes here: the line is laid out as tracing's are (UTC
+    // time to the microsecond, level, text) but written straight into the
+    // batch, without tracing's formatting machinery.
+    let level: &[u8] = match d.level {
+        Level::Debug => b"DEBUG ",
+        Level::Info => b" INFO ",
+        Level::Warn => b" WARN ",
+        Level::Error => b"ERROR ",
+    };
+    let mut buf = LOG_BUFFER.lock().unwrap_or_else(|e| e.into_inner());
+    log_time(&mut buf, std::time::SystemTime::now());
+    buf.push(b' ');
+    buf.extend_from_slice(level);
+    if d.text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        buf.extend_from_slice(crate::events::printable(&d.text).as_bytes());
+    } else {
+        buf.extend_from_slice(d.text.as_bytes());
+    }
+    buf.push(b'\n');
+    let full = buf.len() >= LOG_BUFFER_MAX;
+    drop(buf);
+    if full {
+        flush_log();
+    }
+}
+
+/// Whether stderr is a terminal (then tracing writes every line, in colour).
+static LOG_IN_COLOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// `2026-11-26T13:57:23.660087Z`, as tracing writes it.
+fn log_time(out: &mut Vec<u8>, at: std::time::SystemTime) {
+    use std::io::Write;
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (y, m, d) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn log_lines_have_tracing_s_time_layout() {
+        let mut out = Vec::new();
+        log_time(
+            &mut out,
+            UNIX_EPOCH + Duration::from_micros(1_795_700_854_353_915),
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "2026-11-26T13:47:34.353915Z");
+        let mut out = Vec::new();
+        log_time(&mut out, UNIX_EPOCH);
+        assert_eq!(String::from_utf8(out).unwrap(), "1970-01-01T00:00:00.000000Z");
     }
 }
