@@ -10,12 +10,17 @@
 # sink (benches/smtp_load.rs --sink) listens on that port, `queue retry all`
 # makes the backlog due, and the time until the sink has every message gives
 # the drain rate.
+#
+# The load is Postfix's smtp-source without -d (a new connection per
+# message, as clients send; Debian's postfix package) when it is installed,
+# else benches/smtp_load.rs (sessions reused); LOAD=smtp_load forces that.
 set -euo pipefail
 PORT=${PORT:-2720}
 SINK_PORT=${SINK_PORT:-2721}
 BATCH=${BATCH:-5000}
 BATCHES=${BATCHES:-4}
 SESSIONS=${SESSIONS:-50}
+LOAD=${LOAD:-$(command -v smtp-source >/dev/null && echo smtp-source || echo smtp_load)}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin relaygate --bench smtp_load
 BIN=target/release/relaygate
@@ -38,10 +43,18 @@ $rg route add '*' "127.0.0.1:$SINK_PORT" --tls none >/dev/null
 "$BIN" --db "$work/relaygate.db" serve --headless 2> "$work/log" &
 RG_PID=$!
 for _ in $(seq 100); do grep -q "listening on 127.0.0.1:$PORT" "$work/log" && break; sleep 0.1; done
-echo "relaygate $(git describe --always --dirty 2>/dev/null) · $(nproc) CPUs · next hop 127.0.0.1:$SINK_PORT down"
+echo "relaygate $(git describe --always --dirty 2>/dev/null) · $(nproc) CPUs · next hop 127.0.0.1:$SINK_PORT down · load: $LOAD, $SESSIONS sessions"
 for b in $(seq "$BATCHES"); do
-  out=$("$LOADGEN" --target "127.0.0.1:$PORT" --messages "$BATCH" --concurrency "$SESSIONS")
-  echo "batch $b: queue before $(( (b - 1) * BATCH )) -> $(sed -n 's/.*msgs_per_sec=\([0-9]*\).*/\1/p' <<< "$out") accepted msg/s"
+  if [ "$LOAD" = smtp-source ]; then
+    s0=$(date +%s.%N)
+    smtp-source -s "$SESSIONS" -m "$BATCH" -l 2048 -f load@example.com -t sink@far.test "127.0.0.1:$PORT"
+    s1=$(date +%s.%N)
+    rate=$(awk -v n="$BATCH" -v a="$s0" -v b="$s1" 'BEGIN { printf "%.0f", n / (b - a) }')
+  else
+    out=$("$LOADGEN" --target "127.0.0.1:$PORT" --messages "$BATCH" --concurrency "$SESSIONS")
+    rate=$(sed -n 's/.*msgs_per_sec=\([0-9]*\).*/\1/p' <<< "$out")
+  fi
+  echo "batch $b: queue before $(( (b - 1) * BATCH )) -> $rate accepted msg/s"
 done
 sleep 2
 total=$(( BATCH * BATCHES ))
