@@ -7,8 +7,9 @@
 # Both servers listen on loopback only and keep their queue on the same
 # disk. Postfix puts every message on hold (no delivery), relaygate only
 # spools (delivery is a later issue): both fsync each message before 250.
-# The load is Postfix's own smtp-source (-d: sessions reused, as a real
-# relay client does), then relaygate's load generator (benches/smtp_load.rs).
+# The load is Postfix's own smtp-source without -d (a new connection per
+# message, as clients send: the headline), then with -d (sessions reused),
+# then relaygate's load generator (benches/smtp_load.rs, PIPELINING).
 # Server CPU = all CPU the machine spent during the run minus the load
 # generator's own, so kernel loopback work counts for both alike.
 set -euo pipefail
@@ -22,7 +23,18 @@ cd "$(dirname "$0")/.."
 . benches/bench-setup.sh
 
 work=$(mktemp -d /var/tmp/relaygate-bench.XXXXXX)
-trap 'postfix stop >/dev/null 2>&1 || true; [ -n "${RG_PID:-}" ] && kill "$RG_PID" 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {
+  set +e
+  postfix stop >/dev/null 2>&1
+  postsuper -d ALL hold >/dev/null 2>&1
+  # Postfix's configuration as it was.
+  [ -f "$work/master.cf.orig" ] && cp "$work/master.cf.orig" /etc/postfix/master.cf
+  if [ -f "$work/main.cf.orig" ]; then cp "$work/main.cf.orig" /etc/postfix/main.cf
+  elif [ -f "$work/master.cf.orig" ]; then rm -f /etc/postfix/main.cf; fi
+  [ -n "${RG_PID:-}" ] && kill "$RG_PID" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 ticks_per_sec=$(getconf CLK_TCK)
 
@@ -57,6 +69,7 @@ $RG policy set delivery off >/dev/null   # accept and hold, like Postfix's HOLD 
 $RG serve --headless 2> "$work/rg/log" &
 RG_PID=$!
 sleep 1
+run "relaygate  <- smtp-source -s $SESSIONS" smtp-source -s "$SESSIONS" -m "$MESSAGES" -l $SIZE -f load@example.com -t sink@far.test 127.0.0.1:$RG_PORT
 run "relaygate  <- smtp-source -d -s $SESSIONS" smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -l $SIZE -f load@example.com -t sink@far.test 127.0.0.1:$RG_PORT
 run "relaygate  <- smtp_load -c $SESSIONS" "$LOADGEN" --target 127.0.0.1:$RG_PORT --messages "$MESSAGES" --concurrency "$SESSIONS" --size $SIZE
 echo "relaygate memory: peak RSS $(awk '/VmHWM/{print $2}' /proc/$RG_PID/status) KiB, PSS now $(pss_kib $RG_PID) KiB"
@@ -85,11 +98,8 @@ sed -i -E "s/^smtp( +)inet/$PF_PORT inet/" /etc/postfix/master.cf
 echo "== postfix $(postconf -h mail_version) on 127.0.0.1:$PF_PORT, queue /var/spool/postfix (hold)"
 postfix start >/dev/null 2>&1
 sleep 2
+run "postfix    <- smtp-source -s $SESSIONS" smtp-source -s "$SESSIONS" -m "$MESSAGES" -l $SIZE -f load@example.com -t sink@far.test 127.0.0.1:$PF_PORT
 run "postfix    <- smtp-source -d -s $SESSIONS" smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -l $SIZE -f load@example.com -t sink@far.test 127.0.0.1:$PF_PORT
 run "postfix    <- smtp_load -c $SESSIONS" "$LOADGEN" --target 127.0.0.1:$PF_PORT --messages "$MESSAGES" --concurrency "$SESSIONS" --size $SIZE
 PIDS=$(pgrep -d ' ' -f '^/usr/lib/postfix/sbin/|^smtpd|^cleanup|^qmgr' || true)
 echo "postfix memory: PSS of its $(echo $PIDS | wc -w) processes $(pss_kib $PIDS) KiB"
-postfix stop >/dev/null 2>&1 || true
-postsuper -d ALL hold >/dev/null 2>&1 || true
-cp "$work/master.cf.orig" /etc/postfix/master.cf
-[ -f "$work/main.cf.orig" ] && cp "$work/main.cf.orig" /etc/postfix/main.cf
