@@ -622,3 +622,72 @@ fn a_deferred_recipient_keeps_its_next_attempt_across_restarts() {
     eventually("tried again when due", || sink.connections() > tried);
     drop(server);
 }
+
+/// MAIL, RCPT and DATA go out together to a next hop that offers
+/// PIPELINING, one by one to one that does not; either way every
+/// recipient has its own outcome and the message arrives byte for byte
+/// (dot-stuffed on the wire, unstuffed by the sink).
+#[test]
+fn pipelining_only_where_offered_with_the_same_outcomes_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let piped = Sink::start(SinkOptions::default());
+    let plain = Sink::start(SinkOptions {
+        pipelining: false,
+        ..SinkOptions::default()
+    });
+    let db = test_db(dir.path(), &[]);
+    for (domain, sink) in [("piped.test", &piped), ("plain.test", &plain)] {
+        cli(
+            &db,
+            &[
+                "route",
+                "add",
+                domain,
+                &sink.addr().to_string(),
+                "--tls",
+                "none",
+            ],
+        );
+    }
+    let mut server = Server::start(&db);
+    // As the client puts it on the wire (dot-stuffed), and as it must
+    // arrive (send_message ends the data with CRLF . CRLF).
+    let wire = "Subject: dots\r\n\r\n..leading dot\r\n...two dots\r\nmiddle . dot\r\n..\r\nend";
+    let body = "Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\nmiddle . dot\r\n.\r\nend\r\n";
+    for domain in ["piped.test", "plain.test"] {
+        send(
+            &mut server,
+            "alice@example.com",
+            &[
+                &format!("one@{domain}"),
+                &format!("perm1@{domain}"),
+                &format!("two@{domain}"),
+            ],
+            wire,
+        );
+    }
+    for (sink, domain) in [(&piped, "piped.test"), (&plain, "plain.test")] {
+        let got = sink.wait_for(1, WAIT);
+        let mut rcpts = got[0].rcpts.clone();
+        rcpts.sort();
+        assert_eq!(
+            rcpts,
+            [format!("one@{domain}"), format!("two@{domain}")],
+            "the refused recipient alone is left out"
+        );
+        let text = got[0].body_str();
+        assert!(text.ends_with(body), "{text:?}");
+    }
+    assert!(
+        piped.pipelined() >= 3,
+        "MAIL, RCPTs and DATA pipelined: {}",
+        piped.pipelined()
+    );
+    assert_eq!(plain.pipelined(), 0, "never pipelined without PIPELINING");
+    // The refused recipients bounced, each with its own reply.
+    eventually("both bounces recorded", || {
+        let log = cli(&db, &["queue", "show"]);
+        !log.contains("perm1@")
+    });
+    drop(server);
+}

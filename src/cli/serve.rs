@@ -289,9 +289,7 @@ static LOG_IN_COLOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 /// `2026-11-26T13:57:23.660087Z`, as tracing writes it.
 fn log_time(out: &mut Vec<u8>, at: std::time::SystemTime) {
     use std::io::Write;
-    let since = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
     let (y, m, d) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
@@ -317,9 +315,15 @@ mod tests {
             &mut out,
             UNIX_EPOCH + Duration::from_micros(1_795_700_854_353_915),
         );
-        assert_eq!(String::from_utf8(out).unwrap(), "2026-11-26T13:47:34.353915Z");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-26T13:47:34.353915Z"
+        );
         let mut out = Vec::new();
         log_time(&mut out, UNIX_EPOCH);
-        assert_eq!(String::from_utf8(out).unwrap(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000Z"
+        );
     }
 }

@@ -4,6 +4,11 @@
 //! recipient kept apart (lettre's high-level `send` stops at the first
 //! refused recipient, which a relay cannot do). Idle connections are kept
 //! for the next message to the same host.
+//!
+//! With a next hop that offers PIPELINING (RFC 2920), MAIL, every RCPT and
+//! DATA go out in one write and their replies are read in order, and the
+//! body and its final dot in one more: two writes a message instead of
+//! five, and two waits for the server instead of four.
 
 use super::{RouteAuth, TlsMode};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -80,26 +85,32 @@ struct PoolKey {
 /// Idle connections by host, reused for the next message.
 #[derive(Default)]
 pub struct ConnectionPool {
-    idle: Mutex<HashMap<PoolKey, Vec<(AsyncSmtpConnection, Instant)>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<(Hop, Instant)>>>,
+}
+
+/// A connection to a next hop, and whether it takes pipelined commands.
+struct Hop {
+    conn: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 const MAX_IDLE: Duration = Duration::from_secs(5);
 const MAX_IDLE_PER_HOST: usize = 64;
 
 impl ConnectionPool {
-    fn take(&self, key: &PoolKey) -> Option<AsyncSmtpConnection> {
+    fn take(&self, key: &PoolKey) -> Option<Hop> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() < MAX_IDLE && !conn.has_broken() {
-                return Some(conn);
+        while let Some((hop, since)) = list.pop() {
+            if since.elapsed() < MAX_IDLE && !hop.conn.has_broken() {
+                return Some(hop);
             }
         }
         None
     }
 
-    fn give_back(&self, key: PoolKey, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn give_back(&self, key: PoolKey, conn: Hop) {
+        if conn.conn.has_broken() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
@@ -132,23 +143,23 @@ impl ConnectionPool {
                 .as_ref()
                 .map(|a| (a.user.clone(), a.password.clone())),
         };
-        if let Some(mut conn) = self.take(&key) {
+        if let Some(mut hop) = self.take(&key) {
             // A pooled connection the server has closed meanwhile fails at
             // MAIL: then open a fresh one instead.
             if let Ok(outcomes) =
-                transaction(config, &mut conn, sender, recipients, body, smtputf8).await
+                transaction(config, &mut hop, sender, recipients, body, smtputf8).await
             {
-                self.give_back(key, conn);
+                self.give_back(key, hop);
                 return Ok(outcomes);
             }
         }
-        let mut conn = connect(config, target).await?;
-        let outcomes =
-            match transaction(config, &mut conn, sender, recipients, body, smtputf8).await {
-                Ok(o) => o,
-                Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
-            };
-        self.give_back(key, conn);
+        let mut hop = connect(config, target).await?;
+        let outcomes = match transaction(config, &mut hop, sender, recipients, body, smtputf8).await
+        {
+            Ok(o) => o,
+            Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
+        };
+        self.give_back(key, hop);
         Ok(outcomes)
     }
 }
@@ -181,10 +192,7 @@ fn tls_parameters(config: &ClientConfig, target: &Target) -> Result<TlsParameter
     b.build_rustls().map_err(|e| e.to_string())
 }
 
-async fn connect(
-    config: &ClientConfig,
-    target: &Target,
-) -> Result<AsyncSmtpConnection, ConnectError> {
+async fn connect(config: &ClientConfig, target: &Target) -> Result<Hop, ConnectError> {
     let hello = ClientId::Domain(config.hello_name.clone());
     let fail = |what: &str, e: String| ConnectError(format!("{} ({what}): {e}", target.addr));
     // Our own socket, so that Nagle is off: lettre writes the body and the
@@ -229,6 +237,25 @@ async fn connect(
             }
         }
     }
+    // lettre keeps only the extensions it uses from the EHLO reply: ask
+    // again for PIPELINING (once per connection; before AUTH, which some
+    // servers forget at a new EHLO).
+    let pipelining = match timed(
+        config.command_timeout,
+        conn.command(format!("EHLO {}\r\n", config.hello_name)),
+    )
+    .await
+    {
+        Ok(reply) => reply.message().any(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+        }),
+        Err(e) => {
+            conn.abort().await;
+            return Err(fail("EHLO", e));
+        }
+    };
     if let Some(auth) = &target.auth {
         let creds = Credentials::new(auth.user.clone(), auth.password.clone());
         if let Err(e) = timed(
@@ -241,7 +268,7 @@ async fn connect(
             return Err(fail("AUTH", e));
         }
     }
-    Ok(conn)
+    Ok(Hop { conn, pipelining })
 }
 
 /// The connection failed before the server answered MAIL.
@@ -250,12 +277,14 @@ struct Stale(String);
 /// MAIL, every RCPT, DATA: one outcome per recipient.
 async fn transaction(
     config: &ClientConfig,
-    conn: &mut AsyncSmtpConnection,
+    hop: &mut Hop,
     sender: &str,
     recipients: &[String],
     body: &[u8],
     smtputf8: bool,
 ) -> Result<Vec<Outcome>, Stale> {
+    let pipelining = hop.pipelining;
+    let conn = &mut hop.conn;
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
     // RFC 6531 3.4: a message that needs SMTPUTF8 is not downgraded; a
@@ -279,6 +308,9 @@ async fn transaction(
             ""
         };
     let mail = format!("MAIL FROM:<{sender}>{body_param}{utf8_param}\r\n");
+    if pipelining {
+        return pipelined(t, conn, mail, recipients, body).await;
+    }
     match tokio::time::timeout(t, conn.command(mail)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
@@ -362,6 +394,163 @@ async fn transaction(
         .collect())
 }
 
+/// MAIL, every RCPT and DATA in one write, their replies read in order;
+/// then the body with its final dot in one write (RFC 2920).
+async fn pipelined(
+    t: Duration,
+    conn: &mut AsyncSmtpConnection,
+    mail: String,
+    recipients: &[String],
+    body: &[u8],
+) -> Result<Vec<Outcome>, Stale> {
+    use std::fmt::Write;
+    let all = |o: Outcome| vec![o; recipients.len()];
+    let mut commands = mail;
+    for r in recipients {
+        let _ = write!(commands, "RCPT TO:<{r}>\r\n");
+    }
+    commands.push_str("DATA\r\n");
+    // Each reply as an outcome: None for a positive one, Some for a
+    // refusal; Err when the connection failed or went silent.
+    let judge = |r: Result<Result<_, lettre::transport::smtp::Error>, _>, what: &str| match r {
+        Ok(Ok(resp)) => Ok((None, Some(resp))),
+        Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
+            Ok((Some(Outcome::from_error(&e)), None))
+        }
+        Ok(Err(e)) => Err(one_line(&e.to_string())),
+        Err(_) => Err(format!("timeout after {what}")),
+    };
+    // The MAIL reply. A connection that fails here is stale (a pooled one
+    // the server closed): the caller opens a fresh one.
+    let mail_refused = match judge(
+        tokio::time::timeout(t, conn.command(&commands)).await,
+        "MAIL FROM",
+    ) {
+        Ok((refused, _)) => refused,
+        Err(reply) => {
+            conn.abort().await;
+            return Err(Stale(reply));
+        }
+    };
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
+    for _ in recipients {
+        match judge(
+            tokio::time::timeout(t, conn.read_response()).await,
+            "RCPT TO",
+        ) {
+            Ok((refused, _)) => outcomes.push(refused),
+            Err(reply) => {
+                conn.abort().await;
+                return Ok(all(Outcome::Temporary { reply }));
+            }
+        }
+    }
+    let data = match judge(tokio::time::timeout(t, conn.read_response()).await, "DATA") {
+        Ok(d) => d,
+        Err(reply) => {
+            conn.abort().await;
+            return Ok(all(Outcome::Temporary { reply }));
+        }
+    };
+    if let Some(refused) = mail_refused {
+        // Every RCPT and the DATA were refused after it (503).
+        return Ok(all(refused));
+    }
+    let accepted = outcomes.iter().any(Option::is_none);
+    match data {
+        (Some(refused), _) => {
+            // DATA refused: the recipients it accepted share that outcome.
+            reset(conn, t).await;
+            return Ok(outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| refused.clone()))
+                .collect());
+        }
+        (None, Some(resp))
+            if resp.code().severity
+                == lettre::transport::smtp::response::Severity::PositiveIntermediate => {}
+        (None, _) => {
+            // A 2xx to DATA is not a go-ahead: nothing was sent.
+            reset(conn, t).await;
+            return Ok(outcomes
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or_else(|| Outcome::Temporary {
+                        reply: "the next hop did not ask for the message after DATA".into(),
+                    })
+                })
+                .collect());
+        }
+    }
+    // 354 with no recipient accepted (a server that should have refused
+    // DATA): end the empty message at once.
+    let block = if accepted {
+        dot_stuffed(body)
+    } else {
+        Ok(".\r\n".to_string())
+    };
+    let sent = async {
+        match block {
+            Ok(text) => conn.command(text).await,
+            // Not UTF-8 (8BITMIME bodies): lettre stuffs and sends it.
+            Err(()) => {
+                conn.message(body.strip_suffix(b"\r\n").unwrap_or(body))
+                    .await
+            }
+        }
+    };
+    let final_outcome = match tokio::time::timeout(
+        t + Duration::from_secs(body.len() as u64 / 100_000),
+        sent,
+    )
+    .await
+    {
+        Ok(Ok(resp)) => Outcome::Delivered {
+            reply: format!(
+                "{} {}",
+                resp.code(),
+                one_line(&resp.message().collect::<Vec<_>>().join(" "))
+            ),
+        },
+        Ok(Err(e)) => {
+            let o = Outcome::from_error(&e);
+            if !(e.is_transient() || e.is_permanent()) {
+                conn.abort().await;
+            }
+            o
+        }
+        Err(_) => {
+            conn.abort().await;
+            Outcome::Temporary {
+                reply: "timeout during DATA".into(),
+            }
+        }
+    };
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
+        .collect())
+}
+
+/// The message as DATA sends it (RFC 5321 4.5.2): a dot doubled at the
+/// start of every line, CRLF at the end, then the lone dot. `Err` if the
+/// body is not UTF-8 (lettre's byte API sends those).
+fn dot_stuffed(body: &[u8]) -> Result<String, ()> {
+    let text = std::str::from_utf8(body).map_err(|_| ())?;
+    let mut out = String::with_capacity(text.len() + text.len() / 64 + 8);
+    for line in text.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+    }
+    if !out.is_empty() && !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
+    out.push_str(".\r\n");
+    Ok(out)
+}
+
 async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) {
     if !matches!(
         tokio::time::timeout(t, conn.command("RSET\r\n")).await,
@@ -409,5 +598,19 @@ mod tests {
         );
         assert_eq!(enhanced_status("550 no such user"), None);
         assert_eq!(one_line("a\r\nb\u{0}c  "), "a  b c");
+    }
+
+    #[test]
+    fn dot_stuffing_as_rfc_5321_says() {
+        assert_eq!(
+            dot_stuffed(b"a\r\n.b\r\n..c\r\n").unwrap(),
+            "a\r\n..b\r\n...c\r\n.\r\n"
+        );
+        assert_eq!(dot_stuffed(b".\r\n").unwrap(), "..\r\n.\r\n");
+        assert_eq!(dot_stuffed(b"no end").unwrap(), "no end\r\n.\r\n");
+        assert_eq!(dot_stuffed(b"").unwrap(), ".\r\n");
+        // A dot inside a line, or after a bare LF, is not at a line start.
+        assert_eq!(dot_stuffed(b"a.b\n.c\r\n").unwrap(), "a.b\n.c\r\n.\r\n");
+        assert!(dot_stuffed(b"\xff\r\n").is_err());
     }
 }

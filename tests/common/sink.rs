@@ -9,7 +9,7 @@
 //! are refused, open ones are cut), and `Normal` brings it back on the
 //! same port.
 //!
-//! Offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES, and with the
+//! Offers PIPELINING (unless told not to), 8BITMIME, SIZE, ENHANCEDSTATUSCODES, and with the
 //! options STARTTLS (a self-signed rcgen certificate) and AUTH PLAIN LOGIN
 //! (then required before MAIL). MAIL parameters other than SIZE, BODY and
 //! AUTH, and any RCPT parameter, are refused with 555: the sink is strict
@@ -45,6 +45,8 @@ pub struct SinkOptions {
     pub hostname: String,
     /// Offer SMTPUTF8 (RFC 6531) and take it on MAIL.
     pub smtputf8: bool,
+    /// Offer PIPELINING (RFC 2920).
+    pub pipelining: bool,
 }
 
 impl Default for SinkOptions {
@@ -55,6 +57,7 @@ impl Default for SinkOptions {
             max_size: 10 * 1024 * 1024,
             hostname: "sink.test".into(),
             smtputf8: false,
+            pipelining: true,
         }
     }
 }
@@ -102,6 +105,9 @@ struct State {
     rcpt_attempts: HashMap<String, usize>,
     connections: u64,
     temp_fail_all: bool,
+    /// Commands that arrived while another whole command was already
+    /// waiting: the client pipelined.
+    pipelined: u64,
 }
 
 #[derive(Default)]
@@ -245,6 +251,11 @@ impl Sink {
     }
 
     /// How many RCPT commands named exactly `addr` (whatever the reply).
+    /// Commands the client sent before the previous one was answered.
+    pub fn pipelined(&self) -> u64 {
+        self.shared.lock().pipelined
+    }
+
     pub fn rcpt_attempts(&self, addr: &str) -> usize {
         self.shared
             .lock()
@@ -457,6 +468,9 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
     w.reply(&format!("220 {host} ESMTP relaygate test sink"));
     let mut s = Session::default();
     while let Some(raw) = w.line().await {
+        if w.conn.buffer().contains(&b'\n') {
+            ctx.shared.lock().pipelined += 1;
+        }
         let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches(['\r', '\n']);
         let (verb, arg) = match line.split_once(' ') {
@@ -468,13 +482,15 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
             "EHLO" => {
                 s.reset_transaction();
                 s.helo = Some(arg.to_string());
-                let mut ext = vec![
-                    host.clone(),
-                    "PIPELINING".into(),
+                let mut ext = vec![host.clone()];
+                if ctx.options.pipelining {
+                    ext.push("PIPELINING".into());
+                }
+                ext.extend([
                     "8BITMIME".into(),
                     format!("SIZE {}", ctx.options.max_size),
                     "ENHANCEDSTATUSCODES".into(),
-                ];
+                ]);
                 if ctx.options.smtputf8 {
                     ext.push("SMTPUTF8".into());
                 }
