@@ -51,7 +51,21 @@ struct Delivery {
 
 /// New work handed over by the SMTP engine: a message just spooled and
 /// its recipients. It spares the queue a database scan per message.
-pub type NewWork = (String, Vec<String>);
+/// A message the SMTP engine has just spooled, for delivery at once.
+#[derive(Debug)]
+pub struct NewWork {
+    pub id: String,
+    pub recipients: Vec<String>,
+    /// The message itself, when small: delivery need not read it back
+    /// from the spool.
+    pub message: Option<Arc<StoredMessage>>,
+}
+
+/// Messages up to this size are handed to delivery with their body.
+pub const HANDED_BODY_MAX: usize = 64 * 1024;
+/// ... while fewer than this many wait in the hand-over channel (which
+/// bounds what bodies waiting there can take: 256 x 64 KiB = 16 MiB).
+pub const HANDED_WAITING_MAX: usize = 256;
 
 /// Runs until `stop` turns true. Fresh messages arrive on `fresh`; the
 /// spool is scanned once a second (retries, `queue retry`, messages from
@@ -113,9 +127,9 @@ pub async fn run(
                     backlog = true;
                     continue;
                 }
-                for (id, rcpts) in batch {
-                    let attempts = rcpts.into_iter().map(|r| (r, 0)).collect();
-                    if !start(&d, &snapshot, id, attempts, max_in_flight) {
+                for work in batch {
+                    let attempts = work.recipients.into_iter().map(|r| (r, 0)).collect();
+                    if !start(&d, &snapshot, work.id, attempts, work.message, max_in_flight) {
                         backlog = true;
                     }
                 }
@@ -174,7 +188,7 @@ pub async fn run(
         }
         backlog = full;
         for (id, attempts) in by_message {
-            if !start(&d, &snapshot, id, attempts, max_in_flight) {
+            if !start(&d, &snapshot, id, attempts, None, max_in_flight) {
                 backlog = true;
                 break;
             }
@@ -193,6 +207,7 @@ fn start(
     snapshot: &Arc<Snapshot>,
     id: String,
     attempts: HashMap<String, i64>,
+    handed: Option<Arc<StoredMessage>>,
     max_in_flight: usize,
 ) -> bool {
     {
@@ -217,7 +232,7 @@ fn start(
     let d = Arc::clone(d);
     let snapshot = Arc::clone(snapshot);
     tokio::spawn(async move {
-        deliver_message(&d, &snapshot, &id, attempts).await;
+        deliver_message(&d, &snapshot, &id, attempts, handed).await;
         if let Ok(mut f) = d.in_flight.lock() {
             f.remove(&id);
         }
@@ -233,19 +248,24 @@ async fn deliver_message(
     snapshot: &Arc<Snapshot>,
     id: &str,
     attempts: HashMap<String, i64>,
+    handed: Option<Arc<StoredMessage>>,
 ) {
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
     let d2 = Arc::clone(d);
     let id2 = id.to_string();
-    let message = tokio::task::spawn_blocking(move || {
-        d2.reader
-            .lock()
-            .map_err(|_| "spool reader lock poisoned".to_string())?
-            .message(&id2)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    let message = match handed {
+        Some(m) => Ok(Some(m)),
+        None => tokio::task::spawn_blocking(move || {
+            d2.reader
+                .lock()
+                .map_err(|_| "spool reader lock poisoned".to_string())?
+                .message(&id2)
+                .map(|m| m.map(Arc::new))
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string())),
+    };
     let message = match message {
         Ok(Some(m)) => m,
         Ok(None) => {
@@ -293,7 +313,6 @@ async fn deliver_message(
             return;
         }
     };
-    let message = Arc::new(message);
     let settings = &snapshot.settings;
 
     let hops = dsn::count_received(&message.message.body);

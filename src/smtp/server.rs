@@ -7,11 +7,12 @@ use super::reply::Reply;
 use super::session::{Action, AuthOutcome, DataProgress, Limits, Message, Session, SessionParams};
 use super::trace_header::{TraceInfo, received_header};
 use crate::bindings::BindKind;
+use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};
 use crate::engine::{RunState, Shared};
 use crate::events::Event;
 use crate::server_settings::ServerSettings;
 use crate::session_board::{Board, LINE_CHARS};
-use crate::spool::{NewMessage, SpoolRecipient};
+use crate::spool::{NewMessage, SpoolRecipient, StoredMessage};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -697,14 +698,30 @@ async fn store_message(
     };
     let size = new.size() as usize;
     let rcpt_addresses: Vec<String> = new.recipients.iter().map(|r| r.address.clone()).collect();
+    // A small message goes to delivery with its body, so that delivery
+    // need not read it back from the spool (bounded: see HANDED_*).
+    let queue = &ctx.shared.delivery_queue;
+    let handed = (new.spilled.is_none()
+        && new.body.len() <= HANDED_BODY_MAX
+        && queue.max_capacity() - queue.capacity() < HANDED_WAITING_MAX)
+        .then(|| {
+            Arc::new(StoredMessage {
+                id: queue_id.clone(),
+                received_at: SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
+                message: new.clone(),
+            })
+        });
     let result = ctx.shared.spool.store(new).await;
     match &result {
         Ok(()) => {
             // Full: the spool scan will find it within a second.
-            let _ = ctx
-                .shared
-                .delivery_queue
-                .try_send((queue_id.clone(), rcpt_addresses));
+            let _ = queue.try_send(NewWork {
+                id: queue_id.clone(),
+                recipients: rcpt_addresses,
+                message: handed,
+            });
             ctx.shared.events.emit(Event::MessageAccepted {
                 session: id,
                 id: queue_id.clone(),
