@@ -387,6 +387,20 @@ struct Listener {
 type ListenerTable = Arc<Mutex<HashMap<SocketAddr, Listener>>>;
 
 #[cfg(test)]
+mod listen_tests {
+    /// Sessions write each reply once; with Nagle on, a reply after an
+    /// unacknowledged one would wait for the client's delayed ACK.
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+}
+
+#[cfg(test)]
 mod client_key_tests {
     use super::client_key;
 
@@ -757,13 +771,28 @@ async fn reconcile(
     }
 }
 
+/// A listening socket whose connections have Nagle off from the start:
+/// on Linux an accepted socket inherits TCP_NODELAY from its listener, so
+/// no system call per connection sets it.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 async fn open_listener(
     shared: &Arc<Shared>,
     binding: Binding,
     token: mpsc::Sender<()>,
     previous_retry: Option<Duration>,
 ) -> Listener {
-    match TcpListener::bind(binding.addr).await {
+    match listen(binding.addr) {
         Ok(tcp) => {
             let bound = tcp.local_addr().unwrap_or(binding.addr);
             shared.events.emit(Event::ListenerUp {
@@ -827,6 +856,8 @@ async fn accept_loop(
             _ = stopped.changed() => return,
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Inherited from the listener on Linux (see `listen`).
+                    #[cfg(not(target_os = "linux"))]
                     let _ = stream.set_nodelay(true);
                     let local = match bound {
                         Some(a) => a,

@@ -28,6 +28,11 @@ pub const LINE_CHARS: usize = 200;
 pub const CLOSED_BOARDS: usize = 2 * crate::live::CLOSED_KEPT;
 const SHARDS: usize = 16;
 
+/// `s` cut to at most `chars` characters.
+fn head(s: &str, chars: usize) -> &str {
+    s.char_indices().nth(chars).map_or(s, |(i, _)| &s[..i])
+}
+
 /// The Live table's columns a session keeps up to date.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Columns {
@@ -78,7 +83,7 @@ impl Board {
         let mut words = line.split_whitespace();
         let verb = words.next().unwrap_or_default();
         if verb.eq_ignore_ascii_case("EHLO") || verb.eq_ignore_ascii_case("HELO") {
-            columns.helo = words.next().map(|w| w.chars().take(LINE_CHARS).collect());
+            columns.helo = words.next().map(|w| head(w, LINE_CHARS).to_string());
         } else if verb.eq_ignore_ascii_case("MAIL") {
             columns.mail_from = Some(crate::live::mail_from(line));
         }
@@ -91,25 +96,28 @@ impl Board {
                 .stage
                 .extend(verb.chars().take(16).map(|c| c.to_ascii_lowercase()));
         }
+        let (line, reply) = (head(line, LINE_CHARS), head(reply, LINE_CHARS));
         // Full: the oldest line's buffers take the new one.
-        let mut entry = if transcript.len() >= TRANSCRIPT_LINES {
-            transcript.pop_front().unwrap_or_else(|| TranscriptLine {
-                at,
-                line: String::new(),
-                reply: String::new(),
+        let entry = if transcript.len() >= TRANSCRIPT_LINES {
+            transcript.pop_front().map(|mut e| {
+                e.at = at;
+                e.line.clear();
+                e.line.push_str(line);
+                e.reply.clear();
+                e.reply.push_str(reply);
+                e
             })
         } else {
-            TranscriptLine {
-                at,
-                line: String::new(),
-                reply: String::new(),
-            }
+            None
         };
-        entry.at = at;
-        entry.line.clear();
-        entry.line.extend(line.chars().take(LINE_CHARS));
-        entry.reply.clear();
-        entry.reply.extend(reply.chars().take(LINE_CHARS));
+        let entry = entry.unwrap_or_else(|| TranscriptLine {
+            at,
+            line: line.to_string(),
+            reply: reply.to_string(),
+        });
+        if transcript.capacity() == 0 {
+            transcript.reserve(8);
+        }
         transcript.push_back(entry);
         drop(page);
         self.changed.store(true, Ordering::Release);

@@ -44,6 +44,8 @@ enum Request {
 /// follows; the rest are counted and it is told how many (the event log
 /// has them all). The live picture reaches it whole, in ticks.
 pub const EVENTS_PER_SECOND: u64 = 2_000;
+/// How often the feed takes the events waiting for it.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// How often a console gets the live picture's changes.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -254,21 +256,42 @@ impl FeedTask {
         mut events: mpsc::Receiver<Stamped>,
         mut requests: mpsc::Receiver<Request>,
     ) {
+        // Events are taken in batches, a few times a tick, not one wake-up
+        // each: under load that is tens of thousands of wake-ups a second
+        // saved on the sessions' threads. Before a request is answered,
+        // everything sent so far is taken, so an attachment's snapshot and
+        // its events start at the same point.
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Fair: under a flood of events, attach, tick and dialogue
-            // requests are still answered (an attachment's snapshot and its
-            // events start at the same point whatever the order).
             tokio::select! {
-                event = events.recv() => match event {
-                    Some(e) => self.take(e),
-                    None => return,
-                },
+                _ = drain.tick() => {
+                    if !self.drain(&mut events) {
+                        return;
+                    }
+                }
                 request = requests.recv() => match request {
-                    Some(r) => self.answer(r),
+                    Some(r) => {
+                        if !self.drain(&mut events) {
+                            return;
+                        }
+                        self.answer(r);
+                    }
                     None => return,
                 },
             }
             self.switch.set(self.followers.load(Ordering::Relaxed) > 0);
+        }
+    }
+
+    /// Takes every event waiting; false once the engine is gone.
+    fn drain(&mut self, events: &mut mpsc::Receiver<Stamped>) -> bool {
+        loop {
+            match events.try_recv() {
+                Ok(e) => self.take(e),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
         }
     }
 

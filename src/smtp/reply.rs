@@ -2,6 +2,7 @@
 //! (RFC 2034) and one or more lines of text.
 
 use crate::policy::decision;
+use std::borrow::Cow;
 use std::fmt;
 
 /// One SMTP reply. Every 2xx/4xx/5xx reply carries an enhanced status code;
@@ -12,13 +13,14 @@ pub struct Reply {
     pub code: u16,
     /// The enhanced status code, like `"5.5.2"`.
     pub status: Option<&'static str>,
-    /// At least one line; an empty list renders as one empty line.
-    pub lines: Vec<String>,
+    /// At least one line; an empty list renders as one empty line. Fixed
+    /// texts are borrowed: most replies allocate nothing for their text.
+    pub lines: Vec<Cow<'static, str>>,
 }
 
 impl Reply {
     /// A one-line reply with an enhanced status code.
-    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+    pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Reply {
         Reply {
             code,
             status: Some(status),
@@ -27,7 +29,7 @@ impl Reply {
     }
 
     /// A one-line reply without an enhanced status code (greeting, prompts).
-    pub fn bare(code: u16, text: impl Into<String>) -> Reply {
+    pub fn bare(code: u16, text: impl Into<Cow<'static, str>>) -> Reply {
         Reply {
             code,
             status: None,
@@ -56,7 +58,7 @@ impl Reply {
 
     /// The first text line (for tests and logs).
     pub fn text(&self) -> &str {
-        self.lines.first().map_or("", String::as_str)
+        self.lines.first().map_or("", |l| l.as_ref())
     }
 
     /// 2xx and 3xx.
@@ -69,38 +71,64 @@ impl Reply {
     /// control characters in the text are replaced, so nothing echoed back
     /// (a rule's text, a client's argument) can inject a reply line.
     pub fn to_wire(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
+        let mut out = Vec::with_capacity(
+            self.lines
+                .iter()
+                .map(|l| l.len() + 16)
+                .sum::<usize>()
+                .max(16),
+        );
+        self.each_line(|part| {
+            out.extend_from_slice(part.as_bytes());
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        out
+    }
+
+    /// Hands the wire form to `put` piece by piece (the one layout both
+    /// `to_wire` and `Display` use).
+    fn each_line<E>(&self, mut put: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+        let empty = [Cow::Borrowed("")];
+        let lines: &[Cow<'static, str>] = if self.lines.is_empty() {
+            &empty
+        } else {
+            &self.lines
+        };
+        let mut code = [0u8; 3];
+        let digits = [self.code / 100 % 10, self.code / 10 % 10, self.code % 10];
+        for (d, c) in digits.iter().zip(code.iter_mut()) {
+            *c = b'0' + *d as u8;
+        }
+        let code = std::str::from_utf8(&code).unwrap_or("000");
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            put(code)?;
+            put(if i == last { " " } else { "-" })?;
+            if let Some(status) = self.status {
+                put(status)?;
+                if !line.is_empty() {
+                    put(" ")?;
+                }
+            }
+            // Control characters become '?', in runs between them.
+            let mut rest: &str = line;
+            while let Some(at) = rest.find(char::is_control) {
+                put(&rest[..at])?;
+                put("?")?;
+                let width = rest[at..].chars().next().map_or(1, char::len_utf8);
+                rest = &rest[at + width..];
+            }
+            put(rest)?;
+            put("\r\n")?;
+        }
+        Ok(())
     }
 }
 
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let empty = [String::new()];
-        let lines: &[String] = if self.lines.is_empty() {
-            &empty
-        } else {
-            &self.lines
-        };
-        let last = lines.len().saturating_sub(1);
-        for (i, line) in lines.iter().enumerate() {
-            let separator = if i == last { ' ' } else { '-' };
-            write!(f, "{}{separator}", self.code)?;
-            if let Some(status) = self.status {
-                f.write_str(status)?;
-                if !line.is_empty() {
-                    f.write_str(" ")?;
-                }
-            }
-            for c in line.chars() {
-                if c.is_control() {
-                    f.write_str("?")?;
-                } else {
-                    write!(f, "{c}")?;
-                }
-            }
-            f.write_str("\r\n")?;
-        }
-        Ok(())
+        self.each_line(|part| f.write_str(part))
     }
 }
 

@@ -596,7 +596,7 @@ fn record_command(
         .iter()
         .find_map(|a| match a {
             Action::Reply(r) => {
-                let text = r.lines.last().map(String::as_str).unwrap_or_default();
+                let text = r.lines.last().map(|l| l.as_ref()).unwrap_or_default();
                 Some(match r.status {
                     Some(status) => format!("{} {status} {text}", r.code),
                     None => format!("{} {text}", r.code),

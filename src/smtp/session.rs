@@ -438,19 +438,20 @@ impl Session {
     fn ehlo(&mut self, name: String, policy: &Policy) -> Vec<Action> {
         self.transaction = None;
         let offered_starttls = self.starttls_offered();
-        let mut lines = vec![
-            self.params.hostname.clone(),
-            "PIPELINING".to_string(),
-            format!("SIZE {}", self.params.limits.max_message_size),
-            "8BITMIME".to_string(),
-            "ENHANCEDSTATUSCODES".to_string(),
-            "SMTPUTF8".to_string(),
-        ];
+        let mut lines: Vec<std::borrow::Cow<'static, str>> = Vec::with_capacity(8);
+        lines.extend([
+            self.params.hostname.clone().into(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.params.limits.max_message_size).into(),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+        ]);
         if offered_starttls {
-            lines.push("STARTTLS".to_string());
+            lines.push("STARTTLS".into());
         }
         if self.auth_offered(policy) {
-            lines.push("AUTH PLAIN LOGIN".to_string());
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         self.greeting = Some(Greeting {
             name,
@@ -868,7 +869,12 @@ impl Session {
 
     /// A protocol error: counted, and once over the limit the session
     /// ends with 421 4.7.0 instead.
-    fn error(&mut self, code: u16, status: &'static str, text: impl Into<String>) -> Vec<Action> {
+    fn error(
+        &mut self,
+        code: u16,
+        status: &'static str,
+        text: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Vec<Action> {
         self.error_reply(Reply::new(code, status, text))
     }
 
@@ -883,7 +889,11 @@ impl Session {
     }
 }
 
-fn reply(code: u16, status: &'static str, text: impl Into<String>) -> Action {
+fn reply(
+    code: u16,
+    status: &'static str,
+    text: impl Into<std::borrow::Cow<'static, str>>,
+) -> Action {
     Action::Reply(Reply::new(code, status, text))
 }
 
