@@ -13,6 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// Why a trace could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(
+        "the event log has no trace index yet: it is added when the engine (this version) starts"
+    )]
+    NotIndexed,
+    #[error("reading the event log: {0}")]
+    Log(rusqlite::Error),
+}
+
 /// One logged event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogRecord {
@@ -54,6 +65,8 @@ CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
 /// Read access to the log (the console), and the writer's connection.
 pub struct DecisionLog {
     conn: Connection,
+    /// The engine run this writer logs sessions of (see [`crate::trace`]).
+    run: u64,
 }
 
 impl DecisionLog {
@@ -76,7 +89,11 @@ impl DecisionLog {
             // Version 2: the typed event as JSON; `text` stays for old rows.
             conn.execute_batch("ALTER TABLE events ADD COLUMN event TEXT")?;
         }
-        Ok(DecisionLog { conn })
+        // Version 3: what each event is found by, for message trace.
+        let mut conn = conn;
+        crate::trace::migrate(&mut conn)?;
+        let run = crate::trace::next_run(&conn)?;
+        Ok(DecisionLog { conn, run })
     }
 
     /// Opens an existing log without writing to it (the CLI, a console).
@@ -86,7 +103,26 @@ impl DecisionLog {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        Ok(DecisionLog { conn })
+        Ok(DecisionLog { conn, run: 0 })
+    }
+
+    /// Searches the history (see [`crate::trace`]).
+    pub fn trace(
+        &self,
+        query: &crate::trace::TraceQuery,
+    ) -> Result<Vec<crate::trace::Story>, TraceError> {
+        let indexed: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'session'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
+            .map_err(TraceError::Log)?;
+        if !indexed {
+            return Err(TraceError::NotIndexed);
+        }
+        crate::trace::trace(&self.conn, query).map_err(TraceError::Log)
     }
 
     fn has_event_column(&self) -> bool {
@@ -177,7 +213,8 @@ impl DecisionLog {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO events (at_ms, kind, verdict, text, event) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (at_ms, kind, verdict, text, event, session, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for stamped in events {
                 let (kind, verdict) = stamped.event.classify();
@@ -186,13 +223,18 @@ impl DecisionLog {
                 // The text too: an older or newer relaygate that cannot
                 // read the JSON still shows the line.
                 let text = crate::events::describe(&stamped.event).text;
+                let k = crate::trace::TraceKeys::of(&stamped.event);
                 stmt.execute(rusqlite::params![
                     crate::live::epoch_ms(stamped.at),
                     kind.as_str(),
                     verdict.map(Outcome::as_str),
                     text,
-                    json
+                    json,
+                    k.session
+                        .map(|s| crate::trace::TraceKeys::session_key(self.run, s)),
+                    k.message,
                 ])?;
+                crate::trace::index(&tx, tx.last_insert_rowid(), &k)?;
             }
         }
         tx.commit()
@@ -208,6 +250,9 @@ impl DecisionLog {
             "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?1",
             [retention.max_rows as i64],
         )?;
+        if by_age + by_rows > 0 {
+            crate::trace::prune(&self.conn)?;
+        }
         Ok(by_age + by_rows)
     }
 }

@@ -19,3 +19,4 @@ pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod tls;
+pub mod trace;

@@ -641,11 +641,30 @@ impl SpoolReader {
 
     /// Every message in the queue with the state of each recipient.
     pub fn listing(&self) -> rusqlite::Result<Vec<QueueEntry>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, received_at, sender, size, held FROM messages ORDER BY id")?;
+        self.entries(
+            "SELECT id, received_at, sender, size, held FROM messages ORDER BY id",
+            [],
+        )
+    }
+
+    /// One message as the listing shows it, if it is queued.
+    pub fn entry(&self, id: &str) -> rusqlite::Result<Option<QueueEntry>> {
+        Ok(self
+            .entries(
+                "SELECT id, received_at, sender, size, held FROM messages WHERE id = ?1",
+                [id],
+            )?
+            .pop())
+    }
+
+    fn entries(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> rusqlite::Result<Vec<QueueEntry>> {
+        let mut stmt = self.conn.prepare(sql)?;
         let mut entries: Vec<QueueEntry> = stmt
-            .query_map([], |r| {
+            .query_map(params, |r| {
                 Ok(QueueEntry {
                     id: r.get(0)?,
                     received_at: r.get(1)?,

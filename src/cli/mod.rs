@@ -11,6 +11,7 @@ mod queue;
 mod route;
 mod rule;
 mod serve;
+mod trace;
 pub use serve::flush_log_on_panic;
 mod user;
 
@@ -70,6 +71,9 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
+    /// A message's whole story from the event log (connection, decisions,
+    /// acceptance, every delivery attempt, the bounce) and where it is now.
+    Trace(trace::TraceArgs),
     /// Attach a console to the engine running on this database (it keeps
     /// running when the console quits).
     Console,
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::console::attach(&cli.db)?;
             return Ok(ExitCode::SUCCESS);
         }
+        Some(Command::Trace(args)) => return trace::run(&cli.db, args),
         None => return serve::run_default(&cli.db),
         Some(command) => command,
     };
@@ -115,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route(c) => route::run(&mut store, c),
         Command::Queue(c) => queue::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
+        Command::Trace(args) => trace::run(&cli.db, args),
     }
 }
 

@@ -1,0 +1,540 @@
+//! Message trace: a message's whole story from the persisted event log.
+//!
+//! Each logged event is indexed by what it can be found by ([`TraceKeys`]).
+//! Its session and its message (queue id) grow with time, so they are
+//! plain columns with B-tree indexes (each insert lands at the right edge,
+//! on a page already in memory). The client's address, the login, the
+//! sender and the recipient are random: a B-tree index each would dirty a
+//! random page per event and key, several microseconds each in a log of a
+//! million events. They go into an FTS5 table instead, one token per key
+//! (a hash of the field and the value), which appends in segments; what it
+//! finds is checked against the event itself. A search finds the events that match, widens to their sessions
+//! and messages (a message's session is the one that accepted it; its
+//! deliveries and bounce are found by its queue id), and gives one story
+//! per session, in order: connection, decisions with their reasons,
+//! acceptance, every delivery attempt with the remote reply, the bounce.
+//!
+//! Session numbers start again at every engine start, so the log keeps
+//! them with the engine run they belong to: `run << 40 | session`, in the
+//! `session` column.
+
+use crate::events::{Event, Stamped};
+use rusqlite::Connection;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Bits of a stored session key that hold the session number.
+pub const SESSION_BITS: u32 = 40;
+/// Stories given at most (the newest).
+pub const MAX_STORIES: usize = 200;
+/// Matching events looked at at most.
+const MAX_MATCHES: usize = 20_000;
+
+/// What an event is found by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceKeys {
+    pub session: Option<u64>,
+    pub message: Option<String>,
+    pub ip: Option<String>,
+    pub login: Option<String>,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+}
+
+fn lower(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_lowercase())
+}
+
+/// The index token of one key: `k` and 16 hex digits of a 64-bit FNV-1a
+/// hash of the field and the value (letters and digits only, so the FTS5
+/// tokenizer keeps it whole).
+fn token(field: &str, value: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in field.bytes().chain([0u8]).chain(value.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("k{h:016x}")
+}
+
+impl TraceKeys {
+    pub fn of(event: &Event) -> TraceKeys {
+        let mut k = TraceKeys::default();
+        match event {
+            Event::SessionOpened { session, peer, .. } => {
+                k.session = Some(*session);
+                k.ip = Some(peer.ip().to_string());
+            }
+            Event::SessionClosed { session, .. } | Event::TlsEstablished { session } => {
+                k.session = Some(*session)
+            }
+            Event::Authenticated { session, login } => {
+                k.session = Some(*session);
+                k.login = lower(login);
+            }
+            Event::AuthFailed {
+                session,
+                peer,
+                login,
+            } => {
+                k.session = Some(*session);
+                k.ip = Some(peer.to_string());
+                k.login = login.as_deref().and_then(lower);
+            }
+            Event::AuthRefused { session, peer, .. } => {
+                k.session = Some(*session);
+                k.ip = Some(peer.to_string());
+            }
+            Event::Decision {
+                session,
+                peer,
+                login,
+                sender,
+                recipient,
+                ..
+            } => {
+                k.session = Some(*session);
+                k.ip = Some(peer.to_string());
+                k.login = login.as_deref().and_then(lower);
+                k.sender = lower(sender);
+                k.recipient = lower(recipient);
+            }
+            Event::MessageAccepted { session, id, .. } => {
+                k.session = Some(*session);
+                k.message = Some(id.clone());
+            }
+            Event::Delivery {
+                message_id,
+                recipient,
+                ..
+            } => {
+                k.message = Some(message_id.clone());
+                k.recipient = lower(recipient);
+            }
+            Event::Bounced { message_id, .. } => k.message = Some(message_id.clone()),
+            Event::SessionRefused { peer, .. } => k.ip = Some(peer.ip().to_string()),
+            Event::Error {
+                session: Some(s), ..
+            } => k.session = Some(*s),
+            _ => {}
+        }
+        k
+    }
+
+    /// The FTS5 tokens of the random keys (address, login, sender,
+    /// recipient); empty if the event has none.
+    pub fn tokens(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        for (field, value) in [
+            ("i", &self.ip),
+            ("l", &self.login),
+            ("f", &self.sender),
+            ("t", &self.recipient),
+        ] {
+            if let Some(v) = value {
+                out.push(token(field, v));
+            }
+        }
+        out.join(" ")
+    }
+
+    /// The stored session key of `session` in engine run `run`.
+    pub fn session_key(run: u64, session: u64) -> i64 {
+        ((run << SESSION_BITS) | (session & ((1 << SESSION_BITS) - 1))) as i64
+    }
+}
+
+/// Adds the trace index to an event log, filling it for the rows already
+/// there (once, when a log from before it is first opened for writing).
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'session'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if has {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE events ADD COLUMN session INTEGER;
+         ALTER TABLE events ADD COLUMN message TEXT;
+         CREATE INDEX IF NOT EXISTS events_session ON events (session) WHERE session IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS events_message ON events (message) WHERE message IS NOT NULL;
+         CREATE VIRTUAL TABLE IF NOT EXISTS event_keys USING fts5(
+             keys, content='', contentless_delete=1, detail='none');",
+    )?;
+    // The rows already there, as run 0 (the runs before this version
+    // cannot be told apart).
+    let rows: Vec<(i64, String)> = tx
+        .prepare("SELECT id, event FROM events WHERE event IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    {
+        let mut columns =
+            tx.prepare("UPDATE events SET session = ?2, message = ?3 WHERE id = ?1")?;
+        for (id, json) in rows {
+            if let Ok(event) = serde_json::from_str::<Event>(&json) {
+                let k = TraceKeys::of(&event);
+                columns.execute(rusqlite::params![
+                    id,
+                    k.session.map(|s| TraceKeys::session_key(0, s)),
+                    k.message
+                ])?;
+                index(&tx, id, &k)?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Indexes the random keys of one appended event (its row id in
+/// `events`); its session and message are columns of its row.
+pub fn index(conn: &Connection, id: i64, keys: &TraceKeys) -> rusqlite::Result<()> {
+    let tokens = keys.tokens();
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    conn.prepare_cached("INSERT INTO event_keys (rowid, keys) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![id, tokens])?;
+    Ok(())
+}
+
+/// Drops the index entries of events pruned from the log.
+pub fn prune(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM event_keys WHERE rowid < coalesce((SELECT min(id) FROM events), 1 << 62)",
+        [],
+    )
+}
+
+/// The engine run a writer opening `conn` now starts: one more than the
+/// last one logged.
+pub fn next_run(conn: &Connection) -> rusqlite::Result<u64> {
+    let last: Option<i64> = conn.query_row(
+        &format!("SELECT max(session) >> {SESSION_BITS} FROM events"),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(last.map_or(1, |l| l.max(0) as u64 + 1))
+}
+
+/// What to look for. `any` matches a queue id, a client address, a login,
+/// a sender or a recipient; the others match only their own field. All
+/// given must match the same event. Addresses and logins match whatever
+/// their case.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    pub any: Option<String>,
+    pub id: Option<String>,
+    pub ip: Option<String>,
+    pub login: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Only events at or after this (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Only events before this (ms since the epoch).
+    pub until_ms: Option<i64>,
+}
+
+impl TraceQuery {
+    pub fn is_empty(&self) -> bool {
+        self.any.is_none()
+            && self.id.is_none()
+            && self.ip.is_none()
+            && self.login.is_none()
+            && self.from.is_none()
+            && self.to.is_none()
+    }
+
+    fn address(v: &str) -> String {
+        v.trim().trim_matches(['<', '>']).to_lowercase()
+    }
+
+    /// The FTS5 expression that finds candidates by their random keys;
+    /// `None` if the query names none of them (a queue id alone).
+    fn expression(&self) -> Option<String> {
+        let mut all: Vec<String> = Vec::new();
+        if let Some(a) = &self.any {
+            let a = a.trim();
+            let l = TraceQuery::address(a);
+            all.push(format!(
+                "({} OR {} OR {} OR {})",
+                token("i", a),
+                token("l", &l),
+                token("f", &l),
+                token("t", &l)
+            ));
+        }
+        for (field, value) in self.fields() {
+            if field != "m" {
+                all.push(token(field, &value));
+            }
+        }
+        (!all.is_empty()).then(|| all.join(" AND "))
+    }
+
+    /// The queue id a candidate may be found by.
+    fn message(&self) -> Option<String> {
+        self.id
+            .as_deref()
+            .or(self.any.as_deref())
+            .map(|m| m.trim().to_string())
+    }
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = &self.id {
+            out.push(("m", v.trim().to_string()));
+        }
+        if let Some(v) = &self.ip {
+            out.push(("i", v.trim().to_string()));
+        }
+        if let Some(v) = &self.login {
+            out.push(("l", v.trim().to_lowercase()));
+        }
+        if let Some(v) = &self.from {
+            out.push(("f", TraceQuery::address(v)));
+        }
+        if let Some(v) = &self.to {
+            out.push(("t", TraceQuery::address(v)));
+        }
+        out
+    }
+
+    /// Whether an event the index found really matches (the index is a
+    /// hash: this is the word that counts).
+    fn matches(&self, at_ms: i64, k: &TraceKeys) -> bool {
+        if self.since_ms.is_some_and(|s| at_ms < s) || self.until_ms.is_some_and(|u| at_ms >= u) {
+            return false;
+        }
+        let field = |f: &str| match f {
+            "m" => k.message.as_deref(),
+            "i" => k.ip.as_deref(),
+            "l" => k.login.as_deref(),
+            "f" => k.sender.as_deref(),
+            _ => k.recipient.as_deref(),
+        };
+        if let Some(a) = &self.any {
+            let a = a.trim();
+            let l = TraceQuery::address(a);
+            let hit = field("m") == Some(a)
+                || field("i") == Some(a)
+                || field("l") == Some(&l)
+                || field("f") == Some(&l)
+                || field("t") == Some(&l);
+            if !hit {
+                return false;
+            }
+        }
+        self.fields()
+            .iter()
+            .all(|(f, v)| field(f) == Some(v.as_str()))
+    }
+}
+
+/// One session (or, if its session is no longer in the log, one message)
+/// and everything that happened to it and to the messages it brought.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Story {
+    /// The session's number in its engine run.
+    pub session: Option<u64>,
+    /// The queue ids of the messages in it.
+    pub messages: Vec<String>,
+    pub events: Vec<Stamped>,
+}
+
+/// One event row as a trace reads it.
+struct Row {
+    session: Option<i64>,
+    keys: TraceKeys,
+    stamped: Stamped,
+}
+
+/// Reads event rows: `filter` is the rest of the statement after the
+/// table, `key` its one parameter; newest first, at most `limit`.
+fn read(
+    conn: &Connection,
+    from_where: &str,
+    key: rusqlite::types::Value,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, Row)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT e.id, e.at_ms, e.event, e.session FROM {from_where} ORDER BY e.id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params![key, limit as i64], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, at_ms, json, session) = row?;
+        let Some(event) = json.and_then(|j| serde_json::from_str::<Event>(&j).ok()) else {
+            continue;
+        };
+        out.push((
+            id,
+            Row {
+                session,
+                keys: TraceKeys::of(&event),
+                stamped: Stamped {
+                    at: UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
+                    event: Arc::new(event),
+                },
+            },
+        ));
+    }
+    Ok(out)
+}
+
+const BY_KEYS: &str = "event_keys k JOIN events e ON e.id = k.rowid WHERE event_keys MATCH ?1";
+const BY_SESSION: &str = "events e WHERE e.session = ?1";
+const BY_MESSAGE: &str = "events e WHERE e.message = ?1";
+
+/// Searches the log; the newest [`MAX_STORIES`] stories, oldest first.
+pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> {
+    if q.is_empty() {
+        return Ok(Vec::new());
+    }
+    // 1. The matching events.
+    let mut sessions: BTreeSet<i64> = BTreeSet::new();
+    let mut messages: BTreeSet<String> = BTreeSet::new();
+    let mut candidates = Vec::new();
+    if let Some(e) = q.expression() {
+        candidates.extend(read(conn, BY_KEYS, e.into(), MAX_MATCHES)?);
+    }
+    if let Some(m) = q.message() {
+        candidates.extend(read(conn, BY_MESSAGE, m.into(), MAX_MATCHES)?);
+    }
+    for (_, row) in candidates {
+        if !q.matches(crate::live::epoch_ms(row.stamped.at), &row.keys) {
+            continue;
+        }
+        sessions.extend(row.session);
+        messages.extend(row.keys.message.clone());
+        if sessions.len() + messages.len() > 4 * MAX_STORIES {
+            break;
+        }
+    }
+    // 2. Their whole sessions and messages: the messages of those
+    // sessions, the sessions that accepted those messages, and every event
+    // of each.
+    let mut rows: BTreeMap<i64, Row> = BTreeMap::new();
+    let mut seen_sessions: BTreeSet<i64> = BTreeSet::new();
+    let mut seen_messages: BTreeSet<String> = BTreeSet::new();
+    let mut budget = 4 * MAX_STORIES;
+    loop {
+        if budget == 0 {
+            break;
+        }
+        if let Some(s) = sessions.pop_first() {
+            if !seen_sessions.insert(s) {
+                continue;
+            }
+            budget -= 1;
+            for (id, row) in read(conn, BY_SESSION, s.into(), MAX_MATCHES)? {
+                if let Some(m) = &row.keys.message
+                    && !seen_messages.contains(m)
+                {
+                    messages.insert(m.clone());
+                }
+                rows.insert(id, row);
+            }
+            continue;
+        }
+        let Some(m) = messages.pop_first() else {
+            break;
+        };
+        if !seen_messages.insert(m.clone()) {
+            continue;
+        }
+        budget -= 1;
+        for (id, row) in read(conn, BY_MESSAGE, m.clone().into(), MAX_MATCHES)? {
+            if let Some(s) = row.session
+                && !seen_sessions.contains(&s)
+            {
+                sessions.insert(s);
+            }
+            rows.insert(id, row);
+        }
+    }
+    // 3. One story per session; a message's events go to the session that
+    // accepted it.
+    let mut accepted_in: BTreeMap<String, i64> = BTreeMap::new();
+    for row in rows.values() {
+        if let (Some(s), Some(m)) = (row.session, &row.keys.message) {
+            accepted_in.entry(m.clone()).or_insert(s);
+        }
+    }
+    #[derive(PartialEq, Eq, PartialOrd, Ord, Clone)]
+    enum Owner {
+        Session(i64),
+        Message(String),
+    }
+    let mut stories: BTreeMap<Owner, Story> = BTreeMap::new();
+    let mut first_seen: BTreeMap<Owner, i64> = BTreeMap::new();
+    for (id, row) in rows {
+        let owner = match (row.session, &row.keys.message) {
+            (Some(s), _) => Owner::Session(s),
+            (None, Some(m)) => match accepted_in.get(m) {
+                Some(s) => Owner::Session(*s),
+                None => Owner::Message(m.clone()),
+            },
+            (None, None) => continue,
+        };
+        first_seen.entry(owner.clone()).or_insert(id);
+        let story = stories.entry(owner.clone()).or_insert_with(|| Story {
+            session: match owner {
+                Owner::Session(s) => Some((s as u64) & ((1 << SESSION_BITS) - 1)),
+                Owner::Message(_) => None,
+            },
+            messages: Vec::new(),
+            events: Vec::new(),
+        });
+        if let Some(m) = &row.keys.message
+            && !story.messages.contains(m)
+        {
+            story.messages.push(m.clone());
+        }
+        story.events.push(row.stamped);
+    }
+    let mut ordered: Vec<(i64, Story)> = stories
+        .into_iter()
+        .map(|(owner, story)| (first_seen.get(&owner).copied().unwrap_or(0), story))
+        .collect();
+    ordered.sort_by_key(|(first, _)| *first);
+    let skip = ordered.len().saturating_sub(MAX_STORIES);
+    Ok(ordered.into_iter().skip(skip).map(|(_, s)| s).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_one_word_each_and_differ_by_field() {
+        let k = TraceKeys {
+            session: Some(7),
+            sender: Some("a@b.c".into()),
+            recipient: Some("a@b.c".into()),
+            ..Default::default()
+        };
+        let tokens: Vec<String> = k.tokens().split(' ').map(str::to_string).collect();
+        assert_eq!(tokens.len(), 2, "the session is a column, not a token");
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.len() == 17 && t.chars().all(|c| c.is_ascii_alphanumeric()))
+        );
+        assert_ne!(
+            tokens[0], tokens[1],
+            "sender and recipient are different keys"
+        );
+        assert_eq!(TraceKeys::session_key(3, 7) >> SESSION_BITS, 3);
+    }
+}
