@@ -120,6 +120,8 @@ pub enum SpoolOp {
         message_id: String,
         bounce: Option<NewMessage>,
     },
+    /// Several operations in one transaction: all of them or none.
+    All(Vec<SpoolOp>),
 }
 
 struct Job {
@@ -509,6 +511,13 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                 [],
             ),
         },
+        SpoolOp::All(ops) => {
+            let mut n = 0;
+            for op in ops {
+                n += apply(conn, op)?;
+            }
+            Ok(n)
+        }
         SpoolOp::Delete { message_id, bounce } => {
             conn.execute("DELETE FROM recipients WHERE message_id = ?1", [message_id])?;
             let n = conn.execute("DELETE FROM messages WHERE id = ?1", [message_id])?;

@@ -691,3 +691,131 @@ fn pipelining_only_where_offered_with_the_same_outcomes_and_bytes() {
     });
     drop(server);
 }
+
+/// Bulk queue actions by domain, text and age: one transaction each, and
+/// afterwards the spool holds what the command said.
+#[test]
+fn bulk_queue_actions_by_domain_text_and_age() {
+    use relaygate::spool::SpoolReader;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    sink.set_mode(SinkMode::TempFailAll);
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    let listing = || SpoolReader::open(&spool).unwrap().listing().unwrap();
+    let mut server = Server::start(&db);
+    let mut one = Vec::new();
+    for i in 0..3 {
+        one.push(send(
+            &mut server,
+            "alice@example.com",
+            &[&format!("a{i}@one.test")],
+            "Subject: 1\r\n\r\nx\r\n",
+        ));
+    }
+    let mut two = Vec::new();
+    for i in 0..2 {
+        two.push(send(
+            &mut server,
+            "alice@example.com",
+            &[&format!("b{i}@two.test")],
+            "Subject: 2\r\n\r\nx\r\n",
+        ));
+    }
+    let special = send(
+        &mut server,
+        "special@example.com",
+        &["c@two.test"],
+        "Subject: 3\r\n\r\nx\r\n",
+    );
+    eventually("every message deferred once", || {
+        let l = listing();
+        l.len() == 6
+            && l.iter()
+                .all(|e| e.recipients.iter().all(|r| r.attempts == 1))
+    });
+
+    let out = cli(&db, &["queue", "hold", "--domain", "ONE.test"]);
+    assert!(out.contains("3 messages held"), "{out}");
+    for e in listing() {
+        assert_eq!(e.held, one.contains(&e.id), "{}", e.id);
+    }
+    let shown = cli(&db, &["queue", "show"]);
+    for id in &one {
+        let block: String = shown
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(id.as_str()))
+            .take(2)
+            .collect();
+        assert!(
+            block.contains("HELD") && block.contains("  held"),
+            "{block}"
+        );
+        assert!(
+            !block.contains("next attempt"),
+            "a held message has no next attempt: {block}"
+        );
+    }
+
+    let out = cli(
+        &db,
+        &[
+            "queue", "release", "--domain", "one.test", "--match", "A1@ONE",
+        ],
+    );
+    assert!(out.contains("1 message released"), "{out}");
+    assert_eq!(listing().iter().filter(|e| e.held).count(), 2);
+
+    assert!(cli(&db, &["queue", "hold", "--older-than", "1h"]).contains("0 messages held"));
+
+    let out = cli(&db, &["queue", "delete", "--match", "special@"]);
+    assert!(out.contains("1 message deleted, 0 bounces queued"), "{out}");
+    assert!(listing().iter().all(|e| e.id != special));
+
+    let out = cli(&db, &["queue", "retry", "--domain", "two.test"]);
+    assert!(out.contains("2 messages: 2 recipients due now"), "{out}");
+
+    let out = cli(
+        &db,
+        &["queue", "delete", "--domain", "one.test", "--bounce"],
+    );
+    assert!(
+        out.contains("3 messages deleted, 3 bounces queued"),
+        "{out}"
+    );
+    let left = listing();
+    assert!(left.iter().all(|e| !one.contains(&e.id)));
+    assert_eq!(
+        left.iter().filter(|e| e.sender.is_empty()).count(),
+        3,
+        "the bounces"
+    );
+    assert!(two.iter().all(|id| left.iter().any(|e| &e.id == id)));
+
+    for bad in [
+        vec!["queue", "hold"],
+        vec!["queue", "hold", &two[0], "--domain", "two.test"],
+        vec!["queue", "delete", "--older-than", "5x"],
+        vec!["queue", "release", "NOSUCHID"],
+    ] {
+        let out = common::run_cli(&db, &bad, "");
+        assert_eq!(out.code, 2, "{bad:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("relaygate: "),
+            "{bad:?}: {}",
+            out.stderr
+        );
+    }
+    drop(server);
+}

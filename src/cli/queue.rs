@@ -3,7 +3,7 @@
 //! quarter of a second (it reads the queue on every tick).
 
 use crate::delivery::scheduler::bounce_for_deleted;
-use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
+use crate::spool::{QueueEntry, Spool, SpoolOp, SpoolReader, spool_path_for};
 use crate::store::Store;
 use anyhow::Context;
 use clap::Subcommand;
@@ -15,36 +15,171 @@ pub enum QueueCommand {
     /// Every queued message: id, age, sender, recipients with state, next
     /// attempt, last error.
     Show,
-    /// Attempt delivery now: one message, or `all`.
+    /// Attempt delivery now: one message, `all`, or those the filters match.
     Retry {
         #[arg(value_name = "ID|all")]
-        id: String,
+        id: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
     },
-    /// Remove a message; with --bounce its sender is told, else silently.
+    /// Remove messages (one, or those the filters match); with --bounce
+    /// their senders are told, else silently.
     Delete {
-        id: String,
+        id: Option<String>,
         #[arg(long)]
         bounce: bool,
+        #[command(flatten)]
+        filter: Filter,
     },
-    /// Keep a message from being delivered until it is released.
-    Hold { id: String },
-    /// Let a held message be delivered again.
-    Release { id: String },
+    /// Keep messages (one, or those the filters match) from being delivered
+    /// until they are released.
+    Hold {
+        id: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
+    },
+    /// Let held messages (one, or those the filters match) be delivered
+    /// again.
+    Release {
+        id: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
+    },
 }
 
-/// Holds or releases one message.
+/// Which queued messages a bulk action takes; all given must match.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Text in the sender, a recipient or a recipient's last error (any case).
+    #[arg(long = "match", value_name = "TEXT")]
+    pub text: Option<String>,
+    /// A recipient in this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Received at least this long ago: 90m, 12h, 2d.
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.text.is_none() && self.domain.is_none() && self.older_than.is_none()
+    }
+
+    /// Whether `e` is taken, at `now` (seconds).
+    fn takes(&self, e: &QueueEntry, now: i64, older_than: Option<i64>) -> bool {
+        if older_than.is_some_and(|age| now - e.received_at < age) {
+            return false;
+        }
+        if let Some(d) = &self.domain {
+            let d = d.trim().trim_start_matches('@').to_lowercase();
+            let in_domain = e.recipients.iter().any(|r| {
+                r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(&d))
+            });
+            if !in_domain {
+                return false;
+            }
+        }
+        if let Some(t) = &self.text {
+            let t = t.to_lowercase();
+            let hit = e.sender.to_lowercase().contains(&t)
+                || e.recipients.iter().any(|r| {
+                    r.address.to_lowercase().contains(&t)
+                        || r.last_error
+                            .as_deref()
+                            .is_some_and(|x| x.to_lowercase().contains(&t))
+                });
+            if !hit {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `90m`, `12h`, `2d`, `45s` as seconds.
+fn age_secs(text: &str) -> anyhow::Result<i64> {
+    let t = text.trim();
+    let bad = || anyhow::anyhow!("--older-than {text:?}: give an age like 90m, 12h or 2d");
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let n: i64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    if n < 0 {
+        return Err(bad());
+    }
+    Ok(n.saturating_mul(mult))
+}
+
+/// The messages an action takes: the one named, or every one the filters
+/// match (never both, never neither).
+fn targets(
+    reader: &SpoolReader,
+    id: Option<&str>,
+    filter: &Filter,
+    now: i64,
+) -> anyhow::Result<Vec<QueueEntry>> {
+    match (id, filter.is_empty()) {
+        (Some(_), false) => {
+            anyhow::bail!("give a queue id or filters (--match, --domain, --older-than), not both")
+        }
+        (None, true) => {
+            anyhow::bail!("give a queue id, or filters (--match, --domain, --older-than)")
+        }
+        (Some(id), true) => match reader.entry(id)? {
+            Some(e) => Ok(vec![e]),
+            None => anyhow::bail!("no message {id} in the queue"),
+        },
+        (None, false) => {
+            let older = filter.older_than.as_deref().map(age_secs).transpose()?;
+            Ok(reader
+                .listing()?
+                .into_iter()
+                .filter(|e| filter.takes(e, now, older))
+                .collect())
+        }
+    }
+}
+
+/// "1 message" / "3 messages".
+fn messages(n: usize) -> String {
+    if n == 1 {
+        "1 message".into()
+    } else {
+        format!("{n} messages")
+    }
+}
+
+/// Holds or releases messages, all in one transaction.
 fn set_held(
     path: &std::path::Path,
-    id: &str,
+    reader: &SpoolReader,
+    id: Option<String>,
+    filter: &Filter,
+    now: i64,
     held: bool,
-    need: impl Fn(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    need(id)?;
-    Spool::open(path)?.apply_blocking(SpoolOp::Hold {
-        message_id: id.to_string(),
-        held,
-    })?;
-    println!("{id} {}", if held { "held" } else { "released" });
+    let chosen = targets(reader, id.as_deref(), filter, now)?;
+    let ops = chosen
+        .iter()
+        .map(|e| SpoolOp::Hold {
+            message_id: e.id.clone(),
+            held,
+        })
+        .collect();
+    Spool::open(path)?.apply_blocking(SpoolOp::All(ops))?;
+    let what = if held { "held" } else { "released" };
+    match id {
+        Some(id) => println!("{id} {what}"),
+        None => println!("{} {what}", messages(chosen.len())),
+    }
     Ok(())
 }
 
@@ -64,12 +199,6 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
         .map_or(0, |d| d.as_secs() as i64);
     let reader = SpoolReader::open(&path)
         .with_context(|| format!("opening the spool {}", path.display()))?;
-    let need = |id: &str| -> anyhow::Result<()> {
-        if reader.message(id)?.is_none() {
-            anyhow::bail!("no message {id} in the queue");
-        }
-        Ok(())
-    };
     match cmd {
         QueueCommand::Show => {
             let entries = reader.listing()?;
@@ -98,6 +227,8 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 for r in e.recipients {
                     let when = if r.state != "queued" {
                         String::new()
+                    } else if e.held {
+                        "  held".to_string()
                     } else if r.next_attempt <= now {
                         "  next attempt now".to_string()
                     } else {
@@ -114,39 +245,55 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        QueueCommand::Retry { id } => {
+        QueueCommand::Retry { id, filter } => {
             let spool = Spool::open(&path)?;
-            let target = if id == "all" {
-                None
-            } else {
-                need(&id)?;
-                Some(id.clone())
-            };
-            let n = spool.apply_blocking(SpoolOp::RetryNow { message_id: target })?;
-            println!("{n} recipients due now");
+            if id.as_deref() == Some("all") && filter.is_empty() {
+                let n = spool.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
+                println!("{n} recipients due now");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let chosen = targets(&reader, id.as_deref(), &filter, now)?;
+            let ops = chosen
+                .iter()
+                .map(|e| SpoolOp::RetryNow {
+                    message_id: Some(e.id.clone()),
+                })
+                .collect();
+            let n = spool.apply_blocking(SpoolOp::All(ops))?;
+            println!("{}: {n} recipients due now", messages(chosen.len()));
         }
-        QueueCommand::Hold { id } => set_held(&path, &id, true, need)?,
-        QueueCommand::Release { id } => set_held(&path, &id, false, need)?,
-        QueueCommand::Delete { id, bounce } => {
-            let Some(message) = reader.message(&id)? else {
-                anyhow::bail!("no message {id} in the queue");
-            };
-            let bounce = if bounce {
-                bounce_for_deleted(&store.server_settings()?, &reader, &message)?
+        QueueCommand::Hold { id, filter } => set_held(&path, &reader, id, &filter, now, true)?,
+        QueueCommand::Release { id, filter } => set_held(&path, &reader, id, &filter, now, false)?,
+        QueueCommand::Delete { id, bounce, filter } => {
+            let chosen = targets(&reader, id.as_deref(), &filter, now)?;
+            let settings = store.server_settings()?;
+            let mut ops = Vec::with_capacity(chosen.len());
+            let mut told = Vec::new();
+            for e in &chosen {
+                let Some(message) = reader.message(&e.id)? else {
+                    continue;
+                };
+                let b = if bounce {
+                    bounce_for_deleted(&settings, &reader, &message)?
+                } else {
+                    None
+                };
+                if let Some(b) = &b {
+                    told.push((e.id.clone(), b.id.clone(), message.message.sender.clone()));
+                }
+                ops.push(SpoolOp::Delete {
+                    message_id: e.id.clone(),
+                    bounce: b,
+                });
+            }
+            let n = Spool::open(&path)?.apply_blocking(SpoolOp::All(ops))?;
+            if id.is_some() {
+                match told.first() {
+                    Some((id, b, to)) => println!("{id} deleted; bounce {b} queued to <{to}>"),
+                    None => println!("{} deleted", chosen.first().map_or("", |e| e.id.as_str())),
+                }
             } else {
-                None
-            };
-            let bounced = bounce.as_ref().map(|b| b.id.clone());
-            Spool::open(&path)?.apply_blocking(SpoolOp::Delete {
-                message_id: id.clone(),
-                bounce,
-            })?;
-            match bounced {
-                Some(b) => println!(
-                    "{id} deleted; bounce {b} queued to <{}>",
-                    message.message.sender
-                ),
-                None => println!("{id} deleted"),
+                println!("{} deleted, {} bounces queued", messages(n), told.len());
             }
         }
     }
