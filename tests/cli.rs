@@ -489,8 +489,9 @@ fn check_exit_codes_and_bad_input() {
     assert_eq!(o.code, 1);
     assert!(
         o.stdout.contains("class    relay")
-            && o.stdout
-                .contains("relay from unlisted 203.0.113.9; deny entry *.*.*.*"),
+            && o.stdout.contains(
+                "relay from 203.0.113.9, not on the allow list; deny entry *.*.*.* applies"
+            ),
         "{}",
         o.stdout
     );

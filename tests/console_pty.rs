@@ -224,7 +224,7 @@ fn traffic_shows_live_and_an_allow_entry_typed_in_the_console_lets_a_client_thro
         "client.test",
         "a@example.com",
         "denied",
-        "<b@far.test> 554 outbound from unlisted 127.0.0.1; deny entry *.*.*.*",
+        "<b@far.test> 554 outbound from 127.0.0.1, not on the allow list; deny entry *.*.*.* applies",
     ]);
 
     // Add 127.0.0.1 to the allow list through the keys, and save.

@@ -125,7 +125,7 @@ async fn plain_starttls_and_auth_sends() {
 
     server.wait_for("authenticated as alice", Duration::from_secs(5));
     server.wait_for("STARTTLS done", Duration::from_secs(5));
-    server.wait_for("decision session=1 peer=127.0.0.1 login=- from=<bob@example.com> to=<someone@far.test> class=outbound reply=\"554 5.7.1 Relay access denied\" denied: outbound from unlisted 127.0.0.1; deny entry *.*.*.*", Duration::from_secs(5));
+    server.wait_for("decision session=1 peer=127.0.0.1 login=- from=<bob@example.com> to=<someone@far.test> class=outbound reply=\"554 5.7.1 Relay access denied\" denied: outbound from 127.0.0.1, not on the allow list; deny entry *.*.*.* applies", Duration::from_secs(5));
     assert_eq!(server.terminate().code(), Some(0));
 
     let stored = read_spool(&spool_path_for(&db)).expect("spool");

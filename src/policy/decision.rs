@@ -136,7 +136,13 @@ impl fmt::Display for Reason {
                 entry,
                 over,
             } => match over {
-                None => write!(f, "{class} from unlisted {ip}; {entry}"),
+                // "from unlisted 1.2.3.4; deny entry *.*.*.*" read as a
+                // contradiction: the address is on no allow entry, and a
+                // deny entry covers it.
+                None => write!(
+                    f,
+                    "{class} from {ip}, not on the allow list; {entry} applies"
+                ),
                 Some(o) if o.pattern.span() == entry.pattern.span() => write!(
                     f,
                     "{class} from {ip}; {entry} is as specific as {o} and deny wins ties"
