@@ -292,6 +292,11 @@ impl LiveState {
                 tls,
             } => {
                 self.counters.sessions += 1;
+                // A console may get the row in a tick before the event
+                // (they come by different ways): the row it has is newer.
+                if self.connections.contains_key(session) {
+                    return;
+                }
                 self.open += 1;
                 while self.connections.len() >= MAX_ROWS {
                     // Closed rows go first; then the oldest open one.
@@ -526,6 +531,42 @@ pub fn mail_from(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A console gets rows in ticks and events on another way: a session
+    /// whose row (HELO name and all) came first must not be reset by its
+    /// opening event arriving after.
+    #[test]
+    fn an_opening_event_after_the_tick_keeps_the_newer_row() {
+        let opened = Stamped {
+            at: SystemTime::now(),
+            event: std::sync::Arc::new(Event::SessionOpened {
+                session: 8,
+                peer: "127.0.0.18:4000".parse().unwrap(),
+                local: "127.0.0.1:25".parse().unwrap(),
+                kind: BindKind::Smtp,
+                tls: false,
+            }),
+        };
+        let mut engine = LiveState::default();
+        engine.apply(&opened);
+        engine.set_columns(
+            8,
+            crate::session_board::Columns {
+                stage: "ehlo".into(),
+                helo: Some("nas.example.com".into()),
+                mail_from: None,
+                bytes: 22,
+            },
+        );
+        engine.columns_set();
+        let tick = engine.tick_since(0).unwrap();
+        let mut console = LiveState::default();
+        console.merge(tick);
+        console.apply(&opened);
+        let row = &console.connections[&8];
+        assert_eq!(row.helo.as_deref(), Some("nas.example.com"));
+        assert_eq!(row.state, "ehlo");
+    }
 
     #[test]
     fn mail_from_is_the_address() {

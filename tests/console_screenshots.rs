@@ -117,6 +117,16 @@ impl Console {
         }
     }
 
+    /// Waits until the screen no longer shows `needle` (a popup closed):
+    /// a key typed right after a lone Esc can be read with it as Alt+key.
+    fn wait_gone(&mut self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.text().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} never went away");
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
     /// Waits for a quiet moment (no drawing for 300 ms, at most 3 s), so
     /// a capture is a whole frame.
     fn settle(&mut self) {
@@ -686,6 +696,7 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.wait_for(&["from 127.0.0.77:", "AUTH failed", "authenticated as alice"]);
     capture(&mut console, "dialogue");
     console.press("\x1b");
+    console.wait_gone("(Esc closes)");
 
     // 2 Log.
     console.press("2");
@@ -726,13 +737,7 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.wait_for(&["Keys (Esc closes)"]);
     capture(&mut console, "help");
     console.press("\x1b");
-    // Until the help has closed: a key typed right after a lone Esc can
-    // be read with it as Alt+key.
-    let deadline = Instant::now() + WAIT;
-    while console.text().contains("Keys (Esc closes)") {
-        assert!(Instant::now() < deadline, "the help never closed");
-        console.pump(Duration::from_millis(100));
-    }
+    console.wait_gone("Keys (Esc closes)");
 
     // The same console at 80x24.
     console.resize(24, 80);
