@@ -786,3 +786,48 @@ fn readme_key_table_matches_the_keymap() {
         "README.md's key table differs from the keymap; regenerate it with\n  cargo test --test console_app print_keymap -- --ignored --nocapture"
     );
 }
+
+#[test]
+fn statuses_go_after_a_while_errors_later_and_a_binding_that_cannot_open_is_said() {
+    let mut h = Harness::new(|_| {});
+    let shows = |h: &Harness, text: &str| h.screen(120, 40).backend().to_string().contains(text);
+    h.act(Action::Tick(t0()));
+    h.typed("5a");
+    h.typed("example.net\n");
+    assert_eq!(h.status(), "saved: example.net is a local domain");
+    assert!(shows(&h, "saved: example.net is a local domain"));
+    h.act(Action::Tick(t0() + Duration::from_secs(4)));
+    assert!(shows(&h, "saved: example.net"), "still there after 4 s");
+    h.act(Action::Tick(t0() + Duration::from_secs(6)));
+    assert!(!shows(&h, "saved: example.net"), "gone after 6 s");
+
+    // The engine reports its listeners; then one that fails to open.
+    let listening = |port: u16| ListenerStatus {
+        binding: Binding {
+            addr: addr(&format!("127.0.0.1:{port}")),
+            kind: BindKind::Smtp,
+        },
+        bound: Ok(addr(&format!("127.0.0.1:{port}"))),
+    };
+    h.act(Action::Listeners(vec![listening(2525)]));
+    assert!(!h.status().contains("cannot listen"));
+    let busy = ListenerStatus {
+        binding: Binding {
+            addr: addr("127.0.0.1:2626"),
+            kind: BindKind::Smtp,
+        },
+        bound: Err("Address already in use (os error 98)".into()),
+    };
+    h.act(Action::Listeners(vec![listening(2525), busy.clone()]));
+    assert_eq!(
+        h.status(),
+        "cannot listen on 127.0.0.1:2626: Address already in use (os error 98) (retried; r on Bindings retries now)"
+    );
+    // Said once, not every second while it stays down.
+    h.act(Action::Tick(t0() + Duration::from_secs(20)));
+    h.act(Action::Listeners(vec![listening(2525), busy]));
+    assert!(
+        !shows(&h, "cannot listen"),
+        "an error goes after 12 s and is not said again"
+    );
+}

@@ -66,6 +66,26 @@ pub enum Mode {
 pub struct Status {
     pub text: String,
     pub ok: bool,
+    /// When it was said: it is shown for [`STATUS_OK_FOR`] (an error for
+    /// [`STATUS_ERROR_FOR`]), then goes.
+    pub at: SystemTime,
+}
+
+/// How long an outcome stays in the header.
+pub const STATUS_OK_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an error stays in the header.
+pub const STATUS_ERROR_FOR: std::time::Duration = std::time::Duration::from_secs(12);
+
+impl Status {
+    /// Whether it is still shown at `now`.
+    pub fn shown_at(&self, now: SystemTime) -> bool {
+        let age = now.duration_since(self.at).unwrap_or_default();
+        age < if self.ok {
+            STATUS_OK_FOR
+        } else {
+            STATUS_ERROR_FOR
+        }
+    }
 }
 
 /// The Log panel's view.
@@ -239,10 +259,39 @@ impl App {
         }
     }
 
+    /// Takes the engine's listeners; a binding that has just failed to
+    /// open is said so, with the system's error (it is retried, and `r` on
+    /// Bindings retries it now).
+    fn listeners_now(&mut self, listeners: Vec<ListenerStatus>) {
+        let newly_failed: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| {
+                let err = l.bound.as_ref().err()?;
+                let was_failing = self
+                    .listeners
+                    .iter()
+                    .any(|o| o.binding.addr == l.binding.addr && o.bound.is_err());
+                (!was_failing).then(|| format!("cannot listen on {}: {err}", l.binding.addr))
+            })
+            .collect();
+        let first = self.listeners.is_empty();
+        self.listeners = listeners;
+        if !first && !newly_failed.is_empty() {
+            self.say(
+                false,
+                format!(
+                    "{} (retried; r on Bindings retries now)",
+                    newly_failed.join("; ")
+                ),
+            );
+        }
+    }
+
     fn say(&mut self, ok: bool, text: impl Into<String>) {
         self.status = Some(Status {
             text: text.into(),
             ok,
+            at: self.now,
         });
     }
 
@@ -300,7 +349,7 @@ impl App {
                     .into_iter()
                     .map(|a| (a.message_id.clone(), a))
                     .collect();
-                self.listeners = status.listeners;
+                self.listeners_now(status.listeners);
                 self.dropped = status.dropped + self.lagged + self.lost;
                 Vec::new()
             }
@@ -313,7 +362,7 @@ impl App {
                 Vec::new()
             }
             Action::Listeners(l) => {
-                self.listeners = l;
+                self.listeners_now(l);
                 Vec::new()
             }
             Action::QueueLoaded(result) => {

@@ -411,7 +411,11 @@ fn put_binding(
     Ok(match old {
         Some(o) if o != new.addr => format!("saved: {o} is now {} ({})", new.addr, new.kind),
         Some(_) => format!("saved: {} is now {}", new.addr, new.kind),
-        None => format!("saved: listening on {} ({})", new.addr, new.kind),
+        // Whether it listens is the engine's to say, within a second.
+        None => format!(
+            "saved: {} ({}); the engine opens it now",
+            new.addr, new.kind
+        ),
     })
 }
 

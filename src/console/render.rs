@@ -148,7 +148,7 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             theme.focus,
         ));
     }
-    if let Some(s) = &app.status {
+    if let Some(s) = app.status.as_ref().filter(|s| s.shown_at(app.now)) {
         spans.push(Span::styled(
             s.text.clone(),
             if s.ok { theme.allowed } else { theme.error },
