@@ -167,6 +167,7 @@ fn long_log(app: &mut App) {
             verdict: verdict.and_then(relaygate::events::Outcome::parse),
             text,
             detail: None,
+            trace: None,
         });
     }
 }

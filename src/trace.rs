@@ -224,7 +224,7 @@ pub fn next_run(conn: &Connection) -> rusqlite::Result<u64> {
 /// a sender or a recipient; the others match only their own field. All
 /// given must match the same event. Addresses and logins match whatever
 /// their case.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceQuery {
     pub any: Option<String>,
     pub id: Option<String>,
@@ -239,6 +239,31 @@ pub struct TraceQuery {
 }
 
 impl TraceQuery {
+    /// The query that finds the story an event belongs to: its message if
+    /// it has one, else its decision's client, sender and recipient, else
+    /// its client; `None` for events of no session or message.
+    pub fn for_event(event: &Event) -> Option<TraceQuery> {
+        let k = TraceKeys::of(event);
+        if let Some(id) = k.message {
+            return Some(TraceQuery {
+                id: Some(id),
+                ..Default::default()
+            });
+        }
+        if k.sender.is_some() || k.recipient.is_some() {
+            return Some(TraceQuery {
+                ip: k.ip,
+                from: k.sender,
+                to: k.recipient,
+                ..Default::default()
+            });
+        }
+        k.ip.map(|ip| TraceQuery {
+            ip: Some(ip),
+            ..Default::default()
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.any.is_none()
             && self.id.is_none()
@@ -510,6 +535,78 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
     ordered.sort_by_key(|(first, _)| *first);
     let skip = ordered.len().saturating_sub(MAX_STORIES);
     Ok(ordered.into_iter().skip(skip).map(|(_, s)| s).collect())
+}
+
+/// A story as lines of text (the CLI prints them, the console shows
+/// them): a heading, each event with its UTC time, then where its messages
+/// stand in the queue now (`queue`, one line each).
+pub fn render(story: &Story, queue: &[String]) -> Vec<String> {
+    let who = match story.session {
+        Some(s) => format!("session {s}"),
+        None => "messages whose session is no longer in the log".to_string(),
+    };
+    let messages = if story.messages.is_empty() {
+        "no message accepted".to_string()
+    } else {
+        format!("message {}", story.messages.join(", "))
+    };
+    let mut lines = vec![format!("== {who} · {messages}")];
+    for e in &story.events {
+        lines.push(format!(
+            "  {}  {}",
+            timestamp(e.at),
+            crate::events::describe(&e.event).text
+        ));
+    }
+    for q in queue {
+        lines.push(format!("  now: {q}"));
+    }
+    lines
+}
+
+/// Where a queued message stands: held or not, each recipient's state,
+/// next attempt (`now`: seconds since the epoch) and last error.
+pub fn queue_state(e: &crate::spool::QueueEntry, now: i64) -> String {
+    let rcpts: Vec<String> = e
+        .recipients
+        .iter()
+        .map(|r| {
+            let when = if e.held || r.state != "queued" {
+                String::new()
+            } else if r.next_attempt <= now {
+                ", next attempt now".into()
+            } else {
+                format!(", next attempt in {} s", r.next_attempt - now)
+            };
+            let error = r
+                .last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default();
+            format!("<{}> {}{when}{error}", r.address, r.state)
+        })
+        .collect();
+    format!(
+        "{} in the queue{}: {}",
+        e.id,
+        if e.held { ", held" } else { "" },
+        rcpts.join("; ")
+    )
+}
+
+/// `2026-11-26 14:05:01.123` (UTC).
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, m, day) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
 
 #[cfg(test)]

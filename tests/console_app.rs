@@ -831,3 +831,86 @@ fn statuses_go_after_a_while_errors_later_and_a_binding_that_cannot_open_is_said
         "an error goes after 12 s and is not said again"
     );
 }
+
+/// `t` on a Log line opens the whole story of its message from the event
+/// log: the session's connection and decision, the acceptance, the
+/// delivery; `t` on a line of no story says so.
+#[test]
+fn t_on_a_log_line_opens_its_message_s_story_from_the_event_log() {
+    let mut h = Harness::new(|_| {});
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let events = vec![
+        Event::SessionOpened {
+            session: 3,
+            peer,
+            local: "127.0.0.1:25".parse().unwrap(),
+            kind: BindKind::Smtp,
+            tls: false,
+        },
+        Event::MessageAccepted {
+            session: 3,
+            id: "1A0000000000000001".into(),
+            size: 100,
+            recipients: 1,
+        },
+        Event::Delivery {
+            message_id: "1A0000000000000001".into(),
+            recipient: "bob@far.test".into(),
+            host: "mx.far.test".into(),
+            outcome: relaygate::events::DeliveryOutcome::Delivered,
+            reply: "250 2.0.0 taken".into(),
+        },
+        Event::SessionClosed {
+            session: 3,
+            why: "closed".into(),
+        },
+        Event::PolicyReloaded { allow: 1, deny: 1 },
+    ];
+    let stamped: Vec<Stamped> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| Stamped {
+            at: t0() + Duration::from_millis(i as u64),
+            event: Arc::new(e),
+        })
+        .collect();
+    // The engine wrote them to its log; the console got them live.
+    let mut log =
+        relaygate::decision_log::DecisionLog::open(&relaygate::decision_log::log_path_for(&h.db))
+            .unwrap();
+    log.append(&stamped.iter().collect::<Vec<_>>()).unwrap();
+    for s in &stamped {
+        h.act(Action::Engine(s.clone()));
+    }
+    h.typed("2");
+    // The newest line (the reload) belongs to no story.
+    h.typed("t");
+    assert!(matches!(h.app.mode, Mode::Normal));
+    assert!(
+        h.status().contains("no session or message"),
+        "{}",
+        h.status()
+    );
+    // Up to the delivery line: its message's story.
+    h.typed("kk");
+    h.typed("t");
+    let Mode::Viewer {
+        source: relaygate::console::app::ViewerSource::Text { title, lines },
+        ..
+    } = &h.app.mode
+    else {
+        panic!("no trace opened: {:?} / {}", h.app.mode, h.status());
+    };
+    assert_eq!(title, "Trace: message 1A0000000000000001");
+    let text = lines.join("\n");
+    for want in [
+        "== session 3 · message 1A0000000000000001",
+        "opened from 192.0.2.7:40000",
+        "accepted",
+        "to=<bob@far.test>",
+        "closed",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("reloaded"), "{text}");
+}

@@ -77,7 +77,7 @@ pub fn run(db: &Path, args: TraceArgs) -> anyhow::Result<ExitCode> {
             .messages
             .iter()
             .filter_map(|id| spool.as_ref()?.entry(id).ok().flatten())
-            .map(|e| queue_state(&e, now_s))
+            .map(|e| crate::trace::queue_state(&e, now_s))
             .collect();
         if args.json {
             println!("{}", serde_json::to_string(&json_story(story, &queue))?);
@@ -102,66 +102,10 @@ fn json_story(story: &Story, queue: &[String]) -> serde_json::Value {
 }
 
 fn print_story(story: &Story, queue: &[String]) {
-    let who = match story.session {
-        Some(s) => format!("session {s}"),
-        None => "messages whose session is no longer in the log".to_string(),
-    };
-    let messages = if story.messages.is_empty() {
-        "no message accepted".to_string()
-    } else {
-        format!("message {}", story.messages.join(", "))
-    };
-    println!("== {who} · {messages}");
-    for e in &story.events {
-        println!("  {}  {}", timestamp(e.at), describe(&e.event).text);
-    }
-    for q in queue {
-        println!("  now: {q}");
+    for line in crate::trace::render(story, queue) {
+        println!("{line}");
     }
     println!();
-}
-
-fn queue_state(e: &crate::spool::QueueEntry, now: i64) -> String {
-    let rcpts: Vec<String> = e
-        .recipients
-        .iter()
-        .map(|r| {
-            let when = if e.held || r.state != "queued" {
-                String::new()
-            } else if r.next_attempt <= now {
-                ", next attempt now".into()
-            } else {
-                format!(", next attempt in {} s", r.next_attempt - now)
-            };
-            let error = r
-                .last_error
-                .as_deref()
-                .map(|e| format!(", last error: {e}"))
-                .unwrap_or_default();
-            format!("<{}> {}{when}{error}", r.address, r.state)
-        })
-        .collect();
-    format!(
-        "{} in the queue{}: {}",
-        e.id,
-        if e.held { ", held" } else { "" },
-        rcpts.join("; ")
-    )
-}
-
-/// `2026-11-26 14:05:01.123` (UTC).
-fn timestamp(at: SystemTime) -> String {
-    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (y, m, day) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// An age before `now` (`90m`, `2h`, `3d`, `45s`) or a UTC date

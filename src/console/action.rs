@@ -115,6 +115,8 @@ pub enum Command {
     Follow,
     CycleFilter,
     Search,
+    /// `t`: the whole story of the selected connection, message or line.
+    Trace,
     Yes,
     No,
     Bounce,
@@ -142,6 +144,8 @@ pub enum Action {
     History(Vec<LogLine>),
     /// A save or other operation finished; the message says what happened.
     Done(Result<String, String>),
+    /// A trace's stories as lines (or why there is none).
+    Traced(Result<Vec<String>, String>),
     /// An import file was read (or could not be).
     ImportRead {
         list: ListKind,
@@ -245,6 +249,8 @@ pub enum Effect {
     /// Re-read the configuration if another process changed it.
     PollStore,
     LoadQueue,
+    /// Search the event log (and the queue) for a message's story.
+    Trace(crate::trace::TraceQuery),
     /// A request to the engine (a dialogue, a retry of the bindings).
     Control(ClientMessage),
     /// The persisted event log from before `before`.

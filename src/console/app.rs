@@ -178,6 +178,8 @@ pub struct App {
     pub page: usize,
     pub quit: bool,
     saving_lists: bool,
+    /// The title of the trace asked for, until it comes.
+    trace_title: Option<String>,
     awaiting_reload: bool,
     ticks: u64,
 }
@@ -216,6 +218,7 @@ impl App {
             page: 10,
             quit: false,
             saving_lists: false,
+            trace_title: None,
             awaiting_reload: false,
             ticks: 0,
         }
@@ -446,6 +449,19 @@ impl App {
             Action::Dialogue { session, events } => {
                 if let Some(c) = self.traffic.live.connections.get_mut(&session) {
                     c.replace_dialogue(events);
+                }
+                Vec::new()
+            }
+            Action::Traced(result) => {
+                let title = self.trace_title.take().unwrap_or_else(|| "Trace".into());
+                match result {
+                    Ok(lines) => {
+                        self.mode = Mode::Viewer {
+                            source: ViewerSource::Text { title, lines },
+                            scroll: 0,
+                        }
+                    }
+                    Err(e) => self.say(false, format!("{title}: {e}")),
                 }
                 Vec::new()
             }
@@ -700,6 +716,17 @@ impl App {
         }
     }
 
+    /// Asks for a trace; the story opens in a reader when it comes.
+    fn trace(&mut self, query: Option<crate::trace::TraceQuery>) -> Vec<Effect> {
+        match query {
+            Some(q) => {
+                self.trace_title = Some(trace_title(&q));
+                vec![Effect::Trace(q)]
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn ask(&mut self, question: impl Into<String>, pending: Pending) {
         self.mode = Mode::Confirm(Confirm {
             question: question.into(),
@@ -747,6 +774,37 @@ impl App {
                             .with_value(current),
                     ],
                 );
+            }
+            (Panel::Live, Command::Trace) => {
+                let query = self
+                    .traffic
+                    .connections
+                    .values()
+                    .nth(self.live_selected)
+                    .map(|c| crate::trace::TraceQuery {
+                        ip: Some(c.peer.ip().to_string()),
+                        from: c.mail_from.clone().filter(|m| !m.is_empty()),
+                        ..Default::default()
+                    });
+                return self.trace(query);
+            }
+            (Panel::Queue, Command::Trace) => {
+                let query = self
+                    .queue
+                    .get(self.queue_selected)
+                    .map(|e| crate::trace::TraceQuery {
+                        id: Some(e.id.clone()),
+                        ..Default::default()
+                    });
+                return self.trace(query);
+            }
+            (Panel::Log, Command::Trace) => {
+                let query = self.selected_log_line().and_then(|l| l.trace.clone());
+                if query.is_none() {
+                    self.say(false, "this line belongs to no session or message");
+                    return Vec::new();
+                }
+                return self.trace(query);
             }
             (Panel::Log, Command::Open) => {
                 if let Some(line) = self.selected_log_line() {
@@ -1337,4 +1395,26 @@ fn matching_passwords(a: &str, b: &str) -> Result<String, String> {
         return Err("the two passwords differ".into());
     }
     Ok(a.to_string())
+}
+
+/// What a trace popup is titled: what was searched for.
+fn trace_title(q: &crate::trace::TraceQuery) -> String {
+    let mut parts = Vec::new();
+    for (name, value) in [
+        ("message", &q.id),
+        ("client", &q.ip),
+        ("from", &q.from),
+        ("to", &q.to),
+        ("login", &q.login),
+        ("", &q.any),
+    ] {
+        if let Some(v) = value {
+            parts.push(if name.is_empty() {
+                v.clone()
+            } else {
+                format!("{name} {v}")
+            });
+        }
+    }
+    format!("Trace: {}", parts.join(", "))
 }

@@ -142,6 +142,32 @@ impl ConsoleIo {
             .collect()
     }
 
+    /// A trace from the event log, as lines (the same as `relaygate
+    /// trace` prints). A search over a million events takes milliseconds,
+    /// so it runs here.
+    fn trace(&self, query: &crate::trace::TraceQuery) -> Result<Vec<String>, String> {
+        let log = DecisionLog::open_read_only(&log_path_for(&self.db))
+            .map_err(|e| format!("cannot read the event log: {e}"))?;
+        let stories = log.trace(query).map_err(|e| e.to_string())?;
+        if stories.is_empty() {
+            return Err("nothing in the event log matches".into());
+        }
+        let reader = SpoolReader::open(&self.spool_path).ok();
+        let now = epoch_ms(SystemTime::now()) / 1000;
+        let mut lines = Vec::new();
+        for story in &stories {
+            let queue: Vec<String> = story
+                .messages
+                .iter()
+                .filter_map(|id| reader.as_ref()?.entry(id).ok().flatten())
+                .map(|e| crate::trace::queue_state(&e, now))
+                .collect();
+            lines.extend(crate::trace::render(story, &queue));
+            lines.push(String::new());
+        }
+        Ok(lines)
+    }
+
     fn spool(&mut self) -> Result<&Spool, String> {
         if self.spool.is_none() {
             self.spool = Some(Spool::open(&self.spool_path).map_err(|e| e.to_string())?);
@@ -161,6 +187,7 @@ impl ConsoleIo {
                 };
                 return if changed { self.reload() } else { Vec::new() };
             }
+            Effect::Trace(query) => return vec![Action::Traced(self.trace(&query))],
             Effect::LoadQueue => {
                 let listing = SpoolReader::open(&self.spool_path)
                     .and_then(|r| r.listing())
@@ -282,6 +309,7 @@ impl ConsoleIo {
             Effect::Queue(_)
             | Effect::PollStore
             | Effect::LoadQueue
+            | Effect::Trace(_)
             | Effect::Control(_)
             | Effect::LoadHistory { .. }
             | Effect::CountQueue

@@ -161,11 +161,13 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Global, [code(KeyCode::End), ch('G')], C::Bottom, "", "to the bottom"),
     // Live
     bind!(X::Panel(P::Live), [code(KeyCode::Enter)], C::Open, "dialogue", "show the selected connection's dialogue"),
+    bind!(X::Panel(P::Live), [ch('t')], C::Trace, "trace", "the selected client's stories from the event log"),
     // Log
     bind!(X::Panel(P::Log), [ch('f')], C::CycleFilter, "filter", "filter: all, allowed, denied, errors, auth, delivery"),
     bind!(X::Panel(P::Log), [ch('/')], C::Search, "search", "search (Enter applies, empty clears)"),
     bind!(X::Panel(P::Log), [ch('F')], C::Follow, "follow", "follow new lines (scrolling up stops following)"),
     bind!(X::Panel(P::Log), [code(KeyCode::Enter)], C::Open, "details", "show the selected line in full"),
+    bind!(X::Panel(P::Log), [ch('t')], C::Trace, "trace", "the whole story of the selected line's message or session"),
     // Bindings
     bind!(X::Panel(P::Bindings), [ch('a')], C::Add, "add", "add a listen address"),
     bind!(X::Panel(P::Bindings), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the selected binding's address or kind"),
@@ -192,6 +194,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Users), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected user (asks first)"),
     // Queue
     bind!(X::Panel(P::Queue), [ch('r')], C::Retry, "retry", "try the selected message again now"),
+    bind!(X::Panel(P::Queue), [ch('t')], C::Trace, "trace", "the selected message's whole story"),
     bind!(X::Panel(P::Queue), [ch('h')], C::Hold, "hold", "hold the selected message"),
     bind!(X::Panel(P::Queue), [ch('u')], C::Release, "release", "release a held message"),
     bind!(X::Panel(P::Queue), [ch('d'), code(KeyCode::Delete)], C::Delete, "delete", "delete the selected message (asks: bounce or silently)"),

@@ -25,6 +25,8 @@ pub struct LogLine {
     pub text: String,
     /// The full wording when it differs from `text` (shown on Enter).
     pub detail: Option<String>,
+    /// What finds this line's story (`t`), if it belongs to one.
+    pub trace: Option<crate::trace::TraceQuery>,
 }
 
 /// The filters of the Log panel.
@@ -165,6 +167,7 @@ pub fn log_line(stamped: &Stamped) -> Option<LogLine> {
         verdict: described.verdict,
         text,
         detail,
+        trace: crate::trace::TraceQuery::for_event(&stamped.event),
     })
 }
 
@@ -184,6 +187,7 @@ pub fn history_line(record: crate::decision_log::LogRecord) -> Option<LogLine> {
             verdict,
             text,
             detail: None,
+            trace: None,
         }),
     }
 }
