@@ -391,3 +391,43 @@ fn a_console_group_member_watches_and_is_told_how_to_edit() {
     console.press("q");
     assert!(console.wait_exit().success());
 }
+
+/// The real binary in a pseudo-terminal: a message comes in and is
+/// deferred (its next hop is down); from the Log panel, `t` on its
+/// delivery line opens its whole story from the event log.
+#[test]
+fn a_message_is_traced_end_to_end_from_the_log_panel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("relaygate.db");
+    cli(&db, &["bind", "remove", "127.0.0.1:2525"]);
+    cli(&db, &["bind", "add", "127.0.0.1:0"]);
+    cli(&db, &["domain", "add", "example.com"]);
+    cli(&db, &["policy", "set", "dns-servers", "127.0.0.1:9"]);
+    cli(&db, &["route", "add", "*", "127.0.0.1:9", "--tls", "none"]);
+    let mut console = Console::start(&db);
+    let port = console.port();
+    let mut smtp = Smtp::connect(port);
+    smtp.cmd("EHLO traced.test");
+    smtp.cmd("MAIL FROM:<alice@example.com>");
+    assert!(smtp.cmd("RCPT TO:<bob@far.test>").starts_with("250"));
+    assert!(smtp.cmd("DATA").starts_with("354"));
+    let queued = smtp.cmd("Subject: trace me\r\n\r\nhello\r\n.");
+    assert!(queued.starts_with("250"), "{queued}");
+    let id = queued.rsplit(' ').next().unwrap_or_default().to_string();
+    smtp.cmd("QUIT");
+
+    console.press("2");
+    console.wait_for(&["deferred"]);
+    // Only delivery lines: all, allowed, denied, errors, auth, delivery.
+    console.press("fffff");
+    console.wait_for(&["Log: delivery"]);
+    console.press("t");
+    console.wait_for(&[
+        &format!("Trace: message {id}"),
+        "opened from 127.0.0.1",
+        "to=<bob@far.test>",
+        &format!("message {id} accepted"),
+        "deferred",
+        &format!("now: {id} in the queue"),
+    ]);
+}
