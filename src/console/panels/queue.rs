@@ -50,6 +50,9 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         for r in &m.recipients {
             let when = if r.state != "queued" {
                 String::new()
+            } else if m.held {
+                // Held: no attempt is due until it is released.
+                ", held".to_string()
             } else if r.next_attempt <= now {
                 ", next attempt now".to_string()
             } else {
