@@ -715,9 +715,12 @@ fn switches_and_the_auth_mode_change_through_the_keys() {
     assert!(h.store().switches().expect("switches").relay.auth);
     h.typed(" ");
     assert!(!h.store().switches().expect("switches").relay.auth);
-    // Auth mode: any-user -> specified needs the one login, typed twice.
+    // The auth mode is picked from its three: specified needs the one
+    // login, typed twice.
     h.key(KeyCode::Home);
     h.key(KeyCode::Enter);
+    assert!(matches!(h.app.mode, Mode::Confirm(_)));
+    h.typed("s");
     assert!(matches!(h.app.mode, Mode::Form(_)));
     h.typed("gateway\npw\npw\n");
     let (mode, user) = h.store().auth_mode().expect("auth mode");
@@ -725,8 +728,29 @@ fn switches_and_the_auth_mode_change_through_the_keys() {
         (mode.as_str(), user.as_deref()),
         ("specified", Some("gateway"))
     );
+    // Straight to none, no form on the way; Esc keeps the mode.
     h.key(KeyCode::Enter);
+    h.typed("n");
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
     assert_eq!(h.store().auth_mode().expect("auth mode").0.as_str(), "none");
+    h.key(KeyCode::Enter);
+    h.key(KeyCode::Esc);
+    assert_eq!(h.store().auth_mode().expect("auth mode").0.as_str(), "none");
+    h.key(KeyCode::Enter);
+    h.typed("a");
+    assert_eq!(
+        h.store().auth_mode().expect("auth mode").0.as_str(),
+        "any-user"
+    );
+    // Back to specified: the stored login is kept, no form.
+    h.key(KeyCode::Enter);
+    h.typed("s");
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    let (mode, user) = h.store().auth_mode().expect("auth mode");
+    assert_eq!(
+        (mode.as_str(), user.as_deref()),
+        ("specified", Some("gateway"))
+    );
 }
 
 #[test]

@@ -121,6 +121,10 @@ pub enum Command {
     No,
     Bounce,
     Silent,
+    /// Picking the auth mode: AUTH not offered, any user, one login.
+    AuthNone,
+    AuthAnyUser,
+    AuthSpecified,
 }
 
 /// Everything that changes the app.

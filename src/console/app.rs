@@ -31,6 +31,8 @@ pub enum Pending {
     DeleteMessage(String),
     DiscardListEdits,
     Quit,
+    /// The auth mode, picked from its three.
+    AuthMode,
 }
 
 /// A question before something that cannot be undone.
@@ -233,6 +235,7 @@ impl App {
             Mode::Confirm(c) if matches!(c.pending, Pending::DeleteMessage(_)) => {
                 vec![Context::ConfirmDelete]
             }
+            Mode::Confirm(c) if c.pending == Pending::AuthMode => vec![Context::PickAuthMode],
             Mode::Confirm(_) => vec![Context::Confirm],
             Mode::Normal if self.editing_lists() => vec![Context::ListEdit],
             Mode::Normal => vec![Context::Panel(self.panel), Context::Global],
@@ -628,6 +631,16 @@ impl App {
                     Command::Bounce | Command::Silent => {
                         self.mode = Mode::Normal;
                         self.confirmed(pending, c == Command::Bounce)
+                    }
+                    Command::AuthNone | Command::AuthAnyUser | Command::AuthSpecified
+                        if pending == Pending::AuthMode =>
+                    {
+                        self.mode = Mode::Normal;
+                        self.set_auth_mode(match c {
+                            Command::AuthNone => AuthMode::None,
+                            Command::AuthAnyUser => AuthMode::AnyUser,
+                            _ => AuthMode::Specified,
+                        })
                     }
                     _ => Vec::new(),
                 };
@@ -1082,6 +1095,8 @@ impl App {
                 self.say(true, "edits dropped; the lists are as stored");
                 Vec::new()
             }
+            // Picked by its own keys, never by a yes.
+            Pending::AuthMode => Vec::new(),
             Pending::Quit => {
                 self.quit = true;
                 Vec::new()
@@ -1192,6 +1207,31 @@ impl App {
         }
     }
 
+    /// Sets the auth mode picked; `specified` with no login stored asks
+    /// for the one login first.
+    fn set_auth_mode(&mut self, mode: AuthMode) -> Vec<Effect> {
+        if mode == self.config.auth_mode {
+            self.say(true, format!("the auth mode stays {}", mode.as_str()));
+            return Vec::new();
+        }
+        if mode == AuthMode::Specified && self.config.specified_user.is_none() {
+            self.open_form(
+                FormPurpose::SpecifiedLogin,
+                "Auth mode specified: the one login",
+                vec![
+                    Field::new("login", "the only name that may authenticate"),
+                    Field::new("password", "stored only as an argon2id hash").masked(),
+                    Field::new("again", "the same password once more").masked(),
+                ],
+            );
+            return Vec::new();
+        }
+        vec![Effect::SetAuthMode {
+            mode,
+            specified: None,
+        }]
+    }
+
     /// The rows of the Auth & restrictions panel, top to bottom.
     pub fn policy_rows(&self) -> Vec<PolicyRow> {
         let mut rows = vec![PolicyRow::AuthMode];
@@ -1209,27 +1249,14 @@ impl App {
     fn toggle_policy_row(&mut self) -> Vec<Effect> {
         match self.policy_rows().get(self.policy_selected) {
             Some(PolicyRow::AuthMode) => {
-                let next = match self.config.auth_mode {
-                    AuthMode::None => AuthMode::AnyUser,
-                    AuthMode::AnyUser => AuthMode::Specified,
-                    AuthMode::Specified => AuthMode::None,
-                };
-                if next == AuthMode::Specified && self.config.specified_user.is_none() {
-                    self.open_form(
-                        FormPurpose::SpecifiedLogin,
-                        "Auth mode specified: the one login",
-                        vec![
-                            Field::new("login", "the only name that may authenticate"),
-                            Field::new("password", "stored only as an argon2id hash").masked(),
-                            Field::new("again", "the same password once more").masked(),
-                        ],
-                    );
-                    return Vec::new();
-                }
-                vec![Effect::SetAuthMode {
-                    mode: next,
-                    specified: None,
-                }]
+                self.ask(
+                    format!(
+                        "Auth mode, now {}: n none (AUTH not offered) · a any user · s one specified login",
+                        self.config.auth_mode.as_str()
+                    ),
+                    Pending::AuthMode,
+                );
+                Vec::new()
             }
             Some(PolicyRow::Switch { key, .. }) => {
                 let on = !self.config.switches.get(key).unwrap_or(false);

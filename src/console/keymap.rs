@@ -20,6 +20,8 @@ pub enum Context {
     Confirm,
     /// Deleting a queued message: bounce or silently.
     ConfirmDelete,
+    /// Picking the auth mode from its three.
+    PickAuthMode,
     /// A popup to read: a connection's dialogue, a log line in full.
     Viewer,
     Help,
@@ -34,6 +36,7 @@ impl Context {
             Context::Form => "In a form",
             Context::Confirm => "Confirmation",
             Context::ConfirmDelete => "Deleting a queued message",
+            Context::PickAuthMode => "Picking the auth mode",
             Context::Viewer => "Reading a dialogue or log line",
             Context::Help => "This help",
         }
@@ -210,6 +213,10 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::ConfirmDelete, [ch('b')], C::Bounce, "bounce", "delete and tell the sender (a bounce)"),
     bind!(X::ConfirmDelete, [ch('s')], C::Silent, "silently", "delete without telling anyone"),
     bind!(X::ConfirmDelete, [ch('n'), code(KeyCode::Esc)], C::No, "keep", "keep the message"),
+    bind!(X::PickAuthMode, [ch('n')], C::AuthNone, "none", "AUTH not offered"),
+    bind!(X::PickAuthMode, [ch('a')], C::AuthAnyUser, "any user", "any user may authenticate"),
+    bind!(X::PickAuthMode, [ch('s')], C::AuthSpecified, "one login", "only one specified login (asked for if none is stored)"),
+    bind!(X::PickAuthMode, [code(KeyCode::Esc)], C::No, "keep", "keep the auth mode as it is"),
     // Popups
     bind!(X::Viewer, [code(KeyCode::Esc), ch('q'), code(KeyCode::Enter)], C::Cancel, "close", "close"),
     bind!(X::Viewer, [code(KeyCode::Up), ch('k')], C::Up, "", "scroll up"),
