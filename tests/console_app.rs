@@ -938,3 +938,35 @@ fn t_on_a_log_line_opens_its_message_s_story_from_the_event_log() {
     }
     assert!(!text.contains("reloaded"), "{text}");
 }
+
+/// In an editor `q` is text and ^C cancels the edit (as the help says);
+/// outside one, ^C quits.
+#[test]
+fn q_and_ctrl_c_in_editors_do_what_the_help_says() {
+    let mut h = Harness::new(|_| {});
+    // A form: q is typed, ^C cancels and saves nothing.
+    h.typed("5a");
+    assert!(matches!(h.app.mode, Mode::Form(_)));
+    h.typed("q");
+    assert!(!h.app.quit);
+    h.ctrl('c');
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    assert!(!h.app.quit);
+    assert!(h.store().domains().expect("domains").is_empty());
+    // The list editor: q is text; ^C asks before dropping the edit.
+    h.typed("4e");
+    assert!(h.app.editing_lists());
+    h.typed("q");
+    assert!(!h.app.quit);
+    assert!(h.app.lists.is_dirty());
+    h.ctrl('c');
+    assert!(matches!(h.app.mode, Mode::Confirm(_)), "{:?}", h.app.mode);
+    h.typed("y");
+    assert!(!h.app.editing_lists());
+    assert!(!h.app.quit);
+    // Outside an editor, ^C quits (in one-process mode, asking first).
+    h.ctrl('c');
+    assert!(matches!(h.app.mode, Mode::Confirm(_)), "{:?}", h.app.mode);
+    h.typed("y");
+    assert!(h.app.quit);
+}

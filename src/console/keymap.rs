@@ -146,7 +146,7 @@ use Panel as P;
 pub static KEYMAP: &[KeyBinding] = &[
     // Everywhere outside an edit.
     bind!(X::Global, [ch('?')], C::Help, "help", "show every key"),
-    bind!(X::Global, [ch('q'), ctrl('c')], C::Quit, "quit", "quit (asks first if there are unsaved edits)"),
+    bind!(X::Global, [ch('q'), ctrl('c')], C::Quit, "quit", "quit (asks first if there are unsaved edits); in an editor q is text and ^C cancels the edit"),
     bind!(X::Global, [code(KeyCode::Tab)], C::NextPanel, "panel", "next panel (1-7 go to a panel)"),
     bind!(X::Global, [code(KeyCode::BackTab)], C::PrevPanel, "", "previous panel"),
     bind!(X::Global, [ch('1')], C::GoTo(P::Live), "", "Live panel"),
@@ -181,7 +181,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Lists), [ch('i')], C::Import, "import", "import a CSV/TSV file into the focused list"),
     bind!(X::Panel(P::Lists), [ch('t')], C::Toggle, "test", "test an IP, sender, recipient and user"),
     bind!(X::ListEdit, [ctrl('s')], C::Save, "save", "save both lists in one go (refused while a line is invalid)"),
-    bind!(X::ListEdit, [code(KeyCode::Esc)], C::Cancel, "cancel", "cancel: drop the unsaved edits (asks first)"),
+    bind!(X::ListEdit, [code(KeyCode::Esc), ctrl('c')], C::Cancel, "cancel", "cancel: drop the unsaved edits (asks first)"),
     bind!(X::ListEdit, [code(KeyCode::Tab)], C::NextField, "next", "focus: allow list, deny list, test box"),
     bind!(X::ListEdit, [code(KeyCode::BackTab)], C::PrevField, "", "focus the previous one"),
     bind!(X::ListEdit, [ctrl('o')], C::Import, "import", "import a CSV/TSV file into the focused list"),
@@ -206,7 +206,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Form, [ctrl('s')], C::Save, "save", "save the form"),
     bind!(X::Form, [code(KeyCode::Tab), code(KeyCode::Down)], C::NextField, "", "next field"),
     bind!(X::Form, [code(KeyCode::BackTab), code(KeyCode::Up)], C::PrevField, "", "previous field"),
-    bind!(X::Form, [code(KeyCode::Esc)], C::Cancel, "cancel", "cancel: nothing is saved"),
+    bind!(X::Form, [code(KeyCode::Esc), ctrl('c')], C::Cancel, "cancel", "cancel: nothing is saved"),
     // Confirmations
     bind!(X::Confirm, [ch('y')], C::Yes, "yes", "yes, do it"),
     bind!(X::Confirm, [ch('n'), code(KeyCode::Esc)], C::No, "no", "no, leave everything as it is"),
@@ -218,12 +218,12 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::PickAuthMode, [ch('s')], C::AuthSpecified, "one login", "only one specified login (asked for if none is stored)"),
     bind!(X::PickAuthMode, [code(KeyCode::Esc)], C::No, "keep", "keep the auth mode as it is"),
     // Popups
-    bind!(X::Viewer, [code(KeyCode::Esc), ch('q'), code(KeyCode::Enter)], C::Cancel, "close", "close"),
+    bind!(X::Viewer, [code(KeyCode::Esc), ch('q'), code(KeyCode::Enter), ctrl('c')], C::Cancel, "close", "close"),
     bind!(X::Viewer, [code(KeyCode::Up), ch('k')], C::Up, "", "scroll up"),
     bind!(X::Viewer, [code(KeyCode::Down), ch('j')], C::Down, "", "scroll down"),
     bind!(X::Viewer, [code(KeyCode::PageUp)], C::PageUp, "", "one page up"),
     bind!(X::Viewer, [code(KeyCode::PageDown)], C::PageDown, "", "one page down"),
-    bind!(X::Help, [code(KeyCode::Esc), ch('?'), ch('q')], C::Cancel, "close", "close the help"),
+    bind!(X::Help, [code(KeyCode::Esc), ch('?'), ch('q'), ctrl('c')], C::Cancel, "close", "close the help"),
     bind!(X::Help, [code(KeyCode::Up), ch('k')], C::Up, "", "scroll up"),
     bind!(X::Help, [code(KeyCode::Down), ch('j')], C::Down, "", "scroll down"),
     bind!(X::Help, [code(KeyCode::PageUp)], C::PageUp, "", "one page up"),
