@@ -970,3 +970,35 @@ fn q_and_ctrl_c_in_editors_do_what_the_help_says() {
     h.typed("y");
     assert!(h.app.quit);
 }
+
+/// The last message's every line can be brought into view, not only its
+/// first: a long message at the bottom of the queue, selected, shows its
+/// last recipient at 80x24.
+#[test]
+fn the_selected_message_shows_whole_at_the_bottom_of_the_queue() {
+    let mut h = Harness::new(|_| {});
+    let message = |n: usize, rcpts: usize| QueueEntry {
+        id: format!("1A{n:017X}"),
+        received_at: 1_699_999_000,
+        sender: "carol@example.com".into(),
+        size: 1000,
+        held: false,
+        recipients: (0..rcpts)
+            .map(|r| RecipientState {
+                address: format!("r{r}-of-{n}@far.test"),
+                state: "queued".into(),
+                attempts: 1,
+                next_attempt: 1_700_000_600,
+                last_error: Some("451 4.3.0 later".into()),
+            })
+            .collect(),
+    };
+    let mut queue: Vec<QueueEntry> = (0..5).map(|n| message(n, 1)).collect();
+    queue.push(message(5, 6));
+    h.typed("7");
+    h.act(Action::QueueLoaded(Ok(queue)));
+    h.key(KeyCode::End);
+    let screen = h.screen(80, 24).backend().to_string();
+    assert!(screen.contains(&format!("1A{:017X}", 5)), "{screen}");
+    assert!(screen.contains("r5-of-5@far.test"), "{screen}");
+}

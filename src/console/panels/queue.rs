@@ -14,6 +14,9 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let now = epoch_ms(app.now) / 1000;
     let mut lines: Vec<Line> = Vec::new();
     let mut selected_line = 0;
+    // The last line of the selected message: its whole block is brought
+    // into view, not only its first line.
+    let mut selected_end = 0;
     if let Some(e) = &app.queue_error {
         lines.push(Line::styled(e.clone(), theme.error));
     }
@@ -75,9 +78,12 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 ));
             }
         }
+        if selected {
+            selected_end = lines.len().saturating_sub(1);
+        }
     }
     let height = area.height.saturating_sub(2) as usize;
-    let top = scroll_top(selected_line, height);
+    let top = scroll_top(selected_end, height).min(selected_line);
     let shown: Vec<Line> = lines.into_iter().skip(top).take(height).collect();
     frame.render_widget(
         Paragraph::new(shown).block(
