@@ -159,11 +159,34 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let mut spans = Vec::new();
-    for (keys, hint) in keymap::footer(&app.contexts()) {
+    for (keys, hint) in footer_fit(keymap::footer(&app.contexts()), area.width as usize) {
         spans.push(Span::styled(keys, theme.key));
         spans.push(Span::raw(format!(" {hint}  ")));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// The footer's hints that fit in `width` columns, in order; when some
+/// must go, the `?` hint stays last (the help lists every key).
+pub fn footer_fit(hints: Vec<(String, &'static str)>, width: usize) -> Vec<(String, &'static str)> {
+    let cost = |(k, h): &(String, &'static str)| k.chars().count() + h.chars().count() + 3;
+    // The last hint needs no spaces after it.
+    if hints.iter().map(cost).sum::<usize>().saturating_sub(2) <= width {
+        return hints;
+    }
+    let help = hints.iter().find(|(k, _)| k == "?").cloned();
+    let room = width.saturating_sub(help.as_ref().map_or(0, |h| cost(h).saturating_sub(2)));
+    let mut used = 0;
+    let mut out = Vec::new();
+    for h in hints.into_iter().filter(|(k, _)| k != "?") {
+        if used + cost(&h) > room {
+            break;
+        }
+        used += cost(&h);
+        out.push(h);
+    }
+    out.extend(help);
+    out
 }
 
 /// A centered rectangle of at most `width` x `height`.
