@@ -1002,3 +1002,77 @@ fn the_selected_message_shows_whole_at_the_bottom_of_the_queue() {
     assert!(screen.contains(&format!("1A{:017X}", 5)), "{screen}");
     assert!(screen.contains("r5-of-5@far.test"), "{screen}");
 }
+
+/// Live shows every connection, the open ones or those with a denied
+/// recipient (`f`), sorted by any column (`s`, `S` turns it round); Enter
+/// opens the dialogue of the row shown.
+#[test]
+fn live_filters_and_sorts_and_opens_the_row_shown() {
+    let mut h = populated();
+    h.typed("1");
+    let peers = |h: &Harness| -> Vec<String> {
+        h.app
+            .live_rows()
+            .iter()
+            .map(|c| c.peer.ip().to_string())
+            .collect()
+    };
+    let all = peers(&h);
+    assert_eq!(all.len(), h.app.traffic.connections.len());
+    assert!(all.len() >= 3, "{all:?}");
+    h.typed("f");
+    let open: Vec<bool> = h
+        .app
+        .live_rows()
+        .iter()
+        .map(|c| c.closed.is_none())
+        .collect();
+    assert!(open.iter().all(|o| *o), "open only");
+    assert_eq!(
+        open.len(),
+        h.app
+            .traffic
+            .connections
+            .values()
+            .filter(|c| c.closed.is_none())
+            .count()
+    );
+    h.typed("f");
+    assert!(h.app.live_rows().iter().all(|c| c.rcpt_denied > 0));
+    assert!(
+        peers(&h).contains(&"203.0.113.9".to_string()),
+        "{:?}",
+        peers(&h)
+    );
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(
+        screen.contains("with a denied recipient by opened"),
+        "{screen}"
+    );
+    h.typed("f");
+    // Sorted by peer, then the other way round.
+    h.typed("s");
+    let mut sorted: Vec<std::net::SocketAddr> = h.app.live_rows().iter().map(|c| c.peer).collect();
+    let mut expected = sorted.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+    h.typed("S");
+    sorted = h.app.live_rows().iter().map(|c| c.peer).collect();
+    expected.reverse();
+    assert_eq!(sorted, expected);
+    // Enter opens the selected row as shown.
+    let first = h.app.live_rows()[0].session;
+    h.key(KeyCode::Home);
+    h.key(KeyCode::Enter);
+    assert!(
+        matches!(
+            &h.app.mode,
+            Mode::Viewer {
+                source: relaygate::console::app::ViewerSource::Connection(id),
+                ..
+            } if *id == first
+        ),
+        "{:?}",
+        h.app.mode
+    );
+}

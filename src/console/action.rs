@@ -114,6 +114,9 @@ pub enum Command {
     Delete,
     Follow,
     CycleFilter,
+    /// Live: the next column to sort by; `S` turns the order round.
+    CycleSort,
+    ReverseSort,
     Search,
     /// `t`: the whole story of the selected connection, message or line.
     Trace,

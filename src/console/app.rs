@@ -63,6 +63,86 @@ pub enum Mode {
     Confirm(Confirm),
 }
 
+/// Which connections the Live panel shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveShow {
+    #[default]
+    All,
+    Open,
+    Denied,
+}
+
+impl LiveShow {
+    fn next(self) -> LiveShow {
+        match self {
+            LiveShow::All => LiveShow::Open,
+            LiveShow::Open => LiveShow::Denied,
+            LiveShow::Denied => LiveShow::All,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveShow::All => "all",
+            LiveShow::Open => "open",
+            LiveShow::Denied => "with a denied recipient",
+        }
+    }
+}
+
+/// The column the Live panel sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveSort {
+    /// In the order they opened.
+    #[default]
+    Opened,
+    Peer,
+    User,
+    State,
+    Helo,
+    Sender,
+    Rcpt,
+    Bytes,
+}
+
+impl LiveSort {
+    fn next(self) -> LiveSort {
+        use LiveSort::*;
+        match self {
+            Opened => Peer,
+            Peer => User,
+            User => State,
+            State => Helo,
+            Helo => Sender,
+            Sender => Rcpt,
+            Rcpt => Bytes,
+            Bytes => Opened,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use LiveSort::*;
+        match self {
+            Opened => "opened",
+            Peer => "peer",
+            User => "user",
+            State => "state",
+            Helo => "helo",
+            Sender => "sender",
+            Rcpt => "rcpt",
+            Bytes => "bytes",
+        }
+    }
+}
+
+/// The Live panel's view: what it shows, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveView {
+    pub show: LiveShow,
+    pub sort: LiveSort,
+    pub reversed: bool,
+}
+
 /// The message line under the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -161,6 +241,7 @@ pub struct App {
     pub lists: ListEditor,
     pub log: LogView,
     pub live_selected: usize,
+    pub live_view: LiveView,
     pub bindings_selected: usize,
     pub policy_selected: usize,
     pub users_selected: usize,
@@ -207,6 +288,7 @@ impl App {
                 follow: true,
             },
             live_selected: 0,
+            live_view: LiveView::default(),
             bindings_selected: 0,
             policy_selected: 0,
             users_selected: 0,
@@ -753,14 +835,20 @@ impl App {
 
     fn panel_command(&mut self, c: Command) -> Vec<Effect> {
         match (self.panel, c) {
+            (Panel::Live, Command::CycleFilter) => {
+                self.live_view.show = self.live_view.show.next();
+                self.live_selected = 0;
+            }
+            (Panel::Live, Command::CycleSort) => {
+                self.live_view.sort = self.live_view.sort.next();
+                self.live_selected = 0;
+            }
+            (Panel::Live, Command::ReverseSort) => {
+                self.live_view.reversed = !self.live_view.reversed;
+                self.live_selected = 0;
+            }
             (Panel::Live, Command::Open) => {
-                if let Some(id) = self
-                    .traffic
-                    .connections
-                    .keys()
-                    .nth(self.live_selected)
-                    .copied()
-                {
+                if let Some(id) = self.live_rows().get(self.live_selected).map(|c| c.session) {
                     self.mode = Mode::Viewer {
                         source: ViewerSource::Connection(id),
                         scroll: 0,
@@ -789,16 +877,14 @@ impl App {
                 );
             }
             (Panel::Live, Command::Trace) => {
-                let query = self
-                    .traffic
-                    .connections
-                    .values()
-                    .nth(self.live_selected)
-                    .map(|c| crate::trace::TraceQuery {
-                        ip: Some(c.peer.ip().to_string()),
-                        from: c.mail_from.clone().filter(|m| !m.is_empty()),
-                        ..Default::default()
-                    });
+                let query =
+                    self.live_rows()
+                        .get(self.live_selected)
+                        .map(|c| crate::trace::TraceQuery {
+                            ip: Some(c.peer.ip().to_string()),
+                            from: c.mail_from.clone().filter(|m| !m.is_empty()),
+                            ..Default::default()
+                        });
                 return self.trace(query);
             }
             (Panel::Queue, Command::Trace) => {
@@ -1295,6 +1381,37 @@ impl App {
             .count()
     }
 
+    /// The Live panel's rows: the connections its view shows, in its
+    /// order (the table may hold 10,000: sorting them takes about a
+    /// millisecond, and only when asked for).
+    pub fn live_rows(&self) -> Vec<&crate::live::Connection> {
+        let v = self.live_view;
+        let mut rows: Vec<&crate::live::Connection> = self
+            .traffic
+            .connections
+            .values()
+            .filter(|c| match v.show {
+                LiveShow::All => true,
+                LiveShow::Open => c.closed.is_none(),
+                LiveShow::Denied => c.rcpt_denied > 0,
+            })
+            .collect();
+        match v.sort {
+            LiveSort::Opened => {}
+            LiveSort::Peer => rows.sort_by_key(|c| c.peer),
+            LiveSort::User => rows.sort_by(|a, b| a.login.cmp(&b.login)),
+            LiveSort::State => rows.sort_by(|a, b| a.state.cmp(&b.state)),
+            LiveSort::Helo => rows.sort_by(|a, b| a.helo.cmp(&b.helo)),
+            LiveSort::Sender => rows.sort_by(|a, b| a.mail_from.cmp(&b.mail_from)),
+            LiveSort::Rcpt => rows.sort_by_key(|c| (c.rcpt_allowed + c.rcpt_denied, c.rcpt_denied)),
+            LiveSort::Bytes => rows.sort_by_key(|c| c.bytes),
+        }
+        if v.reversed {
+            rows.reverse();
+        }
+        rows
+    }
+
     pub fn selected_log_line(&self) -> Option<&LogLine> {
         self.traffic
             .log
@@ -1373,7 +1490,8 @@ impl App {
         clamp(&mut self.policy_selected, rows);
         clamp(&mut self.users_selected, self.config.users.len());
         clamp(&mut self.queue_selected, self.queue.len());
-        clamp(&mut self.live_selected, self.traffic.connections.len());
+        let shown = self.live_rows().len();
+        clamp(&mut self.live_selected, shown);
     }
 }
 

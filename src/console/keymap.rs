@@ -165,6 +165,9 @@ pub static KEYMAP: &[KeyBinding] = &[
     // Live
     bind!(X::Panel(P::Live), [code(KeyCode::Enter)], C::Open, "dialogue", "show the selected connection's dialogue"),
     bind!(X::Panel(P::Live), [ch('t')], C::Trace, "trace", "the selected client's stories from the event log"),
+    bind!(X::Panel(P::Live), [ch('f')], C::CycleFilter, "show", "show: every connection, open ones, ones with a denied recipient"),
+    bind!(X::Panel(P::Live), [ch('s')], C::CycleSort, "sort", "sort by the next column (opened, peer, user, state, helo, sender, rcpt, bytes)"),
+    bind!(X::Panel(P::Live), [ch('S')], C::ReverseSort, "", "turn the sort order round"),
     // Log
     bind!(X::Panel(P::Log), [ch('f')], C::CycleFilter, "filter", "filter: all, allowed, denied, errors, auth, delivery"),
     bind!(X::Panel(P::Log), [ch('/')], C::Search, "search", "search (Enter applies, empty clears)"),

@@ -123,26 +123,37 @@ fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 }
 
 fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let shown = app.live_rows();
+    let v = app.live_view;
+    let view = match (v.show, v.sort) {
+        (crate::console::app::LiveShow::All, crate::console::app::LiveSort::Opened)
+            if !v.reversed =>
+        {
+            String::new()
+        }
+        _ => format!(
+            ", {} by {}{}",
+            v.show.as_str(),
+            v.sort.as_str(),
+            if v.reversed { ", reversed" } else { "" }
+        ),
+    };
     let block = Block::bordered()
         .title(format!(
-            " Connections: {} open, {} shown (Enter: dialogue) ",
+            " Connections: {} open, {} shown{view} (Enter: dialogue) ",
             app.traffic.open,
-            app.traffic.connections.len()
+            shown.len()
         ))
         .title_style(theme.title);
     let rows_height = area.height.saturating_sub(3) as usize;
     // The listening port and the byte count give way on narrow screens.
     let wide = area.width >= 110;
-    let selected = app
-        .live_selected
-        .min(app.traffic.connections.len().saturating_sub(1));
+    let selected = app.live_selected.min(shown.len().saturating_sub(1));
     let top = scroll_top(selected, rows_height);
     let now_ms = epoch_ms(app.now);
     // Only the visible rows are built: the table may hold 10,000 connections.
-    let rows: Vec<Row> = app
-        .traffic
-        .connections
-        .values()
+    let rows: Vec<Row> = shown
+        .iter()
         .skip(top)
         .take(rows_height)
         .map(|c| {
@@ -200,7 +211,7 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .column_spacing(1)
         .row_highlight_style(theme.selected);
     let mut state = TableState::default();
-    if !app.traffic.connections.is_empty() {
+    if !shown.is_empty() {
         state.select(Some(selected - top));
     }
     frame.render_stateful_widget(table, area, &mut state);
