@@ -1060,6 +1060,24 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
     sorted = h.app.live_rows().iter().map(|c| c.peer).collect();
     expected.reverse();
     assert_eq!(sorted, expected);
+    // The clients with the most open connections are named.
+    let local: SocketAddr = addr("127.0.0.1:2525");
+    for session in [90, 91, 92] {
+        h.act(stamped(
+            9_000 + session,
+            Event::SessionOpened {
+                session,
+                peer: addr(&format!("198.51.100.4:{}", 40_000 + session)),
+                local,
+                kind: BindKind::Smtp,
+                tls: false,
+            },
+        ));
+    }
+    assert_eq!(
+        relaygate::console::panels::live::busiest_clients(&h.app, 3),
+        " · most open: 198.51.100.4 ×3"
+    );
     // Enter opens the selected row as shown.
     let first = h.app.live_rows()[0].session;
     h.key(KeyCode::Home);

@@ -122,6 +122,32 @@ fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     }
 }
 
+/// The clients with the most open connections, when one has more than
+/// one: ` · most open: 127.0.0.1 ×5, 10.0.0.7 ×2`.
+pub fn busiest_clients(app: &App, n: usize) -> String {
+    let mut per_ip: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
+    for c in app
+        .traffic
+        .connections
+        .values()
+        .filter(|c| c.closed.is_none())
+    {
+        *per_ip.entry(c.peer.ip()).or_default() += 1;
+    }
+    let mut top: Vec<(std::net::IpAddr, usize)> =
+        per_ip.into_iter().filter(|(_, k)| *k > 1).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if top.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = top
+        .iter()
+        .take(n)
+        .map(|(ip, k)| format!("{ip} ×{k}"))
+        .collect();
+    format!(" · most open: {}", listed.join(", "))
+}
+
 fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let shown = app.live_rows();
     let v = app.live_view;
@@ -138,9 +164,10 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             if v.reversed { ", reversed" } else { "" }
         ),
     };
+    let busiest = busiest_clients(app, 3);
     let block = Block::bordered()
         .title(format!(
-            " Connections: {} open, {} shown{view} (Enter: dialogue) ",
+            " Connections: {} open, {} shown{view}{busiest} (Enter: dialogue) ",
             app.traffic.open,
             shown.len()
         ))
