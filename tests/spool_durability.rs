@@ -87,7 +87,23 @@ fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
         .arg("--db")
         .arg(&db)
         .args(["serve", "--headless"]);
-    let (mut child, addr) = common::spawn_engine(strace);
+    let (child, addr) = common::spawn_engine(strace);
+    // Killing strace alone would leave the engine it traces running,
+    // detached: the guard kills the engine (strace's child) first.
+    struct Traced(std::process::Child);
+    impl Drop for Traced {
+        fn drop(&mut self) {
+            let pid = self.0.id();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for engine in children.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", engine]).status();
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let traced = Traced(child);
     let spool_syncs = || {
         std::fs::read_to_string(&trace)
             .unwrap_or_default()
@@ -107,8 +123,7 @@ fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
         assert!(r.starts_with("250"), "{r}");
     }
     let during = spool_syncs() - before;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(traced);
     assert!(
         during >= 10,
         "{during} fsyncs of the spool for 10 acknowledged messages"
