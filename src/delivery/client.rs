@@ -361,37 +361,12 @@ async fn transaction(
         conn.command("DATA\r\n").await?;
         conn.message(content).await
     };
-    let final_outcome = match tokio::time::timeout(
-        t + Duration::from_secs(body.len() as u64 / 100_000),
-        data,
-    )
-    .await
-    {
-        Ok(Ok(resp)) => Outcome::Delivered {
-            reply: format!(
-                "{} {}",
-                resp.code(),
-                one_line(&resp.message().collect::<Vec<_>>().join(" "))
-            ),
-        },
-        Ok(Err(e)) => {
-            let o = Outcome::from_error(&e);
-            if !(e.is_transient() || e.is_permanent()) {
-                conn.abort().await;
-            }
-            o
-        }
-        Err(_) => {
-            conn.abort().await;
-            Outcome::Temporary {
-                reply: "timeout during DATA".into(),
-            }
-        }
-    };
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
-        .collect())
+    let sent = tokio::time::timeout(data_limit(t, body), data).await;
+    let (final_outcome, broken) = data_outcome(sent);
+    if broken {
+        conn.abort().await;
+    }
+    Ok(with_final(outcomes, final_outcome))
 }
 
 /// MAIL, every RCPT and DATA in one write, their replies read in order;
@@ -461,10 +436,7 @@ async fn pipelined(
         (Some(refused), _) => {
             // DATA refused: the recipients it accepted share that outcome.
             reset(conn, t).await;
-            return Ok(outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| refused.clone()))
-                .collect());
+            return Ok(with_final(outcomes, refused));
         }
         (None, Some(resp))
             if resp.code().severity
@@ -472,14 +444,8 @@ async fn pipelined(
         (None, _) => {
             // A 2xx to DATA is not a go-ahead: nothing was sent.
             reset(conn, t).await;
-            return Ok(outcomes
-                .into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| Outcome::Temporary {
-                        reply: "the next hop did not ask for the message after DATA".into(),
-                    })
-                })
-                .collect());
+            let reply = "the next hop did not ask for the message after DATA".into();
+            return Ok(with_final(outcomes, Outcome::Temporary { reply }));
         }
     }
     // 354 with no recipient accepted (a server that should have refused
@@ -499,37 +465,59 @@ async fn pipelined(
             }
         }
     };
-    let final_outcome = match tokio::time::timeout(
-        t + Duration::from_secs(body.len() as u64 / 100_000),
-        sent,
-    )
-    .await
-    {
-        Ok(Ok(resp)) => Outcome::Delivered {
-            reply: format!(
-                "{} {}",
-                resp.code(),
-                one_line(&resp.message().collect::<Vec<_>>().join(" "))
-            ),
-        },
-        Ok(Err(e)) => {
-            let o = Outcome::from_error(&e);
-            if !(e.is_transient() || e.is_permanent()) {
-                conn.abort().await;
-            }
-            o
-        }
-        Err(_) => {
-            conn.abort().await;
+    let sent = tokio::time::timeout(data_limit(t, body), sent).await;
+    let (final_outcome, broken) = data_outcome(sent);
+    if broken {
+        conn.abort().await;
+    }
+    Ok(with_final(outcomes, final_outcome))
+}
+
+/// How long the end of the data may take: the command timeout, and a
+/// second more per 100 kB of body.
+fn data_limit(t: Duration, body: &[u8]) -> Duration {
+    t + Duration::from_secs(body.len() as u64 / 100_000)
+}
+
+type DataReply = Result<
+    Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// What the reply to the end of the data means for the recipients the
+/// server took, and whether the connection must be dropped (broken or
+/// silent).
+fn data_outcome(sent: DataReply) -> (Outcome, bool) {
+    match sent {
+        Ok(Ok(resp)) => (
+            Outcome::Delivered {
+                reply: format!(
+                    "{} {}",
+                    resp.code(),
+                    one_line(&resp.message().collect::<Vec<_>>().join(" "))
+                ),
+            },
+            false,
+        ),
+        Ok(Err(e)) => (
+            Outcome::from_error(&e),
+            !(e.is_transient() || e.is_permanent()),
+        ),
+        Err(_) => (
             Outcome::Temporary {
                 reply: "timeout during DATA".into(),
-            }
-        }
-    };
-    Ok(outcomes
+            },
+            true,
+        ),
+    }
+}
+
+/// Every recipient's outcome: its own refusal, or the data's outcome.
+fn with_final(outcomes: Vec<Option<Outcome>>, data: Outcome) -> Vec<Outcome> {
+    outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
-        .collect())
+        .map(|o| o.unwrap_or_else(|| data.clone()))
+        .collect()
 }
 
 /// The message as DATA sends it (RFC 5321 4.5.2): a dot doubled at the
