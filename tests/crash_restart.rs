@@ -41,17 +41,7 @@ fn twenty_crashes_in_a_row_strand_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, sink.addr());
     for round in 0..rounds {
         let mut server = Server::start(&db);
         let addr = server.addr();

@@ -55,17 +55,7 @@ fn routes_outcomes_retries_and_bounces() {
             "none",
         ],
     );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &smarthost.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, smarthost.addr());
     let mut server = Server::start(&db);
 
     let id = send(
@@ -178,17 +168,7 @@ fn null_sender_expiry_and_loops() {
             "none",
         ],
     );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &smarthost.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, smarthost.addr());
     let mut server = Server::start(&db);
 
     // A bounce that bounces: no bounce for the null sender.
@@ -268,17 +248,7 @@ fn queue_hold_release_retry_delete() {
             "none",
         ],
     );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &smarthost.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, smarthost.addr());
     let mut server = Server::start(&db);
 
     let a = send(
@@ -543,27 +513,24 @@ fn mx_preference_fallback_and_unrouted_local_domain() {
     assert_eq!(server.terminate().code(), Some(0));
 }
 
+/// A database whose smarthost is down (every attempt deferred, retried
+/// in an hour): the sink, the database and its spool file.
+fn deferring(dir: &Path) -> (Sink, std::path::PathBuf, std::path::PathBuf) {
+    let sink = Sink::start(SinkOptions::default());
+    sink.set_mode(SinkMode::TempFailAll);
+    let db = test_db(dir, &[("retry-first", "3600")]);
+    common::smarthost(&db, sink.addr());
+    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    (sink, db, spool)
+}
+
 /// A deferred recipient keeps its next attempt across a restart, clean or
 /// kill -9: the engine neither forgets it nor tries it early.
 #[test]
 fn a_deferred_recipient_keeps_its_next_attempt_across_restarts() {
     use relaygate::spool::SpoolReader;
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(SinkOptions::default());
-    sink.set_mode(SinkMode::TempFailAll);
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
-    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    let (sink, db, spool) = deferring(dir.path());
     let next_attempt = |id: &str| -> Option<(i64, i64)> {
         let reader = SpoolReader::open(&spool).ok()?;
         let listing = reader.listing().ok()?;
@@ -698,21 +665,7 @@ fn pipelining_only_where_offered_with_the_same_outcomes_and_bytes() {
 fn bulk_queue_actions_by_domain_text_and_age() {
     use relaygate::spool::SpoolReader;
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(SinkOptions::default());
-    sink.set_mode(SinkMode::TempFailAll);
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
-    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    let (_sink, db, spool) = deferring(dir.path());
     let listing = || SpoolReader::open(&spool).unwrap().listing().unwrap();
     let mut server = Server::start(&db);
     let mut one = Vec::new();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::sink::{Sink, SinkOptions};
-use common::{Server, cli, load_until_gone, test_db};
+use common::{Server, load_until_gone, test_db};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,7 @@ fn acknowledged_mail_reaches_the_sink_across_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, sink.addr());
     let mut server = Server::start(&db);
     let addr = server.addr();
 

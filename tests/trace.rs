@@ -35,17 +35,7 @@ fn trace_tells_a_message_s_story_by_any_of_its_keys_and_keeps_runs_apart() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "*",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::smarthost(&db, sink.addr());
     cli(&db, &["list", "add", "deny", "127.0.0.9"]);
     let mut server = Server::start(&db);
     let addr = server.addr();

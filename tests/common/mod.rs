@@ -65,6 +65,14 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Runs a CLI command against `db`, panicking unless it exits 0.
+/// Routes all mail (`*`) to `addr`, without TLS: a test's smarthost.
+pub fn smarthost(db: &Path, addr: SocketAddr) {
+    cli(
+        db,
+        &["route", "add", "*", &addr.to_string(), "--tls", "none"],
+    );
+}
+
 pub fn cli(db: &Path, args: &[&str]) -> String {
     cli_stdin(db, args, "")
 }
