@@ -5,6 +5,11 @@
 //! Its own SQLite file, so that its writes never look like configuration
 //! changes to the engine, and never wait on the spool's fsyncs. Commands
 //! and their replies are not kept (they are in each session's dialogue).
+//!
+//! Events are stored as JSON (the `text` column is only filled in rows
+//! from before typed events); a session's events that reach the writer in
+//! one batch share a row ([`LogRow`]), which costs a refused client one
+//! row instead of three.
 
 use crate::events::{Event, EventKind, Outcome, Stamped};
 use rusqlite::Connection;
@@ -61,6 +66,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
 ";
+
+impl LogRecord {
+    /// When it happened, in milliseconds since the epoch.
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            LogRecord::Event(s) => crate::live::epoch_ms(s.at),
+            LogRecord::Legacy { at_ms, .. } => *at_ms,
+        }
+    }
+}
 
 /// Read access to the log (the console), and the writer's connection.
 pub struct DecisionLog {
@@ -148,38 +163,39 @@ impl DecisionLog {
         let mut out = Vec::new();
         for row in rows {
             let (at_ms, kind, verdict, text, event) = row?;
-            let typed = event.and_then(|json| serde_json::from_str::<Event>(&json).ok());
-            out.push(match typed {
-                Some(event) => LogRecord::Event(Stamped {
-                    at: UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
-                    event: Arc::new(event),
-                }),
-                None => LogRecord::Legacy {
+            match event.and_then(|json| parse_row(at_ms, &json)) {
+                Some(events) => out.extend(events.into_iter().map(LogRecord::Event)),
+                None => out.push(LogRecord::Legacy {
                     at_ms,
                     kind: EventKind::parse(&kind),
                     verdict: verdict.as_deref().and_then(Outcome::parse),
                     text,
-                },
-            });
+                }),
+            }
         }
         Ok(out)
     }
 
-    /// The newest `limit` records, oldest first.
+    /// The newest `limit` records, oldest first (in time: a shared row's
+    /// events are put back among the others').
     pub fn recent(&self, limit: usize) -> rusqlite::Result<Vec<LogRecord>> {
         let event = if self.has_event_column() {
             "event"
         } else {
             "NULL"
         };
-        self.read_rows(
+        let mut records = self.read_rows(
             &format!(
                 "SELECT at_ms, kind, verdict, text, {event} FROM
                    (SELECT * FROM events ORDER BY id DESC LIMIT ?1)
                  ORDER BY id"
             ),
             limit,
-        )
+        )?;
+        records.sort_by_key(LogRecord::at_ms);
+        let extra = records.len().saturating_sub(limit);
+        records.drain(..extra);
+        Ok(records)
     }
 
     /// The newest configuration outcome: the last rejection if nothing was
@@ -208,7 +224,7 @@ impl DecisionLog {
         Ok(None)
     }
 
-    /// Appends events in one transaction.
+    /// Appends events in one transaction, a row per [`LogRow`].
     pub fn append(&mut self, events: &[&Stamped]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
@@ -216,25 +232,23 @@ impl DecisionLog {
                 "INSERT INTO events (at_ms, kind, verdict, text, event, session, message)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for stamped in events {
-                let (kind, verdict) = stamped.event.classify();
-                let json = serde_json::to_string(stamped.event.as_ref())
+            for row in LogRow::group(events) {
+                let (kind, verdict) = row.classify();
+                let json = row
+                    .json()
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                // The text too: an older or newer relaygate that cannot
-                // read the JSON still shows the line.
-                let text = crate::events::describe(&stamped.event).text;
-                let k = crate::trace::TraceKeys::of(&stamped.event);
                 stmt.execute(rusqlite::params![
-                    crate::live::epoch_ms(stamped.at),
+                    crate::live::epoch_ms(row.events[0].at),
                     kind.as_str(),
                     verdict.map(Outcome::as_str),
-                    text,
+                    // The JSON says it all; the text is for rows without it.
+                    "",
                     json,
-                    k.session
+                    row.session
                         .map(|s| crate::trace::TraceKeys::session_key(self.run, s)),
-                    k.message,
+                    row.message,
                 ])?;
-                crate::trace::index(&tx, tx.last_insert_rowid(), &k)?;
+                crate::trace::index(&tx, tx.last_insert_rowid(), &row.tokens)?;
             }
         }
         tx.commit()
@@ -254,6 +268,144 @@ impl DecisionLog {
             crate::trace::prune(&self.conn)?;
         }
         Ok(by_age + by_rows)
+    }
+}
+
+/// Events of one session (or of one message) that reach the writer in
+/// the same batch share a row: a refused client's connection, decision
+/// and close are one row, not three, and one entry in each index. Each
+/// event keeps its own time.
+#[derive(Debug)]
+pub struct LogRow<'a> {
+    pub events: Vec<&'a Stamped>,
+    pub session: Option<u64>,
+    pub message: Option<String>,
+    /// The FTS5 tokens of all its events' random keys, each once.
+    pub tokens: String,
+}
+
+/// Events in one row at most (a long session's batch goes on in the next).
+const ROW_EVENTS: usize = 64;
+
+/// An event of a shared row, as stored: `[{"at_ms":..,"event":{..}},..]`.
+#[derive(serde::Serialize)]
+struct StoredRef<'a> {
+    at_ms: i64,
+    event: &'a Event,
+}
+
+#[derive(serde::Deserialize)]
+struct Stored {
+    at_ms: i64,
+    event: Event,
+}
+
+impl<'a> LogRow<'a> {
+    /// The rows of a batch, in the order of each row's first event. Events
+    /// with neither a session nor a message are a row each; a session's
+    /// row holds at most one message (its next message starts a new row).
+    pub fn group(events: &[&'a Stamped]) -> Vec<LogRow<'a>> {
+        use std::collections::HashMap;
+        let mut rows: Vec<LogRow<'a>> = Vec::new();
+        let mut tokens: Vec<Vec<String>> = Vec::new();
+        let mut open: HashMap<(Option<u64>, Option<String>), usize> = HashMap::new();
+        for stamped in events {
+            let keys = crate::trace::TraceKeys::of(&stamped.event);
+            let group = match (keys.session, &keys.message) {
+                (Some(s), _) => Some((Some(s), None)),
+                (None, Some(m)) => Some((None, Some(m.clone()))),
+                (None, None) => None,
+            };
+            let joins = group
+                .as_ref()
+                .and_then(|g| open.get(g).copied())
+                .filter(|&i| {
+                    let row = &rows[i];
+                    row.events.len() < ROW_EVENTS
+                        && (keys.message.is_none()
+                            || row.message.is_none()
+                            || row.message == keys.message)
+                });
+            let i = match joins {
+                Some(i) => i,
+                None => {
+                    rows.push(LogRow {
+                        events: Vec::new(),
+                        session: keys.session,
+                        message: None,
+                        tokens: String::new(),
+                    });
+                    tokens.push(Vec::new());
+                    if let Some(g) = group {
+                        open.insert(g, rows.len() - 1);
+                    }
+                    rows.len() - 1
+                }
+            };
+            let row = &mut rows[i];
+            row.events.push(stamped);
+            if row.message.is_none() {
+                row.message = keys.message.clone();
+            }
+            for t in keys.token_list() {
+                if !tokens[i].contains(&t) {
+                    tokens[i].push(t);
+                }
+            }
+        }
+        for (row, t) in rows.iter_mut().zip(tokens) {
+            row.tokens = t.join(" ");
+        }
+        rows
+    }
+
+    /// The row's kind and outcome: those of its first event that has an
+    /// outcome (a session's decision), else of its first event.
+    fn classify(&self) -> (EventKind, Option<Outcome>) {
+        self.events
+            .iter()
+            .map(|e| e.event.classify())
+            .find(|(_, v)| v.is_some())
+            .unwrap_or_else(|| self.events[0].event.classify())
+    }
+
+    /// One event as its JSON object; several as an array of them, each
+    /// with its time.
+    fn json(&self) -> serde_json::Result<String> {
+        match self.events.as_slice() {
+            [one] => serde_json::to_string(one.event.as_ref()),
+            many => serde_json::to_string(
+                &many
+                    .iter()
+                    .map(|e| StoredRef {
+                        at_ms: crate::live::epoch_ms(e.at),
+                        event: e.event.as_ref(),
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+}
+
+/// The events of a stored row (`at_ms` its time, `json` its event
+/// column); `None` if the JSON is not this version's.
+pub fn parse_row(at_ms: i64, json: &str) -> Option<Vec<Stamped>> {
+    let stamp = |at_ms: i64, event: Event| Stamped {
+        at: UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
+        event: Arc::new(event),
+    };
+    if json.starts_with('[') {
+        let stored: Vec<Stored> = serde_json::from_str(json).ok()?;
+        Some(
+            stored
+                .into_iter()
+                .map(|s| stamp(s.at_ms, s.event))
+                .collect(),
+        )
+    } else {
+        serde_json::from_str::<Event>(json)
+            .ok()
+            .map(|e| vec![stamp(at_ms, e)])
     }
 }
 
@@ -351,6 +503,101 @@ mod tests {
         log.prune(retention, 10_000).unwrap();
         let left = log.recent(100).unwrap();
         assert_eq!(sessions(&left), [7, 8, 9]);
+    }
+
+    fn stamped(at_ms: u64, event: Event) -> Stamped {
+        Stamped {
+            at: UNIX_EPOCH + Duration::from_millis(at_ms),
+            event: Arc::new(event),
+        }
+    }
+
+    fn accepted(at_ms: u64, session: u64, id: &str) -> Stamped {
+        stamped(
+            at_ms,
+            Event::MessageAccepted {
+                session,
+                id: id.into(),
+                size: 10,
+                recipients: 1,
+            },
+        )
+    }
+
+    #[test]
+    fn a_sessions_events_in_one_batch_share_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut log = DecisionLog::open(&path).unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.9:4000".parse().unwrap();
+        let opened = |at, session| {
+            stamped(
+                at,
+                Event::SessionOpened {
+                    session,
+                    peer,
+                    local: "127.0.0.1:25".parse().unwrap(),
+                    kind: crate::bindings::BindKind::Smtp,
+                    tls: false,
+                },
+            )
+        };
+        // Two sessions interleaved; session 1 accepts two messages.
+        let batch = [
+            opened(1, 1),
+            opened(2, 2),
+            accepted(3, 1, "M1"),
+            rec(4, 2),
+            accepted(5, 1, "M2"),
+            rec(6, 1),
+            stamped(
+                7,
+                Event::Bounced {
+                    message_id: "M1".into(),
+                    bounce_id: "B1".into(),
+                    to: "a@b.test".into(),
+                },
+            ),
+        ];
+        let rows = LogRow::group(&batch.iter().collect::<Vec<_>>());
+        let shape: Vec<(Option<u64>, Option<&str>, usize)> = rows
+            .iter()
+            .map(|r| (r.session, r.message.as_deref(), r.events.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Some(1), Some("M1"), 2),
+                (Some(2), None, 2),
+                (Some(1), Some("M2"), 2),
+                (None, Some("M1"), 1),
+            ]
+        );
+        // The client's address is a token of session 1's first row, once.
+        assert_eq!(rows[0].tokens.split(' ').count(), 1);
+        log.append(&batch.iter().collect::<Vec<_>>()).unwrap();
+        let stored: i64 = log
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 4);
+        // Read back: every event, exactly as emitted, in time order.
+        let back: Vec<LogRecord> = log.recent(100).unwrap();
+        let want: Vec<LogRecord> = batch.iter().cloned().map(LogRecord::Event).collect();
+        assert_eq!(back, want);
+        // The newest few are the newest events, not the newest rows.
+        assert_eq!(log.recent(2).unwrap(), want[5..]);
+    }
+
+    #[test]
+    fn a_row_holds_at_most_its_share_of_events() {
+        let batch: Vec<Stamped> = (0..(ROW_EVENTS as u64 + 5))
+            .map(|i| stamped(i, Event::TlsEstablished { session: 3 }))
+            .collect();
+        let rows = LogRow::group(&batch.iter().collect::<Vec<_>>());
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].events.len(), ROW_EVENTS);
+        assert_eq!(rows[1].events.len(), 5);
     }
 
     #[test]

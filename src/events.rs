@@ -95,6 +95,7 @@ pub enum Event {
     Decision {
         session: u64,
         peer: IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         login: Option<String>,
         sender: String,
         recipient: String,

@@ -21,8 +21,7 @@
 use crate::events::{Event, Stamped};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// Bits of a stored session key that hold the session number.
 pub const SESSION_BITS: u32 = 40;
@@ -125,6 +124,11 @@ impl TraceKeys {
     /// The FTS5 tokens of the random keys (address, login, sender,
     /// recipient); empty if the event has none.
     pub fn tokens(&self) -> String {
+        self.token_list().join(" ")
+    }
+
+    /// The same tokens, one each.
+    pub fn token_list(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (field, value) in [
             ("i", &self.ip),
@@ -136,7 +140,7 @@ impl TraceKeys {
                 out.push(token(field, v));
             }
         }
-        out.join(" ")
+        out
     }
 
     /// The stored session key of `session` in engine run `run`.
@@ -182,17 +186,17 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
                     k.session.map(|s| TraceKeys::session_key(0, s)),
                     k.message
                 ])?;
-                index(&tx, id, &k)?;
+                index(&tx, id, &k.tokens())?;
             }
         }
     }
     tx.commit()
 }
 
-/// Indexes the random keys of one appended event (its row id in
-/// `events`); its session and message are columns of its row.
-pub fn index(conn: &Connection, id: i64, keys: &TraceKeys) -> rusqlite::Result<()> {
-    let tokens = keys.tokens();
+/// Indexes the random keys (`tokens`, see [`TraceKeys::tokens`]) of one
+/// appended row (its id in `events`); its session and message are columns
+/// of the row.
+pub fn index(conn: &Connection, id: i64, tokens: &str) -> rusqlite::Result<()> {
     if tokens.is_empty() {
         return Ok(());
     }
@@ -377,14 +381,19 @@ struct Row {
     stamped: Stamped,
 }
 
-/// Reads event rows: `filter` is the rest of the statement after the
-/// table, `key` its one parameter; newest first, at most `limit`.
+/// Where an event is in the log: its row's id, and its place in the row
+/// (a row can hold several events of one session, see
+/// [`crate::decision_log::LogRow`]).
+type Place = (i64, usize);
+
+/// Reads event rows: `from_where` is the rest of the statement after the
+/// table, `key` its one parameter; newest rows first, at most `limit`.
 fn read(
     conn: &Connection,
     from_where: &str,
     key: rusqlite::types::Value,
     limit: usize,
-) -> rusqlite::Result<Vec<(i64, Row)>> {
+) -> rusqlite::Result<Vec<(Place, Row)>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT e.id, e.at_ms, e.event, e.session FROM {from_where} ORDER BY e.id DESC LIMIT ?2"
     ))?;
@@ -399,20 +408,19 @@ fn read(
     let mut out = Vec::new();
     for row in rows {
         let (id, at_ms, json, session) = row?;
-        let Some(event) = json.and_then(|j| serde_json::from_str::<Event>(&j).ok()) else {
+        let Some(events) = json.and_then(|j| crate::decision_log::parse_row(at_ms, &j)) else {
             continue;
         };
-        out.push((
-            id,
-            Row {
-                session,
-                keys: TraceKeys::of(&event),
-                stamped: Stamped {
-                    at: UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64),
-                    event: Arc::new(event),
+        for (i, stamped) in events.into_iter().enumerate() {
+            out.push((
+                (id, i),
+                Row {
+                    session,
+                    keys: TraceKeys::of(&stamped.event),
+                    stamped,
                 },
-            },
-        ));
+            ));
+        }
     }
     Ok(out)
 }
@@ -449,7 +457,7 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
     // 2. Their whole sessions and messages: the messages of those
     // sessions, the sessions that accepted those messages, and every event
     // of each.
-    let mut rows: BTreeMap<i64, Row> = BTreeMap::new();
+    let mut rows: BTreeMap<Place, Row> = BTreeMap::new();
     let mut seen_sessions: BTreeSet<i64> = BTreeSet::new();
     let mut seen_messages: BTreeSet<String> = BTreeSet::new();
     let mut budget = 4 * MAX_STORIES;
@@ -502,7 +510,7 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
         Message(String),
     }
     let mut stories: BTreeMap<Owner, Story> = BTreeMap::new();
-    let mut first_seen: BTreeMap<Owner, i64> = BTreeMap::new();
+    let mut first_seen: BTreeMap<Owner, Place> = BTreeMap::new();
     for (id, row) in rows {
         let owner = match (row.session, &row.keys.message) {
             (Some(s), _) => Owner::Session(s),
@@ -528,11 +536,16 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
         }
         story.events.push(row.stamped);
     }
-    let mut ordered: Vec<(i64, Story)> = stories
+    let mut ordered: Vec<(Place, Story)> = stories
         .into_iter()
-        .map(|(owner, story)| (first_seen.get(&owner).copied().unwrap_or(0), story))
+        .map(|(owner, story)| (first_seen.get(&owner).copied().unwrap_or((0, 0)), story))
         .collect();
     ordered.sort_by_key(|(first, _)| *first);
+    // In time: rows hold a batch's events of one session or message, so
+    // row order alone can put a delivery before its session's close.
+    for (_, story) in &mut ordered {
+        story.events.sort_by_key(|e| e.at);
+    }
     let skip = ordered.len().saturating_sub(MAX_STORIES);
     Ok(ordered.into_iter().skip(skip).map(|(_, s)| s).collect())
 }

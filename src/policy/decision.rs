@@ -77,12 +77,14 @@ pub enum Reason {
     IpAllowed {
         ip: IpAddr,
         entry: ListEntry,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         over: Option<ListEntry>,
     },
     IpDenied {
         class: RelayClass,
         ip: IpAddr,
         entry: ListEntry,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         over: Option<ListEntry>,
     },
     IpUnlisted {
@@ -183,8 +185,10 @@ pub struct Decision {
     pub reason: Reason,
     /// A routing trick in the recipient's local part: it made the recipient
     /// count as external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_trick: Option<RoutingTrick>,
     /// The accept-and-stop rule that ended rule evaluation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_by_rule: Option<usize>,
 }
 

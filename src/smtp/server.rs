@@ -438,7 +438,7 @@ async fn run(
                         }
                     }
                     Action::Close => {
-                        flush(conn, &mut out, write_limit).await?;
+                        flush_last(conn, &mut out, write_limit).await?;
                         return Ok("closed".into());
                     }
                 }
@@ -547,6 +547,23 @@ async fn shutting_down(
     )
     .await?;
     Ok("engine shutting down".into())
+}
+
+/// Writes the session's last replies: on plain TCP with MSG_MORE, so the
+/// kernel holds them for the FIN that closing the socket sends next, and
+/// they go out in one segment (one wake-up of the client, not two).
+async fn flush_last(conn: &mut Conn, out: &mut Vec<u8>, within: Duration) -> io::Result<()> {
+    if let Conn::Plain(tcp) = conn
+        && !out.is_empty()
+    {
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(&*tcp).send_with_flags(out, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        });
+        if let Ok(n) = sent {
+            out.drain(..n.min(out.len()));
+        }
+    }
+    flush(conn, out, within).await
 }
 
 /// Writes the pending replies. A client that stops reading is as idle as
