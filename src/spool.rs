@@ -656,6 +656,17 @@ impl SpoolReader {
         )
     }
 
+    /// Whether a message is queued.
+    pub fn contains(&self, id: &str) -> rusqlite::Result<bool> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
+            .query_row([id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// One message as the listing shows it, if it is queued.
     pub fn entry(&self, id: &str) -> rusqlite::Result<Option<QueueEntry>> {
         Ok(self

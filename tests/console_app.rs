@@ -777,18 +777,126 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
         }))
         .expect("insert");
     h.typed("7");
-    assert_eq!(h.app.queue.len(), 1);
+    assert_eq!(h.app.queue.entries().len(), 1);
     h.typed("h");
     assert_eq!(h.status(), format!("{id} held"));
-    assert!(h.app.queue[0].held);
+    assert!(h.app.queue.entries()[0].held);
     h.typed("u");
-    assert!(!h.app.queue[0].held);
+    assert!(!h.app.queue.entries()[0].held);
     h.typed("d");
     h.typed("n");
-    assert_eq!(h.app.queue.len(), 1, "n keeps the message");
+    assert_eq!(h.app.queue.entries().len(), 1, "n keeps the message");
     h.typed("ds");
     assert_eq!(h.status(), format!("{id} deleted silently"));
-    assert!(h.app.queue.is_empty());
+    assert!(h.app.queue.entries().is_empty());
+}
+
+/// The Queue panel's filter, marks and bulk actions: afterwards the spool
+/// holds exactly what the action said, and nothing else changed.
+#[test]
+fn marked_messages_are_held_and_deleted_in_one_action_after_a_question() {
+    use relaygate::spool::{
+        NewMessage, Spool, SpoolOp, SpoolReader, SpoolRecipient, spool_path_for,
+    };
+    let mut h = Harness::new(|_| {});
+    let path = spool_path_for(&h.db);
+    let spool = Spool::open(&path).expect("spool");
+    let mut ids = Vec::new();
+    for (sender, to) in [
+        ("a@example.com", "x@stuck.test"),
+        ("b@example.com", "y@fine.test"),
+        ("c@example.com", "z@STUCK.test"),
+        ("d@example.com", "w@fine.test"),
+    ] {
+        let id = spool.next_id();
+        spool
+            .apply_blocking(SpoolOp::Insert(NewMessage {
+                spilled: None,
+                smtputf8: false,
+                id: id.clone(),
+                sender: sender.into(),
+                recipients: vec![SpoolRecipient {
+                    address: to.into(),
+                    class: "outbound".into(),
+                    reason: "test".into(),
+                }],
+                login: None,
+                peer: "127.0.0.1".into(),
+                helo: "client.test".into(),
+                body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            }))
+            .expect("insert");
+        ids.push(id);
+    }
+    let held = || -> Vec<String> {
+        SpoolReader::open(&path)
+            .expect("reader")
+            .listing()
+            .expect("listing")
+            .into_iter()
+            .filter(|e| e.held)
+            .map(|e| e.id)
+            .collect()
+    };
+    h.typed("7");
+    assert_eq!(h.app.queue.entries().len(), 4);
+    // The shape: 4 queued recipients, 2 to each domain.
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(screen.contains("stuck.test"), "{screen}");
+    // Filter by domain, mark everything shown.
+    h.typed("/stuck.test\n");
+    assert_eq!(h.app.queue.shown_len(), 2);
+    assert!(
+        h.screen(120, 40)
+            .backend()
+            .to_string()
+            .contains("2 of 4 messages match")
+    );
+    h.typed("*");
+    assert_eq!(h.status(), "2 messages marked");
+    // Hold asks first, with the count; n changes nothing.
+    h.typed("h");
+    let Mode::Confirm(c) = &h.app.mode else {
+        panic!("no question: {:?}", h.app.mode)
+    };
+    assert!(c.question.contains("2 messages marked"), "{}", c.question);
+    h.typed("n");
+    assert!(held().is_empty());
+    h.typed("hy");
+    assert_eq!(h.status(), "2 messages held");
+    assert_eq!(held(), vec![ids[0].clone(), ids[2].clone()]);
+    assert!(
+        h.app.queue.marked.is_empty(),
+        "the action uses the marks up"
+    );
+    // Space marks one; clearing the filter keeps it; delete with a bounce.
+    h.typed("/");
+    for _ in "stuck.test".chars() {
+        h.key(KeyCode::Backspace);
+    }
+    h.typed("\n");
+    assert_eq!(h.app.queue.shown_len(), 4);
+    h.typed(" ");
+    h.key(KeyCode::Down);
+    h.typed(" ");
+    h.typed("d");
+    h.typed("b");
+    assert_eq!(h.status(), "2 messages deleted, 2 bounces queued");
+    let left: Vec<String> = SpoolReader::open(&path)
+        .expect("reader")
+        .listing()
+        .expect("listing")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        !left.contains(&ids[0]) && !left.contains(&ids[1]),
+        "{left:?}"
+    );
+    assert!(left.contains(&ids[2]) && left.contains(&ids[3]), "{left:?}");
+    // The two bounces are queued to the senders.
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert_eq!(held(), vec![ids[2].clone()]);
 }
 
 /// Prints the keymap as Markdown for the README's "Console keys" section:

@@ -2,8 +2,8 @@
 //! steered from another process; the running engine notices within a
 //! quarter of a second (it reads the queue on every tick).
 
-use crate::delivery::scheduler::bounce_for_deleted;
-use crate::spool::{QueueEntry, Spool, SpoolOp, SpoolReader, spool_path_for};
+use crate::queue_admin::{self, QueueAction, QueueFilter};
+use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
 use crate::store::Store;
 use anyhow::Context;
 use clap::Subcommand;
@@ -62,60 +62,14 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn is_empty(&self) -> bool {
-        self.text.is_none() && self.domain.is_none() && self.older_than.is_none()
+    fn parsed(&self) -> anyhow::Result<QueueFilter> {
+        QueueFilter::parse(
+            self.text.as_deref(),
+            self.domain.as_deref(),
+            self.older_than.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("--older-than {e}"))
     }
-
-    /// Whether `e` is taken, at `now` (seconds).
-    fn takes(&self, e: &QueueEntry, now: i64, older_than: Option<i64>) -> bool {
-        if older_than.is_some_and(|age| now - e.received_at < age) {
-            return false;
-        }
-        if let Some(d) = &self.domain {
-            let d = d.trim().trim_start_matches('@').to_lowercase();
-            let in_domain = e.recipients.iter().any(|r| {
-                r.address
-                    .rsplit_once('@')
-                    .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(&d))
-            });
-            if !in_domain {
-                return false;
-            }
-        }
-        if let Some(t) = &self.text {
-            let t = t.to_lowercase();
-            let hit = e.sender.to_lowercase().contains(&t)
-                || e.recipients.iter().any(|r| {
-                    r.address.to_lowercase().contains(&t)
-                        || r.last_error
-                            .as_deref()
-                            .is_some_and(|x| x.to_lowercase().contains(&t))
-                });
-            if !hit {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// `90m`, `12h`, `2d`, `45s` as seconds.
-fn age_secs(text: &str) -> anyhow::Result<i64> {
-    let t = text.trim();
-    let bad = || anyhow::anyhow!("--older-than {text:?}: give an age like 90m, 12h or 2d");
-    let unit = t.chars().last().ok_or_else(bad)?;
-    let n: i64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(bad()),
-    };
-    if n < 0 {
-        return Err(bad());
-    }
-    Ok(n.saturating_mul(mult))
 }
 
 /// The messages an action takes: the one named, or every one the filters
@@ -125,61 +79,41 @@ fn targets(
     id: Option<&str>,
     filter: &Filter,
     now: i64,
-) -> anyhow::Result<Vec<QueueEntry>> {
-    match (id, filter.is_empty()) {
+) -> anyhow::Result<Vec<String>> {
+    let parsed = filter.parsed()?;
+    match (id, parsed.is_empty()) {
         (Some(_), false) => {
             anyhow::bail!("give a queue id or filters (--match, --domain, --older-than), not both")
         }
         (None, true) => {
             anyhow::bail!("give a queue id, or filters (--match, --domain, --older-than)")
         }
-        (Some(id), true) => match reader.entry(id)? {
-            Some(e) => Ok(vec![e]),
-            None => anyhow::bail!("no message {id} in the queue"),
-        },
-        (None, false) => {
-            let older = filter.older_than.as_deref().map(age_secs).transpose()?;
-            Ok(reader
-                .listing()?
-                .into_iter()
-                .filter(|e| filter.takes(e, now, older))
-                .collect())
-        }
+        (Some(id), true) => Ok(vec![id.to_string()]),
+        (None, false) => Ok(reader
+            .listing()?
+            .into_iter()
+            .filter(|e| parsed.takes(e, now))
+            .map(|e| e.id)
+            .collect()),
     }
 }
 
-/// "1 message" / "3 messages".
-fn messages(n: usize) -> String {
-    if n == 1 {
-        "1 message".into()
-    } else {
-        format!("{n} messages")
-    }
-}
-
-/// Holds or releases messages, all in one transaction.
-fn set_held(
+/// Applies an action to the messages an id or the filters choose, in one
+/// transaction, and says what it did.
+fn act(
+    store: &mut Store,
     path: &std::path::Path,
     reader: &SpoolReader,
     id: Option<String>,
     filter: &Filter,
     now: i64,
-    held: bool,
+    action: QueueAction,
 ) -> anyhow::Result<()> {
     let chosen = targets(reader, id.as_deref(), filter, now)?;
-    let ops = chosen
-        .iter()
-        .map(|e| SpoolOp::Hold {
-            message_id: e.id.clone(),
-            held,
-        })
-        .collect();
-    Spool::open(path)?.apply_blocking(SpoolOp::All(ops))?;
-    let what = if held { "held" } else { "released" };
-    match id {
-        Some(id) => println!("{id} {what}"),
-        None => println!("{} {what}", messages(chosen.len())),
-    }
+    let settings = store.server_settings()?;
+    let spool = Spool::open(path)?;
+    let applied = queue_admin::apply(&spool, reader, &settings, action, &chosen)?;
+    println!("{}", applied.summary(action, id.is_some()));
     Ok(())
 }
 
@@ -246,56 +180,35 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             }
         }
         QueueCommand::Retry { id, filter } => {
-            let spool = Spool::open(&path)?;
-            if id.as_deref() == Some("all") && filter.is_empty() {
-                let n = spool.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
+            if id.as_deref() == Some("all") && filter.parsed()?.is_empty() {
+                let n =
+                    Spool::open(&path)?.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
                 println!("{n} recipients due now");
                 return Ok(ExitCode::SUCCESS);
             }
-            let chosen = targets(&reader, id.as_deref(), &filter, now)?;
-            let ops = chosen
-                .iter()
-                .map(|e| SpoolOp::RetryNow {
-                    message_id: Some(e.id.clone()),
-                })
-                .collect();
-            let n = spool.apply_blocking(SpoolOp::All(ops))?;
-            println!("{}: {n} recipients due now", messages(chosen.len()));
+            act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?;
         }
-        QueueCommand::Hold { id, filter } => set_held(&path, &reader, id, &filter, now, true)?,
-        QueueCommand::Release { id, filter } => set_held(&path, &reader, id, &filter, now, false)?,
-        QueueCommand::Delete { id, bounce, filter } => {
-            let chosen = targets(&reader, id.as_deref(), &filter, now)?;
-            let settings = store.server_settings()?;
-            let mut ops = Vec::with_capacity(chosen.len());
-            let mut told = Vec::new();
-            for e in &chosen {
-                let Some(message) = reader.message(&e.id)? else {
-                    continue;
-                };
-                let b = if bounce {
-                    bounce_for_deleted(&settings, &reader, &message)?
-                } else {
-                    None
-                };
-                if let Some(b) = &b {
-                    told.push((e.id.clone(), b.id.clone(), message.message.sender.clone()));
-                }
-                ops.push(SpoolOp::Delete {
-                    message_id: e.id.clone(),
-                    bounce: b,
-                });
-            }
-            let n = Spool::open(&path)?.apply_blocking(SpoolOp::All(ops))?;
-            if id.is_some() {
-                match told.first() {
-                    Some((id, b, to)) => println!("{id} deleted; bounce {b} queued to <{to}>"),
-                    None => println!("{} deleted", chosen.first().map_or("", |e| e.id.as_str())),
-                }
-            } else {
-                println!("{} deleted, {} bounces queued", messages(n), told.len());
-            }
+        QueueCommand::Hold { id, filter } => {
+            act(store, &path, &reader, id, &filter, now, QueueAction::Hold)?
         }
+        QueueCommand::Release { id, filter } => act(
+            store,
+            &path,
+            &reader,
+            id,
+            &filter,
+            now,
+            QueueAction::Release,
+        )?,
+        QueueCommand::Delete { id, bounce, filter } => act(
+            store,
+            &path,
+            &reader,
+            id,
+            &filter,
+            now,
+            QueueAction::Delete { bounce },
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

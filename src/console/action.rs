@@ -118,6 +118,10 @@ pub enum Command {
     CycleSort,
     ReverseSort,
     Search,
+    /// Queue: Space marks or unmarks the selected message.
+    Mark,
+    /// Queue: `*` marks every message shown (again: unmarks them).
+    MarkAll,
     /// `t`: the whole story of the selected connection, message or line.
     Trace,
     Yes,
@@ -191,13 +195,13 @@ impl From<Command> for Action {
     }
 }
 
-/// A queue operation.
+/// A queue action on some messages (see [`crate::queue_admin::apply`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueOp {
-    Retry(String),
-    Hold(String),
-    Release(String),
-    Delete { id: String, bounce: bool },
+pub struct QueueOp {
+    pub action: crate::queue_admin::QueueAction,
+    pub ids: Vec<String>,
+    /// One message the user picked (not marks): the reply names it.
+    pub named: bool,
 }
 
 /// What the app asks of the outside world (the store, the spool, files).

@@ -15,7 +15,7 @@ use crate::engine::ListenerStatus;
 use crate::events::Event;
 use crate::policy::rules::Rule;
 use crate::policy::settings::{AuthMode, SWITCH_KEYS};
-use crate::spool::QueueEntry;
+use crate::queue_admin::QueueAction;
 use crate::store::check_login_name;
 use ratatui::crossterm::event::KeyEvent;
 use std::net::SocketAddr;
@@ -28,7 +28,13 @@ pub enum Pending {
     RemoveDomain(String),
     RemoveRule(usize),
     RemoveUser(String),
-    DeleteMessage(String),
+    /// Delete these messages (asks: bounce or silently).
+    DeleteMessages {
+        ids: Vec<String>,
+        named: bool,
+    },
+    /// Retry, hold or release these marked messages.
+    QueueAction(super::action::QueueOp),
     DiscardListEdits,
     Quit,
     /// The auth mode, picked from its three.
@@ -234,8 +240,7 @@ pub struct App {
     pub traffic: Traffic,
     pub config: ConfigView,
     pub listeners: Vec<ListenerStatus>,
-    pub queue: Vec<QueueEntry>,
-    pub queue_error: Option<String>,
+    pub queue: super::panels::queue::QueueView,
     /// Delivery attempts under way, by message id (from the engine).
     pub in_flight: std::collections::HashMap<String, crate::delivery::InFlightAttempt>,
     pub lists: ListEditor,
@@ -245,7 +250,6 @@ pub struct App {
     pub bindings_selected: usize,
     pub policy_selected: usize,
     pub users_selected: usize,
-    pub queue_selected: usize,
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
@@ -277,8 +281,7 @@ impl App {
             traffic: Traffic::default(),
             config: ConfigView::default(),
             listeners: Vec::new(),
-            queue: Vec::new(),
-            queue_error: None,
+            queue: Default::default(),
             in_flight: Default::default(),
             lists: ListEditor::default(),
             log: LogView {
@@ -292,7 +295,6 @@ impl App {
             bindings_selected: 0,
             policy_selected: 0,
             users_selected: 0,
-            queue_selected: 0,
             status: None,
             dropped: 0,
             lagged: 0,
@@ -314,7 +316,7 @@ impl App {
             Mode::Help { .. } => vec![Context::Help],
             Mode::Viewer { .. } => vec![Context::Viewer],
             Mode::Form(_) => vec![Context::Form],
-            Mode::Confirm(c) if matches!(c.pending, Pending::DeleteMessage(_)) => {
+            Mode::Confirm(c) if matches!(c.pending, Pending::DeleteMessages { .. }) => {
                 vec![Context::ConfirmDelete]
             }
             Mode::Confirm(c) if c.pending == Pending::AuthMode => vec![Context::PickAuthMode],
@@ -454,14 +456,7 @@ impl App {
                 Vec::new()
             }
             Action::QueueLoaded(result) => {
-                match result {
-                    Ok(q) => {
-                        self.queue = q;
-                        self.queue_error = None;
-                    }
-                    Err(e) => self.queue_error = Some(e),
-                }
-                self.clamp_selections();
+                self.queue.load(result, self.now);
                 Vec::new()
             }
             Action::History(lines) => {
@@ -890,7 +885,7 @@ impl App {
             (Panel::Queue, Command::Trace) => {
                 let query = self
                     .queue
-                    .get(self.queue_selected)
+                    .selected_entry()
                     .map(|e| crate::trace::TraceQuery {
                         id: Some(e.id.clone()),
                         ..Default::default()
@@ -1052,30 +1047,83 @@ impl App {
                     );
                 }
             }
+            (Panel::Queue, Command::Search) => {
+                let current = self.queue.filter.clone();
+                self.open_form(
+                    FormPurpose::QueueFilter,
+                    "Filter the queue",
+                    vec![
+                        Field::new(
+                            "text",
+                            "in the sender, a recipient or domain, or an error; empty shows all",
+                        )
+                        .with_value(current),
+                    ],
+                );
+            }
+            (Panel::Queue, Command::Mark) => self.queue.toggle_mark(),
+            (Panel::Queue, Command::MarkAll) => {
+                let n = self.queue.mark_all_shown();
+                self.say(true, format!("{} marked", crate::queue_admin::messages(n)));
+            }
             (Panel::Queue, Command::Retry | Command::Hold | Command::Release) => {
-                let Some(id) = self.queue.get(self.queue_selected).map(|e| e.id.clone()) else {
+                let action = match c {
+                    Command::Retry => QueueAction::Retry,
+                    Command::Hold => QueueAction::Hold,
+                    _ => QueueAction::Release,
+                };
+                let (ids, marked) = self.queue.targets();
+                if ids.is_empty() {
                     return Vec::new();
+                }
+                let op = QueueOp {
+                    action,
+                    ids,
+                    named: !marked,
                 };
-                let op = match c {
-                    Command::Retry => QueueOp::Retry(id),
-                    Command::Hold => QueueOp::Hold(id),
-                    _ => QueueOp::Release(id),
+                if !marked {
+                    return vec![Effect::Queue(op), Effect::LoadQueue];
+                }
+                let verb = match action {
+                    QueueAction::Retry => "Retry",
+                    QueueAction::Hold => "Hold",
+                    _ => "Release",
                 };
-                return vec![Effect::Queue(op), Effect::LoadQueue];
+                self.ask(
+                    format!(
+                        "{verb} the {} marked? (y/n)",
+                        crate::queue_admin::messages(op.ids.len())
+                    ),
+                    Pending::QueueAction(op),
+                );
             }
             (Panel::Queue, Command::Delete) => {
-                if let Some(e) = self.queue.get(self.queue_selected) {
-                    let id = e.id.clone();
+                let (ids, marked) = self.queue.targets();
+                let question = if marked {
+                    format!(
+                        "Delete the {} marked? b: delete and bounce to each sender, s: delete silently",
+                        crate::queue_admin::messages(ids.len())
+                    )
+                } else if let Some(e) = self.queue.selected_entry() {
                     let sender = if e.sender.is_empty() {
                         "<>".to_string()
                     } else {
                         format!("<{}>", e.sender)
                     };
-                    self.ask(
-                        format!("Delete message {id} from {sender}? b: delete and bounce to the sender, s: delete silently"),
-                        Pending::DeleteMessage(id),
-                    );
-                }
+                    format!(
+                        "Delete message {} from {sender}? b: delete and bounce to the sender, s: delete silently",
+                        e.id
+                    )
+                } else {
+                    return Vec::new();
+                };
+                self.ask(
+                    question,
+                    Pending::DeleteMessages {
+                        ids,
+                        named: !marked,
+                    },
+                );
             }
             _ => {}
         }
@@ -1170,11 +1218,20 @@ impl App {
             Pending::RemoveDomain(d) => vec![Effect::RemoveDomain(d)],
             Pending::RemoveRule(n) => vec![Effect::RemoveRule(n)],
             Pending::RemoveUser(u) => vec![Effect::RemoveUser(u)],
-            Pending::DeleteMessage(id) => {
+            Pending::DeleteMessages { ids, named } => {
+                self.queue.marked.clear();
                 vec![
-                    Effect::Queue(QueueOp::Delete { id, bounce }),
+                    Effect::Queue(QueueOp {
+                        action: QueueAction::Delete { bounce },
+                        ids,
+                        named,
+                    }),
                     Effect::LoadQueue,
                 ]
+            }
+            Pending::QueueAction(op) => {
+                self.queue.marked.clear();
+                vec![Effect::Queue(op), Effect::LoadQueue]
             }
             Pending::DiscardListEdits => {
                 self.lists.revert();
@@ -1197,6 +1254,12 @@ impl App {
             return Vec::new();
         };
         let result: Result<Option<Effect>, String> = match &form.purpose {
+            FormPurpose::QueueFilter => {
+                let text = form.value(0).to_string();
+                self.queue.set_filter(&text, self.now);
+                self.mode = Mode::Normal;
+                return Vec::new();
+            }
             FormPurpose::LogSearch => {
                 let text = form.value(0).to_lowercase();
                 self.log.search = (!text.is_empty()).then_some(text);
@@ -1469,7 +1532,7 @@ impl App {
             Panel::Bindings => self.config.bindings.len(),
             Panel::Policy => self.policy_rows().len(),
             Panel::Users => self.config.users.len(),
-            Panel::Queue => self.queue.len(),
+            Panel::Queue => self.queue.shown_len(),
             Panel::Log | Panel::Lists => 0,
         };
         let selected = match self.panel {
@@ -1477,7 +1540,7 @@ impl App {
             Panel::Bindings => &mut self.bindings_selected,
             Panel::Policy => &mut self.policy_selected,
             Panel::Users => &mut self.users_selected,
-            Panel::Queue => &mut self.queue_selected,
+            Panel::Queue => &mut self.queue.selected,
             Panel::Log | Panel::Lists => return,
         };
         *selected = scrolled(*selected, c, page).min(count.saturating_sub(1));
@@ -1489,7 +1552,6 @@ impl App {
         let rows = self.policy_rows().len();
         clamp(&mut self.policy_selected, rows);
         clamp(&mut self.users_selected, self.config.users.len());
-        clamp(&mut self.queue_selected, self.queue.len());
         let shown = self.live_rows().len();
         clamp(&mut self.live_selected, shown);
     }

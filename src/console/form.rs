@@ -20,6 +20,7 @@ pub enum FormPurpose {
     SpecifiedLogin,
     Import(ListKind),
     LogSearch,
+    QueueFilter,
 }
 
 /// One field of a form.

@@ -9,12 +9,11 @@ use super::traffic::{LogLine, epoch_ms};
 use crate::bindings::Binding;
 use crate::control::protocol::ClientMessage;
 use crate::decision_log::{DecisionLog, log_path_for};
-use crate::delivery::scheduler::bounce_for_deleted;
 use crate::policy::ip_lists::ListKind;
 use crate::policy::rules::Rule;
 use crate::policy::settings::{AuthMode, Switches};
 use crate::policy::{Login, Policy, PolicyConfig};
-use crate::spool::{Spool, SpoolOp, SpoolReader, spool_path_for};
+use crate::spool::{Spool, SpoolReader, spool_path_for};
 use crate::store::{Store, StoreError, UserInfo};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -318,63 +317,12 @@ impl ConsoleIo {
     }
 
     fn queue(&mut self, op: QueueOp) -> Result<String, String> {
-        self.store()?;
+        let settings = self.store()?.server_settings().map_err(|e| e.to_string())?;
         let reader = SpoolReader::open(&self.spool_path).map_err(|e| e.to_string())?;
-        let id = match &op {
-            QueueOp::Retry(id) | QueueOp::Hold(id) | QueueOp::Release(id) => id.clone(),
-            QueueOp::Delete { id, .. } => id.clone(),
-        };
-        let Some(message) = reader.message(&id).map_err(|e| e.to_string())? else {
-            return Err(format!("{id} is no longer in the queue"));
-        };
-        let (spool_op, done) = match op {
-            QueueOp::Retry(_) => (
-                SpoolOp::RetryNow {
-                    message_id: Some(id.clone()),
-                },
-                format!("{id}: every queued recipient is due now"),
-            ),
-            QueueOp::Hold(_) => (
-                SpoolOp::Hold {
-                    message_id: id.clone(),
-                    held: true,
-                },
-                format!("{id} held"),
-            ),
-            QueueOp::Release(_) => (
-                SpoolOp::Hold {
-                    message_id: id.clone(),
-                    held: false,
-                },
-                format!("{id} released"),
-            ),
-            QueueOp::Delete { bounce, .. } => {
-                let bounce = if bounce {
-                    let settings = self.store()?.server_settings().map_err(|e| e.to_string())?;
-                    bounce_for_deleted(&settings, &reader, &message).map_err(|e| e.to_string())?
-                } else {
-                    None
-                };
-                let done = match &bounce {
-                    Some(b) => format!(
-                        "{id} deleted; bounce {} queued to <{}>",
-                        b.id, message.message.sender
-                    ),
-                    None => format!("{id} deleted silently"),
-                };
-                (
-                    SpoolOp::Delete {
-                        message_id: id.clone(),
-                        bounce,
-                    },
-                    done,
-                )
-            }
-        };
-        self.spool()?
-            .apply_blocking(spool_op)
-            .map_err(|e| format!("{id}: {e}"))?;
-        Ok(done)
+        let spool = self.spool()?;
+        crate::queue_admin::apply(spool, &reader, &settings, op.action, &op.ids)
+            .map(|applied| applied.summary(op.action, op.named))
+            .map_err(|e| e.to_string())
     }
 }
 

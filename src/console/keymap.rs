@@ -199,11 +199,14 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Users), [ch('s'), code(KeyCode::Enter)], C::SenderAddresses, "addresses", "set the selected user's sender addresses"),
     bind!(X::Panel(P::Users), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected user (asks first)"),
     // Queue
-    bind!(X::Panel(P::Queue), [ch('r')], C::Retry, "retry", "try the selected message again now"),
+    bind!(X::Panel(P::Queue), [ch('r')], C::Retry, "retry", "try the selected (or marked) messages again now"),
     bind!(X::Panel(P::Queue), [ch('t')], C::Trace, "trace", "the selected message's whole story"),
-    bind!(X::Panel(P::Queue), [ch('h')], C::Hold, "hold", "hold the selected message"),
-    bind!(X::Panel(P::Queue), [ch('u')], C::Release, "release", "release a held message"),
-    bind!(X::Panel(P::Queue), [ch('d'), code(KeyCode::Delete)], C::Delete, "delete", "delete the selected message (asks: bounce or silently)"),
+    bind!(X::Panel(P::Queue), [ch('h')], C::Hold, "hold", "hold the selected (or marked) messages"),
+    bind!(X::Panel(P::Queue), [ch('u')], C::Release, "release", "release the selected (or marked) messages"),
+    bind!(X::Panel(P::Queue), [ch('d'), code(KeyCode::Delete)], C::Delete, "delete", "delete the selected (or marked) messages (asks: bounce or silently)"),
+    bind!(X::Panel(P::Queue), [ch('/')], C::Search, "filter", "show messages whose sender, recipient or error has this text"),
+    bind!(X::Panel(P::Queue), [ch(' ')], C::Mark, "mark", "mark or unmark the selected message"),
+    bind!(X::Panel(P::Queue), [ch('*')], C::MarkAll, "mark all", "mark every message shown (again: unmark them)"),
     // Forms
     bind!(X::Form, [code(KeyCode::Enter)], C::Open, "next/ok", "next field; on the last field, save"),
     bind!(X::Form, [ctrl('s')], C::Save, "save", "save the form"),

@@ -32,7 +32,9 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         Panel::Lists => panels::lists::render(frame, body, app, theme),
         Panel::Policy => panels::policy::render(frame, body, app, theme),
         Panel::Users => panels::users::render(frame, body, app, theme),
-        Panel::Queue => panels::queue::render(frame, body, app, theme),
+        Panel::Queue => {
+            panels::queue::render(frame, body, &app.queue, &app.in_flight, app.now, theme)
+        }
     }
     draw_status(frame, status, app, theme);
     draw_footer(frame, footer, app, theme);
