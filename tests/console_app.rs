@@ -1114,6 +1114,77 @@ fn the_selected_message_shows_whole_at_the_bottom_of_the_queue() {
 /// Live shows every connection, the open ones or those with a denied
 /// recipient (`f`), sorted by any column (`s`, `S` turns it round); Enter
 /// opens the dialogue of the row shown.
+/// `/` on Live, Bindings and Users keeps the rows with the text; the
+/// keys then act on the row shown, and an empty filter shows all again.
+#[test]
+fn slash_filters_live_bindings_and_users() {
+    let mut h = populated();
+    let clear = |h: &mut Harness, panel: &str| {
+        h.typed(panel);
+        h.typed("/");
+        for _ in 0..40 {
+            h.key(KeyCode::Backspace);
+        }
+        h.typed("\n");
+    };
+    // Live: by address.
+    h.typed("1");
+    let all = h.app.live_rows().len();
+    h.typed("/203.0.113\n");
+    let shown: Vec<String> = h
+        .app
+        .live_rows()
+        .iter()
+        .map(|c| c.peer.ip().to_string())
+        .collect();
+    assert!(!shown.is_empty() && shown.len() < all, "{shown:?}");
+    assert!(
+        shown.iter().all(|p| p.starts_with("203.0.113")),
+        "{shown:?}"
+    );
+    assert!(
+        h.screen(120, 40)
+            .backend()
+            .to_string()
+            .contains("matching \"203.0.113\""),
+        "the title says the filter"
+    );
+    clear(&mut h, "1");
+    assert_eq!(h.app.live_rows().len(), all);
+    // Users: by a sender address; Del then removes the user shown.
+    h.typed("6");
+    h.typed("/example.org\n");
+    let names: Vec<&str> = h.app.user_rows().iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["alice"]);
+    h.typed("/nobody\n");
+    assert!(h.app.user_rows().is_empty());
+    clear(&mut h, "6");
+    assert_eq!(h.app.user_rows().len(), 2);
+    h.typed("/BOB\n");
+    h.key(KeyCode::Delete);
+    h.typed("y");
+    let left: Vec<String> = h
+        .store()
+        .users()
+        .expect("users")
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(left, ["alice"], "the user shown was removed, not the first");
+    // Bindings: by kind.
+    h.typed("3");
+    let total = h.app.binding_rows().len();
+    h.typed("/submission\n");
+    let kinds: Vec<String> = h
+        .app
+        .binding_rows()
+        .iter()
+        .map(|b| b.kind.to_string())
+        .collect();
+    assert!(!kinds.is_empty() && kinds.len() < total, "{kinds:?}");
+    assert!(kinds.iter().all(|k| k == "submission"), "{kinds:?}");
+}
+
 #[test]
 fn live_filters_and_sorts_and_opens_the_row_shown() {
     let mut h = populated();

@@ -149,6 +149,34 @@ pub struct LiveView {
     pub reversed: bool,
 }
 
+/// The `/` filters of the list panels (the Queue's and the Log's are their
+/// own); each keeps the rows that contain its text, in any case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PanelFilters {
+    pub live: String,
+    pub bindings: String,
+    pub users: String,
+}
+
+impl PanelFilters {
+    pub fn of(&self, panel: Panel) -> &str {
+        match panel {
+            Panel::Live => &self.live,
+            Panel::Bindings => &self.bindings,
+            Panel::Users => &self.users,
+            _ => "",
+        }
+    }
+}
+
+/// Whether any of `fields` contains `filter` (lowercase), in any case.
+pub fn row_matches<'a>(filter: &str, fields: impl IntoIterator<Item = &'a str>) -> bool {
+    filter.is_empty()
+        || fields
+            .into_iter()
+            .any(|f| f.to_lowercase().contains(filter))
+}
+
 /// The message line under the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -248,6 +276,8 @@ pub struct App {
     pub live_selected: usize,
     pub live_view: LiveView,
     pub bindings_selected: usize,
+    /// What `/` filters each list panel by (lowercase; empty: all rows).
+    pub filters: PanelFilters,
     pub policy_selected: usize,
     pub users_selected: usize,
     pub status: Option<Status>,
@@ -293,6 +323,7 @@ impl App {
             live_selected: 0,
             live_view: LiveView::default(),
             bindings_selected: 0,
+            filters: PanelFilters::default(),
             policy_selected: 0,
             users_selected: 0,
             status: None,
@@ -933,7 +964,12 @@ impl App {
                 binding_fields("", "smtp"),
             ),
             (Panel::Bindings, Command::Edit) => {
-                if let Some(b) = self.config.bindings.get(self.bindings_selected).copied() {
+                if let Some(b) = self
+                    .binding_rows()
+                    .get(self.bindings_selected)
+                    .copied()
+                    .copied()
+                {
                     self.open_form(
                         FormPurpose::EditBinding(b.addr),
                         format!("Edit binding {}", b.addr),
@@ -942,7 +978,12 @@ impl App {
                 }
             }
             (Panel::Bindings, Command::Remove) => {
-                if let Some(b) = self.config.bindings.get(self.bindings_selected).copied() {
+                if let Some(b) = self
+                    .binding_rows()
+                    .get(self.bindings_selected)
+                    .copied()
+                    .copied()
+                {
                     self.ask(
                         format!(
                             "Stop listening on {} ({}) and remove the binding?",
@@ -1012,7 +1053,7 @@ impl App {
                 ],
             ),
             (Panel::Users, Command::ResetPassword) => {
-                if let Some(u) = self.config.users.get(self.users_selected) {
+                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
                     let name = u.name.clone();
                     self.open_form(
                         FormPurpose::ResetPassword(name.clone()),
@@ -1022,7 +1063,7 @@ impl App {
                 }
             }
             (Panel::Users, Command::SenderAddresses) => {
-                if let Some(u) = self.config.users.get(self.users_selected) {
+                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
                     let name = u.name.clone();
                     let current = u.addresses.join(" ");
                     self.open_form(
@@ -1039,13 +1080,25 @@ impl App {
                 }
             }
             (Panel::Users, Command::Remove) => {
-                if let Some(u) = self.config.users.get(self.users_selected) {
+                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
                     let name = u.name.clone();
                     self.ask(
                         format!("Remove user {name} and its sender addresses?"),
                         Pending::RemoveUser(name),
                     );
                 }
+            }
+            (Panel::Live | Panel::Bindings | Panel::Users, Command::Search) => {
+                let panel = self.panel;
+                let current = self.filters.of(panel).to_string();
+                self.open_form(
+                    FormPurpose::PanelFilter(panel),
+                    "Filter the list",
+                    vec![
+                        Field::new("text", "rows containing this text; empty shows all")
+                            .with_value(current),
+                    ],
+                );
             }
             (Panel::Queue, Command::Search) => {
                 let current = self.queue.filter.clone();
@@ -1254,6 +1307,25 @@ impl App {
             return Vec::new();
         };
         let result: Result<Option<Effect>, String> = match &form.purpose {
+            FormPurpose::PanelFilter(panel) => {
+                let text = form.value(0).trim().to_lowercase();
+                match panel {
+                    Panel::Live => {
+                        self.filters.live = text;
+                        self.live_selected = 0;
+                    }
+                    Panel::Bindings => {
+                        self.filters.bindings = text;
+                        self.bindings_selected = 0;
+                    }
+                    _ => {
+                        self.filters.users = text;
+                        self.users_selected = 0;
+                    }
+                }
+                self.mode = Mode::Normal;
+                return Vec::new();
+            }
             FormPurpose::QueueFilter => {
                 let text = form.value(0).to_string();
                 self.queue.set_filter(&text, self.now);
@@ -1447,6 +1519,34 @@ impl App {
     /// The Live panel's rows: the connections its view shows, in its
     /// order (the table may hold 10,000: sorting them takes about a
     /// millisecond, and only when asked for).
+    /// The bindings the Bindings panel shows.
+    pub fn binding_rows(&self) -> Vec<&crate::bindings::Binding> {
+        self.config
+            .bindings
+            .iter()
+            .filter(|b| {
+                row_matches(
+                    &self.filters.bindings,
+                    [b.addr.to_string().as_str(), b.kind.to_string().as_str()],
+                )
+            })
+            .collect()
+    }
+
+    /// The users the Users panel shows.
+    pub fn user_rows(&self) -> Vec<&crate::store::UserInfo> {
+        self.config
+            .users
+            .iter()
+            .filter(|u| {
+                row_matches(
+                    &self.filters.users,
+                    std::iter::once(u.name.as_str()).chain(u.addresses.iter().map(String::as_str)),
+                )
+            })
+            .collect()
+    }
+
     pub fn live_rows(&self) -> Vec<&crate::live::Connection> {
         let v = self.live_view;
         let mut rows: Vec<&crate::live::Connection> = self
@@ -1457,6 +1557,18 @@ impl App {
                 LiveShow::All => true,
                 LiveShow::Open => c.closed.is_none(),
                 LiveShow::Denied => c.rcpt_denied > 0,
+            })
+            .filter(|c| {
+                row_matches(
+                    &self.filters.live,
+                    [
+                        c.peer.to_string().as_str(),
+                        c.login.as_deref().unwrap_or(""),
+                        c.state.as_str(),
+                        c.helo.as_deref().unwrap_or(""),
+                        c.mail_from.as_deref().unwrap_or(""),
+                    ],
+                )
             })
             .collect();
         match v.sort {
@@ -1529,9 +1641,9 @@ impl App {
         }
         let count = match self.panel {
             Panel::Live => self.traffic.connections.len(),
-            Panel::Bindings => self.config.bindings.len(),
+            Panel::Bindings => self.binding_rows().len(),
             Panel::Policy => self.policy_rows().len(),
-            Panel::Users => self.config.users.len(),
+            Panel::Users => self.user_rows().len(),
             Panel::Queue => self.queue.shown_len(),
             Panel::Log | Panel::Lists => 0,
         };
@@ -1548,10 +1660,12 @@ impl App {
 
     fn clamp_selections(&mut self) {
         let clamp = |v: &mut usize, n: usize| *v = (*v).min(n.saturating_sub(1));
-        clamp(&mut self.bindings_selected, self.config.bindings.len());
+        let n = self.binding_rows().len();
+        clamp(&mut self.bindings_selected, n);
         let rows = self.policy_rows().len();
         clamp(&mut self.policy_selected, rows);
-        clamp(&mut self.users_selected, self.config.users.len());
+        let n = self.user_rows().len();
+        clamp(&mut self.users_selected, n);
         let shown = self.live_rows().len();
         clamp(&mut self.live_selected, shown);
     }

@@ -21,6 +21,8 @@ pub enum FormPurpose {
     Import(ListKind),
     LogSearch,
     QueueFilter,
+    /// `/` on Live, Bindings or Users.
+    PanelFilter(super::action::Panel),
 }
 
 /// One field of a form.

@@ -168,6 +168,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Live), [ch('f')], C::CycleFilter, "show", "show: every connection, open ones, ones with a denied recipient"),
     bind!(X::Panel(P::Live), [ch('s')], C::CycleSort, "sort", "sort by the next column (opened, peer, user, state, helo, sender, rcpt, bytes)"),
     bind!(X::Panel(P::Live), [ch('S')], C::ReverseSort, "", "turn the sort order round"),
+    bind!(X::Panel(P::Live), [ch('/')], C::Search, "filter", "show connections whose address, user, state, HELO or sender has this text"),
     // Log
     bind!(X::Panel(P::Log), [ch('f')], C::CycleFilter, "filter", "filter: all, allowed, denied, errors, auth, delivery"),
     bind!(X::Panel(P::Log), [ch('/')], C::Search, "search", "search (Enter applies, empty clears)"),
@@ -179,6 +180,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Bindings), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the selected binding's address or kind"),
     bind!(X::Panel(P::Bindings), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected binding (asks first)"),
     bind!(X::Panel(P::Bindings), [ch('r')], C::Retry, "retry", "try the bindings that cannot listen again now"),
+    bind!(X::Panel(P::Bindings), [ch('/')], C::Search, "filter", "show listen addresses with this text"),
     // Relay lists
     bind!(X::Panel(P::Lists), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the allow and deny lists"),
     bind!(X::Panel(P::Lists), [ch('i')], C::Import, "import", "import a CSV/TSV file into the focused list"),
@@ -198,6 +200,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Users), [ch('p')], C::ResetPassword, "password", "reset the selected user's password"),
     bind!(X::Panel(P::Users), [ch('s'), code(KeyCode::Enter)], C::SenderAddresses, "addresses", "set the selected user's sender addresses"),
     bind!(X::Panel(P::Users), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected user (asks first)"),
+    bind!(X::Panel(P::Users), [ch('/')], C::Search, "filter", "show users whose name or sender addresses have this text"),
     // Queue
     bind!(X::Panel(P::Queue), [ch('r')], C::Retry, "retry", "try the selected (or marked) messages again now"),
     bind!(X::Panel(P::Queue), [ch('t')], C::Trace, "trace", "the selected message's whole story"),

@@ -14,9 +14,8 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
     let height = table_area.height.saturating_sub(3) as usize;
     let top = scroll_top(app.bindings_selected, height);
-    let rows: Vec<Row> = app
-        .config
-        .bindings
+    let shown = app.binding_rows();
+    let rows: Vec<Row> = shown
         .iter()
         .skip(top)
         .take(height)
@@ -50,11 +49,15 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     .row_highlight_style(theme.selected)
     .block(
         Block::bordered()
-            .title(format!(" Listen addresses: {} ", app.config.bindings.len()))
+            .title(format!(
+                " Listen addresses: {}{} ",
+                app.config.bindings.len(),
+                super::filtered(&app.filters.bindings, shown.len())
+            ))
             .title_style(theme.title),
     );
     let mut state = TableState::default();
-    if !app.config.bindings.is_empty() {
+    if !shown.is_empty() {
         state.select(Some(app.bindings_selected.saturating_sub(top)));
     }
     frame.render_stateful_widget(table, table_area, &mut state);

@@ -167,9 +167,14 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let busiest = busiest_clients(app, 3);
     let block = Block::bordered()
         .title(format!(
-            " Connections: {} open, {} shown{view}{busiest} (Enter: dialogue) ",
+            " Connections: {} open, {} shown{view}{}{busiest} (Enter: dialogue) ",
             app.traffic.open,
-            shown.len()
+            shown.len(),
+            if app.filters.live.is_empty() {
+                String::new()
+            } else {
+                format!(", matching {:?}", app.filters.live)
+            }
         ))
         .title_style(theme.title);
     let rows_height = area.height.saturating_sub(3) as usize;

@@ -12,6 +12,15 @@ use super::theme::Theme;
 use super::traffic::LogLine;
 use ratatui::text::{Line, Span};
 
+/// ", 2 match \"x\"" after a list's count while `/` filters it.
+pub fn filtered(filter: &str, shown: usize) -> String {
+    if filter.is_empty() {
+        String::new()
+    } else {
+        format!(", {shown} match {filter:?}")
+    }
+}
+
 /// A log line as the Live tail and the Log panel show it.
 pub fn log_line<'a>(line: &'a LogLine, theme: &Theme) -> Line<'a> {
     let error = line.kind == Some(crate::events::EventKind::Error);

@@ -32,9 +32,8 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     );
     let height = table_area.height.saturating_sub(3) as usize;
     let top = scroll_top(app.users_selected, height);
-    let rows: Vec<Row> = app
-        .config
-        .users
+    let shown = app.user_rows();
+    let rows: Vec<Row> = shown
         .iter()
         .skip(top)
         .take(height)
@@ -54,11 +53,15 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .row_highlight_style(theme.selected)
         .block(
             Block::bordered()
-                .title(format!(" Users: {} ", app.config.users.len()))
+                .title(format!(
+                    " Users: {}{} ",
+                    app.config.users.len(),
+                    super::filtered(&app.filters.users, shown.len())
+                ))
                 .title_style(theme.title),
         );
     let mut state = TableState::default();
-    if !app.config.users.is_empty() {
+    if !shown.is_empty() {
         state.select(Some(app.users_selected.saturating_sub(top)));
     }
     frame.render_stateful_widget(table, table_area, &mut state);
