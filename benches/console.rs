@@ -1,6 +1,8 @@
 //! The console's own costs, without a terminal: one frame of the Live panel
 //! at 200x60 with 10,000 open connections, one frame of the Log panel with
-//! 100,000 lines, and taking one engine event into the state.
+//! 100,000 lines, one frame of the Queue panel with 100,000 queued messages
+//! (and the work of taking a new listing in: filter, marks and the qshape
+//! summary), and taking one engine event into the state.
 //!
 //!     cargo bench --bench console
 //!
@@ -306,5 +308,103 @@ fn bench_ingest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_frames, bench_ingest);
+const QUEUED: usize = 100_000;
+
+/// 100,000 queued messages to 50 domains, 1-3 recipients each, ages up to
+/// two days, a third with a last error.
+fn big_queue() -> Vec<relaygate::spool::QueueEntry> {
+    let now = epoch_ms(t0()) / 1000;
+    (0..QUEUED)
+        .map(|i| relaygate::spool::QueueEntry {
+            id: format!("18F{i:013X}"),
+            received_at: now - (i as i64 * 7919) % 172_800,
+            sender: format!("user{}@example.com", i % 977),
+            size: 2048,
+            held: i % 50 == 0,
+            recipients: (0..1 + i % 3)
+                .map(|r| relaygate::spool::RecipientState {
+                    address: format!("rcpt{r}@domain{}.test", (i + r) % 50),
+                    state: "queued".into(),
+                    attempts: (i % 7) as i64,
+                    next_attempt: now + 600,
+                    last_error: (i % 3 == 0)
+                        .then(|| "451 4.4.1 no answer from mx.domain.test".to_string()),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn bench_queue(c: &mut Criterion) {
+    let theme = Theme::color();
+    let queue = big_queue();
+    let mut app = App::new(t0());
+    app.panel = Panel::Queue;
+    let mut group = c.benchmark_group("Queue panel, 100,000 messages");
+    group.sample_size(20);
+    group.bench_function("take a new listing (filter, marks, qshape)", |b| {
+        b.iter_batched(
+            || queue.clone(),
+            |q| app.update(Action::QueueLoaded(Ok(black_box(q)))),
+            BatchSize::LargeInput,
+        )
+    });
+    // Reading the listing from a spool of 100,000 messages (on the
+    // console's reader thread).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("spool.db");
+    let spool = relaygate::spool::Spool::open(&path).expect("spool");
+    let ops = (0..QUEUED)
+        .map(|i| {
+            relaygate::spool::SpoolOp::Insert(relaygate::spool::NewMessage {
+                spilled: None,
+                smtputf8: false,
+                id: spool.next_id(),
+                sender: format!("user{}@example.com", i % 977),
+                recipients: (0..1 + i % 3)
+                    .map(|r| relaygate::spool::SpoolRecipient {
+                        address: format!("rcpt{r}@domain{}.test", (i + r) % 50),
+                        class: "outbound".into(),
+                        reason: "bench".into(),
+                    })
+                    .collect(),
+                login: None,
+                peer: "127.0.0.1".into(),
+                helo: "client.test".into(),
+                body: vec![b'x'; 2048],
+            })
+        })
+        .collect();
+    spool
+        .apply_blocking(relaygate::spool::SpoolOp::All(ops))
+        .expect("fill the spool");
+    group.bench_function("read the listing from the spool", |b| {
+        b.iter(|| {
+            relaygate::spool::SpoolReader::open(&path)
+                .and_then(|r| r.listing())
+                .expect("listing")
+                .len()
+        })
+    });
+    app.update(Action::QueueLoaded(Ok(queue.clone())));
+    for (w, h) in [(80u16, 24u16), (120, 40)] {
+        let mut term = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+        app.update(Action::Command(Command::Top));
+        group.bench_function(format!("frame {w}x{h}, first message selected"), |b| {
+            b.iter(|| {
+                term.draw(|f| render::draw(f, black_box(&app), &theme))
+                    .expect("draw");
+            })
+        });
+        app.update(Action::Command(Command::Bottom));
+        group.bench_function(format!("frame {w}x{h}, last message selected"), |b| {
+            b.iter(|| {
+                term.draw(|f| render::draw(f, black_box(&app), &theme))
+                    .expect("draw");
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench_frames, bench_ingest, bench_queue);
 criterion_main!(benches);

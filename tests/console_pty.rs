@@ -430,4 +430,15 @@ fn a_message_is_traced_end_to_end_from_the_log_panel() {
         "deferred",
         &format!("now: {id} in the queue"),
     ]);
+    // The Queue panel (read on its own thread) shows it; held by its
+    // domain with a mark and a question.
+    console.press("\x1b");
+    console.press("7");
+    console.wait_for(&[&id, "queued to", "far.test"]);
+    console.press("/far.test\r");
+    console.wait_for(&["1 of 1 messages match"]);
+    console.press("*h");
+    console.wait_for(&["Hold the 1 message marked?"]);
+    console.press("y");
+    console.wait_for(&["1 message held", "HELD"]);
 }

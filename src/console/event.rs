@@ -19,6 +19,8 @@ pub enum ConsoleEvent {
     Engine(Stamped),
     /// Anything else from the engine: attached, detached, a snapshot...
     Link(ClientEvent),
+    /// The answer of work done off the screen's thread (a queue read).
+    Done(Box<Action>),
     /// SIGTERM, SIGHUP or SIGINT: quit (the terminal is restored).
     Terminate,
     /// The terminal cannot be read any more.
@@ -56,6 +58,7 @@ impl ConsoleEvent {
                 }
                 ServerMessage::Error { message } => Some(Action::RemoteError(message)),
             },
+            ConsoleEvent::Done(action) => Some(*action),
             ConsoleEvent::Terminate | ConsoleEvent::InputFailed(_) => None,
         }
     }

@@ -51,6 +51,12 @@ pub struct ConsoleIo {
     spool_path: PathBuf,
     spool: Option<Spool>,
     last_version: Option<i64>,
+    /// Where slow reads send their answer, so that the screen keeps
+    /// answering keys meanwhile (the real console); `None` reads inline
+    /// (tests, benchmarks).
+    background: Option<std::sync::mpsc::SyncSender<super::event::ConsoleEvent>>,
+    /// A queue read is under way on its own thread.
+    reading_queue: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConsoleIo {
@@ -65,6 +71,8 @@ impl ConsoleIo {
             control: None,
             spool,
             last_version: None,
+            background: None,
+            reading_queue: Default::default(),
         })
     }
 
@@ -77,12 +85,24 @@ impl ConsoleIo {
             control: None,
             spool: None,
             last_version: None,
+            background: None,
+            reading_queue: Default::default(),
         }
     }
 
     /// Where requests to the engine go.
     pub fn set_control(&mut self, control: tokio::sync::mpsc::UnboundedSender<ClientMessage>) {
         self.control = Some(control);
+    }
+
+    /// Reads the queue on a thread of its own from now on, answering
+    /// through `events` (a queue of 100,000 messages takes a good part of
+    /// a second to read).
+    pub fn read_in_background(
+        &mut self,
+        events: std::sync::mpsc::SyncSender<super::event::ConsoleEvent>,
+    ) {
+        self.background = Some(events);
     }
 
     fn store(&mut self) -> Result<&mut Store, String> {
@@ -188,10 +208,41 @@ impl ConsoleIo {
             }
             Effect::Trace(query) => return vec![Action::Traced(self.trace(&query))],
             Effect::LoadQueue => {
-                let listing = SpoolReader::open(&self.spool_path)
-                    .and_then(|r| r.listing())
-                    .map_err(|e| format!("cannot read the queue: {e}"));
-                return vec![Action::QueueLoaded(listing)];
+                let read = |path: &Path| {
+                    SpoolReader::open(path)
+                        .and_then(|r| r.listing())
+                        .map_err(|e| format!("cannot read the queue: {e}"))
+                };
+                let Some(events) = self.background.clone() else {
+                    return vec![Action::QueueLoaded(read(&self.spool_path))];
+                };
+                use std::sync::atomic::Ordering;
+                // One read at a time: a slow read is not piled on.
+                if self.reading_queue.swap(true, Ordering::AcqRel) {
+                    return Vec::new();
+                }
+                let (path, busy) = (self.spool_path.clone(), Arc::clone(&self.reading_queue));
+                let spawned = std::thread::Builder::new()
+                    .name("console-queue".into())
+                    .spawn(move || {
+                        let started = std::time::Instant::now();
+                        let listing = read(&path);
+                        let took = started.elapsed();
+                        let _ = events.send(super::event::ConsoleEvent::Done(Box::new(
+                            Action::QueueLoaded(listing),
+                        )));
+                        // A big queue is read at most a quarter of the
+                        // time (100,000 messages: about every 2 s).
+                        std::thread::sleep(took * 3);
+                        busy.store(false, Ordering::Release);
+                    });
+                if let Err(e) = spawned {
+                    self.reading_queue.store(false, Ordering::Release);
+                    return vec![Action::QueueLoaded(Err(format!(
+                        "cannot read the queue: {e}"
+                    )))];
+                }
+                return Vec::new();
             }
             Effect::ReadImportFile { list, path } => {
                 let text =

@@ -339,6 +339,7 @@ fn run_console(
         Err(e) => return Err(e.into()),
     }
     runtime.spawn(forward_signals(tx.clone()));
+    io.read_in_background(tx.clone());
 
     let _ = CONSOLE_THREAD.set(std::thread::current().id());
     install_panic_hook();
