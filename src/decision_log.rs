@@ -68,6 +68,14 @@ CREATE INDEX IF NOT EXISTS events_at ON events (at_ms);
 ";
 
 impl LogRecord {
+    /// Its line, as the log shows it.
+    pub fn words(&self) -> String {
+        match self {
+            LogRecord::Event(s) => crate::events::describe(&s.event).text,
+            LogRecord::Legacy { text, .. } => text.clone(),
+        }
+    }
+
     /// When it happened, in milliseconds since the epoch.
     pub fn at_ms(&self) -> i64 {
         match self {
@@ -196,6 +204,65 @@ impl DecisionLog {
         let extra = records.len().saturating_sub(limit);
         records.drain(..extra);
         Ok(records)
+    }
+
+    /// The newest `limit` events of the whole history whose line (as
+    /// [`crate::events::describe`] words it) contains `needle`, in any
+    /// case; oldest first. Rows are matched on their JSON first (a scan, so
+    /// it belongs off the screen's thread), then each event on its words.
+    pub fn search(&self, needle: &str, limit: usize) -> rusqlite::Result<Vec<LogRecord>> {
+        let needle = needle.trim().to_lowercase();
+        if needle.is_empty() {
+            return Ok(Vec::new());
+        }
+        let event = if self.has_event_column() {
+            "event"
+        } else {
+            "NULL"
+        };
+        // LIKE is ASCII-case-blind; `\` escapes its wildcards in the needle.
+        let pattern = format!(
+            "%{}%",
+            needle
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT at_ms, kind, verdict, text, {event} FROM events
+             WHERE coalesce({event}, text) LIKE ?1 ESCAPE '\\'
+                OR text LIKE ?1 ESCAPE '\\'
+             ORDER BY id DESC"
+        ))?;
+        let mut rows = stmt.query([pattern])?;
+        let mut found: Vec<LogRecord> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let at_ms: i64 = r.get(0)?;
+            let kind: String = r.get(1)?;
+            let verdict: Option<String> = r.get(2)?;
+            let text: String = r.get(3)?;
+            let json: Option<String> = r.get(4)?;
+            let records = match json.and_then(|j| parse_row(at_ms, &j)) {
+                Some(events) => events.into_iter().map(LogRecord::Event).collect(),
+                None => vec![LogRecord::Legacy {
+                    at_ms,
+                    kind: EventKind::parse(&kind),
+                    verdict: verdict.as_deref().and_then(Outcome::parse),
+                    text,
+                }],
+            };
+            for record in records.into_iter().rev() {
+                if record.words().to_lowercase().contains(&needle) {
+                    found.push(record);
+                }
+            }
+            if found.len() >= limit {
+                break;
+            }
+        }
+        found.truncate(limit);
+        found.sort_by_key(LogRecord::at_ms);
+        Ok(found)
     }
 
     /// The newest configuration outcome: the last rejection if nothing was
@@ -587,6 +654,36 @@ mod tests {
         assert_eq!(back, want);
         // The newest few are the newest events, not the newest rows.
         assert_eq!(log.recent(2).unwrap(), want[5..]);
+    }
+
+    #[test]
+    fn a_search_finds_events_in_shared_rows_by_their_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DecisionLog::open(&dir.path().join("log.db")).unwrap();
+        let batch: Vec<Stamped> = (0..300)
+            .map(|i| accepted(i, i / 3, &format!("Q{i:04}")))
+            .collect();
+        // Sessions of three messages each; a row per message.
+        log.append(&batch.iter().collect::<Vec<_>>()).unwrap();
+        let found = log.search("q012", 100).unwrap();
+        let ids: Vec<String> = found
+            .iter()
+            .map(|r| match r {
+                LogRecord::Event(s) => match s.event.as_ref() {
+                    Event::MessageAccepted { id, .. } => id.clone(),
+                    other => panic!("{other:?}"),
+                },
+                LogRecord::Legacy { .. } => panic!("legacy"),
+            })
+            .collect();
+        let want: Vec<String> = (120..130).map(|i| format!("Q{i:04}")).collect();
+        assert_eq!(ids, want, "oldest first, each once");
+        // The newest few; the JSON's own words ("message_accepted") do not
+        // count, only the line's; LIKE's wildcards are plain text.
+        assert_eq!(log.search("Q0", 5).unwrap().len(), 5);
+        assert!(log.search("message_accepted", 10).unwrap().is_empty());
+        assert!(log.search("%", 10).unwrap().is_empty());
+        assert!(log.search("  ", 10).unwrap().is_empty());
     }
 
     #[test]

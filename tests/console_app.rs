@@ -1185,6 +1185,74 @@ fn slash_filters_live_bindings_and_users() {
     assert!(kinds.iter().all(|k| k == "submission"), "{kinds:?}");
 }
 
+/// The Log panel's `/` searches the lines held here and the whole event
+/// log on disk: an event older than anything held is found, counted in
+/// the title, picked out, and `n` selects it.
+#[test]
+fn the_log_search_reaches_the_whole_history() {
+    let mut h = Harness::new(|_| {});
+    {
+        let mut log = relaygate::decision_log::DecisionLog::open(
+            &relaygate::decision_log::log_path_for(&h.db),
+        )
+        .expect("log");
+        let events: Vec<relaygate::events::Stamped> = (0..6_000u64)
+            .map(|i| relaygate::events::Stamped {
+                at: t0() - Duration::from_secs(86_400) + Duration::from_millis(i),
+                event: Arc::new(Event::MessageAccepted {
+                    session: i,
+                    id: if i == 3 {
+                        "NEEDLE0000000003".into()
+                    } else {
+                        format!("18F{i:013X}")
+                    },
+                    size: 100,
+                    recipients: 1,
+                }),
+            })
+            .collect();
+        log.append(&events.iter().collect::<Vec<_>>())
+            .expect("append");
+    }
+    // The newest 5,000 lines are held here; line 3 is not among them.
+    let held = h.io.history(5_000, t0());
+    h.act(Action::History(held));
+    assert_eq!(h.app.traffic.log.lines.len(), 5_000);
+    h.typed("2");
+    h.typed("/needle\n");
+    assert_eq!(h.app.log_matching(), 1);
+    let screen = h.screen(160, 30).backend().to_string();
+    assert!(
+        screen.contains("0 of 5000 lines here match, 1 more in the older history"),
+        "{screen}"
+    );
+    assert!(screen.contains("NEEDLE0000000003"), "{screen}");
+    h.typed("n");
+    assert!(
+        h.app
+            .selected_log_line()
+            .is_some_and(|l| l.text.contains("NEEDLE0000000003"))
+    );
+    // Picked out: the match has the highlight style (monochrome here:
+    // bold and underlined).
+    let buffer = h.screen(160, 30);
+    let cells = buffer.backend().buffer();
+    let highlighted = (0..cells.area.height).any(|y| {
+        (0..cells.area.width).any(|x| {
+            let c = &cells[(x, y)];
+            c.symbol() == "N" && c.modifier.contains(ratatui::style::Modifier::UNDERLINED)
+        })
+    });
+    assert!(highlighted, "the match is highlighted");
+    // A search that finds nothing anywhere.
+    h.typed("/");
+    for _ in 0..10 {
+        h.key(KeyCode::Backspace);
+    }
+    h.typed("no such text\n");
+    assert_eq!(h.app.log_matching(), 0);
+}
+
 #[test]
 fn live_filters_and_sorts_and_opens_the_row_shown() {
     let mut h = populated();

@@ -122,6 +122,9 @@ pub enum Command {
     Mark,
     /// Queue: `*` marks every message shown (again: unmarks them).
     MarkAll,
+    /// Log: `n`/`N`, the next (older) or previous (newer) match.
+    NextMatch,
+    PrevMatch,
     /// `t`: the whole story of the selected connection, message or line.
     Trace,
     Yes,
@@ -153,6 +156,11 @@ pub enum Action {
     QueueLoaded(Result<Vec<QueueEntry>, String>),
     /// Lines from the persisted decision log, oldest first.
     History(Vec<LogLine>),
+    /// What a search of the whole event log found for `search`.
+    HistoryFound {
+        search: String,
+        found: Result<Vec<LogLine>, String>,
+    },
     /// A save or other operation finished; the message says what happened.
     Done(Result<String, String>),
     /// A trace's stories as lines (or why there is none).
@@ -265,6 +273,8 @@ pub enum Effect {
     /// A request to the engine (a dialogue, a retry of the bindings).
     Control(ClientMessage),
     /// The persisted event log from before `before`.
+    /// Search the whole event log for lines containing this (lowercase).
+    SearchHistory(String),
     LoadHistory {
         before: SystemTime,
     },

@@ -213,6 +213,9 @@ pub struct LogView {
     /// The selected line, counted from the newest matching one.
     pub cursor: usize,
     pub follow: bool,
+    /// Matches of `search` in the whole event log older than the lines
+    /// held here, oldest first; `None` while the search runs.
+    pub history: Option<Vec<LogLine>>,
 }
 
 impl LogView {
@@ -319,6 +322,7 @@ impl App {
                 search: None,
                 cursor: 0,
                 follow: true,
+                history: Some(Vec::new()),
             },
             live_selected: 0,
             live_view: LiveView::default(),
@@ -488,6 +492,27 @@ impl App {
             }
             Action::QueueLoaded(result) => {
                 self.queue.load(result, self.now);
+                Vec::new()
+            }
+            Action::HistoryFound { search, found } => {
+                if self.log.search.as_deref() != Some(search.as_str()) {
+                    return Vec::new();
+                }
+                match found {
+                    Ok(lines) => {
+                        let oldest_here =
+                            self.traffic.log.lines.front().map_or(i64::MAX, |l| l.at_ms);
+                        let older: Vec<LogLine> = lines
+                            .into_iter()
+                            .filter(|l| l.at_ms < oldest_here && self.log.filter.admits(l))
+                            .collect();
+                        self.log.history = Some(older);
+                    }
+                    Err(e) => {
+                        self.log.history = Some(Vec::new());
+                        self.say(false, e);
+                    }
+                }
                 Vec::new()
             }
             Action::History(lines) => {
@@ -886,6 +911,19 @@ impl App {
                 self.log.filter = self.log.filter.next();
                 self.log.cursor = 0;
                 self.log.follow = true;
+            }
+            (Panel::Log, Command::NextMatch | Command::PrevMatch) if self.log.search.is_some() => {
+                let n = self.log_matching();
+                if c == Command::NextMatch {
+                    if self.log.follow {
+                        self.log.follow = false;
+                    } else {
+                        self.log.cursor = (self.log.cursor + 1).min(n.saturating_sub(1));
+                    }
+                } else {
+                    self.log.follow = false;
+                    self.log.cursor = self.log.cursor.saturating_sub(1);
+                }
             }
             (Panel::Log, Command::Follow) => {
                 self.log.cursor = 0;
@@ -1333,12 +1371,18 @@ impl App {
                 return Vec::new();
             }
             FormPurpose::LogSearch => {
-                let text = form.value(0).to_lowercase();
-                self.log.search = (!text.is_empty()).then_some(text);
+                let text = form.value(0).trim().to_lowercase();
+                self.log.search = (!text.is_empty()).then(|| text.clone());
                 self.log.cursor = 0;
                 self.log.follow = true;
                 self.mode = Mode::Normal;
-                return Vec::new();
+                self.log.history = Some(Vec::new());
+                if text.is_empty() {
+                    return Vec::new();
+                }
+                // The lines here are searched at once; the whole log too.
+                self.log.history = None;
+                return vec![Effect::SearchHistory(text)];
             }
             FormPurpose::AddBinding | FormPurpose::EditBinding(_) => {
                 let old = match &form.purpose {
@@ -1508,12 +1552,24 @@ impl App {
 
     /// How many matching lines the Log panel has.
     pub fn log_matching(&self) -> usize {
+        self.log_shown().count()
+    }
+
+    /// The Log panel's lines, newest first: those held here that pass the
+    /// filter and the search, then a search's matches from the older
+    /// history.
+    pub fn log_shown(&self) -> impl Iterator<Item = &LogLine> {
+        let older: &[LogLine] = match (&self.log.search, &self.log.history) {
+            (Some(_), Some(h)) => h,
+            _ => &[],
+        };
         self.traffic
             .log
             .lines
             .iter()
+            .rev()
             .filter(|l| self.log.admits(l))
-            .count()
+            .chain(older.iter().rev())
     }
 
     /// The Live panel's rows: the connections its view shows, in its
@@ -1588,13 +1644,7 @@ impl App {
     }
 
     pub fn selected_log_line(&self) -> Option<&LogLine> {
-        self.traffic
-            .log
-            .lines
-            .iter()
-            .rev()
-            .filter(|l| self.log.admits(l))
-            .nth(self.log.cursor)
+        self.log_shown().nth(self.log.cursor)
     }
 
     fn move_selection(&mut self, c: Command) {

@@ -256,6 +256,36 @@ impl ConsoleIo {
                 }
                 return Vec::new();
             }
+            Effect::SearchHistory(search) => {
+                let path = log_path_for(&self.db);
+                let find = move || {
+                    let found = DecisionLog::open_read_only(&path)
+                        .and_then(|log| log.search(&search, super::HISTORY_LINES))
+                        .map(|records| {
+                            records
+                                .into_iter()
+                                .filter_map(super::traffic::history_line)
+                                .collect()
+                        })
+                        .map_err(|e| format!("cannot search the event log: {e}"));
+                    Action::HistoryFound { search, found }
+                };
+                return match self.background.clone() {
+                    None => vec![find()],
+                    Some(events) => {
+                        let spawned = std::thread::Builder::new()
+                            .name("console-search".into())
+                            .spawn(move || {
+                                let _ =
+                                    events.send(super::event::ConsoleEvent::Done(Box::new(find())));
+                            });
+                        match spawned {
+                            Ok(_) => Vec::new(),
+                            Err(e) => vec![Action::Done(Err(format!("cannot search: {e}")))],
+                        }
+                    }
+                };
+            }
             Effect::LoadHistory { before } => {
                 return vec![Action::History(self.history(super::HISTORY_LINES, before))];
             }
@@ -362,6 +392,7 @@ impl ConsoleIo {
             | Effect::Trace(_)
             | Effect::Control(_)
             | Effect::LoadHistory { .. }
+            | Effect::SearchHistory(_)
             | Effect::CountQueue
             | Effect::ReadImportFile { .. } => Err("internal: not a configuration change".into()),
         }

@@ -171,7 +171,9 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Live), [ch('/')], C::Search, "filter", "show connections whose address, user, state, HELO or sender has this text"),
     // Log
     bind!(X::Panel(P::Log), [ch('f')], C::CycleFilter, "filter", "filter: all, allowed, denied, errors, auth, delivery"),
-    bind!(X::Panel(P::Log), [ch('/')], C::Search, "search", "search (Enter applies, empty clears)"),
+    bind!(X::Panel(P::Log), [ch('/')], C::Search, "search", "search these lines and the whole event log (Enter applies, empty clears)"),
+    bind!(X::Panel(P::Log), [ch('n')], C::NextMatch, "next", "the next (older) match"),
+    bind!(X::Panel(P::Log), [ch('N')], C::PrevMatch, "previous", "the previous (newer) match"),
     bind!(X::Panel(P::Log), [ch('F')], C::Follow, "follow", "follow new lines (scrolling up stops following)"),
     bind!(X::Panel(P::Log), [code(KeyCode::Enter)], C::Open, "details", "show the selected line in full"),
     bind!(X::Panel(P::Log), [ch('t')], C::Trace, "trace", "the whole story of the selected line's message or session"),

@@ -21,6 +21,8 @@ pub struct Theme {
     pub warning: Style,
     pub error: Style,
     pub key: Style,
+    /// Text a search found, within a line.
+    pub highlight: Style,
 }
 
 impl Theme {
@@ -37,6 +39,10 @@ impl Theme {
             warning: Style::new().fg(Color::Yellow),
             error: Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
             key: Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+            highlight: Style::new()
+                .fg(Color::Black)
+                .bg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
         }
     }
 
@@ -53,6 +59,7 @@ impl Theme {
             warning: Style::new().add_modifier(Modifier::BOLD),
             error: Style::new().add_modifier(Modifier::BOLD),
             key: Style::new().add_modifier(Modifier::BOLD),
+            highlight: Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
         }
     }
 

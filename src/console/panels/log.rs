@@ -5,7 +5,7 @@ use crate::console::app::App;
 use crate::console::theme::Theme;
 use ratatui::Frame;
 use ratatui::layout::Rect;
-use ratatui::text::Line;
+use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
 pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
@@ -13,16 +13,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let cursor = app.log.cursor;
     // Lines are counted from the newest; skip enough to show the cursor.
     let skip = cursor.saturating_sub(height.saturating_sub(1));
-    let visible: Vec<_> = app
-        .traffic
-        .log
-        .lines
-        .iter()
-        .rev()
-        .filter(|l| app.log.admits(l))
-        .skip(skip)
-        .take(height)
-        .collect();
+    let visible: Vec<_> = app.log_shown().skip(skip).take(height).collect();
     let shown = visible.len();
     let lines: Vec<Line> = visible
         .into_iter()
@@ -30,6 +21,10 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         .rev()
         .map(|(i, l)| {
             let line = super::log_line(l, theme);
+            let line = match &app.log.search {
+                Some(s) => highlight(line, s, theme),
+                None => line,
+            };
             if i + skip == cursor && !app.log.follow {
                 line.style(theme.selected)
             } else {
@@ -37,16 +32,26 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             }
         })
         .collect();
-    let mut title = format!(
-        " Log: {}{}, {} lines ",
-        app.log.filter.name(),
-        app.log
-            .search
-            .as_ref()
-            .map(|s| format!(", search {s:?}"))
-            .unwrap_or_default(),
-        app.traffic.log.lines.len()
-    );
+    let mut title = match &app.log.search {
+        None => format!(
+            " Log: {}, {} lines ",
+            app.log.filter.name(),
+            app.traffic.log.lines.len()
+        ),
+        Some(s) => format!(
+            " Log: {}, search {s:?}: {} of {} lines here match{} ",
+            app.log.filter.name(),
+            app.log_matching() - app.log.history.as_ref().map_or(0, Vec::len),
+            app.traffic.log.lines.len(),
+            match &app.log.history {
+                None => ", searching the whole history...".to_string(),
+                Some(h) => format!(
+                    ", {} more in the older history (n/N: next/previous)",
+                    h.len()
+                ),
+            }
+        ),
+    };
     title.push_str(if app.log.follow {
         "· following "
     } else {
@@ -61,4 +66,39 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Paragraph::new(padded).block(Block::bordered().title(title).title_style(theme.title)),
         area,
     );
+}
+
+/// A line with each occurrence of `needle` (lowercase) picked out.
+fn highlight<'a>(line: Line<'a>, needle: &str, theme: &Theme) -> Line<'a> {
+    if needle.is_empty() {
+        return line;
+    }
+    let style = line.style;
+    let mut spans = Vec::new();
+    for span in line.spans {
+        let text = span.content.to_string();
+        let lower = text.to_lowercase();
+        // Lowercasing can change lengths outside ASCII: keep such a span.
+        if lower.len() != text.len() {
+            spans.push(span);
+            continue;
+        }
+        let mut at = 0;
+        while let Some(found) = lower[at..].find(needle) {
+            let start = at + found;
+            let end = start + needle.len();
+            if !text.is_char_boundary(start) || !text.is_char_boundary(end) {
+                break;
+            }
+            if start > at {
+                spans.push(Span::styled(text[at..start].to_string(), span.style));
+            }
+            spans.push(Span::styled(text[start..end].to_string(), theme.highlight));
+            at = end;
+        }
+        if at < text.len() {
+            spans.push(Span::styled(text[at..].to_string(), span.style));
+        }
+    }
+    Line::from(spans).style(style)
 }
