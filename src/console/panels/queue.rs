@@ -315,7 +315,11 @@ fn message_lines(
         format!("<{}>", m.sender)
     };
     let mut head = vec![
-        Span::styled(if marked { "* " } else { "  " }, theme.warning),
+        if marked {
+            Span::styled("* ", theme.warning)
+        } else {
+            Span::raw("  ")
+        },
         Span::raw(format!("{}  ", m.id)),
         Span::styled(format!("age {}  ", age(now - m.received_at)), theme.dim),
         Span::raw(format!("{} bytes  from {sender}", m.size)),
