@@ -753,20 +753,18 @@ fn switches_and_the_auth_mode_change_through_the_keys() {
     );
 }
 
-#[test]
-fn queued_messages_are_held_released_and_deleted_through_the_keys() {
-    use relaygate::spool::{NewMessage, Spool, SpoolOp, SpoolRecipient, spool_path_for};
-    let mut h = Harness::new(|_| {});
-    let spool = Spool::open(&spool_path_for(&h.db)).expect("spool");
+/// Queues one message from `sender` to `to`; its id.
+fn queue_message(spool: &relaygate::spool::Spool, sender: &str, to: &str) -> String {
+    use relaygate::spool::{NewMessage, SpoolOp, SpoolRecipient};
     let id = spool.next_id();
     spool
         .apply_blocking(SpoolOp::Insert(NewMessage {
             spilled: None,
             smtputf8: false,
             id: id.clone(),
-            sender: "a@example.com".into(),
+            sender: sender.into(),
             recipients: vec![SpoolRecipient {
-                address: "b@far.test".into(),
+                address: to.into(),
                 class: "outbound".into(),
                 reason: "test".into(),
             }],
@@ -776,6 +774,15 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
             body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
         }))
         .expect("insert");
+    id
+}
+
+#[test]
+fn queued_messages_are_held_released_and_deleted_through_the_keys() {
+    use relaygate::spool::{Spool, spool_path_for};
+    let mut h = Harness::new(|_| {});
+    let spool = Spool::open(&spool_path_for(&h.db)).expect("spool");
+    let id = queue_message(&spool, "a@example.com", "b@far.test");
     h.typed("7");
     assert_eq!(h.app.queue.entries().len(), 1);
     h.typed("h");
@@ -795,39 +802,19 @@ fn queued_messages_are_held_released_and_deleted_through_the_keys() {
 /// holds exactly what the action said, and nothing else changed.
 #[test]
 fn marked_messages_are_held_and_deleted_in_one_action_after_a_question() {
-    use relaygate::spool::{
-        NewMessage, Spool, SpoolOp, SpoolReader, SpoolRecipient, spool_path_for,
-    };
+    use relaygate::spool::{Spool, SpoolReader, spool_path_for};
     let mut h = Harness::new(|_| {});
     let path = spool_path_for(&h.db);
     let spool = Spool::open(&path).expect("spool");
-    let mut ids = Vec::new();
-    for (sender, to) in [
+    let ids: Vec<String> = [
         ("a@example.com", "x@stuck.test"),
         ("b@example.com", "y@fine.test"),
         ("c@example.com", "z@STUCK.test"),
         ("d@example.com", "w@fine.test"),
-    ] {
-        let id = spool.next_id();
-        spool
-            .apply_blocking(SpoolOp::Insert(NewMessage {
-                spilled: None,
-                smtputf8: false,
-                id: id.clone(),
-                sender: sender.into(),
-                recipients: vec![SpoolRecipient {
-                    address: to.into(),
-                    class: "outbound".into(),
-                    reason: "test".into(),
-                }],
-                login: None,
-                peer: "127.0.0.1".into(),
-                helo: "client.test".into(),
-                body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
-            }))
-            .expect("insert");
-        ids.push(id);
-    }
+    ]
+    .into_iter()
+    .map(|(sender, to)| queue_message(&spool, sender, to))
+    .collect();
     let held = || -> Vec<String> {
         SpoolReader::open(&path)
             .expect("reader")

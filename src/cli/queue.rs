@@ -179,14 +179,14 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        QueueCommand::Retry { id, filter }
+            if id.as_deref() == Some("all") && filter.parsed()?.is_empty() =>
+        {
+            let n = Spool::open(&path)?.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
+            println!("{n} recipients due now");
+        }
         QueueCommand::Retry { id, filter } => {
-            if id.as_deref() == Some("all") && filter.parsed()?.is_empty() {
-                let n =
-                    Spool::open(&path)?.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
-                println!("{n} recipients due now");
-                return Ok(ExitCode::SUCCESS);
-            }
-            act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?;
+            act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?
         }
         QueueCommand::Hold { id, filter } => {
             act(store, &path, &reader, id, &filter, now, QueueAction::Hold)?
@@ -200,15 +200,10 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             now,
             QueueAction::Release,
         )?,
-        QueueCommand::Delete { id, bounce, filter } => act(
-            store,
-            &path,
-            &reader,
-            id,
-            &filter,
-            now,
-            QueueAction::Delete { bounce },
-        )?,
+        QueueCommand::Delete { id, bounce, filter } => {
+            let action = QueueAction::Delete { bounce };
+            act(store, &path, &reader, id, &filter, now, action)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
