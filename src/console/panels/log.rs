@@ -13,7 +13,18 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let cursor = app.log.cursor;
     // Lines are counted from the newest; skip enough to show the cursor.
     let skip = cursor.saturating_sub(height.saturating_sub(1));
-    let visible: Vec<_> = app.log_shown().skip(skip).take(height).collect();
+    // With a search the title counts every match: one pass does both (the
+    // window alone would stop early only to be scanned again).
+    let mut matching = 0;
+    let mut visible = Vec::with_capacity(height);
+    for (i, line) in app.log_shown().enumerate() {
+        if i >= skip && visible.len() < height {
+            visible.push(line);
+        } else if app.log.search.is_none() && visible.len() == height {
+            break;
+        }
+        matching = i + 1;
+    }
     let shown = visible.len();
     let lines: Vec<Line> = visible
         .into_iter()
@@ -41,7 +52,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Some(s) => format!(
             " Log: {}, search {s:?}: {} of {} lines here match{} ",
             app.log.filter.name(),
-            app.log_matching() - app.log.history.as_ref().map_or(0, Vec::len),
+            matching - app.log.history.as_ref().map_or(0, Vec::len),
             app.traffic.log.lines.len(),
             match &app.log.history {
                 None => ", searching the whole history...".to_string(),
