@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub routes: Arc<Vec<crate::delivery::Route>>,
     /// STARTTLS and implicit TLS; built with the settings it came from.
     pub tls: Option<TlsAcceptor>,
+    /// Logins that may not authenticate (suspended), lower-cased.
+    pub suspended: Arc<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -208,6 +210,8 @@ pub struct Shared {
     /// Hands each newly spooled message to delivery at once; when full,
     /// the spool scan picks the message up instead.
     pub delivery_queue: mpsc::Sender<crate::delivery::scheduler::NewWork>,
+    /// Quotas, bans and suspensions.
+    pub abuse: crate::abuse::AbuseGuard,
 }
 
 /// Counts a session against the limits until dropped.
@@ -476,12 +480,32 @@ fn build_tls(db: &Path, settings: &ServerSettings) -> Result<TlsAcceptor, Config
 /// Reads the whole configuration in one transaction and builds the
 /// snapshot from it. TLS is rebuilt when its settings changed or `tls` is
 /// forced; otherwise the previous acceptor is kept.
+/// What a configuration read gives besides the snapshot: the bindings, and
+/// the quotas and bans the engine keeps live state for.
+struct LoadedConfig {
+    bindings: Vec<Binding>,
+    quotas: Vec<crate::abuse::quota::Quota>,
+    bans: Vec<crate::abuse::bans::Ban>,
+}
+
+impl LoadedConfig {
+    /// Hands the quotas and bans to the live tables; forgets suspensions
+    /// made here that the snapshot now holds.
+    fn apply(self, shared: &Shared, snapshot: &Snapshot) -> Vec<Binding> {
+        shared.abuse.set_quotas(self.quotas);
+        shared.abuse.replace_bans(self.bans);
+        let _ = snapshot;
+        shared.abuse.suspensions_reloaded();
+        self.bindings
+    }
+}
+
 fn load_snapshot(
     store: &mut Store,
     db: &Path,
     previous: Option<&Snapshot>,
     reload_tls: bool,
-) -> Result<(Snapshot, Vec<Binding>), ConfigError> {
+) -> Result<(Snapshot, LoadedConfig), ConfigError> {
     let config = store.engine_config().map_err(|e| ConfigError::Store {
         detail: e.to_string(),
     })?;
@@ -500,8 +524,13 @@ fn load_snapshot(
             settings: Arc::new(config.settings),
             routes: Arc::new(config.routes),
             tls,
+            suspended: Arc::new(config.suspended.into_iter().collect()),
         },
-        config.bindings,
+        LoadedConfig {
+            bindings: config.bindings,
+            quotas: config.quotas,
+            bans: config.bans,
+        },
     ))
 }
 
@@ -515,12 +544,13 @@ impl Engine {
     pub async fn start(db: &Path, events: Arc<EventBus>) -> Result<Engine, EngineError> {
         let dir = DataDir::for_db(db);
         let lock = EngineLock::acquire(&dir)?;
-        let (store, snapshot, bindings) = {
+        let (store, snapshot, loaded, counts) = {
             let db = dir.db.clone();
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
                 let mut store = Store::open(&db)?;
-                let (snapshot, bindings) = load_snapshot(&mut store, &db, None, true)?;
-                Ok((store, snapshot, bindings))
+                let (snapshot, loaded) = load_snapshot(&mut store, &db, None, true)?;
+                let counts = store.quota_counts()?;
+                Ok((store, snapshot, loaded, counts))
             })
             .await
             .map_err(|e| EngineError::Store(crate::store::StoreError::Invalid(e.to_string())))??
@@ -550,8 +580,9 @@ impl Engine {
                 Arc::clone(&in_flight),
             )
         };
+        let snapshot = Arc::new(snapshot);
         let shared = Arc::new(Shared {
-            snapshot: RwLock::new(Arc::new(snapshot)),
+            snapshot: RwLock::new(Arc::clone(&snapshot)),
             events,
             spool,
             clients: Mutex::new(HashMap::new()),
@@ -565,7 +596,10 @@ impl Engine {
             next_session: AtomicU64::new(0),
             state,
             delivery_queue,
+            abuse: Default::default(),
         });
+        let bindings = loaded.apply(&shared, &snapshot);
+        shared.abuse.with_quotas(|q| q.restore(counts));
         let (token, sessions_done) = mpsc::channel(1);
         let mut engine = Engine {
             shared,
@@ -712,6 +746,9 @@ impl Engine {
             let _ = stop.send(true);
             let _ = task.await;
         }
+        let shared = Arc::clone(&self.shared);
+        let db = self.dir.db.clone();
+        let _ = tokio::task::spawn_blocking(move || save_abuse_state_at_exit(&db, &shared)).await;
         self.lock.take();
     }
 }
@@ -898,6 +935,7 @@ async fn watch_config(
     let mut last_version: Option<i64> = None;
     let mut first = true;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks: u64 = 0;
     loop {
         let mut reload_tls = false;
         let mut retry_now = false;
@@ -909,14 +947,21 @@ async fn watch_config(
         let store2 = Arc::clone(&store);
         let previous = shared.snapshot();
         let db2 = db.clone();
+        ticks += 1;
+        // Quota counts are saved every 10 s; bans and suspensions made
+        // here at the next tick.
+        let counts_due = ticks % 40 == 0;
+        let shared2 = Arc::clone(&shared);
         let loaded = tokio::task::spawn_blocking(move || {
             let mut store = store2.lock().map_err(|_| ConfigError::Store {
                 detail: "store lock poisoned".into(),
             })?;
+            let saved = save_abuse_state(&mut store, &shared2, counts_due);
             let version = store.data_version().map_err(|e| ConfigError::Store {
                 detail: e.to_string(),
             })?;
-            if last_version == Some(version) && !reload_tls {
+            let must_reload = saved?;
+            if last_version == Some(version) && !reload_tls && !must_reload {
                 return Ok(None);
             }
             let result = load_snapshot(&mut store, &db2, Some(&previous), reload_tls);
@@ -934,10 +979,12 @@ async fn watch_config(
             Ok(Some((version, result))) => {
                 last_version = Some(version);
                 match result {
-                    Ok((snapshot, new_bindings)) => {
+                    Ok((snapshot, loaded)) => {
                         let (allow, deny) = count_lists(&snapshot.policy);
+                        let snapshot = Arc::new(snapshot);
+                        let new_bindings = loaded.apply(&shared, &snapshot);
                         if let Ok(mut snap) = shared.snapshot.write() {
-                            *snap = Arc::new(snapshot);
+                            *snap = snapshot;
                         }
                         // The first read repeats the one made at start.
                         if !first || reload_tls {
@@ -951,6 +998,49 @@ async fn watch_config(
             }
         }
         reconcile(&shared, &listeners, &bindings, &token, retry_now).await;
+    }
+}
+
+/// Writes what the engine itself decided (bans, suspensions, and when
+/// `counts` is set the quota counts) through its own connection, which
+/// does not wake its own reload; true if a reload must follow (a ban or
+/// suspension is now in the database).
+fn save_abuse_state(store: &mut Store, shared: &Shared, counts: bool) -> Result<bool, ConfigError> {
+    let now = crate::abuse::now_ms();
+    let bans = shared.abuse.take_unsaved_bans();
+    let suspensions = shared.abuse.take_unsaved_suspensions();
+    let counts = if counts {
+        shared
+            .abuse
+            .with_quotas(|q| {
+                q.forget_spent(now);
+                q.take_dirty()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if bans.is_empty() && suspensions.is_empty() && counts.is_empty() {
+        return Ok(false);
+    }
+    store
+        .save_abuse_state(&counts, &bans, &suspensions, now)
+        .map_err(|e| ConfigError::Store {
+            detail: format!("saving bans and quota counts: {e}"),
+        })?;
+    Ok(!bans.is_empty() || !suspensions.is_empty())
+}
+
+/// The engine's last save at shutdown: quota counts, bans, suspensions.
+fn save_abuse_state_at_exit(db: &Path, shared: &Shared) {
+    if let Ok(mut store) = Store::open(db) {
+        shared.abuse.with_quotas(|q| {
+            // Everything, not only what changed since the last save.
+            q.mark_all_dirty();
+        });
+        if let Err(e) = save_abuse_state(&mut store, shared, true) {
+            shared.events.emit(Event::ConfigRejected { error: e });
+        }
     }
 }
 

@@ -126,6 +126,22 @@ pub enum Event {
         session: Option<u64>,
         message: String,
     },
+    /// An address was banned: refused at connect until `until_ms`.
+    ClientBanned {
+        peer: IpAddr,
+        /// The banned range (the address's /32 or /64).
+        net: String,
+        until_ms: u64,
+        /// Bans of this address so far, this one included.
+        strikes: u32,
+        reason: String,
+    },
+    /// A sending quota suspended a login: it cannot authenticate until an
+    /// administrator lifts the suspension (`user unsuspend`).
+    LoginSuspended {
+        login: String,
+        why: String,
+    },
 }
 
 /// What a delivery attempt did for one recipient.
@@ -351,10 +367,14 @@ impl Event {
             Event::Authenticated { .. } => (K::Auth, Some(Outcome::Authenticated)),
             Event::AuthFailed { .. } => (K::Auth, Some(Outcome::Failed)),
             Event::AuthRefused { .. } => (K::Auth, Some(Outcome::Refused)),
+            Event::ClientBanned { .. } => (K::Session, Some(Outcome::Refused)),
+            Event::LoginSuspended { .. } => (K::Auth, Some(Outcome::Refused)),
             Event::Decision { decision, .. } => (
                 K::Decision,
                 Some(if decision.is_allowed() {
                     Outcome::Allowed
+                } else if decision.is_deferral() {
+                    Outcome::Deferred
                 } else {
                     Outcome::Denied
                 }),
@@ -510,7 +530,38 @@ pub fn describe(event: &Event) -> Described {
                 None => message.clone(),
             },
         ),
+        // The ban line is a stable format for fail2ban (data/fail2ban/).
+        Event::ClientBanned {
+            peer,
+            net,
+            until_ms,
+            strikes,
+            reason,
+        } => d(
+            Warn,
+            format!(
+                "ban client={peer} net={net} until={} strikes={strikes}: {reason}",
+                utc_text(*until_ms)
+            ),
+        ),
+        Event::LoginSuspended { login, why } => d(
+            Error,
+            format!("login {login} suspended: {why}; lift with: relaygate user unsuspend {login}"),
+        ),
     }
+}
+
+/// `2026-11-26T18:00:00Z` for ms since the epoch.
+pub fn utc_text(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, m, d) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Text from the network, made safe to keep and to show: control

@@ -1,6 +1,7 @@
 //! relaygate: an SMTP relay gateway that is never an open relay.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod bindings;
 pub mod cli;
 pub mod console;

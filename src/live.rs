@@ -116,6 +116,7 @@ pub fn reason_key(reason: &Reason) -> &'static str {
         Reason::UserRestrictSend { .. } => "user-restrict-send",
         Reason::SenderLoginMismatch { .. } => "sender-login-match",
         Reason::RuleRejected { .. } => "rule",
+        Reason::QuotaReached { .. } => "quota",
         Reason::InboundToLocal { .. }
         | Reason::Unrestricted { .. }
         | Reason::Authenticated { .. }

@@ -24,6 +24,17 @@ pub struct ServerSettings {
     pub auth_max_failures: usize,
     pub auth_failure_window_secs: u64,
     pub auth_lockout_secs: u64,
+    /// Failed AUTHs from one address in `ban-window` that ban it (0: off).
+    pub ban_auth_failures: u32,
+    /// Refused relay recipients from one address in `ban-window` that ban
+    /// it (0: off).
+    pub ban_relay_denials: u32,
+    pub ban_window_secs: u64,
+    /// The first ban's length; each next ban of the address doubles it.
+    pub ban_time_secs: u64,
+    pub ban_max_time_secs: u64,
+    /// Clients on the allow list can be banned too.
+    pub ban_listed_clients: bool,
     /// Seconds sessions in DATA get to finish at shutdown.
     pub shutdown_grace_secs: u64,
     pub tls_cert_file: Option<String>,
@@ -77,6 +88,12 @@ impl Default for ServerSettings {
             auth_max_failures: 5,
             auth_failure_window_secs: 600,
             auth_lockout_secs: 900,
+            ban_auth_failures: 0,
+            ban_relay_denials: 0,
+            ban_window_secs: 600,
+            ban_time_secs: 3600,
+            ban_max_time_secs: 7 * 86_400,
+            ban_listed_clients: false,
             shutdown_grace_secs: 30,
             tls_cert_file: None,
             tls_key_file: None,
@@ -170,6 +187,24 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "auth-lockout",
         "seconds AUTH is refused (454 4.7.0) after too many failures",
+    ),
+    (
+        "ban-auth-failures",
+        "failed AUTHs from one address within ban-window that ban it (0: off)",
+    ),
+    (
+        "ban-relay-denials",
+        "refused relay recipients from one address within ban-window that ban it (0: off)",
+    ),
+    ("ban-window", "seconds over which ban offences are counted"),
+    (
+        "ban-time",
+        "seconds the first ban lasts; each next ban of the address doubles it",
+    ),
+    ("ban-max-time", "longest ban, seconds (7 days)"),
+    (
+        "ban-listed-clients",
+        "clients on the allow list can be banned too (off: never)",
     ),
     (
         "shutdown-grace",
@@ -285,6 +320,15 @@ impl ServerSettings {
             "auth-max-failures" => self.auth_max_failures = number(key, v, 1, 10_000)?,
             "auth-failure-window" => self.auth_failure_window_secs = number(key, v, 1, 86_400)?,
             "auth-lockout" => self.auth_lockout_secs = number(key, v, 1, 86_400 * 7)?,
+            "ban-auth-failures" => self.ban_auth_failures = number(key, v, 0, 1_000_000)?,
+            "ban-relay-denials" => self.ban_relay_denials = number(key, v, 0, 1_000_000)?,
+            "ban-window" => self.ban_window_secs = number(key, v, 1, 7 * 86_400)?,
+            "ban-time" => self.ban_time_secs = number(key, v, 1, 365 * 86_400)?,
+            "ban-max-time" => self.ban_max_time_secs = number(key, v, 1, 365 * 86_400)?,
+            "ban-listed-clients" => {
+                self.ban_listed_clients = crate::policy::settings::parse_on_off(v)
+                    .map_err(|e| SettingError(e.to_string()))?
+            }
             "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
             "postmaster-address" => {
@@ -375,6 +419,12 @@ impl ServerSettings {
             "auth-max-failures" => self.auth_max_failures.to_string(),
             "auth-failure-window" => self.auth_failure_window_secs.to_string(),
             "auth-lockout" => self.auth_lockout_secs.to_string(),
+            "ban-auth-failures" => self.ban_auth_failures.to_string(),
+            "ban-relay-denials" => self.ban_relay_denials.to_string(),
+            "ban-window" => self.ban_window_secs.to_string(),
+            "ban-time" => self.ban_time_secs.to_string(),
+            "ban-max-time" => self.ban_max_time_secs.to_string(),
+            "ban-listed-clients" => if self.ban_listed_clients { "on" } else { "off" }.to_string(),
             "shutdown-grace" => self.shutdown_grace_secs.to_string(),
             "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
             "console-group" => self.console_group.clone().unwrap_or_default(),
@@ -401,6 +451,20 @@ impl ServerSettings {
             "log-max-rows" => self.log_max_rows.to_string(),
             _ => return None,
         })
+    }
+}
+
+impl ServerSettings {
+    /// When bans happen.
+    pub fn ban_rules(&self) -> crate::abuse::bans::BanRules {
+        crate::abuse::bans::BanRules {
+            auth_failures: self.ban_auth_failures,
+            relay_denials: self.ban_relay_denials,
+            window_secs: self.ban_window_secs,
+            first_secs: self.ban_time_secs,
+            max_secs: self.ban_max_time_secs,
+            listed_too: self.ban_listed_clients,
+        }
     }
 }
 

@@ -27,6 +27,13 @@ pub enum RouteCommand {
         /// Read that user's password from standard input.
         #[arg(long, requires = "user")]
         password_stdin: bool,
+        /// At most N messages per PERIOD to this next hop (the smarthost's
+        /// cap, e.g. 30/minute or 1000/day); the rest wait in the queue.
+        #[arg(long, value_name = "N/PERIOD")]
+        rate: Option<String>,
+        /// Connections at once to this next hop (default: destination-concurrency).
+        #[arg(long, value_name = "C")]
+        concurrency: Option<usize>,
     },
     /// Remove the route of a domain pattern.
     Remove {
@@ -100,7 +107,18 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                     .as_ref()
                     .map(|a| format!(" auth {}", a.user))
                     .unwrap_or_default();
-                println!("{:<30} {host:<30} tls {}{auth}", r.domain, r.tls);
+                let rate = r
+                    .rate
+                    .map(|rate| format!(" rate {rate}"))
+                    .unwrap_or_default();
+                let conc = r
+                    .concurrency
+                    .map(|c| format!(" concurrency {c}"))
+                    .unwrap_or_default();
+                println!(
+                    "{:<30} {host:<30} tls {}{auth}{rate}{conc}",
+                    r.domain, r.tls
+                );
             }
             warn_unrouted(store)?;
         }
@@ -109,10 +127,20 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
             next_hop,
             tls,
             user,
+            rate,
+            concurrency,
             ..
         } => {
             let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
             let (host, port) = parse_next_hop(&next_hop).map_err(anyhow::Error::msg)?;
+            let rate = rate
+                .as_deref()
+                .map(crate::abuse::rate::Rate::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            if concurrency == Some(0) {
+                anyhow::bail!("--concurrency must be at least 1");
+            }
             let auth = match user {
                 Some(user) => Some(RouteAuth {
                     password: read_password_stdin()?,
@@ -126,14 +154,27 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 port,
                 tls: tls.into(),
                 auth,
+                rate,
+                concurrency,
             };
             if route.auth.is_some() && route.tls == TlsMode::None {
                 println!("warning: the password will be sent without TLS");
             }
             store.set_route(&route)?;
             println!(
-                "route {} -> {}:{} (tls {})",
-                route.domain, route.host, route.port, route.tls
+                "route {} -> {}:{} (tls {}{}{})",
+                route.domain,
+                route.host,
+                route.port,
+                route.tls,
+                route
+                    .rate
+                    .map(|r| format!(", at most {} messages per {}", r.count, crate::abuse::rate::period_text(r.period_secs)))
+                    .unwrap_or_default(),
+                route
+                    .concurrency
+                    .map(|c| format!(", {c} connections at once"))
+                    .unwrap_or_default()
             );
         }
         RouteCommand::Remove { domain } => {

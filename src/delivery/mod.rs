@@ -101,4 +101,10 @@ pub struct Route {
     pub port: u16,
     pub tls: TlsMode,
     pub auth: Option<RouteAuth>,
+    /// At most this many messages per period to this next hop (a
+    /// smarthost's cap); the rest wait in the queue.
+    pub rate: Option<crate::abuse::rate::Rate>,
+    /// Connections at once to this next hop, instead of
+    /// `destination-concurrency`.
+    pub concurrency: Option<usize>,
 }

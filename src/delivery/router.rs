@@ -75,6 +75,8 @@ mod tests {
             port: 25,
             tls: TlsMode::Opportunistic,
             auth: None,
+            rate: None,
+            concurrency: None,
         }
     }
 

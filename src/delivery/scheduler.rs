@@ -398,6 +398,8 @@ fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
                 port: snapshot.settings.mx_port,
                 tls: super::TlsMode::Opportunistic,
                 auth: None,
+                rate: None,
+                concurrency: None,
             });
         }
     };

@@ -108,6 +108,16 @@ pub enum Reason {
         number: usize,
         rule: String,
     },
+    /// Allowed by the policy, but a sending quota is used up for now.
+    QuotaReached {
+        /// The quota, as `quota show` prints it.
+        quota: String,
+        /// Who it counted: `login alice`, `address 192.0.2.0`...
+        key: String,
+        /// The quota also suspended the login.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        suspended: bool,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -172,6 +182,17 @@ impl fmt::Display for Reason {
                 "sender {sender} is not owned by login {login} (sender-login-match is on)"
             ),
             Reason::RuleRejected { number, rule } => write!(f, "rule #{number}: {rule}"),
+            Reason::QuotaReached {
+                quota,
+                key,
+                suspended,
+            } => {
+                write!(f, "quota {quota} is used up for {key}")?;
+                if *suspended {
+                    write!(f, "; the login is now suspended")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -208,6 +229,24 @@ impl Decision {
     pub fn is_allowed(&self) -> bool {
         self.verdict == Verdict::Allow
     }
+
+    /// Turns an allowed recipient into a temporary refusal: a sending
+    /// quota is used up (452 4.7.1, "try again later").
+    pub fn deferred(mut self, text: String, reason: Reason) -> Decision {
+        self.verdict = Verdict::Deny;
+        self.reply = Reply {
+            code: 452,
+            status: Cow::Borrowed("4.7.1"),
+            text: Cow::Owned(text),
+        };
+        self.reason = reason;
+        self
+    }
+
+    /// A refusal the client may retry later (4xx), not a denial.
+    pub fn is_deferral(&self) -> bool {
+        self.reply.code / 100 == 4
+    }
 }
 
 impl Decision {
@@ -231,6 +270,7 @@ impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = match self.verdict {
             Verdict::Allow => "allowed",
+            Verdict::Deny if self.is_deferral() => "deferred",
             Verdict::Deny => "denied",
         };
         write!(f, "{verdict}: {}", self.explanation())

@@ -4,7 +4,10 @@
 
 use super::framer::{Frame, Framer, Timeouts};
 use super::reply::Reply;
-use super::session::{Action, AuthOutcome, DataProgress, Limits, Message, Session, SessionParams};
+use super::session::{
+    Action, AuthOutcome, DataProgress, Limits, Message, RecipientDecision, Session, SessionParams,
+};
+use crate::abuse::quota::QuotaHolds;
 use super::trace_header::{TraceInfo, received_header};
 use crate::bindings::BindKind;
 use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};
@@ -185,6 +188,19 @@ pub fn limits_from(settings: &ServerSettings) -> Limits {
 
 /// Serves one accepted connection to its end.
 pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
+    // A banned address is refused first: no session slot, no TLS, no
+    // password check.
+    if let Some(ban) = ctx.shared.abuse.banned(ctx.peer.ip(), crate::abuse::now_ms()) {
+        let reply = ban_reply(&ban);
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire()))
+            .await;
+        ctx.shared.events.emit(Event::SessionRefused {
+            peer: ctx.peer,
+            reply: reply.to_string().trim_end().to_string(),
+        });
+        return;
+    }
     let snapshot = ctx.shared.snapshot();
     let settings = Arc::clone(&snapshot.settings);
     let id = ctx.shared.next_session_id();
@@ -286,6 +302,11 @@ async fn run(
     let write_limit = Duration::from_secs(settings.command_timeout_secs);
     let mut spill: Option<SpillFile> = None;
     let mut spill_failed = false;
+    // What the transaction under way counts against the sending quotas.
+    let mut quota = QuotaHold {
+        abuse: &ctx.shared.abuse,
+        holds: QuotaHolds::default(),
+    };
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -318,9 +339,23 @@ async fn run(
                 let actions = match frame {
                     Frame::Overlong => session.handle_overlong_line(),
                     Frame::Line(line) => {
+                        // Banned meanwhile (by this session's own failures,
+                        // or by the administrator): the session ends here.
+                        let now = crate::abuse::now_ms();
+                        if ctx.shared.abuse.any_ban(now)
+                            && let Some(ban) = ctx.shared.abuse.banned(ip, now)
+                        {
+                            let mut bye = ban_reply(&ban);
+                            bye.code = 421;
+                            bye.status = Some("4.7.1");
+                            out.extend_from_slice(&bye.to_wire());
+                            flush_last(conn, &mut out, write_limit).await?;
+                            return Ok("banned".into());
+                        }
                         // A locked-out address is told so before it is
                         // asked for credentials.
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
+                        session.set_quotas_on(ctx.shared.abuse.quotas_on());
                         let secret = session.awaiting_auth_response();
                         let policy = Arc::clone(&ctx.shared.snapshot().policy);
                         let actions = session.handle_line(&line, &policy);
@@ -334,7 +369,23 @@ async fn run(
                 match action {
                     Action::Reply(r) => out.extend_from_slice(&r.to_wire()),
                     Action::StartData => framer.start_data(Instant::now()),
+                    Action::ReserveQuota(rd) => {
+                        let checked = reserve_quota(ctx, session, ip, &mut quota.holds, rd);
+                        for a in session.recipient_checked(checked).into_iter().rev() {
+                            pending.push_front(a);
+                        }
+                    }
                     Action::RecipientDecided(rd) => {
+                        if !rd.decision.is_allowed()
+                            && !rd.decision.is_deferral()
+                            && matches!(
+                                rd.decision.class,
+                                crate::policy::decision::RelayClass::Relay
+                                    | crate::policy::decision::RelayClass::Outbound
+                            )
+                        {
+                            offence(ctx, ip, settings, Offence::RelayDenied);
+                        }
                         let tx_sender = session_sender(session);
                         ctx.shared.events.emit(Event::Decision {
                             session: id,
@@ -356,10 +407,18 @@ async fn run(
                                 .shared
                                 .events
                                 .emit(Event::Authenticated { session: id, login }),
-                            AuthOutcome::Rejected => ctx.shared.events.emit(Event::AuthFailed {
+                            AuthOutcome::Rejected => {
+                                ctx.shared.events.emit(Event::AuthFailed {
+                                    session: id,
+                                    peer: ip,
+                                    login: Some(crate::events::printable(&login)),
+                                });
+                                offence(ctx, ip, settings, Offence::AuthFailed);
+                            }
+                            AuthOutcome::Suspended => ctx.shared.events.emit(Event::AuthRefused {
                                 session: id,
                                 peer: ip,
-                                login: Some(crate::events::printable(&login)),
+                                busy: false,
                             }),
                             AuthOutcome::LockedOut | AuthOutcome::Busy => {
                                 ctx.shared.events.emit(Event::AuthRefused {
@@ -423,6 +482,10 @@ async fn run(
                                 .await
                         };
                         drop(spilled);
+                        if reply.code == 250 {
+                            // The message is in: what it counted stays counted.
+                            quota.holds = QuotaHolds::default();
+                        }
                         out.extend_from_slice(&reply.to_wire());
                         let said = reply.to_string();
                         board.command("(end of message data)", said.trim_end());
@@ -442,6 +505,11 @@ async fn run(
                         return Ok("closed".into());
                     }
                 }
+            }
+            // A transaction that ended without a message (RSET, refused
+            // DATA) gives back what it counted.
+            if !quota.holds.is_empty() && session.transaction().is_none() {
+                ctx.shared.abuse.release(std::mem::take(&mut quota.holds));
             }
         }
         if !out.is_empty() {
@@ -507,11 +575,15 @@ async fn check_password(
         Err(crate::engine::AuthRefusal::LockedOut) => return AuthOutcome::LockedOut,
         Err(crate::engine::AuthRefusal::Busy) => return AuthOutcome::Busy,
     };
+    let req_login = req.login.clone();
     // A right password verified a moment ago is not verified again.
     if let Some(hash) = &req.password_hash
         && ctx.shared.logins.hit(&req.login, &req.password, hash)
     {
         ticket.judged(true, settings);
+        if is_suspended(ctx, &req_login) {
+            return AuthOutcome::Suspended;
+        }
         return AuthOutcome::Accepted;
     }
     let remember = req
@@ -526,7 +598,143 @@ async fn check_password(
     if ok && let Some((login, password, hash)) = remember {
         ctx.shared.logins.remember(&login, &password, &hash);
     }
+    if ok && is_suspended(ctx, &req_login) {
+        return AuthOutcome::Suspended;
+    }
     ok.into()
+}
+
+/// A right password for a suspended login is still refused.
+fn is_suspended(ctx: &ConnectionContext, login: &str) -> bool {
+    let snapshot = ctx.shared.snapshot();
+    (!snapshot.suspended.is_empty() && snapshot.suspended.contains(&login.to_ascii_lowercase()))
+        || ctx.shared.abuse.suspended_here(login)
+}
+
+/// Gives back, when a session ends, what its unfinished transaction
+/// counted against the quotas.
+struct QuotaHold<'a> {
+    abuse: &'a crate::abuse::AbuseGuard,
+    holds: QuotaHolds,
+}
+
+impl Drop for QuotaHold<'_> {
+    fn drop(&mut self) {
+        self.abuse.release(std::mem::take(&mut self.holds));
+    }
+}
+
+/// Counts an allowed recipient against the sending quotas; past one, the
+/// recipient is deferred (452 4.7.1) with the quota named, and a quota
+/// that suspends suspends the login.
+fn reserve_quota(
+    ctx: &ConnectionContext,
+    session: &Session,
+    ip: std::net::IpAddr,
+    holds: &mut QuotaHolds,
+    rd: RecipientDecision,
+) -> RecipientDecision {
+    let t = session.transaction();
+    let domain = t
+        .and_then(|t| t.sender.as_ref())
+        .and_then(|s| match &s.domain {
+            crate::policy::address::Domain::Name(n) => Some(n.as_str()),
+            _ => None,
+        });
+    let sender = crate::abuse::quota::Sender {
+        login: session.login(),
+        ip,
+        domain,
+    };
+    let refusal = match ctx
+        .shared
+        .abuse
+        .reserve(&sender, holds, crate::abuse::now_ms())
+    {
+        Ok(()) => return rd,
+        Err(r) => r,
+    };
+    let already = |login: &str| ctx.shared.snapshot().suspended.contains(login);
+    let suspended = match (&refusal.suspend, &refusal.newly_suspended) {
+        (Some(login), true) if !already(login) => {
+            ctx.shared.events.emit(Event::LoginSuspended {
+                login: login.clone(),
+                why: format!("quota {} reached", refusal.quota),
+            });
+            true
+        }
+        (Some(_), _) => true,
+        (None, _) => false,
+    };
+    let q = &refusal.quota;
+    let text = format!(
+        "Sending quota reached for {}: at most {} {} per {}; try again later",
+        refusal.key.shown(),
+        q.rate.count,
+        q.unit.as_str(),
+        crate::abuse::rate::period_text(q.rate.period_secs)
+    );
+    let reason = crate::policy::decision::Reason::QuotaReached {
+        quota: q.to_string(),
+        key: refusal.key.shown(),
+        suspended,
+    };
+    RecipientDecision {
+        recipient: rd.recipient,
+        decision: rd.decision.deferred(text, reason),
+    }
+}
+
+/// What a client did that counts towards a ban.
+#[derive(Debug, Clone, Copy)]
+enum Offence {
+    AuthFailed,
+    RelayDenied,
+}
+
+/// Counts an offence; a ban it causes is announced (the session itself is
+/// closed at its next command).
+fn offence(ctx: &ConnectionContext, ip: std::net::IpAddr, settings: &ServerSettings, what: Offence) {
+    let rules = settings.ban_rules();
+    let wanted = match what {
+        Offence::AuthFailed => rules.auth_failures,
+        Offence::RelayDenied => rules.relay_denials,
+    };
+    if wanted == 0 {
+        return;
+    }
+    let listed = !rules.listed_too
+        && matches!(
+            ctx.shared.snapshot().policy.lists().check(ip),
+            crate::policy::ip_lists::ListVerdict::Allowed { .. }
+        );
+    let now = crate::abuse::now_ms();
+    let ban = match what {
+        Offence::AuthFailed => ctx.shared.abuse.auth_failed(ip, listed, &rules, now),
+        Offence::RelayDenied => ctx.shared.abuse.relay_denied(ip, listed, &rules, now),
+    };
+    if let Some(ban) = ban {
+        ctx.shared.events.emit(Event::ClientBanned {
+            peer: ip,
+            net: ban.net.to_string(),
+            until_ms: ban.until,
+            strikes: ban.strikes,
+            reason: ban.reason.to_string(),
+        });
+    }
+}
+
+/// 554 5.7.1 with why and until when.
+fn ban_reply(ban: &crate::abuse::bans::Ban) -> Reply {
+    Reply::new(
+        554,
+        "5.7.1",
+        format!(
+            "Your address is banned until {} ({})",
+            crate::events::utc_text(ban.until),
+            ban.reason
+        ),
+    )
 }
 
 /// Draining closes idle sessions; aborting closes every one.

@@ -169,6 +169,9 @@ pub enum AuthOutcome {
     LockedOut,
     /// Not judged: too many checks are waiting.
     Busy,
+    /// The password is right, but the login is suspended (a quota, or the
+    /// administrator): RFC 4954's 525 5.7.13.
+    Suspended,
 }
 
 impl From<bool> for AuthOutcome {
@@ -199,6 +202,10 @@ pub enum Action {
     StartData,
     /// A recipient was decided (allowed or not), for the event stream.
     RecipientDecided(RecipientDecision),
+    /// The policy allowed this recipient; sending quotas are on: count it
+    /// against them (or turn it into a 452), then call
+    /// [`Session::recipient_checked`]. Feed no further line until then.
+    ReserveQuota(RecipientDecision),
     /// A complete message: store it durably, then call
     /// [`Session::message_stored`] and write its reply. Feed no further
     /// line until then.
@@ -260,6 +267,8 @@ pub struct Session {
     bad_commands: usize,
     auth_failures: usize,
     auth_locked_out: bool,
+    /// Allowed recipients go through [`Action::ReserveQuota`].
+    quotas_on: bool,
 }
 
 impl Session {
@@ -273,6 +282,7 @@ impl Session {
             bad_commands: 0,
             auth_failures: 0,
             auth_locked_out: false,
+            quotas_on: false,
         }
     }
 
@@ -322,6 +332,26 @@ impl Session {
     /// Update it before feeding each line.
     pub fn set_auth_locked_out(&mut self, locked_out: bool) {
         self.auth_locked_out = locked_out;
+    }
+
+    /// Whether sending quotas are in force (the I/O layer sets it before
+    /// feeding each line).
+    pub fn set_quotas_on(&mut self, on: bool) {
+        self.quotas_on = on;
+    }
+
+    /// The answer to [`Action::ReserveQuota`]: the recipient as the quotas
+    /// left it (still allowed, or deferred with 452 4.7.1). A deferral is
+    /// not a protocol error and does not count towards
+    /// `max-bad-commands`.
+    pub fn recipient_checked(&mut self, decided: RecipientDecision) -> Vec<Action> {
+        let answer = Reply::from(&decided.decision.reply);
+        if decided.decision.is_allowed()
+            && let Some(t) = self.transaction.as_mut()
+        {
+            t.recipients.push(decided.clone());
+        }
+        vec![Action::RecipientDecided(decided), Action::Reply(answer)]
     }
 
     /// Whether STARTTLS can be done (a certificate reload may fail). If it
@@ -590,6 +620,9 @@ impl Session {
             let mut actions = vec![Action::RecipientDecided(decided)];
             actions.extend(self.error_reply(answer));
             return actions;
+        }
+        if self.quotas_on {
+            return vec![Action::ReserveQuota(decided)];
         }
         if let Some(t) = self.transaction.as_mut() {
             t.recipients.push(decided.clone());
@@ -863,6 +896,11 @@ impl Session {
                 454,
                 "4.7.0",
                 "Temporary authentication failure: too many checks under way, try again shortly",
+            ),
+            AuthOutcome::Suspended => self.error(
+                525,
+                "5.7.13",
+                "Error: this login is suspended; ask the mail administrator",
             ),
         }
     }

@@ -6,6 +6,9 @@ mod schema;
 
 pub use schema::{CURRENT_VERSION, DEFAULT_ALLOW, DEFAULT_BINDING, DEFAULT_DENY};
 
+use crate::abuse::bans::{Ban, BanReason, STRIKES_KEPT_MS};
+use crate::abuse::quota::{Quota, QuotaScope, QuotaUnit};
+use crate::abuse::rate::{Rate, SlidingCount};
 use crate::bindings::{BindKind, Binding};
 use crate::delivery::{Route, RouteAuth, TlsMode};
 use crate::policy::address::{normalize_domain, parse_mailbox};
@@ -59,6 +62,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct UserInfo {
     pub name: String,
     pub addresses: Vec<String>,
+    /// Why the login may not authenticate now (a quota suspended it, or
+    /// the administrator did).
+    pub suspended: Option<String>,
 }
 
 /// What adding entries to a list did.
@@ -263,6 +269,9 @@ impl Store {
                 settings: self.server_settings()?,
                 bindings: self.bindings()?,
                 routes: self.routes()?,
+                quotas: self.quotas()?,
+                bans: self.bans()?,
+                suspended: self.suspended_logins()?,
             })
         })();
         let end = self.conn.execute_batch("COMMIT");
@@ -406,12 +415,20 @@ impl Store {
     // ----- users and sender addresses -----
 
     pub fn users(&self) -> Result<Vec<UserInfo>> {
-        let names = query_strings(&self.conn, "SELECT name FROM users ORDER BY name")?;
-        names
-            .into_iter()
-            .map(|name| {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, suspended FROM users ORDER BY name")?;
+        let rows: Vec<(String, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(name, suspended)| {
                 let addresses = self.sender_addresses(&name)?;
-                Ok(UserInfo { name, addresses })
+                Ok(UserInfo {
+                    name,
+                    addresses,
+                    suspended,
+                })
             })
             .collect()
     }
@@ -712,7 +729,7 @@ impl Store {
     /// Every route, the default `*` last.
     pub fn routes(&self) -> Result<Vec<Route>> {
         let mut stmt = self.conn.prepare(
-            "SELECT domain, host, port, tls, auth_user, auth_password FROM routes
+            "SELECT domain, host, port, tls, auth_user, auth_password, rate, concurrency FROM routes
              ORDER BY domain = '*', domain",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -720,6 +737,8 @@ impl Store {
             let port: i64 = r.get(2)?;
             let user: Option<String> = r.get(4)?;
             let password: Option<String> = r.get(5)?;
+            let rate: Option<String> = r.get(6)?;
+            let concurrency: Option<i64> = r.get(7)?;
             Ok((
                 Route {
                     domain: r.get(0)?,
@@ -729,13 +748,21 @@ impl Store {
                     auth: user
                         .zip(password)
                         .map(|(user, password)| RouteAuth { user, password }),
+                    rate: None,
+                    concurrency: concurrency.and_then(|c| usize::try_from(c).ok()),
                 },
                 port,
                 tls,
+                rate,
             ))
         })?;
         rows.map(|row| {
-            let (mut route, port, tls) = row?;
+            let (mut route, port, tls, rate) = row?;
+            if let Some(rate) = rate {
+                route.rate = Some(crate::abuse::rate::Rate::parse(&rate).map_err(|e| {
+                    StoreError::Corrupt(format!("route {}: {e}", route.domain))
+                })?);
+            }
             route.port = u16::try_from(port)
                 .map_err(|_| StoreError::Corrupt(format!("route {}: port {port}", route.domain)))?;
             route.tls = TlsMode::parse(&tls)
@@ -752,11 +779,21 @@ impl Store {
             None => (None, None),
         };
         self.conn.execute(
-            "INSERT INTO routes (domain, host, port, tls, auth_user, auth_password)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO routes (domain, host, port, tls, auth_user, auth_password, rate, concurrency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (domain) DO UPDATE SET host = excluded.host, port = excluded.port,
-               tls = excluded.tls, auth_user = excluded.auth_user, auth_password = excluded.auth_password",
-            params![route.domain, route.host, route.port, route.tls.as_str(), user, password],
+               tls = excluded.tls, auth_user = excluded.auth_user, auth_password = excluded.auth_password,
+               rate = excluded.rate, concurrency = excluded.concurrency",
+            params![
+                route.domain,
+                route.host,
+                route.port,
+                route.tls.as_str(),
+                user,
+                password,
+                route.rate.map(|r| r.to_string()),
+                route.concurrency.map(|c| c as i64)
+            ],
         )?;
         Ok(())
     }
@@ -768,6 +805,221 @@ impl Store {
             == 0
         {
             return Err(StoreError::Invalid(format!("no route for {domain}")));
+        }
+        Ok(())
+    }
+
+    // ----- quotas, bans, suspensions -----
+
+    pub fn quotas(&self) -> Result<Vec<Quota>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, scope, unit, count, period_secs, suspend FROM quotas ORDER BY id",
+        )?;
+        let rows: Vec<(i64, String, String, i64, i64, bool)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(id, scope, unit, count, period_secs, suspend)| {
+                let corrupt = |what: &str| StoreError::Corrupt(format!("quota #{id}: {what}"));
+                Ok(Quota {
+                    id,
+                    scope: QuotaScope::parse(&scope).map_err(|e| corrupt(&e))?,
+                    unit: match unit.as_str() {
+                        "recipients" => QuotaUnit::Recipients,
+                        _ => QuotaUnit::Messages,
+                    },
+                    rate: Rate {
+                        count: u64::try_from(count).map_err(|_| corrupt("count"))?,
+                        period_secs: u64::try_from(period_secs).map_err(|_| corrupt("period"))?,
+                    },
+                    suspend,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a quota; returns it with its number.
+    pub fn add_quota(
+        &mut self,
+        scope: QuotaScope,
+        unit: QuotaUnit,
+        rate: Rate,
+        suspend: bool,
+    ) -> Result<Quota> {
+        if suspend && scope != QuotaScope::Login {
+            return Err(StoreError::Invalid(
+                "--suspend suspends a login: it needs a login quota".into(),
+            ));
+        }
+        let count = i64::try_from(rate.count)
+            .map_err(|_| StoreError::Invalid(format!("{} is too large", rate.count)))?;
+        self.conn.execute(
+            "INSERT INTO quotas (scope, unit, count, period_secs, suspend) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![scope.spelling(), unit.as_str(), count, rate.period_secs as i64, suspend],
+        )?;
+        Ok(Quota {
+            id: self.conn.last_insert_rowid(),
+            scope,
+            unit,
+            rate,
+            suspend,
+        })
+    }
+
+    /// Removes a quota and its counts.
+    pub fn remove_quota(&mut self, id: i64) -> Result<Quota> {
+        let quota = self
+            .quotas()?
+            .into_iter()
+            .find(|q| q.id == id)
+            .ok_or_else(|| StoreError::Invalid(format!("no quota #{id} (see quota show)")))?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM quotas WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM quota_counts WHERE quota_id = ?1", [id])?;
+        tx.commit()?;
+        Ok(quota)
+    }
+
+    /// The counts the engine saved last.
+    pub fn quota_counts(&self) -> Result<Vec<(i64, String, SlidingCount)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT quota_id, key, window_start, previous, current FROM quota_counts",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                SlidingCount {
+                    window_start: r.get::<_, i64>(2)?.max(0) as u64,
+                    previous: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    current: r.get::<_, i64>(4)?.clamp(0, i64::from(u32::MAX)) as u32,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Saves changed counts, drops spent ones, and saves new bans and
+    /// suspensions: the engine's periodic write, one transaction.
+    pub fn save_abuse_state(
+        &mut self,
+        counts: &[(i64, String, SlidingCount)],
+        bans: &[Ban],
+        suspensions: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO quota_counts (quota_id, key, window_start, previous, current)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM quotas WHERE id = ?1)
+                 ON CONFLICT (quota_id, key) DO UPDATE SET window_start = excluded.window_start,
+                   previous = excluded.previous, current = excluded.current",
+            )?;
+            for (id, key, c) in counts {
+                put.execute(params![
+                    id,
+                    key,
+                    c.window_start as i64,
+                    i64::from(c.previous),
+                    i64::from(c.current)
+                ])?;
+            }
+            let mut ban = tx.prepare_cached(
+                "INSERT INTO bans (net, since, until, strikes, reason) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (net) DO UPDATE SET since = excluded.since, until = excluded.until,
+                   strikes = excluded.strikes, reason = excluded.reason",
+            )?;
+            for b in bans {
+                let reason = serde_json::to_string(&b.reason)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                ban.execute(params![
+                    b.net.to_string(),
+                    b.since as i64,
+                    b.until as i64,
+                    i64::from(b.strikes),
+                    reason
+                ])?;
+            }
+            let mut suspend = tx.prepare_cached(
+                "UPDATE users SET suspended = ?2 WHERE lower(name) = ?1 AND suspended IS NULL",
+            )?;
+            for (login, why) in suspensions {
+                suspend.execute(params![login.to_ascii_lowercase(), why])?;
+            }
+        }
+        // Counts whose two windows are over, and bans too old to count as
+        // strikes, are forgotten.
+        tx.execute(
+            "DELETE FROM quota_counts WHERE window_start + 2 * 1000 *
+               (SELECT period_secs FROM quotas WHERE id = quota_id) <= ?1
+               OR quota_id NOT IN (SELECT id FROM quotas)",
+            [now_ms as i64],
+        )?;
+        tx.execute(
+            "DELETE FROM bans WHERE until + ?2 <= ?1",
+            params![now_ms as i64, STRIKES_KEPT_MS as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every ban stored: in force, and ended ones kept for their strikes.
+    pub fn bans(&self) -> Result<Vec<Ban>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT net, since, until, strikes, reason FROM bans ORDER BY since DESC")?;
+        let rows: Vec<(String, i64, i64, i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(net, since, until, strikes, reason)| {
+                Ok(Ban {
+                    net: net
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("ban of {net:?}")))?,
+                    since: since.max(0) as u64,
+                    until: until.max(0) as u64,
+                    strikes: strikes.clamp(0, i64::from(u32::MAX)) as u32,
+                    reason: serde_json::from_str(&reason).unwrap_or(BanReason::Admin {
+                        note: reason.clone(),
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds or replaces a ban by hand.
+    pub fn put_ban(&mut self, ban: &Ban) -> Result<()> {
+        self.save_abuse_state(&[], std::slice::from_ref(ban), &[], 0)
+    }
+
+    /// Lifts a ban (the address keeps no strike); false if there was none.
+    pub fn remove_ban(&mut self, net: &ipnet::IpNet) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM bans WHERE net = ?1", [net.to_string()])?
+            > 0)
+    }
+
+    /// Logins that may not authenticate now, lower-cased.
+    pub fn suspended_logins(&self) -> Result<Vec<String>> {
+        query_strings(
+            &self.conn,
+            "SELECT lower(name) FROM users WHERE suspended IS NOT NULL ORDER BY name",
+        )
+    }
+
+    /// Suspends (with why) or lifts (None) a login's suspension.
+    pub fn set_suspended(&mut self, name: &str, why: Option<&str>) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE users SET suspended = ?2 WHERE name = ?1",
+            params![name, why],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!("no user {name}")));
         }
         Ok(())
     }
@@ -859,6 +1111,11 @@ pub struct EngineConfig {
     pub settings: ServerSettings,
     pub bindings: Vec<Binding>,
     pub routes: Vec<Route>,
+    pub quotas: Vec<Quota>,
+    /// In force and remembered (for their strikes).
+    pub bans: Vec<Ban>,
+    /// Logins that may not authenticate, lower-cased.
+    pub suspended: Vec<String>,
 }
 
 /// Whether this process may not write the file or its directory (root

@@ -44,6 +44,36 @@ pub const MIGRATIONS: &[&str] = &[
         auth_user TEXT,
         auth_password TEXT
     );",
+    // 3: abuse containment. Quotas and bans are configuration; the quota
+    // counts and the bans the engine makes are written by the engine
+    // alone (its own writes do not trigger its reload). A suspended login
+    // keeps its password; the column says why it may not log in.
+    "CREATE TABLE quotas (
+        id INTEGER PRIMARY KEY,
+        scope TEXT NOT NULL,
+        unit TEXT NOT NULL CHECK (unit IN ('messages', 'recipients')),
+        count INTEGER NOT NULL CHECK (count > 0),
+        period_secs INTEGER NOT NULL CHECK (period_secs > 0),
+        suspend INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE quota_counts (
+        quota_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        window_start INTEGER NOT NULL,
+        previous INTEGER NOT NULL,
+        current INTEGER NOT NULL,
+        PRIMARY KEY (quota_id, key)
+    );
+    CREATE TABLE bans (
+        net TEXT PRIMARY KEY,
+        since INTEGER NOT NULL,
+        until INTEGER NOT NULL,
+        strikes INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    ALTER TABLE users ADD COLUMN suspended TEXT;
+    ALTER TABLE routes ADD COLUMN rate TEXT;
+    ALTER TABLE routes ADD COLUMN concurrency INTEGER;",
 ];
 
 /// The schema version this build writes.

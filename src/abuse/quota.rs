@@ -1,0 +1,553 @@
+//! Sending quotas: "at most N messages (or recipients) per period per
+//! login, client address (or prefix) or sender domain", counted in memory
+//! with sliding windows and checked at RCPT.
+//!
+//! A transaction reserves what it would send when a recipient is
+//! accepted ([`QuotaTable::reserve`]) and gives it back if it ends without
+//! a message ([`QuotaTable::release`]): parallel sessions of one key can
+//! never together pass the limit.
+
+use super::rate::{Rate, SlidingCount, period_text};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+/// What a quota counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaScope {
+    /// The authenticated login; sessions without one are not counted.
+    Login,
+    /// The client address, IPv4 to `v4` bits and IPv6 to `v6` bits.
+    Ip { v4: u8, v6: u8 },
+    /// The sender's domain; the null sender is not counted.
+    SenderDomain,
+}
+
+impl QuotaScope {
+    /// `login`, `sender-domain`, `ip` (per address: IPv4 /32, IPv6 /64),
+    /// `ip/24` (IPv6 stays /64) or `ip/24/48`.
+    pub fn parse(text: &str) -> Result<QuotaScope, String> {
+        let t = text.trim().to_ascii_lowercase();
+        let bad = || {
+            format!(
+                "{text:?} is not a quota key: give login, sender-domain, ip, ip/24 or ip/24/48 (IPv4 and IPv6 prefix lengths)"
+            )
+        };
+        match t.as_str() {
+            "login" | "user" => return Ok(QuotaScope::Login),
+            "sender-domain" | "domain" => return Ok(QuotaScope::SenderDomain),
+            _ => {}
+        }
+        let mut parts = t.split('/');
+        if parts.next() != Some("ip") {
+            return Err(bad());
+        }
+        let v4 = match parts.next() {
+            None => 32,
+            Some(n) => n.parse::<u8>().ok().filter(|n| (1..=32).contains(n)).ok_or_else(bad)?,
+        };
+        let v6 = match parts.next() {
+            None => 64,
+            Some(n) => n.parse::<u8>().ok().filter(|n| (1..=128).contains(n)).ok_or_else(bad)?,
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(QuotaScope::Ip { v4, v6 })
+    }
+
+    /// The spelling [`parse`](Self::parse) reads back.
+    pub fn spelling(&self) -> String {
+        match self {
+            QuotaScope::Login => "login".into(),
+            QuotaScope::SenderDomain => "sender-domain".into(),
+            QuotaScope::Ip { v4: 32, v6: 64 } => "ip".into(),
+            QuotaScope::Ip { v4, v6: 64 } => format!("ip/{v4}"),
+            QuotaScope::Ip { v4, v6 } => format!("ip/{v4}/{v6}"),
+        }
+    }
+}
+
+impl fmt::Display for QuotaScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuotaScope::Login => f.write_str("login"),
+            QuotaScope::SenderDomain => f.write_str("sender domain"),
+            QuotaScope::Ip { v4: 32, v6: 64 } => f.write_str("client address (IPv6 /64)"),
+            QuotaScope::Ip { v4, v6 } => write!(f, "client /{v4} (IPv6 /{v6})"),
+        }
+    }
+}
+
+/// What a quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaUnit {
+    Messages,
+    Recipients,
+}
+
+impl QuotaUnit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaUnit::Messages => "messages",
+            QuotaUnit::Recipients => "recipients",
+        }
+    }
+}
+
+/// One quota, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// Its number in `quota show`; stable while it exists.
+    pub id: i64,
+    pub scope: QuotaScope,
+    pub unit: QuotaUnit,
+    pub rate: Rate,
+    /// Reaching it also suspends the login (login quotas only).
+    pub suspend: bool,
+}
+
+/// `#2: at most 1000 messages per day per login; reaching it suspends the login`
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "#{}: at most {} {} per {} per {}",
+            self.id,
+            self.rate.count,
+            self.unit.as_str(),
+            period_text(self.rate.period_secs),
+            self.scope
+        )?;
+        if self.suspend {
+            f.write_str("; reaching it suspends the login")?;
+        }
+        Ok(())
+    }
+}
+
+/// Who a recipient is counted for.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub login: Option<&'a str>,
+    pub ip: IpAddr,
+    /// The sender's domain; `None` for the null sender.
+    pub domain: Option<&'a str>,
+}
+
+/// The key one quota counts a sender under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum QuotaKey {
+    Login(Box<str>),
+    Net(IpAddr),
+    Domain(Box<str>),
+}
+
+impl QuotaKey {
+    fn of(scope: QuotaScope, s: &Sender<'_>) -> Option<QuotaKey> {
+        match scope {
+            QuotaScope::Login => s.login.map(|l| QuotaKey::Login(l.to_ascii_lowercase().into())),
+            QuotaScope::SenderDomain => s
+                .domain
+                .map(|d| QuotaKey::Domain(d.to_ascii_lowercase().into())),
+            QuotaScope::Ip { v4, v6 } => Some(QuotaKey::Net(masked(s.ip, v4, v6))),
+        }
+    }
+
+    /// `login:alice`, `ip:192.0.2.0`, `domain:example.com`: how a key is
+    /// stored and shown.
+    pub fn text(&self) -> String {
+        match self {
+            QuotaKey::Login(l) => format!("login:{l}"),
+            QuotaKey::Net(ip) => format!("ip:{ip}"),
+            QuotaKey::Domain(d) => format!("domain:{d}"),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<QuotaKey> {
+        let (kind, value) = text.split_once(':')?;
+        match kind {
+            "login" => Some(QuotaKey::Login(value.into())),
+            "ip" => value.parse().ok().map(QuotaKey::Net),
+            "domain" => Some(QuotaKey::Domain(value.into())),
+            _ => None,
+        }
+    }
+
+    /// What the key names, for a reply or a log line.
+    pub fn shown(&self) -> String {
+        match self {
+            QuotaKey::Login(l) => format!("login {l}"),
+            QuotaKey::Net(ip) => format!("address {ip}"),
+            QuotaKey::Domain(d) => format!("sender domain {d}"),
+        }
+    }
+}
+
+fn masked(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    match crate::policy::ip_pattern::effective_ip(ip) {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0);
+            IpAddr::V4(bits.into())
+        }
+        IpAddr::V6(a) => {
+            let bits =
+                u128::from(a) & u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// What a refused recipient is told and logged with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRefusal {
+    pub quota: Quota,
+    pub key: QuotaKey,
+    /// The login to suspend: the quota says so and the key is a login.
+    pub suspend: Option<String>,
+    /// This refusal is the one that suspended it (the others find it
+    /// suspended already).
+    pub newly_suspended: bool,
+}
+
+/// Counts a transaction holds, to be given back if it ends without a
+/// message (see [`QuotaTable::release`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaHolds {
+    held: Vec<(i64, QuotaKey, u64)>,
+    /// Message quotas this transaction already counted its message in.
+    messages_counted: bool,
+}
+
+impl QuotaHolds {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// The quotas in force and their counts.
+#[derive(Debug, Default)]
+pub struct QuotaTable {
+    quotas: Vec<Quota>,
+    counts: HashMap<(i64, QuotaKey), SlidingCount>,
+    /// Counts changed since they were last saved.
+    dirty: HashSet<(i64, QuotaKey)>,
+}
+
+impl QuotaTable {
+    /// Sets the quotas in force; counts of quotas that are gone, or whose
+    /// period changed, are dropped.
+    pub fn set_quotas(&mut self, quotas: Vec<Quota>) {
+        if quotas == self.quotas {
+            return;
+        }
+        let kept: HashMap<i64, u64> = quotas
+            .iter()
+            .filter(|q| {
+                self.quotas
+                    .iter()
+                    .any(|o| o.id == q.id && o.rate.period_secs == q.rate.period_secs)
+            })
+            .map(|q| (q.id, q.rate.period_secs))
+            .collect();
+        self.counts.retain(|(id, _), _| kept.contains_key(id));
+        self.dirty.retain(|(id, _)| kept.contains_key(id));
+        self.quotas = quotas;
+    }
+
+    pub fn quotas(&self) -> &[Quota] {
+        &self.quotas
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.quotas.is_empty()
+    }
+
+    /// Counts kept now (keys with something in their windows).
+    pub fn keys(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Reserves what one more accepted recipient sends: the recipient, and
+    /// for message quotas the transaction's message (once). Either every
+    /// quota takes it, or nothing is counted and the first quota it would
+    /// pass is returned.
+    pub fn reserve(
+        &mut self,
+        sender: &Sender<'_>,
+        holds: &mut QuotaHolds,
+        now: u64,
+    ) -> Result<(), QuotaRefusal> {
+        let mut wanted: Vec<(usize, QuotaKey)> = Vec::new();
+        for (i, q) in self.quotas.iter().enumerate() {
+            if q.unit == QuotaUnit::Messages && holds.messages_counted {
+                continue;
+            }
+            let Some(key) = QuotaKey::of(q.scope, sender) else {
+                continue;
+            };
+            let period = q.rate.period_ms();
+            let count = self.counts.entry((q.id, key.clone())).or_default();
+            count.roll(now, period);
+            if count.estimate(now, period) + 1.0 > q.rate.count as f64 + 1e-9 {
+                let suspend = match (&key, q.suspend) {
+                    (QuotaKey::Login(l), true) => Some(l.to_string()),
+                    _ => None,
+                };
+                return Err(QuotaRefusal {
+                    quota: q.clone(),
+                    key,
+                    suspend,
+                    newly_suspended: false,
+                });
+            }
+            wanted.push((i, key));
+        }
+        for (i, key) in wanted {
+            let id = self.quotas[i].id;
+            if let Some(c) = self.counts.get_mut(&(id, key.clone())) {
+                c.current = c.current.saturating_add(1);
+                holds.held.push((id, key.clone(), c.window_start));
+            }
+            self.dirty.insert((id, key));
+        }
+        holds.messages_counted = true;
+        Ok(())
+    }
+
+    /// Gives back everything a transaction held (it ended without a
+    /// message).
+    pub fn release(&mut self, holds: QuotaHolds) {
+        for (id, key, window_start) in holds.held {
+            if let Some(c) = self.counts.get_mut(&(id, key.clone())) {
+                c.release(window_start, 1);
+                self.dirty.insert((id, key));
+            }
+        }
+    }
+
+    /// The counts changed since the last call, to save: (quota, key,
+    /// count).
+    pub fn take_dirty(&mut self) -> Vec<(i64, String, SlidingCount)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .filter_map(|(id, key)| {
+                let c = self.counts.get(&(id, key.clone()))?;
+                Some((id, key.text(), *c))
+            })
+            .collect()
+    }
+
+    /// Every count is saved at the next [`take_dirty`](Self::take_dirty).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.counts.keys().cloned());
+    }
+
+    /// Counts read back at start (a restart keeps them, approximately).
+    pub fn restore(&mut self, saved: impl IntoIterator<Item = (i64, String, SlidingCount)>) {
+        for (id, key, count) in saved {
+            if !self.quotas.iter().any(|q| q.id == id) {
+                continue;
+            }
+            if let Some(key) = QuotaKey::parse(&key) {
+                self.counts.insert((id, key), count);
+            }
+        }
+    }
+
+    /// Forgets keys whose windows are both over; returns how many.
+    pub fn forget_spent(&mut self, now: u64) -> usize {
+        let periods: HashMap<i64, u64> = self
+            .quotas
+            .iter()
+            .map(|q| (q.id, q.rate.period_ms()))
+            .collect();
+        let before = self.counts.len();
+        self.counts.retain(|(id, _), c| {
+            periods
+                .get(id)
+                .is_some_and(|p| !c.is_spent(now, *p))
+        });
+        before - self.counts.len()
+    }
+
+    /// Every key's estimated use of each quota, busiest first, for `quota
+    /// show` and the console.
+    pub fn usage(&self, now: u64) -> Vec<QuotaUse> {
+        let mut out: Vec<QuotaUse> = self
+            .counts
+            .iter()
+            .filter_map(|((id, key), c)| {
+                let q = self.quotas.iter().find(|q| q.id == *id)?;
+                let mut c = *c;
+                c.roll(now, q.rate.period_ms());
+                let used = c.estimate(now, q.rate.period_ms());
+                (used >= 0.5).then(|| QuotaUse {
+                    quota: *id,
+                    key: key.text(),
+                    used: used.round() as u64,
+                    limit: q.rate.count,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.used * 1000 / b.limit.max(1))
+                .cmp(&(a.used * 1000 / a.limit.max(1)))
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        out
+    }
+}
+
+/// One key's use of one quota.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuotaUse {
+    pub quota: i64,
+    pub key: String,
+    pub used: u64,
+    pub limit: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(id: i64, scope: &str, rate: &str, unit: QuotaUnit) -> Quota {
+        Quota {
+            id,
+            scope: QuotaScope::parse(scope).unwrap(),
+            unit,
+            rate: Rate::parse(rate).unwrap(),
+            suspend: false,
+        }
+    }
+
+    fn alice(ip: &str) -> Sender<'static> {
+        Sender {
+            login: Some("Alice"),
+            ip: ip.parse().unwrap(),
+            domain: Some("example.com"),
+        }
+    }
+
+    /// One message with `rcpts` recipients; true if all were taken.
+    fn message(t: &mut QuotaTable, s: &Sender<'_>, rcpts: usize, now: u64) -> bool {
+        let mut holds = QuotaHolds::default();
+        for _ in 0..rcpts {
+            if t.reserve(s, &mut holds, now).is_err() {
+                t.release(holds);
+                return false;
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn scopes_parse_and_print_back() {
+        for (text, spelled) in [
+            ("login", "login"),
+            ("sender-domain", "sender-domain"),
+            ("ip", "ip"),
+            ("ip/24", "ip/24"),
+            ("IP/24/48", "ip/24/48"),
+        ] {
+            let s = QuotaScope::parse(text).unwrap();
+            assert_eq!(s.spelling(), spelled);
+            assert_eq!(QuotaScope::parse(spelled).unwrap(), s);
+        }
+        for bad in ["", "ipv4", "ip/0", "ip/33", "ip/24/129", "ip/24/64/1", "helo"] {
+            assert!(QuotaScope::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_login_quota_counts_messages_not_recipients_and_other_keys_are_apart() {
+        let mut t = QuotaTable::default();
+        t.set_quotas(vec![quota(1, "login", "3/hour", QuotaUnit::Messages)]);
+        let now = 1_000_000;
+        for _ in 0..3 {
+            assert!(message(&mut t, &alice("192.0.2.1"), 5, now));
+        }
+        let e = {
+            let mut h = QuotaHolds::default();
+            t.reserve(&alice("192.0.2.1"), &mut h, now).unwrap_err()
+        };
+        assert_eq!(e.key, QuotaKey::Login("alice".into()));
+        assert_eq!(e.suspend, None);
+        let bob = Sender {
+            login: Some("bob"),
+            ..alice("192.0.2.1")
+        };
+        assert!(message(&mut t, &bob, 1, now));
+        // Unauthenticated senders are not counted by a login quota.
+        let anon = Sender {
+            login: None,
+            ..alice("192.0.2.1")
+        };
+        for _ in 0..10 {
+            assert!(message(&mut t, &anon, 1, now));
+        }
+        // An hour later the window has slid past the three.
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, now + 2 * 3_600_000));
+    }
+
+    #[test]
+    fn a_recipient_quota_on_a_prefix_counts_each_recipient_of_the_slash_24() {
+        let mut t = QuotaTable::default();
+        t.set_quotas(vec![quota(7, "ip/24", "4/10m", QuotaUnit::Recipients)]);
+        let now = 50_000_000;
+        assert!(message(&mut t, &alice("198.51.100.1"), 3, now));
+        // A neighbour in the same /24 shares the count...
+        assert!(!message(&mut t, &alice("198.51.100.200"), 2, now));
+        // ...and was given back what it held: one more still fits.
+        assert!(message(&mut t, &alice("198.51.100.9"), 1, now));
+        assert!(message(&mut t, &alice("198.51.101.1"), 4, now));
+        assert_eq!(t.usage(now).len(), 2);
+    }
+
+    #[test]
+    fn a_released_transaction_gives_back_its_message() {
+        let mut t = QuotaTable::default();
+        t.set_quotas(vec![quota(1, "sender-domain", "1/day", QuotaUnit::Messages)]);
+        let now = 9_000_000;
+        let mut h = QuotaHolds::default();
+        t.reserve(&alice("192.0.2.1"), &mut h, now).unwrap();
+        t.release(h);
+        assert!(message(&mut t, &alice("192.0.2.1"), 2, now));
+        assert!(!message(&mut t, &alice("192.0.2.1"), 1, now));
+    }
+
+    #[test]
+    fn a_suspending_quota_names_the_login() {
+        let mut t = QuotaTable::default();
+        let mut q = quota(2, "login", "1/day", QuotaUnit::Messages);
+        q.suspend = true;
+        t.set_quotas(vec![q]);
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, 0));
+        let mut h = QuotaHolds::default();
+        let e = t.reserve(&alice("192.0.2.1"), &mut h, 10).unwrap_err();
+        assert_eq!(e.suspend.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn counts_survive_a_save_and_restore_and_removed_quotas_drop_theirs() {
+        let mut t = QuotaTable::default();
+        t.set_quotas(vec![
+            quota(1, "login", "2/hour", QuotaUnit::Messages),
+            quota(2, "ip", "100/hour", QuotaUnit::Messages),
+        ]);
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, 1000));
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, 1000));
+        let saved = t.take_dirty();
+        assert_eq!(saved.len(), 2);
+        assert!(t.take_dirty().is_empty());
+        let mut back = QuotaTable::default();
+        back.set_quotas(t.quotas().to_vec());
+        back.restore(saved);
+        assert!(!message(&mut back, &alice("192.0.2.1"), 1, 2000));
+        back.set_quotas(vec![quota(2, "ip", "100/hour", QuotaUnit::Messages)]);
+        assert_eq!(back.keys(), 1);
+        assert_eq!(back.forget_spent(3 * 3_600_000), 1);
+    }
+}
