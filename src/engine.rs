@@ -491,11 +491,18 @@ struct LoadedConfig {
 impl LoadedConfig {
     /// Hands the quotas and bans to the live tables; forgets suspensions
     /// made here that the snapshot now holds.
-    fn apply(self, shared: &Shared, snapshot: &Snapshot) -> Vec<Binding> {
+    fn apply(self, shared: &Shared, previous: Option<&Snapshot>, snapshot: &Snapshot) -> Vec<Binding> {
         shared.abuse.set_quotas(self.quotas);
         shared.abuse.replace_bans(self.bans);
-        let _ = snapshot;
         shared.abuse.suspensions_reloaded();
+        // A login let back in starts its quotas from zero (or the next
+        // message would suspend it again).
+        if let Some(previous) = previous {
+            for lifted in previous.suspended.difference(&snapshot.suspended) {
+                let key = crate::abuse::quota::QuotaKey::Login(lifted.as_str().into());
+                shared.abuse.with_quotas(|q| q.forget_key(&key));
+            }
+        }
         self.bindings
     }
 }
@@ -598,7 +605,7 @@ impl Engine {
             delivery_queue,
             abuse: Default::default(),
         });
-        let bindings = loaded.apply(&shared, &snapshot);
+        let bindings = loaded.apply(&shared, None, &snapshot);
         shared.abuse.with_quotas(|q| q.restore(counts));
         let (token, sessions_done) = mpsc::channel(1);
         let mut engine = Engine {
@@ -982,7 +989,8 @@ async fn watch_config(
                     Ok((snapshot, loaded)) => {
                         let (allow, deny) = count_lists(&snapshot.policy);
                         let snapshot = Arc::new(snapshot);
-                        let new_bindings = loaded.apply(&shared, &snapshot);
+                        let before = shared.snapshot();
+                        let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
                         if let Ok(mut snap) = shared.snapshot.write() {
                             *snap = snapshot;
                         }

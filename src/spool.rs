@@ -91,6 +91,12 @@ pub enum RecipientUpdate {
     Failed {
         error: String,
     },
+    /// Not attempted: wait until `next_attempt` (a route's send rate);
+    /// the attempt count is unchanged.
+    Wait {
+        next_attempt: i64,
+        note: String,
+    },
 }
 
 /// A change to the spool, applied in the writer's next group commit. Each
@@ -478,8 +484,21 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                     "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5
                      WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
                 )?;
+                let mut wait = conn.prepare_cached(
+                    "UPDATE recipients SET next_attempt = ?3, last_error = ?4
+                     WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
+                )?;
                 for (address, update) in updates {
                     let (state, next, error) = match update {
+                        RecipientUpdate::Wait { next_attempt, note } => {
+                            touched += wait.execute(rusqlite::params![
+                                message_id,
+                                address,
+                                next_attempt,
+                                note
+                            ])?;
+                            continue;
+                        }
                         RecipientUpdate::Delivered => ("delivered", now, None),
                         RecipientUpdate::Retry {
                             next_attempt,

@@ -339,6 +339,15 @@ impl QuotaTable {
             .collect()
     }
 
+    /// Forgets every count of a key (a suspended login was let back in:
+    /// it starts from zero); returns how many.
+    pub fn forget_key(&mut self, key: &QuotaKey) -> usize {
+        let before = self.counts.len();
+        self.counts.retain(|(_, k), _| k != key);
+        self.dirty.retain(|(_, k)| k != key);
+        before - self.counts.len()
+    }
+
     /// Every count is saved at the next [`take_dirty`](Self::take_dirty).
     pub fn mark_all_dirty(&mut self) {
         self.dirty.extend(self.counts.keys().cloned());

@@ -2,12 +2,14 @@
 //! validates its input fully before writing; bad input exits 2 and changes
 //! nothing.
 
+mod ban;
 mod bind;
 mod check;
 mod domain;
 mod list;
 mod policy;
 mod queue;
+mod quota;
 mod route;
 mod rule;
 mod serve;
@@ -69,6 +71,12 @@ pub enum Command {
     /// Show and steer the mail queue.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Show and edit sending quotas (per login, client address or sender domain).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Show, add and lift bans (addresses refused at connect).
+    #[command(subcommand)]
+    Ban(ban::BanCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
     /// A message's whole story from the event log (connection, decisions,
@@ -119,6 +127,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bind(c) => bind::run(&mut store, c),
         Command::Route(c) => route::run(&mut store, c),
         Command::Queue(c) => queue::run(&mut store, c),
+        Command::Quota(c) => quota::run(&mut store, c),
+        Command::Ban(c) => ban::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
         Command::Trace(args) => trace::run(&cli.db, args),
     }
@@ -136,6 +146,8 @@ fn reads_only(command: &Command) -> bool {
             | Command::Rule(rule::RuleCommand::Show)
             | Command::Bind(bind::BindCommand::Show)
             | Command::Route(route::RouteCommand::Show)
+            | Command::Quota(quota::QuotaCommand::Show)
+            | Command::Ban(ban::BanCommand::Show { .. })
             | Command::Check(_)
     )
 }

@@ -26,6 +26,15 @@ pub enum UserCommand {
         #[arg(long, required = true)]
         password_stdin: bool,
     },
+    /// Suspend a login: it cannot authenticate (525 5.7.13) until unsuspended.
+    Suspend {
+        name: String,
+        /// Why, shown in `user show`.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Lift a login's suspension (by a quota or by hand).
+    Unsuspend { name: String },
     /// Replace the sender addresses a login may use (user@domain or @domain);
     /// none clears them.
     Addresses {
@@ -81,7 +90,10 @@ pub fn run_user(store: &mut Store, cmd: UserCommand) -> anyhow::Result<ExitCode>
                 } else {
                     u.addresses.join(", ")
                 };
-                println!("{}  {addrs}", u.name);
+                match &u.suspended {
+                    Some(why) => println!("{}  {addrs}  SUSPENDED: {why}", u.name),
+                    None => println!("{}  {addrs}", u.name),
+                }
             }
         }
         UserCommand::Add { name, .. } => {
@@ -100,6 +112,27 @@ pub fn run_user(store: &mut Store, cmd: UserCommand) -> anyhow::Result<ExitCode>
             }
             store.set_password(&name, &hashed_password_stdin()?)?;
             println!("password of {name} changed");
+        }
+        UserCommand::Suspend { name, note } => {
+            let why = match note {
+                Some(n) => format!("by the administrator: {n}"),
+                None => "by the administrator".to_string(),
+            };
+            store.set_suspended(&name, Some(&why))?;
+            println!("suspended {name}: it cannot authenticate until: relaygate user unsuspend {name}");
+        }
+        UserCommand::Unsuspend { name } => {
+            let was = store.users()?.into_iter().find(|u| u.name == name);
+            match was {
+                None => anyhow::bail!("no user {name}"),
+                Some(u) if u.suspended.is_none() => {
+                    println!("{name} was not suspended");
+                }
+                Some(_) => {
+                    store.set_suspended(&name, None)?;
+                    println!("lifted the suspension of {name}");
+                }
+            }
         }
         UserCommand::Addresses { name, addresses } => {
             let set = store.set_sender_addresses(&name, &addresses)?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// Bumped whenever a message changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).
@@ -360,6 +360,17 @@ mod tests {
                 session: None,
                 message: "x".into(),
             },
+            Event::ClientBanned {
+                peer: "203.0.113.7".parse().unwrap(),
+                net: "203.0.113.7/32".into(),
+                until_ms: 1_795_000_000_000,
+                strikes: 2,
+                reason: "5 failed logins in 10m".into(),
+            },
+            Event::LoginSuspended {
+                login: "alice".into(),
+                why: "quota #2 reached".into(),
+            },
         ];
         for e in &all {
             match e {
@@ -382,7 +393,9 @@ mod tests {
                 | Event::MessageAccepted { .. }
                 | Event::Delivery { .. }
                 | Event::Bounced { .. }
-                | Event::Error { .. } => {}
+                | Event::Error { .. }
+                | Event::ClientBanned { .. }
+                | Event::LoginSuspended { .. } => {}
             }
         }
         all

@@ -44,6 +44,12 @@ pub enum Outcome {
         reply: String,
         status: String,
     },
+    /// Not tried: the route's send rate is used up until `until` (Unix
+    /// seconds). Not an attempt, not an error: the message waits.
+    Waiting {
+        until: i64,
+        reply: String,
+    },
 }
 
 impl Outcome {

@@ -47,6 +47,48 @@ struct Delivery {
     resolver: Mutex<Option<(Vec<SocketAddr>, Arc<MxResolver>)>>,
     /// A message finished: the loop may take more from the spool.
     slot_freed: tokio::sync::Notify,
+    /// Routes with a send rate: when each may send next.
+    rates: Mutex<RateSchedules>,
+}
+
+/// Per rate-limited route, the send times handed out, and the slot each
+/// waiting message was given (so it is not given another when it comes
+/// due).
+#[derive(Default)]
+struct RateSchedules {
+    routes: HashMap<String, crate::abuse::rate::SendSchedule>,
+    /// (route, message id) -> slot, ms since the epoch.
+    reserved: HashMap<(String, String), u64>,
+}
+
+impl RateSchedules {
+    /// `None`: send now; `Some(ms)`: wait until then.
+    fn take(&mut self, route: &super::Route, rate: crate::abuse::rate::Rate, message: &str, now: u64) -> Option<u64> {
+        let key = (route.domain.clone(), message.to_string());
+        if let Some(slot) = self.reserved.get(&key).copied() {
+            // Due (the scan runs once a second, the spool keeps seconds).
+            if slot <= now + 1000 {
+                self.reserved.remove(&key);
+                return None;
+            }
+            return Some(slot);
+        }
+        let slot = self
+            .routes
+            .entry(route.domain.clone())
+            .or_default()
+            .next_slot(rate, now);
+        if slot <= now {
+            return None;
+        }
+        // Slots of messages gone meanwhile (deleted, delivered elsewhere)
+        // are forgotten a period after they passed.
+        let stale = now.saturating_sub(rate.period_ms());
+        self.reserved.retain(|_, at| *at > stale);
+        self.reserved.insert(key, slot);
+        Some(slot)
+    }
+
 }
 
 /// New work handed over by the SMTP engine: a message just spooled and
@@ -108,6 +150,7 @@ pub async fn run(
         in_flight: Arc::clone(&shared.in_flight),
         resolver: Mutex::new(None),
         slot_freed: tokio::sync::Notify::new(),
+        rates: Mutex::new(RateSchedules::default()),
     });
     // More is waiting in the spool than is in flight.
     let mut backlog = true;
@@ -531,6 +574,31 @@ async fn deliver_group(
         Ok(t) => t,
         Err(o) => return everyone(o, None),
     };
+    // A route with a send rate: past it, the message waits in the queue
+    // for its slot (no attempt, no error, no bounce).
+    if let HopPlan::Route(route) = &plan
+        && let Some(rate) = route.rate
+    {
+        let now = crate::abuse::now_ms();
+        let wait = d
+            .rates
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take(route, rate, &message.id, now));
+        if let Some(until) = wait {
+            return everyone(
+                Outcome::Waiting {
+                    until: until.div_ceil(1000) as i64,
+                    reply: format!(
+                        "waiting for the rate limit of route {} ({rate}): its turn comes at {}",
+                        route.domain,
+                        crate::events::utc_text(until)
+                    ),
+                },
+                None,
+            );
+        }
+    }
     let hop_sem = {
         let mut map = match d.per_hop.lock() {
             Ok(m) => m,
@@ -543,7 +611,11 @@ async fn deliver_group(
                 );
             }
         };
-        let wanted = settings.destination_concurrency;
+        let wanted = match &plan {
+            HopPlan::Route(r) => r.concurrency,
+            _ => None,
+        }
+        .unwrap_or(settings.destination_concurrency);
         let entry = map
             .entry(plan.key())
             .or_insert_with(|| (wanted, Arc::new(Semaphore::new(wanted))));
@@ -678,6 +750,14 @@ async fn record(
                     text,
                 )
             }
+            Outcome::Waiting { until, reply } => (
+                RecipientUpdate::Wait {
+                    next_attempt: *until,
+                    note: reply.clone(),
+                },
+                DeliveryOutcome::Deferred,
+                reply.clone(),
+            ),
             Outcome::Temporary { reply } => {
                 let previous = attempts.get(rcpt).copied().unwrap_or(0).clamp(0, 30);
                 let wait = settings

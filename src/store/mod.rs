@@ -1012,15 +1012,24 @@ impl Store {
         )
     }
 
-    /// Suspends (with why) or lifts (None) a login's suspension.
+    /// Suspends (with why) or lifts (None) a login's suspension. Lifting
+    /// also clears the login's saved quota counts: it starts from zero.
     pub fn set_suspended(&mut self, name: &str, why: Option<&str>) -> Result<()> {
-        let n = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
             "UPDATE users SET suspended = ?2 WHERE name = ?1",
             params![name, why],
         )?;
         if n == 0 {
             return Err(StoreError::Invalid(format!("no user {name}")));
         }
+        if why.is_none() {
+            tx.execute(
+                "DELETE FROM quota_counts WHERE key = ?1",
+                [format!("login:{}", name.to_ascii_lowercase())],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

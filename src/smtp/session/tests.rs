@@ -96,6 +96,10 @@ impl Client {
                     wire.push_str(&self.run(more));
                 }
                 Action::RecipientDecided(d) => self.decisions.push(d),
+                Action::ReserveQuota(d) => {
+                    let more = self.session.recipient_checked(d);
+                    wire.push_str(&self.run(more));
+                }
                 Action::Message(m) => {
                     self.message = Some(*m);
                     let r = self.session.message_stored(Ok("Q1".into()));
