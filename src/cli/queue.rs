@@ -168,9 +168,16 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("  next attempt in {}", age(r.next_attempt - now))
                     };
+                    // A route's send rate is a wait, not an error.
                     let error = r
                         .last_error
-                        .map(|e| format!("\n      last error: {e}"))
+                        .map(|e| {
+                            if e.starts_with("waiting for the rate limit") {
+                                format!("\n      {e}")
+                            } else {
+                                format!("\n      last error: {e}")
+                            }
+                        })
                         .unwrap_or_default();
                     println!(
                         "    <{}>  {}  {} attempts{when}{error}",

@@ -84,6 +84,7 @@ pub fn cli_stdin(db: &Path, args: &[&str], stdin: &str) -> String {
 }
 
 /// What a CLI run printed and how it exited.
+#[derive(Debug)]
 pub struct CliOutput {
     pub code: i32,
     pub stdout: String,

@@ -91,6 +91,8 @@ pub struct SinkMessage {
     pub helo: String,
     /// MAIL carried SMTPUTF8.
     pub smtputf8: bool,
+    /// When the message was accepted.
+    pub at: std::time::Instant,
 }
 
 impl SinkMessage {
@@ -661,6 +663,7 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                         connection: id,
                         helo: s.helo.clone().unwrap_or_default(),
                         smtputf8: s.mail_smtputf8,
+                        at: std::time::Instant::now(),
                     });
                     st.messages.len()
                 };
