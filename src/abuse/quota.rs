@@ -8,7 +8,7 @@
 //! never together pass the limit.
 
 use super::rate::{Rate, SlidingCount, period_text};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -144,16 +144,6 @@ pub enum QuotaKey {
 }
 
 impl QuotaKey {
-    fn of(scope: QuotaScope, s: &Sender<'_>) -> Option<QuotaKey> {
-        match scope {
-            QuotaScope::Login => s.login.map(|l| QuotaKey::Login(l.to_ascii_lowercase().into())),
-            QuotaScope::SenderDomain => s
-                .domain
-                .map(|d| QuotaKey::Domain(d.to_ascii_lowercase().into())),
-            QuotaScope::Ip { v4, v6 } => Some(QuotaKey::Net(masked(s.ip, v4, v6))),
-        }
-    }
-
     /// `login:alice`, `ip:192.0.2.0`, `domain:example.com`: how a key is
     /// stored and shown.
     pub fn text(&self) -> String {
@@ -214,7 +204,8 @@ pub struct QuotaRefusal {
 /// message (see [`QuotaTable::release`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaHolds {
-    held: Vec<(i64, QuotaKey, u64)>,
+    /// (count slot, window the count went into).
+    held: Vec<(u64, u64)>,
     /// Message quotas this transaction already counted its message in.
     messages_counted: bool,
 }
@@ -225,16 +216,122 @@ impl QuotaHolds {
     }
 }
 
+/// One key's count under one quota.
+#[derive(Debug, Clone)]
+struct Counted {
+    quota: i64,
+    key: QuotaKey,
+    count: SlidingCount,
+}
+
+/// Hashes that are already keyed hashes: the map need not hash again.
+#[derive(Debug, Default, Clone, Copy)]
+struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Slots<V> = HashMap<u64, V, std::hash::BuildHasherDefault<SlotHasher>>;
+
 /// The quotas in force and their counts.
+///
+/// A count is found by a keyed 64-bit hash of (quota, key) computed from
+/// the sender's fields as they are (lower-cased on the fly), so a check
+/// allocates nothing; the key is stored once, with the count. The hash
+/// key is random per process: a client cannot pick a sender domain that
+/// shares another's count.
 #[derive(Debug, Default)]
 pub struct QuotaTable {
     quotas: Vec<Quota>,
-    counts: HashMap<(i64, QuotaKey), SlidingCount>,
+    counts: Slots<Counted>,
     /// Counts changed since they were last saved.
-    dirty: HashSet<(i64, QuotaKey)>,
+    dirty: std::collections::HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>>,
+    keyed: std::collections::hash_map::RandomState,
+}
+
+/// The key's fields, borrowed from the sender.
+#[derive(Clone, Copy)]
+enum KeyOf<'a> {
+    Login(&'a str),
+    Net(IpAddr),
+    Domain(&'a str),
+}
+
+impl<'a> KeyOf<'a> {
+    fn of(scope: QuotaScope, s: &Sender<'a>) -> Option<KeyOf<'a>> {
+        match scope {
+            QuotaScope::Login => s.login.map(KeyOf::Login),
+            QuotaScope::SenderDomain => s.domain.map(KeyOf::Domain),
+            QuotaScope::Ip { v4, v6 } => Some(KeyOf::Net(masked(s.ip, v4, v6))),
+        }
+    }
+
+    fn owned(self) -> QuotaKey {
+        match self {
+            KeyOf::Login(l) => QuotaKey::Login(l.to_ascii_lowercase().into()),
+            KeyOf::Net(ip) => QuotaKey::Net(ip),
+            KeyOf::Domain(d) => QuotaKey::Domain(d.to_ascii_lowercase().into()),
+        }
+    }
+}
+
+impl QuotaKey {
+    fn borrowed(&self) -> KeyOf<'_> {
+        match self {
+            QuotaKey::Login(l) => KeyOf::Login(l),
+            QuotaKey::Net(ip) => KeyOf::Net(*ip),
+            QuotaKey::Domain(d) => KeyOf::Domain(d),
+        }
+    }
 }
 
 impl QuotaTable {
+    fn slot(&self, quota: i64, key: KeyOf<'_>) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.keyed.build_hasher();
+        h.write_i64(quota);
+        let lower = |h: &mut dyn Hasher, text: &str| {
+            let mut buf = [0u8; 64];
+            for chunk in text.as_bytes().chunks(64) {
+                let out = &mut buf[..chunk.len()];
+                out.copy_from_slice(chunk);
+                out.make_ascii_lowercase();
+                h.write(out);
+            }
+            h.write_u8(0xff);
+        };
+        match key {
+            KeyOf::Login(l) => {
+                h.write_u8(1);
+                lower(&mut h, l);
+            }
+            KeyOf::Domain(d) => {
+                h.write_u8(2);
+                lower(&mut h, d);
+            }
+            KeyOf::Net(IpAddr::V4(a)) => {
+                h.write_u8(3);
+                h.write(&a.octets());
+            }
+            KeyOf::Net(IpAddr::V6(a)) => {
+                h.write_u8(4);
+                h.write(&a.octets());
+            }
+        }
+        h.finish()
+    }
+
     /// Sets the quotas in force; counts of quotas that are gone, or whose
     /// period changed, are dropped.
     pub fn set_quotas(&mut self, quotas: Vec<Quota>) {
@@ -250,8 +347,9 @@ impl QuotaTable {
             })
             .map(|q| (q.id, q.rate.period_secs))
             .collect();
-        self.counts.retain(|(id, _), _| kept.contains_key(id));
-        self.dirty.retain(|(id, _)| kept.contains_key(id));
+        self.counts.retain(|_, c| kept.contains_key(&c.quota));
+        let counts = &self.counts;
+        self.dirty.retain(|slot| counts.contains_key(slot));
         self.quotas = quotas;
     }
 
@@ -278,18 +376,27 @@ impl QuotaTable {
         holds: &mut QuotaHolds,
         now: u64,
     ) -> Result<(), QuotaRefusal> {
-        let mut wanted: Vec<(usize, QuotaKey)> = Vec::new();
-        for (i, q) in self.quotas.iter().enumerate() {
+        // A handful of quotas: no allocation for the list either.
+        let mut wanted = [0u64; 8];
+        let mut n = 0;
+        let mut more: Vec<u64> = Vec::new();
+        for q in &self.quotas {
             if q.unit == QuotaUnit::Messages && holds.messages_counted {
                 continue;
             }
-            let Some(key) = QuotaKey::of(q.scope, sender) else {
+            let Some(key) = KeyOf::of(q.scope, sender) else {
                 continue;
             };
+            let slot = self.slot(q.id, key);
             let period = q.rate.period_ms();
-            let count = self.counts.entry((q.id, key.clone())).or_default();
-            count.roll(now, period);
-            if count.estimate(now, period) + 1.0 > q.rate.count as f64 + 1e-9 {
+            let counted = self.counts.entry(slot).or_insert_with(|| Counted {
+                quota: q.id,
+                key: key.owned(),
+                count: SlidingCount::default(),
+            });
+            counted.count.roll(now, period);
+            if counted.count.estimate(now, period) + 1.0 > q.rate.count as f64 + 1e-9 {
+                let key = counted.key.clone();
                 let suspend = match (&key, q.suspend) {
                     (QuotaKey::Login(l), true) => Some(l.to_string()),
                     _ => None,
@@ -301,15 +408,19 @@ impl QuotaTable {
                     newly_suspended: false,
                 });
             }
-            wanted.push((i, key));
-        }
-        for (i, key) in wanted {
-            let id = self.quotas[i].id;
-            if let Some(c) = self.counts.get_mut(&(id, key.clone())) {
-                c.current = c.current.saturating_add(1);
-                holds.held.push((id, key.clone(), c.window_start));
+            if n < wanted.len() {
+                wanted[n] = slot;
+                n += 1;
+            } else {
+                more.push(slot);
             }
-            self.dirty.insert((id, key));
+        }
+        for slot in wanted[..n].iter().chain(more.iter()) {
+            if let Some(c) = self.counts.get_mut(slot) {
+                c.count.current = c.count.current.saturating_add(1);
+                holds.held.push((*slot, c.count.window_start));
+                self.dirty.insert(*slot);
+            }
         }
         holds.messages_counted = true;
         Ok(())
@@ -318,10 +429,10 @@ impl QuotaTable {
     /// Gives back everything a transaction held (it ended without a
     /// message).
     pub fn release(&mut self, holds: QuotaHolds) {
-        for (id, key, window_start) in holds.held {
-            if let Some(c) = self.counts.get_mut(&(id, key.clone())) {
-                c.release(window_start, 1);
-                self.dirty.insert((id, key));
+        for (slot, window_start) in holds.held {
+            if let Some(c) = self.counts.get_mut(&slot) {
+                c.count.release(window_start, 1);
+                self.dirty.insert(slot);
             }
         }
     }
@@ -332,9 +443,9 @@ impl QuotaTable {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()
-            .filter_map(|(id, key)| {
-                let c = self.counts.get(&(id, key.clone()))?;
-                Some((id, key.text(), *c))
+            .filter_map(|slot| {
+                let c = self.counts.get(&slot)?;
+                Some((c.quota, c.key.text(), c.count))
             })
             .collect()
     }
@@ -343,14 +454,15 @@ impl QuotaTable {
     /// it starts from zero); returns how many.
     pub fn forget_key(&mut self, key: &QuotaKey) -> usize {
         let before = self.counts.len();
-        self.counts.retain(|(_, k), _| k != key);
-        self.dirty.retain(|(_, k)| k != key);
+        self.counts.retain(|_, c| &c.key != key);
+        let counts = &self.counts;
+        self.dirty.retain(|slot| counts.contains_key(slot));
         before - self.counts.len()
     }
 
     /// Every count is saved at the next [`take_dirty`](Self::take_dirty).
     pub fn mark_all_dirty(&mut self) {
-        self.dirty.extend(self.counts.keys().cloned());
+        self.dirty.extend(self.counts.keys().copied());
     }
 
     /// Counts read back at start (a restart keeps them, approximately).
@@ -360,7 +472,15 @@ impl QuotaTable {
                 continue;
             }
             if let Some(key) = QuotaKey::parse(&key) {
-                self.counts.insert((id, key), count);
+                let slot = self.slot(id, key.borrowed());
+                self.counts.insert(
+                    slot,
+                    Counted {
+                        quota: id,
+                        key,
+                        count,
+                    },
+                );
             }
         }
     }
@@ -373,11 +493,13 @@ impl QuotaTable {
             .map(|q| (q.id, q.rate.period_ms()))
             .collect();
         let before = self.counts.len();
-        self.counts.retain(|(id, _), c| {
+        self.counts.retain(|_, c| {
             periods
-                .get(id)
-                .is_some_and(|p| !c.is_spent(now, *p))
+                .get(&c.quota)
+                .is_some_and(|p| !c.count.is_spent(now, *p))
         });
+        let counts = &self.counts;
+        self.dirty.retain(|slot| counts.contains_key(slot));
         before - self.counts.len()
     }
 
@@ -386,15 +508,15 @@ impl QuotaTable {
     pub fn usage(&self, now: u64) -> Vec<QuotaUse> {
         let mut out: Vec<QuotaUse> = self
             .counts
-            .iter()
-            .filter_map(|((id, key), c)| {
-                let q = self.quotas.iter().find(|q| q.id == *id)?;
-                let mut c = *c;
-                c.roll(now, q.rate.period_ms());
-                let used = c.estimate(now, q.rate.period_ms());
+            .values()
+            .filter_map(|c| {
+                let q = self.quotas.iter().find(|q| q.id == c.quota)?;
+                let mut count = c.count;
+                count.roll(now, q.rate.period_ms());
+                let used = count.estimate(now, q.rate.period_ms());
                 (used >= 0.5).then(|| QuotaUse {
-                    quota: *id,
-                    key: key.text(),
+                    quota: c.quota,
+                    key: c.key.text(),
                     used: used.round() as u64,
                     limit: q.rate.count,
                 })
