@@ -29,7 +29,11 @@ fn bench(c: &mut Criterion) {
         rate: Rate::parse("1000000/hour").unwrap(),
         suspend: false,
     };
-    guard.set_quotas(vec![quota(1, "login"), quota(2, "ip"), quota(3, "sender-domain")]);
+    guard.set_quotas(vec![
+        quota(1, "login"),
+        quota(2, "ip"),
+        quota(3, "sender-domain"),
+    ]);
     let logins: Vec<String> = (0..KEYS).map(|n| format!("user{n}")).collect();
     let domains: Vec<String> = (0..KEYS).map(|n| format!("d{n}.example")).collect();
     for n in 0..KEYS {

@@ -491,7 +491,12 @@ struct LoadedConfig {
 impl LoadedConfig {
     /// Hands the quotas and bans to the live tables; forgets suspensions
     /// made here that the snapshot now holds.
-    fn apply(self, shared: &Shared, previous: Option<&Snapshot>, snapshot: &Snapshot) -> Vec<Binding> {
+    fn apply(
+        self,
+        shared: &Shared,
+        previous: Option<&Snapshot>,
+        snapshot: &Snapshot,
+    ) -> Vec<Binding> {
         shared.abuse.set_quotas(self.quotas);
         shared.abuse.replace_bans(self.bans);
         shared.abuse.suspensions_reloaded();
@@ -957,7 +962,7 @@ async fn watch_config(
         ticks += 1;
         // Quota counts are saved every 10 s; bans and suspensions made
         // here at the next tick.
-        let counts_due = ticks % 40 == 0;
+        let counts_due = ticks.is_multiple_of(40);
         let shared2 = Arc::clone(&shared);
         let loaded = tokio::task::spawn_blocking(move || {
             let mut store = store2.lock().map_err(|_| ConfigError::Store {

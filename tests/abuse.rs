@@ -73,24 +73,41 @@ fn a_login_quota_defers_that_login_only() {
     let db = test_db(dir.path(), &[]);
     users(&db);
     let added = cli(&db, &["quota", "add", "login", "2/hour"]);
-    assert!(added.contains("#1: at most 2 messages per hour per login"), "{added}");
+    assert!(
+        added.contains("#1: at most 2 messages per hour per login"),
+        "{added}"
+    );
     let mut server = Server::start(&db);
     let addr = server.addr();
     let lan = ip("127.0.0.1");
     let alice = Some(("alice", "alice-pw"));
     for _ in 0..2 {
-        let r = message(addr, lan, alice, "alice@example.com", &["x@far.test", "y@far.test"]);
+        let r = message(
+            addr,
+            lan,
+            alice,
+            "alice@example.com",
+            &["x@far.test", "y@far.test"],
+        );
         assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     }
     // The third message: deferred at RCPT, with the quota named.
     let r = message(addr, lan, alice, "alice@example.com", &["x@far.test"]);
     assert_eq!(r.len(), 1, "no DATA after a refused RCPT: {r:?}");
     assert!(
-        r[0].starts_with("452 4.7.1 Sending quota reached for login alice: at most 2 messages per hour"),
+        r[0].starts_with(
+            "452 4.7.1 Sending quota reached for login alice: at most 2 messages per hour"
+        ),
         "{r:?}"
     );
     // Bob, and clients that did not log in, are not counted under alice.
-    let r = message(addr, lan, Some(("bob", "bob-pw")), "bob@example.com", &["x@far.test"]);
+    let r = message(
+        addr,
+        lan,
+        Some(("bob", "bob-pw")),
+        "bob@example.com",
+        &["x@far.test"],
+    );
     assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     for _ in 0..3 {
         let r = message(addr, lan, None, "printer@example.com", &["x@far.test"]);
@@ -127,7 +144,9 @@ fn a_lettre_client_sees_a_quota_as_a_temporary_failure() {
             .body("hello\n".to_string())
             .unwrap()
     };
-    runtime.block_on(mailer.send(email())).expect("the first fits");
+    runtime
+        .block_on(mailer.send(email()))
+        .expect("the first fits");
     let err = runtime
         .block_on(mailer.send(email()))
         .expect_err("the second is over the quota");
@@ -142,15 +161,39 @@ fn an_address_quota_counts_recipients_per_slash_24() {
     cli(&db, &["quota", "add", "ip/24", "3/hour", "--recipients"]);
     let mut server = Server::start(&db);
     let addr = server.addr();
-    let r = message(addr, ip("127.0.0.5"), None, "a@example.com", &["1@far.test", "2@far.test"]);
+    let r = message(
+        addr,
+        ip("127.0.0.5"),
+        None,
+        "a@example.com",
+        &["1@far.test", "2@far.test"],
+    );
     assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     // A neighbour in the same /24: one more recipient fits, the next not.
-    let r = message(addr, ip("127.0.0.9"), None, "b@example.com", &["3@far.test", "4@far.test"]);
+    let r = message(
+        addr,
+        ip("127.0.0.9"),
+        None,
+        "b@example.com",
+        &["3@far.test", "4@far.test"],
+    );
     assert!(r[0].starts_with("250"), "{r:?}");
-    assert!(r[1].starts_with("452 4.7.1 Sending quota reached for address 127.0.0.0"), "{r:?}");
-    assert!(r[2].starts_with("250"), "the message with its one recipient: {r:?}");
+    assert!(
+        r[1].starts_with("452 4.7.1 Sending quota reached for address 127.0.0.0"),
+        "{r:?}"
+    );
+    assert!(
+        r[2].starts_with("250"),
+        "the message with its one recipient: {r:?}"
+    );
     // Another /24 has its own count.
-    let r = message(addr, ip("127.0.1.5"), None, "c@example.com", &["1@far.test", "2@far.test", "3@far.test"]);
+    let r = message(
+        addr,
+        ip("127.0.1.5"),
+        None,
+        "c@example.com",
+        &["1@far.test", "2@far.test", "3@far.test"],
+    );
     assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
 }
 
@@ -199,9 +242,15 @@ fn a_suspending_quota_suspends_the_login_until_the_admin_lifts_it() {
     let mut c = Client::connect_from(addr, lan);
     c.reply();
     c.expect("EHLO client.test", "250");
-    c.expect(&format!("AUTH PLAIN {}", plain("alice", "alice-pw")), "525 5.7.13");
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", "alice-pw")),
+        "525 5.7.13",
+    );
     // A wrong one is still just wrong.
-    c.expect(&format!("AUTH PLAIN {}", plain("alice", "nope")), "535 5.7.8");
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", "nope")),
+        "535 5.7.8",
+    );
     drop(c);
     // The engine saves the suspension: `user show` says so.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -215,13 +264,18 @@ fn a_suspending_quota_suspends_the_login_until_the_admin_lifts_it() {
     }
     // Lifted: alice logs in and sends again (her count starts from zero).
     let lifted = cli(&db, &["user", "unsuspend", "alice"]);
-    assert!(lifted.contains("lifted the suspension of alice"), "{lifted}");
+    assert!(
+        lifted.contains("lifted the suspension of alice"),
+        "{lifted}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut c = Client::connect_from(addr, lan);
         c.reply();
         c.expect("EHLO client.test", "250");
-        if c.cmd(&format!("AUTH PLAIN {}", plain("alice", "alice-pw"))).starts_with("235") {
+        if c.cmd(&format!("AUTH PLAIN {}", plain("alice", "alice-pw")))
+            .starts_with("235")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "still suspended");
@@ -281,7 +335,10 @@ fn greeting_from(addr: SocketAddr, from: IpAddr) -> String {
 #[test]
 fn failed_logins_ban_an_address_until_lifted_and_the_ban_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let db = ban_db(dir.path(), &[("ban-auth-failures", "3"), ("ban-time", "3600")]);
+    let db = ban_db(
+        dir.path(),
+        &[("ban-auth-failures", "3"), ("ban-time", "3600")],
+    );
     users(&db);
     let mut server = Server::start(&db);
     let addr = server.addr();
@@ -294,12 +351,21 @@ fn failed_logins_ban_an_address_until_lifted_and_the_ban_survives_a_restart() {
     }
     // Banned now: this session ends at its next command...
     let bye = c.cmd("NOOP");
-    assert!(bye.starts_with("421 4.7.1 Your address is banned until"), "{bye}");
+    assert!(
+        bye.starts_with("421 4.7.1 Your address is banned until"),
+        "{bye}"
+    );
     let line = server.wait_for("ban client=127.0.0.66", Duration::from_secs(5));
-    assert!(line.contains("net=127.0.0.66/32") && line.contains("strikes=1: 3 failed logins in 10m"), "{line}");
+    assert!(
+        line.contains("net=127.0.0.66/32") && line.contains("strikes=1: 3 failed logins in 10m"),
+        "{line}"
+    );
     // ...and new ones are refused at connect, before any greeting.
     let refused = greeting_from(addr, attacker);
-    assert!(refused.starts_with("554 5.7.1 Your address is banned until"), "{refused}");
+    assert!(
+        refused.starts_with("554 5.7.1 Your address is banned until"),
+        "{refused}"
+    );
     // Other addresses are not.
     assert!(greeting_from(addr, ip("127.0.0.67")).starts_with("220"));
     // Saved by the engine, listed by the CLI.
@@ -344,12 +410,29 @@ fn refused_relay_recipients_ban_and_a_prefix_ban_by_hand_covers_its_range() {
     // Inbound mail to a local domain from a stranger is not an offence.
     let stranger = ip("127.0.0.78");
     for _ in 0..6 {
-        let r = message(addr, stranger, None, "someone@far.test", &["bob@example.com"]);
+        let r = message(
+            addr,
+            stranger,
+            None,
+            "someone@far.test",
+            &["bob@example.com"],
+        );
         assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     }
     assert!(greeting_from(addr, stranger).starts_with("220"));
     // By hand: a whole /24 for two hours.
-    let out = cli(&db, &["ban", "add", "127.0.5.0/24", "--for", "2h", "--note", "botnet"]);
+    let out = cli(
+        &db,
+        &[
+            "ban",
+            "add",
+            "127.0.5.0/24",
+            "--for",
+            "2h",
+            "--note",
+            "botnet",
+        ],
+    );
     assert!(out.contains("banned 127.0.5.0/24 until"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !greeting_from(addr, ip("127.0.5.200")).starts_with("554") {
@@ -357,7 +440,10 @@ fn refused_relay_recipients_ban_and_a_prefix_ban_by_hand_covers_its_range() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let refused = greeting_from(addr, ip("127.0.5.1"));
-    assert!(refused.contains("banned by the administrator: botnet"), "{refused}");
+    assert!(
+        refused.contains("banned by the administrator: botnet"),
+        "{refused}"
+    );
     assert!(greeting_from(addr, ip("127.0.6.1")).starts_with("220"));
 }
 
@@ -365,7 +451,10 @@ fn refused_relay_recipients_ban_and_a_prefix_ban_by_hand_covers_its_range() {
 fn an_allow_listed_client_is_never_banned_unless_the_switch_says_so() {
     let dir = tempfile::tempdir().unwrap();
     // The default allow list has 127.0.0.0/8.
-    let db = test_db(dir.path(), &[("ban-auth-failures", "2"), ("auth-max-failures", "100")]);
+    let db = test_db(
+        dir.path(),
+        &[("ban-auth-failures", "2"), ("auth-max-failures", "100")],
+    );
     users(&db);
     let mut server = Server::start(&db);
     let addr = server.addr();
@@ -398,25 +487,46 @@ fn a_rate_limited_route_sends_at_most_n_per_period_and_the_rest_waits() {
     let sink = Sink::start(SinkOptions::default());
     let out = cli(
         &db,
-        &["route", "add", "*", &sink.addr().to_string(), "--tls", "none", "--rate", "3/4s"],
+        &[
+            "route",
+            "add",
+            "*",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+            "--rate",
+            "3/4s",
+        ],
     );
     assert!(out.contains("at most 3 messages per 4s"), "{out}");
     let mut server = Server::start(&db);
     let addr = server.addr();
     let start = Instant::now();
     for i in 0..7 {
-        let r = message(addr, ip("127.0.0.1"), None, "a@example.com", &[&format!("r{i}@far.test")]);
+        let r = message(
+            addr,
+            ip("127.0.0.1"),
+            None,
+            "a@example.com",
+            &[&format!("r{i}@far.test")],
+        );
         assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     }
     // The first three go at once; the rest wait in the queue, told why.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sink.messages().len(), 3);
     let queue = cli(&db, &["queue", "show"]);
-    assert!(queue.contains("waiting for the rate limit of route *"), "{queue}");
+    assert!(
+        queue.contains("waiting for the rate limit of route *"),
+        "{queue}"
+    );
     // All arrive, never more than three in any four seconds, no bounce.
     let got = sink.wait_for(7, Duration::from_secs(20));
     assert_eq!(got.len(), 7);
-    assert!(got.iter().all(|m| !m.mail_from.is_empty()), "no bounce was sent");
+    assert!(
+        got.iter().all(|m| !m.mail_from.is_empty()),
+        "no bounce was sent"
+    );
     let mut at: Vec<Duration> = got.iter().map(|m| m.at.duration_since(start)).collect();
     at.sort();
     for w in at.windows(4) {
@@ -428,7 +538,11 @@ fn a_rate_limited_route_sends_at_most_n_per_period_and_the_rest_waits() {
     server.wait_for("waiting for the rate limit", Duration::from_secs(1));
     // Waiting is not a failed attempt: nothing was retried with back-off
     // (retry-first is 10 minutes, and everything arrived in seconds).
-    let bad = run_cli(&db, &["route", "add", "*", "127.0.0.1:25", "--rate", "3/fortnight"], "");
+    let bad = run_cli(
+        &db,
+        &["route", "add", "*", "127.0.0.1:25", "--rate", "3/fortnight"],
+        "",
+    );
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("is not a rate"), "{bad:?}");
 }
@@ -439,9 +553,15 @@ fn quota_cli_validates_and_lists() {
     let db = test_db(dir.path(), &[]);
     for (args, wanted) in [
         (vec!["quota", "add", "helo", "1/hour"], "is not a quota key"),
-        (vec!["quota", "add", "login", "1/fortnight"], "is not a rate"),
+        (
+            vec!["quota", "add", "login", "1/fortnight"],
+            "is not a rate",
+        ),
         (vec!["quota", "add", "ip", "0/hour"], "at least 1"),
-        (vec!["quota", "add", "ip", "5/hour", "--suspend"], "needs a login quota"),
+        (
+            vec!["quota", "add", "ip", "5/hour", "--suspend"],
+            "needs a login quota",
+        ),
         (vec!["quota", "remove", "9"], "no quota #9"),
     ] {
         let out = run_cli(&db, &args, "");
@@ -452,9 +572,14 @@ fn quota_cli_validates_and_lists() {
     cli(&db, &["quota", "add", "login", "200/hour"]);
     cli(&db, &["quota", "add", "login", "1000/day", "--suspend"]);
     let shown = cli(&db, &["quota", "show"]);
-    assert!(shown.contains("#1: at most 200 messages per hour per login"), "{shown}");
     assert!(
-        shown.contains("#2: at most 1000 messages per day per login; reaching it suspends the login"),
+        shown.contains("#1: at most 200 messages per hour per login"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "#2: at most 1000 messages per day per login; reaching it suspends the login"
+        ),
         "{shown}"
     );
     assert!(cli(&db, &["quota", "remove", "1"]).contains("removed quota #1"));

@@ -18,15 +18,28 @@ fn plain(user: &str, password: &str) -> String {
 
 #[test]
 fn fail2ban_regex_matches_the_shipped_filter() {
-    if Command::new("fail2ban-regex").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: fail2ban-regex is not installed (apt-get install fail2ban; .ci/run does)");
+    if Command::new("fail2ban-regex")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED: fail2ban-regex is not installed (apt-get install fail2ban; .ci/run does)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let db = test_db(dir.path(), &[("ban-auth-failures", "3"), ("ban-relay-denials", "50")]);
+    let db = test_db(
+        dir.path(),
+        &[("ban-auth-failures", "3"), ("ban-relay-denials", "50")],
+    );
     cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
     cli(&db, &["list", "add", "allow", "127.0.0.1"]);
-    cli_stdin(&db, &["user", "add", "alice", "--password-stdin"], "right\n");
+    cli_stdin(
+        &db,
+        &["user", "add", "alice", "--password-stdin"],
+        "right\n",
+    );
     let mut server = Server::start(&db);
     let addr = server.addr();
     let guesser: IpAddr = "127.0.0.66".parse().unwrap();
@@ -57,7 +70,10 @@ fn fail2ban_regex_matches_the_shipped_filter() {
     server.drain_log();
     let log = dir.path().join("relaygate.log");
     std::fs::write(&log, server.log.join("\n") + "\n").unwrap();
-    let filter = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fail2ban/filter.d/relaygate.conf");
+    let filter = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/fail2ban/filter.d/relaygate.conf"
+    );
     let out = Command::new("fail2ban-regex")
         .arg("--print-all-matched")
         .arg(&log)
@@ -65,7 +81,11 @@ fn fail2ban_regex_matches_the_shipped_filter() {
         .output()
         .expect("run fail2ban-regex");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // 3 failed AUTHs + 1 ban + 2 refused relay recipients.
     assert!(text.contains(", 6 matched,"), "{text}");
     let matched: Vec<&str> = text
@@ -79,7 +99,10 @@ fn fail2ban_regex_matches_the_shipped_filter() {
             line.contains("127.0.0.66") || line.contains("127.0.0.77"),
             "a match without an offender's address: {line}"
         );
-        assert!(!line.contains("127.0.0.1 ") || line.contains("127.0.0.66"), "{line}");
+        assert!(
+            !line.contains("127.0.0.1 ") || line.contains("127.0.0.66"),
+            "{line}"
+        );
     }
     // fail2ban takes the address the line is about, not one a client
     // wrote into its login.
@@ -90,7 +113,11 @@ fn fail2ban_regex_matches_the_shipped_filter() {
         .output()
         .expect("run fail2ban-regex");
     let ips = String::from_utf8_lossy(&hosts.stdout).into_owned();
-    let mut ips: Vec<&str> = ips.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut ips: Vec<&str> = ips
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     ips.sort();
     ips.dedup();
     assert_eq!(ips, ["127.0.0.66", "127.0.0.77"], "{ips:?}");

@@ -44,10 +44,18 @@ impl BanRules {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BanReason {
-    AuthFailures { count: u32, window_secs: u64 },
-    RelayDenials { count: u32, window_secs: u64 },
+    AuthFailures {
+        count: u32,
+        window_secs: u64,
+    },
+    RelayDenials {
+        count: u32,
+        window_secs: u64,
+    },
     /// Added with `ban add` or in the console.
-    Admin { note: String },
+    Admin {
+        note: String,
+    },
 }
 
 impl fmt::Display for BanReason {
@@ -63,7 +71,9 @@ impl fmt::Display for BanReason {
                 "{count} refused relay recipients in {}",
                 super::rate::period_text(*window_secs)
             ),
-            BanReason::Admin { note } if note.is_empty() => f.write_str("banned by the administrator"),
+            BanReason::Admin { note } if note.is_empty() => {
+                f.write_str("banned by the administrator")
+            }
             BanReason::Admin { note } => write!(f, "banned by the administrator: {note}"),
         }
     }
@@ -171,7 +181,10 @@ impl BanTable {
         let window = rules.window_secs.saturating_mul(1000);
         if self.offences.len() >= OFFENDERS_KEPT && !self.offences.contains_key(&net) {
             self.offences.retain(|_, o| {
-                o.auth.iter().chain(o.relay.iter()).any(|t| now.saturating_sub(*t) < window)
+                o.auth
+                    .iter()
+                    .chain(o.relay.iter())
+                    .any(|t| now.saturating_sub(*t) < window)
             });
             if self.offences.len() >= OFFENDERS_KEPT {
                 // Still full: the newest offender is remembered, not the
@@ -326,7 +339,10 @@ mod tests {
         }
         // An IPv6 client is counted per /64.
         for i in 0..4u64 {
-            assert!(t.relay_denied(ip(&format!("2001:db8::{}", i + 2)), &r, 5_000_000).is_none());
+            assert!(
+                t.relay_denied(ip(&format!("2001:db8::{}", i + 2)), &r, 5_000_000)
+                    .is_none()
+            );
         }
         let ban = t.relay_denied(a, &r, 5_000_000).unwrap();
         assert_eq!(ban.net.to_string(), "2001:db8::/64");
@@ -341,7 +357,9 @@ mod tests {
             since: 0,
             until: 1_000,
             strikes: 1,
-            reason: BanReason::Admin { note: String::new() },
+            reason: BanReason::Admin {
+                note: String::new(),
+            },
         });
         assert!(t.banned(ip("198.51.100.77"), 10).is_some());
         assert!(t.banned(ip("::ffff:198.51.100.77"), 10).is_some());

@@ -11,8 +11,8 @@ use bans::{Ban, BanRules, BanTable};
 use quota::{Quota, QuotaHolds, QuotaRefusal, QuotaTable, Sender};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Milliseconds since the epoch: the clock quotas and bans run on.
 pub fn now_ms() -> u64 {
@@ -66,7 +66,13 @@ impl AbuseGuard {
     }
 
     /// Records a refused relay recipient from `ip`; the ban it causes.
-    pub fn relay_denied(&self, ip: IpAddr, listed: bool, rules: &BanRules, now: u64) -> Option<Ban> {
+    pub fn relay_denied(
+        &self,
+        ip: IpAddr,
+        listed: bool,
+        rules: &BanRules,
+        now: u64,
+    ) -> Option<Ban> {
         if rules.relay_denials == 0 || (listed && !rules.listed_too) {
             return None;
         }

@@ -44,11 +44,19 @@ impl QuotaScope {
         }
         let v4 = match parts.next() {
             None => 32,
-            Some(n) => n.parse::<u8>().ok().filter(|n| (1..=32).contains(n)).ok_or_else(bad)?,
+            Some(n) => n
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=32).contains(n))
+                .ok_or_else(bad)?,
         };
         let v6 = match parts.next() {
             None => 64,
-            Some(n) => n.parse::<u8>().ok().filter(|n| (1..=128).contains(n)).ok_or_else(bad)?,
+            Some(n) => n
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=128).contains(n))
+                .ok_or_else(bad)?,
         };
         if parts.next().is_some() {
             return Err(bad());
@@ -177,12 +185,17 @@ impl QuotaKey {
 fn masked(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
     match crate::policy::ip_pattern::effective_ip(ip) {
         IpAddr::V4(a) => {
-            let bits = u32::from(a) & u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0);
+            let bits = u32::from(a)
+                & u32::MAX
+                    .checked_shl(32 - u32::from(v4.min(32)))
+                    .unwrap_or(0);
             IpAddr::V4(bits.into())
         }
         IpAddr::V6(a) => {
-            let bits =
-                u128::from(a) & u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0);
+            let bits = u128::from(a)
+                & u128::MAX
+                    .checked_shl(128 - u32::from(v6.min(128)))
+                    .unwrap_or(0);
             IpAddr::V6(bits.into())
         }
     }
@@ -587,7 +600,15 @@ mod tests {
             assert_eq!(s.spelling(), spelled);
             assert_eq!(QuotaScope::parse(spelled).unwrap(), s);
         }
-        for bad in ["", "ipv4", "ip/0", "ip/33", "ip/24/129", "ip/24/64/1", "helo"] {
+        for bad in [
+            "",
+            "ipv4",
+            "ip/0",
+            "ip/33",
+            "ip/24/129",
+            "ip/24/64/1",
+            "helo",
+        ] {
             assert!(QuotaScope::parse(bad).is_err(), "{bad}");
         }
     }
@@ -640,7 +661,12 @@ mod tests {
     #[test]
     fn a_released_transaction_gives_back_its_message() {
         let mut t = QuotaTable::default();
-        t.set_quotas(vec![quota(1, "sender-domain", "1/day", QuotaUnit::Messages)]);
+        t.set_quotas(vec![quota(
+            1,
+            "sender-domain",
+            "1/day",
+            QuotaUnit::Messages,
+        )]);
         let now = 9_000_000;
         let mut h = QuotaHolds::default();
         t.reserve(&alice("192.0.2.1"), &mut h, now).unwrap();

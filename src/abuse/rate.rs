@@ -20,10 +20,7 @@ impl Rate {
         let bad = |why: &str| {
             format!("{text:?} is not a rate ({why}): give one like 200/hour, 1000/day or 30/10m")
         };
-        let (count, period) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| bad("no /"))?;
+        let (count, period) = text.trim().split_once('/').ok_or_else(|| bad("no /"))?;
         let count: u64 = count
             .trim()
             .replace(['_', ','], "")
@@ -126,7 +123,9 @@ impl SlidingCount {
 
     /// Nothing left to count: both windows are over.
     pub fn is_spent(&self, now: u64, period_ms: u64) -> bool {
-        now >= self.window_start.saturating_add(period_ms.saturating_mul(2))
+        now >= self
+            .window_start
+            .saturating_add(period_ms.saturating_mul(2))
             || (self.previous == 0 && self.current == 0)
     }
 
@@ -182,7 +181,6 @@ impl SendSchedule {
             self.given.remove(i);
         }
     }
-
 }
 
 #[cfg(test)]
@@ -204,7 +202,16 @@ mod tests {
             assert_eq!(r.to_string(), shown);
             assert_eq!(Rate::parse(shown).unwrap(), r);
         }
-        for bad in ["", "200", "x/hour", "0/hour", "5/", "5/fortnight", "5/0m", "5/400d"] {
+        for bad in [
+            "",
+            "200",
+            "x/hour",
+            "0/hour",
+            "5/",
+            "5/fortnight",
+            "5/0m",
+            "5/400d",
+        ] {
             let e = Rate::parse(bad).unwrap_err();
             assert!(e.contains("is not a rate"), "{bad}: {e}");
         }

@@ -169,7 +169,11 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 route.tls,
                 route
                     .rate
-                    .map(|r| format!(", at most {} messages per {}", r.count, crate::abuse::rate::period_text(r.period_secs)))
+                    .map(|r| format!(
+                        ", at most {} messages per {}",
+                        r.count,
+                        crate::abuse::rate::period_text(r.period_secs)
+                    ))
                     .unwrap_or_default(),
                 route
                     .concurrency

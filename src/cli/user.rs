@@ -119,7 +119,9 @@ pub fn run_user(store: &mut Store, cmd: UserCommand) -> anyhow::Result<ExitCode>
                 None => "by the administrator".to_string(),
             };
             store.set_suspended(&name, Some(&why))?;
-            println!("suspended {name}: it cannot authenticate until: relaygate user unsuspend {name}");
+            println!(
+                "suspended {name}: it cannot authenticate until: relaygate user unsuspend {name}"
+            );
         }
         UserCommand::Unsuspend { name } => {
             let was = store.users()?.into_iter().find(|u| u.name == name);

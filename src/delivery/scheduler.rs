@@ -63,7 +63,13 @@ struct RateSchedules {
 
 impl RateSchedules {
     /// `None`: send now; `Some(ms)`: wait until then.
-    fn take(&mut self, route: &super::Route, rate: crate::abuse::rate::Rate, message: &str, now: u64) -> Option<u64> {
+    fn take(
+        &mut self,
+        route: &super::Route,
+        rate: crate::abuse::rate::Rate,
+        message: &str,
+        now: u64,
+    ) -> Option<u64> {
         let key = (route.domain.clone(), message.to_string());
         if let Some(slot) = self.reserved.get(&key).copied() {
             // Due (the scan runs once a second, the spool keeps seconds).
@@ -88,7 +94,6 @@ impl RateSchedules {
         self.reserved.insert(key, slot);
         Some(slot)
     }
-
 }
 
 /// New work handed over by the SMTP engine: a message just spooled and

@@ -7,8 +7,8 @@ use super::reply::Reply;
 use super::session::{
     Action, AuthOutcome, DataProgress, Limits, Message, RecipientDecision, Session, SessionParams,
 };
-use crate::abuse::quota::QuotaHolds;
 use super::trace_header::{TraceInfo, received_header};
+use crate::abuse::quota::QuotaHolds;
 use crate::bindings::BindKind;
 use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};
 use crate::engine::{RunState, Shared};
@@ -190,11 +190,15 @@ pub fn limits_from(settings: &ServerSettings) -> Limits {
 pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
     // A banned address is refused first: no session slot, no TLS, no
     // password check.
-    if let Some(ban) = ctx.shared.abuse.banned(ctx.peer.ip(), crate::abuse::now_ms()) {
+    if let Some(ban) = ctx
+        .shared
+        .abuse
+        .banned(ctx.peer.ip(), crate::abuse::now_ms())
+    {
         let reply = ban_reply(&ban);
         let mut stream = stream;
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire()))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply.to_wire())).await;
         ctx.shared.events.emit(Event::SessionRefused {
             peer: ctx.peer,
             reply: reply.to_string().trim_end().to_string(),
@@ -694,7 +698,12 @@ enum Offence {
 
 /// Counts an offence; a ban it causes is announced (the session itself is
 /// closed at its next command).
-fn offence(ctx: &ConnectionContext, ip: std::net::IpAddr, settings: &ServerSettings, what: Offence) {
+fn offence(
+    ctx: &ConnectionContext,
+    ip: std::net::IpAddr,
+    settings: &ServerSettings,
+    what: Offence,
+) {
     let rules = settings.ban_rules();
     let wanted = match what {
         Offence::AuthFailed => rules.auth_failures,

@@ -759,9 +759,10 @@ impl Store {
         rows.map(|row| {
             let (mut route, port, tls, rate) = row?;
             if let Some(rate) = rate {
-                route.rate = Some(crate::abuse::rate::Rate::parse(&rate).map_err(|e| {
-                    StoreError::Corrupt(format!("route {}: {e}", route.domain))
-                })?);
+                route.rate =
+                    Some(crate::abuse::rate::Rate::parse(&rate).map_err(|e| {
+                        StoreError::Corrupt(format!("route {}: {e}", route.domain))
+                    })?);
             }
             route.port = u16::try_from(port)
                 .map_err(|_| StoreError::Corrupt(format!("route {}: port {port}", route.domain)))?;
@@ -817,7 +818,14 @@ impl Store {
         )?;
         let rows: Vec<(i64, String, String, i64, i64, bool)> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()
@@ -884,9 +892,9 @@ impl Store {
 
     /// The counts the engine saved last.
     pub fn quota_counts(&self) -> Result<Vec<(i64, String, SlidingCount)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT quota_id, key, window_start, previous, current FROM quota_counts",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT quota_id, key, window_start, previous, current FROM quota_counts")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -972,7 +980,9 @@ impl Store {
             .conn
             .prepare("SELECT net, since, until, strikes, reason FROM bans ORDER BY since DESC")?;
         let rows: Vec<(String, i64, i64, i64, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()
             .map(|(net, since, until, strikes, reason)| {
