@@ -472,10 +472,10 @@ mod tests {
 
     #[test]
     fn a_version_mismatch_is_named_on_both_sides() {
-        let future = br#"{"type":"hello","protocol":2,"engine":"9.0.0","pid":1,"access":"admin","new_field":true}"#;
+        let future = br#"{"type":"hello","protocol":99,"engine":"9.0.0","pid":1,"access":"admin","new_field":true}"#;
         match check_hello(future) {
             Err(ProtocolError::Version {
-                theirs: 2,
+                theirs: 99,
                 ours,
                 engine,
             }) => {
