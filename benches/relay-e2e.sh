@@ -4,6 +4,10 @@
 #
 #   sudo bash benches/relay-e2e.sh [MESSAGES] [SESSIONS]
 #   ONLY=relaygate bash benches/relay-e2e.sh      (relaygate alone, no root)
+#   ABUSE=1 ...        relaygate with quotas and bans on: three quotas every
+#                      message is counted against (per address, per /24, per
+#                      sender domain; limits it never reaches) and both ban
+#                      rules counting (limits the denied load never reaches)
 #
 # For each server, three loads:
 #   1. new connection per message (smtp-source without -d, as real clients
@@ -123,6 +127,14 @@ $RG domain add example.com >/dev/null
 $RG policy set max-sessions 20000 >/dev/null
 $RG policy set max-sessions-per-ip 20000 >/dev/null
 $RG route add '*' 127.0.0.1:$SINK_PORT --tls none >/dev/null
+if [ "${ABUSE:-}" = 1 ]; then
+  $RG quota add ip 100000000/hour >/dev/null
+  $RG quota add ip/24 100000000/hour --recipients >/dev/null
+  $RG quota add sender-domain 100000000/hour >/dev/null
+  $RG policy set ban-auth-failures 10 >/dev/null
+  $RG policy set ban-relay-denials 1000000 >/dev/null
+  echo "(quotas and bans on: $($RG quota show | grep -c '^#') quotas)"
+fi
 target/release/relaygate --db "$work/rg/relaygate.db" serve --headless 2> "$work/rg/log" &
 RG_PID=$!
 sleep 1

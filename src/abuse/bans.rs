@@ -128,6 +128,10 @@ pub struct BanTable {
     unsaved: Vec<Ban>,
 }
 
+/// The most client bans kept (in force or remembered for their strikes):
+/// an attacker rotating IPv6 /64s cannot grow the table without bound.
+pub const BANS_KEPT: usize = 200_000;
+
 /// The most addresses whose offences are remembered.
 const OFFENDERS_KEPT: usize = 100_000;
 
@@ -235,6 +239,21 @@ impl BanTable {
     }
 
     fn insert(&mut self, ban: Ban) {
+        if self.by_client.len() >= BANS_KEPT && !self.by_client.contains_key(&ban.net) {
+            // Ended bans (kept for their strikes) go first, then the one
+            // that would end soonest.
+            let now = ban.since;
+            self.by_client.retain(|_, b| b.active(now));
+            if self.by_client.len() >= BANS_KEPT
+                && let Some(soonest) = self
+                    .by_client
+                    .values()
+                    .min_by_key(|b| b.until)
+                    .map(|b| b.net)
+            {
+                self.by_client.remove(&soonest);
+            }
+        }
         let is_client = ban.net == ban_net(ban.net.addr()) && ban.net.addr() == ban.net.network();
         if is_client {
             self.by_client.insert(ban.net, ban);

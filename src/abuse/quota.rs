@@ -268,10 +268,23 @@ type Slots<V> = HashMap<u64, V, std::hash::BuildHasherDefault<SlotHasher>>;
 pub struct QuotaTable {
     quotas: Vec<Quota>,
     counts: Slots<Counted>,
+    /// Keys counted per quota, for [`KEYS_PER_QUOTA`].
+    keys_per_quota: HashMap<i64, usize>,
+    /// When a full quota last looked for spent keys (ms): at most once a
+    /// second, so a full table costs a scan per second, not per recipient.
+    room_sought: u64,
     /// Counts changed since they were last saved.
     dirty: std::collections::HashSet<u64, std::hash::BuildHasherDefault<SlotHasher>>,
     keyed: std::collections::hash_map::RandomState,
 }
+
+/// The most keys one quota counts at once. A client that makes up a new
+/// sender domain (or IPv6 /64) per message cannot grow the table without
+/// bound: past this, spent keys are forgotten, and if none is, a new key
+/// is not counted (its quota does not apply to it) until room is made.
+/// Each quota has its own room, so filling a sender-domain quota never
+/// takes a login quota's.
+pub const KEYS_PER_QUOTA: usize = 100_000;
 
 /// The key's fields, borrowed from the sender.
 #[derive(Clone, Copy)]
@@ -345,6 +358,32 @@ impl QuotaTable {
         h.finish()
     }
 
+    /// Forgets the spent keys of one quota; how many.
+    fn make_room(&mut self, quota: i64, period: u64, now: u64) -> usize {
+        if now < self.room_sought.saturating_add(1000) {
+            return 0;
+        }
+        self.room_sought = now;
+        let before = self.counts.len();
+        self.counts
+            .retain(|_, c| c.quota != quota || !c.count.is_spent(now, period));
+        let freed = before - self.counts.len();
+        if freed > 0 {
+            self.recount();
+        }
+        freed
+    }
+
+    /// Keys per quota, after removals.
+    fn recount(&mut self) {
+        self.keys_per_quota.clear();
+        for c in self.counts.values() {
+            *self.keys_per_quota.entry(c.quota).or_default() += 1;
+        }
+        let counts = &self.counts;
+        self.dirty.retain(|slot| counts.contains_key(slot));
+    }
+
     /// Sets the quotas in force; counts of quotas that are gone, or whose
     /// period changed, are dropped.
     pub fn set_quotas(&mut self, quotas: Vec<Quota>) {
@@ -361,8 +400,7 @@ impl QuotaTable {
             .map(|q| (q.id, q.rate.period_secs))
             .collect();
         self.counts.retain(|_, c| kept.contains_key(&c.quota));
-        let counts = &self.counts;
-        self.dirty.retain(|slot| counts.contains_key(slot));
+        self.recount();
         self.quotas = quotas;
     }
 
@@ -393,29 +431,40 @@ impl QuotaTable {
         let mut wanted = [0u64; 8];
         let mut n = 0;
         let mut more: Vec<u64> = Vec::new();
-        for q in &self.quotas {
-            if q.unit == QuotaUnit::Messages && holds.messages_counted {
+        for i in 0..self.quotas.len() {
+            let (id, scope, unit, rate, suspend) = {
+                let q = &self.quotas[i];
+                (q.id, q.scope, q.unit, q.rate, q.suspend)
+            };
+            if unit == QuotaUnit::Messages && holds.messages_counted {
                 continue;
             }
-            let Some(key) = KeyOf::of(q.scope, sender) else {
+            let Some(key) = KeyOf::of(scope, sender) else {
                 continue;
             };
-            let slot = self.slot(q.id, key);
-            let period = q.rate.period_ms();
+            let slot = self.slot(id, key);
+            let period = rate.period_ms();
+            if !self.counts.contains_key(&slot) {
+                let kept = self.keys_per_quota.get(&id).copied().unwrap_or(0);
+                if kept >= KEYS_PER_QUOTA && self.make_room(id, period, now) == 0 {
+                    continue;
+                }
+                *self.keys_per_quota.entry(id).or_default() += 1;
+            }
             let counted = self.counts.entry(slot).or_insert_with(|| Counted {
-                quota: q.id,
+                quota: id,
                 key: key.owned(),
                 count: SlidingCount::default(),
             });
             counted.count.roll(now, period);
-            if counted.count.estimate(now, period) + 1.0 > q.rate.count as f64 + 1e-9 {
+            if counted.count.estimate(now, period) + 1.0 > rate.count as f64 + 1e-9 {
                 let key = counted.key.clone();
-                let suspend = match (&key, q.suspend) {
+                let suspend = match (&key, suspend) {
                     (QuotaKey::Login(l), true) => Some(l.to_string()),
                     _ => None,
                 };
                 return Err(QuotaRefusal {
-                    quota: q.clone(),
+                    quota: self.quotas[i].clone(),
                     key,
                     suspend,
                     newly_suspended: false,
@@ -468,8 +517,7 @@ impl QuotaTable {
     pub fn forget_key(&mut self, key: &QuotaKey) -> usize {
         let before = self.counts.len();
         self.counts.retain(|_, c| &c.key != key);
-        let counts = &self.counts;
-        self.dirty.retain(|slot| counts.contains_key(slot));
+        self.recount();
         before - self.counts.len()
     }
 
@@ -486,6 +534,7 @@ impl QuotaTable {
             }
             if let Some(key) = QuotaKey::parse(&key) {
                 let slot = self.slot(id, key.borrowed());
+                *self.keys_per_quota.entry(id).or_default() += 1;
                 self.counts.insert(
                     slot,
                     Counted {
@@ -511,8 +560,9 @@ impl QuotaTable {
                 .get(&c.quota)
                 .is_some_and(|p| !c.count.is_spent(now, *p))
         });
-        let counts = &self.counts;
-        self.dirty.retain(|slot| counts.contains_key(slot));
+        if self.counts.len() != before {
+            self.recount();
+        }
         before - self.counts.len()
     }
 
@@ -685,6 +735,41 @@ mod tests {
         let mut h = QuotaHolds::default();
         let e = t.reserve(&alice("192.0.2.1"), &mut h, 10).unwrap_err();
         assert_eq!(e.suspend.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn made_up_keys_cannot_grow_a_quota_past_its_room_nor_take_another_quota_s() {
+        let mut t = QuotaTable::default();
+        t.set_quotas(vec![
+            quota(1, "sender-domain", "5/hour", QuotaUnit::Messages),
+            quota(2, "login", "2/hour", QuotaUnit::Messages),
+        ]);
+        let now = 1_000_000;
+        for n in 0..KEYS_PER_QUOTA + 500 {
+            let domain = format!("d{n}.example");
+            let s = Sender {
+                login: None,
+                ip: "192.0.2.1".parse().unwrap(),
+                domain: Some(&domain),
+            };
+            assert!(t.reserve(&s, &mut QuotaHolds::default(), now).is_ok());
+        }
+        assert_eq!(t.keys(), KEYS_PER_QUOTA);
+        // The login quota still has its room and still counts.
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, now));
+        assert!(message(&mut t, &alice("192.0.2.1"), 1, now));
+        assert!(!message(&mut t, &alice("192.0.2.1"), 1, now));
+        // Once the old keys are spent, new ones are counted again.
+        let later = now + 3 * 3_600_000;
+        let s = Sender {
+            login: None,
+            ip: "192.0.2.1".parse().unwrap(),
+            domain: Some("fresh.example"),
+        };
+        let mut holds = QuotaHolds::default();
+        t.reserve(&s, &mut holds, later).unwrap();
+        assert!(!holds.is_empty());
+        assert!(t.keys() < 10);
     }
 
     #[test]
