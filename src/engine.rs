@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub tls: Option<TlsAcceptor>,
     /// Logins that may not authenticate (suspended), lower-cased.
     pub suspended: Arc<std::collections::HashSet<String>>,
+    /// Bindings that require the PROXY protocol, and from whom.
+    pub proxied: Arc<HashMap<SocketAddr, Vec<ipnet::IpNet>>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -537,6 +539,7 @@ fn load_snapshot(
             routes: Arc::new(config.routes),
             tls,
             suspended: Arc::new(config.suspended.into_iter().collect()),
+            proxied: Arc::new(config.proxied),
         },
         LoadedConfig {
             bindings: config.bindings,
@@ -852,7 +855,7 @@ async fn open_listener(
             let task = tokio::spawn(accept_loop(
                 Arc::clone(shared),
                 tcp,
-                binding.kind,
+                binding,
                 stopped,
                 token,
             ));
@@ -893,7 +896,7 @@ async fn open_listener(
 async fn accept_loop(
     shared: Arc<Shared>,
     tcp: TcpListener,
-    kind: BindKind,
+    binding: Binding,
     mut stopped: watch::Receiver<bool>,
     token: mpsc::Sender<()>,
 ) {
@@ -916,7 +919,9 @@ async fn accept_loop(
                         shared: Arc::clone(&shared),
                         peer,
                         local,
-                        kind,
+                        kind: binding.kind,
+                        binding: binding.addr,
+                        proxy: None,
                         _done: token.clone(),
                     };
                     tokio::spawn(serve_connection(ctx, stream));

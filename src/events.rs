@@ -136,6 +136,13 @@ pub enum Event {
         strikes: u32,
         reason: String,
     },
+    /// A connection to a PROXY binding was closed without a greeting: not
+    /// from a trusted proxy, or no valid header in time.
+    ProxyRefused {
+        peer: SocketAddr,
+        local: SocketAddr,
+        why: String,
+    },
     /// A sending quota suspended a login: it cannot authenticate until an
     /// administrator lifts the suspension (`user unsuspend`).
     LoginSuspended {
@@ -368,6 +375,7 @@ impl Event {
             Event::AuthFailed { .. } => (K::Auth, Some(Outcome::Failed)),
             Event::AuthRefused { .. } => (K::Auth, Some(Outcome::Refused)),
             Event::ClientBanned { .. } => (K::Session, Some(Outcome::Refused)),
+            Event::ProxyRefused { .. } => (K::Session, Some(Outcome::Refused)),
             Event::LoginSuspended { .. } => (K::Auth, Some(Outcome::Refused)),
             Event::Decision { decision, .. } => (
                 K::Decision,
@@ -543,6 +551,10 @@ pub fn describe(event: &Event) -> Described {
                 "ban client={peer} net={net} until={} strikes={strikes}: {reason}",
                 utc_text(*until_ms)
             ),
+        ),
+        Event::ProxyRefused { peer, local, why } => d(
+            Warn,
+            format!("refused {peer} on {local} without a greeting: {why}"),
         ),
         Event::LoginSuspended { login, why } => d(
             Error,

@@ -15,6 +15,15 @@ pub enum BindCommand {
         addr: String,
         #[arg(long, value_enum, default_value = "smtp")]
         kind: KindArg,
+        /// Behind a load balancer: every connection must start with a PROXY
+        /// protocol header (v1 or v2), whose client address is then the
+        /// client's for everything (policy, limits, bans, logs, Received:).
+        #[arg(long, requires = "trusted_proxy")]
+        proxy_protocol: bool,
+        /// The load balancers allowed to connect (and send the header):
+        /// addresses or CIDRs, comma-separated.
+        #[arg(long, value_name = "CIDR[,CIDR...]", requires = "proxy_protocol")]
+        trusted_proxy: Option<String>,
     },
     /// Remove a binding.
     Remove {
@@ -47,20 +56,49 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
             if bindings.is_empty() {
                 println!("no bindings: the engine listens nowhere");
             }
+            let proxied = store.proxy_bindings()?;
             for b in bindings {
-                println!("{:<40} {}", b.addr.to_string(), b.kind);
+                match proxied.get(&b.addr) {
+                    Some(nets) => println!(
+                        "{:<40} {}  PROXY protocol from {}",
+                        b.addr.to_string(),
+                        b.kind,
+                        nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    None => println!("{:<40} {}", b.addr.to_string(), b.kind),
+                }
             }
         }
-        BindCommand::Add { addr, kind } => {
+        BindCommand::Add {
+            addr,
+            kind,
+            trusted_proxy,
+            ..
+        } => {
             let addr = parse_listen_addr(&addr).map_err(anyhow::Error::msg)?;
             let binding = Binding {
                 addr,
                 kind: kind.into(),
             };
-            if store.add_binding(binding)? {
-                println!("binding {addr} ({})", binding.kind);
+            let trusted = trusted_proxy
+                .as_deref()
+                .map(crate::store::parse_trusted_proxies)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
+            let existed = store.bindings()?.iter().any(|b| *b == binding);
+            let was_proxied = store.proxy_bindings()?.get(&addr).cloned();
+            store.put_binding(binding, trusted.as_deref())?;
+            let proxy = match &trusted {
+                Some(nets) => format!(
+                    ", PROXY protocol from {}",
+                    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+                None => String::new(),
+            };
+            if existed && was_proxied == trusted {
+                println!("binding {addr} ({}{proxy}) already present", binding.kind);
             } else {
-                println!("binding {addr} ({}) already present", binding.kind);
+                println!("binding {addr} ({}{proxy})", binding.kind);
             }
         }
         BindCommand::Remove { addr } => {

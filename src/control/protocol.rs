@@ -371,6 +371,11 @@ mod tests {
                 login: "alice".into(),
                 why: "quota #2 reached".into(),
             },
+            Event::ProxyRefused {
+                peer: "10.0.0.9:4000".parse().unwrap(),
+                local: "10.0.0.1:25".parse().unwrap(),
+                why: "10.0.0.9 is not a trusted proxy".into(),
+            },
         ];
         for e in &all {
             match e {
@@ -395,6 +400,7 @@ mod tests {
                 | Event::Bounced { .. }
                 | Event::Error { .. }
                 | Event::ClientBanned { .. }
+                | Event::ProxyRefused { .. }
                 | Event::LoginSuspended { .. } => {}
             }
         }

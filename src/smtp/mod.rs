@@ -10,6 +10,7 @@
 pub mod command;
 pub mod data;
 pub mod framer;
+pub mod proxy_header;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -8,6 +8,7 @@ use super::session::{
     Action, AuthOutcome, DataProgress, Limits, Message, RecipientDecision, Session, SessionParams,
 };
 use super::trace_header::{TraceInfo, received_header};
+use super::proxy_header::{self, ProxyHeader, ProxyParse};
 use crate::abuse::quota::QuotaHolds;
 use crate::bindings::BindKind;
 use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};
@@ -33,6 +34,12 @@ pub struct ConnectionContext {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub kind: BindKind,
+    /// The binding as configured (its PROXY protocol setting is looked up
+    /// by it).
+    pub binding: SocketAddr,
+    /// The load balancer the connection came through (the PROXY header
+    /// gave `peer` and `local`).
+    pub proxy: Option<SocketAddr>,
     /// Dropped when the task ends: the engine knows all sessions are done
     /// when the last of these is gone.
     pub _done: mpsc::Sender<()>,
@@ -187,7 +194,32 @@ pub fn limits_from(settings: &ServerSettings) -> Limits {
 }
 
 /// Serves one accepted connection to its end.
-pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
+pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream) {
+    // Behind a load balancer: the header says who the client is, and the
+    // client is that address for everything from here on.
+    let mut early = Vec::new();
+    let proxied = ctx.shared.snapshot().proxied.get(&ctx.binding).cloned();
+    if let Some(trusted) = proxied {
+        let from = ctx.peer;
+        match proxy_header(&ctx, &trusted, &mut stream).await {
+            Ok((header, rest)) => {
+                if let ProxyHeader::Proxied { client, local } = header {
+                    ctx.proxy = Some(from);
+                    ctx.peer = client;
+                    ctx.local = local;
+                }
+                early = rest;
+            }
+            Err(why) => {
+                ctx.shared.events.emit(Event::ProxyRefused {
+                    peer: from,
+                    local: ctx.local,
+                    why,
+                });
+                return;
+            }
+        }
+    }
     // A banned address is refused first: no session slot, no TLS, no
     // password check.
     if let Some(ban) = ctx
@@ -261,7 +293,7 @@ pub async fn serve_connection(ctx: ConnectionContext, stream: TcpStream) {
         tls: params.tls_active,
     });
     let mut session = Session::new(params);
-    let why = match run(&ctx, id, &board, &settings, &mut conn, &mut session).await {
+    let why = match run(&ctx, id, &board, &settings, &mut conn, &mut session, early).await {
         Ok(why) => why,
         Err(e) => format!("connection error: {e}"),
     };
@@ -297,9 +329,16 @@ async fn run(
     settings: &ServerSettings,
     conn: &mut Conn,
     session: &mut Session,
+    early: Vec<u8>,
 ) -> io::Result<String> {
     let ip = ctx.peer.ip();
     let mut framer = Framer::new(timeouts_from(settings), Instant::now());
+    // Bytes that came with the PROXY header (a client that did not wait
+    // for the greeting): read as if they came now.
+    if !early.is_empty() {
+        framer.buffer().extend_from_slice(&early);
+        framer.received(early.len(), Instant::now());
+    }
     let mut out: Vec<u8> = session.greeting().to_wire();
     let mut state = ctx.shared.run_state();
     let mut pending: VecDeque<Action> = VecDeque::new();
@@ -730,6 +769,53 @@ fn offence(
             strikes: ban.strikes,
             reason: ban.reason.to_string(),
         });
+    }
+}
+
+/// How long a load balancer has to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the PROXY header of a connection to a PROXY binding: from a
+/// trusted proxy only, whole within [`PROXY_HEADER_TIMEOUT`]. Returns it
+/// and the bytes read past it; or why the connection is closed (without
+/// a greeting).
+async fn proxy_header(
+    ctx: &ConnectionContext,
+    trusted: &[ipnet::IpNet],
+    stream: &mut TcpStream,
+) -> Result<(ProxyHeader, Vec<u8>), String> {
+    let from = crate::policy::ip_pattern::effective_ip(ctx.peer.ip());
+    if !trusted.iter().any(|n| n.contains(&from)) {
+        return Err(format!(
+            "{from} is not a trusted proxy of {} (it requires the PROXY protocol)",
+            ctx.binding
+        ));
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT;
+    loop {
+        match proxy_header::parse(&buf) {
+            ProxyParse::Done { header, consumed } => {
+                return Ok((header, buf.split_off(consumed)));
+            }
+            ProxyParse::Refused(why) => return Err(why),
+            ProxyParse::Incomplete => {}
+        }
+        let mut chunk = [0u8; 512];
+        let want = (proxy_header::V2_MAX + 1)
+            .saturating_sub(buf.len())
+            .clamp(1, chunk.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..want])).await {
+            Err(_) => {
+                return Err(format!(
+                    "no whole PROXY header within {} s",
+                    PROXY_HEADER_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(Ok(0)) => return Err("the proxy closed before a whole PROXY header".into()),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(format!("reading the PROXY header: {e}")),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use crate::policy::settings::{AuthMode, SWITCH_KEYS, Switches, parse_on_off};
 use crate::policy::{Login, Policy, PolicyConfig};
 use crate::server_settings::ServerSettings;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -272,6 +273,7 @@ impl Store {
                 quotas: self.quotas()?,
                 bans: self.bans()?,
                 suspended: self.suspended_logins()?,
+                proxied: self.proxy_bindings()?,
             })
         })();
         let end = self.conn.execute_batch("COMMIT");
@@ -712,13 +714,68 @@ impl Store {
     }
 
     pub fn remove_binding(&mut self, addr: std::net::SocketAddr) -> Result<()> {
-        let n = self.conn.execute(
-            "DELETE FROM bindings WHERE address = ?1",
-            [addr.to_string()],
-        )?;
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM bindings WHERE address = ?1", [addr.to_string()])?;
         if n == 0 {
             return Err(StoreError::Invalid(format!("{addr} is not a binding")));
         }
+        tx.execute(
+            "DELETE FROM proxy_bindings WHERE address = ?1",
+            [addr.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Bindings that require the PROXY protocol, with the proxies trusted
+    /// to send it.
+    pub fn proxy_bindings(&self) -> Result<HashMap<std::net::SocketAddr, Vec<ipnet::IpNet>>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT address, trusted FROM proxy_bindings")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(addr, trusted)| {
+                let corrupt = || StoreError::Corrupt(format!("proxy binding {addr:?}: {trusted:?}"));
+                let addr = addr.parse().map_err(|_| corrupt())?;
+                let nets = parse_trusted_proxies(&trusted).map_err(|_| corrupt())?;
+                Ok((addr, nets))
+            })
+            .collect()
+    }
+
+    /// Adds a binding, or changes it, with its PROXY protocol setting (None:
+    /// a plain listener), in one transaction.
+    pub fn put_binding(
+        &mut self,
+        binding: Binding,
+        trusted_proxies: Option<&[ipnet::IpNet]>,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO bindings (address, kind) VALUES (?1, ?2)
+             ON CONFLICT (address) DO UPDATE SET kind = excluded.kind WHERE kind != excluded.kind",
+            [binding.addr.to_string(), binding.kind.as_str().to_string()],
+        )?;
+        match trusted_proxies {
+            Some(nets) => {
+                let text = nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+                tx.execute(
+                    "INSERT INTO proxy_bindings (address, trusted) VALUES (?1, ?2)
+                     ON CONFLICT (address) DO UPDATE SET trusted = excluded.trusted",
+                    [binding.addr.to_string(), text],
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM proxy_bindings WHERE address = ?1",
+                    [binding.addr.to_string()],
+                )?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 }
@@ -1135,6 +1192,28 @@ pub struct EngineConfig {
     pub bans: Vec<Ban>,
     /// Logins that may not authenticate, lower-cased.
     pub suspended: Vec<String>,
+    /// Bindings behind a load balancer, with its trusted addresses.
+    pub proxied: HashMap<std::net::SocketAddr, Vec<ipnet::IpNet>>,
+}
+
+/// `10.0.0.5,10.0.1.0/24,::1`: the proxies a PROXY binding trusts (an
+/// address alone is its /32 or /128).
+pub fn parse_trusted_proxies(text: &str) -> std::result::Result<Vec<ipnet::IpNet>, String> {
+    let nets: Vec<ipnet::IpNet> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{t:?} is not an address or CIDR (like 10.0.0.5 or 10.0.0.0/24)"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    if nets.is_empty() {
+        return Err("give at least one trusted proxy address or CIDR".into());
+    }
+    Ok(nets)
 }
 
 /// Whether this process may not write the file or its directory (root

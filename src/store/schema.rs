@@ -74,6 +74,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN suspended TEXT;
     ALTER TABLE routes ADD COLUMN rate TEXT;
     ALTER TABLE routes ADD COLUMN concurrency INTEGER;",
+    // 4: bindings behind a load balancer: the PROXY protocol is required
+    // there, from these proxies only (comma-separated CIDRs).
+    "CREATE TABLE proxy_bindings (address TEXT PRIMARY KEY, trusted TEXT NOT NULL);",
 ];
 
 /// The schema version this build writes.
