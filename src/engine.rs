@@ -450,6 +450,8 @@ pub struct Engine {
     sessions_done: mpsc::Receiver<()>,
     session_token: Option<mpsc::Sender<()>>,
     reload: Option<JoinHandle<()>>,
+    /// Counts events and serves `/metrics` (when `metrics-listen` is set).
+    metrics: Option<JoinHandle<()>>,
     delivery: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     feed: Feed,
@@ -623,6 +625,7 @@ impl Engine {
             sessions_done,
             session_token: Some(token),
             reload: None,
+            metrics: None,
             delivery: None,
             control: None,
             feed,
@@ -668,6 +671,10 @@ impl Engine {
                 stopped,
             )),
         ));
+        engine.metrics = Some(tokio::spawn(crate::metrics::run(
+            Arc::clone(&engine.shared),
+            engine.dir.spool.clone(),
+        )));
         engine.reload = Some(tokio::spawn(watch_config(
             store,
             Arc::clone(&engine.shared),
@@ -724,6 +731,9 @@ impl Engine {
     /// then closes every session with 421 and waits for them all. The
     /// control socket is removed and the lock released last.
     pub async fn shutdown(mut self) {
+        if let Some(metrics) = self.metrics.take() {
+            metrics.abort();
+        }
         if let Some(reload) = self.reload.take() {
             reload.abort();
             let _ = reload.await;

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod engine;
 pub mod events;
 pub mod live;
+pub mod metrics;
 pub mod policy;
 pub mod queue_admin;
 pub mod server_settings;

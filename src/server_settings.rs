@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub ban_max_time_secs: u64,
     /// Clients on the allow list can be banned too.
     pub ban_listed_clients: bool,
+    /// Where `/metrics` is served (Prometheus); none: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Seconds sessions in DATA get to finish at shutdown.
     pub shutdown_grace_secs: u64,
     pub tls_cert_file: Option<String>,
@@ -94,6 +96,7 @@ impl Default for ServerSettings {
             ban_time_secs: 3600,
             ban_max_time_secs: 7 * 86_400,
             ban_listed_clients: false,
+            metrics_listen: None,
             shutdown_grace_secs: 30,
             tls_cert_file: None,
             tls_key_file: None,
@@ -205,6 +208,10 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "ban-listed-clients",
         "clients on the allow list can be banned too (off: never)",
+    ),
+    (
+        "metrics-listen",
+        "ADDR:PORT where Prometheus scrapes /metrics (e.g. 127.0.0.1:9465); empty: off",
     ),
     (
         "shutdown-grace",
@@ -329,6 +336,13 @@ impl ServerSettings {
                 self.ban_listed_clients = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
             }
+            "metrics-listen" => {
+                self.metrics_listen = if v.is_empty() {
+                    None
+                } else {
+                    Some(crate::bindings::parse_listen_addr(v).map_err(SettingError)?)
+                }
+            }
             "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
             "postmaster-address" => {
@@ -425,6 +439,10 @@ impl ServerSettings {
             "ban-time" => self.ban_time_secs.to_string(),
             "ban-max-time" => self.ban_max_time_secs.to_string(),
             "ban-listed-clients" => if self.ban_listed_clients { "on" } else { "off" }.to_string(),
+            "metrics-listen" => self
+                .metrics_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             "shutdown-grace" => self.shutdown_grace_secs.to_string(),
             "tls-cert-file" => self.tls_cert_file.clone().unwrap_or_default(),
             "console-group" => self.console_group.clone().unwrap_or_default(),

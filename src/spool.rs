@@ -675,6 +675,20 @@ impl SpoolReader {
         )
     }
 
+    /// Messages queued and the receipt time of the oldest (Unix seconds):
+    /// the queue's depth and age for metrics, two index reads.
+    pub fn depth(&self) -> rusqlite::Result<(u64, Option<i64>)> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM messages")?
+            .query_row([], |r| r.get(0))?;
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT min(received_at) FROM messages")?
+            .query_row([], |r| r.get(0))?;
+        Ok((n.max(0) as u64, oldest))
+    }
+
     /// Whether a message is queued.
     pub fn contains(&self, id: &str) -> rusqlite::Result<bool> {
         use rusqlite::OptionalExtension;

@@ -39,7 +39,10 @@ fn node(dir: &std::path::Path, port: u16, sink: SocketAddr) -> std::path::PathBu
     assert!(out.contains("PROXY protocol from 127.0.0.1/32"), "{out}");
     cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
     cli(&db, &["list", "add", "allow", "127.0.0.10"]);
-    cli(&db, &["route", "add", "*", &sink.to_string(), "--tls", "none"]);
+    cli(
+        &db,
+        &["route", "add", "*", &sink.to_string(), "--tls", "none"],
+    );
     db
 }
 
@@ -145,27 +148,46 @@ fn haproxy_in_front_of_two_nodes() {
         server.wait_for("decision session=", Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(300));
         server.drain_log();
-        for line in server.log.iter().filter(|l| l.contains("decision session=")) {
+        for line in server
+            .log
+            .iter()
+            .filter(|l| l.contains("decision session="))
+        {
             if line.contains("peer=127.0.0.10") {
                 assert!(line.contains("250 2.1.5"), "{name}: {line}");
             } else {
-                assert!(line.contains("peer=127.0.0.20"), "{name}: not the client's address: {line}");
+                assert!(
+                    line.contains("peer=127.0.0.20"),
+                    "{name}: not the client's address: {line}"
+                );
                 assert!(line.contains("554 5.7.1"), "{name}: {line}");
             }
         }
     }
     let all: Vec<&String> = n1.log.iter().chain(n2.log.iter()).collect();
-    assert_eq!(all.iter().filter(|l| l.contains("decision session=")).count(), 8);
+    assert_eq!(
+        all.iter()
+            .filter(|l| l.contains("decision session="))
+            .count(),
+        8
+    );
     // The Received: header names the client, not the proxy.
     let first = sink.wait_for(1, Duration::from_secs(10));
-    assert!(first[0].body_str().contains("[127.0.0.10]"), "{}", first[0].body_str());
+    assert!(
+        first[0].body_str().contains("[127.0.0.10]"),
+        "{}",
+        first[0].body_str()
+    );
 
     // Node 1 killed: HAProxy takes it out; every message still goes in.
     n1.kill();
     std::thread::sleep(Duration::from_millis(600));
     for n in 10..16 {
         let (rcpt, end) = send(front, allowed, n);
-        assert!(rcpt.starts_with("250") && end.starts_with("250"), "{rcpt} {end}");
+        assert!(
+            rcpt.starts_with("250") && end.starts_with("250"),
+            "{rcpt} {end}"
+        );
         accepted += 1;
     }
     // Node 1 back, delivering: its spool drains; the sink has everything.
@@ -201,7 +223,10 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
         ],
     );
     let shown = cli(&db, &["bind", "show"]);
-    assert!(shown.contains("PROXY protocol from 127.0.0.1/32, 127.0.0.2/32"), "{shown}");
+    assert!(
+        shown.contains("PROXY protocol from 127.0.0.1/32, 127.0.0.2/32"),
+        "{shown}"
+    );
     let mut server = Server::start(&db);
     let addr = server.addr();
     let closed_silently = |from: &str, send: &[u8]| {
@@ -220,7 +245,10 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     assert!(closed_silently("127.0.0.2", b"EHLO client.test\r\n"));
     server.wait_for("no PROXY header", Duration::from_secs(5));
     // A malformed header.
-    assert!(closed_silently("127.0.0.2", b"PROXY TCP4 203.0.113.7 nope 1 2\r\n"));
+    assert!(closed_silently(
+        "127.0.0.2",
+        b"PROXY TCP4 203.0.113.7 nope 1 2\r\n"
+    ));
     server.wait_for("a malformed PROXY v1 header", Duration::from_secs(5));
     // A good v1 header: the session is the client's.
     let mut c = Client::connect_from(addr, "127.0.0.2".parse().unwrap());
@@ -235,7 +263,14 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     assert_eq!(out.code, 2, "{out:?}");
     let out = common::run_cli(
         &db,
-        &["bind", "add", "127.0.0.1:2", "--proxy-protocol", "--trusted-proxy", "10.0.0.0/33"],
+        &[
+            "bind",
+            "add",
+            "127.0.0.1:2",
+            "--proxy-protocol",
+            "--trusted-proxy",
+            "10.0.0.0/33",
+        ],
         "",
     );
     assert_eq!(out.code, 2, "{out:?}");

@@ -63,7 +63,10 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
                         "{:<40} {}  PROXY protocol from {}",
                         b.addr.to_string(),
                         b.kind,
-                        nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                        nets.iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     None => println!("{:<40} {}", b.addr.to_string(), b.kind),
                 }
@@ -85,13 +88,16 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
                 .map(crate::store::parse_trusted_proxies)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
-            let existed = store.bindings()?.iter().any(|b| *b == binding);
+            let existed = store.bindings()?.contains(&binding);
             let was_proxied = store.proxy_bindings()?.get(&addr).cloned();
             store.put_binding(binding, trusted.as_deref())?;
             let proxy = match &trusted {
                 Some(nets) => format!(
                     ", PROXY protocol from {}",
-                    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    nets.iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 None => String::new(),
             };

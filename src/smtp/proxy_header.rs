@@ -147,8 +147,12 @@ pub fn parse(input: &[u8]) -> ProxyParse {
             };
             ProxyParse::Done { header, consumed }
         }
-        HeaderResult::V1(Err(e)) => ProxyParse::Refused(format!("a malformed PROXY v1 header: {e}")),
-        HeaderResult::V2(Err(e)) => ProxyParse::Refused(format!("a malformed PROXY v2 header: {e}")),
+        HeaderResult::V1(Err(e)) => {
+            ProxyParse::Refused(format!("a malformed PROXY v1 header: {e}"))
+        }
+        HeaderResult::V2(Err(e)) => {
+            ProxyParse::Refused(format!("a malformed PROXY v2 header: {e}"))
+        }
     }
 }
 
@@ -212,8 +216,18 @@ mod tests {
             }
         );
         let mut addrs6 = Vec::new();
-        addrs6.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        addrs6.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        addrs6.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        addrs6.extend_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         addrs6.extend_from_slice(&[0x0f, 0xa0, 0, 25]);
         let (header, _) = done(&v2(1, 0x21, &addrs6, &[]));
         assert_eq!(
@@ -229,7 +243,12 @@ mod tests {
     #[test]
     fn every_prefix_of_a_header_asks_for_more() {
         let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 25\r\n".to_vec();
-        let v2h = v2(1, 0x11, &[203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 0, 25], &[]);
+        let v2h = v2(
+            1,
+            0x11,
+            &[203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 0, 25],
+            &[],
+        );
         for h in [v1, v2h] {
             for n in 0..h.len() {
                 assert_eq!(parse(&h[..n]), ProxyParse::Incomplete, "{n} of {h:?}");
@@ -249,7 +268,11 @@ mod tests {
             b"\r\n\r\n\0\r\nQUIX\n",
             b"\x16\x03\x01",
         ] {
-            assert!(matches!(parse(bad), ProxyParse::Refused(_)), "{bad:?}: {:?}", parse(bad));
+            assert!(
+                matches!(parse(bad), ProxyParse::Refused(_)),
+                "{bad:?}: {:?}",
+                parse(bad)
+            );
         }
         // Without its end of line, a v1 header stops at 107 bytes.
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();

@@ -3,12 +3,12 @@
 //! off-thread, durable spooling). Every protocol decision is the session's.
 
 use super::framer::{Frame, Framer, Timeouts};
+use super::proxy_header::{self, ProxyHeader, ProxyParse};
 use super::reply::Reply;
 use super::session::{
     Action, AuthOutcome, DataProgress, Limits, Message, RecipientDecision, Session, SessionParams,
 };
 use super::trace_header::{TraceInfo, received_header};
-use super::proxy_header::{self, ProxyHeader, ProxyParse};
 use crate::abuse::quota::QuotaHolds;
 use crate::bindings::BindKind;
 use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};

@@ -715,7 +715,10 @@ impl Store {
 
     pub fn remove_binding(&mut self, addr: std::net::SocketAddr) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute("DELETE FROM bindings WHERE address = ?1", [addr.to_string()])?;
+        let n = tx.execute(
+            "DELETE FROM bindings WHERE address = ?1",
+            [addr.to_string()],
+        )?;
         if n == 0 {
             return Err(StoreError::Invalid(format!("{addr} is not a binding")));
         }
@@ -738,7 +741,8 @@ impl Store {
             .collect::<rusqlite::Result<_>>()?;
         rows.into_iter()
             .map(|(addr, trusted)| {
-                let corrupt = || StoreError::Corrupt(format!("proxy binding {addr:?}: {trusted:?}"));
+                let corrupt =
+                    || StoreError::Corrupt(format!("proxy binding {addr:?}: {trusted:?}"));
                 let addr = addr.parse().map_err(|_| corrupt())?;
                 let nets = parse_trusted_proxies(&trusted).map_err(|_| corrupt())?;
                 Ok((addr, nets))
@@ -761,7 +765,11 @@ impl Store {
         )?;
         match trusted_proxies {
             Some(nets) => {
-                let text = nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+                let text = nets
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 tx.execute(
                     "INSERT INTO proxy_bindings (address, trusted) VALUES (?1, ?2)
                      ON CONFLICT (address) DO UPDATE SET trusted = excluded.trusted",
@@ -1207,7 +1215,9 @@ pub fn parse_trusted_proxies(text: &str) -> std::result::Result<Vec<ipnet::IpNet
             t.parse::<ipnet::IpNet>()
                 .map(|n| n.trunc())
                 .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| format!("{t:?} is not an address or CIDR (like 10.0.0.5 or 10.0.0.0/24)"))
+                .map_err(|_| {
+                    format!("{t:?} is not an address or CIDR (like 10.0.0.5 or 10.0.0.0/24)")
+                })
         })
         .collect::<std::result::Result<_, _>>()?;
     if nets.is_empty() {
