@@ -4,6 +4,7 @@
 pub mod abuse;
 pub mod bindings;
 pub mod cli;
+pub mod config_file;
 pub mod console;
 pub mod control;
 pub mod credentials;

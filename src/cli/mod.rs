@@ -5,6 +5,7 @@
 mod ban;
 mod bind;
 mod check;
+mod config;
 mod domain;
 mod list;
 mod policy;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Show, add and lift bans (addresses refused at connect).
     #[command(subcommand)]
     Ban(ban::BanCommand),
+    /// The whole configuration as one TOML file: export, apply.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Explain what the policy decides for a client, sender and recipients.
     Check(check::CheckArgs),
     /// A message's whole story from the event log (connection, decisions,
@@ -129,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(c) => queue::run(&mut store, c),
         Command::Quota(c) => quota::run(&mut store, c),
         Command::Ban(c) => ban::run(&mut store, c),
+        Command::Config(c) => config::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
         Command::Trace(args) => trace::run(&cli.db, args),
     }
@@ -148,6 +153,10 @@ fn reads_only(command: &Command) -> bool {
             | Command::Route(route::RouteCommand::Show)
             | Command::Quota(quota::QuotaCommand::Show)
             | Command::Ban(ban::BanCommand::Show { .. })
+            | Command::Config(
+                config::ConfigCommand::Export { .. }
+                    | config::ConfigCommand::Apply { dry_run: true, .. }
+            )
             | Command::Check(_)
     )
 }

@@ -2,6 +2,7 @@
 //! writes; every multi-row edit is one transaction; input is validated
 //! before anything is written.
 
+mod config_doc;
 mod schema;
 
 pub use schema::{CURRENT_VERSION, DEFAULT_ALLOW, DEFAULT_BINDING, DEFAULT_DENY};

@@ -1,0 +1,82 @@
+//! `relaygate config export [FILE]` and `config apply FILE [--dry-run]`:
+//! the whole configuration as one TOML document, for Git and Ansible.
+
+use crate::config_file::{ConfigDoc, diff};
+use crate::store::Store;
+use anyhow::Context;
+use clap::Subcommand;
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write the whole configuration as TOML (to FILE, mode 0600, written
+    /// whole or not at all; or to standard output).
+    Export { file: Option<std::path::PathBuf> },
+    /// Make the database equal to FILE in one transaction, and print what
+    /// changed, section by section. Bans, quota counts and suspensions are
+    /// kept.
+    Apply {
+        file: std::path::PathBuf,
+        /// Print the changes, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Export { file } => {
+            let text = store.export_config()?.to_toml();
+            match file {
+                None => std::io::stdout().write_all(text.as_bytes())?,
+                Some(path) => {
+                    write_private(&path, &text)?;
+                    eprintln!("configuration written to {}", path.display());
+                }
+            }
+        }
+        ConfigCommand::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let doc = ConfigDoc::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                .normalized();
+            let current = store.export_config()?;
+            let changes = diff(&current, &doc);
+            if changes.is_empty() {
+                println!("no changes: the database already equals {}", file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{changes}");
+            if dry_run {
+                println!("(dry run: nothing was changed)");
+            } else {
+                store
+                    .apply_config(&doc)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was changed", file.display()))?;
+                println!("applied {}", file.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Owner-only (it holds password hashes and route credentials), and whole
+/// or not at all: a temporary file renamed into place.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("relaygate-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
