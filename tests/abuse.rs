@@ -5,18 +5,13 @@
 
 mod common;
 
-use base64::Engine as _;
 use common::sink::{Sink, SinkOptions};
-use common::{Client, Server, cli, cli_stdin, run_cli, test_db};
+use common::{Client, Server, cli, cli_stdin, plain, run_cli, test_db};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-
-fn plain(user: &str, password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

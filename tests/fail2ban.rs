@@ -6,15 +6,10 @@
 
 mod common;
 
-use base64::Engine as _;
-use common::{Client, Server, cli, cli_stdin, test_db};
+use common::{Client, Server, cli, cli_stdin, plain, test_db};
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
-
-fn plain(user: &str, password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
-}
 
 #[test]
 fn fail2ban_regex_matches_the_shipped_filter() {

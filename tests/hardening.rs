@@ -4,15 +4,10 @@
 
 mod common;
 
-use base64::Engine as _;
-use common::{Client, Server, cli_stdin, rss_kib, test_db};
+use common::{Client, Server, cli_stdin, plain, rss_kib, test_db};
 use std::net::IpAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-
-fn plain(user: &str, password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
-}
 
 /// `n` sessions from `source`, each at EHLO, then all send a wrong
 /// password at the same moment; the replies' codes.

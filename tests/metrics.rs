@@ -3,7 +3,6 @@
 
 mod common;
 
-use base64::Engine as _;
 use common::{Client, Server, cli, cli_stdin, test_db};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -87,7 +86,7 @@ fn metrics_are_served_parsed_and_follow_the_traffic() {
     c.expect("MAIL FROM:<spam@far.test>", "250");
     c.expect("RCPT TO:<x@elsewhere.test>", "554");
     c.expect("RSET", "250");
-    let bad = base64::engine::general_purpose::STANDARD.encode("\0alice\0wrong");
+    let bad = common::plain("alice", "wrong");
     c.expect(&format!("AUTH PLAIN {bad}"), "535");
     // Counted within a tick.
     let deadline = Instant::now() + Duration::from_secs(5);

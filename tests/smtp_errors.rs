@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{Client, Server, cli, cli_stdin, test_db};
+use common::{Client, Server, cli, cli_stdin, plain, test_db};
 use relaygate::spool::{StoredMessage, read_spool, spool_path_for};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -82,10 +82,6 @@ fn recipients(m: &StoredMessage) -> Vec<&str> {
 
 fn body(m: &StoredMessage) -> String {
     String::from_utf8_lossy(&m.message.body).into_owned()
-}
-
-fn plain(login: &str, password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"))
 }
 
 fn b64(text: &str) -> String {

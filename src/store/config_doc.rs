@@ -299,11 +299,7 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
         if let Some(trusted) = &b.trusted_proxies {
             let nets = super::parse_trusted_proxies(&trusted.join(","))
                 .map_err(|e| invalid("bindings", format!("{addr}: {e}")))?;
-            let text = nets
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let text = super::trusted_text(&nets);
             tx.execute(
                 "INSERT INTO proxy_bindings (address, trusted) VALUES (?1, ?2)",
                 (addr.to_string(), text),

@@ -766,11 +766,7 @@ impl Store {
         )?;
         match trusted_proxies {
             Some(nets) => {
-                let text = nets
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let text = trusted_text(nets);
                 tx.execute(
                     "INSERT INTO proxy_bindings (address, trusted) VALUES (?1, ?2)
                      ON CONFLICT (address) DO UPDATE SET trusted = excluded.trusted",
@@ -1203,6 +1199,14 @@ pub struct EngineConfig {
     pub suspended: Vec<String>,
     /// Bindings behind a load balancer, with its trusted addresses.
     pub proxied: HashMap<std::net::SocketAddr, Vec<ipnet::IpNet>>,
+}
+
+/// How trusted proxies are stored: `10.0.0.5/32,10.0.1.0/24`.
+pub fn trusted_text(nets: &[ipnet::IpNet]) -> String {
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `10.0.0.5,10.0.1.0/24,::1`: the proxies a PROXY binding trusts (an

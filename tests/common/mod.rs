@@ -428,3 +428,9 @@ pub fn load_until_gone(
         .collect();
     (acked, handles)
 }
+
+/// An AUTH PLAIN argument for these credentials.
+pub fn plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
