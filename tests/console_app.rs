@@ -1309,7 +1309,7 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
         ));
     }
     assert_eq!(
-        relaygate::console::panels::live::busiest_clients(&h.app, 3),
+        relaygate::console::panels::live::busiest_clients(&h.app.traffic, 3),
         " · most open: 198.51.100.4 ×3"
     );
     // Enter opens the selected row as shown.

@@ -8,13 +8,20 @@ use super::form::{Field, Form, FormPurpose};
 use super::io::ConfigView;
 use super::keymap::{Context, command_for};
 use super::list_editor::{ListEditor, ListFocus};
-use super::traffic::{LogFilter, LogLine, Traffic};
+use super::panels::bindings::BindingsView;
+use super::panels::live::LiveView;
+use super::panels::log::LogView;
+pub use super::panels::policy::PolicyRow;
+use super::panels::policy::PolicyView;
+pub use super::panels::row_matches;
+use super::panels::users::UsersView;
+use super::traffic::{LogLine, Traffic};
 use crate::bindings::{BindKind, Binding, parse_listen_addr};
 use crate::control::protocol::{Access, ClientMessage};
 use crate::engine::ListenerStatus;
 use crate::events::Event;
 use crate::policy::rules::Rule;
-use crate::policy::settings::{AuthMode, SWITCH_KEYS};
+use crate::policy::settings::AuthMode;
 use crate::queue_admin::QueueAction;
 use crate::store::check_login_name;
 use ratatui::crossterm::event::KeyEvent;
@@ -69,114 +76,6 @@ pub enum Mode {
     Confirm(Confirm),
 }
 
-/// Which connections the Live panel shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LiveShow {
-    #[default]
-    All,
-    Open,
-    Denied,
-}
-
-impl LiveShow {
-    fn next(self) -> LiveShow {
-        match self {
-            LiveShow::All => LiveShow::Open,
-            LiveShow::Open => LiveShow::Denied,
-            LiveShow::Denied => LiveShow::All,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LiveShow::All => "all",
-            LiveShow::Open => "open",
-            LiveShow::Denied => "with a denied recipient",
-        }
-    }
-}
-
-/// The column the Live panel sorts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LiveSort {
-    /// In the order they opened.
-    #[default]
-    Opened,
-    Peer,
-    User,
-    State,
-    Helo,
-    Sender,
-    Rcpt,
-    Bytes,
-}
-
-impl LiveSort {
-    fn next(self) -> LiveSort {
-        use LiveSort::*;
-        match self {
-            Opened => Peer,
-            Peer => User,
-            User => State,
-            State => Helo,
-            Helo => Sender,
-            Sender => Rcpt,
-            Rcpt => Bytes,
-            Bytes => Opened,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use LiveSort::*;
-        match self {
-            Opened => "opened",
-            Peer => "peer",
-            User => "user",
-            State => "state",
-            Helo => "helo",
-            Sender => "sender",
-            Rcpt => "rcpt",
-            Bytes => "bytes",
-        }
-    }
-}
-
-/// The Live panel's view: what it shows, in which order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LiveView {
-    pub show: LiveShow,
-    pub sort: LiveSort,
-    pub reversed: bool,
-}
-
-/// The `/` filters of the list panels (the Queue's and the Log's are their
-/// own); each keeps the rows that contain its text, in any case.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PanelFilters {
-    pub live: String,
-    pub bindings: String,
-    pub users: String,
-}
-
-impl PanelFilters {
-    pub fn of(&self, panel: Panel) -> &str {
-        match panel {
-            Panel::Live => &self.live,
-            Panel::Bindings => &self.bindings,
-            Panel::Users => &self.users,
-            _ => "",
-        }
-    }
-}
-
-/// Whether any of `fields` contains `filter` (lowercase), in any case.
-pub fn row_matches<'a>(filter: &str, fields: impl IntoIterator<Item = &'a str>) -> bool {
-    filter.is_empty()
-        || fields
-            .into_iter()
-            .any(|f| f.to_lowercase().contains(filter))
-}
-
 /// The message line under the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -202,47 +101,6 @@ impl Status {
             STATUS_ERROR_FOR
         }
     }
-}
-
-/// The Log panel's view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogView {
-    pub filter: LogFilter,
-    /// Lowercased; lines must contain it.
-    pub search: Option<String>,
-    /// The selected line, counted from the newest matching one.
-    pub cursor: usize,
-    pub follow: bool,
-    /// Matches of `search` in the whole event log older than the lines
-    /// held here, oldest first; `None` while the search runs.
-    pub history: Option<Vec<LogLine>>,
-}
-
-impl LogView {
-    pub fn admits(&self, line: &LogLine) -> bool {
-        self.filter.admits(line)
-            && self.search.as_ref().is_none_or(|s| {
-                line.text.to_lowercase().contains(s)
-                    || line
-                        .detail
-                        .as_ref()
-                        .is_some_and(|d| d.to_lowercase().contains(s))
-            })
-    }
-}
-
-/// One row of the Auth & restrictions panel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyRow {
-    AuthMode,
-    Switch {
-        key: &'static str,
-        help: &'static str,
-    },
-    PlaintextAuth,
-    Domain(String),
-    /// A rule, numbered from 1.
-    Rule(usize),
 }
 
 /// How the console reaches the engine.
@@ -276,13 +134,10 @@ pub struct App {
     pub in_flight: std::collections::HashMap<String, crate::delivery::InFlightAttempt>,
     pub lists: ListEditor,
     pub log: LogView,
-    pub live_selected: usize,
-    pub live_view: LiveView,
-    pub bindings_selected: usize,
-    /// What `/` filters each list panel by (lowercase; empty: all rows).
-    pub filters: PanelFilters,
-    pub policy_selected: usize,
-    pub users_selected: usize,
+    pub live: LiveView,
+    pub bindings: BindingsView,
+    pub policy: PolicyView,
+    pub users: UsersView,
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
@@ -317,19 +172,11 @@ impl App {
             queue: Default::default(),
             in_flight: Default::default(),
             lists: ListEditor::default(),
-            log: LogView {
-                filter: LogFilter::All,
-                search: None,
-                cursor: 0,
-                follow: true,
-                history: Some(Vec::new()),
-            },
-            live_selected: 0,
-            live_view: LiveView::default(),
-            bindings_selected: 0,
-            filters: PanelFilters::default(),
-            policy_selected: 0,
-            users_selected: 0,
+            log: LogView::default(),
+            live: LiveView::default(),
+            bindings: BindingsView::default(),
+            policy: PolicyView::default(),
+            users: UsersView::default(),
             status: None,
             dropped: 0,
             lagged: 0,
@@ -440,17 +287,7 @@ impl App {
                 let full = before >= super::traffic::LOG_LINES;
                 self.traffic.apply(&stamped);
                 let added = full || self.traffic.log.lines.len() > before;
-                if added
-                    && !self.log.follow
-                    && self
-                        .traffic
-                        .log
-                        .lines
-                        .back()
-                        .is_some_and(|l| self.log.admits(l))
-                {
-                    self.log.cursor += 1;
-                }
+                self.log.line_added(&self.traffic.log, added);
                 if let Event::PolicyReloaded { allow, deny } = stamped.event.as_ref()
                     && self.awaiting_reload
                 {
@@ -495,23 +332,8 @@ impl App {
                 Vec::new()
             }
             Action::HistoryFound { search, found } => {
-                if self.log.search.as_deref() != Some(search.as_str()) {
-                    return Vec::new();
-                }
-                match found {
-                    Ok(lines) => {
-                        let oldest_here =
-                            self.traffic.log.lines.front().map_or(i64::MAX, |l| l.at_ms);
-                        let older: Vec<LogLine> = lines
-                            .into_iter()
-                            .filter(|l| l.at_ms < oldest_here && self.log.filter.admits(l))
-                            .collect();
-                        self.log.history = Some(older);
-                    }
-                    Err(e) => {
-                        self.log.history = Some(Vec::new());
-                        self.say(false, e);
-                    }
+                if let Err(e) = self.log.history_found(&search, found, &self.traffic.log) {
+                    self.say(false, e);
                 }
                 Vec::new()
             }
@@ -886,20 +708,15 @@ impl App {
 
     fn panel_command(&mut self, c: Command) -> Vec<Effect> {
         match (self.panel, c) {
-            (Panel::Live, Command::CycleFilter) => {
-                self.live_view.show = self.live_view.show.next();
-                self.live_selected = 0;
-            }
-            (Panel::Live, Command::CycleSort) => {
-                self.live_view.sort = self.live_view.sort.next();
-                self.live_selected = 0;
-            }
-            (Panel::Live, Command::ReverseSort) => {
-                self.live_view.reversed = !self.live_view.reversed;
-                self.live_selected = 0;
+            (Panel::Live, Command::CycleFilter | Command::CycleSort | Command::ReverseSort) => {
+                self.live.command(c);
             }
             (Panel::Live, Command::Open) => {
-                if let Some(id) = self.live_rows().get(self.live_selected).map(|c| c.session) {
+                if let Some(id) = self
+                    .live
+                    .selected_connection(&self.traffic)
+                    .map(|c| c.session)
+                {
                     self.mode = Mode::Viewer {
                         source: ViewerSource::Connection(id),
                         scroll: 0,
@@ -907,27 +724,11 @@ impl App {
                     return vec![Effect::Control(ClientMessage::Dialogue { session: id })];
                 }
             }
-            (Panel::Log, Command::CycleFilter) => {
-                self.log.filter = self.log.filter.next();
-                self.log.cursor = 0;
-                self.log.follow = true;
-            }
-            (Panel::Log, Command::NextMatch | Command::PrevMatch) if self.log.search.is_some() => {
-                let n = self.log_matching();
-                if c == Command::NextMatch {
-                    if self.log.follow {
-                        self.log.follow = false;
-                    } else {
-                        self.log.cursor = (self.log.cursor + 1).min(n.saturating_sub(1));
-                    }
-                } else {
-                    self.log.follow = false;
-                    self.log.cursor = self.log.cursor.saturating_sub(1);
-                }
-            }
-            (Panel::Log, Command::Follow) => {
-                self.log.cursor = 0;
-                self.log.follow = true;
+            (
+                Panel::Log,
+                Command::CycleFilter | Command::NextMatch | Command::PrevMatch | Command::Follow,
+            ) => {
+                self.log.command(c, &self.traffic.log);
             }
             (Panel::Log, Command::Search) => {
                 let current = self.log.search.clone().unwrap_or_default();
@@ -941,14 +742,13 @@ impl App {
                 );
             }
             (Panel::Live, Command::Trace) => {
-                let query =
-                    self.live_rows()
-                        .get(self.live_selected)
-                        .map(|c| crate::trace::TraceQuery {
-                            ip: Some(c.peer.ip().to_string()),
-                            from: c.mail_from.clone().filter(|m| !m.is_empty()),
-                            ..Default::default()
-                        });
+                let query = self.live.selected_connection(&self.traffic).map(|c| {
+                    crate::trace::TraceQuery {
+                        ip: Some(c.peer.ip().to_string()),
+                        from: c.mail_from.clone().filter(|m| !m.is_empty()),
+                        ..Default::default()
+                    }
+                });
                 return self.trace(query);
             }
             (Panel::Queue, Command::Trace) => {
@@ -1002,12 +802,7 @@ impl App {
                 binding_fields("", "smtp"),
             ),
             (Panel::Bindings, Command::Edit) => {
-                if let Some(b) = self
-                    .binding_rows()
-                    .get(self.bindings_selected)
-                    .copied()
-                    .copied()
-                {
+                if let Some(b) = self.bindings.selected_binding(&self.config.bindings) {
                     self.open_form(
                         FormPurpose::EditBinding(b.addr),
                         format!("Edit binding {}", b.addr),
@@ -1016,12 +811,7 @@ impl App {
                 }
             }
             (Panel::Bindings, Command::Remove) => {
-                if let Some(b) = self
-                    .binding_rows()
-                    .get(self.bindings_selected)
-                    .copied()
-                    .copied()
-                {
+                if let Some(b) = self.bindings.selected_binding(&self.config.bindings) {
                     self.ask(
                         format!(
                             "Stop listening on {} ({}) and remove the binding?",
@@ -1059,28 +849,24 @@ impl App {
                     Field::new("position", "1 is evaluated first; empty: at the end"),
                 ],
             ),
-            (Panel::Policy, Command::Remove) => {
-                match self.policy_rows().get(self.policy_selected) {
-                    Some(PolicyRow::Domain(d)) => {
-                        let d = d.clone();
-                        self.ask(
-                            format!("Remove the local domain {d}?"),
-                            Pending::RemoveDomain(d),
-                        );
-                    }
-                    Some(PolicyRow::Rule(n)) => {
-                        let n = *n;
-                        let text = self
-                            .config
-                            .rules
-                            .get(n - 1)
-                            .map(|r| r.to_string())
-                            .unwrap_or_default();
-                        self.ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n));
-                    }
-                    _ => self.say(false, "select a local domain or a rule to remove it"),
+            (Panel::Policy, Command::Remove) => match self.policy.selected_row(&self.config) {
+                Some(PolicyRow::Domain(d)) => {
+                    self.ask(
+                        format!("Remove the local domain {d}?"),
+                        Pending::RemoveDomain(d),
+                    );
                 }
-            }
+                Some(PolicyRow::Rule(n)) => {
+                    let text = self
+                        .config
+                        .rules
+                        .get(n - 1)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    self.ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n));
+                }
+                _ => self.say(false, "select a local domain or a rule to remove it"),
+            },
             (Panel::Users, Command::Add) => self.open_form(
                 FormPurpose::AddUser,
                 "Add a user",
@@ -1091,7 +877,7 @@ impl App {
                 ],
             ),
             (Panel::Users, Command::ResetPassword) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
+                if let Some(u) = self.users.selected_user(&self.config.users) {
                     let name = u.name.clone();
                     self.open_form(
                         FormPurpose::ResetPassword(name.clone()),
@@ -1101,7 +887,7 @@ impl App {
                 }
             }
             (Panel::Users, Command::SenderAddresses) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
+                if let Some(u) = self.users.selected_user(&self.config.users) {
                     let name = u.name.clone();
                     let current = u.addresses.join(" ");
                     self.open_form(
@@ -1118,7 +904,7 @@ impl App {
                 }
             }
             (Panel::Users, Command::Remove) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
+                if let Some(u) = self.users.selected_user(&self.config.users) {
                     let name = u.name.clone();
                     self.ask(
                         format!("Remove user {name} and its sender addresses?"),
@@ -1128,7 +914,11 @@ impl App {
             }
             (Panel::Live | Panel::Bindings | Panel::Users, Command::Search) => {
                 let panel = self.panel;
-                let current = self.filters.of(panel).to_string();
+                let current = match panel {
+                    Panel::Live => self.live.filter.clone(),
+                    Panel::Bindings => self.bindings.filter.clone(),
+                    _ => self.users.filter.clone(),
+                };
                 self.open_form(
                     FormPurpose::PanelFilter(panel),
                     "Filter the list",
@@ -1348,18 +1138,9 @@ impl App {
             FormPurpose::PanelFilter(panel) => {
                 let text = form.value(0).trim().to_lowercase();
                 match panel {
-                    Panel::Live => {
-                        self.filters.live = text;
-                        self.live_selected = 0;
-                    }
-                    Panel::Bindings => {
-                        self.filters.bindings = text;
-                        self.bindings_selected = 0;
-                    }
-                    _ => {
-                        self.filters.users = text;
-                        self.users_selected = 0;
-                    }
+                    Panel::Live => self.live.set_filter(&text),
+                    Panel::Bindings => self.bindings.set_filter(&text),
+                    _ => self.users.set_filter(&text),
                 }
                 self.mode = Mode::Normal;
                 return Vec::new();
@@ -1371,18 +1152,12 @@ impl App {
                 return Vec::new();
             }
             FormPurpose::LogSearch => {
-                let text = form.value(0).trim().to_lowercase();
-                self.log.search = (!text.is_empty()).then(|| text.clone());
-                self.log.cursor = 0;
-                self.log.follow = true;
+                let text = form.value(0).to_string();
                 self.mode = Mode::Normal;
-                self.log.history = Some(Vec::new());
-                if text.is_empty() {
-                    return Vec::new();
-                }
-                // The lines here are searched at once; the whole log too.
-                self.log.history = None;
-                return vec![Effect::SearchHistory(text)];
+                return match self.log.set_search(&text) {
+                    Some(text) => vec![Effect::SearchHistory(text)],
+                    None => Vec::new(),
+                };
             }
             FormPurpose::AddBinding | FormPurpose::EditBinding(_) => {
                 let old = match &form.purpose {
@@ -1499,20 +1274,11 @@ impl App {
 
     /// The rows of the Auth & restrictions panel, top to bottom.
     pub fn policy_rows(&self) -> Vec<PolicyRow> {
-        let mut rows = vec![PolicyRow::AuthMode];
-        rows.extend(
-            SWITCH_KEYS
-                .iter()
-                .map(|&(key, help)| PolicyRow::Switch { key, help }),
-        );
-        rows.push(PolicyRow::PlaintextAuth);
-        rows.extend(self.config.domains.iter().cloned().map(PolicyRow::Domain));
-        rows.extend((1..=self.config.rules.len()).map(PolicyRow::Rule));
-        rows
+        PolicyView::rows(&self.config)
     }
 
     fn toggle_policy_row(&mut self) -> Vec<Effect> {
-        match self.policy_rows().get(self.policy_selected) {
+        match self.policy.selected_row(&self.config) {
             Some(PolicyRow::AuthMode) => {
                 self.ask(
                     format!(
@@ -1552,127 +1318,37 @@ impl App {
 
     /// How many matching lines the Log panel has.
     pub fn log_matching(&self) -> usize {
-        self.log_shown().count()
+        self.log.matching(&self.traffic.log)
     }
 
-    /// The Log panel's lines, newest first: those held here that pass the
-    /// filter and the search, then a search's matches from the older
-    /// history.
+    /// The Log panel's lines, newest first.
     pub fn log_shown(&self) -> impl Iterator<Item = &LogLine> {
-        let older: &[LogLine] = match (&self.log.search, &self.log.history) {
-            (Some(_), Some(h)) => h,
-            _ => &[],
-        };
-        self.traffic
-            .log
-            .lines
-            .iter()
-            .rev()
-            .filter(|l| self.log.admits(l))
-            .chain(older.iter().rev())
+        self.log.shown(&self.traffic.log)
     }
 
-    /// The Live panel's rows: the connections its view shows, in its
-    /// order (the table may hold 10,000: sorting them takes about a
-    /// millisecond, and only when asked for).
     /// The bindings the Bindings panel shows.
     pub fn binding_rows(&self) -> Vec<&crate::bindings::Binding> {
-        self.config
-            .bindings
-            .iter()
-            .filter(|b| {
-                row_matches(
-                    &self.filters.bindings,
-                    [b.addr.to_string().as_str(), b.kind.to_string().as_str()],
-                )
-            })
-            .collect()
+        self.bindings.rows(&self.config.bindings)
     }
 
     /// The users the Users panel shows.
     pub fn user_rows(&self) -> Vec<&crate::store::UserInfo> {
-        self.config
-            .users
-            .iter()
-            .filter(|u| {
-                row_matches(
-                    &self.filters.users,
-                    std::iter::once(u.name.as_str()).chain(u.addresses.iter().map(String::as_str)),
-                )
-            })
-            .collect()
+        self.users.rows(&self.config.users)
     }
 
+    /// The Live panel's rows, in its order.
     pub fn live_rows(&self) -> Vec<&crate::live::Connection> {
-        let v = self.live_view;
-        let mut rows: Vec<&crate::live::Connection> = self
-            .traffic
-            .connections
-            .values()
-            .filter(|c| match v.show {
-                LiveShow::All => true,
-                LiveShow::Open => c.closed.is_none(),
-                LiveShow::Denied => c.rcpt_denied > 0,
-            })
-            .filter(|c| {
-                row_matches(
-                    &self.filters.live,
-                    [
-                        c.peer.to_string().as_str(),
-                        c.login.as_deref().unwrap_or(""),
-                        c.state.as_str(),
-                        c.helo.as_deref().unwrap_or(""),
-                        c.mail_from.as_deref().unwrap_or(""),
-                    ],
-                )
-            })
-            .collect();
-        match v.sort {
-            LiveSort::Opened => {}
-            LiveSort::Peer => rows.sort_by_key(|c| c.peer),
-            LiveSort::User => rows.sort_by(|a, b| a.login.cmp(&b.login)),
-            LiveSort::State => rows.sort_by(|a, b| a.state.cmp(&b.state)),
-            LiveSort::Helo => rows.sort_by(|a, b| a.helo.cmp(&b.helo)),
-            LiveSort::Sender => rows.sort_by(|a, b| a.mail_from.cmp(&b.mail_from)),
-            LiveSort::Rcpt => rows.sort_by_key(|c| (c.rcpt_allowed + c.rcpt_denied, c.rcpt_denied)),
-            LiveSort::Bytes => rows.sort_by_key(|c| c.bytes),
-        }
-        if v.reversed {
-            rows.reverse();
-        }
-        rows
+        self.live.rows(&self.traffic)
     }
 
     pub fn selected_log_line(&self) -> Option<&LogLine> {
-        self.log_shown().nth(self.log.cursor)
+        self.log.selected_line(&self.traffic.log)
     }
 
     fn move_selection(&mut self, c: Command) {
         let page = self.page.max(1);
         if self.panel == Panel::Log {
-            let count = self.log_matching();
-            // The cursor counts from the newest line: "up" is older.
-            let up = match c {
-                Command::Up => Some(1),
-                Command::ScrollUp => Some(3),
-                Command::PageUp => Some(page),
-                _ => None,
-            };
-            let down = match c {
-                Command::Down => Some(1),
-                Command::ScrollDown => Some(3),
-                Command::PageDown => Some(page),
-                _ => None,
-            };
-            let cursor = match (c, up, down) {
-                (Command::Top, _, _) => count.saturating_sub(1),
-                (Command::Bottom, _, _) => 0,
-                (_, Some(n), _) => (self.log.cursor + n).min(count.saturating_sub(1)),
-                (_, _, Some(n)) => self.log.cursor.saturating_sub(n),
-                _ => self.log.cursor,
-            };
-            self.log.cursor = cursor;
-            self.log.follow = cursor == 0;
+            self.log.move_cursor(c, page, &self.traffic.log);
             return;
         }
         if self.panel == Panel::Lists {
@@ -1698,10 +1374,10 @@ impl App {
             Panel::Log | Panel::Lists => 0,
         };
         let selected = match self.panel {
-            Panel::Live => &mut self.live_selected,
-            Panel::Bindings => &mut self.bindings_selected,
-            Panel::Policy => &mut self.policy_selected,
-            Panel::Users => &mut self.users_selected,
+            Panel::Live => &mut self.live.selected,
+            Panel::Bindings => &mut self.bindings.selected,
+            Panel::Policy => &mut self.policy.selected,
+            Panel::Users => &mut self.users.selected,
             Panel::Queue => &mut self.queue.selected,
             Panel::Log | Panel::Lists => return,
         };
@@ -1709,15 +1385,10 @@ impl App {
     }
 
     fn clamp_selections(&mut self) {
-        let clamp = |v: &mut usize, n: usize| *v = (*v).min(n.saturating_sub(1));
-        let n = self.binding_rows().len();
-        clamp(&mut self.bindings_selected, n);
-        let rows = self.policy_rows().len();
-        clamp(&mut self.policy_selected, rows);
-        let n = self.user_rows().len();
-        clamp(&mut self.users_selected, n);
-        let shown = self.live_rows().len();
-        clamp(&mut self.live_selected, shown);
+        self.bindings.clamp(&self.config.bindings);
+        self.policy.clamp(&self.config);
+        self.users.clamp(&self.config.users);
+        self.live.clamp(&self.traffic);
     }
 }
 

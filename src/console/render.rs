@@ -26,12 +26,27 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     .areas(frame.area());
     draw_tabs(frame, tabs, app, theme);
     match app.panel {
-        Panel::Live => panels::live::render(frame, body, app, theme),
-        Panel::Log => panels::log::render(frame, body, app, theme),
-        Panel::Bindings => panels::bindings::render(frame, body, app, theme),
+        Panel::Live => panels::live::render(
+            frame,
+            body,
+            &app.live,
+            &app.traffic,
+            &app.listeners,
+            app.now,
+            theme,
+        ),
+        Panel::Log => panels::log::render(frame, body, &app.log, &app.traffic.log, theme),
+        Panel::Bindings => panels::bindings::render(
+            frame,
+            body,
+            &app.bindings,
+            &app.config.bindings,
+            &app.listeners,
+            theme,
+        ),
         Panel::Lists => panels::lists::render(frame, body, app, theme),
-        Panel::Policy => panels::policy::render(frame, body, app, theme),
-        Panel::Users => panels::users::render(frame, body, app, theme),
+        Panel::Policy => panels::policy::render(frame, body, &app.policy, &app.config, theme),
+        Panel::Users => panels::users::render(frame, body, &app.users, &app.config, theme),
         Panel::Queue => {
             panels::queue::render(frame, body, &app.queue, &app.in_flight, app.now, theme)
         }

@@ -1,26 +1,80 @@
 //! Bindings: the stored listen addresses and how each listener stands
 //! (the address it got, or the OS error that kept it from opening).
+//!
+//! The panel owns its view ([`BindingsView`]): the `/` filter and the
+//! selection; adding, editing and removing go through the app's forms and
+//! the store's functions, as the CLI's do.
 
-use crate::console::app::App;
+use crate::bindings::Binding;
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
+use crate::engine::ListenerStatus;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+/// The Bindings panel's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindingsView {
+    /// What `/` filters by (lowercase; empty: every binding).
+    pub filter: String,
+    /// Index into [`BindingsView::rows`].
+    pub selected: usize,
+}
+
+impl BindingsView {
+    /// The bindings shown, in stored order.
+    pub fn rows<'a>(&self, bindings: &'a [Binding]) -> Vec<&'a Binding> {
+        bindings
+            .iter()
+            .filter(|b| {
+                super::row_matches(
+                    &self.filter,
+                    [b.addr.to_string().as_str(), b.kind.to_string().as_str()],
+                )
+            })
+            .collect()
+    }
+
+    /// The binding under the selection.
+    pub fn selected_binding(&self, bindings: &[Binding]) -> Option<Binding> {
+        self.rows(bindings).get(self.selected).copied().copied()
+    }
+
+    /// `/`: shows the bindings containing `text` (lowercased here).
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = text.trim().to_lowercase();
+        self.selected = 0;
+    }
+
+    /// Keeps the selection on a row that is shown.
+    pub fn clamp(&mut self, bindings: &[Binding]) {
+        let shown = self.rows(bindings).len();
+        self.selected = self.selected.min(shown.saturating_sub(1));
+    }
+}
+
+/// Draws the stored bindings with their listeners' state.
+pub fn render(
+    frame: &mut Frame,
+    area: Rect,
+    view: &BindingsView,
+    bindings: &[Binding],
+    listeners: &[ListenerStatus],
+    theme: &Theme,
+) {
     let [table_area, help] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
     let height = table_area.height.saturating_sub(3) as usize;
-    let top = scroll_top(app.bindings_selected, height);
-    let shown = app.binding_rows();
+    let top = scroll_top(view.selected, height);
+    let shown = view.rows(bindings);
     let rows: Vec<Row> = shown
         .iter()
         .skip(top)
         .take(height)
         .map(|b| {
-            let (state, style) = match app.listeners.iter().find(|l| l.binding.addr == b.addr) {
+            let (state, style) = match listeners.iter().find(|l| l.binding.addr == b.addr) {
                 Some(l) => match &l.bound {
                     Ok(addr) if l.binding.kind == b.kind => {
                         (format!("listening on {addr}"), theme.allowed)
@@ -51,14 +105,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Block::bordered()
             .title(format!(
                 " Listen addresses: {}{} ",
-                app.config.bindings.len(),
-                super::filtered(&app.filters.bindings, shown.len())
+                bindings.len(),
+                super::filtered(&view.filter, shown.len())
             ))
             .title_style(theme.title),
     );
     let mut state = TableState::default();
     if !shown.is_empty() {
-        state.select(Some(app.bindings_selected.saturating_sub(top)));
+        state.select(Some(view.selected.saturating_sub(top)));
     }
     frame.render_stateful_widget(table, table_area, &mut state);
     frame.render_widget(

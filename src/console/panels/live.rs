@@ -1,20 +1,194 @@
 //! Live: who is connected, what was allowed or denied and why, the rates
 //! over the last minutes, and the newest log lines.
+//!
+//! The panel owns its view ([`LiveView`]): which connections it shows, in
+//! which order, the `/` filter and the selection; the app routes keys to
+//! it and turns what it picks (a dialogue, a trace) into effects.
 
-use crate::console::app::App;
+use crate::console::action::Command;
 use crate::console::render::{age, scroll_top};
 use crate::console::theme::Theme;
-use crate::console::traffic::epoch_ms;
+use crate::console::traffic::{Traffic, epoch_ms};
+use crate::engine::ListenerStatus;
+use crate::live::Connection;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 /// Seconds the rate chart covers.
 const CHART_SECONDS: usize = 300;
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+/// Which connections the Live panel shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveShow {
+    #[default]
+    All,
+    Open,
+    Denied,
+}
+
+impl LiveShow {
+    fn next(self) -> LiveShow {
+        match self {
+            LiveShow::All => LiveShow::Open,
+            LiveShow::Open => LiveShow::Denied,
+            LiveShow::Denied => LiveShow::All,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveShow::All => "all",
+            LiveShow::Open => "open",
+            LiveShow::Denied => "with a denied recipient",
+        }
+    }
+}
+
+/// The column the Live panel sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveSort {
+    /// In the order they opened.
+    #[default]
+    Opened,
+    Peer,
+    User,
+    State,
+    Helo,
+    Sender,
+    Rcpt,
+    Bytes,
+}
+
+impl LiveSort {
+    fn next(self) -> LiveSort {
+        use LiveSort::*;
+        match self {
+            Opened => Peer,
+            Peer => User,
+            User => State,
+            State => Helo,
+            Helo => Sender,
+            Sender => Rcpt,
+            Rcpt => Bytes,
+            Bytes => Opened,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use LiveSort::*;
+        match self {
+            Opened => "opened",
+            Peer => "peer",
+            User => "user",
+            State => "state",
+            Helo => "helo",
+            Sender => "sender",
+            Rcpt => "rcpt",
+            Bytes => "bytes",
+        }
+    }
+}
+
+/// The Live panel's state: what it shows, in which order, and the
+/// selection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveView {
+    pub show: LiveShow,
+    pub sort: LiveSort,
+    pub reversed: bool,
+    /// What `/` filters by (lowercase; empty: every connection).
+    pub filter: String,
+    /// Index into [`LiveView::rows`].
+    pub selected: usize,
+}
+
+impl LiveView {
+    /// The connections this view shows, in its order (the table may hold
+    /// 10,000: sorting them takes about a millisecond, and only when
+    /// asked for).
+    pub fn rows<'a>(&self, traffic: &'a Traffic) -> Vec<&'a Connection> {
+        let mut rows: Vec<&Connection> = traffic
+            .connections
+            .values()
+            .filter(|c| match self.show {
+                LiveShow::All => true,
+                LiveShow::Open => c.closed.is_none(),
+                LiveShow::Denied => c.rcpt_denied > 0,
+            })
+            .filter(|c| {
+                super::row_matches(
+                    &self.filter,
+                    [
+                        c.peer.to_string().as_str(),
+                        c.login.as_deref().unwrap_or(""),
+                        c.state.as_str(),
+                        c.helo.as_deref().unwrap_or(""),
+                        c.mail_from.as_deref().unwrap_or(""),
+                    ],
+                )
+            })
+            .collect();
+        match self.sort {
+            LiveSort::Opened => {}
+            LiveSort::Peer => rows.sort_by_key(|c| c.peer),
+            LiveSort::User => rows.sort_by(|a, b| a.login.cmp(&b.login)),
+            LiveSort::State => rows.sort_by(|a, b| a.state.cmp(&b.state)),
+            LiveSort::Helo => rows.sort_by(|a, b| a.helo.cmp(&b.helo)),
+            LiveSort::Sender => rows.sort_by(|a, b| a.mail_from.cmp(&b.mail_from)),
+            LiveSort::Rcpt => rows.sort_by_key(|c| (c.rcpt_allowed + c.rcpt_denied, c.rcpt_denied)),
+            LiveSort::Bytes => rows.sort_by_key(|c| c.bytes),
+        }
+        if self.reversed {
+            rows.reverse();
+        }
+        rows
+    }
+
+    /// The connection under the selection.
+    pub fn selected_connection<'a>(&self, traffic: &'a Traffic) -> Option<&'a Connection> {
+        self.rows(traffic).get(self.selected).copied()
+    }
+
+    /// The panel's own keys: `f` cycles what is shown, `s` the sort
+    /// column, `S` the order. Whether the command was the panel's.
+    pub fn command(&mut self, c: Command) -> bool {
+        match c {
+            Command::CycleFilter => self.show = self.show.next(),
+            Command::CycleSort => self.sort = self.sort.next(),
+            Command::ReverseSort => self.reversed = !self.reversed,
+            _ => return false,
+        }
+        self.selected = 0;
+        true
+    }
+
+    /// `/`: shows the connections containing `text` (lowercased here).
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = text.trim().to_lowercase();
+        self.selected = 0;
+    }
+
+    /// Keeps the selection on a row that is shown.
+    pub fn clamp(&mut self, traffic: &Traffic) {
+        let shown = self.rows(traffic).len();
+        self.selected = self.selected.min(shown.saturating_sub(1));
+    }
+}
+
+/// Draws the panel from its view and the engine's picture.
+pub fn render(
+    frame: &mut Frame,
+    area: Rect,
+    view: &LiveView,
+    traffic: &Traffic,
+    listeners: &[ListenerStatus],
+    now: SystemTime,
+    theme: &Theme,
+) {
     let tail_height = if area.height >= 30 { 8 } else { 5 };
     let [header, top, table, tail] = Layout::vertical([
         Constraint::Length(1),
@@ -23,26 +197,33 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Constraint::Length(tail_height),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(header_line(app, theme)), header);
+    frame.render_widget(
+        Paragraph::new(header_line(listeners, traffic, theme)),
+        header,
+    );
     let [counters, chart] =
         // A blank column between, so a long counter never runs into a label.
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
             .spacing(1)
             .areas(top);
-    render_counters(frame, counters, app, theme);
-    render_chart(frame, chart, app, theme);
-    render_connections(frame, table, app, theme);
-    render_tail(frame, tail, app, theme);
+    render_counters(frame, counters, traffic, theme);
+    render_chart(frame, chart, traffic, now, theme);
+    render_connections(frame, table, view, traffic, now, theme);
+    render_tail(frame, tail, traffic, theme);
 }
 
 /// Where the engine listens (the bound address, so port 0 shows its real
 /// port) and how many are connected.
-pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
+pub fn header_line<'a>(
+    listeners: &'a [ListenerStatus],
+    traffic: &Traffic,
+    theme: &Theme,
+) -> Line<'a> {
     let mut spans = Vec::new();
-    if app.listeners.is_empty() {
+    if listeners.is_empty() {
         spans.push(Span::styled("not listening anywhere", theme.warning));
     }
-    for l in &app.listeners {
+    for l in listeners {
         match &l.bound {
             Ok(addr) => spans.push(Span::styled(
                 format!("listening {addr} ({}) ", l.binding.kind),
@@ -54,7 +235,7 @@ pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
             )),
         }
     }
-    spans.push(Span::raw(format!("· {} open", app.traffic.open)));
+    spans.push(Span::raw(format!("· {} open", traffic.open)));
     Line::from(spans)
 }
 
@@ -68,8 +249,8 @@ fn joined(map: &BTreeMap<std::borrow::Cow<'static, str>, u64>) -> String {
         .join(" · ")
 }
 
-fn render_counters(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let c = &app.traffic.counters;
+fn render_counters(frame: &mut Frame, area: Rect, traffic: &Traffic, theme: &Theme) {
+    let c = &traffic.counters;
     let lines = vec![
         Line::from(vec![
             Span::styled("sessions ", theme.dim),
@@ -97,11 +278,11 @@ fn render_counters(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     frame.render_widget(Paragraph::new(lines), area);
 }
 
-fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+fn render_chart(frame: &mut Frame, area: Rect, traffic: &Traffic, now: SystemTime, theme: &Theme) {
     let label = 9u16;
     let bars = area.width.saturating_sub(label).max(1) as usize;
     let per_bar = CHART_SECONDS.div_ceil(bars).max(1);
-    let (allowed, denied) = app.traffic.rate_series(app.now, bars * per_bar);
+    let (allowed, denied) = traffic.rate_series(now, bars * per_bar);
     let sum = |v: &[u64]| -> Vec<u64> { v.chunks(per_bar).map(|c| c.iter().sum()).collect() };
     let [a_row, d_row] =
         Layout::vertical([Constraint::Length(2), Constraint::Length(2)]).areas(area);
@@ -124,14 +305,9 @@ fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 
 /// The clients with the most open connections, when one has more than
 /// one: ` · most open: 127.0.0.1 ×5, 10.0.0.7 ×2`.
-pub fn busiest_clients(app: &App, n: usize) -> String {
+pub fn busiest_clients(traffic: &Traffic, n: usize) -> String {
     let mut per_ip: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
-    for c in app
-        .traffic
-        .connections
-        .values()
-        .filter(|c| c.closed.is_none())
-    {
+    for c in traffic.connections.values().filter(|c| c.closed.is_none()) {
         *per_ip.entry(c.peer.ip()).or_default() += 1;
     }
     let mut top: Vec<(std::net::IpAddr, usize)> =
@@ -148,15 +324,17 @@ pub fn busiest_clients(app: &App, n: usize) -> String {
     format!(" · most open: {}", listed.join(", "))
 }
 
-fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let shown = app.live_rows();
-    let v = app.live_view;
+fn render_connections(
+    frame: &mut Frame,
+    area: Rect,
+    v: &LiveView,
+    traffic: &Traffic,
+    now: SystemTime,
+    theme: &Theme,
+) {
+    let shown = v.rows(traffic);
     let view = match (v.show, v.sort) {
-        (crate::console::app::LiveShow::All, crate::console::app::LiveSort::Opened)
-            if !v.reversed =>
-        {
-            String::new()
-        }
+        (LiveShow::All, LiveSort::Opened) if !v.reversed => String::new(),
         _ => format!(
             ", {} by {}{}",
             v.show.as_str(),
@@ -164,25 +342,25 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             if v.reversed { ", reversed" } else { "" }
         ),
     };
-    let busiest = busiest_clients(app, 3);
+    let busiest = busiest_clients(traffic, 3);
     let block = Block::bordered()
         .title(format!(
             " Connections: {} open, {} shown{view}{}{busiest} (Enter: dialogue) ",
-            app.traffic.open,
+            traffic.open,
             shown.len(),
-            if app.filters.live.is_empty() {
+            if v.filter.is_empty() {
                 String::new()
             } else {
-                format!(", matching {:?}", app.filters.live)
+                format!(", matching {:?}", v.filter)
             }
         ))
         .title_style(theme.title);
     let rows_height = area.height.saturating_sub(3) as usize;
     // The listening port and the byte count give way on narrow screens.
     let wide = area.width >= 110;
-    let selected = app.live_selected.min(shown.len().saturating_sub(1));
+    let selected = v.selected.min(shown.len().saturating_sub(1));
     let top = scroll_top(selected, rows_height);
-    let now_ms = epoch_ms(app.now);
+    let now_ms = epoch_ms(now);
     // Only the visible rows are built: the table may hold 10,000 connections.
     let rows: Vec<Row> = shown
         .iter()
@@ -249,10 +427,9 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-fn render_tail(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+fn render_tail(frame: &mut Frame, area: Rect, traffic: &Traffic, theme: &Theme) {
     let height = area.height.saturating_sub(2) as usize;
-    let lines: Vec<Line> = app
-        .traffic
+    let lines: Vec<Line> = traffic
         .log
         .lines
         .iter()

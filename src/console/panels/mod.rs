@@ -1,4 +1,5 @@
-//! One file per panel; each draws from the app state only.
+//! One file per panel: each owns its state (what it shows, its filter,
+//! its selection) and draws it; the app routes keys and effects.
 
 pub mod bindings;
 pub mod lists;
@@ -11,6 +12,14 @@ pub mod users;
 use super::theme::Theme;
 use super::traffic::LogLine;
 use ratatui::text::{Line, Span};
+
+/// Whether any of `fields` contains `filter` (lowercase), in any case.
+pub fn row_matches<'a>(filter: &str, fields: impl IntoIterator<Item = &'a str>) -> bool {
+    filter.is_empty()
+        || fields
+            .into_iter()
+            .any(|f| f.to_lowercase().contains(filter))
+}
 
 /// ", 2 match \"x\"" after a list's count while `/` filters it.
 pub fn filtered(filter: &str, shown: usize) -> String {

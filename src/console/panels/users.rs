@@ -1,23 +1,71 @@
 //! Users: the logins and the sender addresses each may use.
+//!
+//! The panel owns its view ([`UsersView`]): the `/` filter and the
+//! selection; adding a user, a new password and the sender addresses go
+//! through the app's forms and the store's functions, as the CLI's do.
 
-use crate::console::app::App;
+use crate::console::io::ConfigView;
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
 use crate::policy::settings::AuthMode;
+use crate::store::UserInfo;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+/// The Users panel's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsersView {
+    /// What `/` filters by (lowercase; empty: every user).
+    pub filter: String,
+    /// Index into [`UsersView::rows`].
+    pub selected: usize,
+}
+
+impl UsersView {
+    /// The users shown: those whose name or a sender address contains
+    /// the filter.
+    pub fn rows<'a>(&self, users: &'a [UserInfo]) -> Vec<&'a UserInfo> {
+        users
+            .iter()
+            .filter(|u| {
+                super::row_matches(
+                    &self.filter,
+                    std::iter::once(u.name.as_str()).chain(u.addresses.iter().map(String::as_str)),
+                )
+            })
+            .collect()
+    }
+
+    /// The user under the selection.
+    pub fn selected_user<'a>(&self, users: &'a [UserInfo]) -> Option<&'a UserInfo> {
+        self.rows(users).get(self.selected).copied()
+    }
+
+    /// `/`: shows the users containing `text` (lowercased here).
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = text.trim().to_lowercase();
+        self.selected = 0;
+    }
+
+    /// Keeps the selection on a row that is shown.
+    pub fn clamp(&mut self, users: &[UserInfo]) {
+        let shown = self.rows(users).len();
+        self.selected = self.selected.min(shown.saturating_sub(1));
+    }
+}
+
+/// Draws the auth mode's meaning and the users.
+pub fn render(frame: &mut Frame, area: Rect, view: &UsersView, config: &ConfigView, theme: &Theme) {
     let [info, table_area] =
         Layout::vertical([Constraint::Length(2), Constraint::Min(3)]).areas(area);
-    let mode = match app.config.auth_mode {
+    let mode = match config.auth_mode {
         AuthMode::None => "auth mode none: AUTH is not offered, no one can log in".to_string(),
         AuthMode::AnyUser => "auth mode any-user: every user below may log in".to_string(),
         AuthMode::Specified => format!(
             "auth mode specified: only {} may log in",
-            app.config.specified_user.as_deref().unwrap_or("?")
+            config.specified_user.as_deref().unwrap_or("?")
         ),
     };
     frame.render_widget(
@@ -31,8 +79,8 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         info,
     );
     let height = table_area.height.saturating_sub(3) as usize;
-    let top = scroll_top(app.users_selected, height);
-    let shown = app.user_rows();
+    let top = scroll_top(view.selected, height);
+    let shown = view.rows(&config.users);
     let rows: Vec<Row> = shown
         .iter()
         .skip(top)
@@ -55,14 +103,14 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             Block::bordered()
                 .title(format!(
                     " Users: {}{} ",
-                    app.config.users.len(),
-                    super::filtered(&app.filters.users, shown.len())
+                    config.users.len(),
+                    super::filtered(&view.filter, shown.len())
                 ))
                 .title_style(theme.title),
         );
     let mut state = TableState::default();
     if !shown.is_empty() {
-        state.select(Some(app.users_selected.saturating_sub(top)));
+        state.select(Some(view.selected.saturating_sub(top)));
     }
     frame.render_stateful_widget(table, table_area, &mut state);
 }
