@@ -1328,3 +1328,30 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
         h.app.mode
     );
 }
+
+#[test]
+fn the_live_selection_stays_on_the_rows_a_filter_shows() {
+    let mut h = populated();
+    h.typed("1");
+    // Only the connections with a denied recipient: fewer than all.
+    h.typed("ff");
+    let shown = h.app.live_rows().len();
+    assert!(shown >= 1 && shown < h.app.traffic.connections.len());
+    let last = h.app.live_rows()[shown - 1].session;
+    for _ in 0..h.app.traffic.connections.len() + 3 {
+        h.key(KeyCode::Down);
+    }
+    assert_eq!(h.app.live.selected, shown - 1);
+    h.key(KeyCode::Enter);
+    assert!(
+        matches!(
+            &h.app.mode,
+            Mode::Viewer {
+                source: relaygate::console::app::ViewerSource::Connection(id),
+                ..
+            } if *id == last
+        ),
+        "{:?}",
+        h.app.mode
+    );
+}

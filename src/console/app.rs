@@ -1366,7 +1366,7 @@ impl App {
             return;
         }
         let count = match self.panel {
-            Panel::Live => self.traffic.connections.len(),
+            Panel::Live => self.live_rows().len(),
             Panel::Bindings => self.binding_rows().len(),
             Panel::Policy => self.policy_rows().len(),
             Panel::Users => self.user_rows().len(),
