@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod live;
 pub mod policy;
+pub mod policy_check;
 pub mod queue_admin;
 pub mod server_settings;
 pub mod session_board;
