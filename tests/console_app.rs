@@ -1355,3 +1355,51 @@ fn the_live_selection_stays_on_the_rows_a_filter_shows() {
         h.app.mode
     );
 }
+
+#[test]
+fn a_password_is_hashed_off_the_screen_s_thread_and_a_cancelled_one_saves_nothing() {
+    let mut h = Harness::new(|_| {});
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    h.io.read_in_background(tx);
+    h.typed("6a");
+    h.typed("dave\nsecret\nsecret\n");
+    // The form waits, the status line says why, nothing is stored yet.
+    assert!(matches!(h.app.mode, Mode::Form(_)), "{:?}", h.app.mode);
+    assert!(
+        h.status().contains("hashing the password"),
+        "{}",
+        h.status()
+    );
+    assert!(h.store().users().expect("users").is_empty());
+    // Enter again while it hashes does not ask twice.
+    h.key(KeyCode::Enter);
+    let hashed = rx.recv_timeout(Duration::from_secs(60)).expect("hashed");
+    let action = hashed.action(&h.app).expect("an action");
+    h.act(action);
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    assert_eq!(h.status(), "saved: user dave added");
+    let config = h.store().load_config().expect("config");
+    let dave = config
+        .users
+        .iter()
+        .find(|u| u.name == "dave")
+        .expect("dave stored");
+    assert!(relaygate::credentials::verify_password(
+        Some(&dave.password_hash),
+        "secret"
+    ));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "hashed once"
+    );
+    // Esc while hashing: the hash that comes later saves nothing.
+    h.typed("a");
+    h.typed("erin\npw\npw\n");
+    h.key(KeyCode::Esc);
+    let hashed = rx.recv_timeout(Duration::from_secs(60)).expect("hashed");
+    let action = hashed.action(&h.app).expect("an action");
+    h.act(action);
+    assert_eq!(h.status(), "cancelled: nothing was saved");
+    let users = h.store().users().expect("users");
+    assert!(users.iter().all(|u| u.name != "erin"), "{users:?}");
+}

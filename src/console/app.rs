@@ -3,7 +3,7 @@
 //! (saves, queue operations, reads). No I/O happens here, so the app can be
 //! driven headless in tests exactly as the terminal drives it.
 
-use super::action::{Action, Command, Effect, Panel, QueueOp};
+use super::action::{Action, Command, Effect, Panel, PasswordWrite, QueueOp};
 use super::form::{Field, Form, FormPurpose};
 use super::io::ConfigView;
 use super::keymap::{Context, command_for};
@@ -157,6 +157,10 @@ pub struct App {
     trace_title: Option<String>,
     awaiting_reload: bool,
     ticks: u64,
+    /// The password hash awaited (its ticket), while a form waits for it.
+    hashing: Option<u64>,
+    /// The last ticket given to a password hash.
+    hash_tickets: u64,
 }
 
 impl App {
@@ -189,6 +193,8 @@ impl App {
             trace_title: None,
             awaiting_reload: false,
             ticks: 0,
+            hashing: None,
+            hash_tickets: 0,
         }
     }
 
@@ -474,6 +480,24 @@ impl App {
                 self.done(result);
                 Vec::new()
             }
+            Action::PasswordHashed {
+                ticket,
+                write,
+                hash,
+            } => {
+                // A form cancelled meanwhile: nothing is saved.
+                if self.hashing != Some(ticket) {
+                    return Vec::new();
+                }
+                self.hashing = None;
+                match hash {
+                    Ok(hash) => vec![Effect::SavePassword { write, hash }],
+                    Err(e) => {
+                        self.done(Err(format!("not saved: {e}")));
+                        Vec::new()
+                    }
+                }
+            }
             Action::ImportRead { list, path, text } => {
                 match text {
                     Ok(text) => {
@@ -552,6 +576,7 @@ impl App {
                 return match c {
                     Command::Cancel => {
                         self.mode = Mode::Normal;
+                        self.hashing = None;
                         self.say(true, "cancelled: nothing was saved");
                         Vec::new()
                     }
@@ -1134,6 +1159,10 @@ impl App {
         let Mode::Form(form) = &mut self.mode else {
             return Vec::new();
         };
+        if self.hashing.is_some() {
+            // Submitted already: the password is being hashed.
+            return Vec::new();
+        }
         let result: Result<Option<Effect>, String> = match &form.purpose {
             FormPurpose::PanelFilter(panel) => {
                 let text = form.value(0).trim().to_lowercase();
@@ -1200,15 +1229,23 @@ impl App {
                 .map_err(|e| e.to_string())
                 .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
                 .map(|password| {
-                    Some(Effect::AddUser {
-                        name: form.value(0).to_string(),
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::AddUser {
+                            name: form.value(0).to_string(),
+                        },
                         password,
                     })
                 }),
             FormPurpose::ResetPassword(name) => {
                 let name = name.clone();
-                matching_passwords(form.raw(0), form.raw(1))
-                    .map(|password| Some(Effect::SetPassword { name, password }))
+                matching_passwords(form.raw(0), form.raw(1)).map(|password| {
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::SetPassword { name },
+                        password,
+                    })
+                })
             }
             FormPurpose::SenderAddresses(name) => Ok(Some(Effect::SetSenderAddresses {
                 name: name.clone(),
@@ -1223,9 +1260,12 @@ impl App {
                 .map_err(|e| e.to_string())
                 .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
                 .map(|password| {
-                    Some(Effect::SetAuthMode {
-                        mode: AuthMode::Specified,
-                        specified: Some((form.value(0).to_string(), password)),
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::SpecifiedLogin {
+                            name: form.value(0).to_string(),
+                        },
+                        password,
                     })
                 }),
             FormPurpose::Import(list) => match form.value(0) {
@@ -1237,6 +1277,18 @@ impl App {
             },
         };
         match result {
+            Ok(Some(Effect::HashPassword {
+                write, password, ..
+            })) => {
+                self.hash_tickets += 1;
+                self.hashing = Some(self.hash_tickets);
+                self.say(true, "hashing the password (argon2)...");
+                vec![Effect::HashPassword {
+                    ticket: self.hash_tickets,
+                    write,
+                    password,
+                }]
+            }
             Ok(effect) => effect.into_iter().collect(),
             Err(e) => {
                 if let Mode::Form(form) = &mut self.mode {
@@ -1266,10 +1318,7 @@ impl App {
             );
             return Vec::new();
         }
-        vec![Effect::SetAuthMode {
-            mode,
-            specified: None,
-        }]
+        vec![Effect::SetAuthMode { mode }]
     }
 
     /// The rows of the Auth & restrictions panel, top to bottom.
