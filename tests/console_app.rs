@@ -1403,3 +1403,96 @@ fn a_password_is_hashed_off_the_screen_s_thread_and_a_cancelled_one_saves_nothin
     let users = h.store().users().expect("users");
     assert!(users.iter().all(|u| u.name != "erin"), "{users:?}");
 }
+
+/// The screen's cells, row by row.
+fn cells(terminal: &Terminal<TestBackend>) -> Vec<Vec<String>> {
+    let buffer = terminal.backend().buffer();
+    (0..buffer.area.height)
+        .map(|y| {
+            (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Where `needle` starts in a row of cells (one character a cell).
+fn find_in(row: &[String], needle: &str) -> Option<usize> {
+    let text: Vec<char> = row
+        .iter()
+        .map(|c| c.chars().next().unwrap_or(' '))
+        .collect();
+    let needle: Vec<char> = needle.chars().collect();
+    text.windows(needle.len())
+        .position(|w| w == needle.as_slice())
+}
+
+#[test]
+fn at_80x24_and_60x24_counters_tabs_and_footer_show_whole_and_apart() {
+    let mut h = populated();
+    h.app.traffic.counters.sessions = 1_234_567;
+    h.app.traffic.counters.messages = 98_765;
+    h.app.traffic.counters.auth_failures = 4_321;
+    h.app.traffic.counters.refused_sessions = 55_555;
+    let counters = "sessions 1234567  msgs 98765  AUTH fail 4321  refused 55555";
+    let bars = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    for (w, hgt) in [(80u16, 24u16), (60, 24)] {
+        for panel in Panel::ALL {
+            h.app.panel = panel;
+            let screen = cells(&h.screen(w, hgt));
+            // Every tab's name shows whole, and the link's label too.
+            for (i, p) in Panel::ALL.iter().enumerate() {
+                let name = if w < 70 {
+                    p.tiny_title()
+                } else {
+                    p.short_title()
+                };
+                assert!(
+                    find_in(&screen[0], &format!("{} {name}", i + 1)).is_some(),
+                    "{w}x{hgt}: tab {name} in {:?}",
+                    screen[0].concat()
+                );
+            }
+            assert!(screen[0].concat().trim_end().ends_with("local"));
+            // The footer ends with a whole hint.
+            let footer = screen[hgt as usize - 1].concat();
+            let hints = relaygate::console::keymap::footer(&h.app.contexts());
+            assert!(
+                hints
+                    .iter()
+                    .any(|(k, hint)| footer.trim_end().ends_with(&format!("{k} {hint}"))),
+                "{w}x{hgt} {panel:?}: footer cut: {footer:?}"
+            );
+        }
+        h.app.panel = Panel::Live;
+        let screen = cells(&h.screen(w, hgt));
+        let y = screen
+            .iter()
+            .position(|r| find_in(r, "sessions").is_some())
+            .expect("the counters");
+        let start = find_in(&screen[y], counters)
+            .unwrap_or_else(|| panic!("{w}x{hgt}: counters cut: {:?}", screen[y].concat()));
+        let end = start + counters.chars().count();
+        // Two blank columns at least before the chart's label, and no bar
+        // left of them on the chart's rows.
+        assert!(
+            screen[y].iter().skip(end).take(2).all(|c| c == " "),
+            "{w}x{hgt}: {:?}",
+            screen[y].concat()
+        );
+        for row in &screen[y..y + 4] {
+            for (x, cell) in row.iter().enumerate() {
+                if cell.chars().next().is_some_and(|c| bars.contains(&c)) {
+                    assert!(x > end + 1, "{w}x{hgt}: a bar at {x}: {:?}", row.concat());
+                }
+            }
+        }
+        if w == 80 {
+            assert!(
+                find_in(&screen[y], "allowed").is_some_and(|x| x > end + 1),
+                "the chart stays at 80 columns: {:?}",
+                screen[y].concat()
+            );
+        }
+    }
+}

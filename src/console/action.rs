@@ -63,6 +63,14 @@ impl Panel {
         }
     }
 
+    /// The title on a very narrow (60-column) screen.
+    pub fn tiny_title(self) -> &'static str {
+        match self {
+            Panel::Bindings => "Bind",
+            other => other.short_title(),
+        }
+    }
+
     pub fn index(self) -> usize {
         Panel::ALL.iter().position(|p| *p == self).unwrap_or(0)
     }

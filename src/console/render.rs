@@ -84,24 +84,44 @@ pub fn link_label(link: &Link) -> (String, String, bool) {
     }
 }
 
-fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let (long, short, ok) = link_label(&app.link);
-    // The tabs first; the link takes what is left of the line.
-    let tabs_width: usize = Panel::ALL
+/// How the tab bar is drawn under 100 columns: the titles and the padding
+/// around each; short ones, and on a very narrow screen (60 columns) tiny
+/// ones without padding, so that every tab shows whole with the link's
+/// short label.
+fn narrow_tab_form(width: u16, short_label: usize) -> (fn(Panel) -> &'static str, &'static str) {
+    let fits = |title, pad| tabs_width(title, pad) + 2 + short_label <= width as usize;
+    if fits(Panel::short_title, " ") {
+        (Panel::short_title, " ")
+    } else {
+        (Panel::tiny_title, "")
+    }
+}
+
+/// Columns the tab bar takes with these titles and padding.
+pub fn tabs_width(title: fn(Panel) -> &'static str, pad: &str) -> usize {
+    Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let t = if area.width < 100 {
-                p.short_title()
-            } else {
-                p.title()
-            };
-            format!("{} {t}", i + 1).chars().count() + 3
-        })
-        .sum();
-    let room = (area.width as usize).saturating_sub(tabs_width + 1);
+        .map(|(i, p)| format!("{} {}", i + 1, title(*p)).chars().count() + 2 * pad.len())
+        .sum::<usize>()
+        + Panel::ALL.len()
+        - 1
+}
+
+fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let (long, short, ok) = link_label(&app.link);
+    // The tabs first, whole; the link takes what is left of the line.
+    let (title, pad) = if area.width < 100 {
+        narrow_tab_form(area.width, short.chars().count())
+    } else {
+        (Panel::title as fn(Panel) -> &'static str, " ")
+    };
+    // A blank column between the tabs and the link.
+    let room = (area.width as usize).saturating_sub(tabs_width(title, pad) + 2);
     let label: String = if long.chars().count() <= room {
         long
+    } else if short.chars().count() <= room {
+        short
     } else {
         short.chars().take(room).collect()
     };
@@ -119,21 +139,14 @@ fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let titles: Vec<Line> = Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let title = if area.width < 100 {
-                p.short_title()
-            } else {
-                p.title()
-            };
-            Line::from(format!("{} {title}", i + 1))
-        })
+        .map(|(i, p)| Line::from(format!("{} {}", i + 1, title(*p))))
         .collect();
     let tabs = Tabs::new(titles)
         .select(app.panel.index())
         .style(theme.dim)
         .highlight_style(theme.focus)
         .divider("│")
-        .padding(" ", " ");
+        .padding(pad, pad);
     frame.render_widget(tabs, area);
 }
 

@@ -12,7 +12,7 @@ use crate::engine::ListenerStatus;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
+use ratatui::widgets::{Block, Paragraph, Row, Table, TableState, Wrap};
 
 /// The Bindings panel's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,7 +125,9 @@ pub fn render(
                 "A change is saved at once; the engine opens or closes the listener within a second.",
                 theme.dim,
             ),
-        ]),
+        ])
+        // Wrapped, not cut mid-word on a narrow screen.
+        .wrap(Wrap { trim: true }),
         help,
     );
 }

@@ -201,13 +201,13 @@ pub fn render(
         Paragraph::new(header_line(listeners, traffic, theme)),
         header,
     );
-    let [counters, chart] =
-        // A blank column between, so a long counter never runs into a label.
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
-            .spacing(1)
-            .areas(top);
-    render_counters(frame, counters, traffic, theme);
-    render_chart(frame, chart, traffic, now, theme);
+    let counters = counter_lines(traffic, theme);
+    let need = counters.first().map_or(0, |l| l.width()) as u16;
+    let (counters_area, chart) = split_top(top, need);
+    frame.render_widget(Paragraph::new(counters), counters_area);
+    if let Some(chart) = chart {
+        render_chart(frame, chart, traffic, now, theme);
+    }
     render_connections(frame, table, view, traffic, now, theme);
     render_tail(frame, tail, traffic, theme);
 }
@@ -249,9 +249,36 @@ fn joined(map: &BTreeMap<std::borrow::Cow<'static, str>, u64>) -> String {
         .join(" · ")
 }
 
-fn render_counters(frame: &mut Frame, area: Rect, traffic: &Traffic, theme: &Theme) {
+/// The least the rate chart needs: its label and a few bars.
+const CHART_MIN: u16 = 9 + 10;
+
+/// Splits the top rows between the counters and the rate chart. The
+/// counters get at least 55% and never less than `need` (their first line,
+/// which must show whole) and a blank column; another blank column keeps
+/// them apart from the chart, which gives way when what is left is too
+/// narrow for it.
+pub fn split_top(area: Rect, need: u16) -> (Rect, Option<Rect>) {
+    let left = (need + 1).max(area.width.saturating_sub(1) * 55 / 100);
+    if left + 1 + CHART_MIN > area.width {
+        return (area, None);
+    }
+    let chart = Rect {
+        x: area.x + left + 1,
+        width: area.width - left - 1,
+        ..area
+    };
+    (
+        Rect {
+            width: left,
+            ..area
+        },
+        Some(chart),
+    )
+}
+
+fn counter_lines(traffic: &Traffic, theme: &Theme) -> Vec<Line<'static>> {
     let c = &traffic.counters;
-    let lines = vec![
+    vec![
         Line::from(vec![
             Span::styled("sessions ", theme.dim),
             Span::raw(format!("{}  ", c.sessions)),
@@ -274,8 +301,7 @@ fn render_counters(frame: &mut Frame, area: Rect, traffic: &Traffic, theme: &The
             Span::styled("why     ", theme.denied),
             Span::raw(joined(&c.denied_by_reason)),
         ]),
-    ];
-    frame.render_widget(Paragraph::new(lines), area);
+    ]
 }
 
 fn render_chart(frame: &mut Frame, area: Rect, traffic: &Traffic, now: SystemTime, theme: &Theme) {
