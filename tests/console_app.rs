@@ -1496,3 +1496,86 @@ fn at_80x24_and_60x24_counters_tabs_and_footer_show_whole_and_apart() {
         }
     }
 }
+
+/// The text inside the reading popup (its borders and what is around it
+/// left out), without whitespace, so that wrapped text reads as one.
+fn popup_text(terminal: &Terminal<TestBackend>) -> String {
+    let screen = cells(terminal);
+    let (h, w) = (screen.len(), screen[0].len());
+    screen[3..h - 3]
+        .iter()
+        .flat_map(|row| row[3..w - 3].iter())
+        .flat_map(|c| c.chars())
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+#[test]
+fn a_long_reason_wraps_in_the_dialogue_the_detail_and_the_trace_views() {
+    let mut h = populated();
+    let rule = format!(
+        "sender *@{}example.com recipient * reject {}",
+        "a-rather-long-subdomain.".repeat(4),
+        "this sender may not relay through this gateway, ask the postmaster. ".repeat(4)
+    );
+    assert!(rule.len() >= 300, "{}", rule.len());
+    let sender = parse_mailbox("spam@elsewhere.test").expect("sender");
+    let recipient = parse_mailbox("victim@far.test").expect("recipient");
+    let mut decision = h.app.config.policy.decide(
+        &Envelope {
+            peer: "203.0.113.9".parse().expect("ip"),
+            login: None,
+            sender: Some(&sender),
+        },
+        &recipient,
+    );
+    decision.reason = relaygate::policy::decision::Reason::RuleRejected {
+        number: 7,
+        rule: rule.clone(),
+    };
+    h.act(stamped(
+        20_000,
+        Event::Decision {
+            session: 2,
+            peer: "203.0.113.9".parse().expect("ip"),
+            login: None,
+            sender: "spam@elsewhere.test".into(),
+            recipient: "victim@far.test".into(),
+            decision: Box::new(decision),
+        },
+    ));
+    let whole: String = format!("rule #7: {rule}")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    // The dialogue of session 2 (the second row).
+    h.typed("1");
+    h.key(KeyCode::Home);
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Enter);
+    assert!(
+        matches!(h.app.mode, Mode::Viewer { .. }),
+        "{:?}",
+        h.app.mode
+    );
+    for (w, hgt) in [(80, 24), (120, 40)] {
+        let text = popup_text(&h.screen(w, hgt));
+        assert!(text.contains(&whole), "{w}x{hgt} dialogue: {text}");
+    }
+    h.key(KeyCode::Esc);
+    // The Log's detail of the decision's line (the newest).
+    h.typed("2");
+    h.key(KeyCode::Up);
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Enter);
+    let text = popup_text(&h.screen(80, 24));
+    assert!(text.contains(&whole), "detail: {text}");
+    h.key(KeyCode::Esc);
+    // A trace's story.
+    h.act(Action::Traced(Ok(vec![
+        "session 2 from 203.0.113.9".into(),
+        format!("  RCPT TO:<victim@far.test> denied: rule #7: {rule}"),
+    ])));
+    let text = popup_text(&h.screen(80, 24));
+    assert!(text.contains(&whole), "trace: {text}");
+}

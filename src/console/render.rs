@@ -304,6 +304,12 @@ fn draw_scrolled(
 }
 
 fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usize, theme: &Theme) {
+    let area = popup_area(
+        frame.area(),
+        frame.area().width.saturating_sub(4),
+        frame.area().height.saturating_sub(4),
+    );
+    let inner_width = area.width.saturating_sub(2) as usize;
     let (title, lines): (String, Vec<Line>) = match source {
         ViewerSource::Connection(id) => match app.traffic.connections.get(id) {
             Some(c) => (
@@ -317,8 +323,10 @@ fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usiz
                             (_, Some(tone)) => theme.tone(tone),
                             (_, None) => theme.dim,
                         };
+                        // Wrapped to the popup: a long reason shows whole.
                         text.split('\n')
-                            .map(|l| Line::styled(l.to_string(), style))
+                            .flat_map(|l| wrap_words(l, inner_width))
+                            .map(|l| Line::styled(l, style))
                             .collect::<Vec<_>>()
                     })
                     .collect(),
@@ -333,11 +341,6 @@ fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usiz
             lines.iter().map(|l| Line::raw(l.clone())).collect(),
         ),
     };
-    let area = popup_area(
-        frame.area(),
-        frame.area().width.saturating_sub(4),
-        frame.area().height.saturating_sub(4),
-    );
     if matches!(source, ViewerSource::Text { .. }) {
         frame.render_widget(Clear, area);
         frame.render_widget(
@@ -411,6 +414,41 @@ fn draw_confirm(frame: &mut Frame, question: &str, app: &App, theme: &Theme) {
     );
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces (a
+/// word longer than a line is broken where the line ends).
+pub fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    if text.chars().count() <= width {
+        return vec![text.to_string()];
+    }
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut used = 0;
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        // The space before the word, unless the line is empty.
+        let gap = usize::from(used > 0);
+        if used + gap + word.len() > width && used > 0 {
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+        } else if gap == 1 {
+            line.push(' ');
+            used += 1;
+        }
+        while used + word.len() > width {
+            let rest = word.split_off(width - used);
+            line.extend(word);
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+            word = rest;
+        }
+        used += word.len();
+        line.extend(word);
+    }
+    lines.push(line);
+    lines
+}
+
 /// `HH:MM:SS` (UTC) of a time in milliseconds since the epoch.
 pub fn clock(at_ms: i64) -> String {
     let secs = at_ms.div_euclid(1000).rem_euclid(86_400);
@@ -438,5 +476,27 @@ pub fn scroll_top(selected: usize, height: usize) -> usize {
         0
     } else {
         selected.saturating_sub(height - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap_words;
+
+    #[test]
+    fn wrap_words_breaks_at_spaces_and_keeps_every_character() {
+        assert_eq!(wrap_words("  short", 10), ["  short"]);
+        assert_eq!(
+            wrap_words("a reason that is long", 10),
+            ["a reason", "that is", "long"]
+        );
+        assert_eq!(
+            wrap_words("abcdefghijklmnop qr", 6),
+            ["abcdef", "ghijkl", "mnop", "qr"]
+        );
+        let long = "why ".repeat(100);
+        let lines = wrap_words(long.trim_end(), 37);
+        assert!(lines.iter().all(|l| l.chars().count() <= 37));
+        assert_eq!(lines.join(" "), long.trim_end());
     }
 }
