@@ -767,27 +767,15 @@ impl App {
                 );
             }
             (Panel::Live, Command::Trace) => {
-                let query = self.live.selected_connection(&self.traffic).map(|c| {
-                    crate::trace::TraceQuery {
-                        ip: Some(c.peer.ip().to_string()),
-                        from: c.mail_from.clone().filter(|m| !m.is_empty()),
-                        ..Default::default()
-                    }
-                });
+                let query = self.live.trace_query(&self.traffic);
                 return self.trace(query);
             }
             (Panel::Queue, Command::Trace) => {
-                let query = self
-                    .queue
-                    .selected_entry()
-                    .map(|e| crate::trace::TraceQuery {
-                        id: Some(e.id.clone()),
-                        ..Default::default()
-                    });
+                let query = self.queue.trace_query();
                 return self.trace(query);
             }
             (Panel::Log, Command::Trace) => {
-                let query = self.selected_log_line().and_then(|l| l.trace.clone());
+                let query = self.log.trace_query(&self.traffic.log);
                 if query.is_none() {
                     self.say(false, "this line belongs to no session or message");
                     return Vec::new();
@@ -795,21 +783,9 @@ impl App {
                 return self.trace(query);
             }
             (Panel::Log, Command::Open) => {
-                if let Some(line) = self.selected_log_line() {
-                    let mut lines = vec![line.text.clone()];
-                    if let Some(d) = &line.detail {
-                        lines.push(String::new());
-                        lines.push(d.clone());
-                    }
+                if let Some((title, lines)) = self.log.detail(&self.traffic.log) {
                     self.mode = Mode::Viewer {
-                        source: ViewerSource::Text {
-                            title: format!(
-                                "{} {}",
-                                line.kind.map(|k| k.as_str()).unwrap_or("event"),
-                                line.verdict.map(|v| v.as_str()).unwrap_or_default()
-                            ),
-                            lines,
-                        },
+                        source: ViewerSource::Text { title, lines },
                         scroll: 0,
                     };
                 }

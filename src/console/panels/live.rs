@@ -153,6 +153,16 @@ impl LiveView {
         self.rows(traffic).get(self.selected).copied()
     }
 
+    /// `t`: the selected client's stories (by its address and sender).
+    pub fn trace_query(&self, traffic: &Traffic) -> Option<crate::trace::TraceQuery> {
+        self.selected_connection(traffic)
+            .map(|c| crate::trace::TraceQuery {
+                ip: Some(c.peer.ip().to_string()),
+                from: c.mail_from.clone().filter(|m| !m.is_empty()),
+                ..Default::default()
+            })
+    }
+
     /// The panel's own keys: `f` cycles what is shown, `s` the sort
     /// column, `S` the order. Whether the command was the panel's.
     pub fn command(&mut self, c: Command) -> bool {

@@ -75,6 +75,29 @@ impl LogView {
         self.shown(log).nth(self.cursor)
     }
 
+    /// `t`: the story of the selected line's session or message, if it
+    /// belongs to one.
+    pub fn trace_query(&self, log: &EventLog) -> Option<crate::trace::TraceQuery> {
+        self.selected_line(log).and_then(|l| l.trace.clone())
+    }
+
+    /// Enter: the selected line whole, with its detail: a title and lines
+    /// for the reader.
+    pub fn detail(&self, log: &EventLog) -> Option<(String, Vec<String>)> {
+        let line = self.selected_line(log)?;
+        let mut lines = vec![line.text.clone()];
+        if let Some(d) = &line.detail {
+            lines.push(String::new());
+            lines.push(d.clone());
+        }
+        let title = format!(
+            "{} {}",
+            line.kind.map(|k| k.as_str()).unwrap_or("event"),
+            line.verdict.map(|v| v.as_str()).unwrap_or_default()
+        );
+        Some((title, lines))
+    }
+
     /// A line came in (`added`: the log grew or dropped its oldest): a
     /// paused view keeps its line under the cursor.
     pub fn line_added(&mut self, log: &EventLog, added: bool) {

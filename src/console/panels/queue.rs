@@ -108,6 +108,14 @@ impl QueueView {
             .and_then(|&i| self.entries.get(i))
     }
 
+    /// `t`: the selected message's story.
+    pub fn trace_query(&self) -> Option<crate::trace::TraceQuery> {
+        self.selected_entry().map(|e| crate::trace::TraceQuery {
+            id: Some(e.id.clone()),
+            ..Default::default()
+        })
+    }
+
     /// Space: marks the selected message, or unmarks it.
     pub fn toggle_mark(&mut self) {
         if let Some(id) = self.selected_entry().map(|e| e.id.clone())
