@@ -8,6 +8,7 @@ use super::form::{Field, Form, FormPurpose};
 use super::io::ConfigView;
 use super::keymap::{Context, command_for};
 use super::list_editor::{ListEditor, ListFocus};
+use super::panels::Request;
 use super::panels::bindings::BindingsView;
 use super::panels::live::LiveView;
 use super::panels::log::LogView;
@@ -727,6 +728,26 @@ impl App {
         });
     }
 
+    /// Does what a panel's key asked for.
+    fn request(&mut self, request: Request) -> Vec<Effect> {
+        match request {
+            Request::Nothing => Vec::new(),
+            Request::Form(form) => {
+                self.mode = Mode::Form(form);
+                Vec::new()
+            }
+            Request::Ask { question, pending } => {
+                self.ask(question, pending);
+                Vec::new()
+            }
+            Request::Say { ok, text } => {
+                self.say(ok, text);
+                Vec::new()
+            }
+            Request::Effects(effects) => effects,
+        }
+    }
+
     fn open_form(&mut self, purpose: FormPurpose, title: impl Into<String>, fields: Vec<Field>) {
         self.mode = Mode::Form(Form::new(purpose, title, fields));
     }
@@ -797,137 +818,26 @@ impl App {
                 );
                 return vec![Effect::Control(ClientMessage::RetryBindings)];
             }
-            (Panel::Bindings, Command::Add) => self.open_form(
-                FormPurpose::AddBinding,
-                "Add a listen address",
-                binding_fields("", "smtp"),
-            ),
-            (Panel::Bindings, Command::Edit) => {
-                if let Some(b) = self.bindings.selected_binding(&self.config.bindings) {
-                    self.open_form(
-                        FormPurpose::EditBinding(b.addr),
-                        format!("Edit binding {}", b.addr),
-                        binding_fields(&b.addr.to_string(), b.kind.as_str()),
-                    );
-                }
-            }
-            (Panel::Bindings, Command::Remove) => {
-                if let Some(b) = self.bindings.selected_binding(&self.config.bindings) {
-                    self.ask(
-                        format!(
-                            "Stop listening on {} ({}) and remove the binding?",
-                            b.addr, b.kind
-                        ),
-                        Pending::RemoveBinding(b.addr),
-                    );
-                }
+            (Panel::Bindings, _) => {
+                let request = self.bindings.command(c, &self.config.bindings);
+                return self.request(request);
             }
             (Panel::Lists, Command::Edit) => self.lists.begin(ListFocus::Allow),
             (Panel::Lists, Command::Toggle) => {
                 self.lists.begin(ListFocus::Test);
             }
             (Panel::Lists, Command::Import) => self.open_import(),
-            (Panel::Policy, Command::Toggle) => return self.toggle_policy_row(),
-            (Panel::Policy, Command::Add) => self.open_form(
-                FormPurpose::AddDomain,
-                "Add a local domain",
-                vec![Field::new(
-                    "domain",
-                    "mail for it is inbound/internal, e.g. example.com",
-                )],
-            ),
-            (Panel::Policy, Command::AddRule) => self.open_form(
-                FormPurpose::AddRule,
-                "Add a sender/recipient rule",
-                vec![
-                    Field::new(
-                        "sender",
-                        "pattern with * and a leading ! to negate, e.g. !*@example.com",
-                    ),
-                    Field::new("recipient", "pattern; * for any").with_value("*"),
-                    Field::new("destination", "internal, external or any").with_value("any"),
-                    Field::new("reject text", "the 550 reply text; empty: accept-and-stop"),
-                    Field::new("position", "1 is evaluated first; empty: at the end"),
-                ],
-            ),
-            (Panel::Policy, Command::Remove) => match self.policy.selected_row(&self.config) {
-                Some(PolicyRow::Domain(d)) => {
-                    self.ask(
-                        format!("Remove the local domain {d}?"),
-                        Pending::RemoveDomain(d),
-                    );
-                }
-                Some(PolicyRow::Rule(n)) => {
-                    let text = self
-                        .config
-                        .rules
-                        .get(n - 1)
-                        .map(|r| r.to_string())
-                        .unwrap_or_default();
-                    self.ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n));
-                }
-                _ => self.say(false, "select a local domain or a rule to remove it"),
-            },
-            (Panel::Users, Command::Add) => self.open_form(
-                FormPurpose::AddUser,
-                "Add a user",
-                vec![
-                    Field::new("name", "the login, 1-128 printable characters, no spaces"),
-                    Field::new("password", "stored only as an argon2id hash").masked(),
-                    Field::new("again", "the same password once more").masked(),
-                ],
-            ),
-            (Panel::Users, Command::ResetPassword) => {
-                if let Some(u) = self.users.selected_user(&self.config.users) {
-                    let name = u.name.clone();
-                    self.open_form(
-                        FormPurpose::ResetPassword(name.clone()),
-                        format!("New password for {name}"),
-                        password_fields(),
-                    );
-                }
+            (Panel::Policy, _) => {
+                let request = self.policy.command(c, &self.config);
+                return self.request(request);
             }
-            (Panel::Users, Command::SenderAddresses) => {
-                if let Some(u) = self.users.selected_user(&self.config.users) {
-                    let name = u.name.clone();
-                    let current = u.addresses.join(" ");
-                    self.open_form(
-                        FormPurpose::SenderAddresses(name.clone()),
-                        format!("Sender addresses of {name}"),
-                        vec![
-                            Field::new(
-                                "addresses",
-                                "user@domain or @domain, separated by spaces; empty: none",
-                            )
-                            .with_value(current),
-                        ],
-                    );
-                }
+            (Panel::Users, _) => {
+                let request = self.users.command(c, &self.config.users);
+                return self.request(request);
             }
-            (Panel::Users, Command::Remove) => {
-                if let Some(u) = self.users.selected_user(&self.config.users) {
-                    let name = u.name.clone();
-                    self.ask(
-                        format!("Remove user {name} and its sender addresses?"),
-                        Pending::RemoveUser(name),
-                    );
-                }
-            }
-            (Panel::Live | Panel::Bindings | Panel::Users, Command::Search) => {
-                let panel = self.panel;
-                let current = match panel {
-                    Panel::Live => self.live.filter.clone(),
-                    Panel::Bindings => self.bindings.filter.clone(),
-                    _ => self.users.filter.clone(),
-                };
-                self.open_form(
-                    FormPurpose::PanelFilter(panel),
-                    "Filter the list",
-                    vec![
-                        Field::new("text", "rows containing this text; empty shows all")
-                            .with_value(current),
-                    ],
-                );
+            (Panel::Live, Command::Search) => {
+                let request = super::panels::filter_form(Panel::Live, &self.live.filter);
+                return self.request(request);
             }
             (Panel::Queue, Command::Search) => {
                 let current = self.queue.filter.clone();
@@ -1302,45 +1212,6 @@ impl App {
         PolicyView::rows(&self.config)
     }
 
-    fn toggle_policy_row(&mut self) -> Vec<Effect> {
-        match self.policy.selected_row(&self.config) {
-            Some(PolicyRow::AuthMode) => {
-                self.ask(
-                    format!(
-                        "Auth mode, now {}: n none (AUTH not offered) · a any user · s one specified login",
-                        self.config.auth_mode.as_str()
-                    ),
-                    Pending::AuthMode,
-                );
-                Vec::new()
-            }
-            Some(PolicyRow::Switch { key, .. }) => {
-                let on = !self.config.switches.get(key).unwrap_or(false);
-                vec![Effect::SetSwitch {
-                    key: key.to_string(),
-                    on,
-                }]
-            }
-            Some(PolicyRow::PlaintextAuth) => vec![Effect::SetServerSetting {
-                key: "plaintext-auth".into(),
-                value: if self.config.plaintext_auth {
-                    "off"
-                } else {
-                    "on"
-                }
-                .into(),
-            }],
-            Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => {
-                self.say(
-                    false,
-                    "a: add a domain, r: add a rule, x: remove the selected one",
-                );
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
-    }
-
     /// How many matching lines the Log panel has.
     pub fn log_matching(&self) -> usize {
         self.log.matching(&self.traffic.log)
@@ -1430,28 +1301,6 @@ fn scrolled(at: usize, c: Command, page: usize) -> usize {
         Command::Bottom => usize::MAX / 2,
         _ => at,
     }
-}
-
-fn binding_fields(addr: &str, kind: &str) -> Vec<Field> {
-    vec![
-        Field::new(
-            "address",
-            "ADDR:PORT, like 0.0.0.0:25 or [::1]:2525; port 0 picks a free port",
-        )
-        .with_value(addr),
-        Field::new(
-            "kind",
-            "smtp (STARTTLS), submission (AUTH first) or smtps (TLS)",
-        )
-        .with_value(kind),
-    ]
-}
-
-fn password_fields() -> Vec<Field> {
-    vec![
-        Field::new("password", "stored only as an argon2id hash").masked(),
-        Field::new("again", "the same password once more").masked(),
-    ]
 }
 
 fn matching_passwords(a: &str, b: &str) -> Result<String, String> {

@@ -2,10 +2,14 @@
 //! (the address it got, or the OS error that kept it from opening).
 //!
 //! The panel owns its view ([`BindingsView`]): the `/` filter and the
-//! selection; adding, editing and removing go through the app's forms and
-//! the store's functions, as the CLI's do.
+//! selection, and its keys, which ask the app for a form or a question;
+//! what is typed is saved through the store's functions, as the CLI's.
 
+use super::Request;
 use crate::bindings::Binding;
+use crate::console::action::{Command, Panel};
+use crate::console::app::Pending;
+use crate::console::form::{Field, FormPurpose};
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
 use crate::engine::ListenerStatus;
@@ -40,6 +44,33 @@ impl BindingsView {
     /// The binding under the selection.
     pub fn selected_binding(&self, bindings: &[Binding]) -> Option<Binding> {
         self.rows(bindings).get(self.selected).copied().copied()
+    }
+
+    /// The panel's keys: `a` adds, `e`/Enter edits, `x` removes (after a
+    /// question), `/` filters.
+    pub fn command(&self, c: Command, bindings: &[Binding]) -> Request {
+        let selected = self.selected_binding(bindings);
+        match (c, selected) {
+            (Command::Add, _) => Request::form(
+                FormPurpose::AddBinding,
+                "Add a listen address",
+                binding_fields("", "smtp"),
+            ),
+            (Command::Edit, Some(b)) => Request::form(
+                FormPurpose::EditBinding(b.addr),
+                format!("Edit binding {}", b.addr),
+                binding_fields(&b.addr.to_string(), b.kind.as_str()),
+            ),
+            (Command::Remove, Some(b)) => Request::ask(
+                format!(
+                    "Stop listening on {} ({}) and remove the binding?",
+                    b.addr, b.kind
+                ),
+                Pending::RemoveBinding(b.addr),
+            ),
+            (Command::Search, _) => super::filter_form(Panel::Bindings, &self.filter),
+            _ => Request::Nothing,
+        }
     }
 
     /// `/`: shows the bindings containing `text` (lowercased here).
@@ -130,4 +161,19 @@ pub fn render(
         .wrap(Wrap { trim: true }),
         help,
     );
+}
+
+fn binding_fields(addr: &str, kind: &str) -> Vec<Field> {
+    vec![
+        Field::new(
+            "address",
+            "ADDR:PORT, like 0.0.0.0:25 or [::1]:2525; port 0 picks a free port",
+        )
+        .with_value(addr),
+        Field::new(
+            "kind",
+            "smtp (STARTTLS), submission (AUTH first) or smtps (TLS)",
+        )
+        .with_value(kind),
+    ]
 }

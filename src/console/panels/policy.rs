@@ -1,10 +1,14 @@
 //! Auth & restrictions: the auth mode, every switch, plaintext AUTH, the
 //! local domains and the sender/recipient rules.
 //!
-//! The panel owns its view ([`PolicyView`]): its rows and the selection;
-//! what a row does when toggled goes through the app's questions and the
-//! store's functions, as the CLI's do.
+//! The panel owns its view ([`PolicyView`]): its rows and the selection,
+//! and its keys, which ask the app for a form, a question or a change,
+//! saved through the store's functions, as the CLI's.
 
+use super::Request;
+use crate::console::action::{Command, Effect};
+use crate::console::app::Pending;
+use crate::console::form::{Field, FormPurpose};
 use crate::console::io::ConfigView;
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
@@ -54,6 +58,81 @@ impl PolicyView {
     /// The row under the selection.
     pub fn selected_row(&self, config: &ConfigView) -> Option<PolicyRow> {
         PolicyView::rows(config).into_iter().nth(self.selected)
+    }
+
+    /// The panel's keys: Enter/Space toggles a switch or picks the auth
+    /// mode, `a` adds a local domain, `r` a rule, `x` removes either
+    /// (after a question).
+    pub fn command(&self, c: Command, config: &ConfigView) -> Request {
+        match c {
+            Command::Toggle => self.toggle(config),
+            Command::Add => Request::form(
+                FormPurpose::AddDomain,
+                "Add a local domain",
+                vec![Field::new(
+                    "domain",
+                    "mail for it is inbound/internal, e.g. example.com",
+                )],
+            ),
+            Command::AddRule => Request::form(
+                FormPurpose::AddRule,
+                "Add a sender/recipient rule",
+                vec![
+                    Field::new(
+                        "sender",
+                        "pattern with * and a leading ! to negate, e.g. !*@example.com",
+                    ),
+                    Field::new("recipient", "pattern; * for any").with_value("*"),
+                    Field::new("destination", "internal, external or any").with_value("any"),
+                    Field::new("reject text", "the 550 reply text; empty: accept-and-stop"),
+                    Field::new("position", "1 is evaluated first; empty: at the end"),
+                ],
+            ),
+            Command::Remove => match self.selected_row(config) {
+                Some(PolicyRow::Domain(d)) => Request::ask(
+                    format!("Remove the local domain {d}?"),
+                    Pending::RemoveDomain(d),
+                ),
+                Some(PolicyRow::Rule(n)) => {
+                    let text = config
+                        .rules
+                        .get(n - 1)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    Request::ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n))
+                }
+                _ => Request::Say {
+                    ok: false,
+                    text: "select a local domain or a rule to remove it".into(),
+                },
+            },
+            _ => Request::Nothing,
+        }
+    }
+
+    fn toggle(&self, config: &ConfigView) -> Request {
+        match self.selected_row(config) {
+            Some(PolicyRow::AuthMode) => Request::ask(
+                format!(
+                    "Auth mode, now {}: n none (AUTH not offered) · a any user · s one specified login",
+                    config.auth_mode.as_str()
+                ),
+                Pending::AuthMode,
+            ),
+            Some(PolicyRow::Switch { key, .. }) => Request::Effects(vec![Effect::SetSwitch {
+                key: key.to_string(),
+                on: !config.switches.get(key).unwrap_or(false),
+            }]),
+            Some(PolicyRow::PlaintextAuth) => Request::Effects(vec![Effect::SetServerSetting {
+                key: "plaintext-auth".into(),
+                value: if config.plaintext_auth { "off" } else { "on" }.into(),
+            }]),
+            Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => Request::Say {
+                ok: false,
+                text: "a: add a domain, r: add a rule, x: remove the selected one".into(),
+            },
+            None => Request::Nothing,
+        }
     }
 
     /// Keeps the selection on a row.

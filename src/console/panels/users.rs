@@ -1,9 +1,13 @@
 //! Users: the logins and the sender addresses each may use.
 //!
 //! The panel owns its view ([`UsersView`]): the `/` filter and the
-//! selection; adding a user, a new password and the sender addresses go
-//! through the app's forms and the store's functions, as the CLI's do.
+//! selection, and its keys, which ask the app for a form or a question;
+//! what is typed is saved through the store's functions, as the CLI's.
 
+use super::Request;
+use crate::console::action::{Command, Panel};
+use crate::console::app::Pending;
+use crate::console::form::{Field, FormPurpose};
 use crate::console::io::ConfigView;
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
@@ -41,6 +45,45 @@ impl UsersView {
     /// The user under the selection.
     pub fn selected_user<'a>(&self, users: &'a [UserInfo]) -> Option<&'a UserInfo> {
         self.rows(users).get(self.selected).copied()
+    }
+
+    /// The panel's keys: `a` adds a user, `p` sets a new password, `s`
+    /// the sender addresses, `x` removes (after a question), `/` filters.
+    pub fn command(&self, c: Command, users: &[UserInfo]) -> Request {
+        let selected = self.selected_user(users);
+        match (c, selected) {
+            (Command::Add, _) => Request::form(
+                FormPurpose::AddUser,
+                "Add a user",
+                vec![
+                    Field::new("name", "the login, 1-128 printable characters, no spaces"),
+                    Field::new("password", "stored only as an argon2id hash").masked(),
+                    Field::new("again", "the same password once more").masked(),
+                ],
+            ),
+            (Command::ResetPassword, Some(u)) => Request::form(
+                FormPurpose::ResetPassword(u.name.clone()),
+                format!("New password for {}", u.name),
+                password_fields(),
+            ),
+            (Command::SenderAddresses, Some(u)) => Request::form(
+                FormPurpose::SenderAddresses(u.name.clone()),
+                format!("Sender addresses of {}", u.name),
+                vec![
+                    Field::new(
+                        "addresses",
+                        "user@domain or @domain, separated by spaces; empty: none",
+                    )
+                    .with_value(u.addresses.join(" ")),
+                ],
+            ),
+            (Command::Remove, Some(u)) => Request::ask(
+                format!("Remove user {} and its sender addresses?", u.name),
+                Pending::RemoveUser(u.name.clone()),
+            ),
+            (Command::Search, _) => super::filter_form(Panel::Users, &self.filter),
+            _ => Request::Nothing,
+        }
     }
 
     /// `/`: shows the users containing `text` (lowercased here).
@@ -113,4 +156,12 @@ pub fn render(frame: &mut Frame, area: Rect, view: &UsersView, config: &ConfigVi
         state.select(Some(view.selected.saturating_sub(top)));
     }
     frame.render_stateful_widget(table, table_area, &mut state);
+}
+
+/// A new password, twice.
+pub fn password_fields() -> Vec<Field> {
+    vec![
+        Field::new("password", "stored only as an argon2id hash").masked(),
+        Field::new("again", "the same password once more").masked(),
+    ]
 }
