@@ -745,6 +745,17 @@ impl App {
                 Vec::new()
             }
             Request::Effects(effects) => effects,
+            Request::View(source) => {
+                let follow = match &source {
+                    ViewerSource::Connection(id) => {
+                        vec![Effect::Control(ClientMessage::Dialogue { session: *id })]
+                    }
+                    ViewerSource::Text { .. } => Vec::new(),
+                };
+                self.mode = Mode::Viewer { source, scroll: 0 };
+                follow
+            }
+            Request::Trace(query) => self.trace(Some(query)),
         }
     }
 
@@ -754,62 +765,13 @@ impl App {
 
     fn panel_command(&mut self, c: Command) -> Vec<Effect> {
         match (self.panel, c) {
-            (Panel::Live, Command::CycleFilter | Command::CycleSort | Command::ReverseSort) => {
-                self.live.command(c);
+            (Panel::Live, _) => {
+                let request = self.live.command(c, &self.traffic);
+                return self.request(request);
             }
-            (Panel::Live, Command::Open) => {
-                if let Some(id) = self
-                    .live
-                    .selected_connection(&self.traffic)
-                    .map(|c| c.session)
-                {
-                    self.mode = Mode::Viewer {
-                        source: ViewerSource::Connection(id),
-                        scroll: 0,
-                    };
-                    return vec![Effect::Control(ClientMessage::Dialogue { session: id })];
-                }
-            }
-            (
-                Panel::Log,
-                Command::CycleFilter | Command::NextMatch | Command::PrevMatch | Command::Follow,
-            ) => {
-                self.log.command(c, &self.traffic.log);
-            }
-            (Panel::Log, Command::Search) => {
-                let current = self.log.search.clone().unwrap_or_default();
-                self.open_form(
-                    FormPurpose::LogSearch,
-                    "Search the log",
-                    vec![
-                        Field::new("text", "lines containing this text; empty shows all")
-                            .with_value(current),
-                    ],
-                );
-            }
-            (Panel::Live, Command::Trace) => {
-                let query = self.live.trace_query(&self.traffic);
-                return self.trace(query);
-            }
-            (Panel::Queue, Command::Trace) => {
-                let query = self.queue.trace_query();
-                return self.trace(query);
-            }
-            (Panel::Log, Command::Trace) => {
-                let query = self.log.trace_query(&self.traffic.log);
-                if query.is_none() {
-                    self.say(false, "this line belongs to no session or message");
-                    return Vec::new();
-                }
-                return self.trace(query);
-            }
-            (Panel::Log, Command::Open) => {
-                if let Some((title, lines)) = self.log.detail(&self.traffic.log) {
-                    self.mode = Mode::Viewer {
-                        source: ViewerSource::Text { title, lines },
-                        scroll: 0,
-                    };
-                }
+            (Panel::Log, _) => {
+                let request = self.log.command(c, &self.traffic.log);
+                return self.request(request);
             }
             (Panel::Bindings, Command::Retry) => {
                 self.say(
@@ -835,87 +797,9 @@ impl App {
                 let request = self.users.command(c, &self.config.users);
                 return self.request(request);
             }
-            (Panel::Live, Command::Search) => {
-                let request = super::panels::filter_form(Panel::Live, &self.live.filter);
+            (Panel::Queue, _) => {
+                let request = self.queue.command(c);
                 return self.request(request);
-            }
-            (Panel::Queue, Command::Search) => {
-                let current = self.queue.filter.clone();
-                self.open_form(
-                    FormPurpose::QueueFilter,
-                    "Filter the queue",
-                    vec![
-                        Field::new(
-                            "text",
-                            "in the sender, a recipient or domain, or an error; empty shows all",
-                        )
-                        .with_value(current),
-                    ],
-                );
-            }
-            (Panel::Queue, Command::Mark) => self.queue.toggle_mark(),
-            (Panel::Queue, Command::MarkAll) => {
-                let n = self.queue.mark_all_shown();
-                self.say(true, format!("{} marked", crate::queue_admin::messages(n)));
-            }
-            (Panel::Queue, Command::Retry | Command::Hold | Command::Release) => {
-                let action = match c {
-                    Command::Retry => QueueAction::Retry,
-                    Command::Hold => QueueAction::Hold,
-                    _ => QueueAction::Release,
-                };
-                let (ids, marked) = self.queue.targets();
-                if ids.is_empty() {
-                    return Vec::new();
-                }
-                let op = QueueOp {
-                    action,
-                    ids,
-                    named: !marked,
-                };
-                if !marked {
-                    return vec![Effect::Queue(op), Effect::LoadQueue];
-                }
-                let verb = match action {
-                    QueueAction::Retry => "Retry",
-                    QueueAction::Hold => "Hold",
-                    _ => "Release",
-                };
-                self.ask(
-                    format!(
-                        "{verb} the {} marked? (y/n)",
-                        crate::queue_admin::messages(op.ids.len())
-                    ),
-                    Pending::QueueAction(op),
-                );
-            }
-            (Panel::Queue, Command::Delete) => {
-                let (ids, marked) = self.queue.targets();
-                let question = if marked {
-                    format!(
-                        "Delete the {} marked? b: delete and bounce to each sender, s: delete silently",
-                        crate::queue_admin::messages(ids.len())
-                    )
-                } else if let Some(e) = self.queue.selected_entry() {
-                    let sender = if e.sender.is_empty() {
-                        "<>".to_string()
-                    } else {
-                        format!("<{}>", e.sender)
-                    };
-                    format!(
-                        "Delete message {} from {sender}? b: delete and bounce to the sender, s: delete silently",
-                        e.id
-                    )
-                } else {
-                    return Vec::new();
-                };
-                self.ask(
-                    question,
-                    Pending::DeleteMessages {
-                        ids,
-                        named: !marked,
-                    },
-                );
             }
             _ => {}
         }

@@ -5,7 +5,9 @@
 //! which order, the `/` filter and the selection; the app routes keys to
 //! it and turns what it picks (a dialogue, a trace) into effects.
 
-use crate::console::action::Command;
+use super::Request;
+use crate::console::action::{Command, Panel};
+use crate::console::app::ViewerSource;
 use crate::console::render::{age, scroll_top};
 use crate::console::theme::Theme;
 use crate::console::traffic::{Traffic, epoch_ms};
@@ -163,17 +165,31 @@ impl LiveView {
             })
     }
 
-    /// The panel's own keys: `f` cycles what is shown, `s` the sort
-    /// column, `S` the order. Whether the command was the panel's.
-    pub fn command(&mut self, c: Command) -> bool {
+    /// The panel's keys: `f` cycles what is shown, `s` the sort column,
+    /// `S` the order; Enter opens the selected connection's dialogue, `t`
+    /// its client's stories, `/` filters.
+    pub fn command(&mut self, c: Command, traffic: &Traffic) -> Request {
         match c {
             Command::CycleFilter => self.show = self.show.next(),
             Command::CycleSort => self.sort = self.sort.next(),
             Command::ReverseSort => self.reversed = !self.reversed,
-            _ => return false,
+            Command::Open => {
+                return self
+                    .selected_connection(traffic)
+                    .map_or(Request::Nothing, |c| {
+                        Request::View(ViewerSource::Connection(c.session))
+                    });
+            }
+            Command::Trace => {
+                return self
+                    .trace_query(traffic)
+                    .map_or(Request::Nothing, Request::Trace);
+            }
+            Command::Search => return super::filter_form(Panel::Live, &self.filter),
+            _ => return Request::Nothing,
         }
         self.selected = 0;
-        true
+        Request::Nothing
     }
 
     /// `/`: shows the connections containing `text` (lowercased here).

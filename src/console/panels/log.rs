@@ -5,7 +5,10 @@
 //! matches from the older history, the cursor and whether it follows; the
 //! app routes keys to it and runs the history search it asks for.
 
+use super::Request;
 use crate::console::action::Command;
+use crate::console::app::ViewerSource;
+use crate::console::form::{Field, FormPurpose};
 use crate::console::theme::Theme;
 use crate::console::traffic::{EventLog, LogFilter, LogLine};
 use ratatui::Frame;
@@ -133,11 +136,32 @@ impl LogView {
         self.follow = cursor == 0;
     }
 
-    /// The panel's own keys: `f` cycles the filter, `n`/`N` step through
-    /// a search's matches, `F` follows. Whether the command was the
-    /// panel's.
-    pub fn command(&mut self, c: Command, log: &EventLog) -> bool {
+    /// The panel's keys: `f` cycles the filter, `/` searches, `n`/`N`
+    /// step through a search's matches, `F` follows, Enter shows a line
+    /// whole, `t` its story.
+    pub fn command(&mut self, c: Command, log: &EventLog) -> Request {
         match c {
+            Command::Search => {
+                return Request::form(
+                    FormPurpose::LogSearch,
+                    "Search the log",
+                    vec![
+                        Field::new("text", "lines containing this text; empty shows all")
+                            .with_value(self.search.clone().unwrap_or_default()),
+                    ],
+                );
+            }
+            Command::Trace => {
+                return match self.trace_query(log) {
+                    Some(q) => Request::Trace(q),
+                    None => Request::say(false, "this line belongs to no session or message"),
+                };
+            }
+            Command::Open => {
+                return self.detail(log).map_or(Request::Nothing, |(title, lines)| {
+                    Request::View(ViewerSource::Text { title, lines })
+                });
+            }
             Command::CycleFilter => {
                 self.filter = self.filter.next();
                 self.cursor = 0;
@@ -160,9 +184,9 @@ impl LogView {
                 self.cursor = 0;
                 self.follow = true;
             }
-            _ => return false,
+            _ => {}
         }
-        true
+        Request::Nothing
     }
 
     /// `/`: searches for `text` (lowercased here; empty clears). Returns

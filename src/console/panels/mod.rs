@@ -10,7 +10,7 @@ pub mod queue;
 pub mod users;
 
 use super::action::{Effect, Panel};
-use super::app::Pending;
+use super::app::{Pending, ViewerSource};
 use super::form::{Field, Form, FormPurpose};
 use super::theme::Theme;
 use super::traffic::LogLine;
@@ -31,17 +31,32 @@ pub enum Request {
     Say { ok: bool, text: String },
     /// Run these.
     Effects(Vec<Effect>),
+    /// Open this in the reader.
+    View(ViewerSource),
+    /// Look for this story in the event log and show it.
+    Trace(crate::trace::TraceQuery),
 }
 
 impl Request {
-    fn form(purpose: FormPurpose, title: impl Into<String>, fields: Vec<Field>) -> Request {
+    pub(crate) fn form(
+        purpose: FormPurpose,
+        title: impl Into<String>,
+        fields: Vec<Field>,
+    ) -> Request {
         Request::Form(Form::new(purpose, title, fields))
     }
 
-    fn ask(question: impl Into<String>, pending: Pending) -> Request {
+    pub(crate) fn ask(question: impl Into<String>, pending: Pending) -> Request {
         Request::Ask {
             question: question.into(),
             pending,
+        }
+    }
+
+    pub(crate) fn say(ok: bool, text: impl Into<String>) -> Request {
+        Request::Say {
+            ok,
+            text: text.into(),
         }
     }
 }
