@@ -185,14 +185,14 @@ fn bench_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame 200x60");
 
     let mut term = terminal();
-    app.live_selected = 0;
+    app.live.selected = 0;
     group.bench_function("Live, 10,000 open connections, first row selected", |b| {
         b.iter(|| {
             term.draw(|f| render::draw(f, black_box(&app), &theme))
                 .expect("draw");
         })
     });
-    app.live_selected = OPEN_CONNECTIONS as usize - 1;
+    app.live.selected = OPEN_CONNECTIONS as usize - 1;
     group.bench_function("Live, 10,000 open connections, last row selected", |b| {
         b.iter(|| {
             term.draw(|f| render::draw(f, black_box(&app), &theme))

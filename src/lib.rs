@@ -16,6 +16,7 @@ pub mod events;
 pub mod live;
 pub mod metrics;
 pub mod policy;
+pub mod policy_check;
 pub mod queue_admin;
 pub mod server_settings;
 pub mod session_board;

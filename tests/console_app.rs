@@ -1309,7 +1309,7 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
         ));
     }
     assert_eq!(
-        relaygate::console::panels::live::busiest_clients(&h.app, 3),
+        relaygate::console::panels::live::busiest_clients(&h.app.traffic, 3),
         " · most open: 198.51.100.4 ×3"
     );
     // Enter opens the selected row as shown.
@@ -1327,4 +1327,255 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
         "{:?}",
         h.app.mode
     );
+}
+
+#[test]
+fn the_live_selection_stays_on_the_rows_a_filter_shows() {
+    let mut h = populated();
+    h.typed("1");
+    // Only the connections with a denied recipient: fewer than all.
+    h.typed("ff");
+    let shown = h.app.live_rows().len();
+    assert!(shown >= 1 && shown < h.app.traffic.connections.len());
+    let last = h.app.live_rows()[shown - 1].session;
+    for _ in 0..h.app.traffic.connections.len() + 3 {
+        h.key(KeyCode::Down);
+    }
+    assert_eq!(h.app.live.selected, shown - 1);
+    h.key(KeyCode::Enter);
+    assert!(
+        matches!(
+            &h.app.mode,
+            Mode::Viewer {
+                source: relaygate::console::app::ViewerSource::Connection(id),
+                ..
+            } if *id == last
+        ),
+        "{:?}",
+        h.app.mode
+    );
+}
+
+#[test]
+fn a_password_is_hashed_off_the_screen_s_thread_and_a_cancelled_one_saves_nothing() {
+    let mut h = Harness::new(|_| {});
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    h.io.read_in_background(tx);
+    h.typed("6a");
+    h.typed("dave\nsecret\nsecret\n");
+    // The form waits, the status line says why, nothing is stored yet.
+    assert!(matches!(h.app.mode, Mode::Form(_)), "{:?}", h.app.mode);
+    assert!(
+        h.status().contains("hashing the password"),
+        "{}",
+        h.status()
+    );
+    assert!(h.store().users().expect("users").is_empty());
+    // Enter again while it hashes does not ask twice.
+    h.key(KeyCode::Enter);
+    let hashed = rx.recv_timeout(Duration::from_secs(60)).expect("hashed");
+    let action = hashed.action(&h.app).expect("an action");
+    h.act(action);
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    assert_eq!(h.status(), "saved: user dave added");
+    let config = h.store().load_config().expect("config");
+    let dave = config
+        .users
+        .iter()
+        .find(|u| u.name == "dave")
+        .expect("dave stored");
+    assert!(relaygate::credentials::verify_password(
+        Some(&dave.password_hash),
+        "secret"
+    ));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "hashed once"
+    );
+    // Esc while hashing: the hash that comes later saves nothing.
+    h.typed("a");
+    h.typed("erin\npw\npw\n");
+    h.key(KeyCode::Esc);
+    let hashed = rx.recv_timeout(Duration::from_secs(60)).expect("hashed");
+    let action = hashed.action(&h.app).expect("an action");
+    h.act(action);
+    assert_eq!(h.status(), "cancelled: nothing was saved");
+    let users = h.store().users().expect("users");
+    assert!(users.iter().all(|u| u.name != "erin"), "{users:?}");
+}
+
+/// The screen's cells, row by row.
+fn cells(terminal: &Terminal<TestBackend>) -> Vec<Vec<String>> {
+    let buffer = terminal.backend().buffer();
+    (0..buffer.area.height)
+        .map(|y| {
+            (0..buffer.area.width)
+                .map(|x| buffer[(x, y)].symbol().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Where `needle` starts in a row of cells (one character a cell).
+fn find_in(row: &[String], needle: &str) -> Option<usize> {
+    let text: Vec<char> = row
+        .iter()
+        .map(|c| c.chars().next().unwrap_or(' '))
+        .collect();
+    let needle: Vec<char> = needle.chars().collect();
+    text.windows(needle.len())
+        .position(|w| w == needle.as_slice())
+}
+
+#[test]
+fn at_80x24_and_60x24_counters_tabs_and_footer_show_whole_and_apart() {
+    let mut h = populated();
+    h.app.traffic.counters.sessions = 1_234_567;
+    h.app.traffic.counters.messages = 98_765;
+    h.app.traffic.counters.auth_failures = 4_321;
+    h.app.traffic.counters.refused_sessions = 55_555;
+    let counters = "sessions 1234567  msgs 98765  AUTH fail 4321  refused 55555";
+    let bars = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    for (w, hgt) in [(80u16, 24u16), (60, 24)] {
+        for panel in Panel::ALL {
+            h.app.panel = panel;
+            let screen = cells(&h.screen(w, hgt));
+            // Every tab's name shows whole, and the link's label too.
+            for (i, p) in Panel::ALL.iter().enumerate() {
+                let name = if w < 70 {
+                    p.tiny_title()
+                } else {
+                    p.short_title()
+                };
+                assert!(
+                    find_in(&screen[0], &format!("{} {name}", i + 1)).is_some(),
+                    "{w}x{hgt}: tab {name} in {:?}",
+                    screen[0].concat()
+                );
+            }
+            assert!(screen[0].concat().trim_end().ends_with("local"));
+            // The footer ends with a whole hint.
+            let footer = screen[hgt as usize - 1].concat();
+            let hints = relaygate::console::keymap::footer(&h.app.contexts());
+            assert!(
+                hints
+                    .iter()
+                    .any(|(k, hint)| footer.trim_end().ends_with(&format!("{k} {hint}"))),
+                "{w}x{hgt} {panel:?}: footer cut: {footer:?}"
+            );
+        }
+        h.app.panel = Panel::Live;
+        let screen = cells(&h.screen(w, hgt));
+        let y = screen
+            .iter()
+            .position(|r| find_in(r, "sessions").is_some())
+            .expect("the counters");
+        let start = find_in(&screen[y], counters)
+            .unwrap_or_else(|| panic!("{w}x{hgt}: counters cut: {:?}", screen[y].concat()));
+        let end = start + counters.chars().count();
+        // Two blank columns at least before the chart's label, and no bar
+        // left of them on the chart's rows.
+        assert!(
+            screen[y].iter().skip(end).take(2).all(|c| c == " "),
+            "{w}x{hgt}: {:?}",
+            screen[y].concat()
+        );
+        for row in &screen[y..y + 4] {
+            for (x, cell) in row.iter().enumerate() {
+                if cell.chars().next().is_some_and(|c| bars.contains(&c)) {
+                    assert!(x > end + 1, "{w}x{hgt}: a bar at {x}: {:?}", row.concat());
+                }
+            }
+        }
+        if w == 80 {
+            assert!(
+                find_in(&screen[y], "allowed").is_some_and(|x| x > end + 1),
+                "the chart stays at 80 columns: {:?}",
+                screen[y].concat()
+            );
+        }
+    }
+}
+
+/// The text inside the reading popup (its borders and what is around it
+/// left out), without whitespace, so that wrapped text reads as one.
+fn popup_text(terminal: &Terminal<TestBackend>) -> String {
+    let screen = cells(terminal);
+    let (h, w) = (screen.len(), screen[0].len());
+    screen[3..h - 3]
+        .iter()
+        .flat_map(|row| row[3..w - 3].iter())
+        .flat_map(|c| c.chars())
+        .filter(|c| !c.is_whitespace())
+        .collect()
+}
+
+#[test]
+fn a_long_reason_wraps_in_the_dialogue_the_detail_and_the_trace_views() {
+    let mut h = populated();
+    let rule = format!(
+        "sender *@{}example.com recipient * reject {}",
+        "a-rather-long-subdomain.".repeat(4),
+        "this sender may not relay through this gateway, ask the postmaster. ".repeat(4)
+    );
+    assert!(rule.len() >= 300, "{}", rule.len());
+    let sender = parse_mailbox("spam@elsewhere.test").expect("sender");
+    let recipient = parse_mailbox("victim@far.test").expect("recipient");
+    let mut decision = h.app.config.policy.decide(
+        &Envelope {
+            peer: "203.0.113.9".parse().expect("ip"),
+            login: None,
+            sender: Some(&sender),
+        },
+        &recipient,
+    );
+    decision.reason = relaygate::policy::decision::Reason::RuleRejected {
+        number: 7,
+        rule: rule.clone(),
+    };
+    h.act(stamped(
+        20_000,
+        Event::Decision {
+            session: 2,
+            peer: "203.0.113.9".parse().expect("ip"),
+            login: None,
+            sender: "spam@elsewhere.test".into(),
+            recipient: "victim@far.test".into(),
+            decision: Box::new(decision),
+        },
+    ));
+    let whole: String = format!("rule #7: {rule}")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    // The dialogue of session 2 (the second row).
+    h.typed("1");
+    h.key(KeyCode::Home);
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Enter);
+    assert!(
+        matches!(h.app.mode, Mode::Viewer { .. }),
+        "{:?}",
+        h.app.mode
+    );
+    for (w, hgt) in [(80, 24), (120, 40)] {
+        let text = popup_text(&h.screen(w, hgt));
+        assert!(text.contains(&whole), "{w}x{hgt} dialogue: {text}");
+    }
+    h.key(KeyCode::Esc);
+    // The Log's detail of the decision's line (the newest).
+    h.typed("2");
+    h.key(KeyCode::Up);
+    h.key(KeyCode::Down);
+    h.key(KeyCode::Enter);
+    let text = popup_text(&h.screen(80, 24));
+    assert!(text.contains(&whole), "detail: {text}");
+    h.key(KeyCode::Esc);
+    // A trace's story.
+    h.act(Action::Traced(Ok(vec![
+        "session 2 from 203.0.113.9".into(),
+        format!("  RCPT TO:<victim@far.test> denied: rule #7: {rule}"),
+    ])));
+    let text = popup_text(&h.screen(80, 24));
+    assert!(text.contains(&whole), "trace: {text}");
 }

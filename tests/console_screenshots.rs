@@ -702,6 +702,13 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.press("2");
     console.wait_for(&["Log: all"]);
     capture(&mut console, "log");
+    // The Log's search: the lines held and the whole event log, each
+    // match picked out.
+    console.press("/");
+    console.wait_for(&["Search the log"]);
+    console.press("far.test\r");
+    console.wait_for(&["search \"far.test\"", "more in the older history"]);
+    capture(&mut console, "log-search");
 
     // 3 Bindings.
     console.press("3");
@@ -720,6 +727,16 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.press("7");
     console.wait_for(&["friend@far.test", "team@example.org"]);
     capture(&mut console, "queue");
+    // t: the selected message's story from the event log.
+    console.press("t");
+    console.wait_for(&["Trace: message", "(Esc closes)"]);
+    capture(&mut console, "trace");
+    console.press("\x1b");
+    console.wait_gone("(Esc closes)");
+    // Space marks a message, j moves on; the title counts the marks.
+    console.press(" j ");
+    console.wait_for(&["2 marked"]);
+    capture(&mut console, "queue-marks");
 
     // 4 Relay lists, with the test box asking about the denied host.
     console.press("4");

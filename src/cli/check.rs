@@ -1,11 +1,12 @@
 //! `relaygate check`: what the policy decides, and why, for a client, a
 //! sender and recipients. Exit 0 if all are allowed, 1 if any is denied.
+//! It decides through [`crate::policy_check::check`], as the console's
+//! test box does.
 
 use super::read_password_stdin;
 use crate::credentials::verify_password;
-use crate::policy::Envelope;
-use crate::policy::address::{parse_forward_path, parse_reverse_path};
 use crate::policy::settings::AuthMode;
+use crate::policy_check::{CheckQuery, check};
 use crate::store::Store;
 use clap::Args;
 use std::net::IpAddr;
@@ -32,55 +33,50 @@ pub struct CheckArgs {
 }
 
 pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let sender = parse_reverse_path(&args.from)?;
-    let recipients = args
-        .to
-        .iter()
-        .map(|t| parse_forward_path(t))
-        .collect::<Result<Vec<_>, _>>()?;
     let policy = store.load_policy()?;
-    let mut login = None;
-    if let Some(user) = &args.user {
-        if policy.auth_mode() == AuthMode::None {
-            anyhow::bail!("auth mode is none: no client can authenticate, so --user cannot apply");
-        }
-        let hash = policy.login_hash(user);
-        if args.password_stdin {
-            let password = read_password_stdin()?;
-            if verify_password(hash, &password) {
-                println!("auth: {user} authenticated (235 2.7.0)");
-                login = Some(user.as_str());
-            } else {
-                println!(
-                    "auth: 535 5.7.8 authentication failed for {user}; deciding as an unauthenticated client"
-                );
-            }
-        } else if hash.is_some() {
-            login = Some(user.as_str());
+    let mut user = args.user.as_deref();
+    if let Some(name) = user
+        && args.password_stdin
+        && policy.auth_mode() != AuthMode::None
+    {
+        let password = read_password_stdin()?;
+        if verify_password(policy.login_hash(name), &password) {
+            println!("auth: {name} authenticated (235 2.7.0)");
         } else {
-            anyhow::bail!(
-                "{user} cannot authenticate under auth mode {}",
-                policy.auth_mode()
+            println!(
+                "auth: 535 5.7.8 authentication failed for {name}; deciding as an unauthenticated client"
             );
+            user = None;
         }
     }
-    let env = Envelope {
-        peer: args.ip,
-        login,
-        sender: sender.as_ref(),
-    };
+    let checked = check(
+        &policy,
+        &CheckQuery {
+            ip: args.ip,
+            user,
+            sender: &args.from,
+            recipients: args.to.iter().map(String::as_str).collect(),
+        },
+    )?;
+    if let Some(why) = &checked.login_refused {
+        anyhow::bail!("{why}, so --user cannot apply");
+    }
     println!(
         "client {}, {}, sender <{}>",
         args.ip,
-        login.map_or("not authenticated".to_string(), |l| format!(
-            "authenticated as {l}"
-        )),
-        sender.as_ref().map(|s| s.to_string()).unwrap_or_default()
+        checked
+            .login
+            .as_ref()
+            .map_or("not authenticated".to_string(), |l| format!(
+                "authenticated as {l}"
+            )),
+        checked
+            .sender
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     );
-    let mut all_allowed = true;
-    for rcpt in &recipients {
-        let d = policy.decide(&env, rcpt);
-        all_allowed &= d.is_allowed();
+    for (rcpt, d) in &checked.decisions {
         println!("<{rcpt}>");
         println!(
             "  verdict  {}",
@@ -90,7 +86,7 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("  reply    {}", d.reply);
         println!("  reason   {d}");
     }
-    Ok(if all_allowed {
+    Ok(if checked.all_allowed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

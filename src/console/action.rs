@@ -63,6 +63,14 @@ impl Panel {
         }
     }
 
+    /// The title on a very narrow (60-column) screen.
+    pub fn tiny_title(self) -> &'static str {
+        match self {
+            Panel::Bindings => "Bind",
+            other => other.short_title(),
+        }
+    }
+
     pub fn index(self) -> usize {
         Panel::ALL.iter().position(|p| *p == self).unwrap_or(0)
     }
@@ -191,6 +199,12 @@ pub enum Action {
     BindingsRetried(Vec<ListenerStatus>),
     /// The engine refused a request.
     RemoteError(String),
+    /// A password was hashed (or could not be) for `write`.
+    PasswordHashed {
+        ticket: u64,
+        write: PasswordWrite,
+        hash: Result<String, String>,
+    },
     /// Before stopping a one-process engine: how many messages it holds.
     QuitQuestion {
         queued: Result<usize, String>,
@@ -201,6 +215,21 @@ impl From<Command> for Action {
     fn from(c: Command) -> Action {
         Action::Command(c)
     }
+}
+
+/// What a hashed password is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordWrite {
+    AddUser {
+        name: String,
+    },
+    SetPassword {
+        name: String,
+    },
+    /// Auth mode `specified`, with this one login.
+    SpecifiedLogin {
+        name: String,
+    },
 }
 
 /// A queue action on some messages (see [`crate::queue_admin::apply`]).
@@ -223,23 +252,30 @@ pub enum Effect {
     },
     AddDomain(String),
     RemoveDomain(String),
-    AddUser {
-        name: String,
+    /// Hash a password (argon2: a good part of a second, so off the
+    /// screen's thread when the console runs), then answer with
+    /// [`Action::PasswordHashed`].
+    HashPassword {
+        /// Which request this is, so that a cancelled one is dropped.
+        ticket: u64,
+        write: PasswordWrite,
         password: String,
     },
-    SetPassword {
-        name: String,
-        password: String,
+    /// Store what needed the hash, through the same store functions as
+    /// the CLI.
+    SavePassword {
+        write: PasswordWrite,
+        hash: String,
     },
     RemoveUser(String),
     SetSenderAddresses {
         name: String,
         addresses: Vec<String>,
     },
+    /// A new auth mode; `specified` keeps the stored login (a new one
+    /// goes through [`Effect::HashPassword`]).
     SetAuthMode {
         mode: AuthMode,
-        /// For `specified`: the login and its password.
-        specified: Option<(String, String)>,
     },
     SetSwitch {
         key: String,

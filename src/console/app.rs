@@ -3,18 +3,26 @@
 //! (saves, queue operations, reads). No I/O happens here, so the app can be
 //! driven headless in tests exactly as the terminal drives it.
 
-use super::action::{Action, Command, Effect, Panel, QueueOp};
+use super::action::{Action, Command, Effect, Panel, PasswordWrite, QueueOp};
 use super::form::{Field, Form, FormPurpose};
 use super::io::ConfigView;
 use super::keymap::{Context, command_for};
 use super::list_editor::{ListEditor, ListFocus};
-use super::traffic::{LogFilter, LogLine, Traffic};
+use super::panels::Request;
+use super::panels::bindings::BindingsView;
+use super::panels::live::LiveView;
+use super::panels::log::LogView;
+pub use super::panels::policy::PolicyRow;
+use super::panels::policy::PolicyView;
+pub use super::panels::row_matches;
+use super::panels::users::UsersView;
+use super::traffic::{LogLine, Traffic};
 use crate::bindings::{BindKind, Binding, parse_listen_addr};
 use crate::control::protocol::{Access, ClientMessage};
 use crate::engine::ListenerStatus;
 use crate::events::Event;
 use crate::policy::rules::Rule;
-use crate::policy::settings::{AuthMode, SWITCH_KEYS};
+use crate::policy::settings::AuthMode;
 use crate::queue_admin::QueueAction;
 use crate::store::check_login_name;
 use ratatui::crossterm::event::KeyEvent;
@@ -69,114 +77,6 @@ pub enum Mode {
     Confirm(Confirm),
 }
 
-/// Which connections the Live panel shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LiveShow {
-    #[default]
-    All,
-    Open,
-    Denied,
-}
-
-impl LiveShow {
-    fn next(self) -> LiveShow {
-        match self {
-            LiveShow::All => LiveShow::Open,
-            LiveShow::Open => LiveShow::Denied,
-            LiveShow::Denied => LiveShow::All,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LiveShow::All => "all",
-            LiveShow::Open => "open",
-            LiveShow::Denied => "with a denied recipient",
-        }
-    }
-}
-
-/// The column the Live panel sorts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LiveSort {
-    /// In the order they opened.
-    #[default]
-    Opened,
-    Peer,
-    User,
-    State,
-    Helo,
-    Sender,
-    Rcpt,
-    Bytes,
-}
-
-impl LiveSort {
-    fn next(self) -> LiveSort {
-        use LiveSort::*;
-        match self {
-            Opened => Peer,
-            Peer => User,
-            User => State,
-            State => Helo,
-            Helo => Sender,
-            Sender => Rcpt,
-            Rcpt => Bytes,
-            Bytes => Opened,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use LiveSort::*;
-        match self {
-            Opened => "opened",
-            Peer => "peer",
-            User => "user",
-            State => "state",
-            Helo => "helo",
-            Sender => "sender",
-            Rcpt => "rcpt",
-            Bytes => "bytes",
-        }
-    }
-}
-
-/// The Live panel's view: what it shows, in which order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LiveView {
-    pub show: LiveShow,
-    pub sort: LiveSort,
-    pub reversed: bool,
-}
-
-/// The `/` filters of the list panels (the Queue's and the Log's are their
-/// own); each keeps the rows that contain its text, in any case.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PanelFilters {
-    pub live: String,
-    pub bindings: String,
-    pub users: String,
-}
-
-impl PanelFilters {
-    pub fn of(&self, panel: Panel) -> &str {
-        match panel {
-            Panel::Live => &self.live,
-            Panel::Bindings => &self.bindings,
-            Panel::Users => &self.users,
-            _ => "",
-        }
-    }
-}
-
-/// Whether any of `fields` contains `filter` (lowercase), in any case.
-pub fn row_matches<'a>(filter: &str, fields: impl IntoIterator<Item = &'a str>) -> bool {
-    filter.is_empty()
-        || fields
-            .into_iter()
-            .any(|f| f.to_lowercase().contains(filter))
-}
-
 /// The message line under the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -202,47 +102,6 @@ impl Status {
             STATUS_ERROR_FOR
         }
     }
-}
-
-/// The Log panel's view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogView {
-    pub filter: LogFilter,
-    /// Lowercased; lines must contain it.
-    pub search: Option<String>,
-    /// The selected line, counted from the newest matching one.
-    pub cursor: usize,
-    pub follow: bool,
-    /// Matches of `search` in the whole event log older than the lines
-    /// held here, oldest first; `None` while the search runs.
-    pub history: Option<Vec<LogLine>>,
-}
-
-impl LogView {
-    pub fn admits(&self, line: &LogLine) -> bool {
-        self.filter.admits(line)
-            && self.search.as_ref().is_none_or(|s| {
-                line.text.to_lowercase().contains(s)
-                    || line
-                        .detail
-                        .as_ref()
-                        .is_some_and(|d| d.to_lowercase().contains(s))
-            })
-    }
-}
-
-/// One row of the Auth & restrictions panel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyRow {
-    AuthMode,
-    Switch {
-        key: &'static str,
-        help: &'static str,
-    },
-    PlaintextAuth,
-    Domain(String),
-    /// A rule, numbered from 1.
-    Rule(usize),
 }
 
 /// How the console reaches the engine.
@@ -276,13 +135,10 @@ pub struct App {
     pub in_flight: std::collections::HashMap<String, crate::delivery::InFlightAttempt>,
     pub lists: ListEditor,
     pub log: LogView,
-    pub live_selected: usize,
-    pub live_view: LiveView,
-    pub bindings_selected: usize,
-    /// What `/` filters each list panel by (lowercase; empty: all rows).
-    pub filters: PanelFilters,
-    pub policy_selected: usize,
-    pub users_selected: usize,
+    pub live: LiveView,
+    pub bindings: BindingsView,
+    pub policy: PolicyView,
+    pub users: UsersView,
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
@@ -302,6 +158,10 @@ pub struct App {
     trace_title: Option<String>,
     awaiting_reload: bool,
     ticks: u64,
+    /// The password hash awaited (its ticket), while a form waits for it.
+    hashing: Option<u64>,
+    /// The last ticket given to a password hash.
+    hash_tickets: u64,
 }
 
 impl App {
@@ -317,19 +177,11 @@ impl App {
             queue: Default::default(),
             in_flight: Default::default(),
             lists: ListEditor::default(),
-            log: LogView {
-                filter: LogFilter::All,
-                search: None,
-                cursor: 0,
-                follow: true,
-                history: Some(Vec::new()),
-            },
-            live_selected: 0,
-            live_view: LiveView::default(),
-            bindings_selected: 0,
-            filters: PanelFilters::default(),
-            policy_selected: 0,
-            users_selected: 0,
+            log: LogView::default(),
+            live: LiveView::default(),
+            bindings: BindingsView::default(),
+            policy: PolicyView::default(),
+            users: UsersView::default(),
             status: None,
             dropped: 0,
             lagged: 0,
@@ -342,6 +194,8 @@ impl App {
             trace_title: None,
             awaiting_reload: false,
             ticks: 0,
+            hashing: None,
+            hash_tickets: 0,
         }
     }
 
@@ -440,17 +294,7 @@ impl App {
                 let full = before >= super::traffic::LOG_LINES;
                 self.traffic.apply(&stamped);
                 let added = full || self.traffic.log.lines.len() > before;
-                if added
-                    && !self.log.follow
-                    && self
-                        .traffic
-                        .log
-                        .lines
-                        .back()
-                        .is_some_and(|l| self.log.admits(l))
-                {
-                    self.log.cursor += 1;
-                }
+                self.log.line_added(&self.traffic.log, added);
                 if let Event::PolicyReloaded { allow, deny } = stamped.event.as_ref()
                     && self.awaiting_reload
                 {
@@ -495,23 +339,8 @@ impl App {
                 Vec::new()
             }
             Action::HistoryFound { search, found } => {
-                if self.log.search.as_deref() != Some(search.as_str()) {
-                    return Vec::new();
-                }
-                match found {
-                    Ok(lines) => {
-                        let oldest_here =
-                            self.traffic.log.lines.front().map_or(i64::MAX, |l| l.at_ms);
-                        let older: Vec<LogLine> = lines
-                            .into_iter()
-                            .filter(|l| l.at_ms < oldest_here && self.log.filter.admits(l))
-                            .collect();
-                        self.log.history = Some(older);
-                    }
-                    Err(e) => {
-                        self.log.history = Some(Vec::new());
-                        self.say(false, e);
-                    }
+                if let Err(e) = self.log.history_found(&search, found, &self.traffic.log) {
+                    self.say(false, e);
                 }
                 Vec::new()
             }
@@ -652,6 +481,24 @@ impl App {
                 self.done(result);
                 Vec::new()
             }
+            Action::PasswordHashed {
+                ticket,
+                write,
+                hash,
+            } => {
+                // A form cancelled meanwhile: nothing is saved.
+                if self.hashing != Some(ticket) {
+                    return Vec::new();
+                }
+                self.hashing = None;
+                match hash {
+                    Ok(hash) => vec![Effect::SavePassword { write, hash }],
+                    Err(e) => {
+                        self.done(Err(format!("not saved: {e}")));
+                        Vec::new()
+                    }
+                }
+            }
             Action::ImportRead { list, path, text } => {
                 match text {
                     Ok(text) => {
@@ -730,6 +577,7 @@ impl App {
                 return match c {
                     Command::Cancel => {
                         self.mode = Mode::Normal;
+                        self.hashing = None;
                         self.say(true, "cancelled: nothing was saved");
                         Vec::new()
                     }
@@ -880,114 +728,50 @@ impl App {
         });
     }
 
+    /// Does what a panel's key asked for.
+    fn request(&mut self, request: Request) -> Vec<Effect> {
+        match request {
+            Request::Nothing => Vec::new(),
+            Request::Form(form) => {
+                self.mode = Mode::Form(form);
+                Vec::new()
+            }
+            Request::Ask { question, pending } => {
+                self.ask(question, pending);
+                Vec::new()
+            }
+            Request::Say { ok, text } => {
+                self.say(ok, text);
+                Vec::new()
+            }
+            Request::Effects(effects) => effects,
+            Request::View(source) => {
+                let follow = match &source {
+                    ViewerSource::Connection(id) => {
+                        vec![Effect::Control(ClientMessage::Dialogue { session: *id })]
+                    }
+                    ViewerSource::Text { .. } => Vec::new(),
+                };
+                self.mode = Mode::Viewer { source, scroll: 0 };
+                follow
+            }
+            Request::Trace(query) => self.trace(Some(query)),
+        }
+    }
+
     fn open_form(&mut self, purpose: FormPurpose, title: impl Into<String>, fields: Vec<Field>) {
         self.mode = Mode::Form(Form::new(purpose, title, fields));
     }
 
     fn panel_command(&mut self, c: Command) -> Vec<Effect> {
         match (self.panel, c) {
-            (Panel::Live, Command::CycleFilter) => {
-                self.live_view.show = self.live_view.show.next();
-                self.live_selected = 0;
+            (Panel::Live, _) => {
+                let request = self.live.command(c, &self.traffic);
+                return self.request(request);
             }
-            (Panel::Live, Command::CycleSort) => {
-                self.live_view.sort = self.live_view.sort.next();
-                self.live_selected = 0;
-            }
-            (Panel::Live, Command::ReverseSort) => {
-                self.live_view.reversed = !self.live_view.reversed;
-                self.live_selected = 0;
-            }
-            (Panel::Live, Command::Open) => {
-                if let Some(id) = self.live_rows().get(self.live_selected).map(|c| c.session) {
-                    self.mode = Mode::Viewer {
-                        source: ViewerSource::Connection(id),
-                        scroll: 0,
-                    };
-                    return vec![Effect::Control(ClientMessage::Dialogue { session: id })];
-                }
-            }
-            (Panel::Log, Command::CycleFilter) => {
-                self.log.filter = self.log.filter.next();
-                self.log.cursor = 0;
-                self.log.follow = true;
-            }
-            (Panel::Log, Command::NextMatch | Command::PrevMatch) if self.log.search.is_some() => {
-                let n = self.log_matching();
-                if c == Command::NextMatch {
-                    if self.log.follow {
-                        self.log.follow = false;
-                    } else {
-                        self.log.cursor = (self.log.cursor + 1).min(n.saturating_sub(1));
-                    }
-                } else {
-                    self.log.follow = false;
-                    self.log.cursor = self.log.cursor.saturating_sub(1);
-                }
-            }
-            (Panel::Log, Command::Follow) => {
-                self.log.cursor = 0;
-                self.log.follow = true;
-            }
-            (Panel::Log, Command::Search) => {
-                let current = self.log.search.clone().unwrap_or_default();
-                self.open_form(
-                    FormPurpose::LogSearch,
-                    "Search the log",
-                    vec![
-                        Field::new("text", "lines containing this text; empty shows all")
-                            .with_value(current),
-                    ],
-                );
-            }
-            (Panel::Live, Command::Trace) => {
-                let query =
-                    self.live_rows()
-                        .get(self.live_selected)
-                        .map(|c| crate::trace::TraceQuery {
-                            ip: Some(c.peer.ip().to_string()),
-                            from: c.mail_from.clone().filter(|m| !m.is_empty()),
-                            ..Default::default()
-                        });
-                return self.trace(query);
-            }
-            (Panel::Queue, Command::Trace) => {
-                let query = self
-                    .queue
-                    .selected_entry()
-                    .map(|e| crate::trace::TraceQuery {
-                        id: Some(e.id.clone()),
-                        ..Default::default()
-                    });
-                return self.trace(query);
-            }
-            (Panel::Log, Command::Trace) => {
-                let query = self.selected_log_line().and_then(|l| l.trace.clone());
-                if query.is_none() {
-                    self.say(false, "this line belongs to no session or message");
-                    return Vec::new();
-                }
-                return self.trace(query);
-            }
-            (Panel::Log, Command::Open) => {
-                if let Some(line) = self.selected_log_line() {
-                    let mut lines = vec![line.text.clone()];
-                    if let Some(d) = &line.detail {
-                        lines.push(String::new());
-                        lines.push(d.clone());
-                    }
-                    self.mode = Mode::Viewer {
-                        source: ViewerSource::Text {
-                            title: format!(
-                                "{} {}",
-                                line.kind.map(|k| k.as_str()).unwrap_or("event"),
-                                line.verdict.map(|v| v.as_str()).unwrap_or_default()
-                            ),
-                            lines,
-                        },
-                        scroll: 0,
-                    };
-                }
+            (Panel::Log, _) => {
+                let request = self.log.command(c, &self.traffic.log);
+                return self.request(request);
             }
             (Panel::Bindings, Command::Retry) => {
                 self.say(
@@ -996,225 +780,26 @@ impl App {
                 );
                 return vec![Effect::Control(ClientMessage::RetryBindings)];
             }
-            (Panel::Bindings, Command::Add) => self.open_form(
-                FormPurpose::AddBinding,
-                "Add a listen address",
-                binding_fields("", "smtp"),
-            ),
-            (Panel::Bindings, Command::Edit) => {
-                if let Some(b) = self
-                    .binding_rows()
-                    .get(self.bindings_selected)
-                    .copied()
-                    .copied()
-                {
-                    self.open_form(
-                        FormPurpose::EditBinding(b.addr),
-                        format!("Edit binding {}", b.addr),
-                        binding_fields(&b.addr.to_string(), b.kind.as_str()),
-                    );
-                }
-            }
-            (Panel::Bindings, Command::Remove) => {
-                if let Some(b) = self
-                    .binding_rows()
-                    .get(self.bindings_selected)
-                    .copied()
-                    .copied()
-                {
-                    self.ask(
-                        format!(
-                            "Stop listening on {} ({}) and remove the binding?",
-                            b.addr, b.kind
-                        ),
-                        Pending::RemoveBinding(b.addr),
-                    );
-                }
+            (Panel::Bindings, _) => {
+                let request = self.bindings.command(c, &self.config.bindings);
+                return self.request(request);
             }
             (Panel::Lists, Command::Edit) => self.lists.begin(ListFocus::Allow),
             (Panel::Lists, Command::Toggle) => {
                 self.lists.begin(ListFocus::Test);
             }
             (Panel::Lists, Command::Import) => self.open_import(),
-            (Panel::Policy, Command::Toggle) => return self.toggle_policy_row(),
-            (Panel::Policy, Command::Add) => self.open_form(
-                FormPurpose::AddDomain,
-                "Add a local domain",
-                vec![Field::new(
-                    "domain",
-                    "mail for it is inbound/internal, e.g. example.com",
-                )],
-            ),
-            (Panel::Policy, Command::AddRule) => self.open_form(
-                FormPurpose::AddRule,
-                "Add a sender/recipient rule",
-                vec![
-                    Field::new(
-                        "sender",
-                        "pattern with * and a leading ! to negate, e.g. !*@example.com",
-                    ),
-                    Field::new("recipient", "pattern; * for any").with_value("*"),
-                    Field::new("destination", "internal, external or any").with_value("any"),
-                    Field::new("reject text", "the 550 reply text; empty: accept-and-stop"),
-                    Field::new("position", "1 is evaluated first; empty: at the end"),
-                ],
-            ),
-            (Panel::Policy, Command::Remove) => {
-                match self.policy_rows().get(self.policy_selected) {
-                    Some(PolicyRow::Domain(d)) => {
-                        let d = d.clone();
-                        self.ask(
-                            format!("Remove the local domain {d}?"),
-                            Pending::RemoveDomain(d),
-                        );
-                    }
-                    Some(PolicyRow::Rule(n)) => {
-                        let n = *n;
-                        let text = self
-                            .config
-                            .rules
-                            .get(n - 1)
-                            .map(|r| r.to_string())
-                            .unwrap_or_default();
-                        self.ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n));
-                    }
-                    _ => self.say(false, "select a local domain or a rule to remove it"),
-                }
+            (Panel::Policy, _) => {
+                let request = self.policy.command(c, &self.config);
+                return self.request(request);
             }
-            (Panel::Users, Command::Add) => self.open_form(
-                FormPurpose::AddUser,
-                "Add a user",
-                vec![
-                    Field::new("name", "the login, 1-128 printable characters, no spaces"),
-                    Field::new("password", "stored only as an argon2id hash").masked(),
-                    Field::new("again", "the same password once more").masked(),
-                ],
-            ),
-            (Panel::Users, Command::ResetPassword) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
-                    let name = u.name.clone();
-                    self.open_form(
-                        FormPurpose::ResetPassword(name.clone()),
-                        format!("New password for {name}"),
-                        password_fields(),
-                    );
-                }
+            (Panel::Users, _) => {
+                let request = self.users.command(c, &self.config.users);
+                return self.request(request);
             }
-            (Panel::Users, Command::SenderAddresses) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
-                    let name = u.name.clone();
-                    let current = u.addresses.join(" ");
-                    self.open_form(
-                        FormPurpose::SenderAddresses(name.clone()),
-                        format!("Sender addresses of {name}"),
-                        vec![
-                            Field::new(
-                                "addresses",
-                                "user@domain or @domain, separated by spaces; empty: none",
-                            )
-                            .with_value(current),
-                        ],
-                    );
-                }
-            }
-            (Panel::Users, Command::Remove) => {
-                if let Some(u) = self.user_rows().get(self.users_selected).copied() {
-                    let name = u.name.clone();
-                    self.ask(
-                        format!("Remove user {name} and its sender addresses?"),
-                        Pending::RemoveUser(name),
-                    );
-                }
-            }
-            (Panel::Live | Panel::Bindings | Panel::Users, Command::Search) => {
-                let panel = self.panel;
-                let current = self.filters.of(panel).to_string();
-                self.open_form(
-                    FormPurpose::PanelFilter(panel),
-                    "Filter the list",
-                    vec![
-                        Field::new("text", "rows containing this text; empty shows all")
-                            .with_value(current),
-                    ],
-                );
-            }
-            (Panel::Queue, Command::Search) => {
-                let current = self.queue.filter.clone();
-                self.open_form(
-                    FormPurpose::QueueFilter,
-                    "Filter the queue",
-                    vec![
-                        Field::new(
-                            "text",
-                            "in the sender, a recipient or domain, or an error; empty shows all",
-                        )
-                        .with_value(current),
-                    ],
-                );
-            }
-            (Panel::Queue, Command::Mark) => self.queue.toggle_mark(),
-            (Panel::Queue, Command::MarkAll) => {
-                let n = self.queue.mark_all_shown();
-                self.say(true, format!("{} marked", crate::queue_admin::messages(n)));
-            }
-            (Panel::Queue, Command::Retry | Command::Hold | Command::Release) => {
-                let action = match c {
-                    Command::Retry => QueueAction::Retry,
-                    Command::Hold => QueueAction::Hold,
-                    _ => QueueAction::Release,
-                };
-                let (ids, marked) = self.queue.targets();
-                if ids.is_empty() {
-                    return Vec::new();
-                }
-                let op = QueueOp {
-                    action,
-                    ids,
-                    named: !marked,
-                };
-                if !marked {
-                    return vec![Effect::Queue(op), Effect::LoadQueue];
-                }
-                let verb = match action {
-                    QueueAction::Retry => "Retry",
-                    QueueAction::Hold => "Hold",
-                    _ => "Release",
-                };
-                self.ask(
-                    format!(
-                        "{verb} the {} marked? (y/n)",
-                        crate::queue_admin::messages(op.ids.len())
-                    ),
-                    Pending::QueueAction(op),
-                );
-            }
-            (Panel::Queue, Command::Delete) => {
-                let (ids, marked) = self.queue.targets();
-                let question = if marked {
-                    format!(
-                        "Delete the {} marked? b: delete and bounce to each sender, s: delete silently",
-                        crate::queue_admin::messages(ids.len())
-                    )
-                } else if let Some(e) = self.queue.selected_entry() {
-                    let sender = if e.sender.is_empty() {
-                        "<>".to_string()
-                    } else {
-                        format!("<{}>", e.sender)
-                    };
-                    format!(
-                        "Delete message {} from {sender}? b: delete and bounce to the sender, s: delete silently",
-                        e.id
-                    )
-                } else {
-                    return Vec::new();
-                };
-                self.ask(
-                    question,
-                    Pending::DeleteMessages {
-                        ids,
-                        named: !marked,
-                    },
-                );
+            (Panel::Queue, _) => {
+                let request = self.queue.command(c);
+                return self.request(request);
             }
             _ => {}
         }
@@ -1344,22 +929,17 @@ impl App {
         let Mode::Form(form) = &mut self.mode else {
             return Vec::new();
         };
+        if self.hashing.is_some() {
+            // Submitted already: the password is being hashed.
+            return Vec::new();
+        }
         let result: Result<Option<Effect>, String> = match &form.purpose {
             FormPurpose::PanelFilter(panel) => {
                 let text = form.value(0).trim().to_lowercase();
                 match panel {
-                    Panel::Live => {
-                        self.filters.live = text;
-                        self.live_selected = 0;
-                    }
-                    Panel::Bindings => {
-                        self.filters.bindings = text;
-                        self.bindings_selected = 0;
-                    }
-                    _ => {
-                        self.filters.users = text;
-                        self.users_selected = 0;
-                    }
+                    Panel::Live => self.live.set_filter(&text),
+                    Panel::Bindings => self.bindings.set_filter(&text),
+                    _ => self.users.set_filter(&text),
                 }
                 self.mode = Mode::Normal;
                 return Vec::new();
@@ -1371,18 +951,12 @@ impl App {
                 return Vec::new();
             }
             FormPurpose::LogSearch => {
-                let text = form.value(0).trim().to_lowercase();
-                self.log.search = (!text.is_empty()).then(|| text.clone());
-                self.log.cursor = 0;
-                self.log.follow = true;
+                let text = form.value(0).to_string();
                 self.mode = Mode::Normal;
-                self.log.history = Some(Vec::new());
-                if text.is_empty() {
-                    return Vec::new();
-                }
-                // The lines here are searched at once; the whole log too.
-                self.log.history = None;
-                return vec![Effect::SearchHistory(text)];
+                return match self.log.set_search(&text) {
+                    Some(text) => vec![Effect::SearchHistory(text)],
+                    None => Vec::new(),
+                };
             }
             FormPurpose::AddBinding | FormPurpose::EditBinding(_) => {
                 let old = match &form.purpose {
@@ -1425,15 +999,23 @@ impl App {
                 .map_err(|e| e.to_string())
                 .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
                 .map(|password| {
-                    Some(Effect::AddUser {
-                        name: form.value(0).to_string(),
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::AddUser {
+                            name: form.value(0).to_string(),
+                        },
                         password,
                     })
                 }),
             FormPurpose::ResetPassword(name) => {
                 let name = name.clone();
-                matching_passwords(form.raw(0), form.raw(1))
-                    .map(|password| Some(Effect::SetPassword { name, password }))
+                matching_passwords(form.raw(0), form.raw(1)).map(|password| {
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::SetPassword { name },
+                        password,
+                    })
+                })
             }
             FormPurpose::SenderAddresses(name) => Ok(Some(Effect::SetSenderAddresses {
                 name: name.clone(),
@@ -1448,9 +1030,12 @@ impl App {
                 .map_err(|e| e.to_string())
                 .and_then(|()| matching_passwords(form.raw(1), form.raw(2)))
                 .map(|password| {
-                    Some(Effect::SetAuthMode {
-                        mode: AuthMode::Specified,
-                        specified: Some((form.value(0).to_string(), password)),
+                    Some(Effect::HashPassword {
+                        ticket: 0,
+                        write: PasswordWrite::SpecifiedLogin {
+                            name: form.value(0).to_string(),
+                        },
+                        password,
                     })
                 }),
             FormPurpose::Import(list) => match form.value(0) {
@@ -1462,6 +1047,18 @@ impl App {
             },
         };
         match result {
+            Ok(Some(Effect::HashPassword {
+                write, password, ..
+            })) => {
+                self.hash_tickets += 1;
+                self.hashing = Some(self.hash_tickets);
+                self.say(true, "hashing the password (argon2)...");
+                vec![Effect::HashPassword {
+                    ticket: self.hash_tickets,
+                    write,
+                    password,
+                }]
+            }
             Ok(effect) => effect.into_iter().collect(),
             Err(e) => {
                 if let Mode::Form(form) = &mut self.mode {
@@ -1491,188 +1088,47 @@ impl App {
             );
             return Vec::new();
         }
-        vec![Effect::SetAuthMode {
-            mode,
-            specified: None,
-        }]
+        vec![Effect::SetAuthMode { mode }]
     }
 
     /// The rows of the Auth & restrictions panel, top to bottom.
     pub fn policy_rows(&self) -> Vec<PolicyRow> {
-        let mut rows = vec![PolicyRow::AuthMode];
-        rows.extend(
-            SWITCH_KEYS
-                .iter()
-                .map(|&(key, help)| PolicyRow::Switch { key, help }),
-        );
-        rows.push(PolicyRow::PlaintextAuth);
-        rows.extend(self.config.domains.iter().cloned().map(PolicyRow::Domain));
-        rows.extend((1..=self.config.rules.len()).map(PolicyRow::Rule));
-        rows
-    }
-
-    fn toggle_policy_row(&mut self) -> Vec<Effect> {
-        match self.policy_rows().get(self.policy_selected) {
-            Some(PolicyRow::AuthMode) => {
-                self.ask(
-                    format!(
-                        "Auth mode, now {}: n none (AUTH not offered) · a any user · s one specified login",
-                        self.config.auth_mode.as_str()
-                    ),
-                    Pending::AuthMode,
-                );
-                Vec::new()
-            }
-            Some(PolicyRow::Switch { key, .. }) => {
-                let on = !self.config.switches.get(key).unwrap_or(false);
-                vec![Effect::SetSwitch {
-                    key: key.to_string(),
-                    on,
-                }]
-            }
-            Some(PolicyRow::PlaintextAuth) => vec![Effect::SetServerSetting {
-                key: "plaintext-auth".into(),
-                value: if self.config.plaintext_auth {
-                    "off"
-                } else {
-                    "on"
-                }
-                .into(),
-            }],
-            Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => {
-                self.say(
-                    false,
-                    "a: add a domain, r: add a rule, x: remove the selected one",
-                );
-                Vec::new()
-            }
-            None => Vec::new(),
-        }
+        PolicyView::rows(&self.config)
     }
 
     /// How many matching lines the Log panel has.
     pub fn log_matching(&self) -> usize {
-        self.log_shown().count()
+        self.log.matching(&self.traffic.log)
     }
 
-    /// The Log panel's lines, newest first: those held here that pass the
-    /// filter and the search, then a search's matches from the older
-    /// history.
+    /// The Log panel's lines, newest first.
     pub fn log_shown(&self) -> impl Iterator<Item = &LogLine> {
-        let older: &[LogLine] = match (&self.log.search, &self.log.history) {
-            (Some(_), Some(h)) => h,
-            _ => &[],
-        };
-        self.traffic
-            .log
-            .lines
-            .iter()
-            .rev()
-            .filter(|l| self.log.admits(l))
-            .chain(older.iter().rev())
+        self.log.shown(&self.traffic.log)
     }
 
-    /// The Live panel's rows: the connections its view shows, in its
-    /// order (the table may hold 10,000: sorting them takes about a
-    /// millisecond, and only when asked for).
     /// The bindings the Bindings panel shows.
     pub fn binding_rows(&self) -> Vec<&crate::bindings::Binding> {
-        self.config
-            .bindings
-            .iter()
-            .filter(|b| {
-                row_matches(
-                    &self.filters.bindings,
-                    [b.addr.to_string().as_str(), b.kind.to_string().as_str()],
-                )
-            })
-            .collect()
+        self.bindings.rows(&self.config.bindings)
     }
 
     /// The users the Users panel shows.
     pub fn user_rows(&self) -> Vec<&crate::store::UserInfo> {
-        self.config
-            .users
-            .iter()
-            .filter(|u| {
-                row_matches(
-                    &self.filters.users,
-                    std::iter::once(u.name.as_str()).chain(u.addresses.iter().map(String::as_str)),
-                )
-            })
-            .collect()
+        self.users.rows(&self.config.users)
     }
 
+    /// The Live panel's rows, in its order.
     pub fn live_rows(&self) -> Vec<&crate::live::Connection> {
-        let v = self.live_view;
-        let mut rows: Vec<&crate::live::Connection> = self
-            .traffic
-            .connections
-            .values()
-            .filter(|c| match v.show {
-                LiveShow::All => true,
-                LiveShow::Open => c.closed.is_none(),
-                LiveShow::Denied => c.rcpt_denied > 0,
-            })
-            .filter(|c| {
-                row_matches(
-                    &self.filters.live,
-                    [
-                        c.peer.to_string().as_str(),
-                        c.login.as_deref().unwrap_or(""),
-                        c.state.as_str(),
-                        c.helo.as_deref().unwrap_or(""),
-                        c.mail_from.as_deref().unwrap_or(""),
-                    ],
-                )
-            })
-            .collect();
-        match v.sort {
-            LiveSort::Opened => {}
-            LiveSort::Peer => rows.sort_by_key(|c| c.peer),
-            LiveSort::User => rows.sort_by(|a, b| a.login.cmp(&b.login)),
-            LiveSort::State => rows.sort_by(|a, b| a.state.cmp(&b.state)),
-            LiveSort::Helo => rows.sort_by(|a, b| a.helo.cmp(&b.helo)),
-            LiveSort::Sender => rows.sort_by(|a, b| a.mail_from.cmp(&b.mail_from)),
-            LiveSort::Rcpt => rows.sort_by_key(|c| (c.rcpt_allowed + c.rcpt_denied, c.rcpt_denied)),
-            LiveSort::Bytes => rows.sort_by_key(|c| c.bytes),
-        }
-        if v.reversed {
-            rows.reverse();
-        }
-        rows
+        self.live.rows(&self.traffic)
     }
 
     pub fn selected_log_line(&self) -> Option<&LogLine> {
-        self.log_shown().nth(self.log.cursor)
+        self.log.selected_line(&self.traffic.log)
     }
 
     fn move_selection(&mut self, c: Command) {
         let page = self.page.max(1);
         if self.panel == Panel::Log {
-            let count = self.log_matching();
-            // The cursor counts from the newest line: "up" is older.
-            let up = match c {
-                Command::Up => Some(1),
-                Command::ScrollUp => Some(3),
-                Command::PageUp => Some(page),
-                _ => None,
-            };
-            let down = match c {
-                Command::Down => Some(1),
-                Command::ScrollDown => Some(3),
-                Command::PageDown => Some(page),
-                _ => None,
-            };
-            let cursor = match (c, up, down) {
-                (Command::Top, _, _) => count.saturating_sub(1),
-                (Command::Bottom, _, _) => 0,
-                (_, Some(n), _) => (self.log.cursor + n).min(count.saturating_sub(1)),
-                (_, _, Some(n)) => self.log.cursor.saturating_sub(n),
-                _ => self.log.cursor,
-            };
-            self.log.cursor = cursor;
-            self.log.follow = cursor == 0;
+            self.log.move_cursor(c, page, &self.traffic.log);
             return;
         }
         if self.panel == Panel::Lists {
@@ -1690,7 +1146,7 @@ impl App {
             return;
         }
         let count = match self.panel {
-            Panel::Live => self.traffic.connections.len(),
+            Panel::Live => self.live_rows().len(),
             Panel::Bindings => self.binding_rows().len(),
             Panel::Policy => self.policy_rows().len(),
             Panel::Users => self.user_rows().len(),
@@ -1698,10 +1154,10 @@ impl App {
             Panel::Log | Panel::Lists => 0,
         };
         let selected = match self.panel {
-            Panel::Live => &mut self.live_selected,
-            Panel::Bindings => &mut self.bindings_selected,
-            Panel::Policy => &mut self.policy_selected,
-            Panel::Users => &mut self.users_selected,
+            Panel::Live => &mut self.live.selected,
+            Panel::Bindings => &mut self.bindings.selected,
+            Panel::Policy => &mut self.policy.selected,
+            Panel::Users => &mut self.users.selected,
             Panel::Queue => &mut self.queue.selected,
             Panel::Log | Panel::Lists => return,
         };
@@ -1709,15 +1165,10 @@ impl App {
     }
 
     fn clamp_selections(&mut self) {
-        let clamp = |v: &mut usize, n: usize| *v = (*v).min(n.saturating_sub(1));
-        let n = self.binding_rows().len();
-        clamp(&mut self.bindings_selected, n);
-        let rows = self.policy_rows().len();
-        clamp(&mut self.policy_selected, rows);
-        let n = self.user_rows().len();
-        clamp(&mut self.users_selected, n);
-        let shown = self.live_rows().len();
-        clamp(&mut self.live_selected, shown);
+        self.bindings.clamp(&self.config.bindings);
+        self.policy.clamp(&self.config);
+        self.users.clamp(&self.config.users);
+        self.live.clamp(&self.traffic);
     }
 }
 
@@ -1734,28 +1185,6 @@ fn scrolled(at: usize, c: Command, page: usize) -> usize {
         Command::Bottom => usize::MAX / 2,
         _ => at,
     }
-}
-
-fn binding_fields(addr: &str, kind: &str) -> Vec<Field> {
-    vec![
-        Field::new(
-            "address",
-            "ADDR:PORT, like 0.0.0.0:25 or [::1]:2525; port 0 picks a free port",
-        )
-        .with_value(addr),
-        Field::new(
-            "kind",
-            "smtp (STARTTLS), submission (AUTH first) or smtps (TLS)",
-        )
-        .with_value(kind),
-    ]
-}
-
-fn password_fields() -> Vec<Field> {
-    vec![
-        Field::new("password", "stored only as an argon2id hash").masked(),
-        Field::new("again", "the same password once more").masked(),
-    ]
 }
 
 fn matching_passwords(a: &str, b: &str) -> Result<String, String> {

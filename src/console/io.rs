@@ -3,7 +3,7 @@
 //! CLI uses (same validation, same transactions) and answers each with an
 //! [`Action`].
 
-use super::action::{Action, Effect, QueueOp};
+use super::action::{Action, Effect, PasswordWrite, QueueOp};
 use super::app::{App, WATCH_ONLY};
 use super::traffic::{LogLine, epoch_ms};
 use crate::bindings::Binding;
@@ -95,9 +95,10 @@ impl ConsoleIo {
         self.control = Some(control);
     }
 
-    /// Reads the queue on a thread of its own from now on, answering
-    /// through `events` (a queue of 100,000 messages takes a good part of
-    /// a second to read).
+    /// Reads the queue, searches the event log and hashes passwords on
+    /// threads of their own from now on, answering through `events` (a
+    /// queue of 100,000 messages takes a good part of a second to read,
+    /// an argon2 hash about as long).
     pub fn read_in_background(
         &mut self,
         events: std::sync::mpsc::SyncSender<super::event::ConsoleEvent>,
@@ -286,6 +287,34 @@ impl ConsoleIo {
                     }
                 };
             }
+            Effect::HashPassword {
+                ticket,
+                write,
+                password,
+            } => {
+                let hash = move || Action::PasswordHashed {
+                    ticket,
+                    write,
+                    hash: crate::credentials::hash_password(&password).map_err(|e| e.to_string()),
+                };
+                return match self.background.clone() {
+                    None => vec![hash()],
+                    Some(events) => {
+                        let spawned = std::thread::Builder::new()
+                            .name("console-hash".into())
+                            .spawn(move || {
+                                let _ =
+                                    events.send(super::event::ConsoleEvent::Done(Box::new(hash())));
+                            });
+                        match spawned {
+                            Ok(_) => Vec::new(),
+                            Err(e) => vec![Action::Done(Err(format!(
+                                "not saved: cannot hash the password: {e}"
+                            )))],
+                        }
+                    }
+                };
+            }
             Effect::LoadHistory { before } => {
                 return vec![Action::History(self.history(super::HISTORY_LINES, before))];
             }
@@ -318,22 +347,26 @@ impl ConsoleIo {
                 .remove_domain(&name)
                 .map(|d| format!("saved: {d} is no longer a local domain"))
                 .map_err(e),
-            Effect::AddUser { name, password } => {
-                let hash = crate::credentials::hash_password(&password)
-                    .map_err(|x| format!("not saved: {x}"))?;
-                store
+            Effect::SavePassword { write, hash } => match write {
+                PasswordWrite::AddUser { name } => store
                     .add_user(&name, &hash)
                     .map(|()| format!("saved: user {name} added"))
-                    .map_err(e)
-            }
-            Effect::SetPassword { name, password } => {
-                let hash = crate::credentials::hash_password(&password)
-                    .map_err(|x| format!("not saved: {x}"))?;
-                store
+                    .map_err(e),
+                PasswordWrite::SetPassword { name } => store
                     .set_password(&name, &hash)
                     .map(|()| format!("saved: new password for {name}"))
-                    .map_err(e)
-            }
+                    .map_err(e),
+                PasswordWrite::SpecifiedLogin { name } => {
+                    let login = Login {
+                        name,
+                        password_hash: hash,
+                    };
+                    store
+                        .set_auth_mode(AuthMode::Specified, Some(&login))
+                        .map(|()| format!("saved: auth mode {}", AuthMode::Specified))
+                        .map_err(e)
+                }
+            },
             Effect::RemoveUser(name) => store
                 .remove_user(&name)
                 .map(|()| format!("saved: user {name} removed"))
@@ -351,20 +384,10 @@ impl ConsoleIo {
                     )
                 })
                 .map_err(e),
-            Effect::SetAuthMode { mode, specified } => {
-                let login = match specified {
-                    Some((name, password)) => Some(Login {
-                        password_hash: crate::credentials::hash_password(&password)
-                            .map_err(|x| format!("not saved: {x}"))?,
-                        name,
-                    }),
-                    None => None,
-                };
-                store
-                    .set_auth_mode(mode, login.as_ref())
-                    .map(|()| format!("saved: auth mode {mode}"))
-                    .map_err(e)
-            }
+            Effect::SetAuthMode { mode } => store
+                .set_auth_mode(mode, None)
+                .map(|()| format!("saved: auth mode {mode}"))
+                .map_err(e),
             Effect::SetSwitch { key, on } => store
                 .set_switch(&key, on)
                 .map(|()| format!("saved: {key} {}", if on { "on" } else { "off" }))
@@ -394,6 +417,7 @@ impl ConsoleIo {
             | Effect::LoadHistory { .. }
             | Effect::SearchHistory(_)
             | Effect::CountQueue
+            | Effect::HashPassword { .. }
             | Effect::ReadImportFile { .. } => Err("internal: not a configuration change".into()),
         }
     }

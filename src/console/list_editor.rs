@@ -1,13 +1,13 @@
 //! The allow and deny lists as two text editors, validated line by line
 //! as they are typed (with `parse_list_text`, the same function `list
 //! import` uses), and the test box that asks the policy what it would
-//! decide with the saved lists and with the edited ones.
+//! decide with the saved lists and with the edited ones (through
+//! [`crate::policy_check::check`], as `relaygate check` does).
 
-use crate::policy::address::{parse_forward_path, parse_reverse_path};
-use crate::policy::decision::Decision;
 use crate::policy::ip_lists::ListKind;
 use crate::policy::list_text::{ParsedEntry, parse_list_text};
-use crate::policy::{Envelope, Policy, PolicyConfig};
+use crate::policy::{Policy, PolicyConfig};
+use crate::policy_check::{CheckQuery, Checked, check};
 use ratatui::crossterm::event::KeyEvent;
 use ratatui::style::{Modifier, Style};
 use ratatui_textarea::{CursorMove, TextArea};
@@ -418,27 +418,30 @@ impl ListEditor {
             _ => None,
         };
         let sender_text = assumed_sender.as_deref().unwrap_or(t.fields[1].trim());
-        let sender = match parse_reverse_path(sender_text) {
-            Ok(s) => s,
-            Err(e) => {
-                self.test.saved = Some(TestLine::problem(format!("sender: {e}")));
-                return;
-            }
-        };
         let rcpt_text = match t.fields[2].trim() {
             "" => DEFAULT_TEST_RECIPIENT,
             r => r,
         };
-        let recipient = match parse_forward_path(rcpt_text) {
-            Ok(r) => r,
+        let user = t.fields[3].trim();
+        let query = CheckQuery {
+            ip,
+            user: (!user.is_empty()).then_some(user),
+            sender: sender_text,
+            recipients: vec![rcpt_text],
+        };
+        let line = |checked: Checked| {
+            checked.decisions.into_iter().next().map(|(_, d)| TestLine {
+                text: format!("{} {d}", d.reply.code),
+                verdict: Some(d.verdict),
+            })
+        };
+        let checked = match check(saved, &query) {
+            Ok(checked) => checked,
             Err(e) => {
-                self.test.saved = Some(TestLine::problem(format!("recipient: {e}")));
+                self.test.saved = Some(TestLine::problem(e.to_string()));
                 return;
             }
         };
-        let user = t.fields[3].trim().to_string();
-        let login =
-            (!user.is_empty() && saved.login_hash(&user).is_some()).then_some(user.as_str());
         let mut notes = Vec::new();
         if let Some(s) = &assumed_sender {
             notes.push(format!("sender {s} assumed"));
@@ -446,23 +449,11 @@ impl ListEditor {
         if t.fields[2].trim().is_empty() {
             notes.push(format!("recipient {DEFAULT_TEST_RECIPIENT} assumed"));
         }
-        if !user.is_empty() && login.is_none() {
-            notes.push(format!(
-                "{user} cannot log in under auth mode {}: decided as not authenticated",
-                saved.auth_mode()
-            ));
+        if let Some(why) = &checked.login_refused {
+            notes.push(format!("{why}: decided as not authenticated"));
         }
         self.test.note = (!notes.is_empty()).then(|| notes.join("; "));
-        let env = Envelope {
-            peer: ip,
-            login,
-            sender: sender.as_ref(),
-        };
-        let show = |d: Decision| TestLine {
-            text: format!("{} {d}", d.reply.code),
-            verdict: Some(d.verdict),
-        };
-        self.test.saved = Some(show(saved.decide(&env, &recipient)));
+        self.test.saved = line(checked);
         if self.is_dirty() {
             if self.edited_policy.is_none() {
                 let mut edited = config.clone();
@@ -472,8 +463,9 @@ impl ListEditor {
             }
             self.test.edited = self
                 .edited_policy
-                .as_ref()
-                .map(|p| show(p.decide(&env, &recipient)));
+                .as_deref()
+                .and_then(|p| check(p, &query).ok())
+                .and_then(line);
         }
     }
 }

@@ -26,12 +26,27 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     .areas(frame.area());
     draw_tabs(frame, tabs, app, theme);
     match app.panel {
-        Panel::Live => panels::live::render(frame, body, app, theme),
-        Panel::Log => panels::log::render(frame, body, app, theme),
-        Panel::Bindings => panels::bindings::render(frame, body, app, theme),
+        Panel::Live => panels::live::render(
+            frame,
+            body,
+            &app.live,
+            &app.traffic,
+            &app.listeners,
+            app.now,
+            theme,
+        ),
+        Panel::Log => panels::log::render(frame, body, &app.log, &app.traffic.log, theme),
+        Panel::Bindings => panels::bindings::render(
+            frame,
+            body,
+            &app.bindings,
+            &app.config.bindings,
+            &app.listeners,
+            theme,
+        ),
         Panel::Lists => panels::lists::render(frame, body, app, theme),
-        Panel::Policy => panels::policy::render(frame, body, app, theme),
-        Panel::Users => panels::users::render(frame, body, app, theme),
+        Panel::Policy => panels::policy::render(frame, body, &app.policy, &app.config, theme),
+        Panel::Users => panels::users::render(frame, body, &app.users, &app.config, theme),
         Panel::Queue => {
             panels::queue::render(frame, body, &app.queue, &app.in_flight, app.now, theme)
         }
@@ -69,24 +84,44 @@ pub fn link_label(link: &Link) -> (String, String, bool) {
     }
 }
 
-fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let (long, short, ok) = link_label(&app.link);
-    // The tabs first; the link takes what is left of the line.
-    let tabs_width: usize = Panel::ALL
+/// How the tab bar is drawn under 100 columns: the titles and the padding
+/// around each; short ones, and on a very narrow screen (60 columns) tiny
+/// ones without padding, so that every tab shows whole with the link's
+/// short label.
+fn narrow_tab_form(width: u16, short_label: usize) -> (fn(Panel) -> &'static str, &'static str) {
+    let fits = |title, pad| tabs_width(title, pad) + 2 + short_label <= width as usize;
+    if fits(Panel::short_title, " ") {
+        (Panel::short_title, " ")
+    } else {
+        (Panel::tiny_title, "")
+    }
+}
+
+/// Columns the tab bar takes with these titles and padding.
+pub fn tabs_width(title: fn(Panel) -> &'static str, pad: &str) -> usize {
+    Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let t = if area.width < 100 {
-                p.short_title()
-            } else {
-                p.title()
-            };
-            format!("{} {t}", i + 1).chars().count() + 3
-        })
-        .sum();
-    let room = (area.width as usize).saturating_sub(tabs_width + 1);
+        .map(|(i, p)| format!("{} {}", i + 1, title(*p)).chars().count() + 2 * pad.len())
+        .sum::<usize>()
+        + Panel::ALL.len()
+        - 1
+}
+
+fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let (long, short, ok) = link_label(&app.link);
+    // The tabs first, whole; the link takes what is left of the line.
+    let (title, pad) = if area.width < 100 {
+        narrow_tab_form(area.width, short.chars().count())
+    } else {
+        (Panel::title as fn(Panel) -> &'static str, " ")
+    };
+    // A blank column between the tabs and the link.
+    let room = (area.width as usize).saturating_sub(tabs_width(title, pad) + 2);
     let label: String = if long.chars().count() <= room {
         long
+    } else if short.chars().count() <= room {
+        short
     } else {
         short.chars().take(room).collect()
     };
@@ -104,21 +139,14 @@ fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let titles: Vec<Line> = Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let title = if area.width < 100 {
-                p.short_title()
-            } else {
-                p.title()
-            };
-            Line::from(format!("{} {title}", i + 1))
-        })
+        .map(|(i, p)| Line::from(format!("{} {}", i + 1, title(*p))))
         .collect();
     let tabs = Tabs::new(titles)
         .select(app.panel.index())
         .style(theme.dim)
         .highlight_style(theme.focus)
         .divider("│")
-        .padding(" ", " ");
+        .padding(pad, pad);
     frame.render_widget(tabs, area);
 }
 
@@ -276,6 +304,12 @@ fn draw_scrolled(
 }
 
 fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usize, theme: &Theme) {
+    let area = popup_area(
+        frame.area(),
+        frame.area().width.saturating_sub(4),
+        frame.area().height.saturating_sub(4),
+    );
+    let inner_width = area.width.saturating_sub(2) as usize;
     let (title, lines): (String, Vec<Line>) = match source {
         ViewerSource::Connection(id) => match app.traffic.connections.get(id) {
             Some(c) => (
@@ -289,8 +323,10 @@ fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usiz
                             (_, Some(tone)) => theme.tone(tone),
                             (_, None) => theme.dim,
                         };
+                        // Wrapped to the popup: a long reason shows whole.
                         text.split('\n')
-                            .map(|l| Line::styled(l.to_string(), style))
+                            .flat_map(|l| wrap_words(l, inner_width))
+                            .map(|l| Line::styled(l, style))
                             .collect::<Vec<_>>()
                     })
                     .collect(),
@@ -305,11 +341,6 @@ fn draw_viewer(frame: &mut Frame, app: &App, source: &ViewerSource, scroll: usiz
             lines.iter().map(|l| Line::raw(l.clone())).collect(),
         ),
     };
-    let area = popup_area(
-        frame.area(),
-        frame.area().width.saturating_sub(4),
-        frame.area().height.saturating_sub(4),
-    );
     if matches!(source, ViewerSource::Text { .. }) {
         frame.render_widget(Clear, area);
         frame.render_widget(
@@ -383,6 +414,41 @@ fn draw_confirm(frame: &mut Frame, question: &str, app: &App, theme: &Theme) {
     );
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces (a
+/// word longer than a line is broken where the line ends).
+pub fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    if text.chars().count() <= width {
+        return vec![text.to_string()];
+    }
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut used = 0;
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        // The space before the word, unless the line is empty.
+        let gap = usize::from(used > 0);
+        if used + gap + word.len() > width && used > 0 {
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+        } else if gap == 1 {
+            line.push(' ');
+            used += 1;
+        }
+        while used + word.len() > width {
+            let rest = word.split_off(width - used);
+            line.extend(word);
+            lines.push(std::mem::take(&mut line));
+            used = 0;
+            word = rest;
+        }
+        used += word.len();
+        line.extend(word);
+    }
+    lines.push(line);
+    lines
+}
+
 /// `HH:MM:SS` (UTC) of a time in milliseconds since the epoch.
 pub fn clock(at_ms: i64) -> String {
     let secs = at_ms.div_euclid(1000).rem_euclid(86_400);
@@ -410,5 +476,27 @@ pub fn scroll_top(selected: usize, height: usize) -> usize {
         0
     } else {
         selected.saturating_sub(height - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap_words;
+
+    #[test]
+    fn wrap_words_breaks_at_spaces_and_keeps_every_character() {
+        assert_eq!(wrap_words("  short", 10), ["  short"]);
+        assert_eq!(
+            wrap_words("a reason that is long", 10),
+            ["a reason", "that is", "long"]
+        );
+        assert_eq!(
+            wrap_words("abcdefghijklmnop qr", 6),
+            ["abcdef", "ghijkl", "mnop", "qr"]
+        );
+        let long = "why ".repeat(100);
+        let lines = wrap_words(long.trim_end(), 37);
+        assert!(lines.iter().all(|l| l.chars().count() <= 37));
+        assert_eq!(lines.join(" "), long.trim_end());
     }
 }

@@ -1,20 +1,220 @@
 //! Live: who is connected, what was allowed or denied and why, the rates
 //! over the last minutes, and the newest log lines.
+//!
+//! The panel owns its view ([`LiveView`]): which connections it shows, in
+//! which order, the `/` filter and the selection; the app routes keys to
+//! it and turns what it picks (a dialogue, a trace) into effects.
 
-use crate::console::app::App;
+use super::Request;
+use crate::console::action::{Command, Panel};
+use crate::console::app::ViewerSource;
 use crate::console::render::{age, scroll_top};
 use crate::console::theme::Theme;
-use crate::console::traffic::epoch_ms;
+use crate::console::traffic::{Traffic, epoch_ms};
+use crate::engine::ListenerStatus;
+use crate::live::Connection;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Sparkline, Table, TableState};
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 /// Seconds the rate chart covers.
 const CHART_SECONDS: usize = 300;
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+/// Which connections the Live panel shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveShow {
+    #[default]
+    All,
+    Open,
+    Denied,
+}
+
+impl LiveShow {
+    fn next(self) -> LiveShow {
+        match self {
+            LiveShow::All => LiveShow::Open,
+            LiveShow::Open => LiveShow::Denied,
+            LiveShow::Denied => LiveShow::All,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveShow::All => "all",
+            LiveShow::Open => "open",
+            LiveShow::Denied => "with a denied recipient",
+        }
+    }
+}
+
+/// The column the Live panel sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveSort {
+    /// In the order they opened.
+    #[default]
+    Opened,
+    Peer,
+    User,
+    State,
+    Helo,
+    Sender,
+    Rcpt,
+    Bytes,
+}
+
+impl LiveSort {
+    fn next(self) -> LiveSort {
+        use LiveSort::*;
+        match self {
+            Opened => Peer,
+            Peer => User,
+            User => State,
+            State => Helo,
+            Helo => Sender,
+            Sender => Rcpt,
+            Rcpt => Bytes,
+            Bytes => Opened,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use LiveSort::*;
+        match self {
+            Opened => "opened",
+            Peer => "peer",
+            User => "user",
+            State => "state",
+            Helo => "helo",
+            Sender => "sender",
+            Rcpt => "rcpt",
+            Bytes => "bytes",
+        }
+    }
+}
+
+/// The Live panel's state: what it shows, in which order, and the
+/// selection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveView {
+    pub show: LiveShow,
+    pub sort: LiveSort,
+    pub reversed: bool,
+    /// What `/` filters by (lowercase; empty: every connection).
+    pub filter: String,
+    /// Index into [`LiveView::rows`].
+    pub selected: usize,
+}
+
+impl LiveView {
+    /// The connections this view shows, in its order (the table may hold
+    /// 10,000: sorting them takes about a millisecond, and only when
+    /// asked for).
+    pub fn rows<'a>(&self, traffic: &'a Traffic) -> Vec<&'a Connection> {
+        let mut rows: Vec<&Connection> = traffic
+            .connections
+            .values()
+            .filter(|c| match self.show {
+                LiveShow::All => true,
+                LiveShow::Open => c.closed.is_none(),
+                LiveShow::Denied => c.rcpt_denied > 0,
+            })
+            .filter(|c| {
+                super::row_matches(
+                    &self.filter,
+                    [
+                        c.peer.to_string().as_str(),
+                        c.login.as_deref().unwrap_or(""),
+                        c.state.as_str(),
+                        c.helo.as_deref().unwrap_or(""),
+                        c.mail_from.as_deref().unwrap_or(""),
+                    ],
+                )
+            })
+            .collect();
+        match self.sort {
+            LiveSort::Opened => {}
+            LiveSort::Peer => rows.sort_by_key(|c| c.peer),
+            LiveSort::User => rows.sort_by(|a, b| a.login.cmp(&b.login)),
+            LiveSort::State => rows.sort_by(|a, b| a.state.cmp(&b.state)),
+            LiveSort::Helo => rows.sort_by(|a, b| a.helo.cmp(&b.helo)),
+            LiveSort::Sender => rows.sort_by(|a, b| a.mail_from.cmp(&b.mail_from)),
+            LiveSort::Rcpt => rows.sort_by_key(|c| (c.rcpt_allowed + c.rcpt_denied, c.rcpt_denied)),
+            LiveSort::Bytes => rows.sort_by_key(|c| c.bytes),
+        }
+        if self.reversed {
+            rows.reverse();
+        }
+        rows
+    }
+
+    /// The connection under the selection.
+    pub fn selected_connection<'a>(&self, traffic: &'a Traffic) -> Option<&'a Connection> {
+        self.rows(traffic).get(self.selected).copied()
+    }
+
+    /// `t`: the selected client's stories (by its address and sender).
+    pub fn trace_query(&self, traffic: &Traffic) -> Option<crate::trace::TraceQuery> {
+        self.selected_connection(traffic)
+            .map(|c| crate::trace::TraceQuery {
+                ip: Some(c.peer.ip().to_string()),
+                from: c.mail_from.clone().filter(|m| !m.is_empty()),
+                ..Default::default()
+            })
+    }
+
+    /// The panel's keys: `f` cycles what is shown, `s` the sort column,
+    /// `S` the order; Enter opens the selected connection's dialogue, `t`
+    /// its client's stories, `/` filters.
+    pub fn command(&mut self, c: Command, traffic: &Traffic) -> Request {
+        match c {
+            Command::CycleFilter => self.show = self.show.next(),
+            Command::CycleSort => self.sort = self.sort.next(),
+            Command::ReverseSort => self.reversed = !self.reversed,
+            Command::Open => {
+                return self
+                    .selected_connection(traffic)
+                    .map_or(Request::Nothing, |c| {
+                        Request::View(ViewerSource::Connection(c.session))
+                    });
+            }
+            Command::Trace => {
+                return self
+                    .trace_query(traffic)
+                    .map_or(Request::Nothing, Request::Trace);
+            }
+            Command::Search => return super::filter_form(Panel::Live, &self.filter),
+            _ => return Request::Nothing,
+        }
+        self.selected = 0;
+        Request::Nothing
+    }
+
+    /// `/`: shows the connections containing `text` (lowercased here).
+    pub fn set_filter(&mut self, text: &str) {
+        self.filter = text.trim().to_lowercase();
+        self.selected = 0;
+    }
+
+    /// Keeps the selection on a row that is shown.
+    pub fn clamp(&mut self, traffic: &Traffic) {
+        let shown = self.rows(traffic).len();
+        self.selected = self.selected.min(shown.saturating_sub(1));
+    }
+}
+
+/// Draws the panel from its view and the engine's picture.
+pub fn render(
+    frame: &mut Frame,
+    area: Rect,
+    view: &LiveView,
+    traffic: &Traffic,
+    listeners: &[ListenerStatus],
+    now: SystemTime,
+    theme: &Theme,
+) {
     let tail_height = if area.height >= 30 { 8 } else { 5 };
     let [header, top, table, tail] = Layout::vertical([
         Constraint::Length(1),
@@ -23,26 +223,33 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         Constraint::Length(tail_height),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(header_line(app, theme)), header);
-    let [counters, chart] =
-        // A blank column between, so a long counter never runs into a label.
-        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
-            .spacing(1)
-            .areas(top);
-    render_counters(frame, counters, app, theme);
-    render_chart(frame, chart, app, theme);
-    render_connections(frame, table, app, theme);
-    render_tail(frame, tail, app, theme);
+    frame.render_widget(
+        Paragraph::new(header_line(listeners, traffic, theme)),
+        header,
+    );
+    let counters = counter_lines(traffic, theme);
+    let need = counters.first().map_or(0, |l| l.width()) as u16;
+    let (counters_area, chart) = split_top(top, need);
+    frame.render_widget(Paragraph::new(counters), counters_area);
+    if let Some(chart) = chart {
+        render_chart(frame, chart, traffic, now, theme);
+    }
+    render_connections(frame, table, view, traffic, now, theme);
+    render_tail(frame, tail, traffic, theme);
 }
 
 /// Where the engine listens (the bound address, so port 0 shows its real
 /// port) and how many are connected.
-pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
+pub fn header_line<'a>(
+    listeners: &'a [ListenerStatus],
+    traffic: &Traffic,
+    theme: &Theme,
+) -> Line<'a> {
     let mut spans = Vec::new();
-    if app.listeners.is_empty() {
+    if listeners.is_empty() {
         spans.push(Span::styled("not listening anywhere", theme.warning));
     }
-    for l in &app.listeners {
+    for l in listeners {
         match &l.bound {
             Ok(addr) => spans.push(Span::styled(
                 format!("listening {addr} ({}) ", l.binding.kind),
@@ -54,7 +261,7 @@ pub fn header_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
             )),
         }
     }
-    spans.push(Span::raw(format!("· {} open", app.traffic.open)));
+    spans.push(Span::raw(format!("· {} open", traffic.open)));
     Line::from(spans)
 }
 
@@ -68,9 +275,36 @@ fn joined(map: &BTreeMap<std::borrow::Cow<'static, str>, u64>) -> String {
         .join(" · ")
 }
 
-fn render_counters(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let c = &app.traffic.counters;
-    let lines = vec![
+/// The least the rate chart needs: its label and a few bars.
+const CHART_MIN: u16 = 9 + 10;
+
+/// Splits the top rows between the counters and the rate chart. The
+/// counters get at least 55% and never less than `need` (their first line,
+/// which must show whole) and a blank column; another blank column keeps
+/// them apart from the chart, which gives way when what is left is too
+/// narrow for it.
+pub fn split_top(area: Rect, need: u16) -> (Rect, Option<Rect>) {
+    let left = (need + 1).max(area.width.saturating_sub(1) * 55 / 100);
+    if left + 1 + CHART_MIN > area.width {
+        return (area, None);
+    }
+    let chart = Rect {
+        x: area.x + left + 1,
+        width: area.width - left - 1,
+        ..area
+    };
+    (
+        Rect {
+            width: left,
+            ..area
+        },
+        Some(chart),
+    )
+}
+
+fn counter_lines(traffic: &Traffic, theme: &Theme) -> Vec<Line<'static>> {
+    let c = &traffic.counters;
+    vec![
         Line::from(vec![
             Span::styled("sessions ", theme.dim),
             Span::raw(format!("{}  ", c.sessions)),
@@ -93,15 +327,14 @@ fn render_counters(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             Span::styled("why     ", theme.denied),
             Span::raw(joined(&c.denied_by_reason)),
         ]),
-    ];
-    frame.render_widget(Paragraph::new(lines), area);
+    ]
 }
 
-fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+fn render_chart(frame: &mut Frame, area: Rect, traffic: &Traffic, now: SystemTime, theme: &Theme) {
     let label = 9u16;
     let bars = area.width.saturating_sub(label).max(1) as usize;
     let per_bar = CHART_SECONDS.div_ceil(bars).max(1);
-    let (allowed, denied) = app.traffic.rate_series(app.now, bars * per_bar);
+    let (allowed, denied) = traffic.rate_series(now, bars * per_bar);
     let sum = |v: &[u64]| -> Vec<u64> { v.chunks(per_bar).map(|c| c.iter().sum()).collect() };
     let [a_row, d_row] =
         Layout::vertical([Constraint::Length(2), Constraint::Length(2)]).areas(area);
@@ -124,14 +357,9 @@ fn render_chart(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 
 /// The clients with the most open connections, when one has more than
 /// one: ` · most open: 127.0.0.1 ×5, 10.0.0.7 ×2`.
-pub fn busiest_clients(app: &App, n: usize) -> String {
+pub fn busiest_clients(traffic: &Traffic, n: usize) -> String {
     let mut per_ip: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
-    for c in app
-        .traffic
-        .connections
-        .values()
-        .filter(|c| c.closed.is_none())
-    {
+    for c in traffic.connections.values().filter(|c| c.closed.is_none()) {
         *per_ip.entry(c.peer.ip()).or_default() += 1;
     }
     let mut top: Vec<(std::net::IpAddr, usize)> =
@@ -148,15 +376,17 @@ pub fn busiest_clients(app: &App, n: usize) -> String {
     format!(" · most open: {}", listed.join(", "))
 }
 
-fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let shown = app.live_rows();
-    let v = app.live_view;
+fn render_connections(
+    frame: &mut Frame,
+    area: Rect,
+    v: &LiveView,
+    traffic: &Traffic,
+    now: SystemTime,
+    theme: &Theme,
+) {
+    let shown = v.rows(traffic);
     let view = match (v.show, v.sort) {
-        (crate::console::app::LiveShow::All, crate::console::app::LiveSort::Opened)
-            if !v.reversed =>
-        {
-            String::new()
-        }
+        (LiveShow::All, LiveSort::Opened) if !v.reversed => String::new(),
         _ => format!(
             ", {} by {}{}",
             v.show.as_str(),
@@ -164,25 +394,25 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             if v.reversed { ", reversed" } else { "" }
         ),
     };
-    let busiest = busiest_clients(app, 3);
+    let busiest = busiest_clients(traffic, 3);
     let block = Block::bordered()
         .title(format!(
             " Connections: {} open, {} shown{view}{}{busiest} (Enter: dialogue) ",
-            app.traffic.open,
+            traffic.open,
             shown.len(),
-            if app.filters.live.is_empty() {
+            if v.filter.is_empty() {
                 String::new()
             } else {
-                format!(", matching {:?}", app.filters.live)
+                format!(", matching {:?}", v.filter)
             }
         ))
         .title_style(theme.title);
     let rows_height = area.height.saturating_sub(3) as usize;
     // The listening port and the byte count give way on narrow screens.
     let wide = area.width >= 110;
-    let selected = app.live_selected.min(shown.len().saturating_sub(1));
+    let selected = v.selected.min(shown.len().saturating_sub(1));
     let top = scroll_top(selected, rows_height);
-    let now_ms = epoch_ms(app.now);
+    let now_ms = epoch_ms(now);
     // Only the visible rows are built: the table may hold 10,000 connections.
     let rows: Vec<Row> = shown
         .iter()
@@ -249,10 +479,9 @@ fn render_connections(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-fn render_tail(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+fn render_tail(frame: &mut Frame, area: Rect, traffic: &Traffic, theme: &Theme) {
     let height = area.height.saturating_sub(2) as usize;
-    let lines: Vec<Line> = app
-        .traffic
+    let lines: Vec<Line> = traffic
         .log
         .lines
         .iter()

@@ -1,25 +1,166 @@
 //! Auth & restrictions: the auth mode, every switch, plaintext AUTH, the
 //! local domains and the sender/recipient rules.
+//!
+//! The panel owns its view ([`PolicyView`]): its rows and the selection,
+//! and its keys, which ask the app for a form, a question or a change,
+//! saved through the store's functions, as the CLI's.
 
-use crate::console::app::{App, PolicyRow};
+use super::Request;
+use crate::console::action::{Command, Effect};
+use crate::console::app::Pending;
+use crate::console::form::{Field, FormPurpose};
+use crate::console::io::ConfigView;
 use crate::console::render::scroll_top;
 use crate::console::theme::Theme;
+use crate::policy::settings::SWITCH_KEYS;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
+/// One row of the Auth & restrictions panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyRow {
+    AuthMode,
+    Switch {
+        key: &'static str,
+        help: &'static str,
+    },
+    PlaintextAuth,
+    Domain(String),
+    /// A rule, numbered from 1.
+    Rule(usize),
+}
+
+/// The Auth & restrictions panel's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyView {
+    /// Index into [`PolicyView::rows`].
+    pub selected: usize,
+}
+
+impl PolicyView {
+    /// The rows, top to bottom: the auth mode, the switches, plaintext
+    /// AUTH, the local domains, the rules.
+    pub fn rows(config: &ConfigView) -> Vec<PolicyRow> {
+        let mut rows = vec![PolicyRow::AuthMode];
+        rows.extend(
+            SWITCH_KEYS
+                .iter()
+                .map(|&(key, help)| PolicyRow::Switch { key, help }),
+        );
+        rows.push(PolicyRow::PlaintextAuth);
+        rows.extend(config.domains.iter().cloned().map(PolicyRow::Domain));
+        rows.extend((1..=config.rules.len()).map(PolicyRow::Rule));
+        rows
+    }
+
+    /// The row under the selection.
+    pub fn selected_row(&self, config: &ConfigView) -> Option<PolicyRow> {
+        PolicyView::rows(config).into_iter().nth(self.selected)
+    }
+
+    /// The panel's keys: Enter/Space toggles a switch or picks the auth
+    /// mode, `a` adds a local domain, `r` a rule, `x` removes either
+    /// (after a question).
+    pub fn command(&self, c: Command, config: &ConfigView) -> Request {
+        match c {
+            Command::Toggle => self.toggle(config),
+            Command::Add => Request::form(
+                FormPurpose::AddDomain,
+                "Add a local domain",
+                vec![Field::new(
+                    "domain",
+                    "mail for it is inbound/internal, e.g. example.com",
+                )],
+            ),
+            Command::AddRule => Request::form(
+                FormPurpose::AddRule,
+                "Add a sender/recipient rule",
+                vec![
+                    Field::new(
+                        "sender",
+                        "pattern with * and a leading ! to negate, e.g. !*@example.com",
+                    ),
+                    Field::new("recipient", "pattern; * for any").with_value("*"),
+                    Field::new("destination", "internal, external or any").with_value("any"),
+                    Field::new("reject text", "the 550 reply text; empty: accept-and-stop"),
+                    Field::new("position", "1 is evaluated first; empty: at the end"),
+                ],
+            ),
+            Command::Remove => match self.selected_row(config) {
+                Some(PolicyRow::Domain(d)) => Request::ask(
+                    format!("Remove the local domain {d}?"),
+                    Pending::RemoveDomain(d),
+                ),
+                Some(PolicyRow::Rule(n)) => {
+                    let text = config
+                        .rules
+                        .get(n - 1)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    Request::ask(format!("Remove rule #{n}: {text}?"), Pending::RemoveRule(n))
+                }
+                _ => Request::Say {
+                    ok: false,
+                    text: "select a local domain or a rule to remove it".into(),
+                },
+            },
+            _ => Request::Nothing,
+        }
+    }
+
+    fn toggle(&self, config: &ConfigView) -> Request {
+        match self.selected_row(config) {
+            Some(PolicyRow::AuthMode) => Request::ask(
+                format!(
+                    "Auth mode, now {}: n none (AUTH not offered) · a any user · s one specified login",
+                    config.auth_mode.as_str()
+                ),
+                Pending::AuthMode,
+            ),
+            Some(PolicyRow::Switch { key, .. }) => Request::Effects(vec![Effect::SetSwitch {
+                key: key.to_string(),
+                on: !config.switches.get(key).unwrap_or(false),
+            }]),
+            Some(PolicyRow::PlaintextAuth) => Request::Effects(vec![Effect::SetServerSetting {
+                key: "plaintext-auth".into(),
+                value: if config.plaintext_auth { "off" } else { "on" }.into(),
+            }]),
+            Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => Request::Say {
+                ok: false,
+                text: "a: add a domain, r: add a rule, x: remove the selected one".into(),
+            },
+            None => Request::Nothing,
+        }
+    }
+
+    /// Keeps the selection on a row.
+    pub fn clamp(&mut self, config: &ConfigView) {
+        let rows = PolicyView::rows(config).len();
+        self.selected = self.selected.min(rows.saturating_sub(1));
+    }
+}
+
 fn check(on: bool) -> &'static str {
     if on { "[x]" } else { "[ ]" }
 }
 
-pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+/// Draws the settings on the left, the domains and rules on the right,
+/// and what the selected row means under them.
+pub fn render(
+    frame: &mut Frame,
+    area: Rect,
+    view: &PolicyView,
+    config: &ConfigView,
+    theme: &Theme,
+) {
     let [columns, help] = Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(columns);
-    let rows = app.policy_rows();
+    let rows = PolicyView::rows(config);
     let style_for = |i: usize| {
-        if i == app.policy_selected {
+        if i == view.selected {
             theme.selected
         } else {
             theme.normal
@@ -32,24 +173,18 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         match row {
             PolicyRow::AuthMode => settings.push(Line::from(vec![
                 Span::styled("auth mode ", theme.dim),
-                Span::styled(
-                    format!("{:<10}", app.config.auth_mode.as_str()),
-                    style_for(i),
-                ),
+                Span::styled(format!("{:<10}", config.auth_mode.as_str()), style_for(i)),
             ])),
             PolicyRow::Switch { key, .. } => settings.push(Line::styled(
-                format!(
-                    "{} {key}",
-                    check(app.config.switches.get(key).unwrap_or(false))
-                ),
+                format!("{} {key}", check(config.switches.get(key).unwrap_or(false))),
                 style_for(i),
             )),
             PolicyRow::PlaintextAuth => settings.push(Line::styled(
-                format!("{} plaintext-auth", check(app.config.plaintext_auth)),
+                format!("{} plaintext-auth", check(config.plaintext_auth)),
                 style_for(i),
             )),
             PolicyRow::Domain(d) => {
-                let text = if app.config.unrouted_domains.contains(d) {
+                let text = if config.unrouted_domains.contains(d) {
                     format!("{d}  (no route: its mail is held)")
                 } else {
                     d.clone()
@@ -57,8 +192,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 domains.push(Line::styled(text, style_for(i)))
             }
             PolicyRow::Rule(n) => {
-                let text = app
-                    .config
+                let text = config
                     .rules
                     .get(n - 1)
                     .map(|r| r.to_string())
@@ -97,8 +231,8 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     }
     right_lines.extend(rules);
     let first_right = 11usize;
-    let selected_line = if app.policy_selected >= first_right {
-        let k = app.policy_selected - first_right;
+    let selected_line = if view.selected >= first_right {
+        let k = view.selected - first_right;
         if k < domain_count {
             1 + k
         } else {
@@ -118,7 +252,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         ),
         right,
     );
-    let what = match rows.get(app.policy_selected) {
+    let what = match rows.get(view.selected) {
         Some(PolicyRow::AuthMode) => "Enter: none -> any-user -> specified (one login)".to_string(),
         Some(PolicyRow::Switch { help, .. }) => (*help).to_string(),
         Some(PolicyRow::PlaintextAuth) => {

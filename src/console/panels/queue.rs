@@ -9,11 +9,15 @@
 //! when the queue is read (about once a second), and a frame draws only
 //! the messages on screen.
 
+use super::Request;
+use crate::console::action::{Command, Effect, QueueOp};
+use crate::console::app::Pending;
+use crate::console::form::{Field, FormPurpose};
 use crate::console::render::age;
 use crate::console::theme::Theme;
 use crate::console::traffic::epoch_ms;
 use crate::delivery::InFlightAttempt;
-use crate::queue_admin::{AGE_BUCKETS, QueueFilter, QueueShape};
+use crate::queue_admin::{AGE_BUCKETS, QueueAction, QueueFilter, QueueShape, messages};
 use crate::spool::QueueEntry;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -108,6 +112,14 @@ impl QueueView {
             .and_then(|&i| self.entries.get(i))
     }
 
+    /// `t`: the selected message's story.
+    pub fn trace_query(&self) -> Option<crate::trace::TraceQuery> {
+        self.selected_entry().map(|e| crate::trace::TraceQuery {
+            id: Some(e.id.clone()),
+            ..Default::default()
+        })
+    }
+
     /// Space: marks the selected message, or unmarks it.
     pub fn toggle_mark(&mut self) {
         if let Some(id) = self.selected_entry().map(|e| e.id.clone())
@@ -148,6 +160,93 @@ impl QueueView {
             )
         } else {
             (self.marked.iter().cloned().collect(), true)
+        }
+    }
+}
+
+impl QueueView {
+    /// The panel's keys: `/` filters, Space and `*` mark, `r`/`h`/`u`
+    /// retry, hold or release the marked messages (after a question) or
+    /// the selected one, `d` deletes (after a question), `t` traces.
+    pub fn command(&mut self, c: Command) -> Request {
+        match c {
+            Command::Search => Request::form(
+                FormPurpose::QueueFilter,
+                "Filter the queue",
+                vec![
+                    Field::new(
+                        "text",
+                        "in the sender, a recipient or domain, or an error; empty shows all",
+                    )
+                    .with_value(self.filter.clone()),
+                ],
+            ),
+            Command::Mark => {
+                self.toggle_mark();
+                Request::Nothing
+            }
+            Command::MarkAll => {
+                let n = self.mark_all_shown();
+                Request::say(true, format!("{} marked", messages(n)))
+            }
+            Command::Retry | Command::Hold | Command::Release => {
+                let action = match c {
+                    Command::Retry => QueueAction::Retry,
+                    Command::Hold => QueueAction::Hold,
+                    _ => QueueAction::Release,
+                };
+                let (ids, marked) = self.targets();
+                if ids.is_empty() {
+                    return Request::Nothing;
+                }
+                let op = QueueOp {
+                    action,
+                    ids,
+                    named: !marked,
+                };
+                if !marked {
+                    return Request::Effects(vec![Effect::Queue(op), Effect::LoadQueue]);
+                }
+                let verb = match action {
+                    QueueAction::Retry => "Retry",
+                    QueueAction::Hold => "Hold",
+                    _ => "Release",
+                };
+                Request::ask(
+                    format!("{verb} the {} marked? (y/n)", messages(op.ids.len())),
+                    Pending::QueueAction(op),
+                )
+            }
+            Command::Delete => {
+                let (ids, marked) = self.targets();
+                let question = if marked {
+                    format!(
+                        "Delete the {} marked? b: delete and bounce to each sender, s: delete silently",
+                        messages(ids.len())
+                    )
+                } else if let Some(e) = self.selected_entry() {
+                    let sender = if e.sender.is_empty() {
+                        "<>".to_string()
+                    } else {
+                        format!("<{}>", e.sender)
+                    };
+                    format!(
+                        "Delete message {} from {sender}? b: delete and bounce to the sender, s: delete silently",
+                        e.id
+                    )
+                } else {
+                    return Request::Nothing;
+                };
+                Request::ask(
+                    question,
+                    Pending::DeleteMessages {
+                        ids,
+                        named: !marked,
+                    },
+                )
+            }
+            Command::Trace => self.trace_query().map_or(Request::Nothing, Request::Trace),
+            _ => Request::Nothing,
         }
     }
 }
