@@ -1442,18 +1442,22 @@ fn at_80x24_and_60x24_counters_tabs_and_footer_show_whole_and_apart() {
             let screen = cells(&h.screen(w, hgt));
             // Every tab's name shows whole, and the link's label too.
             for (i, p) in Panel::ALL.iter().enumerate() {
-                let name = if w < 70 {
-                    p.tiny_title()
+                let label = if w < 70 {
+                    format!("{}{}", i + 1, p.tiny_title())
                 } else {
-                    p.short_title()
+                    format!("{} {}", i + 1, p.short_title())
                 };
                 assert!(
-                    find_in(&screen[0], &format!("{} {name}", i + 1)).is_some(),
-                    "{w}x{hgt}: tab {name} in {:?}",
+                    find_in(&screen[0], &label).is_some(),
+                    "{w}x{hgt}: tab {label} in {:?}",
                     screen[0].concat()
                 );
             }
-            assert!(screen[0].concat().trim_end().ends_with("local"));
+            let top = screen[0].concat();
+            assert!(
+                top.trim_end().ends_with(" local") || top.trim_end().ends_with(" one process"),
+                "{w}x{hgt}: the link's label cut: {top:?}"
+            );
             // The footer ends with a whole hint.
             let footer = screen[hgt as usize - 1].concat();
             let hints = relaygate::console::keymap::footer(&h.app.contexts());
@@ -1578,4 +1582,79 @@ fn a_long_reason_wraps_in_the_dialogue_the_detail_and_the_trace_views() {
     ])));
     let text = popup_text(&h.screen(80, 24));
     assert!(text.contains(&whole), "trace: {text}");
+}
+
+#[test]
+fn quotas_bans_and_suspensions_through_the_keys() {
+    let mut h = Harness::new(|s| {
+        s.add_user(
+            "dave",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        )
+        .expect("user");
+        s.set_suspended("dave", Some("quota #9 reached"))
+            .expect("suspend");
+    });
+    h.typed("8");
+    assert_eq!(h.app.panel, Panel::Limits);
+    let screen = h.screen(100, 30).backend().to_string();
+    assert!(screen.contains("Sending quotas (0)"), "{screen}");
+    assert!(
+        screen.contains("dave") && screen.contains("quota #9 reached"),
+        "{screen}"
+    );
+    // A quota: per login, 2/hour, counting messages, suspending.
+    h.typed("a");
+    h.typed("\n2/hour\n\n");
+    h.key(KeyCode::Backspace);
+    h.key(KeyCode::Backspace);
+    h.typed("yes\n");
+    assert!(matches!(h.app.mode, Mode::Normal), "{:?}", h.app.mode);
+    let quotas = h.store().quotas().expect("quotas");
+    assert_eq!(quotas.len(), 1);
+    assert!(quotas[0].suspend && quotas[0].rate.count == 2, "{quotas:?}");
+    // A bad rate is refused in the form, nothing saved.
+    h.typed("a");
+    h.typed("\n2/fortnight\n\n\n");
+    match &h.app.mode {
+        Mode::Form(f) => assert!(
+            f.error.as_deref().unwrap_or("").contains("is not a rate"),
+            "{f:?}"
+        ),
+        other => panic!("a bad rate must be refused: {other:?}"),
+    }
+    h.key(KeyCode::Esc);
+    assert_eq!(h.store().quotas().expect("quotas").len(), 1);
+    // A ban by hand.
+    h.typed("b");
+    h.typed("198.51.100.0/24\n");
+    h.typed("\nbotnet\n");
+    let bans = h.store().bans().expect("bans");
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].net.to_string(), "198.51.100.0/24");
+    h.act(Action::Tick(t0()));
+    let screen = h.screen(100, 30).backend().to_string();
+    assert!(
+        screen.contains("Bans in force (1)") && screen.contains("botnet"),
+        "{screen}"
+    );
+    // Rows: the quota, the ban, dave's suspension. Lift the suspension.
+    h.typed("G");
+    h.typed("x");
+    assert!(matches!(h.app.mode, Mode::Confirm(_)), "{:?}", h.app.mode);
+    h.typed("y");
+    let dave = h
+        .store()
+        .users()
+        .expect("users")
+        .into_iter()
+        .find(|u| u.name == "dave");
+    assert_eq!(dave.expect("dave").suspended, None);
+    // Lift the ban (now the last row), then remove the quota.
+    h.act(Action::Tick(t0()));
+    h.typed("G");
+    h.typed("xy");
+    assert!(h.store().bans().expect("bans").is_empty());
+    h.typed("gxy");
+    assert!(h.store().quotas().expect("quotas").is_empty());
 }

@@ -109,6 +109,76 @@ pub fn ban_net(ip: IpAddr) -> IpNet {
     .unwrap_or_else(|_| IpNet::from(ip))
 }
 
+/// An address (banned as its /32 or /64) or a prefix, as an
+/// administrator types it.
+pub fn parse_ban_net(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(ban_net(ip));
+    }
+    t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+        format!("{t:?} is not an address or prefix (like 203.0.113.7 or 198.51.100.0/24)")
+    })
+}
+
+/// A ban by hand (`ban add`, the console): for `time` (`90m`, `12h`,
+/// `7d`, `forever`), with a note; one more strike than the address had.
+pub fn manual_ban(
+    net: &str,
+    time: &str,
+    note: &str,
+    stored: &[Ban],
+    now: u64,
+) -> Result<Ban, String> {
+    let net = parse_ban_net(net)?;
+    let until = if time.trim().eq_ignore_ascii_case("forever") {
+        u64::MAX / 4
+    } else {
+        let secs = crate::queue_admin::age_secs(time)?;
+        if secs <= 0 {
+            return Err("the ban's time must be longer than 0".into());
+        }
+        now.saturating_add((secs as u64).saturating_mul(1000))
+    };
+    let strikes = stored
+        .iter()
+        .find(|b| b.net == net)
+        .map_or(0, |b| b.strikes);
+    Ok(Ban {
+        net,
+        since: now,
+        until,
+        strikes: strikes + 1,
+        reason: BanReason::Admin {
+            note: note.trim().to_string(),
+        },
+    })
+}
+
+/// `2026-11-26T19:00:00Z (in 3h 20m)`, `forever`, `ended 2d ago`.
+pub fn until_text(until: u64, now: u64) -> String {
+    let span = |ms: u64| {
+        let s = ms / 1000;
+        match s {
+            s if s >= 86_400 * 365 * 50 => "forever".to_string(),
+            s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+            s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+            s if s >= 60 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        }
+    };
+    if until > now {
+        let left = span(until - now);
+        if left == "forever" {
+            left
+        } else {
+            format!("{} (in {left})", crate::events::utc_text(until))
+        }
+    } else {
+        format!("ended {} ago", span(now - until))
+    }
+}
+
 /// Recent offences of one address.
 #[derive(Debug, Default, Clone)]
 struct Offences {

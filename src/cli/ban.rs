@@ -1,10 +1,9 @@
 //! `relaygate ban show|add|remove`: addresses refused at connect, made by
 //! the engine (`ban-auth-failures`, `ban-relay-denials`) or by hand.
 
-use crate::abuse::bans::{Ban, BanReason, ban_net};
+use crate::abuse::bans::{Ban, manual_ban, parse_ban_net, until_text as when};
 use crate::store::Store;
 use clap::Subcommand;
-use ipnet::IpNet;
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -34,42 +33,6 @@ pub enum BanCommand {
     },
 }
 
-/// An address is banned as its client key (IPv4 /32, IPv6 /64), a prefix
-/// as given.
-fn parse_net(text: &str) -> anyhow::Result<IpNet> {
-    let t = text.trim();
-    if let Ok(ip) = t.parse::<std::net::IpAddr>() {
-        return Ok(ban_net(ip));
-    }
-    t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-        anyhow::anyhow!("{t:?} is not an address or prefix (like 203.0.113.7 or 198.51.100.0/24)")
-    })
-}
-
-/// `in 3h 20m`, `ended 2d ago`.
-fn when(until: u64, now: u64) -> String {
-    let span = |ms: u64| {
-        let s = ms / 1000;
-        match s {
-            s if s >= 86_400 * 365 * 50 => "forever".to_string(),
-            s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-            s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-            s if s >= 60 => format!("{}m", s / 60),
-            s => format!("{s}s"),
-        }
-    };
-    if until > now {
-        let left = span(until - now);
-        if left == "forever" {
-            left
-        } else {
-            format!("{} (in {left})", crate::events::utc_text(until))
-        }
-    } else {
-        format!("ended {} ago", span(now - until))
-    }
-}
-
 pub fn run(store: &mut Store, cmd: BanCommand) -> anyhow::Result<ExitCode> {
     let now = crate::abuse::now_ms();
     match cmd {
@@ -93,35 +56,19 @@ pub fn run(store: &mut Store, cmd: BanCommand) -> anyhow::Result<ExitCode> {
             }
         }
         BanCommand::Add { net, time, note } => {
-            let net = parse_net(&net)?;
-            let until = if time.trim().eq_ignore_ascii_case("forever") {
-                u64::MAX / 4
-            } else {
-                let secs = crate::queue_admin::age_secs(&time).map_err(anyhow::Error::msg)?;
-                if secs <= 0 {
-                    anyhow::bail!("--for must be longer than 0");
-                }
-                now.saturating_add((secs as u64).saturating_mul(1000))
-            };
-            let strikes = store
-                .bans()?
-                .into_iter()
-                .find(|b| b.net == net)
-                .map_or(0, |b| b.strikes);
-            let ban = Ban {
-                net,
-                since: now,
-                until,
-                strikes: strikes + 1,
-                reason: BanReason::Admin {
-                    note: note.unwrap_or_default(),
-                },
-            };
+            let ban = manual_ban(
+                &net,
+                &time,
+                note.as_deref().unwrap_or(""),
+                &store.bans()?,
+                now,
+            )
+            .map_err(anyhow::Error::msg)?;
             store.put_ban(&ban)?;
-            println!("banned {net} until {}", when(until, now));
+            println!("banned {} until {}", ban.net, when(ban.until, now));
         }
         BanCommand::Remove { net } => {
-            let net = parse_net(&net)?;
+            let net = parse_ban_net(&net).map_err(anyhow::Error::msg)?;
             if !store.remove_ban(&net)? {
                 anyhow::bail!("{net} is not banned (see ban show --all)");
             }

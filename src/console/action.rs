@@ -29,10 +29,12 @@ pub enum Panel {
     Policy,
     Users,
     Queue,
+    /// Quotas, bans and suspended logins.
+    Limits,
 }
 
 impl Panel {
-    pub const ALL: [Panel; 7] = [
+    pub const ALL: [Panel; 8] = [
         Panel::Live,
         Panel::Log,
         Panel::Bindings,
@@ -40,6 +42,7 @@ impl Panel {
         Panel::Policy,
         Panel::Users,
         Panel::Queue,
+        Panel::Limits,
     ];
 
     pub fn title(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Panel {
             Panel::Policy => "Auth & rules",
             Panel::Users => "Users",
             Panel::Queue => "Queue",
+            Panel::Limits => "Quotas & bans",
         }
     }
 
@@ -59,6 +63,7 @@ impl Panel {
         match self {
             Panel::Lists => "Lists",
             Panel::Policy => "Auth",
+            Panel::Limits => "Limits",
             other => other.title(),
         }
     }
@@ -67,6 +72,9 @@ impl Panel {
     pub fn tiny_title(self) -> &'static str {
         match self {
             Panel::Bindings => "Bind",
+            Panel::Lists => "List",
+            Panel::Users => "User",
+            Panel::Limits => "Limit",
             other => other.short_title(),
         }
     }
@@ -135,6 +143,8 @@ pub enum Command {
     PrevMatch,
     /// `t`: the whole story of the selected connection, message or line.
     Trace,
+    /// Quotas & bans: `b` bans an address or a range.
+    AddBan,
     Yes,
     No,
     Bounce,
@@ -296,6 +306,21 @@ pub enum Effect {
         new: Binding,
     },
     RemoveBinding(SocketAddr),
+    AddQuota {
+        scope: crate::abuse::quota::QuotaScope,
+        unit: crate::abuse::quota::QuotaUnit,
+        rate: crate::abuse::rate::Rate,
+        suspend: bool,
+    },
+    RemoveQuota(i64),
+    /// A ban by hand: the address or range, how long, why.
+    AddBan {
+        net: String,
+        time: String,
+        note: String,
+    },
+    LiftBan(ipnet::IpNet),
+    Unsuspend(String),
     Queue(QueueOp),
     ReadImportFile {
         list: ListKind,

@@ -47,6 +47,9 @@ pub enum Pending {
     Quit,
     /// The auth mode, picked from its three.
     AuthMode,
+    RemoveQuota(i64),
+    LiftBan(ipnet::IpNet),
+    Unsuspend(String),
 }
 
 /// A question before something that cannot be undone.
@@ -139,6 +142,7 @@ pub struct App {
     pub bindings: BindingsView,
     pub policy: PolicyView,
     pub users: UsersView,
+    pub limits: super::panels::limits::LimitsView,
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
@@ -182,6 +186,7 @@ impl App {
             bindings: BindingsView::default(),
             policy: PolicyView::default(),
             users: UsersView::default(),
+            limits: Default::default(),
             status: None,
             dropped: 0,
             lagged: 0,
@@ -295,6 +300,20 @@ impl App {
                 self.traffic.apply(&stamped);
                 let added = full || self.traffic.log.lines.len() > before;
                 self.log.line_added(&self.traffic.log, added);
+                match stamped.event.as_ref() {
+                    Event::LoginSuspended { login, why } => {
+                        self.say(
+                            false,
+                            format!(
+                                "LOGIN SUSPENDED: {login}: {why} (8: Quotas & bans, x lifts it)"
+                            ),
+                        );
+                    }
+                    Event::ClientBanned { net, reason, .. } => {
+                        self.say(false, format!("banned {net}: {reason} (8: Quotas & bans)"));
+                    }
+                    _ => {}
+                }
                 if let Event::PolicyReloaded { allow, deny } = stamped.event.as_ref()
                     && self.awaiting_reload
                 {
@@ -801,6 +820,10 @@ impl App {
                 let request = self.queue.command(c);
                 return self.request(request);
             }
+            (Panel::Limits, _) => {
+                let request = self.limits.command(c, &self.config);
+                return self.request(request);
+            }
             _ => {}
         }
         Vec::new()
@@ -894,6 +917,9 @@ impl App {
             Pending::RemoveDomain(d) => vec![Effect::RemoveDomain(d)],
             Pending::RemoveRule(n) => vec![Effect::RemoveRule(n)],
             Pending::RemoveUser(u) => vec![Effect::RemoveUser(u)],
+            Pending::RemoveQuota(id) => vec![Effect::RemoveQuota(id)],
+            Pending::LiftBan(net) => vec![Effect::LiftBan(net)],
+            Pending::Unsuspend(name) => vec![Effect::Unsuspend(name)],
             Pending::DeleteMessages { ids, named } => {
                 self.queue.marked.clear();
                 vec![
@@ -976,6 +1002,36 @@ impl App {
                     }))
                 })
             }
+            FormPurpose::AddQuota => (|| {
+                let scope = crate::abuse::quota::QuotaScope::parse(form.value(0))?;
+                let rate = crate::abuse::rate::Rate::parse(form.value(1))?;
+                let unit = match form.value(2).trim() {
+                    "messages" | "" => crate::abuse::quota::QuotaUnit::Messages,
+                    "recipients" => crate::abuse::quota::QuotaUnit::Recipients,
+                    other => return Err(format!("counting {other:?}: messages or recipients")),
+                };
+                let suspend = match form.value(3).trim() {
+                    "yes" | "y" => true,
+                    "no" | "n" | "" => false,
+                    other => return Err(format!("suspend {other:?}: yes or no")),
+                };
+                if suspend && scope != crate::abuse::quota::QuotaScope::Login {
+                    return Err("suspend needs a login quota (per: login)".into());
+                }
+                Ok(Some(Effect::AddQuota {
+                    scope,
+                    unit,
+                    rate,
+                    suspend,
+                }))
+            })(),
+            FormPurpose::AddBan => crate::abuse::bans::parse_ban_net(form.value(0)).map(|_| {
+                Some(Effect::AddBan {
+                    net: form.value(0).to_string(),
+                    time: form.value(1).to_string(),
+                    note: form.value(2).to_string(),
+                })
+            }),
             FormPurpose::AddDomain => match form.value(0) {
                 "" => Err("type a domain name".into()),
                 d => Ok(Some(Effect::AddDomain(d.to_string()))),
@@ -1151,6 +1207,7 @@ impl App {
             Panel::Policy => self.policy_rows().len(),
             Panel::Users => self.user_rows().len(),
             Panel::Queue => self.queue.shown_len(),
+            Panel::Limits => super::panels::limits::LimitsView::rows(&self.config).len(),
             Panel::Log | Panel::Lists => 0,
         };
         let selected = match self.panel {
@@ -1159,6 +1216,7 @@ impl App {
             Panel::Policy => &mut self.policy.selected,
             Panel::Users => &mut self.users.selected,
             Panel::Queue => &mut self.queue.selected,
+            Panel::Limits => &mut self.limits.selected,
             Panel::Log | Panel::Lists => return,
         };
         *selected = scrolled(*selected, c, page).min(count.saturating_sub(1));
@@ -1168,6 +1226,7 @@ impl App {
         self.bindings.clamp(&self.config.bindings);
         self.policy.clamp(&self.config);
         self.users.clamp(&self.config.users);
+        self.limits.clamp(&self.config);
         self.live.clamp(&self.traffic);
     }
 }

@@ -23,6 +23,8 @@ pub enum FormPurpose {
     QueueFilter,
     /// `/` on Live, Bindings or Users.
     PanelFilter(super::action::Panel),
+    AddQuota,
+    AddBan,
 }
 
 /// One field of a form.

@@ -39,6 +39,11 @@ pub struct ConfigView {
     pub policy_config: PolicyConfig,
     /// The saved policy, compiled: what the engine has in force.
     pub policy: Arc<Policy>,
+    pub quotas: Vec<crate::abuse::quota::Quota>,
+    /// The keys nearest their quota, as the engine last saved them.
+    pub quota_usage: Vec<crate::abuse::quota::QuotaUse>,
+    /// Bans in force, newest first.
+    pub bans: Vec<crate::abuse::bans::Ban>,
 }
 
 /// The store, the spool and the file system, as the console uses them.
@@ -135,6 +140,25 @@ impl ConsoleIo {
             bindings: store.bindings()?,
             policy_config,
             policy: Arc::new(policy),
+            quota_usage: {
+                let mut table = crate::abuse::quota::QuotaTable::default();
+                table.set_quotas(store.quotas()?);
+                table.restore(store.quota_counts()?);
+                let mut usage = table.usage(crate::abuse::now_ms());
+                usage.truncate(30);
+                usage
+            },
+            quotas: store.quotas()?,
+            bans: {
+                let now = crate::abuse::now_ms();
+                let mut bans: Vec<_> = store
+                    .bans()?
+                    .into_iter()
+                    .filter(|b| b.active(now))
+                    .collect();
+                bans.sort_by(|a, b| b.since.cmp(&a.since));
+                bans
+            },
         })
     }
 
@@ -339,6 +363,45 @@ impl ConsoleIo {
         let e = |e: StoreError| format!("not saved: {e}");
         match effect {
             Effect::SaveLists { allow, deny } => save_lists(store, allow, deny),
+            Effect::AddQuota {
+                scope,
+                unit,
+                rate,
+                suspend,
+            } => store
+                .add_quota(scope, unit, rate, suspend)
+                .map(|q| format!("saved: quota {q}"))
+                .map_err(e),
+            Effect::RemoveQuota(id) => store
+                .remove_quota(id)
+                .map(|q| format!("removed quota {q}"))
+                .map_err(e),
+            Effect::AddBan { net, time, note } => {
+                let now = crate::abuse::now_ms();
+                store
+                    .bans()
+                    .map_err(|x| x.to_string())
+                    .and_then(|stored| {
+                        crate::abuse::bans::manual_ban(&net, &time, &note, &stored, now)
+                    })
+                    .and_then(|ban| {
+                        store.put_ban(&ban).map_err(|x| x.to_string())?;
+                        Ok(format!(
+                            "banned {} until {}",
+                            ban.net,
+                            crate::abuse::bans::until_text(ban.until, now)
+                        ))
+                    })
+            }
+            Effect::LiftBan(net) => match store.remove_ban(&net) {
+                Ok(true) => Ok(format!("lifted the ban of {net}")),
+                Ok(false) => Err(format!("{net} was not banned")),
+                Err(x) => Err(x.to_string()),
+            },
+            Effect::Unsuspend(name) => store
+                .set_suspended(&name, None)
+                .map(|()| format!("lifted the suspension of {name}"))
+                .map_err(e),
             Effect::AddDomain(name) => store
                 .add_domain(&name)
                 .map(|d| format!("saved: {d} is a local domain"))

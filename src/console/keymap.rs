@@ -147,7 +147,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     // Everywhere outside an edit.
     bind!(X::Global, [ch('?')], C::Help, "help", "show every key"),
     bind!(X::Global, [ch('q'), ctrl('c')], C::Quit, "quit", "quit (asks first if there are unsaved edits); in an editor q is text and ^C cancels the edit"),
-    bind!(X::Global, [code(KeyCode::Tab)], C::NextPanel, "panel", "next panel (1-7 go to a panel)"),
+    bind!(X::Global, [code(KeyCode::Tab)], C::NextPanel, "panel", "next panel (1-8 go to a panel)"),
     bind!(X::Global, [code(KeyCode::BackTab)], C::PrevPanel, "", "previous panel"),
     bind!(X::Global, [ch('1')], C::GoTo(P::Live), "", "Live panel"),
     bind!(X::Global, [ch('2')], C::GoTo(P::Log), "", "Log panel"),
@@ -156,6 +156,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Global, [ch('5')], C::GoTo(P::Policy), "", "Auth & restrictions panel"),
     bind!(X::Global, [ch('6')], C::GoTo(P::Users), "", "Users panel"),
     bind!(X::Global, [ch('7')], C::GoTo(P::Queue), "", "Queue panel"),
+    bind!(X::Global, [ch('8')], C::GoTo(P::Limits), "", "Quotas & bans panel"),
     bind!(X::Global, [code(KeyCode::Up), ch('k')], C::Up, "", "move up (the mouse wheel scrolls too)"),
     bind!(X::Global, [code(KeyCode::Down), ch('j')], C::Down, "", "move down"),
     bind!(X::Global, [code(KeyCode::PageUp)], C::PageUp, "", "one page up"),
@@ -212,6 +213,10 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Queue), [ch('/')], C::Search, "filter", "show messages whose sender, recipient or error has this text"),
     bind!(X::Panel(P::Queue), [ch(' ')], C::Mark, "mark", "mark or unmark the selected message"),
     bind!(X::Panel(P::Queue), [ch('*')], C::MarkAll, "mark all", "mark every message shown (again: unmark them)"),
+    // Quotas & bans
+    bind!(X::Panel(P::Limits), [ch('a')], C::Add, "add quota", "add a sending quota (per login, address or sender domain)"),
+    bind!(X::Panel(P::Limits), [ch('b')], C::AddBan, "ban", "ban an address or a range for a while"),
+    bind!(X::Panel(P::Limits), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove/lift", "remove the selected quota, lift the selected ban or suspension (asks first)"),
     // Forms
     bind!(X::Form, [code(KeyCode::Enter)], C::Open, "next/ok", "next field; on the last field, save"),
     bind!(X::Form, [ctrl('s')], C::Save, "save", "save the form"),

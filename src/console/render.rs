@@ -47,6 +47,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         Panel::Lists => panels::lists::render(frame, body, app, theme),
         Panel::Policy => panels::policy::render(frame, body, &app.policy, &app.config, theme),
         Panel::Users => panels::users::render(frame, body, &app.users, &app.config, theme),
+        Panel::Limits => panels::limits::render(frame, body, &app.limits, &app.config, theme),
         Panel::Queue => {
             panels::queue::render(frame, body, &app.queue, &app.in_flight, app.now, theme)
         }
@@ -84,25 +85,57 @@ pub fn link_label(link: &Link) -> (String, String, bool) {
     }
 }
 
-/// How the tab bar is drawn under 100 columns: the titles and the padding
-/// around each; short ones, and on a very narrow screen (60 columns) tiny
-/// ones without padding, so that every tab shows whole with the link's
-/// short label.
-fn narrow_tab_form(width: u16, short_label: usize) -> (fn(Panel) -> &'static str, &'static str) {
-    let fits = |title, pad| tabs_width(title, pad) + 2 + short_label <= width as usize;
-    if fits(Panel::short_title, " ") {
-        (Panel::short_title, " ")
+/// How the tab bar is drawn: the titles, the padding around each, and
+/// whether the key and the name are written together (`3Bind`).
+#[derive(Clone, Copy)]
+struct TabForm {
+    title: fn(Panel) -> &'static str,
+    pad: &'static str,
+    tight: bool,
+}
+
+/// Under 100 columns: short titles, then short ones without padding,
+/// then on a very narrow screen (60 columns) tiny ones written tight, so
+/// that every tab shows whole with the link's short label.
+fn narrow_tab_form(width: u16, short_label: usize) -> TabForm {
+    let forms = [
+        TabForm {
+            title: Panel::short_title,
+            pad: " ",
+            tight: false,
+        },
+        TabForm {
+            title: Panel::short_title,
+            pad: "",
+            tight: false,
+        },
+        TabForm {
+            title: Panel::tiny_title,
+            pad: "",
+            tight: true,
+        },
+    ];
+    forms
+        .into_iter()
+        .find(|f| tabs_width(*f) + 2 + short_label <= width as usize)
+        .unwrap_or(forms[2])
+}
+
+/// A tab's label: `3 Bindings`, or `3Bind` when tight.
+fn tab_label(i: usize, panel: Panel, form: TabForm) -> String {
+    if form.tight {
+        format!("{}{}", i + 1, (form.title)(panel))
     } else {
-        (Panel::tiny_title, "")
+        format!("{} {}", i + 1, (form.title)(panel))
     }
 }
 
-/// Columns the tab bar takes with these titles and padding.
-pub fn tabs_width(title: fn(Panel) -> &'static str, pad: &str) -> usize {
+/// Columns the tab bar takes in this form.
+fn tabs_width(form: TabForm) -> usize {
     Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("{} {}", i + 1, title(*p)).chars().count() + 2 * pad.len())
+        .map(|(i, p)| tab_label(i, *p, form).chars().count() + 2 * form.pad.len())
         .sum::<usize>()
         + Panel::ALL.len()
         - 1
@@ -111,13 +144,17 @@ pub fn tabs_width(title: fn(Panel) -> &'static str, pad: &str) -> usize {
 fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let (long, short, ok) = link_label(&app.link);
     // The tabs first, whole; the link takes what is left of the line.
-    let (title, pad) = if area.width < 100 {
+    let form = if area.width < 100 {
         narrow_tab_form(area.width, short.chars().count())
     } else {
-        (Panel::title as fn(Panel) -> &'static str, " ")
+        TabForm {
+            title: Panel::title,
+            pad: " ",
+            tight: false,
+        }
     };
     // A blank column between the tabs and the link.
-    let room = (area.width as usize).saturating_sub(tabs_width(title, pad) + 2);
+    let room = (area.width as usize).saturating_sub(tabs_width(form) + 2);
     let label: String = if long.chars().count() <= room {
         long
     } else if short.chars().count() <= room {
@@ -139,14 +176,14 @@ fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let titles: Vec<Line> = Panel::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| Line::from(format!("{} {}", i + 1, title(*p))))
+        .map(|(i, p)| Line::from(tab_label(i, *p, form)))
         .collect();
     let tabs = Tabs::new(titles)
         .select(app.panel.index())
         .style(theme.dim)
         .highlight_style(theme.focus)
         .divider("│")
-        .padding(pad, pad);
+        .padding(form.pad, form.pad);
     frame.render_widget(tabs, area);
 }
 

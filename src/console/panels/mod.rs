@@ -2,6 +2,7 @@
 //! its selection) and draws it; the app routes keys and effects.
 
 pub mod bindings;
+pub mod limits;
 pub mod lists;
 pub mod live;
 pub mod log;

@@ -129,14 +129,20 @@ pub fn render(frame: &mut Frame, area: Rect, view: &UsersView, config: &ConfigVi
         .skip(top)
         .take(height)
         .map(|u| {
-            Row::new(vec![
-                u.name.clone(),
-                if u.addresses.is_empty() {
-                    "-".to_string()
-                } else {
-                    u.addresses.join(", ")
-                },
-            ])
+            let addresses = if u.addresses.is_empty() {
+                "-".to_string()
+            } else {
+                u.addresses.join(", ")
+            };
+            match &u.suspended {
+                // Shown first, in the error colour: it cannot log in.
+                Some(why) => Row::new(vec![
+                    u.name.clone(),
+                    format!("SUSPENDED ({why}); {addresses}"),
+                ])
+                .style(theme.error),
+                None => Row::new(vec![u.name.clone(), addresses]),
+            }
         })
         .collect();
     let table = Table::new(rows, [Constraint::Length(24), Constraint::Fill(1)])
