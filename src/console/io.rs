@@ -151,13 +151,12 @@ impl ConsoleIo {
             quotas: store.quotas()?,
             bans: {
                 let now = crate::abuse::now_ms();
-                let mut bans: Vec<_> = store
+                // Newest first, as stored.
+                store
                     .bans()?
                     .into_iter()
                     .filter(|b| b.active(now))
-                    .collect();
-                bans.sort_by(|a, b| b.since.cmp(&a.since));
-                bans
+                    .collect()
             },
         })
     }
