@@ -1658,3 +1658,38 @@ fn quotas_bans_and_suspensions_through_the_keys() {
     h.typed("gxy");
     assert!(h.store().quotas().expect("quotas").is_empty());
 }
+
+#[test]
+fn the_auth_panel_names_the_specified_login_and_says_policy_show_s_notes() {
+    let mut h = Harness::new(|s| {
+        s.set_switch("relay.auth", true).expect("switch");
+        s.set_switch("relay.listed-ip", true).expect("switch");
+        s.set_auth_mode(
+            relaygate::policy::settings::AuthMode::Specified,
+            Some(&relaygate::policy::Login {
+                name: "gateway".into(),
+                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+                    .into(),
+            }),
+        )
+        .expect("auth mode");
+    });
+    h.typed("5");
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(screen.contains("specified  login gateway"), "{screen}");
+    assert!(
+        screen.contains("note: relay.auth and relay.listed-ip are both on"),
+        "{screen}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaygate"))
+        .arg("--db")
+        .arg(&h.db)
+        .args(["policy", "show"])
+        .output()
+        .expect("policy show");
+    let cli = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        cli.contains("note: relay.auth and relay.listed-ip are both on"),
+        "{cli}"
+    );
+}

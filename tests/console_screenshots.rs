@@ -569,9 +569,39 @@ fn screenshots_of_every_panel_under_live_traffic() {
             "--reject",
             "noreply@ may not write outside",
         ],
+        &["quota", "add", "login", "200/hour"],
+        &["quota", "add", "login", "1000/day", "--suspend"],
+        &["quota", "add", "ip/24", "2000/hour", "--recipients"],
+        &[
+            "ban",
+            "add",
+            "198.51.100.0/24",
+            "--for",
+            "2h",
+            "--note",
+            "botnet",
+        ],
+        &[
+            "ban",
+            "add",
+            "203.0.113.9",
+            "--for",
+            "1d",
+            "--note",
+            "password guessing",
+        ],
     ] {
         cli(&db, args);
     }
+    common::cli_stdin(
+        &db,
+        &["user", "add", "--password-stdin", "carol"],
+        "leaked\n",
+    );
+    cli(
+        &db,
+        &["user", "suspend", "carol", "--note", "password leaked"],
+    );
     common::cli_stdin(
         &db,
         &["user", "add", "--password-stdin", "alice"],
@@ -737,6 +767,11 @@ fn screenshots_of_every_panel_under_live_traffic() {
     console.press(" j ");
     console.wait_for(&["2 marked"]);
     capture(&mut console, "queue-marks");
+
+    // 8 Quotas & bans.
+    console.press("8");
+    console.wait_for(&["Sending quotas (3)", "botnet", "password leaked"]);
+    capture(&mut console, "limits");
 
     // 4 Relay lists, with the test box asking about the denied host.
     console.press("4");

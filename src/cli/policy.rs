@@ -48,16 +48,8 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 };
                 println!("{key:<22} {value:<10} {what}");
             }
-            for (class, s) in [
-                ("internal", config.switches.internal),
-                ("outbound", config.switches.outbound),
-                ("relay", config.switches.relay),
-            ] {
-                if s.auth && s.listed_ip {
-                    println!(
-                        "note: {class}.auth and {class}.listed-ip are both on: authentication is required and, as it overrides IP restrictions, the lists do not matter for {class} mail"
-                    );
-                }
+            for note in config.switches.notes() {
+                println!("note: {note}");
             }
             engine_state(store.path());
         }

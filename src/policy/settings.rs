@@ -63,6 +63,26 @@ pub struct Switches {
     pub sender_login_match: bool,
 }
 
+impl Switches {
+    /// Notes on switches that interact, as `policy show` and the console's
+    /// Auth panel both say them.
+    pub fn notes(&self) -> Vec<String> {
+        [
+            ("internal", self.internal),
+            ("outbound", self.outbound),
+            ("relay", self.relay),
+        ]
+        .into_iter()
+        .filter(|(_, s)| s.auth && s.listed_ip)
+        .map(|(class, _)| {
+            format!(
+                "{class}.auth and {class}.listed-ip are both on: authentication is required and, as it overrides IP restrictions, the lists do not matter for {class} mail"
+            )
+        })
+        .collect()
+    }
+}
+
 impl Default for Switches {
     /// The safe defaults of a new database: relay and outbound only from
     /// listed addresses, internal unrestricted, domain restrict send on.

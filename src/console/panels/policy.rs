@@ -171,10 +171,22 @@ pub fn render(
     let mut rules = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         match row {
-            PolicyRow::AuthMode => settings.push(Line::from(vec![
-                Span::styled("auth mode ", theme.dim),
-                Span::styled(format!("{:<10}", config.auth_mode.as_str()), style_for(i)),
-            ])),
+            PolicyRow::AuthMode => {
+                let mut spans = vec![
+                    Span::styled("auth mode ", theme.dim),
+                    Span::styled(format!("{:<10}", config.auth_mode.as_str()), style_for(i)),
+                ];
+                if config.auth_mode == crate::policy::settings::AuthMode::Specified {
+                    spans.push(Span::styled(
+                        format!(
+                            " login {}",
+                            config.specified_user.as_deref().unwrap_or("(none stored)")
+                        ),
+                        theme.normal,
+                    ));
+                }
+                settings.push(Line::from(spans))
+            }
             PolicyRow::Switch { key, .. } => settings.push(Line::styled(
                 format!("{} {key}", check(config.switches.get(key).unwrap_or(false))),
                 style_for(i),
@@ -201,12 +213,18 @@ pub fn render(
             }
         }
     }
+    // The same notes as `policy show`.
+    for note in config.switches.notes() {
+        settings.push(Line::styled(format!("note: {note}"), theme.warning));
+    }
     frame.render_widget(
-        Paragraph::new(settings).block(
-            Block::bordered()
-                .title(" Auth and switches ")
-                .title_style(theme.title),
-        ),
+        Paragraph::new(settings)
+            .wrap(ratatui::widgets::Wrap { trim: false })
+            .block(
+                Block::bordered()
+                    .title(" Auth and switches ")
+                    .title_style(theme.title),
+            ),
         left,
     );
     // Right column: domains, then rules, scrolled to keep the selection in view.
