@@ -102,6 +102,16 @@ pub fn age_secs(text: &str) -> Result<i64, String> {
     Ok(n.saturating_mul(mult))
 }
 
+/// A recipient's last error as the queue views show it: a route's send
+/// rate is a wait, not an error.
+pub fn last_error_text(error: &str) -> String {
+    if error.starts_with("waiting for the rate limit") {
+        error.to_string()
+    } else {
+        format!("last error: {error}")
+    }
+}
+
 /// What is done to the chosen messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueAction {

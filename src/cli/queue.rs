@@ -168,16 +168,9 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("  next attempt in {}", age(r.next_attempt - now))
                     };
-                    // A route's send rate is a wait, not an error.
                     let error = r
                         .last_error
-                        .map(|e| {
-                            if e.starts_with("waiting for the rate limit") {
-                                format!("\n      {e}")
-                            } else {
-                                format!("\n      last error: {e}")
-                            }
-                        })
+                        .map(|e| format!("\n      {}", queue_admin::last_error_text(&e)))
                         .unwrap_or_default();
                     println!(
                         "    <{}>  {}  {} attempts{when}{error}",

@@ -458,7 +458,7 @@ fn message_lines(
         ]));
         if let Some(err) = &r.last_error {
             lines.push(Line::styled(
-                format!("      last error: {err}"),
+                format!("      {}", crate::queue_admin::last_error_text(err)),
                 theme.warning,
             ));
         }
