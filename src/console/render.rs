@@ -94,11 +94,22 @@ struct TabForm {
     tight: bool,
 }
 
-/// Under 100 columns: short titles, then short ones without padding,
-/// then on a very narrow screen (60 columns) tiny ones written tight, so
-/// that every tab shows whole with the link's short label.
-fn narrow_tab_form(width: u16, short_label: usize) -> TabForm {
+/// The widest form in which the tabs and the link's long label fit, else
+/// the widest in which the short label does: long titles, short ones,
+/// without padding, and on a very narrow screen (60 columns) tiny ones
+/// written tight, so that every tab shows whole.
+fn tab_form(width: u16, long_label: usize, short_label: usize) -> TabForm {
     let forms = [
+        TabForm {
+            title: Panel::title,
+            pad: " ",
+            tight: false,
+        },
+        TabForm {
+            title: Panel::title,
+            pad: "",
+            tight: false,
+        },
         TabForm {
             title: Panel::short_title,
             pad: " ",
@@ -115,10 +126,13 @@ fn narrow_tab_form(width: u16, short_label: usize) -> TabForm {
             tight: true,
         },
     ];
+    let fits = |f: &TabForm, label: usize| tabs_width(*f) + 2 + label <= width as usize;
     forms
-        .into_iter()
-        .find(|f| tabs_width(*f) + 2 + short_label <= width as usize)
-        .unwrap_or(forms[2])
+        .iter()
+        .find(|f| fits(f, long_label))
+        .or_else(|| forms.iter().find(|f| fits(f, short_label)))
+        .copied()
+        .unwrap_or(forms[4])
 }
 
 /// A tab's label: `3 Bindings`, or `3Bind` when tight.
@@ -144,15 +158,7 @@ fn tabs_width(form: TabForm) -> usize {
 fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let (long, short, ok) = link_label(&app.link);
     // The tabs first, whole; the link takes what is left of the line.
-    let form = if area.width < 100 {
-        narrow_tab_form(area.width, short.chars().count())
-    } else {
-        TabForm {
-            title: Panel::title,
-            pad: " ",
-            tight: false,
-        }
-    };
+    let form = tab_form(area.width, long.chars().count(), short.chars().count());
     // A blank column between the tabs and the link.
     let room = (area.width as usize).saturating_sub(tabs_width(form) + 2);
     let label: String = if long.chars().count() <= room {
