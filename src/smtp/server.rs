@@ -198,10 +198,10 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
     // Behind a load balancer: the header says who the client is, and the
     // client is that address for everything from here on.
     let mut early = Vec::new();
-    let proxied = ctx.shared.snapshot().proxied.get(&ctx.binding).cloned();
-    if let Some(trusted) = proxied {
+    let first = ctx.shared.snapshot();
+    if let Some(trusted) = first.proxied.get(&ctx.binding) {
         let from = ctx.peer;
-        match proxy_header(&ctx, &trusted, &mut stream).await {
+        match proxy_header(&ctx, trusted, &mut stream).await {
             Ok((header, rest)) => {
                 if let ProxyHeader::Proxied { client, local } = header {
                     ctx.proxy = Some(from);
@@ -791,7 +791,7 @@ async fn proxy_header(
             ctx.binding
         ));
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let mut buf: Vec<u8> = Vec::new();
     let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT;
     loop {
         match proxy_header::parse(&buf) {
