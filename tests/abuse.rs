@@ -218,6 +218,34 @@ fn a_transaction_that_ends_without_a_message_gives_its_count_back() {
 }
 
 #[test]
+fn a_transaction_that_counted_nothing_does_not_exempt_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    cli(&db, &["quota", "add", "sender-domain", "1/hour"]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut c = Client::connect_from(addr, ip("127.0.0.40"));
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    // The null sender has no domain: nothing is counted...
+    c.expect("MAIL FROM:<>", "250");
+    c.expect("RCPT TO:<bob@example.com>", "250");
+    c.expect("RSET", "250");
+    // ...and the next transactions on the connection are counted all the same.
+    for (n, wanted) in [(1, "250"), (2, "452 4.7.1")] {
+        c.expect(&format!("MAIL FROM:<a{n}@sender.test>"), "250");
+        let r = c.expect(&format!("RCPT TO:<bob{n}@example.com>"), wanted);
+        if r.starts_with("250") {
+            c.expect("DATA", "354");
+            c.send(b"Subject: q\r\n\r\nhi\r\n.\r\n");
+            assert!(c.reply().starts_with("250"));
+        } else {
+            c.expect("RSET", "250");
+        }
+    }
+}
+
+#[test]
 fn a_suspending_quota_suspends_the_login_until_the_admin_lifts_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[]);

@@ -551,7 +551,8 @@ async fn run(
             }
             // A transaction that ended without a message (RSET, refused
             // DATA) gives back what it counted.
-            if !quota.holds.is_empty() && session.transaction().is_none() {
+            // (Even one that counted nothing: the next starts afresh.)
+            if session.transaction().is_none() && quota.holds != QuotaHolds::default() {
                 ctx.shared.abuse.release(std::mem::take(&mut quota.holds));
             }
         }
