@@ -1010,10 +1010,12 @@ async fn watch_config(
                         let (allow, deny) = count_lists(&snapshot.policy);
                         let snapshot = Arc::new(snapshot);
                         let before = shared.snapshot();
-                        let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
+                        // The new snapshot first: the suspensions made here
+                        // are forgotten only once it holds them.
                         if let Ok(mut snap) = shared.snapshot.write() {
-                            *snap = snapshot;
+                            *snap = Arc::clone(&snapshot);
                         }
+                        let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
                         // The first read repeats the one made at start.
                         if !first || reload_tls {
                             shared.events.emit(Event::PolicyReloaded { allow, deny });
@@ -1051,11 +1053,14 @@ fn save_abuse_state(store: &mut Store, shared: &Shared, counts: bool) -> Result<
     if bans.is_empty() && suspensions.is_empty() && counts.is_empty() {
         return Ok(false);
     }
-    store
-        .save_abuse_state(&counts, &bans, &suspensions, now)
-        .map_err(|e| ConfigError::Store {
-            detail: format!("saving bans and quota counts: {e}"),
-        })?;
+    if let Err(e) = store.save_abuse_state(&counts, &bans, &suspensions, now) {
+        // Kept, and tried again at the next tick (counts are approximate
+        // anyway; they are taken again when they next change).
+        shared.abuse.save_failed(bans, &suspensions);
+        return Err(ConfigError::Store {
+            detail: format!("saving bans and suspensions (tried again): {e}"),
+        });
+    }
     Ok(!bans.is_empty() || !suspensions.is_empty())
 }
 

@@ -396,6 +396,8 @@ async fn serve(
 ) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: back off, never spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);
@@ -440,9 +442,13 @@ async fn serve(
                 "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            // A scraper that does not read is dropped after 10 s.
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body.as_bytes()).await?;
+                stream.shutdown().await
+            })
+            .await;
         });
     }
 }

@@ -309,6 +309,34 @@ fn a_suspending_quota_suspends_the_login_until_the_admin_lifts_it() {
 }
 
 #[test]
+fn a_session_already_logged_in_stops_when_its_login_is_suspended() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    users(&db);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut c = session(
+        addr,
+        ip("127.0.0.1"),
+        Some(("bob", "bob-pw")),
+        "bob@example.com",
+    );
+    c.expect("RCPT TO:<x@far.test>", "250");
+    c.expect("RSET", "250");
+    cli(&db, &["user", "suspend", "bob"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = c.cmd("NOOP");
+        if r.starts_with("421 4.7.1 bob is suspended") {
+            break;
+        }
+        assert!(r.starts_with("250") && Instant::now() < deadline, "{r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.closed());
+}
+
+#[test]
 fn a_login_suspended_by_the_admin_cannot_authenticate() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[]);

@@ -116,9 +116,18 @@ pub fn parse_ban_net(text: &str) -> Result<IpNet, String> {
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(ban_net(ip));
     }
-    t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+    let net = t.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
         format!("{t:?} is not an address or prefix (like 203.0.113.7 or 198.51.100.0/24)")
-    })
+    })?;
+    // An IPv4-mapped range is that IPv4 range: clients are looked up by
+    // their IPv4 address.
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+    {
+        return IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).map_err(|e| e.to_string());
+    }
+    Ok(net)
 }
 
 /// A ban by hand (`ban add`, the console): for `time` (`90m`, `12h`,
@@ -352,6 +361,11 @@ impl BanTable {
         std::mem::take(&mut self.unsaved)
     }
 
+    /// Bans whose save failed: saved again next time.
+    pub fn unsaved_again(&mut self, bans: Vec<Ban>) {
+        self.unsaved.extend(bans);
+    }
+
     /// Every ban in force now, newest first.
     pub fn in_force(&self, now: u64) -> Vec<Ban> {
         let mut v: Vec<Ban> = self
@@ -461,6 +475,21 @@ mod tests {
         t.replace(Vec::new());
         assert!(t.banned(ip("198.51.100.1"), 10).is_none());
         assert_eq!(t.last_until(), 0);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_is_banned_as_ipv4() {
+        assert_eq!(
+            parse_ban_net("::ffff:198.51.100.0/120")
+                .unwrap()
+                .to_string(),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            parse_ban_net("::ffff:203.0.113.7").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert!(parse_ban_net("nope").is_err());
     }
 
     #[test]

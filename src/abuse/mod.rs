@@ -98,6 +98,21 @@ impl AbuseGuard {
             .unwrap_or_default()
     }
 
+    /// A save failed: these bans and suspensions are saved again next
+    /// time, and stay in force meanwhile.
+    pub fn save_failed(&self, bans: Vec<Ban>, suspensions: &[(String, String)]) {
+        if let Ok(mut t) = self.bans.lock() {
+            t.unsaved_again(bans);
+        }
+        if let Ok(mut s) = self.suspended_now.lock() {
+            for (login, _) in suspensions {
+                if let Some(entry) = s.get_mut(login) {
+                    entry.1 = false;
+                }
+            }
+        }
+    }
+
     pub fn bans_in_force(&self, now: u64) -> Vec<Ban> {
         self.bans
             .lock()

@@ -149,6 +149,9 @@ pub enum QuotaKey {
     Login(Box<str>),
     Net(IpAddr),
     Domain(Box<str>),
+    /// Every new key of a quota whose table is full: they share one count,
+    /// so a client making up keys cannot get past the quota.
+    Overflow,
 }
 
 impl QuotaKey {
@@ -159,6 +162,7 @@ impl QuotaKey {
             QuotaKey::Login(l) => format!("login:{l}"),
             QuotaKey::Net(ip) => format!("ip:{ip}"),
             QuotaKey::Domain(d) => format!("domain:{d}"),
+            QuotaKey::Overflow => "overflow:".to_string(),
         }
     }
 
@@ -168,6 +172,7 @@ impl QuotaKey {
             "login" => Some(QuotaKey::Login(value.into())),
             "ip" => value.parse().ok().map(QuotaKey::Net),
             "domain" => Some(QuotaKey::Domain(value.into())),
+            "overflow" => Some(QuotaKey::Overflow),
             _ => None,
         }
     }
@@ -178,6 +183,7 @@ impl QuotaKey {
             QuotaKey::Login(l) => format!("login {l}"),
             QuotaKey::Net(ip) => format!("address {ip}"),
             QuotaKey::Domain(d) => format!("sender domain {d}"),
+            QuotaKey::Overflow => "new senders (too many keys are counted)".to_string(),
         }
     }
 }
@@ -292,6 +298,7 @@ enum KeyOf<'a> {
     Login(&'a str),
     Net(IpAddr),
     Domain(&'a str),
+    Overflow,
 }
 
 impl<'a> KeyOf<'a> {
@@ -308,6 +315,7 @@ impl<'a> KeyOf<'a> {
             KeyOf::Login(l) => QuotaKey::Login(l.to_ascii_lowercase().into()),
             KeyOf::Net(ip) => QuotaKey::Net(ip),
             KeyOf::Domain(d) => QuotaKey::Domain(d.to_ascii_lowercase().into()),
+            KeyOf::Overflow => QuotaKey::Overflow,
         }
     }
 }
@@ -318,6 +326,7 @@ impl QuotaKey {
             QuotaKey::Login(l) => KeyOf::Login(l),
             QuotaKey::Net(ip) => KeyOf::Net(*ip),
             QuotaKey::Domain(d) => KeyOf::Domain(d),
+            QuotaKey::Overflow => KeyOf::Overflow,
         }
     }
 }
@@ -354,6 +363,7 @@ impl QuotaTable {
                 h.write_u8(4);
                 h.write(&a.octets());
             }
+            KeyOf::Overflow => h.write_u8(5),
         }
         h.finish()
     }
@@ -439,17 +449,21 @@ impl QuotaTable {
             if unit == QuotaUnit::Messages && holds.messages_counted {
                 continue;
             }
-            let Some(key) = KeyOf::of(scope, sender) else {
+            let Some(mut key) = KeyOf::of(scope, sender) else {
                 continue;
             };
-            let slot = self.slot(id, key);
+            let mut slot = self.slot(id, key);
             let period = rate.period_ms();
             if !self.counts.contains_key(&slot) {
                 let kept = self.keys_per_quota.get(&id).copied().unwrap_or(0);
                 if kept >= KEYS_PER_QUOTA && self.make_room(id, period, now) == 0 {
-                    continue;
+                    // Full: the new key is counted with every other new one.
+                    key = KeyOf::Overflow;
+                    slot = self.slot(id, key);
                 }
-                *self.keys_per_quota.entry(id).or_default() += 1;
+                if !self.counts.contains_key(&slot) {
+                    *self.keys_per_quota.entry(id).or_default() += 1;
+                }
             }
             let counted = self.counts.entry(slot).or_insert_with(|| Counted {
                 quota: id,
@@ -745,6 +759,7 @@ mod tests {
             quota(2, "login", "2/hour", QuotaUnit::Messages),
         ]);
         let now = 1_000_000;
+        let mut taken_past_room = 0;
         for n in 0..KEYS_PER_QUOTA + 500 {
             let domain = format!("d{n}.example");
             let s = Sender {
@@ -752,13 +767,32 @@ mod tests {
                 ip: "192.0.2.1".parse().unwrap(),
                 domain: Some(&domain),
             };
-            assert!(t.reserve(&s, &mut QuotaHolds::default(), now).is_ok());
+            let ok = t.reserve(&s, &mut QuotaHolds::default(), now).is_ok();
+            if n < KEYS_PER_QUOTA {
+                assert!(ok);
+            } else if ok {
+                taken_past_room += 1;
+            }
         }
-        assert_eq!(t.keys(), KEYS_PER_QUOTA);
+        assert_eq!(taken_past_room, 5);
+        // The first 100,000 keys have a count each; the 500 after them
+        // share one, which the quota of 5 stopped at 5.
+        assert_eq!(t.keys(), KEYS_PER_QUOTA + 1);
+        let s = Sender {
+            login: None,
+            ip: "192.0.2.1".parse().unwrap(),
+            domain: Some("yet-another.example"),
+        };
+        let e = t.reserve(&s, &mut QuotaHolds::default(), now).unwrap_err();
+        assert_eq!(e.key, QuotaKey::Overflow);
         // The login quota still has its room and still counts.
-        assert!(message(&mut t, &alice("192.0.2.1"), 1, now));
-        assert!(message(&mut t, &alice("192.0.2.1"), 1, now));
-        assert!(!message(&mut t, &alice("192.0.2.1"), 1, now));
+        let alice_no_domain = Sender {
+            domain: None,
+            ..alice("192.0.2.1")
+        };
+        assert!(message(&mut t, &alice_no_domain, 1, now));
+        assert!(message(&mut t, &alice_no_domain, 1, now));
+        assert!(!message(&mut t, &alice_no_domain, 1, now));
         // Once the old keys are spent, new ones are counted again.
         let later = now + 3 * 3_600_000;
         let s = Sender {

@@ -100,7 +100,8 @@ impl SlidingCount {
     pub fn roll(&mut self, now: u64, period_ms: u64) {
         let period_ms = period_ms.max(1);
         let start = now - now % period_ms;
-        if start == self.window_start {
+        // The same window, or the clock stepped back: keep what is counted.
+        if start <= self.window_start {
             return;
         }
         self.previous = if start == self.window_start + period_ms {
@@ -232,6 +233,16 @@ mod tests {
         c.roll(13_100, p);
         assert_eq!((c.previous, c.current), (0, 0));
         assert!(c.is_spent(13_100, p));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_keeps_the_counts() {
+        let p = 1000;
+        let mut c = SlidingCount::default();
+        c.roll(5_100, p);
+        c.current = 2;
+        c.roll(4_900, p);
+        assert_eq!((c.window_start, c.current), (5_000, 2));
     }
 
     #[test]

@@ -395,6 +395,20 @@ async fn run(
                             flush_last(conn, &mut out, write_limit).await?;
                             return Ok("banned".into());
                         }
+                        // A login suspended meanwhile (a quota, the
+                        // administrator) sends nothing more here either.
+                        if let Some(login) = session.login()
+                            && is_suspended(ctx, login)
+                        {
+                            let bye = Reply::new(
+                                421,
+                                "4.7.1",
+                                format!("{login} is suspended; ask the mail administrator"),
+                            );
+                            out.extend_from_slice(&bye.to_wire());
+                            flush_last(conn, &mut out, write_limit).await?;
+                            return Ok("login suspended".into());
+                        }
                         // A locked-out address is told so before it is
                         // asked for credentials.
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
