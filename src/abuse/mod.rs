@@ -34,6 +34,9 @@ pub struct AbuseGuard {
     /// Logins suspended by a quota here, before the database says so:
     /// login -> (why, saved to the database yet).
     suspended_now: Mutex<HashMap<String, (String, bool)>>,
+    /// Some login is in `suspended_now` (else the per-command check of a
+    /// logged-in session skips the lock).
+    any_suspended_now: AtomicBool,
 }
 
 impl AbuseGuard {
@@ -153,6 +156,7 @@ impl AbuseGuard {
             && !s.contains_key(login)
         {
             s.insert(login.clone(), (format!("quota {} reached", r.quota), false));
+            self.any_suspended_now.store(true, Ordering::Relaxed);
             r.newly_suspended = true;
         }
         result
@@ -176,9 +180,11 @@ impl AbuseGuard {
     /// Suspended here since the last reload (the database may not say so
     /// yet).
     pub fn suspended_here(&self, login: &str) -> bool {
-        self.suspended_now
-            .lock()
-            .is_ok_and(|s| s.contains_key(&login.to_ascii_lowercase()))
+        self.any_suspended_now.load(Ordering::Relaxed)
+            && self
+                .suspended_now
+                .lock()
+                .is_ok_and(|s| s.contains_key(&login.to_ascii_lowercase()))
     }
 
     /// A configuration was read after the suspensions made here were
@@ -187,6 +193,8 @@ impl AbuseGuard {
     pub fn suspensions_reloaded(&self) {
         if let Ok(mut s) = self.suspended_now.lock() {
             s.retain(|_, (_, saved)| !*saved);
+            self.any_suspended_now
+                .store(!s.is_empty(), Ordering::Relaxed);
         }
     }
 

@@ -237,7 +237,13 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
         });
         return;
     }
-    let snapshot = ctx.shared.snapshot();
+    // A connection to a PROXY binding may have waited for its header:
+    // read again.
+    let snapshot = if first.proxied.contains_key(&ctx.binding) {
+        ctx.shared.snapshot()
+    } else {
+        first
+    };
     let settings = Arc::clone(&snapshot.settings);
     let id = ctx.shared.next_session_id();
     let _slot = match ctx.shared.admit(ctx.peer.ip(), &settings) {
@@ -663,6 +669,8 @@ async fn check_password(
 }
 
 /// A right password for a suspended login is still refused.
+/// Checked before every command of a logged-in session: without any
+/// suspension (almost always) it is a snapshot read and an atomic load.
 fn is_suspended(ctx: &ConnectionContext, login: &str) -> bool {
     let snapshot = ctx.shared.snapshot();
     (!snapshot.suspended.is_empty() && snapshot.suspended.contains(&login.to_ascii_lowercase()))
