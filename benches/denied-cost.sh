@@ -21,7 +21,7 @@ LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d /var/tmp/relaygate-denied.XXXXXX)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$work"; }
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 RG="$BIN --db $work/relaygate.db"
 $RG bind remove 127.0.0.1:2525 >/dev/null

@@ -374,28 +374,29 @@ impl<'a> LogRow<'a> {
     pub fn group(events: &[&'a Stamped]) -> Vec<LogRow<'a>> {
         use std::collections::HashMap;
         let mut rows: Vec<LogRow<'a>> = Vec::new();
-        let mut tokens: Vec<Vec<String>> = Vec::new();
-        let mut open: HashMap<(Option<u64>, Option<String>), usize> = HashMap::new();
+        // Per row, the hashes of its tokens (each once).
+        let mut tokens: Vec<Vec<u64>> = Vec::new();
+        // The open row of each session, and of each message of no session.
+        let mut by_session: HashMap<u64, usize> = HashMap::new();
+        let mut by_message: HashMap<&'a str, usize> = HashMap::new();
         for stamped in events {
-            let keys = crate::trace::TraceKeys::of(&stamped.event);
-            let group = match (keys.session, &keys.message) {
-                (Some(s), _) => Some((Some(s), None)),
-                (None, Some(m)) => Some((None, Some(m.clone()))),
+            let keys = crate::trace::KeysOf::of(&stamped.event);
+            let open = match (keys.session, keys.message) {
+                (Some(s), _) => by_session.get(&s),
+                (None, Some(m)) => by_message.get(m),
                 (None, None) => None,
             };
-            let joins = group
-                .as_ref()
-                .and_then(|g| open.get(g).copied())
-                .filter(|&i| {
-                    let row = &rows[i];
-                    row.events.len() < ROW_EVENTS
-                        && (keys.message.is_none()
-                            || row.message.is_none()
-                            || row.message == keys.message)
-                });
+            let joins = open.copied().filter(|&i| {
+                let row = &rows[i];
+                row.events.len() < ROW_EVENTS
+                    && (keys.message.is_none()
+                        || row.message.is_none()
+                        || row.message.as_deref() == keys.message)
+            });
             let i = match joins {
                 Some(i) => i,
                 None => {
+                    let i = rows.len();
                     rows.push(LogRow {
                         events: Vec::new(),
                         session: keys.session,
@@ -403,25 +404,38 @@ impl<'a> LogRow<'a> {
                         tokens: String::new(),
                     });
                     tokens.push(Vec::new());
-                    if let Some(g) = group {
-                        open.insert(g, rows.len() - 1);
+                    match (keys.session, keys.message) {
+                        (Some(s), _) => {
+                            by_session.insert(s, i);
+                        }
+                        (None, Some(m)) => {
+                            by_message.insert(m, i);
+                        }
+                        (None, None) => {}
                     }
-                    rows.len() - 1
+                    i
                 }
             };
             let row = &mut rows[i];
             row.events.push(stamped);
             if row.message.is_none() {
-                row.message = keys.message.clone();
+                row.message = keys.message.map(str::to_string);
             }
-            for t in keys.token_list() {
-                if !tokens[i].contains(&t) {
-                    tokens[i].push(t);
+            let row_tokens = &mut tokens[i];
+            keys.token_hashes(|h| {
+                if !row_tokens.contains(&h) {
+                    row_tokens.push(h);
                 }
-            }
+            });
         }
-        for (row, t) in rows.iter_mut().zip(tokens) {
-            row.tokens = t.join(" ");
+        for (row, hashes) in rows.iter_mut().zip(tokens) {
+            row.tokens.reserve(hashes.len() * 18);
+            for (n, h) in hashes.into_iter().enumerate() {
+                if n > 0 {
+                    row.tokens.push(' ');
+                }
+                crate::trace::push_token(&mut row.tokens, h);
+            }
         }
         rows
     }

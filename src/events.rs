@@ -396,35 +396,49 @@ impl Event {
 
 /// One line for an event, the same wherever it is shown.
 pub fn describe(event: &Event) -> Described {
-    use Level::*;
     let (kind, verdict) = event.classify();
-    let d = |level, text: String| Described {
+    let mut text = String::new();
+    let level = describe_into(event, &mut text);
+    Described {
         kind,
         verdict,
         level,
         text,
-    };
+    }
+}
+
+/// Writes [`describe`]'s line for `event` at the end of `out` and returns
+/// its severity: the headless log lays its lines out in one buffer,
+/// without a string per event.
+pub fn describe_into(event: &Event, out: &mut String) -> Level {
+    use Level::*;
+    use std::fmt::Write;
+    macro_rules! put {
+        ($($t:tt)*) => {{
+            let _ = write!(out, $($t)*);
+        }};
+    }
+    let d = |level: Level, _: ()| level;
     match event {
-        Event::EngineStarted { pid, version } => d(
-            Info,
-            format!("relaygate {version} engine started (pid {pid})"),
-        ),
-        Event::ListenerUp { addr, kind } => d(Info, format!("listening on {addr} ({kind})")),
-        Event::ListenerFailed { addr, kind, error } => {
-            d(Error, format!("cannot listen on {addr} ({kind}): {error}"))
+        Event::EngineStarted { pid, version } => {
+            d(Info, put!("relaygate {version} engine started (pid {pid})"))
         }
-        Event::ListenerDown { addr } => d(Info, format!("stopped listening on {addr}")),
+        Event::ListenerUp { addr, kind } => d(Info, put!("listening on {addr} ({kind})")),
+        Event::ListenerFailed { addr, kind, error } => {
+            d(Error, put!("cannot listen on {addr} ({kind}): {error}"))
+        }
+        Event::ListenerDown { addr } => d(Info, put!("stopped listening on {addr}")),
         Event::PolicyReloaded { allow, deny } => d(
             Info,
-            format!("configuration reloaded: {allow} allow and {deny} deny entries"),
+            put!("configuration reloaded: {allow} allow and {deny} deny entries"),
         ),
         Event::ConfigRejected { error } => d(
             Error,
-            format!("configuration change rejected, previous one stays: {error}"),
+            put!("configuration change rejected, previous one stays: {error}"),
         ),
         Event::ControlRefused { uid, pid } => d(
             Warn,
-            format!(
+            put!(
                 "control socket: refused a client running as uid {uid}{}",
                 pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
             ),
@@ -437,23 +451,21 @@ pub fn describe(event: &Event) -> Described {
             tls,
         } => d(
             Info,
-            format!(
+            put!(
                 "session {session} opened from {peer} on {local} ({kind}{})",
                 if *tls { ", TLS" } else { "" }
             ),
         ),
-        Event::SessionRefused { peer, reply } => d(Warn, format!("refused {peer}: {reply}")),
-        Event::SessionClosed { session, why } => {
-            d(Info, format!("session {session} closed: {why}"))
-        }
-        Event::TlsEstablished { session } => d(Info, format!("session {session} STARTTLS done")),
+        Event::SessionRefused { peer, reply } => d(Warn, put!("refused {peer}: {reply}")),
+        Event::SessionClosed { session, why } => d(Info, put!("session {session} closed: {why}")),
+        Event::TlsEstablished { session } => d(Info, put!("session {session} STARTTLS done")),
         Event::Command {
             session,
             line,
             reply,
-        } => d(Debug, format!("session {session} C: {line} S: {reply}")),
+        } => d(Debug, put!("session {session} C: {line} S: {reply}")),
         Event::Authenticated { session, login } => {
-            d(Info, format!("session {session} authenticated as {login}"))
+            d(Info, put!("session {session} authenticated as {login}"))
         }
         Event::AuthFailed {
             session,
@@ -461,7 +473,7 @@ pub fn describe(event: &Event) -> Described {
             login,
         } => d(
             Warn,
-            format!(
+            put!(
                 "session {session} AUTH failed from {peer} for {}",
                 login.as_deref().unwrap_or("?")
             ),
@@ -473,11 +485,11 @@ pub fn describe(event: &Event) -> Described {
         } => d(
             Warn,
             if *busy {
-                format!(
+                put!(
                     "session {session} AUTH from {peer} not checked: too many checks waiting (454)"
                 )
             } else {
-                format!(
+                put!(
                     "session {session} AUTH from {peer} not checked: too many failures from this address (454)"
                 )
             },
@@ -491,7 +503,7 @@ pub fn describe(event: &Event) -> Described {
             decision,
         } => d(
             if decision.is_allowed() { Info } else { Warn },
-            format!(
+            put!(
                 "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
                 login.as_deref().unwrap_or("-"),
                 decision.class,
@@ -505,9 +517,7 @@ pub fn describe(event: &Event) -> Described {
             recipients,
         } => d(
             Info,
-            format!(
-                "session {session} message {id} accepted: {size} bytes, {recipients} recipients"
-            ),
+            put!("session {session} message {id} accepted: {size} bytes, {recipients} recipients"),
         ),
         Event::Delivery {
             message_id,
@@ -521,7 +531,7 @@ pub fn describe(event: &Event) -> Described {
             } else {
                 Warn
             },
-            format!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}"),
+            put!("delivery {message_id} to=<{recipient}> via {host}: {outcome}: {reply}"),
         ),
         Event::Bounced {
             message_id,
@@ -529,13 +539,13 @@ pub fn describe(event: &Event) -> Described {
             to,
         } => d(
             Warn,
-            format!("bounce {bounce_id} for {message_id} queued to <{to}>"),
+            put!("bounce {bounce_id} for {message_id} queued to <{to}>"),
         ),
         Event::Error { session, message } => d(
             Error,
             match session {
-                Some(s) => format!("session {s}: {message}"),
-                None => message.clone(),
+                Some(s) => put!("session {s}: {message}"),
+                None => out.push_str(message),
             },
         ),
         // The ban line is a stable format for fail2ban (data/fail2ban/).
@@ -547,18 +557,18 @@ pub fn describe(event: &Event) -> Described {
             reason,
         } => d(
             Warn,
-            format!(
+            put!(
                 "ban client={peer} net={net} until={} strikes={strikes}: {reason}",
                 utc_text(*until_ms)
             ),
         ),
         Event::ProxyRefused { peer, local, why } => d(
             Warn,
-            format!("refused {peer} on {local} without a greeting: {why}"),
+            put!("refused {peer} on {local} without a greeting: {why}"),
         ),
         Event::LoginSuspended { login, why } => d(
             Error,
-            format!("login {login} suspended: {why}; lift with: relaygate user unsuspend {login}"),
+            put!("login {login} suspended: {why}; lift with: relaygate user unsuspend {login}"),
         ),
     }
 }

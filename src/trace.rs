@@ -21,6 +21,7 @@
 use crate::events::{Event, Stamped};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::UNIX_EPOCH;
 
 /// Bits of a stored session key that hold the session number.
@@ -45,32 +46,72 @@ fn lower(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_lowercase())
 }
 
-/// The index token of one key: `k` and 16 hex digits of a 64-bit FNV-1a
-/// hash of the field and the value (letters and digits only, so the FTS5
-/// tokenizer keeps it whole).
-fn token(field: &str, value: &str) -> String {
+/// FNV-1a over the field, a zero byte and the value.
+fn key_hash(field: &str, value: impl Iterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in field.bytes().chain([0u8]).chain(value.bytes()) {
+    for b in field.bytes().chain([0u8]).chain(value) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("k{h:016x}")
+    h
 }
 
-impl TraceKeys {
-    pub fn of(event: &Event) -> TraceKeys {
-        let mut k = TraceKeys::default();
+/// [`key_hash`] of the value in lower case, as `to_lowercase` writes it
+/// (without a copy when it is ASCII).
+fn lower_key_hash(field: &str, value: &str) -> u64 {
+    if value.is_ascii() {
+        key_hash(field, value.bytes().map(|b| b.to_ascii_lowercase()))
+    } else {
+        key_hash(field, value.to_lowercase().bytes())
+    }
+}
+
+/// Writes the token of a key's hash: `k` and 16 hex digits (letters and
+/// digits only, so the FTS5 tokenizer keeps it whole).
+pub fn push_token(out: &mut String, hash: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('k');
+    for shift in (0..16).rev() {
+        out.push(char::from(HEX[((hash >> (shift * 4)) & 0xf) as usize]));
+    }
+}
+
+/// The index token of one key: `k` and 16 hex digits of a 64-bit FNV-1a
+/// hash of the field and the value.
+fn token(field: &str, value: &str) -> String {
+    let mut out = String::with_capacity(17);
+    push_token(&mut out, key_hash(field, value.bytes()));
+    out
+}
+
+/// An event's keys as borrowed from it: what the event log files each
+/// event under, with nothing copied (the writer does this for every
+/// event). [`TraceKeys`] is the owned form.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeysOf<'a> {
+    pub session: Option<u64>,
+    pub message: Option<&'a str>,
+    ip: Option<IpAddr>,
+    login: Option<&'a str>,
+    sender: Option<&'a str>,
+    recipient: Option<&'a str>,
+}
+
+impl<'a> KeysOf<'a> {
+    pub fn of(event: &'a Event) -> KeysOf<'a> {
+        let mut k = KeysOf::default();
+        let text = |s: &'a str| (!s.is_empty()).then_some(s);
         match event {
             Event::SessionOpened { session, peer, .. } => {
                 k.session = Some(*session);
-                k.ip = Some(peer.ip().to_string());
+                k.ip = Some(peer.ip());
             }
             Event::SessionClosed { session, .. } | Event::TlsEstablished { session } => {
                 k.session = Some(*session)
             }
             Event::Authenticated { session, login } => {
                 k.session = Some(*session);
-                k.login = lower(login);
+                k.login = text(login);
             }
             Event::AuthFailed {
                 session,
@@ -78,12 +119,12 @@ impl TraceKeys {
                 login,
             } => {
                 k.session = Some(*session);
-                k.ip = Some(peer.to_string());
-                k.login = login.as_deref().and_then(lower);
+                k.ip = Some(*peer);
+                k.login = login.as_deref().and_then(text);
             }
             Event::AuthRefused { session, peer, .. } => {
                 k.session = Some(*session);
-                k.ip = Some(peer.to_string());
+                k.ip = Some(*peer);
             }
             Event::Decision {
                 session,
@@ -94,31 +135,63 @@ impl TraceKeys {
                 ..
             } => {
                 k.session = Some(*session);
-                k.ip = Some(peer.to_string());
-                k.login = login.as_deref().and_then(lower);
-                k.sender = lower(sender);
-                k.recipient = lower(recipient);
+                k.ip = Some(*peer);
+                k.login = login.as_deref().and_then(text);
+                k.sender = text(sender);
+                k.recipient = text(recipient);
             }
             Event::MessageAccepted { session, id, .. } => {
                 k.session = Some(*session);
-                k.message = Some(id.clone());
+                k.message = Some(id);
             }
             Event::Delivery {
                 message_id,
                 recipient,
                 ..
             } => {
-                k.message = Some(message_id.clone());
-                k.recipient = lower(recipient);
+                k.message = Some(message_id);
+                k.recipient = text(recipient);
             }
-            Event::Bounced { message_id, .. } => k.message = Some(message_id.clone()),
-            Event::SessionRefused { peer, .. } => k.ip = Some(peer.ip().to_string()),
+            Event::Bounced { message_id, .. } => k.message = Some(message_id),
+            Event::SessionRefused { peer, .. } => k.ip = Some(peer.ip()),
             Event::Error {
                 session: Some(s), ..
             } => k.session = Some(*s),
             _ => {}
         }
         k
+    }
+
+    /// The hash of each FTS5 token of the random keys (address, login,
+    /// sender, recipient), in [`TraceKeys::token_list`]'s order.
+    pub fn token_hashes(&self, mut each: impl FnMut(u64)) {
+        if let Some(ip) = self.ip {
+            use std::io::Write;
+            let mut text = [0u8; 48];
+            let mut at = &mut text[..];
+            let _ = write!(at, "{ip}");
+            let len = 48 - at.len();
+            each(key_hash("i", text[..len].iter().copied()));
+        }
+        for (field, value) in [("l", self.login), ("f", self.sender), ("t", self.recipient)] {
+            if let Some(v) = value {
+                each(lower_key_hash(field, v));
+            }
+        }
+    }
+}
+
+impl TraceKeys {
+    pub fn of(event: &Event) -> TraceKeys {
+        let k = KeysOf::of(event);
+        TraceKeys {
+            session: k.session,
+            message: k.message.map(str::to_string),
+            ip: k.ip.map(|ip| ip.to_string()),
+            login: k.login.and_then(lower),
+            sender: k.sender.and_then(lower),
+            recipient: k.recipient.and_then(lower),
+        }
     }
 
     /// The FTS5 tokens of the random keys (address, login, sender,
@@ -646,5 +719,68 @@ mod tests {
             "sender and recipient are different keys"
         );
         assert_eq!(TraceKeys::session_key(3, 7) >> SESSION_BITS, 3);
+    }
+
+    /// The writer's borrowed keys give exactly the owned keys' tokens, so
+    /// what it files is what a search looks for.
+    #[test]
+    fn borrowed_keys_make_the_same_tokens() {
+        use crate::policy::decision::{Decision, Reason, RelayClass, Reply, Verdict};
+        let allowed = || Decision {
+            verdict: Verdict::Allow,
+            class: RelayClass::Outbound,
+            reply: Reply {
+                code: 250,
+                status: "2.1.5".into(),
+                text: "Ok".into(),
+            },
+            reason: Reason::Authenticated {
+                login: "bob".into(),
+            },
+            routing_trick: None,
+            accepted_by_rule: None,
+        };
+        let decision = |login: Option<&str>, sender: &str, recipient: &str| Event::Decision {
+            session: 4,
+            peer: "2001:db8::7".parse().unwrap(),
+            login: login.map(str::to_string),
+            sender: sender.into(),
+            recipient: recipient.into(),
+            decision: Box::new(allowed()),
+        };
+        let events = [
+            decision(Some("Bob"), "Bob@Example.COM", "x@Y.test"),
+            // Not ASCII: lower case as `to_lowercase` has it (final sigma).
+            decision(None, "ΟΔΟΣ@παράδειγμα.ελ", "ΣΊΣΥΦΟΣ@x"),
+            decision(Some(""), "", "t@x"),
+            Event::SessionOpened {
+                session: 1,
+                peer: "192.0.2.1:25".parse().unwrap(),
+                local: "127.0.0.1:25".parse().unwrap(),
+                kind: crate::bindings::BindKind::Smtp,
+                tls: false,
+            },
+            Event::AuthFailed {
+                session: 2,
+                peer: "198.51.100.9".parse().unwrap(),
+                login: Some("ÄLICE".into()),
+            },
+            Event::Delivery {
+                message_id: "Q1".into(),
+                recipient: "Rcpt@X".into(),
+                host: "h".into(),
+                outcome: crate::events::DeliveryOutcome::Delivered,
+                reply: "250".into(),
+            },
+        ];
+        for event in &events {
+            let mut written = Vec::new();
+            KeysOf::of(event).token_hashes(|h| {
+                let mut t = String::new();
+                push_token(&mut t, h);
+                written.push(t);
+            });
+            assert_eq!(written, TraceKeys::of(event).token_list(), "{event:?}");
+        }
     }
 }

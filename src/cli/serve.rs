@@ -4,7 +4,7 @@
 //! SIGHUP reads the TLS certificate files again.
 
 use crate::engine::Engine;
-use crate::events::{Event, EventBus, Level, Stamped, describe};
+use crate::events::{Event, EventBus, Level, Stamped};
 use anyhow::Context;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -204,6 +204,7 @@ async fn log_events(
     shared: std::sync::Arc<crate::engine::Shared>,
 ) {
     let mut reported_drops = 0;
+    let mut scratch = LineScratch::default();
     let mut every = tokio::time::interval(LOG_DRAIN_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -218,7 +219,7 @@ async fn log_events(
         }
         let gone = loop {
             match events.try_recv() {
-                Ok(stamped) => log_event(&stamped.event),
+                Ok(stamped) => log_event(&stamped, &mut scratch),
                 Err(mpsc::error::TryRecvError::Empty) => break false,
                 Err(mpsc::error::TryRecvError::Disconnected) => break true,
             }
@@ -230,14 +231,25 @@ async fn log_events(
     }
 }
 
-fn log_event(event: &Event) {
+/// What the log keeps from one line to the next: the text's buffer, and
+/// the time layout of the last second seen.
+#[derive(Default)]
+struct LineScratch {
+    text: String,
+    second: Option<(u64, [u8; 20])>,
+}
+
+/// One event's line, stamped with the time the event happened.
+fn log_event(stamped: &Stamped, scratch: &mut LineScratch) {
+    let event = stamped.event.as_ref();
     // Command lines are logged at debug level only: do not even format them
     // unless that level is on.
     if matches!(event, Event::Command { .. }) && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let d = describe(event);
-    let enabled = match d.level {
+    scratch.text.clear();
+    let level = crate::events::describe_into(event, &mut scratch.text);
+    let enabled = match level {
         Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
         Level::Info => tracing::enabled!(tracing::Level::INFO),
         Level::Warn => tracing::enabled!(tracing::Level::WARN),
@@ -246,32 +258,33 @@ fn log_event(event: &Event) {
     if !enabled {
         return;
     }
+    let text = &scratch.text;
     if *LOG_IN_COLOUR.get_or_init(|| std::io::stderr().is_terminal()) {
-        match d.level {
-            Level::Debug => tracing::debug!("{}", d.text),
-            Level::Info => tracing::info!("{}", d.text),
-            Level::Warn => tracing::warn!("{}", d.text),
-            Level::Error => tracing::error!("{}", d.text),
+        match level {
+            Level::Debug => tracing::debug!("{}", text),
+            Level::Info => tracing::info!("{}", text),
+            Level::Warn => tracing::warn!("{}", text),
+            Level::Error => tracing::error!("{}", text),
         }
         return;
     }
     // Every event passes here: the line is laid out as tracing's are (UTC
     // time to the microsecond, level, text) but written straight into the
     // batch, without tracing's formatting machinery.
-    let level: &[u8] = match d.level {
+    let level: &[u8] = match level {
         Level::Debug => b"DEBUG ",
         Level::Info => b" INFO ",
         Level::Warn => b" WARN ",
         Level::Error => b"ERROR ",
     };
     let mut buf = LOG_BUFFER.lock().unwrap_or_else(|e| e.into_inner());
-    log_time(&mut buf, std::time::SystemTime::now());
+    log_time(&mut buf, stamped.at, &mut scratch.second);
     buf.push(b' ');
     buf.extend_from_slice(level);
-    if d.text.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        buf.extend_from_slice(crate::events::printable(&d.text).as_bytes());
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        buf.extend_from_slice(crate::events::printable(text).as_bytes());
     } else {
-        buf.extend_from_slice(d.text.as_bytes());
+        buf.extend_from_slice(text.as_bytes());
     }
     buf.push(b'\n');
     let full = buf.len() >= LOG_BUFFER_MAX;
@@ -284,21 +297,39 @@ fn log_event(event: &Event) {
 /// Whether stderr is a terminal (then tracing writes every line, in colour).
 static LOG_IN_COLOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// `2026-11-26T13:57:23.660087Z`, as tracing writes it.
-fn log_time(out: &mut Vec<u8>, at: std::time::SystemTime) {
-    use std::io::Write;
+/// `2026-11-26T13:57:23.660087Z`, as tracing writes it. The part up to
+/// the second is laid out once a second (`second` keeps it).
+fn log_time(out: &mut Vec<u8>, at: std::time::SystemTime, second: &mut Option<(u64, [u8; 20])>) {
     let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (y, m, d) = crate::smtp::trace_header::civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    );
+    let secs = since.as_secs();
+    let prefix = match second {
+        Some((s, text)) if *s == secs => text,
+        _ => {
+            use std::io::Write;
+            let mut text = [0u8; 20];
+            let days = (secs / 86_400) as i64;
+            let (y, m, d) = crate::smtp::trace_header::civil_from_days(days);
+            let rem = secs % 86_400;
+            let _ = write!(
+                &mut text[..],
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            );
+            &mut second.insert((secs, text)).1
+        }
+    };
+    out.extend_from_slice(prefix);
+    let micros = since.subsec_micros();
+    let mut digits = [0u8; 7];
+    let mut n = micros;
+    for d in digits[..6].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits[6] = b'Z';
+    out.extend_from_slice(&digits);
 }
 
 #[cfg(test)]
@@ -308,20 +339,27 @@ mod tests {
 
     #[test]
     fn log_lines_have_tracing_s_time_layout() {
-        let mut out = Vec::new();
-        log_time(
-            &mut out,
-            UNIX_EPOCH + Duration::from_micros(1_795_700_854_353_915),
+        let mut second = None;
+        let mut line = |at| {
+            let mut out = Vec::new();
+            log_time(&mut out, at, &mut second);
+            String::from_utf8(out).unwrap()
+        };
+        let at = UNIX_EPOCH + Duration::from_micros(1_795_700_854_353_915);
+        assert_eq!(line(at), "2026-11-26T13:47:34.353915Z");
+        // The same second again (its layout kept), then the next ones.
+        assert_eq!(
+            line(at + Duration::from_micros(7)),
+            "2026-11-26T13:47:34.353922Z"
         );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "2026-11-26T13:47:34.353915Z"
+            line(at + Duration::from_micros(646_085)),
+            "2026-11-26T13:47:35.000000Z"
         );
-        let mut out = Vec::new();
-        log_time(&mut out, UNIX_EPOCH);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "1970-01-01T00:00:00.000000Z"
+            line(at + Duration::from_secs(86_400)),
+            "2026-11-27T13:47:34.353915Z"
         );
+        assert_eq!(line(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
     }
 }

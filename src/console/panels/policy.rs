@@ -271,7 +271,9 @@ pub fn render(
         right,
     );
     let what = match rows.get(view.selected) {
-        Some(PolicyRow::AuthMode) => "Enter: pick the auth mode: none, any-user or specified (one login)".to_string(),
+        Some(PolicyRow::AuthMode) => {
+            "Enter: pick the auth mode: none, any-user or specified (one login)".to_string()
+        }
         Some(PolicyRow::Switch { help, .. }) => (*help).to_string(),
         Some(PolicyRow::PlaintextAuth) => {
             "offer AUTH without TLS to non-loopback clients (passwords in clear!)".to_string()
