@@ -413,12 +413,15 @@ pub fn describe(event: &Event) -> Described {
 pub fn describe_into(event: &Event, out: &mut String) -> Level {
     use Level::*;
     use std::fmt::Write;
+    /// Proof that a line was written.
+    struct Written;
     macro_rules! put {
         ($($t:tt)*) => {{
             let _ = write!(out, $($t)*);
+            Written
         }};
     }
-    let d = |level: Level, _: ()| level;
+    let d = |level: Level, _: Written| level;
     match event {
         Event::EngineStarted { pid, version } => {
             d(Info, put!("relaygate {version} engine started (pid {pid})"))
@@ -545,7 +548,10 @@ pub fn describe_into(event: &Event, out: &mut String) -> Level {
             Error,
             match session {
                 Some(s) => put!("session {s}: {message}"),
-                None => out.push_str(message),
+                None => {
+                    out.push_str(message);
+                    Written
+                }
             },
         ),
         // The ban line is a stable format for fail2ban (data/fail2ban/).
