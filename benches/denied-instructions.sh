@@ -8,6 +8,8 @@
 #
 #   bash benches/denied-instructions.sh
 #   BIN=/path/to/relaygate bash benches/denied-instructions.sh
+#   KEEP=/tmp/cg.out bash benches/denied-instructions.sh   (keeps the dump,
+#   for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SESSIONS=${SESSIONS:-2000}
@@ -40,6 +42,7 @@ sleep 0.5
 callgrind_control -d "$PID" >/dev/null 2>&1
 sleep 0.5
 dump=$(ls -t "$work"/cg.out.* | head -n1)
+[ -n "${KEEP:-}" ] && cp "$dump" "$KEEP"
 callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | python3 -c '
 import re, sys
 n = int(sys.argv[1])

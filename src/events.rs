@@ -47,7 +47,9 @@ pub enum Event {
     },
     SessionOpened {
         session: u64,
+        #[serde(serialize_with = "crate::net_text::serialize_socket")]
         peer: SocketAddr,
+        #[serde(serialize_with = "crate::net_text::serialize_socket")]
         local: SocketAddr,
         kind: BindKind,
         tls: bool,
@@ -94,6 +96,7 @@ pub enum Event {
     /// The policy decision for one recipient, with its reason.
     Decision {
         session: u64,
+        #[serde(serialize_with = "crate::net_text::serialize_ip")]
         peer: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         login: Option<String>,
@@ -411,6 +414,7 @@ pub fn describe(event: &Event) -> Described {
 /// its severity: the headless log lays its lines out in one buffer,
 /// without a string per event.
 pub fn describe_into(event: &Event, out: &mut String) -> Level {
+    use crate::net_text::AddrText;
     use Level::*;
     use std::fmt::Write;
     /// Proof that a line was written.
@@ -455,7 +459,9 @@ pub fn describe_into(event: &Event, out: &mut String) -> Level {
         } => d(
             Info,
             put!(
-                "session {session} opened from {peer} on {local} ({kind}{})",
+                "session {session} opened from {} on {} ({kind}{})",
+                AddrText::socket(*peer),
+                AddrText::socket(*local),
                 if *tls { ", TLS" } else { "" }
             ),
         ),
@@ -507,7 +513,8 @@ pub fn describe_into(event: &Event, out: &mut String) -> Level {
         } => d(
             if decision.is_allowed() { Info } else { Warn },
             put!(
-                "decision session={session} peer={peer} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
+                "decision session={session} peer={} login={} from=<{sender}> to=<{recipient}> class={} reply=\"{}\" {decision}",
+                AddrText::ip(*peer),
                 login.as_deref().unwrap_or("-"),
                 decision.class,
                 decision.reply

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod events;
 pub mod live;
 pub mod metrics;
+pub mod net_text;
 pub mod policy;
 pub mod policy_check;
 pub mod queue_admin;

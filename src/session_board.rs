@@ -33,6 +33,48 @@ fn head(s: &str, chars: usize) -> &str {
     s.char_indices().nth(chars).map_or(s, |(i, _)| &s[..i])
 }
 
+/// `s` cut to at most `chars` characters, in place.
+fn truncate_chars(s: &mut String, chars: usize) {
+    if s.len() > chars {
+        let cut = head(s, chars).len();
+        s.truncate(cut);
+    }
+}
+
+/// The last line of a reply as a dialogue shows it: `554 5.7.1 Relay
+/// access denied`. Laid out into the board's own buffer, so a command
+/// costs no string of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplyLine<'a> {
+    pub code: Option<u16>,
+    pub status: Option<&'a str>,
+    pub text: &'a str,
+}
+
+impl ReplyLine<'_> {
+    fn write_into(&self, out: &mut String) {
+        if let Some(code) = self.code {
+            for d in [code / 100 % 10, code / 10 % 10, code % 10] {
+                out.push(char::from(b'0' + d as u8));
+            }
+            out.push(' ');
+        }
+        if let Some(status) = self.status {
+            out.push_str(status);
+            out.push(' ');
+        }
+        out.push_str(self.text);
+    }
+}
+
+impl std::fmt::Display for ReplyLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        self.write_into(&mut s);
+        f.write_str(&s)
+    }
+}
+
 /// The Live table's columns a session keeps up to date.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Columns {
@@ -73,7 +115,7 @@ impl Board {
 
     /// Records a command line as the dialogue shows it (credentials already
     /// masked) and the last line of its reply.
-    pub fn command(&self, line: &str, reply: &str) {
+    pub fn command(&self, line: &str, reply: ReplyLine<'_>) {
         let at = SystemTime::now();
         let mut page = self.page();
         let Page {
@@ -96,25 +138,23 @@ impl Board {
                 .stage
                 .extend(verb.chars().take(16).map(|c| c.to_ascii_lowercase()));
         }
-        let (line, reply) = (head(line, LINE_CHARS), head(reply, LINE_CHARS));
+        let line = head(line, LINE_CHARS);
         // Full: the oldest line's buffers take the new one.
-        let entry = if transcript.len() >= TRANSCRIPT_LINES {
-            transcript.pop_front().map(|mut e| {
-                e.at = at;
-                e.line.clear();
-                e.line.push_str(line);
-                e.reply.clear();
-                e.reply.push_str(reply);
-                e
-            })
-        } else {
-            None
-        };
-        let entry = entry.unwrap_or_else(|| TranscriptLine {
+        let mut entry = match transcript.len() >= TRANSCRIPT_LINES {
+            true => transcript.pop_front(),
+            false => None,
+        }
+        .unwrap_or_else(|| TranscriptLine {
             at,
-            line: line.to_string(),
-            reply: reply.to_string(),
+            line: String::new(),
+            reply: String::new(),
         });
+        entry.at = at;
+        entry.line.clear();
+        entry.line.push_str(line);
+        entry.reply.clear();
+        reply.write_into(&mut entry.reply);
+        truncate_chars(&mut entry.reply, LINE_CHARS);
         if transcript.capacity() == 0 {
             transcript.reserve(8);
         }
@@ -279,12 +319,19 @@ impl Drop for BoardHandle {
 mod tests {
     use super::*;
 
+    fn said(text: &str) -> ReplyLine<'_> {
+        ReplyLine {
+            text,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn columns_follow_the_commands_and_are_taken_once() {
         let boards = Arc::new(SessionBoards::default());
         let b = boards.open(7);
-        b.command("EHLO client.example", "250 relaygate");
-        b.command("MAIL FROM:<a@example.com> SIZE=10", "250 2.1.0 OK");
+        b.command("EHLO client.example", said("250 relaygate"));
+        b.command("MAIL FROM:<a@example.com> SIZE=10", said("250 2.1.0 OK"));
         b.received(40);
         let mut seen = Vec::new();
         boards.changes(|_| true, |s, c| seen.push((s, c)));
@@ -304,7 +351,7 @@ mod tests {
     fn unwanted_changes_wait_and_closed_boards_stay_readable() {
         let boards = Arc::new(SessionBoards::default());
         let b = boards.open(3);
-        b.command("HELO x", "250 ok");
+        b.command("HELO x", said("250 ok"));
         let mut n = 0;
         boards.changes(|_| false, |_, _| n += 1);
         assert_eq!(n, 0);
@@ -318,12 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_line_reads_as_the_client_saw_it() {
+        let line = |code, status, text| ReplyLine { code, status, text }.to_string();
+        assert_eq!(
+            line(Some(554), Some("5.7.1"), "Relay access denied"),
+            "554 5.7.1 Relay access denied"
+        );
+        assert_eq!(line(Some(220), None, "vm ESMTP"), "220 vm ESMTP");
+        assert_eq!(line(Some(354), None, ""), "354 ");
+        assert_eq!(line(None, None, "250 2.0.0 Ok"), "250 2.0.0 Ok");
+    }
+
+    #[test]
     fn bounded_per_session_and_in_closed_boards() {
         let boards = Arc::new(SessionBoards::default());
         let b = boards.open(1);
         let long = "x".repeat(10_000);
         for i in 0..TRANSCRIPT_LINES * 3 {
-            b.command(&format!("RCPT TO:<{i}@example.com> {long}"), &long);
+            b.command(&format!("RCPT TO:<{i}@example.com> {long}"), said(&long));
         }
         let t = b.transcript();
         assert_eq!(t.len(), TRANSCRIPT_LINES);

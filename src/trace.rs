@@ -166,12 +166,8 @@ impl<'a> KeysOf<'a> {
     /// sender, recipient), in [`TraceKeys::token_list`]'s order.
     pub fn token_hashes(&self, mut each: impl FnMut(u64)) {
         if let Some(ip) = self.ip {
-            use std::io::Write;
-            let mut text = [0u8; 48];
-            let mut at = &mut text[..];
-            let _ = write!(at, "{ip}");
-            let len = 48 - at.len();
-            each(key_hash("i", text[..len].iter().copied()));
+            let text = crate::net_text::AddrText::ip(ip);
+            each(key_hash("i", text.as_str().bytes()));
         }
         for (field, value) in [("l", self.login), ("f", self.sender), ("t", self.recipient)] {
             if let Some(v) = value {

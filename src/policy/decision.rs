@@ -4,6 +4,7 @@
 
 use super::address::RoutingTrick;
 use super::ip_lists::ListEntry;
+use crate::net_text::AddrText;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
@@ -75,6 +76,7 @@ pub enum Reason {
         login: String,
     },
     IpAllowed {
+        #[serde(serialize_with = "crate::net_text::serialize_ip")]
         ip: IpAddr,
         entry: ListEntry,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +84,7 @@ pub enum Reason {
     },
     IpDenied {
         class: RelayClass,
+        #[serde(serialize_with = "crate::net_text::serialize_ip")]
         ip: IpAddr,
         entry: ListEntry,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,7 +139,7 @@ impl fmt::Display for Reason {
                 "authenticated as {login} (authentication overrides IP restrictions)"
             ),
             Reason::IpAllowed { ip, entry, over } => {
-                write!(f, "{ip} matches {entry}")?;
+                write!(f, "{} matches {entry}", AddrText::ip(*ip))?;
                 match over {
                     Some(o) => write!(f, " (more specific than {o})"),
                     None => Ok(()),
@@ -147,19 +150,19 @@ impl fmt::Display for Reason {
                 ip,
                 entry,
                 over,
-            } => match over {
+            } => match (over, AddrText::ip(*ip)) {
                 // "from unlisted 1.2.3.4; deny entry *.*.*.*" read as a
                 // contradiction: the address is on no allow entry, and a
                 // deny entry covers it.
-                None => write!(
+                (None, ip) => write!(
                     f,
                     "{class} from {ip}, not on the allow list; {entry} applies"
                 ),
-                Some(o) if o.pattern.span() == entry.pattern.span() => write!(
+                (Some(o), ip) if o.pattern.span() == entry.pattern.span() => write!(
                     f,
                     "{class} from {ip}; {entry} is as specific as {o} and deny wins ties"
                 ),
-                Some(o) => write!(f, "{class} from {ip}; {entry} (more specific than {o})"),
+                (Some(o), ip) => write!(f, "{class} from {ip}; {entry} (more specific than {o})"),
             },
             Reason::IpUnlisted { class, ip } => write!(
                 f,

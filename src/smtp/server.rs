@@ -15,7 +15,7 @@ use crate::delivery::scheduler::{HANDED_BODY_MAX, HANDED_WAITING_MAX, NewWork};
 use crate::engine::{RunState, Shared};
 use crate::events::Event;
 use crate::server_settings::ServerSettings;
-use crate::session_board::{Board, LINE_CHARS};
+use crate::session_board::{Board, LINE_CHARS, ReplyLine};
 use crate::spool::{NewMessage, SpoolRecipient, StoredMessage};
 use std::collections::VecDeque;
 use std::io;
@@ -551,7 +551,13 @@ async fn run(
                         }
                         out.extend_from_slice(&reply.to_wire());
                         let said = reply.to_string();
-                        board.command("(end of message data)", said.trim_end());
+                        board.command(
+                            "(end of message data)",
+                            ReplyLine {
+                                text: said.trim_end(),
+                                ..Default::default()
+                            },
+                        );
                         if reply.code == 250 {
                             board.stage("accepted");
                         }
@@ -953,13 +959,11 @@ fn record_command(
     let reply = actions
         .iter()
         .find_map(|a| match a {
-            Action::Reply(r) => {
-                let text = r.lines.last().map(|l| l.as_ref()).unwrap_or_default();
-                Some(match r.status {
-                    Some(status) => format!("{} {status} {text}", r.code),
-                    None => format!("{} {text}", r.code),
-                })
-            }
+            Action::Reply(r) => Some(ReplyLine {
+                code: Some(r.code),
+                status: r.status,
+                text: r.lines.last().map(|l| l.as_ref()).unwrap_or_default(),
+            }),
             _ => None,
         })
         .unwrap_or_default();
@@ -972,7 +976,7 @@ fn record_command(
     } else if words.next().is_some_and(|v| v.eq_ignore_ascii_case("AUTH")) {
         let mech: String = words.next().unwrap_or_default().chars().take(20).collect();
         format!("AUTH {mech} ***").into()
-    } else if text.chars().any(char::is_control) {
+    } else if has_control(&text) {
         text.chars()
             .filter(|c| !c.is_control())
             .collect::<String>()
@@ -980,13 +984,22 @@ fn record_command(
     } else {
         text
     };
-    board.command(&shown, &reply);
+    board.command(&shown, reply);
     if ctx.shared.events.wants_commands() {
         ctx.shared.events.emit(Event::Command {
             session: id,
             line: shown.into_owned(),
-            reply,
+            reply: reply.to_string(),
         });
+    }
+}
+
+/// Whether the text has a control character (C0, DEL or C1).
+fn has_control(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        text.chars().any(char::is_control)
     }
 }
 
