@@ -4,6 +4,7 @@
 #
 #   sudo bash benches/relay-e2e.sh [MESSAGES] [SESSIONS]
 #   ONLY=relaygate bash benches/relay-e2e.sh      (relaygate alone, no root)
+#   RG_BIN=/path/to/relaygate ...   another build of relaygate (for an A/B)
 #   ABUSE=1 ...        relaygate with quotas and bans on: three quotas every
 #                      message is counted against (per address, per /24, per
 #                      sender domain; limits it never reaches) and both ban
@@ -135,7 +136,7 @@ if [ "${ABUSE:-}" = 1 ]; then
   $RG policy set ban-relay-denials 1000000 >/dev/null
   echo "(quotas and bans on: $($RG quota show | grep -c '^#') quotas)"
 fi
-target/release/relaygate --db "$work/rg/relaygate.db" serve --headless 2> "$work/rg/log" &
+${RG_BIN:-target/release/relaygate} --db "$work/rg/relaygate.db" serve --headless 2> "$work/rg/log" &
 RG_PID=$!
 sleep 1
 relay "relaygate, new connection each" $RG_PORT "" $RG_PID
