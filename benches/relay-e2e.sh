@@ -186,10 +186,10 @@ ${2:-}
 CF
 }
 sed -i -E "s/^smtp( +)inet/$PF_PORT inet/" /etc/postfix/master.cf
-echo "== postfix $(postconf -h mail_version) -> sink 127.0.0.1:$SINK_PORT"
 # Started with delivery deferred, so that no leftover is tried before the
 # purge; then delivery on.
 pf_config 127.0.0.0/8 "defer_transports = smtp"
+echo "== postfix $(postconf -h mail_version) -> sink 127.0.0.1:$SINK_PORT"
 postfix start >/dev/null 2>&1
 sleep 2
 pf_purge
