@@ -35,10 +35,20 @@ sleep 1
 HZ=$(getconf CLK_TCK)
 tid=$(grep -l decision-log /proc/$PID/task/*/comm | cut -d/ -f5)
 ticks() { sed 's/^.*) //' "$1" | awk '{print $12, $13}'; }
+# Waits until the engine is idle (its CPU still for 0.3 s): the event log
+# writes its last batch after the load is over, and that is the load's too.
+settle() {
+  local a b
+  for _ in $(seq 30); do
+    a=$(ticks /proc/$PID/stat); sleep 0.3; b=$(ticks /proc/$PID/stat)
+    [ "$a" = "$b" ] && return
+  done
+}
 for _ in $(seq "$ROUNDS"); do
   read -r u0 s0 < <(ticks /proc/$PID/stat)
   read -r lu0 ls0 < <(ticks /proc/$PID/task/$tid/stat)
   out=$("$LOADGEN" --target 127.0.0.1:$PORT --denied "$DENIED" --concurrency 10 2>&1)
+  settle
   read -r u1 s1 < <(ticks /proc/$PID/stat)
   read -r lu1 ls1 < <(ticks /proc/$PID/task/$tid/stat)
   python3 - "$out" "$DENIED" "$HZ" "$u0" "$s0" "$u1" "$s1" "$lu0" "$ls0" "$lu1" "$ls1" <<'PY'

@@ -122,6 +122,13 @@ denied() {
   before=$(busy_ticks); p0=$(proc_ticks "$pid")
   /usr/bin/time -f "%U %S" -o "$work/time" "$LOADGEN" --target 127.0.0.1:"$port" --denied "$DENIED" \
     --concurrency "$DENIED_SESSIONS" > "$work/denied.out" 2>&1 || { cat "$work/denied.out"; exit 1; }
+  # relaygate's event log writes its last batch after the load: wait for
+  # it (its CPU still for 0.3 s), it is the load's too.
+  if [ -n "$pid" ]; then
+    for _ in $(seq 30); do
+      p1=$(proc_ticks "$pid"); sleep 0.3; [ "$p1" = "$(proc_ticks "$pid")" ] && break
+    done
+  fi
   after=$(busy_ticks); p1=$(proc_ticks "$pid")
   read -r lu ls < <(tail -n1 "$work/time")
   python3 - "$label" "$DENIED" "$(cat "$work/denied.out")" "$before" "$after" "$HZ" "$lu" "$ls" "$p0" "$p1" "$pid" "$work/denied.rounds" <<'PY'
