@@ -75,7 +75,7 @@ cleanup() {
     if [ -f "$work/main.cf.orig" ]; then cp "$work/main.cf.orig" /etc/postfix/main.cf
     elif [ -f "$work/master.cf.orig" ]; then rm -f /etc/postfix/main.cf; fi
   fi
-  [ -n "$RG_PID" ] && kill "$RG_PID" 2>/dev/null
+  [ -n "$RG_PID" ] && kill "$RG_PID" 2>/dev/null && wait "$RG_PID" 2>/dev/null
   [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null
   rm -rf "$work"
 }
