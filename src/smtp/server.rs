@@ -570,6 +570,9 @@ async fn run(
                         }
                     }
                     Action::Close => {
+                        // Given back before the goodbye, so a client that
+                        // has read it can count on the quota being free.
+                        ctx.shared.abuse.release(std::mem::take(&mut quota.holds));
                         flush_last(conn, &mut out, write_limit).await?;
                         return Ok("closed".into());
                     }
