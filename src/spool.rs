@@ -8,9 +8,10 @@
 //! one fsync (group commit), and an idle server still commits at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// One recipient of an accepted message, with the decision that let it in.
@@ -140,6 +141,19 @@ struct Job {
 pub struct Spool {
     jobs: std_mpsc::Sender<Job>,
     path: PathBuf,
+    /// SMTP transactions under way (see [`Spool::transaction_opened`]).
+    open: Arc<AtomicUsize>,
+}
+
+/// An SMTP transaction under way: a message that may soon be stored.
+/// Counted while it lives; the writer gathers jobs before a commit only
+/// while enough are open (see [`busy`]).
+pub struct OpenTransaction(Arc<AtomicUsize>);
+
+impl Drop for OpenTransaction {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many recipients of a message are still queued. `+state`: by the
@@ -250,14 +264,23 @@ impl Spool {
         };
         let conn = open_connection(path).map_err(err)?;
         let (tx, rx) = std_mpsc::channel::<Job>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_seen = Arc::clone(&open);
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || writer(conn, rx, &open_seen))
             .map_err(|e| SpoolError::Write(e.to_string()))?;
         Ok(Spool {
             jobs: tx,
             path: path.to_path_buf(),
+            open,
         })
+    }
+
+    /// Counts a transaction under way until the returned value is dropped.
+    pub fn transaction_opened(&self) -> OpenTransaction {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenTransaction(Arc::clone(&self.open))
     }
 
     pub fn path(&self) -> &Path {
@@ -302,11 +325,38 @@ impl Spool {
     }
 }
 
+/// The writer is busy when a job comes within this long of its last
+/// commit while at least `SIBLINGS` SMTP transactions are under way:
+/// PostgreSQL's commit_delay and commit_siblings, by the same reasoning.
+/// A few clients, message after message, never wait.
+const BUSY: Duration = Duration::from_millis(1);
+const SIBLINGS: usize = 5;
+/// How long a busy writer gathers jobs before it commits: about two
+/// fsyncs, nothing against an SMTP round trip.
+const GATHER: Duration = Duration::from_micros(400);
+
+/// Whether the writer should gather more jobs before committing, given
+/// the transactions under way and the time since its last commit.
+fn busy(open_transactions: usize, since_commit: Option<Duration>) -> bool {
+    open_transactions >= SIBLINGS && since_commit.is_some_and(|t| t < BUSY)
+}
+
 /// The writer loop: take one job, then everything else already waiting,
 /// and commit them all in one transaction (each op in its own savepoint,
 /// so one failing op does not fail the others).
-fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>) {
+fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &AtomicUsize) {
+    let mut last_commit: Option<Instant> = None;
     while let Ok(first) = jobs.recv() {
+        // Busy (the last commit ended moments ago): let the jobs on their
+        // way join this commit, sharing its pages and its fsync. Sleeping,
+        // not waiting on the channel, so that their senders do not wake
+        // the writer one by one. Idle: commit at once.
+        if busy(
+            open.load(Ordering::Relaxed),
+            last_commit.map(|t| t.elapsed()),
+        ) {
+            std::thread::sleep(GATHER);
+        }
         let mut batch = vec![first];
         while batch.len() < 512 {
             match jobs.try_recv() {
@@ -314,7 +364,9 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        match commit(&mut conn, &batch) {
+        let result = commit(&mut conn, &batch);
+        last_commit = Some(Instant::now());
+        match result {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.done.send(result);
@@ -768,6 +820,34 @@ pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A few clients, message after message, are never made to wait;
+    /// many transactions under way and a commit moments ago mean more
+    /// jobs are coming.
+    #[test]
+    fn the_writer_gathers_only_when_many_transactions_are_under_way() {
+        let now = Some(Duration::from_micros(100));
+        assert!(!busy(SIBLINGS, None), "first job of a new writer");
+        assert!(!busy(SIBLINGS - 1, now), "a few clients");
+        assert!(busy(SIBLINGS, now));
+        assert!(busy(200, now));
+        assert!(!busy(200, Some(BUSY)), "jobs come slower than commits");
+        assert!(!busy(200, Some(Duration::from_secs(5))));
+        assert!(GATHER < BUSY);
+    }
+
+    #[test]
+    fn open_transactions_are_counted_while_they_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("s.db")).unwrap();
+        let a = spool.transaction_opened();
+        let b = spool.clone().transaction_opened();
+        assert_eq!(spool.open.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(spool.open.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(spool.open.load(Ordering::Relaxed), 0);
+    }
 
     /// The statements that run per message or per outcome must find their
     /// rows through the message's key, never by walking every queued

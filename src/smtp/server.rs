@@ -356,6 +356,8 @@ async fn run(
         abuse: &ctx.shared.abuse,
         holds: QuotaHolds::default(),
     };
+    // Counted by the spool while it is under way (see `OpenTransaction`).
+    let mut open_transaction: Option<crate::spool::OpenTransaction> = None;
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -583,6 +585,11 @@ async fn run(
             // (Even one that counted nothing: the next starts afresh.)
             if session.transaction().is_none() && quota.holds != QuotaHolds::default() {
                 ctx.shared.abuse.release(std::mem::take(&mut quota.holds));
+            }
+            if session.transaction().is_some() != open_transaction.is_some() {
+                open_transaction = session
+                    .transaction()
+                    .map(|_| ctx.shared.spool.transaction_opened());
             }
         }
         if !out.is_empty() {
