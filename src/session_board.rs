@@ -53,6 +53,7 @@ pub struct ReplyLine<'a> {
 
 impl ReplyLine<'_> {
     fn write_into(&self, out: &mut String) {
+        out.reserve(4 + self.status.map_or(0, |s| s.len() + 1) + self.text.len());
         if let Some(code) = self.code {
             for d in [code / 100 % 10, code / 10 % 10, code % 10] {
                 out.push(char::from(b'0' + d as u8));

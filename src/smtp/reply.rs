@@ -113,7 +113,7 @@ impl Reply {
             }
             // Control characters become '?', in runs between them.
             let mut rest: &str = line;
-            while let Some(at) = rest.find(char::is_control) {
+            while let Some(at) = control_at(rest) {
                 put(&rest[..at])?;
                 put("?")?;
                 let width = rest[at..].chars().next().map_or(1, char::len_utf8);
@@ -124,6 +124,16 @@ impl Reply {
         }
         Ok(())
     }
+}
+
+/// Where the first control character (C0, DEL, C1) is: bytes while the
+/// text is ASCII (every reply the engine makes), chars after that.
+fn control_at(text: &str) -> Option<usize> {
+    let at = text.bytes().position(|b| !(0x20..0x7f).contains(&b))?;
+    if text.as_bytes().get(at).is_some_and(|b| *b < 0x80) {
+        return Some(at);
+    }
+    text.get(at..)?.find(char::is_control).map(|n| at + n)
 }
 
 impl fmt::Display for Reply {
@@ -170,6 +180,17 @@ impl From<&decision::Reply> for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The byte scan finds what a char-by-char search finds, in any
+        /// text: ASCII, C0, DEL, C1 and other non-ASCII characters.
+        #[test]
+        fn control_at_is_the_first_control_char(
+            text in "[a-z \\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{a0}-\\u{ff}é€😀]{0,40}"
+        ) {
+            proptest::prop_assert_eq!(control_at(&text), text.find(char::is_control));
+        }
+    }
 
     #[test]
     fn one_line_with_status() {
