@@ -48,7 +48,7 @@ import re, sys
 n = int(sys.argv[1])
 parts = {
     "whole process": "PROGRAM TOTALS",
-    "sessions (serve_connection)": "smtp::server::serve_connection::{{closure}} [",
+    "session loop (smtp::server::run)": "smtp::server::run::{{closure}} [",
     "accepting (accept_loop)": "engine::accept_loop::{{closure}} [",
     "event log writer": "decision_log::DecisionLog::append [",
     "headless log": "cli::serve::log_events::{{closure}} [",
