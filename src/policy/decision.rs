@@ -256,16 +256,24 @@ impl Decision {
     /// What decided, without the verdict word: the reason, and the rule or
     /// routing trick that played a part.
     pub fn explanation(&self) -> String {
-        let mut text = self.reason.to_string();
+        let mut text = String::new();
+        let _ = self.write_explanation(&mut text);
+        text
+    }
+
+    /// [`explanation`](Self::explanation), written where it goes.
+    fn write_explanation(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        write!(out, "{}", self.reason)?;
         if let Some(n) = self.accepted_by_rule {
-            text.push_str(&format!("; rule #{n} accept-and-stop ended the rules"));
+            write!(out, "; rule #{n} accept-and-stop ended the rules")?;
         }
         if let Some(trick) = self.routing_trick {
-            text.push_str(&format!(
+            write!(
+                out,
                 "; the recipient's local part contains {trick} (a routing trick), so it is not treated as local"
-            ));
+            )?;
         }
-        text
+        Ok(())
     }
 }
 
@@ -276,6 +284,8 @@ impl fmt::Display for Decision {
             Verdict::Deny if self.is_deferral() => "deferred",
             Verdict::Deny => "denied",
         };
-        write!(f, "{verdict}: {}", self.explanation())
+        f.write_str(verdict)?;
+        f.write_str(": ")?;
+        self.write_explanation(f)
     }
 }

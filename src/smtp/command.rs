@@ -93,7 +93,18 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
             Err(CommandError::Syntax(usage))
         }
     };
-    match verb.to_ascii_uppercase().as_str() {
+    // Upper-cased on the stack: every verb fits in 8 bytes; a longer word
+    // is no verb (`Unknown`).
+    let mut upper = [0u8; 8];
+    let verb = match upper.get_mut(..verb.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(verb.as_bytes());
+            buf.make_ascii_uppercase();
+            std::str::from_utf8(buf).unwrap_or_default()
+        }
+        None => "",
+    };
+    match verb {
         "EHLO" => first_word(rest)
             .map(|d| Command::Ehlo(d.to_string()))
             .ok_or(CommandError::Syntax("EHLO hostname")),
