@@ -23,7 +23,7 @@ SESSIONS=${SESSIONS:-50}
 LOAD=${LOAD:-$(command -v smtp-source >/dev/null && echo smtp-source || echo smtp_load)}
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin relaygate --bench smtp_load
-BIN=target/release/relaygate
+BIN=${RG_BIN:-target/release/relaygate}
 LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
 work=$(mktemp -d /var/tmp/relaygate-queue-bench.XXXXXX)
 RG_PID= SINK_PID=
