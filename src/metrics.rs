@@ -56,6 +56,7 @@ struct Counted {
     bounces: Counter,
     queue_messages: Gauge,
     queue_oldest_age: Gauge,
+    transactions_open: Gauge,
     auth_failures: Counter,
     bans: Counter,
     quota_refusals: Counter,
@@ -113,6 +114,11 @@ impl Counted {
             ),
             bounces: reg!("bounces", "bounces queued to senders", Counter::default()),
             queue_messages: reg!("queue_messages", "messages in the queue", Gauge::default()),
+            transactions_open: reg!(
+                "transactions_open",
+                "SMTP transactions under way now (MAIL given, the message not yet stored)",
+                Gauge::default()
+            ),
             queue_oldest_age: reg!(
                 "queue_oldest_age_seconds",
                 "age of the oldest queued message",
@@ -276,6 +282,11 @@ impl Metrics {
         c.dropped_events.set(dropped as i64);
     }
 
+    /// SMTP transactions under way (read at every scrape: an atomic).
+    pub fn set_transactions_open(&self, open: usize) {
+        self.counted.transactions_open.set(open as i64);
+    }
+
     /// The OpenMetrics text Prometheus scrapes.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -425,7 +436,14 @@ async fn serve(
             let wanted = line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?");
             let (status, kind, body) = if wanted {
                 refresh_levels(&metrics, &shared, &spool, &levels).await;
-                let body = metrics.lock().map(|m| m.encode()).unwrap_or_default();
+                let open = shared.spool.open_transactions();
+                let body = metrics
+                    .lock()
+                    .map(|m| {
+                        m.set_transactions_open(open);
+                        m.encode()
+                    })
+                    .unwrap_or_default();
                 (
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

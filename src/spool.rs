@@ -283,6 +283,11 @@ impl Spool {
         OpenTransaction(Arc::clone(&self.open))
     }
 
+    /// How many SMTP transactions are under way now.
+    pub fn open_transactions(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -145,3 +145,72 @@ fn metrics_are_served_parsed_and_follow_the_traffic() {
     assert_eq!(bad.code, 2, "{bad:?}");
     server.drain_log();
 }
+
+/// Every way a transaction ends takes it off the count of transactions
+/// under way (which also decides when the spool gathers commits): a
+/// message stored, RSET, QUIT, a client that just goes. A refused DATA
+/// leaves it under way (MAIL still holds) until RSET.
+#[test]
+fn transactions_under_way_are_counted_until_each_ends() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(
+        dir.path(),
+        &[("metrics-listen", &format!("127.0.0.1:{port}"))],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let open_now = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let (_, body) = get(port, "/metrics");
+                return samples(&body)["relaygate_transactions_open"];
+            }
+            assert!(Instant::now() < deadline, "metrics not served");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(open_now(), 0.0);
+    // Six sessions, each with a transaction under way.
+    let mut clients: Vec<Client> = (0..6)
+        .map(|_| {
+            let mut c = Client::connect(addr);
+            c.reply();
+            c.expect("EHLO client.test", "250");
+            c.expect("MAIL FROM:<a@far.test>", "250");
+            c.expect("RCPT TO:<bob@example.com>", "250");
+            c
+        })
+        .collect();
+    assert_eq!(open_now(), 6.0);
+    // The message stored; RSET; QUIT. And a new one whose DATA is refused
+    // for want of a recipient.
+    let mut stored = clients.pop().unwrap();
+    stored.expect("DATA", "354");
+    stored.send(b"Subject: t\r\n\r\nhi\r\n.\r\n");
+    assert!(stored.reply().starts_with("250"));
+    clients.pop().unwrap().expect("RSET", "250");
+    clients.pop().unwrap().expect("QUIT", "221");
+    let mut refused = Client::connect(addr);
+    refused.reply();
+    refused.expect("EHLO client.test", "250");
+    refused.expect("MAIL FROM:<a@far.test>", "250");
+    refused.expect("RCPT TO:<x@elsewhere.test>", "550 5.7.1");
+    refused.expect("DATA", "5");
+    assert_eq!(open_now(), 4.0, "three ended, the refused one still open");
+    refused.expect("RSET", "250");
+    // The rest just go away; the server sees them close.
+    clients.clear();
+    drop(stored);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_now() != 0.0 {
+        assert!(Instant::now() < deadline, "transactions still counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.drain_log();
+}
