@@ -101,9 +101,9 @@ relay() {
   local after p1
   after=$(busy_ticks); p1=$(proc_ticks "$pid")
   read -r lu ls < <(tail -n1 "$work/time")
-  python3 - "$label" "$MESSAGES" "$start" "$accepted_at" "$(cat "$work/sink.out")" "$before" "$after" "$HZ" "$lu" "$ls" "$p0" "$p1" "$pid" <<'PY'
+  python3 - "$label" "$MESSAGES" "$start" "$accepted_at" "$(cat "$work/sink.out")" "$before" "$after" "$HZ" "$lu" "$ls" "$p0" "$p1" "$pid" "$work/relay.rows" <<'PY'
 import sys, re
-label, n, start, accepted, sink, before, after, hz, lu, ls, p0, p1, pid = sys.argv[1:]
+label, n, start, accepted, sink, before, after, hz, lu, ls, p0, p1, pid = sys.argv[1:14]
 n = int(n); hz = int(hz)
 last = float(re.search(r"sink_last_message_unix=([0-9.]+)", sink).group(1))
 secs = last - float(start)
@@ -111,6 +111,9 @@ acc = float(accepted) - float(start)
 cpu = (int(after) - int(before)) / hz - (float(lu) + float(ls))
 own = f"  relaygate process {(int(p1) - int(p0)) / hz * 1e6 / n:5.0f} us/msg" if pid else ""
 print(f"{label:<34} accepted {n/acc:6.0f} msg/s  end to end {n/secs:6.0f} msg/s  machine {cpu*1e6/n:5.0f} us/msg{own}")
+own_us = (int(p1) - int(p0)) / hz * 1e6 / n if pid else 0
+with open(sys.argv[14], "a") as f:
+    f.write(f"{label.replace(' ', '_')} {n/acc:.0f} {n/secs:.0f} {own_us:.1f}\n")
 PY
 }
 
@@ -225,7 +228,7 @@ for round in $(seq 2 "${DENIED_ROUNDS:-3}"); do
   denied "relaygate, denied (round $round)" $RG_PORT $RG_PID
   denied "postfix, denied (round $round)" $PF_PORT
 done
-python3 - "$work/denied.rounds" <<'PY'
+python3 - "$work/denied.rounds" "$work/relay.rows" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 rg = [(float(r), float(c)) for s, r, c in rows if s == "relaygate"]
@@ -236,4 +239,20 @@ print(f"denied sessions, {len(rg)} interleaved rounds: relaygate median {statist
       f"({min(rate):.0f}-{max(rate):.0f}), Postfix median {statistics.median(pf):.0f}/s ({min(pf):.0f}-{max(pf):.0f}), "
       f"ratio of medians {statistics.median(rate) / statistics.median(pf):.2f}x (rounds {min(pairs):.2f}-{max(pairs):.2f}x); "
       f"relaygate's CPU per denied session median {statistics.median(cpu):.0f} us ({min(cpu):.0f}-{max(cpu):.0f})")
+# Issue #10's targets, each against this run's figures.
+relay = {r[0]: [float(x) for x in r[1:]] for r in (l.split() for l in open(sys.argv[2]) if l.strip())}
+rg_new, pf_new = relay["relaygate,_new_connection_each"], relay["postfix,_new_connection_each"]
+checks = [
+    ("accepted", rg_new[0] / pf_new[0], ">=", 5),
+    ("end to end", rg_new[1] / pf_new[1], ">=", 6),
+    ("denied sessions", statistics.median(rate) / statistics.median(pf), ">=", 3),
+    ("CPU per denied session (us)", statistics.median(cpu), "<=", 60),
+    ("CPU per relayed message (us)", rg_new[2], "<=", 300),
+]
+verdicts = []
+for name, value, op, target in checks:
+    met = value >= target if op == ">=" else value <= target
+    shown = f"{value:.0f}" if "us" in name else f"{value:.2f}x"
+    verdicts.append(f"{name} {shown} ({op} {target}: {'met' if met else 'NOT met'})")
+print("issue #10 targets: " + "; ".join(verdicts))
 PY
