@@ -12,3 +12,15 @@ LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
 export LOADGEN
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# rg_relay_setup "RELAYGATE --db DB" PORT SINK_PORT: a database whose one
+# binding is 127.0.0.1:PORT, relaying everything to 127.0.0.1:SINK_PORT
+# (no TLS), with the session limits out of the load's way.
+rg_relay_setup() {
+  local rg=$1 port=$2 sink=$3
+  $rg bind remove 127.0.0.1:2525 >/dev/null
+  $rg bind add 127.0.0.1:"$port" >/dev/null
+  $rg domain add example.com >/dev/null
+  $rg policy set max-sessions 20000 >/dev/null
+  $rg policy set max-sessions-per-ip 20000 >/dev/null
+  $rg route add '*' 127.0.0.1:"$sink" --tls none >/dev/null
+}

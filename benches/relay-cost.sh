@@ -5,7 +5,8 @@
 # loopback (benches/smtp_load.rs --sink). Prints accepted and end-to-end
 # msg/s, smtp-source's own CPU per message (this VM's speed of the moment),
 # and per relaygate thread: context switches and user/system CPU per
-# message. No root, no Postfix server (only its smtp-source).
+# message. Runs no Postfix server, only its smtp-source (installed with
+# Debian's postfix package when missing, which needs root).
 #
 #   bash benches/relay-cost.sh
 #   BIN=/path/to/relaygate bash benches/relay-cost.sh
@@ -18,11 +19,10 @@ MESSAGES=${MESSAGES:-30000}
 SESSIONS=${SESSIONS:-50}
 PORT=${PORT:-2612}
 SINK_PORT=${SINK_PORT:-2613}
-command -v smtp-source >/dev/null || { echo "needs smtp-source (Debian's postfix package)"; exit 2; }
-cargo build --release --quiet --bin relaygate --bench smtp_load
+# Builds relaygate and the load generator (LOADGEN); installs Postfix's
+# package for smtp-source when missing.
+. benches/bench-setup.sh
 BIN=${BIN:-target/release/relaygate}
-LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d /var/tmp/relaygate-relay-cost.XXXXXX)
 PID= SINK=
 cleanup() {
@@ -32,12 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 RG="$BIN --db $work/relaygate.db"
-$RG bind remove 127.0.0.1:2525 >/dev/null
-$RG bind add 127.0.0.1:$PORT >/dev/null
-$RG domain add example.com >/dev/null
-$RG policy set max-sessions 20000 >/dev/null
-$RG policy set max-sessions-per-ip 20000 >/dev/null
-$RG route add '*' 127.0.0.1:$SINK_PORT --tls none >/dev/null
+rg_relay_setup "$RG" $PORT $SINK_PORT
 "$BIN" --db "$work/relaygate.db" serve --headless 2> "$work/log" &
 PID=$!
 sleep 1

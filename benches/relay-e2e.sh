@@ -40,15 +40,11 @@ PF_PORT=2526
 SINK_PORT=2700
 cd "$(dirname "$0")/.."
 
+# relaygate's half alone runs without root: it installs nothing.
 if [ "$ONLY" = relaygate ]; then
   command -v smtp-source >/dev/null || { echo "needs smtp-source (Debian's postfix package)"; exit 2; }
-  cargo build --release --quiet --bin relaygate --bench smtp_load
-  LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
-  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
-else
-  . benches/bench-setup.sh
 fi
+. benches/bench-setup.sh
 HZ=$(getconf CLK_TCK)
 work=$(mktemp -d /var/tmp/relaygate-e2e.XXXXXX)
 # The bench's own mail left in Postfix's queue by an interrupted run (only
@@ -153,12 +149,7 @@ echo "relay-e2e: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions; deni
 echo "== relaygate $(git describe --always --dirty 2>/dev/null) -> sink 127.0.0.1:$SINK_PORT"
 mkdir -p "$work/rg"
 RG="target/release/relaygate --db $work/rg/relaygate.db"
-$RG bind remove 127.0.0.1:2525 >/dev/null
-$RG bind add 127.0.0.1:$RG_PORT >/dev/null
-$RG domain add example.com >/dev/null
-$RG policy set max-sessions 20000 >/dev/null
-$RG policy set max-sessions-per-ip 20000 >/dev/null
-$RG route add '*' 127.0.0.1:$SINK_PORT --tls none >/dev/null
+rg_relay_setup "$RG" $RG_PORT $SINK_PORT
 if [ "${ABUSE:-}" = 1 ]; then
   $RG quota add ip 100000000/hour >/dev/null
   $RG quota add ip/24 100000000/hour --recipients >/dev/null

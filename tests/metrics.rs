@@ -18,6 +18,22 @@ fn get(port: u16, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// A database with metrics served on a free loopback port: (that port,
+/// the directory holding the database, the database).
+fn with_metrics() -> (u16, tempfile::TempDir, std::path::PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(
+        dir.path(),
+        &[("metrics-listen", &format!("127.0.0.1:{port}"))],
+    );
+    (port, dir, db)
+}
+
 /// Samples by name and labels (`name{k="v",...}`, labels sorted).
 fn samples(body: &str) -> HashMap<String, f64> {
     let lines = body.lines().map(|l| Ok(l.to_string()));
@@ -50,16 +66,7 @@ fn samples(body: &str) -> HashMap<String, f64> {
 
 #[test]
 fn metrics_are_served_parsed_and_follow_the_traffic() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let db = test_db(
-        dir.path(),
-        &[("metrics-listen", &format!("127.0.0.1:{port}"))],
-    );
+    let (port, _dir, db) = with_metrics();
     cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
     cli_stdin(
         &db,
@@ -152,16 +159,7 @@ fn metrics_are_served_parsed_and_follow_the_traffic() {
 /// leaves it under way (MAIL still holds) until RSET.
 #[test]
 fn transactions_under_way_are_counted_until_each_ends() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let db = test_db(
-        dir.path(),
-        &[("metrics-listen", &format!("127.0.0.1:{port}"))],
-    );
+    let (port, _dir, db) = with_metrics();
     let mut server = Server::start(&db);
     let addr = server.addr();
     let open_now = || {
