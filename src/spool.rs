@@ -333,36 +333,48 @@ impl Spool {
     }
 }
 
-/// The writer is busy when a job comes within this long of its last
-/// commit while at least `SIBLINGS` SMTP transactions are under way:
-/// PostgreSQL's commit_delay and commit_siblings, by the same reasoning.
-/// A few clients, message after message, never wait.
+/// The writer is busy when a job comes within this long of a commit that
+/// stored at least two messages, while at least `SIBLINGS` SMTP
+/// transactions are under way: PostgreSQL's commit_delay and
+/// commit_siblings, by the same reasoning. A few clients, message after
+/// message, never wait; nor does one client while others merely hold
+/// transactions open (their messages are not coming).
 const BUSY: Duration = Duration::from_millis(1);
 const SIBLINGS: usize = 5;
 /// How long a busy writer gathers jobs before it commits: about two
 /// fsyncs, nothing against an SMTP round trip.
 const GATHER: Duration = Duration::from_micros(400);
 
+/// The writer's last commit: how long ago, and how many messages it
+/// stored.
+#[derive(Debug, Clone, Copy)]
+struct LastCommit {
+    ago: Duration,
+    messages: usize,
+}
+
 /// Whether the writer should gather more jobs before committing, given
-/// the transactions under way and the time since its last commit.
-fn busy(open_transactions: usize, since_commit: Option<Duration>) -> bool {
-    open_transactions >= SIBLINGS && since_commit.is_some_and(|t| t < BUSY)
+/// the transactions under way and its last commit.
+fn busy(open_transactions: usize, last: Option<LastCommit>) -> bool {
+    open_transactions >= SIBLINGS && last.is_some_and(|l| l.ago < BUSY && l.messages >= 2)
 }
 
 /// The writer loop: take one job, then everything else already waiting,
 /// and commit them all in one transaction (each op in its own savepoint,
 /// so one failing op does not fail the others).
 fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &AtomicUsize) {
-    let mut last_commit: Option<Instant> = None;
+    // When the last commit ended, and how many messages it stored.
+    let mut last_commit: Option<(Instant, usize)> = None;
     while let Ok(first) = jobs.recv() {
         // Busy (the last commit ended moments ago): let the jobs on their
         // way join this commit, sharing its pages and its fsync. Sleeping,
         // not waiting on the channel, so that their senders do not wake
         // the writer one by one. Idle: commit at once.
-        if busy(
-            open.load(Ordering::Relaxed),
-            last_commit.map(|t| t.elapsed()),
-        ) {
+        let last = last_commit.map(|(at, messages)| LastCommit {
+            ago: at.elapsed(),
+            messages,
+        });
+        if busy(open.load(Ordering::Relaxed), last) {
             std::thread::sleep(GATHER);
         }
         let mut batch = vec![first];
@@ -372,8 +384,12 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
                 Err(_) => break,
             }
         }
+        let messages = batch
+            .iter()
+            .filter(|j| matches!(j.op, SpoolOp::Insert(_)))
+            .count();
         let result = commit(&mut conn, &batch);
-        last_commit = Some(Instant::now());
+        last_commit = Some((Instant::now(), messages));
         match result {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
@@ -830,17 +846,26 @@ pub fn read_spool(path: &Path) -> rusqlite::Result<Vec<StoredMessage>> {
 mod tests {
 
     /// A few clients, message after message, are never made to wait;
-    /// many transactions under way and a commit moments ago mean more
-    /// jobs are coming.
+    /// many transactions under way and a commit of several messages
+    /// moments ago mean more are coming. Transactions merely held open
+    /// (one client's commits store one message each) do not.
     #[test]
     fn the_writer_gathers_only_when_many_transactions_are_under_way() {
-        let now = Some(Duration::from_micros(100));
+        let now = |messages| {
+            Some(LastCommit {
+                ago: Duration::from_micros(100),
+                messages,
+            })
+        };
         assert!(!busy(SIBLINGS, None), "first job of a new writer");
-        assert!(!busy(SIBLINGS - 1, now), "a few clients");
-        assert!(busy(SIBLINGS, now));
-        assert!(busy(200, now));
-        assert!(!busy(200, Some(BUSY)), "jobs come slower than commits");
-        assert!(!busy(200, Some(Duration::from_secs(5))));
+        assert!(!busy(SIBLINGS - 1, now(3)), "a few clients");
+        assert!(busy(SIBLINGS, now(2)));
+        assert!(busy(200, now(40)));
+        assert!(!busy(200, now(1)), "one client among held transactions");
+        assert!(!busy(200, now(0)), "delivery outcomes only");
+        let long_ago = |ago| Some(LastCommit { ago, messages: 40 });
+        assert!(!busy(200, long_ago(BUSY)), "jobs come slower than commits");
+        assert!(!busy(200, long_ago(Duration::from_secs(5))));
         assert!(GATHER < BUSY);
     }
 
