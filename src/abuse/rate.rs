@@ -146,10 +146,17 @@ impl SlidingCount {
 /// it, else the earliest moment it will. Times handed out are kept (at
 /// most `count` of them matter), so the messages that wait are spread out
 /// rather than all due again at once.
+///
+/// A time handed out is when a message may go, not when it goes: the
+/// queue may take it up later (it is scanned once a second). So the sends
+/// that really happened are kept too, and a send must also fit among
+/// those ([`SendSchedule::may_send`]).
 #[derive(Debug, Clone, Default)]
 pub struct SendSchedule {
     /// Send times handed out, oldest first.
     given: VecDeque<u64>,
+    /// The last sends that happened (at most `count`), oldest first.
+    sent: VecDeque<u64>,
 }
 
 impl SendSchedule {
@@ -174,6 +181,29 @@ impl SendSchedule {
         let at = self.given.back().map_or(at, |last| at.max(*last));
         self.given.push_back(at);
         at
+    }
+
+    /// `None` if a send now keeps at most `count` real sends in any
+    /// period; else the earliest time one may happen.
+    pub fn may_send(&self, rate: Rate, now: u64) -> Option<u64> {
+        let count = rate.count.max(1) as usize;
+        if self.sent.len() < count {
+            return None;
+        }
+        let earliest = self
+            .sent
+            .get(self.sent.len() - count)
+            .map_or(now, |t| t.saturating_add(rate.period_ms()));
+        (earliest > now).then_some(earliest)
+    }
+
+    /// Records a send that happens now.
+    pub fn sent(&mut self, rate: Rate, now: u64) {
+        let last = self.sent.back().copied().unwrap_or(now);
+        self.sent.push_back(now.max(last));
+        while self.sent.len() > rate.count.max(1) as usize {
+            self.sent.pop_front();
+        }
     }
 
     /// Gives back a slot that was not used (the message went elsewhere).
@@ -259,6 +289,29 @@ mod tests {
         // More than was counted never wraps.
         c.release(6_000, 5);
         assert_eq!(c.current, 0);
+    }
+
+    /// Slots handed out early, used late: the real sends still keep the
+    /// rate (three at 6.0 s must not be followed by a fourth at 9.0 s
+    /// with 3 per 4 s, whatever the slots said).
+    #[test]
+    fn late_sends_push_the_next_ones_back() {
+        let rate = Rate {
+            count: 3,
+            period_secs: 4,
+        };
+        let mut s = SendSchedule::default();
+        for t in [0, 1, 2] {
+            assert_eq!(s.may_send(rate, t), None);
+            s.sent(rate, t);
+        }
+        assert_eq!(s.may_send(rate, 3_999), Some(4_000));
+        for t in [6_000, 6_001, 6_002] {
+            assert_eq!(s.may_send(rate, t), None);
+            s.sent(rate, t);
+        }
+        assert_eq!(s.may_send(rate, 9_000), Some(10_000));
+        assert_eq!(s.may_send(rate, 10_000), None);
     }
 
     #[test]

@@ -71,22 +71,32 @@ impl RateSchedules {
         now: u64,
     ) -> Option<u64> {
         let key = (route.domain.clone(), message.to_string());
-        if let Some(slot) = self.reserved.get(&key).copied() {
-            // Due (the scan runs once a second, the spool keeps seconds).
-            if slot <= now + 1000 {
-                self.reserved.remove(&key);
-                return None;
+        let schedule = self.routes.entry(route.domain.clone()).or_default();
+        let slot = match self.reserved.get(&key).copied() {
+            // Not due yet (the scan runs once a second, the spool keeps
+            // seconds).
+            Some(slot) if slot > now + 1000 => return Some(slot),
+            // Due: it goes if the sends that really happened allow it
+            // (those before it may have gone later than their slots).
+            Some(_) => match schedule.may_send(rate, now) {
+                None => {
+                    self.reserved.remove(&key);
+                    schedule.sent(rate, now);
+                    return None;
+                }
+                Some(later) => later,
+            },
+            None => {
+                let slot = schedule
+                    .next_slot(rate, now)
+                    .max(schedule.may_send(rate, now).unwrap_or(now));
+                if slot <= now {
+                    schedule.sent(rate, now);
+                    return None;
+                }
+                slot
             }
-            return Some(slot);
-        }
-        let slot = self
-            .routes
-            .entry(route.domain.clone())
-            .or_default()
-            .next_slot(rate, now);
-        if slot <= now {
-            return None;
-        }
+        };
         // Slots of messages gone meanwhile (deleted, delivered elsewhere)
         // are forgotten a period after they passed.
         let stale = now.saturating_sub(rate.period_ms());
