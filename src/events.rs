@@ -412,8 +412,32 @@ pub fn describe(event: &Event) -> Described {
 
 /// Writes [`describe`]'s line for `event` at the end of `out` and returns
 /// its severity: the headless log lays its lines out in one buffer,
-/// without a string per event.
+/// without a string per event. Whatever the client's text in it (an
+/// address in a reason, a recipient of a delivery), the line has no
+/// control character: the log, `trace` and the console show it escaped.
 pub fn describe_into(event: &Event, out: &mut String) -> Level {
+    let start = out.len();
+    let level = describe_raw_into(event, out);
+    if has_control(&out[start..]) {
+        let safe = printable(&out[start..]);
+        out.truncate(start);
+        out.push_str(&safe);
+    }
+    level
+}
+
+/// Whether a text holds a control character (C0, DEL or C1): a byte scan,
+/// which finds C1's two-byte UTF-8 form (C2 80 to C2 9F) too.
+pub fn has_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20
+            || b == 0x7f
+            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
+
+fn describe_raw_into(event: &Event, out: &mut String) -> Level {
     use crate::net_text::AddrText;
     use Level::*;
     use std::fmt::Write;
@@ -739,6 +763,35 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The byte scan agrees with `char::is_control` on any text.
+        #[test]
+        fn has_control_finds_c0_del_and_c1(
+            text in "[a-z \\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{a0}-\\u{ff}é€😀]{0,40}"
+        ) {
+            proptest::prop_assert_eq!(has_control(&text), text.chars().any(char::is_control));
+        }
+    }
+
+    /// A recipient with a C1 CSI in it (accepted: SMTPUTF8 allows it) is
+    /// shown escaped in the line every output uses.
+    #[test]
+    fn lines_never_carry_control_characters() {
+        let event = Event::Delivery {
+            message_id: "M1".into(),
+            recipient: "u@x\u{9b}31m.test".into(),
+            host: "127.0.0.1".into(),
+            outcome: DeliveryOutcome::Delivered,
+            reply: "250 ok\u{85}".into(),
+        };
+        let text = describe(&event).text;
+        assert!(!has_control(&text), "{text:?}");
+        assert!(text.contains("u@x\\x9b31m.test"), "{text}");
+        let mut out = String::from("kept ");
+        describe_into(&event, &mut out);
+        assert!(out.starts_with("kept ") && out.contains("\\x85"), "{out}");
+    }
 
     #[test]
     fn a_full_subscriber_drops_and_counts() {

@@ -148,7 +148,7 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     ),
     (
         "max-command-line",
-        "bytes per command line incl. CRLF (500 5.5.6 beyond)",
+        "bytes per command line incl. CRLF (500 5.5.2 beyond)",
     ),
     ("max-text-line", "bytes per message line incl. CRLF"),
     (

@@ -652,7 +652,35 @@ fn per_class_auth_switches() {
                 "250",
                 "inbound",
             ),
+            // The bare <Postmaster> from a local sender, unlisted and not
+            // logged in: inbound (RFC 5321 4.5.1), not internal.
+            case(
+                "203.0.113.9",
+                None,
+                "a@example.com",
+                "<Postmaster>",
+                Allow,
+                Inbound,
+                "250",
+                "inbound",
+            ),
         ],
+    );
+    let mut both = base();
+    both.switches.internal.auth = true;
+    both.switches.internal.listed_ip = true;
+    run(
+        &both,
+        &[case(
+            "203.0.113.9",
+            None,
+            "a@example.com",
+            "<postmaster>",
+            Allow,
+            Inbound,
+            "250",
+            "inbound",
+        )],
     );
 }
 

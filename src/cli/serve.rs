@@ -281,11 +281,8 @@ fn log_event(stamped: &Stamped, scratch: &mut LineScratch) {
     log_time(&mut buf, stamped.at, &mut scratch.second);
     buf.push(b' ');
     buf.extend_from_slice(level);
-    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        buf.extend_from_slice(crate::events::printable(text).as_bytes());
-    } else {
-        buf.extend_from_slice(text.as_bytes());
-    }
+    // `describe_into` has escaped every control character already.
+    buf.extend_from_slice(text.as_bytes());
     buf.push(b'\n');
     let full = buf.len() >= LOG_BUFFER_MAX;
     drop(buf);

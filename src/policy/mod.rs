@@ -165,6 +165,11 @@ impl Policy {
     /// Classifies a recipient. A recipient with a routing trick in its local
     /// part is never local.
     pub fn classify(&self, sender: Option<&MailAddress>, recipient: &MailAddress) -> RelayClass {
+        // The bare <postmaster> takes mail from anyone (RFC 5321 4.5.1),
+        // whatever the sender: inbound, never internal.
+        if recipient.domain == Domain::Postmaster {
+            return RelayClass::Inbound;
+        }
         let sender_local = sender.is_some_and(|s| self.is_local_domain(&s.domain));
         let recipient_local =
             recipient.routing_trick().is_none() && self.is_local_domain(&recipient.domain);

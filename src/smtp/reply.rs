@@ -111,20 +111,45 @@ impl Reply {
                     put(" ")?;
                 }
             }
-            // Control characters become '?', in runs between them.
+            // Control characters become '?', in runs between them; a text
+            // too long for the line is cut short with "...".
+            let room = MAX_LINE - 6 - self.status.map_or(0, |s| s.len() + 1);
+            let mut left = if line.len() > room { room - 3 } else { room };
+            let mut cut = false;
+            let mut text = |piece: &str, put: &mut dyn FnMut(&str) -> Result<(), E>| {
+                if cut {
+                    return Ok(false);
+                }
+                if piece.len() <= left {
+                    left -= piece.len();
+                    return put(piece).map(|()| true);
+                }
+                let mut keep = left;
+                while !piece.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                cut = true;
+                put(&piece[..keep])?;
+                put("...").map(|()| false)
+            };
             let mut rest: &str = line;
             while let Some(at) = control_at(rest) {
-                put(&rest[..at])?;
-                put("?")?;
+                if !text(&rest[..at], &mut put)? || !text("?", &mut put)? {
+                    rest = "";
+                    break;
+                }
                 let width = rest[at..].chars().next().map_or(1, char::len_utf8);
                 rest = &rest[at + width..];
             }
-            put(rest)?;
+            text(rest, &mut put)?;
             put("\r\n")?;
         }
         Ok(())
     }
 }
+
+/// The longest reply line, CRLF included (RFC 5321 4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
 
 /// Where the first control character (C0, DEL, C1) is: bytes while the
 /// text is ASCII (every reply the engine makes), chars after that.
@@ -190,6 +215,40 @@ mod tests {
         ) {
             proptest::prop_assert_eq!(control_at(&text), text.find(char::is_control));
         }
+
+        /// Whatever the text echoes back, each line fits in 512 octets,
+        /// and a text that fits is written whole.
+        #[test]
+        fn every_line_fits_in_512_octets(
+            text in "[a-z \\x00-\\x1f\\u{80}-\\u{9f}é€😀]{0,700}",
+            status in proptest::option::of(proptest::sample::select(vec!["5.5.4", "2.0.0"])),
+        ) {
+            let reply = Reply { code: 555, status, lines: vec![text.clone().into(), "b".into()] };
+            let wire = reply.to_wire();
+            let wire = std::str::from_utf8(&wire).unwrap();
+            for line in wire.split_inclusive("\r\n") {
+                proptest::prop_assert!(line.len() <= MAX_LINE, "{} octets", line.len());
+            }
+            let first = wire.split("\r\n").next().unwrap();
+            let shown: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+            let prefix = match status { Some(s) => format!("555-{s} "), None => "555-".into() };
+            let prefix = if text.is_empty() && status.is_some() { prefix.trim_end().to_string() } else { prefix };
+            if prefix.len() + shown.len() + 2 <= MAX_LINE {
+                proptest::prop_assert_eq!(first, format!("{prefix}{shown}"));
+            } else {
+                proptest::prop_assert!(first.ends_with("..."));
+                proptest::prop_assert!(shown.starts_with(&first[prefix.len()..first.len() - 3]));
+            }
+        }
+    }
+
+    #[test]
+    fn an_echoed_keyword_is_cut_short() {
+        let long = "K".repeat(2000);
+        let wire = Reply::new(555, "5.5.4", format!("Unsupported parameter {long}")).to_string();
+        assert_eq!(wire.len(), MAX_LINE);
+        assert!(wire.starts_with("555 5.5.4 Unsupported parameter KKK"));
+        assert!(wire.ends_with("KKK...\r\n"));
     }
 
     #[test]

@@ -986,7 +986,7 @@ fn record_command(
     } else if words.next().is_some_and(|v| v.eq_ignore_ascii_case("AUTH")) {
         let mech: String = words.next().unwrap_or_default().chars().take(20).collect();
         format!("AUTH {mech} ***").into()
-    } else if has_control(&text) {
+    } else if crate::events::has_control(&text) {
         text.chars()
             .filter(|c| !c.is_control())
             .collect::<String>()
@@ -1001,15 +1001,6 @@ fn record_command(
             line: shown.into_owned(),
             reply: reply.to_string(),
         });
-    }
-}
-
-/// Whether the text has a control character (C0, DEL or C1).
-fn has_control(text: &str) -> bool {
-    if text.is_ascii() {
-        text.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        text.chars().any(char::is_control)
     }
 }
 

@@ -21,6 +21,9 @@ use std::sync::Arc;
 
 /// 25 MiB, a common provider limit.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+/// Recipients over `max_recipients` answered 452 before they count as
+/// errors towards `max_bad_commands`.
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 /// RFC 5321 says 1000 (CRLF included), but real senders write longer
 /// lines; the enforced default is this, as in the engine's settings.
 pub const DEFAULT_MAX_TEXT_LINE: usize = 8192;
@@ -265,6 +268,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     phase: Phase,
     bad_commands: usize,
+    /// Recipients refused for being over `max_recipients`, this session.
+    overshoot: usize,
     auth_failures: usize,
     auth_locked_out: bool,
     /// Allowed recipients go through [`Action::ReserveQuota`].
@@ -280,6 +285,7 @@ impl Session {
             transaction: None,
             phase: Phase::Commands,
             bad_commands: 0,
+            overshoot: 0,
             auth_failures: 0,
             auth_locked_out: false,
             quotas_on: false,
@@ -372,10 +378,15 @@ impl Session {
     /// A line longer than [`max_line_len`](Self::max_line_len) was read
     /// and discarded: 500 5.5.6, and the session goes on.
     pub fn handle_overlong_line(&mut self) -> Vec<Action> {
-        if matches!(self.phase, Phase::Auth(_)) {
-            self.phase = Phase::Commands;
+        // 5.5.6 is an over-long AUTH exchange line (RFC 4954); any other
+        // line is a syntax error (RFC 5321 4.5.3.1.4: "500 Line too long").
+        match self.phase {
+            Phase::Auth(_) => {
+                self.phase = Phase::Commands;
+                self.error(500, "5.5.6", "Error: authentication exchange line too long")
+            }
+            _ => self.error(500, "5.5.2", "Error: line too long"),
         }
-        self.error(500, "5.5.6", "Error: line too long")
     }
 
     /// Handles one line, CRLF stripped: a command, or the client's answer
@@ -521,6 +532,10 @@ impl Session {
         for param in params {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
+                // Digits only (RFC 1870): `parse` would take "+5".
+                ("SIZE", Some(v)) if !v.bytes().all(|b| b.is_ascii_digit()) => {
+                    return self.error(501, "5.5.4", "Bad SIZE parameter");
+                }
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
                     Ok(n) if n > self.params.limits.max_message_size => {
                         return vec![reply(
@@ -586,7 +601,16 @@ impl Session {
             return self.error(555, "5.5.4", text);
         }
         if transaction.recipients.len() >= self.params.limits.max_recipients {
-            return self.error(452, "4.5.3", "Error: too many recipients");
+            // Not a client error (RFC 5321 4.5.3.1.10): the client sends
+            // the rest in another transaction. Only a flood of them counts
+            // (as Postfix's `smtpd_recipient_overshoot_limit`).
+            self.overshoot = self.overshoot.saturating_add(1);
+            let answer = Reply::new(452, "4.5.3", "Error: too many recipients");
+            return if self.overshoot > RECIPIENT_OVERSHOOT {
+                self.error_reply(answer)
+            } else {
+                vec![Action::Reply(answer)]
+            };
         }
         let recipient = match parse_forward_path(path) {
             Ok(r) => r,

@@ -345,6 +345,54 @@ fn too_many_recipients() {
     c.cmd("RCPT TO:<dave@example.test>", "452 4.5.3");
 }
 
+/// A client that sends more recipients than the limit keeps the ones
+/// accepted (RFC 5321 4.5.3.1.10): the extra 452s are not errors that end
+/// the session, until there are more than `RECIPIENT_OVERSHOOT` of them.
+#[test]
+fn recipients_over_the_limit_do_not_end_the_session() {
+    let limits = Limits {
+        max_recipients: 2,
+        max_bad_commands: 3,
+        ..Limits::default()
+    };
+    let mut c = Client::new(BindKind::Smtp, remote(), limits);
+    c.ehlo_and_mail();
+    c.cmd("RCPT TO:<carol@example.test>", "250");
+    for i in 0..RECIPIENT_OVERSHOOT {
+        c.cmd(&format!("RCPT TO:<u{i}@example.test>"), "452 4.5.3");
+    }
+    assert_eq!(c.session.bad_commands(), 0);
+    c.cmd("DATA", "354");
+    let (wire, _) = c.data(b"Subject: t\r\n\r\nbody\r\n.\r\n");
+    assert!(wire.starts_with("250 2.0.0"), "{wire}");
+    assert_eq!(
+        c.message
+            .take()
+            .expect("message")
+            .transaction
+            .recipients
+            .len(),
+        2
+    );
+    // Past the overshoot they count, and the flood ends with 421.
+    c.cmd("MAIL FROM:<alice@example.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test>", "250");
+    c.cmd("RCPT TO:<carol@example.test>", "250");
+    for _ in 0..3 {
+        c.cmd("RCPT TO:<x@example.test>", "452 4.5.3");
+    }
+    c.cmd("RCPT TO:<x@example.test>", "421 4.7.0");
+}
+
+#[test]
+fn size_takes_digits_only() {
+    let mut c = client();
+    c.cmd("EHLO c", "250");
+    c.cmd("MAIL FROM:<a@example.test> SIZE=+5", "501 5.5.4");
+    c.cmd("MAIL FROM:<a@example.test> SIZE=-5", "501 5.5.4");
+    c.cmd("MAIL FROM:<a@example.test> SIZE=5", "250 2.1.0");
+}
+
 #[test]
 fn denied_recipient_leaves_others_accepted() {
     let mut c = client();
@@ -577,8 +625,8 @@ fn auth_lines_may_be_longer_than_commands() {
 fn overlong_lines_are_500_and_the_session_goes_on() {
     let mut c = client();
     let actions = c.session.handle_overlong_line();
-    assert!(c.run(actions).starts_with("500 5.5.6"));
-    c.cmd(&format!("EHLO {}", "a".repeat(600)), "500 5.5.6");
+    assert!(c.run(actions).starts_with("500 5.5.2"));
+    c.cmd(&format!("EHLO {}", "a".repeat(600)), "500 5.5.2");
     c.cmd("EHLO c", "250");
     c.cmd("AUTH LOGIN", "538");
     // An overlong answer to an AUTH prompt ends the exchange.
