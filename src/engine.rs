@@ -490,6 +490,8 @@ struct LoadedConfig {
     bindings: Vec<Binding>,
     quotas: Vec<crate::abuse::quota::Quota>,
     bans: Vec<crate::abuse::bans::Ban>,
+    /// The TLS files did not load (reported once the snapshot is in force).
+    tls_refused: Option<TlsRefused>,
 }
 
 impl LoadedConfig {
@@ -501,6 +503,9 @@ impl LoadedConfig {
         previous: Option<&Snapshot>,
         snapshot: &Snapshot,
     ) -> Vec<Binding> {
+        if let Some(refused) = self.tls_refused {
+            shared.events.emit(refused.event());
+        }
         shared.abuse.set_quotas(self.quotas);
         shared.abuse.replace_bans(self.bans);
         shared.abuse.suspensions_reloaded();
@@ -530,9 +535,23 @@ fn load_snapshot(
             || p.settings.tls_key_file != config.settings.tls_key_file
             || p.settings.hostname != config.settings.hostname
     };
+    // TLS files that do not load never hold the rest back: a renewal gone
+    // wrong must not keep a removed user or a new deny entry out of force.
+    // The previous certificate stays (at start: no TLS) and it is reported.
+    let mut tls_refused = None;
     let tls = match previous {
         Some(p) if !reload_tls && !tls_changed(p) => p.tls.clone(),
-        _ => Some(build_tls(db, &config.settings)?),
+        _ => match build_tls(db, &config.settings) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                let kept = previous.and_then(|p| p.tls.clone());
+                tls_refused = Some(TlsRefused {
+                    error,
+                    kept: kept.is_some(),
+                });
+                kept
+            }
+        },
     };
     Ok((
         Snapshot {
@@ -547,8 +566,32 @@ fn load_snapshot(
             bindings: config.bindings,
             quotas: config.quotas,
             bans: config.bans,
+            tls_refused,
         },
     ))
+}
+
+/// TLS files that did not load, and whether a previous certificate stays.
+struct TlsRefused {
+    error: ConfigError,
+    kept: bool,
+}
+
+impl TlsRefused {
+    fn event(self) -> Event {
+        let stays = if self.kept {
+            "the previous certificate stays in use"
+        } else {
+            "STARTTLS and implicit TLS are off until they load"
+        };
+        Event::Error {
+            session: None,
+            message: format!(
+                "TLS files refused, {stays}; every other setting is applied: {}",
+                self.error
+            ),
+        }
+    }
 }
 
 impl Engine {

@@ -267,6 +267,14 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
         "delivery-ca-file",
         "extra trusted CA certificates (PEM) for routes with --tls required",
     ),
+    (
+        "log-retention-days",
+        "days of history kept in the event log (relaygate.log.db)",
+    ),
+    (
+        "log-max-rows",
+        "rows kept at most in the event log (older ones pruned once a minute)",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

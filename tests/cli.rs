@@ -364,6 +364,24 @@ fn policy_switches_rules_and_bindings() {
         "",
         "must be on or off",
     );
+    // A misspelt engine setting is named as an unknown key (with the
+    // settings listed), not taken for a switch with a bad value.
+    refused(
+        &db,
+        &["policy", "set", "hostnme", "mx.example"],
+        "",
+        "unknown policy key \"hostnme\"; switches: ",
+    );
+    // The event log's bounds are settings like the others.
+    assert!(
+        ok(&db, &["policy", "set", "log-retention-days", "7"]).contains("log-retention-days = 7")
+    );
+    assert!(ok(&db, &["policy", "set", "log-max-rows", "5000"]).contains("log-max-rows = 5000"));
+    let show = ok(&db, &["policy", "show"]);
+    assert!(
+        show.contains("log-retention-days     7") && show.contains("log-max-rows           5000"),
+        "{show}"
+    );
     ok(&db, &["policy", "set", "relay.auth", "on"]);
     let o = check("192.168.1.5", "x@far.test", "y@far.test");
     assert!(o.stdout.contains("530 5.7.0"), "{}", o.stdout);

@@ -51,11 +51,19 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for note in config.switches.notes() {
                 println!("note: {note}");
             }
+            if let Some(problem) = tls_problem(&server) {
+                println!("{problem}");
+            }
             engine_state(store.path());
         }
         PolicyCommand::Set { key, value } if ServerSettings::is_key(&key) => {
             let value = store.set_server_setting(&key, &value)?;
             println!("{key} = {value}");
+            if key == "tls-cert-file" || key == "tls-key-file" {
+                if let Some(problem) = tls_problem(&store.server_settings()?) {
+                    println!("{problem}");
+                }
+            }
             if key == "plaintext-auth" && value == "on" {
                 println!(
                     "warning: AUTH is now offered without TLS: passwords cross the network in clear"
@@ -63,12 +71,41 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
         }
         PolicyCommand::Set { key, value } => {
+            // The key first: a misspelt key is named as such, not taken for
+            // a switch with a bad value.
+            crate::policy::settings::Switches::default().set(&key, false)?;
             let on = parse_on_off(&value)?;
             store.set_switch(&key, on)?;
             println!("{key} = {}", if on { "on" } else { "off" });
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is wrong with the configured TLS files, as the engine will find
+/// it: one of the pair missing (the generated certificate stays in use),
+/// or files that do not load (the engine keeps its previous certificate;
+/// everything else still applies).
+fn tls_problem(settings: &ServerSettings) -> Option<String> {
+    match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (None, None) => None,
+        (Some(_), None) => Some(
+            "warning: tls-key-file is not set: the generated certificate stays in use until both files are set".into(),
+        ),
+        (None, Some(_)) => Some(
+            "warning: tls-cert-file is not set: the generated certificate stays in use until both files are set".into(),
+        ),
+        (Some(cert), Some(key)) => crate::tls::load_server_config(
+            std::path::Path::new(cert),
+            std::path::Path::new(key),
+        )
+        .err()
+        .map(|e| {
+            format!(
+                "error: the TLS files do not load for this user ({e}); the engine keeps its previous certificate (none at start) until they do"
+            )
+        }),
+    }
 }
 
 /// Whether an engine runs on this database, and a configuration it refused

@@ -141,9 +141,13 @@ pub const SWITCH_KEYS: &[(&str, &str)] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SwitchError {
-    #[error("unknown policy key {0:?}; known keys: {keys}", keys = SWITCH_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "))]
+    #[error(
+        "unknown policy key {0:?}; switches: {switches}; engine settings: {settings}",
+        switches = SWITCH_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", "),
+        settings = crate::server_settings::SERVER_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+    )]
     UnknownKey(String),
-    #[error("value {0:?} must be on or off")]
+    #[error("value {0:?} must be on or off (or yes/no, true/false, 1/0)")]
     BadValue(String),
 }
 
