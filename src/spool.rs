@@ -697,6 +697,16 @@ impl SpoolReader {
             .query_row([], |r| r.get(0))
     }
 
+    /// A message's size in bytes, without reading it; `None` if it is gone.
+    pub fn message_size(&self, id: &str) -> rusqlite::Result<Option<u64>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached("SELECT size FROM messages WHERE id = ?1")?
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|s| s.map(|s| s.max(0) as u64))
+    }
+
     /// One message, whole.
     pub fn message(&self, id: &str) -> rusqlite::Result<Option<StoredMessage>> {
         use rusqlite::OptionalExtension;

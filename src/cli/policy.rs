@@ -59,10 +59,10 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Set { key, value } if ServerSettings::is_key(&key) => {
             let value = store.set_server_setting(&key, &value)?;
             println!("{key} = {value}");
-            if key == "tls-cert-file" || key == "tls-key-file" {
-                if let Some(problem) = tls_problem(&store.server_settings()?) {
-                    println!("{problem}");
-                }
+            if (key == "tls-cert-file" || key == "tls-key-file")
+                && let Some(problem) = tls_problem(&store.server_settings()?)
+            {
+                println!("{problem}");
             }
             if key == "plaintext-auth" && value == "on" {
                 println!(

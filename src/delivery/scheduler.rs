@@ -49,6 +49,24 @@ struct Delivery {
     slot_freed: tokio::sync::Notify,
     /// Routes with a send rate: when each may send next.
     rates: Mutex<RateSchedules>,
+    /// Memory for message bodies read back from the spool, in KiB (see
+    /// [`BODY_BUDGET_KIB`]).
+    body_budget: Arc<Semaphore>,
+}
+
+/// What the bodies of the deliveries under way may take at once, in KiB:
+/// 256 MiB. A delivery holds about three times its message while it sends
+/// (the body, its dot-stuffed text, the client's buffer), so without a
+/// bound 100 deliveries of 25 MB messages would take gigabytes; past the
+/// budget, a delivery waits for memory as it waits for a slot.
+pub const BODY_BUDGET_KIB: u32 = 128 * 1024;
+
+/// The budget a message of `size` bytes takes while it is delivered:
+/// three times its size, and never more than the whole budget (so the
+/// largest message still goes, alone).
+pub fn body_permits(size: u64) -> u32 {
+    let kib = size.div_ceil(1024).saturating_mul(5).max(1);
+    u32::try_from(kib).unwrap_or(u32::MAX).min(BODY_BUDGET_KIB)
 }
 
 /// Per rate-limited route, the send times handed out, and the slot each
@@ -166,6 +184,7 @@ pub async fn run(
         resolver: Mutex::new(None),
         slot_freed: tokio::sync::Notify::new(),
         rates: Mutex::new(RateSchedules::default()),
+        body_budget: Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize)),
     });
     // More is waiting in the spool than is in flight.
     let mut backlog = true;
@@ -309,29 +328,48 @@ async fn deliver_message(
     handed: Option<Arc<StoredMessage>>,
 ) {
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
-    let d2 = Arc::clone(d);
-    let id2 = id.to_string();
+    // Memory for the body before it is read (a handed message is small
+    // and already in memory): held until every group is done.
+    let mut held_budget = None;
     let message = match handed {
         Some(m) => Ok(Some(m)),
-        None => tokio::task::spawn_blocking(move || {
-            d2.reader
-                .lock()
-                .map_err(|_| "spool reader lock poisoned".to_string())?
-                .message(&id2)
-                .map(|m| m.map(Arc::new))
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string())),
+        None => {
+            let (d2, id2) = (Arc::clone(d), id.to_string());
+            let size = tokio::task::spawn_blocking(move || {
+                d2.reader
+                    .lock()
+                    .map_err(|_| "spool reader lock poisoned".to_string())?
+                    .message_size(&id2)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match size {
+                Ok(Some(size)) => {
+                    let budget = Arc::clone(&d.body_budget);
+                    held_budget = budget.acquire_many_owned(body_permits(size)).await.ok();
+                    let (d2, id2) = (Arc::clone(d), id.to_string());
+                    tokio::task::spawn_blocking(move || {
+                        d2.reader
+                            .lock()
+                            .map_err(|_| "spool reader lock poisoned".to_string())?
+                            .message(&id2)
+                            .map(|m| m.map(Arc::new))
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                other => other.map(|_| None),
+            }
+        }
     };
     let message = match message {
         Ok(Some(m)) => m,
         Ok(None) => {
-            // Deleted from the queue meanwhile: nothing left to do.
-            d.shared.events.emit(Event::Error {
-                session: None,
-                message: format!("delivery of {id}: the message is no longer in the spool"),
-            });
+            // Delivered by an attempt that ended meanwhile (a spool scan
+            // can list a message just before), or deleted from the queue:
+            // nothing left to do, and nothing wrong.
             return;
         }
         Err(e) => {
@@ -413,6 +451,7 @@ async fn deliver_message(
         });
     }
     while set.join_next().await.is_some() {}
+    drop(held_budget);
 }
 
 /// Where a recipient's domain goes, as data the tasks can own.
@@ -882,4 +921,34 @@ pub fn bounce_for(
         helo: settings.hostname.clone(),
         body,
     })
+}
+
+#[cfg(test)]
+mod body_budget_tests {
+    use super::*;
+
+    #[test]
+    fn a_body_takes_three_times_its_size_within_the_budget() {
+        assert_eq!(body_permits(0), 1);
+        assert_eq!(body_permits(1), 3);
+        assert_eq!(body_permits(1024 * 1024), 3 * 1024);
+        // 25 MiB, the largest message by default: 75 MiB of the 256.
+        assert_eq!(body_permits(25 * 1024 * 1024), 75 * 1024);
+        // Larger than the budget allows: the whole budget, so it still goes.
+        assert_eq!(body_permits(1 << 40), BODY_BUDGET_KIB);
+    }
+
+    /// Three 25 MiB deliveries fit at once; a fourth waits until one ends.
+    #[tokio::test]
+    async fn a_delivery_past_the_budget_waits_for_one_to_end() {
+        let budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize));
+        let big = body_permits(25 * 1024 * 1024);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(Arc::clone(&budget).try_acquire_many_owned(big).unwrap());
+        }
+        assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_err());
+        held.pop();
+        assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_ok());
+    }
 }
