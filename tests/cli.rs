@@ -601,3 +601,62 @@ fn foreign_files_are_refused_and_left_untouched() {
         "schema version 99 was written by a newer relaygate",
     );
 }
+
+/// `check` answers as the engine would: a suspended login counts as not
+/// logged in (525 5.7.13), and a banned address is refused at connect.
+#[test]
+fn check_knows_suspensions_and_bans() {
+    let (_dir, db) = temp_db();
+    ok(&db, &["domain", "add", "example.com"]);
+    let added = relaygate(&db, &["user", "add", "bob", "--password-stdin"], "bob-pw\n");
+    assert_eq!(added.code, 0, "{}{}", added.stdout, added.stderr);
+    let check = |ip: &str| {
+        relaygate(
+            &db,
+            &[
+                "check",
+                "--ip",
+                ip,
+                "--user",
+                "bob",
+                "--password-stdin",
+                "--from",
+                "bob@example.com",
+                "--to",
+                "x@far.test",
+            ],
+            "bob-pw\n",
+        )
+    };
+    let before = check("203.0.113.9");
+    assert_eq!(before.code, 0, "{}", before.stdout);
+    assert!(
+        before.stdout.contains("authenticated as bob"),
+        "{}",
+        before.stdout
+    );
+
+    ok(&db, &["user", "suspend", "bob"]);
+    let suspended = check("203.0.113.9");
+    assert_eq!(suspended.code, 1, "{}", suspended.stdout);
+    assert!(
+        suspended.stdout.contains("525 5.7.13 bob is suspended")
+            && suspended.stdout.contains("not authenticated"),
+        "{}",
+        suspended.stdout
+    );
+    ok(&db, &["user", "unsuspend", "bob"]);
+
+    ok(&db, &["ban", "add", "203.0.113.0/24"]);
+    let banned = check("203.0.113.9");
+    assert_eq!(banned.code, 1, "{}", banned.stdout);
+    assert!(
+        banned
+            .stdout
+            .contains("connect: 554 5.7.1 Your address is banned until"),
+        "{}",
+        banned.stdout
+    );
+    // Another address is not.
+    assert_eq!(check("198.51.100.7").code, 0);
+}

@@ -140,6 +140,13 @@ fn trace_tells_a_message_s_story_by_any_of_its_keys_and_keeps_runs_apart() {
     let bad = run_cli(&db, &["trace", "x", "--since", "yesterday"], "");
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("neither an age"), "{}", bad.stderr);
+    let bad_ip = run_cli(&db, &["trace", "--ip", "1.2.3.999"], "");
+    assert_eq!(bad_ip.code, 2);
+    assert!(
+        bad_ip.stderr.contains("not an IP address"),
+        "{}",
+        bad_ip.stderr
+    );
     // A time range that excludes it.
     let later = run_cli(&db, &["trace", &id, "--since", "2999-01-01"], "");
     assert_eq!(later.code, 1);

@@ -1,5 +1,6 @@
 //! `relaygate check`: what the policy decides, and why, for a client, a
-//! sender and recipients. Exit 0 if all are allowed, 1 if any is denied.
+//! sender and recipients. Exit 0 if all are allowed, 1 if any is denied
+//! or the client is banned. A suspended login counts as not logged in.
 //! It decides through [`crate::policy_check::check`], as the console's
 //! test box does.
 
@@ -34,6 +35,21 @@ pub struct CheckArgs {
 
 pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let policy = store.load_policy()?;
+    // What the engine does before the policy: a ban refuses the client at
+    // connect, a suspension refuses its login.
+    let now = crate::abuse::now_ms();
+    let ban = store
+        .bans()?
+        .into_iter()
+        .filter(|b| b.active(now) && b.net.contains(&args.ip))
+        .max_by_key(|b| b.until);
+    if let Some(ban) = &ban {
+        println!(
+            "connect: 554 5.7.1 Your address is banned until {} ({}); the decisions below apply once the ban is lifted",
+            crate::events::utc_text(ban.until),
+            ban.reason
+        );
+    }
     let mut user = args.user.as_deref();
     if let Some(name) = user
         && args.password_stdin
@@ -48,6 +64,14 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
             );
             user = None;
         }
+    }
+    if let Some(name) = user
+        && store.suspended_logins()?.iter().any(|s| s == name)
+    {
+        println!(
+            "auth: 525 5.7.13 {name} is suspended (user unsuspend {name}); deciding as an unauthenticated client"
+        );
+        user = None;
     }
     let checked = check(
         &policy,
@@ -86,7 +110,7 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("  reply    {}", d.reply);
         println!("  reason   {d}");
     }
-    Ok(if checked.all_allowed() {
+    Ok(if checked.all_allowed() && ban.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -17,7 +17,7 @@ pub struct TraceArgs {
     #[arg(long)]
     pub id: Option<String>,
     /// Only sessions from this client IP address.
-    #[arg(long)]
+    #[arg(long, value_parser = ip_text)]
     pub ip: Option<String>,
     /// Only this login.
     #[arg(long)]
@@ -41,6 +41,14 @@ pub struct TraceArgs {
 }
 
 /// Exit 0 with stories, 1 when nothing matched, 2 on bad input.
+/// An IP address as given, once it parses as one (a typo is bad input,
+/// exit 2, not "nothing matches").
+fn ip_text(text: &str) -> Result<String, String> {
+    text.parse::<std::net::IpAddr>()
+        .map(|_| text.to_string())
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
 pub fn run(db: &Path, args: TraceArgs) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
     let query = TraceQuery {
