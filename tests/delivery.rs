@@ -509,6 +509,16 @@ fn mx_preference_fallback_and_unrouted_local_domain() {
     eventually("the queue shows why it is held", || {
         queue_show(&db).contains("no route for local domain example.com")
     });
+    // Held is not failing: no attempt is counted, so it never backs off,
+    // expires or bounces.
+    let spool = relaygate::data_dir::DataDir::for_db(&db).spool;
+    let listing = relaygate::spool::SpoolReader::open(&spool)
+        .unwrap()
+        .listing()
+        .unwrap();
+    let entry = listing.iter().find(|e| e.id == held).expect("still queued");
+    assert_eq!(entry.recipients[0].state, "queued");
+    assert_eq!(entry.recipients[0].attempts, 0, "a hold is not an attempt");
     assert!(cli(&db, &["domain", "show"]).contains("no route"));
     assert_eq!(server.terminate().code(), Some(0));
 }

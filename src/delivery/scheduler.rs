@@ -536,6 +536,10 @@ fn resolver(d: &Delivery, servers: &[SocketAddr]) -> Result<Arc<MxResolver>, Str
     Ok(r)
 }
 
+/// How often a held recipient (a local domain without a route) is looked
+/// at again.
+const HOLD_RECHECK_SECS: i64 = 60;
+
 /// The hosts to try for a plan, in order, or an outcome for everyone.
 async fn targets(
     d: &Delivery,
@@ -543,7 +547,11 @@ async fn targets(
     plan: &HopPlan,
 ) -> Result<Vec<Target>, Outcome> {
     match plan {
-        HopPlan::Hold(reason) => Err(Outcome::Temporary {
+        // Held, not failing: no attempt counted, no back-off, never
+        // expired or bounced; looked at again in a minute (at once after
+        // `queue retry`), so a route added meanwhile is taken up.
+        HopPlan::Hold(reason) => Err(Outcome::Waiting {
+            until: now_secs() + HOLD_RECHECK_SECS,
             reply: reason.clone(),
         }),
         HopPlan::Invalid(e) => Err(Outcome::Permanent {
