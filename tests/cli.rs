@@ -156,7 +156,7 @@ fn import_reports_skips_and_export_round_trips() {
         "{out}"
     );
     assert!(
-        out.contains("192.168.0.0/16 (already listed as 192.168.*.*)"),
+        out.contains("duplicate, line 5: 192.168.0.0/16 (already listed as 192.168.*.*)"),
         "{out}"
     );
     let exported = dir.path().join("allow.txt");

@@ -103,7 +103,13 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
                 println!("  duplicate, line {}: {} (same as {first})", e.line, e.text);
             }
             for (e, existing) in &outcome.duplicates {
-                println!("  duplicate: {e} (already listed as {existing})");
+                match parsed.entries.iter().find(|p| &p.text == e) {
+                    Some(p) => println!(
+                        "  duplicate, line {}: {e} (already listed as {existing})",
+                        p.line
+                    ),
+                    None => println!("  duplicate: {e} (already listed as {existing})"),
+                }
             }
             for s in &parsed.invalid {
                 println!("  invalid, line {}: {}", s.line, s.error);

@@ -12,11 +12,11 @@ pub enum RouteCommand {
     /// List the routes, and local domains that still need one.
     Show,
     /// Route a domain (`example.com`), its subdomains (`*.example.com`) or
-    /// everything else (`*`, a smarthost) to HOST:PORT.
+    /// everything else (`*`, a smarthost) to HOST[:PORT] (port 25 if left out).
     Add {
         #[arg(value_name = "DOMAIN|*")]
         domain: String,
-        #[arg(value_name = "HOST:PORT")]
+        #[arg(value_name = "HOST[:PORT]")]
         next_hop: String,
         /// STARTTLS: none, opportunistic (when offered, unverified) or required (verified).
         #[arg(long, value_enum, default_value = "opportunistic")]
@@ -89,6 +89,15 @@ pub fn parse_next_hop(text: &str) -> Result<(String, u16), String> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
+/// A next hop as it is typed: an IPv6 address in brackets.
+fn hop_text(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RouteCommand::Show => {
@@ -97,11 +106,7 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 println!("no routes: mail for other domains goes to their MX hosts");
             }
             for r in &routes {
-                let host = if r.host.contains(':') {
-                    format!("[{}]:{}", r.host, r.port)
-                } else {
-                    format!("{}:{}", r.host, r.port)
-                };
+                let host = hop_text(&r.host, r.port);
                 let auth = r
                     .auth
                     .as_ref()
@@ -162,10 +167,9 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
             }
             store.set_route(&route)?;
             println!(
-                "route {} -> {}:{} (tls {}{}{})",
+                "route {} -> {} (tls {}{}{})",
                 route.domain,
-                route.host,
-                route.port,
+                hop_text(&route.host, route.port),
                 route.tls,
                 route
                     .rate

@@ -49,7 +49,8 @@ pub struct Limits {
     /// refused (550 5.6.0) once its end is read. RFC 5321 4.5.3.1.6 says
     /// 1000, but senders exceed it, so the default is a tolerant
     /// [`DEFAULT_MAX_TEXT_LINE`]; lines over 1000 are counted
-    /// ([`Message::long_lines`]) for the delivery side to re-encode.
+    /// ([`Message::long_lines`]) and relayed unchanged (re-encoding them
+    /// would break signatures such as DKIM).
     pub max_text_line: usize,
     /// Protocol errors before the session is closed with 421 4.7.0.
     pub max_bad_commands: usize,
