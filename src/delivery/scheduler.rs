@@ -936,27 +936,34 @@ mod body_budget_tests {
     use super::*;
 
     #[test]
-    fn a_body_takes_three_times_its_size_within_the_budget() {
+    fn a_body_takes_five_times_its_size_within_the_budget() {
         assert_eq!(body_permits(0), 1);
-        assert_eq!(body_permits(1), 3);
-        assert_eq!(body_permits(1024 * 1024), 3 * 1024);
-        // 25 MiB, the largest message by default: 75 MiB of the 256.
-        assert_eq!(body_permits(25 * 1024 * 1024), 75 * 1024);
+        assert_eq!(body_permits(1), 5);
+        assert_eq!(body_permits(1024 * 1024), 5 * 1024);
+        // 20 MiB: 100 MiB of the 128, so one at a time.
+        assert_eq!(body_permits(20 * 1024 * 1024), 100 * 1024);
+        // 25 MiB, the largest message by default: 125 MiB, alone.
+        assert_eq!(body_permits(25 * 1024 * 1024), 125 * 1024);
         // Larger than the budget allows: the whole budget, so it still goes.
         assert_eq!(body_permits(1 << 40), BODY_BUDGET_KIB);
     }
 
-    /// Three 25 MiB deliveries fit at once; a fourth waits until one ends.
+    /// Twenty-five 1 MiB deliveries fit at once; one more waits until one
+    /// ends; a 25 MiB one waits for them all.
     #[tokio::test]
     async fn a_delivery_past_the_budget_waits_for_one_to_end() {
         let budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize));
-        let big = body_permits(25 * 1024 * 1024);
+        let mib = body_permits(1024 * 1024);
         let mut held = Vec::new();
-        for _ in 0..3 {
-            held.push(Arc::clone(&budget).try_acquire_many_owned(big).unwrap());
+        for _ in 0..25 {
+            held.push(Arc::clone(&budget).try_acquire_many_owned(mib).unwrap());
         }
-        assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_err());
+        assert!(Arc::clone(&budget).try_acquire_many_owned(mib).is_err());
         held.pop();
+        held.push(Arc::clone(&budget).try_acquire_many_owned(mib).unwrap());
+        let big = body_permits(25 * 1024 * 1024);
+        assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_err());
+        held.clear();
         assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_ok());
     }
 }

@@ -114,7 +114,17 @@ impl Reply {
             // Control characters become '?', in runs between them; a text
             // too long for the line is cut short with "...".
             let room = MAX_LINE - 6 - self.status.map_or(0, |s| s.len() + 1);
-            let mut left = if line.len() > room { room - 3 } else { room };
+            // Its length once shown: each control character is one '?'.
+            let shown = |l: &str| {
+                l.chars()
+                    .map(|c| if c.is_control() { 1 } else { c.len_utf8() })
+                    .sum::<usize>()
+            };
+            let mut left = if line.len() > room && shown(line) > room {
+                room - 3
+            } else {
+                room
+            };
             let mut cut = false;
             let mut text = |piece: &str, put: &mut dyn FnMut(&str) -> Result<(), E>| {
                 if cut {
