@@ -660,3 +660,18 @@ fn check_knows_suspensions_and_bans() {
     // Another address is not.
     assert_eq!(check("198.51.100.7").code, 0);
 }
+
+/// A directory given for the database file is said to be one (SQLite's
+/// own words were "disk I/O error").
+#[test]
+fn a_directory_for_the_database_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [&["list", "show"][..], &["domain", "add", "example.com"][..]] {
+        refused(
+            dir.path(),
+            args,
+            "",
+            "is a directory: --db names the database file",
+        );
+    }
+}

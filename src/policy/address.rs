@@ -295,10 +295,14 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err("a domain label starts or ends with '-'");
         }
-        if !label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
-        {
+        // Non-ASCII is a U-label (RFC 6531), but never a C1 control or
+        // other invisible formatting: those are no letters of any script.
+        if !label.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || c == '-'
+                || c == '_'
+                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+        }) {
             return Err("the domain has a character other than letters, digits, '-' and '.'");
         }
     }
@@ -308,6 +312,17 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_never_holds_a_control_character() {
+        assert!(normalize_domain("x\u{9b}31m.test").is_err());
+        assert!(normalize_domain("x\u{85}.test").is_err());
+        assert!(normalize_domain("x\u{a0}.test").is_err());
+        assert_eq!(
+            normalize_domain("bücher.test").as_deref(),
+            Ok("bücher.test")
+        );
+    }
 
     #[test]
     fn paths_parse() {

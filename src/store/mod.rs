@@ -77,6 +77,28 @@ pub struct AddOutcome {
     pub duplicates: Vec<(String, String)>,
 }
 
+/// What SQLite would say obscurely ("disk I/O error", "unable to open
+/// database file"), said plainly: a directory given for the file, a file
+/// this user may not read.
+fn check_db_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(StoreError::Invalid(format!(
+            "{} is a directory: --db names the database file, like data/relaygate.db",
+            path.display()
+        )));
+    }
+    if path.exists()
+        && let Err(e) = std::fs::File::open(path)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(StoreError::Invalid(format!(
+            "{}: this user may not read it (it is its owner's, mode 0600): run the command as the service user; a console-group member can watch with `relaygate console`",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// An open relaygate database.
 pub struct Store {
     conn: Connection,
@@ -92,6 +114,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        check_db_path(path)?;
         if !path.exists() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 crate::data_dir::ensure_private_dir(parent).map_err(io)?;
@@ -174,6 +197,7 @@ impl Store {
                 path: path.to_path_buf(),
             });
         }
+        check_db_path(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
