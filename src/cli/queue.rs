@@ -54,11 +54,19 @@ pub struct Filter {
     #[arg(long = "match", value_name = "TEXT")]
     pub text: Option<String>,
     /// A recipient in this domain.
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(long, value_name = "DOMAIN", value_parser = domain_text)]
     pub domain: Option<String>,
     /// Received at least this long ago: 90m, 12h, 2d.
     #[arg(long, value_name = "AGE")]
     pub older_than: Option<String>,
+}
+
+/// A domain as given, once it is a valid one (a typo is bad input, not
+/// "0 messages").
+fn domain_text(text: &str) -> Result<String, String> {
+    crate::policy::address::normalize_domain(text.trim_start_matches('@'))
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{text:?} is not a domain: {e}"))
 }
 
 impl Filter {

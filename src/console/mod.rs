@@ -88,6 +88,12 @@ pub fn restore_terminal() {
 }
 
 fn enter_terminal() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "the console needs a terminal (run it in an SSH session with a tty: ssh -t); without one, run the engine with `serve --headless`"
+        );
+    }
     enable_raw_mode().context("switching the terminal to raw mode")?;
     TERMINAL_ACTIVE.store(true, Ordering::SeqCst);
     // Cleared with an escape, not `Terminal::clear`, which asks the
