@@ -675,3 +675,13 @@ fn a_directory_for_the_database_is_named_as_such() {
         );
     }
 }
+
+/// A misspelt domain filter is bad input, not "0 messages released".
+#[test]
+fn a_queue_filter_domain_must_be_a_domain() {
+    let (_dir, db) = temp_db();
+    ok(&db, &["list", "show"]);
+    let o = relaygate(&db, &["queue", "release", "--domain", "bad dom"], "");
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("is not a domain"), "{}", o.stderr);
+}
