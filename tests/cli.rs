@@ -646,6 +646,34 @@ fn check_knows_suspensions_and_bans() {
         suspended.stdout
     );
     ok(&db, &["user", "unsuspend", "bob"]);
+    // A login with capitals is found suspended as the engine finds it.
+    let added = relaygate(
+        &db,
+        &["user", "add", "Dave", "--password-stdin"],
+        "dave-pw\n",
+    );
+    assert_eq!(added.code, 0, "{}{}", added.stdout, added.stderr);
+    ok(&db, &["user", "suspend", "Dave"]);
+    let dave = relaygate(
+        &db,
+        &[
+            "check",
+            "--ip",
+            "203.0.113.9",
+            "--user",
+            "Dave",
+            "--from",
+            "a@far.test",
+            "--to",
+            "x@far.test",
+        ],
+        "",
+    );
+    assert!(
+        dave.stdout.contains("525 5.7.13 Dave is suspended"),
+        "{}",
+        dave.stdout
+    );
 
     ok(&db, &["ban", "add", "203.0.113.0/24"]);
     let banned = check("203.0.113.9");

@@ -147,6 +147,12 @@ fn trace_tells_a_message_s_story_by_any_of_its_keys_and_keeps_runs_apart() {
         "{}",
         bad_ip.stderr
     );
+    let a_v6 = run_cli(&db, &["trace", "--ip", "2001:DB8::1"], "");
+    assert_eq!(
+        a_v6.code, 1,
+        "a valid address that matches nothing: {}",
+        a_v6.stderr
+    );
     // A time range that excludes it.
     let later = run_cli(&db, &["trace", &id, "--since", "2999-01-01"], "");
     assert_eq!(later.code, 1);

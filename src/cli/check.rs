@@ -66,7 +66,10 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(name) = user
-        && store.suspended_logins()?.iter().any(|s| s == name)
+        && store
+            .suspended_logins()?
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name))
     {
         println!(
             "auth: 525 5.7.13 {name} is suspended (user unsuspend {name}); deciding as an unauthenticated client"

@@ -64,7 +64,16 @@ pub struct Filter {
 /// A domain as given, once it is a valid one (a typo is bad input, not
 /// "0 messages").
 fn domain_text(text: &str) -> Result<String, String> {
-    crate::policy::address::normalize_domain(text.trim_start_matches('@'))
+    let name = text.trim().trim_start_matches('@');
+    // An address literal ([192.0.2.1], [IPv6:2001:db8::1]) is a domain too.
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let ip = inner.strip_prefix("IPv6:").unwrap_or(inner);
+        return ip
+            .parse::<std::net::IpAddr>()
+            .map(|_| text.to_string())
+            .map_err(|_| format!("{text:?} is not an address literal"));
+    }
+    crate::policy::address::normalize_domain(name)
         .map(|_| text.to_string())
         .map_err(|e| format!("{text:?} is not a domain: {e}"))
 }

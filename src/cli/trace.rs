@@ -40,15 +40,15 @@ pub struct TraceArgs {
     pub json: bool,
 }
 
-/// Exit 0 with stories, 1 when nothing matched, 2 on bad input.
-/// An IP address as given, once it parses as one (a typo is bad input,
-/// exit 2, not "nothing matches").
+/// An IP address in its usual written form (as the log keeps it), once
+/// it parses as one (a typo is bad input, exit 2, not "nothing matches").
 fn ip_text(text: &str) -> Result<String, String> {
     text.parse::<std::net::IpAddr>()
-        .map(|_| text.to_string())
+        .map(|ip| ip.to_string())
         .map_err(|_| format!("{text:?} is not an IP address"))
 }
 
+/// Exit 0 with stories, 1 when nothing matched, 2 on bad input.
 pub fn run(db: &Path, args: TraceArgs) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
     let query = TraceQuery {

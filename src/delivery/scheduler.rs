@@ -55,14 +55,15 @@ struct Delivery {
 }
 
 /// What the bodies of the deliveries under way may take at once, in KiB:
-/// 256 MiB. A delivery holds about three times its message while it sends
-/// (the body, its dot-stuffed text, the client's buffer), so without a
-/// bound 100 deliveries of 25 MB messages would take gigabytes; past the
-/// budget, a delivery waits for memory as it waits for a slot.
+/// 128 MiB. A delivery holds several times its message while it sends
+/// (SQLite's copy as it is read, the body, its dot-stuffed text, the
+/// client's buffer), so without a bound 100 deliveries of 25 MB messages
+/// would take gigabytes; past the budget, a delivery waits for memory as
+/// it waits for a slot.
 pub const BODY_BUDGET_KIB: u32 = 128 * 1024;
 
 /// The budget a message of `size` bytes takes while it is delivered:
-/// three times its size, and never more than the whole budget (so the
+/// five times its size, and never more than the whole budget (so the
 /// largest message still goes, alone).
 pub fn body_permits(size: u64) -> u32 {
     let kib = size.div_ceil(1024).saturating_mul(5).max(1);
@@ -318,6 +319,26 @@ fn start(
     true
 }
 
+/// A message's id alone, for recording outcomes that need nothing else
+/// of it (a wait, a spool that could not be read): never bounced from.
+fn stub_message(id: &str) -> StoredMessage {
+    StoredMessage {
+        id: id.to_string(),
+        received_at: now_secs(),
+        message: crate::spool::NewMessage {
+            id: id.to_string(),
+            sender: String::new(),
+            recipients: Vec::new(),
+            login: None,
+            peer: String::new(),
+            helo: String::new(),
+            body: Vec::new(),
+            spilled: None,
+            smtputf8: false,
+        },
+    }
+}
+
 /// One message: its due recipients, grouped by next hop, each group
 /// delivered concurrently; then every outcome in one spool commit.
 async fn deliver_message(
@@ -328,6 +349,26 @@ async fn deliver_message(
     handed: Option<Arc<StoredMessage>>,
 ) {
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
+    // Held recipients only (local domains without a route): looked at
+    // again without reading the body or taking memory for it.
+    let holds: Option<Vec<_>> = rcpts
+        .iter()
+        .map(|r| match plan_for(snapshot, r) {
+            HopPlan::Hold(reason) => Some((
+                r.clone(),
+                Outcome::Waiting {
+                    until: now_secs() + HOLD_RECHECK_SECS,
+                    reply: reason,
+                },
+                None,
+            )),
+            _ => None,
+        })
+        .collect();
+    if let Some(results) = holds.filter(|h| !h.is_empty()) {
+        record(d, &snapshot.settings, &stub_message(id), &attempts, results).await;
+        return;
+    }
     // Memory for the body before it is read (a handed message is small
     // and already in memory): held until every group is done.
     let mut held_budget = None;
@@ -378,21 +419,7 @@ async fn deliver_message(
                 session: None,
                 message: format!("delivery of {id}: cannot read it from the spool: {e}"),
             });
-            let stub = StoredMessage {
-                id: id.to_string(),
-                received_at: now_secs(),
-                message: crate::spool::NewMessage {
-                    id: id.to_string(),
-                    sender: String::new(),
-                    recipients: Vec::new(),
-                    login: None,
-                    peer: String::new(),
-                    helo: String::new(),
-                    body: Vec::new(),
-                    spilled: None,
-                    smtputf8: false,
-                },
-            };
+            let stub = stub_message(id);
             let results = rcpts
                 .into_iter()
                 .map(|r| {

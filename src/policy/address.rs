@@ -277,6 +277,12 @@ fn parse_domain(input: &str, domain: &str) -> Result<Domain, AddressError> {
 
 /// Lowercases a domain name and drops one trailing dot, after checking its
 /// form. Used for addresses and for the configured local domains alike.
+/// Zero-width and bidirectional formatting characters: invisible, and
+/// able to make a log line read other than it is.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
@@ -301,7 +307,7 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
             c.is_ascii_alphanumeric()
                 || c == '-'
                 || c == '_'
-                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace() && !is_invisible(c))
         }) {
             return Err("the domain has a character other than letters, digits, '-' and '.'");
         }
@@ -318,6 +324,8 @@ mod tests {
         assert!(normalize_domain("x\u{9b}31m.test").is_err());
         assert!(normalize_domain("x\u{85}.test").is_err());
         assert!(normalize_domain("x\u{a0}.test").is_err());
+        assert!(normalize_domain("x\u{202e}tset.com").is_err());
+        assert!(normalize_domain("x\u{200b}.test").is_err());
         assert_eq!(
             normalize_domain("bücher.test").as_deref(),
             Ok("bücher.test")
