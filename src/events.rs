@@ -430,6 +430,10 @@ pub fn describe_into(event: &Event, out: &mut String) -> Level {
 /// which finds C1's two-byte UTF-8 form (C2 80 to C2 9F) too.
 pub fn has_control(text: &str) -> bool {
     let bytes = text.as_bytes();
+    // Every event line passes here: first a scan the compiler vectorises.
+    if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        return false;
+    }
     bytes.iter().enumerate().any(|(i, &b)| {
         b < 0x20
             || b == 0x7f
