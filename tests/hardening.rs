@@ -301,6 +301,53 @@ fn unfinished_large_bodies_do_not_sit_in_memory_and_finished_ones_are_stored_who
     assert_eq!(left, 0, "spill files left behind");
 }
 
+/// A body over 1 MiB is stuffed a piece at a time as it is sent: every
+/// line starts with a dot, of every length, so that the pieces' edges fall
+/// on dots, CRs and LFs; it still arrives byte for byte.
+#[test]
+fn a_large_body_full_of_dots_arrives_byte_for_byte() {
+    use common::sink::{Sink, SinkOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::cli(&db, &["route", "add", "*", &sink.addr().to_string()]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut accepted = b"Subject: dots\r\n\r\n".to_vec();
+    let mut wire = accepted.clone();
+    for i in 0..40_000 {
+        let line = format!(".{}\r\n", "x".repeat(i % 97));
+        accepted.extend_from_slice(line.as_bytes());
+        wire.push(b'.');
+        wire.extend_from_slice(line.as_bytes());
+    }
+    wire.extend_from_slice(b".\r\n");
+    assert!(accepted.len() > 1 << 20);
+    let mut c = Client::connect(addr);
+    c.reply();
+    c.expect("EHLO dots.test", "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@far.test>", "250");
+    c.expect("DATA", "354");
+    c.send(&wire);
+    let queued = c.reply();
+    assert!(queued.starts_with("250 2.0.0"), "{queued}");
+    c.expect("QUIT", "221");
+    let got = sink.wait_for(1, Duration::from_secs(30));
+    let body = &got[0].body;
+    let ours = body
+        .windows(b"Subject: dots".len())
+        .position(|w| w == b"Subject: dots")
+        .expect("the message after our header");
+    assert!(
+        &body[ours..] == accepted.as_slice(),
+        "{} bytes against {}",
+        body.len() - ours,
+        accepted.len()
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
 #[test]
 fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
     use common::sink::{Sink, SinkOptions};

@@ -365,7 +365,7 @@ async fn transaction(
     let content = body.strip_suffix(b"\r\n").unwrap_or(body);
     let data = async {
         conn.command("DATA\r\n").await?;
-        conn.message(content).await
+        conn.message_iter(content.chunks(STUFFED_CHUNK)).await
     };
     let sent = tokio::time::timeout(data_limit(t, body), data).await;
     let (final_outcome, broken) = data_outcome(sent);
@@ -456,18 +456,24 @@ async fn pipelined(
     }
     // 354 with no recipient accepted (a server that should have refused
     // DATA): end the empty message at once.
-    let block = if accepted {
-        dot_stuffed(body)
-    } else {
+    let block = if !accepted {
         Ok(".\r\n".to_string())
+    } else if body.len() > STUFFED_COPY_MAX {
+        // A large body goes in pieces, each stuffed as it is sent: no
+        // copy of the whole message besides the body itself.
+        Err(())
+    } else {
+        dot_stuffed(body)
     };
     let sent = async {
         match block {
             Ok(text) => conn.command(text).await,
-            // Not UTF-8 (8BITMIME bodies): lettre stuffs and sends it.
+            // Not UTF-8 (8BITMIME bodies), or large: lettre stuffs and
+            // sends it a piece at a time (its stuffing state runs on from
+            // one piece to the next).
             Err(()) => {
-                conn.message(body.strip_suffix(b"\r\n").unwrap_or(body))
-                    .await
+                let content = body.strip_suffix(b"\r\n").unwrap_or(body);
+                conn.message_iter(content.chunks(STUFFED_CHUNK)).await
             }
         }
     };
@@ -525,6 +531,12 @@ fn with_final(outcomes: Vec<Option<Outcome>>, data: Outcome) -> Vec<Outcome> {
         .map(|o| o.unwrap_or_else(|| data.clone()))
         .collect()
 }
+
+/// Bodies up to this size are stuffed whole by [`dot_stuffed`] (fewer
+/// instructions); larger ones a piece at a time by lettre (less memory).
+const STUFFED_COPY_MAX: usize = 1 << 20;
+/// The pieces lettre stuffs and writes, one at a time.
+const STUFFED_CHUNK: usize = 64 * 1024;
 
 /// The message as DATA sends it (RFC 5321 4.5.2): a dot doubled at the
 /// start of every line, CRLF at the end, then the lone dot. `Err` if the
