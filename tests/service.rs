@@ -551,3 +551,39 @@ fn sighup_rereads_the_tls_files_and_bad_ones_keep_the_old_certificate_but_hold_n
     let show = cli(&db, &["policy", "show"]);
     assert!(!show.contains("do not load"), "{show}");
 }
+
+/// A service restarted with TLS files that do not load still starts and
+/// relays (a renewal gone wrong must not stop the mail): without TLS, said
+/// in the log, until the files load.
+#[test]
+fn an_engine_starts_without_tls_when_its_files_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    cli(
+        &db,
+        &["policy", "set", "tls-cert-file", cert.to_str().unwrap()],
+    );
+    let set = cli(
+        &db,
+        &["policy", "set", "tls-key-file", key.to_str().unwrap()],
+    );
+    assert!(set.contains("the TLS files do not load"), "{set}");
+    let mut server = Server::start(&db);
+    let refused = server.wait_for("TLS files refused", Duration::from_secs(5));
+    assert!(
+        refused.contains("STARTTLS and implicit TLS are off"),
+        "{refused}"
+    );
+    let mut c = common::Client::connect(server.addr());
+    c.reply();
+    let ehlo = c.cmd("EHLO client.test");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    c.expect("STARTTLS", "502 5.5.1");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<x@far.test>", "250");
+    c.expect("QUIT", "221");
+    assert_eq!(server.terminate().code(), Some(0));
+}
