@@ -676,6 +676,53 @@ fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
     );
 }
 
+/// Another user pointed at the service's private database is told so
+/// plainly, not SQLite's "unable to open database file".
+#[test]
+fn a_database_another_user_may_not_read_is_said_to_be_so() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to run the CLI as nobody");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = test_db(&data, &[]);
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::BIN,
+                "--db",
+            ])
+            .arg(&db)
+            .args(args)
+            .output()
+            .expect("setpriv")
+    };
+    // The data directory 0700: not even its files can be seen.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for args in [&["policy", "show"][..], &["domain", "add", "x.test"][..]] {
+        let out = as_nobody(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("this user may not enter its directory"),
+            "{stderr}"
+        );
+    }
+    // The directory open, the 0600 file not.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_nobody(&["policy", "show"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("this user may not read it"), "{stderr}");
+}
+
 #[test]
 fn every_file_relaygate_creates_is_owner_only_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;

@@ -81,6 +81,14 @@ pub struct AddOutcome {
 /// database file"), said plainly: a directory given for the file, a file
 /// this user may not read.
 fn check_db_path(path: &Path) -> Result<()> {
+    if let Err(e) = std::fs::metadata(path)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(StoreError::Invalid(format!(
+            "{}: this user may not enter its directory (the service's data directory is its owner's, mode 0700): run the command as the service user; a console-group member can watch with `relaygate console`",
+            path.display()
+        )));
+    }
     if path.is_dir() {
         return Err(StoreError::Invalid(format!(
             "{} is a directory: --db names the database file, like data/relaygate.db",
