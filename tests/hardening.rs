@@ -630,20 +630,7 @@ fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
     let db = test_db(dir.path(), &[]);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let as_nobody = |args: &[&str]| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                common::BIN,
-                "--db",
-            ])
-            .arg(&db)
-            .args(args)
-            .output()
-            .expect("setpriv")
-    };
+    let as_nobody = |args: &[&str]| cli_as_nobody(&db, args);
     let show = as_nobody(&["list", "show", "allow"]);
     assert_eq!(
         show.status.code(),
@@ -676,6 +663,22 @@ fn a_read_only_database_is_reported_as_read_only_and_can_still_be_read() {
     );
 }
 
+/// The CLI run as nobody (root only), on `db`.
+fn cli_as_nobody(db: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+            "--db",
+        ])
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
 /// Another user pointed at the service's private database is told so
 /// plainly, not SQLite's "unable to open database file".
 #[test]
@@ -690,20 +693,7 @@ fn a_database_another_user_may_not_read_is_said_to_be_so() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let db = test_db(&data, &[]);
-    let as_nobody = |args: &[&str]| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                common::BIN,
-                "--db",
-            ])
-            .arg(&db)
-            .args(args)
-            .output()
-            .expect("setpriv")
-    };
+    let as_nobody = |args: &[&str]| cli_as_nobody(&db, args);
     // The data directory 0700: not even its files can be seen.
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     for args in [&["policy", "show"][..], &["domain", "add", "x.test"][..]] {
