@@ -301,18 +301,46 @@ fn unfinished_large_bodies_do_not_sit_in_memory_and_finished_ones_are_stored_who
     assert_eq!(left, 0, "spill files left behind");
 }
 
-/// A body over 1 MiB is stuffed a piece at a time as it is sent: every
-/// line starts with a dot, of every length, so that the pieces' edges fall
-/// on dots, CRs and LFs; it still arrives byte for byte.
-#[test]
-fn a_large_body_full_of_dots_arrives_byte_for_byte() {
+/// Relays one message, sent as `wire` (dot-stuffed, with its final dot)
+/// after EHLO `helo`, through a fresh engine to a sink; returns the body
+/// the sink got and where the message's own first line (`first`) starts
+/// in it (after our Received: header).
+fn relayed_to_a_sink(helo: &str, wire: &[u8], first: &[u8]) -> (Vec<u8>, usize) {
     use common::sink::{Sink, SinkOptions};
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
     common::cli(&db, &["route", "add", "*", &sink.addr().to_string()]);
     let mut server = Server::start(&db);
-    let addr = server.addr();
+    let mut c = Client::connect(server.addr());
+    c.reply();
+    c.expect(&format!("EHLO {helo}"), "250");
+    c.expect("MAIL FROM:<a@example.com>", "250");
+    c.expect("RCPT TO:<b@far.test>", "250");
+    c.expect("DATA", "354");
+    c.send(wire);
+    let queued = c.reply();
+    assert!(queued.starts_with("250 2.0.0"), "{queued}");
+    c.expect("QUIT", "221");
+    let body = sink.wait_for(1, Duration::from_secs(30))[0].body.clone();
+    assert!(
+        body.starts_with(format!("Received: from {helo}").as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let ours = body
+        .windows(first.len())
+        .position(|w| w == first)
+        .expect("the message after our header");
+    assert_eq!(server.terminate().code(), Some(0));
+    (body, ours)
+}
+
+/// A body over 1 MiB is stuffed a piece at a time as it is sent: every
+/// line starts with a dot, of every length, so that the pieces' edges fall
+/// on dots, CRs and LFs; it still arrives byte for byte.
+#[test]
+fn a_large_body_full_of_dots_arrives_byte_for_byte() {
     let mut accepted = b"Subject: dots\r\n\r\n".to_vec();
     let mut wire = accepted.clone();
     for i in 0..40_000 {
@@ -323,66 +351,28 @@ fn a_large_body_full_of_dots_arrives_byte_for_byte() {
     }
     wire.extend_from_slice(b".\r\n");
     assert!(accepted.len() > 1 << 20);
-    let mut c = Client::connect(addr);
-    c.reply();
-    c.expect("EHLO dots.test", "250");
-    c.expect("MAIL FROM:<a@example.com>", "250");
-    c.expect("RCPT TO:<b@far.test>", "250");
-    c.expect("DATA", "354");
-    c.send(&wire);
-    let queued = c.reply();
-    assert!(queued.starts_with("250 2.0.0"), "{queued}");
-    c.expect("QUIT", "221");
-    let got = sink.wait_for(1, Duration::from_secs(30));
-    let body = &got[0].body;
-    let ours = body
-        .windows(b"Subject: dots".len())
-        .position(|w| w == b"Subject: dots")
-        .expect("the message after our header");
+    let (body, ours) = relayed_to_a_sink("dots.test", &wire, b"Subject: dots");
     assert!(
         &body[ours..] == accepted.as_slice(),
         "{} bytes against {}",
         body.len() - ours,
         accepted.len()
     );
-    assert_eq!(server.terminate().code(), Some(0));
 }
 
 #[test]
 fn what_is_relayed_arrives_byte_for_byte_with_only_our_received_header_added() {
-    use common::sink::{Sink, SinkOptions};
-    let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(SinkOptions::default());
-    let db = test_db(dir.path(), &[]);
-    common::cli(&db, &["route", "add", "*", &sink.addr().to_string()]);
-    let mut server = Server::start(&db);
-    let addr = server.addr();
     // As accepted (unstuffed), and as sent on the wire (dot-stuffed).
     let accepted = b"Subject: exact\r\n\r\n.one leading dot\r\n..two\r\n.\r\n \r\nlast line\r\n";
     let wire =
         b"Subject: exact\r\n\r\n..one leading dot\r\n...two\r\n..\r\n \r\nlast line\r\n.\r\n";
-    let mut c = Client::connect(addr);
-    c.reply();
-    c.expect("EHLO exact.test", "250");
-    c.expect("MAIL FROM:<a@example.com>", "250");
-    c.expect("RCPT TO:<b@far.test>", "250");
-    c.expect("DATA", "354");
-    c.send(wire);
-    let queued = c.reply();
-    assert!(queued.starts_with("250 2.0.0"), "{queued}");
-    c.expect("QUIT", "221");
-    let got = sink.wait_for(1, Duration::from_secs(15));
-    let body = &got[0].body;
-    assert!(
-        body.starts_with(b"Received: from exact.test"),
-        "{}",
-        got[0].body_str()
+    let (body, ours) = relayed_to_a_sink("exact.test", wire, b"Subject: exact");
+    assert_eq!(
+        &body[ours..],
+        accepted,
+        "{:?}",
+        String::from_utf8_lossy(&body)
     );
-    let ours = body
-        .windows(b"Subject: exact".len())
-        .position(|w| w == b"Subject: exact")
-        .expect("the message after our header");
-    assert_eq!(&body[ours..], accepted, "{:?}", got[0].body_str());
     // Our header is one header: its lines end in CRLF, continuations folded.
     let header = &body[..ours];
     assert!(header.ends_with(b"\r\n"));
