@@ -319,6 +319,24 @@ fn start(
     true
 }
 
+/// Runs `read` on the spool reader off the runtime's threads.
+async fn read_spool<T: Send + 'static>(
+    d: &Arc<Delivery>,
+    id: &str,
+    read: impl FnOnce(&SpoolReader, &str) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let (d, id) = (Arc::clone(d), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let reader = d
+            .reader
+            .lock()
+            .map_err(|_| "spool reader lock poisoned".to_string())?;
+        read(&reader, &id).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+}
+
 /// A message's id alone, for recording outcomes that need nothing else
 /// of it (a wait, a spool that could not be read): never bounced from.
 fn stub_message(id: &str) -> StoredMessage {
@@ -349,24 +367,22 @@ async fn deliver_message(
     handed: Option<Arc<StoredMessage>>,
 ) {
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
+    // Each recipient's next hop, worked out once.
+    let plans: Vec<(String, HopPlan)> = rcpts
+        .iter()
+        .map(|r| (r.clone(), plan_for(snapshot, r)))
+        .collect();
     // Held recipients only (local domains without a route): looked at
     // again without reading the body or taking memory for it.
-    let holds: Option<Vec<_>> = rcpts
+    let holds: Vec<_> = plans
         .iter()
-        .map(|r| match plan_for(snapshot, r) {
-            HopPlan::Hold(reason) => Some((
-                r.clone(),
-                Outcome::Waiting {
-                    until: now_secs() + HOLD_RECHECK_SECS,
-                    reply: reason,
-                },
-                None,
-            )),
+        .filter_map(|(r, plan)| match plan {
+            HopPlan::Hold(reason) => Some((r.clone(), held(reason.clone()), None)),
             _ => None,
         })
         .collect();
-    if let Some(results) = holds.filter(|h| !h.is_empty()) {
-        record(d, &snapshot.settings, &stub_message(id), &attempts, results).await;
+    if !holds.is_empty() && holds.len() == plans.len() {
+        record(d, &snapshot.settings, &stub_message(id), &attempts, holds).await;
         return;
     }
     // Memory for the body before it is read (a handed message is small
@@ -374,36 +390,14 @@ async fn deliver_message(
     let mut held_budget = None;
     let message = match handed {
         Some(m) => Ok(Some(m)),
-        None => {
-            let (d2, id2) = (Arc::clone(d), id.to_string());
-            let size = tokio::task::spawn_blocking(move || {
-                d2.reader
-                    .lock()
-                    .map_err(|_| "spool reader lock poisoned".to_string())?
-                    .message_size(&id2)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            match size {
-                Ok(Some(size)) => {
-                    let budget = Arc::clone(&d.body_budget);
-                    held_budget = budget.acquire_many_owned(body_permits(size)).await.ok();
-                    let (d2, id2) = (Arc::clone(d), id.to_string());
-                    tokio::task::spawn_blocking(move || {
-                        d2.reader
-                            .lock()
-                            .map_err(|_| "spool reader lock poisoned".to_string())?
-                            .message(&id2)
-                            .map(|m| m.map(Arc::new))
-                            .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-                }
-                other => other.map(|_| None),
+        None => match read_spool(d, id, |r, id| r.message_size(id)).await {
+            Ok(Some(size)) => {
+                let budget = Arc::clone(&d.body_budget);
+                held_budget = budget.acquire_many_owned(body_permits(size)).await.ok();
+                read_spool(d, id, |r, id| r.message(id).map(|m| m.map(Arc::new))).await
             }
-        }
+            other => other.map(|_| None),
+        },
     };
     let message = match message {
         Ok(Some(m)) => m,
@@ -457,8 +451,7 @@ async fn deliver_message(
     // Group by next hop; each group is delivered and recorded on its own,
     // so a slow next hop delays neither the others nor their records.
     let mut groups: HashMap<String, (HopPlan, Vec<String>)> = HashMap::new();
-    for r in rcpts {
-        let plan = plan_for(snapshot, &r);
+    for (r, plan) in plans {
         groups
             .entry(plan.key())
             .or_insert_with(|| (plan, Vec::new()))
@@ -567,6 +560,14 @@ fn resolver(d: &Delivery, servers: &[SocketAddr]) -> Result<Arc<MxResolver>, Str
 /// at again.
 const HOLD_RECHECK_SECS: i64 = 60;
 
+/// A held recipient's outcome: it waits, as for a send rate.
+fn held(reason: String) -> Outcome {
+    Outcome::Waiting {
+        until: now_secs() + HOLD_RECHECK_SECS,
+        reply: reason,
+    }
+}
+
 /// The hosts to try for a plan, in order, or an outcome for everyone.
 async fn targets(
     d: &Delivery,
@@ -577,10 +578,7 @@ async fn targets(
         // Held, not failing: no attempt counted, no back-off, never
         // expired or bounced; looked at again in a minute (at once after
         // `queue retry`), so a route added meanwhile is taken up.
-        HopPlan::Hold(reason) => Err(Outcome::Waiting {
-            until: now_secs() + HOLD_RECHECK_SECS,
-            reply: reason.clone(),
-        }),
+        HopPlan::Hold(reason) => Err(held(reason.clone())),
         HopPlan::Invalid(e) => Err(Outcome::Permanent {
             reply: e.clone(),
             status: "5.1.3".into(),
