@@ -426,19 +426,20 @@ pub fn describe_into(event: &Event, out: &mut String) -> Level {
     level
 }
 
-/// Whether a text holds a control character (C0, DEL or C1): a byte scan,
-/// which finds C1's two-byte UTF-8 form (C2 80 to C2 9F) too.
+/// Whether a text holds a control character (C0, DEL or C1).
 pub fn has_control(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    // Every event line passes here: first a scan the compiler vectorises.
-    if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == 0xc2) {
-        return false;
+    control_at(text).is_some()
+}
+
+/// Where the first control character (C0, DEL, C1) is: bytes while the
+/// text is ASCII (every reply and almost every event line), chars after
+/// that.
+pub fn control_at(text: &str) -> Option<usize> {
+    let at = text.bytes().position(|b| !(0x20..0x7f).contains(&b))?;
+    if text.as_bytes().get(at).is_some_and(|b| *b < 0x80) {
+        return Some(at);
     }
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b < 0x20
-            || b == 0x7f
-            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
-    })
+    text.get(at..)?.find(char::is_control).map(|n| at + n)
 }
 
 fn describe_raw_into(event: &Event, out: &mut String) -> Level {

@@ -87,14 +87,15 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 /// or files that do not load (the engine keeps its previous certificate;
 /// everything else still applies).
 fn tls_problem(settings: &ServerSettings) -> Option<String> {
+    let missing = |key: &str| {
+        Some(format!(
+            "warning: {key} is not set: the generated certificate stays in use until both files are set"
+        ))
+    };
     match (&settings.tls_cert_file, &settings.tls_key_file) {
         (None, None) => None,
-        (Some(_), None) => Some(
-            "warning: tls-key-file is not set: the generated certificate stays in use until both files are set".into(),
-        ),
-        (None, Some(_)) => Some(
-            "warning: tls-cert-file is not set: the generated certificate stays in use until both files are set".into(),
-        ),
+        (Some(_), None) => missing("tls-key-file"),
+        (None, Some(_)) => missing("tls-cert-file"),
         (Some(cert), Some(key)) => crate::tls::load_server_config(
             std::path::Path::new(cert),
             std::path::Path::new(key),

@@ -143,7 +143,7 @@ impl Reply {
                 put("...").map(|()| false)
             };
             let mut rest: &str = line;
-            while let Some(at) = control_at(rest) {
+            while let Some(at) = crate::events::control_at(rest) {
                 if !text(&rest[..at], &mut put)? || !text("?", &mut put)? {
                     rest = "";
                     break;
@@ -160,16 +160,6 @@ impl Reply {
 
 /// The longest reply line, CRLF included (RFC 5321 4.5.3.1.5).
 pub const MAX_LINE: usize = 512;
-
-/// Where the first control character (C0, DEL, C1) is: bytes while the
-/// text is ASCII (every reply the engine makes), chars after that.
-fn control_at(text: &str) -> Option<usize> {
-    let at = text.bytes().position(|b| !(0x20..0x7f).contains(&b))?;
-    if text.as_bytes().get(at).is_some_and(|b| *b < 0x80) {
-        return Some(at);
-    }
-    text.get(at..)?.find(char::is_control).map(|n| at + n)
-}
 
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -223,7 +213,7 @@ mod tests {
         fn control_at_is_the_first_control_char(
             text in "[a-z \\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{a0}-\\u{ff}é€😀]{0,40}"
         ) {
-            proptest::prop_assert_eq!(control_at(&text), text.find(char::is_control));
+            proptest::prop_assert_eq!(crate::events::control_at(&text), text.find(char::is_control));
         }
 
         /// Whatever the text echoes back, each line fits in 512 octets,
