@@ -1034,6 +1034,121 @@ fn t_on_a_log_line_opens_its_message_s_story_from_the_event_log() {
     assert!(!text.contains("reloaded"), "{text}");
 }
 
+/// A filtered Log says how many of the lines held it shows.
+#[test]
+fn a_filtered_log_counts_the_lines_it_shows() {
+    let mut h = Harness::new(|_| {});
+    let delivery = |n: u8| Event::Delivery {
+        message_id: format!("1A000000000000000{n}"),
+        recipient: "bob@far.test".into(),
+        host: "mx.far.test".into(),
+        outcome: relaygate::events::DeliveryOutcome::Delivered,
+        reply: "250 2.0.0 taken".into(),
+    };
+    for (i, e) in [
+        delivery(1),
+        Event::PolicyReloaded { allow: 1, deny: 1 },
+        delivery(2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.act(Action::Engine(Stamped {
+            at: t0() + Duration::from_millis(i as u64),
+            event: Arc::new(e),
+        }));
+    }
+    h.typed("2");
+    let title = |h: &Harness| {
+        let screen = h.screen(120, 40).backend().to_string();
+        screen
+            .lines()
+            .find(|l| l.contains("Log:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(title(&h).contains("Log: all, 3 lines"), "{}", title(&h));
+    // all → allowed → denied → errors → auth → delivery.
+    h.typed("fffff");
+    assert!(
+        title(&h).contains("Log: delivery, 2 of 3 lines"),
+        "{}",
+        title(&h)
+    );
+    h.typed("f");
+    assert!(title(&h).contains("Log: all, 3 lines"), "{}", title(&h));
+}
+
+/// The screen shows an event a moment before the engine's log writer
+/// commits it (seconds on a loaded machine): `t` on that line waits for
+/// the log to catch up and tells the story with it, not without.
+#[test]
+fn a_trace_waits_for_the_event_log_to_catch_up_with_the_screen() {
+    let mut h = Harness::new(|_| {});
+    let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let id = "1A0000000000000002";
+    let stamp = |ms: u64, e: Event| Stamped {
+        at: t0() + Duration::from_millis(ms),
+        event: Arc::new(e),
+    };
+    let written = [
+        stamp(
+            0,
+            Event::SessionOpened {
+                session: 4,
+                peer,
+                local: "127.0.0.1:25".parse().unwrap(),
+                kind: BindKind::Smtp,
+                tls: false,
+            },
+        ),
+        stamp(
+            1,
+            Event::MessageAccepted {
+                session: 4,
+                id: id.into(),
+                size: 100,
+                recipients: 1,
+            },
+        ),
+    ];
+    let late = stamp(
+        2,
+        Event::Delivery {
+            message_id: id.into(),
+            recipient: "bob@far.test".into(),
+            host: "mx.far.test".into(),
+            outcome: relaygate::events::DeliveryOutcome::Deferred,
+            reply: "451 4.3.0 try later".into(),
+        },
+    );
+    let path = relaygate::decision_log::log_path_for(&h.db);
+    let mut log = relaygate::decision_log::DecisionLog::open(&path).unwrap();
+    log.append(&written.iter().collect::<Vec<_>>()).unwrap();
+    for s in written.iter().chain([&late]) {
+        h.act(Action::Engine(s.clone()));
+    }
+    // The delivery line is on screen; the log gets it 400 ms later.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        log.append(&[&late]).unwrap();
+    });
+    h.typed("2");
+    h.typed("t");
+    writer.join().unwrap();
+    let Mode::Viewer {
+        source: relaygate::console::app::ViewerSource::Text { lines, .. },
+        ..
+    } = &h.app.mode
+    else {
+        panic!("no trace opened: {:?} / {}", h.app.mode, h.status());
+    };
+    let text = lines.join("\n");
+    assert!(text.contains("accepted"), "{text}");
+    assert!(text.contains("451 4.3.0 try later"), "{text}");
+    assert!(!text.contains("not caught up"), "{text}");
+}
+
 /// In an editor `q` is text and ^C cancels the edit (as the help says);
 /// outside one, ^C quits.
 #[test]

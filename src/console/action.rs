@@ -330,7 +330,7 @@ pub enum Effect {
     PollStore,
     LoadQueue,
     /// Search the event log (and the queue) for a message's story.
-    Trace(crate::trace::TraceQuery),
+    Trace(TraceAsk),
     /// A request to the engine (a dialogue, a retry of the bindings).
     Control(ClientMessage),
     /// The persisted event log from before `before`.
@@ -341,4 +341,25 @@ pub enum Effect {
     },
     /// Count the queued messages (for the question before quitting).
     CountQueue,
+}
+
+/// A story to look up, and the time of the newest of its events the
+/// screen has shown: the event log is written a moment after the screen
+/// shows an event (longer on a busy machine), so the lookup waits for the
+/// log to catch up rather than tell the story without its latest part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceAsk {
+    pub query: crate::trace::TraceQuery,
+    /// Milliseconds since the epoch; `None` when the screen showed no
+    /// event of it (a client or a queued message).
+    pub shown_ms: Option<i64>,
+}
+
+impl From<crate::trace::TraceQuery> for TraceAsk {
+    fn from(query: crate::trace::TraceQuery) -> Self {
+        TraceAsk {
+            query,
+            shown_ms: None,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! (saves, queue operations, reads). No I/O happens here, so the app can be
 //! driven headless in tests exactly as the terminal drives it.
 
-use super::action::{Action, Command, Effect, Panel, PasswordWrite, QueueOp};
+use super::action::{Action, Command, Effect, Panel, PasswordWrite, QueueOp, TraceAsk};
 use super::form::{Field, Form, FormPurpose};
 use super::io::ConfigView;
 use super::keymap::{Context, command_for};
@@ -730,11 +730,11 @@ impl App {
     }
 
     /// Asks for a trace; the story opens in a reader when it comes.
-    fn trace(&mut self, query: Option<crate::trace::TraceQuery>) -> Vec<Effect> {
-        match query {
-            Some(q) => {
-                self.trace_title = Some(trace_title(&q));
-                vec![Effect::Trace(q)]
+    fn trace(&mut self, ask: Option<TraceAsk>) -> Vec<Effect> {
+        match ask {
+            Some(ask) => {
+                self.trace_title = Some(trace_title(&ask.query));
+                vec![Effect::Trace(ask)]
             }
             None => Vec::new(),
         }

@@ -3,7 +3,7 @@
 //! CLI uses (same validation, same transactions) and answers each with an
 //! [`Action`].
 
-use super::action::{Action, Effect, PasswordWrite, QueueOp};
+use super::action::{Action, Effect, PasswordWrite, QueueOp, TraceAsk};
 use super::app::{App, WATCH_ONLY};
 use super::traffic::{LogLine, epoch_ms};
 use crate::bindings::Binding;
@@ -186,29 +186,26 @@ impl ConsoleIo {
     }
 
     /// A trace from the event log, as lines (the same as `relaygate
-    /// trace` prints). A search over a million events takes milliseconds,
-    /// so it runs here.
-    fn trace(&self, query: &crate::trace::TraceQuery) -> Result<Vec<String>, String> {
-        let log = DecisionLog::open_read_only(&log_path_for(&self.db))
-            .map_err(|e| format!("cannot read the event log: {e}"))?;
-        let stories = log.trace(query).map_err(|e| e.to_string())?;
-        if stories.is_empty() {
-            return Err("nothing in the event log matches".into());
+    /// trace` prints). A search over a million events takes milliseconds;
+    /// what can take longer is the log catching up with the screen, so
+    /// with a background it runs on its own thread.
+    fn trace(&self, ask: TraceAsk) -> Vec<Action> {
+        let (db, spool_path) = (self.db.clone(), self.spool_path.clone());
+        let find = move || Action::Traced(trace_lines(&db, &spool_path, &ask, TRACE_CATCH_UP));
+        match self.background.clone() {
+            None => vec![find()],
+            Some(events) => {
+                let spawned = std::thread::Builder::new()
+                    .name("console-trace".into())
+                    .spawn(move || {
+                        let _ = events.send(super::event::ConsoleEvent::Done(Box::new(find())));
+                    });
+                match spawned {
+                    Ok(_) => Vec::new(),
+                    Err(e) => vec![Action::Traced(Err(format!("cannot trace: {e}")))],
+                }
+            }
         }
-        let reader = SpoolReader::open(&self.spool_path).ok();
-        let now = epoch_ms(SystemTime::now()) / 1000;
-        let mut lines = Vec::new();
-        for story in &stories {
-            let queue: Vec<String> = story
-                .messages
-                .iter()
-                .filter_map(|id| reader.as_ref()?.entry(id).ok().flatten())
-                .map(|e| crate::trace::queue_state(&e, now))
-                .collect();
-            lines.extend(crate::trace::render(story, &queue));
-            lines.push(String::new());
-        }
-        Ok(lines)
     }
 
     fn spool(&mut self) -> Result<&Spool, String> {
@@ -230,7 +227,7 @@ impl ConsoleIo {
                 };
                 return if changed { self.reload() } else { Vec::new() };
             }
-            Effect::Trace(query) => return vec![Action::Traced(self.trace(&query))],
+            Effect::Trace(ask) => return self.trace(ask),
             Effect::LoadQueue => {
                 let read = |path: &Path| {
                     SpoolReader::open(path)
@@ -571,4 +568,70 @@ pub fn dispatch(app: &mut App, io: &mut ConsoleIo, action: Action) {
             pending.extend(io.run(effect));
         }
     }
+}
+
+/// How long a trace waits for the event log to hold what the screen
+/// showed. The writer commits every 50 ms when idle; seconds are a
+/// machine under load.
+const TRACE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A trace's lines: the stories the event log holds for `ask`, each with
+/// its messages' state in the queue now. When the screen has shown an
+/// event newer than any the log holds yet, looks again until it has (for
+/// `catch_up` at most), then says the story may lack its newest part.
+fn trace_lines(
+    db: &Path,
+    spool_path: &Path,
+    ask: &TraceAsk,
+    catch_up: std::time::Duration,
+) -> Result<Vec<String>, String> {
+    let started = std::time::Instant::now();
+    let stories = loop {
+        let log = DecisionLog::open_read_only(&log_path_for(db))
+            .map_err(|e| format!("cannot read the event log: {e}"))?;
+        let stories = log.trace(&ask.query).map_err(|e| e.to_string())?;
+        let caught_up = match ask.shown_ms {
+            None => true,
+            Some(shown) => newest_ms(&stories).is_some_and(|n| n >= shown),
+        };
+        if caught_up || started.elapsed() >= catch_up {
+            break stories;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if stories.is_empty() {
+        return Err("nothing in the event log matches".into());
+    }
+    let reader = SpoolReader::open(spool_path).ok();
+    let now = epoch_ms(SystemTime::now()) / 1000;
+    let mut lines = Vec::new();
+    for story in &stories {
+        let queue: Vec<String> = story
+            .messages
+            .iter()
+            .filter_map(|id| reader.as_ref()?.entry(id).ok().flatten())
+            .map(|e| crate::trace::queue_state(&e, now))
+            .collect();
+        lines.extend(crate::trace::render(story, &queue));
+        lines.push(String::new());
+    }
+    if let (Some(shown), Some(newest)) = (ask.shown_ms, newest_ms(&stories))
+        && newest < shown
+    {
+        lines.push(
+            "(the event log has not caught up with the screen yet: its newest part may be \
+             missing; press t again in a moment)"
+                .into(),
+        );
+    }
+    Ok(lines)
+}
+
+/// The time of the newest event in these stories.
+fn newest_ms(stories: &[crate::trace::Story]) -> Option<i64> {
+    stories
+        .iter()
+        .flat_map(|s| s.events.iter())
+        .map(|e| epoch_ms(e.at))
+        .max()
 }

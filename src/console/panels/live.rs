@@ -183,7 +183,7 @@ impl LiveView {
             Command::Trace => {
                 return self
                     .trace_query(traffic)
-                    .map_or(Request::Nothing, Request::Trace);
+                    .map_or(Request::Nothing, |q| Request::Trace(q.into()));
             }
             Command::Search => return super::filter_form(Panel::Live, &self.filter),
             _ => return Request::Nothing,

@@ -6,7 +6,7 @@
 //! app routes keys to it and runs the history search it asks for.
 
 use super::Request;
-use crate::console::action::Command;
+use crate::console::action::{Command, TraceAsk};
 use crate::console::app::ViewerSource;
 use crate::console::form::{Field, FormPurpose};
 use crate::console::theme::Theme;
@@ -80,8 +80,12 @@ impl LogView {
 
     /// `t`: the story of the selected line's session or message, if it
     /// belongs to one.
-    pub fn trace_query(&self, log: &EventLog) -> Option<crate::trace::TraceQuery> {
-        self.selected_line(log).and_then(|l| l.trace.clone())
+    pub fn trace_query(&self, log: &EventLog) -> Option<TraceAsk> {
+        let line = self.selected_line(log)?;
+        Some(TraceAsk {
+            query: line.trace.clone()?,
+            shown_ms: Some(line.at_ms),
+        })
     }
 
     /// Enter: the selected line whole, with its detail: a title and lines
@@ -241,14 +245,16 @@ pub fn render(frame: &mut Frame, area: Rect, view: &LogView, log: &EventLog, the
     let cursor = view.cursor;
     // Lines are counted from the newest; skip enough to show the cursor.
     let skip = cursor.saturating_sub(height.saturating_sub(1));
-    // With a search the title counts every match: one pass does both (the
-    // window alone would stop early only to be scanned again).
+    // With a search or a filter the title counts every match: one pass
+    // does both (the window alone would stop early only to be scanned
+    // again).
+    let counted = view.search.is_some() || view.filter != LogFilter::All;
     let mut matching = 0;
     let mut visible = Vec::with_capacity(height);
     for (i, line) in view.shown(log).enumerate() {
         if i >= skip && visible.len() < height {
             visible.push(line);
-        } else if view.search.is_none() && visible.len() == height {
+        } else if !counted && visible.len() == height {
             break;
         }
         matching = i + 1;
@@ -272,7 +278,12 @@ pub fn render(frame: &mut Frame, area: Rect, view: &LogView, log: &EventLog, the
         })
         .collect();
     let mut title = match &view.search {
-        None => format!(" Log: {}, {} lines ", view.filter.name(), log.lines.len()),
+        None if view.filter == LogFilter::All => format!(" Log: all, {} lines ", log.lines.len()),
+        None => format!(
+            " Log: {}, {matching} of {} lines ",
+            view.filter.name(),
+            log.lines.len()
+        ),
         Some(s) => format!(
             " Log: {}, search {s:?}: {} of {} lines here match{} ",
             view.filter.name(),

@@ -35,7 +35,7 @@ pub enum Request {
     /// Open this in the reader.
     View(ViewerSource),
     /// Look for this story in the event log and show it.
-    Trace(crate::trace::TraceQuery),
+    Trace(crate::console::action::TraceAsk),
 }
 
 impl Request {

@@ -245,7 +245,9 @@ impl QueueView {
                     },
                 )
             }
-            Command::Trace => self.trace_query().map_or(Request::Nothing, Request::Trace),
+            Command::Trace => self
+                .trace_query()
+                .map_or(Request::Nothing, |q| Request::Trace(q.into())),
             _ => Request::Nothing,
         }
     }
