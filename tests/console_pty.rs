@@ -54,6 +54,9 @@ struct Console {
     keys: Box<dyn Write + Send>,
     output: mpsc::Receiver<Vec<u8>>,
     screen: vt100::Parser,
+    /// The status lines seen so far (they go after seconds): what a
+    /// failed wait reports besides the last screen.
+    said: Vec<String>,
 }
 
 impl Console {
@@ -94,6 +97,7 @@ impl Console {
             keys,
             output,
             screen: vt100::Parser::new(ROWS, COLS, 0),
+            said: Vec::new(),
         }
     }
 
@@ -103,6 +107,12 @@ impl Console {
         }
         while let Ok(bytes) = self.output.try_recv() {
             self.screen.process(&bytes);
+        }
+        // The status line is the one above the key hints.
+        let text = self.text();
+        let status = text.lines().rev().nth(1).unwrap_or_default().trim();
+        if !status.is_empty() && self.said.last().map(String::as_str) != Some(status) {
+            self.said.push(status.to_string());
         }
     }
 
@@ -119,7 +129,11 @@ impl Console {
                 return text;
             }
             if Instant::now() > deadline {
-                panic!("the screen never showed {needles:?}; it shows:\n{text}");
+                panic!(
+                    "the screen never showed {needles:?}; it shows:\n{text}\n\
+                     status lines seen: {:?}",
+                    self.said
+                );
             }
             self.pump(Duration::from_millis(50));
         }
