@@ -347,6 +347,63 @@ fn a_session_already_logged_in_stops_when_its_login_is_suspended() {
     assert!(c.closed());
 }
 
+/// A login the administrator takes back (a new password, the user
+/// removed, the auth mode changed) ends the sessions already logged in
+/// with it, as a suspension does; the others go on.
+#[test]
+fn sessions_end_when_their_login_is_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    users(&db);
+    cli_stdin(
+        &db,
+        &["user", "add", "carol", "--password-stdin"],
+        "carol-pw\n",
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let login = |name: &str| {
+        let mut c = session(
+            addr,
+            ip("127.0.0.1"),
+            Some((name, &format!("{name}-pw"))),
+            &format!("{name}@example.com"),
+        );
+        c.expect("RCPT TO:<x@far.test>", "250");
+        c.expect("RSET", "250");
+        c
+    };
+    let (mut alice, mut bob, mut carol) = (login("alice"), login("bob"), login("carol"));
+    let ends = |c: &mut Client, name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = c.cmd("NOOP");
+            if r.starts_with(&format!("421 4.7.1 {name} may no longer send")) {
+                break;
+            }
+            assert!(r.starts_with("250") && Instant::now() < deadline, "{r}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(c.closed());
+    };
+    // A new password: the session that used the old one ends.
+    cli_stdin(
+        &db,
+        &["user", "password", "alice", "--password-stdin"],
+        "new-pw\n",
+    );
+    ends(&mut alice, "alice");
+    // The user removed.
+    cli(&db, &["user", "remove", "bob"]);
+    ends(&mut bob, "bob");
+    // Carol, untouched by both, still relays; then AUTH is turned off.
+    carol.expect("MAIL FROM:<carol@example.com>", "250");
+    carol.expect("RCPT TO:<x@far.test>", "250");
+    carol.expect("RSET", "250");
+    cli(&db, &["auth", "mode", "none"]);
+    ends(&mut carol, "carol");
+}
+
 #[test]
 fn a_login_suspended_by_the_admin_cannot_authenticate() {
     let dir = tempfile::tempdir().unwrap();

@@ -417,12 +417,30 @@ async fn run(
                             flush_last(conn, &mut out, write_limit).await?;
                             return Ok("login suspended".into());
                         }
+                        let policy = Arc::clone(&ctx.shared.snapshot().policy);
+                        // Nor a login the administrator took back: the
+                        // user removed, its password changed, the auth
+                        // mode no longer admitting it.
+                        if let Some(login) = session.login()
+                            && !session.login_still_granted(&policy)
+                        {
+                            let bye = Reply::new(
+                                421,
+                                "4.7.1",
+                                format!(
+                                    "{login} may no longer send with the login it used \
+                                     (the user, its password or the auth mode changed)"
+                                ),
+                            );
+                            out.extend_from_slice(&bye.to_wire());
+                            flush_last(conn, &mut out, write_limit).await?;
+                            return Ok("login revoked".into());
+                        }
                         // A locked-out address is told so before it is
                         // asked for credentials.
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
                         session.set_quotas_on(ctx.shared.abuse.quotas_on());
                         let secret = session.awaiting_auth_response();
-                        let policy = Arc::clone(&ctx.shared.snapshot().policy);
                         let actions = session.handle_line(&line, &policy);
                         record_command(ctx, board, id, &line, secret, &actions);
                         actions

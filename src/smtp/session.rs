@@ -253,7 +253,7 @@ enum AuthPrompt {
 enum Phase {
     Commands,
     Auth(AuthPrompt),
-    VerifyingAuth { login: String },
+    VerifyingAuth { login: String, hash: Option<String> },
     TlsHandshake,
     Data(Box<DataReader>),
     Storing,
@@ -266,6 +266,10 @@ pub struct Session {
     params: SessionParams,
     greeting: Option<Greeting>,
     login: Option<String>,
+    /// The password hash the login was verified against: a login whose
+    /// user is gone, whose password changed or whom the auth mode no
+    /// longer admits holds a different one (or none).
+    login_hash: Option<String>,
     transaction: Option<Transaction>,
     phase: Phase,
     bad_commands: usize,
@@ -283,6 +287,7 @@ impl Session {
             params,
             greeting: None,
             login: None,
+            login_hash: None,
             transaction: None,
             phase: Phase::Commands,
             bad_commands: 0,
@@ -315,6 +320,18 @@ impl Session {
     /// The authenticated login, if any.
     pub fn login(&self) -> Option<&str> {
         self.login.as_deref()
+    }
+
+    /// Whether this session's login would still be let in by `policy`:
+    /// the user is there, with the password it was verified with, and the
+    /// auth mode admits it. True without a login.
+    pub fn login_still_granted(&self, policy: &Policy) -> bool {
+        match &self.login {
+            None => true,
+            Some(login) => {
+                self.login_hash.is_some() && policy.login_hash(login) == self.login_hash.as_deref()
+            }
+        }
     }
 
     /// Failed AUTH attempts in this session, for the per-IP lockout.
@@ -787,6 +804,7 @@ impl Session {
         self.params.tls_active = true;
         self.greeting = None;
         self.login = None;
+        self.login_hash = None;
         self.transaction = None;
         self.phase = Phase::Commands;
     }
@@ -886,6 +904,7 @@ impl Session {
         let password_hash = policy.login_hash(&login).map(str::to_string);
         self.phase = Phase::VerifyingAuth {
             login: login.clone(),
+            hash: password_hash.clone(),
         };
         vec![Action::VerifyAuth(AuthRequest {
             login,
@@ -899,13 +918,15 @@ impl Session {
     /// when the check could not be made (too many failures from this
     /// address, or too many checks waiting).
     pub fn auth_result(&mut self, outcome: AuthOutcome) -> Vec<Action> {
-        let Phase::VerifyingAuth { login } = std::mem::replace(&mut self.phase, Phase::Commands)
+        let Phase::VerifyingAuth { login, hash } =
+            std::mem::replace(&mut self.phase, Phase::Commands)
         else {
             return Vec::new();
         };
         match outcome {
             AuthOutcome::Accepted => {
                 self.login = Some(login);
+                self.login_hash = hash;
                 vec![reply(235, "2.7.0", "Authentication successful")]
             }
             AuthOutcome::Rejected => {
