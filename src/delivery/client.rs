@@ -1,22 +1,20 @@
-//! The SMTP client side of delivery, on lettre's connection API: one
-//! connection per next-hop host, STARTTLS as the route says, AUTH at a
-//! smarthost, then MAIL, each RCPT and DATA, with the outcome of every
-//! recipient kept apart (lettre's high-level `send` stops at the first
-//! refused recipient, which a relay cannot do). Idle connections are kept
-//! for the next message to the same host.
+//! The SMTP client side of delivery: one connection per next-hop host
+//! ([`HopConnection`]: bounded replies, a deadline on every step),
+//! STARTTLS as the route says, AUTH at a smarthost, then MAIL, each RCPT
+//! and DATA, with the outcome of every recipient kept apart. Idle
+//! connections are kept for the next message to the same host.
 //!
 //! With a next hop that offers PIPELINING (RFC 2920), MAIL, every RCPT and
 //! DATA go out in one write and their replies are read in order, and the
 //! body and its final dot in one more: two writes a message instead of
 //! five, and two waits for the server instead of four.
 
+use super::hop::{Broken, Extensions, HopConnection};
+use super::reply::Reply;
 use super::{RouteAuth, TlsMode};
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::extension::{ClientId, Extension};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One host to deliver to.
@@ -53,13 +51,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn from_error(e: &lettre::transport::smtp::Error) -> Outcome {
-        let reply = one_line(&e.to_string());
-        if e.is_permanent() {
-            let status = enhanced_status(&reply).unwrap_or_else(|| "5.0.0".into());
-            Outcome::Permanent { reply, status }
-        } else {
-            Outcome::Temporary { reply }
+    /// What a reply means for the recipients it answers: 2xx delivered
+    /// (at the end of the data) or accepted, 5xx permanent, anything
+    /// else (4xx, a 3xx where none belongs) temporary.
+    fn of(reply: &Reply) -> Outcome {
+        let text = reply.one_line();
+        match reply.class() {
+            2 => Outcome::Delivered { reply: text },
+            5 => Outcome::Permanent {
+                status: enhanced_status(&text).unwrap_or_else(|| "5.0.0".into()),
+                reply: text,
+            },
+            _ => Outcome::Temporary { reply: text },
+        }
+    }
+
+    /// A refused recipient: None if the reply accepts it. A 552 at RCPT
+    /// is "too many recipients" and temporary (RFC 5321 4.5.3.1.10).
+    fn of_rcpt(reply: &Reply) -> Option<Outcome> {
+        match reply.class() {
+            2 => None,
+            _ if reply.code == 552 => Some(Outcome::Temporary {
+                reply: reply.one_line(),
+            }),
+            _ => Some(Outcome::of(reply)),
         }
     }
 }
@@ -88,16 +103,24 @@ struct PoolKey {
     auth: Option<(String, String)>,
 }
 
-/// Idle connections by host, reused for the next message.
+/// Idle connections by host, reused for the next message; and the TLS
+/// settings, built once.
 #[derive(Default)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<PoolKey, Vec<(Hop, Instant)>>>,
+    /// For `required` TLS, with the extra roots they were built with.
+    verified: Mutex<Option<VerifiedTls>>,
+    /// For opportunistic TLS.
+    any: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
 
-/// A connection to a next hop, and whether it takes pipelined commands.
+/// TLS settings that verify, and the extra roots they were built with.
+type VerifiedTls = (Vec<Vec<u8>>, Arc<rustls::ClientConfig>);
+
+/// A connection to a next hop, and what it offered.
 struct Hop {
-    conn: AsyncSmtpConnection,
-    pipelining: bool,
+    conn: HopConnection,
+    ext: Extensions,
 }
 
 const MAX_IDLE: Duration = Duration::from_secs(5);
@@ -108,23 +131,53 @@ impl ConnectionPool {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         while let Some((hop, since)) = list.pop() {
-            if since.elapsed() < MAX_IDLE && !hop.conn.has_broken() {
+            if since.elapsed() < MAX_IDLE && !hop.conn.is_broken() {
                 return Some(hop);
             }
         }
         None
     }
 
-    fn give_back(&self, key: PoolKey, conn: Hop) {
-        if conn.conn.has_broken() {
+    /// Keeps a connection for the next message, or ends it.
+    async fn give_back(&self, key: PoolKey, hop: Hop) {
+        if hop.conn.is_broken() {
+            hop.conn.quit().await;
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(key).or_default();
-            list.retain(|(_, since)| since.elapsed() < MAX_IDLE);
-            if list.len() < MAX_IDLE_PER_HOST {
-                list.push((conn, Instant::now()));
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let list = idle.entry(key).or_default();
+        list.retain(|(_, since)| since.elapsed() < MAX_IDLE);
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push((hop, Instant::now()));
+        }
+    }
+
+    /// The TLS settings for a route's mode, built the first time.
+    fn tls_config(
+        &self,
+        config: &ClientConfig,
+        verify: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        if verify {
+            let mut cached = self.verified.lock().map_err(|e| e.to_string())?;
+            if let Some((roots, tls)) = cached.as_ref()
+                && *roots == config.extra_roots
+            {
+                return Ok(Arc::clone(tls));
             }
+            let tls = Arc::new(super::hop::tls_config(true, &config.extra_roots)?);
+            *cached = Some((config.extra_roots.clone(), Arc::clone(&tls)));
+            Ok(tls)
+        } else {
+            let mut cached = self.any.lock().map_err(|e| e.to_string())?;
+            if let Some(tls) = cached.as_ref() {
+                return Ok(Arc::clone(tls));
+            }
+            let tls = Arc::new(super::hop::tls_config(false, &[])?);
+            *cached = Some(Arc::clone(&tls));
+            Ok(tls)
         }
     }
 
@@ -149,132 +202,108 @@ impl ConnectionPool {
                 .as_ref()
                 .map(|a| (a.user.clone(), a.password.clone())),
         };
-        if let Some(mut hop) = self.take(&key) {
+        let pooled = self.take(&key);
+        if let Some(mut hop) = pooled {
             // A pooled connection the server has closed meanwhile fails at
             // MAIL: then open a fresh one instead.
-            if let Ok(outcomes) =
-                transaction(config, &mut hop, sender, recipients, body, smtputf8).await
-            {
-                self.give_back(key, hop);
-                return Ok(outcomes);
+            match transaction(config, &mut hop, sender, recipients, body, smtputf8).await {
+                Ok(outcomes) => {
+                    self.give_back(key, hop).await;
+                    return Ok(outcomes);
+                }
+                Err(Stale(_)) => hop.conn.quit().await,
             }
         }
-        let mut hop = connect(config, target).await?;
+        let mut hop = self.connect(config, target).await?;
         let outcomes = match transaction(config, &mut hop, sender, recipients, body, smtputf8).await
         {
             Ok(o) => o,
             Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
         };
-        self.give_back(key, hop);
+        self.give_back(key, hop).await;
         Ok(outcomes)
     }
-}
 
-async fn timed<T>(
-    limit: Duration,
-    f: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(one_line(&e.to_string())),
-        Err(_) => Err(format!("no answer within {} s", limit.as_secs())),
-    }
-}
-
-fn tls_parameters(config: &ClientConfig, target: &Target) -> Result<TlsParameters, String> {
-    let mut b = TlsParameters::builder(target.tls_name.clone());
-    if target.tls == TlsMode::Required {
-        for pem in &config.extra_roots {
-            let cert = Certificate::from_pem(pem).map_err(|e| format!("extra CA: {e}"))?;
-            b = b.add_root_certificate(cert);
-        }
-    } else {
-        // Opportunistic TLS: encrypt, but any certificate will do (an
-        // unverified certificate is still better than plaintext).
-        b = b
-            .dangerous_accept_invalid_certs(true)
-            .dangerous_accept_invalid_hostnames(true);
-    }
-    b.build_rustls().map_err(|e| e.to_string())
-}
-
-async fn connect(config: &ClientConfig, target: &Target) -> Result<Hop, ConnectError> {
-    let hello = ClientId::Domain(config.hello_name.clone());
-    let fail = |what: &str, e: String| ConnectError(format!("{} ({what}): {e}", target.addr));
-    // Our own socket, so that Nagle is off: lettre writes the body and the
-    // final dot separately, and Nagle with delayed ACKs would stall every
-    // message by 40 ms.
-    let tcp = match tokio::time::timeout(
-        config.connect_timeout,
-        tokio::net::TcpStream::connect(target.addr),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(fail("connect", e.to_string())),
-        Err(_) => return Err(fail("connect", "timed out".into())),
-    };
-    let _ = tcp.set_nodelay(true);
-    let mut conn = match tokio::time::timeout(
-        config.command_timeout,
-        AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
-    )
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(fail("greeting", one_line(&e.to_string()))),
-        Err(_) => return Err(fail("greeting", "timed out".into())),
-    };
-    match target.tls {
-        TlsMode::None => {}
-        TlsMode::Opportunistic if !conn.can_starttls() => {}
-        TlsMode::Required if !conn.can_starttls() => {
-            conn.abort().await;
-            return Err(fail(
-                "TLS",
-                "STARTTLS required by the route but not offered".into(),
-            ));
-        }
-        TlsMode::Opportunistic | TlsMode::Required => {
-            let params = tls_parameters(config, target).map_err(|e| fail("TLS", e))?;
-            if let Err(e) = timed(config.command_timeout, conn.starttls(params, &hello)).await {
-                conn.abort().await;
-                return Err(fail("STARTTLS", e));
+    /// Connects, greets, starts TLS as the route says and logs in.
+    /// Opportunistic TLS whose handshake fails is tried once more in
+    /// plaintext (as Postfix's `may` does), unless the route logs in:
+    /// credentials never go out in plaintext after a failed handshake.
+    async fn connect(&self, config: &ClientConfig, target: &Target) -> Result<Hop, ConnectError> {
+        let fail = |what: &str, e: String| ConnectError(format!("{} ({what}): {e}", target.addr));
+        let mut tls = target.tls;
+        loop {
+            let (mut conn, greeting) =
+                HopConnection::open(target.addr, config.connect_timeout, config.command_timeout)
+                    .await
+                    .map_err(|(what, Broken(e))| fail(&what, e))?;
+            if !greeting.is_positive() {
+                conn.quit().await;
+                return Err(fail("greeting", greeting.one_line()));
             }
+            let mut ext = match conn.hello(&config.hello_name).await {
+                Ok(Ok(ext)) => ext,
+                Ok(Err(refused)) => {
+                    conn.quit().await;
+                    return Err(fail("EHLO", refused.one_line()));
+                }
+                Err(Broken(e)) => return Err(fail("EHLO", e)),
+            };
+            match (tls, ext.starttls) {
+                (TlsMode::None, _) | (TlsMode::Opportunistic, false) => {}
+                (TlsMode::Required, false) => {
+                    conn.quit().await;
+                    return Err(fail(
+                        "TLS",
+                        "STARTTLS required by the route but not offered".into(),
+                    ));
+                }
+                (TlsMode::Opportunistic | TlsMode::Required, true) => {
+                    let verify = tls == TlsMode::Required;
+                    let tls_config = self
+                        .tls_config(config, verify)
+                        .map_err(|e| fail("TLS", e))?;
+                    match conn.starttls(tls_config, &target.tls_name).await {
+                        Ok(Ok(secured)) => {
+                            conn = secured;
+                            // RFC 3207 4.2: what was offered before TLS
+                            // no longer counts.
+                            ext = match conn.hello(&config.hello_name).await {
+                                Ok(Ok(ext)) => ext,
+                                Ok(Err(refused)) => {
+                                    conn.quit().await;
+                                    return Err(fail("EHLO", refused.one_line()));
+                                }
+                                Err(Broken(e)) => return Err(fail("EHLO", e)),
+                            };
+                        }
+                        // Refused (454): opportunistic TLS goes on in
+                        // plaintext on the same connection.
+                        Ok(Err((plain, _))) if !verify => conn = plain,
+                        Ok(Err((plain, refused))) => {
+                            plain.quit().await;
+                            return Err(fail("STARTTLS", refused.one_line()));
+                        }
+                        Err(Broken(_)) if !verify && target.auth.is_none() => {
+                            tls = TlsMode::None;
+                            continue;
+                        }
+                        Err(Broken(e)) => return Err(fail("STARTTLS", e)),
+                    }
+                }
+            }
+            if let Some(auth) = &target.auth {
+                match conn.auth(&ext, &auth.user, &auth.password).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refused)) => {
+                        conn.quit().await;
+                        return Err(fail("AUTH", refused.one_line()));
+                    }
+                    Err(Broken(e)) => return Err(fail("AUTH", e)),
+                }
+            }
+            return Ok(Hop { conn, ext });
         }
     }
-    // lettre keeps only the extensions it uses from the EHLO reply: ask
-    // again for PIPELINING (once per connection; before AUTH, which some
-    // servers forget at a new EHLO).
-    let pipelining = match timed(
-        config.command_timeout,
-        conn.command(format!("EHLO {}\r\n", config.hello_name)),
-    )
-    .await
-    {
-        Ok(reply) => reply.message().any(|line| {
-            line.split_whitespace()
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-        }),
-        Err(e) => {
-            conn.abort().await;
-            return Err(fail("EHLO", e));
-        }
-    };
-    if let Some(auth) = &target.auth {
-        let creds = Credentials::new(auth.user.clone(), auth.password.clone());
-        if let Err(e) = timed(
-            config.command_timeout,
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
-        )
-        .await
-        {
-            conn.abort().await;
-            return Err(fail("AUTH", e));
-        }
-    }
-    Ok(Hop { conn, pipelining })
 }
 
 /// The connection failed before the server answered MAIL.
@@ -289,14 +318,12 @@ async fn transaction(
     body: &[u8],
     smtputf8: bool,
 ) -> Result<Vec<Outcome>, Stale> {
-    let pipelining = hop.pipelining;
-    let conn = &mut hop.conn;
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
     // RFC 6531 3.4: a message that needs SMTPUTF8 is not downgraded; a
     // next hop without it gets nothing, and the recipients bounce.
     let utf8_param = if smtputf8 {
-        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+        if !hop.ext.smtputf8 {
             return Ok(all(Outcome::Permanent {
                 reply: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
                     .into(),
@@ -307,79 +334,100 @@ async fn transaction(
     } else {
         ""
     };
-    let body_param =
-        if !body.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
-            " BODY=8BITMIME"
-        } else {
-            ""
-        };
-    let mail = format!("MAIL FROM:<{sender}>{body_param}{utf8_param}\r\n");
-    if pipelining {
-        return pipelined(t, conn, mail, recipients, body).await;
-    }
-    match tokio::time::timeout(t, conn.command(mail)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
-            let o = Outcome::from_error(&e);
-            reset(conn, t).await;
-            return Ok(all(o));
-        }
-        Ok(Err(e)) => {
-            conn.abort().await;
-            return Err(Stale(one_line(&e.to_string())));
-        }
-        Err(_) => {
-            conn.abort().await;
-            return Ok(all(Outcome::Temporary {
-                reply: "timeout after MAIL FROM".into(),
+    // RFC 1870: a message over the next hop's limit is not sent at all.
+    let size_param = match hop.ext.size {
+        Some(max) if max > 0 && body.len() as u64 > max => {
+            return Ok(all(Outcome::Permanent {
+                reply: format!(
+                    "552 5.3.4 the message ({} bytes) is over the next hop's size limit ({max} bytes)",
+                    body.len()
+                ),
+                status: "5.3.4".into(),
             }));
         }
+        Some(_) => format!(" SIZE={}", body.len()),
+        None => String::new(),
+    };
+    let body_param = if !body.is_ascii() && hop.ext.eight_bit_mime {
+        " BODY=8BITMIME"
+    } else {
+        ""
+    };
+    let mail = format!("MAIL FROM:<{sender}>{size_param}{body_param}{utf8_param}\r\n");
+    let conn = &mut hop.conn;
+    if hop.ext.pipelining {
+        return pipelined(t, conn, mail, recipients, body).await;
+    }
+    let mail_reply = conn
+        .command(&mail, "MAIL FROM")
+        .await
+        .map_err(|Broken(e)| Stale(e))?;
+    if !mail_reply.is_positive() {
+        let o = temporary_unless_permanent(&mail_reply);
+        reset(conn).await;
+        return Ok(all(o));
     }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
     for r in recipients {
-        match tokio::time::timeout(t, conn.command(format!("RCPT TO:<{r}>\r\n"))).await {
-            Ok(Ok(_)) => outcomes.push(None),
-            Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
-                outcomes.push(Some(Outcome::from_error(&e)))
+        match conn.command(&format!("RCPT TO:<{r}>\r\n"), "RCPT TO").await {
+            Ok(reply) if reply.code == 421 => {
+                return Ok(all(Outcome::of(&reply)));
             }
-            Ok(Err(e)) => {
-                conn.abort().await;
-                return Ok(all(Outcome::Temporary {
-                    reply: one_line(&e.to_string()),
-                }));
-            }
-            Err(_) => {
-                conn.abort().await;
-                return Ok(all(Outcome::Temporary {
-                    reply: "timeout after RCPT TO".into(),
-                }));
-            }
+            Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
+            Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
         }
     }
     if outcomes.iter().all(Option::is_some) {
-        reset(conn, t).await;
+        reset(conn).await;
         return Ok(outcomes.into_iter().flatten().collect());
     }
-    // lettre ends the data with CRLF "." CRLF itself: the body's own last
-    // CRLF is that first CRLF, or the next hop would get an extra empty line.
-    let content = body.strip_suffix(b"\r\n").unwrap_or(body);
-    let data = async {
-        conn.command("DATA\r\n").await?;
-        conn.message_iter(content.chunks(STUFFED_CHUNK)).await
+    let data = match conn.command("DATA\r\n", "DATA").await {
+        Ok(reply) => reply,
+        Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
     };
-    let sent = tokio::time::timeout(data_limit(t, body), data).await;
-    let (final_outcome, broken) = data_outcome(sent);
-    if broken {
-        conn.abort().await;
+    if let Some(refused) = refused_data(conn, &data).await {
+        return Ok(with_final(outcomes, refused));
     }
+    let final_outcome = send_body(conn, body, t).await;
     Ok(with_final(outcomes, final_outcome))
+}
+
+/// A refusal of MAIL: what it says, but never "delivered" (a 3xx there is
+/// not SMTP, and so temporary).
+fn temporary_unless_permanent(reply: &Reply) -> Outcome {
+    match Outcome::of(reply) {
+        Outcome::Delivered { reply } => Outcome::Temporary { reply },
+        o => o,
+    }
+}
+
+/// The reply to DATA, unless it is the go-ahead (354): the outcome of the
+/// recipients it accepted. A 2xx is not a go-ahead either; nothing was
+/// sent and the connection, out of step, is not used again.
+async fn refused_data(conn: &mut HopConnection, data: &Reply) -> Option<Outcome> {
+    match data.class() {
+        3 => None,
+        2 => {
+            conn.give_up();
+            Some(Outcome::Temporary {
+                reply: format!(
+                    "the next hop did not ask for the message after DATA: {}",
+                    data.one_line()
+                ),
+            })
+        }
+        _ => {
+            reset(conn).await;
+            Some(Outcome::of(data))
+        }
+    }
 }
 
 /// MAIL, every RCPT and DATA in one write, their replies read in order;
 /// then the body with its final dot in one write (RFC 2920).
 async fn pipelined(
     t: Duration,
-    conn: &mut AsyncSmtpConnection,
+    conn: &mut HopConnection,
     mail: String,
     recipients: &[String],
     body: &[u8],
@@ -391,137 +439,86 @@ async fn pipelined(
         let _ = write!(commands, "RCPT TO:<{r}>\r\n");
     }
     commands.push_str("DATA\r\n");
-    // Each reply as an outcome: None for a positive one, Some for a
-    // refusal; Err when the connection failed or went silent.
-    let judge = |r: Result<Result<_, lettre::transport::smtp::Error>, _>, what: &str| match r {
-        Ok(Ok(resp)) => Ok((None, Some(resp))),
-        Ok(Err(e)) if e.is_transient() || e.is_permanent() => {
-            Ok((Some(Outcome::from_error(&e)), None))
-        }
-        Ok(Err(e)) => Err(one_line(&e.to_string())),
-        Err(_) => Err(format!("timeout after {what}")),
-    };
     // The MAIL reply. A connection that fails here is stale (a pooled one
     // the server closed): the caller opens a fresh one.
-    let mail_refused = match judge(
-        tokio::time::timeout(t, conn.command(&commands)).await,
-        "MAIL FROM",
-    ) {
-        Ok((refused, _)) => refused,
-        Err(reply) => {
-            conn.abort().await;
-            return Err(Stale(reply));
-        }
-    };
+    conn.write(commands.as_bytes(), t, "MAIL FROM")
+        .await
+        .map_err(|Broken(e)| Stale(e))?;
+    let mail_reply = conn
+        .read_reply("MAIL FROM")
+        .await
+        .map_err(|Broken(e)| Stale(e))?;
+    if mail_reply.code == 421 {
+        return Ok(all(Outcome::of(&mail_reply)));
+    }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
     for _ in recipients {
-        match judge(
-            tokio::time::timeout(t, conn.read_response()).await,
-            "RCPT TO",
-        ) {
-            Ok((refused, _)) => outcomes.push(refused),
-            Err(reply) => {
-                conn.abort().await;
-                return Ok(all(Outcome::Temporary { reply }));
-            }
+        match conn.read_reply("RCPT TO").await {
+            Ok(reply) if reply.code == 421 => return Ok(all(Outcome::of(&reply))),
+            Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
+            Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
         }
     }
-    let data = match judge(tokio::time::timeout(t, conn.read_response()).await, "DATA") {
+    let data = match conn.read_reply("DATA").await {
         Ok(d) => d,
-        Err(reply) => {
-            conn.abort().await;
-            return Ok(all(Outcome::Temporary { reply }));
-        }
+        Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
     };
-    if let Some(refused) = mail_refused {
+    if !mail_reply.is_positive() {
         // Every RCPT and the DATA were refused after it (503).
-        return Ok(all(refused));
+        return Ok(all(temporary_unless_permanent(&mail_reply)));
     }
-    let accepted = outcomes.iter().any(Option::is_none);
-    match data {
-        (Some(refused), _) => {
-            // DATA refused: the recipients it accepted share that outcome.
-            reset(conn, t).await;
-            return Ok(with_final(outcomes, refused));
-        }
-        (None, Some(resp))
-            if resp.code().severity
-                == lettre::transport::smtp::response::Severity::PositiveIntermediate => {}
-        (None, _) => {
-            // A 2xx to DATA is not a go-ahead: nothing was sent.
-            reset(conn, t).await;
-            let reply = "the next hop did not ask for the message after DATA".into();
-            return Ok(with_final(outcomes, Outcome::Temporary { reply }));
-        }
+    if let Some(refused) = refused_data(conn, &data).await {
+        return Ok(with_final(outcomes, refused));
     }
     // 354 with no recipient accepted (a server that should have refused
     // DATA): end the empty message at once.
-    let block = if !accepted {
-        Ok(".\r\n".to_string())
-    } else if body.len() > STUFFED_COPY_MAX {
-        // A large body goes in pieces, each stuffed as it is sent: no
-        // copy of the whole message besides the body itself.
-        Err(())
-    } else {
-        dot_stuffed(body)
-    };
-    let sent = async {
-        match block {
-            Ok(text) => conn.command(text).await,
-            // Not UTF-8 (8BITMIME bodies), or large: lettre stuffs and
-            // sends it a piece at a time (its stuffing state runs on from
-            // one piece to the next).
-            Err(()) => {
-                let content = body.strip_suffix(b"\r\n").unwrap_or(body);
-                conn.message_iter(content.chunks(STUFFED_CHUNK)).await
+    if outcomes.iter().all(Option::is_some) {
+        let o = send_body(conn, b"", t).await;
+        return Ok(with_final(outcomes, o));
+    }
+    let final_outcome = send_body(conn, body, t).await;
+    Ok(with_final(outcomes, final_outcome))
+}
+
+/// The body, dot-stuffed a piece at a time, its final dot, and the reply
+/// to it: the outcome of every recipient accepted. A body up to
+/// [`STUFFED_CHUNK`] goes in one write; a larger one never has more than
+/// one piece copied.
+async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcome {
+    let deadline = Instant::now() + data_limit(t, body);
+    let mut stuffer = DotStuffer::default();
+    let mut out = Vec::with_capacity(body.len().min(STUFFED_CHUNK) * 33 / 32 + 8);
+    for piece in body.chunks(STUFFED_CHUNK) {
+        stuffer.stuff(piece, &mut out);
+        if out.len() >= STUFFED_CHUNK {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(Broken(reply)) = conn.write(&out, left, "DATA").await {
+                return Outcome::Temporary { reply };
+            }
+            out.clear();
+        }
+    }
+    stuffer.finish(&mut out);
+    let left = deadline.saturating_duration_since(Instant::now());
+    if let Err(Broken(reply)) = conn.write(&out, left, "DATA").await {
+        return Outcome::Temporary { reply };
+    }
+    match conn.read_reply("the end of DATA").await {
+        Ok(reply) if reply.class() == 3 => {
+            conn.give_up();
+            Outcome::Temporary {
+                reply: reply.one_line(),
             }
         }
-    };
-    let sent = tokio::time::timeout(data_limit(t, body), sent).await;
-    let (final_outcome, broken) = data_outcome(sent);
-    if broken {
-        conn.abort().await;
+        Ok(reply) => Outcome::of(&reply),
+        Err(Broken(reply)) => Outcome::Temporary { reply },
     }
-    Ok(with_final(outcomes, final_outcome))
 }
 
 /// How long the end of the data may take: the command timeout, and a
 /// second more per 100 kB of body.
 fn data_limit(t: Duration, body: &[u8]) -> Duration {
     t + Duration::from_secs(body.len() as u64 / 100_000)
-}
-
-type DataReply = Result<
-    Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error>,
-    tokio::time::error::Elapsed,
->;
-
-/// What the reply to the end of the data means for the recipients the
-/// server took, and whether the connection must be dropped (broken or
-/// silent).
-fn data_outcome(sent: DataReply) -> (Outcome, bool) {
-    match sent {
-        Ok(Ok(resp)) => (
-            Outcome::Delivered {
-                reply: format!(
-                    "{} {}",
-                    resp.code(),
-                    one_line(&resp.message().collect::<Vec<_>>().join(" "))
-                ),
-            },
-            false,
-        ),
-        Ok(Err(e)) => (
-            Outcome::from_error(&e),
-            !(e.is_transient() || e.is_permanent()),
-        ),
-        Err(_) => (
-            Outcome::Temporary {
-                reply: "timeout during DATA".into(),
-            },
-            true,
-        ),
-    }
 }
 
 /// Every recipient's outcome: its own refusal, or the data's outcome.
@@ -532,61 +529,90 @@ fn with_final(outcomes: Vec<Option<Outcome>>, data: Outcome) -> Vec<Outcome> {
         .collect()
 }
 
-/// Bodies up to this size are stuffed whole by [`dot_stuffed`] (fewer
-/// instructions); larger ones a piece at a time by lettre (less memory).
-const STUFFED_COPY_MAX: usize = 1 << 20;
-/// The pieces lettre stuffs and writes, one at a time.
+/// The pieces the body is stuffed and written in.
 const STUFFED_CHUNK: usize = 64 * 1024;
 
-/// The message as DATA sends it (RFC 5321 4.5.2): a dot doubled at the
-/// start of every line, CRLF at the end, then the lone dot. `Err` if the
-/// body is not UTF-8 (lettre's byte API sends those).
-fn dot_stuffed(body: &[u8]) -> Result<String, ()> {
-    let text = std::str::from_utf8(body).map_err(|_| ())?;
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len() + text.len() / 64 + 8);
-    // Line by line (a line ends at CRLF only), scanning bytes for LF: a
-    // str pattern search cost ten times as much per message.
-    let mut start = 0;
-    while start < bytes.len() {
-        if bytes[start] == b'.' {
-            out.push('.');
-        }
-        let end = crlf_end(bytes, start).unwrap_or(bytes.len());
-        out.push_str(text.get(start..end).ok_or(())?);
-        start = end;
-    }
-    if !out.is_empty() && !out.ends_with("\r\n") {
-        out.push_str("\r\n");
-    }
-    out.push_str(".\r\n");
-    Ok(out)
+/// Dot-stuffing as DATA sends a message (RFC 5321 4.5.2), a piece at a
+/// time: a dot doubled at the start of every line (a line starts after
+/// CRLF only), CRLF at the end if the body lacks it, then the lone dot.
+#[derive(Debug)]
+struct DotStuffer {
+    line_start: bool,
+    after_cr: bool,
 }
 
-/// Where the line starting at `start` ends: just after its CRLF.
-fn crlf_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut from = start;
-    loop {
-        let lf = from + bytes.get(from..)?.iter().position(|&b| b == b'\n')?;
-        if lf > start && bytes[lf - 1] == b'\r' {
-            return Some(lf + 1);
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            line_start: true,
+            after_cr: false,
         }
-        from = lf + 1;
     }
 }
 
-async fn reset(conn: &mut AsyncSmtpConnection, t: Duration) {
-    if !matches!(
-        tokio::time::timeout(t, conn.command("RSET\r\n")).await,
-        Ok(Ok(_))
-    ) {
-        conn.abort().await;
+impl DotStuffer {
+    /// Appends `piece`, stuffed, to `out`. Scans for LF a line at a time
+    /// (a byte-by-byte loop cost several times as much per message).
+    fn stuff(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < piece.len() {
+            if self.line_start && piece[i] == b'.' {
+                out.push(b'.');
+            }
+            match piece[i..].iter().position(|&b| b == b'\n') {
+                Some(p) => {
+                    let lf = i + p;
+                    let cr = if lf > i {
+                        piece[lf - 1] == b'\r'
+                    } else {
+                        self.after_cr
+                    };
+                    out.extend_from_slice(&piece[i..=lf]);
+                    self.line_start = cr;
+                    self.after_cr = false;
+                    i = lf + 1;
+                }
+                None => {
+                    out.extend_from_slice(&piece[i..]);
+                    self.after_cr = piece.last() == Some(&b'\r');
+                    self.line_start = false;
+                    i = piece.len();
+                }
+            }
+        }
+    }
+
+    /// The end of the data: CRLF unless the body ended a line (or was
+    /// empty), then ".CRLF".
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// The whole message as DATA sends it.
+#[cfg(test)]
+fn dot_stuffed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = DotStuffer::default();
+    s.stuff(body, &mut out);
+    s.finish(&mut out);
+    out
+}
+
+/// RSET after a refused transaction; a connection that does not take it
+/// is not used again.
+async fn reset(conn: &mut HopConnection) {
+    if !matches!(conn.command("RSET\r\n", "RSET").await, Ok(r) if r.is_positive()) {
+        conn.give_up();
     }
 }
 
 /// A remote reply on one line, control characters removed, at most 500
 /// characters: it goes into logs, events and bounces.
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -617,7 +643,7 @@ mod tests {
     #[test]
     fn status_and_sanitising() {
         assert_eq!(
-            enhanced_status("permanent error (550): 5.1.1 no such user"),
+            enhanced_status("550 5.1.1 no such user"),
             Some("5.1.1".into())
         );
         assert_eq!(enhanced_status("550 no such user"), None);
@@ -625,13 +651,15 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The byte scan stuffs exactly the lines `split_inclusive` sees.
+        /// The stuffer, fed in any pieces, stuffs exactly the lines
+        /// `split_inclusive` sees.
         #[test]
         fn dot_stuffing_matches_its_line_by_line_definition(
             parts in proptest::collection::vec(
                 proptest::sample::select(vec![".", "\r", "\n", "\r\n", "a", "é", ".."]),
                 0..40,
-            )
+            ),
+            cuts in proptest::collection::vec(1usize..8, 0..10),
         ) {
             let text: String = parts.concat();
             let mut want = String::new();
@@ -645,21 +673,33 @@ mod tests {
                 want.push_str("\r\n");
             }
             want.push_str(".\r\n");
-            proptest::prop_assert_eq!(dot_stuffed(text.as_bytes()).unwrap(), want);
+            proptest::prop_assert_eq!(dot_stuffed(text.as_bytes()), want.as_bytes());
+            let mut out = Vec::new();
+            let mut stuffer = DotStuffer::default();
+            let mut rest = text.as_bytes();
+            for cut in cuts {
+                let (piece, tail) = rest.split_at(cut.min(rest.len()));
+                stuffer.stuff(piece, &mut out);
+                rest = tail;
+            }
+            stuffer.stuff(rest, &mut out);
+            stuffer.finish(&mut out);
+            proptest::prop_assert_eq!(out, want.as_bytes());
         }
     }
 
     #[test]
     fn dot_stuffing_as_rfc_5321_says() {
         assert_eq!(
-            dot_stuffed(b"a\r\n.b\r\n..c\r\n").unwrap(),
-            "a\r\n..b\r\n...c\r\n.\r\n"
+            dot_stuffed(b"a\r\n.b\r\n..c\r\n"),
+            b"a\r\n..b\r\n...c\r\n.\r\n"
         );
-        assert_eq!(dot_stuffed(b".\r\n").unwrap(), "..\r\n.\r\n");
-        assert_eq!(dot_stuffed(b"no end").unwrap(), "no end\r\n.\r\n");
-        assert_eq!(dot_stuffed(b"").unwrap(), ".\r\n");
+        assert_eq!(dot_stuffed(b".\r\n"), b"..\r\n.\r\n");
+        assert_eq!(dot_stuffed(b"no end"), b"no end\r\n.\r\n");
+        assert_eq!(dot_stuffed(b""), b".\r\n");
         // A dot inside a line, or after a bare LF, is not at a line start.
-        assert_eq!(dot_stuffed(b"a.b\n.c\r\n").unwrap(), "a.b\n.c\r\n.\r\n");
-        assert!(dot_stuffed(b"\xff\r\n").is_err());
+        assert_eq!(dot_stuffed(b"a.b\n.c\r\n"), b"a.b\n.c\r\n.\r\n");
+        // 8-bit bodies are bytes like any other.
+        assert_eq!(dot_stuffed(b"\xff\r\n.\xff"), b"\xff\r\n..\xff\r\n.\r\n");
     }
 }

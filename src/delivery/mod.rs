@@ -4,7 +4,9 @@
 
 pub mod client;
 pub mod dsn;
+pub mod hop;
 pub mod mx;
+pub mod reply;
 pub mod router;
 pub mod scheduler;
 

@@ -1,0 +1,357 @@
+//! Next hops that misbehave, each scripted byte by byte on loopback, and
+//! what the real binary's delivery does about them: no hang, no endless
+//! resend, no body sent as commands, no message lost; liberal where RFC
+//! 5321 asks it (a reply with no text, an unknown second digit), with HELO
+//! when EHLO is refused, plaintext when opportunistic STARTTLS is refused.
+
+mod common;
+
+use common::{Server, cli, send_queued, test_db};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the scripted next hop saw.
+#[derive(Default)]
+struct Seen {
+    connections: usize,
+    /// Bodies that reached the final dot.
+    bodies: Vec<Vec<u8>>,
+    /// Command lines, in order, over all connections.
+    commands: Vec<String>,
+}
+
+/// One connection's side of the script.
+struct Peer {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Peer {
+    fn say(&mut self, text: &str) {
+        let _ = self.writer.write_all(text.as_bytes());
+    }
+
+    /// The next command line, recorded; None when the client has gone.
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                let line = line.trim_end().to_string();
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.commands.push(line.clone());
+                }
+                Some(line)
+            }
+        }
+    }
+
+    /// Reads the body up to its final dot and records it.
+    fn body(&mut self) -> Option<()> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if self.reader.read_until(b'\n', &mut line).ok()? == 0 {
+                return None;
+            }
+            if line == b".\r\n" {
+                break;
+            }
+            body.extend_from_slice(&line);
+        }
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.bodies.push(body);
+        }
+        Some(())
+    }
+
+    /// Answers commands the usual way until DATA's 354 and the body are
+    /// done, then hands over: EHLO with `ehlo` lines.
+    fn up_to_the_dot(&mut self, ehlo: &str) -> Option<()> {
+        loop {
+            let line = self.line()?;
+            let verb = line
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            match verb.as_str() {
+                "EHLO" => self.say(ehlo),
+                "DATA" => {
+                    self.say("354 go ahead\r\n");
+                    return self.body();
+                }
+                "QUIT" => {
+                    self.say("221 bye\r\n");
+                    return None;
+                }
+                _ => self.say("250 ok\r\n"),
+            }
+        }
+    }
+}
+
+/// A next hop on 127.0.0.1 running `script` for each connection.
+fn next_hop(script: fn(&mut Peer, usize)) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let shared = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let n = {
+                let mut s = shared.lock().expect("seen");
+                s.connections += 1;
+                s.connections
+            };
+            let seen = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let Ok(writer) = stream.try_clone() else {
+                    return;
+                };
+                let mut peer = Peer {
+                    reader: BufReader::new(stream),
+                    writer,
+                    seen,
+                };
+                script(&mut peer, n);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+const EHLO: &str = "250-hop.test\r\n250 8BITMIME\r\n";
+
+fn setup(dir: &Path, hop: SocketAddr, tls: &str) -> (Server, std::path::PathBuf) {
+    let db = test_db(
+        dir,
+        &[
+            ("retry-first", "1"),
+            ("retry-max-interval", "1"),
+            ("delivery-command-timeout", "2"),
+        ],
+    );
+    cli(&db, &["route", "add", "*", &hop.to_string(), "--tls", tls]);
+    (Server::start(&db), db)
+}
+
+fn send(server: &mut Server) -> String {
+    send_queued(
+        server.addr(),
+        "alice@example.com",
+        &["bob@far.test"],
+        "Subject: t\r\n\r\n..leading dot\r\nhello\r\n",
+    )
+}
+
+/// Polls until `f` holds (20 s at most).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn queue_is_empty(db: &Path) -> bool {
+    cli(db, &["queue", "show"]).contains("queue is empty")
+}
+
+/// Silent after the final dot: the attempt times out, is deferred and
+/// tried again (it used to hang in flight for ever); the second time the
+/// hop answers and the message is delivered.
+#[test]
+fn a_hop_silent_after_the_dot_costs_a_timeout_not_a_slot_for_ever() {
+    let (hop, seen) = next_hop(|p, n| {
+        p.say("220 hop.test\r\n");
+        if p.up_to_the_dot(EHLO).is_none() {
+            return;
+        }
+        if n == 1 {
+            // Reads on (QUIT, anything) and never answers.
+            while p.line().is_some() {}
+            return;
+        }
+        p.say("250 2.0.0 taken\r\n");
+        while let Some(l) = p.line() {
+            p.say(if l == "QUIT" {
+                "221 bye\r\n"
+            } else {
+                "250 ok\r\n"
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    send(&mut server);
+    eventually("a second connection after the silent one", || {
+        seen.lock().expect("seen").connections >= 2
+    });
+    eventually("the message delivered and gone", || queue_is_empty(&db));
+    assert_eq!(seen.lock().expect("seen").bodies.len(), 2);
+}
+
+/// RFC 5321 4.2: any text, or none, is acceptable, and a reply is judged
+/// by its first digit. "250" alone after the dot is a delivery, once: not
+/// a parse error that sends the message again and again. A 10 MB
+/// greeting line is read through (only its start kept).
+#[test]
+fn bare_and_unusual_replies_count_as_what_their_first_digit_says() {
+    let (hop, seen) = next_hop(|p, _| {
+        let mut greeting = String::from("220 ");
+        greeting.push_str(&"x".repeat(10 << 20));
+        greeting.push_str("\r\n");
+        p.say(&greeting);
+        if p.up_to_the_dot("250-hop.test\r\n250 PIPELINING\r\n")
+            .is_none()
+        {
+            return;
+        }
+        p.say("250\r\n");
+        while let Some(l) = p.line() {
+            p.say(if l == "QUIT" {
+                "221\r\n"
+            } else {
+                "270 2.0.0 fine\r\n"
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    send(&mut server);
+    eventually("the message delivered and gone", || queue_is_empty(&db));
+    // Two retry intervals more: no second copy.
+    std::thread::sleep(Duration::from_millis(2500));
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.bodies.len(), 1);
+    // Stuffed on the wire: the stored line is ".leading dot".
+    let body = String::from_utf8_lossy(&seen.bodies[0]);
+    assert!(
+        body.contains("\r\nSubject: t\r\n\r\n..leading dot\r\nhello\r\n"),
+        "{body}"
+    );
+}
+
+/// A 2xx to DATA (without PIPELINING) is not a go-ahead: the body is not
+/// sent (its lines would be taken as commands), the connection is not
+/// used again, and the message is deferred, not bounced.
+#[test]
+fn a_2xx_to_data_sends_no_body_and_defers() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        while let Some(l) = p.line() {
+            let reply = match l.split(' ').next().unwrap_or_default() {
+                "EHLO" => EHLO,
+                "QUIT" => "221 bye\r\n",
+                "DATA" => "250 ok, whatever\r\n",
+                _ => "250 ok\r\n",
+            };
+            p.say(reply);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    let id = send(&mut server);
+    eventually("two attempts", || {
+        seen.lock().expect("seen").connections >= 2
+    });
+    let seen = seen.lock().expect("seen");
+    assert!(
+        !seen
+            .commands
+            .iter()
+            .any(|c| c.contains("hello") || c.contains("Subject")),
+        "body lines went out as commands: {:?}",
+        seen.commands
+    );
+    let queue = cli(&db, &["queue", "show"]);
+    assert!(queue.contains(&id), "{queue}");
+    assert!(queue.contains("did not ask for the message"), "{queue}");
+}
+
+/// EHLO refused with 502: HELO (RFC 5321 3.2). STARTTLS refused with 454
+/// on an opportunistic route: the message goes on in plaintext (RFC 3207
+/// 4.1), as Postfix's `may` does.
+#[test]
+fn helo_when_ehlo_is_refused_and_plaintext_when_starttls_is() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        while let Some(l) = p.line() {
+            let verb = l.split(' ').next().unwrap_or_default().to_string();
+            match verb.as_str() {
+                "EHLO" => p.say("502 5.5.1 no EHLO here\r\n"),
+                "DATA" => {
+                    p.say("354 go\r\n");
+                    if p.body().is_none() {
+                        return;
+                    }
+                    p.say("250 2.0.0 taken\r\n");
+                }
+                "QUIT" => {
+                    p.say("221 bye\r\n");
+                    return;
+                }
+                _ => p.say("250 ok\r\n"),
+            }
+        }
+    });
+    let (tls_hop, tls_seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        while let Some(l) = p.line() {
+            let verb = l.split(' ').next().unwrap_or_default().to_string();
+            match verb.as_str() {
+                "EHLO" => p.say("250-hop.test\r\n250 STARTTLS\r\n"),
+                "STARTTLS" => p.say("454 4.7.0 TLS not available now\r\n"),
+                "DATA" => {
+                    p.say("354 go\r\n");
+                    if p.body().is_none() {
+                        return;
+                    }
+                    p.say("250 2.0.0 taken\r\n");
+                }
+                "QUIT" => {
+                    p.say("221 bye\r\n");
+                    return;
+                }
+                _ => p.say("250 ok\r\n"),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "tls.test",
+            &tls_hop.to_string(),
+            "--tls",
+            "opportunistic",
+        ],
+    );
+    send(&mut server);
+    send_queued(
+        server.addr(),
+        "alice@example.com",
+        &["carol@tls.test"],
+        "Subject: t\r\n\r\nhello\r\n",
+    );
+    eventually("both delivered", || queue_is_empty(&db));
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.bodies.len(), 1);
+    assert!(
+        seen.commands.iter().any(|c| c.starts_with("HELO ")),
+        "{:?}",
+        seen.commands
+    );
+    assert_eq!(tls_seen.lock().expect("seen").bodies.len(), 1);
+}
