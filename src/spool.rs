@@ -78,6 +78,9 @@ pub enum SpoolError {
     },
     #[error("spool write failed: {0}")]
     Write(String),
+    /// The disk (or the file system's quota) is full.
+    #[error("spool write failed, no space left: {0}")]
+    Full(String),
     #[error("the spool writer has stopped")]
     Stopped,
 }
@@ -136,7 +139,33 @@ pub enum SpoolOp {
 
 struct Job {
     op: SpoolOp,
-    done: oneshot::Sender<Result<usize, String>>,
+    done: oneshot::Sender<Result<usize, WriteFailure>>,
+}
+
+/// Why the writer could not apply a job, and whether for want of space.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    text: String,
+    full: bool,
+}
+
+impl From<&rusqlite::Error> for WriteFailure {
+    fn from(e: &rusqlite::Error) -> Self {
+        WriteFailure {
+            text: e.to_string(),
+            full: e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+        }
+    }
+}
+
+impl From<WriteFailure> for SpoolError {
+    fn from(f: WriteFailure) -> Self {
+        if f.full {
+            SpoolError::Full(f.text)
+        } else {
+            SpoolError::Write(f.text)
+        }
+    }
 }
 
 /// Handle to the spool; cheap to clone and share between sessions.
@@ -314,7 +343,7 @@ impl Spool {
             .map_err(|_| SpoolError::Stopped)?;
         match wait.await {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(SpoolError::Write(e)),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(SpoolError::Stopped),
         }
     }
@@ -327,7 +356,7 @@ impl Spool {
             .map_err(|_| SpoolError::Stopped)?;
         match wait.blocking_recv() {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(SpoolError::Write(e)),
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(SpoolError::Stopped),
         }
     }
@@ -397,7 +426,7 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
                 }
             }
             Err(e) => {
-                let e = e.to_string();
+                let e = WriteFailure::from(&e);
                 for job in batch {
                     let _ = job.done.send(Err(e.clone()));
                 }
@@ -415,7 +444,7 @@ fn now_secs() -> i64 {
 fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Job],
-) -> rusqlite::Result<Vec<Result<usize, String>>> {
+) -> rusqlite::Result<Vec<Result<usize, WriteFailure>>> {
     // Usually every job succeeds: all in one transaction, no savepoints
     // (two more statements each). If one fails, the batch is rolled back
     // and done again job by job, so one bad job never takes the others
@@ -450,7 +479,7 @@ fn commit(
             }
             Err(e) => {
                 sp.rollback()?;
-                results.push(Err(e.to_string()));
+                results.push(Err((&e).into()));
             }
         }
     }

@@ -1000,3 +1000,100 @@ fn the_login_cache_is_no_free_oracle_while_guesses_are_under_way() {
         let _ = t.join();
     }
 }
+
+/// A disk that fills up: a message that cannot be stored gets `452 4.3.1`
+/// (no fault of the client's), and deliveries whose outcome the spool
+/// cannot record are not sent again and again: each queued message
+/// reaches the next hop once, delivery waits for the disk, and once there
+/// is room the outcomes are written and the queue empties. Root only (the
+/// database goes on a small tmpfs of its own).
+#[test]
+fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
+    use common::sink::{Sink, SinkMode, SinkOptions};
+    if !common::is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&small)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let sink = Sink::start(SinkOptions::default());
+    sink.set_mode(SinkMode::TempFailAll);
+    let db = test_db(&small, &[("retry-first", "1"), ("retry-max-interval", "1")]);
+    common::smarthost(&db, sink.addr());
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let body = format!(
+        "Subject: fill\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(78)).repeat(250)
+    );
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(common::send_queued(
+            addr,
+            "alice@example.com",
+            &["bob@far.test"],
+            &body,
+        ));
+    }
+    // Fill what is left of the disk.
+    let ballast = small.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).expect("ballast");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // A new message: refused as a full disk, whatever the step.
+    let reply = common::send_message(addr, "alice@example.com", &["bob@far.test"], &body);
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    // The next hop comes back while the disk is full.
+    sink.set_mode(SinkMode::Normal);
+    server.wait_for(
+        "no delivery starts until the spool",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let sent = sink.messages().len();
+    assert!(
+        sent <= ids.len(),
+        "{sent} deliveries of {} messages",
+        ids.len()
+    );
+    // Room again: the outcomes are written, nothing is sent twice.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::cli(&db, &["queue", "show"]).contains("the queue is empty") {
+        assert!(Instant::now() < deadline, "the queue did not empty");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut got: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m.body_str())
+        .filter_map(|b| ids.iter().find(|id| b.contains(id.as_str())).cloned())
+        .collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "each message exactly once");
+}

@@ -52,6 +52,11 @@ struct Delivery {
     /// Memory for message bodies read back from the spool, in KiB (see
     /// [`BODY_BUDGET_KIB`]).
     body_budget: Arc<Semaphore>,
+    /// Outcomes the spool could not record (a full disk): written again
+    /// every second, in order. While any waits, no delivery starts: a
+    /// message whose outcome is not on disk would be found due and sent
+    /// again, and again.
+    unrecorded: Mutex<Vec<SpoolOp>>,
 }
 
 /// What the bodies of the deliveries under way may take at once, in KiB:
@@ -186,6 +191,7 @@ pub async fn run(
         slot_freed: tokio::sync::Notify::new(),
         rates: Mutex::new(RateSchedules::default()),
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize)),
+        unrecorded: Mutex::new(Vec::new()),
     });
     // More is waiting in the spool than is in flight.
     let mut backlog = true;
@@ -201,7 +207,7 @@ pub async fn run(
                 while let Ok(more) = fresh.try_recv() {
                     batch.push(more);
                 }
-                if !snapshot.settings.delivery {
+                if !snapshot.settings.delivery || has_unrecorded(&d) {
                     backlog = true;
                     continue;
                 }
@@ -225,6 +231,10 @@ pub async fn run(
             continue;
         }
         next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
+        if has_unrecorded(&d) && !record_again(&d).await {
+            backlog = true;
+            continue;
+        }
         let snapshot = shared.snapshot();
         if !snapshot.settings.delivery {
             continue;
@@ -272,6 +282,32 @@ pub async fn run(
             }
         }
     }
+}
+
+fn has_unrecorded(d: &Delivery) -> bool {
+    d.unrecorded.lock().map_or(true, |u| !u.is_empty())
+}
+
+/// Writes the outcomes the spool could not record, oldest first; true
+/// when all are on disk (and delivery may go on).
+async fn record_again(d: &Delivery) -> bool {
+    let waiting = match d.unrecorded.lock() {
+        Ok(mut u) => std::mem::take(&mut *u),
+        Err(_) => return false,
+    };
+    let mut left = waiting.into_iter();
+    while let Some(op) = left.next() {
+        if d.shared.spool.apply(op.clone()).await.is_err() {
+            if let Ok(mut u) = d.unrecorded.lock() {
+                let mut rest = vec![op];
+                rest.extend(left);
+                rest.append(&mut u);
+                *u = rest;
+            }
+            return false;
+        }
+    }
+    true
 }
 
 fn in_flight(d: &Delivery) -> usize {
@@ -883,11 +919,21 @@ async fn record(
         updates,
         bounce,
     };
-    if let Err(e) = d.shared.spool.apply(op).await {
-        d.shared.events.emit(Event::Error {
-            session: None,
-            message: format!("recording delivery of {}: {e}", message.id),
+    if let Err(e) = d.shared.spool.apply(op.clone()).await {
+        let first = d.unrecorded.lock().is_ok_and(|mut u| {
+            u.push(op);
+            u.len() == 1
         });
+        if first {
+            d.shared.events.emit(Event::Error {
+                session: None,
+                message: format!(
+                    "recording delivery of {}: {e}; no delivery starts until the spool \
+                     records outcomes again (tried every second)",
+                    message.id
+                ),
+            });
+        }
     }
 }
 

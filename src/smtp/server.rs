@@ -6,7 +6,8 @@ use super::framer::{Frame, Framer, Timeouts};
 use super::proxy_header::{self, ProxyHeader, ProxyParse};
 use super::reply::Reply;
 use super::session::{
-    Action, AuthOutcome, DataProgress, Limits, Message, RecipientDecision, Session, SessionParams,
+    Action, AuthOutcome, DataProgress, Limits, Message, NotStored, RecipientDecision, Session,
+    SessionParams,
 };
 use super::trace_header::{TraceInfo, received_header};
 use crate::abuse::quota::QuotaHolds;
@@ -147,20 +148,20 @@ async fn spill_body(
     id: u64,
     session: &mut Session,
     spill: &mut Option<SpillFile>,
-    failed: &mut bool,
+    failed: &mut Option<NotStored>,
     threshold: usize,
 ) {
     let Some(bytes) = session.take_data_body(threshold) else {
         return;
     };
-    if *failed {
+    if failed.is_some() {
         return;
     }
     if spill.is_none() {
         match SpillFile::create(&ctx.shared.spill_dir, id) {
             Ok(f) => *spill = Some(f),
             Err(e) => {
-                *failed = true;
+                *failed = Some(not_stored(&e));
                 ctx.shared.events.emit(Event::Error {
                     session: Some(id),
                     message: format!("writing a message body to disk: {e}"),
@@ -172,11 +173,20 @@ async fn spill_body(
     if let Some(f) = spill
         && let Err(e) = f.append(&bytes).await
     {
-        *failed = true;
+        *failed = Some(not_stored(&e));
         ctx.shared.events.emit(Event::Error {
             session: Some(id),
             message: format!("writing a message body to disk: {e}"),
         });
+    }
+}
+
+/// What a failed write of a body means for the client.
+fn not_stored(e: &io::Error) -> NotStored {
+    if e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded {
+        NotStored::NoSpace
+    } else {
+        NotStored::Failed
     }
 }
 
@@ -350,7 +360,7 @@ async fn run(
     let mut pending: VecDeque<Action> = VecDeque::new();
     let write_limit = Duration::from_secs(settings.command_timeout_secs);
     let mut spill: Option<SpillFile> = None;
-    let mut spill_failed = false;
+    let mut spill_failed: Option<NotStored> = None;
     // What the transaction under way counts against the sending quotas.
     let mut quota = QuotaHold {
         abuse: &ctx.shared.abuse,
@@ -378,7 +388,7 @@ async fn run(
                         if !actions.iter().any(|a| matches!(a, Action::Message(_))) {
                             // Refused (too big, bad line endings): nothing to keep.
                             spill = None;
-                            spill_failed = false;
+                            spill_failed = None;
                         }
                         pending.extend(actions);
                     }
@@ -542,7 +552,7 @@ async fn run(
                         // A spilled body gets its last part on disk too.
                         let mut spilled = spill.take();
                         if let Some(f) = &mut spilled
-                            && !spill_failed
+                            && spill_failed.is_none()
                         {
                             let tail = std::mem::take(&mut message.body);
                             if let Err(e) = async {
@@ -551,15 +561,15 @@ async fn run(
                             }
                             .await
                             {
-                                spill_failed = true;
+                                spill_failed = Some(not_stored(&e));
                                 ctx.shared.events.emit(Event::Error {
                                     session: Some(id),
                                     message: format!("writing a message body to disk: {e}"),
                                 });
                             }
                         }
-                        let reply = if std::mem::take(&mut spill_failed) {
-                            session.message_stored(Err("the body could not be written".into()))
+                        let reply = if let Some(why) = spill_failed.take() {
+                            session.message_stored(Err(why))
                         } else {
                             store_message(ctx, id, settings, session, *message, spilled.as_ref())
                                 .await
@@ -1124,5 +1134,8 @@ async fn store_message(
             message: format!("spooling {queue_id} failed: {e}"),
         }),
     }
-    session.message_stored(result.map(|()| queue_id).map_err(|e| e.to_string()))
+    session.message_stored(result.map(|()| queue_id).map_err(|e| match e {
+        crate::spool::SpoolError::Full(_) => NotStored::NoSpace,
+        _ => NotStored::Failed,
+    }))
 }

@@ -260,6 +260,14 @@ enum Phase {
     Closed,
 }
 
+/// Why a message could not be stored: RFC 3463 has a code for a full
+/// disk (4.3.1), which tells the client it is no fault of its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    NoSpace,
+    Failed,
+}
+
 /// One client connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
@@ -763,13 +771,18 @@ impl Session {
     /// The caller stored the message (`Ok(queue id)`) or could not. Only
     /// now may the client hear 250. The error text stays in the caller's
     /// log: the client gets a generic 451.
-    pub fn message_stored(&mut self, result: Result<String, String>) -> Reply {
+    pub fn message_stored(&mut self, result: Result<String, NotStored>) -> Reply {
         if matches!(self.phase, Phase::Storing) {
             self.phase = Phase::Commands;
         }
         match result {
             Ok(queue_id) => Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}")),
-            Err(_) => Reply::new(
+            Err(NotStored::NoSpace) => Reply::new(
+                452,
+                "4.3.1",
+                "Error: insufficient system storage, try again later",
+            ),
+            Err(NotStored::Failed) => Reply::new(
                 451,
                 "4.3.0",
                 "Error: local error in processing, try again later",

@@ -702,9 +702,16 @@ fn data_is_unstuffed_and_lines_wait_for_the_store() {
     c.cmd("NOOP", "503 5.5.1"); // not before message_stored
     assert!(
         c.session
-            .message_stored(Err("disk full".into()))
+            .message_stored(Err(NotStored::Failed))
             .to_string()
             .starts_with("451 4.3.0")
+    );
+    // A full disk says so (RFC 3463 4.3.1): the client is not at fault.
+    assert!(
+        c.session
+            .message_stored(Err(NotStored::NoSpace))
+            .to_string()
+            .starts_with("452 4.3.1")
     );
     // The transaction is over either way.
     c.cmd("RCPT TO:<bob@example.test>", "503 5.5.1");
