@@ -946,6 +946,42 @@ async fn open_listener(
     }
 }
 
+/// Failed accepts (out of file descriptors, mostly), said once a minute
+/// with how many there were, not ten times a second while they last.
+pub struct AcceptErrors {
+    what: String,
+    last_said: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+impl AcceptErrors {
+    pub fn new(what: impl Into<String>) -> AcceptErrors {
+        AcceptErrors {
+            what: what.into(),
+            last_said: None,
+            unsaid: 0,
+        }
+    }
+
+    pub fn note(&mut self, shared: &Shared, e: &std::io::Error) {
+        const EVERY: Duration = Duration::from_secs(60);
+        if self.last_said.is_some_and(|at| at.elapsed() < EVERY) {
+            self.unsaid += 1;
+            return;
+        }
+        let more = match self.unsaid {
+            0 => String::new(),
+            n => format!(" ({n} more since the last report)"),
+        };
+        shared.events.emit(Event::Error {
+            session: None,
+            message: format!("{}: {e}{more}; said at most once a minute", self.what),
+        });
+        self.last_said = Some(std::time::Instant::now());
+        self.unsaid = 0;
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     tcp: TcpListener,
@@ -956,6 +992,10 @@ async fn accept_loop(
     // A listener on one address is every connection's local address: no
     // getsockname per connection.
     let bound = tcp.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+    let mut errors = AcceptErrors::new(format!(
+        "accept on {}",
+        tcp.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    ));
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
@@ -983,7 +1023,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: report, back off.
-                    shared.events.emit(Event::Error { session: None, message: format!("accept on {}: {e}", tcp.local_addr().map(|a| a.to_string()).unwrap_or_default()) });
+                    errors.note(&shared, &e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -385,6 +385,101 @@ fn the_console_group_gets_a_0660_socket_and_watches_only() {
     }
 }
 
+/// Consoles are capped per user (8) and in all (64): a user who connects
+/// over and over gets a clear refusal, not an engine that grows by a
+/// snapshot per connection; a place is given back when a console goes.
+#[test]
+fn consoles_are_capped_per_user_and_places_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    server.addr();
+    let mut attached: Vec<Raw> = (0..8)
+        .map(|_| {
+            let mut r = Raw::connect(&db);
+            r.hello();
+            r
+        })
+        .collect();
+    let mut ninth = Raw::connect(&db);
+    match ninth.message() {
+        ServerMessage::Error { message } => {
+            assert!(
+                message.contains("too many consoles attached by this user"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(attached.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = Raw::connect(&db);
+        if let ServerMessage::Hello { .. } = again.message() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A watcher attached through the console group is let go when the
+/// setting changes (here: turned off), rather than watching on.
+#[test]
+fn watchers_are_let_go_when_the_console_group_changes() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a watcher as nobody");
+        return;
+    }
+    // The system's Python, which any user may run (a pyenv shim under
+    // /root is not).
+    let python = "/usr/bin/python3";
+    if !Path::new(python).exists() {
+        eprintln!("skipped: needs {python} to run a watcher as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("console-group", "nogroup")]);
+    let mut server = Server::start(&db);
+    server.addr();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let script = format!(
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_UNIX)\n\
+         s.settimeout(20)\n\
+         s.connect(sys.argv[1])\n\
+         s.sendall(b'{{\"type\":\"hello\",\"protocol\":{PROTOCOL_VERSION}}}\\n')\n\
+         f=s.makefile('rb')\n\
+         last=b''\n\
+         for line in f:\n    last=line\n\
+         sys.stdout.write(last.decode())\n"
+    );
+    let watcher = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+            &script,
+        ])
+        .arg(socket_of(&db))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    // Attached and watching (the engine's log says nothing of a refusal).
+    std::thread::sleep(Duration::from_millis(800));
+    cli(&db, &["policy", "set", "console-group", ""]);
+    let out = watcher.wait_with_output().expect("watcher");
+    let last = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        last.contains("the console group changed"),
+        "the watcher's last line: {last} ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_console_that_stops_reading_is_skipped_ahead_and_never_slows_sessions() {
     let dir = tempfile::tempdir().unwrap();

@@ -134,6 +134,15 @@ pub enum ProtocolError {
         ours: u32,
         engine: String,
     },
+    /// The same mismatch, seen from the engine: the console is the other.
+    #[error(
+        "this console speaks control protocol {theirs}; the running engine (relaygate {engine}) speaks {ours}: use the relaygate binary of the same version as the engine"
+    )]
+    ConsoleVersion {
+        theirs: u32,
+        ours: u32,
+        engine: String,
+    },
     #[error("the engine refused: {0}")]
     Refused(String),
     #[error("not a relaygate control socket, or a garbled line: {0}")]
@@ -208,8 +217,8 @@ pub fn check_client_hello(line: &[u8]) -> Result<(), ProtocolError> {
         serde_json::from_slice(line).map_err(|e| ProtocolError::Garbled(e.to_string()))?;
     match value.get("protocol").and_then(|p| p.as_u64()) {
         Some(p) if p == u64::from(PROTOCOL_VERSION) => Ok(()),
-        Some(p) => Err(ProtocolError::Version {
-            theirs: p as u32,
+        Some(p) => Err(ProtocolError::ConsoleVersion {
+            theirs: u32::try_from(p).unwrap_or(u32::MAX),
             ours: PROTOCOL_VERSION,
             engine: env!("CARGO_PKG_VERSION").to_string(),
         }),
@@ -494,7 +503,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains("protocol 0") && message.contains("same version"),
+            message.starts_with("this console speaks control protocol 0;")
+                && message.contains("same version"),
             "{message}"
         );
         assert!(matches!(

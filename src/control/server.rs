@@ -26,6 +26,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest request line.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// Consoles attached at once, in all and per user: each holds a snapshot
+/// and a buffer (about 1.5 MB at most), so a watcher cannot make the
+/// engine grow, or use up its descriptors, by connecting over and over.
+const MAX_CONSOLES: usize = 64;
+const MAX_CONSOLES_PER_USER: usize = 8;
 
 /// Why the socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,57 @@ struct Context {
     feed: Feed,
     retry_bindings: Arc<Notify>,
     own_uid: u32,
+    /// Consoles attached, by user id.
+    attached: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    /// Bumped when the console group changes: watchers are let go, to
+    /// be decided again when they reconnect.
+    group_changed: watch::Sender<u64>,
+}
+
+/// A console's place under [`MAX_CONSOLES`]; given back when dropped.
+struct Attached {
+    ctx: Arc<Context>,
+    uid: u32,
+}
+
+impl Attached {
+    /// A place for `uid`'s console, or why there is none.
+    fn take(ctx: &Arc<Context>, uid: u32) -> Result<Attached, String> {
+        let mut attached = ctx
+            .attached
+            .lock()
+            .map_err(|_| "internal: lock poisoned".to_string())?;
+        let total: usize = attached.values().sum();
+        let mine = attached.get(&uid).copied().unwrap_or(0);
+        if total >= MAX_CONSOLES {
+            return Err(format!(
+                "too many consoles attached ({total}); try again when one has gone"
+            ));
+        }
+        if mine >= MAX_CONSOLES_PER_USER {
+            return Err(format!(
+                "too many consoles attached by this user ({mine}); close one first"
+            ));
+        }
+        *attached.entry(uid).or_insert(0) += 1;
+        Ok(Attached {
+            ctx: Arc::clone(ctx),
+            uid,
+        })
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Ok(mut attached) = self.ctx.attached.lock()
+            && let Some(n) = attached.get_mut(&self.uid)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                attached.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Opens the socket (replacing one left by a crash: the caller holds the
@@ -77,6 +133,8 @@ pub fn start(
         feed,
         retry_bindings,
         own_uid: access::own_uid(),
+        attached: std::sync::Mutex::new(std::collections::HashMap::new()),
+        group_changed: watch::Sender::new(0),
     });
     let applied = apply_mode(&ctx, path, group.as_deref());
     Ok(tokio::spawn(accept_loop(
@@ -124,6 +182,7 @@ async fn accept_loop(
 ) {
     let mut setting = ctx.shared.snapshot().settings.console_group.clone();
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut accept_errors = crate::engine::AcceptErrors::new("control socket accept");
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -132,34 +191,47 @@ async fn accept_loop(
                 if now != setting {
                     group = apply_mode(&ctx, &path, now.as_deref());
                     setting = now;
+                    ctx.group_changed.send_modify(|n| *n += 1);
                 }
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Membership as /etc/group has it now, not as it was
+                    // when the setting last changed.
+                    if let Some(g) = &group
+                        && let Some(now) = access::lookup_group(&g.name)
+                    {
+                        group = Some(now);
+                    }
                     let access = match stream.peer_cred() {
                         Ok(cred) => {
                             match access::decide(cred.uid(), cred.gid(), ctx.own_uid, group.as_ref()) {
-                                Some(a) => Ok(a),
+                                Some(a) => Ok((a, cred.uid())),
                                 None => Err((cred.uid(), cred.pid())),
                             }
                         }
                         Err(_) => Err((u32::MAX, None)),
                     };
                     match access {
-                        Ok(access) => {
-                            tokio::spawn(serve_client(Arc::clone(&ctx), stream, access));
-                        }
+                        Ok((access, uid)) => match Attached::take(&ctx, uid) {
+                            Ok(place) => {
+                                tokio::spawn(serve_client(Arc::clone(&ctx), stream, access, place));
+                            }
+                            Err(message) => {
+                                tokio::spawn(refuse(stream, message));
+                            }
+                        },
                         Err((uid, pid)) => {
                             ctx.shared.events.emit(Event::ControlRefused { uid, pid });
-                            tokio::spawn(refuse(stream));
+                            tokio::spawn(refuse(
+                                stream,
+                                "not allowed: the console needs the service user, root, or the console group".into(),
+                            ));
                         }
                     }
                 }
                 Err(e) => {
-                    ctx.shared.events.emit(Event::Error {
-                        session: None,
-                        message: format!("control socket accept: {e}"),
-                    });
+                    accept_errors.note(&ctx.shared, &e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -169,11 +241,8 @@ async fn accept_loop(
     let _ = std::fs::remove_file(&path);
 }
 
-async fn refuse(mut stream: UnixStream) {
-    let line = encode(&ServerMessage::Error {
-        message: "not allowed: the console needs the service user, root, or the console group"
-            .into(),
-    });
+async fn refuse(mut stream: UnixStream, message: String) {
+    let line = encode(&ServerMessage::Error { message });
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
 }
 
@@ -194,7 +263,8 @@ async fn send(
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
-async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
+async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access, _place: Attached) {
+    let mut group_changed = ctx.group_changed.subscribe();
     let (read, write) = stream.into_split();
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
     let hello = ServerMessage::Hello {
@@ -316,6 +386,11 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access) {
                 Some(Err(message)) => send(&mut writer, &ServerMessage::Error { message }, true).await,
                 None => false,
             },
+            _ = group_changed.changed(), if access == Access::Watch => {
+                let message = "the console group changed: reconnect to be let in again".to_string();
+                let _ = send(&mut writer, &ServerMessage::Error { message }, true).await;
+                false
+            }
             _ = status_tick.tick() => {
                 let status = ctx.feed.status(0);
                 if last_status.as_ref() != Some(&status) {
