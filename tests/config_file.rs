@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{cli, cli_stdin, run_cli};
+use common::{cli, cli_stdin, run_cli, test_db};
 use std::os::unix::fs::PermissionsExt;
 
 fn rich(db: &std::path::Path) {
@@ -218,4 +218,38 @@ fn a_dry_run_changes_nothing_and_bad_files_are_refused_by_line() {
             "a refused file changed something"
         );
     }
+}
+
+/// `config apply` and `list import` take files of at most 64 MiB: an
+/// endless one (`/dev/zero`) is refused with exit 2, not read until
+/// memory runs out. An export replaces whatever was at its path with an
+/// owner-only file (a world-writable file left there is not written into).
+#[test]
+fn input_files_are_bounded_and_exports_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    for args in [
+        &["config", "apply", "/dev/zero", "--dry-run"][..],
+        &["list", "import", "allow", "/dev/zero"][..],
+    ] {
+        let out = run_cli(&db, args, "");
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("larger than 64 MiB"), "{}", out.stderr);
+    }
+    let file = dir.path().join("relaygate.toml");
+    std::fs::write(&file, "someone else's").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run_cli(&db, &["config", "export", file.to_str().unwrap()], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), "someone else's");
+    // No temporary file is left beside it.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("relaygate-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

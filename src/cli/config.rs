@@ -3,7 +3,6 @@
 
 use crate::config_file::{ConfigDoc, diff};
 use crate::store::Store;
-use anyhow::Context;
 use clap::Subcommand;
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,14 +30,13 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             match file {
                 None => std::io::stdout().write_all(text.as_bytes())?,
                 Some(path) => {
-                    write_private(&path, &text)?;
+                    super::write_private_file(&path, &text)?;
                     eprintln!("configuration written to {}", path.display());
                 }
             }
         }
         ConfigCommand::Apply { file, dry_run } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = super::read_text_file(&file)?;
             let doc = ConfigDoc::parse(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
                 .normalized();
@@ -60,23 +58,4 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Owner-only (it holds password hashes and route credentials), and whole
-/// or not at all: a temporary file renamed into place.
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("relaygate-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
 }

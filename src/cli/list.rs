@@ -4,7 +4,6 @@ use crate::policy::ip_lists::ListKind;
 use crate::policy::ip_pattern::IpPattern;
 use crate::policy::list_text::{ParsedEntry, format_list_text, parse_list_text};
 use crate::store::Store;
-use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -83,12 +82,7 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ListCommand::Import { list, file } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
+            let text = super::read_text_file(&file)?;
             let parsed = parse_list_text(&text);
             let outcome = store.add_entries(list.into(), &parsed.entries)?;
             let dups = parsed.duplicates.len() + outcome.duplicates.len();
@@ -118,7 +112,7 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
         ListCommand::Export { list, file } => {
             let text = format_list_text(&store.list_entries(list.into())?);
             match file {
-                Some(path) => write_file_whole(&path, &text)?,
+                Some(path) => super::write_private_file(&path, &text)?,
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
         }
@@ -138,12 +132,4 @@ fn parse_all(entries: &[String]) -> anyhow::Result<Vec<ParsedEntry>> {
             })
         })
         .collect()
-}
-
-/// Writes a file whole or not at all: a temporary file renamed into place.
-fn write_file_whole(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("relaygate-tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
 }

@@ -181,3 +181,65 @@ fn hashed_password_stdin() -> anyhow::Result<String> {
     let password = read_password_stdin()?;
     Ok(crate::credentials::hash_password(&password)?)
 }
+
+/// The most a configuration or list file may hold: far above any real
+/// one, and a bound on what `config apply /dev/zero` can take.
+pub const MAX_INPUT_FILE: u64 = 64 << 20;
+
+/// A text file (or standard input for `-`) read whole, refused past
+/// [`MAX_INPUT_FILE`] rather than read until memory runs out.
+pub fn read_text_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    let (mut reader, name): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), "standard input".into())
+    } else {
+        let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        (Box::new(f), path.display().to_string())
+    };
+    let mut bytes = Vec::new();
+    reader
+        .by_ref()
+        .take(MAX_INPUT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {name}"))?;
+    if bytes.len() as u64 > MAX_INPUT_FILE {
+        anyhow::bail!(
+            "{name} is larger than {} MiB: not read",
+            MAX_INPUT_FILE >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{name} is not UTF-8 text"))
+}
+
+/// Writes `text` to `path` whole or not at all, owner-only: a new
+/// temporary file beside it (created, never reused: a file someone else
+/// put there is not written into), synced, then renamed over `path`.
+pub fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("random name: {e}"))?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "relaygate".into());
+    let tmp = path.with_file_name(format!(".{name}.relaygate-tmp-{suffix}"));
+    let written = (|| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
