@@ -36,6 +36,11 @@ fn now_secs() -> i64 {
 struct Delivery {
     shared: Arc<Shared>,
     reader: Mutex<SpoolReader>,
+    /// One read of the spool at a time goes to a blocking thread: the
+    /// reader is one connection behind a lock, so the others would only
+    /// wait there, each holding a thread of its own (hundreds, while a
+    /// backlog drains, and their memory kept afterwards).
+    reading: Semaphore,
     pool: ConnectionPool,
     global: Mutex<Arc<Semaphore>>,
     /// The global semaphore's size now (`delivery-concurrency`, live).
@@ -182,6 +187,7 @@ pub async fn run(
     let d = Arc::new(Delivery {
         shared: Arc::clone(&shared),
         reader: Mutex::new(reader),
+        reading: Semaphore::new(1),
         pool: ConnectionPool::default(),
         global: Mutex::new(Arc::new(Semaphore::new(settings.delivery_concurrency))),
         global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
@@ -247,6 +253,9 @@ pub async fn run(
         let d2 = Arc::clone(&d);
         // In-flight recipients are still queued: ask for enough to skip them.
         let limit = want + in_flight(&d) * 8;
+        let Ok(_turn) = d.reading.acquire().await else {
+            return;
+        };
         let due = tokio::task::spawn_blocking(move || {
             d2.reader
                 .lock()
@@ -361,6 +370,11 @@ async fn read_spool<T: Send + 'static>(
     id: &str,
     read: impl FnOnce(&SpoolReader, &str) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, String> {
+    let _turn = d
+        .reading
+        .acquire()
+        .await
+        .map_err(|_| "the spool reader is closed".to_string())?;
     let (d, id) = (Arc::clone(d), id.to_string());
     tokio::task::spawn_blocking(move || {
         let reader = d
