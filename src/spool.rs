@@ -716,6 +716,18 @@ impl SpoolReader {
         rows.collect()
     }
 
+    /// A message's recipients still to be sent to: queued, the message
+    /// not on hold (none if it was deleted).
+    pub fn queued_now(&self, id: &str) -> rusqlite::Result<Vec<String>> {
+        self.conn
+            .prepare_cached(
+                "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id
+                 WHERE r.message_id = ?1 AND r.state = 'queued' AND m.held = 0",
+            )?
+            .query_map([id], |r| r.get(0))?
+            .collect()
+    }
+
     /// The earliest next attempt among queued recipients not on hold.
     pub fn next_due(&self) -> rusqlite::Result<Option<i64>> {
         self.conn

@@ -355,3 +355,36 @@ fn helo_when_ehlo_is_refused_and_plaintext_when_starttls_is() {
     );
     assert_eq!(tls_seen.lock().expect("seen").bodies.len(), 1);
 }
+
+/// `queue hold` while deliveries wait for a slot (one connection at a
+/// time to a slow next hop): the held messages are not sent when their
+/// turn comes, only the one already under way is.
+#[test]
+fn messages_held_while_waiting_for_a_slot_are_not_sent() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        loop {
+            if p.up_to_the_dot(EHLO).is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            p.say("250 2.0.0 taken\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    cli(&db, &["policy", "set", "destination-concurrency", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ids: Vec<String> = (0..4).map(|_| send(&mut server)).collect();
+    eventually("the first body at the next hop", || {
+        !seen.lock().expect("seen").bodies.is_empty()
+    });
+    let out = cli(&db, &["queue", "hold", "--domain", "far.test"]);
+    assert!(out.contains("held"), "{out}");
+    std::thread::sleep(Duration::from_secs(5));
+    let delivered = seen.lock().expect("seen").bodies.len();
+    assert_eq!(delivered, 1, "held messages were sent");
+    let queue = cli(&db, &["queue", "show"]);
+    let held = ids.iter().filter(|id| queue.contains(id.as_str())).count();
+    assert_eq!(held, 3, "{queue}");
+}

@@ -687,12 +687,13 @@ async fn targets(
 /// One group of recipients with the same next hop: try its hosts in order
 /// until one answers.
 async fn deliver_group(
-    d: &Delivery,
+    d: &Arc<Delivery>,
     settings: &ServerSettings,
     message: &StoredMessage,
     plan: HopPlan,
     rcpts: Vec<String>,
 ) -> Vec<(String, Outcome, Option<String>)> {
+    let started = std::time::Instant::now();
     let everyone = |o: Outcome, host: Option<String>| {
         rcpts
             .iter()
@@ -782,6 +783,20 @@ async fn deliver_group(
             None,
         );
     };
+    // Held or deleted while this waited (for a slot, or for DNS): those
+    // recipients are not sent to. A delivery that did not wait has just
+    // read its message, so the spool is asked only after a wait.
+    let rcpts = if started.elapsed() >= RECHECK_AFTER {
+        match read_spool(d, &message.id, |r, id| r.queued_now(id)).await {
+            Ok(queued) => rcpts.into_iter().filter(|r| queued.contains(r)).collect(),
+            Err(_) => rcpts,
+        }
+    } else {
+        rcpts
+    };
+    if rcpts.is_empty() {
+        return Vec::new();
+    }
     let config = client_config(settings);
     let sender = message.message.sender.clone();
     let mut last_error = String::from("no host to try");
@@ -816,8 +831,23 @@ async fn deliver_group(
             Err(e) => last_error = e.0,
         }
     }
-    everyone(Outcome::Temporary { reply: last_error }, None)
+    rcpts
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                Outcome::Temporary {
+                    reply: last_error.clone(),
+                },
+                None,
+            )
+        })
+        .collect()
 }
+
+/// A delivery that waited this long asks the spool again which of its
+/// recipients are still to be sent to.
+const RECHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// Applies a changed `delivery-concurrency` without a restart: new
 /// attempts share a semaphore of the new size; those in flight finish
