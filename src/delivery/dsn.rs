@@ -496,9 +496,14 @@ fn clean_text(s: &str, max: usize) -> String {
 }
 
 /// A host name or address literal: the characters they may hold, or `None`.
+/// A host name for the report: the first word of what delivery names a
+/// host by ("mx.example.net (192.0.2.1:25)" gives "mx.example.net"),
+/// only the characters a host name or address literal has.
 fn host_token(s: &str) -> Option<String> {
     let h: String = s
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || "-._:[]".contains(*c))
         .take(MAX_HOST)
@@ -662,6 +667,16 @@ mod tests {
         assert!(lines.iter().all(|l| l.len() < HARD_LINE));
         assert_eq!(lines.concat(), long);
         assert_eq!(wrap("", 0, 0), vec![String::new()]);
+    }
+
+    #[test]
+    fn the_remote_mta_is_the_host_name_alone() {
+        assert_eq!(
+            host_token("mx.far.test (192.0.2.1:25)").as_deref(),
+            Some("mx.far.test")
+        );
+        assert_eq!(host_token("[::1]:25").as_deref(), Some("[::1]:25"));
+        assert_eq!(host_token("  "), None);
     }
 
     #[test]
