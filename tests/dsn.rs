@@ -324,10 +324,7 @@ fn remote_text_cannot_inject_lines() {
         field(&groups[1], "Diagnostic-Code"),
         Some("smtp; 550 no such user X-Injected: yes Content-Type: text/html bare cr")
     );
-    assert_eq!(
-        field(&groups[1], "Remote-MTA"),
-        Some("dns; mx1.far.test")
-    );
+    assert_eq!(field(&groups[1], "Remote-MTA"), Some("dns; mx1.far.test"));
     assert_eq!(
         field(&groups[0], "X-Relaygate-Queue-ID"),
         Some("0000ABCX-Id1")

@@ -85,6 +85,16 @@ fn a_second_engine_on_the_same_database_is_refused_until_the_first_stops() {
         "{}",
         second.stderr
     );
+    // Nor through a symbolic link to the database under another name.
+    let link = dir.path().join("other-name.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let third = run_cli(&link, &["serve", "--headless"], "");
+    assert_eq!(third.code, 2, "{}", third.stderr);
+    assert!(
+        third.stderr.contains("is already running"),
+        "{}",
+        third.stderr
+    );
     // The configuration commands keep working beside the engine.
     cli(&db, &["list", "add", "allow", "192.0.2.0/24"]);
     assert!(cli(&db, &["list", "show", "allow"]).contains("192.0.2.0/24"));

@@ -100,7 +100,15 @@ pub enum Command {
 
 /// Runs a parsed command line. `Err` is bad input or a failed operation
 /// (exit 2); `check` returns 1 itself when a recipient is denied.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    // A symbolic link to the database stands for the database itself: the
+    // engine's lock, spool, event log and socket are the real file's, so a
+    // second engine started through the link finds the first.
+    if std::fs::symlink_metadata(&cli.db).is_ok_and(|m| m.file_type().is_symlink())
+        && let Ok(real) = std::fs::canonicalize(&cli.db)
+    {
+        cli.db = real;
+    }
     let command = match cli.command {
         Some(Command::Serve { headless: true }) => return serve::run(&cli.db),
         Some(Command::Serve { headless: false }) => return serve::run_console(&cli.db),
