@@ -713,3 +713,47 @@ fn a_queue_filter_domain_must_be_a_domain() {
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert!(o.stderr.contains("is not a domain"), "{}", o.stderr);
 }
+
+/// Notes on bans and suspensions are one line of plain text, at most 200
+/// characters: a terminal escape or a line break is refused (exit 2), not
+/// stored to be played by every console and `show` that prints it.
+#[test]
+fn notes_with_control_characters_or_too_long_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relaygate.db");
+    let ok = run_cli(
+        &db,
+        &["user", "add", "bob", "--password-stdin"],
+        "pw-of-bob\n",
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let long = "n".repeat(201);
+    for args in [
+        vec!["user", "suspend", "bob", "--note", "a\x1b[2Jb"],
+        vec!["user", "suspend", "bob", "--note", "two\nlines"],
+        vec!["user", "suspend", "bob", "--note", long.as_str()],
+        vec!["ban", "add", "192.0.2.1", "--note", "\x1b]0;x\x07"],
+        vec!["ban", "add", "192.0.2.1", "--note", long.as_str()],
+    ] {
+        let out = run_cli(&db, &args, "");
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("the note"), "{}", out.stderr);
+    }
+    // Nothing was stored; a plain note is.
+    assert!(
+        !run_cli(&db, &["user", "show"], "")
+            .stdout
+            .contains("SUSPENDED")
+    );
+    let out = run_cli(
+        &db,
+        &["user", "suspend", "bob", "--note", "laptop stolen"],
+        "",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        run_cli(&db, &["user", "show"], "")
+            .stdout
+            .contains("laptop stolen")
+    );
+}

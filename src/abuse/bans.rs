@@ -132,6 +132,24 @@ pub fn parse_ban_net(text: &str) -> Result<IpNet, String> {
 
 /// A ban by hand (`ban add`, the console): for `time` (`90m`, `12h`,
 /// `7d`, `forever`), with a note; one more strike than the address had.
+/// The longest note an administrator may give a ban or a suspension:
+/// it is shown in the console, `ban show` and `user show`, and said in
+/// SMTP replies (cut there to one line).
+pub const MAX_NOTE: usize = 200;
+
+/// A note for a ban or a suspension: one line of text of at most
+/// [`MAX_NOTE`] characters, without control characters (a terminal
+/// escape in a note would be played by every console that shows it).
+pub fn check_note(note: &str) -> Result<(), String> {
+    if crate::events::has_control(note) {
+        return Err("the note has a control character (a line break, a tab, an escape)".into());
+    }
+    if note.chars().count() > MAX_NOTE {
+        return Err(format!("the note is longer than {MAX_NOTE} characters"));
+    }
+    Ok(())
+}
+
 pub fn manual_ban(
     net: &str,
     time: &str,
@@ -140,6 +158,7 @@ pub fn manual_ban(
     now: u64,
 ) -> Result<Ban, String> {
     let net = parse_ban_net(net)?;
+    check_note(note)?;
     let until = if time.trim().eq_ignore_ascii_case("forever") {
         u64::MAX / 4
     } else {

@@ -114,6 +114,9 @@ pub fn run_user(store: &mut Store, cmd: UserCommand) -> anyhow::Result<ExitCode>
             println!("password of {name} changed");
         }
         UserCommand::Suspend { name, note } => {
+            if let Some(n) = &note {
+                crate::abuse::bans::check_note(n).map_err(anyhow::Error::msg)?;
+            }
             let why = match note {
                 Some(n) => format!("by the administrator: {n}"),
                 None => "by the administrator".to_string(),

@@ -309,7 +309,7 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
                 || c == '_'
                 || (!c.is_ascii() && !c.is_control() && !c.is_whitespace() && !is_invisible(c))
         }) {
-            return Err("the domain has a character other than letters, digits, '-' and '.'");
+            return Err("the domain has a character other than letters, digits, '-', '_' and '.'");
         }
     }
     Ok(name.to_lowercase())
