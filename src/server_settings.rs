@@ -107,7 +107,7 @@ impl Default for ServerSettings {
             destination_concurrency: 20,
             delivery_connect_timeout_secs: 30,
             delivery_command_timeout_secs: 300,
-            max_hops: 30,
+            max_hops: 100,
             dns_servers: Vec::new(),
             mx_port: 25,
             delivery: true,

@@ -692,3 +692,40 @@ fn an_engine_starts_without_tls_when_its_files_do_not_load() {
     c.expect("QUIT", "221");
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+/// Under systemd (NOTIFY_SOCKET), the engine says READY once it listens,
+/// and at a stop asks for shutdown-grace and 15 s more than the unit's
+/// TimeoutStopSec, so a long drain is never cut short by SIGKILL.
+#[test]
+fn systemd_is_told_ready_and_how_long_the_stop_may_take() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("shutdown-grace", "120")]);
+    let notify = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--db")
+        .arg(&db)
+        .args(["serve", "--headless"])
+        .env("NOTIFY_SOCKET", &notify);
+    let (mut child, _addr) = common::spawn_engine(cmd);
+    let mut said = String::new();
+    let mut buf = [0u8; 4096];
+    while !said.contains("READY=1") {
+        let n = socket.recv(&mut buf).expect("a notification");
+        said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        said.push('\n');
+    }
+    common::signal(&child, "TERM");
+    while !said.contains("STOPPING=1") {
+        let n = socket.recv(&mut buf).expect("a notification");
+        said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        said.push('\n');
+    }
+    assert!(said.contains("EXTEND_TIMEOUT_USEC=135000000"), "{said}");
+    let status = common::wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}

@@ -68,7 +68,14 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         });
         wait_for_signal().await;
         hangups.abort();
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // The drain may take shutdown-grace (up to an hour) and 5 s more:
+        // systemd is told, so its TimeoutStopSec never cuts it short.
+        let grace = engine.shared().snapshot().settings.shutdown_grace_secs;
+        let extend = u32::try_from((grace + 15).saturating_mul(1_000_000)).unwrap_or(u32::MAX);
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Stopping,
+            sd_notify::NotifyState::ExtendTimeoutUsec(extend),
+        ]);
         tracing::info!("shutting down: no new sessions; messages in DATA may finish");
         engine.shutdown().await;
         // Let the logger print what the shutdown emitted.
