@@ -695,14 +695,29 @@ impl Engine {
             version: env!("CARGO_PKG_VERSION").to_string(),
         });
         let (stop_control, control_stopped) = watch::channel(false);
-        let control = crate::control::server::start(
+        match crate::control::server::start(
             &engine.dir.socket,
             Arc::clone(&engine.shared),
             engine.feed.clone(),
             Arc::clone(&engine.nudges.retry_bindings),
             control_stopped,
-        )?;
-        engine.control = Some((stop_control, control));
+        ) {
+            Ok(control) => engine.control = Some((stop_control, control)),
+            // A path longer than a Unix socket's (about 108 bytes): mail
+            // goes on; only the console cannot attach.
+            Err(crate::control::server::ControlError::Io { path, source })
+                if source.kind() == std::io::ErrorKind::InvalidInput =>
+            {
+                engine.shared.events.emit(Event::Error {
+                    session: None,
+                    message: format!(
+                        "control socket {}: {source}; the engine runs without it, so no console can attach (give the database a shorter path)",
+                        path.display()
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         engine.reconcile_listeners(&bindings).await;
         let (stop_delivery, stopped) = watch::channel(false);
         engine.delivery = Some((

@@ -729,3 +729,20 @@ fn systemd_is_told_ready_and_how_long_the_stop_may_take() {
     let status = common::wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
 }
+
+/// A database whose path is too long for a Unix socket beside it: the
+/// engine still relays mail, and says the console cannot attach.
+#[test]
+fn a_path_too_long_for_the_socket_costs_the_console_not_the_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("d".repeat(100));
+    std::fs::create_dir(&deep).unwrap();
+    let db = test_db(&deep, &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    server.wait_for("the engine runs without it", Duration::from_secs(10));
+    let mut c = common::Client::connect(addr);
+    assert!(c.reply().starts_with("220"));
+    c.expect("EHLO client.test", "250");
+    c.expect("QUIT", "221");
+}
