@@ -683,10 +683,17 @@ fn a_database_another_user_may_not_read_is_said_to_be_so() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let db = test_db(&data, &[]);
+    // An event log, as the engine leaves one (owner-only).
+    relaygate::decision_log::DecisionLog::open(&relaygate::decision_log::log_path_for(&db))
+        .unwrap();
     let as_nobody = |args: &[&str]| cli_as_nobody(&db, args);
     // The data directory 0700: not even its files can be seen.
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for args in [&["policy", "show"][..], &["domain", "add", "x.test"][..]] {
+    for args in [
+        &["policy", "show"][..],
+        &["domain", "add", "x.test"][..],
+        &["trace", "127.0.0.1"][..],
+    ] {
         let out = as_nobody(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -697,10 +704,12 @@ fn a_database_another_user_may_not_read_is_said_to_be_so() {
     }
     // The directory open, the 0600 file not.
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = as_nobody(&["policy", "show"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("this user may not read it"), "{stderr}");
+    for args in [&["policy", "show"][..], &["trace", "127.0.0.1"][..]] {
+        let out = as_nobody(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("this user may not read it"), "{stderr}");
+    }
 }
 
 #[test]

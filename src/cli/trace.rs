@@ -67,6 +67,8 @@ pub fn run(db: &Path, args: TraceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let log_path = log_path_for(db);
+    // Not the service's user: said plainly, not as SQLite's "error 14".
+    crate::store::check_db_path(&log_path)?;
     if !log_path.exists() {
         anyhow::bail!("no event log at {} yet", log_path.display());
     }

@@ -80,7 +80,7 @@ pub struct AddOutcome {
 /// What SQLite would say obscurely ("disk I/O error", "unable to open
 /// database file"), said plainly: a directory given for the file, a file
 /// this user may not read.
-fn check_db_path(path: &Path) -> Result<()> {
+pub fn check_db_path(path: &Path) -> Result<()> {
     if let Err(e) = std::fs::metadata(path)
         && e.kind() == std::io::ErrorKind::PermissionDenied
     {
