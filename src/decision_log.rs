@@ -496,6 +496,9 @@ pub fn is_logged(stamped: &Stamped) -> bool {
     !matches!(*stamped.event, Event::Command { .. })
 }
 
+/// Events kept in memory while the log cannot be written.
+const UNWRITTEN_KEPT: usize = 100_000;
+
 /// The writer, on its own thread: takes whatever events are waiting,
 /// writes them in one transaction, and prunes once a minute. Ends when the
 /// bus is dropped.
@@ -514,17 +517,65 @@ pub fn spawn_writer(
                 return;
             };
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
-            while let Some(first) = events.blocking_recv() {
-                let mut batch: Vec<Stamped> = vec![first];
-                while batch.len() < 5000 {
+            // Events a failed write left over (a full disk): written with
+            // the next batch, oldest first, up to UNWRITTEN_KEPT of them.
+            let mut unwritten: Vec<Stamped> = Vec::new();
+            let mut failing = false;
+            loop {
+                // Waiting for events; with some left unwritten, trying
+                // them again every second whether or not more come.
+                let first = if unwritten.is_empty() {
+                    match events.blocking_recv() {
+                        Some(e) => Some(e),
+                        None => break,
+                    }
+                } else {
+                    match events.try_recv() {
+                        Ok(e) => Some(e),
+                        Err(mpsc::error::TryRecvError::Empty) => None,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            let left: Vec<&Stamped> = unwritten.iter().collect();
+                            let _ = log.append(&left);
+                            break;
+                        }
+                    }
+                };
+                let mut batch: Vec<Stamped> = std::mem::take(&mut unwritten);
+                let most = batch.len() + 5000;
+                batch.extend(first);
+                while batch.len() < most {
                     match events.try_recv() {
                         Ok(e) => batch.push(e),
                         Err(_) => break,
                     }
                 }
                 let logged: Vec<&Stamped> = batch.iter().filter(|s| is_logged(s)).collect();
-                if !logged.is_empty() {
-                    let _ = log.append(&logged);
+                if !logged.is_empty()
+                    && let Err(e) = log.append(&logged)
+                {
+                    let kept: Vec<Stamped> = logged.into_iter().cloned().collect();
+                    let dropped = kept.len().saturating_sub(UNWRITTEN_KEPT);
+                    // Said on the engine's log (stderr), once a spell, not
+                    // as an event: it would only join the ones waiting.
+                    if !failing || dropped > 0 {
+                        tracing::error!(
+                            "event log {}: cannot write {} events ({e}); kept to write later{}",
+                            path.display(),
+                            kept.len(),
+                            if dropped > 0 {
+                                format!(", the oldest {dropped} dropped")
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
+                    failing = true;
+                    unwritten = kept.into_iter().skip(dropped).collect();
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                if std::mem::take(&mut failing) {
+                    tracing::warn!("event log {}: written again", path.display());
                 }
                 if last_prune.elapsed() >= Duration::from_secs(60) {
                     let now = std::time::SystemTime::now()

@@ -1105,4 +1105,22 @@ fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(got, want, "each message exactly once");
+    // The event log kept what it could not write meanwhile: the refusal
+    // is in the story of its session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = common::run_cli(&db, &["trace", "127.0.0.1"], "");
+        if out.stdout.contains("no space left") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} / {} / by id: {} / log: {:?}",
+            out.stdout,
+            out.stderr,
+            common::run_cli(&db, &["trace", &ids[0]], "").stdout,
+            server.log
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
