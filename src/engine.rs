@@ -385,6 +385,9 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 struct Listener {
     status: ListenerStatus,
     stop: Option<watch::Sender<bool>>,
+    /// The binding's kind, changed in place (smtp, submission...): the
+    /// socket stays open, the next connection gets the new kind.
+    kind: Option<watch::Sender<BindKind>>,
     task: Option<JoinHandle<()>>,
     /// For a failed binding: when to try again, and the wait after that.
     retry: Option<(Instant, Duration)>,
@@ -849,6 +852,19 @@ async fn reconcile(
     let wanted: HashMap<SocketAddr, BindKind> = bindings.iter().map(|b| (b.addr, b.kind)).collect();
     let to_stop: Vec<Listener> = match listeners.lock() {
         Ok(mut map) => {
+            // Only the kind changed on an open listener: changed in place,
+            // no moment without a socket.
+            for (addr, l) in map.iter_mut() {
+                if let (Some(&kind), Some(tx)) = (wanted.get(addr), &l.kind)
+                    && kind != l.status.binding.kind
+                {
+                    tx.send_replace(kind);
+                    l.status.binding.kind = kind;
+                    if let Ok(bound) = l.status.bound {
+                        shared.events.emit(Event::ListenerUp { addr: bound, kind });
+                    }
+                }
+            }
             let gone: Vec<SocketAddr> = map
                 .iter()
                 .filter(|(addr, l)| wanted.get(*addr) != Some(&l.status.binding.kind))
@@ -920,10 +936,12 @@ async fn open_listener(
                 kind: binding.kind,
             });
             let (stop, stopped) = watch::channel(false);
+            let (kind, kinds) = watch::channel(binding.kind);
             let task = tokio::spawn(accept_loop(
                 Arc::clone(shared),
                 tcp,
                 binding,
+                kinds,
                 stopped,
                 token,
             ));
@@ -933,6 +951,7 @@ async fn open_listener(
                     bound: Ok(bound),
                 },
                 stop: Some(stop),
+                kind: Some(kind),
                 task: Some(task),
                 retry: None,
             }
@@ -954,6 +973,7 @@ async fn open_listener(
                     bound: Err(error),
                 },
                 stop: None,
+                kind: None,
                 task: None,
                 retry: Some((Instant::now() + wait, wait)),
             }
@@ -1001,6 +1021,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     tcp: TcpListener,
     binding: Binding,
+    kind: watch::Receiver<BindKind>,
     mut stopped: watch::Receiver<bool>,
     token: mpsc::Sender<()>,
 ) {
@@ -1027,7 +1048,7 @@ async fn accept_loop(
                         shared: Arc::clone(&shared),
                         peer,
                         local,
-                        kind: binding.kind,
+                        kind: *kind.borrow(),
                         binding: binding.addr,
                         proxy: None,
                         _done: token.clone(),

@@ -98,6 +98,34 @@ fn bindings_open_and_close_live() {
     // Submission requires AUTH before MAIL.
     c.expect("MAIL FROM:<a@example.com>", "530 5.7.0");
 
+    // Its kind changed: in place, the socket never closes (a client
+    // connecting all along is never refused), the next session is smtp.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::net::TcpStream::connect(second).is_err() {
+                    refused += 1;
+                }
+            }
+            refused
+        })
+    };
+    cli(&db, &["bind", "add", &second.to_string(), "--kind", "smtp"]);
+    server.wait_for(
+        &format!("listening on {second} (smtp)"),
+        Duration::from_secs(2),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(prober.join().unwrap(), 0, "connections refused");
+    let mut d = Client::connect(second);
+    assert!(d.reply().starts_with("220"));
+    d.expect("EHLO client.test", "250");
+    d.expect("MAIL FROM:<a@example.com>", "250");
+    d.expect("QUIT", "221");
+
     cli(&db, &["bind", "remove", "127.0.0.1:0"]);
     server.wait_for("stopped listening on 127.0.0.1:0", Duration::from_secs(2));
     assert!(
