@@ -1034,6 +1034,25 @@ fn t_on_a_log_line_opens_its_message_s_story_from_the_event_log() {
     assert!(!text.contains("reloaded"), "{text}");
 }
 
+/// A watcher's console cannot read the database: its Bindings panel
+/// shows what the engine listens on instead of nothing.
+#[test]
+fn a_watcher_sees_the_engine_s_listeners_as_bindings() {
+    let mut h = Harness::new(|_| {});
+    h.app.config.bindings.clear();
+    h.act(Action::Listeners(vec![ListenerStatus {
+        binding: Binding {
+            addr: addr("127.0.0.1:2626"),
+            kind: BindKind::Submission,
+        },
+        bound: Ok(addr("127.0.0.1:2626")),
+    }]));
+    h.typed("3");
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(screen.contains("127.0.0.1:2626"), "{screen}");
+    assert!(screen.contains("submission"), "{screen}");
+}
+
 /// A filtered Log says how many of the lines held it shows.
 #[test]
 fn a_filtered_log_counts_the_lines_it_shows() {

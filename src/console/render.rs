@@ -36,14 +36,18 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
             theme,
         ),
         Panel::Log => panels::log::render(frame, body, &app.log, &app.traffic.log, theme),
-        Panel::Bindings => panels::bindings::render(
-            frame,
-            body,
-            &app.bindings,
-            &app.config.bindings,
-            &app.listeners,
-            theme,
-        ),
+        Panel::Bindings => {
+            // A watcher cannot read the database: the engine's listeners
+            // say what is bound.
+            let from_engine: Vec<crate::bindings::Binding>;
+            let bindings = if app.config.bindings.is_empty() && !app.listeners.is_empty() {
+                from_engine = app.listeners.iter().map(|l| l.binding).collect();
+                &from_engine
+            } else {
+                &app.config.bindings
+            };
+            panels::bindings::render(frame, body, &app.bindings, bindings, &app.listeners, theme)
+        }
         Panel::Lists => panels::lists::render(frame, body, app, theme),
         Panel::Policy => panels::policy::render(frame, body, &app.policy, &app.config, theme),
         Panel::Users => panels::users::render(frame, body, &app.users, &app.config, theme),
