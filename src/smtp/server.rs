@@ -985,6 +985,20 @@ fn session_sender(session: &Session) -> String {
 
 /// Records the command and its reply on the session's board, and emits
 /// it while a console follows a dialogue. AUTH payloads are never kept.
+/// One word of base64 that no SMTP verb looks like (8 characters or
+/// more, with a lower-case letter, a digit or `+/=`): what a client sends
+/// as its credentials.
+fn looks_like_credential(text: &str) -> bool {
+    let word = text.trim();
+    word.len() >= 8
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+        && word
+            .bytes()
+            .any(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+/=".contains(&b))
+}
+
 fn record_command(
     ctx: &ConnectionContext,
     board: &Board,
@@ -1014,6 +1028,10 @@ fn record_command(
     } else if words.next().is_some_and(|v| v.eq_ignore_ascii_case("AUTH")) {
         let mech: String = words.next().unwrap_or_default().chars().take(20).collect();
         format!("AUTH {mech} ***").into()
+    } else if looks_like_credential(&text) {
+        // A client that went on with an AUTH exchange the server had
+        // refused (503): its next line is a credential, not a command.
+        "*** (looks like a credential)".into()
     } else if crate::events::has_control(&text) {
         text.chars()
             .filter(|c| !c.is_control())
@@ -1138,4 +1156,31 @@ async fn store_message(
         crate::spool::SpoolError::Full(_) => NotStored::NoSpace,
         _ => NotStored::Failed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_credential;
+
+    #[test]
+    fn credentials_are_told_from_verbs() {
+        for secret in [
+            "dXNlcgBwYXNz",
+            "AGFsaWNlAHB3",
+            "cGFzc3dvcmQ=",
+            "  Ym9iQGV4YW1wbGU= ",
+        ] {
+            assert!(looks_like_credential(secret), "{secret}");
+        }
+        for line in [
+            "STARTTLS",
+            "NOOP",
+            "QUIT",
+            "MAIL FROM:<a@b>",
+            "RCPT TO:<x@y>",
+            "hello",
+        ] {
+            assert!(!looks_like_credential(line), "{line}");
+        }
+    }
 }
