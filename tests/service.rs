@@ -719,6 +719,17 @@ fn systemd_is_told_ready_and_how_long_the_stop_may_take() {
         said.push_str(&String::from_utf8_lossy(&buf[..n]));
         said.push('\n');
     }
+    assert!(said.contains("STATUS=listening on 1 binding(s)"), "{said}");
+    // The status follows the listeners.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = probe.local_addr().unwrap();
+    drop(probe);
+    cli(&db, &["bind", "add", &second.to_string()]);
+    while !said.contains("STATUS=listening on 2 binding(s)") {
+        let n = socket.recv(&mut buf).expect("a notification");
+        said.push_str(&String::from_utf8_lossy(&buf[..n]));
+        said.push('\n');
+    }
     common::signal(&child, "TERM");
     while !said.contains("STOPPING=1") {
         let n = socket.recv(&mut buf).expect("a notification");

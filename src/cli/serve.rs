@@ -36,21 +36,7 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
         );
         // Ready when the listeners are up (or have failed and are being
         // retried: the service runs, and says which did not open).
-        let failed: Vec<String> = engine
-            .listeners()
-            .iter()
-            .filter_map(|l| {
-                l.bound
-                    .as_ref()
-                    .err()
-                    .map(|e| format!("{} ({e})", l.binding.addr))
-            })
-            .collect();
-        let status = if failed.is_empty() {
-            format!("listening on {} binding(s)", engine.listeners().len())
-        } else {
-            format!("retrying {}", failed.join(", "))
-        };
+        let mut status = systemd_status(&engine.listeners());
         let _ = sd_notify::notify(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&status),
@@ -66,7 +52,23 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
                 reload_tls.notify_one();
             }
         });
-        wait_for_signal().await;
+        // `systemctl status` follows the listeners (a binding retried
+        // until it opens, one added or removed).
+        let signalled = wait_for_signal();
+        tokio::pin!(signalled);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = &mut signalled => break,
+                _ = every.tick() => {
+                    let now = systemd_status(&engine.listeners());
+                    if now != status {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&now)]);
+                        status = now;
+                    }
+                }
+            }
+        }
         hangups.abort();
         // The drain may take shutdown-grace (up to an hour) and 5 s more:
         // systemd is told, so its TimeoutStopSec never cuts it short.
@@ -114,6 +116,25 @@ pub fn run_console(db: &Path) -> anyhow::Result<ExitCode> {
     }
     crate::console::run(db)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one line `systemctl status` shows: how many bindings listen, or
+/// which are being retried and why.
+fn systemd_status(listeners: &[crate::engine::ListenerStatus]) -> String {
+    let failed: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| {
+            l.bound
+                .as_ref()
+                .err()
+                .map(|e| format!("{} ({e})", l.binding.addr))
+        })
+        .collect();
+    if failed.is_empty() {
+        format!("listening on {} binding(s)", listeners.len())
+    } else {
+        format!("retrying {}", failed.join(", "))
+    }
 }
 
 fn init_logging() {
