@@ -388,3 +388,34 @@ fn messages_held_while_waiting_for_a_slot_are_not_sent() {
     let held = ids.iter().filter(|id| queue.contains(id.as_str())).count();
     assert_eq!(held, 3, "{queue}");
 }
+
+/// A connection kept for reuse is not kept for ever: after 5 s idle it
+/// gets its QUIT, whether or not another message comes.
+#[test]
+fn idle_connections_are_closed_with_quit() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        if p.up_to_the_dot(EHLO).is_none() {
+            return;
+        }
+        p.say("250 2.0.0 taken\r\n");
+        while let Some(l) = p.line() {
+            if l == "QUIT" {
+                p.say("221 bye\r\n");
+                return;
+            }
+            p.say("250 ok\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = setup(dir.path(), hop, "none");
+    send(&mut server);
+    eventually("the message delivered and gone", || queue_is_empty(&db));
+    eventually("a QUIT on the idle connection", || {
+        seen.lock()
+            .expect("seen")
+            .commands
+            .iter()
+            .any(|c| c == "QUIT")
+    });
+}

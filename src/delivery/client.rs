@@ -138,6 +138,29 @@ impl ConnectionPool {
         None
     }
 
+    /// Says goodbye (QUIT) to connections idle for [`MAX_IDLE`]: they
+    /// would otherwise stay open until the next message to their host.
+    pub fn sweep(&self) {
+        let expired: Vec<Hop> = match self.idle.lock() {
+            Ok(mut idle) => {
+                let mut out = Vec::new();
+                for list in idle.values_mut() {
+                    let (old, fresh): (Vec<_>, Vec<_>) = std::mem::take(list)
+                        .into_iter()
+                        .partition(|(_, since)| since.elapsed() >= MAX_IDLE);
+                    *list = fresh;
+                    out.extend(old.into_iter().map(|(hop, _)| hop));
+                }
+                idle.retain(|_, list| !list.is_empty());
+                out
+            }
+            Err(_) => Vec::new(),
+        };
+        for hop in expired {
+            tokio::spawn(hop.conn.quit());
+        }
+    }
+
     /// Keeps a connection for the next message, or ends it.
     async fn give_back(&self, key: PoolKey, hop: Hop) {
         if hop.conn.is_broken() {

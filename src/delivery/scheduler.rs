@@ -237,6 +237,7 @@ pub async fn run(
             continue;
         }
         next_scan = tokio::time::Instant::now() + Duration::from_secs(1);
+        d.pool.sweep();
         if has_unrecorded(&d) && !record_again(&d).await {
             backlog = true;
             continue;
