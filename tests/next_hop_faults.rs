@@ -419,3 +419,65 @@ fn idle_connections_are_closed_with_quit() {
             .any(|c| c == "QUIT")
     });
 }
+
+/// A next hop that takes two recipients a transaction ("452 too many
+/// recipients" past them): the others go at once in more transactions on
+/// the same connection, not an hour later.
+#[test]
+fn recipients_put_off_as_too_many_go_in_another_transaction_at_once() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        let mut rcpts = 0;
+        while let Some(l) = p.line() {
+            let verb = l.split([' ', ':']).next().unwrap_or_default().to_string();
+            match verb.as_str() {
+                "EHLO" => p.say(EHLO),
+                "MAIL" => {
+                    rcpts = 0;
+                    p.say("250 ok\r\n");
+                }
+                "RCPT" if rcpts >= 2 => p.say("452 4.5.3 too many recipients\r\n"),
+                "RCPT" => {
+                    rcpts += 1;
+                    p.say("250 ok\r\n");
+                }
+                "DATA" => {
+                    p.say("354 go\r\n");
+                    if p.body().is_none() {
+                        return;
+                    }
+                    p.say("250 2.0.0 taken\r\n");
+                }
+                "QUIT" => {
+                    p.say("221 bye\r\n");
+                    return;
+                }
+                _ => p.say("250 ok\r\n"),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    let mut server = Server::start(&db);
+    let to = [
+        "a@far.test",
+        "b@far.test",
+        "c@far.test",
+        "d@far.test",
+        "e@far.test",
+    ];
+    send_queued(
+        server.addr(),
+        "alice@example.com",
+        &to,
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    eventually("all five delivered and gone", || queue_is_empty(&db));
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.bodies.len(), 3, "three transactions: 2 + 2 + 1");
+    assert_eq!(seen.connections, 1);
+}

@@ -231,6 +231,10 @@ impl ConnectionPool {
             // MAIL: then open a fresh one instead.
             match transaction(config, &mut hop, sender, recipients, body, smtputf8).await {
                 Ok(outcomes) => {
+                    let outcomes = more_transactions(
+                        config, &mut hop, sender, recipients, body, smtputf8, outcomes,
+                    )
+                    .await;
                     self.give_back(key, hop).await;
                     return Ok(outcomes);
                 }
@@ -240,7 +244,9 @@ impl ConnectionPool {
         let mut hop = self.connect(config, target).await?;
         let outcomes = match transaction(config, &mut hop, sender, recipients, body, smtputf8).await
         {
-            Ok(o) => o,
+            Ok(o) => {
+                more_transactions(config, &mut hop, sender, recipients, body, smtputf8, o).await
+            }
             Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
         };
         self.give_back(key, hop).await;
@@ -331,6 +337,47 @@ impl ConnectionPool {
 
 /// The connection failed before the server answered MAIL.
 struct Stale(String);
+
+/// Recipients a next hop put off with 452 ("too many recipients") while
+/// it took others go at once in another transaction on the same
+/// connection (RFC 5321 4.5.3.1.10), for as long as each round delivers.
+async fn more_transactions(
+    config: &ClientConfig,
+    hop: &mut Hop,
+    sender: &str,
+    recipients: &[String],
+    body: &[u8],
+    smtputf8: bool,
+    mut outcomes: Vec<Outcome>,
+) -> Vec<Outcome> {
+    let put_off =
+        |o: &Outcome| matches!(o, Outcome::Temporary { reply } if reply.starts_with("452"));
+    let mut round: Vec<usize> = (0..outcomes.len()).collect();
+    loop {
+        let delivered = round
+            .iter()
+            .any(|&i| matches!(outcomes.get(i), Some(Outcome::Delivered { .. })));
+        let rest: Vec<usize> = round
+            .iter()
+            .copied()
+            .filter(|&i| outcomes.get(i).is_some_and(put_off))
+            .collect();
+        if !delivered || rest.is_empty() || hop.conn.is_broken() {
+            return outcomes;
+        }
+        let addresses: Vec<String> = rest
+            .iter()
+            .filter_map(|&i| recipients.get(i).cloned())
+            .collect();
+        let Ok(more) = transaction(config, hop, sender, &addresses, body, smtputf8).await else {
+            return outcomes;
+        };
+        for (&i, o) in rest.iter().zip(more) {
+            outcomes[i] = o;
+        }
+        round = rest;
+    }
+}
 
 /// MAIL, every RCPT, DATA: one outcome per recipient.
 async fn transaction(
