@@ -69,6 +69,32 @@ impl Peer {
         Some(())
     }
 
+    /// A whole session the usual way (DATA takes the body and says 250,
+    /// QUIT ends it, anything else gets 250) except where `special`
+    /// answers a command line itself.
+    fn serve(&mut self, mut special: impl FnMut(&str) -> Option<String>) {
+        while let Some(l) = self.line() {
+            if let Some(reply) = special(&l) {
+                self.say(&reply);
+                continue;
+            }
+            match l.split([' ', ':']).next().unwrap_or_default() {
+                "DATA" => {
+                    self.say("354 go\r\n");
+                    if self.body().is_none() {
+                        return;
+                    }
+                    self.say("250 2.0.0 taken\r\n");
+                }
+                "QUIT" => {
+                    self.say("221 bye\r\n");
+                    return;
+                }
+                _ => self.say("250 ok\r\n"),
+            }
+        }
+    }
+
     /// Answers commands the usual way until DATA's 354 and the body are
     /// done, then hands over: EHLO with `ehlo` lines.
     fn up_to_the_dot(&mut self, ehlo: &str) -> Option<()> {
@@ -284,46 +310,18 @@ fn a_2xx_to_data_sends_no_body_and_defers() {
 fn helo_when_ehlo_is_refused_and_plaintext_when_starttls_is() {
     let (hop, seen) = next_hop(|p, _| {
         p.say("220 hop.test\r\n");
-        while let Some(l) = p.line() {
-            let verb = l.split(' ').next().unwrap_or_default().to_string();
-            match verb.as_str() {
-                "EHLO" => p.say("502 5.5.1 no EHLO here\r\n"),
-                "DATA" => {
-                    p.say("354 go\r\n");
-                    if p.body().is_none() {
-                        return;
-                    }
-                    p.say("250 2.0.0 taken\r\n");
-                }
-                "QUIT" => {
-                    p.say("221 bye\r\n");
-                    return;
-                }
-                _ => p.say("250 ok\r\n"),
-            }
-        }
+        p.serve(|l| {
+            l.starts_with("EHLO")
+                .then(|| "502 5.5.1 no EHLO here\r\n".into())
+        });
     });
     let (tls_hop, tls_seen) = next_hop(|p, _| {
         p.say("220 hop.test\r\n");
-        while let Some(l) = p.line() {
-            let verb = l.split(' ').next().unwrap_or_default().to_string();
-            match verb.as_str() {
-                "EHLO" => p.say("250-hop.test\r\n250 STARTTLS\r\n"),
-                "STARTTLS" => p.say("454 4.7.0 TLS not available now\r\n"),
-                "DATA" => {
-                    p.say("354 go\r\n");
-                    if p.body().is_none() {
-                        return;
-                    }
-                    p.say("250 2.0.0 taken\r\n");
-                }
-                "QUIT" => {
-                    p.say("221 bye\r\n");
-                    return;
-                }
-                _ => p.say("250 ok\r\n"),
-            }
-        }
+        p.serve(|l| match l {
+            _ if l.starts_with("EHLO") => Some("250-hop.test\r\n250 STARTTLS\r\n".into()),
+            "STARTTLS" => Some("454 4.7.0 TLS not available now\r\n".into()),
+            _ => None,
+        });
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, db) = setup(dir.path(), hop, "none");
@@ -428,33 +426,19 @@ fn recipients_put_off_as_too_many_go_in_another_transaction_at_once() {
     let (hop, seen) = next_hop(|p, _| {
         p.say("220 hop.test\r\n");
         let mut rcpts = 0;
-        while let Some(l) = p.line() {
-            let verb = l.split([' ', ':']).next().unwrap_or_default().to_string();
-            match verb.as_str() {
-                "EHLO" => p.say(EHLO),
-                "MAIL" => {
-                    rcpts = 0;
-                    p.say("250 ok\r\n");
-                }
-                "RCPT" if rcpts >= 2 => p.say("452 4.5.3 too many recipients\r\n"),
-                "RCPT" => {
-                    rcpts += 1;
-                    p.say("250 ok\r\n");
-                }
-                "DATA" => {
-                    p.say("354 go\r\n");
-                    if p.body().is_none() {
-                        return;
-                    }
-                    p.say("250 2.0.0 taken\r\n");
-                }
-                "QUIT" => {
-                    p.say("221 bye\r\n");
-                    return;
-                }
-                _ => p.say("250 ok\r\n"),
+        p.serve(|l| match l.split([' ', ':']).next().unwrap_or_default() {
+            "EHLO" => Some(EHLO.into()),
+            "MAIL" => {
+                rcpts = 0;
+                None
             }
-        }
+            "RCPT" if rcpts >= 2 => Some("452 4.5.3 too many recipients\r\n".into()),
+            "RCPT" => {
+                rcpts += 1;
+                None
+            }
+            _ => None,
+        });
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let db = test_db(dir.path(), &[("retry-first", "3600")]);

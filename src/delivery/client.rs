@@ -211,10 +211,7 @@ impl ConnectionPool {
         &self,
         config: &ClientConfig,
         target: &Target,
-        sender: &str,
-        recipients: &[String],
-        body: &[u8],
-        smtputf8: bool,
+        message: Envelope<'_>,
     ) -> Result<Vec<Outcome>, ConnectError> {
         let key = PoolKey {
             addr: target.addr,
@@ -229,12 +226,9 @@ impl ConnectionPool {
         if let Some(mut hop) = pooled {
             // A pooled connection the server has closed meanwhile fails at
             // MAIL: then open a fresh one instead.
-            match transaction(config, &mut hop, sender, recipients, body, smtputf8).await {
+            match transaction(config, &mut hop, message).await {
                 Ok(outcomes) => {
-                    let outcomes = more_transactions(
-                        config, &mut hop, sender, recipients, body, smtputf8, outcomes,
-                    )
-                    .await;
+                    let outcomes = more_transactions(config, &mut hop, message, outcomes).await;
                     self.give_back(key, hop).await;
                     return Ok(outcomes);
                 }
@@ -242,12 +236,9 @@ impl ConnectionPool {
             }
         }
         let mut hop = self.connect(config, target).await?;
-        let outcomes = match transaction(config, &mut hop, sender, recipients, body, smtputf8).await
-        {
-            Ok(o) => {
-                more_transactions(config, &mut hop, sender, recipients, body, smtputf8, o).await
-            }
-            Err(Stale(reply)) => vec![Outcome::Temporary { reply }; recipients.len()],
+        let outcomes = match transaction(config, &mut hop, message).await {
+            Ok(o) => more_transactions(config, &mut hop, message, o).await,
+            Err(Stale(reply)) => vec![Outcome::Temporary { reply }; message.recipients.len()],
         };
         self.give_back(key, hop).await;
         Ok(outcomes)
@@ -335,6 +326,16 @@ impl ConnectionPool {
     }
 }
 
+/// What one delivery sends: the envelope and the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub body: &'a [u8],
+    /// The message needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+}
+
 /// The connection failed before the server answered MAIL.
 struct Stale(String);
 
@@ -344,10 +345,7 @@ struct Stale(String);
 async fn more_transactions(
     config: &ClientConfig,
     hop: &mut Hop,
-    sender: &str,
-    recipients: &[String],
-    body: &[u8],
-    smtputf8: bool,
+    message: Envelope<'_>,
     mut outcomes: Vec<Outcome>,
 ) -> Vec<Outcome> {
     let put_off =
@@ -367,9 +365,13 @@ async fn more_transactions(
         }
         let addresses: Vec<String> = rest
             .iter()
-            .filter_map(|&i| recipients.get(i).cloned())
+            .filter_map(|&i| message.recipients.get(i).cloned())
             .collect();
-        let Ok(more) = transaction(config, hop, sender, &addresses, body, smtputf8).await else {
+        let again = Envelope {
+            recipients: &addresses,
+            ..message
+        };
+        let Ok(more) = transaction(config, hop, again).await else {
             return outcomes;
         };
         for (&i, o) in rest.iter().zip(more) {
@@ -383,11 +385,14 @@ async fn more_transactions(
 async fn transaction(
     config: &ClientConfig,
     hop: &mut Hop,
-    sender: &str,
-    recipients: &[String],
-    body: &[u8],
-    smtputf8: bool,
+    message: Envelope<'_>,
 ) -> Result<Vec<Outcome>, Stale> {
+    let Envelope {
+        sender,
+        recipients,
+        body,
+        smtputf8,
+    } = message;
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
     // RFC 6531 3.4: a message that needs SMTPUTF8 is not downgraded; a

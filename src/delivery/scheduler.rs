@@ -813,10 +813,12 @@ async fn deliver_group(
             .deliver(
                 &config,
                 target,
-                &sender,
-                &rcpts,
-                &message.message.body,
-                message.message.smtputf8,
+                super::client::Envelope {
+                    sender: &sender,
+                    recipients: &rcpts,
+                    body: &message.message.body,
+                    smtputf8: message.message.smtputf8,
+                },
             )
             .await
         {
