@@ -465,3 +465,105 @@ fn recipients_put_off_as_too_many_go_in_another_transaction_at_once() {
     assert_eq!(seen.bodies.len(), 3, "three transactions: 2 + 2 + 1");
     assert_eq!(seen.connections, 1);
 }
+
+/// Smarthost credentials never go out in plaintext unless the route says
+/// `--tls none`: an opportunistic route to a next hop that offers no
+/// STARTTLS (or refuses it) defers instead of logging in.
+#[test]
+fn credentials_never_go_in_plaintext_unless_the_route_says_so() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        p.serve(|l| {
+            if l.starts_with("EHLO") {
+                Some("250-hop.test\r\n250 AUTH PLAIN LOGIN\r\n".into())
+            } else if l.starts_with("AUTH") {
+                Some("235 2.7.0 ok\r\n".into())
+            } else {
+                None
+            }
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(
+        dir.path(),
+        &[("retry-first", "1"), ("retry-max-interval", "1")],
+    );
+    let route = |tls: &str| {
+        common::cli_stdin(
+            &db,
+            &[
+                "route",
+                "add",
+                "*",
+                &hop.to_string(),
+                "--tls",
+                tls,
+                "--user",
+                "gw",
+                "--password-stdin",
+            ],
+            "secret pass\n",
+        );
+    };
+    route("opportunistic");
+    let mut server = Server::start(&db);
+    let id = send(&mut server);
+    server.wait_for(&format!("delivery {id}"), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    {
+        let seen = seen.lock().expect("seen");
+        assert!(
+            !seen.commands.iter().any(|c| c.starts_with("AUTH")),
+            "{:?}",
+            seen.commands
+        );
+        assert!(seen.bodies.is_empty());
+    }
+    let queue = cli(&db, &["queue", "show"]);
+    assert!(queue.contains("never sent in plaintext"), "{queue}");
+    // Said plainly by the administrator: then it logs in.
+    route("none");
+    eventually("delivered once the route allows plaintext", || {
+        queue_is_empty(&db)
+    });
+    assert!(
+        seen.lock()
+            .expect("seen")
+            .commands
+            .iter()
+            .any(|c| c.starts_with("AUTH PLAIN"))
+    );
+}
+
+/// A 421 at MAIL on a kept connection is a server that closed it for
+/// idleness: the message goes at once on a new connection, not an
+/// attempt later.
+#[test]
+fn a_421_on_a_kept_connection_means_a_new_one_not_a_retry() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        let mut mails = 0;
+        p.serve(|l| match l.split([' ', ':']).next().unwrap_or_default() {
+            "EHLO" => Some(EHLO.into()),
+            "MAIL" => {
+                mails += 1;
+                (mails == 2).then(|| "421 4.4.2 hop.test timeout exceeded\r\n".into())
+            }
+            _ => None,
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    let mut server = Server::start(&db);
+    send(&mut server);
+    eventually("the first delivered", || queue_is_empty(&db));
+    send(&mut server);
+    eventually("the second delivered, not deferred", || queue_is_empty(&db));
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.bodies.len(), 2);
+    assert_eq!(seen.connections, 2);
+}

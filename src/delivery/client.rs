@@ -312,6 +312,18 @@ impl ConnectionPool {
                 }
             }
             if let Some(auth) = &target.auth {
+                // Credentials go in the clear only where the route says
+                // so (`--tls none`): a next hop that offers no TLS, or
+                // refuses it, may be someone who stripped it.
+                if !conn.is_tls() && target.tls != TlsMode::None {
+                    conn.quit().await;
+                    return Err(fail(
+                        "AUTH",
+                        "no TLS, and the route's credentials are never sent in plaintext \
+                         (route add ... --tls none allows it)"
+                            .into(),
+                    ));
+                }
                 match conn.auth(&ext, &auth.user, &auth.password).await {
                     Ok(Ok(())) => {}
                     Ok(Err(refused)) => {
@@ -437,6 +449,10 @@ async fn transaction(
         .command(&mail, "MAIL FROM")
         .await
         .map_err(|Broken(e)| Stale(e))?;
+    // A 421 here is a server closing a connection it kept idle: stale too.
+    if mail_reply.code == 421 {
+        return Err(Stale(mail_reply.one_line()));
+    }
     if !mail_reply.is_positive() {
         let o = temporary_unless_permanent(&mail_reply);
         reset(conn).await;
@@ -524,7 +540,7 @@ async fn pipelined(
         .await
         .map_err(|Broken(e)| Stale(e))?;
     if mail_reply.code == 421 {
-        return Ok(all(Outcome::of(&mail_reply)));
+        return Err(Stale(mail_reply.one_line()));
     }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
     for _ in recipients {
@@ -560,22 +576,22 @@ async fn pipelined(
 /// [`STUFFED_CHUNK`] goes in one write; a larger one never has more than
 /// one piece copied.
 async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcome {
-    let deadline = Instant::now() + data_limit(t, body);
+    // Each piece has the command timeout (RFC 5321 4.5.3.2.5: a time per
+    // send, not for the whole): a slow but steady next hop gets a large
+    // message in the end, one that stops reading is given up on.
     let mut stuffer = DotStuffer::default();
     let mut out = Vec::with_capacity(body.len().min(STUFFED_CHUNK) * 33 / 32 + 8);
     for piece in body.chunks(STUFFED_CHUNK) {
         stuffer.stuff(piece, &mut out);
         if out.len() >= STUFFED_CHUNK {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(Broken(reply)) = conn.write(&out, left, "DATA").await {
+            if let Err(Broken(reply)) = conn.write(&out, t, "DATA").await {
                 return Outcome::Temporary { reply };
             }
             out.clear();
         }
     }
     stuffer.finish(&mut out);
-    let left = deadline.saturating_duration_since(Instant::now());
-    if let Err(Broken(reply)) = conn.write(&out, left, "DATA").await {
+    if let Err(Broken(reply)) = conn.write(&out, t, "DATA").await {
         return Outcome::Temporary { reply };
     }
     match conn.read_reply("the end of DATA").await {
@@ -588,12 +604,6 @@ async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcom
         Ok(reply) => Outcome::of(&reply),
         Err(Broken(reply)) => Outcome::Temporary { reply },
     }
-}
-
-/// How long the end of the data may take: the command timeout, and a
-/// second more per 100 kB of body.
-fn data_limit(t: Duration, body: &[u8]) -> Duration {
-    t + Duration::from_secs(body.len() as u64 / 100_000)
 }
 
 /// Every recipient's outcome: its own refusal, or the data's outcome.
