@@ -757,3 +757,24 @@ fn notes_with_control_characters_or_too_long_are_refused() {
             .contains("laptop stolen")
     );
 }
+
+/// A console group that does not exist is taken (it may be created
+/// later) but said: until it exists, the socket stays owner-only.
+#[test]
+fn a_console_group_that_does_not_exist_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relaygate.db");
+    let out = run_cli(
+        &db,
+        &["policy", "set", "console-group", "no-such-group-x"],
+        "",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("warning: no group no-such-group-x"),
+        "{}",
+        out.stdout
+    );
+    let out = run_cli(&db, &["policy", "set", "console-group", "root"], "");
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+}

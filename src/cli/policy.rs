@@ -64,6 +64,14 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             {
                 println!("{problem}");
             }
+            if key == "console-group"
+                && !value.is_empty()
+                && crate::control::access::lookup_group(&value).is_none()
+            {
+                println!(
+                    "warning: no group {value} on this machine (/etc/group): the control socket stays owner-only until it exists"
+                );
+            }
             if key == "plaintext-auth" && value == "on" {
                 println!(
                     "warning: AUTH is now offered without TLS: passwords cross the network in clear"
