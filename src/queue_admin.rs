@@ -208,6 +208,7 @@ pub fn messages(n: usize) -> String {
 /// Why an action was not done (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueAdminError {
+    /// The id as typed, control characters escaped.
     #[error("no message {0} in the queue")]
     NotQueued(String),
     #[error("reading the spool: {0}")]
@@ -268,7 +269,7 @@ pub fn apply(
         ops.push(op);
     }
     if let ([id], true) = (ids, applied.messages.is_empty()) {
-        return Err(QueueAdminError::NotQueued(id.clone()));
+        return Err(QueueAdminError::NotQueued(crate::events::printable(id)));
     }
     let n = spool
         .apply_blocking(SpoolOp::All(ops))

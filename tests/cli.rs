@@ -778,3 +778,19 @@ fn a_console_group_that_does_not_exist_is_warned_about() {
     let out = run_cli(&db, &["policy", "set", "console-group", "root"], "");
     assert!(!out.stdout.contains("warning"), "{}", out.stdout);
 }
+
+/// An id typed with control characters is echoed escaped, never played
+/// on the terminal.
+#[test]
+fn a_queue_id_with_control_characters_is_echoed_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relaygate.db");
+    let out = run_cli(&db, &["queue", "retry", "a\nb\x1b[2J"], "");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no message a\\x0ab\\x1b[2J"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\x1b'), "{}", out.stderr);
+}
