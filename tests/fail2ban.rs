@@ -86,6 +86,8 @@ fn fail2ban_regex_matches_the_shipped_filter() {
     let matched: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.contains("Matched line(s):"))
+        // fail2ban-regex lists the missed lines too when they are few.
+        .take_while(|l| !l.contains("Missed line(s):"))
         .filter(|l| l.contains("Z "))
         .collect();
     assert_eq!(matched.len(), 6, "{text}");
