@@ -567,3 +567,49 @@ fn a_421_on_a_kept_connection_means_a_new_one_not_a_retry() {
     assert_eq!(seen.bodies.len(), 2);
     assert_eq!(seen.connections, 2);
 }
+
+/// A pipelining next hop that refuses MAIL but still says 354 to DATA
+/// waits for a body: that connection is not kept for the next message
+/// (whose commands it would take as the body).
+#[test]
+fn a_connection_left_waiting_for_a_body_is_not_reused() {
+    let (hop, seen) = next_hop(|p, n| {
+        p.say("220 hop.test\r\n");
+        // The first connection refuses its first MAIL.
+        let mut refused = false;
+        let mut mails = 0;
+        p.serve(|l| match l.split([' ', ':']).next().unwrap_or_default() {
+            "EHLO" => Some("250-hop.test\r\n250 PIPELINING\r\n".into()),
+            "MAIL" => {
+                mails += 1;
+                refused = n == 1 && mails == 1;
+                refused.then(|| "550 5.7.1 not from you\r\n".into())
+            }
+            "RCPT" if refused => Some("503 5.5.1 need MAIL\r\n".into()),
+            _ => None,
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    let mut server = Server::start(&db);
+    send(&mut server);
+    // The first is refused for good (a bounce goes to the local sender).
+    std::thread::sleep(Duration::from_millis(500));
+    let id = send(&mut server);
+    eventually("the second delivered", || {
+        !cli(&db, &["queue", "show"]).contains(&id)
+    });
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.connections, 2, "{:?}", seen.commands);
+    assert!(
+        seen.bodies
+            .iter()
+            .any(|b| String::from_utf8_lossy(b).contains("leading dot")),
+        "{:?}",
+        seen.commands
+    );
+}

@@ -757,3 +757,44 @@ fn a_path_too_long_for_the_socket_costs_the_console_not_the_mail() {
     c.expect("EHLO client.test", "250");
     c.expect("QUIT", "221");
 }
+
+/// A console group named before it exists is applied once it is created:
+/// the socket goes from 0600 to 0660 with the group, without a restart.
+#[test]
+fn a_console_group_created_later_is_applied() {
+    if !is_root() || Command::new("groupadd").arg("--help").output().is_err() {
+        eprintln!("skipped: needs root and groupadd to create a group");
+        return;
+    }
+    let name = format!("rgtest{}", std::process::id());
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("groupdel").arg(&self.0).output();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("console-group", &name)]);
+    let mut server = Server::start(&db);
+    server.addr();
+    let mode = || {
+        std::fs::metadata(socket_of(&db))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(), 0o600);
+    let made = Command::new("groupadd").arg(&name).output().unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let _gone = Gone(name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mode() != 0o660 {
+        assert!(Instant::now() < deadline, "socket still {:o}", mode());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -70,7 +70,8 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         hangups.abort();
-        // The drain may take shutdown-grace (up to an hour) and 5 s more:
+        // The drain may take shutdown-grace (up to an hour), 5 s more for
+        // the sessions to close, and some margin: 15 s in all beyond it.
         // systemd is told, so its TimeoutStopSec never cuts it short.
         let grace = engine.shared().snapshot().settings.shutdown_grace_secs;
         let extend = u32::try_from((grace + 15).saturating_mul(1_000_000)).unwrap_or(u32::MAX);

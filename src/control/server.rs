@@ -65,14 +65,16 @@ struct Attached {
 
 impl Attached {
     /// A place for `uid`'s console, or why there is none.
-    fn take(ctx: &Arc<Context>, uid: u32) -> Result<Attached, String> {
+    fn take(ctx: &Arc<Context>, uid: u32, access: Access) -> Result<Attached, String> {
         let mut attached = ctx
             .attached
             .lock()
             .map_err(|_| "internal: lock poisoned".to_string())?;
         let total: usize = attached.values().sum();
         let mine = attached.get(&uid).copied().unwrap_or(0);
-        if total >= MAX_CONSOLES {
+        // The total caps watchers: the service user and root always get
+        // in (within their own per-user cap).
+        if total >= MAX_CONSOLES && access == Access::Watch {
             return Err(format!(
                 "too many consoles attached ({total}); try again when one has gone"
             ));
@@ -192,6 +194,12 @@ async fn accept_loop(
                     group = apply_mode(&ctx, &path, now.as_deref());
                     setting = now;
                     ctx.group_changed.send_modify(|n| *n += 1);
+                } else if group.is_none()
+                    && let Some(name) = setting.as_deref()
+                    && access::lookup_group(name).is_some()
+                {
+                    // The group was created after the setting named it.
+                    group = apply_mode(&ctx, &path, Some(name));
                 }
             }
             accepted = listener.accept() => match accepted {
@@ -213,7 +221,7 @@ async fn accept_loop(
                         Err(_) => Err((u32::MAX, None)),
                     };
                     match access {
-                        Ok((access, uid)) => match Attached::take(&ctx, uid) {
+                        Ok((access, uid)) => match Attached::take(&ctx, uid, access) {
                             Ok(place) => {
                                 tokio::spawn(serve_client(Arc::clone(&ctx), stream, access, place));
                             }

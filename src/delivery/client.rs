@@ -314,7 +314,9 @@ impl ConnectionPool {
             if let Some(auth) = &target.auth {
                 // Credentials go in the clear only where the route says
                 // so (`--tls none`): a next hop that offers no TLS, or
-                // refuses it, may be someone who stripped it.
+                // refuses it, may be someone who stripped it. (Over an
+                // opportunistic route's TLS the certificate is not
+                // checked: `--tls required` verifies the smarthost.)
                 if !conn.is_tls() && target.tls != TlsMode::None {
                     conn.quit().await;
                     return Err(fail(
@@ -555,7 +557,11 @@ async fn pipelined(
         Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
     };
     if !mail_reply.is_positive() {
-        // Every RCPT and the DATA were refused after it (503).
+        // Every RCPT and the DATA were refused after it (503). A server
+        // that said 354 all the same waits for a body: not used again.
+        if data.class() == 3 {
+            conn.give_up();
+        }
         return Ok(all(temporary_unless_permanent(&mail_reply)));
     }
     if let Some(refused) = refused_data(conn, &data).await {

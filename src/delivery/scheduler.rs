@@ -205,7 +205,7 @@ pub async fn run(
     loop {
         let mut scan = false;
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => return last_records(&d).await,
             work = fresh.recv() => {
                 let Some(first) = work else { return };
                 let snapshot = shared.snapshot();
@@ -228,7 +228,7 @@ pub async fn run(
             _ = d.slot_freed.notified() => scan = backlog && in_flight(&d) < max_in_flight / 2,
         }
         if *stop.borrow() {
-            return;
+            return last_records(&d).await;
         }
         let concurrency = shared.snapshot().settings.delivery_concurrency;
         resize_global(&d, concurrency);
@@ -292,6 +292,23 @@ pub async fn run(
             }
         }
     }
+}
+
+/// At a stop: one last try at the outcomes not yet on disk. Those still
+/// unwritten are said: their messages will be sent again after the
+/// restart (at least once, never lost).
+async fn last_records(d: &Delivery) {
+    if !has_unrecorded(d) || record_again(d).await {
+        return;
+    }
+    let left = d.unrecorded.lock().map_or(0, |u| u.len());
+    d.shared.events.emit(Event::Error {
+        session: None,
+        message: format!(
+            "stopping with {left} delivery outcomes the spool could not record: \
+             those messages will be delivered again after the restart"
+        ),
+    });
 }
 
 fn has_unrecorded(d: &Delivery) -> bool {
@@ -417,6 +434,9 @@ async fn deliver_message(
     attempts: HashMap<String, i64>,
     handed: Option<Arc<StoredMessage>>,
 ) {
+    // From here: a delivery that waits (for memory, the spool reader, a
+    // slot, DNS) asks the spool again before it sends.
+    let started = std::time::Instant::now();
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
     // Each recipient's next hop, worked out once.
     let plans: Vec<(String, HopPlan)> = rcpts
@@ -517,7 +537,7 @@ async fn deliver_message(
         let settings = Arc::clone(settings);
         let attempts = Arc::clone(&attempts);
         set.spawn(async move {
-            let results = deliver_group(&d, &settings, &message, plan, group).await;
+            let results = deliver_group(&d, &settings, &message, plan, group, started).await;
             record(&d, &settings, &message, &attempts, results).await;
         });
     }
@@ -693,8 +713,8 @@ async fn deliver_group(
     message: &StoredMessage,
     plan: HopPlan,
     rcpts: Vec<String>,
+    started: std::time::Instant,
 ) -> Vec<(String, Outcome, Option<String>)> {
-    let started = std::time::Instant::now();
     let everyone = |o: Outcome, host: Option<String>| {
         rcpts
             .iter()
@@ -784,9 +804,10 @@ async fn deliver_group(
             None,
         );
     };
-    // Held or deleted while this waited (for a slot, or for DNS): those
-    // recipients are not sent to. A delivery that did not wait has just
-    // read its message, so the spool is asked only after a wait.
+    // Held or deleted while this waited (for memory, the reader, a slot,
+    // DNS): those recipients are not sent to. A delivery that did not wait
+    // was started from the spool a moment ago, so it is asked only after
+    // a wait.
     let rcpts = if started.elapsed() >= RECHECK_AFTER {
         match read_spool(d, &message.id, |r, id| r.queued_now(id)).await {
             Ok(queued) => rcpts.into_iter().filter(|r| queued.contains(r)).collect(),
