@@ -600,7 +600,9 @@ async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcom
     if let Err(Broken(reply)) = conn.write(&out, t, "DATA").await {
         return Outcome::Temporary { reply };
     }
-    match conn.read_reply("the end of DATA").await {
+    // The reply to the final dot may come after a content scan: twice the
+    // command timeout (600 s by default: RFC 5321 4.5.3.2.6's 10 minutes).
+    match conn.read_reply_within("the end of DATA", t * 2).await {
         Ok(reply) if reply.class() == 3 => {
             conn.give_up();
             Outcome::Temporary {

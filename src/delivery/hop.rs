@@ -126,7 +126,15 @@ impl HopConnection {
     /// Reads one reply; `what` names the step for the error. A 421 also
     /// marks the connection broken: the server is closing it.
     pub async fn read_reply(&mut self, what: &str) -> Result<Reply, Broken> {
-        let limit = self.limit;
+        self.read_reply_within(what, self.limit).await
+    }
+
+    /// [`read_reply`](Self::read_reply) with a time of its own.
+    pub async fn read_reply_within(
+        &mut self,
+        what: &str,
+        limit: Duration,
+    ) -> Result<Reply, Broken> {
         match tokio::time::timeout(limit, self.next_reply()).await {
             Ok(Ok(reply)) => {
                 if reply.code == 421 {
