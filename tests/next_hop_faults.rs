@@ -613,3 +613,43 @@ fn a_connection_left_waiting_for_a_body_is_not_reused() {
         seen.commands
     );
 }
+
+/// 250 recipients to a pipelining next hop go in one transaction, their
+/// RCPTs written a hundred at a time, every one answered and delivered.
+#[test]
+fn many_recipients_are_pipelined_in_batches_in_one_transaction() {
+    let (hop, seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        p.serve(|l| {
+            l.starts_with("EHLO")
+                .then(|| "250-hop.test\r\n250 PIPELINING\r\n".into())
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(
+        dir.path(),
+        &[("retry-first", "3600"), ("max-recipients", "300")],
+    );
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    let mut server = Server::start(&db);
+    let to: Vec<String> = (0..250).map(|i| format!("r{i}@far.test")).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    send_queued(
+        server.addr(),
+        "alice@example.com",
+        &to,
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    eventually("all 250 delivered", || queue_is_empty(&db));
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.bodies.len(), 1);
+    let rcpts = seen
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("RCPT"))
+        .count();
+    assert_eq!(rcpts, 250);
+}

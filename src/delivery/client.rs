@@ -527,31 +527,48 @@ async fn pipelined(
 ) -> Result<Vec<Outcome>, Stale> {
     use std::fmt::Write;
     let all = |o: Outcome| vec![o; recipients.len()];
+    // In groups of PIPELINE_BATCH recipients, their replies read before
+    // the next group goes: thousands of commands written at once could
+    // fill both sides' buffers with nobody reading (RFC 2920 3.1).
     let mut commands = mail;
-    for r in recipients {
-        let _ = write!(commands, "RCPT TO:<{r}>\r\n");
-    }
-    commands.push_str("DATA\r\n");
-    // The MAIL reply. A connection that fails here is stale (a pooled one
-    // the server closed): the caller opens a fresh one.
-    conn.write(commands.as_bytes(), t, "MAIL FROM")
-        .await
-        .map_err(|Broken(e)| Stale(e))?;
-    let mail_reply = conn
-        .read_reply("MAIL FROM")
-        .await
-        .map_err(|Broken(e)| Stale(e))?;
-    if mail_reply.code == 421 {
-        return Err(Stale(mail_reply.one_line()));
-    }
+    let mut mail_reply = None;
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
-    for _ in recipients {
-        match conn.read_reply("RCPT TO").await {
-            Ok(reply) if reply.code == 421 => return Ok(all(Outcome::of(&reply))),
-            Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
-            Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
+    let batches = recipients.len().div_ceil(PIPELINE_BATCH).max(1);
+    for (k, batch) in recipients.chunks(PIPELINE_BATCH).enumerate() {
+        for r in batch {
+            let _ = write!(commands, "RCPT TO:<{r}>\r\n");
+        }
+        if k + 1 == batches {
+            commands.push_str("DATA\r\n");
+        }
+        let written = conn.write(commands.as_bytes(), t, "MAIL FROM").await;
+        commands.clear();
+        if mail_reply.is_none() {
+            // The MAIL reply. A connection that fails here is stale (a
+            // pooled one the server closed): the caller opens a fresh one.
+            written.map_err(|Broken(e)| Stale(e))?;
+            let reply = conn
+                .read_reply("MAIL FROM")
+                .await
+                .map_err(|Broken(e)| Stale(e))?;
+            if reply.code == 421 {
+                return Err(Stale(reply.one_line()));
+            }
+            mail_reply = Some(reply);
+        } else if let Err(Broken(reply)) = written {
+            return Ok(all(Outcome::Temporary { reply }));
+        }
+        for _ in batch {
+            match conn.read_reply("RCPT TO").await {
+                Ok(reply) if reply.code == 421 => return Ok(all(Outcome::of(&reply))),
+                Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
+                Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
+            }
         }
     }
+    let Some(mail_reply) = mail_reply else {
+        return Ok(Vec::new());
+    };
     let data = match conn.read_reply("DATA").await {
         Ok(d) => d,
         Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
@@ -621,6 +638,9 @@ fn with_final(outcomes: Vec<Option<Outcome>>, data: Outcome) -> Vec<Outcome> {
         .map(|o| o.unwrap_or_else(|| data.clone()))
         .collect()
 }
+
+/// Recipients written at once to a pipelining next hop.
+const PIPELINE_BATCH: usize = 100;
 
 /// The pieces the body is stuffed and written in.
 const STUFFED_CHUNK: usize = 64 * 1024;
