@@ -653,3 +653,51 @@ fn many_recipients_are_pipelined_in_batches_in_one_transaction() {
         .count();
     assert_eq!(rcpts, 250);
 }
+
+/// A message over the size a next hop announces is bounced without being
+/// sent, and the bounce does not put the refusal in the next hop's mouth
+/// (no Remote-MTA, no "host ... said").
+#[test]
+fn a_message_over_the_announced_size_is_bounced_as_ours_not_the_hop_s() {
+    let (small, small_seen) = next_hop(|p, _| {
+        p.say("220 small.test\r\n");
+        p.serve(|l| {
+            l.starts_with("EHLO")
+                .then(|| "250-small.test\r\n250 SIZE 100\r\n".into())
+        });
+    });
+    let (home, home_seen) = next_hop(|p, _| {
+        p.say("220 home.test\r\n");
+        p.serve(|l| l.starts_with("EHLO").then(|| EHLO.into()));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &small.to_string(), "--tls", "none"],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &home.to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+    send(&mut server);
+    eventually("the bounce at home", || {
+        !home_seen.lock().expect("seen").bodies.is_empty()
+    });
+    let bounce = String::from_utf8_lossy(&home_seen.lock().expect("seen").bodies[0]).into_owned();
+    assert!(bounce.contains("not sent: the message"), "{bounce}");
+    assert!(bounce.contains("Status: 5.3.4"), "{bounce}");
+    assert!(!bounce.contains("Remote-MTA"), "{bounce}");
+    assert!(!bounce.contains("said:"), "{bounce}");
+    let small_seen = small_seen.lock().expect("seen");
+    assert!(small_seen.bodies.is_empty());
+    assert!(!small_seen.commands.iter().any(|c| c.starts_with("MAIL")));
+}

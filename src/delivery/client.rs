@@ -42,6 +42,12 @@ pub enum Outcome {
         reply: String,
         status: String,
     },
+    /// Refused here, before anything was sent (the next hop's SIZE, no
+    /// SMTPUTF8): a bounce like `Permanent`, but no word of the next hop's.
+    NotSent {
+        reply: String,
+        status: String,
+    },
     /// Not tried: the route's send rate is used up until `until` (Unix
     /// seconds). Not an attempt, not an error: the message waits.
     Waiting {
@@ -413,7 +419,7 @@ async fn transaction(
     // next hop without it gets nothing, and the recipients bounce.
     let utf8_param = if smtputf8 {
         if !hop.ext.smtputf8 {
-            return Ok(all(Outcome::Permanent {
+            return Ok(all(Outcome::NotSent {
                 reply: "5.6.7 the next hop does not support SMTPUTF8, which this message needs"
                     .into(),
                 status: "5.6.7".into(),
@@ -426,9 +432,9 @@ async fn transaction(
     // RFC 1870: a message over the next hop's limit is not sent at all.
     let size_param = match hop.ext.size {
         Some(max) if max > 0 && body.len() as u64 > max => {
-            return Ok(all(Outcome::Permanent {
+            return Ok(all(Outcome::NotSent {
                 reply: format!(
-                    "552 5.3.4 the message ({} bytes) is over the next hop's size limit ({max} bytes)",
+                    "5.3.4 not sent: the message ({} bytes) is over the size limit the next hop announces ({max} bytes)",
                     body.len()
                 ),
                 status: "5.3.4".into(),

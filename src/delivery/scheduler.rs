@@ -905,12 +905,14 @@ async fn record(
                 DeliveryOutcome::Delivered,
                 reply.clone(),
             ),
-            Outcome::Permanent { reply, status } => {
+            Outcome::Permanent { reply, status } | Outcome::NotSent { reply, status } => {
+                // A refusal of ours names no remote MTA (RFC 3464 2.3.5).
+                let said_by_host = matches!(outcome, Outcome::Permanent { .. });
                 failed.push(FailedRecipient {
                     address: rcpt.clone(),
                     status: status.clone(),
                     diagnostic: Some(reply.clone()),
-                    remote_mta: host.clone(),
+                    remote_mta: host.clone().filter(|_| said_by_host),
                     action: DsnAction::Failed,
                 });
                 (
