@@ -701,3 +701,95 @@ fn a_message_over_the_announced_size_is_bounced_as_ours_not_the_hop_s() {
     assert!(small_seen.bodies.is_empty());
     assert!(!small_seen.commands.iter().any(|c| c.starts_with("MAIL")));
 }
+
+/// A 421 partway through the recipients keeps the refusals already given
+/// (a 550 still bounces) and defers only the rest; a 452 that is not
+/// "too many recipients" (a full mailbox) waits for the retry instead of
+/// another transaction.
+#[test]
+fn a_421_partway_keeps_earlier_refusals_and_a_full_mailbox_waits() {
+    let (hop, seen) = next_hop(|p, n| {
+        p.say("220 hop.test\r\n");
+        // On the first connection, whatever comes after gone@'s refusal
+        // (a RCPT or DATA) gets 421.
+        let mut cut_next = false;
+        p.serve(|l| {
+            let verb = l.split([' ', ':']).next().unwrap_or_default();
+            if cut_next && (verb == "RCPT" || verb == "DATA") {
+                cut_next = false;
+                return Some("421 4.3.2 shutting down\r\n".into());
+            }
+            match verb {
+                "EHLO" => Some("250-hop.test\r\n250 PIPELINING\r\n".into()),
+                "RCPT" if l.contains("gone@") => {
+                    cut_next = n == 1;
+                    Some("550 5.1.1 no such user\r\n".into())
+                }
+                "RCPT" if l.contains("full@") => Some("452 4.2.2 mailbox full\r\n".into()),
+                _ => None,
+            }
+        });
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            "127.0.0.1:9",
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+    // First connection: gone@ refused, then 421 (recipients go in any
+    // order): gone@ bounces, every other recipient is deferred.
+    let first = send_queued(
+        server.addr(),
+        "alice@example.com",
+        &["a@far.test", "gone@far.test", "b@far.test", "c@far.test"],
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    let gone = server.wait_for(
+        &format!("delivery {first} to=<gone@far.test>"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        gone.contains("bounced") && gone.contains("550 5.1.1"),
+        "{gone}"
+    );
+    for r in ["a", "b", "c"] {
+        let line = server.wait_for(
+            &format!("delivery {first} to=<{r}@far.test>"),
+            Duration::from_secs(10),
+        );
+        assert!(line.contains("deferred") && line.contains("421"), "{line}");
+    }
+    // A new connection: one takes, one mailbox is full; no second
+    // transaction for the full one.
+    let second = send_queued(
+        server.addr(),
+        "alice@example.com",
+        &["d@far.test", "full@far.test"],
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    server.wait_for(
+        &format!("delivery {second} to=<full@far.test>"),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let fulls = seen
+        .lock()
+        .expect("seen")
+        .commands
+        .iter()
+        .filter(|c| c.contains("full@far.test"))
+        .count();
+    assert_eq!(fulls, 1, "the full mailbox was asked again at once");
+}

@@ -368,10 +368,14 @@ async fn more_transactions(
     message: Envelope<'_>,
     mut outcomes: Vec<Outcome>,
 ) -> Vec<Outcome> {
-    let put_off =
-        |o: &Outcome| matches!(o, Outcome::Temporary { reply } if reply.starts_with("452"));
+    // "Too many recipients" is 452 4.5.3 (RFC 3463); a 452 of another
+    // kind (a full mailbox, 4.2.2) waits for the retry like any 4xx.
+    let put_off = |o: &Outcome| {
+        matches!(o, Outcome::Temporary { reply }
+            if reply.starts_with("452") && (reply.contains("4.5.3") || reply.to_ascii_lowercase().contains("too many recipients")))
+    };
     let mut round: Vec<usize> = (0..outcomes.len()).collect();
-    loop {
+    for _ in 0..MORE_TRANSACTIONS {
         let delivered = round
             .iter()
             .any(|&i| matches!(outcomes.get(i), Some(Outcome::Delivered { .. })));
@@ -399,7 +403,14 @@ async fn more_transactions(
         }
         round = rest;
     }
+    outcomes
 }
+
+/// Transactions after the first for recipients put off as too many: a
+/// next hop taking one recipient at a time would otherwise get as many
+/// transactions as recipients (and the square of their RCPTs); the rest
+/// wait for the retry.
+const MORE_TRANSACTIONS: usize = 20;
 
 /// MAIL, every RCPT, DATA: one outcome per recipient.
 async fn transaction(
@@ -470,10 +481,16 @@ async fn transaction(
     for r in recipients {
         match conn.command(&format!("RCPT TO:<{r}>\r\n"), "RCPT TO").await {
             Ok(reply) if reply.code == 421 => {
-                return Ok(all(Outcome::of(&reply)));
+                return Ok(cut_short(outcomes, recipients.len(), Outcome::of(&reply)));
             }
             Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
-            Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
+            Err(Broken(reply)) => {
+                return Ok(cut_short(
+                    outcomes,
+                    recipients.len(),
+                    Outcome::Temporary { reply },
+                ));
+            }
         }
     }
     if outcomes.iter().all(Option::is_some) {
@@ -562,14 +579,32 @@ async fn pipelined(
             }
             mail_reply = Some(reply);
         } else if let Err(Broken(reply)) = written {
-            return Ok(all(Outcome::Temporary { reply }));
+            return Ok(cut_short(
+                outcomes,
+                recipients.len(),
+                Outcome::Temporary { reply },
+            ));
         }
+        let refused = mail_reply.as_ref().filter(|m| !m.is_positive());
         for _ in batch {
-            match conn.read_reply("RCPT TO").await {
-                Ok(reply) if reply.code == 421 => return Ok(all(Outcome::of(&reply))),
-                Ok(reply) => outcomes.push(Outcome::of_rcpt(&reply)),
-                Err(Broken(reply)) => return Ok(all(Outcome::Temporary { reply })),
-            }
+            let cut = match conn.read_reply("RCPT TO").await {
+                Ok(reply) if reply.code == 421 => Outcome::of(&reply),
+                Ok(reply) => {
+                    outcomes.push(Outcome::of_rcpt(&reply));
+                    continue;
+                }
+                Err(Broken(reply)) => Outcome::Temporary { reply },
+            };
+            return Ok(match refused {
+                Some(m) => all(temporary_unless_permanent(m)),
+                None => cut_short(outcomes, recipients.len(), cut),
+            });
+        }
+        // MAIL refused: the later batches (and DATA) are not sent.
+        if let Some(m) = refused
+            && k + 1 < batches
+        {
+            return Ok(all(temporary_unless_permanent(m)));
         }
     }
     let Some(mail_reply) = mail_reply else {
@@ -635,6 +670,18 @@ async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcom
         Ok(reply) => Outcome::of(&reply),
         Err(Broken(reply)) => Outcome::Temporary { reply },
     }
+}
+
+/// A transaction cut short (421, a broken connection) after `so_far`
+/// recipients were answered: each keeps its own refusal, every other
+/// recipient of the `n` gets `cut`.
+fn cut_short(so_far: Vec<Option<Outcome>>, n: usize, cut: Outcome) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = so_far
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| cut.clone()))
+        .collect();
+    outcomes.resize(n, cut);
+    outcomes
 }
 
 /// Every recipient's outcome: its own refusal, or the data's outcome.
