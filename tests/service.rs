@@ -758,10 +758,11 @@ fn a_path_too_long_for_the_socket_costs_the_console_not_the_mail() {
     c.expect("QUIT", "221");
 }
 
-/// A console group named before it exists is applied once it is created:
-/// the socket goes from 0600 to 0660 with the group, without a restart.
+/// A console group named before it exists is applied once it is created
+/// (the socket goes from 0600 to 0660 with the group, without a restart),
+/// and dropped once it is deleted.
 #[test]
-fn a_console_group_created_later_is_applied() {
+fn a_console_group_created_later_is_applied_and_deleted_is_dropped() {
     if !is_root() || Command::new("groupadd").arg("--help").output().is_err() {
         eprintln!("skipped: needs root and groupadd to create a group");
         return;
@@ -791,10 +792,21 @@ fn a_console_group_created_later_is_applied() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let _gone = Gone(name);
+    let _gone = Gone(name.clone());
     let deadline = Instant::now() + Duration::from_secs(5);
     while mode() != 0o660 {
         assert!(Instant::now() < deadline, "socket still {:o}", mode());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Deleted again: the next connection finds it gone, and the socket is
+    // owner-only once more (its old members are not let in).
+    let removed = Command::new("groupdel").arg(&name).output().unwrap();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let mut raw = Raw::connect(&db);
+    let _hello = raw.line();
+    assert_eq!(mode(), 0o600);
 }

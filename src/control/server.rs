@@ -205,11 +205,13 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     // Membership as /etc/group has it now, not as it was
-                    // when the setting last changed.
-                    if let Some(g) = &group
-                        && let Some(now) = access::lookup_group(&g.name)
-                    {
-                        group = Some(now);
+                    // when the setting last changed; a group deleted
+                    // meanwhile lets nobody in (the socket goes 0600).
+                    if let Some(g) = &group {
+                        group = match access::lookup_group(&g.name) {
+                            Some(now) => Some(now),
+                            None => apply_mode(&ctx, &path, setting.as_deref()),
+                        };
                     }
                     let access = match stream.peer_cred() {
                         Ok(cred) => {
