@@ -793,3 +793,63 @@ fn a_421_partway_keeps_earlier_refusals_and_a_full_mailbox_waits() {
         .count();
     assert_eq!(fulls, 1, "the full mailbox was asked again at once");
 }
+
+/// A next hop that refuses a message partway through its body (552, too
+/// big) and closes: its reply is read and the message bounces, rather
+/// than a "connection reset" that is retried for days.
+#[test]
+fn a_refusal_partway_through_the_body_is_heard() {
+    let (hop, _seen) = next_hop(|p, _| {
+        p.say("220 hop.test\r\n");
+        while let Some(l) = p.line() {
+            match l.split([' ', ':']).next().unwrap_or_default() {
+                "EHLO" => p.say(EHLO),
+                "DATA" => {
+                    p.say("354 go\r\n");
+                    let mut taken = 0;
+                    let mut line = Vec::new();
+                    while taken < 100_000 {
+                        line.clear();
+                        match p.reader.read_until(b'\n', &mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => taken += n,
+                        }
+                    }
+                    p.say("552 5.3.4 message too big for me\r\n");
+                    return;
+                }
+                "QUIT" => return,
+                _ => p.say("250 ok\r\n"),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = test_db(dir.path(), &[("retry-first", "3600")]);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            "127.0.0.1:9",
+            "--tls",
+            "none",
+        ],
+    );
+    let mut server = Server::start(&db);
+    let line = format!("{}\r\n", "x".repeat(70));
+    let body = format!("Subject: big\r\n\r\n{}", line.repeat(30_000));
+    let id = send_queued(server.addr(), "alice@example.com", &["bob@far.test"], &body);
+    let line = server.wait_for(
+        &format!("delivery {id} to=<bob@far.test>"),
+        Duration::from_secs(15),
+    );
+    assert!(
+        line.contains("bounced") && line.contains("552 5.3.4"),
+        "{line}"
+    );
+}

@@ -648,15 +648,15 @@ async fn send_body(conn: &mut HopConnection, body: &[u8], t: Duration) -> Outcom
     for piece in body.chunks(STUFFED_CHUNK) {
         stuffer.stuff(piece, &mut out);
         if out.len() >= STUFFED_CHUNK {
-            if let Err(Broken(reply)) = conn.write(&out, t, "DATA").await {
-                return Outcome::Temporary { reply };
+            if let Err(broken) = conn.write(&out, t, "DATA").await {
+                return cut_off(conn, broken).await;
             }
             out.clear();
         }
     }
     stuffer.finish(&mut out);
-    if let Err(Broken(reply)) = conn.write(&out, t, "DATA").await {
-        return Outcome::Temporary { reply };
+    if let Err(broken) = conn.write(&out, t, "DATA").await {
+        return cut_off(conn, broken).await;
     }
     // The reply to the final dot may come after a content scan: twice the
     // command timeout (600 s by default: RFC 5321 4.5.3.2.6's 10 minutes).
@@ -690,6 +690,16 @@ fn with_final(outcomes: Vec<Option<Outcome>>, data: Outcome) -> Vec<Outcome> {
         .into_iter()
         .map(|o| o.unwrap_or_else(|| data.clone()))
         .collect()
+}
+
+/// A body cut off by the next hop: a server that refuses a message before
+/// its end (552, too big) says so, then closes; its reply is read if it
+/// came, or the write's failure is the outcome.
+async fn cut_off(conn: &mut HopConnection, Broken(failure): Broken) -> Outcome {
+    match conn.read_reply_within("DATA", Duration::from_secs(1)).await {
+        Ok(reply) if matches!(reply.class(), 4 | 5) => Outcome::of(&reply),
+        _ => Outcome::Temporary { reply: failure },
+    }
 }
 
 /// Recipients written at once to a pipelining next hop.
