@@ -646,6 +646,21 @@ pub fn render(story: &Story, queue: &[String]) -> Vec<String> {
     lines
 }
 
+/// Where each of a story's messages stands in the queue now (those still
+/// in it), read through `spool` if it could be opened.
+pub fn queue_states(
+    story: &Story,
+    spool: Option<&crate::spool::SpoolReader>,
+    now: i64,
+) -> Vec<String> {
+    story
+        .messages
+        .iter()
+        .filter_map(|id| spool?.entry(id).ok().flatten())
+        .map(|e| queue_state(&e, now))
+        .collect()
+}
+
 /// Where a queued message stands: held or not, each recipient's state,
 /// next attempt (`now`: seconds since the epoch) and last error.
 pub fn queue_state(e: &crate::spool::QueueEntry, now: i64) -> String {

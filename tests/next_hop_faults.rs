@@ -166,6 +166,29 @@ fn setup(dir: &Path, hop: SocketAddr, tls: &str) -> (Server, std::path::PathBuf)
     (Server::start(&db), db)
 }
 
+/// A database that tries each message once in the test's time (the next
+/// retry an hour away), with `extra` settings, `*` routed to `hop` in
+/// plaintext and example.com (the senders' domain) to `home`, if given;
+/// the engine started on it.
+fn once_only(
+    dir: &Path,
+    hop: SocketAddr,
+    home: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (Server, std::path::PathBuf) {
+    let mut settings = vec![("retry-first", "3600")];
+    settings.extend_from_slice(extra);
+    let db = test_db(dir, &settings);
+    cli(
+        &db,
+        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
+    );
+    if let Some(home) = home {
+        cli(&db, &["route", "add", "example.com", home, "--tls", "none"]);
+    }
+    (Server::start(&db), db)
+}
+
 fn send(server: &mut Server) -> String {
     send_queued(
         server.addr(),
@@ -441,12 +464,7 @@ fn recipients_put_off_as_too_many_go_in_another_transaction_at_once() {
         });
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, db) = once_only(dir.path(), hop, None, &[]);
     let to = [
         "a@far.test",
         "b@far.test",
@@ -553,12 +571,7 @@ fn a_421_on_a_kept_connection_means_a_new_one_not_a_retry() {
         });
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, db) = once_only(dir.path(), hop, None, &[]);
     send(&mut server);
     eventually("the first delivered", || queue_is_empty(&db));
     send(&mut server);
@@ -590,12 +603,7 @@ fn a_connection_left_waiting_for_a_body_is_not_reused() {
         });
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, db) = once_only(dir.path(), hop, None, &[]);
     send(&mut server);
     // The first is refused for good (a bounce goes to the local sender).
     std::thread::sleep(Duration::from_millis(500));
@@ -626,15 +634,7 @@ fn many_recipients_are_pipelined_in_batches_in_one_transaction() {
         });
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(
-        dir.path(),
-        &[("retry-first", "3600"), ("max-recipients", "300")],
-    );
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, db) = once_only(dir.path(), hop, None, &[("max-recipients", "300")]);
     let to: Vec<String> = (0..250).map(|i| format!("r{i}@far.test")).collect();
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     send_queued(
@@ -671,23 +671,7 @@ fn a_message_over_the_announced_size_is_bounced_as_ours_not_the_hop_s() {
         p.serve(|l| l.starts_with("EHLO").then(|| EHLO.into()));
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &small.to_string(), "--tls", "none"],
-    );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            &home.to_string(),
-            "--tls",
-            "none",
-        ],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, _db) = once_only(dir.path(), small, Some(&home.to_string()), &[]);
     send(&mut server);
     eventually("the bounce at home", || {
         !home_seen.lock().expect("seen").bodies.is_empty()
@@ -731,23 +715,7 @@ fn a_421_partway_keeps_earlier_refusals_and_a_full_mailbox_waits() {
         });
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            "127.0.0.1:9",
-            "--tls",
-            "none",
-        ],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, _db) = once_only(dir.path(), hop, Some("127.0.0.1:9"), &[]);
     // First connection: gone@ refused, then 421 (recipients go in any
     // order): gone@ bounces, every other recipient is deferred.
     let first = send_queued(
@@ -824,23 +792,7 @@ fn a_refusal_partway_through_the_body_is_heard() {
         }
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = test_db(dir.path(), &[("retry-first", "3600")]);
-    cli(
-        &db,
-        &["route", "add", "*", &hop.to_string(), "--tls", "none"],
-    );
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            "127.0.0.1:9",
-            "--tls",
-            "none",
-        ],
-    );
-    let mut server = Server::start(&db);
+    let (mut server, _db) = once_only(dir.path(), hop, Some("127.0.0.1:9"), &[]);
     let line = format!("{}\r\n", "x".repeat(70));
     let body = format!("Subject: big\r\n\r\n{}", line.repeat(30_000));
     let id = send_queued(server.addr(), "alice@example.com", &["bob@far.test"], &body);

@@ -83,12 +83,7 @@ pub fn run(db: &Path, args: TraceArgs) -> anyhow::Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     for story in &stories {
-        let queue: Vec<String> = story
-            .messages
-            .iter()
-            .filter_map(|id| spool.as_ref()?.entry(id).ok().flatten())
-            .map(|e| crate::trace::queue_state(&e, now_s))
-            .collect();
+        let queue = crate::trace::queue_states(story, spool.as_ref(), now_s);
         if args.json {
             println!("{}", serde_json::to_string(&json_story(story, &queue))?);
         } else {

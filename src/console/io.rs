@@ -606,12 +606,7 @@ fn trace_lines(
     let now = epoch_ms(SystemTime::now()) / 1000;
     let mut lines = Vec::new();
     for story in &stories {
-        let queue: Vec<String> = story
-            .messages
-            .iter()
-            .filter_map(|id| reader.as_ref()?.entry(id).ok().flatten())
-            .map(|e| crate::trace::queue_state(&e, now))
-            .collect();
+        let queue = crate::trace::queue_states(story, reader.as_ref(), now);
         lines.extend(crate::trace::render(story, &queue));
         lines.push(String::new());
     }
