@@ -214,6 +214,9 @@ pub struct Shared {
     pub delivery_queue: mpsc::Sender<crate::delivery::scheduler::NewWork>,
     /// Quotas, bans and suspensions.
     pub abuse: crate::abuse::AbuseGuard,
+    /// Free space on the spool's disk, measured each second; sessions
+    /// refuse MAIL while it is short of room for a message.
+    pub spool_space: crate::spool_space::SpoolSpace,
 }
 
 /// Counts a session against the limits until dropped.
@@ -455,6 +458,8 @@ pub struct Engine {
     reload: Option<JoinHandle<()>>,
     /// Counts events and serves `/metrics` (when `metrics-listen` is set).
     metrics: Option<JoinHandle<()>>,
+    /// Measures the spool's disk each second.
+    space_watch: Option<JoinHandle<()>>,
     delivery: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     feed: Feed,
@@ -660,6 +665,7 @@ impl Engine {
             state,
             delivery_queue,
             abuse: Default::default(),
+            spool_space: Default::default(),
         });
         let bindings = loaded.apply(&shared, None, &snapshot);
         shared.abuse.with_quotas(|q| q.restore(counts));
@@ -672,6 +678,7 @@ impl Engine {
             session_token: Some(token),
             reload: None,
             metrics: None,
+            space_watch: None,
             delivery: None,
             control: None,
             feed,
@@ -732,6 +739,10 @@ impl Engine {
                 stopped,
             )),
         ));
+        engine.space_watch = Some(tokio::spawn(crate::spool_space::watch(
+            Arc::clone(&engine.shared),
+            engine.dir.spool.clone(),
+        )));
         engine.metrics = Some(tokio::spawn(crate::metrics::run(
             Arc::clone(&engine.shared),
             engine.dir.spool.clone(),
@@ -794,6 +805,9 @@ impl Engine {
     pub async fn shutdown(mut self) {
         if let Some(metrics) = self.metrics.take() {
             metrics.abort();
+        }
+        if let Some(watch) = self.space_watch.take() {
+            watch.abort();
         }
         if let Some(reload) = self.reload.take() {
             reload.abort();

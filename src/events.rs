@@ -152,6 +152,15 @@ pub enum Event {
         login: String,
         why: String,
     },
+    /// The spool's disk went short of room for a whole message (`low`:
+    /// MAIL is refused with 452 4.3.1 from now on), or has room again.
+    SpoolSpace {
+        /// Bytes free for the engine on the spool's filesystem.
+        free: u64,
+        /// Bytes it needs free to take mail (see [`crate::spool_space`]).
+        needed: u64,
+        low: bool,
+    },
 }
 
 /// What a delivery attempt did for one recipient.
@@ -380,6 +389,8 @@ impl Event {
             Event::ClientBanned { .. } => (K::Session, Some(Outcome::Refused)),
             Event::ProxyRefused { .. } => (K::Session, Some(Outcome::Refused)),
             Event::LoginSuspended { .. } => (K::Auth, Some(Outcome::Refused)),
+            Event::SpoolSpace { low: true, .. } => (K::Error, None),
+            Event::SpoolSpace { low: false, .. } => (K::Config, None),
             Event::Decision { decision, .. } => (
                 K::Decision,
                 Some(if decision.is_allowed() {
@@ -612,6 +623,28 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             Error,
             put!("login {login} suspended: {why}; lift with: relaygate user unsuspend {login}"),
         ),
+        Event::SpoolSpace { free, needed, low } => {
+            use crate::spool_space::size_text;
+            if *low {
+                d(
+                    Error,
+                    put!(
+                        "spool disk short of room: {} free, {} needed (spool-min-free, or 1.5 x max-message-size); MAIL is refused with 452 4.3.1 until there is room",
+                        size_text(*free),
+                        size_text(*needed)
+                    ),
+                )
+            } else {
+                d(
+                    Info,
+                    put!(
+                        "spool disk has room again: {} free ({} needed); taking mail",
+                        size_text(*free),
+                        size_text(*needed)
+                    ),
+                )
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod server_settings;
 pub mod session_board;
 pub mod smtp;
 pub mod spool;
+pub mod spool_space;
 pub mod store;
 pub mod tls;
 pub mod trace;

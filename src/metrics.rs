@@ -57,6 +57,7 @@ struct Counted {
     queue_messages: Gauge,
     queue_oldest_age: Gauge,
     transactions_open: Gauge,
+    spool_free: Gauge,
     auth_failures: Counter,
     bans: Counter,
     quota_refusals: Counter,
@@ -117,6 +118,11 @@ impl Counted {
             transactions_open: reg!(
                 "transactions_open",
                 "SMTP transactions under way now (MAIL given, the message not yet stored)",
+                Gauge::default()
+            ),
+            spool_free: reg!(
+                "spool_free_bytes",
+                "bytes free on the spool's disk (MAIL gets 452 4.3.1 below 1.5 x max-message-size or spool-min-free); -1 before it is measured",
                 Gauge::default()
             ),
             queue_oldest_age: reg!(
@@ -282,9 +288,13 @@ impl Metrics {
         c.dropped_events.set(dropped as i64);
     }
 
-    /// SMTP transactions under way (read at every scrape: an atomic).
-    pub fn set_transactions_open(&self, open: usize) {
+    /// SMTP transactions under way and the spool disk's free bytes (read
+    /// at every scrape: atomics).
+    pub fn set_open_and_free(&self, open: usize, spool_free: Option<u64>) {
         self.counted.transactions_open.set(open as i64);
+        self.counted
+            .spool_free
+            .set(spool_free.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
     }
 
     /// The OpenMetrics text Prometheus scrapes.
@@ -437,10 +447,11 @@ async fn serve(
             let (status, kind, body) = if wanted {
                 refresh_levels(&metrics, &shared, &spool, &levels).await;
                 let open = shared.spool.open_transactions();
+                let free = shared.spool_space.free();
                 let body = metrics
                     .lock()
                     .map(|m| {
-                        m.set_transactions_open(open);
+                        m.set_open_and_free(open, free);
                         m.encode()
                     })
                     .unwrap_or_default();

@@ -9,6 +9,9 @@ pub struct ServerSettings {
     /// Offer AUTH on plaintext sessions from non-loopback peers.
     pub plaintext_auth: bool,
     pub max_message_size: u64,
+    /// Bytes the spool's disk must keep free to take mail (MAIL gets
+    /// 452 4.3.1 below it); at least 1.5 × `max_message_size` in any case.
+    pub spool_min_free: u64,
     pub max_recipients: usize,
     pub max_command_line: usize,
     pub max_text_line: usize,
@@ -77,6 +80,7 @@ impl Default for ServerSettings {
             hostname: system_hostname(),
             plaintext_auth: false,
             max_message_size: 25 * 1024 * 1024,
+            spool_min_free: 0,
             max_recipients: 100,
             max_command_line: 2048,
             max_text_line: 8192,
@@ -141,6 +145,10 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "max-message-size",
         "bytes; announced in EHLO SIZE, enforced while streaming (552 5.3.4)",
+    ),
+    (
+        "spool-min-free",
+        "bytes the spool's disk keeps free: below it (or below 1.5 x max-message-size, if more) MAIL gets 452 4.3.1",
     ),
     (
         "max-recipients",
@@ -323,6 +331,7 @@ impl ServerSettings {
                     .map_err(|e| SettingError(e.to_string()))?
             }
             "max-message-size" => self.max_message_size = number(key, v, 1024, 1 << 36)?,
+            "spool-min-free" => self.spool_min_free = number(key, v, 0, 1 << 50)?,
             "max-recipients" => self.max_recipients = number(key, v, 1, 100_000)?,
             "max-command-line" => self.max_command_line = number(key, v, 512, 65_536)?,
             "max-text-line" => self.max_text_line = number(key, v, 1000, 1 << 20)?,
@@ -429,6 +438,7 @@ impl ServerSettings {
             "plaintext-auth" => if self.plaintext_auth { "on" } else { "off" }.to_string(),
             "per-ip-exempt-listed" => if self.listed_ip_exempt { "on" } else { "off" }.to_string(),
             "max-message-size" => self.max_message_size.to_string(),
+            "spool-min-free" => self.spool_min_free.to_string(),
             "max-recipients" => self.max_recipients.to_string(),
             "max-command-line" => self.max_command_line.to_string(),
             "max-text-line" => self.max_text_line.to_string(),

@@ -1010,6 +1010,153 @@ fn the_login_cache_is_no_free_oracle_while_guesses_are_under_way() {
     }
 }
 
+/// An 8 MB tmpfs of its own for a test's database (root only); unmounted
+/// when dropped. `None`, with a note, where it cannot be had.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount() -> Option<SmallDisk> {
+        if !common::is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("small");
+        std::fs::create_dir(&path).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+            .arg(&path)
+            .status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { _dir: dir, path })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Waits (10 s at most) for one more log line with `needle` than the
+/// server has logged so far.
+fn next_log_line(server: &mut Server, needle: &str) {
+    let count = |server: &mut Server| {
+        server.drain_log();
+        server.log.iter().filter(|l| l.contains(needle)).count()
+    };
+    let before = count(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(server) == before {
+        assert!(Instant::now() < deadline, "no new log line with {needle:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends one message; the first reply that is not 2xx/3xx, or the final
+/// one.
+fn send_until_refused(addr: std::net::SocketAddr, body: &str) -> String {
+    let mut c = Client::connect(addr);
+    let greeting = c.reply();
+    assert!(greeting.starts_with("220"), "{greeting}");
+    for line in [
+        "EHLO client.test",
+        "MAIL FROM:<alice@example.com>",
+        "RCPT TO:<bob@far.test>",
+        "DATA",
+    ] {
+        let r = c.cmd(line);
+        if !(r.starts_with('2') || r.starts_with('3')) {
+            return r;
+        }
+    }
+    c.send(body.as_bytes());
+    c.send(b"\r\n.\r\n");
+    c.reply()
+}
+
+/// A disk without room for a whole message (1.5 × max-message-size, or
+/// spool-min-free if more) refuses MAIL with 452 4.3.1 before any message
+/// is read, says so once in the log, and takes mail again as soon as a
+/// setting or the disk gives it room; all live, on a real 8 MB tmpfs.
+#[test]
+fn mail_is_refused_while_the_spool_disk_is_short_of_room() {
+    let Some(disk) = SmallDisk::mount() else {
+        return;
+    };
+    // The default limit (25 MiB) needs 37.5 MiB free: more than the disk.
+    let db = test_db(disk.path(), &[("delivery", "off")]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let low = server.wait_for("spool disk short of room", Duration::from_secs(10));
+    assert!(
+        low.contains("37.5 MB needed") && low.contains("452 4.3.1"),
+        "{low}"
+    );
+    let body = "Subject: room\r\n\r\nhello\r\n";
+    for _ in 0..3 {
+        let reply = send_until_refused(addr, body);
+        assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    }
+    // A smaller limit gives the same disk room: mail is taken again.
+    common::cli(&db, &["policy", "set", "max-message-size", "1048576"]);
+    let again = server.wait_for("spool disk has room again", Duration::from_secs(10));
+    assert!(again.contains("1.5 MB needed"), "{again}");
+    let reply = send_until_refused(addr, body);
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    // spool-min-free above what the disk has: refused again.
+    common::cli(&db, &["policy", "set", "spool-min-free", "100000000"]);
+    next_log_line(&mut server, "spool disk short of room");
+    let reply = send_until_refused(addr, body);
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    // Ballast fills the disk: with spool-min-free back at 0, still short.
+    common::cli(&db, &["policy", "set", "spool-min-free", "0"]);
+    next_log_line(&mut server, "spool disk has room again");
+    let ballast = disk.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).expect("ballast");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = send_until_refused(addr, body);
+        if reply.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still taking mail: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = send_until_refused(addr, body);
+        if reply.starts_with("250 2.0.0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mail after the ballast went: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A disk that fills up: a message that cannot be stored gets `452 4.3.1`
 /// (no fault of the client's), and deliveries whose outcome the spool
 /// cannot record are not sent again and again: each queued message
@@ -1019,34 +1166,22 @@ fn the_login_cache_is_no_free_oracle_while_guesses_are_under_way() {
 #[test]
 fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
     use common::sink::{Sink, SinkMode, SinkOptions};
-    if !common::is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
+    let Some(disk) = SmallDisk::mount() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let small = dir.path().join("small");
-    std::fs::create_dir(&small).expect("mkdir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
-        .arg(&small)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    };
+    let small = disk.path().to_path_buf();
     let sink = Sink::start(SinkOptions::default());
     sink.set_mode(SinkMode::TempFailAll);
-    let db = test_db(&small, &[("retry-first", "1"), ("retry-max-interval", "1")]);
+    // Messages of up to 1 MiB, so the disk (8 MB) has room for mail until
+    // the ballast fills it (1.5 MiB must be free to take mail).
+    let db = test_db(
+        &small,
+        &[
+            ("retry-first", "1"),
+            ("retry-max-interval", "1"),
+            ("max-message-size", "1048576"),
+        ],
+    );
     common::smarthost(&db, sink.addr());
     let mut server = Server::start(&db);
     let addr = server.addr();
@@ -1072,8 +1207,9 @@ fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();
     }
-    // A new message: refused as a full disk, whatever the step.
-    let reply = common::send_message(addr, "alice@example.com", &["bob@far.test"], &body);
+    // A new message: refused as a full disk, at MAIL once the engine has
+    // measured the disk, at the end of DATA if it has not yet.
+    let reply = send_until_refused(addr, &body);
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
     // The next hop comes back while the disk is full.
     sink.set_mode(SinkMode::Normal);

@@ -103,7 +103,10 @@ fn metrics_are_served_parsed_and_follow_the_traffic() {
         assert!(head.contains("application/openmetrics-text"), "{head}");
         assert!(body.ends_with("# EOF\n"), "{body}");
         let m = samples(&body);
-        if m.get("relaygate_auth_failures_total") == Some(&1.0) {
+        let measured = m
+            .get("relaygate_spool_free_bytes")
+            .is_some_and(|f| *f >= 0.0);
+        if m.get("relaygate_auth_failures_total") == Some(&1.0) && measured {
             break m;
         }
         assert!(Instant::now() < deadline, "{body}");
@@ -135,6 +138,23 @@ fn metrics_are_served_parsed_and_follow_the_traffic() {
     assert_eq!(m["relaygate_queue_messages"], 1.0, "{m:?}");
     assert!(m.contains_key("relaygate_events_dropped"));
     assert!(m.contains_key("relaygate_policy_reloads_total"));
+    // The spool disk's free bytes, as `df` counts them for a user
+    // (measured each second).
+    let free = m["relaygate_spool_free_bytes"];
+    let df = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&db)
+        .output()
+        .expect("df");
+    let df: f64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's figure");
+    assert!(
+        free > 0.0 && (free - df).abs() < 512.0 * 1024.0 * 1024.0,
+        "metrics {free}, df {df}"
+    );
     // Anything else is a 404; and the setting is live: off, no listener.
     let (head, _) = get(port, "/");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");

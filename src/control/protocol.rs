@@ -385,6 +385,11 @@ mod tests {
                 local: "10.0.0.1:25".parse().unwrap(),
                 why: "10.0.0.9 is not a trusted proxy".into(),
             },
+            Event::SpoolSpace {
+                free: 30 << 20,
+                needed: 75 << 19,
+                low: true,
+            },
         ];
         for e in &all {
             match e {
@@ -410,7 +415,8 @@ mod tests {
                 | Event::Error { .. }
                 | Event::ClientBanned { .. }
                 | Event::ProxyRefused { .. }
-                | Event::LoginSuspended { .. } => {}
+                | Event::LoginSuspended { .. }
+                | Event::SpoolSpace { .. } => {}
             }
         }
         all

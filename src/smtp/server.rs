@@ -194,6 +194,7 @@ fn not_stored(e: &io::Error) -> NotStored {
 pub fn limits_from(settings: &ServerSettings) -> Limits {
     Limits {
         max_message_size: settings.max_message_size,
+        spool_min_free: settings.spool_min_free,
         max_recipients: settings.max_recipients,
         max_command_line: settings.max_command_line,
         max_text_line: settings.max_text_line,
@@ -299,6 +300,7 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
         tls_active: ctx.kind == BindKind::Smtps,
         tls_available: tls.is_some() && ctx.kind != BindKind::Smtps,
         limits: limits_from(&settings),
+        spool_space: ctx.shared.spool_space.clone(),
     };
     let board = ctx.shared.boards.open(id);
     ctx.shared.events.emit(Event::SessionOpened {

@@ -39,6 +39,8 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, 
 pub struct Limits {
     /// Largest body accepted, after dot-unstuffing (advertised as SIZE).
     pub max_message_size: u64,
+    /// Bytes the spool's disk keeps free (see [`crate::spool_space`]).
+    pub spool_min_free: u64,
     /// Accepted recipients per transaction; more get 452 4.5.3.
     pub max_recipients: usize,
     /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4: 512 at
@@ -64,6 +66,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            spool_min_free: 0,
             max_recipients: 100,
             max_command_line: 512,
             max_text_line: DEFAULT_MAX_TEXT_LINE,
@@ -86,6 +89,8 @@ pub struct SessionParams {
     /// STARTTLS can be offered (a certificate is loaded).
     pub tls_available: bool,
     pub limits: Limits,
+    /// The spool disk's free space, as the engine last measured it.
+    pub spool_space: crate::spool_space::SpoolSpace,
 }
 
 /// The body type a client declared with `BODY=` (RFC 6152).
@@ -601,6 +606,17 @@ impl Session {
                 "5.6.7",
                 "Error: a UTF-8 address needs the SMTPUTF8 parameter (RFC 6531)",
             );
+        }
+        // Not the client's error (RFC 3463 4.3.1): it tries again later,
+        // when the disk has room, and no message is read only to be lost.
+        let limits = &self.params.limits;
+        let needed = crate::spool_space::needed(limits.spool_min_free, limits.max_message_size);
+        if !self.params.spool_space.has_room(needed) {
+            return vec![reply(
+                452,
+                "4.3.1",
+                "Insufficient system storage: the spool's disk is short of room, try again later",
+            )];
         }
         self.transaction = Some(Transaction {
             peer: self.params.peer,

@@ -75,6 +75,7 @@ impl Client {
                 tls_active,
                 tls_available,
                 limits,
+                spool_space: Default::default(),
             }),
             policy,
             message: None,
@@ -893,4 +894,46 @@ proptest! {
         let chunked = feed_chunked(&body, &cuts, mode);
         prop_assert_eq!(whole, chunked);
     }
+}
+
+/// A disk without room for a whole message (1.5 × the size limit, or
+/// spool-min-free if more) refuses MAIL with 452 4.3.1, not counted as the
+/// client's error; the next MAIL, once there is room, goes on.
+#[test]
+fn mail_waits_for_room_on_the_spool_disk() {
+    let limits = Limits {
+        max_message_size: 1000,
+        spool_min_free: 0,
+        ..Limits::default()
+    };
+    let mut c = Client::new(BindKind::Smtp, remote(), limits);
+    let space = c.session.params().spool_space.clone();
+    c.cmd("EHLO client.test", "250");
+    // Not measured yet: mail is taken.
+    c.cmd("MAIL FROM:<a@outside.test>", "250 2.1.0");
+    c.cmd("RSET", "250");
+    space.set(Some(1499));
+    for _ in 0..30 {
+        c.cmd("MAIL FROM:<a@outside.test>", "452 4.3.1");
+    }
+    assert_eq!(c.session.bad_commands(), 0);
+    // A SIZE over the limit is still the message's fault, said first.
+    c.cmd("MAIL FROM:<a@outside.test> SIZE=5000", "552 5.3.4");
+    c.cmd("RCPT TO:<bob@example.test>", "503 5.5.1");
+    space.set(Some(1500));
+    c.cmd("MAIL FROM:<a@outside.test>", "250 2.1.0");
+    c.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
+
+    // spool-min-free above 1.5 × the limit is what counts.
+    let limits = Limits {
+        max_message_size: 1000,
+        spool_min_free: 10_000,
+        ..Limits::default()
+    };
+    let mut c = Client::new(BindKind::Smtp, remote(), limits);
+    c.session.params().spool_space.set(Some(9_999));
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<a@outside.test>", "452 4.3.1");
+    c.session.params().spool_space.set(Some(10_000));
+    c.cmd("MAIL FROM:<a@outside.test>", "250 2.1.0");
 }
