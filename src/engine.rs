@@ -639,6 +639,7 @@ impl Engine {
         let listeners: ListenerTable = Arc::new(Mutex::new(HashMap::new()));
         let in_flight: crate::delivery::InFlightTable = Default::default();
         let boards: Arc<SessionBoards> = Default::default();
+        let spool_space = crate::spool_space::SpoolSpace::default();
         let feed = {
             let listeners = Arc::clone(&listeners);
             Feed::start(
@@ -646,6 +647,7 @@ impl Engine {
                 Arc::clone(&boards),
                 Arc::new(move || listener_statuses(&listeners)),
                 Arc::clone(&in_flight),
+                spool_space.clone(),
             )
         };
         let snapshot = Arc::new(snapshot);
@@ -665,7 +667,7 @@ impl Engine {
             state,
             delivery_queue,
             abuse: Default::default(),
-            spool_space: Default::default(),
+            spool_space,
         });
         let bindings = loaded.apply(&shared, None, &snapshot);
         shared.abuse.with_quotas(|q| q.restore(counts));

@@ -21,14 +21,38 @@ const UNKNOWN: u64 = u64::MAX;
 /// How often the disk is measured.
 pub const MEASURE_EVERY: Duration = Duration::from_secs(1);
 
-/// The spool disk's free bytes as last measured, shared by the engine's
-/// watcher and every session.
+/// The spool disk's free bytes as last measured (and what the settings
+/// then needed), shared by the engine's watcher, every session and the
+/// consoles' status line.
 #[derive(Debug, Clone)]
-pub struct SpoolSpace(Arc<AtomicU64>);
+pub struct SpoolSpace(Arc<Measured>);
+
+#[derive(Debug)]
+struct Measured {
+    free: AtomicU64,
+    needed: AtomicU64,
+}
 
 impl Default for SpoolSpace {
     fn default() -> Self {
-        SpoolSpace(Arc::new(AtomicU64::new(UNKNOWN)))
+        SpoolSpace(Arc::new(Measured {
+            free: AtomicU64::new(UNKNOWN),
+            needed: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// The spool disk's room as a console shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpoolRoom {
+    pub free: u64,
+    pub needed: u64,
+}
+
+impl SpoolRoom {
+    /// Too little room to take mail: MAIL gets 452 4.3.1.
+    pub fn is_short(&self) -> bool {
+        self.free < self.needed
     }
 }
 
@@ -36,7 +60,7 @@ impl SpoolSpace {
     /// Bytes free at the last measurement; `None` before the first one or
     /// when the disk cannot be measured.
     pub fn free(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.0.free.load(Ordering::Relaxed) {
             UNKNOWN => None,
             n => Some(n),
         }
@@ -44,7 +68,13 @@ impl SpoolSpace {
 
     pub fn set(&self, free: Option<u64>) {
         let stored = free.map_or(UNKNOWN, |n| n.min(UNKNOWN - 1));
-        self.0.store(stored, Ordering::Relaxed);
+        self.0.free.store(stored, Ordering::Relaxed);
+    }
+
+    /// Free bytes against what the settings need, once measured.
+    pub fn room(&self) -> Option<SpoolRoom> {
+        let needed = self.0.needed.load(Ordering::Relaxed);
+        self.free().map(|free| SpoolRoom { free, needed })
     }
 
     /// Whether a session may start a transaction: the disk has `needed`
@@ -101,10 +131,11 @@ pub async fn watch(shared: Arc<crate::engine::Shared>, spool: PathBuf) {
                 .ok()
                 .and_then(Result::ok)
         };
-        shared.spool_space.set(measured);
-        let Some(free) = measured else { continue };
         let settings = &shared.snapshot().settings;
         let needed = needed(settings.spool_min_free, settings.max_message_size);
+        shared.spool_space.0.needed.store(needed, Ordering::Relaxed);
+        shared.spool_space.set(measured);
+        let Some(free) = measured else { continue };
         if (free < needed) != low {
             low = free < needed;
             shared.events.emit(Event::SpoolSpace { free, needed, low });

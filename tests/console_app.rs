@@ -1827,3 +1827,40 @@ fn the_auth_panel_names_the_specified_login_and_says_policy_show_s_notes() {
         "{cli}"
     );
 }
+
+/// The engine's status says the spool's disk is short of room: the status
+/// line says so, with the figures, on every panel, until the disk has
+/// room again.
+#[test]
+fn a_spool_disk_short_of_room_shows_on_the_status_line() {
+    use relaygate::control::protocol::EngineStatus;
+    use relaygate::spool_space::SpoolRoom;
+    let mut h = populated();
+    let status = |free: u64| {
+        Action::Status(EngineStatus {
+            listeners: Vec::new(),
+            dropped: 0,
+            in_flight: Vec::new(),
+            spool: Some(SpoolRoom {
+                free,
+                needed: 75 << 19,
+            }),
+        })
+    };
+    let shown = |h: &Harness| {
+        cells(&h.screen(120, 40))
+            .iter()
+            .map(|row| row.concat())
+            .find(|line| line.contains("SPOOL DISK SHORT OF ROOM"))
+    };
+    h.act(status(30 << 20));
+    let line = shown(&h).expect("a warning on the status line");
+    assert!(
+        line.contains("30.0 MB free, 37.5 MB needed; MAIL refused (452 4.3.1)"),
+        "{line}"
+    );
+    h.key(KeyCode::Tab);
+    assert!(shown(&h).is_some(), "the warning stays on every panel");
+    h.act(status(2 << 30));
+    assert_eq!(shown(&h), None);
+}

@@ -146,6 +146,8 @@ pub struct App {
     pub status: Option<Status>,
     /// Events the engine could not hand to the console.
     pub dropped: u64,
+    /// Room on the engine's spool disk, from its last status.
+    pub spool: Option<crate::spool_space::SpoolRoom>,
     /// Events skipped because the console fell behind the engine.
     pub lagged: u64,
     /// Events the console's own queue could not take.
@@ -189,6 +191,7 @@ impl App {
             limits: Default::default(),
             status: None,
             dropped: 0,
+            spool: None,
             lagged: 0,
             lost: 0,
             skipped: 0,
@@ -339,6 +342,7 @@ impl App {
                     .collect();
                 self.listeners_now(status.listeners);
                 self.dropped = status.dropped + self.lagged + self.lost;
+                self.spool = status.spool;
                 Vec::new()
             }
             Action::ConfigLoaded(view) => {

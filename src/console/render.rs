@@ -208,6 +208,17 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             theme.dim,
         ));
     }
+    if let Some(room) = app.spool.filter(|r| r.is_short()) {
+        use crate::spool_space::size_text;
+        spans.push(Span::styled(
+            format!(
+                "SPOOL DISK SHORT OF ROOM: {} free, {} needed; MAIL refused (452 4.3.1) ",
+                size_text(room.free),
+                size_text(room.needed)
+            ),
+            theme.error,
+        ));
+    }
     if app.dropped > 0 {
         spans.push(Span::styled(
             format!("{} events dropped (the console fell behind) ", app.dropped),

@@ -135,6 +135,7 @@ pub struct Feed {
     bus: Arc<EventBus>,
     listeners: ListenerSource,
     in_flight: crate::delivery::InFlightTable,
+    spool_space: crate::spool_space::SpoolSpace,
     /// Consoles following some session's command lines.
     followers: Arc<AtomicUsize>,
     switch: Arc<CommandSwitch>,
@@ -152,6 +153,7 @@ impl Feed {
         boards: Arc<SessionBoards>,
         listeners: ListenerSource,
         in_flight: crate::delivery::InFlightTable,
+        spool_space: crate::spool_space::SpoolSpace,
     ) -> Feed {
         let (events, switch) = bus.subscribe_switchable(BUS_CAPACITY);
         let switch = Arc::new(switch);
@@ -179,6 +181,7 @@ impl Feed {
             bus,
             listeners,
             in_flight,
+            spool_space,
             followers,
             switch,
             skipped,
@@ -230,6 +233,7 @@ impl Feed {
             listeners: self.listeners(),
             dropped: self.dropped() + lost,
             in_flight: crate::delivery::in_flight_list(&self.in_flight),
+            spool: self.spool_space.room(),
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct EngineStatus {
     /// Delivery attempts under way.
     #[serde(default)]
     pub in_flight: Vec<crate::delivery::InFlightAttempt>,
+    /// Room on the spool's disk, once measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool_space::SpoolRoom>,
 }
 
 /// A line from the engine.
