@@ -805,3 +805,74 @@ fn a_refusal_partway_through_the_body_is_heard() {
         "{line}"
     );
 }
+
+/// RFC 6152 3: an 8-bit MIME message goes to a next hop without 8BITMIME
+/// as quoted-printable (7-bit, decodable back to the text), with no
+/// BODY=8BITMIME; to a hop that offers 8BITMIME it goes unchanged, with
+/// BODY=8BITMIME.
+#[test]
+fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
+    fn seven_bit_hop(p: &mut Peer, _: usize) {
+        p.say("220 old.test\r\n");
+        p.serve(|l| l.starts_with("EHLO").then(|| "250 old.test\r\n".into()));
+    }
+    fn eight_bit_hop(p: &mut Peer, _: usize) {
+        p.say("220 new.test\r\n");
+        p.serve(|l| l.starts_with("EHLO").then(|| EHLO.into()));
+    }
+    let (old, old_seen) = next_hop(seven_bit_hop);
+    let (new, new_seen) = next_hop(eight_bit_hop);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, db) = once_only(dir.path(), old, None, &[]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "new.test",
+            &new.to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let addr = server.addr();
+    let text = "Grüße aus Köln = 100%";
+    let message = format!(
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\nSubject: t\r\n\r\n{text}\r\n"
+    );
+    for to in ["bob@far.test", "carol@new.test"] {
+        let mut c = common::Client::connect(addr);
+        c.reply();
+        c.expect("EHLO client.test", "250");
+        c.expect("MAIL FROM:<alice@example.com> BODY=8BITMIME", "250");
+        c.expect(&format!("RCPT TO:<{to}>"), "250");
+        c.expect("DATA", "354");
+        c.send(message.as_bytes());
+        c.expect(".", "250 2.0.0");
+    }
+    eventually("both delivered", || queue_is_empty(&db));
+    let old_seen = old_seen.lock().expect("seen");
+    let body = String::from_utf8(old_seen.bodies[0].clone()).expect("utf-8");
+    assert!(body.is_ascii(), "{body}");
+    assert!(
+        body.contains("Content-Transfer-Encoding: quoted-printable\r\n")
+            && !body.contains("8bit")
+            && body.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln =3D 100%\r\n"),
+        "{body}"
+    );
+    let mail = old_seen
+        .commands
+        .iter()
+        .find(|c| c.starts_with("MAIL"))
+        .expect("MAIL");
+    assert!(!mail.contains("BODY="), "{mail}");
+    let new_seen = new_seen.lock().expect("seen");
+    let body = String::from_utf8(new_seen.bodies[0].clone()).expect("utf-8");
+    assert!(body.ends_with(&message), "{body}");
+    let mail = new_seen
+        .commands
+        .iter()
+        .find(|c| c.starts_with("MAIL"))
+        .expect("MAIL");
+    assert!(mail.contains("BODY=8BITMIME"), "{mail}");
+}

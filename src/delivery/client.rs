@@ -440,6 +440,14 @@ async fn transaction(
     } else {
         ""
     };
+    // RFC 6152 3: 8-bit MIME goes to a next hop without 8BITMIME as
+    // quoted-printable (a message that is not MIME goes as it is).
+    let converted = if hop.ext.eight_bit_mime {
+        None
+    } else {
+        super::seven_bit::downgrade(body)
+    };
+    let body = converted.as_deref().unwrap_or(body);
     // RFC 1870: a message over the next hop's limit is not sent at all.
     let size_param = match hop.ext.size {
         Some(max) if max > 0 && body.len() as u64 > max => {

@@ -9,6 +9,7 @@ pub mod mx;
 pub mod reply;
 pub mod router;
 pub mod scheduler;
+pub mod seven_bit;
 
 use std::collections::HashMap;
 use std::fmt;
