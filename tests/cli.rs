@@ -264,6 +264,37 @@ fn domains_users_and_auth() {
         users.contains("alice  @example.com, alice@example.com"),
         "{users}"
     );
+    // Without addresses it shows them (it used to wipe them); --clear
+    // takes them away, and takes no addresses with it.
+    let shown = ok(&db, &["user", "addresses", "alice"]);
+    assert!(
+        shown.contains("alice may send as: @example.com, alice@example.com"),
+        "{shown}"
+    );
+    refused(&db, &["user", "addresses", "nobody"], "", "no user nobody");
+    refused(
+        &db,
+        &["user", "addresses", "alice", "--clear", "a@example.com"],
+        "",
+        "cannot be used with",
+    );
+    let users = ok(&db, &["user", "show"]);
+    assert!(users.contains("alice  @example.com"), "{users}");
+    let cleared = ok(&db, &["user", "addresses", "alice", "--clear"]);
+    assert!(
+        cleared.contains("alice has no sender addresses"),
+        "{cleared}"
+    );
+    ok(
+        &db,
+        &[
+            "user",
+            "addresses",
+            "alice",
+            "Alice@Example.com",
+            "@example.com",
+        ],
+    );
 
     // The hash, never the password, is stored.
     let raw = std::fs::read(&db).unwrap();
@@ -793,4 +824,34 @@ fn a_queue_id_with_control_characters_is_echoed_escaped() {
         out.stderr
     );
     assert!(!out.stderr.contains('\x1b'), "{}", out.stderr);
+}
+
+/// A database that does not exist is made, and the CLI says so on stderr
+/// (a mistyped --db would otherwise take edits no engine reads); a path
+/// whose directories above the database's own are missing is refused,
+/// and nothing is made.
+#[test]
+fn a_new_database_is_announced_and_a_missing_directory_chain_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("typo").join("relaygate.db");
+    let first = common::run_cli(&db, &["list", "add", "allow", "192.0.2.7"], "");
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        first
+            .stderr
+            .contains("did not exist: created a new database"),
+        "{first:?}"
+    );
+    let again = common::run_cli(&db, &["list", "show", "allow"], "");
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stderr.is_empty(), "{again:?}");
+    assert!(again.stdout.contains("192.0.2.7"), "{again:?}");
+    let deep = dir.path().join("no").join("such").join("relaygate.db");
+    let refused = common::run_cli(&deep, &["policy", "show"], "");
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("does not exist") && refused.stderr.contains("/no"),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("no").exists());
 }

@@ -123,11 +123,19 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     // Reading needs no write access: a read-only file or directory (a
     // copy, another user's database) can still be shown and checked.
     // A missing database is created with safe defaults, by any command.
-    let mut store = if reads_only(&command) && cli.db.exists() {
+    let existed = cli.db.exists();
+    let mut store = if reads_only(&command) && existed {
         Store::open_read_only(&cli.db)?
     } else {
         Store::open(&cli.db)?
     };
+    if !existed {
+        // A mistyped --db would otherwise take edits that no engine reads.
+        eprintln!(
+            "relaygate: note: {} did not exist: created a new database with safe defaults (no engine runs on it yet)",
+            cli.db.display()
+        );
+    }
     match command {
         Command::Serve { .. } | Command::Console => serve::run(&cli.db),
         Command::List(c) => list::run(&mut store, c),
@@ -149,6 +157,12 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Commands that only read the configuration.
 fn reads_only(command: &Command) -> bool {
+    if let Command::User(user::UserCommand::Addresses {
+        addresses, clear, ..
+    }) = command
+    {
+        return addresses.is_empty() && !clear;
+    }
     matches!(
         command,
         Command::List(list::ListCommand::Show { .. } | list::ListCommand::Export { .. })

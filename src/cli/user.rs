@@ -36,11 +36,14 @@ pub enum UserCommand {
     /// Lift a login's suspension (by a quota or by hand).
     Unsuspend { name: String },
     /// Replace the sender addresses a login may use (user@domain or @domain);
-    /// none clears them.
+    /// with none, show them; `--clear` takes them all away.
     Addresses {
         name: String,
         #[arg(value_name = "ADDR")]
         addresses: Vec<String>,
+        /// Take every sender address away from the login.
+        #[arg(long, conflicts_with = "addresses")]
+        clear: bool,
     },
 }
 
@@ -139,8 +142,21 @@ pub fn run_user(store: &mut Store, cmd: UserCommand) -> anyhow::Result<ExitCode>
                 }
             }
         }
-        UserCommand::Addresses { name, addresses } => {
-            let set = store.set_sender_addresses(&name, &addresses)?;
+        UserCommand::Addresses {
+            name,
+            addresses,
+            clear,
+        } => {
+            // Only `--clear` clears: a bare `user addresses NAME`, typed to
+            // look, must not wipe them.
+            let set = if addresses.is_empty() && !clear {
+                if !store.users()?.iter().any(|u| u.name == name) {
+                    anyhow::bail!("no user {name}");
+                }
+                store.sender_addresses(&name)?
+            } else {
+                store.set_sender_addresses(&name, &addresses)?
+            };
             if set.is_empty() {
                 println!("{name} has no sender addresses");
             } else {

@@ -125,6 +125,20 @@ impl Store {
         check_db_path(path)?;
         if !path.exists() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                // The database's own directory is made; a whole missing
+                // chain above it is a mistyped path, not a place for one.
+                if let Some(above) = parent
+                    .parent()
+                    .filter(|a| !a.as_os_str().is_empty() && !parent.exists() && !a.is_dir())
+                {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "cannot create the database: {} does not exist (relaygate makes the database's own directory, not the ones above it)",
+                            above.display()
+                        ),
+                    )));
+                }
                 crate::data_dir::ensure_private_dir(parent).map_err(io)?;
             }
             create_private_file(path).map_err(io)?;
