@@ -810,3 +810,83 @@ fn a_console_group_created_later_is_applied_and_deleted_is_dropped() {
     let _hello = raw.line();
     assert_eq!(mode(), 0o600);
 }
+
+/// A console group the engine's user is not in cannot be given the
+/// socket: the log says why and what to do, once (not every second), and
+/// the socket stays owner-only.
+#[test]
+fn a_console_group_the_engine_is_not_in_is_reported_once() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the engine as nobody");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // `daemon` (gid 1): nobody is not in it.
+    let db = test_db(dir.path(), &[("console-group", "daemon")]);
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut engine = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--db",
+        ])
+        .arg(&db)
+        .args(["serve", "--headless"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket_of(&db).exists() {
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several of the engine's one-second checks.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mode = std::fs::metadata(socket_of(&db))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    common::signal(&engine, "TERM");
+    let out = engine.wait_with_output_timeout();
+    let said = out
+        .lines()
+        .filter(|l| l.contains("console-group daemon: the engine's user is not in that group"))
+        .count();
+    assert_eq!(said, 1, "{out}");
+    assert!(out.contains("usermod -aG daemon"), "{out}");
+    assert_eq!(mode, 0o600);
+}
+
+trait WaitWithOutput {
+    fn wait_with_output_timeout(&mut self) -> String;
+}
+
+impl WaitWithOutput for std::process::Child {
+    /// Waits (20 s at most, then kills) and returns stderr.
+    fn wait_with_output_timeout(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.wait();
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+}

@@ -148,9 +148,18 @@ pub fn start(
     )))
 }
 
+/// What setting the socket's mode came to.
+struct Mode {
+    /// The group in force (socket 0660 for it); none: owner only.
+    group: Option<Group>,
+    /// The group exists but could not be given the socket (the engine's
+    /// user is not in it): said once, not tried again every second.
+    failed: bool,
+}
+
 /// Sets the socket's mode for the console group setting: 0600, or 0660
-/// with the group's ownership. Returns the group in force.
-fn apply_mode(ctx: &Context, path: &Path, group: Option<&str>) -> Option<Group> {
+/// with the group's ownership.
+fn apply_mode(ctx: &Context, path: &Path, group: Option<&str>) -> Mode {
     let found = group.and_then(access::lookup_group);
     if let (Some(name), None) = (group, &found) {
         ctx.shared.events.emit(Event::Error {
@@ -166,22 +175,41 @@ fn apply_mode(ctx: &Context, path: &Path, group: Option<&str>) -> Option<Group> 
         None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)),
     };
     if let Err(e) = result {
+        let why = match (&found, e.kind()) {
+            (Some(g), std::io::ErrorKind::PermissionDenied) => format!(
+                "console-group {}: the engine's user is not in that group, so it cannot hand it the control socket; add it (usermod -aG {} USER) and restart the engine, or name a group it is in; the socket stays owner-only",
+                g.name, g.name
+            ),
+            _ => format!("control socket {}: setting its mode: {e}", path.display()),
+        };
         ctx.shared.events.emit(Event::Error {
             session: None,
-            message: format!("control socket {}: setting its mode: {e}", path.display()),
+            message: why,
         });
-        return None;
+        // Whatever went wrong, nobody but the owner gets in.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        return Mode {
+            group: None,
+            failed: found.is_some(),
+        };
     }
-    found
+    Mode {
+        group: found,
+        failed: false,
+    }
 }
 
 async fn accept_loop(
     ctx: Arc<Context>,
     listener: UnixListener,
     path: PathBuf,
-    mut group: Option<Group>,
+    applied: Mode,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Mode {
+        mut group,
+        mut failed,
+    } = applied;
     let mut setting = ctx.shared.snapshot().settings.console_group.clone();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut accept_errors = crate::engine::AcceptErrors::new("control socket accept");
@@ -191,15 +219,16 @@ async fn accept_loop(
             _ = check.tick() => {
                 let now = ctx.shared.snapshot().settings.console_group.clone();
                 if now != setting {
-                    group = apply_mode(&ctx, &path, now.as_deref());
+                    Mode { group, failed } = apply_mode(&ctx, &path, now.as_deref());
                     setting = now;
                     ctx.group_changed.send_modify(|n| *n += 1);
                 } else if group.is_none()
+                    && !failed
                     && let Some(name) = setting.as_deref()
                     && access::lookup_group(name).is_some()
                 {
                     // The group was created after the setting named it.
-                    group = apply_mode(&ctx, &path, Some(name));
+                    Mode { group, failed } = apply_mode(&ctx, &path, Some(name));
                 }
             }
             accepted = listener.accept() => match accepted {
@@ -210,7 +239,11 @@ async fn accept_loop(
                     if let Some(g) = &group {
                         group = match access::lookup_group(&g.name) {
                             Some(now) => Some(now),
-                            None => apply_mode(&ctx, &path, setting.as_deref()),
+                            None => {
+                                let mode = apply_mode(&ctx, &path, setting.as_deref());
+                                failed = mode.failed;
+                                mode.group
+                            }
                         };
                     }
                     let access = match stream.peer_cred() {
