@@ -206,12 +206,21 @@ fn a_dry_run_changes_nothing_and_bad_files_are_refused_by_line() {
     for (bad, where_, what) in cases {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, bad).unwrap();
-        let out = run_cli(&b, &["config", "apply", path.to_str().unwrap()], "");
-        assert_eq!(out.code, 2, "{out:?}");
-        assert!(
-            out.stderr.contains(where_) && out.stderr.contains(what),
-            "{where_} {what}: {out:?}"
-        );
+        // Refused alike with or without --dry-run, and with no diff shown
+        // (a diff before the error read as if it had applied).
+        for dry in [true, false] {
+            let mut args = vec!["config", "apply", path.to_str().unwrap()];
+            if dry {
+                args.push("--dry-run");
+            }
+            let out = run_cli(&b, &args, "");
+            assert_eq!(out.code, 2, "{out:?}");
+            assert!(
+                out.stderr.contains(where_) && out.stderr.contains(what),
+                "{where_} {what}: {out:?}"
+            );
+            assert_eq!(out.stdout, "", "{out:?}");
+        }
         assert_eq!(
             cli(&b, &["config", "export"]),
             before,

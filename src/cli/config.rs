@@ -40,6 +40,10 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             let doc = ConfigDoc::parse(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
                 .normalized();
+            // Checked whole before anything is shown as a change, dry run
+            // or not: a file that cannot apply gets no diff, only its error.
+            check_applies(&doc)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was changed", file.display()))?;
             let current = store.export_config()?;
             let changes = diff(&current, &doc);
             if changes.is_empty() {
@@ -58,4 +62,11 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a configuration would apply: it is applied to a scratch
+/// database in memory, which is then thrown away.
+fn check_applies(doc: &ConfigDoc) -> anyhow::Result<()> {
+    Store::scratch()?.apply_config(doc)?;
+    Ok(())
 }

@@ -210,6 +210,23 @@ impl Store {
         Ok(store)
     }
 
+    /// A fresh database in memory, with the defaults: where a whole
+    /// configuration is tried before it is applied (`config apply`).
+    pub fn scratch() -> Result<Store> {
+        let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        let tx = store.conn.transaction()?;
+        schema::migrate(&tx, 0)?;
+        tx.pragma_update(None, "application_id", schema::APPLICATION_ID)?;
+        schema::insert_defaults(&tx)?;
+        tx.commit()?;
+        Ok(store)
+    }
+
     /// Opens an existing database for reading only (the `show` commands
     /// and `check`): works on a file or directory this user cannot write.
     /// Nothing is created, migrated or written.
