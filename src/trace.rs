@@ -153,7 +153,10 @@ impl<'a> KeysOf<'a> {
                 k.recipient = text(recipient);
             }
             Event::Bounced { message_id, .. } => k.message = Some(message_id),
-            Event::SessionRefused { peer, .. } => k.ip = Some(peer.ip()),
+            Event::SessionRefused { peer, .. } | Event::ProxyRefused { peer, .. } => {
+                k.ip = Some(peer.ip())
+            }
+            Event::ClientBanned { peer, .. } => k.ip = Some(*peer),
             Event::Error {
                 session: Some(s), ..
             } => k.session = Some(*s),
@@ -507,14 +510,23 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
     let mut sessions: BTreeSet<i64> = BTreeSet::new();
     let mut messages: BTreeSet<String> = BTreeSet::new();
     let mut candidates = Vec::new();
+    // Events of no session and no message (a client refused at connect,
+    // a ban): each a story of its own.
+    let mut alone: Vec<(Place, Row)> = Vec::new();
     if let Some(e) = q.expression() {
         candidates.extend(read(conn, BY_KEYS, e.into(), MAX_MATCHES)?);
     }
     if let Some(m) = q.message() {
         candidates.extend(read(conn, BY_MESSAGE, m.into(), MAX_MATCHES)?);
     }
-    for (_, row) in candidates {
+    for (place, row) in candidates {
         if !q.matches(crate::live::epoch_ms(row.stamped.at), &row.keys) {
+            continue;
+        }
+        if row.session.is_none() && row.keys.message.is_none() {
+            if alone.len() < MAX_STORIES && !alone.iter().any(|(p, _)| *p == place) {
+                alone.push((place, row));
+            }
             continue;
         }
         sessions.extend(row.session);
@@ -577,7 +589,10 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
     enum Owner {
         Session(i64),
         Message(String),
+        Alone(Place),
     }
+    let mut rows: Vec<(Place, Row)> = rows.into_iter().collect();
+    rows.extend(alone);
     let mut stories: BTreeMap<Owner, Story> = BTreeMap::new();
     let mut first_seen: BTreeMap<Owner, Place> = BTreeMap::new();
     for (id, row) in rows {
@@ -587,13 +602,13 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
                 Some(s) => Owner::Session(*s),
                 None => Owner::Message(m.clone()),
             },
-            (None, None) => continue,
+            (None, None) => Owner::Alone(id),
         };
         first_seen.entry(owner.clone()).or_insert(id);
         let story = stories.entry(owner.clone()).or_insert_with(|| Story {
             session: match owner {
                 Owner::Session(s) => Some((s as u64) & ((1 << SESSION_BITS) - 1)),
-                Owner::Message(_) => None,
+                Owner::Message(_) | Owner::Alone(_) => None,
             },
             messages: Vec::new(),
             events: Vec::new(),
@@ -623,16 +638,20 @@ pub fn trace(conn: &Connection, q: &TraceQuery) -> rusqlite::Result<Vec<Story>> 
 /// them): a heading, each event with its UTC time, then where its messages
 /// stand in the queue now (`queue`, one line each).
 pub fn render(story: &Story, queue: &[String]) -> Vec<String> {
-    let who = match story.session {
-        Some(s) => format!("session {s}"),
-        None => "messages whose session is no longer in the log".to_string(),
-    };
     let messages = if story.messages.is_empty() {
         "no message accepted".to_string()
     } else {
         format!("message {}", story.messages.join(", "))
     };
-    let mut lines = vec![format!("== {who} · {messages}")];
+    let heading = match story.session {
+        Some(s) => format!("== session {s} · {messages}"),
+        // Refused at connect, or a ban: there was no session.
+        None if story.messages.is_empty() => {
+            "== no session (refused before the greeting, or a ban)".to_string()
+        }
+        None => format!("== messages whose session is no longer in the log · {messages}"),
+    };
+    let mut lines = vec![heading];
     for e in &story.events {
         lines.push(format!(
             "  {}  {}",

@@ -183,3 +183,37 @@ fn trace_tells_a_message_s_story_by_any_of_its_keys_and_keeps_runs_apart() {
     );
     drop(server);
 }
+
+/// A client refused at connect (banned) had no session, and is a story
+/// all the same: `trace IP` shows the ban and the refusal, each on its
+/// own, instead of "nothing matches".
+#[test]
+fn refusals_at_connect_and_bans_are_traced_by_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    cli(&db, &["ban", "add", "127.0.0.6", "--for", "1h"]);
+    // The engine takes the ban up within a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Client::connect_from(addr, "127.0.0.6".parse().unwrap());
+        let greeting = c.reply();
+        if greeting.starts_with("554 5.7.1") {
+            assert!(greeting.contains("banned"), "{greeting}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refused: {greeting}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let story = trace_until(&db, &["127.0.0.6"], |o| o.contains("refused 127.0.0.6"));
+    assert!(
+        story.contains("== no session (refused before the greeting, or a ban)"),
+        "{story}"
+    );
+    assert!(story.contains("banned until"), "{story}");
+    // Another address's refusals are not in it.
+    let none = run_cli(&db, &["trace", "127.0.0.7"], "");
+    assert_eq!(none.code, 1, "{none:?}");
+    server.drain_log();
+}
