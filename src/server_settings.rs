@@ -308,6 +308,43 @@ fn number<T: std::str::FromStr>(
         .map_err(|_| SettingError(format!("{key}: {value} is out of range")))
 }
 
+/// A length of time in seconds: `300`, or with a unit, `300s`, `5m`,
+/// `2h`, `5d` (as `ban --for` and `queue --older-than` take them).
+fn seconds(key: &str, value: &str, min: u64, max: u64) -> Result<u64, SettingError> {
+    let v = value.trim();
+    let (digits, unit) = match v.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 's'),
+    };
+    let per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => {
+            return Err(SettingError(format!(
+                "{key}: {value:?} is not a time: give seconds, or a number with s, m, h or d (5m, 2h, 5d)"
+            )));
+        }
+    };
+    let n: u64 = if digits.bytes().all(|b| b.is_ascii_digit()) && !digits.is_empty() {
+        digits
+            .parse()
+            .map_err(|_| SettingError(format!("{key}: {value} is out of range")))?
+    } else {
+        return Err(SettingError(format!(
+            "{key}: {value:?} is not a time: give seconds, or a number with s, m, h or d (5m, 2h, 5d)"
+        )));
+    };
+    let secs = n.saturating_mul(per);
+    if secs < min || secs > max {
+        return Err(SettingError(format!(
+            "{key} must be between {min} and {max} seconds"
+        )));
+    }
+    Ok(secs)
+}
+
 impl ServerSettings {
     /// Whether `key` is an engine setting.
     pub fn is_key(key: &str) -> bool {
@@ -337,18 +374,18 @@ impl ServerSettings {
             "max-text-line" => self.max_text_line = number(key, v, 1000, 1 << 20)?,
             "max-sessions" => self.max_sessions = number(key, v, 1, 1_000_000)?,
             "max-sessions-per-ip" => self.max_sessions_per_ip = number(key, v, 1, 1_000_000)?,
-            "command-timeout" => self.command_timeout_secs = number(key, v, 1, 86_400)?,
-            "data-timeout" => self.data_timeout_secs = number(key, v, 1, 86_400)?,
+            "command-timeout" => self.command_timeout_secs = seconds(key, v, 1, 86_400)?,
+            "data-timeout" => self.data_timeout_secs = seconds(key, v, 1, 86_400)?,
             "min-data-rate" => self.min_data_rate = number(key, v, 0, 1_000_000_000)?,
             "max-bad-commands" => self.max_bad_commands = number(key, v, 1, 10_000)?,
             "auth-max-failures" => self.auth_max_failures = number(key, v, 1, 10_000)?,
-            "auth-failure-window" => self.auth_failure_window_secs = number(key, v, 1, 86_400)?,
-            "auth-lockout" => self.auth_lockout_secs = number(key, v, 1, 86_400 * 7)?,
+            "auth-failure-window" => self.auth_failure_window_secs = seconds(key, v, 1, 86_400)?,
+            "auth-lockout" => self.auth_lockout_secs = seconds(key, v, 1, 86_400 * 7)?,
             "ban-auth-failures" => self.ban_auth_failures = number(key, v, 0, 1_000_000)?,
             "ban-relay-denials" => self.ban_relay_denials = number(key, v, 0, 1_000_000)?,
-            "ban-window" => self.ban_window_secs = number(key, v, 1, 7 * 86_400)?,
-            "ban-time" => self.ban_time_secs = number(key, v, 1, 365 * 86_400)?,
-            "ban-max-time" => self.ban_max_time_secs = number(key, v, 1, 365 * 86_400)?,
+            "ban-window" => self.ban_window_secs = seconds(key, v, 1, 7 * 86_400)?,
+            "ban-time" => self.ban_time_secs = seconds(key, v, 1, 365 * 86_400)?,
+            "ban-max-time" => self.ban_max_time_secs = seconds(key, v, 1, 365 * 86_400)?,
             "ban-listed-clients" => {
                 self.ban_listed_clients = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
@@ -360,7 +397,7 @@ impl ServerSettings {
                     Some(crate::bindings::parse_listen_addr(v).map_err(SettingError)?)
                 }
             }
-            "shutdown-grace" => self.shutdown_grace_secs = number(key, v, 0, 3600)?,
+            "shutdown-grace" => self.shutdown_grace_secs = seconds(key, v, 0, 3600)?,
             "tls-cert-file" => self.tls_cert_file = (!v.is_empty()).then(|| v.to_string()),
             "postmaster-address" => {
                 self.postmaster_address = if v.is_empty() {
@@ -392,16 +429,16 @@ impl ServerSettings {
                 self.console_group = (!v.is_empty()).then(|| v.to_string());
             }
             "tls-key-file" => self.tls_key_file = (!v.is_empty()).then(|| v.to_string()),
-            "retry-first" => self.retry_first_secs = number(key, v, 1, 86_400)?,
-            "retry-max-interval" => self.retry_max_interval_secs = number(key, v, 1, 7 * 86_400)?,
-            "max-queue-age" => self.max_queue_age_secs = number(key, v, 1, 60 * 86_400)?,
+            "retry-first" => self.retry_first_secs = seconds(key, v, 1, 86_400)?,
+            "retry-max-interval" => self.retry_max_interval_secs = seconds(key, v, 1, 7 * 86_400)?,
+            "max-queue-age" => self.max_queue_age_secs = seconds(key, v, 1, 60 * 86_400)?,
             "delivery-concurrency" => self.delivery_concurrency = number(key, v, 1, 10_000)?,
             "destination-concurrency" => self.destination_concurrency = number(key, v, 1, 10_000)?,
             "delivery-connect-timeout" => {
-                self.delivery_connect_timeout_secs = number(key, v, 1, 3600)?
+                self.delivery_connect_timeout_secs = seconds(key, v, 1, 3600)?
             }
             "delivery-command-timeout" => {
-                self.delivery_command_timeout_secs = number(key, v, 1, 3600)?
+                self.delivery_command_timeout_secs = seconds(key, v, 1, 3600)?
             }
             "max-hops" => self.max_hops = number(key, v, 1, 1000)?,
             "dns-servers" => {
@@ -515,6 +552,38 @@ fn system_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_take_seconds_or_a_unit_and_are_kept_in_seconds() {
+        let mut s = ServerSettings::default();
+        for (text, secs) in [
+            ("5d", 432_000),
+            ("2h", 7200),
+            ("90m", 5400),
+            ("45s", 45),
+            ("300", 300),
+            (" 2H ", 7200),
+        ] {
+            s.set("max-queue-age", text).unwrap();
+            assert_eq!(
+                s.get("max-queue-age").as_deref(),
+                Some(secs.to_string().as_str()),
+                "{text}"
+            );
+        }
+        s.set("command-timeout", "5m").unwrap();
+        assert_eq!(s.command_timeout_secs, 300);
+        for bad in ["5x", "-5", "", "d", "1.5h", "5 d"] {
+            let e = s.set("max-queue-age", bad).unwrap_err();
+            assert!(e.0.contains("is not a time"), "{bad}: {e:?}");
+        }
+        let e = s.set("max-queue-age", "99d").unwrap_err();
+        assert!(e.0.contains("between 1 and 5184000 seconds"), "{e:?}");
+        let e = s
+            .set("command-timeout", "99999999999999999999")
+            .unwrap_err();
+        assert!(e.0.contains("out of range"), "{e:?}");
+    }
 
     #[test]
     fn every_key_round_trips_and_bad_values_fail() {
