@@ -305,7 +305,7 @@ fn safe_defaults_are_not_an_open_relay() {
                 Allow,
                 Inbound,
                 "250",
-                "inbound",
+                "mail for the bare <postmaster> is accepted",
             ),
             case(
                 "203.0.113.9",
@@ -662,7 +662,7 @@ fn per_class_auth_switches() {
                 Allow,
                 Inbound,
                 "250",
-                "inbound",
+                "bare <postmaster>",
             ),
         ],
     );
@@ -679,7 +679,7 @@ fn per_class_auth_switches() {
             Allow,
             Inbound,
             "250",
-            "inbound",
+            "bare <postmaster>",
         )],
     );
 }

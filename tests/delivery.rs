@@ -741,6 +741,21 @@ fn bulk_queue_actions_by_domain_text_and_age() {
     assert_eq!(listing().iter().filter(|e| e.held).count(), 2);
 
     assert!(cli(&db, &["queue", "hold", "--older-than", "1h"]).contains("0 messages held"));
+    // `all`, as `queue retry all` takes it: every message, then back.
+    let out = cli(&db, &["queue", "hold", "all"]);
+    assert!(out.contains("6 messages held"), "{out}");
+    assert!(listing().iter().all(|e| e.held));
+    let out = cli(&db, &["queue", "release", "ALL"]);
+    assert!(out.contains("6 messages released"), "{out}");
+    assert!(listing().iter().all(|e| !e.held));
+    cli(
+        &db,
+        &["queue", "hold", "--domain", "one.test", "--match", "a0@one"],
+    );
+    cli(
+        &db,
+        &["queue", "hold", "--domain", "one.test", "--match", "a2@one"],
+    );
 
     let out = cli(&db, &["queue", "delete", "--match", "special@"]);
     assert!(out.contains("1 message deleted silently"), "{out}");

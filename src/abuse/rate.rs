@@ -44,7 +44,11 @@ impl Rate {
             "m" | "min" | "minute" | "minutes" => 60,
             "h" | "hour" | "hours" => 3600,
             "d" | "day" | "days" => 86_400,
-            _ => return Err(bad("the unit is not s, m, h or d")),
+            _ => {
+                return Err(bad(
+                    "the unit is not s, m, h or d (second, minute, hour, day)",
+                ));
+            }
         };
         let period_secs = n.saturating_mul(unit_secs);
         if period_secs == 0 {

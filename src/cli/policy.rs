@@ -25,12 +25,21 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Show => {
             let config = store.load_config()?;
-            println!("{:<22} {}", "auth mode", config.auth_mode);
+            // One column for every key, the longest included.
+            let w = config
+                .switches
+                .entries()
+                .iter()
+                .map(|(k, _, _)| k.len())
+                .chain(SERVER_KEYS.iter().map(|(k, _)| k.len()))
+                .max()
+                .unwrap_or(22);
+            println!("{:<w$} {}", "auth mode", config.auth_mode);
             for (key, on, what) in config.switches.entries() {
-                println!("{key:<22} {:<4} {what}", if on { "on" } else { "off" });
+                println!("{key:<w$} {:<4} {what}", if on { "on" } else { "off" });
             }
             println!(
-                "{:<22} {} allow, {} deny entries; {} local domains; {} users; {} rules",
+                "{:<w$} {} allow, {} deny entries; {} local domains; {} users; {} rules",
                 "lists",
                 config.allow.len(),
                 config.deny.len(),
@@ -46,7 +55,7 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 } else {
                     value
                 };
-                println!("{key:<22} {value:<10} {what}");
+                println!("{key:<w$} {value:<10} {what}");
             }
             for note in config.switches.notes() {
                 println!("note: {note}");
@@ -54,7 +63,7 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             if let Some(problem) = tls_problem(&server) {
                 println!("{problem}");
             }
-            engine_state(store.path());
+            engine_state(store.path(), w);
         }
         PolicyCommand::Set { key, value } if ServerSettings::is_key(&key) => {
             let value = store.set_server_setting(&key, &value)?;
@@ -119,15 +128,15 @@ fn tls_problem(settings: &ServerSettings) -> Option<String> {
 
 /// Whether an engine runs on this database, and a configuration it refused
 /// (read from its event log: the refusal stands until a later reload).
-fn engine_state(db: &std::path::Path) {
+fn engine_state(db: &std::path::Path, w: usize) {
     let dir = crate::data_dir::DataDir::for_db(db);
     match dir.running_engine() {
         Some(pid) => println!(
-            "{:<22} running{}",
+            "{:<w$} running{}",
             "engine",
             pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ),
-        None => println!("{:<22} not running", "engine"),
+        None => println!("{:<w$} not running", "engine"),
     }
     let Ok(log) = crate::decision_log::DecisionLog::open_read_only(&dir.log) else {
         return;

@@ -22,25 +22,28 @@ pub enum QueueCommand {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Remove messages (one, or those the filters match); with --bounce
-    /// their senders are told, else silently.
+    /// Remove messages (one, `all`, or those the filters match); with
+    /// --bounce their senders are told, else silently.
     Delete {
+        #[arg(value_name = "ID|all")]
         id: Option<String>,
         #[arg(long)]
         bounce: bool,
         #[command(flatten)]
         filter: Filter,
     },
-    /// Keep messages (one, or those the filters match) from being delivered
-    /// until they are released.
+    /// Keep messages (one, `all`, or those the filters match) from being
+    /// delivered until they are released.
     Hold {
+        #[arg(value_name = "ID|all")]
         id: Option<String>,
         #[command(flatten)]
         filter: Filter,
     },
-    /// Let held messages (one, or those the filters match) be delivered
-    /// again.
+    /// Let held messages (one, `all`, or those the filters match) be
+    /// delivered again.
     Release {
+        #[arg(value_name = "ID|all")]
         id: Option<String>,
         #[command(flatten)]
         filter: Filter,
@@ -105,6 +108,10 @@ fn targets(
         (None, true) => {
             anyhow::bail!("give a queue id, or filters (--match, --domain, --older-than)")
         }
+        // Every message, as `queue retry all`.
+        (Some(id), true) if id.eq_ignore_ascii_case("all") => {
+            Ok(reader.listing()?.into_iter().map(|e| e.id).collect())
+        }
         (Some(id), true) => Ok(vec![id.to_string()]),
         (None, false) => Ok(reader
             .listing()?
@@ -130,7 +137,8 @@ fn act(
     let settings = store.server_settings()?;
     let spool = Spool::open(path)?;
     let applied = queue_admin::apply(&spool, reader, &settings, action, &chosen)?;
-    println!("{}", applied.summary(action, id.is_some()));
+    let one = id.is_some_and(|id| !id.eq_ignore_ascii_case("all"));
+    println!("{}", applied.summary(action, one));
     Ok(())
 }
 

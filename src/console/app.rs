@@ -119,8 +119,7 @@ pub enum Link {
 }
 
 /// What to tell a watcher who presses an edit key.
-pub const WATCH_ONLY: &str =
-    "watching only: editing needs the service user (sudo -u relaygate relaygate console) or root";
+pub const WATCH_ONLY: &str = "watching only: editing needs the service user (sudo -u relaygate relaygate --db DB console) or root";
 
 /// The whole console state.
 #[derive(Debug, Clone)]

@@ -126,6 +126,10 @@ pub enum Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // No domain: the bare <postmaster> (RFC 5321 4.5.1).
+            Reason::InboundToLocal { domain } if domain.is_empty() => f.write_str(
+                "mail for the bare <postmaster> is accepted from any address (RFC 5321 4.5.1)",
+            ),
             Reason::InboundToLocal { domain } => write!(
                 f,
                 "inbound mail for local domain {domain} is accepted from any address"

@@ -220,7 +220,7 @@ impl Policy {
 
         let access = match class {
             RelayClass::Inbound => Access::Allow(Reason::InboundToLocal {
-                domain: recipient.domain_name().unwrap_or("postmaster").to_string(),
+                domain: recipient.domain_name().unwrap_or_default().to_string(),
             }),
             RelayClass::Internal => self.class_access(class, self.switches.internal, env),
             RelayClass::Outbound => match self.class_access(class, self.switches.outbound, env) {

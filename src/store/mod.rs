@@ -85,7 +85,7 @@ pub fn check_db_path(path: &Path) -> Result<()> {
         && e.kind() == std::io::ErrorKind::PermissionDenied
     {
         return Err(StoreError::Invalid(format!(
-            "{}: this user may not enter its directory (the service's data directory is its owner's, mode 0700): run the command as the service user; a console-group member can watch with `relaygate console`",
+            "{}: this user may not enter its directory (the service's data directory is its owner's, mode 0700, or 0710 for its group): run the command as the service user; a console-group member can watch with `relaygate console`",
             path.display()
         )));
     }
