@@ -20,6 +20,20 @@ fn socket_of(db: &Path) -> std::path::PathBuf {
     db.with_extension("sock")
 }
 
+/// `program` run as nobody (uid and gid 65534, no other groups).
+fn nobody(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", program]);
+    c
+}
+
+/// relaygate on `db` run as nobody; the command's arguments follow.
+fn as_nobody(db: &Path) -> Command {
+    let mut c = nobody(BIN);
+    c.arg("--db").arg(db);
+    c
+}
+
 /// A raw protocol client on the control socket.
 struct Raw {
     read: BufReader<UnixStream>,
@@ -325,18 +339,7 @@ fn a_peer_running_as_another_user_is_refused_and_logged() {
     // between nobody and the engine.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(socket_of(&db), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--db",
-        ])
-        .arg(&db)
-        .arg("console")
-        .output()
-        .expect("setpriv");
+    let out = as_nobody(&db).arg("console").output().expect("setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -365,15 +368,7 @@ fn the_console_group_gets_a_0660_socket_and_watches_only() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     // A member of the group (nobody, primary group nogroup) is let in to
     // watch; the database itself stays out of its reach.
-    let probe = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--db",
-        ])
-        .arg(&db)
+    let probe = as_nobody(&db)
         .args(["list", "show", "allow"])
         .output()
         .expect("setpriv");
@@ -464,15 +459,8 @@ fn watchers_are_let_go_when_the_console_group_changes() {
          for line in f:\n    last=line\n\
          sys.stdout.write(last.decode())\n"
     );
-    let watcher = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            python,
-            "-c",
-            &script,
-        ])
+    let watcher = nobody(python)
+        .args(["-c", &script])
         .arg(socket_of(&db))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -829,15 +817,7 @@ fn a_console_group_the_engine_is_not_in_is_reported_once() {
         .status()
         .unwrap();
     assert!(chown.success());
-    let mut engine = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--db",
-        ])
-        .arg(&db)
+    let mut engine = as_nobody(&db)
         .args(["serve", "--headless"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
