@@ -336,6 +336,19 @@ impl DecisionLog {
         }
         Ok(by_age + by_rows)
     }
+
+    /// Deletes the oldest `rows` rows, so that the next ones reuse their
+    /// pages instead of growing the file (a disk short of room).
+    pub fn recycle_oldest(&mut self, rows: usize) -> rusqlite::Result<usize> {
+        let n = self.conn.execute(
+            "DELETE FROM events WHERE id < (SELECT min(id) FROM events) + ?1",
+            [rows as i64],
+        )?;
+        if n > 0 {
+            crate::trace::prune(&self.conn)?;
+        }
+        Ok(n)
+    }
 }
 
 /// Events of one session (or of one message) that reach the writer in
@@ -506,6 +519,7 @@ pub fn spawn_writer(
     path: &Path,
     mut events: mpsc::Receiver<Stamped>,
     retention: impl Fn() -> Retention + Send + 'static,
+    disk_short: impl Fn() -> bool + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let path = path.to_path_buf();
     std::thread::Builder::new()
@@ -550,6 +564,12 @@ pub fn spawn_writer(
                     }
                 }
                 let logged: Vec<&Stamped> = batch.iter().filter(|s| is_logged(s)).collect();
+                // While the disk is short of room the log stops growing:
+                // the newest events take the place of as many of the
+                // oldest (a row holds one event or more).
+                if !logged.is_empty() && disk_short() {
+                    let _ = log.recycle_oldest(logged.len());
+                }
                 if !logged.is_empty()
                     && let Err(e) = log.append(&logged)
                 {
@@ -635,6 +655,19 @@ mod tests {
         log.prune(retention, 10_000).unwrap();
         let left = log.recent(100).unwrap();
         assert_eq!(sessions(&left), [7, 8, 9]);
+    }
+
+    #[test]
+    fn recycling_drops_the_oldest_rows_and_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DecisionLog::open(&dir.path().join("log.db")).unwrap();
+        let records: Vec<Stamped> = (0..10).map(|i| rec(1000 * i, i as u64)).collect();
+        log.append(&records.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(log.recycle_oldest(3).unwrap(), 3);
+        assert_eq!(sessions(&log.recent(100).unwrap()), [3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(log.recycle_oldest(0).unwrap(), 0);
+        assert_eq!(log.recycle_oldest(100).unwrap(), 7);
+        assert!(log.recent(100).unwrap().is_empty());
     }
 
     fn stamped(at_ms: u64, event: Event) -> Stamped {

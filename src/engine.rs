@@ -688,14 +688,19 @@ impl Engine {
             lock: Some(lock),
         };
         let for_log = Arc::clone(&engine.shared);
-        let log_writer =
-            crate::decision_log::spawn_writer(&engine.dir.log, log_events, move || {
+        let space = engine.shared.spool_space.clone();
+        let log_writer = crate::decision_log::spawn_writer(
+            &engine.dir.log,
+            log_events,
+            move || {
                 let s = for_log.snapshot();
                 crate::decision_log::Retention {
                     max_age: Duration::from_secs(s.settings.log_retention_days * 86_400),
                     max_rows: s.settings.log_max_rows,
                 }
-            });
+            },
+            move || space.room().is_some_and(|r| r.is_short()),
+        );
         if let Err(e) = log_writer {
             engine.shared.events.emit(Event::Error {
                 session: None,

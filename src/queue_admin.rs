@@ -215,6 +215,9 @@ pub enum QueueAdminError {
     Read(rusqlite::Error),
     #[error("changing the spool: {0}")]
     Write(String),
+    /// The disk is full (see [`crate::spool_space::RESERVE`]).
+    #[error("changing the spool: {0}")]
+    Full(String),
 }
 
 /// Applies `action` to the messages `ids`, all in one transaction. A
@@ -273,7 +276,10 @@ pub fn apply(
     }
     let n = spool
         .apply_blocking(SpoolOp::All(ops))
-        .map_err(|e| QueueAdminError::Write(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::spool::SpoolError::Full(_) => QueueAdminError::Full(e.to_string()),
+            e => QueueAdminError::Write(e.to_string()),
+        })?;
     if action == QueueAction::Retry {
         applied.due = n;
     }

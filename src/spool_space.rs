@@ -18,8 +18,11 @@ use std::time::Duration;
 /// "Not measured yet" (or the disk cannot be asked): mail is taken.
 const UNKNOWN: u64 = u64::MAX;
 
-/// How often the disk is measured.
-pub const MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// How often the disk is measured. Between measurements, what the engine
+/// itself writes (a message stored, a body spilled) is taken off the last
+/// figure at once ([`SpoolSpace::consume`]), so a burst of mail cannot
+/// fill the disk behind the measurement's back.
+pub const MEASURE_EVERY: Duration = Duration::from_millis(250);
 
 /// The spool disk's free bytes as last measured (and what the settings
 /// then needed), shared by the engine's watcher, every session and the
@@ -71,6 +74,23 @@ impl SpoolSpace {
         self.0.free.store(stored, Ordering::Relaxed);
     }
 
+    /// Takes `bytes` the engine has just written off the free figure (the
+    /// next measurement puts in the truth).
+    pub fn consume(&self, bytes: u64) {
+        let _ = self
+            .0
+            .free
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                (f != UNKNOWN).then(|| f.saturating_sub(bytes))
+            });
+    }
+
+    /// What the settings in force need free (0 before the first
+    /// measurement): sessions opened before a change use it too.
+    pub fn needed_now(&self) -> u64 {
+        self.0.needed.load(Ordering::Relaxed)
+    }
+
     /// Free bytes against what the settings need, once measured.
     pub fn room(&self) -> Option<SpoolRoom> {
         let needed = self.0.needed.load(Ordering::Relaxed);
@@ -78,8 +98,10 @@ impl SpoolSpace {
     }
 
     /// Whether a session may start a transaction: the disk has `needed`
-    /// bytes free, or its space is unknown.
+    /// bytes free (or what the settings in force now need, if more), or
+    /// its space is unknown.
     pub fn has_room(&self, needed: u64) -> bool {
+        let needed = needed.max(self.needed_now());
         self.free().is_none_or(|free| free >= needed)
     }
 }
@@ -98,13 +120,58 @@ pub fn measure(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// `n` bytes for a person: "37.5 MB", "2.1 GB", "512 kB".
+/// Disk kept back for a full disk: a file of zeros beside the spool
+/// (`relaygate.spool.reserve`), made while there is room and given up when
+/// a delivery outcome or an administrator's queue change cannot be
+/// written. SQLite needs room to write even a deletion; without the
+/// reserve, a full disk could not be emptied through relaygate itself.
+pub const RESERVE: u64 = 8 << 20;
+
+/// The reserve file that goes with a spool file.
+pub fn reserve_path(spool: &Path) -> PathBuf {
+    spool.with_extension("reserve")
+}
+
+/// Makes the reserve if it is missing and `free` leaves room for it on
+/// top of what taking mail needs; true if it was made now.
+pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> bool {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = reserve_path(spool);
+    if path.exists() || free < needed.saturating_add(2 * RESERVE) {
+        return false;
+    }
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            // Written, not sized: a sparse file would hold nothing back.
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..RESERVE / (1 << 20) {
+                f.write_all(&zeros)?;
+            }
+            f.sync_all()
+        });
+    if made.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    made.is_ok()
+}
+
+/// Gives the reserve up; true if there was one.
+pub fn release_reserve(spool: &Path) -> bool {
+    std::fs::remove_file(reserve_path(spool)).is_ok()
+}
+
+/// `n` bytes for a person, in binary units: "37.5 MiB", "2.1 GiB".
 pub fn size_text(n: u64) -> String {
     const UNITS: [(u64, &str); 4] = [
-        (1 << 40, "TB"),
-        (1 << 30, "GB"),
-        (1 << 20, "MB"),
-        (1 << 10, "kB"),
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
     ];
     for (unit, name) in UNITS {
         if n >= unit {
@@ -114,7 +181,7 @@ pub fn size_text(n: u64) -> String {
     format!("{n} bytes")
 }
 
-/// Measures the spool's disk every second until the engine stops, keeping
+/// Measures the spool's disk four times a second until the engine stops, keeping
 /// `shared.spool_space` current, and says when the disk goes short of room
 /// for mail and when it has room again (one event each way, not one per
 /// refused MAIL).
@@ -136,6 +203,15 @@ pub async fn watch(shared: Arc<crate::engine::Shared>, spool: PathBuf) {
         shared.spool_space.0.needed.store(needed, Ordering::Relaxed);
         shared.spool_space.set(measured);
         let Some(free) = measured else { continue };
+        if !reserve_path(&spool).exists() {
+            let spool = spool.clone();
+            let made = tokio::task::spawn_blocking(move || keep_reserve(&spool, free, needed))
+                .await
+                .unwrap_or(false);
+            if made {
+                continue; // measured again at the next tick, without it
+            }
+        }
         if (free < needed) != low {
             low = free < needed;
             shared.events.emit(Event::SpoolSpace { free, needed, low });
@@ -167,6 +243,14 @@ mod tests {
         assert_eq!(space.free(), Some(u64::MAX - 1));
         space.set(None);
         assert_eq!(space.free(), None);
+        // What the engine writes comes off at once; unknown stays unknown.
+        space.consume(10);
+        assert_eq!(space.free(), None);
+        space.set(Some(1000));
+        space.consume(300);
+        assert_eq!(space.free(), Some(700));
+        space.consume(5000);
+        assert_eq!(space.free(), Some(0));
     }
 
     #[test]
@@ -179,7 +263,7 @@ mod tests {
     #[test]
     fn sizes_read_as_a_person_writes_them() {
         assert_eq!(size_text(512), "512 bytes");
-        assert_eq!(size_text(75 << 19), "37.5 MB");
-        assert_eq!(size_text(3 << 30), "3.0 GB");
+        assert_eq!(size_text(75 << 19), "37.5 MiB");
+        assert_eq!(size_text(3 << 30), "3.0 GiB");
     }
 }

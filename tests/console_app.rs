@@ -1856,7 +1856,7 @@ fn a_spool_disk_short_of_room_shows_on_the_status_line() {
     h.act(status(30 << 20));
     let line = shown(&h).expect("a warning on the status line");
     assert!(
-        line.contains("30.0 MB free, 37.5 MB needed; MAIL refused (452 4.3.1)"),
+        line.contains("30.0 MiB free, 37.5 MiB needed; MAIL refused (452 4.3.1)"),
         "{line}"
     );
     h.key(KeyCode::Tab);

@@ -1010,7 +1010,7 @@ fn the_login_cache_is_no_free_oracle_while_guesses_are_under_way() {
     }
 }
 
-/// An 8 MB tmpfs of its own for a test's database (root only); unmounted
+/// A small tmpfs of its own for a test's database (root only); unmounted
 /// when dropped. `None`, with a note, where it cannot be had.
 struct SmallDisk {
     _dir: tempfile::TempDir,
@@ -1018,7 +1018,12 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
+    /// 8 MB: too small for the disk reserve.
     fn mount() -> Option<SmallDisk> {
+        SmallDisk::mount_mb(8)
+    }
+
+    fn mount_mb(mb: u32) -> Option<SmallDisk> {
         if !common::is_root() {
             eprintln!("skipped: mounting a small tmpfs needs root");
             return None;
@@ -1027,7 +1032,13 @@ impl SmallDisk {
         let path = dir.path().join("small");
         std::fs::create_dir(&path).expect("mkdir");
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mb}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path)
             .status();
         if !mounted.is_ok_and(|s| s.success()) {
@@ -1062,6 +1073,24 @@ fn next_log_line(server: &mut Server, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(server) == before {
         assert!(Instant::now() < deadline, "no new log line with {needle:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Fills what is left of the disk holding `path`.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("ballast");
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// Waits (10 s at most) for `f`.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -1103,7 +1132,7 @@ fn mail_is_refused_while_the_spool_disk_is_short_of_room() {
     let addr = server.addr();
     let low = server.wait_for("spool disk short of room", Duration::from_secs(10));
     assert!(
-        low.contains("37.5 MB needed") && low.contains("452 4.3.1"),
+        low.contains("37.5 MiB needed") && low.contains("452 4.3.1"),
         "{low}"
     );
     let body = "Subject: room\r\n\r\nhello\r\n";
@@ -1114,7 +1143,7 @@ fn mail_is_refused_while_the_spool_disk_is_short_of_room() {
     // A smaller limit gives the same disk room: mail is taken again.
     common::cli(&db, &["policy", "set", "max-message-size", "1048576"]);
     let again = server.wait_for("spool disk has room again", Duration::from_secs(10));
-    assert!(again.contains("1.5 MB needed"), "{again}");
+    assert!(again.contains("1.5 MiB needed"), "{again}");
     let reply = send_until_refused(addr, body);
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     // spool-min-free above what the disk has: refused again.
@@ -1259,4 +1288,94 @@ fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A full disk can still be emptied through relaygate: the engine keeps an
+/// 8 MiB reserve beside the spool while there is room, and `queue delete`
+/// that finds the disk full gives it up to make its change (saying so),
+/// instead of "database or disk is full" with no way out. Once there is
+/// room again the reserve is made again. Root only (a 64 MB tmpfs).
+#[test]
+fn a_full_disk_can_still_be_emptied_with_queue_delete() {
+    let Some(disk) = SmallDisk::mount_mb(64) else {
+        return;
+    };
+    let db = test_db(
+        disk.path(),
+        &[("delivery", "off"), ("max-message-size", "1048576")],
+    );
+    let reserve = disk.path().join("relaygate.spool.reserve");
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    until("the reserve", || reserve.exists());
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 8 << 20);
+    let body = format!(
+        "Subject: x\r\n\r\n{}",
+        format!("{}\r\n", "y".repeat(98)).repeat(1000)
+    );
+    for _ in 0..5 {
+        common::send_queued(addr, "alice@example.com", &["bob@far.test"], &body);
+    }
+    let ballast = disk.path().join("ballast");
+    fill(&ballast);
+    let out = common::run_cli(&db, &["queue", "delete", "all"], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("5 messages deleted"), "{out:?}");
+    assert!(
+        out.stderr.contains("gave up the 8.0 MiB reserve"),
+        "{out:?}"
+    );
+    assert!(!reserve.exists());
+    assert!(common::cli(&db, &["queue", "show"]).contains("the queue is empty"));
+    // Room again: the reserve comes back.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    until("the reserve made again", || reserve.exists());
+    server.drain_log();
+}
+
+/// With the disk full, delivery outcomes that cannot be written give the
+/// reserve up (said once in the log), so the queue drains (each delivered
+/// message frees its room) and nothing is sent twice. Root only.
+#[test]
+fn a_full_disk_gives_up_its_reserve_for_delivery_outcomes() {
+    use common::sink::{Sink, SinkMode, SinkOptions};
+    let Some(disk) = SmallDisk::mount_mb(64) else {
+        return;
+    };
+    let sink = Sink::start(SinkOptions::default());
+    sink.set_mode(SinkMode::TempFailAll);
+    let db = test_db(
+        disk.path(),
+        &[
+            ("retry-first", "1"),
+            ("retry-max-interval", "1"),
+            ("max-message-size", "1048576"),
+        ],
+    );
+    common::smarthost(&db, sink.addr());
+    let reserve = disk.path().join("relaygate.spool.reserve");
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    until("the reserve", || reserve.exists());
+    let body = format!(
+        "Subject: x\r\n\r\n{}",
+        format!("{}\r\n", "y".repeat(98)).repeat(1000)
+    );
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(common::send_queued(
+            addr,
+            "alice@example.com",
+            &["bob@far.test"],
+            &body,
+        ));
+    }
+    fill(&disk.path().join("ballast"));
+    sink.set_mode(SinkMode::Normal);
+    server.wait_for("gave up the 8.0 MiB reserve", Duration::from_secs(20));
+    until("the queue drained", || {
+        common::cli(&db, &["queue", "show"]).contains("the queue is empty")
+    });
+    let got = sink.messages();
+    assert_eq!(got.len(), ids.len(), "each message once");
 }

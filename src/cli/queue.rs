@@ -136,7 +136,19 @@ fn act(
     let chosen = targets(reader, id.as_deref(), filter, now)?;
     let settings = store.server_settings()?;
     let spool = Spool::open(path)?;
-    let applied = queue_admin::apply(&spool, reader, &settings, action, &chosen)?;
+    let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen) {
+        // A full disk: the reserve kept for this is given up, and the
+        // change (which frees room, if it deletes) is tried once more.
+        Err(queue_admin::QueueAdminError::Full(e)) if crate::spool_space::release_reserve(path) => {
+            eprintln!(
+                "relaygate: the disk is full ({e}): gave up the {} reserve kept for this ({}) to make the change; free room on the disk",
+                crate::spool_space::size_text(crate::spool_space::RESERVE),
+                crate::spool_space::reserve_path(path).display()
+            );
+            queue_admin::apply(&spool, reader, &settings, action, &chosen)?
+        }
+        other => other?,
+    };
     let one = id.is_some_and(|id| !id.eq_ignore_ascii_case("all"));
     println!("{}", applied.summary(action, one));
     Ok(())

@@ -311,6 +311,24 @@ async fn last_records(d: &Delivery) {
     });
 }
 
+/// Gives up the disk's reserve so that delivery outcomes can be written
+/// (each delivered message then frees its room); said in the log.
+fn release_reserve(d: &Delivery) -> bool {
+    let spool = d.shared.spool.path();
+    let released = crate::spool_space::release_reserve(spool);
+    if released {
+        d.shared.events.emit(Event::Error {
+            session: None,
+            message: format!(
+                "spool disk full: gave up the {} reserve ({}) so that delivery outcomes can be written; it is made again once there is room",
+                crate::spool_space::size_text(crate::spool_space::RESERVE),
+                crate::spool_space::reserve_path(spool).display()
+            ),
+        });
+    }
+    released
+}
+
 fn has_unrecorded(d: &Delivery) -> bool {
     d.unrecorded.lock().map_or(true, |u| !u.is_empty())
 }
@@ -324,7 +342,11 @@ async fn record_again(d: &Delivery) -> bool {
     };
     let mut left = waiting.into_iter();
     while let Some(op) = left.next() {
-        if d.shared.spool.apply(op.clone()).await.is_err() {
+        let mut result = d.shared.spool.apply(op.clone()).await;
+        if matches!(result, Err(crate::spool::SpoolError::Full(_))) && release_reserve(d) {
+            result = d.shared.spool.apply(op.clone()).await;
+        }
+        if result.is_err() {
             if let Ok(mut u) = d.unrecorded.lock() {
                 let mut rest = vec![op];
                 rest.extend(left);
@@ -989,7 +1011,11 @@ async fn record(
         updates,
         bounce,
     };
-    if let Err(e) = d.shared.spool.apply(op.clone()).await {
+    let mut result = d.shared.spool.apply(op.clone()).await;
+    if matches!(result, Err(crate::spool::SpoolError::Full(_))) && release_reserve(d) {
+        result = d.shared.spool.apply(op.clone()).await;
+    }
+    if let Err(e) = result {
         let first = d.unrecorded.lock().is_ok_and(|mut u| {
             u.push(op);
             u.len() == 1

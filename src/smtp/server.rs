@@ -170,6 +170,8 @@ async fn spill_body(
             }
         }
     }
+    // Off the disk's free figure at once, not at the next measurement.
+    ctx.shared.spool_space.consume(bytes.len() as u64);
     if let Some(f) = spill
         && let Err(e) = f.append(&bytes).await
     {
@@ -1136,6 +1138,11 @@ async fn store_message(
     let result = ctx.shared.spool.store(new).await;
     match &result {
         Ok(()) => {
+            // Written twice (the write-ahead log, then the database): off
+            // the free figure until the next measurement says what is left.
+            ctx.shared
+                .spool_space
+                .consume((size as u64).saturating_mul(2));
             // Full: the spool scan will find it within a second.
             let _ = queue.try_send(NewWork {
                 id: queue_id.clone(),
