@@ -3,8 +3,9 @@
 //!
 //! `data/relaygate.db` has beside it the spool (`relaygate.spool.db`), the
 //! event log (`relaygate.log.db`), the generated TLS files
-//! (`relaygate.tls/`), the engine lock (`relaygate.lock`) and the control
-//! socket (`relaygate.sock`). Every file relaygate creates here is
+//! (`relaygate.tls/`), the engine lock (`relaygate.lock`), the control
+//! socket (`relaygate.sock`) and the disk reserve
+//! (`relaygate.spool.reserve`, see [`crate::spool_space::RESERVE`]). Every file relaygate creates here is
 //! owner-only, whatever the umask.
 
 use std::fs::{File, OpenOptions};
