@@ -182,6 +182,17 @@ impl ConfigDoc {
         self.routes.sort_by(|a, b| a.domain.cmp(&b.domain));
         self.bindings.sort_by(|a, b| a.address.cmp(&b.address));
         self.quotas.sort_by_key(|q| q.id);
+        // Engine settings as the database keeps them ("5d" as 432000), so
+        // that a file compares equal to what applying it stored.
+        for (key, value) in &mut self.settings {
+            let mut settings = crate::server_settings::ServerSettings::default();
+            if crate::server_settings::ServerSettings::is_key(key)
+                && settings.set(key, value).is_ok()
+                && let Some(kept) = settings.get(key)
+            {
+                *value = kept;
+            }
+        }
         self
     }
 }

@@ -293,13 +293,33 @@ impl DecisionLog {
 
     /// Appends events in one transaction, a row per [`LogRow`].
     pub fn append(&mut self, events: &[&Stamped]) -> rusqlite::Result<()> {
+        self.append_in_place(events, false)
+    }
+
+    /// [`DecisionLog::append`]; with `in_place` (a disk short of room) the
+    /// log does not grow: unless the file has free pages, as many of the
+    /// oldest rows as are written go, in the same transaction.
+    pub fn append_in_place(&mut self, events: &[&Stamped], in_place: bool) -> rusqlite::Result<()> {
+        let rows = LogRow::group(events);
         let tx = self.conn.transaction()?;
+        if in_place {
+            let free_pages: i64 = tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            if free_pages == 0 {
+                let n = tx.execute(
+                    "DELETE FROM events WHERE id < (SELECT min(id) FROM events) + ?1",
+                    [rows.len() as i64],
+                )?;
+                if n > 0 {
+                    crate::trace::prune(&tx)?;
+                }
+            }
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO events (at_ms, kind, verdict, text, event, session, message)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for row in LogRow::group(events) {
+            for row in rows {
                 let (kind, verdict) = row.classify();
                 let json = row
                     .json()
@@ -335,19 +355,6 @@ impl DecisionLog {
             crate::trace::prune(&self.conn)?;
         }
         Ok(by_age + by_rows)
-    }
-
-    /// Deletes the oldest `rows` rows, so that the next ones reuse their
-    /// pages instead of growing the file (a disk short of room).
-    pub fn recycle_oldest(&mut self, rows: usize) -> rusqlite::Result<usize> {
-        let n = self.conn.execute(
-            "DELETE FROM events WHERE id < (SELECT min(id) FROM events) + ?1",
-            [rows as i64],
-        )?;
-        if n > 0 {
-            crate::trace::prune(&self.conn)?;
-        }
-        Ok(n)
     }
 }
 
@@ -565,13 +572,9 @@ pub fn spawn_writer(
                 }
                 let logged: Vec<&Stamped> = batch.iter().filter(|s| is_logged(s)).collect();
                 // While the disk is short of room the log stops growing:
-                // the newest events take the place of as many of the
-                // oldest (a row holds one event or more).
-                if !logged.is_empty() && disk_short() {
-                    let _ = log.recycle_oldest(logged.len());
-                }
+                // the newest rows take the place of as many of the oldest.
                 if !logged.is_empty()
-                    && let Err(e) = log.append(&logged)
+                    && let Err(e) = log.append_in_place(&logged, disk_short())
                 {
                     let kept: Vec<Stamped> = logged.into_iter().cloned().collect();
                     let dropped = kept.len().saturating_sub(UNWRITTEN_KEPT);
@@ -658,16 +661,39 @@ mod tests {
     }
 
     #[test]
-    fn recycling_drops_the_oldest_rows_and_their_index() {
+    fn written_in_place_the_log_does_not_grow() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = DecisionLog::open(&dir.path().join("log.db")).unwrap();
         let records: Vec<Stamped> = (0..10).map(|i| rec(1000 * i, i as u64)).collect();
         log.append(&records.iter().collect::<Vec<_>>()).unwrap();
-        assert_eq!(log.recycle_oldest(3).unwrap(), 3);
-        assert_eq!(sessions(&log.recent(100).unwrap()), [3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!(log.recycle_oldest(0).unwrap(), 0);
-        assert_eq!(log.recycle_oldest(100).unwrap(), 7);
-        assert!(log.recent(100).unwrap().is_empty());
+        // Three rows in place of the three oldest: as many rows as before.
+        let more: Vec<Stamped> = (10..13).map(|i| rec(1000 * i, i as u64)).collect();
+        log.append_in_place(&more.iter().collect::<Vec<_>>(), true)
+            .unwrap();
+        assert_eq!(
+            sessions(&log.recent(100).unwrap()),
+            (3..13).collect::<Vec<_>>()
+        );
+        // With free pages in the file (big rows pruned), nothing more goes.
+        let big = |i: u64| Stamped {
+            at: UNIX_EPOCH + Duration::from_millis(1000 * i),
+            event: Arc::new(Event::SessionClosed {
+                session: i,
+                why: "x".repeat(20_000),
+            }),
+        };
+        let bigs: Vec<Stamped> = (13..20).map(big).collect();
+        log.append(&bigs.iter().collect::<Vec<_>>()).unwrap();
+        let retention = Retention {
+            max_age: Duration::from_secs(3600),
+            max_rows: 3,
+        };
+        log.prune(retention, 20_000).unwrap();
+        assert_eq!(sessions(&log.recent(100).unwrap()), [17, 18, 19]);
+        let last = [rec(20_000, 20)];
+        log.append_in_place(&last.iter().collect::<Vec<_>>(), true)
+            .unwrap();
+        assert_eq!(sessions(&log.recent(100).unwrap()), [17, 18, 19, 20]);
     }
 
     fn stamped(at_ms: u64, event: Event) -> Stamped {

@@ -748,7 +748,9 @@ impl Engine {
         ));
         engine.space_watch = Some(tokio::spawn(crate::spool_space::watch(
             Arc::clone(&engine.shared),
-            engine.dir.spool.clone(),
+            // The real file: a spool linked to another disk is measured,
+            // and keeps its reserve, there.
+            std::fs::canonicalize(&engine.dir.spool).unwrap_or_else(|_| engine.dir.spool.clone()),
         )));
         engine.metrics = Some(tokio::spawn(crate::metrics::run(
             Arc::clone(&engine.shared),

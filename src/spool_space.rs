@@ -34,6 +34,9 @@ pub struct SpoolSpace(Arc<Measured>);
 struct Measured {
     free: AtomicU64,
     needed: AtomicU64,
+    /// Bytes consumed since the measurement under way began: taken off
+    /// what it finds, so that a write during `statvfs` is not lost.
+    since: AtomicU64,
 }
 
 impl Default for SpoolSpace {
@@ -41,6 +44,7 @@ impl Default for SpoolSpace {
         SpoolSpace(Arc::new(Measured {
             free: AtomicU64::new(UNKNOWN),
             needed: AtomicU64::new(0),
+            since: AtomicU64::new(0),
         }))
     }
 }
@@ -77,12 +81,25 @@ impl SpoolSpace {
     /// Takes `bytes` the engine has just written off the free figure (the
     /// next measurement puts in the truth).
     pub fn consume(&self, bytes: u64) {
+        self.0.since.fetch_add(bytes, Ordering::Relaxed);
         let _ = self
             .0
             .free
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
                 (f != UNKNOWN).then(|| f.saturating_sub(bytes))
             });
+    }
+
+    /// A measurement begins: what is consumed from now on is taken off
+    /// its result ([`SpoolSpace::measured`]).
+    pub fn measuring(&self) {
+        self.0.since.store(0, Ordering::Relaxed);
+    }
+
+    /// A measurement's result, less what was consumed while it was taken.
+    pub fn measured(&self, free: Option<u64>) {
+        let since = self.0.since.swap(0, Ordering::Relaxed);
+        self.set(free.map(|f| f.saturating_sub(since)));
     }
 
     /// What the settings in force need free (0 before the first
@@ -127,20 +144,29 @@ pub fn measure(path: &Path) -> std::io::Result<u64> {
 /// reserve, a full disk could not be emptied through relaygate itself.
 pub const RESERVE: u64 = 8 << 20;
 
-/// The reserve file that goes with a spool file.
+/// The reserve file that goes with a spool file: beside the real file, if
+/// the spool is a link to another disk.
 pub fn reserve_path(spool: &Path) -> PathBuf {
-    spool.with_extension("reserve")
+    std::fs::canonicalize(spool)
+        .unwrap_or_else(|_| spool.to_path_buf())
+        .with_extension("reserve")
 }
 
-/// Makes the reserve if it is missing and `free` leaves room for it on
-/// top of what taking mail needs; true if it was made now.
-pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> bool {
+/// Whether the reserve is there, whole (one cut short by a crash is not).
+pub fn has_reserve(spool: &Path) -> bool {
+    std::fs::metadata(reserve_path(spool)).is_ok_and(|m| m.len() == RESERVE)
+}
+
+/// Makes the reserve if it is missing (or short) and `free` leaves room
+/// for it on top of what taking mail needs. `Ok(true)` if it was made now.
+pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> std::io::Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = reserve_path(spool);
-    if path.exists() || free < needed.saturating_add(2 * RESERVE) {
-        return false;
+    if has_reserve(spool) || free < needed.saturating_add(2 * RESERVE) {
+        return Ok(false);
     }
+    let _ = std::fs::remove_file(&path);
     let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -157,13 +183,33 @@ pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> bool {
     if made.is_err() {
         let _ = std::fs::remove_file(&path);
     }
-    made.is_ok()
+    made.map(|()| true)
 }
 
 /// Gives the reserve up; true if there was one.
 pub fn release_reserve(spool: &Path) -> bool {
     std::fs::remove_file(reserve_path(spool)).is_ok()
 }
+
+/// The CLI gives up the reserve (see [`RESERVE`]) for an administrator's
+/// change and says so on stderr; false if there was none.
+pub fn give_up_reserve(spool: &Path, why: &str) -> bool {
+    let reserve = reserve_path(spool);
+    if !release_reserve(spool) {
+        return false;
+    }
+    eprintln!(
+        "relaygate: the disk is full ({why}): gave up the {} reserve kept for this ({}) to make the change; free room on the disk",
+        size_text(RESERVE),
+        reserve.display()
+    );
+    true
+}
+
+/// Under this much free, a command that changes something gives up the
+/// reserve before it opens anything: SQLite needs room for its -wal and
+/// -shm files when no engine has them open.
+pub const NEARLY_FULL: u64 = 1 << 20;
 
 /// `n` bytes for a person, in binary units: "37.5 MiB", "2.1 GiB".
 pub fn size_text(n: u64) -> String {
@@ -189,8 +235,13 @@ pub async fn watch(shared: Arc<crate::engine::Shared>, spool: PathBuf) {
     let mut low = false;
     let mut every = tokio::time::interval(MEASURE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A reserve that could not be made is not tried again for a while
+    // (a user quota that statvfs does not show, a permission): said once.
+    let mut reserve_retry_at = tokio::time::Instant::now();
+    let mut reserve_failed = false;
     loop {
         every.tick().await;
+        shared.spool_space.measuring();
         let measured = {
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || measure(&spool))
@@ -201,15 +252,34 @@ pub async fn watch(shared: Arc<crate::engine::Shared>, spool: PathBuf) {
         let settings = &shared.snapshot().settings;
         let needed = needed(settings.spool_min_free, settings.max_message_size);
         shared.spool_space.0.needed.store(needed, Ordering::Relaxed);
-        shared.spool_space.set(measured);
-        let Some(free) = measured else { continue };
-        if !reserve_path(&spool).exists() {
-            let spool = spool.clone();
-            let made = tokio::task::spawn_blocking(move || keep_reserve(&spool, free, needed))
+        shared.spool_space.measured(measured);
+        let Some(free) = shared.spool_space.free() else {
+            continue;
+        };
+        if tokio::time::Instant::now() >= reserve_retry_at && !has_reserve(&spool) {
+            let path = spool.clone();
+            let made = tokio::task::spawn_blocking(move || keep_reserve(&path, free, needed))
                 .await
-                .unwrap_or(false);
-            if made {
-                continue; // measured again at the next tick, without it
+                .unwrap_or(Ok(false));
+            match made {
+                Ok(true) => {
+                    shared.spool_space.consume(RESERVE);
+                    reserve_failed = false;
+                    continue; // judged at the next tick, with it
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    reserve_retry_at = tokio::time::Instant::now() + Duration::from_secs(300);
+                    if !std::mem::replace(&mut reserve_failed, true) {
+                        shared.events.emit(Event::Error {
+                            session: None,
+                            message: format!(
+                                "cannot make the disk reserve {}: {e}; tried again every 5 minutes",
+                                reserve_path(&spool).display()
+                            ),
+                        });
+                    }
+                }
             }
         }
         if (free < needed) != low {
@@ -251,6 +321,14 @@ mod tests {
         assert_eq!(space.free(), Some(700));
         space.consume(5000);
         assert_eq!(space.free(), Some(0));
+        // A write while the disk is measured is not lost to the result.
+        space.measuring();
+        space.consume(100);
+        space.measured(Some(2000));
+        assert_eq!(space.free(), Some(1900));
+        space.measuring();
+        space.measured(Some(2000));
+        assert_eq!(space.free(), Some(2000));
     }
 
     #[test]

@@ -124,6 +124,16 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
     // copy, another user's database) can still be shown and checked.
     // A missing database is created with safe defaults, by any command.
     let existed = cli.db.exists();
+    // A change on a full disk: the reserve kept beside the spool goes
+    // first, or not even the databases could be opened to make it.
+    if !reads_only(&command) && existed {
+        let spool = crate::spool::spool_path_for(&cli.db);
+        if crate::spool_space::measure(&cli.db)
+            .is_ok_and(|free| free < crate::spool_space::NEARLY_FULL)
+        {
+            crate::spool_space::give_up_reserve(&spool, "less than 1 MiB free");
+        }
+    }
     let mut store = if reads_only(&command) && existed {
         Store::open_read_only(&cli.db)?
     } else {

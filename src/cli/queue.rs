@@ -139,12 +139,9 @@ fn act(
     let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen) {
         // A full disk: the reserve kept for this is given up, and the
         // change (which frees room, if it deletes) is tried once more.
-        Err(queue_admin::QueueAdminError::Full(e)) if crate::spool_space::release_reserve(path) => {
-            eprintln!(
-                "relaygate: the disk is full ({e}): gave up the {} reserve kept for this ({}) to make the change; free room on the disk",
-                crate::spool_space::size_text(crate::spool_space::RESERVE),
-                crate::spool_space::reserve_path(path).display()
-            );
+        Err(queue_admin::QueueAdminError::Full(e))
+            if crate::spool_space::give_up_reserve(path, &e) =>
+        {
             queue_admin::apply(&spool, reader, &settings, action, &chosen)?
         }
         other => other?,
@@ -217,9 +214,19 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             }
         }
         QueueCommand::Retry { id, filter }
-            if id.as_deref() == Some("all") && filter.parsed()?.is_empty() =>
+            if id.as_deref().is_some_and(|i| i.eq_ignore_ascii_case("all"))
+                && filter.parsed()?.is_empty() =>
         {
-            let n = Spool::open(&path)?.apply_blocking(SpoolOp::RetryNow { message_id: None })?;
+            let spool = Spool::open(&path)?;
+            let retry = || spool.apply_blocking(SpoolOp::RetryNow { message_id: None });
+            let n = match retry() {
+                Err(e @ crate::spool::SpoolError::Full(_))
+                    if crate::spool_space::give_up_reserve(&path, &e.to_string()) =>
+                {
+                    retry()?
+                }
+                other => other?,
+            };
             println!("{n} recipients due now");
         }
         QueueCommand::Retry { id, filter } => {

@@ -17,8 +17,9 @@ use crate::live::LiveState;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
-/// Bumped whenever a message changes incompatibly.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped whenever a message changes incompatibly (3: the spool-space
+/// event, which an older console could not read).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).

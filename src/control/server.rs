@@ -190,7 +190,8 @@ fn apply_mode(ctx: &Context, path: &Path, group: Option<&str>) -> Mode {
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         return Mode {
             group: None,
-            failed: found.is_some(),
+            // Only a refusal is for good; anything else is tried again.
+            failed: found.is_some() && e.kind() == std::io::ErrorKind::PermissionDenied,
         };
     }
     Mode {

@@ -28,7 +28,7 @@ pub fn downgrade(message: &[u8]) -> Option<Vec<u8>> {
     let (head, body) = split_head(message);
     header_value(head, b"mime-version")?;
     let mut out = Vec::with_capacity(message.len() + message.len() / 8);
-    convert_entity(head, body, &mut out, 0);
+    convert_entity(head, body, &mut out, 0, false);
     Some(out)
 }
 
@@ -36,32 +36,56 @@ pub fn downgrade(message: &[u8]) -> Option<Vec<u8>> {
 /// the converter recurse without end).
 const MAX_DEPTH: usize = 20;
 
-/// Writes one MIME entity (its header block and body), converted.
-fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize) {
+/// Writes one MIME entity (its header block and body), converted. In a
+/// `multipart/digest`, a part without a type is a message (RFC 2046
+/// 5.1.5): `in_digest`.
+fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_digest: bool) {
     if depth > MAX_DEPTH || !has_8bit(body) {
         out.extend_from_slice(head);
         out.extend_from_slice(body);
         return;
     }
-    let content_type = header_value(head, b"content-type").unwrap_or_default();
+    let content_type = header_value(head, b"content-type").unwrap_or_else(|| {
+        if in_digest {
+            "message/rfc822".into()
+        } else {
+            String::new()
+        }
+    });
     let (media, params) = media_type(&content_type);
     let encoding = header_value(head, b"content-transfer-encoding")
         .map(|e| e.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let identity = matches!(encoding.as_str(), "" | "7bit" | "8bit" | "binary");
     if media.starts_with("multipart/")
-        && identity
-        && let Some(boundary) = param(&params, "boundary")
+        || (media.starts_with("message/") && media != "message/rfc822")
     {
-        out.extend_from_slice(head);
-        convert_multipart(body, boundary.as_bytes(), out, depth);
+        // A multipart is converted part by part; one without a boundary,
+        // and message types other than rfc822 (partial, external-body),
+        // may carry no other encoding (RFC 2046 5.1, 5.2): as they are.
+        let Some(boundary) =
+            param(&params, "boundary").filter(|_| identity && media.starts_with("multipart/"))
+        else {
+            out.extend_from_slice(head);
+            out.extend_from_slice(body);
+            return;
+        };
+        let mut inner = Vec::with_capacity(body.len() + body.len() / 8);
+        let digest = media == "multipart/digest";
+        convert_multipart(body, boundary.as_bytes(), &mut inner, depth, digest);
+        if has_8bit(&inner) || encoding.is_empty() || encoding == "7bit" {
+            out.extend_from_slice(head);
+        } else {
+            out.extend_from_slice(&with_encoding(head, b"7bit"));
+        }
+        out.extend_from_slice(&inner);
         return;
     }
     if media == "message/rfc822" && identity {
         // The attached message is converted in turn; it is then 7bit.
         let (inner_head, inner_body) = split_head(body);
         let mut inner = Vec::with_capacity(body.len());
-        convert_entity(inner_head, inner_body, &mut inner, depth + 1);
+        convert_entity(inner_head, inner_body, &mut inner, depth + 1, false);
         if has_8bit(&inner) {
             out.extend_from_slice(head);
         } else {
@@ -78,12 +102,15 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize) {
         return;
     }
     out.extend_from_slice(&with_encoding(head, b"quoted-printable"));
-    quoted_printable(body, out);
+    // Line breaks are the text's own only in text (RFC 2045 6.7 rule 4):
+    // anything else keeps its CR and LF bytes, encoded.
+    let text = media.is_empty() || media.starts_with("text/");
+    quoted_printable(body, text, out);
 }
 
 /// The parts of a multipart body, each converted; preamble, delimiters
 /// and epilogue kept.
-fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: usize) {
+fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: usize, digest: bool) {
     // Byte offsets of each delimiter line's start, and whether it closes.
     let mut delimiters: Vec<(usize, usize, bool)> = Vec::new();
     let mut at = 0;
@@ -128,7 +155,7 @@ fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: usi
         };
         let part = &body[end..part_end.max(end)];
         let (head, part_body) = split_head(part);
-        convert_entity(head, part_body, out, depth + 1);
+        convert_entity(head, part_body, out, depth + 1, digest);
         out.extend_from_slice(&body[part_end.max(end)..next]);
     }
 }
@@ -291,7 +318,12 @@ const QP_LINE: usize = 76;
 /// hard breaks, lines kept under 76 characters with soft breaks, every
 /// byte that is not printable ASCII (and `=`, and whitespace before a
 /// line end) encoded.
-pub fn quoted_printable(body: &[u8], out: &mut Vec<u8>) {
+pub fn quoted_printable(body: &[u8], text: bool, out: &mut Vec<u8>) {
+    if !text {
+        // One logical line: every CR and LF an encoded byte.
+        binary_quoted_printable(body, out);
+        return;
+    }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     /// How a piece of the body ends.
     #[derive(PartialEq)]
@@ -344,6 +376,27 @@ pub fn quoted_printable(body: &[u8], out: &mut Vec<u8>) {
             }
             End::Body => {}
         }
+    }
+}
+
+/// Quoted-printable for data that is not text: no hard line breaks, so a
+/// decoder gives back every byte, CR and LF included.
+fn binary_quoted_printable(body: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut width = 0;
+    for &b in body {
+        let literal = matches!(b, 33..=60 | 62..=126);
+        let need = if literal { 1 } else { 3 };
+        if width + need > QP_LINE - 1 {
+            out.extend_from_slice(b"=\r\n");
+            width = 0;
+        }
+        if literal {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        }
+        width += need;
     }
 }
 
@@ -466,11 +519,52 @@ mod tests {
     fn long_lines_get_soft_breaks_and_trailing_space_is_encoded() {
         let line = "é".repeat(60) + " \t";
         let mut out = Vec::new();
-        quoted_printable(format!("{line}\r\nend").as_bytes(), &mut out);
+        quoted_printable(format!("{line}\r\nend").as_bytes(), true, &mut out);
         assert!(out.is_ascii());
         assert!(lines_fit(&out), "{}", String::from_utf8_lossy(&out));
         assert_eq!(decode_qp(&out), format!("{line}\r\nend").as_bytes());
         assert!(String::from_utf8_lossy(&out).contains(" =09\r\nend"));
+    }
+
+    #[test]
+    fn parts_that_may_not_be_encoded_are_left_and_digests_hold_messages() {
+        // message/partial and a multipart without a boundary: as they are.
+        for ty in ["message/partial; id=1; number=1", "multipart/mixed"] {
+            let msg = format!("MIME-Version: 1.0\r\nContent-Type: {ty}\r\n\r\nna\u{ef}ve\r\n");
+            let out = downgrade(msg.as_bytes()).expect("looked at");
+            assert_eq!(out, msg.as_bytes(), "{ty}");
+        }
+        // In a digest, a part without a type is a message; the multipart
+        // that was labelled 8bit is 7bit once converted.
+        let msg = concat!(
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: multipart/digest; boundary=d\r\n",
+            "Content-Transfer-Encoding: 8bit\r\n",
+            "\r\n",
+            "--d\r\n",
+            "\r\n",
+            "Subject: inner\r\n",
+            "Content-Type: text/plain\r\n",
+            "\r\n",
+            "caf\u{e9}\r\n",
+            "--d--\r\n",
+        );
+        let out = String::from_utf8(downgrade(msg.as_bytes()).expect("converted")).unwrap();
+        assert!(out.is_ascii(), "{out}");
+        assert!(
+            out.starts_with("MIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=d\r\nContent-Transfer-Encoding: 7bit\r\n\r\n--d\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSubject: inner\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n--d--\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn binary_parts_keep_their_cr_and_lf_bytes() {
+        let msg = "MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\u{ff}\r\n\n\r=\r\n";
+        let out = downgrade(msg.as_bytes()).expect("converted");
+        let (_, body) = split_head(&out);
+        assert!(body.is_ascii());
+        assert_eq!(decode_qp(body), "\u{ff}\r\n\n\r=\r\n".as_bytes());
+        assert!(String::from_utf8_lossy(body).contains("=0D=0A=0A=0D"));
     }
 
     proptest::proptest! {
@@ -489,7 +583,7 @@ mod tests {
         )) {
             let body: Vec<u8> = body;
             let mut out = Vec::new();
-            quoted_printable(&body, &mut out);
+            quoted_printable(&body, true, &mut out);
             proptest::prop_assert!(out.is_ascii());
             proptest::prop_assert!(lines_fit(&out));
             // Only CRLF pairs, never a bare CR or LF, in the encoding.
@@ -533,6 +627,16 @@ mod tests {
             if let Some(out) = downgrade(&msg) {
                 proptest::prop_assert!(out.len() <= msg.len() * 4 + 4096);
             }
+        }
+
+        /// Any bytes as a binary part: 7-bit, lines that fit, every byte back.
+        #[test]
+        fn binary_quoted_printable_round_trips(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let mut out = Vec::new();
+            quoted_printable(&body, false, &mut out);
+            proptest::prop_assert!(out.is_ascii());
+            proptest::prop_assert!(lines_fit(&out));
+            proptest::prop_assert_eq!(decode_qp(&out), body);
         }
 
         /// Any multipart of random parts: converted, it is 7-bit, and each

@@ -1135,14 +1135,15 @@ async fn store_message(
                 message: new.clone(),
             })
         });
+    let spilled = new.spilled.as_ref().map_or(0, |s| s.len);
     let result = ctx.shared.spool.store(new).await;
     match &result {
         Ok(()) => {
-            // Written twice (the write-ahead log, then the database): off
+            // Written twice (the write-ahead log, then the database), less
+            // a spilled part (counted as it came, its file now gone): off
             // the free figure until the next measurement says what is left.
-            ctx.shared
-                .spool_space
-                .consume((size as u64).saturating_mul(2));
+            let written = (size as u64).saturating_mul(2).saturating_sub(spilled);
+            ctx.shared.spool_space.consume(written);
             // Full: the spool scan will find it within a second.
             let _ = queue.try_send(NewWork {
                 id: queue_id.clone(),

@@ -207,19 +207,23 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
         )?;
     }
     for (key, value) in &doc.settings {
+        let mut value = value.clone();
         if SWITCH_KEYS.iter().any(|(k, _)| k == key) {
-            crate::policy::settings::parse_on_off(value)
+            crate::policy::settings::parse_on_off(&value)
                 .map_err(|e| invalid("settings", format!("{key}: {e}")))?;
         } else if ServerSettings::is_key(key) {
-            ServerSettings::default()
-                .set(key, value)
+            // Kept as `policy set` keeps it ("5d" as 432000).
+            let mut settings = ServerSettings::default();
+            settings
+                .set(key, &value)
                 .map_err(|e| invalid("settings", e))?;
+            value = settings.get(key).unwrap_or(value);
         } else if !AUTH_KEYS.contains(&key.as_str()) {
             return Err(invalid("settings", format!("unknown setting {key:?}")));
         }
         tx.execute(
             "INSERT INTO settings (key, value) VALUES (?1, ?2)",
-            (key, value),
+            (key, &value),
         )?;
     }
     for u in &doc.users {

@@ -131,10 +131,15 @@ impl Store {
                     .parent()
                     .filter(|a| !a.as_os_str().is_empty() && !parent.exists() && !a.is_dir())
                 {
+                    let what = if above.exists() {
+                        "is not a directory"
+                    } else {
+                        "does not exist"
+                    };
                     return Err(io(std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         format!(
-                            "cannot create the database: {} does not exist (relaygate makes the database's own directory, not the ones above it)",
+                            "cannot create the database: {} {what} (relaygate makes the database's own directory, not the ones above it)",
                             above.display()
                         ),
                     )));
@@ -164,6 +169,19 @@ impl Store {
                 return Err(StoreError::ReadOnly {
                     path: path.to_path_buf(),
                 });
+            }
+            // The disk, not the file: said as it is (a full disk cannot
+            // make the -wal and -shm files), not as a foreign file.
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::DiskFull)
+                ) =>
+            {
+                return Err(StoreError::Invalid(format!(
+                    "{}: cannot be opened: {e} (is its disk full? `df` tells)",
+                    path.display()
+                )));
             }
             Err(e) => return Err(not_ours(e.to_string())),
         };
