@@ -167,11 +167,14 @@ pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> std::io::Result<boo
         return Ok(false);
     }
     let _ = std::fs::remove_file(&path);
+    // Written under another name and renamed: the reserve is whole or absent.
+    let partial = path.with_extension("reserve-partial");
+    let _ = std::fs::remove_file(&partial);
     let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(&partial)
         .and_then(|mut f| {
             // Written, not sized: a sparse file would hold nothing back.
             let zeros = vec![0u8; 1 << 20];
@@ -179,9 +182,10 @@ pub fn keep_reserve(spool: &Path, free: u64, needed: u64) -> std::io::Result<boo
                 f.write_all(&zeros)?;
             }
             f.sync_all()
-        });
+        })
+        .and_then(|()| std::fs::rename(&partial, &path));
     if made.is_err() {
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&partial);
     }
     made.map(|()| true)
 }
@@ -329,6 +333,34 @@ mod tests {
         space.measuring();
         space.measured(Some(2000));
         assert_eq!(space.free(), Some(2000));
+    }
+
+    #[test]
+    fn the_reserve_is_made_whole_and_owner_only_and_given_up() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("relaygate.spool.db");
+        std::fs::write(&spool, b"").unwrap();
+        // Not while taking mail would leave too little.
+        assert!(!keep_reserve(&spool, 3 * RESERVE, RESERVE + 1).unwrap());
+        assert!(!has_reserve(&spool));
+        assert!(keep_reserve(&spool, u64::MAX, 0).unwrap());
+        let meta = std::fs::metadata(reserve_path(&spool)).unwrap();
+        assert_eq!(meta.len(), RESERVE);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(!keep_reserve(&spool, u64::MAX, 0).unwrap(), "already there");
+        // One cut short (a crash while it was written) is made again.
+        std::fs::write(reserve_path(&spool), b"short").unwrap();
+        assert!(!has_reserve(&spool));
+        assert!(keep_reserve(&spool, u64::MAX, 0).unwrap());
+        assert!(has_reserve(&spool));
+        assert!(release_reserve(&spool));
+        assert!(!release_reserve(&spool));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "nothing left over"
+        );
     }
 
     #[test]
