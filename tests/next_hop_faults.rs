@@ -820,7 +820,7 @@ fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
         p.say("220 new.test\r\n");
         p.serve(|l| l.starts_with("EHLO").then(|| EHLO.into()));
     }
-    let (old, old_seen) = next_hop(seven_bit_hop);
+    let (old, old_seen_handle) = next_hop(seven_bit_hop);
     let (new, new_seen) = next_hop(eight_bit_hop);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, db) = once_only(dir.path(), old, None, &[]);
@@ -851,7 +851,7 @@ fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
         c.expect(".", "250 2.0.0");
     }
     eventually("both delivered", || queue_is_empty(&db));
-    let old_seen = old_seen.lock().expect("seen");
+    let old_seen = old_seen_handle.lock().expect("seen");
     let body = String::from_utf8(old_seen.bodies[0].clone()).expect("utf-8");
     assert!(body.is_ascii(), "{body}");
     assert!(
@@ -866,6 +866,25 @@ fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
         .find(|c| c.starts_with("MAIL"))
         .expect("MAIL");
     assert!(!mail.contains("BODY="), "{mail}");
+    drop(old_seen);
+    // A large one (converted aside from the worker's other tasks).
+    let line = "é".repeat(30) + "\r\n";
+    let big = format!(
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}",
+        line.repeat(10_000)
+    );
+    common::send_queued(addr, "alice@example.com", &["dave@far.test"], &big);
+    eventually("the big one delivered", || queue_is_empty(&db));
+    let old_seen = old_seen_handle.lock().expect("seen");
+    let body = old_seen.bodies.last().expect("a body").clone();
+    assert!(
+        body.is_ascii() && body.len() > 600_000,
+        "{} bytes",
+        body.len()
+    );
+    let text = String::from_utf8(body).expect("ascii");
+    assert!(text.contains("=C3=A9=C3=A9"), "converted");
+    drop(old_seen);
     let new_seen = new_seen.lock().expect("seen");
     let body = String::from_utf8(new_seen.bodies[0].clone()).expect("utf-8");
     assert!(body.ends_with(&message), "{body}");

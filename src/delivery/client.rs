@@ -406,6 +406,20 @@ async fn more_transactions(
     outcomes
 }
 
+/// [`super::seven_bit::downgrade`], with a large body converted off the
+/// worker's other tasks (they move to another worker meanwhile), so that
+/// a 20 MB message does not hold up the sessions sharing its thread.
+fn downgrade_aside(body: &[u8]) -> Option<Vec<u8>> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi && body.len() > 256 * 1024 {
+        tokio::task::block_in_place(|| super::seven_bit::downgrade(body))
+    } else {
+        super::seven_bit::downgrade(body)
+    }
+}
+
 /// Transactions after the first for recipients put off as too many: a
 /// next hop taking one recipient at a time would otherwise get as many
 /// transactions as recipients (and the square of their RCPTs); the rest
@@ -445,7 +459,7 @@ async fn transaction(
     let converted = if hop.ext.eight_bit_mime {
         None
     } else {
-        super::seven_bit::downgrade(body)
+        downgrade_aside(body)
     };
     let body = converted.as_deref().unwrap_or(body);
     // RFC 1870: a message over the next hop's limit is not sent at all.
