@@ -612,6 +612,19 @@ impl Engine {
     pub async fn start(db: &Path, events: Arc<EventBus>) -> Result<Engine, EngineError> {
         let dir = DataDir::for_db(db);
         let lock = EngineLock::acquire(&dir)?;
+        // Started on a full disk: the reserve goes first, or the databases
+        // could not even be opened (SQLite makes its -wal and -shm files).
+        if crate::spool_space::measure(db).is_ok_and(|free| free < crate::spool_space::NEARLY_FULL)
+            && crate::spool_space::release_reserve(&dir.spool)
+        {
+            events.emit(Event::Error {
+                session: None,
+                message: format!(
+                    "the disk is full at start: gave up the {} reserve beside the spool so that the engine can open its databases; free room on the disk",
+                    crate::spool_space::size_text(crate::spool_space::RESERVE)
+                ),
+            });
+        }
         let (store, snapshot, loaded, counts) = {
             let db = dir.db.clone();
             tokio::task::spawn_blocking(move || -> Result<_, EngineError> {

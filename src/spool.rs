@@ -272,6 +272,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // The write-ahead log is cut back after a checkpoint instead of
+    // keeping its largest size on disk (a full disk wants that room).
+    conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
     conn.execute_batch(SCHEMA)?;
     let has_smtputf8: bool = conn.query_row(
         "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'smtputf8'",

@@ -1332,6 +1332,10 @@ fn a_full_disk_can_still_be_emptied_with_queue_delete() {
     let ballast = disk.path().join("ballast");
     truncate_wal(&db);
     fill(&ballast);
+    // Looking is not a change: the reserve stays for the change.
+    let shown = common::run_cli(&db, &["queue", "show"], "");
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(reserve.exists(), "queue show took the reserve: {shown:?}");
     let out = common::run_cli(&db, &["queue", "delete", "all"], "");
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("5 messages deleted"), "{out:?}");
@@ -1344,22 +1348,38 @@ fn a_full_disk_can_still_be_emptied_with_queue_delete() {
     // Room again: the reserve comes back.
     std::fs::remove_file(&ballast).expect("remove ballast");
     until("the reserve made again", || reserve.exists());
-    // With the engine stopped too: the spool cannot even be opened on a
-    // full disk (SQLite makes its -wal and -shm files), so the reserve
-    // goes first.
+    // With the engine stopped too: the databases cannot even be opened on
+    // a full disk (SQLite makes its -wal and -shm files), so the reserve
+    // goes first, for a CLI change as for the engine's start.
     for _ in 0..3 {
         common::send_queued(addr, "alice@example.com", &["bob@far.test"], &body);
     }
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     fill(&ballast);
-    let out = common::run_cli(&db, &["queue", "delete", "all"], "");
+    let out = common::run_cli(&db, &["queue", "hold", "all"], "");
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("3 messages deleted"), "{out:?}");
+    assert!(out.stdout.contains("3 messages held"), "{out:?}");
     assert!(
         out.stderr.contains("gave up the 8.0 MiB reserve"),
         "{out:?}"
     );
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let mut server = Server::start(&db);
+    server.addr();
+    until("the reserve made again", || reserve.exists());
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    fill(&ballast);
+    let mut server = Server::start(&db);
+    server.wait_for(
+        "the disk is full at start: gave up the 8.0 MiB reserve",
+        Duration::from_secs(10),
+    );
+    server.addr();
+    let out = common::run_cli(&db, &["queue", "delete", "all"], "");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("3 messages deleted"), "{out:?}");
 }
 
 /// With the disk full, delivery outcomes that cannot be written give the

@@ -184,6 +184,7 @@ fn reads_only(command: &Command) -> bool {
             | Command::Bind(bind::BindCommand::Show)
             | Command::Route(route::RouteCommand::Show)
             | Command::Quota(quota::QuotaCommand::Show)
+            | Command::Queue(queue::QueueCommand::Show)
             | Command::Ban(ban::BanCommand::Show { .. })
             | Command::Config(
                 config::ConfigCommand::Export { .. }

@@ -409,7 +409,7 @@ async fn more_transactions(
 /// [`super::seven_bit::downgrade`], with a large body converted off the
 /// worker's other tasks (they move to another worker meanwhile), so that
 /// a 20 MB message does not hold up the sessions sharing its thread.
-fn downgrade_aside(body: &[u8]) -> Option<Vec<u8>> {
+fn downgrade_aside(body: &[u8]) -> super::seven_bit::Conversion {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi =
         Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
@@ -459,7 +459,20 @@ async fn transaction(
     let converted = if hop.ext.eight_bit_mime {
         None
     } else {
-        downgrade_aside(body)
+        use super::seven_bit::Conversion;
+        match downgrade_aside(body) {
+            Conversion::Unchanged => None,
+            Conversion::Converted(out) => Some(out),
+            Conversion::TooDeep => {
+                return Ok(all(Outcome::NotSent {
+                    reply: format!(
+                        "5.6.3 not sent: the next hop does not take 8-bit mail (no 8BITMIME), and this message's 8-bit parts are nested more than {} deep to be converted",
+                        super::seven_bit::MAX_DEPTH
+                    ),
+                    status: "5.6.3".into(),
+                }));
+            }
+        }
     };
     let body = converted.as_deref().unwrap_or(body);
     // RFC 1870: a message over the next hop's limit is not sent at all.

@@ -19,28 +19,51 @@ fn has_8bit(bytes: &[u8]) -> bool {
     !bytes.is_ascii()
 }
 
-/// The message converted to 7-bit, or `None` when it needs no change or
-/// cannot be converted (not MIME).
-pub fn downgrade(message: &[u8]) -> Option<Vec<u8>> {
-    if !has_8bit(message) {
-        return None;
-    }
-    let (head, body) = split_head(message);
-    header_value(head, b"mime-version")?;
-    let mut out = Vec::with_capacity(message.len() + message.len() / 8);
-    convert_entity(head, body, &mut out, 0, false);
-    Some(out)
+/// What a message comes to for a next hop without 8BITMIME.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Conversion {
+    /// 7-bit already, or not MIME ("just send 8").
+    Unchanged,
+    Converted(Vec<u8>),
+    /// 8-bit content nested deeper than [`MAX_DEPTH`]: not sent (RFC 6152
+    /// leaves a relay the bounce when it cannot convert).
+    TooDeep,
 }
 
-/// Nesting deeper than this is copied as it is (a message built to make
-/// the converter recurse without end).
-const MAX_DEPTH: usize = 20;
+/// The message converted to 7-bit, or why not.
+pub fn downgrade(message: &[u8]) -> Conversion {
+    if !has_8bit(message) {
+        return Conversion::Unchanged;
+    }
+    let (head, body) = split_head(message);
+    if header_value(head, b"mime-version").is_none() {
+        return Conversion::Unchanged;
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 8);
+    let mut too_deep = false;
+    convert_entity(head, body, &mut out, (0, &mut too_deep), false);
+    if too_deep {
+        Conversion::TooDeep
+    } else {
+        Conversion::Converted(out)
+    }
+}
+
+/// Nesting deeper than this is not converted, and the message is not
+/// sent (one built to make the converter recurse without end).
+pub const MAX_DEPTH: usize = 50;
+
+/// How deep an entity is, and whether 8-bit content was found deeper
+/// than [`MAX_DEPTH`].
+type Depth<'a> = (usize, &'a mut bool);
 
 /// Writes one MIME entity (its header block and body), converted. In a
 /// `multipart/digest`, a part without a type is a message (RFC 2046
 /// 5.1.5): `in_digest`.
-fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_digest: bool) {
+fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: Depth, in_digest: bool) {
+    let (depth, too_deep) = depth;
     if depth > MAX_DEPTH || !has_8bit(body) {
+        *too_deep |= depth > MAX_DEPTH && has_8bit(body);
         out.extend_from_slice(head);
         out.extend_from_slice(body);
         return;
@@ -53,8 +76,15 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_
         }
     });
     let (media, params) = media_type(&content_type);
+    // `8bit (a comment)` is `8bit` (RFC 2045 6.1, RFC 822 comments).
     let encoding = header_value(head, b"content-transfer-encoding")
-        .map(|e| e.trim().to_ascii_lowercase())
+        .map(|e| {
+            e.split('(')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default();
     let identity = matches!(encoding.as_str(), "" | "7bit" | "8bit" | "binary");
     if media.starts_with("multipart/")
@@ -72,7 +102,13 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_
         };
         let mut inner = Vec::with_capacity(body.len() + body.len() / 8);
         let digest = media == "multipart/digest";
-        convert_multipart(body, boundary.as_bytes(), &mut inner, depth, digest);
+        convert_multipart(
+            body,
+            boundary.as_bytes(),
+            &mut inner,
+            (depth, too_deep),
+            digest,
+        );
         if has_8bit(&inner) || encoding.is_empty() || encoding == "7bit" {
             out.extend_from_slice(head);
         } else {
@@ -85,7 +121,13 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_
         // The attached message is converted in turn; it is then 7bit.
         let (inner_head, inner_body) = split_head(body);
         let mut inner = Vec::with_capacity(body.len());
-        convert_entity(inner_head, inner_body, &mut inner, depth + 1, false);
+        convert_entity(
+            inner_head,
+            inner_body,
+            &mut inner,
+            (depth + 1, too_deep),
+            false,
+        );
         if has_8bit(&inner) {
             out.extend_from_slice(head);
         } else {
@@ -110,7 +152,8 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: usize, in_
 
 /// The parts of a multipart body, each converted; preamble, delimiters
 /// and epilogue kept.
-fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: usize, digest: bool) {
+fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: Depth, digest: bool) {
+    let (depth, too_deep) = depth;
     // Byte offsets of each delimiter line's start, and whether it closes.
     let mut delimiters: Vec<(usize, usize, bool)> = Vec::new();
     let mut at = 0;
@@ -155,7 +198,7 @@ fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: usi
         };
         let part = &body[end..part_end.max(end)];
         let (head, part_body) = split_head(part);
-        convert_entity(head, part_body, out, depth + 1, digest);
+        convert_entity(head, part_body, out, (depth + 1, &mut *too_deep), digest);
         out.extend_from_slice(&body[part_end.max(end)..next]);
     }
 }
@@ -404,6 +447,15 @@ fn binary_quoted_printable(body: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// [`downgrade`] as an option: the converted bytes, or none.
+    fn down(message: &[u8]) -> Option<Vec<u8>> {
+        match downgrade(message) {
+            Conversion::Converted(out) => Some(out),
+            Conversion::Unchanged => None,
+            Conversion::TooDeep => panic!("too deep"),
+        }
+    }
+
     /// Decodes quoted-printable, for the tests.
     fn decode_qp(text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -433,7 +485,7 @@ mod tests {
     #[test]
     fn a_plain_8bit_text_message_becomes_quoted_printable() {
         let msg = "Received: from x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\nSubject: hi\r\n\r\nGrüße aus Köln = 100%\r\n.dot line \r\n";
-        let out = downgrade(msg.as_bytes()).expect("converted");
+        let out = down(msg.as_bytes()).expect("converted");
         let text = String::from_utf8(out.clone()).expect("ascii");
         assert!(out.is_ascii(), "{text}");
         assert!(
@@ -453,8 +505,8 @@ mod tests {
 
     #[test]
     fn ascii_and_non_mime_messages_are_left_alone() {
-        assert_eq!(downgrade(b"Subject: a\r\n\r\nplain\r\n"), None);
-        assert_eq!(downgrade("Subject: a\r\n\r\nGrüße\r\n".as_bytes()), None);
+        assert_eq!(down(b"Subject: a\r\n\r\nplain\r\n"), None);
+        assert_eq!(down("Subject: a\r\n\r\nGrüße\r\n".as_bytes()), None);
     }
 
     #[test]
@@ -493,7 +545,7 @@ mod tests {
             "--outer b--\r\n",
             "epilogue\r\n",
         );
-        let out = downgrade(msg.as_bytes()).expect("converted");
+        let out = down(msg.as_bytes()).expect("converted");
         let text = String::from_utf8(out.clone()).expect("ascii");
         assert!(out.is_ascii(), "{text}");
         assert!(
@@ -531,7 +583,7 @@ mod tests {
         // message/partial and a multipart without a boundary: as they are.
         for ty in ["message/partial; id=1; number=1", "multipart/mixed"] {
             let msg = format!("MIME-Version: 1.0\r\nContent-Type: {ty}\r\n\r\nna\u{ef}ve\r\n");
-            let out = downgrade(msg.as_bytes()).expect("looked at");
+            let out = down(msg.as_bytes()).expect("looked at");
             assert_eq!(out, msg.as_bytes(), "{ty}");
         }
         // In a digest, a part without a type is a message; the multipart
@@ -549,7 +601,7 @@ mod tests {
             "caf\u{e9}\r\n",
             "--d--\r\n",
         );
-        let out = String::from_utf8(downgrade(msg.as_bytes()).expect("converted")).unwrap();
+        let out = String::from_utf8(down(msg.as_bytes()).expect("converted")).unwrap();
         assert!(out.is_ascii(), "{out}");
         assert!(
             out.starts_with("MIME-Version: 1.0\r\nContent-Type: multipart/digest; boundary=d\r\nContent-Transfer-Encoding: 7bit\r\n\r\n--d\r\nContent-Transfer-Encoding: 7bit\r\n\r\nSubject: inner\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n--d--\r\n"),
@@ -557,10 +609,38 @@ mod tests {
         );
     }
 
+    /// `depth` multiparts, one in another, an 8-bit text at the bottom.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut msg = String::from("MIME-Version: 1.0\r\n");
+        for d in 0..depth {
+            msg.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{d}\r\n\r\n--b{d}\r\n"
+            ));
+        }
+        msg.push_str("Content-Type: text/plain\r\nContent-Transfer-Encoding: 8bit (as sent)\r\n\r\nd\u{e9}j\u{e0}\r\n");
+        for d in (0..depth).rev() {
+            msg.push_str(&format!("--b{d}--\r\n"));
+        }
+        msg.into_bytes()
+    }
+
+    #[test]
+    fn deep_nesting_is_converted_to_a_limit_then_refused() {
+        let out = down(&nested(30)).expect("converted");
+        assert!(out.is_ascii());
+        let text = String::from_utf8(out).unwrap();
+        // The encoding's comment did not hide it.
+        assert!(
+            text.contains("Content-Transfer-Encoding: quoted-printable\r\n\r\nd=C3=A9j=C3=A0\r\n"),
+            "{text}"
+        );
+        assert_eq!(downgrade(&nested(MAX_DEPTH + 5)), Conversion::TooDeep);
+    }
+
     #[test]
     fn binary_parts_keep_their_cr_and_lf_bytes() {
         let msg = "MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\u{ff}\r\n\n\r=\r\n";
-        let out = downgrade(msg.as_bytes()).expect("converted");
+        let out = down(msg.as_bytes()).expect("converted");
         let (_, body) = split_head(&out);
         assert!(body.is_ascii());
         assert_eq!(decode_qp(body), "\u{ff}\r\n\n\r=\r\n".as_bytes());
@@ -624,7 +704,7 @@ mod tests {
                 msg.extend_from_slice(&p);
             }
             msg.push(0xC3);
-            if let Some(out) = downgrade(&msg) {
+            if let Conversion::Converted(out) = downgrade(&msg) {
                 proptest::prop_assert!(out.len() <= msg.len() * 4 + 4096);
             }
         }
@@ -650,7 +730,7 @@ mod tests {
                 msg.push_str("\r\n");
             }
             msg.push_str("--zz--\r\n");
-            match downgrade(msg.as_bytes()) {
+            match down(msg.as_bytes()) {
                 None => proptest::prop_assert!(msg.is_ascii()),
                 Some(out) => {
                     proptest::prop_assert!(out.is_ascii());
