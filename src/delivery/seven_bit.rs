@@ -100,40 +100,29 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: Depth, in_
             out.extend_from_slice(body);
             return;
         };
-        let mut inner = Vec::with_capacity(body.len() + body.len() / 8);
+        // Converted in place after the header, which is relabelled 7bit
+        // afterwards if it said otherwise (no second copy of the body).
+        let head_at = out.len();
+        out.extend_from_slice(head);
+        let body_at = out.len();
         let digest = media == "multipart/digest";
-        convert_multipart(
-            body,
-            boundary.as_bytes(),
-            &mut inner,
-            (depth, too_deep),
-            digest,
-        );
-        if has_8bit(&inner) || encoding.is_empty() || encoding == "7bit" {
-            out.extend_from_slice(head);
-        } else {
-            out.extend_from_slice(&with_encoding(head, b"7bit"));
+        convert_multipart(body, boundary.as_bytes(), out, (depth, too_deep), digest);
+        let relabel = !(encoding.is_empty() || encoding == "7bit");
+        if relabel && !has_8bit(&out[body_at..]) {
+            out.splice(head_at..body_at, with_encoding(head, b"7bit"));
         }
-        out.extend_from_slice(&inner);
         return;
     }
     if media == "message/rfc822" && identity {
         // The attached message is converted in turn; it is then 7bit.
         let (inner_head, inner_body) = split_head(body);
-        let mut inner = Vec::with_capacity(body.len());
-        convert_entity(
-            inner_head,
-            inner_body,
-            &mut inner,
-            (depth + 1, too_deep),
-            false,
-        );
-        if has_8bit(&inner) {
-            out.extend_from_slice(head);
-        } else {
-            out.extend_from_slice(&with_encoding(head, b"7bit"));
+        let head_at = out.len();
+        out.extend_from_slice(head);
+        let body_at = out.len();
+        convert_entity(inner_head, inner_body, out, (depth + 1, too_deep), false);
+        if !has_8bit(&out[body_at..]) {
+            out.splice(head_at..body_at, with_encoding(head, b"7bit"));
         }
-        out.extend_from_slice(&inner);
         return;
     }
     if !identity {
