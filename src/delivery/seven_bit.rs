@@ -136,6 +136,14 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: Depth, in_
     // Line breaks are the text's own only in text (RFC 2045 6.7 rule 4):
     // anything else keeps its CR and LF bytes, encoded.
     let text = media.is_empty() || media.starts_with("text/");
+    // Room for the encoding at once: growing by doubling would hold up
+    // to twice what a large part needs.
+    let encoded = body
+        .iter()
+        .filter(|b| !(33..=126).contains(*b) || **b == b'=')
+        .count();
+    let bytes = body.len() + 2 * encoded;
+    out.reserve(bytes + bytes / (QP_LINE - 3) * 3 + 8);
     quoted_printable(body, text, out);
 }
 
