@@ -93,8 +93,9 @@ fn convert_entity(head: &[u8], body: &[u8], out: &mut Vec<u8>, depth: Depth, in_
         // A multipart is converted part by part; one without a boundary,
         // and message types other than rfc822 (partial, external-body),
         // may carry no other encoding (RFC 2046 5.1, 5.2): as they are.
-        let Some(boundary) =
-            param(&params, "boundary").filter(|_| identity && media.starts_with("multipart/"))
+        let Some(boundary) = param(&params, "boundary")
+            .or_else(|| param_2231(&params, "boundary"))
+            .filter(|_| identity && media.starts_with("multipart/"))
         else {
             out.extend_from_slice(head);
             out.extend_from_slice(body);
@@ -178,11 +179,16 @@ fn convert_multipart(body: &[u8], boundary: &[u8], out: &mut Vec<u8>, depth: Dep
         out.extend_from_slice(body);
         return;
     };
-    out.extend_from_slice(&body[..first]);
+    // The preamble and the epilogue are for no reader (RFC 2046 5.1.1):
+    // an 8-bit byte there becomes `?` rather than go out 8-bit.
+    let outside = |text: &[u8], out: &mut Vec<u8>| {
+        out.extend(text.iter().map(|&b| if b < 0x80 { b } else { b'?' }));
+    };
+    outside(&body[..first], out);
     for (i, &(start, end, closes)) in delimiters.iter().enumerate() {
         out.extend_from_slice(&body[start..end]);
         if closes {
-            out.extend_from_slice(&body[end..]);
+            outside(&body[end..], out);
             return;
         }
         // The part runs to the CRLF before the next delimiter (that CRLF
@@ -308,6 +314,52 @@ fn media_type(value: &str) -> (String, String) {
         Some((media, params)) => (media.trim().to_ascii_lowercase(), params.to_string()),
         None => (value.trim().to_ascii_lowercase(), String::new()),
     }
+}
+
+/// A parameter given the RFC 2231 way: `name*=charset'lang'%xx...`
+/// (percent-encoded), or in pieces `name*0=`, `name*1*=`...
+fn param_2231(params: &str, name: &str) -> Option<String> {
+    let decode = |v: &str, encoded: bool| -> String {
+        if !encoded {
+            return v.to_string();
+        }
+        let v = match v.splitn(3, '\'').collect::<Vec<_>>().as_slice() {
+            [_, _, value] => value.to_string(),
+            _ => v.to_string(),
+        };
+        let bytes = v.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%'
+                && let Some(n) = v
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(n);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    if let Some(v) = param(params, &format!("{name}*")) {
+        return Some(decode(&v, true));
+    }
+    let mut whole = String::new();
+    for n in 0..100 {
+        if let Some(v) = param(params, &format!("{name}*{n}*")) {
+            // Only the first piece names the charset.
+            whole.push_str(&decode(&if n == 0 { v } else { format!("''{v}") }, true));
+        } else if let Some(v) = param(params, &format!("{name}*{n}")) {
+            whole.push_str(&v);
+        } else {
+            break;
+        }
+    }
+    (!whole.is_empty()).then_some(whole)
 }
 
 /// A parameter's value (quoted or not) from a `;`-separated list.
@@ -632,6 +684,25 @@ mod tests {
             "{text}"
         );
         assert_eq!(downgrade(&nested(MAX_DEPTH + 5)), Conversion::TooDeep);
+    }
+
+    #[test]
+    fn rfc_2231_boundaries_and_8bit_preambles() {
+        for ty in [
+            "multipart/mixed; boundary*=us-ascii'en'b%31",
+            "multipart/mixed; boundary*0=b; boundary*1=1",
+        ] {
+            let msg = format!(
+                "MIME-Version: 1.0\r\nContent-Type: {ty}\r\n\r\npr\u{e9}ambule\r\n--b1\r\nContent-Type: text/plain\r\n\r\nn\u{e9}\r\n--b1--\r\n\u{e9}pilogue\r\n"
+            );
+            let out = String::from_utf8(down(msg.as_bytes()).expect("converted")).unwrap();
+            assert!(out.is_ascii(), "{ty}: {out}");
+            assert!(out.contains("n=C3=A9\r\n--b1--"), "{ty}: {out}");
+            assert!(
+                out.contains("pr??ambule") && out.contains("??pilogue"),
+                "{out}"
+            );
+        }
     }
 
     #[test]
