@@ -198,21 +198,6 @@ pub fn release_reserve(spool: &Path) -> bool {
     std::fs::remove_file(reserve_path(spool)).is_ok()
 }
 
-/// The CLI gives up the reserve (see [`RESERVE`]) for an administrator's
-/// change and says so on stderr; false if there was none.
-pub fn give_up_reserve(spool: &Path, why: &str) -> bool {
-    let reserve = reserve_path(spool);
-    if !release_reserve(spool) {
-        return false;
-    }
-    eprintln!(
-        "relaygate: the disk is full ({why}): gave up the {} reserve kept for this ({}) to make the change; free room on the disk",
-        size_text(RESERVE),
-        reserve.display()
-    );
-    true
-}
-
 /// Under this much free, a command that changes something gives up the
 /// reserve before it opens anything: SQLite needs room for its -wal and
 /// -shm files when no engine has them open.

@@ -1242,13 +1242,7 @@ fn a_full_disk_refuses_with_4_3_1_and_sends_nothing_twice() {
     }
     // Fill what is left of the disk.
     let ballast = small.join("ballast");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&ballast).expect("ballast");
-        let chunk = vec![0u8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-    }
+    fill(&ballast);
     // A new message: refused as a full disk, at MAIL once the engine has
     // measured the disk, at the end of DATA if it has not yet.
     let reply = send_until_refused(addr, &body);

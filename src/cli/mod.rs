@@ -131,7 +131,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         if crate::spool_space::measure(&cli.db)
             .is_ok_and(|free| free < crate::spool_space::NEARLY_FULL)
         {
-            crate::spool_space::give_up_reserve(&spool, "less than 1 MiB free");
+            give_up_reserve(&spool, "less than 1 MiB free");
         }
     }
     let mut store = if reads_only(&command) && existed {
@@ -192,6 +192,21 @@ fn reads_only(command: &Command) -> bool {
             )
             | Command::Check(_)
     )
+}
+
+/// The CLI gives up the reserve (see [`crate::spool_space::RESERVE`]) for an administrator's
+/// change and says so on stderr; false if there was none.
+pub(crate) fn give_up_reserve(spool: &std::path::Path, why: &str) -> bool {
+    let reserve = crate::spool_space::reserve_path(spool);
+    if !crate::spool_space::release_reserve(spool) {
+        return false;
+    }
+    eprintln!(
+        "relaygate: the disk is full ({why}): gave up the {} reserve kept for this ({}) to make the change; free room on the disk",
+        crate::spool_space::size_text(crate::spool_space::RESERVE),
+        reserve.display()
+    );
+    true
 }
 
 /// Reads a password from the first line of standard input.

@@ -139,9 +139,7 @@ fn act(
     let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen) {
         // A full disk: the reserve kept for this is given up, and the
         // change (which frees room, if it deletes) is tried once more.
-        Err(queue_admin::QueueAdminError::Full(e))
-            if crate::spool_space::give_up_reserve(path, &e) =>
-        {
+        Err(queue_admin::QueueAdminError::Full(e)) if super::give_up_reserve(path, &e) => {
             queue_admin::apply(&spool, reader, &settings, action, &chosen)?
         }
         other => other?,
@@ -221,7 +219,7 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             let retry = || spool.apply_blocking(SpoolOp::RetryNow { message_id: None });
             let n = match retry() {
                 Err(e @ crate::spool::SpoolError::Full(_))
-                    if crate::spool_space::give_up_reserve(&path, &e.to_string()) =>
+                    if super::give_up_reserve(&path, &e.to_string()) =>
                 {
                     retry()?
                 }
