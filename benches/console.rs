@@ -357,12 +357,14 @@ fn bench_queue(c: &mut Criterion) {
     let ops = (0..QUEUED)
         .map(|i| {
             relaygate::spool::SpoolOp::Insert(relaygate::spool::NewMessage {
+                dsn: Default::default(),
                 spilled: None,
                 smtputf8: false,
                 id: spool.next_id(),
                 sender: format!("user{}@example.com", i % 977),
                 recipients: (0..1 + i % 3)
                     .map(|r| relaygate::spool::SpoolRecipient {
+                        dsn: Default::default(),
                         address: format!("rcpt{r}@domain{}.test", (i + r) % 50),
                         class: "outbound".into(),
                         reason: "bench".into(),

@@ -125,6 +125,14 @@ pub enum Event {
         bounce_id: String,
         to: String,
     },
+    /// A notice of success queued to the sender: recipients relayed to a
+    /// next hop without DSN, whose NOTIFY asked for it (RFC 3461). A
+    /// notice that also reports failures is a [`Event::Bounced`].
+    SuccessNoticed {
+        message_id: String,
+        notice_id: String,
+        to: String,
+    },
     Error {
         session: Option<u64>,
         message: String,
@@ -404,6 +412,7 @@ impl Event {
             Event::MessageAccepted { .. } => (K::Session, Some(Outcome::Accepted)),
             Event::Delivery { outcome, .. } => (K::Delivery, Some((*outcome).into())),
             Event::Bounced { .. } => (K::Delivery, Some(Outcome::Bounced)),
+            Event::SuccessNoticed { .. } => (K::Delivery, Some(Outcome::Delivered)),
         }
     }
 }
@@ -590,6 +599,16 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
         } => d(
             Warn,
             put!("bounce {bounce_id} for {message_id} queued to <{to}>"),
+        ),
+        Event::SuccessNoticed {
+            message_id,
+            notice_id,
+            to,
+        } => d(
+            Info,
+            put!(
+                "notice {notice_id} for {message_id} queued to <{to}>: relayed to a next hop without DSN, as NOTIFY=SUCCESS asked"
+            ),
         ),
         Event::Error { session, message } => d(
             Error,

@@ -10,6 +10,7 @@
 //! for more to join, as PostgreSQL's `commit_delay` does: fewer, fuller
 //! commits for the same messages.
 
+use crate::smtp::dsn_params::{MessageDsn, Notify, OriginalRecipient, RecipientDsn, Ret};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,8 @@ pub struct SpoolRecipient {
     pub address: String,
     pub class: String,
     pub reason: String,
+    /// NOTIFY and ORCPT as the client gave them (RFC 3461).
+    pub dsn: RecipientDsn,
 }
 
 /// An accepted message as the SMTP engine hands it over.
@@ -45,6 +48,8 @@ pub struct NewMessage {
     /// Accepted with SMTPUTF8 (RFC 6531): only a next hop that offers it
     /// may take the message.
     pub smtputf8: bool,
+    /// RET and ENVID as the client gave them (RFC 3461).
+    pub dsn: MessageDsn,
 }
 
 /// The rest of a message body, in a file of the spill directory.
@@ -55,6 +60,16 @@ pub struct Spilled {
 }
 
 impl NewMessage {
+    /// The recipients that asked for anything with NOTIFY or ORCPT, by
+    /// address (empty for most messages, so nothing is allocated).
+    pub fn dsn_asked(&self) -> std::collections::HashMap<&str, &RecipientDsn> {
+        self.recipients
+            .iter()
+            .filter(|r| r.dsn != RecipientDsn::default())
+            .map(|r| (r.address.as_str(), &r.dsn))
+            .collect()
+    }
+
     /// The body's whole size, spilled part included.
     pub fn size(&self) -> u64 {
         self.body.len() as u64 + self.spilled.as_ref().map_or(0, |s| s.len)
@@ -197,8 +212,9 @@ const RETRY_MESSAGE: &str =
     "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND +state = 'queued'";
 
 /// Schema version of the spool file (`PRAGMA user_version`); 2 added
-/// `messages.smtputf8`.
-const SPOOL_VERSION: i32 = 2;
+/// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
+/// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`).
+const SPOOL_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -211,7 +227,9 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
     held INTEGER NOT NULL DEFAULT 0,
-    smtputf8 INTEGER NOT NULL DEFAULT 0
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    dsn_ret TEXT,
+    dsn_envid TEXT
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
@@ -222,6 +240,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    dsn_notify TEXT,
+    dsn_orcpt TEXT,
     PRIMARY KEY (message_id, address)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
@@ -283,6 +303,21 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     )?;
     if !has_smtputf8 {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")?;
+    }
+    let has_dsn: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('recipients') WHERE name = 'dsn_notify'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_dsn {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
+             ALTER TABLE messages ADD COLUMN dsn_envid TEXT;
+             ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
+             ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
+             COMMIT;",
+        )?;
     }
     if version < SPOOL_VERSION {
         conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
@@ -494,8 +529,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
     match &m.spilled {
         None => {
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -506,7 +541,9 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 m.helo,
                 m.body.len() as i64,
                 m.body,
-                m.smtputf8
+                m.smtputf8,
+                m.dsn.ret.map(Ret::as_str),
+                m.dsn.envid
             ])?;
         }
         Some(spilled) => {
@@ -514,8 +551,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
             // body never has to be in memory at once.
             let total = m.size();
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7), ?8)",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7), ?8, ?9, ?10)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -525,7 +562,9 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 m.peer,
                 m.helo,
                 total as i64,
-                m.smtputf8
+                m.smtputf8,
+                m.dsn.ret.map(Ret::as_str),
+                m.dsn.envid
             ])?;
             let row = conn.last_insert_rowid();
             let mut blob = conn.blob_open(rusqlite::MAIN_DB, "messages", "body", row, false)?;
@@ -554,11 +593,19 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
         }
     }
     let mut rcpt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO recipients (message_id, address, class, reason, next_attempt)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO recipients (message_id, address, class, reason, next_attempt, dsn_notify, dsn_orcpt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for r in &m.recipients {
-        rcpt.execute(rusqlite::params![m.id, r.address, r.class, r.reason, now])?;
+        rcpt.execute(rusqlite::params![
+            m.id,
+            r.address,
+            r.class,
+            r.reason,
+            now,
+            r.dsn.notify.map(Notify::as_param),
+            r.dsn.orcpt.as_ref().map(OriginalRecipient::as_param)
+        ])?;
     }
     Ok(1)
 }
@@ -757,7 +804,8 @@ impl SpoolReader {
         let found = self
             .conn
             .prepare_cached(
-                "SELECT id, received_at, sender, login, peer, helo, body, smtputf8 FROM messages WHERE id = ?1",
+                "SELECT id, received_at, sender, login, peer, helo, body, smtputf8, dsn_ret, dsn_envid
+                 FROM messages WHERE id = ?1",
             )?
             .query_row([id], |r| {
                     let id: String = r.get(0)?;
@@ -774,6 +822,10 @@ impl SpoolReader {
                             helo: r.get(5)?,
                             body: r.get(6)?,
                             smtputf8: r.get(7)?,
+                            dsn: MessageDsn {
+                                ret: r.get::<_, Option<String>>(8)?.as_deref().and_then(Ret::parse),
+                                envid: r.get(9)?,
+                            },
                         },
                     })
             })
@@ -785,13 +837,23 @@ impl SpoolReader {
 
     fn recipients(&self, id: &str) -> rusqlite::Result<Vec<SpoolRecipient>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
+            "SELECT address, class, reason, dsn_notify, dsn_orcpt FROM recipients WHERE message_id = ?1 ORDER BY rowid",
         )?;
         let rows = stmt.query_map([id], |r| {
             Ok(SpoolRecipient {
                 address: r.get(0)?,
                 class: r.get(1)?,
                 reason: r.get(2)?,
+                dsn: RecipientDsn {
+                    notify: r
+                        .get::<_, Option<String>>(3)?
+                        .as_deref()
+                        .and_then(Notify::parse),
+                    orcpt: r
+                        .get::<_, Option<String>>(4)?
+                        .as_deref()
+                        .and_then(OriginalRecipient::parse),
+                },
             })
         })?;
         rows.collect()
@@ -948,7 +1010,7 @@ mod tests {
             RETRY_MESSAGE,
             "UPDATE recipients SET state = ?3, attempts = attempts + 1 WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
             "DELETE FROM recipients WHERE message_id = ?1",
-            "SELECT address, class, reason FROM recipients WHERE message_id = ?1 ORDER BY rowid",
+            "SELECT address, class, reason, dsn_notify, dsn_orcpt FROM recipients WHERE message_id = ?1 ORDER BY rowid",
         ] {
             let sql = sql
                 .replace("?1", "'a'")
@@ -987,11 +1049,13 @@ mod tests {
 
     fn message(spool: &Spool, n: usize) -> NewMessage {
         NewMessage {
+            dsn: Default::default(),
             spilled: None,
             smtputf8: false,
             id: spool.next_id(),
             sender: format!("s{n}@example.com"),
             recipients: vec![SpoolRecipient {
+                dsn: Default::default(),
                 address: "r@far.test".into(),
                 class: "outbound".into(),
                 reason: "test".into(),
@@ -1001,6 +1065,63 @@ mod tests {
             helo: "client".into(),
             body: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes(),
         }
+    }
+
+    /// A message's DSN requests (RFC 3461) are in the file: a reopened
+    /// spool (a restart) reads them back, and a spool of the version
+    /// before is given their columns, its messages asking for nothing.
+    #[test]
+    fn dsn_requests_survive_a_reopen_and_old_spools_gain_their_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        {
+            // A version 2 spool, as the release before wrote it.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE messages (id TEXT PRIMARY KEY, received_at INTEGER NOT NULL,
+                    sender TEXT NOT NULL, login TEXT, peer TEXT NOT NULL, helo TEXT NOT NULL,
+                    size INTEGER NOT NULL, body BLOB NOT NULL, held INTEGER NOT NULL DEFAULT 0,
+                    smtputf8 INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE recipients (message_id TEXT NOT NULL REFERENCES messages(id),
+                    address TEXT NOT NULL, class TEXT NOT NULL, reason TEXT NOT NULL,
+                    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                    PRIMARY KEY (message_id, address));
+                 INSERT INTO messages VALUES ('OLD1', 1, 'a@b.test', NULL, '127.0.0.1', 'h', 4, x'41424344', 0, 0);
+                 INSERT INTO recipients (message_id, address, class, reason) VALUES ('OLD1', 'r@far.test', 'outbound', 'test');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let spool = Spool::open(&path).unwrap();
+        let mut m = message(&spool, 1);
+        m.dsn = MessageDsn {
+            ret: Some(Ret::Full),
+            envid: Some("QQ 314".into()),
+        };
+        m.recipients[0].dsn = RecipientDsn {
+            notify: Notify::parse("SUCCESS,DELAY"),
+            orcpt: OriginalRecipient::parse("rfc822;R+2Bx@far.test"),
+        };
+        let id = m.id.clone();
+        let want = m.clone();
+        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        drop(spool);
+
+        let spool = Spool::open(&path).unwrap();
+        drop(spool);
+        let reader = SpoolReader::open(&path).unwrap();
+        let back = reader.message(&id).unwrap().expect("stored");
+        assert_eq!(back.message.dsn, want.dsn);
+        assert_eq!(back.message.recipients, want.recipients);
+        let old = reader.message("OLD1").unwrap().expect("kept");
+        assert_eq!(old.message.dsn, MessageDsn::default());
+        assert_eq!(old.message.recipients[0].dsn, RecipientDsn::default());
+        let version: i32 = reader
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SPOOL_VERSION);
     }
 
     /// The scheduler's query: every queued recipient that is due, of
@@ -1020,6 +1141,7 @@ mod tests {
             let mut m = message(&spool, n);
             m.recipients = (0..3)
                 .map(|k| SpoolRecipient {
+                    dsn: Default::default(),
                     address: format!("r{k}@far.test"),
                     class: "outbound".into(),
                     reason: "test".into(),

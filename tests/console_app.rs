@@ -759,11 +759,13 @@ fn queue_message(spool: &relaygate::spool::Spool, sender: &str, to: &str) -> Str
     let id = spool.next_id();
     spool
         .apply_blocking(SpoolOp::Insert(NewMessage {
+            dsn: Default::default(),
             spilled: None,
             smtputf8: false,
             id: id.clone(),
             sender: sender.into(),
             recipients: vec![SpoolRecipient {
+                dsn: Default::default(),
                 address: to.into(),
                 class: "outbound".into(),
                 reason: "test".into(),

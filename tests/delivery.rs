@@ -797,3 +797,120 @@ fn bulk_queue_actions_by_domain_text_and_age() {
     }
     drop(server);
 }
+
+/// DSN (RFC 3461) end to end: a next hop that offers DSN is given the
+/// client's RET, ENVID, NOTIFY and ORCPT and answers for them; for one
+/// that does not, relaygate itself sends the "relayed" notice NOTIFY=SUCCESS
+/// asked for, bounces only the failures NOTIFY asks to hear of, returns
+/// ENVID and ORCPT in its notice, and the whole message for RET=FULL.
+#[test]
+fn dsn_requests_are_passed_on_or_answered_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Sink::start(SinkOptions::default());
+    let with_dsn = Sink::start(SinkOptions {
+        dsn: true,
+        ..SinkOptions::default()
+    });
+    let without = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    for (domain, sink) in [
+        ("example.com", &internal),
+        ("dsn.test", &with_dsn),
+        ("plain.test", &without),
+    ] {
+        let hop = sink.addr().to_string();
+        cli(&db, &["route", "add", domain, &hop, "--tls", "none"]);
+    }
+    let mut server = Server::start(&db);
+    let mut c = common::Client::connect(server.addr());
+    c.reply();
+    assert!(c.expect("EHLO client.test", "250").contains("250-DSN"));
+    c.expect(
+        "MAIL FROM:<alice@example.com> RET=HDRS ENVID=QQ+20314",
+        "250 2.1.0",
+    );
+    for rcpt in [
+        "RCPT TO:<a@dsn.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@dsn.test",
+        "RCPT TO:<b@plain.test> NOTIFY=SUCCESS ORCPT=rfc822;Orig+2Bb@plain.test",
+        "RCPT TO:<perm1@plain.test> NOTIFY=NEVER",
+        "RCPT TO:<perm2@plain.test> NOTIFY=FAILURE ORCPT=rfc822;perm2@plain.test",
+        "RCPT TO:<ok@plain.test>",
+    ] {
+        c.expect(rcpt, "250 2.1.5");
+    }
+    c.expect("DATA", "354");
+    c.expect(
+        "Subject: dsn\r\nMessage-ID: <dsn-1@example.com>\r\n\r\nfirst body line\r\n.",
+        "250 2.0.0",
+    );
+
+    // Passed on whole to the hop that offers DSN.
+    let got = with_dsn.wait_for(1, WAIT);
+    assert_eq!(got[0].mail_dsn, "RET=HDRS ENVID=QQ+20314");
+    assert_eq!(got[0].rcpts, ["a@dsn.test"]);
+    assert_eq!(
+        got[0].rcpt_params,
+        ["NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@dsn.test"]
+    );
+    // None of it to the hop that does not (the sink would refuse it).
+    let got = without.wait_for(1, WAIT);
+    let mut rcpts = got[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["b@plain.test", "ok@plain.test"]);
+
+    // One notice: perm2 failed, b relayed; nothing of perm1 (NEVER), of
+    // ok (no NOTIFY: failures only) or of a (the next hop answers for it).
+    eventually("queue empty", || !queue_show(&db).contains("queued"));
+    let notices = internal.wait_for(1, WAIT);
+    assert_eq!(notices.len(), 1, "one notice");
+    let notice = &notices[0];
+    assert_eq!(
+        (notice.mail_from.as_str(), notice.rcpts.as_slice()),
+        ("", &["alice@example.com".to_string()][..])
+    );
+    let text = notice.body_str();
+    let parsed = MessageParser::default()
+        .parse(&notice.body)
+        .expect("notice parses");
+    assert_eq!(
+        parsed.subject(),
+        Some("Undelivered Mail Returned to Sender")
+    );
+    assert!(text.contains("Original-Envelope-Id: QQ 314"), "{text}");
+    assert!(
+        text.contains("Original-Recipient: rfc822;Orig+b@plain.test\r\nFinal-Recipient: rfc822; b@plain.test\r\nAction: relayed\r\nStatus: 2.0.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Original-Recipient: rfc822;perm2@plain.test\r\nFinal-Recipient: rfc822; perm2@plain.test\r\nAction: failed\r\nStatus: 5.1.1"),
+        "{text}"
+    );
+    for absent in ["perm1@", "ok@plain.test", "a@dsn.test", "first body line"] {
+        assert!(!text.contains(absent), "{absent} in {text}");
+    }
+
+    // RET=FULL: the failed message comes back whole.
+    c.expect("MAIL FROM:<alice@example.com> RET=FULL", "250 2.1.0");
+    c.expect("RCPT TO:<perm3@plain.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.expect("Subject: whole\r\n\r\nsecond body line\r\n.", "250 2.0.0");
+    let notices = internal.wait_for(2, WAIT);
+    let text = notices[1].body_str();
+    assert!(text.contains("Content-Type: message/rfc822"), "{text}");
+    assert!(text.contains("second body line"), "{text}");
+
+    // Success alone: a notice that is not a bounce, and says so in the log.
+    c.expect("MAIL FROM:<alice@example.com>", "250 2.1.0");
+    c.expect("RCPT TO:<c@plain.test> NOTIFY=SUCCESS", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.expect("Subject: told\r\n\r\nthird\r\n.", "250 2.0.0");
+    let notices = internal.wait_for(3, WAIT);
+    let parsed = MessageParser::default()
+        .parse(&notices[2].body)
+        .expect("notice parses");
+    assert_eq!(parsed.subject(), Some("Successful Mail Delivery Report"));
+    assert!(notices[2].body_str().contains("Action: relayed"));
+    server.wait_for("as NOTIFY=SUCCESS asked", WAIT);
+    c.expect("QUIT", "221");
+    assert_eq!(server.terminate().code(), Some(0));
+}

@@ -5,8 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
 use relaygate::delivery::dsn::{
-    BounceInput, DsnAction, FailedRecipient, build_bounce, count_received, is_bounce,
+    BounceInput, DsnAction, ReportedRecipient, build_bounce, count_received, is_bounce,
 };
+use relaygate::smtp::dsn_params::OriginalRecipient;
 
 const BODY_MARKER: &str = "SECRET BODY LINE";
 
@@ -29,17 +30,27 @@ fn failed(
     status: &str,
     diagnostic: Option<&str>,
     mta: Option<&str>,
-) -> FailedRecipient {
-    FailedRecipient {
+) -> ReportedRecipient {
+    ReportedRecipient {
         address: address.into(),
         status: status.into(),
         diagnostic: diagnostic.map(Into::into),
         remote_mta: mta.map(Into::into),
         action: DsnAction::Failed,
+        original_recipient: None,
     }
 }
 
-fn bounce(original: &[u8], recipients: &[FailedRecipient]) -> Vec<u8> {
+fn bounce(original: &[u8], recipients: &[ReportedRecipient]) -> Vec<u8> {
+    notice(original, recipients, None, false)
+}
+
+fn notice(
+    original: &[u8],
+    recipients: &[ReportedRecipient],
+    envid: Option<&str>,
+    return_full: bool,
+) -> Vec<u8> {
     build_bounce(&BounceInput {
         reporting_mta: "gw.example.com",
         original_id: "0000ABC",
@@ -49,6 +60,8 @@ fn bounce(original: &[u8], recipients: &[FailedRecipient]) -> Vec<u8> {
         original,
         recipients,
         message_id_domain: "example.com",
+        envid,
+        return_full,
     })
 }
 
@@ -60,6 +73,11 @@ fn parse(raw: &[u8]) -> Message<'_> {
 
 /// The three parts of a multipart/report, checked for their types.
 fn report_parts<'a>(m: &'a Message<'a>) -> [&'a MessagePart<'a>; 3] {
+    report_parts_returning(m, ("text", "rfc822-headers"))
+}
+
+/// The same, with the third part of the given type.
+fn report_parts_returning<'a>(m: &'a Message<'a>, third: (&str, &str)) -> [&'a MessagePart<'a>; 3] {
     let ct = m.content_type().expect("a Content-Type");
     assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
     assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
@@ -83,7 +101,7 @@ fn report_parts<'a>(m: &'a Message<'a>) -> [&'a MessagePart<'a>; 3] {
         [
             ("text".to_string(), "plain".to_string()),
             ("message".to_string(), "delivery-status".to_string()),
-            ("text".to_string(), "rfc822-headers".to_string()),
+            (third.0.to_string(), third.1.to_string()),
         ]
     );
     [parts[0], parts[1], parts[2]]
@@ -132,7 +150,7 @@ fn assert_wire_safe(raw: &[u8]) {
     }
 }
 
-fn two_recipients() -> Vec<FailedRecipient> {
+fn two_recipients() -> Vec<ReportedRecipient> {
     vec![
         failed(
             "bob@far.test",
@@ -301,6 +319,8 @@ fn remote_text_cannot_inject_lines() {
         original: &original(),
         recipients: &[evil],
         message_id_domain: "example.com",
+        envid: Some("id\r\nX-Injected: yes"),
+        return_full: false,
     });
     assert_wire_safe(&raw);
     let text = String::from_utf8(raw.clone()).expect("ASCII");
@@ -467,4 +487,73 @@ fn boundary_never_occurs_in_the_original() {
         .expect("a boundary");
     assert_ne!(third, boundary);
     report_parts(&m);
+}
+
+#[test]
+fn relayed_notice_with_envid_and_original_recipient() {
+    let mut relayed = failed(
+        "bob@far.test",
+        "2.0.0",
+        Some("250 2.0.0 Ok: queued as 7"),
+        Some("mx1.far.test"),
+    );
+    relayed.action = DsnAction::Relayed;
+    relayed.original_recipient = OriginalRecipient::parse("rfc822;Bob+2Bsales@far.test");
+    let raw = notice(&original(), &[relayed], Some("QQ 314"), false);
+    assert_wire_safe(&raw);
+    let m = parse(&raw);
+    assert_eq!(m.subject(), Some("Successful Mail Delivery Report"));
+    let [text, report, headers] = report_parts(&m);
+    assert!(
+        text.text_contents()
+            .expect("text")
+            .contains("handed on to the next mail server")
+    );
+    let groups = status_groups(report);
+    assert_eq!(field(&groups[0], "Original-Envelope-Id"), Some("QQ 314"));
+    assert_eq!(
+        field(&groups[1], "Original-Recipient"),
+        Some("rfc822;Bob+sales@far.test")
+    );
+    assert_eq!(
+        field(&groups[1], "Final-Recipient"),
+        Some("rfc822; bob@far.test")
+    );
+    assert_eq!(field(&groups[1], "Action"), Some("relayed"));
+    assert_eq!(field(&groups[1], "Status"), Some("2.0.0"));
+    // A notice of success returns headers, never the body.
+    assert!(!String::from_utf8_lossy(headers.contents()).contains(BODY_MARKER));
+}
+
+#[test]
+fn ret_full_returns_a_small_seven_bit_message_whole_and_others_as_headers() {
+    let failures = two_recipients();
+    let raw = notice(&original(), &failures, None, true);
+    assert_wire_safe(&raw);
+    let m = parse(&raw);
+    let [_, _, returned] = report_parts_returning(&m, ("message", "rfc822"));
+    let PartType::Message(inner) = &returned.body else {
+        panic!("the original as a message/rfc822 part");
+    };
+    assert_eq!(inner.subject(), Some("quarterly figures"));
+    assert!(String::from_utf8_lossy(&raw).contains(BODY_MARKER));
+
+    // Too large, or 8-bit: its headers only, as without RET=FULL.
+    let mut large = original();
+    large.extend(b"x".repeat(998).iter().chain(b"\r\n").cycle().take(60_000));
+    large.extend_from_slice(b"\r\n");
+    let mut eight_bit = original();
+    eight_bit.extend_from_slice("caf\u{e9}\r\n".as_bytes());
+    for o in [large, eight_bit] {
+        let raw = notice(&o, &failures, None, true);
+        assert_wire_safe(&raw);
+        let m = parse(&raw);
+        let [_, _, headers] = report_parts(&m);
+        assert!(!String::from_utf8_lossy(headers.contents()).contains(BODY_MARKER));
+    }
+    // Success alone never returns the body, whatever RET says.
+    let mut relayed = failed("bob@far.test", "2.0.0", None, None);
+    relayed.action = DsnAction::Relayed;
+    let raw = notice(&original(), &[relayed], None, true);
+    assert!(!String::from_utf8_lossy(&raw).contains(BODY_MARKER));
 }

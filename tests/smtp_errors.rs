@@ -210,7 +210,7 @@ fn commands_out_of_sequence_unknown_and_informational() {
     c.expect("MAIL FROM:<a@example.com> SIZE=ten", "501 5.5.4");
     c.expect("MAIL FROM:<a@example.com>", "250 2.1.0");
     c.expect("MAIL FROM:<a@example.com>", "503 5.5.1");
-    c.expect("RCPT TO:<b@example.com> NOTIFY=NEVER", "555 5.5.4");
+    c.expect("RCPT TO:<b@example.com> XRCPT=1", "555 5.5.4");
     c.expect("RCPT TO:<>", "501 5.5.4");
     // No recipient accepted yet.
     c.expect("DATA", "503 5.5.1");

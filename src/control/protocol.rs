@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// Bumped whenever a message changes incompatibly (3: the spool-space
-/// event, which an older console could not read).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// event, which an older console could not read; 4: the success-notice
+/// event).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).
@@ -369,6 +370,11 @@ mod tests {
                 bounce_id: "DEF".into(),
                 to: "a@example.com".into(),
             },
+            Event::SuccessNoticed {
+                message_id: "ABC".into(),
+                notice_id: "DEF".into(),
+                to: "a@example.com".into(),
+            },
             Event::Error {
                 session: None,
                 message: "x".into(),
@@ -416,6 +422,7 @@ mod tests {
                 | Event::MessageAccepted { .. }
                 | Event::Delivery { .. }
                 | Event::Bounced { .. }
+                | Event::SuccessNoticed { .. }
                 | Event::Error { .. }
                 | Event::ClientBanned { .. }
                 | Event::ProxyRefused { .. }

@@ -12,6 +12,7 @@
 use super::hop::{Broken, Extensions, HopConnection};
 use super::reply::Reply;
 use super::{RouteAuth, TlsMode};
+use crate::smtp::dsn_params::{MessageDsn, RecipientDsn};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -32,28 +33,20 @@ pub struct Target {
 pub enum Outcome {
     Delivered {
         reply: String,
+        /// The next hop offers DSN and was given the recipient's DSN
+        /// requests: notices are its business from here (RFC 3461 4.2).
+        dsn_passed: bool,
     },
     /// 4xx, or trouble on the connection: try again later.
-    Temporary {
-        reply: String,
-    },
+    Temporary { reply: String },
     /// 5xx: bounce. `status` is the enhanced status code.
-    Permanent {
-        reply: String,
-        status: String,
-    },
+    Permanent { reply: String, status: String },
     /// Refused here, before anything was sent (the next hop's SIZE, no
     /// SMTPUTF8): a bounce like `Permanent`, but no word of the next hop's.
-    NotSent {
-        reply: String,
-        status: String,
-    },
+    NotSent { reply: String, status: String },
     /// Not tried: the route's send rate is used up until `until` (Unix
     /// seconds). Not an attempt, not an error: the message waits.
-    Waiting {
-        until: i64,
-        reply: String,
-    },
+    Waiting { until: i64, reply: String },
 }
 
 impl Outcome {
@@ -63,7 +56,10 @@ impl Outcome {
     fn of(reply: &Reply) -> Outcome {
         let text = reply.one_line();
         match reply.class() {
-            2 => Outcome::Delivered { reply: text },
+            2 => Outcome::Delivered {
+                reply: text,
+                dsn_passed: false,
+            },
             5 => Outcome::Permanent {
                 status: enhanced_status(&text).unwrap_or_else(|| "5.0.0".into()),
                 reply: text,
@@ -354,6 +350,28 @@ pub struct Envelope<'a> {
     pub body: &'a [u8],
     /// The message needs SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// What the client asked to be told (RFC 3461), passed on to a next
+    /// hop that offers DSN.
+    pub dsn: DsnRequests<'a>,
+}
+
+/// The DSN requests of a message and of its recipients (looked up by
+/// address, so that a subset of the recipients finds its own).
+#[derive(Debug, Clone, Copy)]
+pub struct DsnRequests<'a> {
+    pub message: &'a MessageDsn,
+    /// [`crate::spool::NewMessage::dsn_asked`].
+    pub recipients: &'a HashMap<&'a str, &'a RecipientDsn>,
+}
+
+impl DsnRequests<'_> {
+    /// RCPT's DSN parameters for this address, with leading spaces.
+    fn rcpt_params(&self, address: &str) -> String {
+        self.recipients
+            .get(address)
+            .map(|r| r.rcpt_params())
+            .unwrap_or_default()
+    }
 }
 
 /// The connection failed before the server answered MAIL.
@@ -426,8 +444,26 @@ fn downgrade_aside(body: &[u8]) -> super::seven_bit::Conversion {
 /// wait for the retry.
 const MORE_TRANSACTIONS: usize = 20;
 
-/// MAIL, every RCPT, DATA: one outcome per recipient.
+/// MAIL, every RCPT, DATA: one outcome per recipient. A recipient the
+/// next hop took with its DSN requests is marked so.
 async fn transaction(
+    config: &ClientConfig,
+    hop: &mut Hop,
+    message: Envelope<'_>,
+) -> Result<Vec<Outcome>, Stale> {
+    let dsn = hop.ext.dsn;
+    let mut outcomes = one_transaction(config, hop, message).await?;
+    if dsn {
+        for o in &mut outcomes {
+            if let Outcome::Delivered { dsn_passed, .. } = o {
+                *dsn_passed = true;
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+async fn one_transaction(
     config: &ClientConfig,
     hop: &mut Hop,
     message: Envelope<'_>,
@@ -437,6 +473,7 @@ async fn transaction(
         recipients,
         body,
         smtputf8,
+        dsn,
     } = message;
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
@@ -494,10 +531,19 @@ async fn transaction(
     } else {
         ""
     };
-    let mail = format!("MAIL FROM:<{sender}>{size_param}{body_param}{utf8_param}\r\n");
+    let (dsn_param, dsn) = if hop.ext.dsn {
+        (dsn.message.mail_params(), Some(dsn))
+    } else {
+        (String::new(), None)
+    };
+    let rcpt_line = |r: &str| {
+        let params = dsn.map(|d| d.rcpt_params(r)).unwrap_or_default();
+        format!("RCPT TO:<{r}>{params}\r\n")
+    };
+    let mail = format!("MAIL FROM:<{sender}>{size_param}{body_param}{utf8_param}{dsn_param}\r\n");
     let conn = &mut hop.conn;
     if hop.ext.pipelining {
-        return pipelined(t, conn, mail, recipients, body).await;
+        return pipelined(t, conn, mail, recipients, &rcpt_line, body).await;
     }
     let mail_reply = conn
         .command(&mail, "MAIL FROM")
@@ -514,7 +560,7 @@ async fn transaction(
     }
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(recipients.len());
     for r in recipients {
-        match conn.command(&format!("RCPT TO:<{r}>\r\n"), "RCPT TO").await {
+        match conn.command(&rcpt_line(r), "RCPT TO").await {
             Ok(reply) if reply.code == 421 => {
                 return Ok(cut_short(outcomes, recipients.len(), Outcome::of(&reply)));
             }
@@ -547,7 +593,7 @@ async fn transaction(
 /// not SMTP, and so temporary).
 fn temporary_unless_permanent(reply: &Reply) -> Outcome {
     match Outcome::of(reply) {
-        Outcome::Delivered { reply } => Outcome::Temporary { reply },
+        Outcome::Delivered { reply, .. } => Outcome::Temporary { reply },
         o => o,
     }
 }
@@ -581,9 +627,9 @@ async fn pipelined(
     conn: &mut HopConnection,
     mail: String,
     recipients: &[String],
+    rcpt_line: &(dyn Fn(&str) -> String + Sync),
     body: &[u8],
 ) -> Result<Vec<Outcome>, Stale> {
-    use std::fmt::Write;
     let all = |o: Outcome| vec![o; recipients.len()];
     // In groups of PIPELINE_BATCH recipients, their replies read before
     // the next group goes: thousands of commands written at once could
@@ -594,7 +640,7 @@ async fn pipelined(
     let batches = recipients.len().div_ceil(PIPELINE_BATCH).max(1);
     for (k, batch) in recipients.chunks(PIPELINE_BATCH).enumerate() {
         for r in batch {
-            let _ = write!(commands, "RCPT TO:<{r}>\r\n");
+            commands.push_str(&rcpt_line(r));
         }
         if k + 1 == batches {
             commands.push_str("DATA\r\n");
@@ -834,7 +880,7 @@ pub(super) fn one_line(s: &str) -> String {
 }
 
 /// The first `d.d.d` enhanced status code in a reply text.
-fn enhanced_status(text: &str) -> Option<String> {
+pub(super) fn enhanced_status(text: &str) -> Option<String> {
     text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ':')
         .find(|w| {
             let parts: Vec<&str> = w.split('.').collect();

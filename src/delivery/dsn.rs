@@ -1,6 +1,7 @@
-//! Delivery status notifications: the bounce (and the optional delay
-//! warning) sent to the original sender, as RFC 3464 `multipart/report;
-//! report-type=delivery-status` (RFC 6522) with RFC 3461 field names.
+//! Delivery status notifications: the bounce, the "relayed" notice a
+//! sender asked for with `NOTIFY=SUCCESS` (RFC 3461), and the optional
+//! delay warning, sent to the original sender as RFC 3464
+//! `multipart/report; report-type=delivery-status` (RFC 6522).
 //!
 //! Pure: the stored message and what happened to its recipients in, the
 //! whole notification out (CRLF lines, ready to spool with the null sender
@@ -9,12 +10,16 @@
 //! break the 998-octet line limit, nor make the message 8-bit.
 //!
 //! The original message is returned as its header section only
-//! (`text/rfc822-headers`), never its body: a bounce must not mail a
-//! message's content to whoever forged its sender, and must stay small.
+//! (`text/rfc822-headers`): a bounce must not mail a message's content to
+//! whoever forged its sender, and must stay small. Only a sender that
+//! asked with `RET=FULL` gets a failed message back whole, and only when
+//! it is small 7-bit text ([`RETURN_FULL_MAX`], as Postfix's
+//! `bounce_size_limit`); otherwise its headers, as for everyone.
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::smtp::dsn_params::OriginalRecipient;
 use crate::smtp::trace_header::rfc5322_date;
 
 /// What happened to a recipient, as a DSN's `Action:` field says it.
@@ -24,6 +29,9 @@ pub enum DsnAction {
     Failed,
     /// Not delivered yet and still being retried (a delay warning).
     Delayed,
+    /// Handed to a next hop that does not offer DSN, for a recipient
+    /// whose NOTIFY asked for success (RFC 3461 4.2, RFC 3464 2.3.3).
+    Relayed,
 }
 
 impl DsnAction {
@@ -32,13 +40,14 @@ impl DsnAction {
         match self {
             DsnAction::Failed => "failed",
             DsnAction::Delayed => "delayed",
+            DsnAction::Relayed => "relayed",
         }
     }
 }
 
 /// One recipient a notification reports on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct ReportedRecipient {
     /// The recipient address, without angle brackets.
     pub address: String,
     /// Enhanced status code (RFC 3463), e.g. `5.1.1`; an invalid one is
@@ -50,6 +59,8 @@ pub struct FailedRecipient {
     /// Host name of the MTA that answered.
     pub remote_mta: Option<String>,
     pub action: DsnAction,
+    /// The client's ORCPT, returned as `Original-Recipient`.
+    pub original_recipient: Option<OriginalRecipient>,
 }
 
 /// Everything a notification is built from.
@@ -66,11 +77,19 @@ pub struct BounceInput<'a> {
     pub now: SystemTime,
     /// The stored message (headers and body).
     pub original: &'a [u8],
-    /// At least one; `Failed` and `Delayed` may be mixed.
-    pub recipients: &'a [FailedRecipient],
+    /// At least one; the actions may be mixed.
+    pub recipients: &'a [ReportedRecipient],
     /// Domain of the notification's own Message-ID.
     pub message_id_domain: &'a str,
+    /// The client's ENVID, returned as `Original-Envelope-Id`.
+    pub envid: Option<&'a str>,
+    /// The client asked for the whole message back (`RET=FULL`).
+    pub return_full: bool,
 }
+
+/// The largest message `RET=FULL` returns whole in a failure notice (as
+/// Postfix's `bounce_size_limit`); a larger one is returned as headers.
+pub const RETURN_FULL_MAX: usize = 50_000;
 
 /// Lines are kept to this length where a space allows it.
 const SOFT_LINE: usize = 78;
@@ -82,6 +101,8 @@ const MAX_DIAGNOSTIC: usize = 2000;
 const MAX_ADDRESS: usize = 512;
 /// RFC 1035: a host name is at most 255 octets.
 const MAX_HOST: usize = 255;
+/// Longest ENVID written (RFC 3461 allows 100 octets of xtext).
+const MAX_ENVID: usize = 100;
 /// Longest queue id written (in headers, the Message-ID and the boundary).
 const MAX_ID: usize = 24;
 
@@ -98,16 +119,23 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     let recipients: Vec<Recipient> = input.recipients.iter().map(Recipient::new).collect();
     let any_failed =
         recipients.is_empty() || recipients.iter().any(|r| r.action == DsnAction::Failed);
+    let any_delayed = recipients.iter().any(|r| r.action == DsnAction::Delayed);
     let subject = if any_failed {
         "Undelivered Mail Returned to Sender"
-    } else {
+    } else if any_delayed {
         "Delayed Mail (still being retried)"
+    } else {
+        "Successful Mail Delivery Report"
     };
 
     let notification = notification_text(&mta, &id, input.arrival, &recipients);
     let report = delivery_status(&mta, &id, input, &recipients);
-    let header_lines = header_lines(input.original);
-    let (headers_part, transfer_encoding) = rfc822_headers(&header_lines);
+    let whole = any_failed && input.return_full && returnable_whole(input.original);
+    let (headers_part, transfer_encoding) = if whole {
+        (String::from_utf8_lossy(input.original).into_owned(), "7bit")
+    } else {
+        rfc822_headers(&header_lines(input.original))
+    };
     // Only what goes into the bounce needs checking: the original's header
     // section (never its body, which may be 25 MB and crafted to hold
     // candidate boundaries) and our own two parts (which carry remote text).
@@ -154,8 +182,15 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     m.push_str(&report);
 
     m.push_str(&format!("\r\n--{boundary}\r\n"));
-    m.push_str("Content-Description: Undelivered Message Headers\r\n");
-    m.push_str("Content-Type: text/rfc822-headers\r\n");
+    m.push_str(match (whole, any_failed) {
+        (true, _) => "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n",
+        (false, true) => {
+            "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n"
+        }
+        (false, false) => {
+            "Content-Description: Message Headers\r\nContent-Type: text/rfc822-headers\r\n"
+        }
+    });
     m.push_str(&format!(
         "Content-Transfer-Encoding: {transfer_encoding}\r\n\r\n"
     ));
@@ -163,6 +198,18 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
 
     m.push_str(&format!("\r\n--{boundary}--\r\n"));
     m.into_bytes()
+}
+
+/// Whether a message can go back whole inside a notice: small, 7-bit,
+/// no line over 998 octets, CRLF line ends only, and ending in CRLF.
+fn returnable_whole(message: &[u8]) -> bool {
+    message.len() <= RETURN_FULL_MAX
+        && message.ends_with(b"\r\n")
+        && message.is_ascii()
+        && message.split(|&b| b == b'\n').all(|line| {
+            let text = line.strip_suffix(b"\r").unwrap_or(line);
+            text.len() <= HARD_LINE && !text.contains(&b'\r') && !text.contains(&0)
+        })
 }
 
 /// Whether a message is itself a notification or otherwise automatic
@@ -208,10 +255,12 @@ struct Recipient {
     diagnostic: Option<String>,
     remote_mta: Option<String>,
     action: DsnAction,
+    /// `type;address`, cleaned.
+    original: Option<String>,
 }
 
 impl Recipient {
-    fn new(r: &FailedRecipient) -> Recipient {
+    fn new(r: &ReportedRecipient) -> Recipient {
         let (address_type, address) = dsn_address(&r.address);
         Recipient {
             address_type,
@@ -224,6 +273,13 @@ impl Recipient {
                 .filter(|d| !d.is_empty()),
             remote_mta: r.remote_mta.as_deref().and_then(host_token),
             action: r.action,
+            original: r.original_recipient.as_ref().map(|o| {
+                format!(
+                    "{};{}",
+                    clean_text(&o.addr_type, 32),
+                    clean_text(&o.address, MAX_ADDRESS)
+                )
+            }),
         }
     }
 
@@ -272,6 +328,24 @@ fn notification_text(mta: &str, id: &str, arrival: SystemTime, rcpts: &[Recipien
         }
         t.push_str("\r\n");
     }
+    let relayed: Vec<&Recipient> = rcpts
+        .iter()
+        .filter(|r| r.action == DsnAction::Relayed)
+        .collect();
+    if !relayed.is_empty() {
+        para(
+            &mut t,
+            "Your message was handed on to the next mail server for the \
+             following recipients, as you asked to be told. That server does \
+             not offer delivery notifications, so this is the last notice \
+             from the mail system unless another system reports an error.",
+        );
+        for r in relayed {
+            t.push_str(&wrap(&r.explanation(), 0, 4).join("\r\n    "));
+            t.push_str("\r\n");
+        }
+        t.push_str("\r\n");
+    }
     if !delayed.is_empty() {
         para(
             &mut t,
@@ -301,6 +375,12 @@ fn notification_text(mta: &str, id: &str, arrival: SystemTime, rcpts: &[Recipien
 /// Part 2: the machine-readable report (RFC 3464 2.2 and 2.3).
 fn delivery_status(mta: &str, id: &str, input: &BounceInput<'_>, rcpts: &[Recipient]) -> String {
     let mut r = String::new();
+    if let Some(envid) = input.envid {
+        r.push_str(&fold_field(
+            "Original-Envelope-Id: ",
+            &clean_text(envid, MAX_ENVID),
+        ));
+    }
     r.push_str(&format!("Reporting-MTA: dns; {mta}\r\n"));
     r.push_str(&format!("X-Relaygate-Queue-ID: {id}\r\n"));
     r.push_str(&format!(
@@ -310,6 +390,9 @@ fn delivery_status(mta: &str, id: &str, input: &BounceInput<'_>, rcpts: &[Recipi
     let last_attempt = rfc5322_date(input.now);
     for rc in rcpts {
         r.push_str("\r\n");
+        if let Some(original) = &rc.original {
+            r.push_str(&fold_field("Original-Recipient: ", original));
+        }
         r.push_str(&format!(
             "Final-Recipient: {}; {}\r\n",
             rc.address_type, rc.address
@@ -566,6 +649,7 @@ fn status_code(s: &str, action: DsnAction) -> String {
         match action {
             DsnAction::Failed => "5.0.0".into(),
             DsnAction::Delayed => "4.0.0".into(),
+            DsnAction::Relayed => "2.0.0".into(),
         }
     }
 }

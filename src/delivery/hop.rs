@@ -27,6 +27,8 @@ pub struct Extensions {
     pub starttls: bool,
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
+    /// DSN (RFC 3461): NOTIFY, ORCPT, RET and ENVID are taken.
+    pub dsn: bool,
     /// SIZE's limit; `Some(0)` is "no fixed limit" (RFC 1870).
     pub size: Option<u64>,
     pub auth_plain: bool,
@@ -47,6 +49,7 @@ impl Extensions {
                 "STARTTLS" => ext.starttls = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
+                "DSN" => ext.dsn = true,
                 "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => {
                     for m in words {

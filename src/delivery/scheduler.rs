@@ -8,13 +8,14 @@
 //! again, and nothing is lost.
 
 use super::client::{ClientConfig, ConnectionPool, Outcome, Target};
-use super::dsn::{self, BounceInput, DsnAction, FailedRecipient};
+use super::dsn::{self, BounceInput, DsnAction, ReportedRecipient};
 use super::mx::MxResolver;
 use super::router::{NextHop, next_hop};
 use crate::engine::{Shared, Snapshot};
 use crate::events::{DeliveryOutcome, Event};
 use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
+use crate::smtp::dsn_params::Notify;
 use crate::spool::{
     NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
 };
@@ -434,6 +435,7 @@ fn stub_message(id: &str) -> StoredMessage {
         id: id.to_string(),
         received_at: now_secs(),
         message: crate::spool::NewMessage {
+            dsn: Default::default(),
             id: id.to_string(),
             sender: String::new(),
             recipients: Vec::new(),
@@ -843,6 +845,7 @@ async fn deliver_group(
     }
     let config = client_config(settings);
     let sender = message.message.sender.clone();
+    let dsn_asked = message.message.dsn_asked();
     let mut last_error = String::from("no host to try");
     for target in &targets {
         if let Ok(mut f) = d.in_flight.lock()
@@ -861,6 +864,10 @@ async fn deliver_group(
                     recipients: &rcpts,
                     body: &message.message.body,
                     smtputf8: message.message.smtputf8,
+                    dsn: super::client::DsnRequests {
+                        message: &message.message.dsn,
+                        recipients: &dsn_asked,
+                    },
                 },
             )
             .await
@@ -919,24 +926,49 @@ async fn record(
     let now = now_secs();
     let age = now - message.received_at;
     let mut updates = Vec::new();
+    // The recipients the notice to the sender reports: failures unless
+    // NOTIFY said otherwise, and deliveries to a next hop without DSN
+    // when NOTIFY asked for success (RFC 3461 4.1, 4.2).
     let mut failed = Vec::new();
+    let dsn_asked = message.message.dsn_asked();
     for (rcpt, outcome, host) in &results {
+        let asked = dsn_asked
+            .get(rcpt.as_str())
+            .map(|d| (*d).clone())
+            .unwrap_or_default();
         let (update, event_outcome, reply) = match outcome {
-            Outcome::Delivered { reply } => (
-                RecipientUpdate::Delivered,
-                DeliveryOutcome::Delivered,
-                reply.clone(),
-            ),
+            Outcome::Delivered { reply, dsn_passed } => {
+                if !dsn_passed && Notify::wants_success(asked.notify) {
+                    failed.push(ReportedRecipient {
+                        address: rcpt.clone(),
+                        status: super::client::enhanced_status(reply)
+                            .filter(|s| s.starts_with('2'))
+                            .unwrap_or_else(|| "2.0.0".into()),
+                        diagnostic: Some(reply.clone()),
+                        remote_mta: host.clone(),
+                        action: DsnAction::Relayed,
+                        original_recipient: asked.orcpt.clone(),
+                    });
+                }
+                (
+                    RecipientUpdate::Delivered,
+                    DeliveryOutcome::Delivered,
+                    reply.clone(),
+                )
+            }
             Outcome::Permanent { reply, status } | Outcome::NotSent { reply, status } => {
                 // A refusal of ours names no remote MTA (RFC 3464 2.3.5).
                 let said_by_host = matches!(outcome, Outcome::Permanent { .. });
-                failed.push(FailedRecipient {
-                    address: rcpt.clone(),
-                    status: status.clone(),
-                    diagnostic: Some(reply.clone()),
-                    remote_mta: host.clone().filter(|_| said_by_host),
-                    action: DsnAction::Failed,
-                });
+                if Notify::wants_failure(asked.notify) {
+                    failed.push(ReportedRecipient {
+                        address: rcpt.clone(),
+                        status: status.clone(),
+                        diagnostic: Some(reply.clone()),
+                        remote_mta: host.clone().filter(|_| said_by_host),
+                        action: DsnAction::Failed,
+                        original_recipient: asked.orcpt.clone(),
+                    });
+                }
                 (
                     RecipientUpdate::Failed {
                         error: reply.clone(),
@@ -950,13 +982,16 @@ async fn record(
                     "4.4.7 message expired after {} days in the queue; last error: {reply}",
                     age / 86_400
                 );
-                failed.push(FailedRecipient {
-                    address: rcpt.clone(),
-                    status: "4.4.7".into(),
-                    diagnostic: Some(text.clone()),
-                    remote_mta: host.clone(),
-                    action: DsnAction::Failed,
-                });
+                if Notify::wants_failure(asked.notify) {
+                    failed.push(ReportedRecipient {
+                        address: rcpt.clone(),
+                        status: "4.4.7".into(),
+                        diagnostic: Some(text.clone()),
+                        remote_mta: host.clone(),
+                        action: DsnAction::Failed,
+                        original_recipient: asked.orcpt.clone(),
+                    });
+                }
                 (
                     RecipientUpdate::Failed {
                         error: text.clone(),
@@ -1000,11 +1035,21 @@ async fn record(
     }
     let bounce = bounce_for(settings, message, &failed);
     if let Some(b) = &bounce {
-        d.shared.events.emit(Event::Bounced {
-            message_id: message.id.clone(),
-            bounce_id: b.id.clone(),
-            to: message.message.sender.clone(),
-        });
+        let to = message.message.sender.clone();
+        let event = if failed.iter().any(|r| r.action == DsnAction::Failed) {
+            Event::Bounced {
+                message_id: message.id.clone(),
+                bounce_id: b.id.clone(),
+                to,
+            }
+        } else {
+            Event::SuccessNoticed {
+                message_id: message.id.clone(),
+                notice_id: b.id.clone(),
+                to,
+            }
+        };
+        d.shared.events.emit(event);
     }
     let op = SpoolOp::Attempt {
         message_id: message.id.clone(),
@@ -1041,30 +1086,38 @@ pub fn bounce_for_deleted(
     reader: &SpoolReader,
     message: &StoredMessage,
 ) -> rusqlite::Result<Option<NewMessage>> {
-    let queued: Vec<FailedRecipient> = reader
+    let dsn_asked = message.message.dsn_asked();
+    let queued: Vec<ReportedRecipient> = reader
         .listing()?
         .into_iter()
         .filter(|e| e.id == message.id)
         .flat_map(|e| e.recipients)
         .filter(|r| r.state == "queued")
-        .map(|r| FailedRecipient {
-            address: r.address,
-            status: "5.0.0".into(),
-            diagnostic: Some("deleted from the queue by the administrator".into()),
-            remote_mta: None,
-            action: DsnAction::Failed,
+        .filter_map(|r| {
+            let asked = dsn_asked
+                .get(r.address.as_str())
+                .map(|d| (*d).clone())
+                .unwrap_or_default();
+            Notify::wants_failure(asked.notify).then(|| ReportedRecipient {
+                address: r.address,
+                status: "5.0.0".into(),
+                diagnostic: Some("deleted from the queue by the administrator".into()),
+                remote_mta: None,
+                action: DsnAction::Failed,
+                original_recipient: asked.orcpt,
+            })
         })
         .collect();
     Ok(bounce_for(settings, message, &queued))
 }
 
-/// The bounce for permanently failed recipients, unless the sender is the
-/// null sender or the message is itself a bounce (never a bounce for a
-/// bounce).
+/// The notice for the recipients reported on (failed, or relayed to a
+/// next hop without DSN), unless the sender is the null sender or the
+/// message is itself a notice (never a bounce for a bounce).
 pub fn bounce_for(
     settings: &ServerSettings,
     message: &StoredMessage,
-    failed: &[FailedRecipient],
+    failed: &[ReportedRecipient],
 ) -> Option<NewMessage> {
     let sender = &message.message.sender;
     if failed.is_empty() || sender.is_empty() || dsn::is_bounce(&message.message.body) {
@@ -1080,13 +1133,17 @@ pub fn bounce_for(
         original: &message.message.body,
         recipients: failed,
         message_id_domain: &settings.hostname,
+        envid: message.message.dsn.envid.as_deref(),
+        return_full: message.message.dsn.ret == Some(crate::smtp::dsn_params::Ret::Full),
     });
     Some(NewMessage {
+        dsn: Default::default(),
         spilled: None,
         smtputf8: false,
         id,
         sender: String::new(),
         recipients: vec![SpoolRecipient {
+            dsn: Default::default(),
             address: sender.clone(),
             class: "bounce".into(),
             reason: format!("delivery status notification for {}", message.id),

@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod data;
+pub mod dsn_params;
 pub mod framer;
 pub mod proxy_header;
 pub mod reply;

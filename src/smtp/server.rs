@@ -796,6 +796,7 @@ fn reserve_quota(
     RecipientDecision {
         recipient: rd.recipient,
         decision: rd.decision.deferred(text, reason),
+        dsn: rd.dsn,
     }
 }
 
@@ -1101,6 +1102,7 @@ async fn store_message(
             },
             class: r.decision.class.to_string(),
             reason: r.decision.to_string(),
+            dsn: r.dsn.clone(),
         })
         .collect();
     let count = recipients.len();
@@ -1113,6 +1115,7 @@ async fn store_message(
         helo: t.helo.clone(),
         body,
         smtputf8: t.smtputf8,
+        dsn: t.dsn.clone(),
         spilled: spilled.map(|s| crate::spool::Spilled {
             path: s.path.clone(),
             len: s.len,

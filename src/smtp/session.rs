@@ -7,6 +7,7 @@
 
 use super::command::{Command, Param, parse_command};
 use super::data::{BareLineEnding, DataReader};
+use super::dsn_params::{self, MessageDsn, Notify, OriginalRecipient, RecipientDsn, Ret};
 use super::reply::Reply;
 use crate::bindings::BindKind;
 use crate::policy::address::{MailAddress, parse_forward_path, parse_reverse_path};
@@ -106,6 +107,8 @@ pub enum BodyType {
 pub struct RecipientDecision {
     pub recipient: MailAddress,
     pub decision: Decision,
+    /// What the client asked to be told about it (RFC 3461).
+    pub dsn: RecipientDsn,
 }
 
 /// A mail transaction, from MAIL to the end of DATA.
@@ -129,6 +132,8 @@ pub struct Transaction {
     /// `SMTPUTF8` was given with MAIL (RFC 6531): UTF-8 addresses and
     /// headers; the next hop must support it too.
     pub smtputf8: bool,
+    /// `RET` and `ENVID` (RFC 3461).
+    pub dsn: MessageDsn,
     /// The policy snapshot taken at MAIL: every RCPT of this transaction
     /// is decided by it, even if the policy is swapped meanwhile.
     pub policy: Arc<Policy>,
@@ -518,6 +523,7 @@ impl Session {
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
+            "DSN".into(),
         ]);
         if offered_starttls {
             lines.push("STARTTLS".into());
@@ -560,6 +566,7 @@ impl Session {
         let mut body_type = BodyType::default();
         let mut declared_size = None;
         let mut smtputf8 = false;
+        let mut dsn = MessageDsn::default();
         for param in params {
             let value = param.value.as_deref();
             match (param.keyword.as_str(), value) {
@@ -591,6 +598,34 @@ impl Session {
                 ("SMTPUTF8", None) if greeting.esmtp => smtputf8 = true,
                 ("SMTPUTF8", Some(_)) => {
                     return self.error(501, "5.5.4", "Bad SMTPUTF8 parameter: it takes no value");
+                }
+                // RFC 3461: what a failure notice returns, and the
+                // client's name for the transaction; each once.
+                ("RET", Some(v)) if dsn.ret.is_none() && greeting.esmtp => match Ret::parse(v) {
+                    Some(ret) => dsn.ret = Some(ret),
+                    None => return self.error(501, "5.5.4", "Bad RET parameter: FULL or HDRS"),
+                },
+                ("ENVID", Some(v)) if dsn.envid.is_none() && greeting.esmtp => {
+                    match dsn_params::parse_envid(v) {
+                        Some(envid) => dsn.envid = Some(envid),
+                        None => {
+                            return self.error(
+                                501,
+                                "5.5.4",
+                                "Bad ENVID parameter: xtext of printable ASCII, at most 100 characters",
+                            );
+                        }
+                    }
+                }
+                ("RET" | "ENVID", Some(_)) if greeting.esmtp => {
+                    return self.error(
+                        501,
+                        "5.5.4",
+                        format!("Duplicate {} parameter", param.keyword),
+                    );
+                }
+                ("RET" | "ENVID", None) => {
+                    return self.error(501, "5.5.4", format!("Bad {} parameter", param.keyword));
                 }
                 // RFC 4954 section 5: accepted; the submitter identity it
                 // names is not trusted, so it is dropped.
@@ -629,6 +664,7 @@ impl Session {
             body_type,
             declared_size,
             smtputf8,
+            dsn,
             policy: Arc::clone(policy),
         });
         vec![reply(250, "2.1.0", "Ok")]
@@ -638,9 +674,44 @@ impl Session {
         let Some(transaction) = &self.transaction else {
             return self.error(503, "5.5.1", "Error: need MAIL command");
         };
-        if let Some(param) = params.first() {
-            let text = format!("Unsupported parameter {}", param.keyword);
-            return self.error(555, "5.5.4", text);
+        let mut dsn = RecipientDsn::default();
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                // RFC 3461 4.1 and 4.2, each once.
+                ("NOTIFY", Some(v)) if dsn.notify.is_none() => match Notify::parse(v) {
+                    Some(n) => dsn.notify = Some(n),
+                    None => {
+                        return self.error(
+                            501,
+                            "5.5.4",
+                            "Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE and DELAY separated by commas",
+                        );
+                    }
+                },
+                ("ORCPT", Some(v)) if dsn.orcpt.is_none() => match OriginalRecipient::parse(v) {
+                    Some(o) => dsn.orcpt = Some(o),
+                    None => {
+                        return self.error(
+                            501,
+                            "5.5.4",
+                            "Bad ORCPT parameter: address type, ';' and the address in xtext",
+                        );
+                    }
+                },
+                ("NOTIFY" | "ORCPT", Some(_)) => {
+                    return self.error(
+                        501,
+                        "5.5.4",
+                        format!("Duplicate {} parameter", param.keyword),
+                    );
+                }
+                ("NOTIFY" | "ORCPT", None) => {
+                    return self.error(501, "5.5.4", format!("Bad {} parameter", param.keyword));
+                }
+                (keyword, _) => {
+                    return self.error(555, "5.5.4", format!("Unsupported parameter {keyword}"));
+                }
+            }
         }
         if transaction.recipients.len() >= self.params.limits.max_recipients {
             // Not a client error (RFC 5321 4.5.3.1.10): the client sends
@@ -677,6 +748,7 @@ impl Session {
         let decided = RecipientDecision {
             recipient,
             decision,
+            dsn,
         };
         let answer = Reply::from(&decided.decision.reply);
         if !decided.decision.is_allowed() {

@@ -12,8 +12,10 @@
 //! Offers PIPELINING (unless told not to), 8BITMIME, SIZE, ENHANCEDSTATUSCODES, and with the
 //! options STARTTLS (a self-signed rcgen certificate) and AUTH PLAIN LOGIN
 //! (then required before MAIL). MAIL parameters other than SIZE, BODY and
-//! AUTH, and any RCPT parameter, are refused with 555: the sink is strict
-//! so a client sending what was not offered gets caught.
+//! AUTH, and any RCPT parameter, are refused with 555 (with the `dsn`
+//! option, RET and ENVID on MAIL and NOTIFY and ORCPT on RCPT are taken
+//! and recorded): the sink is strict so a client sending what was not
+//! offered gets caught.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,6 +49,8 @@ pub struct SinkOptions {
     pub smtputf8: bool,
     /// Offer PIPELINING (RFC 2920).
     pub pipelining: bool,
+    /// Offer DSN (RFC 3461) and take its parameters.
+    pub dsn: bool,
 }
 
 impl Default for SinkOptions {
@@ -58,6 +62,7 @@ impl Default for SinkOptions {
             hostname: "sink.test".into(),
             smtputf8: false,
             pipelining: true,
+            dsn: false,
         }
     }
 }
@@ -91,6 +96,10 @@ pub struct SinkMessage {
     pub helo: String,
     /// MAIL carried SMTPUTF8.
     pub smtputf8: bool,
+    /// MAIL's DSN parameters (RET, ENVID) as sent, space-separated.
+    pub mail_dsn: String,
+    /// Each accepted recipient's parameters (NOTIFY, ORCPT) as sent.
+    pub rcpt_params: Vec<String>,
     /// When the message was accepted.
     pub at: std::time::Instant,
 }
@@ -403,14 +412,18 @@ struct Session {
     auth_user: Option<String>,
     mail_from: Option<String>,
     mail_smtputf8: bool,
+    mail_dsn: String,
     rcpts: Vec<String>,
+    rcpt_params: Vec<String>,
 }
 
 impl Session {
     fn reset_transaction(&mut self) {
         self.mail_smtputf8 = false;
+        self.mail_dsn.clear();
         self.mail_from = None;
         self.rcpts.clear();
+        self.rcpt_params.clear();
     }
 }
 
@@ -495,6 +508,9 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                 ]);
                 if ctx.options.smtputf8 {
                     ext.push("SMTPUTF8".into());
+                }
+                if ctx.options.dsn {
+                    ext.push("DSN".into());
                 }
                 if ctx.tls.is_some() && !s.tls {
                     ext.push("STARTTLS".into());
@@ -585,10 +601,12 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                                 params,
                                 ctx.options.max_size,
                                 ctx.options.smtputf8,
+                                ctx.options.dsn,
                             ) {
                                 Err(r) => w.reply(r),
-                                Ok(utf8) => {
+                                Ok((utf8, dsn)) => {
                                     s.mail_smtputf8 = utf8;
+                                    s.mail_dsn = dsn;
                                     s.mail_from = Some(from);
                                     w.reply("250 2.1.0 Ok");
                                 }
@@ -606,7 +624,12 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                     w.reply("501 5.5.4 Syntax: RCPT TO:<address>");
                     continue;
                 };
-                if !params.trim().is_empty() {
+                let dsn_only = params.split_ascii_whitespace().all(|p| {
+                    let key = p.split_once('=').map_or(p, |(k, _)| k);
+                    key.eq_ignore_ascii_case("NOTIFY") || key.eq_ignore_ascii_case("ORCPT")
+                });
+                let taken = params.trim().is_empty() || (ctx.options.dsn && dsn_only);
+                if !taken {
                     w.reply("555 5.5.4 Unsupported RCPT parameter");
                     continue;
                 }
@@ -631,6 +654,7 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                     w.reply("451 4.3.0 try later");
                 } else {
                     s.rcpts.push(rcpt);
+                    s.rcpt_params.push(params.trim().to_string());
                     w.reply("250 2.1.5 Ok");
                 }
             }
@@ -663,6 +687,8 @@ async fn serve(stream: TcpStream, id: u64, ctx: Arc<Ctx>) {
                         connection: id,
                         helo: s.helo.clone().unwrap_or_default(),
                         smtputf8: s.mail_smtputf8,
+                        mail_dsn: s.mail_dsn.clone(),
+                        rcpt_params: std::mem::take(&mut s.rcpt_params),
                         at: std::time::Instant::now(),
                     });
                     st.messages.len()
@@ -771,8 +797,14 @@ fn parse_path<'a>(arg: &'a str, keyword: &str) -> Option<(String, &'a str)> {
     Some((rest[..end].to_string(), &rest[end + 1..]))
 }
 
-fn check_mail_params(params: &str, max_size: usize, smtputf8: bool) -> Result<bool, &'static str> {
+fn check_mail_params(
+    params: &str,
+    max_size: usize,
+    smtputf8: bool,
+    dsn: bool,
+) -> Result<(bool, String), &'static str> {
     let mut utf8 = false;
+    let mut dsn_params: Vec<&str> = Vec::new();
     for p in params.split_ascii_whitespace() {
         let (key, value) = p.split_once('=').unwrap_or((p, ""));
         match key.to_ascii_uppercase().as_str() {
@@ -788,10 +820,11 @@ fn check_mail_params(params: &str, max_size: usize, smtputf8: bool) -> Result<bo
             }
             "AUTH" => {}
             "SMTPUTF8" if smtputf8 => utf8 = true,
+            "RET" | "ENVID" if dsn => dsn_params.push(p),
             _ => return Err("555 5.5.4 Unsupported MAIL parameter"),
         }
     }
-    Ok(utf8)
+    Ok((utf8, dsn_params.join(" ")))
 }
 
 /// The message after 354, dot-unstuffed: `None` if the connection ended,

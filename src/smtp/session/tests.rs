@@ -174,6 +174,7 @@ fn ehlo_advertises_extensions() {
         "250-SIZE 26214400\r\n",
         "250-8BITMIME\r\n",
         "250-ENHANCEDSTATUSCODES\r\n",
+        "250-DSN\r\n",
         "250-STARTTLS\r\n",
         "250 AUTH PLAIN LOGIN\r\n",
     ] {
@@ -226,6 +227,74 @@ fn starttls_is_not_offered_when_active_or_unavailable() {
     );
     assert!(!none.cmd("EHLO c", "250").contains("STARTTLS"));
     none.cmd("STARTTLS", "502 5.5.1");
+}
+
+#[test]
+fn dsn_parameters_are_checked_and_kept_with_the_transaction() {
+    let mut c = client();
+    c.cmd("EHLO client.test", "250");
+    c.cmd(
+        "MAIL FROM:<a@outside.test> RET=FULL RET=HDRS",
+        "501 5.5.4 Duplicate RET",
+    );
+    c.cmd("MAIL FROM:<a@outside.test> RET=BODY", "501 5.5.4 Bad RET");
+    c.cmd("MAIL FROM:<a@outside.test> ENVID", "501 5.5.4 Bad ENVID");
+    c.cmd(
+        "MAIL FROM:<a@outside.test> ENVID=a+0D+0Ab",
+        "501 5.5.4 Bad ENVID",
+    );
+    let long = "x".repeat(101);
+    c.cmd(
+        &format!("MAIL FROM:<a@outside.test> ENVID={long}"),
+        "501 5.5.4 Bad ENVID",
+    );
+    c.cmd(
+        "MAIL FROM:<a@outside.test> ret=hdrs ENVID=QQ+20314",
+        "250 2.1.0",
+    );
+    let t = c.session.transaction().expect("transaction open");
+    assert_eq!(t.dsn.ret, Some(dsn_params::Ret::Headers));
+    assert_eq!(t.dsn.envid.as_deref(), Some("QQ 314"));
+
+    c.cmd(
+        "RCPT TO:<bob@example.test> NOTIFY=NEVER,SUCCESS",
+        "501 5.5.4 Bad NOTIFY",
+    );
+    c.cmd(
+        "RCPT TO:<bob@example.test> NOTIFY=SUCCESS NOTIFY=FAILURE",
+        "501 5.5.4 Duplicate NOTIFY",
+    );
+    c.cmd(
+        "RCPT TO:<bob@example.test> ORCPT=bob@example.test",
+        "501 5.5.4 Bad ORCPT",
+    );
+    c.cmd(
+        "RCPT TO:<bob@example.test> ORCPT=rfc822;bob+0Ax@example.test",
+        "501 5.5.4 Bad ORCPT",
+    );
+    c.cmd("RCPT TO:<bob@example.test> FOO=BAR", "555 5.5.4");
+    c.cmd(
+        "RCPT TO:<bob@example.test> notify=failure,delay ORCPT=rfc822;Bob+2Bin@example.test",
+        "250 2.1.5",
+    );
+    c.cmd("RCPT TO:<carol@example.test>", "250 2.1.5");
+    let t = c.session.transaction().expect("transaction open");
+    let bob = &t.recipients[0].dsn;
+    assert_eq!(
+        bob.notify.map(dsn_params::Notify::as_param).as_deref(),
+        Some("FAILURE,DELAY")
+    );
+    let orcpt = bob.orcpt.as_ref().expect("ORCPT kept");
+    assert_eq!(
+        (orcpt.addr_type.as_str(), orcpt.address.as_str()),
+        ("rfc822", "Bob+in@example.test")
+    );
+    assert_eq!(t.recipients[1].dsn, dsn_params::RecipientDsn::default());
+
+    // DSN is an ESMTP extension: not after HELO.
+    let mut old = client();
+    old.cmd("HELO client.test", "250");
+    old.cmd("MAIL FROM:<a@outside.test> RET=HDRS", "555 5.5.4");
 }
 
 #[test]
@@ -315,7 +384,7 @@ fn mail_parameters() {
         "MAIL FROM:<a@outside.test> SIZE=1000 BODY=8BITMIME",
         "250 2.1.0",
     );
-    c.cmd("RCPT TO:<bob@example.test> NOTIFY=NEVER", "555 5.5.4");
+    c.cmd("RCPT TO:<bob@example.test> XRCPT=1", "555 5.5.4");
     c.cmd("RCPT TO:<bob@>", "501 5.1.3");
     c.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
     c.cmd("DATA", "354");

@@ -1,0 +1,345 @@
+//! The DSN extension's envelope parameters (RFC 3461): what a client asks
+//! to be told about its message. `RET` and `ENVID` come with MAIL,
+//! `NOTIFY` and `ORCPT` with each RCPT. They are checked here, stored with
+//! the message, passed on to a next hop that offers DSN, and followed by
+//! the notices relaygate sends itself (a bounce only if the recipient's
+//! NOTIFY asks for failures, a "relayed" notice when it asks for success
+//! and the next hop cannot take the request further).
+//!
+//! Values travel as xtext (RFC 3461 4): `+XX` for `+`, `=` and anything
+//! outside `!`..`~`. They are kept decoded, and only printable ASCII is
+//! taken, so a decoded value can never carry a line break into a notice.
+
+/// `RET`: how much of the message a failure notice returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// The whole message (`RET=FULL`), when it is small enough.
+    Full,
+    /// Its header section only (`RET=HDRS`).
+    Headers,
+}
+
+impl Ret {
+    pub fn parse(value: &str) -> Option<Ret> {
+        if value.eq_ignore_ascii_case("FULL") {
+            Some(Ret::Full)
+        } else if value.eq_ignore_ascii_case("HDRS") {
+            Some(Ret::Headers)
+        } else {
+            None
+        }
+    }
+
+    /// As the parameter and the spool write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Headers => "HDRS",
+        }
+    }
+}
+
+/// `NOTIFY`: when the sender wants a notice about a recipient. All three
+/// false is `NEVER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    /// `NEVER`, or a comma-separated list of `SUCCESS`, `FAILURE` and
+    /// `DELAY` (any case, each at most once; `NEVER` only alone).
+    pub fn parse(value: &str) -> Option<Notify> {
+        if value.eq_ignore_ascii_case("NEVER") {
+            return Some(Notify {
+                success: false,
+                failure: false,
+                delay: false,
+            });
+        }
+        let mut n = Notify {
+            success: false,
+            failure: false,
+            delay: false,
+        };
+        for word in value.split(',') {
+            let slot = if word.eq_ignore_ascii_case("SUCCESS") {
+                &mut n.success
+            } else if word.eq_ignore_ascii_case("FAILURE") {
+                &mut n.failure
+            } else if word.eq_ignore_ascii_case("DELAY") {
+                &mut n.delay
+            } else {
+                return None;
+            };
+            if *slot {
+                return None;
+            }
+            *slot = true;
+        }
+        Some(n)
+    }
+
+    /// As the parameter and the spool write it: `NEVER` or the list in
+    /// the order SUCCESS, FAILURE, DELAY.
+    pub fn as_param(self) -> String {
+        let words: Vec<&str> = [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, w)| *w)
+        .collect();
+        if words.is_empty() {
+            "NEVER".into()
+        } else {
+            words.join(",")
+        }
+    }
+
+    /// Whether a failure is reported: without NOTIFY, yes (RFC 3461 4.1).
+    pub fn wants_failure(notify: Option<Notify>) -> bool {
+        notify.is_none_or(|n| n.failure)
+    }
+
+    /// Whether a success is reported: only when asked for.
+    pub fn wants_success(notify: Option<Notify>) -> bool {
+        notify.is_some_and(|n| n.success)
+    }
+}
+
+/// `ORCPT`: the recipient as the sender first addressed it, reported in
+/// notices as `Original-Recipient`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalRecipient {
+    /// The address type, lower-cased (`rfc822`, `utf-8`, ...).
+    pub addr_type: String,
+    /// The address, decoded from xtext.
+    pub address: String,
+}
+
+impl OriginalRecipient {
+    /// `addr-type ";" xtext`, at most 500 characters (RFC 3461 4.2).
+    pub fn parse(value: &str) -> Option<OriginalRecipient> {
+        if value.len() > 500 {
+            return None;
+        }
+        let (kind, xtext) = value.split_once(';')?;
+        let atom = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
+        };
+        if !atom(kind) {
+            return None;
+        }
+        let address = xtext_decode(xtext)?;
+        if address.is_empty() {
+            return None;
+        }
+        Some(OriginalRecipient {
+            addr_type: kind.to_ascii_lowercase(),
+            address,
+        })
+    }
+
+    /// As the parameter writes it: `rfc822;` and the address in xtext.
+    pub fn as_param(&self) -> String {
+        format!("{};{}", self.addr_type, xtext_encode(&self.address))
+    }
+}
+
+/// `ENVID`: the sender's own name for the transaction, at most 100
+/// characters as sent (RFC 3461 4.4), returned in notices as
+/// `Original-Envelope-Id`. Decoded.
+pub fn parse_envid(value: &str) -> Option<String> {
+    if value.is_empty() || value.len() > 100 {
+        return None;
+    }
+    xtext_decode(value)
+}
+
+/// Decodes xtext; `None` if it is not xtext, or if what it decodes to is
+/// not printable ASCII (a space is printable; CR, LF and NUL are not).
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                // Upper-case hex only (RFC 3461 4: HEXCHAR); lower case
+                // is taken too, as real clients send it.
+                if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let v = u8::from_str_radix(hex, 16).ok()?;
+                if !(0x20..=0x7e).contains(&v) {
+                    return None;
+                }
+                out.push(char::from(v));
+                i += 3;
+            }
+            b'!'..=b'~' if b != b'=' => {
+                out.push(char::from(b));
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Encodes printable text as xtext (what [`xtext_decode`] takes back).
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What MAIL asked for (RFC 3461 4.3, 4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageDsn {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+}
+
+impl MessageDsn {
+    /// The parameters MAIL carries to a next hop that offers DSN, each
+    /// with its leading space.
+    pub fn mail_params(&self) -> String {
+        let mut p = String::new();
+        if let Some(ret) = self.ret {
+            p.push_str(" RET=");
+            p.push_str(ret.as_str());
+        }
+        if let Some(envid) = &self.envid {
+            p.push_str(" ENVID=");
+            p.push_str(&xtext_encode(envid));
+        }
+        p
+    }
+}
+
+/// What one RCPT asked for (RFC 3461 4.1, 4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientDsn {
+    pub notify: Option<Notify>,
+    pub orcpt: Option<OriginalRecipient>,
+}
+
+impl RecipientDsn {
+    /// The parameters RCPT carries to a next hop that offers DSN, each
+    /// with its leading space.
+    pub fn rcpt_params(&self) -> String {
+        let mut p = String::new();
+        if let Some(n) = self.notify {
+            p.push_str(" NOTIFY=");
+            p.push_str(&n.as_param());
+        }
+        if let Some(o) = &self.orcpt {
+            p.push_str(" ORCPT=");
+            p.push_str(&o.as_param());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn notify_takes_never_alone_or_a_list_without_repeats() {
+        assert_eq!(
+            Notify::parse("NEVER").map(Notify::as_param),
+            Some("NEVER".into())
+        );
+        assert_eq!(
+            Notify::parse("delay,Success").map(Notify::as_param),
+            Some("SUCCESS,DELAY".into())
+        );
+        for bad in [
+            "",
+            "NEVER,SUCCESS",
+            "SUCCESS,SUCCESS",
+            "SUCCESS,",
+            "ALWAYS",
+            "SUCCESS FAILURE",
+        ] {
+            assert_eq!(Notify::parse(bad), None, "{bad:?}");
+        }
+        assert!(Notify::wants_failure(None));
+        assert!(!Notify::wants_success(None));
+        let never = Notify::parse("NEVER");
+        assert!(!Notify::wants_failure(never) && !Notify::wants_success(never));
+    }
+
+    #[test]
+    fn xtext_hides_plus_equals_and_spaces_and_refuses_line_breaks() {
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(xtext_decode("a+2Bb+3Dc+20d").as_deref(), Some("a+b=c d"));
+        assert_eq!(xtext_decode("x+0D+0AInjected: yes"), None);
+        assert_eq!(xtext_decode("x+00"), None);
+        assert_eq!(xtext_decode("a=b"), None);
+        assert_eq!(xtext_decode("a+2"), None);
+        assert_eq!(xtext_decode("a+G0"), None);
+        assert_eq!(xtext_decode("é"), None);
+    }
+
+    #[test]
+    fn orcpt_needs_a_type_and_an_address() {
+        let o = OriginalRecipient::parse("RFC822;bob+2Bsales@far.test").expect("valid");
+        assert_eq!(o.addr_type, "rfc822");
+        assert_eq!(o.address, "bob+sales@far.test");
+        assert_eq!(o.as_param(), "rfc822;bob+2Bsales@far.test");
+        for bad in ["bob@far.test", ";bob@far.test", "rfc822;", "rfc 822;a@b"] {
+            assert_eq!(OriginalRecipient::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            OriginalRecipient::parse(&format!("rfc822;{}", "a".repeat(500))),
+            None
+        );
+    }
+
+    #[test]
+    fn envid_is_at_most_100_characters_as_sent() {
+        assert_eq!(parse_envid(&"a".repeat(100)).map(|e| e.len()), Some(100));
+        assert_eq!(parse_envid(&"a".repeat(101)), None);
+        assert_eq!(parse_envid(""), None);
+        let dsn = MessageDsn {
+            ret: Some(Ret::Headers),
+            envid: Some("QQ 314+1".into()),
+        };
+        assert_eq!(dsn.mail_params(), " RET=HDRS ENVID=QQ+20314+2B1");
+    }
+
+    proptest! {
+        #[test]
+        fn xtext_round_trips_printable_text(s in "[ -~]{0,80}") {
+            let encoded = xtext_encode(&s);
+            prop_assert!(encoded.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'='));
+            prop_assert_eq!(xtext_decode(&encoded), Some(s));
+        }
+
+        #[test]
+        fn decoded_xtext_is_always_printable(s in "\\PC{0,40}") {
+            if let Some(d) = xtext_decode(&s) {
+                prop_assert!(d.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+            }
+        }
+    }
+}
