@@ -125,13 +125,18 @@ pub enum Event {
         bounce_id: String,
         to: String,
     },
-    /// A notice of success queued to the sender: recipients relayed to a
-    /// next hop without DSN, whose NOTIFY asked for it (RFC 3461). A
-    /// notice that also reports failures is a [`Event::Bounced`].
-    SuccessNoticed {
+    /// A notice queued to the sender that reports no failure: recipients
+    /// still being retried past `delay-warning`, or relayed to a next hop
+    /// without DSN when NOTIFY asked for success (RFC 3461). A notice that
+    /// also reports failures is a [`Event::Bounced`].
+    NoticeSent {
         message_id: String,
         notice_id: String,
         to: String,
+        /// Recipients it warns are delayed.
+        delayed: usize,
+        /// Recipients it reports relayed.
+        relayed: usize,
     },
     Error {
         session: Option<u64>,
@@ -412,7 +417,14 @@ impl Event {
             Event::MessageAccepted { .. } => (K::Session, Some(Outcome::Accepted)),
             Event::Delivery { outcome, .. } => (K::Delivery, Some((*outcome).into())),
             Event::Bounced { .. } => (K::Delivery, Some(Outcome::Bounced)),
-            Event::SuccessNoticed { .. } => (K::Delivery, Some(Outcome::Delivered)),
+            Event::NoticeSent { delayed, .. } => (
+                K::Delivery,
+                Some(if *delayed > 0 {
+                    Outcome::Deferred
+                } else {
+                    Outcome::Delivered
+                }),
+            ),
         }
     }
 }
@@ -600,15 +612,25 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             Warn,
             put!("bounce {bounce_id} for {message_id} queued to <{to}>"),
         ),
-        Event::SuccessNoticed {
+        Event::NoticeSent {
             message_id,
             notice_id,
             to,
+            delayed,
+            relayed,
         } => d(
             Info,
-            put!(
-                "notice {notice_id} for {message_id} queued to <{to}>: relayed to a next hop without DSN, as NOTIFY=SUCCESS asked"
-            ),
+            match (delayed, relayed) {
+                (0, r) => put!(
+                    "notice {notice_id} for {message_id} queued to <{to}>: {r} recipient(s) relayed to a next hop without DSN, as NOTIFY=SUCCESS asked"
+                ),
+                (w, 0) => put!(
+                    "notice {notice_id} for {message_id} queued to <{to}>: {w} recipient(s) delayed, still being retried"
+                ),
+                (w, r) => put!(
+                    "notice {notice_id} for {message_id} queued to <{to}>: {w} recipient(s) delayed, {r} relayed to a next hop without DSN"
+                ),
+            },
         ),
         Event::Error { session, message } => d(
             Error,

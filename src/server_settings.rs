@@ -49,6 +49,9 @@ pub struct ServerSettings {
     pub retry_max_interval_secs: u64,
     /// A message still undelivered after this long bounces.
     pub max_queue_age_secs: u64,
+    /// A recipient still queued after this long gets its sender one delay
+    /// warning (Postfix's `delay_warning_time`); 0: none.
+    pub delay_warning_secs: u64,
     pub delivery_concurrency: usize,
     pub destination_concurrency: usize,
     pub delivery_connect_timeout_secs: u64,
@@ -107,6 +110,7 @@ impl Default for ServerSettings {
             retry_first_secs: 300,
             retry_max_interval_secs: 4000,
             max_queue_age_secs: 5 * 86_400,
+            delay_warning_secs: 0,
             delivery_concurrency: 100,
             destination_concurrency: 20,
             delivery_connect_timeout_secs: 30,
@@ -241,6 +245,10 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "max-queue-age",
         "seconds after which undelivered mail bounces (5 days)",
+    ),
+    (
+        "delay-warning",
+        "seconds a recipient waits in the queue before its sender is warned once (0: never)",
     ),
     (
         "delivery-concurrency",
@@ -432,6 +440,7 @@ impl ServerSettings {
             "retry-first" => self.retry_first_secs = seconds(key, v, 1, 86_400)?,
             "retry-max-interval" => self.retry_max_interval_secs = seconds(key, v, 1, 7 * 86_400)?,
             "max-queue-age" => self.max_queue_age_secs = seconds(key, v, 1, 60 * 86_400)?,
+            "delay-warning" => self.delay_warning_secs = seconds(key, v, 0, 60 * 86_400)?,
             "delivery-concurrency" => self.delivery_concurrency = number(key, v, 1, 10_000)?,
             "destination-concurrency" => self.destination_concurrency = number(key, v, 1, 10_000)?,
             "delivery-connect-timeout" => {
@@ -506,6 +515,7 @@ impl ServerSettings {
             "retry-first" => self.retry_first_secs.to_string(),
             "retry-max-interval" => self.retry_max_interval_secs.to_string(),
             "max-queue-age" => self.max_queue_age_secs.to_string(),
+            "delay-warning" => self.delay_warning_secs.to_string(),
             "delivery-concurrency" => self.delivery_concurrency.to_string(),
             "destination-concurrency" => self.destination_concurrency.to_string(),
             "delivery-connect-timeout" => self.delivery_connect_timeout_secs.to_string(),

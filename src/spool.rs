@@ -62,12 +62,21 @@ pub struct Spilled {
 impl NewMessage {
     /// The recipients that asked for anything with NOTIFY or ORCPT, by
     /// address (empty for most messages, so nothing is allocated).
+    /// A recipient given twice keeps its first request, as the spool does.
     pub fn dsn_asked(&self) -> std::collections::HashMap<&str, &RecipientDsn> {
-        self.recipients
+        let mut asked = std::collections::HashMap::new();
+        if self
+            .recipients
             .iter()
-            .filter(|r| r.dsn != RecipientDsn::default())
-            .map(|r| (r.address.as_str(), &r.dsn))
-            .collect()
+            .all(|r| r.dsn == RecipientDsn::default())
+        {
+            return asked;
+        }
+        for r in &self.recipients {
+            asked.entry(r.address.as_str()).or_insert(&r.dsn);
+        }
+        asked.retain(|_, dsn| **dsn != RecipientDsn::default());
+        asked
     }
 
     /// The body's whole size, spilled part included.
@@ -105,9 +114,12 @@ pub enum SpoolError {
 pub enum RecipientUpdate {
     Delivered,
     /// Temporary failure: try again at `next_attempt` (Unix seconds).
+    /// `delay_warned`: the op's notice warns the sender of this delay, so
+    /// it is never warned of again.
     Retry {
         next_attempt: i64,
         error: String,
+        delay_warned: bool,
     },
     /// Permanent failure (a bounce was or will be made).
     Failed {
@@ -213,7 +225,8 @@ const RETRY_MESSAGE: &str =
 
 /// Schema version of the spool file (`PRAGMA user_version`); 2 added
 /// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
-/// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`).
+/// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`) and
+/// `recipients.delay_warned`.
 const SPOOL_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
@@ -242,6 +255,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_error TEXT,
     dsn_notify TEXT,
     dsn_orcpt TEXT,
+    delay_warned INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, address)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
@@ -317,6 +331,16 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
              ALTER TABLE recipients ADD COLUMN dsn_notify TEXT;
              ALTER TABLE recipients ADD COLUMN dsn_orcpt TEXT;
              COMMIT;",
+        )?;
+    }
+    let has_warned: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('recipients') WHERE name = 'delay_warned'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_warned {
+        conn.execute_batch(
+            "ALTER TABLE recipients ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
         )?;
     }
     if version < SPOOL_VERSION {
@@ -636,7 +660,8 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             let mut touched = 0;
             {
                 let mut stmt = conn.prepare_cached(
-                    "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5
+                    "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5,
+                         delay_warned = max(delay_warned, ?6)
                      WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
                 )?;
                 let mut wait = conn.prepare_cached(
@@ -644,7 +669,7 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                      WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
                 )?;
                 for (address, update) in updates {
-                    let (state, next, error) = match update {
+                    let (state, next, error, warned) = match update {
                         RecipientUpdate::Wait { next_attempt, note } => {
                             touched += wait.execute(rusqlite::params![
                                 message_id,
@@ -654,15 +679,19 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                             ])?;
                             continue;
                         }
-                        RecipientUpdate::Delivered => ("delivered", now, None),
+                        RecipientUpdate::Delivered => ("delivered", now, None, false),
                         RecipientUpdate::Retry {
                             next_attempt,
                             error,
-                        } => ("queued", *next_attempt, Some(error.as_str())),
-                        RecipientUpdate::Failed { error } => ("failed", now, Some(error.as_str())),
+                            delay_warned,
+                        } => ("queued", *next_attempt, Some(error.as_str()), *delay_warned),
+                        RecipientUpdate::Failed { error } => {
+                            ("failed", now, Some(error.as_str()), false)
+                        }
                     };
-                    touched +=
-                        stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
+                    touched += stmt.execute(rusqlite::params![
+                        message_id, address, state, next, error, warned
+                    ])?;
                 }
             }
             // A message deleted meanwhile (queue delete): nothing to bounce.
@@ -711,6 +740,8 @@ pub struct DueRecipient {
     pub message_id: String,
     pub address: String,
     pub attempts: i64,
+    /// Its sender was warned of its delay already.
+    pub delay_warned: bool,
 }
 
 /// A recipient as the queue listing shows it.
@@ -751,7 +782,7 @@ impl SpoolReader {
     /// messages first.
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueRecipient>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.message_id, r.address, r.attempts FROM recipients r
+            "SELECT r.message_id, r.address, r.attempts, r.delay_warned FROM recipients r
              JOIN messages m ON m.id = r.message_id
              WHERE r.state = 'queued' AND r.next_attempt <= ?1 AND m.held = 0
              ORDER BY r.next_attempt, r.message_id LIMIT ?2",
@@ -761,6 +792,7 @@ impl SpoolReader {
                 message_id: r.get(0)?,
                 address: r.get(1)?,
                 attempts: r.get(2)?,
+                delay_warned: r.get(3)?,
             })
         })?;
         rows.collect()
@@ -852,7 +884,7 @@ impl SpoolReader {
                     orcpt: r
                         .get::<_, Option<String>>(4)?
                         .as_deref()
-                        .and_then(OriginalRecipient::parse),
+                        .and_then(|o| OriginalRecipient::parse(o, true)),
                 },
             })
         })?;
@@ -1067,6 +1099,35 @@ mod tests {
         }
     }
 
+    /// A recipient given twice keeps its first DSN request for delivery,
+    /// as the spool keeps its first row.
+    #[test]
+    fn a_recipient_given_twice_keeps_its_first_dsn_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.db")).unwrap();
+        let mut m = message(&spool, 1);
+        assert!(m.dsn_asked().is_empty());
+        let mut second = m.recipients[0].clone();
+        m.recipients[0].dsn.notify = Notify::parse("NEVER");
+        second.dsn.notify = Notify::parse("SUCCESS");
+        m.recipients.push(second);
+        let asked = m.dsn_asked();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked["r@far.test"].notify, Notify::parse("NEVER"));
+        let id = m.id.clone();
+        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        let back = SpoolReader::open(&dir.path().join("spool.db"))
+            .unwrap()
+            .message(&id)
+            .unwrap()
+            .expect("stored");
+        assert_eq!(back.message.recipients.len(), 1);
+        assert_eq!(
+            back.message.recipients[0].dsn.notify,
+            Notify::parse("NEVER")
+        );
+    }
+
     /// A message's DSN requests (RFC 3461) are in the file: a reopened
     /// spool (a restart) reads them back, and a spool of the version
     /// before is given their columns, its messages asking for nothing.
@@ -1101,7 +1162,7 @@ mod tests {
         };
         m.recipients[0].dsn = RecipientDsn {
             notify: Notify::parse("SUCCESS,DELAY"),
-            orcpt: OriginalRecipient::parse("rfc822;R+2Bx@far.test"),
+            orcpt: OriginalRecipient::parse("rfc822;R+2Bx@far.test", false),
         };
         let id = m.id.clone();
         let want = m.clone();
@@ -1155,6 +1216,7 @@ mod tests {
             let retry = |at: i64| RecipientUpdate::Retry {
                 next_attempt: at,
                 error: "451 4.3.0 later".into(),
+                delay_warned: false,
             };
             let r1 = if n % 3 == 0 {
                 RecipientUpdate::Delivered

@@ -152,7 +152,7 @@ impl<'a> KeysOf<'a> {
                 k.message = Some(message_id);
                 k.recipient = text(recipient);
             }
-            Event::Bounced { message_id, .. } | Event::SuccessNoticed { message_id, .. } => {
+            Event::Bounced { message_id, .. } | Event::NoticeSent { message_id, .. } => {
                 k.message = Some(message_id)
             }
             Event::SessionRefused { peer, .. } | Event::ProxyRefused { peer, .. } => {

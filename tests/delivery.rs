@@ -806,13 +806,18 @@ fn bulk_queue_actions_by_domain_text_and_age() {
 #[test]
 fn dsn_requests_are_passed_on_or_answered_here() {
     let dir = tempfile::tempdir().unwrap();
-    let internal = Sink::start(SinkOptions::default());
+    let internal = Sink::start(SinkOptions {
+        smtputf8: true,
+        ..SinkOptions::default()
+    });
     let with_dsn = Sink::start(SinkOptions {
         dsn: true,
+        smtputf8: true,
         ..SinkOptions::default()
     });
     let without = Sink::start(SinkOptions::default());
-    let db = test_db(dir.path(), &[]);
+    // Below the room DSN parameters need: taken as 1,100 all the same.
+    let db = test_db(dir.path(), &[("max-command-line", "512")]);
     for (domain, sink) in [
         ("example.com", &internal),
         ("dsn.test", &with_dsn),
@@ -911,6 +916,121 @@ fn dsn_requests_are_passed_on_or_answered_here() {
     assert_eq!(parsed.subject(), Some("Successful Mail Delivery Report"));
     assert!(notices[2].body_str().contains("Action: relayed"));
     server.wait_for("as NOTIFY=SUCCESS asked", WAIT);
+
+    // The longest ORCPT (500 characters) fits the command line; a UTF-8
+    // ORCPT goes as it is to a hop that takes SMTPUTF8 and DSN.
+    let long = format!("rfc822;{}@dsn.test", "l".repeat(484));
+    assert_eq!(long.len(), 500);
+    c.expect("MAIL FROM:<alice@example.com> SMTPUTF8", "250 2.1.0");
+    c.expect(
+        &format!("RCPT TO:<long@dsn.test> ORCPT={long}"),
+        "250 2.1.5",
+    );
+    c.expect(
+        "RCPT TO:<j\u{fc}rgen@dsn.test> ORCPT=utf-8;J\u{fc}rgen@dsn.test",
+        "250 2.1.5",
+    );
+    c.expect("DATA", "354");
+    c.expect("Subject: utf8\r\n\r\nfourth\r\n.", "250 2.0.0");
+    let got = with_dsn.wait_for(2, WAIT);
+    let mut params = got[1].rcpt_params.clone();
+    params.sort();
+    assert_eq!(
+        params,
+        [
+            format!("ORCPT={long}"),
+            "ORCPT=utf-8;J\u{fc}rgen@dsn.test".to_string()
+        ]
+    );
+
+    // A notice to a UTF-8 sender goes with SMTPUTF8 (or not at all).
+    c.expect("MAIL FROM:<j\u{fc}rgen@example.com> SMTPUTF8", "250 2.1.0");
+    c.expect("RCPT TO:<perm9@plain.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.expect("Subject: back\r\n\r\nfifth\r\n.", "250 2.0.0");
+    let notices = internal.wait_for(4, WAIT);
+    assert_eq!(notices[3].rcpts, ["j\u{fc}rgen@example.com"]);
+    assert!(notices[3].smtputf8, "the notice carries SMTPUTF8");
     c.expect("QUIT", "221");
     assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// `delay-warning`: a recipient still queued after that long gets its
+/// sender one warning (Action: delayed), never a second one however often
+/// it is retried, and none when its NOTIFY leaves DELAY out; the warning
+/// is remembered in the spool across a restart.
+#[test]
+fn a_delayed_recipient_is_warned_of_once_unless_notify_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Sink::start(SinkOptions::default());
+    let far = Sink::start(SinkOptions::default());
+    let db = test_db(
+        dir.path(),
+        &[
+            ("retry-first", "1"),
+            ("retry-max-interval", "1"),
+            ("delay-warning", "2s"),
+        ],
+    );
+    for (domain, sink) in [("example.com", &internal), ("far.test", &far)] {
+        let hop = sink.addr().to_string();
+        cli(&db, &["route", "add", domain, &hop, "--tls", "none"]);
+    }
+    let mut server = Server::start(&db);
+    let mut c = common::Client::connect(server.addr());
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<alice@example.com>", "250 2.1.0");
+    for rcpt in [
+        "RCPT TO:<temp1@far.test>",
+        "RCPT TO:<temp2@far.test> NOTIFY=FAILURE",
+        "RCPT TO:<temp3@far.test> NOTIFY=DELAY ORCPT=rfc822;temp3@far.test",
+    ] {
+        c.expect(rcpt, "250 2.1.5");
+    }
+    c.expect("DATA", "354");
+    let id = c.expect("Subject: slow\r\n\r\nslow body\r\n.", "250 2.0.0");
+    let id = id.rsplit(' ').next().unwrap_or_default().to_string();
+    c.expect("QUIT", "221");
+
+    // One warning, for temp1 (no NOTIFY) and temp3 (DELAY), not temp2.
+    let notices = internal.wait_for(1, WAIT);
+    let notice = &notices[0];
+    assert_eq!(notice.rcpts, ["alice@example.com"]);
+    let text = notice.body_str();
+    let parsed = MessageParser::default()
+        .parse(&notice.body)
+        .expect("notice parses");
+    assert_eq!(parsed.subject(), Some("Delayed Mail (still being retried)"));
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; temp1@far.test\r\nAction: delayed\r\nStatus: 4.3.0"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Original-Recipient: rfc822;temp3@far.test\r\nFinal-Recipient: rfc822; temp3@far.test\r\nAction: delayed"), "{text}");
+    assert!(!text.contains("temp2@far.test"), "{text}");
+    assert!(
+        !text.contains("slow body"),
+        "a warning returns headers only"
+    );
+    server.wait_for(
+        &format!("for {id} queued to <alice@example.com>: 2 recipient(s) delayed"),
+        WAIT,
+    );
+
+    // Retried again and again (every second), across a restart: no second
+    // warning.
+    let tried = far.rcpt_attempts("temp1@far.test");
+    eventually("two more attempts", || {
+        far.rcpt_attempts("temp1@far.test") >= tried + 2
+    });
+    assert_eq!(server.terminate().code(), Some(0));
+    let server = Server::start(&db);
+    let tried = far.rcpt_attempts("temp1@far.test");
+    eventually("two more after the restart", || {
+        far.rcpt_attempts("temp1@far.test") >= tried + 2
+    });
+    assert_eq!(internal.messages().len(), 1, "warned once");
+    drop(server);
 }

@@ -498,8 +498,11 @@ fn relayed_notice_with_envid_and_original_recipient() {
         Some("mx1.far.test"),
     );
     relayed.action = DsnAction::Relayed;
-    relayed.original_recipient = OriginalRecipient::parse("rfc822;Bob+2Bsales@far.test");
-    let raw = notice(&original(), &[relayed], Some("QQ 314"), false);
+    relayed.original_recipient = OriginalRecipient::parse("rfc822;Bob+2Bsales@far.test", false);
+    let mut utf8 = relayed.clone();
+    utf8.address = "j\u{fc}rgen@far.test".into();
+    utf8.original_recipient = OriginalRecipient::parse("utf-8;J\u{fc}rgen@far.test", true);
+    let raw = notice(&original(), &[relayed, utf8], Some("QQ  314"), false);
     assert_wire_safe(&raw);
     let m = parse(&raw);
     assert_eq!(m.subject(), Some("Successful Mail Delivery Report"));
@@ -510,7 +513,12 @@ fn relayed_notice_with_envid_and_original_recipient() {
             .contains("handed on to the next mail server")
     );
     let groups = status_groups(report);
-    assert_eq!(field(&groups[0], "Original-Envelope-Id"), Some("QQ 314"));
+    // Returned exactly: two spaces stay two.
+    assert!(String::from_utf8_lossy(&raw).contains("\r\nOriginal-Envelope-Id: QQ  314\r\n"));
+    assert_eq!(
+        field(&groups[2], "Original-Recipient"),
+        Some("utf-8;J\\x{FC}rgen@far.test")
+    );
     assert_eq!(
         field(&groups[1], "Original-Recipient"),
         Some("rfc822;Bob+sales@far.test")

@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// Bumped whenever a message changes incompatibly (3: the spool-space
-/// event, which an older console could not read; 4: the success-notice
-/// event).
+/// event, which an older console could not read; 4: the notice event).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The longest line either side accepts (a snapshot of many sessions is
@@ -370,10 +369,12 @@ mod tests {
                 bounce_id: "DEF".into(),
                 to: "a@example.com".into(),
             },
-            Event::SuccessNoticed {
+            Event::NoticeSent {
                 message_id: "ABC".into(),
                 notice_id: "DEF".into(),
                 to: "a@example.com".into(),
+                delayed: 1,
+                relayed: 2,
             },
             Event::Error {
                 session: None,
@@ -422,7 +423,7 @@ mod tests {
                 | Event::MessageAccepted { .. }
                 | Event::Delivery { .. }
                 | Event::Bounced { .. }
-                | Event::SuccessNoticed { .. }
+                | Event::NoticeSent { .. }
                 | Event::Error { .. }
                 | Event::ClientBanned { .. }
                 | Event::ProxyRefused { .. }

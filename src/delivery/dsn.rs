@@ -101,8 +101,9 @@ const MAX_DIAGNOSTIC: usize = 2000;
 const MAX_ADDRESS: usize = 512;
 /// RFC 1035: a host name is at most 255 octets.
 const MAX_HOST: usize = 255;
-/// Longest ENVID written (RFC 3461 allows 100 octets of xtext).
-const MAX_ENVID: usize = 100;
+/// Longest ENVID or ORCPT written back (RFC 3461 allows 100 and 500
+/// octets; a UTF-8 ORCPT grows when escaped).
+const MAX_EXACT: usize = 900;
 /// Longest queue id written (in headers, the Message-ID and the boundary).
 const MAX_ID: usize = 24;
 
@@ -273,13 +274,10 @@ impl Recipient {
                 .filter(|d| !d.is_empty()),
             remote_mta: r.remote_mta.as_deref().and_then(host_token),
             action: r.action,
-            original: r.original_recipient.as_ref().map(|o| {
-                format!(
-                    "{};{}",
-                    clean_text(&o.addr_type, 32),
-                    clean_text(&o.address, MAX_ADDRESS)
-                )
-            }),
+            original: r
+                .original_recipient
+                .as_ref()
+                .map(|o| exact_text(&format!("{};{}", o.addr_type, o.address))),
         }
     }
 
@@ -376,10 +374,7 @@ fn notification_text(mta: &str, id: &str, arrival: SystemTime, rcpts: &[Recipien
 fn delivery_status(mta: &str, id: &str, input: &BounceInput<'_>, rcpts: &[Recipient]) -> String {
     let mut r = String::new();
     if let Some(envid) = input.envid {
-        r.push_str(&fold_field(
-            "Original-Envelope-Id: ",
-            &clean_text(envid, MAX_ENVID),
-        ));
+        r.push_str(&format!("Original-Envelope-Id: {}\r\n", exact_text(envid)));
     }
     r.push_str(&format!("Reporting-MTA: dns; {mta}\r\n"));
     r.push_str(&format!("X-Relaygate-Queue-ID: {id}\r\n"));
@@ -391,7 +386,7 @@ fn delivery_status(mta: &str, id: &str, input: &BounceInput<'_>, rcpts: &[Recipi
     for rc in rcpts {
         r.push_str("\r\n");
         if let Some(original) = &rc.original {
-            r.push_str(&fold_field("Original-Recipient: ", original));
+            r.push_str(&format!("Original-Recipient: {original}\r\n"));
         }
         r.push_str(&format!(
             "Final-Recipient: {}; {}\r\n",
@@ -575,6 +570,25 @@ fn clean_text(s: &str, max: usize) -> String {
     }
     let trimmed = out.trim_end().len();
     out.truncate(trimmed);
+    out
+}
+
+/// A value the sender must get back as it gave it (ENVID, ORCPT; RFC 3464
+/// 2.2.1): spaces kept as they are, never folded (it fits a line), UTF-8
+/// characters written as RFC 6533 `\x{HEX}`; a control character (which
+/// the parser never lets in) as `?`.
+fn exact_text(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() >= MAX_EXACT {
+            break;
+        }
+        match c {
+            ' '..='~' => out.push(c),
+            c if c.is_control() => out.push('?'),
+            c => write!(out, "\\x{{{:X}}}", u32::from(c)).expect("writing to a String cannot fail"),
+        }
+    }
     out
 }
 

@@ -219,7 +219,11 @@ pub async fn run(
                     continue;
                 }
                 for work in batch {
-                    let attempts = work.recipients.into_iter().map(|r| (r, 0)).collect();
+                    let attempts = work
+                        .recipients
+                        .into_iter()
+                        .map(|r| (r, Tries::default()))
+                        .collect();
                     if !start(&d, &snapshot, work.id, attempts, work.message, max_in_flight) {
                         backlog = true;
                     }
@@ -278,12 +282,15 @@ pub async fn run(
             Err(_) => continue,
         };
         let full = due.len() >= limit;
-        let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut by_message: HashMap<String, HashMap<String, Tries>> = HashMap::new();
         for r in due {
-            by_message
-                .entry(r.message_id)
-                .or_default()
-                .insert(r.address, r.attempts);
+            by_message.entry(r.message_id).or_default().insert(
+                r.address,
+                Tries {
+                    attempts: r.attempts,
+                    delay_warned: r.delay_warned,
+                },
+            );
         }
         backlog = full;
         for (id, attempts) in by_message {
@@ -364,13 +371,21 @@ fn in_flight(d: &Delivery) -> usize {
     d.in_flight.lock().map_or(usize::MAX, |f| f.len())
 }
 
+/// What the spool says of a due recipient's earlier attempts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tries {
+    attempts: i64,
+    /// Its sender was warned of its delay already.
+    delay_warned: bool,
+}
+
 /// Starts delivering a message unless it is already in flight. `false`
 /// when there is no room for more work in flight.
 fn start(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: String,
-    attempts: HashMap<String, i64>,
+    attempts: HashMap<String, Tries>,
     handed: Option<Arc<StoredMessage>>,
     max_in_flight: usize,
 ) -> bool {
@@ -455,7 +470,7 @@ async fn deliver_message(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: &str,
-    attempts: HashMap<String, i64>,
+    attempts: HashMap<String, Tries>,
     handed: Option<Arc<StoredMessage>>,
 ) {
     // From here: a delivery that waits (for memory, the spool reader, a
@@ -920,7 +935,7 @@ async fn record(
     d: &Delivery,
     settings: &ServerSettings,
     message: &StoredMessage,
-    attempts: &HashMap<String, i64>,
+    attempts: &HashMap<String, Tries>,
     results: Vec<(String, Outcome, Option<String>)>,
 ) {
     let now = now_secs();
@@ -1009,15 +1024,35 @@ async fn record(
                 reply.clone(),
             ),
             Outcome::Temporary { reply } => {
-                let previous = attempts.get(rcpt).copied().unwrap_or(0).clamp(0, 30);
+                let tries = attempts.get(rcpt).copied().unwrap_or_default();
+                let previous = tries.attempts.clamp(0, 30);
                 let wait = settings
                     .retry_first_secs
                     .saturating_mul(1u64 << previous)
                     .min(settings.retry_max_interval_secs);
+                // One warning per recipient, once it has waited
+                // `delay-warning`, unless NOTIFY leaves DELAY out.
+                let warn = settings.delay_warning_secs > 0
+                    && age >= settings.delay_warning_secs as i64
+                    && !tries.delay_warned
+                    && Notify::wants_delay(asked.notify);
+                if warn {
+                    failed.push(ReportedRecipient {
+                        address: rcpt.clone(),
+                        status: super::client::enhanced_status(reply)
+                            .filter(|s| s.starts_with('4'))
+                            .unwrap_or_else(|| "4.0.0".into()),
+                        diagnostic: Some(reply.clone()),
+                        remote_mta: host.clone(),
+                        action: DsnAction::Delayed,
+                        original_recipient: asked.orcpt.clone(),
+                    });
+                }
                 (
                     RecipientUpdate::Retry {
                         next_attempt: now + wait as i64,
                         error: reply.clone(),
+                        delay_warned: warn,
                     },
                     DeliveryOutcome::Deferred,
                     reply.clone(),
@@ -1036,17 +1071,20 @@ async fn record(
     let bounce = bounce_for(settings, message, &failed);
     if let Some(b) = &bounce {
         let to = message.message.sender.clone();
-        let event = if failed.iter().any(|r| r.action == DsnAction::Failed) {
+        let count = |a: DsnAction| failed.iter().filter(|r| r.action == a).count();
+        let event = if count(DsnAction::Failed) > 0 {
             Event::Bounced {
                 message_id: message.id.clone(),
                 bounce_id: b.id.clone(),
                 to,
             }
         } else {
-            Event::SuccessNoticed {
+            Event::NoticeSent {
                 message_id: message.id.clone(),
                 notice_id: b.id.clone(),
                 to,
+                delayed: count(DsnAction::Delayed),
+                relayed: count(DsnAction::Relayed),
             }
         };
         d.shared.events.emit(event);
@@ -1139,7 +1177,8 @@ pub fn bounce_for(
     Some(NewMessage {
         dsn: Default::default(),
         spilled: None,
-        smtputf8: false,
+        // A UTF-8 sender can only be reached with SMTPUTF8 (RFC 6531).
+        smtputf8: !sender.is_ascii(),
         id,
         sender: String::new(),
         recipients: vec![SpoolRecipient {

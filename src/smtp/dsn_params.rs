@@ -8,7 +8,11 @@
 //!
 //! Values travel as xtext (RFC 3461 4): `+XX` for `+`, `=` and anything
 //! outside `!`..`~`. They are kept decoded, and only printable ASCII is
-//! taken, so a decoded value can never carry a line break into a notice.
+//! taken, so a decoded value can never carry a line break into a notice;
+//! nor a value that is empty or begins or ends with a space, which a
+//! notice's header field could not return exactly (RFC 3464 2.2.1). The
+//! one exception is an ORCPT of type `utf-8` in an SMTPUTF8 transaction,
+//! which may also hold UTF-8 characters as they are (RFC 6533 3).
 
 /// `RET`: how much of the message a failure notice returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +110,12 @@ impl Notify {
         notify.is_none_or(|n| n.failure)
     }
 
+    /// Whether a delay is reported, when relaygate warns of delays at all:
+    /// without NOTIFY, yes (as Postfix does).
+    pub fn wants_delay(notify: Option<Notify>) -> bool {
+        notify.is_none_or(|n| n.delay)
+    }
+
     /// Whether a success is reported: only when asked for.
     pub fn wants_success(notify: Option<Notify>) -> bool {
         notify.is_some_and(|n| n.success)
@@ -124,7 +134,10 @@ pub struct OriginalRecipient {
 
 impl OriginalRecipient {
     /// `addr-type ";" xtext`, at most 500 characters (RFC 3461 4.2).
-    pub fn parse(value: &str) -> Option<OriginalRecipient> {
+    /// With `utf8` (an SMTPUTF8 transaction, or the spool reading back
+    /// what such a transaction stored), a `utf-8` address may also hold
+    /// UTF-8 characters as they are.
+    pub fn parse(value: &str, utf8: bool) -> Option<OriginalRecipient> {
         if value.len() > 500 {
             return None;
         }
@@ -137,14 +150,12 @@ impl OriginalRecipient {
         if !atom(kind) {
             return None;
         }
-        let address = xtext_decode(xtext)?;
-        if address.is_empty() {
+        let addr_type = kind.to_ascii_lowercase();
+        let address = decode(xtext, utf8 && addr_type == "utf-8")?;
+        if !exact_in_a_field(&address) {
             return None;
         }
-        Some(OriginalRecipient {
-            addr_type: kind.to_ascii_lowercase(),
-            address,
-        })
+        Some(OriginalRecipient { addr_type, address })
     }
 
     /// As the parameter writes it: `rfc822;` and the address in xtext.
@@ -160,18 +171,38 @@ pub fn parse_envid(value: &str) -> Option<String> {
     if value.is_empty() || value.len() > 100 {
         return None;
     }
-    xtext_decode(value)
+    xtext_decode(value).filter(|v| exact_in_a_field(v))
+}
+
+/// Whether a header field can return the value exactly: not empty, and
+/// no space at either end for a reader to drop.
+fn exact_in_a_field(v: &str) -> bool {
+    !v.is_empty() && !v.starts_with(' ') && !v.ends_with(' ')
 }
 
 /// Decodes xtext; `None` if it is not xtext, or if what it decodes to is
 /// not printable ASCII (a space is printable; CR, LF and NUL are not).
 pub fn xtext_decode(s: &str) -> Option<String> {
+    decode(s, false)
+}
+
+/// [`xtext_decode`]; with `unicode`, UTF-8 characters that are neither
+/// controls nor spaces are also taken as they are.
+fn decode(s: &str, unicode: bool) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         match b {
+            0x80.. if unicode => {
+                let c = s.get(i..)?.chars().next()?;
+                if c.is_control() || c.is_whitespace() {
+                    return None;
+                }
+                out.push(c);
+                i += c.len_utf8();
+            }
             b'+' => {
                 let hex = s.get(i + 1..i + 3)?;
                 // Upper-case hex only (RFC 3461 4: HEXCHAR); lower case
@@ -197,13 +228,15 @@ pub fn xtext_decode(s: &str) -> Option<String> {
 }
 
 /// Encodes printable text as xtext (what [`xtext_decode`] takes back).
+/// A UTF-8 character (only in a `utf-8` ORCPT of an SMTPUTF8 message,
+/// which goes only to a next hop that takes SMTPUTF8) stays as it is.
 pub fn xtext_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("+{b:02X}"));
+    for c in s.chars() {
+        match u8::try_from(c) {
+            Ok(b) if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' => out.push(c),
+            Ok(b) if b.is_ascii() => out.push_str(&format!("+{b:02X}")),
+            _ => out.push(c),
         }
     }
     out
@@ -302,17 +335,36 @@ mod tests {
 
     #[test]
     fn orcpt_needs_a_type_and_an_address() {
-        let o = OriginalRecipient::parse("RFC822;bob+2Bsales@far.test").expect("valid");
+        let o = OriginalRecipient::parse("RFC822;bob+2Bsales@far.test", false).expect("valid");
         assert_eq!(o.addr_type, "rfc822");
         assert_eq!(o.address, "bob+sales@far.test");
         assert_eq!(o.as_param(), "rfc822;bob+2Bsales@far.test");
         for bad in ["bob@far.test", ";bob@far.test", "rfc822;", "rfc 822;a@b"] {
-            assert_eq!(OriginalRecipient::parse(bad), None, "{bad:?}");
+            assert_eq!(OriginalRecipient::parse(bad, false), None, "{bad:?}");
         }
         assert_eq!(
-            OriginalRecipient::parse(&format!("rfc822;{}", "a".repeat(500))),
+            OriginalRecipient::parse(&format!("rfc822;{}", "a".repeat(500)), false),
             None
         );
+        // Returned exactly in a notice, or not taken.
+        for bad in ["rfc822;+20a@b", "rfc822;a@b+20", "rfc822;+20"] {
+            assert_eq!(OriginalRecipient::parse(bad, false), None, "{bad:?}");
+        }
+        let spaced = OriginalRecipient::parse("rfc822;+22a+20+20b+22@x", false).expect("valid");
+        assert_eq!(spaced.address, "\"a  b\"@x");
+        // UTF-8 as it is: only a utf-8 address of an SMTPUTF8 transaction.
+        let u = OriginalRecipient::parse("utf-8;j\u{fc}rgen@dsn.test", true).expect("valid");
+        assert_eq!(u.address, "j\u{fc}rgen@dsn.test");
+        assert_eq!(OriginalRecipient::parse(&u.as_param(), true), Some(u));
+        assert_eq!(
+            OriginalRecipient::parse("utf-8;j\u{fc}rgen@dsn.test", false),
+            None
+        );
+        assert_eq!(
+            OriginalRecipient::parse("rfc822;j\u{fc}rgen@dsn.test", true),
+            None
+        );
+        assert_eq!(OriginalRecipient::parse("utf-8;a\u{2028}b@x", true), None);
     }
 
     #[test]
@@ -320,6 +372,12 @@ mod tests {
         assert_eq!(parse_envid(&"a".repeat(100)).map(|e| e.len()), Some(100));
         assert_eq!(parse_envid(&"a".repeat(101)), None);
         assert_eq!(parse_envid(""), None);
+        assert_eq!(parse_envid("+20"), None);
+        assert_eq!(parse_envid("+20ab"), None);
+        assert_eq!(parse_envid("a+20+20b").as_deref(), Some("a  b"));
+        assert_eq!(parse_envid("+20"), None);
+        assert_eq!(parse_envid("+20ab"), None);
+        assert_eq!(parse_envid("a+20+20b").as_deref(), Some("a  b"));
         let dsn = MessageDsn {
             ret: Some(Ret::Headers),
             envid: Some("QQ 314+1".into()),

@@ -193,12 +193,17 @@ fn not_stored(e: &io::Error) -> NotStored {
 }
 
 /// The session limits a set of engine settings asks for.
+/// The shortest command line a DSN-offering server must take: RFC 5321's
+/// 512 octets, 500 more for ORCPT and room for NOTIFY (RFC 3461 5), so
+/// a lower `max-command-line` does not refuse valid DSN parameters.
+pub const DSN_COMMAND_LINE: usize = 1_100;
+
 pub fn limits_from(settings: &ServerSettings) -> Limits {
     Limits {
         max_message_size: settings.max_message_size,
         spool_min_free: settings.spool_min_free,
         max_recipients: settings.max_recipients,
-        max_command_line: settings.max_command_line,
+        max_command_line: settings.max_command_line.max(DSN_COMMAND_LINE),
         max_text_line: settings.max_text_line,
         max_bad_commands: settings.max_bad_commands,
         allow_plaintext_auth: settings.plaintext_auth,

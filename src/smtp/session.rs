@@ -624,7 +624,7 @@ impl Session {
                         format!("Duplicate {} parameter", param.keyword),
                     );
                 }
-                ("RET" | "ENVID", None) => {
+                ("RET" | "ENVID", None) if greeting.esmtp => {
                     return self.error(501, "5.5.4", format!("Bad {} parameter", param.keyword));
                 }
                 // RFC 4954 section 5: accepted; the submitter identity it
@@ -674,45 +674,16 @@ impl Session {
         let Some(transaction) = &self.transaction else {
             return self.error(503, "5.5.1", "Error: need MAIL command");
         };
-        let mut dsn = RecipientDsn::default();
-        for param in params {
-            match (param.keyword.as_str(), param.value.as_deref()) {
-                // RFC 3461 4.1 and 4.2, each once.
-                ("NOTIFY", Some(v)) if dsn.notify.is_none() => match Notify::parse(v) {
-                    Some(n) => dsn.notify = Some(n),
-                    None => {
-                        return self.error(
-                            501,
-                            "5.5.4",
-                            "Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE and DELAY separated by commas",
-                        );
-                    }
-                },
-                ("ORCPT", Some(v)) if dsn.orcpt.is_none() => match OriginalRecipient::parse(v) {
-                    Some(o) => dsn.orcpt = Some(o),
-                    None => {
-                        return self.error(
-                            501,
-                            "5.5.4",
-                            "Bad ORCPT parameter: address type, ';' and the address in xtext",
-                        );
-                    }
-                },
-                ("NOTIFY" | "ORCPT", Some(_)) => {
-                    return self.error(
-                        501,
-                        "5.5.4",
-                        format!("Duplicate {} parameter", param.keyword),
-                    );
-                }
-                ("NOTIFY" | "ORCPT", None) => {
-                    return self.error(501, "5.5.4", format!("Bad {} parameter", param.keyword));
-                }
-                (keyword, _) => {
-                    return self.error(555, "5.5.4", format!("Unsupported parameter {keyword}"));
-                }
-            }
-        }
+        // DSN is an ESMTP extension (RFC 3461 4): not after HELO.
+        let esmtp = self.greeting.as_ref().is_some_and(|g| g.esmtp);
+        let utf8 = transaction.smtputf8;
+        let dsn = match self.rcpt_dsn(params, esmtp, utf8) {
+            Ok(dsn) => dsn,
+            Err(actions) => return actions,
+        };
+        let Some(transaction) = &self.transaction else {
+            return self.error(503, "5.5.1", "Error: need MAIL command");
+        };
         if transaction.recipients.len() >= self.params.limits.max_recipients {
             // Not a client error (RFC 5321 4.5.3.1.10): the client sends
             // the rest in another transaction. Only a flood of them counts
@@ -766,6 +737,73 @@ impl Session {
             t.recipients.push(decided.clone());
         }
         vec![Action::RecipientDecided(decided), Action::Reply(answer)]
+    }
+
+    /// RCPT's DSN parameters (RFC 3461 4.1, 4.2), each once; the error
+    /// reply otherwise.
+    fn rcpt_dsn(
+        &mut self,
+        params: &[Param],
+        esmtp: bool,
+        utf8: bool,
+    ) -> Result<RecipientDsn, Vec<Action>> {
+        let mut dsn = RecipientDsn::default();
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                (keyword, _) if !esmtp => {
+                    return Err(self.error(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {keyword}"),
+                    ));
+                }
+                // RFC 3461 4.1 and 4.2, each once.
+                ("NOTIFY", Some(v)) if dsn.notify.is_none() => match Notify::parse(v) {
+                    Some(n) => dsn.notify = Some(n),
+                    None => {
+                        return Err(self.error(
+                            501,
+                            "5.5.4",
+                            "Bad NOTIFY parameter: NEVER, or SUCCESS, FAILURE and DELAY separated by commas",
+                        ));
+                    }
+                },
+                ("ORCPT", Some(v)) if dsn.orcpt.is_none() => {
+                    match OriginalRecipient::parse(v, utf8) {
+                        Some(o) => dsn.orcpt = Some(o),
+                        None => {
+                            return Err(self.error(
+                                501,
+                                "5.5.4",
+                                "Bad ORCPT parameter: address type, ';' and the address in xtext",
+                            ));
+                        }
+                    }
+                }
+                ("NOTIFY" | "ORCPT", Some(_)) => {
+                    return Err(self.error(
+                        501,
+                        "5.5.4",
+                        format!("Duplicate {} parameter", param.keyword),
+                    ));
+                }
+                ("NOTIFY" | "ORCPT", None) => {
+                    return Err(self.error(
+                        501,
+                        "5.5.4",
+                        format!("Bad {} parameter", param.keyword),
+                    ));
+                }
+                (keyword, _) => {
+                    return Err(self.error(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {keyword}"),
+                    ));
+                }
+            }
+        }
+        Ok(dsn)
     }
 
     fn data(&mut self) -> Vec<Action> {

@@ -295,6 +295,14 @@ fn dsn_parameters_are_checked_and_kept_with_the_transaction() {
     let mut old = client();
     old.cmd("HELO client.test", "250");
     old.cmd("MAIL FROM:<a@outside.test> RET=HDRS", "555 5.5.4");
+    old.cmd("MAIL FROM:<a@outside.test> RET", "555 5.5.4");
+    old.cmd("MAIL FROM:<a@outside.test>", "250 2.1.0");
+    old.cmd("RCPT TO:<bob@example.test> NOTIFY=SUCCESS", "555 5.5.4");
+    old.cmd(
+        "RCPT TO:<bob@example.test> ORCPT=rfc822;bob@example.test",
+        "555 5.5.4",
+    );
+    old.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
 }
 
 #[test]
