@@ -417,14 +417,8 @@ impl Event {
             Event::MessageAccepted { .. } => (K::Session, Some(Outcome::Accepted)),
             Event::Delivery { outcome, .. } => (K::Delivery, Some((*outcome).into())),
             Event::Bounced { .. } => (K::Delivery, Some(Outcome::Bounced)),
-            Event::NoticeSent { delayed, .. } => (
-                K::Delivery,
-                Some(if *delayed > 0 {
-                    Outcome::Deferred
-                } else {
-                    Outcome::Delivered
-                }),
-            ),
+            // News for the sender, not an outcome of its own.
+            Event::NoticeSent { .. } => (K::Delivery, None),
         }
     }
 }

@@ -63,7 +63,7 @@ impl NewMessage {
     /// The recipients that asked for anything with NOTIFY or ORCPT, by
     /// address (empty for most messages, so nothing is allocated).
     /// A recipient given twice keeps its first request, as the spool does.
-    pub fn dsn_asked(&self) -> std::collections::HashMap<&str, &RecipientDsn> {
+    pub fn dsn_asked(&self) -> std::collections::HashMap<String, RecipientDsn> {
         let mut asked = std::collections::HashMap::new();
         if self
             .recipients
@@ -73,9 +73,11 @@ impl NewMessage {
             return asked;
         }
         for r in &self.recipients {
-            asked.entry(r.address.as_str()).or_insert(&r.dsn);
+            asked
+                .entry(r.address.clone())
+                .or_insert_with(|| r.dsn.clone());
         }
-        asked.retain(|_, dsn| **dsn != RecipientDsn::default());
+        asked.retain(|_, dsn| *dsn != RecipientDsn::default());
         asked
     }
 
@@ -114,12 +116,9 @@ pub enum SpoolError {
 pub enum RecipientUpdate {
     Delivered,
     /// Temporary failure: try again at `next_attempt` (Unix seconds).
-    /// `delay_warned`: the op's notice warns the sender of this delay, so
-    /// it is never warned of again.
     Retry {
         next_attempt: i64,
         error: String,
-        delay_warned: bool,
     },
     /// Permanent failure (a bounce was or will be made).
     Failed {
@@ -133,6 +132,22 @@ pub enum RecipientUpdate {
     },
 }
 
+/// Whether a notice warns its sender of a delay, which a message's sender
+/// is told of once (`messages.delay_warned`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayNotice {
+    /// It does not.
+    None,
+    /// It is a delay warning and nothing else: stored only if the message
+    /// has had none.
+    Only,
+    /// It warns of a delay among failures: stored in any case.
+    Among,
+}
+
+/// Marks a message's sender as warned of its delay; 1 row if it was not.
+const WARNED: &str = "UPDATE messages SET delay_warned = 1 WHERE id = ?1 AND delay_warned = 0";
+
 /// A change to the spool, applied in the writer's next group commit. Each
 /// op is atomic: a bounce goes in with the failure that caused it, so a
 /// crash can neither lose it nor send it twice.
@@ -145,6 +160,8 @@ pub enum SpoolOp {
         message_id: String,
         updates: Vec<(String, RecipientUpdate)>,
         bounce: Option<NewMessage>,
+        /// Whether `bounce` warns of a delay.
+        delay: DelayNotice,
     },
     Hold {
         message_id: String,
@@ -226,7 +243,7 @@ const RETRY_MESSAGE: &str =
 /// Schema version of the spool file (`PRAGMA user_version`); 2 added
 /// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
 /// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`) and
-/// `recipients.delay_warned`.
+/// `messages.delay_warned`.
 const SPOOL_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
@@ -242,7 +259,8 @@ CREATE TABLE IF NOT EXISTS messages (
     held INTEGER NOT NULL DEFAULT 0,
     smtputf8 INTEGER NOT NULL DEFAULT 0,
     dsn_ret TEXT,
-    dsn_envid TEXT
+    dsn_envid TEXT,
+    delay_warned INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
@@ -255,7 +273,6 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_error TEXT,
     dsn_notify TEXT,
     dsn_orcpt TEXT,
-    delay_warned INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, address)
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, next_attempt);
@@ -334,13 +351,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
         )?;
     }
     let has_warned: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('recipients') WHERE name = 'delay_warned'",
+        "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'delay_warned'",
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has_warned {
         conn.execute_batch(
-            "ALTER TABLE recipients ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
         )?;
     }
     if version < SPOOL_VERSION {
@@ -656,12 +673,12 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             message_id,
             updates,
             bounce,
+            delay,
         } => {
             let mut touched = 0;
             {
                 let mut stmt = conn.prepare_cached(
-                    "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5,
-                         delay_warned = max(delay_warned, ?6)
+                    "UPDATE recipients SET state = ?3, attempts = attempts + 1, next_attempt = ?4, last_error = ?5
                      WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
                 )?;
                 let mut wait = conn.prepare_cached(
@@ -669,7 +686,7 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                      WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
                 )?;
                 for (address, update) in updates {
-                    let (state, next, error, warned) = match update {
+                    let (state, next, error) = match update {
                         RecipientUpdate::Wait { next_attempt, note } => {
                             touched += wait.execute(rusqlite::params![
                                 message_id,
@@ -679,24 +696,30 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                             ])?;
                             continue;
                         }
-                        RecipientUpdate::Delivered => ("delivered", now, None, false),
+                        RecipientUpdate::Delivered => ("delivered", now, None),
                         RecipientUpdate::Retry {
                             next_attempt,
                             error,
-                            delay_warned,
-                        } => ("queued", *next_attempt, Some(error.as_str()), *delay_warned),
-                        RecipientUpdate::Failed { error } => {
-                            ("failed", now, Some(error.as_str()), false)
-                        }
+                        } => ("queued", *next_attempt, Some(error.as_str())),
+                        RecipientUpdate::Failed { error } => ("failed", now, Some(error.as_str())),
                     };
-                    touched += stmt.execute(rusqlite::params![
-                        message_id, address, state, next, error, warned
-                    ])?;
+                    touched +=
+                        stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
                 }
             }
             // A message deleted meanwhile (queue delete): nothing to bounce.
             if touched > 0 {
-                if let Some(b) = bounce {
+                // A message's sender is warned of its delay once: decided
+                // here, in the commit that stores the warning.
+                let store = match delay {
+                    DelayNotice::None => true,
+                    DelayNotice::Among => {
+                        conn.prepare_cached(WARNED)?.execute([message_id])?;
+                        true
+                    }
+                    DelayNotice::Only => conn.prepare_cached(WARNED)?.execute([message_id])? > 0,
+                };
+                if let (true, Some(b)) = (store, bounce) {
                     insert(conn, b, now)?;
                 }
                 remove_if_done(conn, message_id)?;
@@ -740,8 +763,6 @@ pub struct DueRecipient {
     pub message_id: String,
     pub address: String,
     pub attempts: i64,
-    /// Its sender was warned of its delay already.
-    pub delay_warned: bool,
 }
 
 /// A recipient as the queue listing shows it.
@@ -782,7 +803,7 @@ impl SpoolReader {
     /// messages first.
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueRecipient>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.message_id, r.address, r.attempts, r.delay_warned FROM recipients r
+            "SELECT r.message_id, r.address, r.attempts FROM recipients r
              JOIN messages m ON m.id = r.message_id
              WHERE r.state = 'queued' AND r.next_attempt <= ?1 AND m.held = 0
              ORDER BY r.next_attempt, r.message_id LIMIT ?2",
@@ -792,10 +813,19 @@ impl SpoolReader {
                 message_id: r.get(0)?,
                 address: r.get(1)?,
                 attempts: r.get(2)?,
-                delay_warned: r.get(3)?,
             })
         })?;
         rows.collect()
+    }
+
+    /// Whether a message's sender was warned of its delay (`None`: no such
+    /// message).
+    pub fn delay_warned(&self, id: &str) -> rusqlite::Result<Option<bool>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached("SELECT delay_warned FROM messages WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()
     }
 
     /// A message's recipients still to be sent to: queued, the message
@@ -1158,7 +1188,7 @@ mod tests {
         let mut m = message(&spool, 1);
         m.dsn = MessageDsn {
             ret: Some(Ret::Full),
-            envid: Some("QQ 314".into()),
+            envid: Some("QQ+20314".into()),
         };
         m.recipients[0].dsn = RecipientDsn {
             notify: Notify::parse("SUCCESS,DELAY"),
@@ -1216,7 +1246,6 @@ mod tests {
             let retry = |at: i64| RecipientUpdate::Retry {
                 next_attempt: at,
                 error: "451 4.3.0 later".into(),
-                delay_warned: false,
             };
             let r1 = if n % 3 == 0 {
                 RecipientUpdate::Delivered
@@ -1239,6 +1268,7 @@ mod tests {
                         ("r2@far.test".into(), r2),
                     ],
                     bounce: None,
+                    delay: DelayNotice::None,
                 })
                 .unwrap();
             let held = n % 10 == 0;

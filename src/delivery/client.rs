@@ -361,7 +361,7 @@ pub struct Envelope<'a> {
 pub struct DsnRequests<'a> {
     pub message: &'a MessageDsn,
     /// [`crate::spool::NewMessage::dsn_asked`].
-    pub recipients: &'a HashMap<&'a str, &'a RecipientDsn>,
+    pub recipients: &'a HashMap<String, RecipientDsn>,
 }
 
 impl DsnRequests<'_> {

@@ -277,7 +277,7 @@ impl Recipient {
             original: r
                 .original_recipient
                 .as_ref()
-                .map(|o| exact_text(&format!("{};{}", o.addr_type, o.address))),
+                .map(|o| exact_text(&o.reported())),
         }
     }
 

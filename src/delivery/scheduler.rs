@@ -15,9 +15,9 @@ use crate::engine::{Shared, Snapshot};
 use crate::events::{DeliveryOutcome, Event};
 use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
-use crate::smtp::dsn_params::Notify;
+use crate::smtp::dsn_params::{Notify, RecipientDsn};
 use crate::spool::{
-    NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
+    DelayNotice, NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -219,11 +219,7 @@ pub async fn run(
                     continue;
                 }
                 for work in batch {
-                    let attempts = work
-                        .recipients
-                        .into_iter()
-                        .map(|r| (r, Tries::default()))
-                        .collect();
+                    let attempts = work.recipients.into_iter().map(|r| (r, 0)).collect();
                     if !start(&d, &snapshot, work.id, attempts, work.message, max_in_flight) {
                         backlog = true;
                     }
@@ -282,15 +278,12 @@ pub async fn run(
             Err(_) => continue,
         };
         let full = due.len() >= limit;
-        let mut by_message: HashMap<String, HashMap<String, Tries>> = HashMap::new();
+        let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
         for r in due {
-            by_message.entry(r.message_id).or_default().insert(
-                r.address,
-                Tries {
-                    attempts: r.attempts,
-                    delay_warned: r.delay_warned,
-                },
-            );
+            by_message
+                .entry(r.message_id)
+                .or_default()
+                .insert(r.address, r.attempts);
         }
         backlog = full;
         for (id, attempts) in by_message {
@@ -371,21 +364,13 @@ fn in_flight(d: &Delivery) -> usize {
     d.in_flight.lock().map_or(usize::MAX, |f| f.len())
 }
 
-/// What the spool says of a due recipient's earlier attempts.
-#[derive(Debug, Clone, Copy, Default)]
-struct Tries {
-    attempts: i64,
-    /// Its sender was warned of its delay already.
-    delay_warned: bool,
-}
-
 /// Starts delivering a message unless it is already in flight. `false`
 /// when there is no room for more work in flight.
 fn start(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: String,
-    attempts: HashMap<String, Tries>,
+    attempts: HashMap<String, i64>,
     handed: Option<Arc<StoredMessage>>,
     max_in_flight: usize,
 ) -> bool {
@@ -470,7 +455,7 @@ async fn deliver_message(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: &str,
-    attempts: HashMap<String, Tries>,
+    attempts: HashMap<String, i64>,
     handed: Option<Arc<StoredMessage>>,
 ) {
     // From here: a delivery that waits (for memory, the spool reader, a
@@ -492,7 +477,16 @@ async fn deliver_message(
         })
         .collect();
     if !holds.is_empty() && holds.len() == plans.len() {
-        record(d, &snapshot.settings, &stub_message(id), &attempts, holds).await;
+        let none = HashMap::new();
+        record(
+            d,
+            &snapshot.settings,
+            &stub_message(id),
+            &attempts,
+            &none,
+            holds,
+        )
+        .await;
         return;
     }
     // Memory for the body before it is read (a handed message is small
@@ -536,7 +530,15 @@ async fn deliver_message(
                     )
                 })
                 .collect();
-            record(d, &snapshot.settings, &stub, &attempts, results).await;
+            record(
+                d,
+                &snapshot.settings,
+                &stub,
+                &attempts,
+                &HashMap::new(),
+                results,
+            )
+            .await;
             return;
         }
     };
@@ -555,7 +557,8 @@ async fn deliver_message(
             .into_iter()
             .map(|r| (r, loop_failure.clone(), None))
             .collect();
-        record(d, settings, &message, &attempts, results).await;
+        let asked = message.message.dsn_asked();
+        record(d, settings, &message, &attempts, &asked, results).await;
         return;
     }
     // Group by next hop; each group is delivered and recorded on its own,
@@ -569,15 +572,19 @@ async fn deliver_message(
             .push(r);
     }
     let attempts = Arc::new(attempts);
+    // What each recipient asked to be told (RFC 3461), worked out once.
+    let asked = Arc::new(message.message.dsn_asked());
     let mut set = JoinSet::new();
     for (_, (plan, group)) in groups {
         let d = Arc::clone(d);
         let message = Arc::clone(&message);
         let settings = Arc::clone(settings);
         let attempts = Arc::clone(&attempts);
+        let asked = Arc::clone(&asked);
         set.spawn(async move {
-            let results = deliver_group(&d, &settings, &message, plan, group, started).await;
-            record(&d, &settings, &message, &attempts, results).await;
+            let results =
+                deliver_group(&d, &settings, &message, &asked, plan, group, started).await;
+            record(&d, &settings, &message, &attempts, &asked, results).await;
         });
     }
     while set.join_next().await.is_some() {}
@@ -750,6 +757,7 @@ async fn deliver_group(
     d: &Arc<Delivery>,
     settings: &ServerSettings,
     message: &StoredMessage,
+    asked: &HashMap<String, RecipientDsn>,
     plan: HopPlan,
     rcpts: Vec<String>,
     started: std::time::Instant,
@@ -801,12 +809,7 @@ async fn deliver_group(
         let mut map = match d.per_hop.lock() {
             Ok(m) => m,
             Err(_) => {
-                return everyone(
-                    Outcome::Temporary {
-                        reply: "internal lock".into(),
-                    },
-                    None,
-                );
+                return everyone(not_tried(settings, "internal lock"), None);
             }
         };
         let wanted = match &plan {
@@ -827,18 +830,14 @@ async fn deliver_group(
     let global = match d.global.lock() {
         Ok(g) => Arc::clone(&g),
         Err(_) => {
-            return everyone(
-                Outcome::Temporary {
-                    reply: "internal lock".into(),
-                },
-                None,
-            );
+            return everyone(not_tried(settings, "internal lock"), None);
         }
     };
     let (Ok(_hop), Ok(_global)) = (hop_sem.acquire().await, global.acquire().await) else {
         return everyone(
-            Outcome::Temporary {
-                reply: "shutting down".into(),
+            Outcome::Waiting {
+                until: now_secs(),
+                reply: "not tried: the engine is shutting down".into(),
             },
             None,
         );
@@ -860,7 +859,6 @@ async fn deliver_group(
     }
     let config = client_config(settings);
     let sender = message.message.sender.clone();
-    let dsn_asked = message.message.dsn_asked();
     let mut last_error = String::from("no host to try");
     for target in &targets {
         if let Ok(mut f) = d.in_flight.lock()
@@ -881,7 +879,7 @@ async fn deliver_group(
                     smtputf8: message.message.smtputf8,
                     dsn: super::client::DsnRequests {
                         message: &message.message.dsn,
-                        recipients: &dsn_asked,
+                        recipients: asked,
                     },
                 },
             )
@@ -913,6 +911,16 @@ async fn deliver_group(
         .collect()
 }
 
+/// An attempt that never reached a next hop for a reason of the engine's
+/// own: no attempt counted, no delay warning; tried again after
+/// `retry-first`.
+fn not_tried(settings: &ServerSettings, why: &str) -> Outcome {
+    Outcome::Waiting {
+        until: now_secs() + settings.retry_first_secs as i64,
+        reply: format!("not tried: {why}"),
+    }
+}
+
 /// A delivery that waited this long asks the spool again which of its
 /// recipients are still to be sent to.
 const RECHECK_AFTER: Duration = Duration::from_millis(100);
@@ -932,10 +940,11 @@ fn resize_global(d: &Arc<Delivery>, wanted: usize) {
 /// Turns outcomes into spool updates (retry times, expiry, bounces) and
 /// commits them; emits one event per recipient.
 async fn record(
-    d: &Delivery,
+    d: &Arc<Delivery>,
     settings: &ServerSettings,
     message: &StoredMessage,
-    attempts: &HashMap<String, Tries>,
+    attempts: &HashMap<String, i64>,
+    asked: &HashMap<String, RecipientDsn>,
     results: Vec<(String, Outcome, Option<String>)>,
 ) {
     let now = now_secs();
@@ -945,12 +954,22 @@ async fn record(
     // NOTIFY said otherwise, and deliveries to a next hop without DSN
     // when NOTIFY asked for success (RFC 3461 4.1, 4.2).
     let mut failed = Vec::new();
-    let dsn_asked = message.message.dsn_asked();
+    // A message's sender is warned of its delay once, when it has waited
+    // `delay-warning`. Whether it was is read now: the outcome of the
+    // attempt before is on disk before this one starts.
+    let may_warn = settings.delay_warning_secs > 0
+        && age >= settings.delay_warning_secs as i64
+        && !message.message.sender.is_empty()
+        && results
+            .iter()
+            .any(|(_, o, _)| matches!(o, Outcome::Temporary { .. }))
+        && matches!(
+            read_spool(d, &message.id, |r, id| r.delay_warned(id)).await,
+            Ok(Some(false))
+        );
+    let none = RecipientDsn::default();
     for (rcpt, outcome, host) in &results {
-        let asked = dsn_asked
-            .get(rcpt.as_str())
-            .map(|d| (*d).clone())
-            .unwrap_or_default();
+        let asked = asked.get(rcpt.as_str()).unwrap_or(&none);
         let (update, event_outcome, reply) = match outcome {
             Outcome::Delivered { reply, dsn_passed } => {
                 if !dsn_passed && Notify::wants_success(asked.notify) {
@@ -1024,19 +1043,12 @@ async fn record(
                 reply.clone(),
             ),
             Outcome::Temporary { reply } => {
-                let tries = attempts.get(rcpt).copied().unwrap_or_default();
-                let previous = tries.attempts.clamp(0, 30);
+                let previous = attempts.get(rcpt).copied().unwrap_or(0).clamp(0, 30);
                 let wait = settings
                     .retry_first_secs
                     .saturating_mul(1u64 << previous)
                     .min(settings.retry_max_interval_secs);
-                // One warning per recipient, once it has waited
-                // `delay-warning`, unless NOTIFY leaves DELAY out.
-                let warn = settings.delay_warning_secs > 0
-                    && age >= settings.delay_warning_secs as i64
-                    && !tries.delay_warned
-                    && Notify::wants_delay(asked.notify);
-                if warn {
+                if may_warn && Notify::wants_delay(asked.notify) {
                     failed.push(ReportedRecipient {
                         address: rcpt.clone(),
                         status: super::client::enhanced_status(reply)
@@ -1052,7 +1064,6 @@ async fn record(
                     RecipientUpdate::Retry {
                         next_attempt: now + wait as i64,
                         error: reply.clone(),
-                        delay_warned: warn,
                     },
                     DeliveryOutcome::Deferred,
                     reply.clone(),
@@ -1089,10 +1100,17 @@ async fn record(
         };
         d.shared.events.emit(event);
     }
+    let delayed = failed.iter().any(|r| r.action == DsnAction::Delayed);
+    let others = failed.iter().any(|r| r.action != DsnAction::Delayed);
     let op = SpoolOp::Attempt {
         message_id: message.id.clone(),
         updates,
         bounce,
+        delay: match (delayed, others) {
+            (false, _) => DelayNotice::None,
+            (true, false) => DelayNotice::Only,
+            (true, true) => DelayNotice::Among,
+        },
     };
     let mut result = d.shared.spool.apply(op.clone()).await;
     if matches!(result, Err(crate::spool::SpoolError::Full(_))) && release_reserve(d) {
@@ -1162,6 +1180,7 @@ pub fn bounce_for(
         return None;
     }
     let id = crate::spool::new_id();
+    let envid = message.message.dsn.envid_text();
     let body = dsn::build_bounce(&BounceInput {
         reporting_mta: &settings.hostname,
         original_id: &message.id,
@@ -1171,7 +1190,7 @@ pub fn bounce_for(
         original: &message.message.body,
         recipients: failed,
         message_id_domain: &settings.hostname,
-        envid: message.message.dsn.envid.as_deref(),
+        envid: envid.as_deref(),
         return_full: message.message.dsn.ret == Some(crate::smtp::dsn_params::Ret::Full),
     });
     Some(NewMessage {

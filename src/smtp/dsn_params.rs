@@ -126,7 +126,10 @@ impl Notify {
 /// notices as `Original-Recipient`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalRecipient {
-    /// The address type, lower-cased (`rfc822`, `utf-8`, ...).
+    /// The parameter's value as the client sent it: passed on unchanged
+    /// (RFC 3461 5.2.1), case and encoding included.
+    pub raw: String,
+    /// The address type as sent (`rfc822`, `utf-8`, ...).
     pub addr_type: String,
     /// The address, decoded from xtext.
     pub address: String,
@@ -150,28 +153,44 @@ impl OriginalRecipient {
         if !atom(kind) {
             return None;
         }
-        let addr_type = kind.to_ascii_lowercase();
-        let address = decode(xtext, utf8 && addr_type == "utf-8")?;
+        let address = decode(xtext, utf8 && kind.eq_ignore_ascii_case("utf-8"))?;
         if !exact_in_a_field(&address) {
             return None;
         }
-        Some(OriginalRecipient { addr_type, address })
+        Some(OriginalRecipient {
+            raw: value.to_string(),
+            addr_type: kind.to_string(),
+            address,
+        })
     }
 
-    /// As the parameter writes it: `rfc822;` and the address in xtext.
+    /// As the parameter writes it: exactly as it was given.
     pub fn as_param(&self) -> String {
-        format!("{};{}", self.addr_type, xtext_encode(&self.address))
+        self.raw.clone()
+    }
+
+    /// As `Original-Recipient` reports it (RFC 3464 2.3.1): the type and
+    /// the decoded address; a `utf-8` one in its own form as sent (RFC
+    /// 6533 3), whose UTF-8 the notice escapes.
+    pub fn reported(&self) -> String {
+        if self.addr_type.eq_ignore_ascii_case("utf-8") {
+            self.raw.clone()
+        } else {
+            format!("{};{}", self.addr_type, self.address)
+        }
     }
 }
 
 /// `ENVID`: the sender's own name for the transaction, at most 100
-/// characters as sent (RFC 3461 4.4), returned in notices as
-/// `Original-Envelope-Id`. Decoded.
+/// characters as sent (RFC 3461 4.4). Kept as sent, to pass on unchanged
+/// (RFC 3461 5.2.1); notices return it decoded as `Original-Envelope-Id`.
 pub fn parse_envid(value: &str) -> Option<String> {
     if value.is_empty() || value.len() > 100 {
         return None;
     }
-    xtext_decode(value).filter(|v| exact_in_a_field(v))
+    xtext_decode(value)
+        .filter(|v| exact_in_a_field(v))
+        .map(|_| value.to_string())
 }
 
 /// Whether a header field can return the value exactly: not empty, and
@@ -227,29 +246,22 @@ fn decode(s: &str, unicode: bool) -> Option<String> {
     Some(out)
 }
 
-/// Encodes printable text as xtext (what [`xtext_decode`] takes back).
-/// A UTF-8 character (only in a `utf-8` ORCPT of an SMTPUTF8 message,
-/// which goes only to a next hop that takes SMTPUTF8) stays as it is.
-pub fn xtext_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match u8::try_from(c) {
-            Ok(b) if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' => out.push(c),
-            Ok(b) if b.is_ascii() => out.push_str(&format!("+{b:02X}")),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// What MAIL asked for (RFC 3461 4.3, 4.4).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageDsn {
     pub ret: Option<Ret>,
+    /// ENVID as sent (xtext).
     pub envid: Option<String>,
 }
 
 impl MessageDsn {
+    /// ENVID decoded, as a notice returns it.
+    pub fn envid_text(&self) -> Option<String> {
+        self.envid
+            .as_deref()
+            .map(|e| xtext_decode(e).unwrap_or_else(|| e.to_string()))
+    }
+
     /// The parameters MAIL carries to a next hop that offers DSN, each
     /// with its leading space.
     pub fn mail_params(&self) -> String {
@@ -260,7 +272,7 @@ impl MessageDsn {
         }
         if let Some(envid) = &self.envid {
             p.push_str(" ENVID=");
-            p.push_str(&xtext_encode(envid));
+            p.push_str(envid);
         }
         p
     }
@@ -294,6 +306,19 @@ impl RecipientDsn {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Printable ASCII as xtext, as a client writes it.
+    fn xtext_encode(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("+{b:02X}"));
+            }
+        }
+        out
+    }
 
     #[test]
     fn notify_takes_never_alone_or_a_list_without_repeats() {
@@ -335,10 +360,12 @@ mod tests {
 
     #[test]
     fn orcpt_needs_a_type_and_an_address() {
-        let o = OriginalRecipient::parse("RFC822;bob+2Bsales@far.test", false).expect("valid");
-        assert_eq!(o.addr_type, "rfc822");
+        // Passed on exactly as sent (RFC 3461 5.2.1), reported decoded.
+        let o = OriginalRecipient::parse("RFC822;bob+2bsales@far.test", false).expect("valid");
+        assert_eq!(o.addr_type, "RFC822");
         assert_eq!(o.address, "bob+sales@far.test");
-        assert_eq!(o.as_param(), "rfc822;bob+2Bsales@far.test");
+        assert_eq!(o.as_param(), "RFC822;bob+2bsales@far.test");
+        assert_eq!(o.reported(), "RFC822;bob+sales@far.test");
         for bad in ["bob@far.test", ";bob@far.test", "rfc822;", "rfc 822;a@b"] {
             assert_eq!(OriginalRecipient::parse(bad, false), None, "{bad:?}");
         }
@@ -374,15 +401,14 @@ mod tests {
         assert_eq!(parse_envid(""), None);
         assert_eq!(parse_envid("+20"), None);
         assert_eq!(parse_envid("+20ab"), None);
-        assert_eq!(parse_envid("a+20+20b").as_deref(), Some("a  b"));
-        assert_eq!(parse_envid("+20"), None);
-        assert_eq!(parse_envid("+20ab"), None);
-        assert_eq!(parse_envid("a+20+20b").as_deref(), Some("a  b"));
+        assert_eq!(parse_envid("a+20+20b").as_deref(), Some("a+20+20b"));
+        // Passed on as sent, lower-case hex and all; returned decoded.
         let dsn = MessageDsn {
             ret: Some(Ret::Headers),
-            envid: Some("QQ 314+1".into()),
+            envid: parse_envid("QQ+20314+2b"),
         };
-        assert_eq!(dsn.mail_params(), " RET=HDRS ENVID=QQ+20314+2B1");
+        assert_eq!(dsn.mail_params(), " RET=HDRS ENVID=QQ+20314+2b");
+        assert_eq!(dsn.envid_text().as_deref(), Some("QQ 314+"));
     }
 
     proptest! {

@@ -192,12 +192,12 @@ fn not_stored(e: &io::Error) -> NotStored {
     }
 }
 
-/// The session limits a set of engine settings asks for.
 /// The shortest command line a DSN-offering server must take: RFC 5321's
 /// 512 octets, 500 more for ORCPT and room for NOTIFY (RFC 3461 5), so
 /// a lower `max-command-line` does not refuse valid DSN parameters.
 pub const DSN_COMMAND_LINE: usize = 1_100;
 
+/// The session limits a set of engine settings asks for.
 pub fn limits_from(settings: &ServerSettings) -> Limits {
     Limits {
         max_message_size: settings.max_message_size,

@@ -254,7 +254,8 @@ fn dsn_parameters_are_checked_and_kept_with_the_transaction() {
     );
     let t = c.session.transaction().expect("transaction open");
     assert_eq!(t.dsn.ret, Some(dsn_params::Ret::Headers));
-    assert_eq!(t.dsn.envid.as_deref(), Some("QQ 314"));
+    assert_eq!(t.dsn.envid.as_deref(), Some("QQ+20314"));
+    assert_eq!(t.dsn.envid_text().as_deref(), Some("QQ 314"));
 
     c.cmd(
         "RCPT TO:<bob@example.test> NOTIFY=NEVER,SUCCESS",
