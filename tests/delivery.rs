@@ -816,7 +816,7 @@ fn dsn_requests_are_passed_on_or_answered_here() {
         ..SinkOptions::default()
     });
     let without = Sink::start(SinkOptions::default());
-    // Below the room DSN parameters need: taken as 1,100 all the same.
+    // Below the room DSN parameters need: taken as 1,200 all the same.
     let db = test_db(dir.path(), &[("max-command-line", "512")]);
     for (domain, sink) in [
         ("example.com", &internal),
@@ -1025,6 +1025,7 @@ fn a_delayed_recipient_is_warned_of_once_unless_notify_says_otherwise() {
         !text.contains("slow body"),
         "a warning returns headers only"
     );
+    assert!(text.contains("Will-Retry-Until: "), "{text}");
     let named = if temp1 { 2 } else { 1 };
     server.wait_for(
         &format!("for {id} queued to <alice@example.com>: {named} recipient(s) delayed"),

@@ -62,6 +62,7 @@ fn notice(
         message_id_domain: "example.com",
         envid,
         return_full,
+        retry_until: Some(UNIX_EPOCH + Duration::from_secs(1_795_900_000)),
     })
 }
 
@@ -258,6 +259,10 @@ fn delay_warning() {
     let groups = status_groups(report);
     assert_eq!(field(&groups[1], "Action"), Some("delayed"));
     assert_eq!(field(&groups[1], "Status"), Some("4.4.1"));
+    assert_eq!(
+        field(&groups[1], "Will-Retry-Until"),
+        Some("Sat, 28 Nov 2026 21:06:40 +0000")
+    );
 }
 
 #[test]
@@ -321,6 +326,7 @@ fn remote_text_cannot_inject_lines() {
         message_id_domain: "example.com",
         envid: Some("id\r\nX-Injected: yes"),
         return_full: false,
+        retry_until: None,
     });
     assert_wire_safe(&raw);
     let text = String::from_utf8(raw.clone()).expect("ASCII");

@@ -85,6 +85,9 @@ pub struct BounceInput<'a> {
     pub envid: Option<&'a str>,
     /// The client asked for the whole message back (`RET=FULL`).
     pub return_full: bool,
+    /// When a delayed recipient stops being retried (and bounces), for
+    /// its `Will-Retry-Until` (RFC 3464 2.3.9).
+    pub retry_until: Option<SystemTime>,
 }
 
 /// The largest message `RET=FULL` returns whole in a failure notice (as
@@ -401,6 +404,9 @@ fn delivery_status(mta: &str, id: &str, input: &BounceInput<'_>, rcpts: &[Recipi
             r.push_str(&fold_field("Diagnostic-Code: smtp; ", diag));
         }
         r.push_str(&format!("Last-Attempt-Date: {last_attempt}\r\n"));
+        if let (DsnAction::Delayed, Some(until)) = (rc.action, input.retry_until) {
+            r.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
+        }
     }
     r
 }

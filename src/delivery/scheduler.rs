@@ -1191,6 +1191,12 @@ pub fn bounce_for(
         recipients: failed,
         message_id_domain: &settings.hostname,
         envid: envid.as_deref(),
+        retry_until: Some(
+            UNIX_EPOCH
+                + Duration::from_secs(
+                    (message.received_at.max(0) as u64).saturating_add(settings.max_queue_age_secs),
+                ),
+        ),
         return_full: message.message.dsn.ret == Some(crate::smtp::dsn_params::Ret::Full),
     });
     Some(NewMessage {
