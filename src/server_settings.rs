@@ -49,7 +49,7 @@ pub struct ServerSettings {
     pub retry_max_interval_secs: u64,
     /// A message still undelivered after this long bounces.
     pub max_queue_age_secs: u64,
-    /// A recipient still queued after this long gets its sender one delay
+    /// A message still queued after this long gets its sender one delay
     /// warning (Postfix's `delay_warning_time`); 0: none.
     pub delay_warning_secs: u64,
     pub delivery_concurrency: usize,
@@ -248,7 +248,7 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     ),
     (
         "delay-warning",
-        "seconds a recipient waits in the queue before its sender is warned once (0: never)",
+        "seconds a message waits in the queue before its sender is warned once (0: never)",
     ),
     (
         "delivery-concurrency",

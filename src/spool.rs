@@ -327,20 +327,18 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     // keeping its largest size on disk (a full disk wants that room).
     conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
     conn.execute_batch(SCHEMA)?;
-    let has_smtputf8: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'smtputf8'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_smtputf8 {
+    // Columns later versions added, to a spool an earlier one made.
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )
+    };
+    if !has("messages", "smtputf8")? {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN smtputf8 INTEGER NOT NULL DEFAULT 0")?;
     }
-    let has_dsn: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('recipients') WHERE name = 'dsn_notify'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_dsn {
+    if !has("recipients", "dsn_notify")? {
         conn.execute_batch(
             "BEGIN;
              ALTER TABLE messages ADD COLUMN dsn_ret TEXT;
@@ -350,12 +348,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
              COMMIT;",
         )?;
     }
-    let has_warned: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'delay_warned'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_warned {
+    if !has("messages", "delay_warned")? {
         conn.execute_batch(
             "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
         )?;

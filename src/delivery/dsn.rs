@@ -309,52 +309,33 @@ fn notification_text(mta: &str, id: &str, arrival: SystemTime, rcpts: &[Recipien
         &mut t,
         &format!("This is the mail delivery system at {mta}."),
     );
-    let failed: Vec<&Recipient> = rcpts
-        .iter()
-        .filter(|r| r.action == DsnAction::Failed)
-        .collect();
-    let delayed: Vec<&Recipient> = rcpts
-        .iter()
-        .filter(|r| r.action == DsnAction::Delayed)
-        .collect();
-    if !failed.is_empty() {
-        para(
-            &mut t,
+    // What happened, a paragraph and its recipients per action.
+    for (action, what) in [
+        (
+            DsnAction::Failed,
             "Your message could not be delivered to one or more recipients, \
              and no further attempts will be made. The details follow.",
-        );
-        for r in failed {
-            t.push_str(&wrap(&r.explanation(), 0, 4).join("\r\n    "));
-            t.push_str("\r\n");
-        }
-        t.push_str("\r\n");
-    }
-    let relayed: Vec<&Recipient> = rcpts
-        .iter()
-        .filter(|r| r.action == DsnAction::Relayed)
-        .collect();
-    if !relayed.is_empty() {
-        para(
-            &mut t,
+        ),
+        (
+            DsnAction::Relayed,
             "Your message was handed on to the next mail server for the \
              following recipients, as you asked to be told. That server does \
              not offer delivery notifications, so this is the last notice \
              from the mail system unless another system reports an error.",
-        );
-        for r in relayed {
-            t.push_str(&wrap(&r.explanation(), 0, 4).join("\r\n    "));
-            t.push_str("\r\n");
-        }
-        t.push_str("\r\n");
-    }
-    if !delayed.is_empty() {
-        para(
-            &mut t,
+        ),
+        (
+            DsnAction::Delayed,
             "Delivery of your message to the following recipients has been \
              delayed. It is still being retried: you do not need to send it \
              again, and you will be told if it finally fails.",
-        );
-        for r in delayed {
+        ),
+    ] {
+        let mut these = rcpts.iter().filter(|r| r.action == action).peekable();
+        if these.peek().is_none() {
+            continue;
+        }
+        para(&mut t, what);
+        for r in these {
             t.push_str(&wrap(&r.explanation(), 0, 4).join("\r\n    "));
             t.push_str("\r\n");
         }

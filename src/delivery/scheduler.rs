@@ -973,16 +973,7 @@ async fn record(
         let (update, event_outcome, reply) = match outcome {
             Outcome::Delivered { reply, dsn_passed } => {
                 if !dsn_passed && Notify::wants_success(asked.notify) {
-                    failed.push(ReportedRecipient {
-                        address: rcpt.clone(),
-                        status: super::client::enhanced_status(reply)
-                            .filter(|s| s.starts_with('2'))
-                            .unwrap_or_else(|| "2.0.0".into()),
-                        diagnostic: Some(reply.clone()),
-                        remote_mta: host.clone(),
-                        action: DsnAction::Relayed,
-                        original_recipient: asked.orcpt.clone(),
-                    });
+                    failed.push(reported(rcpt, reply, host, DsnAction::Relayed, asked));
                 }
                 (
                     RecipientUpdate::Delivered,
@@ -1049,16 +1040,7 @@ async fn record(
                     .saturating_mul(1u64 << previous)
                     .min(settings.retry_max_interval_secs);
                 if may_warn && Notify::wants_delay(asked.notify) {
-                    failed.push(ReportedRecipient {
-                        address: rcpt.clone(),
-                        status: super::client::enhanced_status(reply)
-                            .filter(|s| s.starts_with('4'))
-                            .unwrap_or_else(|| "4.0.0".into()),
-                        diagnostic: Some(reply.clone()),
-                        remote_mta: host.clone(),
-                        action: DsnAction::Delayed,
-                        original_recipient: asked.orcpt.clone(),
-                    });
+                    failed.push(reported(rcpt, reply, host, DsnAction::Delayed, asked));
                 }
                 (
                     RecipientUpdate::Retry {
@@ -1131,6 +1113,32 @@ async fn record(
                 ),
             });
         }
+    }
+}
+
+/// A recipient relayed or delayed, for the notice: the next hop's reply,
+/// its enhanced status code if it has one of the action's class.
+fn reported(
+    rcpt: &str,
+    reply: &str,
+    host: &Option<String>,
+    action: DsnAction,
+    asked: &RecipientDsn,
+) -> ReportedRecipient {
+    let class = if action == DsnAction::Relayed {
+        '2'
+    } else {
+        '4'
+    };
+    ReportedRecipient {
+        address: rcpt.to_string(),
+        status: super::client::enhanced_status(reply)
+            .filter(|s| s.starts_with(class))
+            .unwrap_or_else(|| format!("{class}.0.0")),
+        diagnostic: Some(reply.to_string()),
+        remote_mta: host.clone(),
+        action,
+        original_recipient: asked.orcpt.clone(),
     }
 }
 
