@@ -134,15 +134,17 @@ pub enum RecipientUpdate {
 
 /// Whether a notice warns its sender of a delay, which a message's sender
 /// is told of once (`messages.delay_warned`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DelayNotice {
     /// It does not.
     None,
     /// It is a delay warning and nothing else: stored only if the message
     /// has had none.
     Only,
-    /// It warns of a delay among failures: stored in any case.
-    Among,
+    /// It warns of a delay among other news (failures): if the message
+    /// was warned already (by another next hop's attempt, committed
+    /// first), this notice without its delays is stored instead.
+    Among(Option<Box<NewMessage>>),
 }
 
 /// Marks a message's sender as warned of its delay; 1 row if it was not.
@@ -704,15 +706,21 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             if touched > 0 {
                 // A message's sender is warned of its delay once: decided
                 // here, in the commit that stores the warning.
-                let store = match delay {
-                    DelayNotice::None => true,
-                    DelayNotice::Among => {
-                        conn.prepare_cached(WARNED)?.execute([message_id])?;
-                        true
+                let notice = match delay {
+                    DelayNotice::None => bounce.as_ref(),
+                    DelayNotice::Only => {
+                        let first = conn.prepare_cached(WARNED)?.execute([message_id])? > 0;
+                        bounce.as_ref().filter(|_| first)
                     }
-                    DelayNotice::Only => conn.prepare_cached(WARNED)?.execute([message_id])? > 0,
+                    DelayNotice::Among(without_delays) => {
+                        if conn.prepare_cached(WARNED)?.execute([message_id])? > 0 {
+                            bounce.as_ref()
+                        } else {
+                            without_delays.as_deref()
+                        }
+                    }
                 };
-                if let (true, Some(b)) = (store, bounce) {
+                if let Some(b) = notice {
                     insert(conn, b, now)?;
                 }
                 remove_if_done(conn, message_id)?;
@@ -1120,6 +1128,66 @@ mod tests {
             helo: "client".into(),
             body: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes(),
         }
+    }
+
+    /// A message's sender hears of its delay once: a delay-only notice is
+    /// stored only for the first warning, and a failure notice that also
+    /// reports delays is stored without them once the message was warned
+    /// (two next hops' outcomes committed one after the other).
+    #[test]
+    fn a_delay_is_reported_once_whichever_notice_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).unwrap();
+        let mut m = message(&spool, 1);
+        m.recipients.push(SpoolRecipient {
+            address: "s@other.test".into(),
+            ..m.recipients[0].clone()
+        });
+        let id = m.id.clone();
+        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        let notice = |n: usize| {
+            let mut b = message(&spool, 100 + n);
+            b.sender = String::new();
+            b
+        };
+        let retry = |rcpt: &str| {
+            (
+                rcpt.to_string(),
+                RecipientUpdate::Retry {
+                    next_attempt: 0,
+                    error: "451 4.3.0 later".into(),
+                },
+            )
+        };
+        let attempt = |rcpt: &str, bounce: NewMessage, delay: DelayNotice| SpoolOp::Attempt {
+            message_id: id.clone(),
+            updates: vec![retry(rcpt)],
+            bounce: Some(bounce),
+            delay,
+        };
+        let (first, again) = (notice(1), notice(2));
+        let (with_delays, without) = (notice(3), notice(4));
+        spool
+            .apply_blocking(attempt("r@far.test", first.clone(), DelayNotice::Only))
+            .unwrap();
+        spool
+            .apply_blocking(attempt("r@far.test", again.clone(), DelayNotice::Only))
+            .unwrap();
+        spool
+            .apply_blocking(attempt(
+                "s@other.test",
+                with_delays.clone(),
+                DelayNotice::Among(Some(Box::new(without.clone()))),
+            ))
+            .unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        let stored = |b: &NewMessage| reader.contains(&b.id).unwrap();
+        assert!(stored(&first));
+        assert!(!stored(&again), "a second delay-only warning");
+        assert!(!stored(&with_delays), "the delays reported again");
+        assert!(stored(&without), "the failures all the same");
+        assert_eq!(reader.delay_warned(&id).unwrap(), Some(true));
     }
 
     /// A recipient given twice keeps its first DSN request for delivery,

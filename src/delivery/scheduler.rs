@@ -1083,16 +1083,28 @@ async fn record(
         d.shared.events.emit(event);
     }
     let delayed = failed.iter().any(|r| r.action == DsnAction::Delayed);
-    let others = failed.iter().any(|r| r.action != DsnAction::Delayed);
+    let others: Vec<ReportedRecipient> = failed
+        .iter()
+        .filter(|r| r.action != DsnAction::Delayed)
+        .cloned()
+        .collect();
+    let delay = match (delayed, others.is_empty()) {
+        (false, _) => DelayNotice::None,
+        (true, true) => DelayNotice::Only,
+        // The spool writer picks one of the two (see DelayNotice), under
+        // the one queue id the events name.
+        (true, false) => DelayNotice::Among(bounce_for(settings, message, &others).map(|mut w| {
+            if let Some(b) = &bounce {
+                w.id = b.id.clone();
+            }
+            Box::new(w)
+        })),
+    };
     let op = SpoolOp::Attempt {
         message_id: message.id.clone(),
         updates,
         bounce,
-        delay: match (delayed, others) {
-            (false, _) => DelayNotice::None,
-            (true, false) => DelayNotice::Only,
-            (true, true) => DelayNotice::Among,
-        },
+        delay,
     };
     let mut result = d.shared.spool.apply(op.clone()).await;
     if matches!(result, Err(crate::spool::SpoolError::Full(_))) && release_reserve(d) {
