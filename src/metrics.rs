@@ -33,6 +33,12 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoticeLabels {
+    /// `delayed` or `relayed`.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
     route: String,
     result: String,
@@ -54,6 +60,7 @@ struct Counted {
     accepted_bytes: Counter,
     deliveries: Family<DeliveryLabels, Counter>,
     bounces: Counter,
+    notices: Family<NoticeLabels, Counter>,
     queue_messages: Gauge,
     queue_oldest_age: Gauge,
     transactions_open: Gauge,
@@ -114,6 +121,11 @@ impl Counted {
                 Family::default()
             ),
             bounces: reg!("bounces", "bounces queued to senders", Counter::default()),
+            notices: reg!(
+                "notices",
+                "notices without failures queued to senders: delay warnings (delayed), DSN success reports (relayed)",
+                Family::default()
+            ),
             queue_messages: reg!("queue_messages", "messages in the queue", Gauge::default()),
             transactions_open: reg!(
                 "transactions_open",
@@ -260,6 +272,17 @@ impl Metrics {
             }
             Event::Bounced { .. } => {
                 c.bounces.inc();
+            }
+            Event::NoticeSent {
+                delayed, relayed, ..
+            } => {
+                for (kind, n) in [("delayed", delayed), ("relayed", relayed)] {
+                    if *n > 0 {
+                        c.notices
+                            .get_or_create(&NoticeLabels { kind: kind.into() })
+                            .inc();
+                    }
+                }
             }
             Event::AuthFailed { .. } => {
                 c.auth_failures.inc();

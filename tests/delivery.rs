@@ -817,7 +817,17 @@ fn dsn_requests_are_passed_on_or_answered_here() {
     });
     let without = Sink::start(SinkOptions::default());
     // Below the room DSN parameters need: taken as 1,200 all the same.
-    let db = test_db(dir.path(), &[("max-command-line", "512")]);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let db = test_db(
+        dir.path(),
+        &[
+            ("max-command-line", "512"),
+            ("metrics-listen", &metrics.to_string()),
+        ],
+    );
     for (domain, sink) in [
         ("example.com", &internal),
         ("dsn.test", &with_dsn),
@@ -917,6 +927,12 @@ fn dsn_requests_are_passed_on_or_answered_here() {
     assert_eq!(parsed.subject(), Some("Successful Mail Delivery Report"));
     assert!(notices[2].body_str().contains("Action: relayed"));
     server.wait_for("as NOTIFY=SUCCESS asked", WAIT);
+    // Counted for Prometheus as a notice, not a bounce.
+    eventually("the relayed notice counted", || {
+        scrape(metrics).contains("relaygate_notices_total{kind=\"relayed\"} 1")
+    });
+    let m = scrape(metrics);
+    assert!(m.contains("relaygate_bounces_total 2"), "{m}");
 
     // The longest ORCPT (500 characters) fits the command line; a UTF-8
     // ORCPT goes as it is to a hop that takes SMTPUTF8 and DSN.
@@ -1052,4 +1068,16 @@ fn a_delayed_recipient_is_warned_of_once_unless_notify_says_otherwise() {
     assert_eq!(queued.len(), 1, "no second warning waiting: {queued:?}");
     assert_eq!(internal.messages().len(), 1, "warned once");
     drop(server);
+}
+
+/// The `/metrics` page of an engine serving them on `addr`.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    page
 }
