@@ -125,6 +125,15 @@ pub enum Event {
         bounce_id: String,
         to: String,
     },
+    /// A recipient's failure not bounced because its sender asked not to
+    /// hear of failures (DSN `NOTIFY` without FAILURE, RFC 3461): said,
+    /// so that a missing bounce is explained.
+    NotNotified {
+        message_id: String,
+        recipient: String,
+        /// The recipient's NOTIFY, as `NEVER` or its list.
+        notify: String,
+    },
     /// A notice queued to the sender that reports no failure: recipients
     /// still being retried past `delay-warning`, or relayed to a next hop
     /// without DSN when NOTIFY asked for success (RFC 3461). A notice that
@@ -418,7 +427,7 @@ impl Event {
             Event::Delivery { outcome, .. } => (K::Delivery, Some((*outcome).into())),
             Event::Bounced { .. } => (K::Delivery, Some(Outcome::Bounced)),
             // News for the sender, not an outcome of its own.
-            Event::NoticeSent { .. } => (K::Delivery, None),
+            Event::NoticeSent { .. } | Event::NotNotified { .. } => (K::Delivery, None),
         }
     }
 }
@@ -605,6 +614,14 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
         } => d(
             Warn,
             put!("bounce {bounce_id} for {message_id} queued to <{to}>"),
+        ),
+        Event::NotNotified {
+            message_id,
+            recipient,
+            notify,
+        } => d(
+            Info,
+            put!("no bounce for {message_id} to=<{recipient}>: its sender asked NOTIFY={notify}"),
         ),
         Event::NoticeSent {
             message_id,

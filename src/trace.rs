@@ -152,6 +152,14 @@ impl<'a> KeysOf<'a> {
                 k.message = Some(message_id);
                 k.recipient = text(recipient);
             }
+            Event::NotNotified {
+                message_id,
+                recipient,
+                ..
+            } => {
+                k.message = Some(message_id);
+                k.recipient = text(recipient);
+            }
             Event::Bounced { message_id, .. } | Event::NoticeSent { message_id, .. } => {
                 k.message = Some(message_id)
             }

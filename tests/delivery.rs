@@ -901,6 +901,8 @@ fn dsn_requests_are_passed_on_or_answered_here() {
         text.contains("Original-Recipient: rfc822;perm2@plain.test\r\nFinal-Recipient: rfc822; perm2@plain.test\r\nAction: failed\r\nStatus: 5.1.1"),
         "{text}"
     );
+    // The bounce not sent is said, with why.
+    server.wait_for("to=<perm1@plain.test>: its sender asked NOTIFY=NEVER", WAIT);
     for absent in ["perm1@", "ok@plain.test", "a@dsn.test", "first body line"] {
         assert!(!text.contains(absent), "{absent} in {text}");
     }

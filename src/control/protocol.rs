@@ -369,6 +369,11 @@ mod tests {
                 bounce_id: "DEF".into(),
                 to: "a@example.com".into(),
             },
+            Event::NotNotified {
+                message_id: "ABC".into(),
+                recipient: "b@far.test".into(),
+                notify: "NEVER".into(),
+            },
             Event::NoticeSent {
                 message_id: "ABC".into(),
                 notice_id: "DEF".into(),
@@ -424,6 +429,7 @@ mod tests {
                 | Event::Delivery { .. }
                 | Event::Bounced { .. }
                 | Event::NoticeSent { .. }
+                | Event::NotNotified { .. }
                 | Event::Error { .. }
                 | Event::ClientBanned { .. }
                 | Event::ProxyRefused { .. }

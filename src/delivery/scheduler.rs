@@ -970,6 +970,8 @@ async fn record(
     let none = RecipientDsn::default();
     for (rcpt, outcome, host) in &results {
         let asked = asked.get(rcpt.as_str()).unwrap_or(&none);
+        // A failure the sender asked not to hear of: said after its outcome.
+        let mut withheld = false;
         let (update, event_outcome, reply) = match outcome {
             Outcome::Delivered { reply, dsn_passed } => {
                 if !dsn_passed && Notify::wants_success(asked.notify) {
@@ -984,7 +986,9 @@ async fn record(
             Outcome::Permanent { reply, status } | Outcome::NotSent { reply, status } => {
                 // A refusal of ours names no remote MTA (RFC 3464 2.3.5).
                 let said_by_host = matches!(outcome, Outcome::Permanent { .. });
-                if Notify::wants_failure(asked.notify) {
+                if !Notify::wants_failure(asked.notify) {
+                    withheld = true;
+                } else {
                     failed.push(ReportedRecipient {
                         address: rcpt.clone(),
                         status: status.clone(),
@@ -1007,7 +1011,9 @@ async fn record(
                     "4.4.7 message expired after {} days in the queue; last error: {reply}",
                     age / 86_400
                 );
-                if Notify::wants_failure(asked.notify) {
+                if !Notify::wants_failure(asked.notify) {
+                    withheld = true;
+                } else {
                     failed.push(ReportedRecipient {
                         address: rcpt.clone(),
                         status: "4.4.7".into(),
@@ -1060,6 +1066,14 @@ async fn record(
             outcome: event_outcome,
             reply: crate::events::printable(&reply),
         });
+        if let (true, false, Some(n)) = (withheld, message.message.sender.is_empty(), asked.notify)
+        {
+            d.shared.events.emit(Event::NotNotified {
+                message_id: message.id.clone(),
+                recipient: rcpt.clone(),
+                notify: n.as_param(),
+            });
+        }
     }
     let bounce = bounce_for(settings, message, &failed);
     if let Some(b) = &bounce {
