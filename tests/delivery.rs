@@ -970,6 +970,11 @@ fn dsn_requests_are_passed_on_or_answered_here() {
     let notices = internal.wait_for(4, WAIT);
     assert_eq!(notices[3].rcpts, ["j\u{fc}rgen@example.com"]);
     assert!(notices[3].smtputf8, "the notice carries SMTPUTF8");
+    let text = notices[3].body_str();
+    assert!(
+        text.contains("report-type=global-delivery-status"),
+        "RFC 6533: {text}"
+    );
     c.expect("QUIT", "221");
     assert_eq!(server.terminate().code(), Some(0));
 }

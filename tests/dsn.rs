@@ -51,10 +51,26 @@ fn notice(
     envid: Option<&str>,
     return_full: bool,
 ) -> Vec<u8> {
+    notice_to(
+        "alice@example.com",
+        original,
+        recipients,
+        envid,
+        return_full,
+    )
+}
+
+fn notice_to(
+    sender: &str,
+    original: &[u8],
+    recipients: &[ReportedRecipient],
+    envid: Option<&str>,
+    return_full: bool,
+) -> Vec<u8> {
     build_bounce(&BounceInput {
         reporting_mta: "gw.example.com",
         original_id: "0000ABC",
-        original_sender: "alice@example.com",
+        original_sender: sender,
         arrival: UNIX_EPOCH + Duration::from_secs(1_795_468_058),
         now: UNIX_EPOCH + Duration::from_secs(1_795_471_658),
         original,
@@ -63,6 +79,7 @@ fn notice(
         envid,
         return_full,
         retry_until: Some(UNIX_EPOCH + Duration::from_secs(1_795_900_000)),
+        global: !sender.is_ascii(),
     })
 }
 
@@ -327,6 +344,7 @@ fn remote_text_cannot_inject_lines() {
         envid: Some("id\r\nX-Injected: yes"),
         return_full: false,
         retry_until: None,
+        global: false,
     });
     assert_wire_safe(&raw);
     let text = String::from_utf8(raw.clone()).expect("ASCII");
@@ -570,4 +588,53 @@ fn ret_full_returns_a_small_seven_bit_message_whole_and_others_as_headers() {
     relayed.action = DsnAction::Relayed;
     let raw = notice(&original(), &[relayed], None, true);
     assert!(!String::from_utf8_lossy(&raw).contains(BODY_MARKER));
+}
+
+/// A notice to a UTF-8 sender is RFC 6533's: a global delivery status with
+/// addresses as they are, the original's UTF-8 headers as they are, and it
+/// is known for a notice (never bounced).
+#[test]
+fn a_notice_to_a_utf8_sender_is_a_global_delivery_status() {
+    let mut original =
+        "Subject: caf\u{e9}\r\nFrom: J\u{fc}rgen <j\u{fc}rgen@example.com>\r\n\r\nbody\r\n"
+            .as_bytes()
+            .to_vec();
+    let mut r = failed("b\u{f8}b@far.test", "5.1.1", Some("550 5.1.1 no"), None);
+    r.original_recipient = OriginalRecipient::parse("utf-8;B\u{f8}b@far.test", true);
+    let raw = notice_to(
+        "j\u{fc}rgen@example.com",
+        &original,
+        &[r.clone()],
+        None,
+        false,
+    );
+    let text = String::from_utf8(raw.clone()).expect("UTF-8");
+    assert!(
+        text.contains("report-type=global-delivery-status"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Type: message/global-delivery-status\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Original-Recipient: utf-8;B\u{f8}b@far.test\r\nFinal-Recipient: utf-8; b\u{f8}b@far.test\r\n"), "{text}");
+    assert!(text.contains("Content-Type: message/global-headers\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSubject: caf\u{e9}\r\n"), "{text}");
+    assert!(text.contains("charset=utf-8"), "{text}");
+    assert!(!text.contains("body\r\n--"), "never the body");
+    assert!(is_bounce(&raw));
+    for line in text.split("\r\n") {
+        assert!(line.len() <= 998 && !line.contains(['\r', '\n']));
+    }
+    let m = parse(&raw);
+    assert_eq!(m.subject(), Some("Undelivered Mail Returned to Sender"));
+    // Headers that are not UTF-8 go quoted-printable, as for anyone.
+    original.splice(9..10, [0xff]);
+    let raw = notice_to("j\u{fc}rgen@example.com", &original, &[r], None, false);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains(
+            "Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: quoted-printable"
+        ),
+        "{text}"
+    );
 }

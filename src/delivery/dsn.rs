@@ -88,6 +88,10 @@ pub struct BounceInput<'a> {
     /// When a delayed recipient stops being retried (and bounces), for
     /// its `Will-Retry-Until` (RFC 3464 2.3.9).
     pub retry_until: Option<SystemTime>,
+    /// The sender's address is UTF-8, so the notice goes with SMTPUTF8 and
+    /// is RFC 6533's: `global-delivery-status`, addresses and the
+    /// original's headers in UTF-8 as they are.
+    pub global: bool,
 }
 
 /// The largest message `RET=FULL` returns whole in a failure notice (as
@@ -120,7 +124,11 @@ const MAX_ID: usize = 24;
 pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     let mta = host_token(input.reporting_mta).unwrap_or_else(|| "localhost".into());
     let id = queue_id_token(input.original_id);
-    let recipients: Vec<Recipient> = input.recipients.iter().map(Recipient::new).collect();
+    let recipients: Vec<Recipient> = input
+        .recipients
+        .iter()
+        .map(|r| Recipient::new(r, input.global))
+        .collect();
     let any_failed =
         recipients.is_empty() || recipients.iter().any(|r| r.action == DsnAction::Failed);
     let any_delayed = recipients.iter().any(|r| r.action == DsnAction::Delayed);
@@ -135,10 +143,21 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     let notification = notification_text(&mta, &id, input.arrival, &recipients);
     let report = delivery_status(&mta, &id, input, &recipients);
     let whole = any_failed && input.return_full && returnable_whole(input.original);
+    let lines = header_lines(input.original);
+    let global_headers = (input.global && !whole)
+        .then(|| global_headers(&lines))
+        .flatten();
     let (headers_part, transfer_encoding) = if whole {
         (String::from_utf8_lossy(input.original).into_owned(), "7bit")
+    } else if let Some(h) = global_headers.clone() {
+        (h, "8bit")
     } else {
-        rfc822_headers(&header_lines(input.original))
+        rfc822_headers(&lines)
+    };
+    let (report_type, status_type) = if input.global {
+        ("global-delivery-status", "message/global-delivery-status")
+    } else {
+        ("delivery-status", "message/delivery-status")
     };
     // Only what goes into the bounce needs checking: the original's header
     // section (never its body, which may be 25 MB and crafted to hold
@@ -171,28 +190,39 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
     m.push_str(&format!(
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
+        "Content-Type: multipart/report; report-type={report_type};\r\n\tboundary=\"{boundary}\"\r\n"
     ));
     m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
 
     m.push_str(&format!("--{boundary}\r\n"));
     m.push_str("Content-Description: Notification\r\n");
-    m.push_str("Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+    m.push_str(if input.global {
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    } else {
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    });
     m.push_str(&notification);
 
     m.push_str(&format!("\r\n--{boundary}\r\n"));
     m.push_str("Content-Description: Delivery report\r\n");
-    m.push_str("Content-Type: message/delivery-status\r\n\r\n");
+    m.push_str(&format!("Content-Type: {status_type}\r\n\r\n"));
     m.push_str(&report);
 
     m.push_str(&format!("\r\n--{boundary}\r\n"));
-    m.push_str(match (whole, any_failed) {
-        (true, _) => "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n",
-        (false, true) => {
-            "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n"
+    let headers_type = if global_headers.is_some() {
+        "message/global-headers"
+    } else {
+        "text/rfc822-headers"
+    };
+    m.push_str(&match (whole, any_failed) {
+        (true, _) => {
+            "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n".into()
         }
+        (false, true) => format!(
+            "Content-Description: Undelivered Message Headers\r\nContent-Type: {headers_type}\r\n"
+        ),
         (false, false) => {
-            "Content-Description: Message Headers\r\nContent-Type: text/rfc822-headers\r\n"
+            format!("Content-Description: Message Headers\r\nContent-Type: {headers_type}\r\n")
         }
     });
     m.push_str(&format!(
@@ -202,6 +232,22 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
 
     m.push_str(&format!("\r\n--{boundary}--\r\n"));
     m.into_bytes()
+}
+
+/// The header section as RFC 6533's `message/global-headers` (UTF-8 as it
+/// is), if it is UTF-8 with no control characters and no line over 998
+/// octets; else `None`, and it goes quoted-printable as for anyone.
+fn global_headers(lines: &[&[u8]]) -> Option<String> {
+    let mut s = String::new();
+    for line in lines {
+        let text = std::str::from_utf8(line).ok()?;
+        if line.len() > HARD_LINE || text.chars().any(|c| c.is_control() && c != '\t') {
+            return None;
+        }
+        s.push_str(text);
+        s.push_str("\r\n");
+    }
+    Some(s)
 }
 
 /// Whether a message can go back whole inside a notice: small, 7-bit,
@@ -264,8 +310,13 @@ struct Recipient {
 }
 
 impl Recipient {
-    fn new(r: &ReportedRecipient) -> Recipient {
-        let (address_type, address) = dsn_address(&r.address);
+    /// With `global`, a UTF-8 address stays as it is (RFC 6533 3).
+    fn new(r: &ReportedRecipient, global: bool) -> Recipient {
+        let (address_type, address) = if global && !r.address.is_ascii() {
+            ("utf-8", printable_utf8(&envelope_address(&r.address)))
+        } else {
+            dsn_address(&r.address)
+        };
         Recipient {
             address_type,
             address,
@@ -277,10 +328,13 @@ impl Recipient {
                 .filter(|d| !d.is_empty()),
             remote_mta: r.remote_mta.as_deref().and_then(host_token),
             action: r.action,
-            original: r
-                .original_recipient
-                .as_ref()
-                .map(|o| exact_text(&o.reported())),
+            original: r.original_recipient.as_ref().map(|o| {
+                if global {
+                    printable_utf8(&o.reported())
+                } else {
+                    exact_text(&o.reported())
+                }
+            }),
         }
     }
 
@@ -579,6 +633,19 @@ fn exact_text(s: &str) -> String {
     out
 }
 
+/// UTF-8 text for a global report: as it is but for control characters
+/// (`?`), at most [`MAX_EXACT`] octets.
+fn printable_utf8(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > MAX_EXACT {
+            break;
+        }
+        out.push(if c.is_control() { '?' } else { c });
+    }
+    out
+}
+
 /// A host name or address literal: the characters they may hold, or `None`.
 /// A host name for the report: the first word of what delivery names a
 /// host by ("mx.example.net (192.0.2.1:25)" gives "mx.example.net"),
@@ -697,7 +764,8 @@ fn header_fields(message: &[u8]) -> Vec<(String, String)> {
     fields
 }
 
-/// `multipart/report` with `report-type=delivery-status`.
+/// `multipart/report` with `report-type=delivery-status` (or RFC 6533's
+/// `global-delivery-status`).
 fn is_delivery_report(value: &str) -> bool {
     let mut parts = split_unquoted(value, ';').into_iter();
     let media = parts.next().unwrap_or_default();
@@ -711,7 +779,8 @@ fn is_delivery_report(value: &str) -> bool {
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(v);
                 name.trim().eq_ignore_ascii_case("report-type")
-                    && v.trim().eq_ignore_ascii_case("delivery-status")
+                    && (v.trim().eq_ignore_ascii_case("delivery-status")
+                        || v.trim().eq_ignore_ascii_case("global-delivery-status"))
             })
         })
 }

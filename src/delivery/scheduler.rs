@@ -1225,6 +1225,7 @@ pub fn bounce_for(
         recipients: failed,
         message_id_domain: &settings.hostname,
         envid: envid.as_deref(),
+        global: !sender.is_ascii(),
         retry_until: Some(
             UNIX_EPOCH
                 + Duration::from_secs(
