@@ -621,7 +621,9 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             notify,
         } => d(
             Info,
-            put!("no bounce for {message_id} to=<{recipient}>: its sender asked NOTIFY={notify}"),
+            put!(
+                "no bounce to the sender of {message_id} for <{recipient}>: NOTIFY={notify} on that recipient"
+            ),
         ),
         Event::NoticeSent {
             message_id,

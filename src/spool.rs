@@ -1188,6 +1188,44 @@ mod tests {
         assert!(!stored(&with_delays), "the delays reported again");
         assert!(stored(&without), "the failures all the same");
         assert_eq!(reader.delay_warned(&id).unwrap(), Some(true));
+
+        // The other order: the failure notice with its delays first, then
+        // a delay-only one. Both versions share one queue id, as delivery
+        // builds them.
+        let mut m = message(&spool, 2);
+        m.recipients.push(SpoolRecipient {
+            address: "s@other.test".into(),
+            ..m.recipients[0].clone()
+        });
+        let id = m.id.clone();
+        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        let attempt = |rcpt: &str, bounce: NewMessage, delay: DelayNotice| SpoolOp::Attempt {
+            message_id: id.clone(),
+            updates: vec![retry(rcpt)],
+            bounce: Some(bounce),
+            delay,
+        };
+        let with_delays = notice(5);
+        let mut without = notice(6);
+        without.id = with_delays.id.clone();
+        let late = notice(7);
+        spool
+            .apply_blocking(attempt(
+                "s@other.test",
+                with_delays.clone(),
+                DelayNotice::Among(Some(Box::new(without))),
+            ))
+            .unwrap();
+        spool
+            .apply_blocking(attempt("r@far.test", late.clone(), DelayNotice::Only))
+            .unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        let stored = reader.message(&with_delays.id).unwrap().expect("stored");
+        assert_eq!(
+            stored.message.body, with_delays.body,
+            "the version with the delays"
+        );
+        assert!(!reader.contains(&late.id).unwrap(), "no second warning");
     }
 
     /// A recipient given twice keeps its first DSN request for delivery,

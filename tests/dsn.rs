@@ -620,7 +620,13 @@ fn a_notice_to_a_utf8_sender_is_a_global_delivery_status() {
     assert!(text.contains("Original-Recipient: utf-8;B\u{f8}b@far.test\r\nFinal-Recipient: utf-8; b\u{f8}b@far.test\r\n"), "{text}");
     assert!(text.contains("Content-Type: message/global-headers\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSubject: caf\u{e9}\r\n"), "{text}");
     assert!(text.contains("charset=utf-8"), "{text}");
-    assert!(!text.contains("body\r\n--"), "never the body");
+    assert!(!text.contains("\r\nbody\r\n"), "never the body");
+    assert!(
+        text.contains(
+            "Content-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit\r\n"
+        ),
+        "{text}"
+    );
     assert!(is_bounce(&raw));
     for line in text.split("\r\n") {
         assert!(line.len() <= 998 && !line.contains(['\r', '\n']));
@@ -637,4 +643,16 @@ fn a_notice_to_a_utf8_sender_is_a_global_delivery_status() {
         ),
         "{text}"
     );
+}
+
+/// A long UTF-8 address in a notice to an ASCII sender is escaped and
+/// cut, never past the line limit.
+#[test]
+fn a_long_utf8_address_stays_within_the_line_limit() {
+    let address = format!("{}@far.test", "\u{4e2d}".repeat(300));
+    let r = failed(&address, "5.1.1", Some("550 5.1.1 no"), None);
+    let raw = bounce(&original(), &[r]);
+    assert_wire_safe(&raw);
+    let text = String::from_utf8(raw).expect("ASCII");
+    assert!(text.contains("Final-Recipient: utf-8; \\x{4E2D}"), "{text}");
 }

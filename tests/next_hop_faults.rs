@@ -824,6 +824,7 @@ fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
     let (new, new_seen) = next_hop(eight_bit_hop);
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, db) = once_only(dir.path(), old, None, &[]);
+    let addr = server.addr();
     cli(
         &db,
         &[
@@ -835,7 +836,9 @@ fn eight_bit_mime_is_converted_for_a_hop_without_8bitmime() {
             "none",
         ],
     );
-    let addr = server.addr();
+    // The route in force before the message that needs it is sent (else
+    // it goes by the smarthost: a race the test lost once).
+    server.wait_for("configuration reloaded", Duration::from_secs(15));
     let text = "Grüße aus Köln = 100%";
     let message = format!(
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\nSubject: t\r\n\r\n{text}\r\n"

@@ -189,6 +189,9 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
     ));
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
+    if input.global {
+        m.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    }
     m.push_str(&format!(
         "Content-Type: multipart/report; report-type={report_type};\r\n\tboundary=\"{boundary}\"\r\n"
     ));
@@ -205,7 +208,11 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
 
     m.push_str(&format!("\r\n--{boundary}\r\n"));
     m.push_str("Content-Description: Delivery report\r\n");
-    m.push_str(&format!("Content-Type: {status_type}\r\n\r\n"));
+    m.push_str(&format!("Content-Type: {status_type}\r\n"));
+    if input.global {
+        m.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    }
+    m.push_str("\r\n");
     m.push_str(&report);
 
     m.push_str(&format!("\r\n--{boundary}\r\n"));
@@ -570,7 +577,17 @@ fn wrap(text: &str, first: usize, rest: usize) -> Vec<String> {
                     line.push_str(word);
                     break;
                 }
-                let (head, tail) = word.split_at(hard);
+                // At a character boundary (a global notice's text is UTF-8).
+                let mut cut = hard.min(word.len());
+                while !word.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let cut = if cut == 0 {
+                    word.chars().next().map_or(word.len(), char::len_utf8)
+                } else {
+                    cut
+                };
+                let (head, tail) = word.split_at(cut);
                 line.push_str(head);
                 word = tail;
                 lines.push(String::new());
@@ -691,6 +708,10 @@ fn dsn_address(s: &str) -> (&'static str, String) {
     }
     let mut out = String::new();
     for c in a.chars() {
+        // Escaped, a long UTF-8 address could pass the line limit.
+        if out.len() >= MAX_EXACT {
+            break;
+        }
         if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
             out.push(c);
         } else {
@@ -871,6 +892,9 @@ mod tests {
         ));
         assert!(is_delivery_report(
             "Multipart/Report;\tboundary=\"a;b\"; Report-Type=\"Delivery-Status\""
+        ));
+        assert!(is_delivery_report(
+            "multipart/report; report-type=global-delivery-status; boundary=x"
         ));
         assert!(!is_delivery_report(
             "multipart/report; report-type=disposition-notification"

@@ -484,6 +484,7 @@ async fn deliver_message(
             &stub_message(id),
             &attempts,
             &none,
+            &DelayClaim::default(),
             holds,
         )
         .await;
@@ -536,6 +537,7 @@ async fn deliver_message(
                 &stub,
                 &attempts,
                 &HashMap::new(),
+                &DelayClaim::default(),
                 results,
             )
             .await;
@@ -558,7 +560,8 @@ async fn deliver_message(
             .map(|r| (r, loop_failure.clone(), None))
             .collect();
         let asked = message.message.dsn_asked();
-        record(d, settings, &message, &attempts, &asked, results).await;
+        let claim = DelayClaim::default();
+        record(d, settings, &message, &attempts, &asked, &claim, results).await;
         return;
     }
     // Group by next hop; each group is delivered and recorded on its own,
@@ -574,6 +577,9 @@ async fn deliver_message(
     let attempts = Arc::new(attempts);
     // What each recipient asked to be told (RFC 3461), worked out once.
     let asked = Arc::new(message.message.dsn_asked());
+    // The message's next hops are recorded side by side: one delay
+    // warning among them.
+    let warning = Arc::new(DelayClaim::default());
     let mut set = JoinSet::new();
     for (_, (plan, group)) in groups {
         let d = Arc::clone(d);
@@ -581,10 +587,14 @@ async fn deliver_message(
         let settings = Arc::clone(settings);
         let attempts = Arc::clone(&attempts);
         let asked = Arc::clone(&asked);
+        let warning = Arc::clone(&warning);
         set.spawn(async move {
             let results =
                 deliver_group(&d, &settings, &message, &asked, plan, group, started).await;
-            record(&d, &settings, &message, &attempts, &asked, results).await;
+            record(
+                &d, &settings, &message, &attempts, &asked, &warning, results,
+            )
+            .await;
         });
     }
     while set.join_next().await.is_some() {}
@@ -945,6 +955,7 @@ async fn record(
     message: &StoredMessage,
     attempts: &HashMap<String, i64>,
     asked: &HashMap<String, RecipientDsn>,
+    warning: &DelayClaim,
     results: Vec<(String, Outcome, Option<String>)>,
 ) {
     let now = now_secs();
@@ -1075,6 +1086,13 @@ async fn record(
             });
         }
     }
+    // Another next hop of this delivery warned already (its outcome may
+    // not be on disk yet): this notice leaves the delays out.
+    if failed.iter().any(|r| r.action == DsnAction::Delayed)
+        && warning.0.swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        failed.retain(|r| r.action != DsnAction::Delayed);
+    }
     let bounce = bounce_for(settings, message, &failed);
     if let Some(b) = &bounce {
         let to = message.message.sender.clone();
@@ -1141,6 +1159,12 @@ async fn record(
         }
     }
 }
+
+/// Taken by the first of a delivery's next-hop groups to warn of the
+/// message's delay, so that the others (recorded side by side, before
+/// the first's outcome is on disk) do not warn again.
+#[derive(Debug, Default)]
+struct DelayClaim(std::sync::atomic::AtomicBool);
 
 /// A recipient relayed or delayed, for the notice: the next hop's reply,
 /// its enhanced status code if it has one of the action's class.
