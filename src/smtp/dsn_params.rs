@@ -425,5 +425,40 @@ mod tests {
                 prop_assert!(d.bytes().all(|b| (0x20..=0x7e).contains(&b)));
             }
         }
+
+        /// An ORCPT is passed on exactly as sent and reported decoded,
+        /// whatever the hex case the client wrote.
+        #[test]
+        fn orcpt_is_kept_as_sent_and_reported_decoded(
+            address in "[!-~][ -~]{0,60}[!-~]",
+            kind in "(rfc822|RFC822|x-Local)",
+            lower in any::<bool>(),
+        ) {
+            let mut xtext = xtext_encode(&address);
+            if lower {
+                xtext = xtext.replace("+2B", "+2b").replace("+3D", "+3d");
+            }
+            let value = format!("{kind};{xtext}");
+            let o = OriginalRecipient::parse(&value, false);
+            prop_assert!(o.is_some() == (value.len() <= 500));
+            if let Some(o) = o {
+                prop_assert_eq!(o.as_param(), value);
+                prop_assert_eq!(&o.address, &address);
+                prop_assert_eq!(o.reported(), format!("{kind};{address}"));
+            }
+        }
+
+        /// NOTIFY takes any non-empty set of SUCCESS, FAILURE, DELAY in any
+        /// order and case, and means the same set.
+        #[test]
+        fn notify_means_its_set_whatever_the_order(
+            words in proptest::sample::subsequence(vec!["success", "FAILURE", "Delay"], 1..=3)
+                .prop_shuffle(),
+        ) {
+            let n = Notify::parse(&words.join(",")).expect("a valid NOTIFY");
+            let has = |w: &str| words.iter().any(|x| x.eq_ignore_ascii_case(w));
+            prop_assert_eq!((n.success, n.failure, n.delay), (has("success"), has("failure"), has("delay")));
+            prop_assert_eq!(Notify::parse(&n.as_param()), Some(n));
+        }
     }
 }
