@@ -764,6 +764,8 @@ pub struct DueRecipient {
     pub message_id: String,
     pub address: String,
     pub attempts: i64,
+    /// Its message's sender was warned of its delay already.
+    pub delay_warned: bool,
 }
 
 /// A recipient as the queue listing shows it.
@@ -804,7 +806,7 @@ impl SpoolReader {
     /// messages first.
     pub fn due(&self, now: i64, limit: usize) -> rusqlite::Result<Vec<DueRecipient>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.message_id, r.address, r.attempts FROM recipients r
+            "SELECT r.message_id, r.address, r.attempts, m.delay_warned FROM recipients r
              JOIN messages m ON m.id = r.message_id
              WHERE r.state = 'queued' AND r.next_attempt <= ?1 AND m.held = 0
              ORDER BY r.next_attempt, r.message_id LIMIT ?2",
@@ -814,6 +816,7 @@ impl SpoolReader {
                 message_id: r.get(0)?,
                 address: r.get(1)?,
                 attempts: r.get(2)?,
+                delay_warned: r.get(3)?,
             })
         })?;
         rows.collect()

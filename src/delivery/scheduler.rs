@@ -220,7 +220,11 @@ pub async fn run(
                 }
                 for work in batch {
                     let attempts = work.recipients.into_iter().map(|r| (r, 0)).collect();
-                    if !start(&d, &snapshot, work.id, attempts, work.message, max_in_flight) {
+                    let fresh = Tried {
+                        attempts,
+                        delay_warned: false,
+                    };
+                    if !start(&d, &snapshot, work.id, fresh, work.message, max_in_flight) {
                         backlog = true;
                     }
                 }
@@ -278,16 +282,17 @@ pub async fn run(
             Err(_) => continue,
         };
         let full = due.len() >= limit;
-        let mut by_message: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        let mut by_message: HashMap<String, Tried> = HashMap::new();
         for r in due {
-            by_message
-                .entry(r.message_id)
-                .or_default()
-                .insert(r.address, r.attempts);
+            let tried = by_message.entry(r.message_id).or_insert_with(|| Tried {
+                attempts: HashMap::new(),
+                delay_warned: r.delay_warned,
+            });
+            tried.attempts.insert(r.address, r.attempts);
         }
         backlog = full;
-        for (id, attempts) in by_message {
-            if !start(&d, &snapshot, id, attempts, None, max_in_flight) {
+        for (id, tried) in by_message {
+            if !start(&d, &snapshot, id, tried, None, max_in_flight) {
                 backlog = true;
                 break;
             }
@@ -370,7 +375,7 @@ fn start(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: String,
-    attempts: HashMap<String, i64>,
+    tried: Tried,
     handed: Option<Arc<StoredMessage>>,
     max_in_flight: usize,
 ) -> bool {
@@ -396,7 +401,7 @@ fn start(
     let d = Arc::clone(d);
     let snapshot = Arc::clone(snapshot);
     tokio::spawn(async move {
-        deliver_message(&d, &snapshot, &id, attempts, handed).await;
+        deliver_message(&d, &snapshot, &id, tried, handed).await;
         if let Ok(mut f) = d.in_flight.lock() {
             f.remove(&id);
         }
@@ -455,12 +460,16 @@ async fn deliver_message(
     d: &Arc<Delivery>,
     snapshot: &Arc<Snapshot>,
     id: &str,
-    attempts: HashMap<String, i64>,
+    tried: Tried,
     handed: Option<Arc<StoredMessage>>,
 ) {
     // From here: a delivery that waits (for memory, the spool reader, a
     // slot, DNS) asks the spool again before it sends.
     let started = std::time::Instant::now();
+    let Tried {
+        attempts,
+        delay_warned,
+    } = tried;
     let rcpts: Vec<String> = attempts.keys().cloned().collect();
     // Each recipient's next hop, worked out once.
     let plans: Vec<(String, HopPlan)> = rcpts
@@ -560,7 +569,7 @@ async fn deliver_message(
             .map(|r| (r, loop_failure.clone(), None))
             .collect();
         let asked = message.message.dsn_asked();
-        let claim = DelayClaim::default();
+        let claim = DelayClaim::new(delay_warned);
         record(d, settings, &message, &attempts, &asked, &claim, results).await;
         return;
     }
@@ -579,7 +588,7 @@ async fn deliver_message(
     let asked = Arc::new(message.message.dsn_asked());
     // The message's next hops are recorded side by side: one delay
     // warning among them.
-    let warning = Arc::new(DelayClaim::default());
+    let warning = Arc::new(DelayClaim::new(delay_warned));
     let mut set = JoinSet::new();
     for (_, (plan, group)) in groups {
         let d = Arc::clone(d);
@@ -974,6 +983,7 @@ async fn record(
         && results
             .iter()
             .any(|(_, o, _)| matches!(o, Outcome::Temporary { .. }))
+        && !warning.0.load(std::sync::atomic::Ordering::Acquire)
         && matches!(
             read_spool(d, &message.id, |r, id| r.delay_warned(id)).await,
             Ok(Some(false))
@@ -1162,9 +1172,25 @@ async fn record(
 
 /// Taken by the first of a delivery's next-hop groups to warn of the
 /// message's delay, so that the others (recorded side by side, before
-/// the first's outcome is on disk) do not warn again.
+/// the first's outcome is on disk) do not warn again; taken from the
+/// start when the queue scan saw the message warned already (a flag that
+/// is never cleared, so that reading cannot be stale the wrong way).
 #[derive(Debug, Default)]
 struct DelayClaim(std::sync::atomic::AtomicBool);
+
+impl DelayClaim {
+    fn new(taken: bool) -> DelayClaim {
+        DelayClaim(std::sync::atomic::AtomicBool::new(taken))
+    }
+}
+
+/// A message's due recipients with their attempts so far, and whether
+/// its sender was warned of its delay (as the queue scan read them).
+#[derive(Debug)]
+struct Tried {
+    attempts: HashMap<String, i64>,
+    delay_warned: bool,
+}
 
 /// A recipient relayed or delayed, for the notice: the next hop's reply,
 /// its enhanced status code if it has one of the action's class.
