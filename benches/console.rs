@@ -329,6 +329,7 @@ fn big_queue() -> Vec<relaygate::spool::QueueEntry> {
                     next_attempt: now + 600,
                     last_error: (i % 3 == 0)
                         .then(|| "451 4.4.1 no answer from mx.domain.test".to_string()),
+                    notify: None,
                 })
                 .collect(),
         })

@@ -358,6 +358,7 @@ mod tests {
                     attempts: 1,
                     next_attempt: 0,
                     last_error: Some("451 4.4.1 Mailbox Busy".into()),
+                    notify: None,
                 })
                 .collect(),
         }

@@ -776,6 +776,9 @@ pub struct RecipientState {
     pub attempts: i64,
     pub next_attempt: i64,
     pub last_error: Option<String>,
+    /// Its DSN NOTIFY (`NEVER`, `SUCCESS,FAILURE`, ...), if it gave one:
+    /// whether its sender will hear of a failure.
+    pub notify: Option<String>,
 }
 
 /// A message as the queue listing shows it.
@@ -987,7 +990,7 @@ impl SpoolReader {
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut rstmt = self.conn.prepare(
-            "SELECT address, state, attempts, next_attempt, last_error FROM recipients
+            "SELECT address, state, attempts, next_attempt, last_error, dsn_notify FROM recipients
              WHERE message_id = ?1 ORDER BY rowid",
         )?;
         for e in &mut entries {
@@ -999,6 +1002,7 @@ impl SpoolReader {
                         attempts: r.get(2)?,
                         next_attempt: r.get(3)?,
                         last_error: r.get(4)?,
+                        notify: r.get(5)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;

@@ -307,6 +307,7 @@ fn populated() -> Harness {
                 attempts: 2,
                 next_attempt: 1_700_000_120,
                 last_error: Some("451 4.3.0 try again later (mx.far.test)".into()),
+                notify: None,
             }],
         },
         QueueEntry {
@@ -322,6 +323,7 @@ fn populated() -> Harness {
                     attempts: 1,
                     next_attempt: 0,
                     last_error: None,
+                    notify: None,
                 },
                 RecipientState {
                     address: "ghost@far.test".into(),
@@ -329,6 +331,7 @@ fn populated() -> Harness {
                     attempts: 0,
                     next_attempt: 1_699_990_000,
                     last_error: None,
+                    notify: None,
                 },
             ],
         },
@@ -1221,6 +1224,7 @@ fn the_selected_message_shows_whole_at_the_bottom_of_the_queue() {
                 attempts: 1,
                 next_attempt: 1_700_000_600,
                 last_error: Some("451 4.3.0 later".into()),
+                notify: None,
             })
             .collect(),
     };

@@ -1058,6 +1058,18 @@ fn a_delayed_recipient_is_warned_of_once_unless_notify_says_otherwise() {
         WAIT,
     );
 
+    // The queue says what each recipient asked to hear of.
+    let q = queue_show(&db);
+    let line = |who: &str| {
+        q.lines()
+            .find(|l| l.contains(who))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("<temp2@far.test>").contains("NOTIFY=FAILURE"), "{q}");
+    assert!(line("<temp3@far.test>").contains("NOTIFY=DELAY"), "{q}");
+    assert!(!line("<temp1@far.test>").contains("NOTIFY"), "{q}");
+
     // Retried again and again (every second), across a restart: no second
     // warning.
     let tried = far.rcpt_attempts("temp1@far.test");

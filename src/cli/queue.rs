@@ -204,8 +204,12 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                         .last_error
                         .map(|e| format!("\n      {}", queue_admin::last_error_text(&e)))
                         .unwrap_or_default();
+                    let notify = r
+                        .notify
+                        .map(|n| format!("  NOTIFY={n}"))
+                        .unwrap_or_default();
                     println!(
-                        "    <{}>  {}  {} attempts{when}{error}",
+                        "    <{}>  {}  {} attempts{when}{notify}{error}",
                         r.address, r.state, r.attempts
                     );
                 }

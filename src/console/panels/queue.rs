@@ -457,6 +457,13 @@ fn message_lines(
             Span::raw("    "),
             Span::styled(format!("<{}> {}", r.address, r.state), style),
             Span::styled(format!(", {} attempts{when}", r.attempts), theme.dim),
+            Span::styled(
+                r.notify
+                    .as_ref()
+                    .map(|n| format!(", NOTIFY={n}"))
+                    .unwrap_or_default(),
+                theme.dim,
+            ),
         ]));
         if let Some(err) = &r.last_error {
             lines.push(Line::styled(
