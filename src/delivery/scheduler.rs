@@ -971,9 +971,9 @@ async fn record(
     let age = now - message.received_at;
     let mut updates = Vec::new();
     // The recipients the notice to the sender reports: failures unless
-    // NOTIFY said otherwise, and deliveries to a next hop without DSN
-    // when NOTIFY asked for success (RFC 3461 4.1, 4.2).
-    let mut failed = Vec::new();
+    // NOTIFY said otherwise, deliveries to a next hop without DSN when
+    // NOTIFY asked for success (RFC 3461 4.1, 4.2), and delays.
+    let mut reported = Vec::new();
     // A message's sender is warned of its delay once, when it has waited
     // `delay-warning`. Whether it was is read now: the outcome of the
     // attempt before is on disk before this one starts.
@@ -996,7 +996,8 @@ async fn record(
         let (update, event_outcome, reply) = match outcome {
             Outcome::Delivered { reply, dsn_passed } => {
                 if !dsn_passed && Notify::wants_success(asked.notify) {
-                    failed.push(reported(rcpt, reply, host, DsnAction::Relayed, asked));
+                    let status = status_in_class(reply, '2');
+                    reported.push(report(rcpt, DsnAction::Relayed, status, reply, host, asked));
                 }
                 (
                     RecipientUpdate::Delivered,
@@ -1010,14 +1011,10 @@ async fn record(
                 if !Notify::wants_failure(asked.notify) {
                     withheld = true;
                 } else {
-                    failed.push(ReportedRecipient {
-                        address: rcpt.clone(),
-                        status: status.clone(),
-                        diagnostic: Some(reply.clone()),
-                        remote_mta: host.clone().filter(|_| said_by_host),
-                        action: DsnAction::Failed,
-                        original_recipient: asked.orcpt.clone(),
-                    });
+                    let host = host.clone().filter(|_| said_by_host);
+                    let failure =
+                        report(rcpt, DsnAction::Failed, status.clone(), reply, &host, asked);
+                    reported.push(failure);
                 }
                 (
                     RecipientUpdate::Failed {
@@ -1035,14 +1032,8 @@ async fn record(
                 if !Notify::wants_failure(asked.notify) {
                     withheld = true;
                 } else {
-                    failed.push(ReportedRecipient {
-                        address: rcpt.clone(),
-                        status: "4.4.7".into(),
-                        diagnostic: Some(text.clone()),
-                        remote_mta: host.clone(),
-                        action: DsnAction::Failed,
-                        original_recipient: asked.orcpt.clone(),
-                    });
+                    let status = "4.4.7".to_string();
+                    reported.push(report(rcpt, DsnAction::Failed, status, &text, host, asked));
                 }
                 (
                     RecipientUpdate::Failed {
@@ -1067,7 +1058,8 @@ async fn record(
                     .saturating_mul(1u64 << previous)
                     .min(settings.retry_max_interval_secs);
                 if may_warn && Notify::wants_delay(asked.notify) {
-                    failed.push(reported(rcpt, reply, host, DsnAction::Delayed, asked));
+                    let status = status_in_class(reply, '4');
+                    reported.push(report(rcpt, DsnAction::Delayed, status, reply, host, asked));
                 }
                 (
                     RecipientUpdate::Retry {
@@ -1098,15 +1090,15 @@ async fn record(
     }
     // Another next hop of this delivery warned already (its outcome may
     // not be on disk yet): this notice leaves the delays out.
-    if failed.iter().any(|r| r.action == DsnAction::Delayed)
+    if reported.iter().any(|r| r.action == DsnAction::Delayed)
         && warning.0.swap(true, std::sync::atomic::Ordering::AcqRel)
     {
-        failed.retain(|r| r.action != DsnAction::Delayed);
+        reported.retain(|r| r.action != DsnAction::Delayed);
     }
-    let bounce = bounce_for(settings, message, &failed);
+    let bounce = bounce_for(settings, message, &reported);
     if let Some(b) = &bounce {
         let to = message.message.sender.clone();
-        let count = |a: DsnAction| failed.iter().filter(|r| r.action == a).count();
+        let count = |a: DsnAction| reported.iter().filter(|r| r.action == a).count();
         let event = if count(DsnAction::Failed) > 0 {
             Event::Bounced {
                 message_id: message.id.clone(),
@@ -1124,8 +1116,8 @@ async fn record(
         };
         d.shared.events.emit(event);
     }
-    let delayed = failed.iter().any(|r| r.action == DsnAction::Delayed);
-    let others: Vec<ReportedRecipient> = failed
+    let delayed = reported.iter().any(|r| r.action == DsnAction::Delayed);
+    let others: Vec<ReportedRecipient> = reported
         .iter()
         .filter(|r| r.action != DsnAction::Delayed)
         .cloned()
@@ -1192,30 +1184,32 @@ struct Tried {
     delay_warned: bool,
 }
 
-/// A recipient relayed or delayed, for the notice: the next hop's reply,
-/// its enhanced status code if it has one of the action's class.
-fn reported(
+/// A recipient as a notice reports it: what happened, its enhanced
+/// status code, the reply that said so, who said it, and its ORCPT.
+fn report(
     rcpt: &str,
+    action: DsnAction,
+    status: String,
     reply: &str,
     host: &Option<String>,
-    action: DsnAction,
     asked: &RecipientDsn,
 ) -> ReportedRecipient {
-    let class = if action == DsnAction::Relayed {
-        '2'
-    } else {
-        '4'
-    };
     ReportedRecipient {
         address: rcpt.to_string(),
-        status: super::client::enhanced_status(reply)
-            .filter(|s| s.starts_with(class))
-            .unwrap_or_else(|| format!("{class}.0.0")),
+        status,
         diagnostic: Some(reply.to_string()),
         remote_mta: host.clone(),
         action,
         original_recipient: asked.orcpt.clone(),
     }
+}
+
+/// A reply's enhanced status code if it is of the class (`2` or `4`),
+/// else that class's generic one.
+fn status_in_class(reply: &str, class: char) -> String {
+    super::client::enhanced_status(reply)
+        .filter(|s| s.starts_with(class))
+        .unwrap_or_else(|| format!("{class}.0.0"))
 }
 
 /// The bounce for a message the administrator deletes from the queue: every
@@ -1226,41 +1220,42 @@ pub fn bounce_for_deleted(
     reader: &SpoolReader,
     message: &StoredMessage,
 ) -> rusqlite::Result<Option<NewMessage>> {
-    let dsn_asked = message.message.dsn_asked();
+    let asked = message.message.dsn_asked();
+    let none = RecipientDsn::default();
+    // This message's recipients only (not a walk of the whole queue).
     let queued: Vec<ReportedRecipient> = reader
-        .listing()?
+        .entry(&message.id)?
         .into_iter()
-        .filter(|e| e.id == message.id)
         .flat_map(|e| e.recipients)
         .filter(|r| r.state == "queued")
         .filter_map(|r| {
-            let asked = dsn_asked
-                .get(r.address.as_str())
-                .map(|d| (*d).clone())
-                .unwrap_or_default();
-            Notify::wants_failure(asked.notify).then(|| ReportedRecipient {
-                address: r.address,
-                status: "5.0.0".into(),
-                diagnostic: Some("deleted from the queue by the administrator".into()),
-                remote_mta: None,
-                action: DsnAction::Failed,
-                original_recipient: asked.orcpt,
+            let asked = asked.get(r.address.as_str()).unwrap_or(&none);
+            Notify::wants_failure(asked.notify).then(|| {
+                let why = "deleted from the queue by the administrator";
+                report(
+                    &r.address,
+                    DsnAction::Failed,
+                    "5.0.0".into(),
+                    why,
+                    &None,
+                    asked,
+                )
             })
         })
         .collect();
     Ok(bounce_for(settings, message, &queued))
 }
 
-/// The notice for the recipients reported on (failed, or relayed to a
+/// The notice for the recipients reported on (failed, delayed, or relayed to a
 /// next hop without DSN), unless the sender is the null sender or the
 /// message is itself a notice (never a bounce for a bounce).
 pub fn bounce_for(
     settings: &ServerSettings,
     message: &StoredMessage,
-    failed: &[ReportedRecipient],
+    reported: &[ReportedRecipient],
 ) -> Option<NewMessage> {
     let sender = &message.message.sender;
-    if failed.is_empty() || sender.is_empty() || dsn::is_bounce(&message.message.body) {
+    if reported.is_empty() || sender.is_empty() || dsn::is_bounce(&message.message.body) {
         return None;
     }
     let id = crate::spool::new_id();
@@ -1272,7 +1267,7 @@ pub fn bounce_for(
         arrival: UNIX_EPOCH + Duration::from_secs(message.received_at.max(0) as u64),
         now: SystemTime::now(),
         original: &message.message.body,
-        recipients: failed,
+        recipients: reported,
         message_id_domain: &settings.hostname,
         envid: envid.as_deref(),
         global: !sender.is_ascii(),
