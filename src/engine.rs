@@ -217,6 +217,11 @@ pub struct Shared {
     /// Free space on the spool's disk, measured each second; sessions
     /// refuse MAIL while it is short of room for a message.
     pub spool_space: crate::spool_space::SpoolSpace,
+    /// Connections to next hops, idle ones kept for the next delivery or
+    /// recipient verification.
+    pub next_hops: Arc<crate::delivery::client::ConnectionPool>,
+    /// Asks local domains' routes about recipients (`verify-recipients`).
+    pub verifier: crate::delivery::recipient_verify::RecipientVerifier,
 }
 
 /// Counts a session against the limits until dropped.
@@ -664,7 +669,12 @@ impl Engine {
             )
         };
         let snapshot = Arc::new(snapshot);
+        let next_hops = Arc::new(crate::delivery::client::ConnectionPool::default());
         let shared = Arc::new(Shared {
+            verifier: crate::delivery::recipient_verify::RecipientVerifier::new(Arc::clone(
+                &next_hops,
+            )),
+            next_hops,
             snapshot: RwLock::new(Arc::clone(&snapshot)),
             events,
             spool,
@@ -1172,6 +1182,9 @@ async fn watch_config(
                         if let Ok(mut snap) = shared.snapshot.write() {
                             *snap = Arc::clone(&snapshot);
                         }
+                        // A route, domain or setting edited: what the
+                        // routes said of recipients may no longer hold.
+                        shared.verifier.forget_all();
                         let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
                         // The first read repeats the one made at start.
                         if !first || reload_tls {

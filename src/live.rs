@@ -117,6 +117,8 @@ pub fn reason_key(reason: &Reason) -> &'static str {
         Reason::SenderLoginMismatch { .. } => "sender-login-match",
         Reason::RuleRejected { .. } => "rule",
         Reason::QuotaReached { .. } => "quota",
+        Reason::RecipientUnknown { .. } => "unknown recipient",
+        Reason::RecipientUnverified { .. } => "unverified recipient",
         Reason::InboundToLocal { .. }
         | Reason::Unrestricted { .. }
         | Reason::Authenticated { .. }

@@ -344,6 +344,8 @@ fn reason_kind(reason: &crate::policy::decision::Reason) -> &'static str {
         R::SenderLoginMismatch { .. } => "sender_login_match",
         R::RuleRejected { .. } => "rule",
         R::QuotaReached { .. } => "quota",
+        R::RecipientUnknown { .. } => "recipient_unknown",
+        R::RecipientUnverified { .. } => "recipient_unverified",
     }
 }
 

@@ -75,6 +75,15 @@ pub struct ServerSettings {
     /// A Unix group whose members may attach a console to watch (the
     /// control socket is then 0660 for it); none: owner only.
     pub console_group: Option<String>,
+    /// Ask a local domain's route whether it knows a recipient before
+    /// taking mail for it (recipient verification).
+    pub verify_recipients: bool,
+    /// Take the recipient when its route cannot be asked (else 450).
+    pub verify_accept_unreachable: bool,
+    /// How long a known recipient is remembered.
+    pub verify_known_ttl_secs: u64,
+    /// How long an unknown recipient is remembered.
+    pub verify_unknown_ttl_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -124,6 +133,10 @@ impl Default for ServerSettings {
             log_max_rows: 1_000_000,
             console_group: None,
             postmaster_address: None,
+            verify_recipients: false,
+            verify_accept_unreachable: false,
+            verify_known_ttl_secs: 86_400,
+            verify_unknown_ttl_secs: 3600,
         }
     }
 }
@@ -141,6 +154,22 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "hostname",
         "name in the greeting, EHLO and Received: headers",
+    ),
+    (
+        "verify-recipients",
+        "on: ask a local domain's route whether it knows a recipient before taking its mail (550 5.1.1 if not)",
+    ),
+    (
+        "verify-unreachable",
+        "defer: 450 4.4.1 while the route cannot be asked; accept: take the mail unverified",
+    ),
+    (
+        "verify-known-ttl",
+        "seconds a recipient the route knows is remembered",
+    ),
+    (
+        "verify-unknown-ttl",
+        "seconds a recipient the route refused is remembered",
     ),
     (
         "plaintext-auth",
@@ -371,6 +400,23 @@ impl ServerSettings {
                 self.plaintext_auth = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
             }
+            "verify-recipients" => {
+                self.verify_recipients = crate::policy::settings::parse_on_off(v)
+                    .map_err(|e| SettingError(e.to_string()))?
+            }
+            "verify-unreachable" => {
+                self.verify_accept_unreachable = match v.to_ascii_lowercase().as_str() {
+                    "defer" => false,
+                    "accept" => true,
+                    _ => {
+                        return Err(SettingError(format!(
+                            "verify-unreachable must be defer or accept, not {v:?}"
+                        )));
+                    }
+                }
+            }
+            "verify-known-ttl" => self.verify_known_ttl_secs = seconds(key, v, 0, 30 * 86_400)?,
+            "verify-unknown-ttl" => self.verify_unknown_ttl_secs = seconds(key, v, 0, 30 * 86_400)?,
             "per-ip-exempt-listed" => {
                 self.listed_ip_exempt = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
@@ -482,6 +528,15 @@ impl ServerSettings {
         Some(match key {
             "hostname" => self.hostname.clone(),
             "plaintext-auth" => if self.plaintext_auth { "on" } else { "off" }.to_string(),
+            "verify-recipients" => if self.verify_recipients { "on" } else { "off" }.to_string(),
+            "verify-unreachable" => if self.verify_accept_unreachable {
+                "accept"
+            } else {
+                "defer"
+            }
+            .to_string(),
+            "verify-known-ttl" => self.verify_known_ttl_secs.to_string(),
+            "verify-unknown-ttl" => self.verify_unknown_ttl_secs.to_string(),
             "per-ip-exempt-listed" => if self.listed_ip_exempt { "on" } else { "off" }.to_string(),
             "max-message-size" => self.max_message_size.to_string(),
             "spool-min-free" => self.spool_min_free.to_string(),

@@ -779,6 +779,7 @@ mod tests {
             },
             routing_trick: None,
             accepted_by_rule: None,
+            verification: None,
         };
         let decision = |login: Option<&str>, sender: &str, recipient: &str| Event::Decision {
             session: 4,

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// Bumped whenever a message changes incompatibly (3: the spool-space
-/// event, which an older console could not read; 4: the notice event).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// event, which an older console could not read; 4: the notice event;
+/// 5: recipient verification in decisions).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).
@@ -269,6 +270,7 @@ mod tests {
             },
             routing_trick: Some(crate::policy::address::RoutingTrick::Percent),
             accepted_by_rule: Some(2),
+            verification: None,
         }
     }
 

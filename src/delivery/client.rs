@@ -28,6 +28,29 @@ pub struct Target {
     pub auth: Option<RouteAuth>,
 }
 
+impl Target {
+    /// The hosts of a configured route: its address, or what its host
+    /// name resolves to.
+    pub async fn of_route(r: &super::Route) -> Result<Vec<Target>, String> {
+        let addrs: Vec<SocketAddr> = match r.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, r.port)],
+            Err(_) => tokio::net::lookup_host((r.host.as_str(), r.port))
+                .await
+                .map_err(|e| format!("cannot resolve route host {}: {e}", r.host))?
+                .collect(),
+        };
+        Ok(addrs
+            .into_iter()
+            .map(|addr| Target {
+                addr,
+                tls_name: r.host.clone(),
+                tls: r.tls,
+                auth: r.auth.clone(),
+            })
+            .collect())
+    }
+}
+
 /// What the next hop said about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -340,6 +363,87 @@ impl ConnectionPool {
             return Ok(Hop { conn, ext });
         }
     }
+}
+
+/// A next hop's answer to recipient verification
+/// ([`ConnectionPool::probe`]).
+#[derive(Debug, Clone)]
+pub enum ProbeAnswer {
+    /// The reply to RCPT TO.
+    Rcpt(Reply),
+    /// MAIL FROM:<> was refused: the host said nothing of the recipient.
+    MailRefused(Reply),
+    /// The address needs SMTPUTF8 and the host does not offer it.
+    NoSmtpUtf8,
+}
+
+impl ConnectionPool {
+    /// Recipient verification: asks a host whether it takes mail for
+    /// `recipient` (MAIL FROM:<>, RCPT TO, then RSET), on an idle
+    /// connection or a new one, which is kept for the next message or
+    /// question. Nothing is sent after RCPT but RSET: no message is made.
+    pub async fn probe(
+        &self,
+        config: &ClientConfig,
+        target: &Target,
+        recipient: &str,
+    ) -> Result<ProbeAnswer, ConnectError> {
+        let key = PoolKey {
+            addr: target.addr,
+            tls_name: target.tls_name.clone(),
+            tls: target.tls,
+            auth: target
+                .auth
+                .as_ref()
+                .map(|a| (a.user.clone(), a.password.clone())),
+        };
+        if let Some(mut hop) = self.take(&key) {
+            match ask(&mut hop, recipient).await {
+                Ok(answer) => {
+                    self.give_back(key, hop).await;
+                    return Ok(answer);
+                }
+                Err(Stale(_)) => hop.conn.quit().await,
+            }
+        }
+        let mut hop = self.connect(config, target).await?;
+        match ask(&mut hop, recipient).await {
+            Ok(answer) => {
+                self.give_back(key, hop).await;
+                Ok(answer)
+            }
+            Err(Stale(e)) => Err(ConnectError(format!("{} (MAIL FROM): {e}", target.addr))),
+        }
+    }
+}
+
+/// One verification question on an open connection.
+async fn ask(hop: &mut Hop, recipient: &str) -> Result<ProbeAnswer, Stale> {
+    let utf8 = if recipient.is_ascii() {
+        ""
+    } else if hop.ext.smtputf8 {
+        " SMTPUTF8"
+    } else {
+        return Ok(ProbeAnswer::NoSmtpUtf8);
+    };
+    let conn = &mut hop.conn;
+    let mail = conn
+        .command(&format!("MAIL FROM:<>{utf8}\r\n"), "MAIL FROM")
+        .await
+        .map_err(|Broken(e)| Stale(e))?;
+    if mail.code == 421 {
+        return Err(Stale(mail.one_line()));
+    }
+    if !mail.is_positive() {
+        reset(conn).await;
+        return Ok(ProbeAnswer::MailRefused(mail));
+    }
+    let rcpt = conn
+        .command(&format!("RCPT TO:<{recipient}>\r\n"), "RCPT TO")
+        .await
+        .map_err(|Broken(e)| Stale(e))?;
+    reset(conn).await;
+    Ok(ProbeAnswer::Rcpt(rcpt))
 }
 
 /// What one delivery sends: the envelope and the body.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dsn;
 pub mod hop;
 pub mod mx;
+pub mod recipient_verify;
 pub mod reply;
 pub mod router;
 pub mod scheduler;

@@ -42,7 +42,7 @@ struct Delivery {
     /// wait there, each holding a thread of its own (hundreds, while a
     /// backlog drains, and their memory kept afterwards).
     reading: Semaphore,
-    pool: ConnectionPool,
+    pool: Arc<ConnectionPool>,
     global: Mutex<Arc<Semaphore>>,
     /// The global semaphore's size now (`delivery-concurrency`, live).
     global_size: std::sync::atomic::AtomicUsize,
@@ -189,7 +189,7 @@ pub async fn run(
         shared: Arc::clone(&shared),
         reader: Mutex::new(reader),
         reading: Semaphore::new(1),
-        pool: ConnectionPool::default(),
+        pool: Arc::clone(&shared.next_hops),
         global: Mutex::new(Arc::new(Semaphore::new(settings.delivery_concurrency))),
         global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
         per_hop: Mutex::new(HashMap::new()),
@@ -663,7 +663,7 @@ fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
     }
 }
 
-fn client_config(settings: &ServerSettings) -> ClientConfig {
+pub(super) fn client_config(settings: &ServerSettings) -> ClientConfig {
     ClientConfig {
         hello_name: settings.hostname.clone(),
         connect_timeout: Duration::from_secs(settings.delivery_connect_timeout_secs),
@@ -719,28 +719,9 @@ async fn targets(
             reply: e.clone(),
             status: "5.1.3".into(),
         }),
-        HopPlan::Route(r) => {
-            let addrs: Vec<SocketAddr> = match r.host.parse::<std::net::IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, r.port)],
-                Err(_) => match tokio::net::lookup_host((r.host.as_str(), r.port)).await {
-                    Ok(a) => a.collect(),
-                    Err(e) => {
-                        return Err(Outcome::Temporary {
-                            reply: format!("cannot resolve route host {}: {e}", r.host),
-                        });
-                    }
-                },
-            };
-            Ok(addrs
-                .into_iter()
-                .map(|addr| Target {
-                    addr,
-                    tls_name: r.host.clone(),
-                    tls: r.tls,
-                    auth: r.auth.clone(),
-                })
-                .collect())
-        }
+        HopPlan::Route(r) => Target::of_route(r)
+            .await
+            .map_err(|reply| Outcome::Temporary { reply }),
         HopPlan::Mx(domain) => {
             let resolver = resolver(d, &settings.dns_servers).map_err(|e| Outcome::Temporary {
                 reply: format!("DNS resolver: {e}"),

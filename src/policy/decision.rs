@@ -111,6 +111,19 @@ pub enum Reason {
         number: usize,
         rule: String,
     },
+    /// Allowed by the policy, but the server that holds the local
+    /// domain's mailboxes refuses the recipient (recipient verification).
+    RecipientUnknown {
+        #[serde(flatten)]
+        check: HopCheck,
+    },
+    /// Allowed by the policy, but the server that holds the local
+    /// domain's mailboxes could not be asked, and `verify-unreachable` is
+    /// `defer`.
+    RecipientUnverified {
+        #[serde(flatten)]
+        check: HopCheck,
+    },
     /// Allowed by the policy, but a sending quota is used up for now.
     QuotaReached {
         /// The quota, as `quota show` prints it.
@@ -189,6 +202,23 @@ impl fmt::Display for Reason {
                 "sender {sender} is not owned by login {login} (sender-login-match is on)"
             ),
             Reason::RuleRejected { number, rule } => write!(f, "rule #{number}: {rule}"),
+            Reason::RecipientUnknown { check } => write!(
+                f,
+                "{} refuses the recipient ({}){} (verify-recipients is on)",
+                check.hop,
+                check.said,
+                if check.remembered {
+                    ", as it said when asked earlier"
+                } else {
+                    ""
+                }
+            ),
+            Reason::RecipientUnverified { check } => write!(
+                f,
+                "the recipient could not be verified at {}{} (verify-unreachable is defer)",
+                check.hop,
+                check.unreachable_detail()
+            ),
             Reason::QuotaReached {
                 quota,
                 key,
@@ -202,6 +232,47 @@ impl fmt::Display for Reason {
             }
         }
     }
+}
+
+/// What the server that holds a local domain's mailboxes (the domain's
+/// route) said when asked about a recipient, or why it could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopCheck {
+    /// The route's next hop, `host:port`.
+    pub hop: String,
+    /// Its reply to RCPT TO, on one line, or what went wrong.
+    pub said: String,
+    /// Answered from an earlier check, without asking again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remembered: bool,
+}
+
+impl HopCheck {
+    /// What went wrong, after the hop's name: a connection error already
+    /// names the address it tried (`127.0.0.1:25 (connect): refused`).
+    fn unreachable_detail(&self) -> String {
+        match self.said.strip_prefix(self.hop.as_str()) {
+            Some(rest) if rest.starts_with(" (") => rest.to_string(),
+            _ => format!(": {}", self.said),
+        }
+    }
+}
+
+/// Recipient verification of an allowed recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verified", rename_all = "snake_case")]
+pub enum Verification {
+    /// The next hop takes mail for the recipient.
+    Known {
+        #[serde(flatten)]
+        check: HopCheck,
+    },
+    /// The next hop could not be asked; accepted all the same
+    /// (`verify-unreachable accept`).
+    Unreachable {
+        #[serde(flatten)]
+        check: HopCheck,
+    },
 }
 
 /// The decision for one recipient.
@@ -218,6 +289,9 @@ pub struct Decision {
     /// The accept-and-stop rule that ended rule evaluation, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted_by_rule: Option<usize>,
+    /// What recipient verification found, for an allowed recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 impl Decision {
@@ -250,6 +324,35 @@ impl Decision {
         self
     }
 
+    /// Recipient verification's finding: `Ok` keeps the recipient (with
+    /// what was found), `Err` refuses it, 550 5.1.1 when the next hop
+    /// does not know it, 450 4.4.1 when it could not be asked.
+    pub fn verified(mut self, finding: Result<Verification, Reason>) -> Decision {
+        match finding {
+            Ok(v) => self.verification = Some(v),
+            Err(reason) => {
+                let (code, status, what) = match &reason {
+                    Reason::RecipientUnknown { .. } => {
+                        (550, "5.1.1", "Recipient address rejected: unknown here")
+                    }
+                    _ => (
+                        450,
+                        "4.4.1",
+                        "Recipient address rejected: it cannot be verified now, try again later",
+                    ),
+                };
+                self.verdict = Verdict::Deny;
+                self.reply = Reply {
+                    code,
+                    status: Cow::Borrowed(status),
+                    text: Cow::Borrowed(what),
+                };
+                self.reason = reason;
+            }
+        }
+        self
+    }
+
     /// A refusal the client may retry later (4xx), not a denial.
     pub fn is_deferral(&self) -> bool {
         self.reply.code / 100 == 4
@@ -270,6 +373,21 @@ impl Decision {
         write!(out, "{}", self.reason)?;
         if let Some(n) = self.accepted_by_rule {
             write!(out, "; rule #{n} accept-and-stop ended the rules")?;
+        }
+        match &self.verification {
+            Some(Verification::Known { check }) => {
+                write!(out, "; {} knows the recipient ({})", check.hop, check.said)?;
+                if check.remembered {
+                    out.write_str(", as it said when asked earlier")?;
+                }
+            }
+            Some(Verification::Unreachable { check }) => write!(
+                out,
+                "; not verified at {}{}, accepted all the same (verify-unreachable is accept)",
+                check.hop,
+                check.unreachable_detail()
+            )?,
+            None => {}
         }
         if let Some(trick) = self.routing_trick {
             write!(

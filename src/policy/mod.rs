@@ -201,6 +201,7 @@ impl Policy {
             reason: Reason::Unrestricted { class },
             routing_trick: recipient.routing_trick(),
             accepted_by_rule: None,
+            verification: None,
         };
 
         if let (Some(login), Some(sender), true) =

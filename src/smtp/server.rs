@@ -378,6 +378,8 @@ async fn run(
     };
     // Counted by the spool while it is under way (see `OpenTransaction`).
     let mut open_transaction: Option<crate::spool::OpenTransaction> = None;
+    // The RCPT line waiting for its reply (verification, quotas).
+    let mut unanswered: Option<Vec<u8>> = None;
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -460,9 +462,18 @@ async fn run(
                         // asked for credentials.
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
                         session.set_quotas_on(ctx.shared.abuse.quotas_on());
+                        session.set_verify_recipients(settings.verify_recipients);
                         let secret = session.awaiting_auth_response();
                         let actions = session.handle_line(&line, &policy);
-                        record_command(ctx, board, id, &line, secret, &actions);
+                        // A recipient still to be verified or counted has
+                        // no reply yet: its line is recorded with it.
+                        if actions.iter().any(|a| {
+                            matches!(a, Action::ReserveQuota(_) | Action::VerifyRecipient(_))
+                        }) {
+                            unanswered = Some(line.to_vec());
+                        } else {
+                            record_command(ctx, board, id, &line, secret, &actions);
+                        }
                         actions
                     }
                 };
@@ -474,7 +485,27 @@ async fn run(
                     Action::StartData => framer.start_data(Instant::now()),
                     Action::ReserveQuota(rd) => {
                         let checked = reserve_quota(ctx, session, ip, &mut quota.holds, rd);
-                        for a in session.recipient_checked(checked).into_iter().rev() {
+                        let more = session.recipient_checked(checked);
+                        if let Some(line) = unanswered.take() {
+                            record_command(ctx, board, id, &line, false, &more);
+                        }
+                        for a in more.into_iter().rev() {
+                            pending.push_front(a);
+                        }
+                    }
+                    Action::VerifyRecipient(rd) => {
+                        // What the client pipelined before waits no longer
+                        // than the question does.
+                        flush(conn, &mut out, write_limit).await?;
+                        board.stage("verifying a recipient");
+                        let checked = verify_recipient(ctx, settings, rd).await;
+                        let more = session.recipient_verified(checked);
+                        if !more.iter().any(|a| matches!(a, Action::ReserveQuota(_)))
+                            && let Some(line) = unanswered.take()
+                        {
+                            record_command(ctx, board, id, &line, false, &more);
+                        }
+                        for a in more.into_iter().rev() {
                             pending.push_front(a);
                         }
                     }
@@ -742,6 +773,31 @@ impl Drop for QuotaHold<'_> {
     fn drop(&mut self) {
         self.abuse.release(std::mem::take(&mut self.holds));
     }
+}
+
+/// Asks the route of a local recipient's domain whether it knows the
+/// recipient (`verify-recipients`). A domain without a route has no one
+/// to ask: its mail is held at delivery until a route is added, as
+/// without verification.
+async fn verify_recipient(
+    ctx: &ConnectionContext,
+    settings: &ServerSettings,
+    mut rd: RecipientDecision,
+) -> RecipientDecision {
+    use crate::delivery::recipient_verify::VerifyConfig;
+    use crate::delivery::router::{NextHop, next_hop};
+    let crate::policy::address::Domain::Name(domain) = &rd.recipient.domain else {
+        return rd;
+    };
+    let snapshot = ctx.shared.snapshot();
+    let NextHop::Route(route) = next_hop(domain, &snapshot.routes, true) else {
+        return rd;
+    };
+    let config = VerifyConfig::from_settings(settings);
+    let address = rd.recipient.to_string();
+    let finding = ctx.shared.verifier.verify(&config, route, &address).await;
+    rd.decision = rd.decision.verified(finding);
+    rd
 }
 
 /// Counts an allowed recipient against the sending quotas; past one, the

@@ -220,12 +220,30 @@ pub enum Action {
     /// against them (or turn it into a 452), then call
     /// [`Session::recipient_checked`]. Feed no further line until then.
     ReserveQuota(RecipientDecision),
+    /// The policy allowed this recipient of a local domain, and
+    /// `verify-recipients` is on: ask the domain's route about it (see
+    /// [`crate::delivery::recipient_verify`]), then call
+    /// [`Session::recipient_verified`]. Feed no further line until then.
+    VerifyRecipient(RecipientDecision),
     /// A complete message: store it durably, then call
     /// [`Session::message_stored`] and write its reply. Feed no further
     /// line until then.
     Message(Box<Message>),
     /// Close the connection, after writing any reply before this.
     Close,
+}
+
+/// Whether an allowed recipient is asked about at its route: one in a
+/// local domain, except postmaster, which RFC 5321 4.5.1 says every
+/// domain accepts.
+fn worth_verifying(decided: &RecipientDecision) -> bool {
+    use crate::policy::address::Domain;
+    use crate::policy::decision::RelayClass;
+    matches!(
+        decided.decision.class,
+        RelayClass::Inbound | RelayClass::Internal
+    ) && matches!(decided.recipient.domain, Domain::Name(_))
+        && !decided.recipient.local.eq_ignore_ascii_case("postmaster")
 }
 
 /// How far [`Session::handle_data`] got.
@@ -297,6 +315,8 @@ pub struct Session {
     auth_locked_out: bool,
     /// Allowed recipients go through [`Action::ReserveQuota`].
     quotas_on: bool,
+    /// Allowed local recipients go through [`Action::VerifyRecipient`].
+    verify_on: bool,
 }
 
 impl Session {
@@ -313,6 +333,7 @@ impl Session {
             auth_failures: 0,
             auth_locked_out: false,
             quotas_on: false,
+            verify_on: false,
         }
     }
 
@@ -380,6 +401,43 @@ impl Session {
     /// feeding each line).
     pub fn set_quotas_on(&mut self, on: bool) {
         self.quotas_on = on;
+    }
+
+    /// Whether recipient verification is on (`verify-recipients`).
+    pub fn set_verify_recipients(&mut self, on: bool) {
+        self.verify_on = on;
+    }
+
+    /// The answer to [`Action::VerifyRecipient`]: the recipient as its
+    /// route left it. Unknown there (550 5.1.1), it counts towards
+    /// `max-bad-commands` like any refused recipient, so a session cannot
+    /// try names by the thousand; put off (450) it does not.
+    pub fn recipient_verified(&mut self, decided: RecipientDecision) -> Vec<Action> {
+        if !decided.decision.is_allowed() {
+            let answer = Reply::from(&decided.decision.reply);
+            let deferral = decided.decision.is_deferral();
+            let mut actions = vec![Action::RecipientDecided(decided)];
+            if deferral {
+                actions.push(Action::Reply(answer));
+            } else {
+                actions.extend(self.error_reply(answer));
+            }
+            return actions;
+        }
+        self.recipient_allowed(decided)
+    }
+
+    /// An allowed recipient after verification: counted against the
+    /// quotas if they are on, else taken.
+    fn recipient_allowed(&mut self, decided: RecipientDecision) -> Vec<Action> {
+        if self.quotas_on {
+            return vec![Action::ReserveQuota(decided)];
+        }
+        let answer = Reply::from(&decided.decision.reply);
+        if let Some(t) = self.transaction.as_mut() {
+            t.recipients.push(decided.clone());
+        }
+        vec![Action::RecipientDecided(decided), Action::Reply(answer)]
     }
 
     /// The answer to [`Action::ReserveQuota`]: the recipient as the quotas
@@ -721,8 +779,8 @@ impl Session {
             decision,
             dsn,
         };
-        let answer = Reply::from(&decided.decision.reply);
         if !decided.decision.is_allowed() {
+            let answer = Reply::from(&decided.decision.reply);
             // A refused recipient is an error like any other (as Postfix's
             // smtpd_hard_error_limit counts them): a client cannot try
             // relay recipients by the thousand in one session.
@@ -730,13 +788,10 @@ impl Session {
             actions.extend(self.error_reply(answer));
             return actions;
         }
-        if self.quotas_on {
-            return vec![Action::ReserveQuota(decided)];
+        if self.verify_on && worth_verifying(&decided) {
+            return vec![Action::VerifyRecipient(decided)];
         }
-        if let Some(t) = self.transaction.as_mut() {
-            t.recipients.push(decided.clone());
-        }
-        vec![Action::RecipientDecided(decided), Action::Reply(answer)]
+        self.recipient_allowed(decided)
     }
 
     /// RCPT's DSN parameters (RFC 3461 4.1, 4.2), each once; the error

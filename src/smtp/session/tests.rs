@@ -52,6 +52,10 @@ struct Client {
     message: Option<Message>,
     decisions: Vec<RecipientDecision>,
     closed: bool,
+    /// Recipients the session asked to verify. The stand-in route knows
+    /// every local part but `nobody...` (550) and cannot be asked about
+    /// `later...` (450).
+    verified: Vec<String>,
 }
 
 impl Client {
@@ -81,6 +85,7 @@ impl Client {
             message: None,
             decisions: Vec::new(),
             closed: false,
+            verified: Vec::new(),
         }
     }
 
@@ -99,6 +104,25 @@ impl Client {
                 Action::RecipientDecided(d) => self.decisions.push(d),
                 Action::ReserveQuota(d) => {
                     let more = self.session.recipient_checked(d);
+                    wire.push_str(&self.run(more));
+                }
+                Action::VerifyRecipient(mut d) => {
+                    use crate::policy::decision::{HopCheck, Reason, Verification};
+                    self.verified.push(d.recipient.to_string());
+                    let check = HopCheck {
+                        hop: "10.0.0.5:25".into(),
+                        said: "250 2.1.5 Ok".into(),
+                        remembered: false,
+                    };
+                    let finding = if d.recipient.local.starts_with("nobody") {
+                        Err(Reason::RecipientUnknown { check })
+                    } else if d.recipient.local.starts_with("later") {
+                        Err(Reason::RecipientUnverified { check })
+                    } else {
+                        Ok(Verification::Known { check })
+                    };
+                    d.decision = d.decision.verified(finding);
+                    let more = self.session.recipient_verified(d);
                     wire.push_str(&self.run(more));
                 }
                 Action::Message(m) => {
@@ -1014,4 +1038,73 @@ fn mail_waits_for_room_on_the_spool_disk() {
     c.cmd("MAIL FROM:<a@outside.test>", "452 4.3.1");
     c.session.params().spool_space.set(Some(10_000));
     c.cmd("MAIL FROM:<a@outside.test>", "250 2.1.0");
+}
+
+#[test]
+fn local_recipients_are_verified_when_asked_and_postmaster_never() {
+    let mut c = Client::new(
+        BindKind::Smtp,
+        remote(),
+        Limits {
+            max_bad_commands: 2,
+            ..Limits::default()
+        },
+    );
+    c.cmd("EHLO c", "250");
+    c.cmd("MAIL FROM:<sender@outside.test>", "250");
+    c.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
+    assert!(c.verified.is_empty(), "off by default");
+    c.session.set_verify_recipients(true);
+    c.cmd("RCPT TO:<carol@example.test>", "250 2.1.5");
+    c.cmd("RCPT TO:<postmaster@example.test>", "250 2.1.5");
+    c.cmd("RCPT TO:<Postmaster>", "250 2.1.5");
+    assert_eq!(c.verified, ["carol@example.test"]);
+    // Put off: not an error, however often.
+    for _ in 0..5 {
+        c.cmd("RCPT TO:<later@example.test>", "450 4.4.1");
+    }
+    assert_eq!(c.session.bad_commands(), 0);
+    // Unknown: an error like any refused recipient.
+    c.cmd("RCPT TO:<nobody1@example.test>", "550 5.1.1");
+    c.cmd("RCPT TO:<nobody2@example.test>", "550 5.1.1");
+    c.cmd("RCPT TO:<nobody3@example.test>", "421 4.7.0");
+    assert!(c.closed);
+    let d = c.decisions.iter().find(|d| d.recipient.local == "carol");
+    let explained = d.map(|d| d.decision.to_string()).unwrap_or_default();
+    assert!(
+        explained.contains("10.0.0.5:25 knows the recipient (250 2.1.5 Ok)"),
+        "{explained}"
+    );
+    let taken = c
+        .session
+        .transaction()
+        .map(|t| t.recipients.len())
+        .unwrap_or_default();
+    assert_eq!(taken, 4, "bob, carol and postmaster twice");
+}
+
+#[test]
+fn verification_comes_before_quotas_and_outbound_mail_is_not_verified() {
+    let mut c = Client::new(BindKind::Smtp, loopback(), Limits::default());
+    c.session.set_verify_recipients(true);
+    c.session.set_quotas_on(true);
+    c.cmd("EHLO c", "250");
+    let plain = b64(format!("\0alice\0{PASSWORD}").as_bytes());
+    c.cmd(&format!("AUTH PLAIN {plain}"), "235");
+    c.cmd("MAIL FROM:<alice@example.test>", "250");
+    c.cmd("RCPT TO:<bob@far.test>", "250");
+    c.cmd("RCPT TO:<carol@example.test>", "250");
+    c.cmd("RCPT TO:<nobody@example.test>", "550 5.1.1");
+    assert_eq!(c.verified, ["carol@example.test", "nobody@example.test"]);
+    let taken: Vec<String> = c
+        .session
+        .transaction()
+        .map(|t| {
+            t.recipients
+                .iter()
+                .map(|r| r.recipient.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(taken, ["bob@far.test", "carol@example.test"]);
 }
