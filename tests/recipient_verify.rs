@@ -5,7 +5,7 @@
 mod common;
 
 use common::sink::{Sink, SinkMode, SinkOptions};
-use common::{Client, Server, cli, test_db};
+use common::{Client, Server, cli, run_cli, test_db};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -204,4 +204,77 @@ fn a_real_client_sees_the_refusal() {
         .unwrap();
     let got = sink.wait_for(1, WAIT);
     assert_eq!(got[0].rcpts, ["erin@example.com"]);
+}
+
+#[test]
+fn check_asks_the_route_as_the_engine_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let ask = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--ip",
+            "203.0.113.9",
+            "--from",
+            "someone@far.test",
+            "--to",
+            "alice@example.com",
+            "--to",
+            "perm-bob@example.com",
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&db, &args, "")
+    };
+    // Off, and not asked for: the policy alone decides.
+    let out = ask(&[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sink.rcpt_attempts("perm-bob@example.com"), 0);
+    let out = ask(&["--verify"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("knows the recipient (250"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("reply    550 5.1.1 Recipient address rejected"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(sink.rcpt_attempts("perm-bob@example.com"), 1);
+
+    // Turned on, with a local domain that has no route: said, and check
+    // asks without --verify.
+    cli(&db, &["domain", "add", "unrouted.example"]);
+    let on = cli(&db, &["policy", "set", "verify-recipients", "on"]);
+    assert!(
+        on.contains("local domain unrouted.example has no route"),
+        "{on}"
+    );
+    assert!(
+        !on.contains("local domain example.com has no route"),
+        "{on}"
+    );
+    let out = ask(&[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(sink.rcpt_attempts("perm-bob@example.com"), 2);
+
+    sink.set_mode(SinkMode::Down);
+    let out = ask(&[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("verdict  deferred"), "{}", out.stdout);
+    assert!(out.stdout.contains("450 4.4.1"), "{}", out.stdout);
 }

@@ -31,6 +31,10 @@ pub struct CheckArgs {
     /// A recipient (RCPT TO); repeat for several.
     #[arg(long = "to", value_name = "ADDR", required = true)]
     to: Vec<String>,
+    /// Ask local recipients' routes about them even with
+    /// verify-recipients off (with it on, they are always asked).
+    #[arg(long)]
+    verify: bool,
 }
 
 pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -76,7 +80,7 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         );
         user = None;
     }
-    let checked = check(
+    let mut checked = check(
         &policy,
         &CheckQuery {
             ip: args.ip,
@@ -87,6 +91,10 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
     )?;
     if let Some(why) = &checked.login_refused {
         anyhow::bail!("{why}, so --user cannot apply");
+    }
+    let settings = store.server_settings()?;
+    if args.verify || settings.verify_recipients {
+        verify_recipients(store, &settings, &mut checked.decisions)?;
     }
     println!(
         "client {}, {}, sender <{}>",
@@ -107,7 +115,13 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("<{rcpt}>");
         println!(
             "  verdict  {}",
-            if d.is_allowed() { "allowed" } else { "denied" }
+            if d.is_allowed() {
+                "allowed"
+            } else if d.is_deferral() {
+                "deferred"
+            } else {
+                "denied"
+            }
         );
         println!("  class    {}", d.class);
         println!("  reply    {}", d.reply);
@@ -118,4 +132,38 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Asks the route of each allowed local recipient's domain about it, as
+/// the engine does with `verify-recipients` on (a real `MAIL FROM:<>` and
+/// `RCPT TO`; nothing is remembered, and the engine's memory is not used).
+fn verify_recipients(
+    store: &Store,
+    settings: &crate::server_settings::ServerSettings,
+    decisions: &mut [(
+        crate::policy::address::MailAddress,
+        crate::policy::decision::Decision,
+    )],
+) -> anyhow::Result<()> {
+    use crate::delivery::recipient_verify::{RecipientVerifier, VerifyConfig, worth_verifying};
+    let routes = store.routes()?;
+    let config = VerifyConfig::from_settings(settings);
+    let verifier = RecipientVerifier::new(std::sync::Arc::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        for (recipient, decision) in decisions.iter_mut() {
+            if !decision.is_allowed() || !worth_verifying(decision.class, recipient) {
+                continue;
+            }
+            match verifier.verify_local(&config, &routes, recipient).await {
+                Some(finding) => *decision = decision.clone().verified(finding),
+                None => println!(
+                    "note: <{recipient}> is not verified: its domain has no route of its own to ask"
+                ),
+            }
+        }
+    });
+    Ok(())
 }

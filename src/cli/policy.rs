@@ -60,6 +60,11 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for note in config.switches.notes() {
                 println!("note: {note}");
             }
+            if server.verify_recipients {
+                for note in unverifiable_domains(store)? {
+                    println!("{note}");
+                }
+            }
             if let Some(problem) = tls_problem(&server) {
                 println!("{problem}");
             }
@@ -81,6 +86,11 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     "warning: no group {value} on this machine (/etc/group): the control socket stays owner-only until it exists"
                 );
             }
+            if key == "verify-recipients" && value == "on" {
+                for note in unverifiable_domains(store)? {
+                    println!("{note}");
+                }
+            }
             if key == "plaintext-auth" && value == "on" {
                 println!(
                     "warning: AUTH is now offered without TLS: passwords cross the network in clear"
@@ -97,6 +107,24 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Local domains whose recipients verification cannot ask about: they
+/// have no route of their own (a local domain never goes to `*` or MX).
+fn unverifiable_domains(store: &mut Store) -> anyhow::Result<Vec<String>> {
+    use crate::delivery::router::{NextHop, next_hop};
+    let routes = store.routes()?;
+    let config = store.load_config()?;
+    Ok(config
+        .local_domains
+        .iter()
+        .filter(|d| !matches!(next_hop(d, &routes, true), NextHop::Route(_)))
+        .map(|d| {
+            format!(
+                "note: local domain {d} has no route, so its recipients are taken unverified (relaygate route add {d} HOST:PORT)"
+            )
+        })
+        .collect())
 }
 
 /// What is wrong with the configured TLS files, as the engine will find

@@ -16,7 +16,8 @@
 
 use super::Route;
 use super::client::{ClientConfig, ConnectError, ConnectionPool, ProbeAnswer, Target};
-use crate::policy::decision::{HopCheck, Reason, Verification};
+use crate::policy::address::{Domain, MailAddress};
+use crate::policy::decision::{HopCheck, Reason, RelayClass, Verification};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A connection or command to the next hop gets at most this long (less
 /// if the delivery timeouts say so).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open questions kept track of before abandoned ones are swept.
+const MAX_ASKING: usize = 1024;
 /// Answers remembered at most; past it, expired ones go, then all.
 pub const MAX_REMEMBERED: usize = 100_000;
 
@@ -85,6 +88,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Whether an allowed recipient is asked about at its route: one in a
+/// local domain, except postmaster, which RFC 5321 4.5.1 says every
+/// domain accepts.
+pub fn worth_verifying(class: RelayClass, recipient: &MailAddress) -> bool {
+    matches!(class, RelayClass::Inbound | RelayClass::Internal)
+        && matches!(recipient.domain, Domain::Name(_))
+        && !recipient.local.eq_ignore_ascii_case("postmaster")
+}
+
 /// A route's next hop as the reasons name it.
 pub fn hop_name(route: &Route) -> String {
     if route.host.contains(':') {
@@ -116,6 +128,25 @@ impl RecipientVerifier {
         lock(&self.remembered).len()
     }
 
+    /// Asks the route of a local recipient's domain about it. None when
+    /// the domain has no route of its own: there is no one to ask, and
+    /// its mail is held at delivery until a route is added.
+    pub async fn verify_local(
+        &self,
+        config: &VerifyConfig,
+        routes: &[Route],
+        recipient: &MailAddress,
+    ) -> Option<Result<Verification, Reason>> {
+        use super::router::{NextHop, next_hop};
+        let Domain::Name(domain) = &recipient.domain else {
+            return None;
+        };
+        let NextHop::Route(route) = next_hop(domain, routes, true) else {
+            return None;
+        };
+        Some(self.verify(config, route, &recipient.to_string()).await)
+    }
+
     /// Whether `route` takes mail for `recipient`: `Ok` keeps the
     /// recipient (known, or unreachable under `verify-unreachable
     /// accept`), `Err` is the reason to refuse it.
@@ -130,7 +161,15 @@ impl RecipientVerifier {
         if let Some(found) = self.recall(&key) {
             return judge(found, hop, true, config.accept_unreachable);
         }
-        let question = Arc::clone(lock(&self.asking).entry(key.clone()).or_default());
+        let question = {
+            let mut asking = lock(&self.asking);
+            if asking.len() >= MAX_ASKING {
+                // Questions nobody waits for any more (their sessions
+                // ended while asking).
+                asking.retain(|_, q| Arc::strong_count(q) > 1);
+            }
+            Arc::clone(asking.entry(key.clone()).or_default())
+        };
         let found = question
             .get_or_init(|| self.ask(config, route, recipient))
             .await

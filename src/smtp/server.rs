@@ -776,27 +776,22 @@ impl Drop for QuotaHold<'_> {
 }
 
 /// Asks the route of a local recipient's domain whether it knows the
-/// recipient (`verify-recipients`). A domain without a route has no one
-/// to ask: its mail is held at delivery until a route is added, as
-/// without verification.
+/// recipient (`verify-recipients`).
 async fn verify_recipient(
     ctx: &ConnectionContext,
     settings: &ServerSettings,
     mut rd: RecipientDecision,
 ) -> RecipientDecision {
-    use crate::delivery::recipient_verify::VerifyConfig;
-    use crate::delivery::router::{NextHop, next_hop};
-    let crate::policy::address::Domain::Name(domain) = &rd.recipient.domain else {
-        return rd;
-    };
+    let config = crate::delivery::recipient_verify::VerifyConfig::from_settings(settings);
     let snapshot = ctx.shared.snapshot();
-    let NextHop::Route(route) = next_hop(domain, &snapshot.routes, true) else {
-        return rd;
-    };
-    let config = VerifyConfig::from_settings(settings);
-    let address = rd.recipient.to_string();
-    let finding = ctx.shared.verifier.verify(&config, route, &address).await;
-    rd.decision = rd.decision.verified(finding);
+    if let Some(finding) = ctx
+        .shared
+        .verifier
+        .verify_local(&config, &snapshot.routes, &rd.recipient)
+        .await
+    {
+        rd.decision = rd.decision.verified(finding);
+    }
     rd
 }
 

@@ -233,19 +233,6 @@ pub enum Action {
     Close,
 }
 
-/// Whether an allowed recipient is asked about at its route: one in a
-/// local domain, except postmaster, which RFC 5321 4.5.1 says every
-/// domain accepts.
-fn worth_verifying(decided: &RecipientDecision) -> bool {
-    use crate::policy::address::Domain;
-    use crate::policy::decision::RelayClass;
-    matches!(
-        decided.decision.class,
-        RelayClass::Inbound | RelayClass::Internal
-    ) && matches!(decided.recipient.domain, Domain::Name(_))
-        && !decided.recipient.local.eq_ignore_ascii_case("postmaster")
-}
-
 /// How far [`Session::handle_data`] got.
 #[derive(Debug)]
 pub enum DataProgress {
@@ -788,7 +775,12 @@ impl Session {
             actions.extend(self.error_reply(answer));
             return actions;
         }
-        if self.verify_on && worth_verifying(&decided) {
+        if self.verify_on
+            && crate::delivery::recipient_verify::worth_verifying(
+                decided.decision.class,
+                &decided.recipient,
+            )
+        {
             return vec![Action::VerifyRecipient(decided)];
         }
         self.recipient_allowed(decided)
