@@ -5,6 +5,16 @@
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --idle 10000 --pid PID [--hold SECONDS]
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 8000 --concurrency 20 --rate 400
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --denied 20000 --concurrency 10
+//!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --recipients 50000 --local-part perm --concurrency 20
+//!
+//! With `--recipients N`: N RCPTs of addresses never seen before
+//! (`PREFIX-<n>@example.com`, from `someone@far.test`), one at a time per
+//! session as a plain client sends them, a new transaction every 50,
+//! counting each reply class; a session the server closes is opened
+//! again. For recipient verification: every one is a new question to
+//! the route. As a sink, the load generator refuses local parts that
+//! start with `perm` (550 5.1.1), so `--local-part perm` asks about
+//! unknown users.
 //!
 //! With `--denied N`: N sessions a relay must refuse, `concurrency` at a
 //! time, each a new connection: greeting, EHLO, MAIL, RCPT (which must be
@@ -43,6 +53,9 @@ struct Args {
     rate: Option<f64>,
     /// Sessions to be refused at RCPT, new connection each.
     denied: Option<u64>,
+    /// RCPTs of new addresses to send (recipient verification).
+    recipients: Option<u64>,
+    local_part: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +70,8 @@ fn parse_args() -> Result<Args, String> {
         sink: None,
         denied: None,
         rate: None,
+        recipients: None,
+        local_part: "user".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -118,6 +133,14 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|e| format!("--denied: {e}"))?,
                 )
             }
+            "--recipients" => {
+                args.recipients = Some(
+                    value("--recipients")?
+                        .parse()
+                        .map_err(|e| format!("--recipients: {e}"))?,
+                )
+            }
+            "--local-part" => args.local_part = value("--local-part")?,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -147,11 +170,12 @@ fn main() {
         }
     };
     let code = rt.block_on(async {
-        match (args.sink, args.idle, args.denied) {
-            (Some(port), _, _) => sink(port, args.messages).await,
-            (None, Some(n), _) => idle(&args, n).await,
-            (None, None, Some(n)) => denied(&args, n).await,
-            (None, None, None) => throughput(&args).await,
+        match (args.sink, args.idle, args.denied, args.recipients) {
+            (Some(port), _, _, _) => sink(port, args.messages).await,
+            (None, Some(n), _, _) => idle(&args, n).await,
+            (None, None, Some(n), _) => denied(&args, n).await,
+            (None, None, None, Some(n)) => recipients(&args, n).await,
+            (None, None, None, None) => throughput(&args).await,
         }
     });
     std::process::exit(code);
@@ -281,6 +305,112 @@ async fn denied_session(target: SocketAddr, line: &mut String) -> std::io::Resul
     w.write_all(b"QUIT\r\n").await?;
     let _ = read_reply(&mut r, line).await;
     Ok((400..600).contains(&code))
+}
+
+/// Reply classes counted by [`recipients`]: 2xx, 4xx, 5xx.
+#[derive(Default)]
+struct Classes {
+    ok: AtomicU64,
+    put_off: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// One session of [`recipients`]: RCPTs until the shared count runs out;
+/// false if the server closed it first.
+async fn recipient_session(
+    target: SocketAddr,
+    prefix: &str,
+    next: &AtomicU64,
+    n: u64,
+    classes: &Classes,
+) -> std::io::Result<bool> {
+    let stream = TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    read_reply(&mut r, &mut line).await?;
+    w.write_all(b"EHLO loadgen.test\r\n").await?;
+    read_reply(&mut r, &mut line).await?;
+    let mut in_transaction = 0;
+    loop {
+        if in_transaction == 0 {
+            w.write_all(b"MAIL FROM:<someone@far.test>\r\n").await?;
+            if read_reply(&mut r, &mut line).await? != 250 {
+                return Ok(false);
+            }
+        }
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        if k >= n {
+            w.write_all(b"QUIT\r\n").await?;
+            let _ = read_reply(&mut r, &mut line).await;
+            return Ok(true);
+        }
+        w.write_all(format!("RCPT TO:<{prefix}-{k}@example.com>\r\n").as_bytes())
+            .await?;
+        match read_reply(&mut r, &mut line).await? {
+            421 => return Ok(false),
+            200..=299 => classes.ok.fetch_add(1, Ordering::Relaxed),
+            400..=499 => classes.put_off.fetch_add(1, Ordering::Relaxed),
+            _ => classes.refused.fetch_add(1, Ordering::Relaxed),
+        };
+        in_transaction += 1;
+        if in_transaction == 50 {
+            w.write_all(b"RSET\r\n").await?;
+            read_reply(&mut r, &mut line).await?;
+            in_transaction = 0;
+        }
+    }
+}
+
+async fn recipients(args: &Args, n: u64) -> i32 {
+    let next = Arc::new(AtomicU64::new(0));
+    let classes = Arc::new(Classes::default());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (next, classes, target, prefix) = (
+            Arc::clone(&next),
+            Arc::clone(&classes),
+            args.target,
+            args.local_part.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.load(Ordering::Relaxed) < n {
+                match recipient_session(target, &prefix, &next, n, &classes).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(e.to_string())),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (ok, put_off, refused) = (
+        classes.ok.load(Ordering::Relaxed),
+        classes.put_off.load(Ordering::Relaxed),
+        classes.refused.load(Ordering::Relaxed),
+    );
+    if let Some(e) = &failure {
+        eprintln!("smtp_load: {e}");
+    }
+    println!(
+        "target={} recipients={} accepted={ok} put_off={put_off} refused={refused} concurrency={} seconds={secs:.3} rcpts_per_sec={:.0}",
+        args.target,
+        ok + put_off + refused,
+        args.concurrency,
+        (ok + put_off + refused) as f64 / secs
+    );
+    i32::from(failure.is_some())
 }
 
 async fn denied(args: &Args, n: u64) -> i32 {
@@ -468,6 +598,9 @@ async fn sink_session(
                 "QUIT" => {
                     w.write_all(b"221 2.0.0 Bye\r\n").await?;
                     return Ok(());
+                }
+                "RCPT" if line.to_ascii_lowercase().contains("<perm") => {
+                    out.extend_from_slice(b"550 5.1.1 no such user here\r\n")
                 }
                 _ => out.extend_from_slice(b"250 2.0.0 Ok\r\n"),
             }

@@ -34,7 +34,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open questions kept track of before abandoned ones are swept.
 const MAX_ASKING: usize = 1024;
-/// Answers remembered at most; past it, expired ones go, then all.
+/// Answers remembered at most; past it, expired ones go, then half.
 pub const MAX_REMEMBERED: usize = 100_000;
 
 /// What asking found.
@@ -209,8 +209,15 @@ impl RecipientVerifier {
         let mut remembered = lock(&self.remembered);
         if remembered.len() >= MAX_REMEMBERED {
             remembered.retain(|_, (_, until)| *until > now);
+            // Still full: every other entry goes (the map's order has
+            // nothing to do with the addresses' age or use), so half the
+            // memory stays useful and the next sweep is 50,000 away.
+            let mut keep = false;
             if remembered.len() >= MAX_REMEMBERED {
-                remembered.clear();
+                remembered.retain(|_, _| {
+                    keep = !keep;
+                    keep
+                });
             }
         }
         remembered.insert(key, (found.clone(), now + ttl));
@@ -443,6 +450,7 @@ mod tests {
             v.remember(format!("k{i}"), &Found::Known("250".into()), &c);
         }
         assert!(v.remembered() <= MAX_REMEMBERED);
+        assert!(v.remembered() >= MAX_REMEMBERED / 2);
         assert!(v.recall(&format!("k{}", MAX_REMEMBERED + 9)).is_some());
     }
 }
