@@ -1800,6 +1800,39 @@ fn quotas_bans_and_suspensions_through_the_keys() {
 }
 
 #[test]
+fn recipient_verification_is_turned_on_from_the_auth_panel() {
+    let mut h = Harness::new(|s| {
+        s.add_domain("unrouted.example").expect("domain");
+    });
+    h.typed("5");
+    // Rows: auth mode, the switches, plaintext-auth, verify-recipients.
+    for _ in 0..relaygate::policy::settings::SWITCH_KEYS.len() + 2 {
+        h.key(KeyCode::Down);
+    }
+    h.key(KeyCode::Enter);
+    assert_eq!(h.status(), "saved: verify-recipients on");
+    assert!(
+        h.store()
+            .server_settings()
+            .expect("settings")
+            .verify_recipients
+    );
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(screen.contains("[x] verify-recipients"), "{screen}");
+    assert!(
+        screen.contains("unrouted.example  (no route: its mail is held, unverified)"),
+        "{screen}"
+    );
+    h.typed(" ");
+    assert!(
+        !h.store()
+            .server_settings()
+            .expect("settings")
+            .verify_recipients
+    );
+}
+
+#[test]
 fn the_auth_panel_names_the_specified_login_and_says_policy_show_s_notes() {
     let mut h = Harness::new(|s| {
         s.set_switch("relay.auth", true).expect("switch");

@@ -111,14 +111,10 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 
 /// Local domains whose recipients verification cannot ask about: they
 /// have no route of their own (a local domain never goes to `*` or MX).
-fn unverifiable_domains(store: &mut Store) -> anyhow::Result<Vec<String>> {
-    use crate::delivery::router::{NextHop, next_hop};
-    let routes = store.routes()?;
-    let config = store.load_config()?;
-    Ok(config
-        .local_domains
-        .iter()
-        .filter(|d| !matches!(next_hop(d, &routes, true), NextHop::Route(_)))
+fn unverifiable_domains(store: &Store) -> anyhow::Result<Vec<String>> {
+    Ok(store
+        .local_domains_without_route()?
+        .into_iter()
         .map(|d| {
             format!(
                 "note: local domain {d} has no route, so its recipients are taken unverified (relaygate route add {d} HOST:PORT)"

@@ -33,6 +33,8 @@ pub struct ConfigView {
     pub specified_user: Option<String>,
     pub switches: Switches,
     pub plaintext_auth: bool,
+    /// `verify-recipients`: local recipients are asked about at their route.
+    pub verify_recipients: bool,
     pub rules: Vec<Rule>,
     pub bindings: Vec<Binding>,
     /// The stored configuration, for the test box's "edited" policy.
@@ -136,6 +138,7 @@ impl ConsoleIo {
             specified_user,
             switches: policy_config.switches,
             plaintext_auth: settings.plaintext_auth,
+            verify_recipients: settings.verify_recipients,
             rules: store.rules()?,
             bindings: store.bindings()?,
             policy_config,

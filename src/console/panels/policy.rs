@@ -27,6 +27,7 @@ pub enum PolicyRow {
         help: &'static str,
     },
     PlaintextAuth,
+    VerifyRecipients,
     Domain(String),
     /// A rule, numbered from 1.
     Rule(usize),
@@ -41,7 +42,7 @@ pub struct PolicyView {
 
 impl PolicyView {
     /// The rows, top to bottom: the auth mode, the switches, plaintext
-    /// AUTH, the local domains, the rules.
+    /// AUTH, recipient verification, the local domains, the rules.
     pub fn rows(config: &ConfigView) -> Vec<PolicyRow> {
         let mut rows = vec![PolicyRow::AuthMode];
         rows.extend(
@@ -50,6 +51,7 @@ impl PolicyView {
                 .map(|&(key, help)| PolicyRow::Switch { key, help }),
         );
         rows.push(PolicyRow::PlaintextAuth);
+        rows.push(PolicyRow::VerifyRecipients);
         rows.extend(config.domains.iter().cloned().map(PolicyRow::Domain));
         rows.extend((1..=config.rules.len()).map(PolicyRow::Rule));
         rows
@@ -127,6 +129,15 @@ impl PolicyView {
                 key: "plaintext-auth".into(),
                 value: if config.plaintext_auth { "off" } else { "on" }.into(),
             }]),
+            Some(PolicyRow::VerifyRecipients) => Request::Effects(vec![Effect::SetServerSetting {
+                key: "verify-recipients".into(),
+                value: if config.verify_recipients {
+                    "off"
+                } else {
+                    "on"
+                }
+                .into(),
+            }]),
             Some(PolicyRow::Domain(_) | PolicyRow::Rule(_)) => Request::Say {
                 ok: false,
                 text: "a: add a domain, r: add a rule, x: remove the selected one".into(),
@@ -195,8 +206,14 @@ pub fn render(
                 format!("{} plaintext-auth", check(config.plaintext_auth)),
                 style_for(i),
             )),
+            PolicyRow::VerifyRecipients => settings.push(Line::styled(
+                format!("{} verify-recipients", check(config.verify_recipients)),
+                style_for(i),
+            )),
             PolicyRow::Domain(d) => {
-                let text = if config.unrouted_domains.contains(d) {
+                let text = if config.unrouted_domains.contains(d) && config.verify_recipients {
+                    format!("{d}  (no route: its mail is held, unverified)")
+                } else if config.unrouted_domains.contains(d) {
                     format!("{d}  (no route: its mail is held)")
                 } else {
                     d.clone()
@@ -248,7 +265,8 @@ pub fn render(
         right_lines.push(Line::styled("  none", theme.dim));
     }
     right_lines.extend(rules);
-    let first_right = 11usize;
+    // The auth mode, the switches, plaintext-auth, verify-recipients.
+    let first_right = SWITCH_KEYS.len() + 3;
     let selected_line = if view.selected >= first_right {
         let k = view.selected - first_right;
         if k < domain_count {
@@ -277,6 +295,10 @@ pub fn render(
         Some(PolicyRow::Switch { help, .. }) => (*help).to_string(),
         Some(PolicyRow::PlaintextAuth) => {
             "offer AUTH without TLS to non-loopback clients (passwords in clear!)".to_string()
+        }
+        Some(PolicyRow::VerifyRecipients) => {
+            "ask a local domain's route whether it knows each recipient before taking its mail (550 5.1.1 if not)"
+                .to_string()
         }
         Some(PolicyRow::Domain(_)) => {
             "mail for a local domain is inbound/internal; x removes".to_string()
