@@ -39,6 +39,14 @@ struct NoticeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerificationLabels {
+    /// `known`, `unknown` or `unreachable`.
+    answer: String,
+    /// `asked` (a question to the route) or `remembered`.
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
     route: String,
     result: String,
@@ -68,6 +76,7 @@ struct Counted {
     auth_failures: Counter,
     bans: Counter,
     quota_refusals: Counter,
+    verifications: Family<VerificationLabels, Counter>,
     suspensions: Counter,
     dropped_events: Gauge,
     reloads: Counter,
@@ -148,6 +157,11 @@ impl Counted {
                 "quota_refusals",
                 "recipients deferred by a sending quota",
                 Counter::default()
+            ),
+            verifications: reg!(
+                "recipient_verifications",
+                "recipients of local domains checked at their route (verify-recipients), by answer and whether the route was asked or the answer remembered",
+                Family::default()
             ),
             suspensions: reg!(
                 "login_suspensions",
@@ -243,6 +257,14 @@ impl Metrics {
                     crate::policy::decision::Reason::QuotaReached { .. }
                 ) {
                     c.quota_refusals.inc();
+                }
+                if let Some((answer, remembered)) = verification_answer(decision) {
+                    c.verifications
+                        .get_or_create(&VerificationLabels {
+                            answer: answer.into(),
+                            source: if remembered { "remembered" } else { "asked" }.into(),
+                        })
+                        .inc();
                 }
                 c.decisions
                     .get_or_create(&DecisionLabels {
@@ -346,6 +368,19 @@ fn reason_kind(reason: &crate::policy::decision::Reason) -> &'static str {
         R::QuotaReached { .. } => "quota",
         R::RecipientUnknown { .. } => "recipient_unknown",
         R::RecipientUnverified { .. } => "recipient_unverified",
+    }
+}
+
+/// What recipient verification found for a decision, if it was asked:
+/// the answer and whether it was remembered.
+fn verification_answer(d: &crate::policy::decision::Decision) -> Option<(&'static str, bool)> {
+    use crate::policy::decision::{Reason, Verification};
+    match (&d.verification, &d.reason) {
+        (Some(Verification::Known { check }), _) => Some(("known", check.remembered)),
+        (Some(Verification::Unreachable { check }), _) => Some(("unreachable", check.remembered)),
+        (None, Reason::RecipientUnknown { check }) => Some(("unknown", check.remembered)),
+        (None, Reason::RecipientUnverified { check }) => Some(("unreachable", check.remembered)),
+        _ => None,
     }
 }
 

@@ -63,7 +63,17 @@ fn wait_for_count(server: &mut Server, needle: &str, n: usize) {
 fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
-    let (mut server, addr) = engine_with_route(dir.path(), &sink, &[]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let (mut server, addr) = engine_with_route(
+        dir.path(),
+        &sink,
+        &[("metrics-listen", metrics_listen.as_str())],
+    );
 
     let mut c = inbound(addr);
     c.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
@@ -120,6 +130,40 @@ fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
     c.expect("RCPT TO:<perm-x@unrouted.example>", "250");
     c.expect("QUIT", "221");
     assert_eq!(sink.rcpt_attempts("perm-x@unrouted.example"), 0);
+
+    // Prometheus counts the answers, asked and remembered; postmaster and
+    // the unrouted domain were not checked.
+    let wanted = [
+        r#"relaygate_recipient_verifications_total{answer="known",source="asked"} 2"#,
+        r#"relaygate_recipient_verifications_total{answer="known",source="remembered"} 1"#,
+        r#"relaygate_recipient_verifications_total{answer="unknown",source="asked"} 1"#,
+        r#"relaygate_recipient_verifications_total{answer="unknown",source="remembered"} 1"#,
+    ];
+    let start = Instant::now();
+    loop {
+        let body = scrape(metrics_port);
+        if wanted.iter().all(|w| body.lines().any(|l| l == *w)) {
+            assert!(!body.contains(r#"answer="unreachable""#), "{body}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The metrics page's body.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 #[test]

@@ -194,7 +194,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::ListEdit, [code(KeyCode::BackTab)], C::PrevField, "", "focus the previous one"),
     bind!(X::ListEdit, [ctrl('o')], C::Import, "import", "import a CSV/TSV file into the focused list"),
     // Auth & restrictions
-    bind!(X::Panel(P::Policy), [code(KeyCode::Enter), ch(' ')], C::Toggle, "toggle", "switch on/off, or change the auth mode"),
+    bind!(X::Panel(P::Policy), [code(KeyCode::Enter), ch(' ')], C::Toggle, "toggle", "switch on/off (switches, plaintext-auth, verify-recipients), or change the auth mode"),
     bind!(X::Panel(P::Policy), [ch('a')], C::Add, "add domain", "add a local domain"),
     bind!(X::Panel(P::Policy), [ch('r')], C::AddRule, "add rule", "add a sender/recipient rule"),
     bind!(X::Panel(P::Policy), [ch('x'), code(KeyCode::Delete)], C::Remove, "remove", "remove the selected domain or rule (asks first)"),
