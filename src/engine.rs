@@ -222,6 +222,8 @@ pub struct Shared {
     pub next_hops: Arc<crate::delivery::client::ConnectionPool>,
     /// Asks local domains' routes about recipients (`verify-recipients`).
     pub verifier: crate::delivery::recipient_verify::RecipientVerifier,
+    /// Looks clients up on the DNS blocklists (`dnsbl`).
+    pub dnsbl: crate::abuse::dnsbl::DnsblChecker,
 }
 
 /// Counts a session against the limits until dropped.
@@ -675,6 +677,7 @@ impl Engine {
                 &next_hops,
             )),
             next_hops,
+            dnsbl: Default::default(),
             snapshot: RwLock::new(Arc::clone(&snapshot)),
             events,
             spool,
@@ -1185,6 +1188,7 @@ async fn watch_config(
                         // A route, domain or setting edited: what the
                         // routes said of recipients may no longer hold.
                         shared.verifier.forget_all();
+                        shared.dnsbl.forget_all();
                         let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
                         // The first read repeats the one made at start.
                         if !first || reload_tls {

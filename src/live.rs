@@ -118,6 +118,7 @@ pub fn reason_key(reason: &Reason) -> &'static str {
         Reason::RuleRejected { .. } => "rule",
         Reason::QuotaReached { .. } => "quota",
         Reason::RecipientUnknown { .. } => "unknown recipient",
+        Reason::Blocklisted { .. } => "dnsbl",
         Reason::RecipientUnverified { .. } => "unverified recipient",
         Reason::InboundToLocal { .. }
         | Reason::Unrestricted { .. }

@@ -367,6 +367,7 @@ fn reason_kind(reason: &crate::policy::decision::Reason) -> &'static str {
         R::RuleRejected { .. } => "rule",
         R::QuotaReached { .. } => "quota",
         R::RecipientUnknown { .. } => "recipient_unknown",
+        R::Blocklisted { .. } => "dnsbl",
         R::RecipientUnverified { .. } => "recipient_unverified",
     }
 }

@@ -84,6 +84,9 @@ pub struct ServerSettings {
     pub verify_known_ttl_secs: u64,
     /// How long an unknown recipient is remembered.
     pub verify_unknown_ttl_secs: u64,
+    /// DNS blocklist zones (RFC 5782) unauthenticated clients off the
+    /// allow list are looked up on; empty: none.
+    pub dnsbl: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -137,6 +140,7 @@ impl Default for ServerSettings {
             verify_accept_unreachable: false,
             verify_known_ttl_secs: 86_400,
             verify_unknown_ttl_secs: 3600,
+            dnsbl: Vec::new(),
         }
     }
 }
@@ -154,6 +158,10 @@ pub const SERVER_KEYS: &[(&str, &str)] = &[
     (
         "hostname",
         "name in the greeting, EHLO and Received: headers",
+    ),
+    (
+        "dnsbl",
+        "DNS blocklist zones, comma-separated (zen.spamhaus.org): a listed client that did not authenticate and is not on the allow list gets 554 5.7.1 at RCPT; empty: none",
     ),
     (
         "verify-recipients",
@@ -400,6 +408,29 @@ impl ServerSettings {
                 self.plaintext_auth = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
             }
+            "dnsbl" => {
+                let mut zones = Vec::new();
+                for z in v.split(',').map(str::trim).filter(|z| !z.is_empty()) {
+                    let zone = crate::policy::address::normalize_domain(z).map_err(|p| {
+                        SettingError(format!("dnsbl: {z:?} is not a DNS zone: {p}"))
+                    })?;
+                    if !zone.contains('.') {
+                        return Err(SettingError(format!(
+                            "dnsbl: {z:?} is not a DNS zone (zen.spamhaus.org, say)"
+                        )));
+                    }
+                    if !zones.contains(&zone) {
+                        zones.push(zone);
+                    }
+                }
+                if zones.len() > crate::abuse::dnsbl::MAX_ZONES {
+                    return Err(SettingError(format!(
+                        "dnsbl: at most {} zones",
+                        crate::abuse::dnsbl::MAX_ZONES
+                    )));
+                }
+                self.dnsbl = zones;
+            }
             "verify-recipients" => {
                 self.verify_recipients = crate::policy::settings::parse_on_off(v)
                     .map_err(|e| SettingError(e.to_string()))?
@@ -536,6 +567,7 @@ impl ServerSettings {
             }
             .to_string(),
             "verify-known-ttl" => self.verify_known_ttl_secs.to_string(),
+            "dnsbl" => self.dnsbl.join(","),
             "verify-unknown-ttl" => self.verify_unknown_ttl_secs.to_string(),
             "per-ip-exempt-listed" => if self.listed_ip_exempt { "on" } else { "off" }.to_string(),
             "max-message-size" => self.max_message_size.to_string(),

@@ -4,6 +4,7 @@
 //! locked copy of it, with a lock-free answer for the common case.
 
 pub mod bans;
+pub mod dnsbl;
 pub mod quota;
 pub mod rate;
 

@@ -93,8 +93,20 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{why}, so --user cannot apply");
     }
     let settings = store.server_settings()?;
-    if args.verify || settings.verify_recipients {
-        verify_recipients(store, &settings, &mut checked.decisions)?;
+    let listed = !settings.dnsbl.is_empty()
+        && checked.login.is_none()
+        && !matches!(
+            policy.lists().check(args.ip),
+            crate::policy::ip_lists::ListVerdict::Allowed { .. }
+        );
+    if listed || args.verify || settings.verify_recipients {
+        network_checks(
+            store,
+            &settings,
+            listed.then_some(args.ip),
+            args.verify || settings.verify_recipients,
+            &mut checked.decisions,
+        )?;
     }
     println!(
         "client {}, {}, sender <{}>",
@@ -134,12 +146,16 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Asks the route of each allowed local recipient's domain about it, as
-/// the engine does with `verify-recipients` on (a real `MAIL FROM:<>` and
-/// `RCPT TO`; nothing is remembered, and the engine's memory is not used).
-fn verify_recipients(
+/// What the engine checks over the network, as it would: the client on
+/// the DNS blocklists (`dnsbl`, when `blocklist_client` is given), then
+/// each allowed local recipient at its route (`verify-recipients`, or
+/// `--verify`: a real `MAIL FROM:<>`/`RCPT TO`). Nothing is remembered,
+/// and the engine's memory is not used.
+fn network_checks(
     store: &Store,
     settings: &crate::server_settings::ServerSettings,
+    blocklist_client: Option<IpAddr>,
+    verify: bool,
     decisions: &mut [(
         crate::policy::address::MailAddress,
         crate::policy::decision::Decision,
@@ -153,6 +169,28 @@ fn verify_recipients(
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if let Some(ip) = blocklist_client {
+            let lookup = crate::abuse::dnsbl::DnsblChecker::default()
+                .check(&settings.dns_servers, &settings.dnsbl, ip)
+                .await;
+            for problem in &lookup.problems {
+                println!("note: {problem}");
+            }
+            if let Some(listing) = lookup.listing {
+                for (_, decision) in decisions.iter_mut() {
+                    if decision.is_allowed() {
+                        *decision = decision.clone().blocklisted(
+                            ip,
+                            listing.zone.clone(),
+                            listing.answer.to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        if !verify {
+            return;
+        }
         for (recipient, decision) in decisions.iter_mut() {
             if !decision.is_allowed() || !worth_verifying(decision.class, recipient) {
                 continue;

@@ -254,6 +254,26 @@ impl MxResolver {
         )))
     }
 
+    /// The A records of a name (a DNS blocklist query): empty when the
+    /// name does not exist or has none; `Err` when the lookup failed.
+    pub async fn ipv4_of(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+        let name = fqdn(name).map_err(|e| e.to_string())?;
+        match self.resolver.ipv4_lookup(name).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => match classify(&e) {
+                Negative::NxDomain | Negative::NoData => Ok(Vec::new()),
+                Negative::Failed => Err(e.to_string()),
+            },
+        }
+    }
+
     /// MX records sorted by preference, null MX and duplicate exchanges
     /// dropped, equal preferences shuffled when configured, at most
     /// [`MAX_MX_HOSTS`].

@@ -124,6 +124,15 @@ pub enum Reason {
         #[serde(flatten)]
         check: HopCheck,
     },
+    /// Allowed by the policy, but the client, neither authenticated nor
+    /// on the allow list, is on a DNS blocklist (`dnsbl`).
+    Blocklisted {
+        #[serde(serialize_with = "crate::net_text::serialize_ip")]
+        ip: IpAddr,
+        zone: String,
+        /// The zone's answer, `127.0.0.2`: what kind of listing.
+        answer: String,
+    },
     /// Allowed by the policy, but a sending quota is used up for now.
     QuotaReached {
         /// The quota, as `quota show` prints it.
@@ -202,6 +211,11 @@ impl fmt::Display for Reason {
                 "sender {sender} is not owned by login {login} (sender-login-match is on)"
             ),
             Reason::RuleRejected { number, rule } => write!(f, "rule #{number}: {rule}"),
+            Reason::Blocklisted { ip, zone, answer } => write!(
+                f,
+                "client {} is on the DNS blocklist {zone} ({answer}); it did not authenticate and is not on the allow list (dnsbl)",
+                AddrText::ip(*ip)
+            ),
             Reason::RecipientUnknown { check } => write!(
                 f,
                 "{} refuses the recipient ({}){} (verify-recipients is on)",
@@ -350,6 +364,22 @@ impl Decision {
                 self.reason = reason;
             }
         }
+        self
+    }
+
+    /// Turns an allowed recipient into a refusal: the client is on a DNS
+    /// blocklist (554 5.7.1, the wording of Postfix's reject_rbl_client).
+    pub fn blocklisted(mut self, ip: IpAddr, zone: String, answer: String) -> Decision {
+        self.verdict = Verdict::Deny;
+        self.reply = Reply {
+            code: 554,
+            status: Cow::Borrowed("5.7.1"),
+            text: Cow::Owned(format!(
+                "Service unavailable; client [{}] blocked using {zone}",
+                AddrText::ip(ip)
+            )),
+        };
+        self.reason = Reason::Blocklisted { ip, zone, answer };
         self
     }
 

@@ -6,8 +6,8 @@ use super::framer::{Frame, Framer, Timeouts};
 use super::proxy_header::{self, ProxyHeader, ProxyParse};
 use super::reply::Reply;
 use super::session::{
-    Action, AuthOutcome, DataProgress, Limits, Message, NotStored, RecipientDecision, Session,
-    SessionParams,
+    Action, AuthOutcome, DataProgress, Limits, Message, NetworkChecks, NotStored,
+    RecipientDecision, Session, SessionParams,
 };
 use super::trace_header::{TraceInfo, received_header};
 use crate::abuse::quota::QuotaHolds;
@@ -380,6 +380,8 @@ async fn run(
     let mut open_transaction: Option<crate::spool::OpenTransaction> = None;
     // The RCPT line waiting for its reply (verification, quotas).
     let mut unanswered: Option<Vec<u8>> = None;
+    // The client's DNS blocklist answer, once looked up.
+    let mut blocklisted: Option<Option<crate::abuse::dnsbl::Listing>> = None;
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -462,13 +464,22 @@ async fn run(
                         // asked for credentials.
                         session.set_auth_locked_out(ctx.shared.auth_locked_out(ip));
                         session.set_quotas_on(ctx.shared.abuse.quotas_on());
-                        session.set_verify_recipients(settings.verify_recipients);
+                        session.set_network_checks(NetworkChecks {
+                            // Clients the allow list allows are exempt,
+                            // as Postfix's permit_mynetworks comes first.
+                            dnsbl: !settings.dnsbl.is_empty()
+                                && !matches!(
+                                    policy.lists().check(ip),
+                                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
+                                ),
+                            verify: settings.verify_recipients,
+                        });
                         let secret = session.awaiting_auth_response();
                         let actions = session.handle_line(&line, &policy);
                         // A recipient still to be verified or counted has
                         // no reply yet: its line is recorded with it.
                         if actions.iter().any(|a| {
-                            matches!(a, Action::ReserveQuota(_) | Action::VerifyRecipient(_))
+                            matches!(a, Action::ReserveQuota(_) | Action::CheckRecipient { .. })
                         }) {
                             unanswered = Some(line.to_vec());
                         } else {
@@ -493,13 +504,43 @@ async fn run(
                             pending.push_front(a);
                         }
                     }
-                    Action::VerifyRecipient(rd) => {
+                    Action::CheckRecipient {
+                        decided: mut rd,
+                        checks,
+                    } => {
                         // What the client pipelined before waits no longer
-                        // than the question does.
+                        // than the lookups do.
                         flush(conn, &mut out, write_limit).await?;
-                        board.stage("verifying a recipient");
-                        let checked = verify_recipient(ctx, settings, rd).await;
-                        let more = session.recipient_verified(checked);
+                        if checks.dnsbl {
+                            board.stage("DNS blocklists");
+                            // Once per session: the answer is the client's.
+                            if blocklisted.is_none() {
+                                let lookup = ctx
+                                    .shared
+                                    .dnsbl
+                                    .check(&settings.dns_servers, &settings.dnsbl, ip)
+                                    .await;
+                                for message in lookup.problems {
+                                    ctx.shared.events.emit(Event::Error {
+                                        session: Some(id),
+                                        message,
+                                    });
+                                }
+                                blocklisted = Some(lookup.listing);
+                            }
+                            if let Some(Some(listing)) = &blocklisted {
+                                rd.decision = rd.decision.blocklisted(
+                                    ip,
+                                    listing.zone.clone(),
+                                    listing.answer.to_string(),
+                                );
+                            }
+                        }
+                        if checks.verify && rd.decision.is_allowed() {
+                            board.stage("verifying a recipient");
+                            rd = verify_recipient(ctx, settings, rd).await;
+                        }
+                        let more = session.recipient_network_checked(rd);
                         if !more.iter().any(|a| matches!(a, Action::ReserveQuota(_)))
                             && let Some(line) = unanswered.take()
                         {

@@ -220,17 +220,34 @@ pub enum Action {
     /// against them (or turn it into a 452), then call
     /// [`Session::recipient_checked`]. Feed no further line until then.
     ReserveQuota(RecipientDecision),
-    /// The policy allowed this recipient of a local domain, and
-    /// `verify-recipients` is on: ask the domain's route about it (see
-    /// [`crate::delivery::recipient_verify`]), then call
-    /// [`Session::recipient_verified`]. Feed no further line until then.
-    VerifyRecipient(RecipientDecision),
+    /// The policy allowed this recipient; `checks` need the network: look
+    /// the client up on the DNS blocklists ([`crate::abuse::dnsbl`]), then
+    /// ask the route of the recipient's local domain about it
+    /// ([`crate::delivery::recipient_verify`]), and call
+    /// [`Session::recipient_network_checked`]. Feed no further line until
+    /// then.
+    CheckRecipient {
+        decided: RecipientDecision,
+        checks: NetworkChecks,
+    },
     /// A complete message: store it durably, then call
     /// [`Session::message_stored`] and write its reply. Feed no further
     /// line until then.
     Message(Box<Message>),
     /// Close the connection, after writing any reply before this.
     Close,
+}
+
+/// Checks of an allowed recipient that need the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkChecks {
+    /// Look the client up on the DNS blocklists: `dnsbl` is set and the
+    /// allow list does not allow the client (the session adds: it did not
+    /// authenticate).
+    pub dnsbl: bool,
+    /// Ask the route of a local recipient's domain (`verify-recipients`;
+    /// the session adds: a local recipient other than postmaster).
+    pub verify: bool,
 }
 
 /// How far [`Session::handle_data`] got.
@@ -302,8 +319,8 @@ pub struct Session {
     auth_locked_out: bool,
     /// Allowed recipients go through [`Action::ReserveQuota`].
     quotas_on: bool,
-    /// Allowed local recipients go through [`Action::VerifyRecipient`].
-    verify_on: bool,
+    /// What allowed recipients go through [`Action::CheckRecipient`] for.
+    network_checks: NetworkChecks,
 }
 
 impl Session {
@@ -320,7 +337,7 @@ impl Session {
             auth_failures: 0,
             auth_locked_out: false,
             quotas_on: false,
-            verify_on: false,
+            network_checks: NetworkChecks::default(),
         }
     }
 
@@ -390,16 +407,18 @@ impl Session {
         self.quotas_on = on;
     }
 
-    /// Whether recipient verification is on (`verify-recipients`).
-    pub fn set_verify_recipients(&mut self, on: bool) {
-        self.verify_on = on;
+    /// Which checks that need the network are in force (the I/O layer
+    /// sets them before feeding each line).
+    pub fn set_network_checks(&mut self, checks: NetworkChecks) {
+        self.network_checks = checks;
     }
 
-    /// The answer to [`Action::VerifyRecipient`]: the recipient as its
-    /// route left it. Unknown there (550 5.1.1), it counts towards
-    /// `max-bad-commands` like any refused recipient, so a session cannot
-    /// try names by the thousand; put off (450) it does not.
-    pub fn recipient_verified(&mut self, decided: RecipientDecision) -> Vec<Action> {
+    /// The answer to [`Action::CheckRecipient`]: the recipient as the
+    /// blocklists and its route left it. Refused (554 5.7.1 listed, 550
+    /// 5.1.1 unknown), it counts towards `max-bad-commands` like any
+    /// refused recipient, so a session cannot try names by the thousand;
+    /// put off (450) it does not.
+    pub fn recipient_network_checked(&mut self, decided: RecipientDecision) -> Vec<Action> {
         if !decided.decision.is_allowed() {
             let answer = Reply::from(&decided.decision.reply);
             let deferral = decided.decision.is_deferral();
@@ -775,13 +794,16 @@ impl Session {
             actions.extend(self.error_reply(answer));
             return actions;
         }
-        if self.verify_on
-            && crate::delivery::recipient_verify::worth_verifying(
-                decided.decision.class,
-                &decided.recipient,
-            )
-        {
-            return vec![Action::VerifyRecipient(decided)];
+        let checks = NetworkChecks {
+            dnsbl: self.network_checks.dnsbl && self.login.is_none(),
+            verify: self.network_checks.verify
+                && crate::delivery::recipient_verify::worth_verifying(
+                    decided.decision.class,
+                    &decided.recipient,
+                ),
+        };
+        if checks.dnsbl || checks.verify {
+            return vec![Action::CheckRecipient { decided, checks }];
         }
         self.recipient_allowed(decided)
     }

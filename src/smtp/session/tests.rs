@@ -56,6 +56,9 @@ struct Client {
     /// every local part but `nobody...` (550) and cannot be asked about
     /// `later...` (450).
     verified: Vec<String>,
+    /// Blocklist lookups asked for, and whether the client is listed.
+    looked_up: usize,
+    listed: bool,
 }
 
 impl Client {
@@ -86,6 +89,8 @@ impl Client {
             decisions: Vec::new(),
             closed: false,
             verified: Vec::new(),
+            looked_up: 0,
+            listed: false,
         }
     }
 
@@ -106,8 +111,26 @@ impl Client {
                     let more = self.session.recipient_checked(d);
                     wire.push_str(&self.run(more));
                 }
-                Action::VerifyRecipient(mut d) => {
+                Action::CheckRecipient {
+                    decided: mut d,
+                    checks,
+                } => {
                     use crate::policy::decision::{HopCheck, Reason, Verification};
+                    if checks.dnsbl {
+                        self.looked_up += 1;
+                        if self.listed {
+                            d.decision = d.decision.blocklisted(
+                                self.session.params().peer,
+                                "bl.test".into(),
+                                "127.0.0.2".into(),
+                            );
+                        }
+                    }
+                    if !checks.verify || !d.decision.is_allowed() {
+                        let more = self.session.recipient_network_checked(d);
+                        wire.push_str(&self.run(more));
+                        continue;
+                    }
                     self.verified.push(d.recipient.to_string());
                     let check = HopCheck {
                         hop: "10.0.0.5:25".into(),
@@ -122,7 +145,7 @@ impl Client {
                         Ok(Verification::Known { check })
                     };
                     d.decision = d.decision.verified(finding);
-                    let more = self.session.recipient_verified(d);
+                    let more = self.session.recipient_network_checked(d);
                     wire.push_str(&self.run(more));
                 }
                 Action::Message(m) => {
@@ -1054,7 +1077,10 @@ fn local_recipients_are_verified_when_asked_and_postmaster_never() {
     c.cmd("MAIL FROM:<sender@outside.test>", "250");
     c.cmd("RCPT TO:<bob@example.test>", "250 2.1.5");
     assert!(c.verified.is_empty(), "off by default");
-    c.session.set_verify_recipients(true);
+    c.session.set_network_checks(NetworkChecks {
+        dnsbl: false,
+        verify: true,
+    });
     c.cmd("RCPT TO:<carol@example.test>", "250 2.1.5");
     c.cmd("RCPT TO:<postmaster@example.test>", "250 2.1.5");
     c.cmd("RCPT TO:<Postmaster>", "250 2.1.5");
@@ -1086,7 +1112,10 @@ fn local_recipients_are_verified_when_asked_and_postmaster_never() {
 #[test]
 fn verification_comes_before_quotas_and_outbound_mail_is_not_verified() {
     let mut c = Client::new(BindKind::Smtp, loopback(), Limits::default());
-    c.session.set_verify_recipients(true);
+    c.session.set_network_checks(NetworkChecks {
+        dnsbl: false,
+        verify: true,
+    });
     c.session.set_quotas_on(true);
     c.cmd("EHLO c", "250");
     let plain = b64(format!("\0alice\0{PASSWORD}").as_bytes());
@@ -1107,4 +1136,45 @@ fn verification_comes_before_quotas_and_outbound_mail_is_not_verified() {
         })
         .unwrap_or_default();
     assert_eq!(taken, ["bob@far.test", "carol@example.test"]);
+}
+
+#[test]
+fn a_listed_client_is_refused_unless_authenticated_and_before_verification() {
+    let checks = NetworkChecks {
+        dnsbl: true,
+        verify: true,
+    };
+    let mut c = Client::new(BindKind::Smtp, remote(), Limits::default());
+    c.session.set_network_checks(checks);
+    c.listed = true;
+    c.cmd("EHLO c", "250");
+    c.cmd("MAIL FROM:<sender@outside.test>", "250");
+    let r = c.cmd("RCPT TO:<bob@example.test>", "554 5.7.1");
+    assert!(
+        r.contains("Service unavailable; client [203.0.113.7] blocked using bl.test"),
+        "{r}"
+    );
+    assert!(
+        c.verified.is_empty(),
+        "a listed client's recipient is not asked about"
+    );
+    assert_eq!(c.session.bad_commands(), 1);
+    // Postmaster is refused too: the blocklist is about the client.
+    c.cmd("RCPT TO:<postmaster@example.test>", "554 5.7.1");
+    let explained = c.decisions[0].decision.to_string();
+    assert!(
+        explained.contains("client 203.0.113.7 is on the DNS blocklist bl.test (127.0.0.2)"),
+        "{explained}"
+    );
+
+    // Authenticated: never looked up.
+    let mut c = Client::new(BindKind::Smtp, loopback(), Limits::default());
+    c.session.set_network_checks(checks);
+    c.listed = true;
+    c.cmd("EHLO c", "250");
+    let plain = b64(format!("\0alice\0{PASSWORD}").as_bytes());
+    c.cmd(&format!("AUTH PLAIN {plain}"), "235");
+    c.cmd("MAIL FROM:<alice@example.test>", "250");
+    c.cmd("RCPT TO:<bob@far.test>", "250");
+    assert_eq!(c.looked_up, 0);
 }

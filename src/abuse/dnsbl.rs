@@ -1,0 +1,297 @@
+//! DNS blocklists (DNSBL, RFC 5782): a client listed on one of the `dnsbl`
+//! zones is refused at RCPT with 554 5.7.1, unless it authenticated or
+//! the allow list allows it, as Postfix's `reject_rbl_client` placed after
+//! `permit_mynetworks` and `permit_sasl_authenticated`. (Roaming users on
+//! dynamic addresses are on such lists: Spamhaus's PBL, for one.)
+//!
+//! The query name and the reading of an answer are pure. [`DnsblChecker`]
+//! asks every zone at once, remembers each client's answer for
+//! [`REMEMBER`], and fails open: a zone that does not answer lists nobody,
+//! and an answer that is an error code (127.255.255.x: Spamhaus refusing
+//! queries from public resolvers, for one) lists nobody either, and is
+//! reported.
+
+use crate::delivery::mx::MxResolver;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a client's answer is remembered (listed or not).
+pub const REMEMBER: Duration = Duration::from_secs(600);
+/// The longest the lookups of one client may take; then it is not listed.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+/// Clients remembered at most; past it, expired ones go, then half.
+const MAX_REMEMBERED: usize = 100_000;
+/// A problem with a zone is reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(600);
+/// Zones at most.
+pub const MAX_ZONES: usize = 8;
+
+/// A client found on a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub zone: String,
+    /// The zone's answer (127.0.0.x: what kind of listing).
+    pub answer: Ipv4Addr,
+}
+
+/// The name to look up for `ip` on `zone` (RFC 5782 2.1, 2.4): IPv4 as
+/// its octets reversed, IPv6 as its 32 nibbles reversed.
+pub fn query_name(ip: IpAddr, zone: &str) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.{zone}")
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(64 + zone.len());
+            for byte in v6.octets().iter().rev() {
+                for nibble in [byte & 0x0f, byte >> 4] {
+                    name.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+                    name.push('.');
+                }
+            }
+            name.push_str(zone);
+            name
+        }
+    }
+}
+
+/// What one zone's A records say: listed (an address in 127.0.0.0/8,
+/// RFC 5782 2.3), an error code (127.255.255.0/24), or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneAnswer {
+    Listed(Ipv4Addr),
+    ErrorCode(Ipv4Addr),
+    NotListed,
+}
+
+pub fn read_answer(answers: &[Ipv4Addr]) -> ZoneAnswer {
+    let loopback = |a: &&Ipv4Addr| a.octets()[0] == 127;
+    let error = |a: &&Ipv4Addr| a.octets()[..3] == [127, 255, 255];
+    if let Some(a) = answers.iter().filter(loopback).find(|a| !error(a)) {
+        return ZoneAnswer::Listed(*a);
+    }
+    match answers.iter().find(error) {
+        Some(a) => ZoneAnswer::ErrorCode(*a),
+        None => ZoneAnswer::NotListed,
+    }
+}
+
+/// The outcome of looking a client up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The first zone, in the configured order, that lists the client.
+    pub listing: Option<Listing>,
+    /// Zones that failed or answered with an error code, to be reported
+    /// (at most once per zone every [`REPORT_EVERY`]).
+    pub problems: Vec<String>,
+}
+
+/// Looks clients up on the configured zones, and remembers the answers.
+#[derive(Default)]
+pub struct DnsblChecker {
+    remembered: Mutex<HashMap<IpAddr, (Option<Listing>, Instant)>>,
+    /// The resolver, built for the `dns-servers` it was built with.
+    resolver: Mutex<Option<(Vec<SocketAddr>, MxResolver)>>,
+    reported: Mutex<HashMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl DnsblChecker {
+    /// Forgets every answer (the zones may have changed).
+    pub fn forget_all(&self) {
+        lock(&self.remembered).clear();
+    }
+
+    /// Whether `ip` is on one of `zones`, asking the DNS (`servers`, or
+    /// the system's when empty) unless the answer is remembered.
+    pub async fn check(&self, servers: &[SocketAddr], zones: &[String], ip: IpAddr) -> Lookup {
+        if let Some(listing) = self.recall(ip) {
+            return Lookup {
+                listing,
+                problems: Vec::new(),
+            };
+        }
+        let resolver = match self.resolver(servers) {
+            Ok(r) => r,
+            Err(e) => {
+                return Lookup {
+                    listing: None,
+                    problems: self.to_report(vec![("resolver".into(), e)]),
+                };
+            }
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, zone) in zones.iter().enumerate() {
+            let resolver = resolver.clone();
+            let name = query_name(ip, zone);
+            asks.spawn(async move { (i, resolver.ipv4_of(&name).await) });
+        }
+        let mut answers: Vec<Option<Result<Vec<Ipv4Addr>, String>>> = vec![None; zones.len()];
+        let gathered = tokio::time::timeout(DEADLINE, async {
+            while let Some(done) = asks.join_next().await {
+                if let Ok((i, answer)) = done
+                    && let Some(slot) = answers.get_mut(i)
+                {
+                    *slot = Some(answer);
+                }
+            }
+        })
+        .await;
+        if gathered.is_err() {
+            asks.abort_all();
+        }
+        let answers = zones.iter().cloned().zip(answers.into_iter().map(|a| {
+            a.unwrap_or_else(|| Err(format!("no answer within {} s", DEADLINE.as_secs())))
+        }));
+        let mut listing = None;
+        let mut problems = Vec::new();
+        let mut complete = true;
+        for (zone, answer) in answers {
+            match answer.map(|a| read_answer(&a)) {
+                Ok(ZoneAnswer::Listed(answer)) => {
+                    listing = listing.or(Some(Listing { zone, answer }));
+                }
+                Ok(ZoneAnswer::NotListed) => {}
+                Ok(ZoneAnswer::ErrorCode(code)) => {
+                    complete = false;
+                    problems.push((
+                        zone,
+                        format!(
+                            "answered {code}, an error code, not a listing (does the zone refuse queries through this resolver?)"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    complete = false;
+                    problems.push((zone, e));
+                }
+            }
+        }
+        // A listing holds whatever the other zones said; "not listed" is
+        // remembered only when every zone answered.
+        if listing.is_some() || complete {
+            self.remember(ip, listing.clone());
+        }
+        Lookup {
+            listing,
+            problems: self.to_report(problems),
+        }
+    }
+
+    fn resolver(&self, servers: &[SocketAddr]) -> Result<MxResolver, String> {
+        let mut slot = lock(&self.resolver);
+        if let Some((s, r)) = slot.as_ref()
+            && s == servers
+        {
+            return Ok(r.clone());
+        }
+        let r = MxResolver::new(servers).map_err(|e| e.to_string())?;
+        *slot = Some((servers.to_vec(), r.clone()));
+        Ok(r)
+    }
+
+    fn recall(&self, ip: IpAddr) -> Option<Option<Listing>> {
+        let mut remembered = lock(&self.remembered);
+        match remembered.get(&ip) {
+            Some((listing, until)) if *until > Instant::now() => Some(listing.clone()),
+            Some(_) => {
+                remembered.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, ip: IpAddr, listing: Option<Listing>) {
+        let now = Instant::now();
+        let mut remembered = lock(&self.remembered);
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, (_, until)| *until > now);
+            let mut keep = false;
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.retain(|_, _| {
+                    keep = !keep;
+                    keep
+                });
+            }
+        }
+        remembered.insert(ip, (listing, now + REMEMBER));
+    }
+
+    /// The problems not reported in the last [`REPORT_EVERY`], as text.
+    fn to_report(&self, problems: Vec<(String, String)>) -> Vec<String> {
+        let now = Instant::now();
+        let mut reported = lock(&self.reported);
+        problems
+            .into_iter()
+            .filter(|(zone, _)| {
+                let due = reported
+                    .get(zone)
+                    .is_none_or(|at| now.duration_since(*at) >= REPORT_EVERY);
+                if due {
+                    reported.insert(zone.clone(), now);
+                }
+                due
+            })
+            .map(|(zone, e)| format!("DNS blocklist {zone}: {e}; its clients are not refused"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_names_follow_rfc_5782() {
+        assert_eq!(
+            query_name("192.0.2.99".parse().unwrap(), "bl.example"),
+            "99.2.0.192.bl.example"
+        );
+        // RFC 5782 2.4's own example.
+        assert_eq!(
+            query_name(
+                "2001:db8:1:2:3:4:567:89ab".parse().unwrap(),
+                "ugly.example.com"
+            ),
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ugly.example.com"
+        );
+    }
+
+    #[test]
+    fn only_loopback_answers_list_and_error_codes_do_not() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(read_answer(&[]), ZoneAnswer::NotListed);
+        assert_eq!(
+            read_answer(&[ip("127.0.0.2")]),
+            ZoneAnswer::Listed(ip("127.0.0.2"))
+        );
+        assert_eq!(read_answer(&[ip("10.0.0.1")]), ZoneAnswer::NotListed);
+        assert_eq!(
+            read_answer(&[ip("127.255.255.254")]),
+            ZoneAnswer::ErrorCode(ip("127.255.255.254"))
+        );
+        assert_eq!(
+            read_answer(&[ip("127.255.255.254"), ip("127.0.0.4")]),
+            ZoneAnswer::Listed(ip("127.0.0.4"))
+        );
+    }
+
+    #[test]
+    fn a_problem_is_reported_once_in_a_while() {
+        let c = DnsblChecker::default();
+        let p = || vec![("zen.test".to_string(), "timed out".to_string())];
+        assert_eq!(c.to_report(p()).len(), 1);
+        assert!(c.to_report(p()).is_empty());
+        assert_eq!(
+            c.to_report(vec![("other.test".into(), "x".into())]).len(),
+            1
+        );
+    }
+}
