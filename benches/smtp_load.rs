@@ -386,14 +386,7 @@ async fn recipients(args: &Args, n: u64) -> i32 {
             Ok(())
         }));
     }
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(e.to_string())),
-        }
-    }
+    let failure = first_failure(tasks).await;
     let secs = start.elapsed().as_secs_f64();
     let (ok, put_off, refused) = (
         classes.ok.load(Ordering::Relaxed),
@@ -411,6 +404,19 @@ async fn recipients(args: &Args, n: u64) -> i32 {
         (ok + put_off + refused) as f64 / secs
     );
     i32::from(failure.is_some())
+}
+
+/// Waits for every task; the first error any of them gave.
+async fn first_failure(tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>) -> Option<String> {
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(e.to_string())),
+        }
+    }
+    failure
 }
 
 async fn denied(args: &Args, n: u64) -> i32 {
@@ -434,14 +440,7 @@ async fn denied(args: &Args, n: u64) -> i32 {
             Ok(())
         }));
     }
-    let mut failure = None;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(e.to_string())),
-        }
-    }
+    let failure = first_failure(tasks).await;
     let secs = start.elapsed().as_secs_f64();
     let done = refused.load(Ordering::Relaxed);
     if let Some(e) = &failure {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod abuse;
+pub mod answer_memory;
 pub mod bindings;
 pub mod cli;
 pub mod config_file;

@@ -11,6 +11,7 @@
 //! queries from public resolvers, for one) lists nobody either, and is
 //! reported.
 
+use crate::answer_memory::AnswerMemory;
 use crate::delivery::mx::MxResolver;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 pub const REMEMBER: Duration = Duration::from_secs(600);
 /// The longest the lookups of one client may take; then it is not listed.
 pub const DEADLINE: Duration = Duration::from_secs(10);
-/// Clients remembered at most; past it, expired ones go, then half.
+/// Clients remembered at most (see [`AnswerMemory`]).
 const MAX_REMEMBERED: usize = 100_000;
 /// A problem with a zone is reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(600);
@@ -90,12 +91,21 @@ pub struct Lookup {
 }
 
 /// Looks clients up on the configured zones, and remembers the answers.
-#[derive(Default)]
 pub struct DnsblChecker {
-    remembered: Mutex<HashMap<IpAddr, (Option<Listing>, Instant)>>,
+    remembered: AnswerMemory<IpAddr, Option<Listing>>,
     /// The resolver, built for the `dns-servers` it was built with.
     resolver: Mutex<Option<(Vec<SocketAddr>, MxResolver)>>,
     reported: Mutex<HashMap<String, Instant>>,
+}
+
+impl Default for DnsblChecker {
+    fn default() -> DnsblChecker {
+        DnsblChecker {
+            remembered: AnswerMemory::new(MAX_REMEMBERED),
+            resolver: Mutex::default(),
+            reported: Mutex::default(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,7 +115,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl DnsblChecker {
     /// Forgets every answer (the zones may have changed).
     pub fn forget_all(&self) {
-        lock(&self.remembered).clear();
+        self.remembered.forget_all();
     }
 
     /// Whether `ip` is on one of `zones`, asking the DNS (`servers`, or
@@ -197,31 +207,11 @@ impl DnsblChecker {
     }
 
     fn recall(&self, ip: IpAddr) -> Option<Option<Listing>> {
-        let mut remembered = lock(&self.remembered);
-        match remembered.get(&ip) {
-            Some((listing, until)) if *until > Instant::now() => Some(listing.clone()),
-            Some(_) => {
-                remembered.remove(&ip);
-                None
-            }
-            None => None,
-        }
+        self.remembered.recall(&ip)
     }
 
     fn remember(&self, ip: IpAddr, listing: Option<Listing>) {
-        let now = Instant::now();
-        let mut remembered = lock(&self.remembered);
-        if remembered.len() >= MAX_REMEMBERED {
-            remembered.retain(|_, (_, until)| *until > now);
-            let mut keep = false;
-            if remembered.len() >= MAX_REMEMBERED {
-                remembered.retain(|_, _| {
-                    keep = !keep;
-                    keep
-                });
-            }
-        }
-        remembered.insert(ip, (listing, now + REMEMBER));
+        self.remembered.remember(ip, listing, REMEMBER);
     }
 
     /// The problems not reported in the last [`REPORT_EVERY`], as text.

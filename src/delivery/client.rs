@@ -128,6 +128,20 @@ struct PoolKey {
     auth: Option<(String, String)>,
 }
 
+impl PoolKey {
+    fn of(target: &Target) -> PoolKey {
+        PoolKey {
+            addr: target.addr,
+            tls_name: target.tls_name.clone(),
+            tls: target.tls,
+            auth: target
+                .auth
+                .as_ref()
+                .map(|a| (a.user.clone(), a.password.clone())),
+        }
+    }
+}
+
 /// Idle connections by host, reused for the next message; and the TLS
 /// settings, built once.
 #[derive(Default)]
@@ -238,15 +252,7 @@ impl ConnectionPool {
         target: &Target,
         message: Envelope<'_>,
     ) -> Result<Vec<Outcome>, ConnectError> {
-        let key = PoolKey {
-            addr: target.addr,
-            tls_name: target.tls_name.clone(),
-            tls: target.tls,
-            auth: target
-                .auth
-                .as_ref()
-                .map(|a| (a.user.clone(), a.password.clone())),
-        };
+        let key = PoolKey::of(target);
         let pooled = self.take(&key);
         if let Some(mut hop) = pooled {
             // A pooled connection the server has closed meanwhile fails at
@@ -388,15 +394,7 @@ impl ConnectionPool {
         target: &Target,
         recipient: &str,
     ) -> Result<ProbeAnswer, ConnectError> {
-        let key = PoolKey {
-            addr: target.addr,
-            tls_name: target.tls_name.clone(),
-            tls: target.tls,
-            auth: target
-                .auth
-                .as_ref()
-                .map(|a| (a.user.clone(), a.password.clone())),
-        };
+        let key = PoolKey::of(target);
         if let Some(mut hop) = self.take(&key) {
             match ask(&mut hop, recipient).await {
                 Ok(answer) => {

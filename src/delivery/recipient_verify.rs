@@ -16,11 +16,12 @@
 
 use super::Route;
 use super::client::{ClientConfig, ConnectError, ConnectionPool, ProbeAnswer, Target};
+use crate::answer_memory::AnswerMemory;
 use crate::policy::address::{Domain, MailAddress};
 use crate::policy::decision::{HopCheck, Reason, RelayClass, Verification};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
 
 /// Questions open at once, over all routes: a flood of made-up addresses
@@ -34,7 +35,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open questions kept track of before abandoned ones are swept.
 const MAX_ASKING: usize = 1024;
-/// Answers remembered at most; past it, expired ones go, then half.
+/// Answers remembered at most (see [`AnswerMemory`]).
 pub const MAX_REMEMBERED: usize = 100_000;
 
 /// What asking found.
@@ -76,8 +77,8 @@ impl VerifyConfig {
 /// Asks routes about recipients, and remembers what they said.
 pub struct RecipientVerifier {
     pool: Arc<ConnectionPool>,
-    /// By "hop\naddress": the answer and until when it holds.
-    remembered: Mutex<HashMap<String, (Found, Instant)>>,
+    /// By "hop\naddress".
+    remembered: AnswerMemory<String, Found>,
     /// Questions being asked now, by the same key: later askers wait for
     /// the same answer.
     asking: Mutex<HashMap<String, Arc<OnceCell<Found>>>>,
@@ -112,7 +113,7 @@ impl RecipientVerifier {
     pub fn new(pool: Arc<ConnectionPool>) -> RecipientVerifier {
         RecipientVerifier {
             pool,
-            remembered: Mutex::new(HashMap::new()),
+            remembered: AnswerMemory::new(MAX_REMEMBERED),
             asking: Mutex::new(HashMap::new()),
             probes: Semaphore::new(PROBES),
         }
@@ -120,12 +121,12 @@ impl RecipientVerifier {
 
     /// Forgets every answer (the configuration changed).
     pub fn forget_all(&self) {
-        lock(&self.remembered).clear();
+        self.remembered.forget_all();
     }
 
     /// Answers remembered now, expired ones included until they are swept.
     pub fn remembered(&self) -> usize {
-        lock(&self.remembered).len()
+        self.remembered.len()
     }
 
     /// Asks the route of a local recipient's domain about it. None when
@@ -185,15 +186,7 @@ impl RecipientVerifier {
     }
 
     fn recall(&self, key: &str) -> Option<Found> {
-        let mut remembered = lock(&self.remembered);
-        match remembered.get(key) {
-            Some((found, until)) if *until > Instant::now() => Some(found.clone()),
-            Some(_) => {
-                remembered.remove(key);
-                None
-            }
-            None => None,
-        }
+        self.remembered.recall(&key.to_string())
     }
 
     fn remember(&self, key: String, found: &Found, config: &VerifyConfig) {
@@ -202,25 +195,7 @@ impl RecipientVerifier {
             Found::Unknown(_) => config.unknown_ttl,
             Found::Unreachable(_) => return,
         };
-        if ttl.is_zero() {
-            return;
-        }
-        let now = Instant::now();
-        let mut remembered = lock(&self.remembered);
-        if remembered.len() >= MAX_REMEMBERED {
-            remembered.retain(|_, (_, until)| *until > now);
-            // Still full: every other entry goes (the map's order has
-            // nothing to do with the addresses' age or use), so half the
-            // memory stays useful and the next sweep is 50,000 away.
-            let mut keep = false;
-            if remembered.len() >= MAX_REMEMBERED {
-                remembered.retain(|_, _| {
-                    keep = !keep;
-                    keep
-                });
-            }
-        }
-        remembered.insert(key, (found.clone(), now + ttl));
+        self.remembered.remember(key, found.clone(), ttl);
     }
 
     /// One question to the route's hosts, in order, until one answers.
