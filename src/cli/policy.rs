@@ -86,6 +86,15 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     "warning: no group {value} on this machine (/etc/group): the control socket stays owner-only until it exists"
                 );
             }
+            if key == "delay-warning" || key == "max-queue-age" {
+                let s = store.server_settings()?;
+                if s.delay_warning_secs > 0 && s.delay_warning_secs >= s.max_queue_age_secs {
+                    println!(
+                        "warning: delay-warning ({} s) is not shorter than max-queue-age ({} s): mail bounces before any delay warning is sent",
+                        s.delay_warning_secs, s.max_queue_age_secs
+                    );
+                }
+            }
             if key == "verify-recipients" && value == "on" {
                 for note in unverifiable_domains(store)? {
                     println!("{note}");
