@@ -401,7 +401,13 @@ impl ConnectionPool {
                     self.give_back(key, hop).await;
                     return Ok(answer);
                 }
-                Err(Stale(_)) => hop.conn.quit().await,
+                // Closed while idle: a new connection asks again.
+                Err(Asked::Stale(_)) => hop.conn.quit().await,
+                // The question itself went wrong: not asked twice.
+                Err(Asked::Failed(e)) => {
+                    hop.conn.quit().await;
+                    return Err(ConnectError(format!("{} {e}", target.addr)));
+                }
             }
         }
         let mut hop = self.connect(config, target).await?;
@@ -410,13 +416,27 @@ impl ConnectionPool {
                 self.give_back(key, hop).await;
                 Ok(answer)
             }
-            Err(Stale(e)) => Err(ConnectError(format!("{} (MAIL FROM): {e}", target.addr))),
+            Err(Asked::Stale(e) | Asked::Failed(e)) => {
+                hop.conn.quit().await;
+                Err(ConnectError(format!("{} {e}", target.addr)))
+            }
         }
     }
 }
 
-/// One verification question on an open connection.
-async fn ask(hop: &mut Hop, recipient: &str) -> Result<ProbeAnswer, Stale> {
+/// How a verification question failed.
+enum Asked {
+    /// Before the server answered MAIL: an idle connection it closed.
+    Stale(String),
+    /// After: a broken connection, or replies out of step.
+    Failed(String),
+}
+
+/// One verification question on an open connection. Replies are held to
+/// the codes RFC 5321 gives their commands (250 to MAIL, 250 or 251 to
+/// RCPT): another 2xx answers some other command, and a connection out of
+/// step could otherwise make an unknown recipient look known.
+async fn ask(hop: &mut Hop, recipient: &str) -> Result<ProbeAnswer, Asked> {
     let utf8 = if recipient.is_ascii() {
         ""
     } else if hop.ext.smtputf8 {
@@ -428,9 +448,16 @@ async fn ask(hop: &mut Hop, recipient: &str) -> Result<ProbeAnswer, Stale> {
     let mail = conn
         .command(&format!("MAIL FROM:<>{utf8}\r\n"), "MAIL FROM")
         .await
-        .map_err(|Broken(e)| Stale(e))?;
+        .map_err(|Broken(e)| Asked::Stale(format!("(MAIL FROM): {e}")))?;
     if mail.code == 421 {
-        return Err(Stale(mail.one_line()));
+        return Err(Asked::Stale(format!("(MAIL FROM): {}", mail.one_line())));
+    }
+    if mail.is_positive() && mail.code != 250 {
+        conn.give_up();
+        return Err(Asked::Failed(format!(
+            "(MAIL FROM): out of step: answered {}",
+            mail.one_line()
+        )));
     }
     if !mail.is_positive() {
         reset(conn).await;
@@ -439,7 +466,14 @@ async fn ask(hop: &mut Hop, recipient: &str) -> Result<ProbeAnswer, Stale> {
     let rcpt = conn
         .command(&format!("RCPT TO:<{recipient}>\r\n"), "RCPT TO")
         .await
-        .map_err(|Broken(e)| Stale(e))?;
+        .map_err(|Broken(e)| Asked::Failed(format!("(RCPT TO): {e}")))?;
+    if rcpt.is_positive() && !matches!(rcpt.code, 250 | 251) {
+        conn.give_up();
+        return Err(Asked::Failed(format!(
+            "(RCPT TO): out of step: answered {}",
+            rcpt.one_line()
+        )));
+    }
     reset(conn).await;
     Ok(ProbeAnswer::Rcpt(rcpt))
 }
@@ -964,7 +998,7 @@ fn dot_stuffed(body: &[u8]) -> Vec<u8> {
 /// RSET after a refused transaction; a connection that does not take it
 /// is not used again.
 async fn reset(conn: &mut HopConnection) {
-    if !matches!(conn.command("RSET\r\n", "RSET").await, Ok(r) if r.is_positive()) {
+    if !matches!(conn.command("RSET\r\n", "RSET").await, Ok(r) if r.code == 250) {
         conn.give_up();
     }
 }

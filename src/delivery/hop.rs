@@ -181,8 +181,18 @@ impl HopConnection {
         }
     }
 
-    /// Writes all of `bytes` within `limit`.
+    /// Writes all of `bytes` within `limit`. Bytes from the server that no
+    /// command asked for (a second greeting, two replies to one command)
+    /// mean every reply from here would answer the wrong command: the
+    /// connection is out of step, and given up.
     pub async fn write(&mut self, bytes: &[u8], limit: Duration, what: &str) -> Result<(), Broken> {
+        if !self.pending.is_empty() {
+            self.broken = true;
+            return Err(Broken(format!(
+                "{what}: out of step: the next hop sent {} bytes no command asked for",
+                self.pending.len()
+            )));
+        }
         let write = async {
             match &mut self.stream {
                 Stream::Plain(s) => s.write_all(bytes).await,
@@ -218,8 +228,17 @@ impl HopConnection {
     /// hop offers, or its refusal of both.
     pub async fn hello(&mut self, name: &str) -> Result<Result<Extensions, Reply>, Broken> {
         let ehlo = self.command(&format!("EHLO {name}\r\n"), "EHLO").await?;
-        if ehlo.is_positive() {
+        if ehlo.code == 250 {
             return Ok(Ok(Extensions::parse(&ehlo)));
+        }
+        if ehlo.is_positive() {
+            // RFC 5321 4.3.2: EHLO's success is 250; another 2xx (a
+            // second 220 greeting) answers something else.
+            self.broken = true;
+            return Err(Broken(format!(
+                "EHLO: out of step: answered {}",
+                ehlo.one_line()
+            )));
         }
         if ehlo.class() != 5 || ehlo.code == 421 {
             return Ok(Err(ehlo));

@@ -83,6 +83,9 @@ pub struct RecipientVerifier {
     /// the same answer.
     asking: Mutex<HashMap<String, Arc<OnceCell<Found>>>>,
     probes: Semaphore,
+    /// Counts [`forget_all`](Self::forget_all) calls: an answer to a
+    /// question asked before the last one is not remembered.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,11 +119,14 @@ impl RecipientVerifier {
             remembered: AnswerMemory::new(MAX_REMEMBERED),
             asking: Mutex::new(HashMap::new()),
             probes: Semaphore::new(PROBES),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Forgets every answer (the configuration changed).
     pub fn forget_all(&self) {
+        use std::sync::atomic::Ordering;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.remembered.forget_all();
     }
 
@@ -162,6 +168,7 @@ impl RecipientVerifier {
         if let Some(found) = self.recall(&key) {
             return judge(found, hop, true, config.accept_unreachable);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let question = {
             let mut asking = lock(&self.asking);
             if asking.len() >= MAX_ASKING {
@@ -179,7 +186,10 @@ impl RecipientVerifier {
             let mut asking = lock(&self.asking);
             if asking.get(&key).is_some_and(|q| Arc::ptr_eq(q, &question)) {
                 asking.remove(&key);
-                self.remember(key, &found, config);
+                // Asked under a configuration since replaced: not kept.
+                if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                    self.remember(key, &found, config);
+                }
             }
         }
         judge(found, hop, false, config.accept_unreachable)
@@ -344,9 +354,14 @@ mod tests {
         assert_eq!(v.recall("a"), None);
     }
 
-    /// A real SMTP server on loopback that takes 300 ms to answer RCPT,
-    /// counting the RCPTs it gets.
-    async fn slow_server() -> (Route, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A real SMTP server on loopback: `greeting` first, then 250 to
+    /// everything but RCPT, which `rcpt` answers (after `delay`), counting
+    /// the RCPTs it gets.
+    async fn scripted_server(
+        greeting: &'static [u8],
+        delay: Duration,
+        rcpt: fn(&str) -> &'static [u8],
+    ) -> (Route, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -359,15 +374,15 @@ mod tests {
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut lines = BufReader::new(r).lines();
-                    let _ = w.write_all(b"220 slow.test\r\n").await;
+                    let _ = w.write_all(greeting).await;
                     while let Ok(Some(line)) = lines.next_line().await {
                         let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
                         let answer: &[u8] = match verb.as_str() {
-                            "EHLO" => b"250 slow.test\r\n",
+                            "EHLO" => b"250 scripted.test\r\n",
                             "RCPT" => {
                                 counted.fetch_add(1, Ordering::SeqCst);
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                                b"250 2.1.5 Ok\r\n"
+                                tokio::time::sleep(delay).await;
+                                rcpt(&line)
                             }
                             "QUIT" => b"221 bye\r\n",
                             _ => b"250 Ok\r\n",
@@ -387,6 +402,45 @@ mod tests {
             concurrency: None,
         };
         (route, rcpts)
+    }
+
+    /// Takes 300 ms to answer RCPT, and knows everyone.
+    async fn slow_server() -> (Route, Arc<std::sync::atomic::AtomicUsize>) {
+        scripted_server(b"220 slow.test\r\n", Duration::from_millis(300), |_| {
+            b"250 2.1.5 Ok\r\n"
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_server_out_of_step_never_makes_an_unknown_recipient_known() {
+        let c = config(0, 0);
+        let v = RecipientVerifier::new(Arc::default());
+        // Two greetings: every reply after would answer the command before.
+        let (route, _) =
+            scripted_server(b"220 one.test\r\n220 two.test\r\n", Duration::ZERO, |_| {
+                b"550 5.1.1 no such user\r\n"
+            })
+            .await;
+        let found = v.verify(&c, &route, "nobody@example.test").await;
+        assert!(
+            matches!(&found, Err(Reason::RecipientUnverified { check }) if check.said.contains("out of step")),
+            "{found:?}"
+        );
+        // Two replies to one RCPT: the first is judged, and the
+        // connection, with a reply nobody asked for, is not used again.
+        let (route, rcpts) = scripted_server(b"220 two.test\r\n", Duration::ZERO, |_| {
+            b"550 5.1.1 no such user\r\n250 2.1.5 bonus\r\n"
+        })
+        .await;
+        for address in ["nobody@example.test", "nobody2@example.test"] {
+            let found = v.verify(&c, &route, address).await;
+            assert!(
+                matches!(&found, Err(Reason::RecipientUnknown { .. })),
+                "{address}: {found:?}"
+            );
+        }
+        assert_eq!(rcpts.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
