@@ -5,7 +5,8 @@
 //! The document mirrors the configuration tables: lists, domains, users
 //! (password hashes, never passwords), every setting (switches, auth mode,
 //! engine settings), rules, routes (credentials included: the file is
-//! written 0600), bindings (with their PROXY protocol trust) and quotas.
+//! written 0600), bindings (with their PROXY protocol trust), quotas and
+//! DKIM keys (private keys included, as route credentials are).
 //! Runtime state stays out: bans, quota counts and suspensions belong to
 //! the node that made them, and applying a file keeps them.
 
@@ -42,6 +43,17 @@ pub struct ConfigDoc {
     pub bindings: Vec<BindingRow>,
     #[serde(default)]
     pub quotas: Vec<QuotaRow>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dkim: Vec<DkimRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimRow {
+    pub domain: String,
+    pub selector: String,
+    /// The RSA private key, PEM.
+    pub private_key: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +194,7 @@ impl ConfigDoc {
         self.routes.sort_by(|a, b| a.domain.cmp(&b.domain));
         self.bindings.sort_by(|a, b| a.address.cmp(&b.address));
         self.quotas.sort_by_key(|q| q.id);
+        self.dkim.sort_by(|a, b| a.domain.cmp(&b.domain));
         // Engine settings as the database keeps them ("5d" as 432000), so
         // that a file compares equal to what applying it stored.
         for (key, value) in &mut self.settings {
@@ -312,6 +325,19 @@ pub fn diff(old: &ConfigDoc, new: &ConfigDoc) -> String {
         },
     );
     section("routes", a, r, c);
+    let (a, r, c) = keyed(
+        &old.dkim,
+        &new.dkim,
+        |k| k.domain.clone(),
+        |o, n| {
+            if o.selector == n.selector {
+                "key".to_string()
+            } else {
+                format!("selector {} -> {}", o.selector, n.selector)
+            }
+        },
+    );
+    section("dkim", a, r, c);
     let (a, r, c) = keyed(
         &old.bindings,
         &new.bindings,

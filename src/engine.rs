@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub suspended: Arc<std::collections::HashSet<String>>,
     /// Bindings that require the PROXY protocol, and from whom.
     pub proxied: Arc<HashMap<SocketAddr, Vec<ipnet::IpNet>>>,
+    /// DKIM signers by domain (lower case).
+    pub dkim: Arc<HashMap<String, crate::dkim::DkimSigner>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -576,6 +578,7 @@ fn load_snapshot(
             tls,
             suspended: Arc::new(config.suspended.into_iter().collect()),
             proxied: Arc::new(config.proxied),
+            dkim: Arc::new(dkim_signers(previous, config.dkim_keys)),
         },
         LoadedConfig {
             bindings: config.bindings,
@@ -584,6 +587,35 @@ fn load_snapshot(
             tls_refused,
         },
     ))
+}
+
+/// The DKIM signers; a key parsed before is reused (parsing an RSA key
+/// costs milliseconds). A key that does not parse (`dkim add` checks
+/// them) signs nothing, and `dkim show` says so.
+fn dkim_signers(
+    previous: Option<&Snapshot>,
+    keys: Vec<(String, String, String)>,
+) -> HashMap<String, crate::dkim::DkimSigner> {
+    let mut signers = HashMap::new();
+    for (domain, selector, pem) in keys {
+        let kept = previous
+            .and_then(|p| p.dkim.get(&domain))
+            .filter(|s| s.selector == selector && s.pem_digest == crate::dkim::digest(&pem));
+        let signer = match kept {
+            Some(s) => s.clone(),
+            None => match crate::dkim::DkimKey::from_pem(&pem) {
+                Ok(key) => crate::dkim::DkimSigner {
+                    domain: domain.clone(),
+                    selector,
+                    pem_digest: crate::dkim::digest(&pem),
+                    key: Arc::new(key),
+                },
+                Err(_) => continue,
+            },
+        };
+        signers.insert(domain, signer);
+    }
+    signers
 }
 
 /// TLS files that did not load, and whether a previous certificate stays.

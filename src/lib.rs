@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod data_dir;
 pub mod decision_log;
 pub mod delivery;
+pub mod dkim;
 pub mod engine;
 pub mod events;
 pub mod live;

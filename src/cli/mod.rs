@@ -6,6 +6,7 @@ mod ban;
 mod bind;
 mod check;
 mod config;
+mod dkim;
 mod domain;
 mod list;
 mod policy;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Show, add and lift bans (addresses refused at connect).
     #[command(subcommand)]
     Ban(ban::BanCommand),
+    /// DKIM signing keys: the mail your users send is signed (RFC 6376).
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
     /// The whole configuration as one TOML file: export, apply.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -159,6 +163,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue(c) => queue::run(&mut store, c),
         Command::Quota(c) => quota::run(&mut store, c),
         Command::Ban(c) => ban::run(&mut store, c),
+        Command::Dkim(c) => dkim::run(&mut store, c),
         Command::Config(c) => config::run(&mut store, c),
         Command::Check(c) => check::run(&mut store, c),
         Command::Trace(args) => trace::run(&cli.db, args),
@@ -186,6 +191,7 @@ fn reads_only(command: &Command) -> bool {
             | Command::Quota(quota::QuotaCommand::Show)
             | Command::Queue(queue::QueueCommand::Show)
             | Command::Ban(ban::BanCommand::Show { .. })
+            | Command::Dkim(dkim::DkimCommand::Show)
             | Command::Config(
                 config::ConfigCommand::Export { .. }
                     | config::ConfigCommand::Apply { dry_run: true, .. }

@@ -489,6 +489,9 @@ pub struct Envelope<'a> {
     /// What the client asked to be told (RFC 3461), passed on to a next
     /// hop that offers DSN.
     pub dsn: DsnRequests<'a>,
+    /// Sign the message as it goes out (after any conversion to 7 bits,
+    /// so that the signature covers the bytes sent).
+    pub dkim: Option<&'a crate::dkim::DkimSigner>,
 }
 
 /// The DSN requests of a message and of its recipients (looked up by
@@ -610,6 +613,7 @@ async fn one_transaction(
         body,
         smtputf8,
         dsn,
+        dkim,
     } = message;
     let t = config.command_timeout;
     let all = |o: Outcome| vec![o; recipients.len()];
@@ -648,6 +652,12 @@ async fn one_transaction(
         }
     };
     let body = converted.as_deref().unwrap_or(body);
+    // A message that cannot be signed (no header section) goes unsigned.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signed = dkim.and_then(|s| s.sign(body, now).ok());
+    let body = signed.as_deref().unwrap_or(body);
     // RFC 1870: a message over the next hop's limit is not sent at all.
     let size_param = match hop.ext.size {
         Some(max) if max > 0 && body.len() as u64 > max => {

@@ -663,6 +663,30 @@ fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
     }
 }
 
+/// Who signs a message (DKIM): the key of its `From:` domain, if the mail
+/// came from relaygate's own users: a client that authenticated, or that
+/// the allow list allows. Mail from anyone else (inbound, or a forged
+/// `From:`) is never signed, nor are relaygate's own notices.
+fn dkim_signer<'a>(
+    snapshot: &'a Snapshot,
+    message: &NewMessage,
+) -> Option<&'a crate::dkim::DkimSigner> {
+    if snapshot.dkim.is_empty() {
+        return None;
+    }
+    let ours = message.login.is_some()
+        || message.peer.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            matches!(
+                snapshot.policy.lists().check(ip),
+                crate::policy::ip_lists::ListVerdict::Allowed { .. }
+            )
+        });
+    if !ours || message.sender.is_empty() {
+        return None;
+    }
+    snapshot.dkim.get(&crate::dkim::from_domain(&message.body)?)
+}
+
 pub(super) fn client_config(settings: &ServerSettings) -> ClientConfig {
     ClientConfig {
         hello_name: settings.hostname.clone(),
@@ -859,6 +883,8 @@ async fn deliver_group(
     }
     let config = client_config(settings);
     let sender = message.message.sender.clone();
+    let snapshot = d.shared.snapshot();
+    let dkim = dkim_signer(&snapshot, &message.message);
     let mut last_error = String::from("no host to try");
     for target in &targets {
         if let Ok(mut f) = d.in_flight.lock()
@@ -881,6 +907,7 @@ async fn deliver_group(
                         message: &message.message.dsn,
                         recipients: asked,
                     },
+                    dkim,
                 },
             )
             .await

@@ -4,7 +4,7 @@
 
 use super::{Result, Store, StoreError, check_login_name, load_config_in, normalize_owned_address};
 use crate::config_file::{
-    BindingRow, ConfigDoc, Lists, QuotaRow, RouteRow, RuleRow, User, VERSION,
+    BindingRow, ConfigDoc, DkimRow, Lists, QuotaRow, RouteRow, RuleRow, User, VERSION,
 };
 use crate::policy::Policy;
 use crate::policy::settings::SWITCH_KEYS;
@@ -158,8 +158,19 @@ fn read_doc(conn: &Connection) -> Result<ConfigDoc> {
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let dkim = conn
+        .prepare("SELECT domain, selector, private_key FROM dkim_keys ORDER BY domain")?
+        .query_map([], |r| {
+            Ok(DkimRow {
+                domain: r.get(0)?,
+                selector: r.get(1)?,
+                private_key: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(ConfigDoc {
         version: VERSION,
+        dkim,
         domains,
         settings,
         lists,
@@ -185,7 +196,8 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
     tx.execute_batch(
         "DELETE FROM ip_entries; DELETE FROM local_domains; DELETE FROM sender_addresses;
          DELETE FROM users; DELETE FROM settings; DELETE FROM rules; DELETE FROM bindings;
-         DELETE FROM proxy_bindings; DELETE FROM routes; DELETE FROM quotas;",
+         DELETE FROM proxy_bindings; DELETE FROM routes; DELETE FROM quotas;
+         DELETE FROM dkim_keys;",
     )?;
     for (list, entries) in [("allow", &doc.lists.allow), ("deny", &doc.lists.deny)] {
         for e in entries {
@@ -289,6 +301,23 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
             params![domain, r.host, r.port, r.tls, r.user, r.password, r.rate, r.concurrency],
         )
         .map_err(|e| invalid("routes", format!("{domain}: {e}")))?;
+    }
+    for k in &doc.dkim {
+        let domain = crate::policy::address::normalize_domain(&k.domain)
+            .map_err(|e| invalid("dkim", format!("{:?}: {e}", k.domain)))?;
+        crate::dkim::DkimKey::from_pem(&k.private_key)
+            .map_err(|e| invalid("dkim", format!("{domain}: {e}")))?;
+        if !crate::dkim::valid_selector(&k.selector.to_ascii_lowercase()) {
+            return Err(invalid(
+                "dkim",
+                format!("{domain}: selector {:?} is not DNS labels", k.selector),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO dkim_keys (domain, selector, private_key) VALUES (?1, ?2, ?3)",
+            params![domain, k.selector.to_ascii_lowercase(), k.private_key],
+        )
+        .map_err(|e| invalid("dkim", format!("{domain}: {e}")))?;
     }
     for b in &doc.bindings {
         let addr =

@@ -356,6 +356,7 @@ impl Store {
                 bans: self.bans()?,
                 suspended: self.suspended_logins()?,
                 proxied: self.proxy_bindings()?,
+                dkim_keys: self.dkim_keys()?,
             })
         })();
         let end = self.conn.execute_batch("COMMIT");
@@ -916,6 +917,37 @@ impl Store {
         .collect()
     }
 
+    /// DKIM keys: (domain, selector, PEM private key), by domain.
+    pub fn dkim_keys(&self) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT domain, selector, private_key FROM dkim_keys ORDER BY domain")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds or replaces the DKIM key of a domain.
+    pub fn set_dkim_key(&mut self, domain: &str, selector: &str, pem: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO dkim_keys (domain, selector, private_key) VALUES (?1, ?2, ?3)
+             ON CONFLICT (domain) DO UPDATE SET selector = excluded.selector,
+               private_key = excluded.private_key",
+            [domain, selector, pem],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_dkim_key(&mut self, domain: &str) -> Result<()> {
+        if self
+            .conn
+            .execute("DELETE FROM dkim_keys WHERE domain = ?1", [domain])?
+            == 0
+        {
+            return Err(StoreError::Invalid(format!("no DKIM key for {domain}")));
+        }
+        Ok(())
+    }
+
     /// Adds or replaces the route of a domain pattern.
     pub fn set_route(&mut self, route: &Route) -> Result<()> {
         let (user, password) = match &route.auth {
@@ -1280,6 +1312,8 @@ pub struct EngineConfig {
     pub suspended: Vec<String>,
     /// Bindings behind a load balancer, with its trusted addresses.
     pub proxied: HashMap<std::net::SocketAddr, Vec<ipnet::IpNet>>,
+    /// (domain, selector, PEM private key).
+    pub dkim_keys: Vec<(String, String, String)>,
 }
 
 /// How trusted proxies are stored: `10.0.0.5/32,10.0.1.0/24`.

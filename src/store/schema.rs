@@ -77,6 +77,13 @@ pub const MIGRATIONS: &[&str] = &[
     // 4: bindings behind a load balancer: the PROXY protocol is required
     // there, from these proxies only (comma-separated CIDRs).
     "CREATE TABLE proxy_bindings (address TEXT PRIMARY KEY, trusted TEXT NOT NULL);",
+    // 5: DKIM signing keys, one per domain, kept as PEM in this owner-only
+    // file (the key must be used, as the smarthost password must be sent).
+    "CREATE TABLE dkim_keys (
+        domain TEXT PRIMARY KEY,
+        selector TEXT NOT NULL,
+        private_key TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,213 @@
+//! DKIM signing end to end: the real binary signs what its users send and
+//! a sink on loopback receives it; the signature is checked by an
+//! independent verifier, dkimpy (Debian's python3-dkim), given the TXT
+//! record `relaygate dkim show` prints, with no DNS involved. The key is
+//! made by openssl. Skips, saying so, when either is missing (`.ci/run`
+//! installs python3-dkim).
+
+mod common;
+
+use common::sink::{Sink, SinkOptions};
+use common::{Server, cli, send_queued, test_db};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// dkimpy's verdict on a message, given the record to find in the DNS.
+const VERIFY: &str = r#"
+import sys
+import dkim
+msg = open(sys.argv[1], 'rb').read()
+rec = sys.argv[2].encode()
+asked = []
+def dnsfunc(name, timeout=5):
+    asked.append(name.decode())
+    return rec
+ok = dkim.verify(msg, dnsfunc=dnsfunc)
+print("verified" if ok else "failed", ",".join(asked))
+"#;
+
+fn tools_missing() -> Option<&'static str> {
+    let python = Command::new("/usr/bin/python3")
+        .args(["-c", "import dkim"])
+        .output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        return Some("python3-dkim (Debian) is not installed");
+    }
+    if Command::new("openssl").arg("version").output().is_err() {
+        return Some("openssl is not installed");
+    }
+    None
+}
+
+fn verify(dir: &Path, message: &[u8], record: &str) -> String {
+    let file = dir.join("message.eml");
+    std::fs::write(&file, message).unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", VERIFY])
+        .arg(&file)
+        .arg(record)
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The TXT record from `dkim show`'s zone line, its strings joined.
+fn record(show: &str) -> String {
+    let line = show
+        .lines()
+        .find(|l| l.contains("._domainkey."))
+        .expect("a zone line");
+    line.split('"').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn what_users_send_is_signed_and_verifies() {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dkim.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::smarthost(&db, sink.addr());
+    cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "example.com",
+            &sink.addr().to_string(),
+            "--tls",
+            "none",
+        ],
+    );
+    let added = cli(
+        &db,
+        &[
+            "dkim",
+            "add",
+            "Example.COM",
+            "--selector",
+            "s1",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        added.contains("s1._domainkey.example.com. IN TXT"),
+        "{added}"
+    );
+    let txt = record(&cli(&db, &["dkim", "show"]));
+    assert!(txt.starts_with("v=DKIM1; k=rsa; p=MII"), "{txt}");
+
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // From a client the allow list allows (loopback, on a fresh install).
+    let body = "From: Alice <alice@example.com>\r\nTo: bob@far.test\r\nSubject:  quarterly\r\n  figures\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHello   world \r\n.leading dot\r\n\r\n\r\n";
+    send_queued(addr, "alice@example.com", &["bob@far.test"], body);
+    let other = "From: carol@other.test\r\nSubject: not ours\r\n\r\nx\r\n";
+    send_queued(addr, "alice@example.com", &["bob@far.test"], other);
+    let got = sink.wait_for(2, WAIT);
+    let signed = got
+        .iter()
+        .find(|m| m.body_str().contains("quarterly"))
+        .expect("the signed message");
+    assert!(
+        signed.body_str().starts_with(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s1;"
+        )
+    );
+    let verdict = verify(dir.path(), &signed.body, &txt);
+    assert_eq!(verdict, "verified s1._domainkey.example.com.", "{verdict}");
+    // The verifier does check: one byte changed, and it fails.
+    let mut tampered = signed.body.clone();
+    let at = tampered.len() - 10;
+    tampered[at] = b'X';
+    assert!(verify(dir.path(), &tampered, &txt).starts_with("failed"));
+    let unsigned = got
+        .iter()
+        .find(|m| m.body_str().contains("not ours"))
+        .expect("the other message");
+    assert!(!unsigned.body_str().contains("DKIM-Signature"));
+
+    // A client the allow list does not allow, with a forged From: in our
+    // domain, to a local recipient: delivered, never signed.
+    cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    server.wait_for("configuration reloaded", WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    let forged = "From: Alice <alice@example.com>\r\nSubject: forged\r\n\r\npay now\r\n";
+    send_queued(addr, "someone@far.test", &["dave@example.com"], forged);
+    let got = sink.wait_for(3, WAIT);
+    let forged = got
+        .iter()
+        .find(|m| m.body_str().contains("pay now"))
+        .expect("the forged message");
+    assert!(
+        !forged.body_str().contains("DKIM-Signature"),
+        "{}",
+        forged.body_str()
+    );
+
+    // Bad keys and selectors are refused, and nothing changes.
+    let out = common::run_cli(
+        &db,
+        &[
+            "dkim",
+            "add",
+            "example.com",
+            "--selector",
+            "bad_sel",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = common::run_cli(
+        &db,
+        &[
+            "dkim",
+            "add",
+            "example.com",
+            "--selector",
+            "s2",
+            "--key-file",
+            "-",
+        ],
+        "not a key",
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(record(&cli(&db, &["dkim", "show"])), txt);
+    // The key travels with `config export`/`apply` to another node.
+    let export = dir.path().join("config.toml");
+    cli(&db, &["config", "export", export.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        text.contains("[[dkim]]") && text.contains("selector = \"s1\""),
+        "{text}"
+    );
+    let other = dir.path().join("other").join("relaygate.db");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    let applied = cli(&other, &["config", "apply", export.to_str().unwrap()]);
+    assert!(applied.contains("dkim:\n  + example.com"), "{applied}");
+    assert_eq!(record(&cli(&other, &["dkim", "show"])), txt);
+    cli(&db, &["dkim", "remove", "example.com"]);
+    assert!(cli(&db, &["dkim", "show"]).contains("no DKIM keys"));
+}
