@@ -1218,9 +1218,13 @@ async fn watch_config(
                             *snap = Arc::clone(&snapshot);
                         }
                         // A route, domain or setting edited: what the
-                        // routes said of recipients may no longer hold.
-                        shared.verifier.forget_all();
-                        shared.dnsbl.forget_all();
+                        // routes said of recipients, and the blocklists of
+                        // clients, may no longer hold. (The first read
+                        // repeats the one made at start: nothing changed.)
+                        if !first {
+                            shared.verifier.forget_all();
+                            shared.dnsbl.forget_all();
+                        }
                         let new_bindings = loaded.apply(&shared, Some(&before), &snapshot);
                         // The first read repeats the one made at start.
                         if !first || reload_tls {
