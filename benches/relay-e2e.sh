@@ -9,6 +9,8 @@
 #                      message is counted against (per address, per /24, per
 #                      sender domain; limits it never reaches) and both ban
 #                      rules counting (limits the denied load never reaches)
+#   DKIM=1 ...         relaygate signing every message (an RSA 2048 key for
+#                      example.com, the load's From: domain)
 #
 # For each server, three loads:
 #   1. new connection per message (smtp-source without -d, as real clients
@@ -157,6 +159,12 @@ if [ "${ABUSE:-}" = 1 ]; then
   $RG policy set ban-auth-failures 10 >/dev/null
   $RG policy set ban-relay-denials 1000000 >/dev/null
   echo "(quotas and bans on: $($RG quota show | grep -c '^#') quotas)"
+fi
+if [ "${DKIM:-}" = 1 ]; then
+  # Every message is from load@example.com (smtp-source writes that From:).
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rg/dkim.pem" 2>/dev/null
+  $RG dkim add example.com --selector bench --key-file "$work/rg/dkim.pem" >/dev/null
+  echo "(DKIM signing on: example.com, RSA 2048)"
 fi
 ${RG_BIN:-target/release/relaygate} --db "$work/rg/relaygate.db" serve --headless 2> "$work/rg/log" &
 RG_PID=$!
