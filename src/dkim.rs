@@ -194,13 +194,18 @@ impl DkimSigner {
     }
 }
 
-/// The header section (with its last CRLF) and the body.
+/// The header section (with its last CRLF) and the body. A message with
+/// no empty line is all header section (RFC 5322 2.1: the body is
+/// optional).
 fn split(message: &[u8]) -> Option<(&[u8], &[u8])> {
-    if message.starts_with(b"\r\n") {
+    if message.starts_with(b"\r\n") || message.is_empty() {
         return None;
     }
-    let end = message.windows(4).position(|w| w == b"\r\n\r\n")?;
-    Some((&message[..end + 2], &message[end + 4..]))
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => Some((&message[..end + 2], &message[end + 4..])),
+        None if message.ends_with(b"\r\n") => Some((message, &[])),
+        None => None,
+    }
 }
 
 /// Each header field with its continuation lines and final CRLF.
@@ -300,14 +305,57 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
     let field = header_fields(head)
         .into_iter()
         .find(|f| field_name(f).eq_ignore_ascii_case("from"))?;
-    let value = String::from_utf8_lossy(field.get(5..)?).into_owned();
-    let address = match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => value[a + 1..b].to_string(),
-        _ => value.split(',').next()?.trim().to_string(),
-    };
-    let (_, domain) = address.rsplit_once('@')?;
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value = String::from_utf8_lossy(&field[colon + 1..]).into_owned();
+    let domain = first_address_domain(&value)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     (!domain.is_empty()).then_some(domain)
+}
+
+/// The domain of the first mailbox in an address list (RFC 5322 3.4):
+/// comments dropped, quoted strings kept whole, the `<...>` of a name-addr
+/// if there is one, a group's `name:` and `;` skipped.
+fn first_address_domain(value: &str) -> Option<String> {
+    // The value without comments, each character marked quoted or not.
+    let mut chars: Vec<(char, bool)> = Vec::with_capacity(value.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                chars.push((c, true));
+            }
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            c => chars.push((c, quoted)),
+        }
+    }
+    let plain = |c: char| move |&(x, q): &(char, bool)| x == c && !q;
+    // A name-addr: the first <...> outside quotes.
+    let mailbox: &[(char, bool)] = match chars.iter().position(plain('<')) {
+        Some(open) => {
+            let len = chars[open + 1..].iter().position(plain('>'))?;
+            &chars[open + 1..open + 1 + len]
+        }
+        None => {
+            // An addr-spec, perhaps after a group's display name.
+            let start = chars.iter().position(plain(':')).map_or(0, |i| i + 1);
+            let rest = &chars[start..];
+            let end = rest
+                .iter()
+                .position(|&(c, q)| !q && (c == ',' || c == ';'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        }
+    };
+    let at = mailbox.iter().rposition(plain('@'))?;
+    Some(mailbox[at + 1..].iter().map(|&(c, _)| c).collect())
 }
 
 #[cfg(test)]
@@ -340,6 +388,49 @@ mod tests {
             (b"Subject: s\r\nfrom: bob@b.test\r\n\r\n", Some("b.test")),
             (b"Subject: s\r\n\r\nFrom: x@y.test\r\n", None),
             (b"no header section", None),
+            // Found by an attack: quotes and comments may hold < > and @.
+            (
+                b"From: \"Bob <bob@evil.test>\" <alice@example.com>\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: Alice (comment <x@evil.test>) <alice@example.com>\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: alice@example.com (Alice <a@evil.test>)\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: alice@example.com (Alice)\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: \"a>b\" <alice@example.com>\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: Team: alice@example.com;\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: \"x@evil.test\"@example.com\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: Team: Alice <alice@example.com>, b@c.test;\r\n\r\n",
+                Some("example.com"),
+            ),
+            (
+                b"From: \"Doe, John\" <john@example.com>\r\n\r\n",
+                Some("example.com"),
+            ),
+            (b"From:\r\n alice@example.com\r\n\r\n", Some("example.com")),
+            // No body, no empty line: all header section.
+            (
+                b"From: alice@example.com\r\nSubject: t\r\n",
+                Some("example.com"),
+            ),
         ] {
             assert_eq!(from_domain(m).as_deref(), d);
         }

@@ -124,7 +124,23 @@ fn what_users_send_is_signed_and_verifies() {
     send_queued(addr, "alice@example.com", &["bob@far.test"], body);
     let other = "From: carol@other.test\r\nSubject: not ours\r\n\r\nx\r\n";
     send_queued(addr, "alice@example.com", &["bob@far.test"], other);
-    let got = sink.wait_for(2, WAIT);
+    // Quotes and comments may hold <, > and @; and a message may have no
+    // body at all (RFC 5322 2.1).
+    let tricky =
+        "From: \"Bob <bob@evil.test>\" (x@evil.test) <alice@example.com>\r\nSubject: header only";
+    send_queued(addr, "alice@example.com", &["bob@far.test"], tricky);
+    let got = sink.wait_for(3, WAIT);
+    let header_only = got
+        .iter()
+        .find(|m| m.body_str().contains("header only"))
+        .expect("the header-only message");
+    assert!(
+        header_only.body_str().contains("d=example.com; s=s1;"),
+        "{}",
+        header_only.body_str()
+    );
+    let verdict = verify(dir.path(), &header_only.body, &txt);
+    assert!(verdict.starts_with("verified"), "{verdict}");
     let signed = got
         .iter()
         .find(|m| m.body_str().contains("quarterly"))
@@ -154,7 +170,7 @@ fn what_users_send_is_signed_and_verifies() {
     std::thread::sleep(Duration::from_millis(300));
     let forged = "From: Alice <alice@example.com>\r\nSubject: forged\r\n\r\npay now\r\n";
     send_queued(addr, "someone@far.test", &["dave@example.com"], forged);
-    let got = sink.wait_for(3, WAIT);
+    let got = sink.wait_for(4, WAIT);
     let forged = got
         .iter()
         .find(|m| m.body_str().contains("pay now"))

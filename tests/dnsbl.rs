@@ -157,3 +157,40 @@ fn the_setting_takes_zones_only() {
         assert!(out.stderr.contains("dnsbl"), "{bad}: {out:?}");
     }
 }
+
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_looked_up_by_its_ipv4_address() {
+    // Found by an attack: such a client arrives as ::ffff:127.0.0.2, and
+    // was looked up by 32 nibbles, which no zone lists.
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("skipped: no IPv6 on this machine");
+        return;
+    }
+    let dns = DnsServer::start(vec![DnsRecord::a("2.0.0.127.bl.test", "127.0.0.2")]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(
+        dir.path(),
+        &[
+            ("dns-servers", &dns.addr().to_string()),
+            ("dnsbl", "bl.test"),
+        ],
+    );
+    cli(&db, &["bind", "remove", "127.0.0.1:0"]);
+    cli(&db, &["bind", "add", "[::]:0"]);
+    cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    let mut server = Server::start(&db);
+    let line = server.wait_for("listening on [::]:", WAIT);
+    let port: u16 = line
+        .split("listening on [::]:")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("the port");
+    let mut c = from(SocketAddr::from(([127, 0, 0, 1], port)), [127, 0, 0, 2]);
+    c.expect("MAIL FROM:<someone@far.test>", "250");
+    let r = c.cmd("RCPT TO:<bob@example.com>");
+    assert!(
+        r.starts_with("554 5.7.1") && r.contains("blocked using bl.test"),
+        "{r}"
+    );
+}

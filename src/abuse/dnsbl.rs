@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// How long a client's answer is remembered (listed or not).
 pub const REMEMBER: Duration = Duration::from_secs(600);
+/// How long "not listed" is remembered when a zone did not answer.
+pub const UNANSWERED: Duration = Duration::from_secs(60);
 /// The longest the lookups of one client may take; then it is not listed.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Clients remembered at most (see [`AnswerMemory`]).
@@ -121,6 +123,9 @@ impl DnsblChecker {
     /// Whether `ip` is on one of `zones`, asking the DNS (`servers`, or
     /// the system's when empty) unless the answer is remembered.
     pub async fn check(&self, servers: &[SocketAddr], zones: &[String], ip: IpAddr) -> Lookup {
+        // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d;
+        // the zones list it by its IPv4 address.
+        let ip = ip.to_canonical();
         if let Some(listing) = self.recall(ip) {
             return Lookup {
                 listing,
@@ -143,22 +148,39 @@ impl DnsblChecker {
             asks.spawn(async move { (i, resolver.ipv4_of(&name).await) });
         }
         let mut answers: Vec<Option<Result<Vec<Ipv4Addr>, String>>> = vec![None; zones.len()];
-        let gathered = tokio::time::timeout(DEADLINE, async {
+        let _ = tokio::time::timeout(DEADLINE, async {
             while let Some(done) = asks.join_next().await {
                 if let Ok((i, answer)) = done
                     && let Some(slot) = answers.get_mut(i)
                 {
+                    // A listing decides: the other zones are not waited for.
+                    let listed =
+                        matches!(&answer, Ok(a) if matches!(read_answer(a), ZoneAnswer::Listed(_)));
                     *slot = Some(answer);
+                    if listed {
+                        break;
+                    }
                 }
             }
         })
         .await;
-        if gathered.is_err() {
-            asks.abort_all();
-        }
-        let answers = zones.iter().cloned().zip(answers.into_iter().map(|a| {
-            a.unwrap_or_else(|| Err(format!("no answer within {} s", DEADLINE.as_secs())))
-        }));
+        asks.abort_all();
+        let decided = answers
+            .iter()
+            .any(|a| matches!(a, Some(Ok(a)) if matches!(read_answer(a), ZoneAnswer::Listed(_))));
+        let answers = zones
+            .iter()
+            .cloned()
+            .zip(answers)
+            .filter_map(|(zone, a)| match a {
+                Some(a) => Some((zone, a)),
+                // Not waited for once another zone listed the client.
+                None if decided => None,
+                None => Some((
+                    zone,
+                    Err(format!("no answer within {} s", DEADLINE.as_secs())),
+                )),
+            });
         let mut listing = None;
         let mut problems = Vec::new();
         let mut complete = true;
@@ -183,10 +205,14 @@ impl DnsblChecker {
                 }
             }
         }
-        // A listing holds whatever the other zones said; "not listed" is
-        // remembered only when every zone answered.
+        // A listing holds whatever the other zones said. "Not listed" is
+        // remembered for its full time when every zone answered, and for
+        // a minute when one failed: while a zone is down, each new client
+        // waits for it once, not at every session.
         if listing.is_some() || complete {
-            self.remember(ip, listing.clone());
+            self.remember(ip, listing.clone(), REMEMBER);
+        } else {
+            self.remember(ip, None, UNANSWERED);
         }
         Lookup {
             listing,
@@ -210,8 +236,8 @@ impl DnsblChecker {
         self.remembered.recall(&ip)
     }
 
-    fn remember(&self, ip: IpAddr, listing: Option<Listing>) {
-        self.remembered.remember(ip, listing, REMEMBER);
+    fn remember(&self, ip: IpAddr, listing: Option<Listing>, ttl: Duration) {
+        self.remembered.remember(ip, listing, ttl);
     }
 
     /// The problems not reported in the last [`REPORT_EVERY`], as text.
@@ -237,6 +263,15 @@ impl DnsblChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_client_on_a_dual_stack_listener_is_looked_up_by_its_ipv4_address() {
+        let mapped: IpAddr = "::ffff:192.0.2.99".parse().unwrap();
+        assert_eq!(
+            query_name(mapped.to_canonical(), "bl.example"),
+            "99.2.0.192.bl.example"
+        );
+    }
 
     #[test]
     fn query_names_follow_rfc_5782() {
