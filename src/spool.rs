@@ -238,6 +238,12 @@ impl Drop for OpenTransaction {
 /// message's key, never by the state index (that walks the whole queue).
 const QUEUED_LEFT: &str =
     "SELECT count(*) FROM recipients WHERE message_id = ?1 AND +state = 'queued'";
+/// A message's recipients still queued, unless it is held (same care: a
+/// delivery that waited asks this before it sends, and with the state
+/// index this walked every queued recipient, 2 ms a message with 20,000
+/// queued).
+const QUEUED_NOW: &str = "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id
+     WHERE r.message_id = ?1 AND +r.state = 'queued' AND m.held = 0";
 /// Makes a message's queued recipients due now (same care).
 const RETRY_MESSAGE: &str =
     "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND +state = 'queued'";
@@ -839,10 +845,7 @@ impl SpoolReader {
     /// not on hold (none if it was deleted).
     pub fn queued_now(&self, id: &str) -> rusqlite::Result<Vec<String>> {
         self.conn
-            .prepare_cached(
-                "SELECT r.address FROM recipients r JOIN messages m ON m.id = r.message_id
-                 WHERE r.message_id = ?1 AND r.state = 'queued' AND m.held = 0",
-            )?
+            .prepare_cached(QUEUED_NOW)?
             .query_map([id], |r| r.get(0))?
             .collect()
     }
@@ -1077,6 +1080,7 @@ mod tests {
         conn.execute_batch(SCHEMA).unwrap();
         for sql in [
             QUEUED_LEFT,
+            QUEUED_NOW,
             RETRY_MESSAGE,
             "UPDATE recipients SET state = ?3, attempts = attempts + 1 WHERE message_id = ?1 AND address = ?2 AND state = 'queued'",
             "DELETE FROM recipients WHERE message_id = ?1",
