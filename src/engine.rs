@@ -1217,11 +1217,15 @@ async fn watch_config(
                         if let Ok(mut snap) = shared.snapshot.write() {
                             *snap = Arc::clone(&snapshot);
                         }
-                        // A route, domain or setting edited: what the
+                        // A route, local domain or setting edited: what the
                         // routes said of recipients, and the blocklists of
-                        // clients, may no longer hold. (The first read
-                        // repeats the one made at start: nothing changed.)
-                        if !first {
+                        // clients, may no longer hold. (Not for a ban or a
+                        // suspension saved: those reload too, and under
+                        // attack would empty both memories at every ban.)
+                        if before.routes != snapshot.routes
+                            || before.settings != snapshot.settings
+                            || before.policy.local_domains() != snapshot.policy.local_domains()
+                        {
                             shared.verifier.forget_all();
                             shared.dnsbl.forget_all();
                         }

@@ -74,6 +74,12 @@ fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
         &sink,
         &[("metrics-listen", metrics_listen.as_str())],
     );
+    // Metrics count from when they are served: wait for that.
+    let start = Instant::now();
+    while !scrape(metrics_port).contains("relaygate_") {
+        assert!(start.elapsed() < WAIT, "metrics never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let mut c = inbound(addr);
     c.expect("RCPT TO:<alice@example.com>", "250 2.1.5");
@@ -197,24 +203,32 @@ fn an_unreachable_route_defers_unless_set_to_accept() {
     let line = server.wait_for("could not be verified", WAIT);
     assert!(line.contains(&sink.addr().to_string()), "{line}");
 
-    // A server refusing every session (421 at the greeting) is unreachable too.
-    sink.set_mode(SinkMode::TempFailAll);
+    // A hop found down is taken as down for 30 s: the next recipient is
+    // answered at once from that, and the decision says so.
     let mut c = inbound(addr);
-    assert!(
-        c.cmd("RCPT TO:<carol@example.com>")
-            .starts_with("450 4.4.1")
-    );
+    let r = c.cmd("RCPT TO:<erin@example.com>");
+    assert!(r.starts_with("450 4.4.1"), "{r}");
+    let line = server.wait_for("(less than 30 s ago)", WAIT);
+    assert!(line.contains("to=<erin@example.com>"), "{line}");
 
-    // Nothing about an unreachable server is remembered: once it is back,
-    // the next RCPT asks again.
+    // An edit forgets it. A server refusing every session (421 at the
+    // greeting) is unreachable too.
+    sink.set_mode(SinkMode::TempFailAll);
+    cli(&server.db, &["policy", "set", "verify-unknown-ttl", "2h"]);
+    wait_for_count(&mut server, "configuration reloaded", 1);
+    let mut c = inbound(addr);
+    let r = c.cmd("RCPT TO:<carol@example.com>");
+    assert!(r.starts_with("450 4.4.1"), "{r}");
+    server.wait_for("421 4.3.2", WAIT);
+
+    // Back, and an edit later, the route is asked again.
     sink.set_mode(SinkMode::Normal);
-    c.expect("RCPT TO:<carol@example.com>", "250");
-
     cli(
         &server.db,
         &["policy", "set", "verify-unreachable", "accept"],
     );
-    wait_for_count(&mut server, "configuration reloaded", 1);
+    wait_for_count(&mut server, "configuration reloaded", 2);
+    c.expect("RCPT TO:<carol@example.com>", "250");
     sink.set_mode(SinkMode::Down);
     let mut c = inbound(addr);
     c.expect("RCPT TO:<dave@example.com>", "250");

@@ -1027,6 +1027,11 @@ pub(super) fn one_line(s: &str) -> String {
 
 /// The first `d.d.d` enhanced status code in a reply text.
 pub(super) fn enhanced_status(text: &str) -> Option<String> {
+    enhanced_status_of(text)
+}
+
+/// The enhanced status code (RFC 3463) in a reply's text, if any.
+pub(crate) fn enhanced_status_of(text: &str) -> Option<String> {
     text.split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ':')
         .find(|w| {
             let parts: Vec<&str> = w.split('.').collect();

@@ -33,6 +33,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// A connection or command to the next hop gets at most this long (less
 /// if the delivery timeouts say so).
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a hop that could not be reached is taken as down.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 /// Open questions kept track of before abandoned ones are swept.
 const MAX_ASKING: usize = 1024;
 /// Answers remembered at most (see [`AnswerMemory`]).
@@ -86,6 +88,10 @@ pub struct RecipientVerifier {
     /// Counts [`forget_all`](Self::forget_all) calls: an answer to a
     /// question asked before the last one is not remembered.
     generation: std::sync::atomic::AtomicU64,
+    /// Hops that could not be reached a moment ago, with why: while one
+    /// is down, its recipients are answered at once, not each after its
+    /// own connection attempt (up to [`DEADLINE`]).
+    down: AnswerMemory<String, String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +126,7 @@ impl RecipientVerifier {
             asking: Mutex::new(HashMap::new()),
             probes: Semaphore::new(PROBES),
             generation: std::sync::atomic::AtomicU64::new(0),
+            down: AnswerMemory::new(1024),
         }
     }
 
@@ -128,6 +135,10 @@ impl RecipientVerifier {
         use std::sync::atomic::Ordering;
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.remembered.forget_all();
+        self.down.forget_all();
+        // Questions under way go on for those waiting on them; a session
+        // asking from now on asks anew (the route may have changed).
+        lock(&self.asking).clear();
     }
 
     /// Answers remembered now, expired ones included until they are swept.
@@ -166,6 +177,11 @@ impl RecipientVerifier {
         let hop = hop_name(route);
         let key = format!("{hop}\n{recipient}");
         if let Some(found) = self.recall(&key) {
+            return judge(found, hop, true, config.accept_unreachable);
+        }
+        if let Some(why) = self.down.recall(&hop) {
+            let found =
+                Found::Unreachable(format!("{why} (less than {} s ago)", DOWN_FOR.as_secs()));
             return judge(found, hop, true, config.accept_unreachable);
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
@@ -226,11 +242,16 @@ impl RecipientVerifier {
                     Err(ConnectError(e)) => last = e,
                 }
             }
+            self.down.remember(hop_name(route), last.clone(), DOWN_FOR);
             Found::Unreachable(last)
         };
         match tokio::time::timeout(DEADLINE, work).await {
             Ok(found) => found,
-            Err(_) => Found::Unreachable(format!("no answer within {} s", DEADLINE.as_secs())),
+            Err(_) => {
+                let why = format!("no answer within {} s", DEADLINE.as_secs());
+                self.down.remember(hop_name(route), why.clone(), DOWN_FOR);
+                Found::Unreachable(why)
+            }
         }
     }
 }
@@ -238,9 +259,18 @@ impl RecipientVerifier {
 /// What a host's answer says about the recipient.
 fn found(answer: ProbeAnswer) -> Found {
     match answer {
-        // 552 at RCPT is "too many recipients" (RFC 5321 4.5.3.1.10),
-        // which says nothing of this one.
-        ProbeAnswer::Rcpt(r) if r.class() == 5 && r.code != 552 => Found::Unknown(r.one_line()),
+        // Only a refusal of the mailbox itself (5.1.x, or 550/551/553
+        // without an enhanced code) says the recipient is unknown. Another
+        // 5xx (530 authentication required, 554 5.7.1 relay denied) is the
+        // server refusing relaygate, which must not bounce every
+        // recipient: as Postfix, that is "could not verify" (450).
+        ProbeAnswer::Rcpt(r) if r.class() == 5 && mailbox_refused(&r) => {
+            Found::Unknown(r.one_line())
+        }
+        ProbeAnswer::Rcpt(r) if r.class() == 5 => Found::Unreachable(format!(
+            "it refused the question, not the mailbox: {}",
+            r.one_line()
+        )),
         ProbeAnswer::Rcpt(r) if r.class() == 2 => Found::Known(r.one_line()),
         ProbeAnswer::Rcpt(r) => Found::Unreachable(format!("RCPT TO put off: {}", r.one_line())),
         ProbeAnswer::MailRefused(r) => {
@@ -249,6 +279,16 @@ fn found(answer: ProbeAnswer) -> Found {
         ProbeAnswer::NoSmtpUtf8 => Found::Unreachable(
             "it does not offer SMTPUTF8, which this address needs (RFC 6531)".into(),
         ),
+    }
+}
+
+/// Whether a 5xx to RCPT refuses the mailbox (RFC 3463 X.1.x), rather
+/// than the client asking.
+fn mailbox_refused(r: &crate::delivery::reply::Reply) -> bool {
+    let text = r.one_line();
+    match crate::delivery::client::enhanced_status_of(&text) {
+        Some(status) => status.starts_with("5.1."),
+        None => matches!(r.code, 550 | 551 | 553),
     }
 }
 
@@ -296,6 +336,21 @@ mod tests {
             found(ProbeAnswer::Rcpt(reply(550, "5.1.1 no such user"))),
             Found::Unknown("550 5.1.1 no such user".into())
         );
+        assert_eq!(
+            found(ProbeAnswer::Rcpt(reply(550, "no such user"))),
+            Found::Unknown("550 no such user".into())
+        );
+        // The server refusing relaygate, not the mailbox: not "unknown".
+        for refusal in [
+            reply(554, "5.7.1 Relay access denied"),
+            reply(530, "5.7.0 Authentication required"),
+            reply(550, "5.7.1 Client host rejected"),
+        ] {
+            assert!(
+                matches!(found(ProbeAnswer::Rcpt(refusal.clone())), Found::Unreachable(w) if w.contains("not the mailbox")),
+                "{refusal:?}"
+            );
+        }
         for put_off in [450, 451, 452, 421, 552] {
             assert!(
                 matches!(

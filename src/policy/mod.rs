@@ -152,6 +152,11 @@ impl Policy {
             .map(|d| format!("postmaster@{d}"))
     }
 
+    /// The local domains, lower case.
+    pub fn local_domains(&self) -> &HashSet<String> {
+        &self.local_domains
+    }
+
     /// Whether a domain is one of ours (case-insensitive, one trailing dot
     /// ignored).
     pub fn is_local_domain(&self, domain: &Domain) -> bool {
