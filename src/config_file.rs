@@ -47,13 +47,23 @@ pub struct ConfigDoc {
     pub dkim: Vec<DkimRow>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimRow {
     pub domain: String,
     pub selector: String,
     /// The RSA private key, PEM.
     pub private_key: String,
+}
+
+impl std::fmt::Debug for DkimRow {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimRow")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

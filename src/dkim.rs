@@ -299,12 +299,17 @@ fn relaxed_body(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The domain of the first address in the `From:` field, lower-cased.
+/// The domain of the first address in the `From:` field, lower-cased;
+/// none unless there is exactly one `From:` (RFC 5322 3.6).
 pub fn from_domain(message: &[u8]) -> Option<String> {
     let (head, _) = split(message)?;
-    let field = header_fields(head)
+    let mut froms = header_fields(head)
         .into_iter()
-        .find(|f| field_name(f).eq_ignore_ascii_case("from"))?;
+        .filter(|f| field_name(f).eq_ignore_ascii_case("from"));
+    let field = froms.next()?;
+    if froms.next().is_some() {
+        return None;
+    }
     let colon = field.iter().position(|&b| b == b':')?;
     let value = String::from_utf8_lossy(&field[colon + 1..]).into_owned();
     let domain = first_address_domain(&value)?;
@@ -386,6 +391,7 @@ mod tests {
                 Some("example.com"),
             ),
             (b"Subject: s\r\nfrom: bob@b.test\r\n\r\n", Some("b.test")),
+            (b"From: a@a.test\r\nFrom: b@b.test\r\n\r\n", None),
             (b"Subject: s\r\n\r\nFrom: x@y.test\r\n", None),
             (b"no header section", None),
             // Found by an attack: quotes and comments may hold < > and @.

@@ -594,10 +594,15 @@ fn load_snapshot(
 /// them) signs nothing, and `dkim show` says so.
 fn dkim_signers(
     previous: Option<&Snapshot>,
-    keys: Vec<(String, String, String)>,
+    keys: Vec<crate::store::DkimKeyRow>,
 ) -> HashMap<String, crate::dkim::DkimSigner> {
     let mut signers = HashMap::new();
-    for (domain, selector, pem) in keys {
+    for crate::store::DkimKeyRow {
+        domain,
+        selector,
+        pem,
+    } in keys
+    {
         let kept = previous
             .and_then(|p| p.dkim.get(&domain))
             .filter(|s| s.selector == selector && s.pem_digest == crate::dkim::digest(&pem));

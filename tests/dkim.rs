@@ -129,7 +129,20 @@ fn what_users_send_is_signed_and_verifies() {
     let tricky =
         "From: \"Bob <bob@evil.test>\" (x@evil.test) <alice@example.com>\r\nSubject: header only";
     send_queued(addr, "alice@example.com", &["bob@far.test"], tricky);
-    let got = sink.wait_for(3, WAIT);
+    // From: in a domain with a key, but the envelope sender elsewhere: a
+    // user cannot have mail signed for a domain by writing it in From:.
+    let borrowed = "From: Alice <alice@example.com>\r\nSubject: borrowed\r\n\r\nx\r\n";
+    send_queued(addr, "carol@other.test", &["dave@example.com"], borrowed);
+    let got = sink.wait_for(4, WAIT);
+    let unsigned = got
+        .iter()
+        .find(|m| m.body_str().contains("borrowed"))
+        .expect("the message with a borrowed From:");
+    assert!(
+        !unsigned.body_str().contains("DKIM-Signature"),
+        "{}",
+        unsigned.body_str()
+    );
     let header_only = got
         .iter()
         .find(|m| m.body_str().contains("header only"))
@@ -170,7 +183,7 @@ fn what_users_send_is_signed_and_verifies() {
     std::thread::sleep(Duration::from_millis(300));
     let forged = "From: Alice <alice@example.com>\r\nSubject: forged\r\n\r\npay now\r\n";
     send_queued(addr, "someone@far.test", &["dave@example.com"], forged);
-    let got = sink.wait_for(4, WAIT);
+    let got = sink.wait_for(5, WAIT);
     let forged = got
         .iter()
         .find(|m| m.body_str().contains("pay now"))

@@ -48,7 +48,12 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
                     "no DKIM keys: nothing is signed (relaygate dkim add DOMAIN --selector S --key-file KEY.pem)"
                 );
             }
-            for (domain, selector, pem) in keys {
+            for crate::store::DkimKeyRow {
+                domain,
+                selector,
+                pem,
+            } in keys
+            {
                 match DkimKey::from_pem(&pem) {
                     Ok(key) => {
                         println!("{domain}  selector {selector}  ({key:?})");
@@ -79,7 +84,9 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
             };
             let key = DkimKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{key_file}: {e}"))?;
             store.set_dkim_key(&domain, &selector, &pem)?;
-            println!("mail from {domain} is signed with selector {selector}; publish:");
+            println!(
+                "mail from {domain} is signed with selector {selector} from now on; publish this record first (until it is in the DNS, receivers fail the signature):"
+            );
             println!("  {}", zone_line(&domain, &selector, &key.dns_record()));
             if !store
                 .domains()?
@@ -87,7 +94,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
                 .any(|d| d.eq_ignore_ascii_case(&domain))
             {
                 println!(
-                    "note: {domain} is not a local domain: only mail from clients that authenticated or that the allow list allows is signed, whatever its From:"
+                    "note: {domain} is not a local domain: its mail is signed only when it comes from a client that authenticated or that the allow list allows, with an envelope sender in {domain}"
                 );
             }
         }
@@ -96,7 +103,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
                 .map_err(|p| anyhow::anyhow!("{domain:?} is not a domain: {p}"))?;
             store.remove_dkim_key(&domain)?;
             println!(
-                "mail from {domain} is no longer signed (remove its TXT record once no queued mail needs it)"
+                "mail from {domain} is no longer signed, queued mail included; keep its TXT record a few days for the mail already sent"
             );
         }
     }

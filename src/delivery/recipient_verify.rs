@@ -18,7 +18,7 @@ use super::Route;
 use super::client::{ClientConfig, ConnectError, ConnectionPool, ProbeAnswer, Target};
 use crate::answer_memory::AnswerMemory;
 use crate::policy::address::{Domain, MailAddress};
-use crate::policy::decision::{HopCheck, Reason, RelayClass, Verification};
+use crate::policy::decision::{HopCheck, Reason, Verification};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -98,14 +98,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Whether an allowed recipient is asked about at its route: one in a
-/// local domain, except postmaster, which RFC 5321 4.5.1 says every
-/// domain accepts.
-pub fn worth_verifying(class: RelayClass, recipient: &MailAddress) -> bool {
-    matches!(class, RelayClass::Inbound | RelayClass::Internal)
-        && matches!(recipient.domain, Domain::Name(_))
-        && !recipient.local.eq_ignore_ascii_case("postmaster")
-}
+pub use crate::policy::worth_verifying;
 
 /// A route's next hop as the reasons name it.
 pub fn hop_name(route: &Route) -> String {

@@ -664,9 +664,12 @@ fn plan_for(snapshot: &Snapshot, rcpt: &str) -> HopPlan {
 }
 
 /// Who signs a message (DKIM): the key of its `From:` domain, if the mail
-/// came from relaygate's own users: a client that authenticated, or that
-/// the allow list allows. Mail from anyone else (inbound, or a forged
-/// `From:`) is never signed, nor are relaygate's own notices.
+/// came from relaygate's own users (a client that authenticated, or that
+/// the allow list allows) and its envelope sender is in that same domain
+/// (so a user cannot have mail signed for a domain merely by writing it in
+/// `From:`; with `sender-login-match` the envelope sender is the login's
+/// own). Mail from anyone else, or with more than one `From:`, is never
+/// signed, nor are relaygate's own notices.
 fn dkim_signer<'a>(
     snapshot: &'a Snapshot,
     message: &NewMessage,
@@ -684,7 +687,12 @@ fn dkim_signer<'a>(
     if !ours || message.sender.is_empty() {
         return None;
     }
-    snapshot.dkim.get(&crate::dkim::from_domain(&message.body)?)
+    let from = crate::dkim::from_domain(&message.body)?;
+    let (_, envelope) = message.sender.rsplit_once('@')?;
+    if !envelope.trim_end_matches('.').eq_ignore_ascii_case(&from) {
+        return None;
+    }
+    snapshot.dkim.get(&from)
 }
 
 pub(super) fn client_config(settings: &ServerSettings) -> ClientConfig {

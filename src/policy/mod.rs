@@ -355,3 +355,14 @@ fn address_in(set: &HashSet<String>, sender: &MailAddress) -> bool {
             .domain_name()
             .is_some_and(|d| set.contains(&format!("@{d}")))
 }
+
+/// Whether an allowed recipient is asked about at its route: one in a
+/// local domain, except postmaster, which RFC 5321 4.5.1 says every
+/// domain accepts.
+pub fn worth_verifying(class: decision::RelayClass, recipient: &address::MailAddress) -> bool {
+    matches!(
+        class,
+        decision::RelayClass::Inbound | decision::RelayClass::Internal
+    ) && matches!(recipient.domain, address::Domain::Name(_))
+        && !recipient.local.eq_ignore_ascii_case("postmaster")
+}

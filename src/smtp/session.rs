@@ -797,10 +797,7 @@ impl Session {
         let checks = NetworkChecks {
             dnsbl: self.network_checks.dnsbl && self.login.is_none(),
             verify: self.network_checks.verify
-                && crate::delivery::recipient_verify::worth_verifying(
-                    decided.decision.class,
-                    &decided.recipient,
-                ),
+                && crate::policy::worth_verifying(decided.decision.class, &decided.recipient),
         };
         if checks.dnsbl || checks.verify {
             return vec![Action::CheckRecipient { decided, checks }];

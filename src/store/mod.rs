@@ -917,12 +917,18 @@ impl Store {
         .collect()
     }
 
-    /// DKIM keys: (domain, selector, PEM private key), by domain.
-    pub fn dkim_keys(&self) -> Result<Vec<(String, String, String)>> {
+    /// DKIM keys, by domain.
+    pub fn dkim_keys(&self) -> Result<Vec<DkimKeyRow>> {
         let mut stmt = self
             .conn
             .prepare("SELECT domain, selector, private_key FROM dkim_keys ORDER BY domain")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DkimKeyRow {
+                domain: r.get(0)?,
+                selector: r.get(1)?,
+                pem: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -1312,8 +1318,26 @@ pub struct EngineConfig {
     pub suspended: Vec<String>,
     /// Bindings behind a load balancer, with its trusted addresses.
     pub proxied: HashMap<std::net::SocketAddr, Vec<ipnet::IpNet>>,
-    /// (domain, selector, PEM private key).
-    pub dkim_keys: Vec<(String, String, String)>,
+    pub dkim_keys: Vec<DkimKeyRow>,
+}
+
+/// A stored DKIM key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DkimKeyRow {
+    pub domain: String,
+    pub selector: String,
+    /// The RSA private key, PEM.
+    pub pem: String,
+}
+
+impl std::fmt::Debug for DkimKeyRow {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimKeyRow")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How trusted proxies are stored: `10.0.0.5/32,10.0.1.0/24`.
