@@ -509,6 +509,9 @@ struct LoadedConfig {
     bans: Vec<crate::abuse::bans::Ban>,
     /// The TLS files did not load (reported once the snapshot is in force).
     tls_refused: Option<TlsRefused>,
+    /// DKIM keys that cannot sign, with why (`dkim add` checks them, so
+    /// only a database edited by other means has one).
+    dkim_refused: Vec<String>,
 }
 
 impl LoadedConfig {
@@ -522,6 +525,12 @@ impl LoadedConfig {
     ) -> Vec<Binding> {
         if let Some(refused) = self.tls_refused {
             shared.events.emit(refused.event());
+        }
+        for message in self.dkim_refused {
+            shared.events.emit(Event::Error {
+                session: None,
+                message,
+            });
         }
         shared.abuse.set_quotas(self.quotas);
         shared.abuse.replace_bans(self.bans);
@@ -556,6 +565,7 @@ fn load_snapshot(
     // wrong must not keep a removed user or a new deny entry out of force.
     // The previous certificate stays (at start: no TLS) and it is reported.
     let mut tls_refused = None;
+    let mut dkim_refused = Vec::new();
     let tls = match previous {
         Some(p) if !reload_tls && !tls_changed(p) => p.tls.clone(),
         _ => match build_tls(db, &config.settings) {
@@ -578,13 +588,14 @@ fn load_snapshot(
             tls,
             suspended: Arc::new(config.suspended.into_iter().collect()),
             proxied: Arc::new(config.proxied),
-            dkim: Arc::new(dkim_signers(previous, config.dkim_keys)),
+            dkim: Arc::new(dkim_signers(previous, config.dkim_keys, &mut dkim_refused)),
         },
         LoadedConfig {
             bindings: config.bindings,
             quotas: config.quotas,
             bans: config.bans,
             tls_refused,
+            dkim_refused,
         },
     ))
 }
@@ -595,6 +606,7 @@ fn load_snapshot(
 fn dkim_signers(
     previous: Option<&Snapshot>,
     keys: Vec<crate::store::DkimKeyRow>,
+    refused: &mut Vec<String>,
 ) -> HashMap<String, crate::dkim::DkimSigner> {
     let mut signers = HashMap::new();
     for crate::store::DkimKeyRow {
@@ -615,7 +627,12 @@ fn dkim_signers(
                     pem_digest: crate::dkim::digest(&pem),
                     key: Arc::new(key),
                 },
-                Err(_) => continue,
+                Err(e) => {
+                    refused.push(format!(
+                        "DKIM key for {domain} cannot sign, its mail goes unsigned: {e} (relaygate dkim add {domain} ... replaces it)"
+                    ));
+                    continue;
+                }
             },
         };
         signers.insert(domain, signer);

@@ -240,3 +240,21 @@ fn what_users_send_is_signed_and_verifies() {
     cli(&db, &["dkim", "remove", "example.com"]);
     assert!(cli(&db, &["dkim", "show"]).contains("no DKIM keys"));
 }
+
+#[test]
+fn a_stored_key_that_cannot_sign_is_said_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    // Written past `dkim add`, which refuses such a key.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "INSERT INTO dkim_keys (domain, selector, private_key) VALUES ('bad.test', 's1', 'not a key')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let mut server = Server::start(&db);
+    let line = server.wait_for("DKIM key for bad.test cannot sign", WAIT);
+    assert!(line.contains("its mail goes unsigned"), "{line}");
+    assert!(cli(&db, &["dkim", "show"]).contains("bad.test  selector s1  UNUSABLE KEY"));
+}
