@@ -54,6 +54,16 @@ fn verify(dir: &Path, message: &[u8], record: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
+/// The message the sink got that holds `text`.
+fn message_with<'a>(
+    got: &'a [common::sink::SinkMessage],
+    text: &str,
+) -> &'a common::sink::SinkMessage {
+    got.iter()
+        .find(|m| m.body_str().contains(text))
+        .unwrap_or_else(|| panic!("no message with {text:?}"))
+}
+
 /// The TXT record from `dkim show`'s zone line, its strings joined.
 fn record(show: &str) -> String {
     let line = show
@@ -87,17 +97,7 @@ fn what_users_send_is_signed_and_verifies() {
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
     common::smarthost(&db, sink.addr());
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::route(&db, "example.com", sink.addr());
     let added = cli(
         &db,
         &[
@@ -134,19 +134,13 @@ fn what_users_send_is_signed_and_verifies() {
     let borrowed = "From: Alice <alice@example.com>\r\nSubject: borrowed\r\n\r\nx\r\n";
     send_queued(addr, "carol@other.test", &["dave@example.com"], borrowed);
     let got = sink.wait_for(4, WAIT);
-    let unsigned = got
-        .iter()
-        .find(|m| m.body_str().contains("borrowed"))
-        .expect("the message with a borrowed From:");
+    let unsigned = message_with(&got, "borrowed");
     assert!(
         !unsigned.body_str().contains("DKIM-Signature"),
         "{}",
         unsigned.body_str()
     );
-    let header_only = got
-        .iter()
-        .find(|m| m.body_str().contains("header only"))
-        .expect("the header-only message");
+    let header_only = message_with(&got, "header only");
     assert!(
         header_only.body_str().contains("d=example.com; s=s1;"),
         "{}",
@@ -154,10 +148,7 @@ fn what_users_send_is_signed_and_verifies() {
     );
     let verdict = verify(dir.path(), &header_only.body, &txt);
     assert!(verdict.starts_with("verified"), "{verdict}");
-    let signed = got
-        .iter()
-        .find(|m| m.body_str().contains("quarterly"))
-        .expect("the signed message");
+    let signed = message_with(&got, "quarterly");
     assert!(
         signed.body_str().starts_with(
             "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s1;"
@@ -170,10 +161,7 @@ fn what_users_send_is_signed_and_verifies() {
     let at = tampered.len() - 10;
     tampered[at] = b'X';
     assert!(verify(dir.path(), &tampered, &txt).starts_with("failed"));
-    let unsigned = got
-        .iter()
-        .find(|m| m.body_str().contains("not ours"))
-        .expect("the other message");
+    let unsigned = message_with(&got, "not ours");
     assert!(!unsigned.body_str().contains("DKIM-Signature"));
 
     // A client the allow list does not allow, with a forged From: in our
@@ -184,10 +172,7 @@ fn what_users_send_is_signed_and_verifies() {
     let forged = "From: Alice <alice@example.com>\r\nSubject: forged\r\n\r\npay now\r\n";
     send_queued(addr, "someone@far.test", &["dave@example.com"], forged);
     let got = sink.wait_for(5, WAIT);
-    let forged = got
-        .iter()
-        .find(|m| m.body_str().contains("pay now"))
-        .expect("the forged message");
+    let forged = message_with(&got, "pay now");
     assert!(
         !forged.body_str().contains("DKIM-Signature"),
         "{}",

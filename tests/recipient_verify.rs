@@ -17,17 +17,7 @@ fn engine_with_route(dir: &Path, sink: &Sink, settings: &[(&str, &str)]) -> (Ser
     let mut all = vec![("verify-recipients", "on")];
     all.extend_from_slice(settings);
     let db = test_db(dir, &all);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::route(&db, "example.com", sink.addr());
     let mut server = Server::start(&db);
     let addr = server.addr();
     (server, addr)
@@ -269,17 +259,7 @@ fn check_asks_the_route_as_the_engine_would() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
-    cli(
-        &db,
-        &[
-            "route",
-            "add",
-            "example.com",
-            &sink.addr().to_string(),
-            "--tls",
-            "none",
-        ],
-    );
+    common::route(&db, "example.com", sink.addr());
     let ask = |extra: &[&str]| {
         let mut args = vec![
             "check",

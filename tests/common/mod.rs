@@ -67,9 +67,14 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// Runs a CLI command against `db`, panicking unless it exits 0.
 /// Routes all mail (`*`) to `addr`, without TLS: a test's smarthost.
 pub fn smarthost(db: &Path, addr: SocketAddr) {
+    route(db, "*", addr);
+}
+
+/// Routes a domain pattern's mail to `addr`, without TLS.
+pub fn route(db: &Path, domain: &str, addr: SocketAddr) {
     cli(
         db,
-        &["route", "add", "*", &addr.to_string(), "--tls", "none"],
+        &["route", "add", domain, &addr.to_string(), "--tls", "none"],
     );
 }
 
