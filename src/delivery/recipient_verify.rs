@@ -60,6 +60,9 @@ pub struct VerifyConfig {
     pub unknown_ttl: Duration,
     /// Take a recipient whose server cannot be asked (else 450 4.4.1).
     pub accept_unreachable: bool,
+    /// Questions at once to one route without a `--concurrency` of its
+    /// own (`destination-concurrency`, as for deliveries).
+    pub per_hop: usize,
 }
 
 impl VerifyConfig {
@@ -72,6 +75,7 @@ impl VerifyConfig {
             known_ttl: Duration::from_secs(settings.verify_known_ttl_secs),
             unknown_ttl: Duration::from_secs(settings.verify_unknown_ttl_secs),
             accept_unreachable: settings.verify_accept_unreachable,
+            per_hop: settings.destination_concurrency,
         }
     }
 }
@@ -85,6 +89,10 @@ pub struct RecipientVerifier {
     /// the same answer.
     asking: Mutex<HashMap<String, Arc<OnceCell<Found>>>>,
     probes: Semaphore,
+    /// Per route: its `--concurrency`, or `per_hop`; an internal server
+    /// that limits connections is not sent more by questions than by
+    /// deliveries. Rebuilt when the limit changes.
+    per_route: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     /// Counts [`forget_all`](Self::forget_all) calls: an answer to a
     /// question asked before the last one is not remembered.
     generation: std::sync::atomic::AtomicU64,
@@ -118,6 +126,7 @@ impl RecipientVerifier {
             remembered: AnswerMemory::new(MAX_REMEMBERED),
             asking: Mutex::new(HashMap::new()),
             probes: Semaphore::new(PROBES),
+            per_route: Mutex::new(HashMap::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             down: AnswerMemory::new(1024),
         }
@@ -220,7 +229,20 @@ impl RecipientVerifier {
     /// One question to the route's hosts, in order, until one answers.
     async fn ask(&self, config: &VerifyConfig, route: &Route, recipient: &str) -> Found {
         let work = async {
-            let Ok(_permit) = self.probes.acquire().await else {
+            let limit = route.concurrency.unwrap_or(config.per_hop).max(1);
+            let route_permits = {
+                let mut per_route = lock(&self.per_route);
+                let entry = per_route
+                    .entry(hop_name(route))
+                    .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+                if entry.0 != limit {
+                    *entry = (limit, Arc::new(Semaphore::new(limit)));
+                }
+                Arc::clone(&entry.1)
+            };
+            let (Ok(_route_permit), Ok(_permit)) =
+                (route_permits.acquire().await, self.probes.acquire().await)
+            else {
                 return Found::Unreachable("relaygate is stopping".into());
             };
             let targets = match Target::of_route(route).await {
@@ -385,6 +407,7 @@ mod tests {
             known_ttl: Duration::from_secs(known),
             unknown_ttl: Duration::from_secs(unknown),
             accept_unreachable: false,
+            per_hop: 20,
         }
     }
 
@@ -409,15 +432,22 @@ mod tests {
         greeting: &'static [u8],
         delay: Duration,
         rcpt: fn(&str) -> &'static [u8],
-    ) -> (Route, Arc<std::sync::atomic::AtomicUsize>) {
+    ) -> (
+        Route,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let rcpts = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&rcpts);
+        let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let counted = Arc::clone(&counted);
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
@@ -449,15 +479,44 @@ mod tests {
             rate: None,
             concurrency: None,
         };
-        (route, rcpts)
+        (route, rcpts, connections)
     }
 
     /// Takes 300 ms to answer RCPT, and knows everyone.
     async fn slow_server() -> (Route, Arc<std::sync::atomic::AtomicUsize>) {
-        scripted_server(b"220 slow.test\r\n", Duration::from_millis(300), |_| {
-            b"250 2.1.5 Ok\r\n"
-        })
-        .await
+        let (route, rcpts, _) =
+            scripted_server(b"220 slow.test\r\n", Duration::from_millis(300), |_| {
+                b"250 2.1.5 Ok\r\n"
+            })
+            .await;
+        (route, rcpts)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_gets_no_more_questions_at_once_than_its_concurrency() {
+        use std::sync::atomic::Ordering;
+        let (mut route, rcpts, connections) =
+            scripted_server(b"220 slow.test\r\n", Duration::from_millis(100), |_| {
+                b"250 2.1.5 Ok\r\n"
+            })
+            .await;
+        route.concurrency = Some(1);
+        let c = Arc::new(config(0, 0));
+        let v = Arc::new(RecipientVerifier::new(Arc::default()));
+        let mut asks = tokio::task::JoinSet::new();
+        for i in 0..4 {
+            let (v, c, route) = (Arc::clone(&v), Arc::clone(&c), route.clone());
+            asks.spawn(async move { v.verify(&c, &route, &format!("u{i}@example.test")).await });
+        }
+        while let Some(answer) = asks.join_next().await {
+            assert!(
+                matches!(answer, Ok(Ok(Verification::Known { .. }))),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(rcpts.load(Ordering::SeqCst), 4);
+        // One at a time: each question reuses the one connection.
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -465,7 +524,7 @@ mod tests {
         let c = config(0, 0);
         let v = RecipientVerifier::new(Arc::default());
         // Two greetings: every reply after would answer the command before.
-        let (route, _) =
+        let (route, _, _) =
             scripted_server(b"220 one.test\r\n220 two.test\r\n", Duration::ZERO, |_| {
                 b"550 5.1.1 no such user\r\n"
             })
@@ -477,7 +536,7 @@ mod tests {
         );
         // Two replies to one RCPT: the first is judged, and the
         // connection, with a reply nobody asked for, is not used again.
-        let (route, rcpts) = scripted_server(b"220 two.test\r\n", Duration::ZERO, |_| {
+        let (route, rcpts, _) = scripted_server(b"220 two.test\r\n", Duration::ZERO, |_| {
             b"550 5.1.1 no such user\r\n250 2.1.5 bonus\r\n"
         })
         .await;
