@@ -28,6 +28,9 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 const MAX_REMEMBERED: usize = 100_000;
 /// A problem with a zone is reported at most this often.
 const REPORT_EVERY: Duration = Duration::from_secs(600);
+/// Where a problem with the resolver itself is kept (not a zone name:
+/// zones have a dot).
+const RESOLVER: &str = "(resolver)";
 /// Zones at most.
 pub const MAX_ZONES: usize = 8;
 
@@ -137,7 +140,7 @@ impl DnsblChecker {
             Err(e) => {
                 return Lookup {
                     listing: None,
-                    problems: self.to_report(vec![("resolver".into(), e)]),
+                    problems: self.to_report(vec![(RESOLVER.into(), e)]),
                 };
             }
         };
@@ -255,7 +258,15 @@ impl DnsblChecker {
                 }
                 due
             })
-            .map(|(zone, e)| format!("DNS blocklist {zone}: {e}; its clients are not refused"))
+            .map(|(zone, e)| {
+                if zone == RESOLVER {
+                    format!(
+                        "DNS blocklists: the resolver (dns-servers) cannot be used: {e}; no client is refused"
+                    )
+                } else {
+                    format!("DNS blocklist {zone}: {e}; no client is refused for it")
+                }
+            })
             .collect()
     }
 }
