@@ -254,14 +254,8 @@ async fn session(
     accepted: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
-    let stream = TcpStream::connect(target).await?;
-    stream.set_nodelay(true)?;
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
     let mut line = String::new();
-    read_reply(&mut r, &mut line).await?;
-    w.write_all(b"EHLO loadgen.test\r\n").await?;
-    read_reply(&mut r, &mut line).await?;
+    let (mut r, mut w) = greeted(target, &mut line).await?;
     let envelope = b"MAIL FROM:<load@example.com>\r\nRCPT TO:<sink@far.test>\r\nDATA\r\n";
     while share.next().await {
         w.write_all(envelope).await?;
@@ -289,8 +283,14 @@ async fn session(
     Ok(())
 }
 
-/// One session the relay must refuse; Ok(true) if it did.
-async fn denied_session(target: SocketAddr, line: &mut String) -> std::io::Result<bool> {
+/// A new connection, its greeting read and EHLO answered.
+async fn greeted(
+    target: SocketAddr,
+    line: &mut String,
+) -> std::io::Result<(
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+)> {
     let stream = TcpStream::connect(target).await?;
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
@@ -298,6 +298,12 @@ async fn denied_session(target: SocketAddr, line: &mut String) -> std::io::Resul
     read_reply(&mut r, line).await?;
     w.write_all(b"EHLO loadgen.test\r\n").await?;
     read_reply(&mut r, line).await?;
+    Ok((r, w))
+}
+
+/// One session the relay must refuse; Ok(true) if it did.
+async fn denied_session(target: SocketAddr, line: &mut String) -> std::io::Result<bool> {
+    let (mut r, mut w) = greeted(target, line).await?;
     w.write_all(b"MAIL FROM:<load@example.com>\r\n").await?;
     read_reply(&mut r, line).await?;
     w.write_all(b"RCPT TO:<sink@far.test>\r\n").await?;
@@ -324,14 +330,8 @@ async fn recipient_session(
     n: u64,
     classes: &Classes,
 ) -> std::io::Result<bool> {
-    let stream = TcpStream::connect(target).await?;
-    stream.set_nodelay(true)?;
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
     let mut line = String::new();
-    read_reply(&mut r, &mut line).await?;
-    w.write_all(b"EHLO loadgen.test\r\n").await?;
-    read_reply(&mut r, &mut line).await?;
+    let (mut r, mut w) = greeted(target, &mut line).await?;
     let mut in_transaction = 0;
     loop {
         if in_transaction == 0 {

@@ -382,6 +382,8 @@ async fn run(
     let mut unanswered: Option<Vec<u8>> = None;
     // The client's DNS blocklist answer, once looked up.
     let mut blocklisted: Option<Option<crate::abuse::dnsbl::Listing>> = None;
+    // Recipient verification's settings, once it is first needed.
+    let mut verify_config: Option<crate::delivery::recipient_verify::VerifyConfig> = None;
     loop {
         // Handle every complete line (or DATA bytes) already read.
         'handle: while !session.is_closed() {
@@ -538,7 +540,13 @@ async fn run(
                         }
                         if checks.verify && rd.decision.is_allowed() {
                             board.stage("verifying a recipient");
-                            rd = verify_recipient(ctx, settings, rd).await;
+                            // Built once a session: it reads the CA file.
+                            let config = verify_config.get_or_insert_with(|| {
+                                crate::delivery::recipient_verify::VerifyConfig::from_settings(
+                                    settings,
+                                )
+                            });
+                            rd = verify_recipient(ctx, config, rd).await;
                         }
                         let more = session.recipient_network_checked(rd);
                         if !more.iter().any(|a| matches!(a, Action::ReserveQuota(_)))
@@ -820,15 +828,14 @@ impl Drop for QuotaHold<'_> {
 /// recipient (`verify-recipients`).
 async fn verify_recipient(
     ctx: &ConnectionContext,
-    settings: &ServerSettings,
+    config: &crate::delivery::recipient_verify::VerifyConfig,
     mut rd: RecipientDecision,
 ) -> RecipientDecision {
-    let config = crate::delivery::recipient_verify::VerifyConfig::from_settings(settings);
     let snapshot = ctx.shared.snapshot();
     if let Some(finding) = ctx
         .shared
         .verifier
-        .verify_local(&config, &snapshot.routes, &rd.recipient)
+        .verify_local(config, &snapshot.routes, &rd.recipient)
         .await
     {
         rd.decision = rd.decision.verified(finding);
