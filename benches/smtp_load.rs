@@ -6,6 +6,13 @@
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --messages 8000 --concurrency 20 --rate 400
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --denied 20000 --concurrency 10
 //!     cargo bench --bench smtp_load -- --target 127.0.0.1:2525 --recipients 50000 --local-part perm --concurrency 20
+//!     cargo bench --bench smtp_load -- --refuser 2618
+//!
+//! With `--refuser PORT`: the least a server can do for a refused session,
+//! as a yardstick for the kernel's and the runtime's share of one (tokio,
+//! one write per reply, as relaygate): a greeting, EHLO answered, MAIL
+//! 250, every RCPT 554, QUIT 221 and close, no policy, no log. Runs until
+//! killed.
 //!
 //! With `--recipients N`: N RCPTs of addresses never seen before
 //! (`PREFIX-<n>@example.com`, from `someone@far.test`), one at a time per
@@ -49,6 +56,8 @@ struct Args {
     pid: Option<u32>,
     /// Run as a sink on this port until `messages` have arrived.
     sink: Option<u16>,
+    /// Run as a server that refuses every recipient, on this port.
+    refuser: Option<u16>,
     /// Messages started per second (paced), instead of as fast as possible.
     rate: Option<f64>,
     /// Sessions to be refused at RCPT, new connection each.
@@ -68,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         hold: 0,
         pid: None,
         sink: None,
+        refuser: None,
         denied: None,
         rate: None,
         recipients: None,
@@ -126,6 +136,13 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.rate = Some(rate)
             }
+            "--refuser" => {
+                args.refuser = Some(
+                    value("--refuser")?
+                        .parse()
+                        .map_err(|e| format!("--refuser: {e}"))?,
+                )
+            }
             "--denied" => {
                 args.denied = Some(
                     value("--denied")?
@@ -170,6 +187,9 @@ fn main() {
         }
     };
     let code = rt.block_on(async {
+        if let Some(port) = args.refuser {
+            return refuser(port).await;
+        }
         match (args.sink, args.idle, args.denied, args.recipients) {
             (Some(port), _, _, _) => sink(port, args.messages).await,
             (None, Some(n), _, _) => idle(&args, n).await,
@@ -610,6 +630,42 @@ async fn sink_session(
             out.clear();
         }
     }
+}
+
+/// [`Args::refuser`]: refuses every recipient, one write per reply.
+async fn refuser(port: u16) -> i32 {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("smtp_load: refuser on port {port}: {e}");
+            return 2;
+        }
+    };
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            w.write_all(b"220 refuser ESMTP\r\n").await?;
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await? == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                let reply: &[u8] = match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                    "EHLO" => b"250-refuser\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                    "RCPT" => b"554 5.7.1 Relay access denied\r\n",
+                    "QUIT" => {
+                        w.write_all(b"221 2.0.0 Bye\r\n").await?;
+                        return Ok(());
+                    }
+                    _ => b"250 2.0.0 Ok\r\n",
+                };
+                w.write_all(reply).await?;
+            }
+        });
+    }
+    1
 }
 
 /// Opens `n` sessions (greeting + EHLO each), holds them, and reports the

@@ -9,6 +9,15 @@
 //! Under load (many SMTP transactions under way) it first waits a moment
 //! for more to join, as PostgreSQL's `commit_delay` does: fewer, fuller
 //! commits for the same messages.
+//!
+//! A commit that holds nothing but delivery outcomes is not fsynced
+//! (`synchronous = NORMAL` for that transaction): the next synced commit
+//! takes it to the disk with its own. A crash of the process loses none
+//! of it (the WAL is written before the commit returns); a power cut may
+//! lose the last outcomes, and a message delivered just before it is then
+//! delivered again, as with Postfix, which does not sync the removal of a
+//! delivered queue file either. What a client or an administrator is told
+//! is stored (a message, a hold, a deletion) is always synced first.
 
 use crate::smtp::dsn_params::{MessageDsn, Notify, OriginalRecipient, RecipientDsn, Ret};
 use std::path::{Path, PathBuf};
@@ -181,6 +190,23 @@ pub enum SpoolOp {
     },
     /// Several operations in one transaction: all of them or none.
     All(Vec<SpoolOp>),
+}
+
+impl SpoolOp {
+    /// Whether its commit must reach the disk before anyone is answered:
+    /// all but a delivery's outcome (see the module's doc). An outcome's
+    /// bounce is no exception: lost with the failure it reports, the
+    /// recipient is queued again and fails again.
+    fn must_sync(&self) -> bool {
+        match self {
+            SpoolOp::Attempt { .. } => false,
+            SpoolOp::All(ops) => ops.iter().any(SpoolOp::must_sync),
+            SpoolOp::Insert(_)
+            | SpoolOp::Hold { .. }
+            | SpoolOp::RetryNow { .. }
+            | SpoolOp::Delete { .. } => true,
+        }
+    }
 }
 
 struct Job {
@@ -472,6 +498,8 @@ fn busy(open_transactions: usize, last: Option<LastCommit>) -> bool {
 /// and commit them all in one transaction (each op in its own savepoint,
 /// so one failing op does not fail the others).
 fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &AtomicUsize) {
+    // The connection opens with `synchronous = FULL`.
+    let mut synced = true;
     // When the last commit ended, and how many messages it stored.
     let mut last_commit: Option<(Instant, usize)> = None;
     while let Ok(first) = jobs.recv() {
@@ -497,7 +525,7 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
             .iter()
             .filter(|j| matches!(j.op, SpoolOp::Insert(_)))
             .count();
-        let result = commit(&mut conn, &batch);
+        let result = commit(&mut conn, &batch, &mut synced);
         last_commit = Some((Instant::now(), messages));
         match result {
             Ok(results) => {
@@ -521,10 +549,19 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Commits a batch, fsynced unless it holds only delivery outcomes;
+/// `synced` is the connection's `synchronous` setting (FULL: true), set
+/// again only when it changes.
 fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Job],
+    synced: &mut bool,
 ) -> rusqlite::Result<Vec<Result<usize, WriteFailure>>> {
+    let sync = batch.iter().any(|j| j.op.must_sync());
+    if sync != *synced {
+        conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
+        *synced = sync;
+    }
     // Usually every job succeeds: all in one transaction, no savepoints
     // (two more statements each). If one fails, the batch is rolled back
     // and done again job by job, so one bad job never takes the others
@@ -1056,6 +1093,67 @@ mod tests {
         assert!(!busy(200, long_ago(BUSY)), "jobs come slower than commits");
         assert!(!busy(200, long_ago(Duration::from_secs(5))));
         assert!(GATHER < BUSY);
+    }
+
+    /// What a client or an administrator is told is stored is synced;
+    /// a batch of nothing but delivery outcomes is not, and the next
+    /// batch with a message in it is again.
+    #[test]
+    fn only_outcomes_are_committed_without_an_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_connection(&path).unwrap();
+        let spool = Spool::open(&dir.path().join("other.db")).unwrap();
+        let job = |op| {
+            let (done, _) = oneshot::channel();
+            Job { op, done }
+        };
+        let outcome = || SpoolOp::Attempt {
+            message_id: "m".into(),
+            updates: vec![("r@far.test".into(), RecipientUpdate::Delivered)],
+            bounce: None,
+            delay: DelayNotice::None,
+        };
+        let synchronous = |conn: &rusqlite::Connection| -> i64 {
+            conn.pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        let (full, normal) = (2, 1);
+        let mut synced = true;
+        assert_eq!(synchronous(&conn), full);
+        commit(&mut conn, &[job(outcome()), job(outcome())], &mut synced).unwrap();
+        assert_eq!((synchronous(&conn), synced), (normal, false));
+        commit(
+            &mut conn,
+            &[job(outcome()), job(SpoolOp::Insert(message(&spool, 1)))],
+            &mut synced,
+        )
+        .unwrap();
+        assert_eq!((synchronous(&conn), synced), (full, true));
+        commit(
+            &mut conn,
+            &[job(SpoolOp::All(vec![outcome()]))],
+            &mut synced,
+        )
+        .unwrap();
+        assert_eq!(synchronous(&conn), normal);
+        for op in [
+            SpoolOp::Hold {
+                message_id: "m".into(),
+                held: true,
+            },
+            SpoolOp::RetryNow { message_id: None },
+            SpoolOp::Delete {
+                message_id: "m".into(),
+                bounce: None,
+            },
+            SpoolOp::All(vec![outcome(), SpoolOp::RetryNow { message_id: None }]),
+        ] {
+            commit(&mut conn, &[job(outcome())], &mut synced).unwrap();
+            assert_eq!(synchronous(&conn), normal);
+            commit(&mut conn, &[job(op)], &mut synced).unwrap();
+            assert_eq!(synchronous(&conn), full);
+        }
     }
 
     #[test]
