@@ -17,7 +17,8 @@ use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
 use crate::smtp::dsn_params::{Notify, RecipientDsn};
 use crate::spool::{
-    DelayNotice, NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolRecipient, StoredMessage,
+    DelayNotice, NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolReaderThread,
+    SpoolRecipient, StoredMessage,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,12 +37,8 @@ fn now_secs() -> i64 {
 /// What the delivery tasks share.
 struct Delivery {
     shared: Arc<Shared>,
-    reader: Mutex<SpoolReader>,
-    /// One read of the spool at a time goes to a blocking thread: the
-    /// reader is one connection behind a lock, so the others would only
-    /// wait there, each holding a thread of its own (hundreds, while a
-    /// backlog drains, and their memory kept afterwards).
-    reading: Semaphore,
+    /// Reads of the spool, one at a time on the reader's own thread.
+    reader: SpoolReaderThread,
     pool: Arc<ConnectionPool>,
     global: Mutex<Arc<Semaphore>>,
     /// The global semaphore's size now (`delivery-concurrency`, live).
@@ -165,30 +162,30 @@ pub async fn run(
     mut fresh: mpsc::Receiver<NewWork>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let reader = match tokio::task::spawn_blocking(move || SpoolReader::open(&spool_path)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            shared.events.emit(Event::Error {
-                session: None,
-                message: format!("delivery disabled: cannot read the spool: {e}"),
-            });
-            return;
-        }
-        Err(e) => {
-            shared.events.emit(Event::Error {
-                session: None,
-                message: format!("delivery disabled: {e}"),
-            });
-            return;
-        }
-    };
+    let reader =
+        match tokio::task::spawn_blocking(move || SpoolReaderThread::open(&spool_path)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                shared.events.emit(Event::Error {
+                    session: None,
+                    message: format!("delivery disabled: {e}"),
+                });
+                return;
+            }
+            Err(e) => {
+                shared.events.emit(Event::Error {
+                    session: None,
+                    message: format!("delivery disabled: {e}"),
+                });
+                return;
+            }
+        };
     let settings = Arc::clone(&shared.snapshot().settings);
     let in_flight_for = |concurrency: usize| concurrency.saturating_mul(4).max(16);
     let mut max_in_flight = in_flight_for(settings.delivery_concurrency);
     let d = Arc::new(Delivery {
         shared: Arc::clone(&shared),
-        reader: Mutex::new(reader),
-        reading: Semaphore::new(1),
+        reader,
         pool: Arc::clone(&shared.next_hops),
         global: Mutex::new(Arc::new(Semaphore::new(settings.delivery_concurrency))),
         global_size: std::sync::atomic::AtomicUsize::new(settings.delivery_concurrency),
@@ -256,30 +253,17 @@ pub async fn run(
             backlog = true;
             continue;
         }
-        let d2 = Arc::clone(&d);
         // In-flight recipients are still queued: ask for enough to skip them.
         let limit = want + in_flight(&d) * 8;
-        let Ok(_turn) = d.reading.acquire().await else {
-            return;
-        };
-        let due = tokio::task::spawn_blocking(move || {
-            d2.reader
-                .lock()
-                .map_err(|_| "spool reader lock poisoned".to_string())?
-                .due(now_secs(), limit)
-                .map_err(|e| e.to_string())
-        })
-        .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => {
+        let due = match d.reader.read(move |r| r.due(now_secs(), limit)).await {
+            Ok(due) => due,
+            Err(e) => {
                 shared.events.emit(Event::Error {
                     session: None,
                     message: format!("reading the queue: {e}"),
                 });
                 continue;
             }
-            Err(_) => continue,
         };
         let full = due.len() >= limit;
         let mut by_message: HashMap<String, Tried> = HashMap::new();
@@ -410,27 +394,14 @@ fn start(
     true
 }
 
-/// Runs `read` on the spool reader off the runtime's threads.
+/// Runs `read` about message `id` on the spool reader's thread.
 async fn read_spool<T: Send + 'static>(
     d: &Arc<Delivery>,
     id: &str,
     read: impl FnOnce(&SpoolReader, &str) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, String> {
-    let _turn = d
-        .reading
-        .acquire()
-        .await
-        .map_err(|_| "the spool reader is closed".to_string())?;
-    let (d, id) = (Arc::clone(d), id.to_string());
-    tokio::task::spawn_blocking(move || {
-        let reader = d
-            .reader
-            .lock()
-            .map_err(|_| "spool reader lock poisoned".to_string())?;
-        read(&reader, &id).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()))
+    let id = id.to_string();
+    d.reader.read(move |r| read(r, &id)).await
 }
 
 /// A message's id alone, for recording outcomes that need nothing else
@@ -451,6 +422,33 @@ fn stub_message(id: &str) -> StoredMessage {
             spilled: None,
             smtputf8: false,
         },
+    }
+}
+
+/// A spooled message's first read for delivery.
+enum BodyRead {
+    /// Delivered or deleted meanwhile.
+    Gone,
+    /// Read, with the memory it takes while it is delivered.
+    Whole(
+        Option<Arc<StoredMessage>>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    /// Its size: the memory for it is not free yet.
+    WaitFor(u64),
+}
+
+impl BodyRead {
+    /// Reads message `id`'s size and, if `budget` has the memory for it
+    /// free at once, the message with it.
+    fn first(r: &SpoolReader, id: &str, budget: Arc<Semaphore>) -> rusqlite::Result<BodyRead> {
+        let Some(size) = r.message_size(id)? else {
+            return Ok(BodyRead::Gone);
+        };
+        Ok(match budget.try_acquire_many_owned(body_permits(size)) {
+            Ok(permit) => BodyRead::Whole(r.message(id)?.map(Arc::new), permit),
+            Err(_) => BodyRead::WaitFor(size),
+        })
     }
 }
 
@@ -504,13 +502,25 @@ async fn deliver_message(
     let mut held_budget = None;
     let message = match handed {
         Some(m) => Ok(Some(m)),
-        None => match read_spool(d, id, |r, id| r.message_size(id)).await {
-            Ok(Some(size)) => {
+        // Its size, and the message too in the same read when the memory
+        // for it is free at once (a drain's usual case: one read).
+        None => match read_spool(d, id, {
+            let budget = Arc::clone(&d.body_budget);
+            move |r, id| BodyRead::first(r, id, budget)
+        })
+        .await
+        {
+            Ok(BodyRead::Gone) => Ok(None),
+            Ok(BodyRead::Whole(message, permit)) => {
+                held_budget = Some(permit);
+                Ok(message)
+            }
+            Ok(BodyRead::WaitFor(size)) => {
                 let budget = Arc::clone(&d.body_budget);
                 held_budget = budget.acquire_many_owned(body_permits(size)).await.ok();
                 read_spool(d, id, |r, id| r.message(id).map(|m| m.map(Arc::new))).await
             }
-            other => other.map(|_| None),
+            Err(e) => Err(e),
         },
     };
     let message = match message {
@@ -1349,5 +1359,62 @@ mod body_budget_tests {
         assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_err());
         held.clear();
         assert!(Arc::clone(&budget).try_acquire_many_owned(big).is_ok());
+    }
+
+    /// A message's first read for delivery takes the message with its
+    /// memory when that is free, only its size when not (the delivery then
+    /// waits and reads again), and nothing of a message no longer there.
+    #[test]
+    fn the_first_read_takes_the_message_only_with_its_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = crate::spool::Spool::open(&path).unwrap();
+        let id = spool.next_id();
+        let body = vec![b'x'; 300 * 1024];
+        spool
+            .apply_blocking(SpoolOp::Insert(NewMessage {
+                dsn: Default::default(),
+                id: id.clone(),
+                sender: "a@example.com".into(),
+                recipients: vec![SpoolRecipient {
+                    address: "b@far.test".into(),
+                    class: "outbound".into(),
+                    reason: "test".into(),
+                    dsn: Default::default(),
+                }],
+                login: None,
+                peer: "127.0.0.1".into(),
+                helo: "client".into(),
+                body: body.clone(),
+                spilled: None,
+                smtputf8: false,
+            }))
+            .unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        let budget = Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize));
+        let needs = body_permits(body.len() as u64) as usize;
+        // Free: the message, and its share of the budget held.
+        match BodyRead::first(&reader, &id, Arc::clone(&budget)).unwrap() {
+            BodyRead::Whole(Some(m), permit) => {
+                assert_eq!(m.message.body, body);
+                assert_eq!(permit.num_permits(), needs);
+                assert_eq!(budget.available_permits(), BODY_BUDGET_KIB as usize - needs);
+            }
+            _ => panic!("the message was not read with its memory"),
+        }
+        assert_eq!(budget.available_permits(), BODY_BUDGET_KIB as usize);
+        // All but a little of the budget taken: only its size.
+        let _taken = Arc::clone(&budget)
+            .try_acquire_many_owned(BODY_BUDGET_KIB - 100)
+            .unwrap();
+        match BodyRead::first(&reader, &id, Arc::clone(&budget)).unwrap() {
+            BodyRead::WaitFor(size) => assert_eq!(size, body.len() as u64),
+            _ => panic!("read without the memory for it"),
+        }
+        assert_eq!(budget.available_permits(), 100);
+        assert!(matches!(
+            BodyRead::first(&reader, "no-such-id", budget).unwrap(),
+            BodyRead::Gone
+        ));
     }
 }
