@@ -275,23 +275,9 @@ const DUE: &str = "SELECT r.message_id, r.address, r.attempts, m.delay_warned FR
      JOIN messages m ON m.id = r.message_id
      WHERE r.state = 'queued' AND r.next_attempt <= ?1 AND m.held = 0
      ORDER BY r.next_attempt, r.rowid LIMIT ?2";
-/// Whether a message's sender was warned of its delay, from the index
-/// (the planner would take the row by the id's own index).
-const DELAY_WARNED: &str =
-    "SELECT delay_warned FROM messages INDEXED BY messages_flags WHERE id = ?1";
 /// Makes a message's queued recipients due now (same care).
 const RETRY_MESSAGE: &str =
     "UPDATE recipients SET next_attempt = 0 WHERE message_id = ?1 AND +state = 'queued'";
-
-/// What the scan for due work and a delivery's checks read of a message
-/// beside its recipients. `held` and `delay_warned` are stored after the
-/// body, so reading them from the row walks a large message's overflow
-/// pages (thousands of page reads for 25 MB, at every scan); this index
-/// has them at hand. Made after the column migrations (a spool from
-/// before `delay_warned` gains the column first); older binaries keep it
-/// up to date as SQLite does any index.
-const FLAGS_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS messages_flags ON messages (id, held, delay_warned)";
 
 /// Schema version of the spool file (`PRAGMA user_version`); 2 added
 /// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
@@ -406,7 +392,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
             "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
         )?;
     }
-    conn.execute_batch(FLAGS_INDEX)?;
     if version < SPOOL_VERSION {
         conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
     }
@@ -936,7 +921,7 @@ impl SpoolReader {
     pub fn delay_warned(&self, id: &str) -> rusqlite::Result<Option<bool>> {
         use rusqlite::OptionalExtension;
         self.conn
-            .prepare_cached(DELAY_WARNED)?
+            .prepare_cached("SELECT delay_warned FROM messages WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()
     }
@@ -1279,7 +1264,6 @@ mod tests {
     fn per_message_statements_do_not_walk_the_queue() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        conn.execute_batch(FLAGS_INDEX).unwrap();
         for sql in [
             QUEUED_LEFT,
             QUEUED_NOW,
@@ -1306,8 +1290,8 @@ mod tests {
             );
         }
         // And the scan for due work walks only what is due, in the index's
-        // order (no sort of everything due), and reads a message's flags
-        // from the index, never its row (a large body's overflow pages).
+        // order: no sort of everything due (after `queue retry all`, the
+        // whole queue) at every scan.
         let plan = |sql: &str| -> String {
             let sql = sql.replace("?1", "5").replace("?2", "10");
             conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -1321,14 +1305,9 @@ mod tests {
         let due = plan(DUE);
         assert!(
             due.contains("recipients_due (state=? AND next_attempt<?)")
-                && due.contains("COVERING INDEX messages_flags")
                 && !due.contains("TEMP B-TREE"),
             "{due}"
         );
-        for sql in [QUEUED_NOW, DELAY_WARNED] {
-            let p = plan(sql);
-            assert!(p.contains("COVERING INDEX messages_flags"), "{sql}: {p}");
-        }
     }
     use super::*;
 
