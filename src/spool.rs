@@ -862,7 +862,9 @@ impl SpoolReaderThread {
             .name("spool-reader".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    job(&reader);
+                    // A read that panics fails alone (its caller is told
+                    // the reader stopped); the thread goes on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&reader)));
                 }
             })
             .map_err(|e| format!("cannot start the spool reader's thread: {e}"))?;
@@ -1239,6 +1241,19 @@ mod tests {
         let failed = failed.unwrap_err();
         assert!(failed.contains("nowhere"), "{failed}");
         assert_eq!(reads.read(|r| r.message_size("none")).await, Ok(None));
+        let panicked = reads
+            .read(|_| -> rusqlite::Result<()> { panic!("a bug") })
+            .await;
+        assert_eq!(panicked, Err("the spool reader has stopped".to_string()));
+        let first = ids[0].clone();
+        assert_eq!(
+            reads
+                .read(move |r| r.message_size(&first))
+                .await
+                .map(|s| s.is_some()),
+            Ok(true),
+            "the reader goes on after a read that panicked"
+        );
         // A directory where the file should be.
         let missing = SpoolReaderThread::open(dir.path());
         assert!(missing.err().unwrap().contains("cannot read the spool"));
