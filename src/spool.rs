@@ -12,12 +12,14 @@
 //!
 //! A commit that holds nothing but delivery outcomes is not fsynced
 //! (`synchronous = NORMAL` for that transaction): the next synced commit
-//! takes it to the disk with its own. A crash of the process loses none
-//! of it (the WAL is written before the commit returns); a power cut may
-//! lose the last outcomes, and a message delivered just before it is then
-//! delivered again, as with Postfix, which does not sync the removal of a
-//! delivered queue file either. What a client or an administrator is told
-//! is stored (a message, a hold, a deletion) is always synced first.
+//! takes it to the disk with its own, within [`OUTCOMES_SYNCED_WITHIN`]
+//! at most (an idle writer syncs the WAL itself). A crash of the process
+//! loses none of it (the WAL is written before the commit returns); a
+//! power cut may lose the last second's outcomes, and a message delivered
+//! just before it is then delivered again, as with Postfix, which does not
+//! sync the removal of a delivered queue file either. What a client or an
+//! administrator is told is stored (a message, a hold, a deletion), and a
+//! notice to a sender, is always synced first.
 
 use crate::smtp::dsn_params::{MessageDsn, Notify, OriginalRecipient, RecipientDsn, Ret};
 use std::path::{Path, PathBuf};
@@ -194,12 +196,13 @@ pub enum SpoolOp {
 
 impl SpoolOp {
     /// Whether its commit must reach the disk before anyone is answered:
-    /// all but a delivery's outcome (see the module's doc). An outcome's
-    /// bounce is no exception: lost with the failure it reports, the
-    /// recipient is queued again and fails again.
+    /// all but a delivery's outcome (see the module's doc). An outcome
+    /// that stores a notice (a bounce, a delay warning) is synced: the
+    /// notice goes out, and a failure that does not happen again would
+    /// otherwise be delivered after the sender was told it failed.
     fn must_sync(&self) -> bool {
         match self {
-            SpoolOp::Attempt { .. } => false,
+            SpoolOp::Attempt { bounce, .. } => bounce.is_some(),
             SpoolOp::All(ops) => ops.iter().any(SpoolOp::must_sync),
             SpoolOp::Insert(_)
             | SpoolOp::Hold { .. }
@@ -392,6 +395,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
             "ALTER TABLE messages ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0",
         )?;
     }
+    // An index one build of 27 November made, and took out again: of no
+    // use to any query, only a cost to every write.
+    conn.execute_batch("DROP INDEX IF EXISTS messages_flags")?;
     if version < SPOOL_VERSION {
         conn.pragma_update(None, "user_version", SPOOL_VERSION)?;
     }
@@ -507,7 +513,29 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
     let mut synced = true;
     // When the last commit ended, and how many messages it stored.
     let mut last_commit: Option<(Instant, usize)> = None;
-    while let Ok(first) = jobs.recv() {
+    // Since when outcomes have been committed without reaching the disk.
+    let mut unsynced_since: Option<Instant> = None;
+    // A sync of the WAL failed: the next commit is synced.
+    let mut owe_sync = false;
+    let wal = conn.path().map(|p| PathBuf::from(format!("{p}-wal")));
+    loop {
+        let wait = unsynced_since.map(|t| OUTCOMES_SYNCED_WITHIN.saturating_sub(t.elapsed()));
+        let first = match wait {
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            // Idle with outcomes not on disk: synced all the same.
+            Some(wait) => match jobs.recv_timeout(wait) {
+                Ok(job) => job,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    unsynced_since = None;
+                    owe_sync = !wal.as_deref().is_some_and(|wal| sync_file(wal).is_ok());
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
         // Busy (the last commit ended moments ago): let the jobs on their
         // way join this commit, sharing its pages and its fsync. Sleeping,
         // not waiting on the channel, so that their senders do not wake
@@ -530,7 +558,16 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
             .iter()
             .filter(|j| matches!(j.op, SpoolOp::Insert(_)))
             .count();
-        let result = commit(&mut conn, &batch, &mut synced);
+        let overdue = unsynced_since.is_some_and(|t| t.elapsed() >= OUTCOMES_SYNCED_WITHIN);
+        let sync = owe_sync || overdue || batch.iter().any(|j| j.op.must_sync());
+        let result = commit(&mut conn, &batch, sync, &mut synced);
+        if result.is_ok() {
+            if sync {
+                (unsynced_since, owe_sync) = (None, false);
+            } else {
+                unsynced_since.get_or_insert_with(Instant::now);
+            }
+        }
         last_commit = Some((Instant::now(), messages));
         match result {
             Ok(results) => {
@@ -546,6 +583,9 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
             }
         }
     }
+    if unsynced_since.is_some() || owe_sync {
+        let _ = wal.as_deref().map(sync_file);
+    }
 }
 
 fn now_secs() -> i64 {
@@ -554,15 +594,28 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Commits a batch, fsynced unless it holds only delivery outcomes;
+/// Outcomes committed without an fsync reach the disk within this long:
+/// a later commit is synced, or an idle writer syncs the WAL itself.
+const OUTCOMES_SYNCED_WITHIN: Duration = Duration::from_secs(1);
+
+/// fsync of a file SQLite writes (the WAL): what a synced commit would
+/// have done for the commits before it.
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .sync_data()
+}
+
+/// Commits a batch, fsynced if `sync` (see [`SpoolOp::must_sync`]);
 /// `synced` is the connection's `synchronous` setting (FULL: true), set
 /// again only when it changes.
 fn commit(
     conn: &mut rusqlite::Connection,
     batch: &[Job],
+    sync: bool,
     synced: &mut bool,
 ) -> rusqlite::Result<Vec<Result<usize, WriteFailure>>> {
-    let sync = batch.iter().any(|j| j.op.must_sync());
     if sync != *synced {
         conn.pragma_update(None, "synchronous", if sync { "FULL" } else { "NORMAL" })?;
         *synced = sync;
@@ -1170,6 +1223,10 @@ mod tests {
         };
         let (full, normal) = (2, 1);
         let mut synced = true;
+        let commit = |conn: &mut rusqlite::Connection, jobs: &[Job], synced: &mut bool| {
+            let sync = jobs.iter().any(|j| j.op.must_sync());
+            super::commit(conn, jobs, sync, synced)
+        };
         assert_eq!(synchronous(&conn), full);
         commit(&mut conn, &[job(outcome()), job(outcome())], &mut synced).unwrap();
         assert_eq!((synchronous(&conn), synced), (normal, false));
@@ -1198,6 +1255,18 @@ mod tests {
                 bounce: None,
             },
             SpoolOp::All(vec![outcome(), SpoolOp::RetryNow { message_id: None }]),
+            // An outcome that stores a notice for the sender.
+            SpoolOp::Attempt {
+                message_id: "m".into(),
+                updates: vec![(
+                    "r@far.test".into(),
+                    RecipientUpdate::Failed {
+                        error: "5.1.1".into(),
+                    },
+                )],
+                bounce: Some(message(&spool, 2)),
+                delay: DelayNotice::None,
+            },
         ] {
             commit(&mut conn, &[job(outcome())], &mut synced).unwrap();
             assert_eq!(synchronous(&conn), normal);

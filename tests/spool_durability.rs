@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::sink::{Sink, SinkOptions};
 use common::{Server, load_until_gone, test_db};
 use relaygate::spool::{read_spool, spool_path_for};
 use std::collections::HashMap;
@@ -66,66 +67,123 @@ fn acknowledged_messages_survive_sigkill() {
     );
 }
 
+/// The engine under `strace -f -y`, tracing fsyncs: killed (the engine
+/// first, then strace) when dropped.
+struct Traced {
+    strace: std::process::Child,
+    addr: std::net::SocketAddr,
+    trace: std::path::PathBuf,
+}
+
+impl Traced {
+    /// `None` (said) when strace is not installed.
+    fn start(db: &std::path::Path, trace: std::path::PathBuf) -> Option<Traced> {
+        use std::process::Command;
+        if Command::new("strace").arg("-V").output().is_err() {
+            eprintln!("skipped: strace is not installed (apt-get install strace)");
+            return None;
+        }
+        let mut strace = Command::new("strace");
+        strace
+            .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace)
+            .arg(common::BIN)
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--headless"]);
+        let (strace, addr) = common::spawn_engine(strace);
+        Some(Traced {
+            strace,
+            addr,
+            trace,
+        })
+    }
+
+    /// fsyncs so far of files whose name contains `needle`.
+    fn syncs(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle) && !l.contains("unfinished"))
+            .count()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // Killing strace alone would leave the engine it traces running,
+        // detached: its child goes first.
+        let pid = self.strace.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for engine in children.split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", engine])
+                .status();
+        }
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
+    }
+}
+
 /// SIGKILL keeps the page cache, so the test above would pass with the
 /// fsync skipped. This one watches the system calls: every acknowledged
 /// message is preceded by an fsync of the spool.
 #[test]
 fn each_acknowledgement_waits_for_an_fsync_of_the_spool() {
-    use std::process::Command;
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipped: strace is not installed (apt-get install strace)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[("delivery", "off")]);
-    let trace = dir.path().join("trace");
-    let mut strace = Command::new("strace");
-    strace
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&trace)
-        .arg(common::BIN)
-        .arg("--db")
-        .arg(&db)
-        .args(["serve", "--headless"]);
-    let (child, addr) = common::spawn_engine(strace);
-    // Killing strace alone would leave the engine it traces running,
-    // detached: the guard kills the engine (strace's child) first.
-    struct Traced(std::process::Child);
-    impl Drop for Traced {
-        fn drop(&mut self) {
-            let pid = self.0.id();
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            for engine in children.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", engine]).status();
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let traced = Traced(child);
-    let spool_syncs = || {
-        std::fs::read_to_string(&trace)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("spool.db") && !l.contains("unfinished"))
-            .count()
+    let Some(traced) = Traced::start(&db, dir.path().join("trace")) else {
+        return;
     };
-    let before = spool_syncs();
+    let before = traced.syncs("spool.db");
     // One message at a time: each commit is its own group.
     for n in 0..10 {
         let r = common::send_message(
-            addr,
+            traced.addr,
             "a@example.com",
             &["b@example.com"],
             &format!("Subject: {n}\r\n\r\nx\r\n"),
         );
         assert!(r.starts_with("250"), "{r}");
     }
-    let during = spool_syncs() - before;
+    let during = traced.syncs("spool.db") - before;
     drop(traced);
     assert!(
         during >= 10,
         "{during} fsyncs of the spool for 10 acknowledged messages"
     );
+}
+
+/// A delivery's outcome is committed without an fsync, but an idle engine
+/// syncs it within a second: after the next hop has the message, the
+/// spool's WAL is synced once more, with nothing else going on.
+#[test]
+fn an_outcome_reaches_the_disk_within_a_second_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::smarthost(&db, sink.addr());
+    let Some(traced) = Traced::start(&db, dir.path().join("trace")) else {
+        return;
+    };
+    let r = common::send_message(
+        traced.addr,
+        "a@example.com",
+        &["b@far.test"],
+        "Subject: once\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(sink.wait_for(1, Duration::from_secs(15)).len(), 1);
+    // The outcome is committed after the next hop's 250, so any sync of
+    // the WAL from here on is of it (the message's own came before).
+    let at_delivery = traced.syncs("spool.db-wal");
+    let start = std::time::Instant::now();
+    while traced.syncs("spool.db-wal") == at_delivery {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no sync of the spool's WAL after the outcome ({at_delivery} before it)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
