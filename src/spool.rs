@@ -12,7 +12,7 @@
 //!
 //! A commit that holds nothing but delivery outcomes is not fsynced
 //! (`synchronous = NORMAL` for that transaction): the next synced commit
-//! takes it to the disk with its own, within [`OUTCOMES_SYNCED_WITHIN`]
+//! takes it to the disk with its own, within a second
 //! at most (an idle writer syncs the WAL itself). A crash of the process
 //! loses none of it (the WAL is written before the commit returns); a
 //! power cut may lose the last second's outcomes, and a message delivered
@@ -530,7 +530,7 @@ fn writer(mut conn: rusqlite::Connection, jobs: std_mpsc::Receiver<Job>, open: &
                 Ok(job) => job,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     unsynced_since = None;
-                    owe_sync = !wal.as_deref().is_some_and(|wal| sync_file(wal).is_ok());
+                    owe_sync = wal.as_deref().is_none_or(|wal| sync_file(wal).is_err());
                     continue;
                 }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
