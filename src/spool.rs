@@ -12,8 +12,8 @@
 //!
 //! A commit that holds nothing but delivery outcomes is not fsynced
 //! (`synchronous = NORMAL` for that transaction): the next synced commit
-//! takes it to the disk with its own, within a second
-//! at most (an idle writer syncs the WAL itself). A crash of the process
+//! takes it to the disk with its own, within a second at most (an idle
+//! writer syncs the WAL itself). A crash of the process
 //! loses none of it (the WAL is written before the commit returns); a
 //! power cut may lose the last second's outcomes, and a message delivered
 //! just before it is then delivered again, as with Postfix, which does not
