@@ -7,6 +7,8 @@
 # postfix package) and openssl for DKIM=1.
 #
 #   bash benches/drain.sh            DKIM=1 bash benches/drain.sh
+#   HELD=40000 bash benches/drain.sh (40,000 held messages queued before the
+#                                     backlog: the drain must not slow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-20000}
@@ -40,6 +42,11 @@ $RG policy set delivery off >/dev/null
 "$BIN" --db "$work/relaygate.db" serve --headless 2> "$work/log" &
 PID=$!
 sleep 1
+if [ "${HELD:-0}" -gt 0 ]; then
+  # HELD messages queued first and held: the drain must not read past them.
+  smtp-source -d -s 50 -m "$HELD" -l 2048 -f load@example.com -t held@hold.test 127.0.0.1:$PORT >/dev/null 2>&1
+  $RG queue hold --domain hold.test >/dev/null
+fi
 smtp-source -d -s 50 -m "$MESSAGES" -l 2048 -f load@example.com -t sink@far.test 127.0.0.1:$PORT >/dev/null 2>&1
 "$LOADGEN" --sink $SINK --messages "$MESSAGES" > "$work/sink.out" 2>&1 &
 SP=$!
