@@ -1439,6 +1439,18 @@ mod tests {
         }
     }
 
+    /// Stores message 1 with a second recipient in another domain; its id.
+    fn stored_with_two_recipients(spool: &Spool) -> String {
+        let mut m = message(spool, 1);
+        m.recipients.push(SpoolRecipient {
+            address: "s@other.test".into(),
+            ..m.recipients[0].clone()
+        });
+        let id = m.id.clone();
+        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        id
+    }
+
     /// A message's sender hears of its delay once: a delay-only notice is
     /// stored only for the first warning, and a failure notice that also
     /// reports delays is stored without them once the message was warned
@@ -1448,13 +1460,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.db");
         let spool = Spool::open(&path).unwrap();
-        let mut m = message(&spool, 1);
-        m.recipients.push(SpoolRecipient {
-            address: "s@other.test".into(),
-            ..m.recipients[0].clone()
-        });
-        let id = m.id.clone();
-        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        let id = stored_with_two_recipients(&spool);
         let notice = |n: usize| {
             let mut b = message(&spool, 100 + n);
             b.sender = String::new();
@@ -1673,13 +1679,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.db");
         let spool = Spool::open(&path).unwrap();
-        let mut m = message(&spool, 1);
-        m.recipients.push(SpoolRecipient {
-            address: "s@other.test".into(),
-            ..m.recipients[0].clone()
-        });
-        let id = m.id.clone();
-        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
+        let id = stored_with_two_recipients(&spool);
         let other = message(&spool, 2);
         spool.apply_blocking(SpoolOp::Insert(other)).unwrap();
         let reader = SpoolReader::open(&path).unwrap();
