@@ -4,7 +4,7 @@
 # until the sink (smtp_load --sink) has them all; relaygate's CPU per
 # message over the drain. DKIM=1 signs every message (an RSA 2048 key for
 # example.com, the load's From: domain). Needs smtp-source (Debian's
-# postfix package) and openssl for DKIM=1.
+# postfix package, installed when missing) and openssl for DKIM=1.
 #
 #   bash benches/drain.sh            DKIM=1 bash benches/drain.sh
 #   HELD=40000 bash benches/drain.sh (40,000 held messages queued before the
@@ -14,10 +14,10 @@ cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-20000}
 PORT=${PORT:-2640}
 SINK=${SINK:-2641}
-command -v smtp-source >/dev/null || { echo "needs smtp-source (Debian's postfix package)"; exit 2; }
-cargo build --release --quiet --bin relaygate --bench smtp_load
+# Builds relaygate and the load generator (LOADGEN); installs Postfix's
+# package for smtp-source when missing (root).
+. benches/bench-setup.sh
 BIN=${BIN:-target/release/relaygate}
-LOADGEN=$(ls -t target/release/deps/smtp_load-* | grep -v '\.d$' | head -n1)
 work=$(mktemp -d /var/tmp/relaygate-drain.XXXXXX)
 PID=
 SP=
@@ -28,12 +28,7 @@ cleanup() {
 }
 trap cleanup EXIT
 RG="$BIN --db $work/relaygate.db"
-$RG bind remove 127.0.0.1:2525 >/dev/null 2>&1
-$RG bind add 127.0.0.1:$PORT >/dev/null
-$RG domain add example.com >/dev/null
-$RG policy set max-sessions 20000 >/dev/null
-$RG policy set max-sessions-per-ip 20000 >/dev/null
-$RG route add '*' 127.0.0.1:$SINK --tls none >/dev/null
+rg_relay_setup "$RG" $PORT $SINK
 if [ "${DKIM:-}" = 1 ]; then
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/dkim.pem" 2>/dev/null
   $RG dkim add example.com --selector bench --key-file "$work/dkim.pem" >/dev/null
