@@ -574,7 +574,7 @@ pub fn dispatch(app: &mut App, io: &mut ConsoleIo, action: Action) {
 }
 
 /// How long a trace waits for the event log to hold what the screen
-/// showed. The writer commits every 50 ms when idle; seconds are a
+/// showed. The writer commits every quarter second; seconds are a
 /// machine under load.
 const TRACE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
