@@ -143,21 +143,6 @@ pub enum RecipientUpdate {
     },
 }
 
-/// Whether a notice warns its sender of a delay, which a message's sender
-/// is told of once (`messages.delay_warned`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DelayNotice {
-    /// It does not.
-    None,
-    /// It is a delay warning and nothing else: stored only if the message
-    /// has had none.
-    Only,
-    /// It warns of a delay among other news (failures): if the message
-    /// was warned already (by another next hop's attempt, committed
-    /// first), this notice without its delays is stored instead.
-    Among(Option<Box<NewMessage>>),
-}
-
 /// Marks a message's sender as warned of its delay; 1 row if it was not.
 const WARNED: &str = "UPDATE messages SET delay_warned = 1 WHERE id = ?1 AND delay_warned = 0";
 
@@ -173,8 +158,13 @@ pub enum SpoolOp {
         message_id: String,
         updates: Vec<(String, RecipientUpdate)>,
         bounce: Option<NewMessage>,
-        /// Whether `bounce` warns of a delay.
-        delay: DelayNotice,
+    },
+    /// Warns the sender of the message's delay, unless it was warned
+    /// already (a message's sender hears of its delay once; decided in
+    /// the commit that stores the warning). 1 if stored.
+    DelayWarning {
+        message_id: String,
+        notice: NewMessage,
     },
     Hold {
         message_id: String,
@@ -205,6 +195,7 @@ impl SpoolOp {
             SpoolOp::Attempt { bounce, .. } => bounce.is_some(),
             SpoolOp::All(ops) => ops.iter().any(SpoolOp::must_sync),
             SpoolOp::Insert(_)
+            | SpoolOp::DelayWarning { .. }
             | SpoolOp::Hold { .. }
             | SpoolOp::RetryNow { .. }
             | SpoolOp::Delete { .. } => true,
@@ -789,7 +780,6 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             message_id,
             updates,
             bounce,
-            delay,
         } => {
             let mut touched = 0;
             {
@@ -825,28 +815,20 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             }
             // A message deleted meanwhile (queue delete): nothing to bounce.
             if touched > 0 {
-                // A message's sender is warned of its delay once: decided
-                // here, in the commit that stores the warning.
-                let notice = match delay {
-                    DelayNotice::None => bounce.as_ref(),
-                    DelayNotice::Only => {
-                        let first = conn.prepare_cached(WARNED)?.execute([message_id])? > 0;
-                        bounce.as_ref().filter(|_| first)
-                    }
-                    DelayNotice::Among(without_delays) => {
-                        if conn.prepare_cached(WARNED)?.execute([message_id])? > 0 {
-                            bounce.as_ref()
-                        } else {
-                            without_delays.as_deref()
-                        }
-                    }
-                };
-                if let Some(b) = notice {
+                if let Some(b) = bounce {
                     insert(conn, b, now)?;
                 }
                 remove_if_done(conn, message_id)?;
             }
             Ok(touched)
+        }
+        SpoolOp::DelayWarning { message_id, notice } => {
+            // No row if the message is gone or its sender was warned.
+            let first = conn.prepare_cached(WARNED)?.execute([message_id])?;
+            if first > 0 {
+                insert(conn, notice, now)?;
+            }
+            Ok(first)
         }
         SpoolOp::Hold { message_id, held } => {
             let params = rusqlite::params![message_id, *held as i64];
@@ -1238,7 +1220,6 @@ mod tests {
             message_id: "m".into(),
             updates: vec![("r@far.test".into(), RecipientUpdate::Delivered)],
             bounce: None,
-            delay: DelayNotice::None,
         };
         let synchronous = |conn: &rusqlite::Connection| -> i64 {
             conn.pragma_query_value(None, "synchronous", |r| r.get(0))
@@ -1288,7 +1269,6 @@ mod tests {
                     },
                 )],
                 bounce: Some(message(&spool, 2)),
-                delay: DelayNotice::None,
             },
         ] {
             commit(&mut conn, &[job(outcome())], &mut synced).unwrap();
@@ -1451,12 +1431,11 @@ mod tests {
         id
     }
 
-    /// A message's sender hears of its delay once: a delay-only notice is
-    /// stored only for the first warning, and a failure notice that also
-    /// reports delays is stored without them once the message was warned
-    /// (two next hops' outcomes committed one after the other).
+    /// A message's sender hears of its delay once: the first warning is
+    /// stored and marks the message, a second is not stored; a warning
+    /// for a message no longer queued is not stored either.
     #[test]
-    fn a_delay_is_reported_once_whichever_notice_comes_first() {
+    fn a_delay_is_warned_of_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.db");
         let spool = Spool::open(&path).unwrap();
@@ -1466,81 +1445,26 @@ mod tests {
             b.sender = String::new();
             b
         };
-        let retry = |rcpt: &str| {
-            (
-                rcpt.to_string(),
-                RecipientUpdate::Retry {
-                    next_attempt: 0,
-                    error: "451 4.3.0 later".into(),
-                },
-            )
+        let warn = |id: &str, notice: &NewMessage| {
+            spool
+                .apply_blocking(SpoolOp::DelayWarning {
+                    message_id: id.to_string(),
+                    notice: notice.clone(),
+                })
+                .unwrap()
         };
-        let attempt = |rcpt: &str, bounce: NewMessage, delay: DelayNotice| SpoolOp::Attempt {
-            message_id: id.clone(),
-            updates: vec![retry(rcpt)],
-            bounce: Some(bounce),
-            delay,
-        };
+        let reader = SpoolReader::open(&path).unwrap();
+        assert_eq!(reader.delay_warned(&id).unwrap(), Some(false));
         let (first, again) = (notice(1), notice(2));
-        let (with_delays, without) = (notice(3), notice(4));
-        spool
-            .apply_blocking(attempt("r@far.test", first.clone(), DelayNotice::Only))
-            .unwrap();
-        spool
-            .apply_blocking(attempt("r@far.test", again.clone(), DelayNotice::Only))
-            .unwrap();
-        spool
-            .apply_blocking(attempt(
-                "s@other.test",
-                with_delays.clone(),
-                DelayNotice::Among(Some(Box::new(without.clone()))),
-            ))
-            .unwrap();
-        let reader = SpoolReader::open(&path).unwrap();
-        let stored = |b: &NewMessage| reader.contains(&b.id).unwrap();
-        assert!(stored(&first));
-        assert!(!stored(&again), "a second delay-only warning");
-        assert!(!stored(&with_delays), "the delays reported again");
-        assert!(stored(&without), "the failures all the same");
+        assert_eq!(warn(&id, &first), 1);
+        assert_eq!(warn(&id, &again), 0);
+        assert!(reader.contains(&first.id).unwrap());
+        assert!(!reader.contains(&again.id).unwrap(), "a second warning");
         assert_eq!(reader.delay_warned(&id).unwrap(), Some(true));
-
-        // The other order: the failure notice with its delays first, then
-        // a delay-only one. Both versions share one queue id, as delivery
-        // builds them.
-        let mut m = message(&spool, 2);
-        m.recipients.push(SpoolRecipient {
-            address: "s@other.test".into(),
-            ..m.recipients[0].clone()
-        });
-        let id = m.id.clone();
-        spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
-        let attempt = |rcpt: &str, bounce: NewMessage, delay: DelayNotice| SpoolOp::Attempt {
-            message_id: id.clone(),
-            updates: vec![retry(rcpt)],
-            bounce: Some(bounce),
-            delay,
-        };
-        let with_delays = notice(5);
-        let mut without = notice(6);
-        without.id = with_delays.id.clone();
-        let late = notice(7);
-        spool
-            .apply_blocking(attempt(
-                "s@other.test",
-                with_delays.clone(),
-                DelayNotice::Among(Some(Box::new(without))),
-            ))
-            .unwrap();
-        spool
-            .apply_blocking(attempt("r@far.test", late.clone(), DelayNotice::Only))
-            .unwrap();
-        let reader = SpoolReader::open(&path).unwrap();
-        let stored = reader.message(&with_delays.id).unwrap().expect("stored");
-        assert_eq!(
-            stored.message.body, with_delays.body,
-            "the version with the delays"
-        );
-        assert!(!reader.contains(&late.id).unwrap(), "no second warning");
+        // Delivered or deleted meanwhile: nothing to warn of.
+        let gone = notice(3);
+        assert_eq!(warn("no-such-message", &gone), 0);
+        assert!(!reader.contains(&gone.id).unwrap());
     }
 
     /// A recipient given twice keeps its first DSN request for delivery,
@@ -1760,7 +1684,6 @@ mod tests {
                         ("r2@far.test".into(), r2),
                     ],
                     bounce: None,
-                    delay: DelayNotice::None,
                 })
                 .unwrap();
             let held = n % 10 == 0;

@@ -17,8 +17,8 @@ use crate::policy::address::{Domain, parse_forward_path};
 use crate::server_settings::ServerSettings;
 use crate::smtp::dsn_params::{Notify, RecipientDsn};
 use crate::spool::{
-    DelayNotice, NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolReaderThread,
-    SpoolRecipient, StoredMessage,
+    NewMessage, RecipientUpdate, SpoolOp, SpoolReader, SpoolReaderThread, SpoolRecipient,
+    StoredMessage,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -491,7 +491,7 @@ async fn deliver_message(
             &stub_message(id),
             &attempts,
             &none,
-            &DelayClaim::default(),
+            true,
             holds,
         )
         .await;
@@ -556,7 +556,7 @@ async fn deliver_message(
                 &stub,
                 &attempts,
                 &HashMap::new(),
-                &DelayClaim::default(),
+                true,
                 results,
             )
             .await;
@@ -579,8 +579,7 @@ async fn deliver_message(
             .map(|r| (r, loop_failure.clone(), None))
             .collect();
         let asked = message.message.dsn_asked();
-        let claim = DelayClaim::new(delay_warned);
-        record(d, settings, &message, &attempts, &asked, &claim, results).await;
+        record(d, settings, &message, &attempts, &asked, true, results).await;
         return;
     }
     // Group by next hop; each group is delivered and recorded on its own,
@@ -596,9 +595,6 @@ async fn deliver_message(
     let attempts = Arc::new(attempts);
     // What each recipient asked to be told (RFC 3461), worked out once.
     let asked = Arc::new(message.message.dsn_asked());
-    // The message's next hops are recorded side by side: one delay
-    // warning among them.
-    let warning = Arc::new(DelayClaim::new(delay_warned));
     let mut set = JoinSet::new();
     for (_, (plan, group)) in groups {
         let d = Arc::clone(d);
@@ -606,17 +602,28 @@ async fn deliver_message(
         let settings = Arc::clone(settings);
         let attempts = Arc::clone(&attempts);
         let asked = Arc::clone(&asked);
-        let warning = Arc::clone(&warning);
         set.spawn(async move {
             let results =
                 deliver_group(&d, &settings, &message, &asked, plan, group, started).await;
             record(
-                &d, &settings, &message, &attempts, &asked, &warning, results,
+                &d,
+                &settings,
+                &message,
+                &attempts,
+                &asked,
+                delay_warned,
+                results,
             )
-            .await;
+            .await
         });
     }
-    while set.join_next().await.is_some() {}
+    // The message's next hops are recorded side by side; its sender hears
+    // of their delays in one warning, once all are recorded.
+    let mut delayed = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        delayed.extend(joined.unwrap_or_default());
+    }
+    warn_of_delay(d, settings, &message, &asked, delayed).await;
     drop(held_budget);
 }
 
@@ -983,37 +990,33 @@ fn resize_global(d: &Arc<Delivery>, wanted: usize) {
 }
 
 /// Turns outcomes into spool updates (retry times, expiry, bounces) and
-/// commits them; emits one event per recipient.
+/// commits them; emits one event per recipient. Returns the recipients
+/// to warn the sender of as delayed, if a warning is due (`warned`: the
+/// sender was warned already): the caller sends one warning for all the
+/// message's next hops ([`warn_of_delay`]).
 async fn record(
     d: &Arc<Delivery>,
     settings: &ServerSettings,
     message: &StoredMessage,
     attempts: &HashMap<String, i64>,
     asked: &HashMap<String, RecipientDsn>,
-    warning: &DelayClaim,
+    warned: bool,
     results: Vec<(String, Outcome, Option<String>)>,
-) {
+) -> Vec<ReportedRecipient> {
     let now = now_secs();
     let age = now - message.received_at;
     let mut updates = Vec::new();
     // The recipients the notice to the sender reports: failures unless
     // NOTIFY said otherwise, deliveries to a next hop without DSN when
-    // NOTIFY asked for success (RFC 3461 4.1, 4.2), and delays.
+    // NOTIFY asked for success (RFC 3461 4.1, 4.2).
     let mut reported = Vec::new();
     // A message's sender is warned of its delay once, when it has waited
-    // `delay-warning`. Whether it was is read now: the outcome of the
-    // attempt before is on disk before this one starts.
+    // `delay-warning`.
     let may_warn = settings.delay_warning_secs > 0
         && age >= settings.delay_warning_secs as i64
         && !message.message.sender.is_empty()
-        && results
-            .iter()
-            .any(|(_, o, _)| matches!(o, Outcome::Temporary { .. }))
-        && !warning.0.load(std::sync::atomic::Ordering::Acquire)
-        && matches!(
-            read_spool(d, &message.id, |r, id| r.delay_warned(id)).await,
-            Ok(Some(false))
-        );
+        && !warned;
+    let mut delayed = Vec::new();
     let none = RecipientDsn::default();
     for (rcpt, outcome, host) in &results {
         let asked = asked.get(rcpt.as_str()).unwrap_or(&none);
@@ -1085,7 +1088,7 @@ async fn record(
                     .min(settings.retry_max_interval_secs);
                 if may_warn && Notify::wants_delay(asked.notify) {
                     let status = status_in_class(reply, '4');
-                    reported.push(report(rcpt, DsnAction::Delayed, status, reply, host, asked));
+                    delayed.push(report(rcpt, DsnAction::Delayed, status, reply, host, asked));
                 }
                 (
                     RecipientUpdate::Retry {
@@ -1114,13 +1117,6 @@ async fn record(
             });
         }
     }
-    // Another next hop of this delivery warned already (its outcome may
-    // not be on disk yet): this notice leaves the delays out.
-    if reported.iter().any(|r| r.action == DsnAction::Delayed)
-        && warning.0.swap(true, std::sync::atomic::Ordering::AcqRel)
-    {
-        reported.retain(|r| r.action != DsnAction::Delayed);
-    }
     let bounce = bounce_for(settings, message, &reported);
     if let Some(b) = &bounce {
         let to = message.message.sender.clone();
@@ -1136,70 +1132,124 @@ async fn record(
                 message_id: message.id.clone(),
                 notice_id: b.id.clone(),
                 to,
-                delayed: count(DsnAction::Delayed),
+                delayed: 0,
                 relayed: count(DsnAction::Relayed),
             }
         };
         d.shared.events.emit(event);
     }
-    let delayed = reported.iter().any(|r| r.action == DsnAction::Delayed);
-    let others: Vec<ReportedRecipient> = reported
-        .iter()
-        .filter(|r| r.action != DsnAction::Delayed)
-        .cloned()
-        .collect();
-    let delay = match (delayed, others.is_empty()) {
-        (false, _) => DelayNotice::None,
-        (true, true) => DelayNotice::Only,
-        // The spool writer picks one of the two (see DelayNotice), under
-        // the one queue id the events name.
-        (true, false) => DelayNotice::Among(bounce_for(settings, message, &others).map(|mut w| {
-            if let Some(b) = &bounce {
-                w.id = b.id.clone();
-            }
-            Box::new(w)
-        })),
-    };
     let op = SpoolOp::Attempt {
         message_id: message.id.clone(),
         updates,
         bounce,
-        delay,
     };
+    apply_or_keep(d, op, &message.id).await;
+    delayed
+}
+
+/// Applies a delivery's op to the spool (taking the disk's reserve when it
+/// is full); what it cannot apply is kept, and no delivery starts until it
+/// is written ([`record_again`]). Whether it was applied, and its rows.
+async fn apply_or_keep(d: &Arc<Delivery>, op: SpoolOp, id: &str) -> Option<usize> {
     let mut result = d.shared.spool.apply(op.clone()).await;
     if matches!(result, Err(crate::spool::SpoolError::Full(_))) && release_reserve(d) {
         result = d.shared.spool.apply(op.clone()).await;
     }
-    if let Err(e) = result {
-        let first = d.unrecorded.lock().is_ok_and(|mut u| {
-            u.push(op);
-            u.len() == 1
-        });
-        if first {
-            d.shared.events.emit(Event::Error {
-                session: None,
-                message: format!(
-                    "recording delivery of {}: {e}; no delivery starts until the spool \
-                     records outcomes again (tried every second)",
-                    message.id
-                ),
+    match result {
+        Ok(n) => Some(n),
+        Err(e) => {
+            let first = d.unrecorded.lock().is_ok_and(|mut u| {
+                u.push(op);
+                u.len() == 1
             });
+            if first {
+                d.shared.events.emit(Event::Error {
+                    session: None,
+                    message: format!(
+                        "recording delivery of {id}: {e}; no delivery starts until the spool \
+                         records outcomes again (tried every second)"
+                    ),
+                });
+            }
+            None
         }
     }
 }
 
-/// Taken by the first of a delivery's next-hop groups to warn of the
-/// message's delay, so that the others (recorded side by side, before
-/// the first's outcome is on disk) do not warn again; taken from the
-/// start when the queue scan saw the message warned already (a flag that
-/// is never cleared, so that reading cannot be stale the wrong way).
-#[derive(Debug, Default)]
-struct DelayClaim(std::sync::atomic::AtomicBool);
-
-impl DelayClaim {
-    fn new(taken: bool) -> DelayClaim {
-        DelayClaim(std::sync::atomic::AtomicBool::new(taken))
+/// Warns a message's sender of its delay, once: after an attempt whose
+/// outcomes are recorded, naming every recipient still deferred, those
+/// this attempt deferred (`delayed`, with the next hop that said so) and
+/// those deferred before and waiting for their next attempt, in the
+/// message's order, as each asked (NOTIFY). Postfix's warning, too, names
+/// every deferred recipient of the queue file. The spool stores it only
+/// if the sender was not warned already.
+async fn warn_of_delay(
+    d: &Arc<Delivery>,
+    settings: &ServerSettings,
+    message: &StoredMessage,
+    asked: &HashMap<String, RecipientDsn>,
+    mut delayed: Vec<ReportedRecipient>,
+) {
+    if delayed.is_empty() {
+        return;
     }
+    // A message's recipients are few: its own rows, read by its key.
+    if let Ok(Some(entry)) = read_spool(d, &message.id, |r, id| r.entry(id)).await {
+        delayed = deferred_recipients(delayed, entry.recipients, asked);
+    }
+    let Some(notice) = bounce_for(settings, message, &delayed) else {
+        return;
+    };
+    let notice_id = notice.id.clone();
+    let op = SpoolOp::DelayWarning {
+        message_id: message.id.clone(),
+        notice,
+    };
+    if let Some(1..) = apply_or_keep(d, op, &message.id).await {
+        d.shared.events.emit(Event::NoticeSent {
+            message_id: message.id.clone(),
+            notice_id,
+            to: message.message.sender.clone(),
+            delayed: delayed.len(),
+            relayed: 0,
+        });
+    }
+}
+
+/// The recipients a delay warning names: those an attempt deferred
+/// (`this_attempt`, as it reported them) and the message's other
+/// recipients (`queued`, as the spool has them) that were deferred
+/// before and wait for their next attempt, each if its NOTIFY asks for
+/// delays, in the message's order.
+fn deferred_recipients(
+    mut this_attempt: Vec<ReportedRecipient>,
+    queued: Vec<crate::spool::RecipientState>,
+    asked: &HashMap<String, RecipientDsn>,
+) -> Vec<ReportedRecipient> {
+    let none = RecipientDsn::default();
+    let mut named = Vec::new();
+    for r in queued {
+        if let Some(i) = this_attempt.iter().position(|x| x.address == r.address) {
+            named.push(this_attempt.remove(i));
+            continue;
+        }
+        let asked = asked.get(r.address.as_str()).unwrap_or(&none);
+        if r.state != "queued" || r.attempts == 0 || !Notify::wants_delay(asked.notify) {
+            continue;
+        }
+        let error = r.last_error.unwrap_or_default();
+        let status = status_in_class(&error, '4');
+        named.push(report(
+            &r.address,
+            DsnAction::Delayed,
+            status,
+            &error,
+            &None,
+            asked,
+        ));
+    }
+    named.extend(this_attempt);
+    named
 }
 
 /// A message's due recipients with their attempts so far, and whether
@@ -1416,5 +1466,67 @@ mod body_budget_tests {
             BodyRead::first(&reader, "no-such-id", budget).unwrap(),
             BodyRead::Gone
         ));
+    }
+}
+
+#[cfg(test)]
+mod delay_warning_tests {
+    use super::*;
+    use crate::spool::RecipientState;
+
+    fn queued(address: &str, state: &str, attempts: i64, error: Option<&str>) -> RecipientState {
+        RecipientState {
+            address: address.into(),
+            state: state.into(),
+            attempts,
+            next_attempt: 0,
+            last_error: error.map(str::to_string),
+            notify: None,
+        }
+    }
+
+    /// The warning names this attempt's deferred recipients as it reported
+    /// them (with their next hop), and the message's recipients deferred
+    /// earlier and not due now, with their last error; not those delivered,
+    /// failed, never tried, or that asked for no delay notice; in the
+    /// message's order.
+    #[test]
+    fn a_warning_names_every_deferred_recipient_of_the_message() {
+        let now = report(
+            "b@two.test",
+            DsnAction::Delayed,
+            "4.2.2".into(),
+            "452 4.2.2 mailbox full",
+            &Some("mx.two.test ([127.0.0.2]:25)".into()),
+            &RecipientDsn::default(),
+        );
+        let mut asked = HashMap::new();
+        asked.insert(
+            "e@one.test".to_string(),
+            RecipientDsn {
+                notify: Notify::parse("FAILURE"),
+                orcpt: None,
+            },
+        );
+        let spool = vec![
+            queued("a@one.test", "queued", 2, Some("421 4.4.2 try later")),
+            queued("b@two.test", "queued", 3, Some("452 4.2.2 mailbox full")),
+            queued("c@one.test", "delivered", 1, None),
+            queued("d@one.test", "queued", 0, None),
+            queued("e@one.test", "queued", 2, Some("421 4.4.2 try later")),
+            queued("f@one.test", "failed", 1, Some("550 5.1.1 unknown")),
+        ];
+        let named = deferred_recipients(vec![now.clone()], spool, &asked);
+        let addresses: Vec<&str> = named.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(addresses, ["a@one.test", "b@two.test"]);
+        assert_eq!(named[0].status, "4.4.2");
+        assert_eq!(named[0].diagnostic.as_deref(), Some("421 4.4.2 try later"));
+        assert_eq!(named[0].remote_mta, None);
+        assert_eq!(named[1], now, "as this attempt reported it");
+        // Without the spool's rows (it could not be read), this attempt's.
+        assert_eq!(
+            deferred_recipients(vec![now.clone()], Vec::new(), &asked),
+            [now]
+        );
     }
 }
