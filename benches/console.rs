@@ -373,6 +373,7 @@ fn bench_queue(c: &mut Criterion) {
                     .collect(),
                 login: None,
                 peer: "127.0.0.1".into(),
+                client_listed: Some(false),
                 helo: "client.test".into(),
                 body: vec![b'x'; 2048],
             })

@@ -49,6 +49,12 @@ pub struct NewMessage {
     pub recipients: Vec<SpoolRecipient>,
     pub login: Option<String>,
     pub peer: String,
+    /// Whether the client was on the allow list when the message was
+    /// accepted (what DKIM signing goes by, with `login`): decided then,
+    /// not when it goes out, so that a list edit while it waits in the
+    /// queue changes nothing. `None` for a message a relaygate before
+    /// spool schema 5 accepted: the list of the moment decides.
+    pub client_listed: Option<bool>,
     pub helo: String,
     /// The message with the Received: header prepended, CRLF line endings.
     /// With `spilled`, only its start: the rest is in that file.
@@ -277,8 +283,8 @@ const RETRY_MESSAGE: &str =
 /// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
 /// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`) and
 /// `messages.delay_warned`, 4 `recipients.held` (a copy of its message's
-/// flag) and the due index over it.
-const SPOOL_VERSION: i32 = 4;
+/// flag) and the due index over it, 5 `messages.client_listed`.
+const SPOOL_VERSION: i32 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -294,7 +300,8 @@ CREATE TABLE IF NOT EXISTS messages (
     smtputf8 INTEGER NOT NULL DEFAULT 0,
     dsn_ret TEXT,
     dsn_envid TEXT,
-    delay_warned INTEGER NOT NULL DEFAULT 0
+    delay_warned INTEGER NOT NULL DEFAULT 0,
+    client_listed INTEGER
 );
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
@@ -404,6 +411,10 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
                  WHERE message_id IN (SELECT id FROM messages WHERE held = 1);
              COMMIT;",
         )?;
+    }
+    if !has("messages", "client_listed")? {
+        // NULL for the messages queued already: not known.
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN client_listed INTEGER")?;
     }
     conn.execute_batch(DUE_INDEX)?;
     // An index one build of 27 November made, and took out again: of no
@@ -677,8 +688,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
     match &m.spilled {
         None => {
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid, client_listed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -691,7 +702,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 m.body,
                 m.smtputf8,
                 m.dsn.ret.map(Ret::as_str),
-                m.dsn.envid
+                m.dsn.envid,
+                m.client_listed
             ])?;
         }
         Some(spilled) => {
@@ -699,8 +711,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
             // body never has to be in memory at once.
             let total = m.size();
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7), ?8, ?9, ?10)",
+                "INSERT INTO messages (id, received_at, sender, login, peer, helo, size, body, smtputf8, dsn_ret, dsn_envid, client_listed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, zeroblob(?7), ?8, ?9, ?10, ?11)",
             )?
             .execute(rusqlite::params![
                 m.id,
@@ -712,7 +724,8 @@ fn insert(conn: &rusqlite::Connection, m: &NewMessage, now: i64) -> rusqlite::Re
                 total as i64,
                 m.smtputf8,
                 m.dsn.ret.map(Ret::as_str),
-                m.dsn.envid
+                m.dsn.envid,
+                m.client_listed
             ])?;
             let row = conn.last_insert_rowid();
             let mut blob = conn.blob_open(rusqlite::MAIN_DB, "messages", "body", row, false)?;
@@ -1021,7 +1034,7 @@ impl SpoolReader {
         let found = self
             .conn
             .prepare_cached(
-                "SELECT id, received_at, sender, login, peer, helo, body, smtputf8, dsn_ret, dsn_envid
+                "SELECT id, received_at, sender, login, peer, helo, body, smtputf8, dsn_ret, dsn_envid, client_listed
                  FROM messages WHERE id = ?1",
             )?
             .query_row([id], |r| {
@@ -1036,6 +1049,7 @@ impl SpoolReader {
                             recipients: Vec::new(),
                             login: r.get(3)?,
                             peer: r.get(4)?,
+                            client_listed: r.get(10)?,
                             helo: r.get(5)?,
                             body: r.get(6)?,
                             smtputf8: r.get(7)?,
@@ -1414,6 +1428,7 @@ mod tests {
             }],
             login: None,
             peer: "127.0.0.1".into(),
+            client_listed: Some(false),
             helo: "client".into(),
             body: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes(),
         }
@@ -1496,9 +1511,10 @@ mod tests {
         );
     }
 
-    /// A message's DSN requests (RFC 3461) are in the file: a reopened
-    /// spool (a restart) reads them back, and a spool of the version
-    /// before is given their columns, its messages asking for nothing.
+    /// A message's DSN requests (RFC 3461) and whether its client was
+    /// listed are in the file: a reopened spool (a restart) reads them
+    /// back, and a spool of a version before is given their columns, its
+    /// messages asking for nothing.
     #[test]
     fn dsn_requests_survive_a_reopen_and_old_spools_gain_their_columns() {
         let dir = tempfile::tempdir().unwrap();
@@ -1534,6 +1550,7 @@ mod tests {
             notify: Notify::parse("SUCCESS,DELAY"),
             orcpt: OriginalRecipient::parse("rfc822;R+2Bx@far.test", false),
         };
+        m.client_listed = Some(true);
         let id = m.id.clone();
         let want = m.clone();
         spool.apply_blocking(SpoolOp::Insert(m)).unwrap();
@@ -1545,8 +1562,12 @@ mod tests {
         let back = reader.message(&id).unwrap().expect("stored");
         assert_eq!(back.message.dsn, want.dsn);
         assert_eq!(back.message.recipients, want.recipients);
+        assert_eq!(back.message.client_listed, Some(true));
         let old = reader.message("OLD1").unwrap().expect("kept");
         assert_eq!(old.message.dsn, MessageDsn::default());
+        // Version 5: whether an old message's client was listed is not
+        // known (delivery asks the list of the moment, as before).
+        assert_eq!(old.message.client_listed, None);
         assert_eq!(old.message.recipients[0].dsn, RecipientDsn::default());
         let version: i32 = reader
             .conn

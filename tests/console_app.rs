@@ -775,6 +775,7 @@ fn queue_message(spool: &relaygate::spool::Spool, sender: &str, to: &str) -> Str
             }],
             login: None,
             peer: "127.0.0.1".into(),
+            client_listed: Some(false),
             helo: "client.test".into(),
             body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
         }))

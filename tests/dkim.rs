@@ -77,14 +77,9 @@ fn record(show: &str) -> String {
     line.split('"').skip(1).step_by(2).collect()
 }
 
-#[test]
-fn what_users_send_is_signed_and_verifies() {
-    if let Some(why) = tools_missing() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("dkim.pem");
+/// A new RSA-2048 key in `dir`, by openssl.
+fn new_key(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("dkim.pem");
     let made = Command::new("openssl")
         .args([
             "genpkey",
@@ -98,6 +93,17 @@ fn what_users_send_is_signed_and_verifies() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
+    key
+}
+
+#[test]
+fn what_users_send_is_signed_and_verifies() {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key(dir.path());
     let sink = Sink::start(SinkOptions::default());
     let db = test_db(dir.path(), &[]);
     common::smarthost(&db, sink.addr());
@@ -220,6 +226,80 @@ fn what_users_send_is_signed_and_verifies() {
     assert_eq!(record(&cli(&other, &["dkim", "show"])), txt);
     cli(&db, &["dkim", "remove", "example.com"]);
     assert!(cli(&db, &["dkim", "show"]).contains("no DKIM keys"));
+}
+
+/// Whether a message is the client's own (on the allow list) is decided
+/// when it is accepted: an allow-list edit while it waits in the queue
+/// neither takes the signature from a user's message nor gives one to a
+/// stranger's.
+#[test]
+fn signing_is_decided_when_the_message_is_accepted() {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key(dir.path());
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[("delivery", "off")]);
+    common::smarthost(&db, sink.addr());
+    common::route(&db, "example.com", sink.addr());
+    let key = key.to_str().unwrap();
+    cli(
+        &db,
+        &[
+            "dkim",
+            "add",
+            "example.com",
+            "--selector",
+            "s1",
+            "--key-file",
+            key,
+        ],
+    );
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // Each change is live once the engine has reloaded that many times
+    // (and the sessions' next snapshot is taken just after it says so).
+    let mut reloads = 0;
+    let mut change = |server: &mut Server, args: &[&str]| {
+        cli(&db, args);
+        reloads += 1;
+        server.wait_for_count("configuration reloaded", reloads, WAIT);
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // From a listed client (loopback, on a fresh install): a user's.
+    let user = "From: Alice <alice@example.com>\r\nSubject: from a user\r\n\r\nx\r\n";
+    send_queued(addr, "alice@example.com", &["bob@far.test"], user);
+    // From the same address once it is no longer listed, to a local
+    // recipient: a stranger's, with our domain in From:.
+    change(&mut server, &["list", "remove", "allow", "127.0.0.0/8"]);
+    let stranger = "From: Alice <alice@example.com>\r\nSubject: from a stranger\r\n\r\nx\r\n";
+    send_queued(addr, "alice@example.com", &["dave@example.com"], stranger);
+    // Listed again before either goes out.
+    change(&mut server, &["list", "add", "allow", "127.0.0.0/8"]);
+    change(&mut server, &["policy", "set", "delivery", "on"]);
+    let got = sink.wait_for(2, WAIT);
+    let signed = message_with(&got, "from a user");
+    assert!(
+        signed.body_str().contains("d=example.com; s=s1;"),
+        "{}",
+        signed.body_str()
+    );
+    assert_unsigned(message_with(&got, "from a stranger"));
+    // And a user's message that waits while the list loses its client.
+    change(&mut server, &["policy", "set", "delivery", "off"]);
+    let waited = "From: Alice <alice@example.com>\r\nSubject: waited\r\n\r\nx\r\n";
+    send_queued(addr, "alice@example.com", &["bob@far.test"], waited);
+    change(&mut server, &["list", "remove", "allow", "127.0.0.0/8"]);
+    change(&mut server, &["policy", "set", "delivery", "on"]);
+    let got = sink.wait_for(3, WAIT);
+    let waited = message_with(&got, "Subject: waited");
+    assert!(
+        waited.body_str().contains("d=example.com; s=s1;"),
+        "{}",
+        waited.body_str()
+    );
 }
 
 #[test]

@@ -417,6 +417,7 @@ fn stub_message(id: &str) -> StoredMessage {
             recipients: Vec::new(),
             login: None,
             peer: String::new(),
+            client_listed: Some(false),
             helo: String::new(),
             body: Vec::new(),
             spilled: None,
@@ -694,13 +695,19 @@ fn dkim_signer<'a>(
     if snapshot.dkim.is_empty() {
         return None;
     }
-    let ours = message.login.is_some()
-        || message.peer.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-            matches!(
-                snapshot.policy.lists().check(ip),
-                crate::policy::ip_lists::ListVerdict::Allowed { .. }
-            )
-        });
+    // Whether the client was listed is as it was at acceptance; for a
+    // message queued by a relaygate that did not keep it, as it is now.
+    let listed = || {
+        message.client_listed.unwrap_or_else(|| {
+            message.peer.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                matches!(
+                    snapshot.policy.lists().check(ip),
+                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
+                )
+            })
+        })
+    };
+    let ours = message.login.is_some() || listed();
     if !ours || message.sender.is_empty() {
         return None;
     }
@@ -1370,6 +1377,8 @@ pub fn bounce_for(
         }],
         login: None,
         peer: "127.0.0.1".into(),
+        // relaygate's own notices are never signed.
+        client_listed: Some(false),
         helo: settings.hostname.clone(),
         body,
     })
@@ -1434,6 +1443,7 @@ mod body_budget_tests {
                 }],
                 login: None,
                 peer: "127.0.0.1".into(),
+                client_listed: Some(false),
                 helo: "client".into(),
                 body: body.clone(),
                 spilled: None,

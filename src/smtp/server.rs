@@ -1217,6 +1217,11 @@ async fn store_message(
         recipients,
         login: t.login.clone(),
         peer: t.peer.to_string(),
+        // By the policy that decided its recipients (taken at MAIL).
+        client_listed: Some(matches!(
+            t.policy.lists().check(t.peer),
+            crate::policy::ip_lists::ListVerdict::Allowed { .. }
+        )),
         helo: t.helo.clone(),
         body,
         smtputf8: t.smtputf8,

@@ -203,6 +203,22 @@ impl Server {
         }
     }
 
+    /// Waits until `count` log lines so far contain `needle` (the third
+    /// reload, say).
+    pub fn wait_for_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log.iter().filter(|l| l.contains(needle)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!(
+                    "not {count} log lines with {needle:?} within {timeout:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Drains what the server logged so far.
     pub fn drain_log(&mut self) {
         while let Ok(line) = self.lines.try_recv() {
