@@ -54,10 +54,22 @@ pub enum Event {
         kind: BindKind,
         tls: bool,
     },
-    /// A session refused at the greeting (too many sessions).
+    /// A session refused at the greeting (a ban, too many sessions).
     SessionRefused {
         peer: SocketAddr,
         reply: String,
+        /// Rows from before it was kept say `limit`.
+        #[serde(default)]
+        cause: RefusalCause,
+    },
+    /// A DNS blocklist zone, or the resolver, could not be used: no client
+    /// is refused for it meanwhile. Said at most once per zone every 10
+    /// minutes.
+    BlocklistUnusable {
+        session: Option<u64>,
+        /// `None`: the resolver itself (`dns-servers`).
+        zone: Option<String>,
+        trouble: BlocklistTrouble,
     },
     /// A control-socket client was refused (its credentials do not allow it).
     ControlRefused {
@@ -183,6 +195,50 @@ pub enum Event {
         needed: u64,
         low: bool,
     },
+}
+
+/// Why a connection was refused before its session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCause {
+    /// Its address is banned.
+    Ban,
+    /// A session limit (`max-sessions`, per address, connection rate).
+    #[default]
+    Limit,
+}
+
+impl RefusalCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCause::Ban => "ban",
+            RefusalCause::Limit => "limit",
+        }
+    }
+}
+
+/// What was wrong with a DNS blocklist zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum BlocklistTrouble {
+    /// It answered with one of its error codes (127.255.255.x; Spamhaus's
+    /// "query through a public resolver"), not a listing.
+    ErrorCode { answer: std::net::Ipv4Addr },
+    /// No answer within the deadline.
+    NoAnswer { within_secs: u64 },
+    /// The query failed (or the resolver could not be built).
+    Failed { error: String },
+}
+
+impl BlocklistTrouble {
+    /// Its kind, as the metric labels it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BlocklistTrouble::ErrorCode { .. } => "error_code",
+            BlocklistTrouble::NoAnswer { .. } => "no_answer",
+            BlocklistTrouble::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// What a delivery attempt did for one recipient.
@@ -396,9 +452,10 @@ impl Event {
             | Event::ListenerUp { .. }
             | Event::ListenerDown { .. }
             | Event::PolicyReloaded { .. } => (K::Config, None),
-            Event::ListenerFailed { .. } | Event::ConfigRejected { .. } | Event::Error { .. } => {
-                (K::Error, None)
-            }
+            Event::ListenerFailed { .. }
+            | Event::ConfigRejected { .. }
+            | Event::Error { .. }
+            | Event::BlocklistUnusable { .. } => (K::Error, None),
             Event::ControlRefused { .. } => (K::Error, Some(Outcome::Refused)),
             Event::SessionOpened { .. }
             | Event::SessionClosed { .. }
@@ -529,7 +586,36 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
                 if *tls { ", TLS" } else { "" }
             ),
         ),
-        Event::SessionRefused { peer, reply } => d(Warn, put!("refused {peer}: {reply}")),
+        Event::SessionRefused { peer, reply, .. } => d(Warn, put!("refused {peer}: {reply}")),
+        Event::BlocklistUnusable {
+            session,
+            zone,
+            trouble,
+        } => {
+            let what = match trouble {
+                BlocklistTrouble::ErrorCode { answer } => format!(
+                    "answered {answer}, an error code, not a listing (does the zone refuse queries through this resolver?)"
+                ),
+                BlocklistTrouble::NoAnswer { within_secs } => {
+                    format!("no answer within {within_secs} s")
+                }
+                BlocklistTrouble::Failed { error } => error.clone(),
+            };
+            if let Some(s) = session {
+                let _ = write!(out, "session {s}: ");
+            }
+            d(
+                Warn,
+                match zone {
+                    Some(zone) => {
+                        put!("DNS blocklist {zone}: {what}; no client is refused for it")
+                    }
+                    None => put!(
+                        "DNS blocklists: the resolver (dns-servers) cannot be used: {what}; no client is refused"
+                    ),
+                },
+            )
+        }
         Event::SessionClosed { session, why } => d(Info, put!("session {session} closed: {why}")),
         Event::TlsEstablished { session } => d(Info, put!("session {session} STARTTLS done")),
         Event::Command {
@@ -855,6 +941,28 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal logged before its cause was kept reads back as a limit;
+    /// a blocklist problem reads back as it was written.
+    #[test]
+    fn refusals_and_blocklist_problems_read_back() {
+        let old = r#"{"type":"session_refused","peer":"192.0.2.1:4000","reply":"421 4.7.0 busy"}"#;
+        match serde_json::from_str::<Event>(old).unwrap() {
+            Event::SessionRefused { cause, .. } => assert_eq!(cause, RefusalCause::Limit),
+            other => panic!("{other:?}"),
+        }
+        let event = Event::BlocklistUnusable {
+            session: Some(7),
+            zone: Some("zen.test".into()),
+            trouble: BlocklistTrouble::NoAnswer { within_secs: 5 },
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+        assert_eq!(
+            describe(&event).text,
+            "session 7: DNS blocklist zen.test: no answer within 5 s; no client is refused for it"
+        );
+    }
 
     proptest::proptest! {
         /// The byte scan agrees with `char::is_control` on any text.

@@ -39,6 +39,14 @@ struct NoticeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlocklistLabels {
+    /// The zone, or `resolver`.
+    zone: String,
+    /// `error_code`, `no_answer` or `failed`.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerificationLabels {
     /// `known`, `unknown` or `unreachable`.
     answer: String,
@@ -77,6 +85,7 @@ struct Counted {
     bans: Counter,
     quota_refusals: Counter,
     verifications: Family<VerificationLabels, Counter>,
+    blocklist_troubles: Family<BlocklistLabels, Counter>,
     suspensions: Counter,
     dropped_events: Gauge,
     reloads: Counter,
@@ -163,6 +172,11 @@ impl Counted {
                 "recipients of local domains checked at their route (verify-recipients), by answer and whether the route was asked or the answer remembered",
                 Family::default()
             ),
+            blocklist_troubles: reg!(
+                "dnsbl_unusable",
+                "DNS blocklist zones found unusable (error code, no answer, failure; zone \"resolver\": dns-servers), said at most once per zone every 10 minutes",
+                Family::default()
+            ),
             suspensions: reg!(
                 "login_suspensions",
                 "logins suspended by a quota",
@@ -225,15 +239,18 @@ impl Metrics {
                         .dec();
                 }
             }
-            Event::SessionRefused { reply, .. } => {
-                let reason = if reply.contains("banned") {
-                    "ban"
-                } else {
-                    "limit"
-                };
+            Event::SessionRefused { cause, .. } => {
                 c.refused
                     .get_or_create(&ReasonLabels {
-                        reason: reason.into(),
+                        reason: cause.as_str().into(),
+                    })
+                    .inc();
+            }
+            Event::BlocklistUnusable { zone, trouble, .. } => {
+                c.blocklist_troubles
+                    .get_or_create(&BlocklistLabels {
+                        zone: zone.clone().unwrap_or_else(|| "resolver".into()),
+                        kind: trouble.kind().into(),
                     })
                     .inc();
             }
@@ -572,6 +589,58 @@ async fn refresh_levels(
         let age = oldest.map_or(0, |o| now - o);
         if let Ok(m) = metrics.lock() {
             m.set_levels(queued, age, shared.events.dropped());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{BlocklistTrouble, RefusalCause};
+
+    /// Refused connections are counted by their typed cause (never by
+    /// their reply's words), and unusable blocklist zones by zone and kind.
+    #[test]
+    fn refusals_and_blocklist_troubles_are_counted_by_their_kind() {
+        let mut m = Metrics::default();
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let none = |_: &str| String::new();
+        for (cause, reply) in [
+            (RefusalCause::Ban, "421 4.7.1 not now"),
+            (RefusalCause::Limit, "421 4.7.0 you were banned once"),
+            (RefusalCause::Limit, "421 4.7.0 too many sessions"),
+        ] {
+            let event = Event::SessionRefused {
+                peer,
+                reply: reply.into(),
+                cause,
+            };
+            m.count(&event, &none);
+        }
+        for (zone, trouble) in [
+            (
+                Some("zen.test"),
+                BlocklistTrouble::ErrorCode {
+                    answer: std::net::Ipv4Addr::new(127, 255, 255, 254),
+                },
+            ),
+            (None, BlocklistTrouble::Failed { error: "x".into() }),
+        ] {
+            let event = Event::BlocklistUnusable {
+                session: None,
+                zone: zone.map(str::to_string),
+                trouble,
+            };
+            m.count(&event, &none);
+        }
+        let text = m.encode();
+        for line in [
+            "relaygate_sessions_refused_total{reason=\"ban\"} 1",
+            "relaygate_sessions_refused_total{reason=\"limit\"} 2",
+            "relaygate_dnsbl_unusable_total{zone=\"zen.test\",kind=\"error_code\"} 1",
+            "relaygate_dnsbl_unusable_total{zone=\"resolver\",kind=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use crate::answer_memory::AnswerMemory;
 use crate::delivery::mx::MxResolver;
+use crate::events::BlocklistTrouble;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
@@ -90,9 +91,10 @@ pub fn read_answer(answers: &[Ipv4Addr]) -> ZoneAnswer {
 pub struct Lookup {
     /// The first zone, in the configured order, that lists the client.
     pub listing: Option<Listing>,
-    /// Zones that failed or answered with an error code, to be reported
-    /// (at most once per zone every [`REPORT_EVERY`]).
-    pub problems: Vec<String>,
+    /// Zones that failed or answered with an error code (`None`: the
+    /// resolver), to be reported (at most once per zone every
+    /// [`REPORT_EVERY`]).
+    pub problems: Vec<(Option<String>, BlocklistTrouble)>,
 }
 
 /// Looks clients up on the configured zones, and remembers the answers.
@@ -140,7 +142,10 @@ impl DnsblChecker {
             Err(e) => {
                 return Lookup {
                     listing: None,
-                    problems: self.to_report(vec![(RESOLVER.into(), e)]),
+                    problems: self.to_report(vec![(
+                        RESOLVER.into(),
+                        BlocklistTrouble::Failed { error: e },
+                    )]),
                 };
             }
         };
@@ -148,9 +153,16 @@ impl DnsblChecker {
         for (i, zone) in zones.iter().enumerate() {
             let resolver = resolver.clone();
             let name = query_name(ip, zone);
-            asks.spawn(async move { (i, resolver.ipv4_of(&name).await) });
+            asks.spawn(async move {
+                let answer = resolver.ipv4_of(&name).await;
+                (
+                    i,
+                    answer.map_err(|error| BlocklistTrouble::Failed { error }),
+                )
+            });
         }
-        let mut answers: Vec<Option<Result<Vec<Ipv4Addr>, String>>> = vec![None; zones.len()];
+        let mut answers: Vec<Option<Result<Vec<Ipv4Addr>, BlocklistTrouble>>> =
+            vec![None; zones.len()];
         let _ = tokio::time::timeout(DEADLINE, async {
             while let Some(done) = asks.join_next().await {
                 if let Ok((i, answer)) = done
@@ -181,7 +193,9 @@ impl DnsblChecker {
                 None if decided => None,
                 None => Some((
                     zone,
-                    Err(format!("no answer within {} s", DEADLINE.as_secs())),
+                    Err(BlocklistTrouble::NoAnswer {
+                        within_secs: DEADLINE.as_secs(),
+                    }),
                 )),
             });
         let mut listing = None;
@@ -195,12 +209,7 @@ impl DnsblChecker {
                 Ok(ZoneAnswer::NotListed) => {}
                 Ok(ZoneAnswer::ErrorCode(code)) => {
                     complete = false;
-                    problems.push((
-                        zone,
-                        format!(
-                            "answered {code}, an error code, not a listing (does the zone refuse queries through this resolver?)"
-                        ),
-                    ));
+                    problems.push((zone, BlocklistTrouble::ErrorCode { answer: code }));
                 }
                 Err(e) => {
                     complete = false;
@@ -243,8 +252,12 @@ impl DnsblChecker {
         self.remembered.remember(ip, listing, ttl);
     }
 
-    /// The problems not reported in the last [`REPORT_EVERY`], as text.
-    fn to_report(&self, problems: Vec<(String, String)>) -> Vec<String> {
+    /// The problems not reported in the last [`REPORT_EVERY`]; the
+    /// resolver's with no zone.
+    fn to_report(
+        &self,
+        problems: Vec<(String, BlocklistTrouble)>,
+    ) -> Vec<(Option<String>, BlocklistTrouble)> {
         let now = Instant::now();
         let mut reported = lock(&self.reported);
         problems
@@ -258,15 +271,7 @@ impl DnsblChecker {
                 }
                 due
             })
-            .map(|(zone, e)| {
-                if zone == RESOLVER {
-                    format!(
-                        "DNS blocklists: the resolver (dns-servers) cannot be used: {e}; no client is refused"
-                    )
-                } else {
-                    format!("DNS blocklist {zone}: {e}; no client is refused for it")
-                }
-            })
+            .map(|(zone, trouble)| ((zone != RESOLVER).then_some(zone), trouble))
             .collect()
     }
 }
@@ -322,12 +327,18 @@ mod tests {
     #[test]
     fn a_problem_is_reported_once_in_a_while() {
         let c = DnsblChecker::default();
-        let p = || vec![("zen.test".to_string(), "timed out".to_string())];
-        assert_eq!(c.to_report(p()).len(), 1);
+        let trouble = || BlocklistTrouble::NoAnswer { within_secs: 5 };
+        let p = || vec![("zen.test".to_string(), trouble())];
+        assert_eq!(c.to_report(p()), [(Some("zen.test".into()), trouble())]);
         assert!(c.to_report(p()).is_empty());
+        // Another zone, and the resolver (no zone), on their own clocks.
+        let failed = BlocklistTrouble::Failed { error: "x".into() };
         assert_eq!(
-            c.to_report(vec![("other.test".into(), "x".into())]).len(),
-            1
+            c.to_report(vec![
+                ("other.test".into(), failed.clone()),
+                (RESOLVER.into(), failed.clone())
+            ]),
+            [(Some("other.test".into()), failed.clone()), (None, failed)]
         );
     }
 }

@@ -173,8 +173,14 @@ fn network_checks(
             let lookup = crate::abuse::dnsbl::DnsblChecker::default()
                 .check(&settings.dns_servers, &settings.dnsbl, ip)
                 .await;
-            for problem in &lookup.problems {
-                println!("note: {problem}");
+            for (zone, trouble) in lookup.problems {
+                // Said as the engine's log says it.
+                let event = crate::events::Event::BlocklistUnusable {
+                    session: None,
+                    zone,
+                    trouble,
+                };
+                println!("note: {}", crate::events::describe(&event).text);
             }
             if let Some(listing) = lookup.listing {
                 for (_, decision) in decisions.iter_mut() {

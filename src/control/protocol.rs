@@ -316,6 +316,21 @@ mod tests {
             Event::SessionRefused {
                 peer,
                 reply: "421 4.7.0 busy".into(),
+                cause: crate::events::RefusalCause::Limit,
+            },
+            Event::BlocklistUnusable {
+                session: Some(1),
+                zone: Some("zen.example".into()),
+                trouble: crate::events::BlocklistTrouble::ErrorCode {
+                    answer: std::net::Ipv4Addr::new(127, 255, 255, 254),
+                },
+            },
+            Event::BlocklistUnusable {
+                session: None,
+                zone: None,
+                trouble: crate::events::BlocklistTrouble::Failed {
+                    error: "no nameserver".into(),
+                },
             },
             Event::ControlRefused {
                 uid: 65534,
@@ -419,6 +434,7 @@ mod tests {
                 | Event::ConfigRejected { .. }
                 | Event::SessionOpened { .. }
                 | Event::SessionRefused { .. }
+                | Event::BlocklistUnusable { .. }
                 | Event::ControlRefused { .. }
                 | Event::SessionClosed { .. }
                 | Event::TlsEstablished { .. }

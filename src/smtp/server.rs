@@ -253,6 +253,7 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
         ctx.shared.events.emit(Event::SessionRefused {
             peer: ctx.peer,
             reply: reply.to_string().trim_end().to_string(),
+            cause: crate::events::RefusalCause::Ban,
         });
         return;
     }
@@ -276,6 +277,7 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
             ctx.shared.events.emit(Event::SessionRefused {
                 peer: ctx.peer,
                 reply: reply.to_string().trim_end().to_string(),
+                cause: crate::events::RefusalCause::Limit,
             });
             return;
         }
@@ -522,10 +524,11 @@ async fn run(
                                     .dnsbl
                                     .check(&settings.dns_servers, &settings.dnsbl, ip)
                                     .await;
-                                for message in lookup.problems {
-                                    ctx.shared.events.emit(Event::Error {
+                                for (zone, trouble) in lookup.problems {
+                                    ctx.shared.events.emit(Event::BlocklistUnusable {
                                         session: Some(id),
-                                        message,
+                                        zone,
+                                        trouble,
                                     });
                                 }
                                 blocklisted = Some(lookup.listing);
