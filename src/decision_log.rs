@@ -533,22 +533,56 @@ const BATCH_EVENTS: usize = 20_000;
 /// Events kept in memory while the log cannot be written.
 const UNWRITTEN_KEPT: usize = 100_000;
 
-/// The writer, on its own thread: takes whatever events are waiting,
-/// writes them in one transaction, and prunes once a minute. Ends when the
-/// bus is dropped.
+/// The event log's writer thread, and the way to stop it.
+pub struct LogWriter {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LogWriter {
+    /// Writes what is waiting and ends the writer, waiting `within` at
+    /// most: at the engine's stop, so that the last events (the sessions
+    /// cut off, the listeners closed) are in the log. The bus outlives
+    /// the engine, so its end cannot tell the writer.
+    pub fn finish(self, within: Duration) {
+        let _ = self.stop.send(());
+        let deadline = Instant::now() + within;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// The writer, on its own thread: every [`GATHER`] (at once while it is
+/// behind) takes whatever events are waiting, writes them in one
+/// transaction, and prunes once a minute. Ends when told to
+/// ([`LogWriter::finish`]) or when the bus is dropped, after writing
+/// what is left.
 pub fn spawn_writer(
     path: &Path,
     mut events: mpsc::Receiver<Stamped>,
     retention: impl Fn() -> Retention + Send + 'static,
     disk_short: impl Fn() -> bool + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<LogWriter> {
     let path = path.to_path_buf();
-    std::thread::Builder::new()
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("decision-log".into())
         .spawn(move || {
             let Ok(mut log) = DecisionLog::open(&path) else {
                 // Without a log file the engine still runs; drain and drop.
-                while events.blocking_recv().is_some() {}
+                while stopped.try_recv().is_err() {
+                    match events.try_recv() {
+                        Ok(_) => {}
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            let _ = stopped.recv_timeout(GATHER);
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
                 return;
             };
             let mut last_prune = Instant::now() - Duration::from_secs(3600);
@@ -556,32 +590,38 @@ pub fn spawn_writer(
             // the next batch, oldest first, up to UNWRITTEN_KEPT of them.
             let mut unwritten: Vec<Stamped> = Vec::new();
             let mut failing = false;
+            // Let a burst gather into one transaction; a writer that is
+            // behind (its last batch full) takes the next one at once, and
+            // one that cannot write tries again every second.
+            let mut wait = GATHER;
+            let mut stopping = false;
             loop {
-                // Waiting for events; with some left unwritten, trying
-                // them again every second whether or not more come.
-                let first = if unwritten.is_empty() {
-                    match events.blocking_recv() {
-                        Some(e) => Some(e),
-                        None => break,
+                if !wait.is_zero() {
+                    match stopped.recv_timeout(wait) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => stopping = true,
                     }
-                } else {
-                    match events.try_recv() {
-                        Ok(e) => Some(e),
-                        Err(mpsc::error::TryRecvError::Empty) => None,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            let left: Vec<&Stamped> = unwritten.iter().collect();
-                            let _ = log.append(&left);
-                            break;
-                        }
-                    }
-                };
+                }
                 let mut batch: Vec<Stamped> = std::mem::take(&mut unwritten);
-                let most = batch.len() + BATCH_EVENTS;
-                batch.extend(first);
+                // Stopping: everything still waiting, however much.
+                let most = if stopping {
+                    usize::MAX
+                } else {
+                    batch.len() + BATCH_EVENTS
+                };
+                let mut full = true;
                 while batch.len() < most {
                     match events.try_recv() {
                         Ok(e) => batch.push(e),
-                        Err(_) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            full = false;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            full = false;
+                            stopping = true;
+                            break;
+                        }
                     }
                 }
                 let logged: Vec<&Stamped> = batch.iter().filter(|s| is_logged(s)).collect();
@@ -607,12 +647,18 @@ pub fn spawn_writer(
                         );
                     }
                     failing = true;
+                    if stopping {
+                        break;
+                    }
                     unwritten = kept.into_iter().skip(dropped).collect();
-                    std::thread::sleep(Duration::from_secs(1));
+                    wait = Duration::from_secs(1);
                     continue;
                 }
                 if std::mem::take(&mut failing) {
                     tracing::warn!("event log {}: written again", path.display());
+                }
+                if stopping {
+                    break;
                 }
                 if last_prune.elapsed() >= Duration::from_secs(60) {
                     let now = std::time::SystemTime::now()
@@ -621,10 +667,10 @@ pub fn spawn_writer(
                     let _ = log.prune(retention(), now);
                     last_prune = Instant::now();
                 }
-                // Let a burst gather into one transaction.
-                std::thread::sleep(GATHER);
+                wait = if full { Duration::ZERO } else { GATHER };
             }
-        })
+        })?;
+    Ok(LogWriter { stop, thread })
 }
 
 #[cfg(test)]

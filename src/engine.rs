@@ -473,6 +473,8 @@ pub struct Engine {
     control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     feed: Feed,
     nudges: Arc<Nudges>,
+    /// The event log's writer: told to write what is left at the stop.
+    log_writer: Option<crate::decision_log::LogWriter>,
     /// Held until the engine is dropped: no second engine on this data.
     lock: Option<EngineLock>,
 }
@@ -765,6 +767,7 @@ impl Engine {
             control: None,
             feed,
             nudges: Arc::new(Nudges::default()),
+            log_writer: None,
             lock: Some(lock),
         };
         let for_log = Arc::clone(&engine.shared);
@@ -781,6 +784,7 @@ impl Engine {
             },
             move || space.room().is_some_and(|r| r.is_short()),
         );
+        let log_writer = log_writer.map(|w| engine.log_writer = Some(w));
         if let Err(e) = log_writer {
             engine.shared.events.emit(Event::Error {
                 session: None,
@@ -938,6 +942,11 @@ impl Engine {
         let shared = Arc::clone(&self.shared);
         let db = self.dir.db.clone();
         let _ = tokio::task::spawn_blocking(move || save_abuse_state_at_exit(&db, &shared)).await;
+        // Last: the events of the stop itself are in the log.
+        if let Some(writer) = self.log_writer.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || writer.finish(Duration::from_secs(5))).await;
+        }
         self.lock.take();
     }
 }

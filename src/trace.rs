@@ -169,6 +169,9 @@ impl<'a> KeysOf<'a> {
             Event::ClientBanned { peer, .. } => k.ip = Some(*peer),
             Event::Error {
                 session: Some(s), ..
+            }
+            | Event::BlocklistUnusable {
+                session: Some(s), ..
             } => k.session = Some(*s),
             _ => {}
         }
@@ -759,6 +762,24 @@ mod tests {
             "sender and recipient are different keys"
         );
         assert_eq!(TraceKeys::session_key(3, 7) >> SESSION_BITS, 3);
+    }
+
+    /// A session's problems are filed under it, so that its trace shows
+    /// them (a blocklist that could not be asked, an error).
+    #[test]
+    fn a_sessions_problems_are_found_by_its_session() {
+        let blocklist = Event::BlocklistUnusable {
+            session: Some(3),
+            zone: Some("zen.test".into()),
+            trouble: crate::events::BlocklistTrouble::NoAnswer { within_secs: 5 },
+        };
+        let error = Event::Error {
+            session: Some(3),
+            message: "x".into(),
+        };
+        for event in [&blocklist, &error] {
+            assert_eq!(KeysOf::of(event).session, Some(3), "{event:?}");
+        }
     }
 
     /// The writer's borrowed keys give exactly the owned keys' tokens, so

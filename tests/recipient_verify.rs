@@ -32,23 +32,6 @@ fn inbound(addr: SocketAddr) -> Client {
     c
 }
 
-/// Waits until the log holds `n` lines containing `needle`.
-fn wait_for_count(server: &mut Server, needle: &str, n: usize) {
-    let start = Instant::now();
-    loop {
-        server.drain_log();
-        if server.log.iter().filter(|l| l.contains(needle)).count() >= n {
-            return;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "fewer than {n} log lines with {needle:?}:\n{}",
-            server.log.join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,7 +96,7 @@ fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
 
     // Any configuration change empties the memory.
     cli(&server.db, &["policy", "set", "verify-known-ttl", "2h"]);
-    wait_for_count(&mut server, "configuration reloaded", 1);
+    server.wait_for_count("configuration reloaded", 1, WAIT);
     let mut c = inbound(addr);
     c.expect("RCPT TO:<alice@example.com>", "250");
     assert_eq!(sink.rcpt_attempts("alice@example.com"), 3);
@@ -121,7 +104,7 @@ fn unknown_recipients_are_refused_at_rcpt_and_answers_are_remembered() {
     // Outbound mail is not verified, and neither is a local domain
     // without a route (its mail waits for one at delivery).
     cli(&server.db, &["domain", "add", "unrouted.example"]);
-    wait_for_count(&mut server, "configuration reloaded", 2);
+    server.wait_for_count("configuration reloaded", 2, WAIT);
     let mut c = inbound(addr);
     c.expect("RCPT TO:<perm-x@unrouted.example>", "250");
     c.expect("QUIT", "221");
@@ -205,7 +188,7 @@ fn an_unreachable_route_defers_unless_set_to_accept() {
     // greeting) is unreachable too.
     sink.set_mode(SinkMode::TempFailAll);
     cli(&server.db, &["policy", "set", "verify-unknown-ttl", "2h"]);
-    wait_for_count(&mut server, "configuration reloaded", 1);
+    server.wait_for_count("configuration reloaded", 1, WAIT);
     let mut c = inbound(addr);
     let r = c.cmd("RCPT TO:<carol@example.com>");
     assert!(r.starts_with("450 4.4.1"), "{r}");
@@ -217,7 +200,7 @@ fn an_unreachable_route_defers_unless_set_to_accept() {
         &server.db,
         &["policy", "set", "verify-unreachable", "accept"],
     );
-    wait_for_count(&mut server, "configuration reloaded", 2);
+    server.wait_for_count("configuration reloaded", 2, WAIT);
     c.expect("RCPT TO:<carol@example.com>", "250");
     sink.set_mode(SinkMode::Down);
     let mut c = inbound(addr);

@@ -19,8 +19,9 @@ use std::time::SystemTime;
 
 /// Bumped whenever a message changes incompatibly (3: the spool-space
 /// event, which an older console could not read; 4: the notice event;
-/// 5: recipient verification in decisions).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 5: recipient verification in decisions; 6: the blocklist event and a
+/// refusal's cause).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).

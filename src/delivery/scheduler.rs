@@ -1200,9 +1200,13 @@ async fn warn_of_delay(
     if delayed.is_empty() {
         return;
     }
-    // A message's recipients are few: its own rows, read by its key.
-    if let Ok(Some(entry)) = read_spool(d, &message.id, |r, id| r.entry(id)).await {
-        delayed = deferred_recipients(delayed, entry.recipients, asked);
+    // A message's recipients are few: its own rows, read by its key. Not
+    // read, gone or held: no warning now (the next attempt warns).
+    match read_spool(d, &message.id, |r, id| r.entry(id)).await {
+        Ok(Some(entry)) if !entry.held => {
+            delayed = deferred_recipients(delayed, entry.recipients, asked);
+        }
+        _ => return,
     }
     let Some(notice) = bounce_for(settings, message, &delayed) else {
         return;
@@ -1212,7 +1216,9 @@ async fn warn_of_delay(
         message_id: message.id.clone(),
         notice,
     };
-    if let Some(1..) = apply_or_keep(d, op, &message.id).await {
+    // Not kept when it cannot be written: the message is then not marked
+    // warned, and its next attempt warns.
+    if let Ok(1..) = d.shared.spool.apply(op).await {
         d.shared.events.emit(Event::NoticeSent {
             message_id: message.id.clone(),
             notice_id,
@@ -1226,8 +1232,8 @@ async fn warn_of_delay(
 /// The recipients a delay warning names: those an attempt deferred
 /// (`this_attempt`, as it reported them) and the message's other
 /// recipients (`queued`, as the spool has them) that were deferred
-/// before and wait for their next attempt, each if its NOTIFY asks for
-/// delays, in the message's order.
+/// before and wait for their next attempt (with their last reply), each
+/// if its NOTIFY asks for delays, in the message's order.
 fn deferred_recipients(
     mut this_attempt: Vec<ReportedRecipient>,
     queued: Vec<crate::spool::RecipientState>,
@@ -1244,16 +1250,18 @@ fn deferred_recipients(
         if r.state != "queued" || r.attempts == 0 || !Notify::wants_delay(asked.notify) {
             continue;
         }
+        // Its last error, if that was a reply (a 4.x.x status); a note of
+        // the engine's own since (a rate limit's wait) is no diagnosis.
         let error = r.last_error.unwrap_or_default();
-        let status = status_in_class(&error, '4');
-        named.push(report(
-            &r.address,
-            DsnAction::Delayed,
-            status,
-            &error,
-            &None,
-            asked,
-        ));
+        let reply = super::client::enhanced_status(&error).filter(|s| s.starts_with('4'));
+        named.push(ReportedRecipient {
+            address: r.address,
+            status: reply.clone().unwrap_or_else(|| "4.0.0".into()),
+            diagnostic: reply.map(|_| error),
+            remote_mta: None,
+            action: DsnAction::Delayed,
+            original_recipient: asked.orcpt.clone(),
+        });
     }
     named.extend(this_attempt);
     named
@@ -1525,10 +1533,22 @@ mod delay_warning_tests {
             queued("d@one.test", "queued", 0, None),
             queued("e@one.test", "queued", 2, Some("421 4.4.2 try later")),
             queued("f@one.test", "failed", 1, Some("550 5.1.1 unknown")),
+            // Deferred, then kept waiting by a rate limit: named, with no
+            // diagnosis from the note.
+            queued(
+                "g@one.test",
+                "queued",
+                1,
+                Some("waiting for the rate limit"),
+            ),
         ];
         let named = deferred_recipients(vec![now.clone()], spool, &asked);
         let addresses: Vec<&str> = named.iter().map(|r| r.address.as_str()).collect();
-        assert_eq!(addresses, ["a@one.test", "b@two.test"]);
+        assert_eq!(addresses, ["a@one.test", "b@two.test", "g@one.test"]);
+        assert_eq!(
+            (named[2].status.as_str(), &named[2].diagnostic),
+            ("4.0.0", &None)
+        );
         assert_eq!(named[0].status, "4.4.2");
         assert_eq!(named[0].diagnostic.as_deref(), Some("421 4.4.2 try later"));
         assert_eq!(named[0].remote_mta, None);
