@@ -617,6 +617,9 @@ fn dkim_signers(
         pem,
     } in keys
     {
+        // Keyed and signed by its DNS form (a key stored before keys were
+        // kept so may be a U-label).
+        let domain = crate::policy::address::ascii_domain(&domain).unwrap_or(domain);
         let kept = previous
             .and_then(|p| p.dkim.get(&domain))
             .filter(|s| s.selector == selector && s.pem_digest == crate::dkim::digest(&pem));

@@ -302,6 +302,73 @@ fn signing_is_decided_when_the_message_is_accepted() {
     );
 }
 
+/// An international domain is one domain in both its forms: a key added
+/// for `Bücher.Example` is kept, published and signed for as
+/// `xn--bcher-kva.example` (RFC 6376 3.5), and signs a message whose
+/// `From:` has the U-label and whose envelope has the A-label.
+#[test]
+fn an_international_domain_is_signed_in_its_dns_form() {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key(dir.path());
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::smarthost(&db, sink.addr());
+    // The senders' domain is local (the policy compares domains as
+    // written: here as the envelope has it).
+    cli(&db, &["domain", "add", "xn--bcher-kva.example"]);
+    let key = key.to_str().unwrap();
+    let added = cli(
+        &db,
+        &[
+            "dkim",
+            "add",
+            "Bücher.Example",
+            "--selector",
+            "s1",
+            "--key-file",
+            key,
+        ],
+    );
+    assert!(
+        added.contains("s1._domainkey.xn--bcher-kva.example. IN TXT"),
+        "{added}"
+    );
+    let shown = cli(&db, &["dkim", "show"]);
+    assert!(
+        shown.starts_with("xn--bcher-kva.example  selector s1"),
+        "{shown}"
+    );
+    let txt = record(&shown);
+    let mut server = Server::start(&db);
+    let body = "From: Anna <anna@bücher.example>\r\nSubject: idn\r\n\r\nHallo\r\n";
+    send_queued(
+        server.addr(),
+        "anna@xn--bcher-kva.example",
+        &["bob@far.test"],
+        body,
+    );
+    let got = sink.wait_for(1, WAIT);
+    let signed = message_with(&got, "Subject: idn");
+    assert!(
+        signed.body_str().contains("d=xn--bcher-kva.example; s=s1;"),
+        "{}",
+        signed.body_str()
+    );
+    let verdict = verify(dir.path(), &signed.body, &txt);
+    assert_eq!(
+        verdict, "verified s1._domainkey.xn--bcher-kva.example.",
+        "{verdict}"
+    );
+    // Either spelling removes it.
+    cli(&db, &["dkim", "remove", "bücher.example"]);
+    assert!(cli(&db, &["dkim", "show"]).contains("no DKIM keys"));
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
 #[test]
 fn a_stored_key_that_cannot_sign_is_said_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -39,6 +39,16 @@ fn zone_line(domain: &str, selector: &str, record: &str) -> String {
     )
 }
 
+/// A key's domain as it is kept and signed for: its DNS form (A-labels),
+/// so that `bücher.example` and `xn--bcher-kva.example` are one domain,
+/// and the signature's `d=` and the record's name are what the DNS has.
+fn dns_name(domain: &str) -> anyhow::Result<String> {
+    let valid = crate::policy::address::normalize_domain(domain)
+        .map_err(|p| anyhow::anyhow!("{domain:?} is not a domain: {p}"))?;
+    crate::policy::address::ascii_domain(&valid)
+        .ok_or_else(|| anyhow::anyhow!("{domain:?} is not a domain the DNS can hold"))
+}
+
 pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DkimCommand::Show => {
@@ -68,8 +78,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
             selector,
             key_file,
         } => {
-            let domain = crate::policy::address::normalize_domain(&domain)
-                .map_err(|p| anyhow::anyhow!("{domain:?} is not a domain: {p}"))?;
+            let domain = dns_name(&domain)?;
             let selector = selector.to_ascii_lowercase();
             if !valid_selector(&selector) {
                 anyhow::bail!(
@@ -91,7 +100,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
             if !store
                 .domains()?
                 .iter()
-                .any(|d| d.eq_ignore_ascii_case(&domain))
+                .any(|d| crate::policy::address::ascii_domain(d).as_deref() == Some(&domain))
             {
                 println!(
                     "note: {domain} is not a local domain: its mail is signed only when it comes from a client that authenticated or that the allow list allows, with an envelope sender in {domain}"
@@ -99,8 +108,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DkimCommand::Remove { domain } => {
-            let domain = crate::policy::address::normalize_domain(&domain)
-                .map_err(|p| anyhow::anyhow!("{domain:?} is not a domain: {p}"))?;
+            let domain = dns_name(&domain)?;
             store.remove_dkim_key(&domain)?;
             println!(
                 "mail from {domain} is no longer signed, queued mail included; keep its TXT record a few days for the mail already sent"

@@ -711,9 +711,11 @@ fn dkim_signer<'a>(
     if !ours || message.sender.is_empty() {
         return None;
     }
-    let from = crate::dkim::from_domain(&message.body)?;
+    // Compared, and looked up, in their DNS form: a U-label and its
+    // A-label are one domain.
+    let from = crate::policy::address::ascii_domain(&crate::dkim::from_domain(&message.body)?)?;
     let (_, envelope) = message.sender.rsplit_once('@')?;
-    if !envelope.trim_end_matches('.').eq_ignore_ascii_case(&from) {
+    if crate::policy::address::ascii_domain(envelope)? != from {
         return None;
     }
     snapshot.dkim.get(&from)

@@ -315,9 +315,36 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
     Ok(name.to_lowercase())
 }
 
+/// A domain as the DNS has it: international labels as A-labels
+/// (`bücher.test` -> `xn--bcher-kva.test`, RFC 5890), lower case, without
+/// a trailing dot. What a DKIM signature and its TXT record name (RFC
+/// 6376 3.5), and what two spellings of one domain are compared by.
+/// `None` if it cannot be one.
+pub fn ascii_domain(name: &str) -> Option<String> {
+    let name = name.trim().trim_end_matches('.');
+    if name.is_empty() {
+        return None;
+    }
+    idna::domain_to_ascii(name).ok().filter(|d| !d.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn international_domains_are_compared_as_a_labels() {
+        assert_eq!(
+            ascii_domain("Bücher.Test.").as_deref(),
+            Some("xn--bcher-kva.test")
+        );
+        assert_eq!(
+            ascii_domain("xn--bcher-kva.test"),
+            ascii_domain("bücher.test")
+        );
+        assert_eq!(ascii_domain("Example.COM").as_deref(), Some("example.com"));
+        assert_eq!(ascii_domain(""), None);
+    }
 
     #[test]
     fn a_domain_never_holds_a_control_character() {

@@ -305,6 +305,9 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
     for k in &doc.dkim {
         let domain = crate::policy::address::normalize_domain(&k.domain)
             .map_err(|e| invalid("dkim", format!("{:?}: {e}", k.domain)))?;
+        // Kept in its DNS form, as `dkim add` keeps it.
+        let domain = crate::policy::address::ascii_domain(&domain)
+            .ok_or_else(|| invalid("dkim", format!("{domain:?} is not a DNS name")))?;
         crate::dkim::DkimKey::from_pem(&k.private_key)
             .map_err(|e| invalid("dkim", format!("{domain}: {e}")))?;
         if !crate::dkim::valid_selector(&k.selector.to_ascii_lowercase()) {
