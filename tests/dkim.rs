@@ -64,6 +64,11 @@ fn message_with<'a>(
         .unwrap_or_else(|| panic!("no message with {text:?}"))
 }
 
+fn assert_signed_for(m: &common::sink::SinkMessage, domain: &str) {
+    let tag = format!("d={domain}; s=s1;");
+    assert!(m.body_str().contains(&tag), "{}", m.body_str());
+}
+
 fn assert_unsigned(m: &common::sink::SinkMessage) {
     assert!(!m.body_str().contains("DKIM-Signature"), "{}", m.body_str());
 }
@@ -147,11 +152,7 @@ fn what_users_send_is_signed_and_verifies() {
     let unsigned = message_with(&got, "borrowed");
     assert_unsigned(unsigned);
     let header_only = message_with(&got, "header only");
-    assert!(
-        header_only.body_str().contains("d=example.com; s=s1;"),
-        "{}",
-        header_only.body_str()
-    );
+    assert_signed_for(header_only, "example.com");
     let verdict = verify(dir.path(), &header_only.body, &txt);
     assert!(verdict.starts_with("verified"), "{verdict}");
     let signed = message_with(&got, "quarterly");
@@ -228,21 +229,38 @@ fn what_users_send_is_signed_and_verifies() {
     assert!(cli(&db, &["dkim", "show"]).contains("no DKIM keys"));
 }
 
+/// What a signing test starts from: a temporary directory, a key made
+/// by openssl, a sink, and a database whose smarthost is the sink (with
+/// `settings`); `None` (said) when the tools are missing.
+fn signing_setup(
+    settings: &[(&str, &str)],
+) -> Option<(
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Sink,
+    std::path::PathBuf,
+)> {
+    if let Some(why) = tools_missing() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = new_key(dir.path());
+    let sink = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), settings);
+    common::smarthost(&db, sink.addr());
+    Some((dir, key, sink, db))
+}
+
 /// Whether a message is the client's own (on the allow list) is decided
 /// when it is accepted: an allow-list edit while it waits in the queue
 /// neither takes the signature from a user's message nor gives one to a
 /// stranger's.
 #[test]
 fn signing_is_decided_when_the_message_is_accepted() {
-    if let Some(why) = tools_missing() {
-        eprintln!("skipped: {why}");
+    let Some((_dir, key, sink, db)) = signing_setup(&[("delivery", "off")]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key = new_key(dir.path());
-    let sink = Sink::start(SinkOptions::default());
-    let db = test_db(dir.path(), &[("delivery", "off")]);
-    common::smarthost(&db, sink.addr());
+    };
     common::route(&db, "example.com", sink.addr());
     let key = key.to_str().unwrap();
     cli(
@@ -280,12 +298,7 @@ fn signing_is_decided_when_the_message_is_accepted() {
     change(&mut server, &["list", "add", "allow", "127.0.0.0/8"]);
     change(&mut server, &["policy", "set", "delivery", "on"]);
     let got = sink.wait_for(2, WAIT);
-    let signed = message_with(&got, "from a user");
-    assert!(
-        signed.body_str().contains("d=example.com; s=s1;"),
-        "{}",
-        signed.body_str()
-    );
+    assert_signed_for(message_with(&got, "from a user"), "example.com");
     assert_unsigned(message_with(&got, "from a stranger"));
     // And a user's message that waits while the list loses its client.
     change(&mut server, &["policy", "set", "delivery", "off"]);
@@ -294,12 +307,7 @@ fn signing_is_decided_when_the_message_is_accepted() {
     change(&mut server, &["list", "remove", "allow", "127.0.0.0/8"]);
     change(&mut server, &["policy", "set", "delivery", "on"]);
     let got = sink.wait_for(3, WAIT);
-    let waited = message_with(&got, "Subject: waited");
-    assert!(
-        waited.body_str().contains("d=example.com; s=s1;"),
-        "{}",
-        waited.body_str()
-    );
+    assert_signed_for(message_with(&got, "Subject: waited"), "example.com");
 }
 
 /// An international domain is one domain in both its forms: a key added
@@ -308,15 +316,9 @@ fn signing_is_decided_when_the_message_is_accepted() {
 /// `From:` has the U-label and whose envelope has the A-label.
 #[test]
 fn an_international_domain_is_signed_in_its_dns_form() {
-    if let Some(why) = tools_missing() {
-        eprintln!("skipped: {why}");
+    let Some((dir, key, sink, db)) = signing_setup(&[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let key = new_key(dir.path());
-    let sink = Sink::start(SinkOptions::default());
-    let db = test_db(dir.path(), &[]);
-    common::smarthost(&db, sink.addr());
+    };
     // The senders' domain is local (the policy compares domains as
     // written: here as the envelope has it).
     cli(&db, &["domain", "add", "xn--bcher-kva.example"]);
@@ -353,11 +355,7 @@ fn an_international_domain_is_signed_in_its_dns_form() {
     );
     let got = sink.wait_for(1, WAIT);
     let signed = message_with(&got, "Subject: idn");
-    assert!(
-        signed.body_str().contains("d=xn--bcher-kva.example; s=s1;"),
-        "{}",
-        signed.body_str()
-    );
+    assert_signed_for(signed, "xn--bcher-kva.example");
     let verdict = verify(dir.path(), &signed.body, &txt);
     assert_eq!(
         verdict, "verified s1._domainkey.xn--bcher-kva.example.",
