@@ -573,15 +573,12 @@ pub fn spawn_writer(
         .name("decision-log".into())
         .spawn(move || {
             let Ok(mut log) = DecisionLog::open(&path) else {
-                // Without a log file the engine still runs; drain and drop.
-                while stopped.try_recv().is_err() {
-                    match events.try_recv() {
-                        Ok(_) => {}
-                        Err(mpsc::error::TryRecvError::Empty) => {
-                            let _ = stopped.recv_timeout(GATHER);
-                        }
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
+                // Without a log file the engine still runs; drain and drop
+                // until told to stop (or the engine is gone).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(GATHER)
+                {
+                    while let Ok(_dropped) = events.try_recv() {}
                 }
                 return;
             };

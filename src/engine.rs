@@ -313,11 +313,7 @@ impl Shared {
             // A LAN mail server or a NAT the lists allow is not one client
             // among many (Postfix exempts mynetworks too); the total cap
             // still applies.
-            let exempt = settings.listed_ip_exempt
-                && matches!(
-                    self.snapshot().policy.lists().check(peer),
-                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
-                );
+            let exempt = settings.listed_ip_exempt && self.snapshot().policy.lists().allows(peer);
             if !exempt {
                 return Err("Error: too many sessions from your address, try again later");
             }

@@ -990,7 +990,8 @@ impl SpoolReader {
     }
 
     /// Whether a message's sender was warned of its delay (`None`: no such
-    /// message).
+    /// message). Delivery has it from the due scan; the tests ask.
+    #[cfg(test)]
     pub fn delay_warned(&self, id: &str) -> rusqlite::Result<Option<bool>> {
         use rusqlite::OptionalExtension;
         self.conn

@@ -93,12 +93,8 @@ pub fn run(store: &mut Store, args: CheckArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{why}, so --user cannot apply");
     }
     let settings = store.server_settings()?;
-    let listed = !settings.dnsbl.is_empty()
-        && checked.login.is_none()
-        && !matches!(
-            policy.lists().check(args.ip),
-            crate::policy::ip_lists::ListVerdict::Allowed { .. }
-        );
+    let listed =
+        !settings.dnsbl.is_empty() && checked.login.is_none() && !policy.lists().allows(args.ip);
     if listed || args.verify || settings.verify_recipients {
         network_checks(
             store,

@@ -162,24 +162,20 @@ pub async fn run(
     mut fresh: mpsc::Receiver<NewWork>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let reader =
-        match tokio::task::spawn_blocking(move || SpoolReaderThread::open(&spool_path)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                shared.events.emit(Event::Error {
-                    session: None,
-                    message: format!("delivery disabled: {e}"),
-                });
-                return;
-            }
-            Err(e) => {
-                shared.events.emit(Event::Error {
-                    session: None,
-                    message: format!("delivery disabled: {e}"),
-                });
-                return;
-            }
-        };
+    let opened = tokio::task::spawn_blocking(move || SpoolReaderThread::open(&spool_path)).await;
+    let reader = match opened
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            shared.events.emit(Event::Error {
+                session: None,
+                message: format!("delivery disabled: {e}"),
+            });
+            return;
+        }
+    };
     let settings = Arc::clone(&shared.snapshot().settings);
     let in_flight_for = |concurrency: usize| concurrency.saturating_mul(4).max(16);
     let mut max_in_flight = in_flight_for(settings.delivery_concurrency);
@@ -699,12 +695,10 @@ fn dkim_signer<'a>(
     // message queued by a relaygate that did not keep it, as it is now.
     let listed = || {
         message.client_listed.unwrap_or_else(|| {
-            message.peer.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                matches!(
-                    snapshot.policy.lists().check(ip),
-                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
-                )
-            })
+            message
+                .peer
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| snapshot.policy.lists().allows(ip))
         })
     };
     let ours = message.login.is_some() || listed();

@@ -183,6 +183,13 @@ impl IpLists {
         self.entries.is_empty()
     }
 
+    /// Whether the allow list allows a peer address (as [`IpLists::check`]
+    /// decides): the LAN, exempt from blocklists and some limits, and
+    /// whose mail is the users' own.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        matches!(self.check(ip), ListVerdict::Allowed { .. })
+    }
+
     /// Matches a peer address: the most specific entry wins, deny on a tie.
     pub fn check(&self, ip: IpAddr) -> ListVerdict {
         let ip = effective_ip(ip);

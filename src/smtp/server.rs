@@ -471,11 +471,7 @@ async fn run(
                         session.set_network_checks(NetworkChecks {
                             // Clients the allow list allows are exempt,
                             // as Postfix's permit_mynetworks comes first.
-                            dnsbl: !settings.dnsbl.is_empty()
-                                && !matches!(
-                                    policy.lists().check(ip),
-                                    crate::policy::ip_lists::ListVerdict::Allowed { .. }
-                                ),
+                            dnsbl: !settings.dnsbl.is_empty() && !policy.lists().allows(ip),
                             verify: settings.verify_recipients,
                         });
                         let secret = session.awaiting_auth_response();
@@ -931,11 +927,7 @@ fn offence(
     if wanted == 0 {
         return;
     }
-    let listed = !rules.listed_too
-        && matches!(
-            ctx.shared.snapshot().policy.lists().check(ip),
-            crate::policy::ip_lists::ListVerdict::Allowed { .. }
-        );
+    let listed = !rules.listed_too && ctx.shared.snapshot().policy.lists().allows(ip);
     let now = crate::abuse::now_ms();
     let ban = match what {
         Offence::AuthFailed => ctx.shared.abuse.auth_failed(ip, listed, &rules, now),
@@ -1221,10 +1213,7 @@ async fn store_message(
         login: t.login.clone(),
         peer: t.peer.to_string(),
         // By the policy that decided its recipients (taken at MAIL).
-        client_listed: Some(matches!(
-            t.policy.lists().check(t.peer),
-            crate::policy::ip_lists::ListVerdict::Allowed { .. }
-        )),
+        client_listed: Some(t.policy.lists().allows(t.peer)),
         helo: t.helo.clone(),
         body,
         smtputf8: t.smtputf8,
