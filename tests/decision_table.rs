@@ -909,3 +909,115 @@ fn invalid_stored_entry_fails_the_whole_compile() {
     let err = Policy::compile(&c).unwrap_err();
     assert!(err.to_string().contains("10.5-2.*.*"), "{err}");
 }
+
+/// An international domain is one domain in both its spellings (RFC 5890:
+/// the U-label `bücher.example` and the A-label `xn--bcher-kva.example`),
+/// whichever one the administrator wrote: a client without SMTPUTF8 can
+/// only send the A-label, and a spoofer must not get past ownership or a
+/// rule by switching spelling.
+#[test]
+fn an_international_domain_is_one_domain_in_both_spellings() {
+    let mut c = base();
+    c.local_domains = vec!["bücher.example".into(), "xn--caf-dma.example".into()];
+    c.switches.user_restrict_send = true;
+    c.switches.sender_login_match = true;
+    c.switches.domain_restrict_send = false;
+    c.sender_addresses = vec![
+        ("alice".into(), "chef@bücher.example".into()),
+        ("bob".into(), "@xn--caf-dma.example".into()),
+    ];
+    c.rules = vec![Rule::new("*", "*@verboten.bücher.example", "any", Some("Not here")).unwrap()];
+    let cases = [
+        ("<leser@xn--bcher-kva.example>", Inbound),
+        ("<leser@bücher.example>", Inbound),
+        ("<gast@café.example>", Inbound),
+        ("<gast@xn--caf-dma.example>", Inbound),
+        // Full-width letters are no U-label: not ours, so relay, refused.
+        ("<leser@ｂücher.example>", Relay),
+    ];
+    for (to, class) in cases {
+        let verdict = if class == Inbound { Allow } else { Deny };
+        let reply = if class == Inbound { "250" } else { "554 5.7.1" };
+        run(
+            &c,
+            &[case(
+                "203.0.113.9",
+                None,
+                "x@far.test",
+                to,
+                verdict,
+                class,
+                reply,
+                "",
+            )],
+        );
+    }
+    run(
+        &c,
+        &[
+            // Ownership: alice owns chef@ in either spelling, and a sender
+            // in the other spelling is still owned (by her alone).
+            case(
+                "203.0.113.9",
+                Some("alice"),
+                "chef@xn--bcher-kva.example",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as alice",
+            ),
+            case(
+                "203.0.113.9",
+                Some("bob"),
+                "chef@xn--bcher-kva.example",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "553",
+                "not owned by login bob",
+            ),
+            case(
+                "203.0.113.9",
+                Some("bob"),
+                "kellner@café.example",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "authenticated as bob",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "chef@xn--bcher-kva.example",
+                "x@far.test",
+                Allow,
+                Outbound,
+                "250",
+                "allow entry",
+            ),
+            case(
+                "192.168.1.5",
+                None,
+                "nobody@xn--bcher-kva.example",
+                "x@far.test",
+                Deny,
+                Outbound,
+                "553 5.7.1",
+                "is not assigned to any user",
+            ),
+            // The rule written with the U-label refuses the A-label.
+            case(
+                "192.168.1.5",
+                None,
+                "chef@bücher.example",
+                "a@verboten.xn--bcher-kva.example",
+                Deny,
+                Outbound,
+                "550 5.7.1 Not here",
+                "rule #1",
+            ),
+        ],
+    );
+}

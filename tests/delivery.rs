@@ -1159,3 +1159,70 @@ fn a_backlog_of_large_messages_drains_within_the_memory_budget() {
     }
     eventually("the queue empty", || queue_show(&db).contains("empty"));
 }
+
+/// An international local domain is one domain in both spellings: added
+/// as `bücher.example` and routed as `xn--bcher-kva.example`, it takes
+/// mail for either spelling from a client that may not relay, and
+/// delivers it by that route; the CLI finds it by either spelling.
+#[test]
+fn an_international_local_domain_takes_mail_in_both_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(SinkOptions {
+        smtputf8: true,
+        ..SinkOptions::default()
+    });
+    let db = test_db(dir.path(), &[]);
+    cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
+    cli(&db, &["domain", "add", "bücher.example"]);
+    let twice = common::run_cli(&db, &["domain", "add", "XN--BCHER-KVA.example"], "");
+    assert_eq!(twice.code, 2, "{twice:?}");
+    assert!(
+        twice
+            .stderr
+            .contains("already a local domain, written bücher.example"),
+        "{twice:?}"
+    );
+    common::route(&db, "xn--bcher-kva.example", sink.addr());
+    let shown = cli(&db, &["domain", "show"]);
+    assert!(
+        shown.lines().any(|l| l == "bücher.example"),
+        "the route in the other spelling serves the domain: {shown}"
+    );
+    let mut server = Server::start(&db);
+
+    send(
+        &mut server,
+        "x@far.test",
+        &["leser@xn--bcher-kva.example"],
+        "Subject: a-label\r\n\r\nhi\r\n",
+    );
+    let mut c = common::Client::connect(server.addr());
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<x@far.test> SMTPUTF8", "250");
+    c.expect("RCPT TO:<jörg@Bücher.example>", "250");
+    // Only the domain is ours, not what merely looks like it.
+    c.expect("RCPT TO:<a@bucher.example>", "554 5.7.1");
+    c.expect("DATA", "354");
+    c.send(b"Subject: u-label\r\n\r\nhi\r\n.\r\n");
+    let queued = c.reply();
+    assert!(queued.starts_with("250"), "{queued}");
+    c.cmd("QUIT");
+
+    let got = sink.wait_for(2, WAIT);
+    let mut rcpts: Vec<_> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        ["jörg@bücher.example", "leser@xn--bcher-kva.example"]
+    );
+    server.terminate();
+
+    let routes = cli(&db, &["route", "show"]);
+    assert!(routes.contains("xn--bcher-kva.example"), "{routes}");
+    cli(&db, &["route", "remove", "bücher.example"]);
+    assert!(!cli(&db, &["route", "show"]).contains("xn--bcher-kva.example"));
+    let removed = cli(&db, &["domain", "remove", "xn--bcher-kva.example"]);
+    assert!(removed.contains("bücher.example"), "{removed}");
+    assert!(!cli(&db, &["domain", "show"]).contains("bücher"));
+}

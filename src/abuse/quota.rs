@@ -171,7 +171,11 @@ impl QuotaKey {
         match kind {
             "login" => Some(QuotaKey::Login(value.into())),
             "ip" => value.parse().ok().map(QuotaKey::Net),
-            "domain" => Some(QuotaKey::Domain(value.into())),
+            // As the engine counts it: an international domain by its
+            // A-labels, so `domain:bücher.example` names the counted one.
+            "domain" => Some(QuotaKey::Domain(
+                crate::policy::address::dns_form(&value.to_lowercase()).into(),
+            )),
             "overflow" => Some(QuotaKey::Overflow),
             _ => None,
         }

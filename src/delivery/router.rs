@@ -2,6 +2,7 @@
 //! and local domains in, a decision out.
 
 use super::Route;
+use crate::policy::address::dns_form;
 
 /// Where mail for a domain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,32 +35,36 @@ pub fn normalize_route_domain(pattern: &str) -> Result<String, String> {
 /// MX. A local domain never goes to the default route or to DNS: that
 /// would send its mail back here.
 pub fn next_hop<'a>(domain: &str, routes: &'a [Route], is_local: bool) -> NextHop<'a> {
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    if let Some(r) = routes.iter().find(|r| r.domain == domain) {
+    let written = domain.trim_end_matches('.').to_ascii_lowercase();
+    // A route written `bücher.example` takes `xn--bcher-kva.example`, and
+    // the other way round: both are compared in their DNS form.
+    let domain = dns_form(&written);
+    if let Some(r) = routes.iter().find(|r| dns_form(&r.domain) == domain) {
         return NextHop::Route(r);
     }
-    let mut best: Option<&Route> = None;
+    let mut best: Option<(&Route, usize)> = None;
     for r in routes {
         if let Some(parent) = r.domain.strip_prefix("*.")
+            && let parent = dns_form(parent)
             && domain.len() > parent.len()
-            && domain.ends_with(parent)
+            && domain.ends_with(&*parent)
             && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
-            && best.is_none_or(|b| b.domain.len() < r.domain.len())
+            && best.is_none_or(|(_, len)| len < parent.len())
         {
-            best = Some(r);
+            best = Some((r, parent.len()));
         }
     }
-    if let Some(r) = best {
+    if let Some((r, _)) = best {
         return NextHop::Route(r);
     }
     if is_local {
         return NextHop::Hold(format!(
-            "no route for local domain {domain}: add one to the server that holds its mailboxes (relaygate route add {domain} HOST:PORT)"
+            "no route for local domain {written}: add one to the server that holds its mailboxes (relaygate route add {written} HOST:PORT)"
         ));
     }
     match routes.iter().find(|r| r.domain == "*") {
         Some(r) => NextHop::Route(r),
-        None => NextHop::Mx(domain),
+        None => NextHop::Mx(written),
     }
 }
 
@@ -104,6 +109,27 @@ mod tests {
             next_hop("far.test", &no_default, false),
             NextHop::Mx("far.test".into())
         );
+    }
+
+    #[test]
+    fn a_route_takes_both_spellings_of_an_international_domain() {
+        let routes = vec![
+            route("bücher.example", "books"),
+            route("*.xn--caf-dma.example", "cafe"),
+            route("*.bücher.example", "sub"),
+            route("*.mail.xn--bcher-kva.example", "deeper"),
+        ];
+        let host = |d: &str| match next_hop(d, &routes, true) {
+            NextHop::Route(r) => r.host.clone(),
+            _ => "hold".into(),
+        };
+        assert_eq!(host("xn--bcher-kva.example"), "books");
+        assert_eq!(host("bücher.example."), "books");
+        assert_eq!(host("a.café.example"), "cafe");
+        assert_eq!(host("a.xn--bcher-kva.example"), "sub");
+        // The longest parent wins whatever the spelling's length.
+        assert_eq!(host("x.mail.bücher.example"), "deeper");
+        assert_eq!(host("bucher.example"), "hold");
     }
 
     #[test]

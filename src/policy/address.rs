@@ -2,6 +2,7 @@
 //! routes (parsed and dropped, as RFC 5321 section 3.3 allows) and address
 //! literals.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -79,6 +80,22 @@ impl MailAddress {
     /// (ownership, rules).
     pub fn key(&self) -> String {
         self.to_string().to_ascii_lowercase()
+    }
+
+    /// The key with an international domain in its DNS form
+    /// (`u@bücher.example` -> `u@xn--bcher-kva.example`), when that
+    /// differs from [`key`](Self::key): both spellings name one mailbox,
+    /// and ownership and rules must not tell them apart.
+    pub fn dns_key(&self) -> Option<String> {
+        let Domain::Name(name) = &self.domain else {
+            return None;
+        };
+        let Cow::Owned(dns) = dns_form(name) else {
+            return None;
+        };
+        let key = self.key();
+        let local = key.strip_suffix(name.as_str())?;
+        Some(format!("{local}{dns}"))
     }
 }
 
@@ -328,9 +345,50 @@ pub fn ascii_domain(name: &str) -> Option<String> {
     idna::domain_to_ascii(name).ok().filter(|d| !d.is_empty())
 }
 
+/// The form in which two spellings of one domain compare equal: a name
+/// with international labels (RFC 6531) in its A-labels, so that
+/// `bücher.example` and `xn--bcher-kva.example` are one domain; an ASCII
+/// name lower case, as it is. A non-ASCII name that IDNA would first have
+/// to map (full-width letters, upper case) is no U-label: it stays as
+/// written and so never matches a domain configured in another spelling.
+/// One trailing dot is dropped. Borrowed, so free, for an ASCII name.
+pub fn dns_form(name: &str) -> Cow<'_, str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_ascii() {
+        return if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
+    }
+    match idna::domain_to_ascii(name) {
+        Ok(ascii) if !ascii.is_empty() && idna::domain_to_unicode(&ascii).0 == name => {
+            Cow::Owned(ascii)
+        }
+        _ => Cow::Borrowed(name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_u_label_domain_compares_as_its_a_labels() {
+        assert_eq!(dns_form("bücher.example"), "xn--bcher-kva.example");
+        assert_eq!(dns_form("xn--bcher-kva.example."), "xn--bcher-kva.example");
+        assert_eq!(dns_form("Example.COM"), "example.com");
+        assert!(matches!(dns_form("example.com"), Cow::Borrowed(_)));
+        // Names IDNA would have to map first are not U-labels: compared
+        // as written, they match no configured ASCII domain.
+        assert_eq!(dns_form("ｅｘａｍｐｌｅ.com"), "ｅｘａｍｐｌｅ.com");
+        assert_eq!(dns_form("Bücher.example"), "Bücher.example");
+        let a = parse_forward_path("<Jörg@Bücher.Example>").unwrap();
+        assert_eq!(a.dns_key().as_deref(), Some("jörg@xn--bcher-kva.example"));
+        let b = parse_forward_path("<jörg@xn--bcher-kva.example>").unwrap();
+        assert_eq!(b.dns_key(), None);
+        assert_eq!(a.dns_key(), Some(b.key()));
+    }
 
     #[test]
     fn international_domains_are_compared_as_a_labels() {

@@ -16,7 +16,7 @@ use address::{Domain, MailAddress};
 use decision::{Decision, Reason, RelayClass, Reply, Verdict};
 use ip_lists::{IpLists, ListEntry, ListKind, ListVerdict};
 use ip_pattern::{IpPattern, PatternError};
-use rules::{Rule, RuleAction};
+use rules::{AddressText, Rule, RuleAction};
 use settings::{AuthMode, ClassSwitches, Switches};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -105,7 +105,7 @@ impl Policy {
             owned
                 .entry(login.clone())
                 .or_default()
-                .insert(addr.to_lowercase());
+                .insert(owned_key(&addr.to_lowercase()));
         }
         let all_owned = owned.values().flatten().cloned().collect();
         Ok(Policy {
@@ -113,7 +113,7 @@ impl Policy {
             local_domains: config
                 .local_domains
                 .iter()
-                .map(|d| d.trim_end_matches('.').to_lowercase())
+                .map(|d| address::dns_form(&d.to_lowercase()).into_owned())
                 .collect(),
             auth_mode: config.auth_mode,
             logins,
@@ -152,16 +152,17 @@ impl Policy {
             .map(|d| format!("postmaster@{d}"))
     }
 
-    /// The local domains, lower case.
+    /// The local domains, lower case, in their DNS form
+    /// ([`address::dns_form`]).
     pub fn local_domains(&self) -> &HashSet<String> {
         &self.local_domains
     }
 
     /// Whether a domain is one of ours (case-insensitive, one trailing dot
-    /// ignored).
+    /// ignored, a U-label domain one with its A-labels).
     pub fn is_local_domain(&self, domain: &Domain) -> bool {
         match domain {
-            Domain::Name(n) => self.local_domains.contains(n.trim_end_matches('.')),
+            Domain::Name(n) => self.local_domains.contains(address::dns_form(n).as_ref()),
             Domain::Literal(_) => false,
             Domain::Postmaster => true,
         }
@@ -264,9 +265,16 @@ impl Policy {
             return decision;
         }
         let rcpt_local = matches!(class, RelayClass::Inbound | RelayClass::Internal);
-        let (sender_text, rcpt_text) = (sender_text(), recipient.key());
+        let sender = AddressText {
+            written: sender_text(),
+            dns: env.sender.and_then(MailAddress::dns_key),
+        };
+        let rcpt = AddressText {
+            written: recipient.key(),
+            dns: recipient.dns_key(),
+        };
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matches(&sender_text, &rcpt_text, rcpt_local) {
+            if !rule.matches(&sender, &rcpt, rcpt_local) {
                 continue;
             }
             match &rule.action {
@@ -350,10 +358,19 @@ enum Access {
 /// Whether a set of owned addresses holds the sender, exactly or as a
 /// whole domain (`@example.com`).
 fn address_in(set: &HashSet<String>, sender: &MailAddress) -> bool {
-    set.contains(&sender.key())
+    set.contains(&sender.dns_key().unwrap_or_else(|| sender.key()))
         || sender
             .domain_name()
-            .is_some_and(|d| set.contains(&format!("@{d}")))
+            .is_some_and(|d| set.contains(&format!("@{}", address::dns_form(d))))
+}
+
+/// An owned `local@domain` or `@domain`, lower case, with its domain in
+/// the DNS form senders are compared in.
+fn owned_key(addr: &str) -> String {
+    match addr.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", address::dns_form(domain)),
+        None => addr.to_string(),
+    }
 }
 
 /// Whether an allowed recipient is asked about at its route: one in a

@@ -10,7 +10,49 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressGlob {
     pub negate: bool,
+    /// As written (lower case): what is shown and stored.
     pub pattern: String,
+    /// The pattern with its international domain labels as A-labels,
+    /// when that differs: what an address's DNS form is matched by.
+    dns_pattern: Option<String>,
+}
+
+/// An address as rules match it: its key as written, and in its DNS form
+/// when that differs (`MailAddress::dns_key`). `<>` for the null sender.
+#[derive(Debug, Clone, Default)]
+pub struct AddressText {
+    pub written: String,
+    pub dns: Option<String>,
+}
+
+impl From<&str> for AddressText {
+    fn from(written: &str) -> AddressText {
+        AddressText {
+            written: written.to_string(),
+            dns: None,
+        }
+    }
+}
+
+/// The pattern with each domain label that holds no `*` and is a U-label
+/// put as its A-label (`*@*.bücher.example` -> `*@*.xn--bcher-kva.example`);
+/// `None` when nothing changes.
+fn dns_pattern(pattern: &str) -> Option<String> {
+    let (local, domain) = pattern.rsplit_once('@')?;
+    if domain.is_ascii() {
+        return None;
+    }
+    let labels: Vec<String> = domain
+        .split('.')
+        .map(|label| {
+            if label.contains('*') || label.is_empty() {
+                label.to_string()
+            } else {
+                crate::policy::address::dns_form(label).into_owned()
+            }
+        })
+        .collect();
+    Some(format!("{local}@{}", labels.join("."))).filter(|p| p != pattern)
 }
 
 impl AddressGlob {
@@ -28,15 +70,25 @@ impl AddressGlob {
                 "pattern {text:?} contains a space or control character"
             )));
         }
+        let pattern = pattern.to_lowercase();
         Ok(AddressGlob {
             negate,
-            pattern: pattern.to_lowercase(),
+            dns_pattern: dns_pattern(&pattern),
+            pattern,
         })
     }
 
-    /// Matches an already lowercased address (`<>` for the null sender).
-    pub fn matches(&self, address: &str) -> bool {
-        glob(&self.pattern, address) != self.negate
+    /// Matches an already lowercased address, in either of its spellings:
+    /// a pattern written with `bücher.example` takes
+    /// `u@xn--bcher-kva.example`, and the other way round.
+    pub fn matches(&self, address: &AddressText) -> bool {
+        let hit = glob(&self.pattern, &address.written)
+            || ((self.dns_pattern.is_some() || address.dns.is_some())
+                && glob(
+                    self.dns_pattern.as_deref().unwrap_or(&self.pattern),
+                    address.dns.as_deref().unwrap_or(&address.written),
+                ));
+        hit != self.negate
     }
 }
 
@@ -148,7 +200,12 @@ impl Rule {
 
     /// Whether the rule applies: `sender` and `recipient` lowercased, the
     /// null sender as `<>`.
-    pub fn matches(&self, sender: &str, recipient: &str, recipient_local: bool) -> bool {
+    pub fn matches(
+        &self,
+        sender: &AddressText,
+        recipient: &AddressText,
+        recipient_local: bool,
+    ) -> bool {
         let dest = match self.destination {
             Destination::Internal => recipient_local,
             Destination::External => !recipient_local,
@@ -201,8 +258,39 @@ mod tests {
         assert!(!glob("a*b*c", "axxbyy"));
         assert!(glob("*.*", "a.b"));
         let neg = AddressGlob::parse("!*@YourDomain.com").unwrap();
-        assert!(neg.matches("eve@elsewhere.test"));
-        assert!(!neg.matches("bob@yourdomain.com"));
+        assert!(neg.matches(&"eve@elsewhere.test".into()));
+        assert!(!neg.matches(&"bob@yourdomain.com".into()));
+    }
+
+    #[test]
+    fn a_pattern_takes_both_spellings_of_an_international_domain() {
+        let text = |a: &str| {
+            let addr = crate::policy::address::parse_forward_path(a).unwrap();
+            AddressText {
+                written: addr.key(),
+                dns: addr.dns_key(),
+            }
+        };
+        let written = text("<jo@bücher.example>");
+        let dns = text("<jo@xn--bcher-kva.example>");
+        for pattern in ["*@bücher.example", "*@xn--bcher-kva.example", "*@*.example"] {
+            let g = AddressGlob::parse(pattern).unwrap();
+            assert!(g.matches(&written), "{pattern} and the U-label");
+            assert!(g.matches(&dns), "{pattern} and the A-label");
+            let not = AddressGlob::parse(&format!("!{pattern}")).unwrap();
+            assert!(!not.matches(&written) && !not.matches(&dns), "!{pattern}");
+        }
+        let sub = AddressGlob::parse("*@*.bücher.example").unwrap();
+        assert!(sub.matches(&text("<jo@mail.xn--bcher-kva.example>")));
+        // A label with a wildcard is compared only as written.
+        let partial = AddressGlob::parse("*@bü*.example").unwrap();
+        assert!(partial.matches(&written));
+        assert!(!partial.matches(&dns));
+        assert!(
+            !AddressGlob::parse("*@bücher.example")
+                .unwrap()
+                .matches(&text("<jo@bucher.example>"))
+        );
     }
 
     #[test]

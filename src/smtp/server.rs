@@ -853,16 +853,16 @@ fn reserve_quota(
     rd: RecipientDecision,
 ) -> RecipientDecision {
     let t = session.transaction();
+    // Counted in its DNS form: the two spellings of an international
+    // domain are one sender domain.
     let domain = t
         .and_then(|t| t.sender.as_ref())
-        .and_then(|s| match &s.domain {
-            crate::policy::address::Domain::Name(n) => Some(n.as_str()),
-            _ => None,
-        });
+        .and_then(|s| s.domain_name())
+        .map(crate::policy::address::dns_form);
     let sender = crate::abuse::quota::Sender {
         login: session.login(),
         ip,
-        domain,
+        domain: domain.as_deref(),
     };
     let refusal = match ctx
         .shared

@@ -471,30 +471,50 @@ impl Store {
         query_strings(&self.conn, "SELECT name FROM local_domains ORDER BY name")
     }
 
+    /// Adds a local domain as written. One already there in its other
+    /// spelling (`bücher.example`, `xn--bcher-kva.example`) is the same
+    /// domain: refused as a duplicate.
     pub fn add_domain(&mut self, name: &str) -> Result<String> {
         let name = normalize_domain(name.trim())
             .map_err(|p| StoreError::Invalid(format!("invalid domain {name:?}: {p}")))?;
-        let n = self.conn.execute(
+        if let Some(there) = self.same_domain(&self.domains()?, &name).first() {
+            return Err(StoreError::Invalid(if *there == name {
+                format!("{name} is already a local domain")
+            } else {
+                format!("{name} is already a local domain, written {there}")
+            }));
+        }
+        self.conn.execute(
             "INSERT OR IGNORE INTO local_domains (name) VALUES (?1)",
             [&name],
         )?;
-        if n == 0 {
-            return Err(StoreError::Invalid(format!(
-                "{name} is already a local domain"
-            )));
-        }
         Ok(name)
     }
 
+    /// Removes a local domain, given in either spelling; returns it as it
+    /// was stored.
     pub fn remove_domain(&mut self, name: &str) -> Result<String> {
         let key = normalize_domain(name.trim()).unwrap_or_else(|_| name.to_lowercase());
-        let n = self
-            .conn
-            .execute("DELETE FROM local_domains WHERE name = ?1", [&key])?;
-        if n == 0 {
+        let stored = self.same_domain(&self.domains()?, &key);
+        let Some(first) = stored.first().cloned() else {
             return Err(StoreError::Invalid(format!("{name} is not a local domain")));
+        };
+        for d in &stored {
+            self.conn
+                .execute("DELETE FROM local_domains WHERE name = ?1", [d])?;
         }
-        Ok(key)
+        Ok(first)
+    }
+
+    /// The names among `stored` that are `name` in one spelling or the
+    /// other (compared in their DNS form).
+    fn same_domain(&self, stored: &[String], name: &str) -> Vec<String> {
+        let want = crate::policy::address::dns_form(name);
+        stored
+            .iter()
+            .filter(|d| crate::policy::address::dns_form(d) == want)
+            .cloned()
+            .collect()
     }
 
     // ----- users and sender addresses -----
@@ -954,8 +974,15 @@ impl Store {
         Ok(())
     }
 
-    /// Adds or replaces the route of a domain pattern.
+    /// Adds or replaces the route of a domain pattern; one stored for the
+    /// other spelling of the same domain is replaced too.
     pub fn set_route(&mut self, route: &Route) -> Result<()> {
+        for other in self.same_route(&route.domain)? {
+            if other != route.domain {
+                self.conn
+                    .execute("DELETE FROM routes WHERE domain = ?1", [&other])?;
+            }
+        }
         let (user, password) = match &route.auth {
             Some(a) => (Some(a.user.as_str()), Some(a.password.as_str())),
             None => (None, None),
@@ -980,15 +1007,29 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the route of a domain pattern, given in either spelling.
     pub fn remove_route(&mut self, domain: &str) -> Result<()> {
-        if self
-            .conn
-            .execute("DELETE FROM routes WHERE domain = ?1", [domain])?
-            == 0
-        {
+        let stored = self.same_route(domain)?;
+        if stored.is_empty() {
             return Err(StoreError::Invalid(format!("no route for {domain}")));
         }
+        for d in stored {
+            self.conn
+                .execute("DELETE FROM routes WHERE domain = ?1", [d])?;
+        }
         Ok(())
+    }
+
+    /// The stored route patterns that are `pattern` in one spelling or the
+    /// other (`*.bücher.example`, `*.xn--bcher-kva.example`).
+    fn same_route(&self, pattern: &str) -> Result<Vec<String>> {
+        let form = |p: &str| match p.strip_prefix("*.") {
+            Some(parent) => format!("*.{}", crate::policy::address::dns_form(parent)),
+            None => crate::policy::address::dns_form(p).into_owned(),
+        };
+        let want = form(pattern);
+        let stored = query_strings(&self.conn, "SELECT domain FROM routes")?;
+        Ok(stored.into_iter().filter(|d| form(d) == want).collect())
     }
 
     // ----- quotas, bans, suspensions -----
