@@ -158,12 +158,25 @@ const WARNED: &str = "UPDATE messages SET delay_warned = 1 WHERE id = ?1 AND del
 #[derive(Debug, Clone)]
 pub enum SpoolOp {
     Insert(NewMessage),
-    /// The outcome of a delivery attempt for some recipients of a message.
-    /// A message with no queued recipient left is removed.
+    /// The outcome of a delivery attempt for some recipients of a message,
+    /// with the reports its sender is to get about them (recipient,
+    /// `delivery::dsn::StoredReport` text): kept in their rows until
+    /// [`SpoolOp::Report`] sends them, so that one notice reports every
+    /// next hop of an attempt and a crash in between loses none. A
+    /// message with no queued recipient and no report left is removed.
     Attempt {
         message_id: String,
         updates: Vec<(String, RecipientUpdate)>,
-        bounce: Option<NewMessage>,
+        reports: Vec<(String, String)>,
+    },
+    /// Sends the reports recorded for these recipients: clears them and,
+    /// if any was still there, stores the notice (if there is one to
+    /// send: none to the null sender) in the same commit. The number of
+    /// reports cleared; 0 when another fold sent them already.
+    Report {
+        message_id: String,
+        recipients: Vec<String>,
+        notice: Option<NewMessage>,
     },
     /// Warns the sender of the message's delay, unless it was warned
     /// already (a message's sender hears of its delay once; decided in
@@ -192,16 +205,19 @@ pub enum SpoolOp {
 
 impl SpoolOp {
     /// Whether its commit must reach the disk before anyone is answered:
-    /// all but a delivery's outcome (see the module's doc). An outcome
-    /// that stores a notice (a bounce, a delay warning) is synced: the
-    /// notice goes out, and a failure that does not happen again would
-    /// otherwise be delivered after the sender was told it failed.
+    /// all but a delivery's outcome (see the module's doc). What stores a
+    /// notice (a bounce, a delay warning) is synced: the notice goes out,
+    /// and a failure that does not happen again would otherwise be
+    /// delivered after the sender was told it failed.
     fn must_sync(&self) -> bool {
         match self {
-            SpoolOp::Attempt { bounce, .. } => bounce.is_some(),
+            // Its reports go out in a `Report`, which is synced, and with
+            // it (the log is in order) every outcome before it.
+            SpoolOp::Attempt { .. } => false,
             SpoolOp::All(ops) => ops.iter().any(SpoolOp::must_sync),
             SpoolOp::Insert(_)
             | SpoolOp::DelayWarning { .. }
+            | SpoolOp::Report { .. }
             | SpoolOp::Hold { .. }
             | SpoolOp::RetryNow { .. }
             | SpoolOp::Delete { .. } => true,
@@ -262,8 +278,8 @@ impl Drop for OpenTransaction {
 
 /// How many recipients of a message are still queued. `+state`: by the
 /// message's key, never by the state index (that walks the whole queue).
-const QUEUED_LEFT: &str =
-    "SELECT count(*) FROM recipients WHERE message_id = ?1 AND +state = 'queued'";
+const QUEUED_LEFT: &str = "SELECT count(*) FROM recipients
+     WHERE message_id = ?1 AND (+state = 'queued' OR report IS NOT NULL)";
 /// A message's recipients still queued, unless it is held (same care: a
 /// delivery that waited asks this before it sends, and with the state
 /// index this walked every queued recipient, 2 ms a message with 20,000
@@ -283,8 +299,9 @@ const RETRY_MESSAGE: &str =
 /// `messages.smtputf8`, 3 the DSN parameters (`messages.dsn_ret`,
 /// `dsn_envid`, `recipients.dsn_notify`, `dsn_orcpt`) and
 /// `messages.delay_warned`, 4 `recipients.held` (a copy of its message's
-/// flag) and the due index over it, 5 `messages.client_listed`.
-const SPOOL_VERSION: i32 = 5;
+/// flag) and the due index over it, 5 `messages.client_listed`, 6
+/// `recipients.report` (a notice's line not yet sent) and its index.
+const SPOOL_VERSION: i32 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -315,9 +332,15 @@ CREATE TABLE IF NOT EXISTS recipients (
     dsn_notify TEXT,
     dsn_orcpt TEXT,
     held INTEGER NOT NULL DEFAULT 0,
+    report TEXT,
     PRIMARY KEY (message_id, address)
 );
 ";
+
+/// The recipients whose report to the sender is recorded and not yet
+/// sent: few at any time, found at start without walking the queue.
+const REPORTS_INDEX: &str = "CREATE INDEX IF NOT EXISTS recipients_reports
+     ON recipients (message_id) WHERE report IS NOT NULL;";
 
 /// The index the scan for due work walks. A held message's recipients
 /// stay due while it is held, so with the message's flag only in
@@ -416,7 +439,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
         // NULL for the messages queued already: not known.
         conn.execute_batch("ALTER TABLE messages ADD COLUMN client_listed INTEGER")?;
     }
+    if !has("recipients", "report")? {
+        conn.execute_batch("ALTER TABLE recipients ADD COLUMN report TEXT")?;
+    }
     conn.execute_batch(DUE_INDEX)?;
+    conn.execute_batch(REPORTS_INDEX)?;
     // An index one build of 27 November made, and took out again: of no
     // use to any query, only a cost to every write.
     conn.execute_batch("DROP INDEX IF EXISTS messages_flags")?;
@@ -792,7 +819,7 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
         SpoolOp::Attempt {
             message_id,
             updates,
-            bounce,
+            reports,
         } => {
             let mut touched = 0;
             {
@@ -826,14 +853,38 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
                         stmt.execute(rusqlite::params![message_id, address, state, next, error])?;
                 }
             }
-            // A message deleted meanwhile (queue delete): nothing to bounce.
+            // A message deleted meanwhile (queue delete): nothing to report.
             if touched > 0 {
-                if let Some(b) = bounce {
-                    insert(conn, b, now)?;
+                let mut stmt = conn.prepare_cached(
+                    "UPDATE recipients SET report = ?3 WHERE message_id = ?1 AND address = ?2",
+                )?;
+                for (address, report) in reports {
+                    stmt.execute(rusqlite::params![message_id, address, report])?;
                 }
                 remove_if_done(conn, message_id)?;
             }
             Ok(touched)
+        }
+        SpoolOp::Report {
+            message_id,
+            recipients,
+            notice,
+        } => {
+            let mut cleared = 0;
+            let mut stmt = conn.prepare_cached(
+                "UPDATE recipients SET report = NULL
+                 WHERE message_id = ?1 AND address = ?2 AND report IS NOT NULL",
+            )?;
+            for address in recipients {
+                cleared += stmt.execute([message_id, address])?;
+            }
+            if cleared > 0 {
+                if let Some(n) = notice {
+                    insert(conn, n, now)?;
+                }
+                remove_if_done(conn, message_id)?;
+            }
+            Ok(cleared)
         }
         SpoolOp::DelayWarning { message_id, notice } => {
             // No row if the message is gone or its sender was warned.
@@ -998,6 +1049,27 @@ impl SpoolReader {
             .prepare_cached("SELECT delay_warned FROM messages WHERE id = ?1")?
             .query_row([id], |r| r.get(0))
             .optional()
+    }
+
+    /// Messages with reports to their sender recorded and not sent: an
+    /// attempt's notice that a stop or a crash came between.
+    pub fn messages_with_reports(&self) -> rusqlite::Result<Vec<String>> {
+        self.conn
+            .prepare_cached("SELECT DISTINCT message_id FROM recipients WHERE report IS NOT NULL")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    }
+
+    /// A message's recorded reports, (recipient, report text), in the
+    /// order its recipients were given.
+    pub fn reports(&self, id: &str) -> rusqlite::Result<Vec<(String, String)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT address, report FROM recipients
+                 WHERE message_id = ?1 AND report IS NOT NULL ORDER BY rowid",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
     }
 
     /// A message's recipients still to be sent to: queued, the message
@@ -1234,7 +1306,7 @@ mod tests {
         let outcome = || SpoolOp::Attempt {
             message_id: "m".into(),
             updates: vec![("r@far.test".into(), RecipientUpdate::Delivered)],
-            bounce: None,
+            reports: Vec::new(),
         };
         let synchronous = |conn: &rusqlite::Connection| -> i64 {
             conn.pragma_query_value(None, "synchronous", |r| r.get(0))
@@ -1274,16 +1346,11 @@ mod tests {
                 bounce: None,
             },
             SpoolOp::All(vec![outcome(), SpoolOp::RetryNow { message_id: None }]),
-            // An outcome that stores a notice for the sender.
-            SpoolOp::Attempt {
+            // What stores a notice for the sender.
+            SpoolOp::Report {
                 message_id: "m".into(),
-                updates: vec![(
-                    "r@far.test".into(),
-                    RecipientUpdate::Failed {
-                        error: "5.1.1".into(),
-                    },
-                )],
-                bounce: Some(message(&spool, 2)),
+                recipients: vec!["r@far.test".into()],
+                notice: Some(message(&spool, 2)),
             },
         ] {
             commit(&mut conn, &[job(outcome())], &mut synced).unwrap();
@@ -1481,6 +1548,64 @@ mod tests {
         let gone = notice(3);
         assert_eq!(warn("no-such-message", &gone), 0);
         assert!(!reader.contains(&gone.id).unwrap());
+    }
+
+    /// A failure's report stays in its row, and keeps the message, until
+    /// the notice that folds the reports of every next hop is stored, in
+    /// the commit that clears them: once, and after a reopen too.
+    #[test]
+    fn reports_keep_their_message_until_one_notice_sends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).unwrap();
+        let id = stored_with_two_recipients(&spool);
+        let failed = |address: &str| SpoolOp::Attempt {
+            message_id: id.clone(),
+            updates: vec![(
+                address.to_string(),
+                RecipientUpdate::Failed {
+                    error: "550 5.1.1 no".into(),
+                },
+            )],
+            reports: vec![(address.to_string(), format!("report of {address}"))],
+        };
+        let reader = SpoolReader::open(&path).unwrap();
+        let first = reader.message(&id).unwrap().unwrap().message.recipients[0]
+            .address
+            .clone();
+        spool.apply_blocking(failed(&first)).unwrap();
+        spool.apply_blocking(failed("s@other.test")).unwrap();
+        // Every recipient is final, but the reports are not sent.
+        assert!(reader.contains(&id).unwrap());
+        drop(spool);
+        let spool = Spool::open(&path).unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        assert_eq!(reader.messages_with_reports().unwrap(), vec![id.clone()]);
+        let reports = reader.reports(&id).unwrap();
+        assert_eq!(
+            reports,
+            [
+                (first.clone(), format!("report of {first}")),
+                ("s@other.test".into(), "report of s@other.test".into())
+            ]
+        );
+        let notice = |n: usize| {
+            let mut b = message(&spool, 100 + n);
+            b.sender = String::new();
+            b
+        };
+        let report = |notice: &NewMessage| SpoolOp::Report {
+            message_id: id.clone(),
+            recipients: reports.iter().map(|(a, _)| a.clone()).collect(),
+            notice: Some(notice.clone()),
+        };
+        let (one, two) = (notice(1), notice(2));
+        assert_eq!(spool.apply_blocking(report(&one)).unwrap(), 2);
+        assert_eq!(spool.apply_blocking(report(&two)).unwrap(), 0);
+        assert!(reader.contains(&one.id).unwrap());
+        assert!(!reader.contains(&two.id).unwrap(), "a second notice");
+        assert!(!reader.contains(&id).unwrap(), "the message is done");
+        assert!(reader.messages_with_reports().unwrap().is_empty());
     }
 
     /// A recipient given twice keeps its first DSN request for delivery,
@@ -1705,7 +1830,7 @@ mod tests {
                         ("r1@far.test".into(), r1),
                         ("r2@far.test".into(), r2),
                     ],
-                    bounce: None,
+                    reports: Vec::new(),
                 })
                 .unwrap();
             let held = n % 10 == 0;

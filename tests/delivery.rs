@@ -1226,3 +1226,118 @@ fn an_international_local_domain_takes_mail_in_both_spellings() {
     assert!(removed.contains("bücher.example"), "{removed}");
     assert!(!cli(&db, &["domain", "show"]).contains("bücher"));
 }
+
+/// Failures at two next hops in one attempt make one bounce naming both,
+/// as Postfix sends one per message: each hop's failures are recorded with
+/// their outcome, and folded into one notice once the attempt is over.
+#[test]
+fn failures_at_two_next_hops_make_one_bounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hop_a, hop_b, home) = (
+        Sink::start(SinkOptions::default()),
+        Sink::start(SinkOptions::default()),
+        Sink::start(SinkOptions::default()),
+    );
+    let db = test_db(dir.path(), &[]);
+    common::route(&db, "a.test", hop_a.addr());
+    common::route(&db, "b.test", hop_b.addr());
+    common::route(&db, "example.com", home.addr());
+    let mut server = Server::start(&db);
+    let id = send(
+        &mut server,
+        "alice@example.com",
+        &["perm1@a.test", "ok@a.test", "perm2@b.test"],
+        "Subject: two hops\r\n\r\nbody\r\n",
+    );
+    eventually("the message and its bounce to leave the queue", || {
+        !queue_show(&db).contains(&id) && home.messages().len() == 1
+    });
+    eventually("the queue to be empty", || {
+        queue_show(&db).contains("queue is empty")
+    });
+    let bounces = home.messages();
+    assert_eq!(bounces.len(), 1, "one bounce for the message: {bounces:?}");
+    let text = bounces[0].body_str();
+    for failed in ["perm1@a.test", "perm2@b.test"] {
+        assert!(
+            text.contains(&format!("Final-Recipient: rfc822; {failed}")),
+            "{failed} in {text}"
+        );
+    }
+    assert!(
+        !text.contains("Final-Recipient: rfc822; ok@a.test"),
+        "{text}"
+    );
+    assert_eq!(hop_a.messages().len(), 1);
+    server.terminate();
+}
+
+/// A failure recorded with its report, and the process gone before the
+/// notice was stored (as a crash leaves it): the next start sends the
+/// bounce, once, and the message then leaves the queue.
+#[test]
+fn a_report_recorded_before_a_crash_is_sent_after_the_restart() {
+    use relaygate::delivery::dsn::{DsnAction, StoredReport};
+    use relaygate::spool::{NewMessage, RecipientUpdate, Spool, SpoolOp, SpoolRecipient};
+    let dir = tempfile::tempdir().unwrap();
+    let home = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::route(&db, "example.com", home.addr());
+    let spool = Spool::open(&relaygate::spool::spool_path_for(&db)).unwrap();
+    let id = spool.next_id();
+    spool
+        .apply_blocking(SpoolOp::Insert(NewMessage {
+            id: id.clone(),
+            sender: "alice@example.com".into(),
+            recipients: vec![SpoolRecipient {
+                address: "gone@far.test".into(),
+                class: "outbound".into(),
+                reason: "test".into(),
+                dsn: Default::default(),
+            }],
+            login: None,
+            peer: "127.0.0.1".into(),
+            client_listed: Some(true),
+            helo: "client.test".into(),
+            body: b"Subject: before the crash\r\n\r\nbody\r\n".to_vec(),
+            spilled: None,
+            smtputf8: false,
+            dsn: Default::default(),
+        }))
+        .unwrap();
+    let report = StoredReport {
+        action: DsnAction::Failed,
+        status: "5.1.1".into(),
+        diagnostic: Some("550 5.1.1 gone for good".into()),
+        remote_mta: Some("mx.far.test".into()),
+    };
+    spool
+        .apply_blocking(SpoolOp::Attempt {
+            message_id: id.clone(),
+            updates: vec![(
+                "gone@far.test".into(),
+                RecipientUpdate::Failed {
+                    error: "550 5.1.1 gone for good".into(),
+                },
+            )],
+            reports: vec![("gone@far.test".into(), report.text())],
+        })
+        .unwrap();
+    drop(spool);
+    assert!(queue_show(&db).contains(&id), "kept for its report");
+
+    let server = Server::start(&db);
+    let bounce = home.wait_for(1, WAIT);
+    let text = bounce[0].body_str();
+    assert!(
+        text.contains("Final-Recipient: rfc822; gone@far.test"),
+        "{text}"
+    );
+    assert!(text.contains("550 5.1.1 gone for good"), "{text}");
+    assert_eq!(bounce[0].rcpts, ["alice@example.com"]);
+    eventually("the queue to be empty", || {
+        queue_show(&db).contains("queue is empty")
+    });
+    assert_eq!(home.messages().len(), 1, "one bounce");
+    server.terminate();
+}

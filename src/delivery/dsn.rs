@@ -23,7 +23,8 @@ use crate::smtp::dsn_params::OriginalRecipient;
 use crate::smtp::trace_header::rfc5322_date;
 
 /// What happened to a recipient, as a DSN's `Action:` field says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DsnAction {
     /// Given up: the message will not reach this recipient.
     Failed,
@@ -61,6 +62,55 @@ pub struct ReportedRecipient {
     pub action: DsnAction,
     /// The client's ORCPT, returned as `Original-Recipient`.
     pub original_recipient: Option<OriginalRecipient>,
+}
+
+/// A report on one recipient as the spool keeps it in the recipient's
+/// row, from the attempt that records its outcome until the notice that
+/// folds every next hop's reports is stored (`SpoolOp::Report`). The
+/// recipient's ORCPT is in its row already.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredReport {
+    pub action: DsnAction,
+    pub status: String,
+    pub diagnostic: Option<String>,
+    pub remote_mta: Option<String>,
+}
+
+impl StoredReport {
+    pub fn of(r: &ReportedRecipient) -> StoredReport {
+        StoredReport {
+            action: r.action,
+            status: r.status.clone(),
+            diagnostic: r.diagnostic.clone(),
+            remote_mta: r.remote_mta.clone(),
+        }
+    }
+
+    /// The row's text (JSON).
+    pub fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Read back from a row; `None` if the text is not a report (a
+    /// damaged row is then reported as a failure with no details).
+    pub fn parse(text: &str) -> Option<StoredReport> {
+        serde_json::from_str(text).ok()
+    }
+
+    pub fn recipient(
+        self,
+        address: String,
+        original_recipient: Option<OriginalRecipient>,
+    ) -> ReportedRecipient {
+        ReportedRecipient {
+            address,
+            status: self.status,
+            diagnostic: self.diagnostic,
+            remote_mta: self.remote_mta,
+            action: self.action,
+            original_recipient,
+        }
+    }
 }
 
 /// Everything a notification is built from.

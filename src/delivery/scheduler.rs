@@ -1,7 +1,9 @@
 //! The delivery loop: finds due recipients in the spool, groups each
 //! message's recipients by next hop, delivers every group on its own (a
 //! slow domain never holds back the others), and records each recipient's
-//! outcome, with the bounce it causes, in one durable spool commit.
+//! outcome, with the report it owes the sender, in one spool commit; once
+//! every group is recorded, the reports of all of them go out in one
+//! notice, stored in the commit that clears them.
 //!
 //! Delivery is at least once: an outcome is recorded only after the next
 //! hop answered, so after a crash the few messages in flight are sent
@@ -23,6 +25,7 @@ use crate::spool::{
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -60,6 +63,10 @@ struct Delivery {
     /// message whose outcome is not on disk would be found due and sent
     /// again, and again.
     unrecorded: Mutex<Vec<SpoolOp>>,
+    /// Reports to senders may be recorded and not sent (at start, after
+    /// outcomes were written late, after a notice could not be stored):
+    /// the next scan looks for them ([`sweep_reports`]).
+    reports_left: std::sync::atomic::AtomicBool,
 }
 
 /// What the bodies of the deliveries under way may take at once, in KiB:
@@ -192,6 +199,7 @@ pub async fn run(
         rates: Mutex::new(RateSchedules::default()),
         body_budget: Arc::new(Semaphore::new(BODY_BUDGET_KIB as usize)),
         unrecorded: Mutex::new(Vec::new()),
+        reports_left: std::sync::atomic::AtomicBool::new(true),
     });
     // More is waiting in the spool than is in flight.
     let mut backlog = true;
@@ -240,6 +248,7 @@ pub async fn run(
             backlog = true;
             continue;
         }
+        sweep_reports(&d).await;
         let snapshot = shared.snapshot();
         if !snapshot.settings.delivery {
             continue;
@@ -341,8 +350,144 @@ async fn record_again(d: &Delivery) -> bool {
             }
             return false;
         }
+        // Its reports are in the spool now, and their attempt is over.
+        d.reports_left.store(true, Ordering::Relaxed);
     }
     true
+}
+
+/// Sends the reports recorded and not sent: those a stop or a crash came
+/// between (found at start), and those whose attempt could not send them.
+/// Each message is taken as an attempt is (in flight while its reports
+/// are folded), so no attempt of it runs at the same time.
+async fn sweep_reports(d: &Arc<Delivery>) {
+    if !d.reports_left.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let ids = match d.reader.read(|r| r.messages_with_reports()).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            d.reports_left.store(true, Ordering::Relaxed);
+            d.shared.events.emit(Event::Error {
+                session: None,
+                message: format!("reading the reports to send from the spool: {e}"),
+            });
+            return;
+        }
+    };
+    for id in ids {
+        let taken = d.in_flight.lock().is_ok_and(|mut f| {
+            if f.contains_key(&id) {
+                return false;
+            }
+            f.insert(
+                id.clone(),
+                super::InFlightAttempt {
+                    message_id: id.clone(),
+                    since: SystemTime::now(),
+                    hosts: Vec::new(),
+                },
+            );
+            true
+        });
+        if !taken {
+            // Its attempt under way sends them, or the next sweep does.
+            d.reports_left.store(true, Ordering::Relaxed);
+            continue;
+        }
+        let d = Arc::clone(d);
+        tokio::spawn(async move {
+            let settings = Arc::clone(&d.shared.snapshot().settings);
+            match read_spool(&d, &id, |r, id| r.message(id)).await {
+                Ok(Some(message)) => send_reports(&d, &settings, &message).await,
+                Ok(None) => {}
+                Err(e) => {
+                    d.reports_left.store(true, Ordering::Relaxed);
+                    d.shared.events.emit(Event::Error {
+                        session: None,
+                        message: format!("reports on {id}: cannot read it from the spool: {e}"),
+                    });
+                }
+            }
+            if let Ok(mut f) = d.in_flight.lock() {
+                f.remove(&id);
+            }
+            d.slot_freed.notify_one();
+        });
+    }
+}
+
+/// Folds every report recorded for a message (failures and "relayed"
+/// notices, from all its next hops) into one notice to its sender, stored
+/// in the commit that clears them. A notice that cannot be stored now is
+/// left to the next sweep.
+async fn send_reports(d: &Arc<Delivery>, settings: &ServerSettings, message: &StoredMessage) {
+    let rows = match read_spool(d, &message.id, |r, id| r.reports(id)).await {
+        Ok(rows) if !rows.is_empty() => rows,
+        Ok(_) => return,
+        Err(_) => {
+            d.reports_left.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
+    let asked = message.message.dsn_asked();
+    let recipients: Vec<String> = rows.iter().map(|(a, _)| a.clone()).collect();
+    let reported: Vec<ReportedRecipient> = rows
+        .into_iter()
+        .map(|(address, text)| {
+            let orcpt = asked.get(&address).and_then(|a| a.orcpt.clone());
+            let stored = dsn::StoredReport::parse(&text).unwrap_or(dsn::StoredReport {
+                action: DsnAction::Failed,
+                status: "5.0.0".into(),
+                diagnostic: None,
+                remote_mta: None,
+            });
+            stored.recipient(address, orcpt)
+        })
+        .collect();
+    let notice = bounce_for(settings, message, &reported);
+    let event = notice.as_ref().map(|b| {
+        let to = message.message.sender.clone();
+        let count = |a: DsnAction| reported.iter().filter(|r| r.action == a).count();
+        if count(DsnAction::Failed) > 0 {
+            Event::Bounced {
+                message_id: message.id.clone(),
+                bounce_id: b.id.clone(),
+                to,
+            }
+        } else {
+            Event::NoticeSent {
+                message_id: message.id.clone(),
+                notice_id: b.id.clone(),
+                to,
+                delayed: 0,
+                relayed: count(DsnAction::Relayed),
+            }
+        }
+    });
+    let op = SpoolOp::Report {
+        message_id: message.id.clone(),
+        recipients,
+        notice,
+    };
+    match d.shared.spool.apply(op).await {
+        Ok(1..) => {
+            if let Some(event) = event {
+                d.shared.events.emit(event);
+            }
+        }
+        Ok(0) => {}
+        Err(e) => {
+            d.reports_left.store(true, Ordering::Relaxed);
+            d.shared.events.emit(Event::Error {
+                session: None,
+                message: format!(
+                    "storing the notice for {}: {e}; tried again in a second",
+                    message.id
+                ),
+            });
+        }
+    }
 }
 
 fn in_flight(d: &Delivery) -> usize {
@@ -576,7 +721,12 @@ async fn deliver_message(
             .map(|r| (r, loop_failure.clone(), None))
             .collect();
         let asked = message.message.dsn_asked();
-        record(d, settings, &message, &attempts, &asked, true, results).await;
+        if record(d, settings, &message, &attempts, &asked, true, results)
+            .await
+            .reported
+        {
+            send_reports(d, settings, &message).await;
+        }
         return;
     }
     // Group by next hop; each group is delivered and recorded on its own,
@@ -615,10 +765,22 @@ async fn deliver_message(
         });
     }
     // The message's next hops are recorded side by side; its sender hears
-    // of their delays in one warning, once all are recorded.
+    // of their failures in one notice and of their delays in one warning,
+    // once all are recorded.
     let mut delayed = Vec::new();
+    let mut reported = false;
     while let Some(joined) = set.join_next().await {
-        delayed.extend(joined.unwrap_or_default());
+        match joined {
+            Ok(recorded) => {
+                delayed.extend(recorded.delayed);
+                reported |= recorded.reported;
+            }
+            // A group that failed may have stored reports: swept later.
+            Err(_) => d.reports_left.store(true, Ordering::Relaxed),
+        }
+    }
+    if reported {
+        send_reports(d, settings, &message).await;
     }
     warn_of_delay(d, settings, &message, &asked, delayed).await;
     drop(held_budget);
@@ -992,11 +1154,20 @@ fn resize_global(d: &Arc<Delivery>, wanted: usize) {
     }
 }
 
-/// Turns outcomes into spool updates (retry times, expiry, bounces) and
-/// commits them; emits one event per recipient. Returns the recipients
-/// to warn the sender of as delayed, if a warning is due (`warned`: the
-/// sender was warned already): the caller sends one warning for all the
-/// message's next hops ([`warn_of_delay`]).
+/// What recording a group's outcomes leaves to the end of the attempt.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// The recipients to warn the sender of as delayed, if a warning is
+    /// due: one warning for all the message's next hops ([`warn_of_delay`]).
+    delayed: Vec<ReportedRecipient>,
+    /// Reports were stored with the outcomes: one notice for all the
+    /// message's next hops is due ([`send_reports`]).
+    reported: bool,
+}
+
+/// Turns outcomes into spool updates (retry times, expiry, the reports
+/// to the sender) and commits them; emits one event per recipient.
+/// `warned`: the sender was warned of a delay already.
 async fn record(
     d: &Arc<Delivery>,
     settings: &ServerSettings,
@@ -1005,7 +1176,7 @@ async fn record(
     asked: &HashMap<String, RecipientDsn>,
     warned: bool,
     results: Vec<(String, Outcome, Option<String>)>,
-) -> Vec<ReportedRecipient> {
+) -> Recorded {
     let now = now_secs();
     let age = now - message.received_at;
     let mut updates = Vec::new();
@@ -1120,34 +1291,28 @@ async fn record(
             });
         }
     }
-    let bounce = bounce_for(settings, message, &reported);
-    if let Some(b) = &bounce {
-        let to = message.message.sender.clone();
-        let count = |a: DsnAction| reported.iter().filter(|r| r.action == a).count();
-        let event = if count(DsnAction::Failed) > 0 {
-            Event::Bounced {
-                message_id: message.id.clone(),
-                bounce_id: b.id.clone(),
-                to,
-            }
-        } else {
-            Event::NoticeSent {
-                message_id: message.id.clone(),
-                notice_id: b.id.clone(),
-                to,
-                delayed: 0,
-                relayed: count(DsnAction::Relayed),
-            }
-        };
-        d.shared.events.emit(event);
+    // Kept only when a notice can be sent: none to the null sender, and
+    // never one about a notice.
+    if !reported.is_empty()
+        && (message.message.sender.is_empty() || dsn::is_bounce(&message.message.body))
+    {
+        reported.clear();
     }
+    let reports: Vec<(String, String)> = reported
+        .iter()
+        .map(|r| (r.address.clone(), dsn::StoredReport::of(r).text()))
+        .collect();
     let op = SpoolOp::Attempt {
         message_id: message.id.clone(),
         updates,
-        bounce,
+        reports,
     };
-    apply_or_keep(d, op, &message.id).await;
-    delayed
+    // Outcomes written later (a full disk) have their reports swept then.
+    let written = apply_or_keep(d, op, &message.id).await.is_some();
+    Recorded {
+        delayed,
+        reported: written && !reported.is_empty(),
+    }
 }
 
 /// Applies a delivery's op to the spool (taking the disk's reserve when it
