@@ -45,10 +45,12 @@ impl QueueFilter {
             return false;
         }
         if let Some(d) = &self.domain {
+            // Either spelling of an international domain takes both.
+            let want = crate::policy::address::dns_form(&d.to_lowercase()).into_owned();
             let in_domain = e.recipients.iter().any(|r| {
-                r.address
-                    .rsplit_once('@')
-                    .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d))
+                r.address.rsplit_once('@').is_some_and(|(_, rd)| {
+                    crate::policy::address::dns_form(&rd.to_lowercase()) == want
+                })
             });
             if !in_domain {
                 return false;
@@ -377,6 +379,11 @@ mod tests {
         assert!(f(None, None, Some("1h")));
         assert!(!f(None, None, Some("2h")));
         assert!(!f(Some("ann"), Some("other.test"), None));
+        let idn = entry("Q2", 1000, "a@x.test", &[("b@bücher.example", "queued")]);
+        for spelling in ["xn--bcher-kva.example", "Bücher.example"] {
+            let filter = QueueFilter::parse(None, Some(spelling), None).unwrap();
+            assert!(filter.takes(&idn, 5000), "{spelling}");
+        }
         assert!(QueueFilter::parse(None, None, Some("3 weeks")).is_err());
         assert!(QueueFilter::parse(None, None, Some("-1d")).is_err());
         assert!(

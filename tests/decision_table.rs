@@ -932,9 +932,14 @@ fn an_international_domain_is_one_domain_in_both_spellings() {
         ("<leser@bücher.example>", Inbound),
         ("<gast@café.example>", Inbound),
         ("<gast@xn--caf-dma.example>", Inbound),
-        // Full-width letters are no U-label: not ours, so relay, refused.
-        ("<leser@ｂücher.example>", Relay),
+        ("<leser@bucher.example>", Relay),
     ];
+    // Full-width letters or a decomposed accent: no domain name at all,
+    // refused before any decision (501 5.1.3 at RCPT).
+    for spoof in ["<leser@ｂücher.example>", "<leser@bu\u{308}cher.example>"] {
+        assert!(parse_forward_path(spoof).is_err(), "{spoof}");
+        assert!(parse_reverse_path(spoof).is_err(), "{spoof}");
+    }
     for (to, class) in cases {
         let verdict = if class == Inbound { Allow } else { Deny };
         let reply = if class == Inbound { "250" } else { "554 5.7.1" };

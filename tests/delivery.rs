@@ -1174,6 +1174,9 @@ fn an_international_local_domain_takes_mail_in_both_spellings() {
     let db = test_db(dir.path(), &[]);
     cli(&db, &["list", "remove", "allow", "127.0.0.0/8"]);
     cli(&db, &["domain", "add", "bücher.example"]);
+    let mapped = common::run_cli(&db, &["domain", "add", "ｂücher.example"], "");
+    assert_eq!(mapped.code, 2, "{mapped:?}");
+    assert!(mapped.stderr.contains("IDNA form"), "{mapped:?}");
     let twice = common::run_cli(&db, &["domain", "add", "XN--BCHER-KVA.example"], "");
     assert_eq!(twice.code, 2, "{twice:?}");
     assert!(
@@ -1201,8 +1204,11 @@ fn an_international_local_domain_takes_mail_in_both_spellings() {
     c.expect("EHLO client.test", "250");
     c.expect("MAIL FROM:<x@far.test> SMTPUTF8", "250");
     c.expect("RCPT TO:<jörg@Bücher.example>", "250");
-    // Only the domain is ours, not what merely looks like it.
+    // Only the domain is ours, not what merely looks like it; and a
+    // spelling IDNA would have to map first is no domain name at all.
     c.expect("RCPT TO:<a@bucher.example>", "554 5.7.1");
+    c.expect("RCPT TO:<a@ｂücher.example>", "501 5.1.3");
+    c.expect("RCPT TO:<a@bu\u{308}cher.example>", "501 5.1.3");
     c.expect("DATA", "354");
     c.send(b"Subject: u-label\r\n\r\nhi\r\n.\r\n");
     let queued = c.reply();

@@ -129,6 +129,14 @@ mod tests {
         assert_eq!(host("a.xn--bcher-kva.example"), "sub");
         // The longest parent wins whatever the spelling's length.
         assert_eq!(host("x.mail.bücher.example"), "deeper");
+        let spelt = vec![
+            route("*.xn--bcher-kva.example", "parent"),
+            route("*.b.bücher.example", "child"),
+        ];
+        assert_eq!(
+            next_hop("c.b.bücher.example", &spelt, false),
+            NextHop::Route(&spelt[1])
+        );
         assert_eq!(host("bucher.example"), "hold");
     }
 

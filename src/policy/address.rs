@@ -77,9 +77,10 @@ impl MailAddress {
     }
 
     /// Lowercased `local@domain`, the form used to compare addresses
-    /// (ownership, rules).
+    /// (ownership, rules). Unicode lower case, as owned addresses and rule
+    /// patterns are lowered: `CEÖ@` is `ceö@` to both.
     pub fn key(&self) -> String {
-        self.to_string().to_ascii_lowercase()
+        self.to_string().to_lowercase()
     }
 
     /// The key with an international domain in its DNS form
@@ -329,7 +330,36 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
             return Err("the domain has a character other than letters, digits, '-', '_' and '.'");
         }
     }
-    Ok(name.to_lowercase())
+    let name = name.to_lowercase();
+    // An international label must be in its IDNA2008 form (RFC 5890): a
+    // U-label that IDNA would first have to map (full-width letters,
+    // decomposed accents) or an `xn--` label that is no A-label is the
+    // spelling of another name, or of none, and would let one domain
+    // pass for another in the policy while DNS took it for the same.
+    for label in name.split('.') {
+        if (!label.is_ascii() || label.starts_with("xn--")) && label_dns_form(label).is_none() {
+            return Err("an international label is not in its IDNA form (RFC 5890)");
+        }
+    }
+    Ok(name)
+}
+
+/// One lower-case label in its DNS form: ASCII as it is, a U-label as its
+/// A-label; `None` for a label that is neither a U-label nor a valid
+/// A-label.
+fn label_dns_form(label: &str) -> Option<Cow<'_, str>> {
+    if label.is_ascii() && !label.starts_with("xn--") {
+        return Some(Cow::Borrowed(label));
+    }
+    let ascii = idna::domain_to_ascii(label).ok()?;
+    if ascii.is_empty() || ascii.contains('.') {
+        return None;
+    }
+    if label.is_ascii() {
+        // An A-label: valid if IDNA leaves it as it is.
+        return (ascii == label).then_some(Cow::Borrowed(label));
+    }
+    (idna::domain_to_unicode(&ascii).0 == label).then_some(Cow::Owned(ascii))
 }
 
 /// A domain as the DNS has it: international labels as A-labels
@@ -345,13 +375,14 @@ pub fn ascii_domain(name: &str) -> Option<String> {
     idna::domain_to_ascii(name).ok().filter(|d| !d.is_empty())
 }
 
-/// The form in which two spellings of one domain compare equal: a name
-/// with international labels (RFC 6531) in its A-labels, so that
-/// `bücher.example` and `xn--bcher-kva.example` are one domain; an ASCII
-/// name lower case, as it is. A non-ASCII name that IDNA would first have
-/// to map (full-width letters, upper case) is no U-label: it stays as
-/// written and so never matches a domain configured in another spelling.
-/// One trailing dot is dropped. Borrowed, so free, for an ASCII name.
+/// The form in which two spellings of one domain compare equal: each
+/// international label (RFC 6531) as its A-label, so that
+/// `bücher.example`, `xn--bcher-kva.example` and a mix of the two forms
+/// are one domain; an ASCII name lower case, as it is. A name with a
+/// label IDNA would first have to map (full-width letters, decomposed
+/// accents) stays as written: [`normalize_domain`] refuses such a name in
+/// an address or the configuration, so it matches nothing. One trailing
+/// dot is dropped. Borrowed, so free, for an ASCII name.
 pub fn dns_form(name: &str) -> Cow<'_, str> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_ascii() {
@@ -361,11 +392,10 @@ pub fn dns_form(name: &str) -> Cow<'_, str> {
             Cow::Borrowed(name)
         };
     }
-    match idna::domain_to_ascii(name) {
-        Ok(ascii) if !ascii.is_empty() && idna::domain_to_unicode(&ascii).0 == name => {
-            Cow::Owned(ascii)
-        }
-        _ => Cow::Borrowed(name),
+    let labels: Option<Vec<Cow<'_, str>>> = name.split('.').map(label_dns_form).collect();
+    match labels {
+        Some(labels) => Cow::Owned(labels.join(".")),
+        None => Cow::Borrowed(name),
     }
 }
 
@@ -383,6 +413,29 @@ mod tests {
         // as written, they match no configured ASCII domain.
         assert_eq!(dns_form("ｅｘａｍｐｌｅ.com"), "ｅｘａｍｐｌｅ.com");
         assert_eq!(dns_form("Bücher.example"), "Bücher.example");
+        // Labels of both forms in one name: one domain all the same.
+        assert_eq!(
+            dns_form("bücher.xn--caf-dma.example"),
+            "xn--bcher-kva.xn--caf-dma.example"
+        );
+        // No address or configured domain may be spelt so.
+        for spoof in [
+            "ｂücher.example",
+            "bu\u{308}cher.example",
+            "ｅｘａｍｐｌｅ.com",
+            "xn--zz.example",
+            "xn--bcher-kva-.example",
+        ] {
+            assert!(normalize_domain(spoof).is_err(), "{spoof}");
+            assert!(
+                parse_forward_path(&format!("<a@{spoof}>")).is_err(),
+                "{spoof}"
+            );
+        }
+        assert_eq!(
+            normalize_domain("Bücher.XN--CAF-DMA.example").as_deref(),
+            Ok("bücher.xn--caf-dma.example")
+        );
         let a = parse_forward_path("<Jörg@Bücher.Example>").unwrap();
         assert_eq!(a.dns_key().as_deref(), Some("jörg@xn--bcher-kva.example"));
         let b = parse_forward_path("<jörg@xn--bcher-kva.example>").unwrap();
