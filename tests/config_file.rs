@@ -202,6 +202,15 @@ fn a_dry_run_changes_nothing_and_bad_files_are_refused_by_line() {
             "settings",
             "max-recipients",
         ),
+        // One domain's two spellings are one route, given twice.
+        (
+            format!(
+                "{text}\n[[routes]]\ndomain = \"bücher.example\"\nhost = \"127.0.0.1\"\nport = 25\ntls = \"none\"\n\
+                 \n[[routes]]\ndomain = \"xn--bcher-kva.example\"\nhost = \"127.0.0.1\"\nport = 26\ntls = \"none\"\n"
+            ),
+            "routes",
+            "xn--bcher-kva.example: the domain has a route already",
+        ),
     ];
     for (bad, where_, what) in cases {
         let path = dir.path().join("bad.toml");

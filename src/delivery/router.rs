@@ -30,6 +30,15 @@ pub fn normalize_route_domain(pattern: &str) -> Result<String, String> {
     Ok(if wild { format!("*.{name}") } else { name })
 }
 
+/// A route pattern in the form two spellings of it compare equal in
+/// (`*.bücher.example` and `*.xn--bcher-kva.example` are one pattern).
+pub fn route_dns_form(pattern: &str) -> String {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => format!("*.{}", dns_form(parent)),
+        None => dns_form(pattern).into_owned(),
+    }
+}
+
 /// Picks the next hop: an exact route, then the longest matching `*.parent`
 /// route, then (for non-local domains only) the `*` default route, then
 /// MX. A local domain never goes to the default route or to DNS: that

@@ -278,9 +278,18 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
             params![i as i64 + 1, r.sender, r.recipient, r.destination, r.reject],
         )?;
     }
+    // One domain's two spellings (`bücher.example`, `xn--bcher-kva.example`)
+    // are one route: given twice, which one routes would be a guess.
+    let mut routed = std::collections::HashSet::new();
     for r in &doc.routes {
         let domain = crate::delivery::router::normalize_route_domain(&r.domain)
             .map_err(|e| invalid("routes", e))?;
+        if !routed.insert(crate::delivery::router::route_dns_form(&domain)) {
+            return Err(invalid(
+                "routes",
+                format!("{domain}: the domain has a route already"),
+            ));
+        }
         crate::delivery::TlsMode::parse(&r.tls)
             .ok_or_else(|| invalid("routes", format!("{domain}: tls {:?}", r.tls)))?;
         if r.host.trim().is_empty() || r.port == 0 {

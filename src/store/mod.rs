@@ -484,10 +484,15 @@ impl Store {
                 format!("{name} is already a local domain, written {there}")
             }));
         }
-        self.conn.execute(
+        let n = self.conn.execute(
             "INSERT OR IGNORE INTO local_domains (name) VALUES (?1)",
             [&name],
         )?;
+        if n == 0 {
+            return Err(StoreError::Invalid(format!(
+                "{name} is already a local domain"
+            )));
+        }
         Ok(name)
     }
 
@@ -499,10 +504,11 @@ impl Store {
         let Some(first) = stored.first().cloned() else {
             return Err(StoreError::Invalid(format!("{name} is not a local domain")));
         };
+        let tx = self.conn.transaction()?;
         for d in &stored {
-            self.conn
-                .execute("DELETE FROM local_domains WHERE name = ?1", [d])?;
+            tx.execute("DELETE FROM local_domains WHERE name = ?1", [d])?;
         }
+        tx.commit()?;
         Ok(first)
     }
 
@@ -977,17 +983,19 @@ impl Store {
     /// Adds or replaces the route of a domain pattern; one stored for the
     /// other spelling of the same domain is replaced too.
     pub fn set_route(&mut self, route: &Route) -> Result<()> {
-        for other in self.same_route(&route.domain)? {
+        let others = self.same_route(&route.domain)?;
+        // One commit: a reload in between never sees the domain unrouted.
+        let tx = self.conn.transaction()?;
+        for other in others {
             if other != route.domain {
-                self.conn
-                    .execute("DELETE FROM routes WHERE domain = ?1", [&other])?;
+                tx.execute("DELETE FROM routes WHERE domain = ?1", [&other])?;
             }
         }
         let (user, password) = match &route.auth {
             Some(a) => (Some(a.user.as_str()), Some(a.password.as_str())),
             None => (None, None),
         };
-        self.conn.execute(
+        tx.execute(
             "INSERT INTO routes (domain, host, port, tls, auth_user, auth_password, rate, concurrency)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (domain) DO UPDATE SET host = excluded.host, port = excluded.port,
@@ -1004,6 +1012,7 @@ impl Store {
                 route.concurrency.map(|c| c as i64)
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1013,23 +1022,24 @@ impl Store {
         if stored.is_empty() {
             return Err(StoreError::Invalid(format!("no route for {domain}")));
         }
+        let tx = self.conn.transaction()?;
         for d in stored {
-            self.conn
-                .execute("DELETE FROM routes WHERE domain = ?1", [d])?;
+            tx.execute("DELETE FROM routes WHERE domain = ?1", [d])?;
         }
+        tx.commit()?;
         Ok(())
     }
 
     /// The stored route patterns that are `pattern` in one spelling or the
     /// other (`*.bücher.example`, `*.xn--bcher-kva.example`).
     fn same_route(&self, pattern: &str) -> Result<Vec<String>> {
-        let form = |p: &str| match p.strip_prefix("*.") {
-            Some(parent) => format!("*.{}", crate::policy::address::dns_form(parent)),
-            None => crate::policy::address::dns_form(p).into_owned(),
-        };
-        let want = form(pattern);
+        use crate::delivery::router::route_dns_form;
+        let want = route_dns_form(pattern);
         let stored = query_strings(&self.conn, "SELECT domain FROM routes")?;
-        Ok(stored.into_iter().filter(|d| form(d) == want).collect())
+        Ok(stored
+            .into_iter()
+            .filter(|d| route_dns_form(d) == want)
+            .collect())
     }
 
     // ----- quotas, bans, suspensions -----
