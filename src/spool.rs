@@ -153,8 +153,9 @@ pub enum RecipientUpdate {
 const WARNED: &str = "UPDATE messages SET delay_warned = 1 WHERE id = ?1 AND delay_warned = 0";
 
 /// A change to the spool, applied in the writer's next group commit. Each
-/// op is atomic: a bounce goes in with the failure that caused it, so a
-/// crash can neither lose it nor send it twice.
+/// op is atomic: a failure's report goes in with the failure, and the
+/// notice with the clearing of the reports it sends, so a crash can
+/// neither lose a report nor send it twice.
 #[derive(Debug, Clone)]
 pub enum SpoolOp {
     Insert(NewMessage),

@@ -1278,29 +1278,27 @@ fn failures_at_two_next_hops_make_one_bounce() {
     server.terminate();
 }
 
-/// A failure recorded with its report, and the process gone before the
-/// notice was stored (as a crash leaves it): the next start sends the
-/// bounce, once, and the message then leaves the queue.
-#[test]
-fn a_report_recorded_before_a_crash_is_sent_after_the_restart() {
+/// A message in the spool from alice@example.com to `gone@far.test`
+/// (failed, its report recorded and not sent, as a crash between an
+/// attempt's record and its notice leaves it) and to `others` (queued).
+fn spool_with_a_report(db: &Path, others: &[&str]) -> String {
     use relaygate::delivery::dsn::{DsnAction, StoredReport};
     use relaygate::spool::{NewMessage, RecipientUpdate, Spool, SpoolOp, SpoolRecipient};
-    let dir = tempfile::tempdir().unwrap();
-    let home = Sink::start(SinkOptions::default());
-    let db = test_db(dir.path(), &[]);
-    common::route(&db, "example.com", home.addr());
-    let spool = Spool::open(&relaygate::spool::spool_path_for(&db)).unwrap();
+    let spool = Spool::open(&relaygate::spool::spool_path_for(db)).unwrap();
     let id = spool.next_id();
+    let recipient = |address: &str| SpoolRecipient {
+        address: address.into(),
+        class: "outbound".into(),
+        reason: "test".into(),
+        dsn: Default::default(),
+    };
+    let mut recipients = vec![recipient("gone@far.test")];
+    recipients.extend(others.iter().map(|a| recipient(a)));
     spool
         .apply_blocking(SpoolOp::Insert(NewMessage {
             id: id.clone(),
             sender: "alice@example.com".into(),
-            recipients: vec![SpoolRecipient {
-                address: "gone@far.test".into(),
-                class: "outbound".into(),
-                reason: "test".into(),
-                dsn: Default::default(),
-            }],
+            recipients,
             login: None,
             peer: "127.0.0.1".into(),
             client_listed: Some(true),
@@ -1329,7 +1327,19 @@ fn a_report_recorded_before_a_crash_is_sent_after_the_restart() {
             reports: vec![("gone@far.test".into(), report.text())],
         })
         .unwrap();
-    drop(spool);
+    id
+}
+
+/// A failure recorded with its report, and the process gone before the
+/// notice was stored (as a crash leaves it): the next start sends the
+/// bounce, once, and the message then leaves the queue.
+#[test]
+fn a_report_recorded_before_a_crash_is_sent_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::route(&db, "example.com", home.addr());
+    let id = spool_with_a_report(&db, &[]);
     assert!(queue_show(&db).contains(&id), "kept for its report");
 
     let server = Server::start(&db);
@@ -1341,6 +1351,34 @@ fn a_report_recorded_before_a_crash_is_sent_after_the_restart() {
     );
     assert!(text.contains("550 5.1.1 gone for good"), "{text}");
     assert_eq!(bounce[0].rcpts, ["alice@example.com"]);
+    eventually("the queue to be empty", || {
+        queue_show(&db).contains("queue is empty")
+    });
+    assert_eq!(home.messages().len(), 1, "one bounce");
+    server.terminate();
+}
+
+/// `queue delete --bounce` of a message with a report not yet sent: the
+/// one bounce names the recorded failure with its reply, and the
+/// recipients the deletion gives up.
+#[test]
+fn a_deletion_bounce_carries_the_reports_not_yet_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Sink::start(SinkOptions::default());
+    let db = test_db(dir.path(), &[]);
+    common::route(&db, "example.com", home.addr());
+    let id = spool_with_a_report(&db, &["still@far.test"]);
+    cli(&db, &["queue", "delete", &id, "--bounce"]);
+    let server = Server::start(&db);
+    let bounce = home.wait_for(1, WAIT);
+    let text = bounce[0].body_str();
+    for failed in ["gone@far.test", "still@far.test"] {
+        assert!(
+            text.contains(&format!("Final-Recipient: rfc822; {failed}")),
+            "{failed} in {text}"
+        );
+    }
+    assert!(text.contains("550 5.1.1 gone for good"), "{text}");
     eventually("the queue to be empty", || {
         queue_show(&db).contains("queue is empty")
     });

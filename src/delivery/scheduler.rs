@@ -248,7 +248,7 @@ pub async fn run(
             backlog = true;
             continue;
         }
-        sweep_reports(&d).await;
+        sweep_reports(&d, max_in_flight).await;
         let snapshot = shared.snapshot();
         if !snapshot.settings.delivery {
             continue;
@@ -360,7 +360,7 @@ async fn record_again(d: &Delivery) -> bool {
 /// between (found at start), and those whose attempt could not send them.
 /// Each message is taken as an attempt is (in flight while its reports
 /// are folded), so no attempt of it runs at the same time.
-async fn sweep_reports(d: &Arc<Delivery>) {
+async fn sweep_reports(d: &Arc<Delivery>, max_in_flight: usize) {
     if !d.reports_left.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -377,7 +377,8 @@ async fn sweep_reports(d: &Arc<Delivery>) {
     };
     for id in ids {
         let taken = d.in_flight.lock().is_ok_and(|mut f| {
-            if f.contains_key(&id) {
+            // As many as attempts may be under way; the rest next time.
+            if f.contains_key(&id) || f.len() >= max_in_flight {
                 return false;
             }
             f.insert(
@@ -395,11 +396,40 @@ async fn sweep_reports(d: &Arc<Delivery>) {
             d.reports_left.store(true, Ordering::Relaxed);
             continue;
         }
-        let d = Arc::clone(d);
+        let place = InFlightPlace {
+            d: Arc::clone(d),
+            id,
+            finished: false,
+        };
         tokio::spawn(async move {
+            let (d, id) = (&place.d, &place.id);
             let settings = Arc::clone(&d.shared.snapshot().settings);
-            match read_spool(&d, &id, |r, id| r.message(id)).await {
-                Ok(Some(message)) => send_reports(&d, &settings, &message).await,
+            // Sent meanwhile (by the attempt that recorded them): nothing
+            // to read the message for.
+            if read_spool(d, id, |r, id| r.reports(id))
+                .await
+                .is_ok_and(|rows| rows.is_empty())
+            {
+                place.done();
+                return;
+            }
+            // The message (its body is returned in the notice) is read
+            // within the memory budget, as a delivery reads it.
+            let budget = Arc::clone(&d.body_budget);
+            let read = match read_spool(d, id, move |r, id| BodyRead::first(r, id, budget)).await {
+                Ok(BodyRead::Whole(m, permit)) => Ok(m.map(|m| (m, Some(permit)))),
+                Ok(BodyRead::WaitFor(size)) => {
+                    let budget = Arc::clone(&d.body_budget);
+                    let permit = budget.acquire_many_owned(body_permits(size)).await.ok();
+                    read_spool(d, id, |r, id| r.message(id).map(|m| m.map(Arc::new)))
+                        .await
+                        .map(|m| m.map(|m| (m, permit)))
+                }
+                Ok(BodyRead::Gone) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(Some((message, _permit))) => send_reports(d, &settings, &message).await,
                 Ok(None) => {}
                 Err(e) => {
                     d.reports_left.store(true, Ordering::Relaxed);
@@ -409,10 +439,7 @@ async fn sweep_reports(d: &Arc<Delivery>) {
                     });
                 }
             }
-            if let Ok(mut f) = d.in_flight.lock() {
-                f.remove(&id);
-            }
-            d.slot_freed.notify_one();
+            place.done();
         });
     }
 }
@@ -432,19 +459,7 @@ async fn send_reports(d: &Arc<Delivery>, settings: &ServerSettings, message: &St
     };
     let asked = message.message.dsn_asked();
     let recipients: Vec<String> = rows.iter().map(|(a, _)| a.clone()).collect();
-    let reported: Vec<ReportedRecipient> = rows
-        .into_iter()
-        .map(|(address, text)| {
-            let orcpt = asked.get(&address).and_then(|a| a.orcpt.clone());
-            let stored = dsn::StoredReport::parse(&text).unwrap_or(dsn::StoredReport {
-                action: DsnAction::Failed,
-                status: "5.0.0".into(),
-                diagnostic: None,
-                remote_mta: None,
-            });
-            stored.recipient(address, orcpt)
-        })
-        .collect();
+    let reported = stored_reports(rows, &asked);
     let notice = bounce_for(settings, message, &reported);
     let event = notice.as_ref().map(|b| {
         let to = message.message.sender.clone();
@@ -494,6 +509,33 @@ fn in_flight(d: &Delivery) -> usize {
     d.in_flight.lock().map_or(usize::MAX, |f| f.len())
 }
 
+/// A message's place in the in-flight table, given up when its task ends,
+/// a panic included (its reports are then swept again): a message left
+/// "in flight" would never be tried or reported again until a restart.
+struct InFlightPlace {
+    d: Arc<Delivery>,
+    id: String,
+    finished: bool,
+}
+
+impl InFlightPlace {
+    fn done(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for InFlightPlace {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.d.reports_left.store(true, Ordering::Relaxed);
+        }
+        if let Ok(mut f) = self.d.in_flight.lock() {
+            f.remove(&self.id);
+        }
+        self.d.slot_freed.notify_one();
+    }
+}
+
 /// Starts delivering a message unless it is already in flight. `false`
 /// when there is no room for more work in flight.
 fn start(
@@ -523,14 +565,15 @@ fn start(
             },
         );
     }
-    let d = Arc::clone(d);
+    let place = InFlightPlace {
+        d: Arc::clone(d),
+        id,
+        finished: false,
+    };
     let snapshot = Arc::clone(snapshot);
     tokio::spawn(async move {
-        deliver_message(&d, &snapshot, &id, tried, handed).await;
-        if let Ok(mut f) = d.in_flight.lock() {
-            f.remove(&id);
-        }
-        d.slot_freed.notify_one();
+        deliver_message(&place.d, &snapshot, &place.id, tried, handed).await;
+        place.done();
     });
     true
 }
@@ -1464,9 +1507,30 @@ fn status_in_class(reply: &str, class: char) -> String {
         .unwrap_or_else(|| format!("{class}.0.0"))
 }
 
-/// The bounce for a message the administrator deletes from the queue: every
-/// recipient still queued is reported failed (5.0.0). Shared by `queue
-/// delete --bounce` and the console.
+/// The reports recorded in a message's rows, as a notice names them, each
+/// with its ORCPT (a damaged row as a failure without details).
+fn stored_reports(
+    rows: Vec<(String, String)>,
+    asked: &HashMap<String, RecipientDsn>,
+) -> Vec<ReportedRecipient> {
+    rows.into_iter()
+        .map(|(address, text)| {
+            let orcpt = asked.get(&address).and_then(|a| a.orcpt.clone());
+            let stored = dsn::StoredReport::parse(&text).unwrap_or(dsn::StoredReport {
+                action: DsnAction::Failed,
+                status: "5.0.0".into(),
+                diagnostic: None,
+                remote_mta: None,
+            });
+            stored.recipient(address, orcpt)
+        })
+        .collect()
+}
+
+/// The bounce for a message the administrator deletes from the queue: the
+/// reports recorded and not yet sent, then every recipient still queued,
+/// reported failed (5.0.0). Shared by `queue delete --bounce` and the
+/// console.
 pub fn bounce_for_deleted(
     settings: &ServerSettings,
     reader: &SpoolReader,
@@ -1474,6 +1538,7 @@ pub fn bounce_for_deleted(
 ) -> rusqlite::Result<Option<NewMessage>> {
     let asked = message.message.dsn_asked();
     let none = RecipientDsn::default();
+    let mut reported = stored_reports(reader.reports(&message.id)?, &asked);
     // This message's recipients only (not a walk of the whole queue).
     let queued: Vec<ReportedRecipient> = reader
         .entry(&message.id)?
@@ -1495,7 +1560,8 @@ pub fn bounce_for_deleted(
             })
         })
         .collect();
-    Ok(bounce_for(settings, message, &queued))
+    reported.extend(queued);
+    Ok(bounce_for(settings, message, &reported))
 }
 
 /// The notice for the recipients reported on (failed, delayed, or relayed to a
