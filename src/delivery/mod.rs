@@ -27,6 +27,17 @@ pub struct InFlightAttempt {
     pub hosts: Vec<String>,
 }
 
+impl InFlightAttempt {
+    /// An attempt starting now, its hosts not looked up yet.
+    pub fn starting(message_id: &str) -> InFlightAttempt {
+        InFlightAttempt {
+            message_id: message_id.to_string(),
+            since: SystemTime::now(),
+            hosts: Vec::new(),
+        }
+    }
+}
+
 /// Every attempt under way, by message id; shared by the scheduler and
 /// whoever shows the queue.
 pub type InFlightTable = Arc<Mutex<HashMap<String, InFlightAttempt>>>;

@@ -381,14 +381,7 @@ async fn sweep_reports(d: &Arc<Delivery>, max_in_flight: usize) {
             if f.contains_key(&id) || f.len() >= max_in_flight {
                 return false;
             }
-            f.insert(
-                id.clone(),
-                super::InFlightAttempt {
-                    message_id: id.clone(),
-                    since: SystemTime::now(),
-                    hosts: Vec::new(),
-                },
-            );
+            f.insert(id.clone(), super::InFlightAttempt::starting(&id));
             true
         });
         if !taken {
@@ -556,14 +549,7 @@ fn start(
         if f.len() >= max_in_flight {
             return false;
         }
-        f.insert(
-            id.clone(),
-            super::InFlightAttempt {
-                message_id: id.clone(),
-                since: SystemTime::now(),
-                hosts: Vec::new(),
-            },
-        );
+        f.insert(id.clone(), super::InFlightAttempt::starting(&id));
     }
     let place = InFlightPlace {
         d: Arc::clone(d),
