@@ -284,15 +284,29 @@ async fn in_process_link(
                 let ok = skipped == 0 || send(ServerMessage::Skipped { events: skipped });
                 match feed.tick(generation).await {
                     Some(tick) if tick.generation == generation => ok,
-                    Some(tick) => {
-                        generation = tick.generation;
-                        ok && send(ServerMessage::Tick { tick })
-                    }
+                    // The events the tick counts go first, as the
+                    // socket's server sends them (`take_waiting`).
+                    Some(tick) => match crate::control::feed::take_waiting(&mut events, &outbox) {
+                        Ok(waiting) => {
+                            let ok = waiting
+                                .into_iter()
+                                .all(|event| send(ServerMessage::Event { event }));
+                            generation = tick.generation;
+                            ok && send(ServerMessage::Tick { tick })
+                        }
+                        Err(missed) => {
+                            let Some(again) = feed.attach().await else { return };
+                            events = again.events;
+                            outbox.restart_at(again.skipped_at);
+                            generation = again.snapshot.live.generation;
+                            send(ServerMessage::Lagged { missed })
+                                && send(ServerMessage::Snapshot { snapshot: again.snapshot })
+                        }
+                    },
                     None => {
                         let Some(again) = feed.attach().await else { return };
                         events = again.events;
                         outbox.restart_at(again.skipped_at);
-                    outbox.restart_at(again.skipped_at);
                         generation = again.snapshot.live.generation;
                         ok && send(ServerMessage::Snapshot { snapshot: again.snapshot })
                     }

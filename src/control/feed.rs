@@ -49,6 +49,30 @@ const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// How often a console gets the live picture's changes.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The events waiting in a console's channel that it is to get, taken at
+/// once; `Err` with the number missed when it fell behind. Sent before a
+/// live tick: the feed puts each event in the channel as it counts it, so
+/// every event a tick counts is waiting by then, and a console that got
+/// the tick first would count it again (its counters are the tick's, plus
+/// each event that comes after).
+pub fn take_waiting(
+    events: &mut broadcast::Receiver<Stamped>,
+    outbox: &Outbox,
+) -> Result<Vec<Stamped>, u64> {
+    let mut waiting = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => {
+                if outbox.admit(&event) {
+                    waiting.push(event);
+                }
+            }
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => return Err(missed),
+            Err(_) => return Ok(waiting),
+        }
+    }
+}
+
 /// What one console is sent of the event stream: no command lines but
 /// those of the session whose dialogue it shows. (The feed itself sends
 /// at most [`EVENTS_PER_SECOND`] other events a second to all consoles,
@@ -392,5 +416,67 @@ impl FeedTask {
                 let _ = reply.send(dialogue);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Event, EventBus, RefusalCause};
+
+    fn refused(bus: &EventBus) {
+        bus.emit(Event::SessionRefused {
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            reply: "554 5.7.1 no".into(),
+            cause: RefusalCause::Limit,
+        });
+    }
+
+    /// Every event a live tick counts is waiting in the console's channel
+    /// by the time the tick is made, so the events taken before the tick
+    /// and the tick's counters (which replace the console's) leave the
+    /// console with the engine's count; an event sent after the tick, as
+    /// before this was kept, counted twice.
+    #[tokio::test]
+    async fn a_tick_comes_after_the_events_it_counts() {
+        let bus = Arc::new(EventBus::default());
+        let feed = Feed::start(
+            Arc::clone(&bus),
+            Default::default(),
+            Arc::new(Vec::new),
+            Default::default(),
+            Default::default(),
+        );
+        let attachment = feed.attach().await.expect("attach");
+        let mut console = attachment.snapshot.live.clone();
+        let generation = console.generation;
+        let mut events = attachment.events;
+        let outbox = Outbox::new(&feed, attachment.skipped_at);
+        for _ in 0..5 {
+            refused(&bus);
+        }
+        let tick = loop {
+            let tick = feed.tick(generation).await.expect("tick");
+            if tick.counters.refused_sessions == 5 {
+                break tick;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        let waiting = take_waiting(&mut events, &outbox).expect("not behind");
+        assert_eq!(waiting.len(), 5, "the tick's events are all waiting");
+        for event in &waiting {
+            console.apply(event);
+        }
+        console.merge(tick);
+        assert_eq!(console.counters.refused_sessions, 5);
+        // Nothing the tick counted is left to count again.
+        assert!(matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        refused(&bus);
+        let later = events.recv().await.expect("event");
+        console.apply(&later);
+        assert_eq!(console.counters.refused_sessions, 6);
     }
 }

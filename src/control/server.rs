@@ -403,8 +403,31 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access, _pl
                 match ctx.feed.tick(generation).await {
                     Some(tick) if tick.generation == generation => {}
                     Some(tick) => {
-                        generation = tick.generation;
-                        ok = ok && send(&mut writer, &ServerMessage::Tick { tick }, true).await;
+                        // The events this tick counts are in the channel
+                        // already (the feed sends each as it takes it): they
+                        // go first, so that the tick's counters, which
+                        // replace the console's, come after them, and no
+                        // event is counted twice.
+                        match super::feed::take_waiting(&mut events, &outbox) {
+                            Ok(waiting) => {
+                                for event in waiting {
+                                    ok = ok && send(&mut writer, &ServerMessage::Event { event }, false).await;
+                                }
+                                generation = tick.generation;
+                                ok = ok && send(&mut writer, &ServerMessage::Tick { tick }, true).await;
+                            }
+                            Err(missed) => {
+                                // As when the next event says so: afresh.
+                                let Some(again) = ctx.feed.attach().await else { break };
+                                events = again.events;
+                                outbox.restart_at(again.skipped_at);
+                                generation = again.snapshot.live.generation;
+                                let snapshot = again.snapshot;
+                                ok = ok
+                                    && send(&mut writer, &ServerMessage::Lagged { missed }, false).await
+                                    && send(&mut writer, &ServerMessage::Snapshot { snapshot }, true).await;
+                            }
+                        }
                     }
                     None => {
                         // Too far behind to catch up by changes: start afresh.
