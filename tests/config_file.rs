@@ -202,6 +202,24 @@ fn a_dry_run_changes_nothing_and_bad_files_are_refused_by_line() {
             "settings",
             "max-recipients",
         ),
+        // One domain's two spellings are one local domain.
+        (
+            text.replacen(
+                "domains = [",
+                "domains = [\"bücher.example\", \"xn--bcher-kva.example\", ",
+                1,
+            ),
+            "domains",
+            "listed already",
+        ),
+        // A rule no address could ever meet.
+        (
+            format!(
+                "{text}\n[[rules]]\nsender = \"*@ｂücher.example\"\nrecipient = \"*\"\ndestination = \"any\"\nreject = \"no\"\n"
+            ),
+            "rules",
+            "not in its IDNA form",
+        ),
         // One domain's two spellings are one route, given twice.
         (
             format!(

@@ -1177,6 +1177,20 @@ fn an_international_local_domain_takes_mail_in_both_spellings() {
     let mapped = common::run_cli(&db, &["domain", "add", "ｂücher.example"], "");
     assert_eq!(mapped.code, 2, "{mapped:?}");
     assert!(mapped.stderr.contains("IDNA form"), "{mapped:?}");
+    let rule = common::run_cli(
+        &db,
+        &[
+            "rule",
+            "add",
+            "--sender",
+            "*@ｂücher.example",
+            "--reject",
+            "no",
+        ],
+        "",
+    );
+    assert_eq!(rule.code, 2, "{rule:?}");
+    assert!(rule.stderr.contains("IDNA form"), "{rule:?}");
     let twice = common::run_cli(&db, &["domain", "add", "XN--BCHER-KVA.example"], "");
     assert_eq!(twice.code, 2, "{twice:?}");
     assert!(

@@ -83,6 +83,22 @@ impl MailAddress {
         self.to_string().to_lowercase()
     }
 
+    /// The key with its domain's A-labels as U-labels
+    /// (`u@xn--bcher-kva.example` -> `u@bücher.example`), when that
+    /// differs: the form rules match in, where a `*` may stand inside an
+    /// international label (`*@bü*.example`), which no A-label shows.
+    pub fn unicode_key(&self) -> Option<String> {
+        let Domain::Name(name) = &self.domain else {
+            return None;
+        };
+        let Cow::Owned(unicode) = unicode_form(name) else {
+            return None;
+        };
+        let key = self.key();
+        let local = key.strip_suffix(name.as_str())?;
+        Some(format!("{local}{unicode}"))
+    }
+
     /// The key with an international domain in its DNS form
     /// (`u@bücher.example` -> `u@xn--bcher-kva.example`), when that
     /// differs from [`key`](Self::key): both spellings name one mailbox,
@@ -344,6 +360,36 @@ pub fn normalize_domain(name: &str) -> Result<String, &'static str> {
     Ok(name)
 }
 
+/// A name with each valid A-label as its U-label (`xn--bcher-kva.example`
+/// -> `bücher.example`); borrowed when it has none. The other way from
+/// [`dns_form`]: what a rule's pattern, which may hold a `*` inside an
+/// international label, is matched against.
+pub fn unicode_form(name: &str) -> Cow<'_, str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if !name.split('.').any(|l| l.starts_with("xn--")) {
+        return Cow::Borrowed(name);
+    }
+    let labels: Vec<Cow<'_, str>> = name
+        .split('.')
+        .map(|label| {
+            if !label.starts_with("xn--") || label.contains('*') {
+                return Cow::Borrowed(label);
+            }
+            match idna::domain_to_unicode(label) {
+                (unicode, Ok(())) if !unicode.contains('.') => Cow::Owned(unicode),
+                _ => Cow::Borrowed(label),
+            }
+        })
+        .collect();
+    Cow::Owned(labels.join("."))
+}
+
+/// Whether a label is fit for a domain name: ASCII that is no `xn--`
+/// label, a valid A-label, or a U-label in its IDNA form.
+pub fn valid_label(label: &str) -> bool {
+    label_dns_form(&label.to_lowercase()).is_some()
+}
+
 /// One lower-case label in its DNS form: ASCII as it is, a U-label as its
 /// A-label; `None` for a label that is neither a U-label nor a valid
 /// A-label.
@@ -441,6 +487,13 @@ mod tests {
         let b = parse_forward_path("<jörg@xn--bcher-kva.example>").unwrap();
         assert_eq!(b.dns_key(), None);
         assert_eq!(a.dns_key(), Some(b.key()));
+        assert_eq!(b.unicode_key().as_deref(), Some("jörg@bücher.example"));
+        assert_eq!(a.unicode_key(), None);
+        assert_eq!(
+            unicode_form("a.xn--caf-dma.xn--bcher-kva.test"),
+            "a.café.bücher.test"
+        );
+        assert!(matches!(unicode_form("example.com"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -267,11 +267,11 @@ impl Policy {
         let rcpt_local = matches!(class, RelayClass::Inbound | RelayClass::Internal);
         let sender = AddressText {
             written: sender_text(),
-            dns: env.sender.and_then(MailAddress::dns_key),
+            unicode: env.sender.and_then(MailAddress::unicode_key),
         };
         let rcpt = AddressText {
             written: recipient.key(),
-            dns: recipient.dns_key(),
+            unicode: recipient.unicode_key(),
         };
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.matches(&sender, &rcpt, rcpt_local) {

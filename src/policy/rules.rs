@@ -12,47 +12,56 @@ pub struct AddressGlob {
     pub negate: bool,
     /// As written (lower case): what is shown and stored.
     pub pattern: String,
-    /// The pattern with its international domain labels as A-labels,
-    /// when that differs: what an address's DNS form is matched by.
-    dns_pattern: Option<String>,
+    /// The pattern with its domain's A-labels as U-labels, when that
+    /// differs: what an address's Unicode form is matched by.
+    unicode_pattern: Option<String>,
 }
 
-/// An address as rules match it: its key as written, and in its DNS form
-/// when that differs (`MailAddress::dns_key`). `<>` for the null sender.
+/// An address as rules match it: its key as written, and with its
+/// domain's A-labels as U-labels when that differs
+/// (`MailAddress::unicode_key`). `<>` for the null sender.
 #[derive(Debug, Clone, Default)]
 pub struct AddressText {
     pub written: String,
-    pub dns: Option<String>,
+    pub unicode: Option<String>,
 }
 
 impl From<&str> for AddressText {
     fn from(written: &str) -> AddressText {
         AddressText {
             written: written.to_string(),
-            dns: None,
+            unicode: None,
         }
     }
 }
 
-/// The pattern with each domain label that holds no `*` and is a U-label
-/// put as its A-label (`*@*.bücher.example` -> `*@*.xn--bcher-kva.example`);
-/// `None` when nothing changes.
-fn dns_pattern(pattern: &str) -> Option<String> {
+/// The pattern with the A-labels of its domain as U-labels
+/// (`*@*.xn--bcher-kva.example` -> `*@*.bücher.example`); `None` when
+/// nothing changes.
+fn unicode_pattern(pattern: &str) -> Option<String> {
     let (local, domain) = pattern.rsplit_once('@')?;
-    if domain.is_ascii() {
-        return None;
+    match crate::policy::address::unicode_form(domain) {
+        std::borrow::Cow::Owned(unicode) => Some(format!("{local}@{unicode}")),
+        std::borrow::Cow::Borrowed(_) => None,
     }
-    let labels: Vec<String> = domain
+}
+
+/// Why a pattern's domain can never match an address, if it cannot: a
+/// label without `*` that is neither ASCII nor an IDNA form (full-width
+/// letters, a decomposed accent, an `xn--` label that is no A-label) is
+/// refused at MAIL and RCPT, so a rule naming it would never apply. Asked
+/// when a rule is added (stored rules keep compiling).
+pub fn unmatchable_domain(pattern: &str) -> Option<String> {
+    let domain = pattern.trim().trim_start_matches('!').rsplit_once('@')?.1;
+    domain
         .split('.')
-        .map(|label| {
-            if label.contains('*') || label.is_empty() {
-                label.to_string()
-            } else {
-                crate::policy::address::dns_form(label).into_owned()
-            }
+        .filter(|l| !l.contains('*') && !l.is_empty())
+        .find(|l| (!l.is_ascii() || l.starts_with("xn--")) && !crate::policy::address::valid_label(l))
+        .map(|l| {
+            format!(
+                "pattern {pattern:?}: the label {l:?} is not in its IDNA form (RFC 5890): no address can have it"
+            )
         })
-        .collect();
-    Some(format!("{local}@{}", labels.join("."))).filter(|p| p != pattern)
 }
 
 impl AddressGlob {
@@ -73,20 +82,21 @@ impl AddressGlob {
         let pattern = pattern.to_lowercase();
         Ok(AddressGlob {
             negate,
-            dns_pattern: dns_pattern(&pattern),
+            unicode_pattern: unicode_pattern(&pattern),
             pattern,
         })
     }
 
     /// Matches an already lowercased address, in either of its spellings:
-    /// a pattern written with `bücher.example` takes
-    /// `u@xn--bcher-kva.example`, and the other way round.
+    /// a pattern written with `bücher.example` (or `bü*.example`) takes
+    /// `u@xn--bcher-kva.example`, and the other way round. Both sides are
+    /// compared with U-labels, where a `*` can stand inside a label.
     pub fn matches(&self, address: &AddressText) -> bool {
         let hit = glob(&self.pattern, &address.written)
-            || ((self.dns_pattern.is_some() || address.dns.is_some())
+            || ((self.unicode_pattern.is_some() || address.unicode.is_some())
                 && glob(
-                    self.dns_pattern.as_deref().unwrap_or(&self.pattern),
-                    address.dns.as_deref().unwrap_or(&address.written),
+                    self.unicode_pattern.as_deref().unwrap_or(&self.pattern),
+                    address.unicode.as_deref().unwrap_or(&address.written),
                 ));
         hit != self.negate
     }
@@ -268,7 +278,7 @@ mod tests {
             let addr = crate::policy::address::parse_forward_path(a).unwrap();
             AddressText {
                 written: addr.key(),
-                dns: addr.dns_key(),
+                unicode: addr.unicode_key(),
             }
         };
         let written = text("<jo@bücher.example>");
@@ -282,10 +292,16 @@ mod tests {
         }
         let sub = AddressGlob::parse("*@*.bücher.example").unwrap();
         assert!(sub.matches(&text("<jo@mail.xn--bcher-kva.example>")));
-        // A label with a wildcard is compared only as written.
+        // A wildcard inside an international label takes both spellings.
         let partial = AddressGlob::parse("*@bü*.example").unwrap();
         assert!(partial.matches(&written));
-        assert!(!partial.matches(&dns));
+        assert!(partial.matches(&dns));
+        let not_partial = AddressGlob::parse("!*@bü*.example").unwrap();
+        assert!(!not_partial.matches(&dns));
+        assert!(unmatchable_domain("*@bü*.example").is_none());
+        assert!(unmatchable_domain("*@xn--bcher-kva.example").is_none());
+        assert!(unmatchable_domain("!*@ｂücher.example").is_some());
+        assert!(unmatchable_domain("*@xn--zz.example").is_some());
         assert!(
             !AddressGlob::parse("*@bücher.example")
                 .unwrap()

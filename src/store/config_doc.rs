@@ -210,9 +210,18 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
             )?;
         }
     }
+    // One domain's two spellings are one local domain: given twice, the
+    // file says something other than what it means.
+    let mut local = std::collections::HashSet::new();
     for d in &doc.domains {
         let name = crate::policy::address::normalize_domain(d)
             .map_err(|p| invalid("domains", format!("{d:?}: {p}")))?;
+        if !local.insert(crate::policy::address::dns_form(&name).into_owned()) {
+            return Err(invalid(
+                "domains",
+                format!("{name}: the domain is listed already (in another spelling)"),
+            ));
+        }
         tx.execute(
             "INSERT OR IGNORE INTO local_domains (name) VALUES (?1)",
             [name],
@@ -273,6 +282,11 @@ fn write_doc(tx: &Connection, doc: &ConfigDoc) -> Result<()> {
         }
     }
     for (i, r) in doc.rules.iter().enumerate() {
+        for pattern in [&r.sender, &r.recipient] {
+            if let Some(why) = crate::policy::rules::unmatchable_domain(pattern) {
+                return Err(invalid("rules", why));
+            }
+        }
         tx.execute(
             "INSERT INTO rules (position, sender, recipient, destination, reject_text) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![i as i64 + 1, r.sender, r.recipient, r.destination, r.reject],

@@ -740,6 +740,11 @@ impl Store {
 
     /// Inserts a rule at a 1-based position (the end if `None`).
     pub fn add_rule(&mut self, rule: &Rule, at: Option<usize>) -> Result<usize> {
+        for glob in [&rule.sender, &rule.recipient] {
+            if let Some(why) = crate::policy::rules::unmatchable_domain(&glob.pattern) {
+                return Err(StoreError::Invalid(why));
+            }
+        }
         let mut rules = self.rules()?;
         let pos = at.unwrap_or(rules.len() + 1);
         if pos == 0 || pos > rules.len() + 1 {
