@@ -1609,6 +1609,54 @@ mod tests {
         assert!(reader.messages_with_reports().unwrap().is_empty());
     }
 
+    /// A Report while another recipient is still queued keeps the
+    /// message; one with no notice to send (the null sender) clears the
+    /// reports and lets the message go; an outcome for a message deleted
+    /// meanwhile records no report.
+    #[test]
+    fn a_report_keeps_a_message_with_recipients_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        let id = stored_with_two_recipients(&spool);
+        let first = reader.message(&id).unwrap().unwrap().message.recipients[0]
+            .address
+            .clone();
+        let failed = |id: &str, address: &str| SpoolOp::Attempt {
+            message_id: id.to_string(),
+            updates: vec![(
+                address.to_string(),
+                RecipientUpdate::Failed {
+                    error: "550 5.1.1 no".into(),
+                },
+            )],
+            reports: vec![(address.to_string(), "report".into())],
+        };
+        spool.apply_blocking(failed(&id, &first)).unwrap();
+        let report = |recipient: &str| SpoolOp::Report {
+            message_id: id.clone(),
+            recipients: vec![recipient.to_string()],
+            notice: None,
+        };
+        assert_eq!(spool.apply_blocking(report(&first)).unwrap(), 1);
+        assert!(
+            reader.contains(&id).unwrap(),
+            "s@other.test is still queued"
+        );
+        assert!(reader.reports(&id).unwrap().is_empty());
+        spool.apply_blocking(failed(&id, "s@other.test")).unwrap();
+        assert!(reader.contains(&id).unwrap(), "kept for its report");
+        assert_eq!(spool.apply_blocking(report("s@other.test")).unwrap(), 1);
+        assert!(
+            !reader.contains(&id).unwrap(),
+            "done, with no notice to send"
+        );
+        // Deleted meanwhile: the outcome touches nothing, no report stays.
+        assert_eq!(spool.apply_blocking(failed(&id, &first)).unwrap(), 0);
+        assert!(reader.messages_with_reports().unwrap().is_empty());
+    }
+
     /// A recipient given twice keeps its first DSN request for delivery,
     /// as the spool keeps its first row.
     #[test]
@@ -1701,6 +1749,9 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, SPOOL_VERSION);
+        // Version 6: an old message has no report waiting.
+        assert!(reader.reports("OLD1").unwrap().is_empty());
+        assert!(reader.messages_with_reports().unwrap().is_empty());
         // Version 4: each recipient has its message's hold, and the due
         // scan's index in place of version 3's.
         let held = |id: &str| -> i64 {
