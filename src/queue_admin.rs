@@ -153,6 +153,9 @@ pub struct Applied {
     pub due: usize,
     /// Delete with a bounce: (message, bounce id, the sender told).
     pub bounces: Vec<(String, String, String)>,
+    /// Delete with a bounce: left alone, their delivery under way (its
+    /// outcome is not known yet, and a bounce would say it failed).
+    pub in_flight: Vec<String>,
 }
 
 impl Applied {
@@ -190,6 +193,12 @@ impl Applied {
                 plural(self.missing.len(), "message was", "messages were")
             ));
         }
+        if !self.in_flight.is_empty() && action == (QueueAction::Delete { bounce: true }) {
+            s.push_str(&format!(
+                "; {} being delivered now, not deleted ({IN_FLIGHT_ADVICE})",
+                plural(self.in_flight.len(), "message", "messages")
+            ));
+        }
         s
     }
 }
@@ -207,12 +216,19 @@ pub fn messages(n: usize) -> String {
     plural(n, "message", "messages")
 }
 
+/// What to do about a message whose delivery is under way.
+const IN_FLIGHT_ADVICE: &str =
+    "hold it and delete it once the attempt is over, or delete it without a bounce";
+
 /// Why an action was not done (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum QueueAdminError {
     /// The id as typed, control characters escaped.
     #[error("no message {0} in the queue")]
     NotQueued(String),
+    /// Delete with a bounce, of a message being delivered now.
+    #[error("{0} is being delivered now: {IN_FLIGHT_ADVICE}")]
+    InFlight(String),
     #[error("reading the spool: {0}")]
     Read(rusqlite::Error),
     #[error("changing the spool: {0}")]
@@ -224,18 +240,29 @@ pub enum QueueAdminError {
 
 /// Applies `action` to the messages `ids`, all in one transaction. A
 /// single message that is not queued is an error; of several, those gone
-/// are counted in [`Applied::missing`].
+/// are counted in [`Applied::missing`]. A delete with a bounce leaves the
+/// messages in `busy` (their delivery under way) alone, as
+/// [`Applied::in_flight`], or as an error for a single one: the bounce
+/// would tell the sender they failed while a next hop may be taking them.
 pub fn apply(
     spool: &Spool,
     reader: &SpoolReader,
     settings: &ServerSettings,
     action: QueueAction,
     ids: &[String],
+    busy: &std::collections::HashSet<String>,
 ) -> Result<Applied, QueueAdminError> {
     let mut applied = Applied::default();
     let mut ops = Vec::with_capacity(ids.len());
     for id in ids {
         let op = match action {
+            QueueAction::Delete { bounce: true } if busy.contains(id) => {
+                if ids.len() == 1 {
+                    return Err(QueueAdminError::InFlight(crate::events::printable(id)));
+                }
+                applied.in_flight.push(id.clone());
+                continue;
+            }
             QueueAction::Delete { bounce } => {
                 let Some(message) = reader.message(id).map_err(QueueAdminError::Read)? else {
                     applied.missing.push(id.clone());
@@ -435,6 +462,7 @@ mod tests {
             missing: vec!["Q3".into()],
             due: 5,
             bounces: vec![("Q1".into(), "B1".into(), "a@b".into())],
+            in_flight: vec!["Q4".into()],
         };
         assert_eq!(
             many.summary(QueueAction::Retry, false),
@@ -442,7 +470,59 @@ mod tests {
         );
         assert_eq!(
             many.summary(QueueAction::Delete { bounce: true }, false),
-            "2 messages deleted, 1 bounce queued; 1 message was no longer queued"
+            "2 messages deleted, 1 bounce queued; 1 message was no longer queued; \
+             1 message being delivered now, not deleted (hold it and delete it once the \
+             attempt is over, or delete it without a bounce)"
         );
+    }
+
+    /// A delete with a bounce leaves a message whose delivery is under way
+    /// alone (refused, for one named message); a silent delete takes it.
+    #[test]
+    fn a_bounce_is_never_made_for_a_message_being_delivered() {
+        use crate::spool::{NewMessage, SpoolRecipient};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let spool = Spool::open(&path).unwrap();
+        let reader = SpoolReader::open(&path).unwrap();
+        let settings = ServerSettings::default();
+        let mut ids = Vec::new();
+        for n in 0..2 {
+            let id = spool.next_id();
+            spool
+                .apply_blocking(SpoolOp::Insert(NewMessage {
+                    id: id.clone(),
+                    sender: "a@example.com".into(),
+                    recipients: vec![SpoolRecipient {
+                        address: format!("r{n}@far.test"),
+                        class: "outbound".into(),
+                        reason: "test".into(),
+                        dsn: Default::default(),
+                    }],
+                    login: None,
+                    peer: "127.0.0.1".into(),
+                    client_listed: Some(true),
+                    helo: "client".into(),
+                    body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+                    spilled: None,
+                    smtputf8: false,
+                    dsn: Default::default(),
+                }))
+                .unwrap();
+            ids.push(id);
+        }
+        let busy: std::collections::HashSet<String> = [ids[0].clone()].into();
+        let bounce = QueueAction::Delete { bounce: true };
+        let one = apply(&spool, &reader, &settings, bounce, &ids[..1], &busy);
+        assert!(matches!(one, Err(QueueAdminError::InFlight(_))), "{one:?}");
+        let both = apply(&spool, &reader, &settings, bounce, &ids, &busy).unwrap();
+        assert_eq!(both.messages, [ids[1].clone()]);
+        assert_eq!(both.in_flight, [ids[0].clone()]);
+        assert_eq!(both.bounces.len(), 1);
+        assert!(reader.contains(&ids[0]).unwrap(), "left alone");
+        assert!(!reader.contains(&ids[1]).unwrap());
+        let silent = QueueAction::Delete { bounce: false };
+        apply(&spool, &reader, &settings, silent, &ids[..1], &busy).unwrap();
+        assert!(!reader.contains(&ids[0]).unwrap());
     }
 }

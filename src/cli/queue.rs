@@ -136,11 +136,20 @@ fn act(
     let chosen = targets(reader, id.as_deref(), filter, now)?;
     let settings = store.server_settings()?;
     let spool = Spool::open(path)?;
-    let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen) {
+    // A bounce must not say a message failed while a next hop takes it:
+    // the running engine is asked which are under way.
+    let busy: std::collections::HashSet<String> = match action {
+        QueueAction::Delete { bounce: true } => in_flight_now(store.path())
+            .into_iter()
+            .map(|a| a.message_id)
+            .collect(),
+        _ => Default::default(),
+    };
+    let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen, &busy) {
         // A full disk: the reserve kept for this is given up, and the
         // change (which frees room, if it deletes) is tried once more.
         Err(queue_admin::QueueAdminError::Full(e)) if super::give_up_reserve(path, &e) => {
-            queue_admin::apply(&spool, reader, &settings, action, &chosen)?
+            queue_admin::apply(&spool, reader, &settings, action, &chosen, &busy)?
         }
         other => other?,
     };

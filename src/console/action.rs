@@ -249,6 +249,9 @@ pub struct QueueOp {
     pub ids: Vec<String>,
     /// One message the user picked (not marks): the reply names it.
     pub named: bool,
+    /// The messages whose delivery is under way (a delete with a bounce
+    /// leaves them alone: `queue_admin::apply`).
+    pub busy: std::collections::HashSet<String>,
 }
 
 /// What the app asks of the outside world (the store, the spool, files).

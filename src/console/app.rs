@@ -930,6 +930,7 @@ impl App {
                         action: QueueAction::Delete { bounce },
                         ids,
                         named,
+                        busy: self.in_flight.keys().cloned().collect(),
                     }),
                     Effect::LoadQueue,
                 ]

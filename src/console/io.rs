@@ -488,7 +488,7 @@ impl ConsoleIo {
         let settings = self.store()?.server_settings().map_err(|e| e.to_string())?;
         let reader = SpoolReader::open(&self.spool_path).map_err(|e| e.to_string())?;
         let spool = self.spool()?;
-        crate::queue_admin::apply(spool, &reader, &settings, op.action, &op.ids)
+        crate::queue_admin::apply(spool, &reader, &settings, op.action, &op.ids, &op.busy)
             .map(|applied| applied.summary(op.action, op.named))
             .map_err(|e| e.to_string())
     }

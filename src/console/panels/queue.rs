@@ -203,6 +203,7 @@ impl QueueView {
                     action,
                     ids,
                     named: !marked,
+                    busy: Default::default(),
                 };
                 if !marked {
                     return Request::Effects(vec![Effect::Queue(op), Effect::LoadQueue]);
