@@ -242,8 +242,9 @@ pub enum QueueAdminError {
 /// single message that is not queued is an error; of several, those gone
 /// are counted in [`Applied::missing`]. A delete with a bounce leaves the
 /// messages in `busy` (their delivery under way) alone, as
-/// [`Applied::in_flight`], or as an error for a single one: the bounce
-/// would tell the sender they failed while a next hop may be taking them.
+/// [`Applied::in_flight`], or as an error for the one message the user
+/// `named`: the bounce would tell the sender it failed while a next hop
+/// may be taking it.
 pub fn apply(
     spool: &Spool,
     reader: &SpoolReader,
@@ -251,13 +252,14 @@ pub fn apply(
     action: QueueAction,
     ids: &[String],
     busy: &std::collections::HashSet<String>,
+    named: bool,
 ) -> Result<Applied, QueueAdminError> {
     let mut applied = Applied::default();
     let mut ops = Vec::with_capacity(ids.len());
     for id in ids {
         let op = match action {
             QueueAction::Delete { bounce: true } if busy.contains(id) => {
-                if ids.len() == 1 {
+                if named && ids.len() == 1 {
                     return Err(QueueAdminError::InFlight(crate::events::printable(id)));
                 }
                 applied.in_flight.push(id.clone());
@@ -300,7 +302,7 @@ pub fn apply(
         applied.messages.push(id.clone());
         ops.push(op);
     }
-    if let ([id], true) = (ids, applied.messages.is_empty()) {
+    if let ([id], [_]) = (ids, applied.missing.as_slice()) {
         return Err(QueueAdminError::NotQueued(crate::events::printable(id)));
     }
     let n = spool
@@ -513,16 +515,20 @@ mod tests {
         }
         let busy: std::collections::HashSet<String> = [ids[0].clone()].into();
         let bounce = QueueAction::Delete { bounce: true };
-        let one = apply(&spool, &reader, &settings, bounce, &ids[..1], &busy);
+        let one = apply(&spool, &reader, &settings, bounce, &ids[..1], &busy, true);
         assert!(matches!(one, Err(QueueAdminError::InFlight(_))), "{one:?}");
-        let both = apply(&spool, &reader, &settings, bounce, &ids, &busy).unwrap();
+        // Chosen by a filter, not named: left alone, said in the summary.
+        let chosen = apply(&spool, &reader, &settings, bounce, &ids[..1], &busy, false).unwrap();
+        assert_eq!(chosen.in_flight, [ids[0].clone()]);
+        assert!(chosen.messages.is_empty());
+        let both = apply(&spool, &reader, &settings, bounce, &ids, &busy, false).unwrap();
         assert_eq!(both.messages, [ids[1].clone()]);
         assert_eq!(both.in_flight, [ids[0].clone()]);
         assert_eq!(both.bounces.len(), 1);
         assert!(reader.contains(&ids[0]).unwrap(), "left alone");
         assert!(!reader.contains(&ids[1]).unwrap());
         let silent = QueueAction::Delete { bounce: false };
-        apply(&spool, &reader, &settings, silent, &ids[..1], &busy).unwrap();
+        apply(&spool, &reader, &settings, silent, &ids[..1], &busy, true).unwrap();
         assert!(!reader.contains(&ids[0]).unwrap());
     }
 }

@@ -138,22 +138,29 @@ fn act(
     let spool = Spool::open(path)?;
     // A bounce must not say a message failed while a next hop takes it:
     // the running engine is asked which are under way.
+    // The engine cannot be asked (another user's, not answering): no
+    // bounce is made on a guess.
     let busy: std::collections::HashSet<String> = match action {
-        QueueAction::Delete { bounce: true } => in_flight_now(store.path())
+        QueueAction::Delete { bounce: true } => ask_in_flight(store.path())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot ask the running engine which messages it is delivering ({e}): \
+                     nothing deleted; delete without --bounce, or try again"
+                )
+            })?
             .into_iter()
             .map(|a| a.message_id)
             .collect(),
         _ => Default::default(),
     };
-    let applied = match queue_admin::apply(&spool, reader, &settings, action, &chosen, &busy) {
+    let one = id.is_some_and(|id| !id.eq_ignore_ascii_case("all"));
+    let apply = || queue_admin::apply(&spool, reader, &settings, action, &chosen, &busy, one);
+    let applied = match apply() {
         // A full disk: the reserve kept for this is given up, and the
         // change (which frees room, if it deletes) is tried once more.
-        Err(queue_admin::QueueAdminError::Full(e)) if super::give_up_reserve(path, &e) => {
-            queue_admin::apply(&spool, reader, &settings, action, &chosen, &busy)?
-        }
+        Err(queue_admin::QueueAdminError::Full(e)) if super::give_up_reserve(path, &e) => apply()?,
         other => other?,
     };
-    let one = id.is_some_and(|id| !id.eq_ignore_ascii_case("all"));
     println!("{}", applied.summary(action, one));
     Ok(())
 }
@@ -266,18 +273,22 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
 /// The running engine's delivery attempts under way, if an engine runs on
 /// this database and lets us ask; otherwise none.
 fn in_flight_now(db: &std::path::Path) -> Vec<crate::delivery::InFlightAttempt> {
+    ask_in_flight(db).unwrap_or_default()
+}
+
+/// The running engine's delivery attempts under way (none when no engine
+/// runs), or why the running one could not be asked.
+fn ask_in_flight(db: &std::path::Path) -> Result<Vec<crate::delivery::InFlightAttempt>, String> {
     let dir = crate::data_dir::DataDir::for_db(db);
     if dir.running_engine().is_none() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    else {
-        return Vec::new();
-    };
+        .map_err(|e| e.to_string())?;
     runtime
         .block_on(crate::control::client::fetch_status(db, &dir.socket))
         .map(|s| s.in_flight)
-        .unwrap_or_default()
+        .map_err(|e| e.to_string())
 }

@@ -488,9 +488,11 @@ impl ConsoleIo {
         let settings = self.store()?.server_settings().map_err(|e| e.to_string())?;
         let reader = SpoolReader::open(&self.spool_path).map_err(|e| e.to_string())?;
         let spool = self.spool()?;
-        crate::queue_admin::apply(spool, &reader, &settings, op.action, &op.ids, &op.busy)
-            .map(|applied| applied.summary(op.action, op.named))
-            .map_err(|e| e.to_string())
+        crate::queue_admin::apply(
+            spool, &reader, &settings, op.action, &op.ids, &op.busy, op.named,
+        )
+        .map(|applied| applied.summary(op.action, op.named))
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -299,7 +299,7 @@ async fn in_process_link(
                             events = again.events;
                             outbox.restart_at(again.skipped_at);
                             generation = again.snapshot.live.generation;
-                            send(ServerMessage::Lagged { missed })
+                            ok && send(ServerMessage::Lagged { missed })
                                 && send(ServerMessage::Snapshot { snapshot: again.snapshot })
                         }
                     },

@@ -268,10 +268,12 @@ impl Policy {
         let sender = AddressText {
             written: sender_text(),
             unicode: env.sender.and_then(MailAddress::unicode_key),
+            dns: env.sender.and_then(MailAddress::dns_key),
         };
         let rcpt = AddressText {
             written: recipient.key(),
             unicode: recipient.unicode_key(),
+            dns: recipient.dns_key(),
         };
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.matches(&sender, &rcpt, rcpt_local) {

@@ -17,13 +17,15 @@ pub struct AddressGlob {
     unicode_pattern: Option<String>,
 }
 
-/// An address as rules match it: its key as written, and with its
-/// domain's A-labels as U-labels when that differs
-/// (`MailAddress::unicode_key`). `<>` for the null sender.
+/// An address as rules match it: its key as written, with its domain's
+/// A-labels as U-labels (`MailAddress::unicode_key`) and with its
+/// U-labels as A-labels (`MailAddress::dns_key`), each when it differs.
+/// `<>` for the null sender.
 #[derive(Debug, Clone, Default)]
 pub struct AddressText {
     pub written: String,
     pub unicode: Option<String>,
+    pub dns: Option<String>,
 }
 
 impl From<&str> for AddressText {
@@ -31,6 +33,7 @@ impl From<&str> for AddressText {
         AddressText {
             written: written.to_string(),
             unicode: None,
+            dns: None,
         }
     }
 }
@@ -87,17 +90,20 @@ impl AddressGlob {
         })
     }
 
-    /// Matches an already lowercased address, in either of its spellings:
-    /// a pattern written with `bücher.example` (or `bü*.example`) takes
-    /// `u@xn--bcher-kva.example`, and the other way round. Both sides are
-    /// compared with U-labels, where a `*` can stand inside a label.
+    /// Matches an already lowercased address in any of its spellings: a
+    /// pattern written with `bücher.example` (or `bü*.example`) takes
+    /// `u@xn--bcher-kva.example`, one written with `xn--` (`*@xn--*`)
+    /// takes `u@bücher.example`. The pattern, and its U-label form, are
+    /// tried against the address as written, with U-labels and with
+    /// A-labels: one spelling that matches is a match.
     pub fn matches(&self, address: &AddressText) -> bool {
-        let hit = glob(&self.pattern, &address.written)
-            || ((self.unicode_pattern.is_some() || address.unicode.is_some())
-                && glob(
-                    self.unicode_pattern.as_deref().unwrap_or(&self.pattern),
-                    address.unicode.as_deref().unwrap_or(&address.written),
-                ));
+        let patterns = std::iter::once(&self.pattern).chain(&self.unicode_pattern);
+        let hit = patterns.into_iter().any(|p| {
+            std::iter::once(&address.written)
+                .chain(&address.unicode)
+                .chain(&address.dns)
+                .any(|a| glob(p, a))
+        });
         hit != self.negate
     }
 }
@@ -279,6 +285,7 @@ mod tests {
             AddressText {
                 written: addr.key(),
                 unicode: addr.unicode_key(),
+                dns: addr.dns_key(),
             }
         };
         let written = text("<jo@bücher.example>");
@@ -298,6 +305,14 @@ mod tests {
         assert!(partial.matches(&dns));
         let not_partial = AddressGlob::parse("!*@bü*.example").unwrap();
         assert!(!not_partial.matches(&dns));
+        // A pattern only the A-labels meet takes the U-label spelling.
+        for pattern in ["*@xn--*", "*kva.example", "*@x*.example"] {
+            let g = AddressGlob::parse(pattern).unwrap();
+            assert!(g.matches(&written), "{pattern}");
+            assert!(g.matches(&dns), "{pattern}");
+            let not = AddressGlob::parse(&format!("!{pattern}")).unwrap();
+            assert!(!not.matches(&written), "!{pattern}");
+        }
         assert!(unmatchable_domain("*@bü*.example").is_none());
         assert!(unmatchable_domain("*@xn--bcher-kva.example").is_none());
         assert!(unmatchable_domain("!*@ｂücher.example").is_some());
