@@ -88,15 +88,7 @@ impl MailAddress {
     /// differs: the form rules match in, where a `*` may stand inside an
     /// international label (`*@bü*.example`), which no A-label shows.
     pub fn unicode_key(&self) -> Option<String> {
-        let Domain::Name(name) = &self.domain else {
-            return None;
-        };
-        let Cow::Owned(unicode) = unicode_form(name) else {
-            return None;
-        };
-        let key = self.key();
-        let local = key.strip_suffix(name.as_str())?;
-        Some(format!("{local}{unicode}"))
+        self.key_spelt(unicode_form)
     }
 
     /// The key with an international domain in its DNS form
@@ -104,15 +96,20 @@ impl MailAddress {
     /// differs from [`key`](Self::key): both spellings name one mailbox,
     /// and ownership and rules must not tell them apart.
     pub fn dns_key(&self) -> Option<String> {
+        self.key_spelt(dns_form)
+    }
+
+    /// The key with its domain as `spell` writes it, if that changes it.
+    fn key_spelt(&self, spell: fn(&str) -> Cow<'_, str>) -> Option<String> {
         let Domain::Name(name) = &self.domain else {
             return None;
         };
-        let Cow::Owned(dns) = dns_form(name) else {
+        let Cow::Owned(spelt) = spell(name) else {
             return None;
         };
         let key = self.key();
         let local = key.strip_suffix(name.as_str())?;
-        Some(format!("{local}{dns}"))
+        Some(format!("{local}{spelt}"))
     }
 }
 
