@@ -30,7 +30,10 @@ impl QueueFilter {
         let clean = |s: Option<&str>| s.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
         Ok(QueueFilter {
             text: clean(text),
-            domain: clean(domain).map(|d| d.trim_start_matches('@').to_string()),
+            // In its DNS form, once: either spelling of an international
+            // domain takes both.
+            domain: clean(domain)
+                .map(|d| crate::policy::address::dns_form(d.trim_start_matches('@')).into_owned()),
             older_than: older_than.map(age_secs).transpose()?,
         })
     }
@@ -44,12 +47,10 @@ impl QueueFilter {
         if self.older_than.is_some_and(|age| now - e.received_at < age) {
             return false;
         }
-        if let Some(d) = &self.domain {
-            // Either spelling of an international domain takes both.
-            let want = crate::policy::address::dns_form(&d.to_lowercase()).into_owned();
+        if let Some(want) = &self.domain {
             let in_domain = e.recipients.iter().any(|r| {
                 r.address.rsplit_once('@').is_some_and(|(_, rd)| {
-                    crate::policy::address::dns_form(&rd.to_lowercase()) == want
+                    crate::policy::address::dns_form(&rd.to_lowercase()) == *want
                 })
             });
             if !in_domain {
