@@ -123,7 +123,8 @@ pub fn reason_key(reason: &Reason) -> &'static str {
         Reason::InboundToLocal { .. }
         | Reason::Unrestricted { .. }
         | Reason::Authenticated { .. }
-        | Reason::IpAllowed { .. } => "other",
+        | Reason::IpAllowed { .. }
+        | Reason::NullSenderRelayed { .. } => "other",
     }
 }
 

@@ -379,6 +379,7 @@ fn reason_kind(reason: &crate::policy::decision::Reason) -> &'static str {
         R::IpUnlisted { .. } => "ip_unlisted",
         R::AuthRequired { .. } => "auth_required",
         R::DomainRestrictSend { .. } => "domain_restrict_send",
+        R::NullSenderRelayed { .. } => "null_sender_relayed",
         R::UserRestrictSend { .. } => "user_restrict_send",
         R::SenderLoginMismatch { .. } => "sender_login_match",
         R::RuleRejected { .. } => "rule",

@@ -79,6 +79,7 @@ fn typed_reason(c: &Case, d: &Decision, what: &str) {
             | Reason::Unrestricted { .. }
             | Reason::Authenticated { .. }
             | Reason::IpAllowed { .. }
+            | Reason::NullSenderRelayed { .. }
     );
     assert_eq!(
         allowing,
@@ -95,8 +96,13 @@ fn typed_reason(c: &Case, d: &Decision, what: &str) {
                 .to_string()
         })
     };
+    // A notice relayed is allowed by what let its client relay.
+    let allowed_by = match &d.reason {
+        Reason::NullSenderRelayed { by } => by.as_ref(),
+        other => other,
+    };
     if let Some(entry) = entry_after("allow entry ") {
-        let found = match &d.reason {
+        let found = match allowed_by {
             Reason::IpAllowed { entry: e, .. } => *e.text == entry,
             Reason::IpDenied { over: Some(e), .. } => *e.text == entry,
             _ => false,
@@ -151,15 +157,15 @@ fn typed_reason(c: &Case, d: &Decision, what: &str) {
             d.reason
         );
     }
-    if let Some(login) = expect.strip_prefix("allowed: authenticated as ") {
+    if let Some(login) = expect.split("authenticated as ").nth(1) {
         let login = login.split_whitespace().next().unwrap_or_default();
         assert!(
-            matches!(&d.reason, Reason::Authenticated { login: l } if l == login),
+            matches!(allowed_by, Reason::Authenticated { login: l } if l == login),
             "{what}: {:?}",
             d.reason
         );
     }
-    if expect.contains("domain-restrict-send") {
+    if expect.contains("domain-restrict-send") && c.verdict == Deny {
         assert!(
             matches!(d.reason, Reason::DomainRestrictSend { .. }),
             "{what}: {:?}",
@@ -357,16 +363,29 @@ fn safe_defaults_are_not_an_open_relay() {
                 "554",
                 "deny entry *.*.*.*",
             ),
-            // The null sender is external, so <> to an external recipient is relay.
+            // The null sender is external, so <> to an external recipient
+            // is relay: a notice (bounce, auto-reply) from the LAN goes
+            // out, since domain-restrict-send checks a domain <> has not;
+            // from an address the lists do not allow it is refused.
             case(
                 "192.168.1.5",
                 None,
                 "<>",
                 "x@far.test",
+                Allow,
+                Relay,
+                "250",
+                "a notice (null sender) from a client the relay controls allow: 192.168.1.5 matches allow entry 192.168.*.*",
+            ),
+            case(
+                "203.0.113.9",
+                None,
+                "<>",
+                "x@far.test",
                 Deny,
                 Relay,
-                "550 5.7.1",
-                "domain-restrict-send",
+                "554 5.7.1",
+                "not on the allow list",
             ),
             // An IP-literal recipient domain is never local.
             case(
@@ -680,6 +699,68 @@ fn per_class_auth_switches() {
             Inbound,
             "250",
             "bare <postmaster>",
+        )],
+    );
+}
+
+#[test]
+fn a_notice_goes_out_from_whoever_may_relay_and_never_opens_the_relay() {
+    let notice = |ip, login, verdict, reply, reason| {
+        case(ip, login, "<>", "x@far.test", verdict, Relay, reply, reason)
+    };
+    // The defaults: the lists decide, then domain-restrict-send, which a
+    // notice (no domain) passes.
+    run(
+        &base(),
+        &[
+            notice(
+                "10.0.0.7",
+                None,
+                Allow,
+                "250",
+                "a notice (null sender) from a client the relay controls allow: 10.0.0.7 matches allow entry 10.*.*.*",
+            ),
+            notice(
+                "203.0.113.9",
+                Some("alice"),
+                Allow,
+                "250",
+                "a notice (null sender) from a client the relay controls allow: authenticated as alice",
+            ),
+            notice(
+                "203.0.113.9",
+                None,
+                Deny,
+                "554 5.7.1",
+                "not on the allow list",
+            ),
+        ],
+    );
+    // No relay control on: domain-restrict-send is all that closes the
+    // relay, and it stays closed to <> too.
+    let mut open = base();
+    open.switches.relay.listed_ip = false;
+    run(
+        &open,
+        &[notice(
+            "203.0.113.9",
+            None,
+            Deny,
+            "550 5.7.1",
+            "domain-restrict-send",
+        )],
+    );
+    // domain-restrict-send off: the lists' own reason.
+    let mut off = base();
+    off.switches.domain_restrict_send = false;
+    run(
+        &off,
+        &[notice(
+            "10.0.0.7",
+            None,
+            Allow,
+            "250",
+            "allowed: 10.0.0.7 matches allow entry 10.*.*.*",
         )],
     );
 }

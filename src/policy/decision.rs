@@ -100,6 +100,12 @@ pub enum Reason {
     DomainRestrictSend {
         sender: String,
     },
+    /// Relay mail from the null sender (a notice), allowed because the
+    /// client passed the relay controls (`by`): `domain-restrict-send`
+    /// checks a sender's domain, and `<>` has none.
+    NullSenderRelayed {
+        by: Box<Reason>,
+    },
     UserRestrictSend {
         sender: String,
     },
@@ -201,6 +207,10 @@ impl fmt::Display for Reason {
             Reason::DomainRestrictSend { sender } => write!(
                 f,
                 "sender {sender} is not in a local domain and the recipient is external (domain-restrict-send is on)"
+            ),
+            Reason::NullSenderRelayed { by } => write!(
+                f,
+                "a notice (null sender) from a client the relay controls allow: {by}; domain-restrict-send checks a sender's domain and <> has none"
             ),
             Reason::UserRestrictSend { sender } => write!(
                 f,

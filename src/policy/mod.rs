@@ -246,6 +246,16 @@ impl Policy {
                 other => other,
             },
             RelayClass::Relay => match self.class_access(class, self.switches.relay, env) {
+                // A notice (the null sender: a bounce, an auto-reply, a
+                // read receipt) from the internal server or a logged-in
+                // client names no domain to check; it is the client the
+                // relay controls allowed. Never when no control applied:
+                // `<>` would then open the relay.
+                Access::Allow(by @ (Reason::Authenticated { .. } | Reason::IpAllowed { .. }))
+                    if env.sender.is_none() && self.switches.domain_restrict_send =>
+                {
+                    Access::Allow(Reason::NullSenderRelayed { by: Box::new(by) })
+                }
                 Access::Allow(_) if self.switches.domain_restrict_send => Access::Deny(
                     550,
                     "Relay access denied: sender domain is not local",
