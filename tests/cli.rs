@@ -233,6 +233,7 @@ fn domains_users_and_auth() {
         "{routed}"
     );
     assert_eq!(ok(&db, &["domain", "show"]), "example.com\n");
+    route_changes_keep_what_they_do_not_name(&db);
 
     let o = relaygate(
         &db,
@@ -390,6 +391,98 @@ fn domains_users_and_auth() {
     );
     ok(&db, &["user", "remove", "alice"]);
     refused(&db, &["user", "remove", "alice"], "", "no user alice");
+}
+
+/// `route add` to a route's own next hop changes only the options it
+/// names; to another next hop it starts afresh (no login carried over).
+fn route_changes_keep_what_they_do_not_name(db: &Path) {
+    let smarthost = [
+        "route",
+        "add",
+        "*",
+        "smtp.isp.example:587",
+        "--tls",
+        "required",
+        "--user",
+        "gw",
+        "--password-stdin",
+    ];
+    let o = relaygate(db, &smarthost, "pw\n");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("route * -> smtp.isp.example:587 (tls required, login gw)"),
+        "{}",
+        o.stdout
+    );
+    let rated = ok(
+        db,
+        &[
+            "route",
+            "add",
+            "*",
+            "SMTP.isp.example:587",
+            "--rate",
+            "300/hour",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert!(
+        rated.contains("(tls required, login gw, at most 300 messages per")
+            && rated.contains("2 connections at once")
+            && rated.contains("kept from the route it changes: tls required, login gw\n"),
+        "{rated}"
+    );
+    let shown = ok(db, &["route", "show"]);
+    assert!(
+        shown.contains("tls required auth gw rate 300/hour concurrency 2"),
+        "{shown}"
+    );
+    // Dropped by name.
+    let dropped = ok(
+        db,
+        &[
+            "route",
+            "add",
+            "*",
+            "smtp.isp.example:587",
+            "--no-login",
+            "--no-rate",
+        ],
+    );
+    assert!(
+        dropped.contains("(tls required, 2 connections at once)")
+            && dropped.contains("kept from the route it changes: tls required, concurrency 2"),
+        "{dropped}"
+    );
+    refused(
+        db,
+        &[
+            "route",
+            "add",
+            "*",
+            "smtp.isp.example:587",
+            "--rate",
+            "1/hour",
+            "--no-rate",
+        ],
+        "",
+        "cannot be used with",
+    );
+    // Another next hop: nothing carried over, and said so.
+    let o = relaygate(db, &smarthost, "pw\n");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let moved = ok(db, &["route", "add", "*", "smtp2.isp.example:587"]);
+    assert!(
+        moved.contains("route * -> smtp2.isp.example:587 (tls opportunistic)\n")
+            && moved.contains(
+                "replaces * -> smtp.isp.example:587 (tls required, login gw, 2 connections at once)"
+            )
+            && moved.contains("nothing of the old route is carried over"),
+        "{moved}"
+    );
+    ok(db, &["route", "remove", "*"]);
 }
 
 #[test]

@@ -423,6 +423,37 @@ fn smarthost_auth_starttls_and_connection_reuse() {
     assert_eq!(out[3].rcpts, ["verified@far.test"]);
     assert!(out[3].tls);
 
+    // A rate added to the same next hop keeps its TLS and its login
+    // (README's "Route rates" after its smarthost line).
+    let changed = cli(
+        &db,
+        &[
+            "route",
+            "add",
+            "*",
+            &format!("localhost:{port}"),
+            "--rate",
+            "100/minute",
+        ],
+    );
+    assert!(
+        changed.contains("tls required, login relayuser, at most 100 messages per")
+            && changed.contains("kept from the route it changes: tls required, login relayuser"),
+        "{changed}"
+    );
+    server.wait_for("configuration reloaded", WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    send(
+        &mut server,
+        "ivy@example.com",
+        &["rated@far.test"],
+        "Subject: rated\r\n\r\nx\r\n",
+    );
+    let out = smarthost.wait_for(5, WAIT);
+    assert_eq!(out[4].rcpts, ["rated@far.test"]);
+    assert!(out[4].tls);
+    assert_eq!(out[4].auth_user.as_deref(), Some("relayuser"));
+
     // Wrong password: deferred with the smarthost's reply, nothing delivered.
     cli_stdin(
         &db,
@@ -446,7 +477,7 @@ fn smarthost_auth_starttls_and_connection_reuse() {
     );
     let line = server.wait_for(&format!("delivery {id} to=<denied@far.test>"), WAIT);
     assert!(line.contains("deferred") && line.contains("AUTH"), "{line}");
-    assert_eq!(smarthost.messages().len(), 4);
+    assert_eq!(smarthost.messages().len(), 5);
     assert_eq!(server.terminate().code(), Some(0));
 }
 

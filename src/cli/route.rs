@@ -18,22 +18,32 @@ pub enum RouteCommand {
         domain: String,
         #[arg(value_name = "HOST[:PORT]")]
         next_hop: String,
-        /// STARTTLS: none, opportunistic (when offered, unverified) or required (verified).
-        #[arg(long, value_enum, default_value = "opportunistic")]
-        tls: TlsArg,
+        /// STARTTLS: none, opportunistic (when offered, unverified) or
+        /// required (verified). A new route: opportunistic.
+        #[arg(long, value_enum)]
+        tls: Option<TlsArg>,
         /// Authenticate at the next hop as this user.
-        #[arg(long, requires = "password_stdin")]
+        #[arg(long, requires = "password_stdin", conflicts_with = "no_login")]
         user: Option<String>,
         /// Read that user's password from standard input.
         #[arg(long, requires = "user")]
         password_stdin: bool,
+        /// Log in no more (drop the route's login).
+        #[arg(long)]
+        no_login: bool,
         /// At most N messages per PERIOD to this next hop (the smarthost's
         /// cap, e.g. 30/minute or 1000/day); the rest wait in the queue.
-        #[arg(long, value_name = "N/PERIOD")]
+        #[arg(long, value_name = "N/PERIOD", conflicts_with = "no_rate")]
         rate: Option<String>,
+        /// Drop the route's rate.
+        #[arg(long)]
+        no_rate: bool,
         /// Connections at once to this next hop (default: destination-concurrency).
-        #[arg(long, value_name = "C")]
+        #[arg(long, value_name = "C", conflicts_with = "no_concurrency")]
         concurrency: Option<usize>,
+        /// Drop the route's own concurrency (destination-concurrency applies).
+        #[arg(long)]
+        no_concurrency: bool,
     },
     /// Remove the route of a domain pattern.
     Remove {
@@ -132,8 +142,11 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
             next_hop,
             tls,
             user,
+            no_login,
             rate,
+            no_rate,
             concurrency,
+            no_concurrency,
             ..
         } => {
             let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
@@ -153,37 +166,46 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 }),
                 None => None,
             };
-            let route = Route {
-                domain,
-                host,
-                port,
-                tls: tls.into(),
-                auth,
-                rate,
-                concurrency,
+            let given = RouteOptions {
+                tls: tls.map(TlsMode::from),
+                auth: if no_login { Some(None) } else { auth.map(Some) },
+                rate: if no_rate { Some(None) } else { rate.map(Some) },
+                concurrency: if no_concurrency {
+                    Some(None)
+                } else {
+                    concurrency.map(Some)
+                },
             };
+            let want = crate::delivery::router::route_dns_form(&domain);
+            let before = store
+                .routes()?
+                .into_iter()
+                .find(|r| crate::delivery::router::route_dns_form(&r.domain) == want);
+            let (route, kept) = given.apply(domain, host, port, before.as_ref());
             if route.auth.is_some() && route.tls == TlsMode::None {
                 println!("warning: the password will be sent without TLS");
             }
             store.set_route(&route)?;
             println!(
-                "route {} -> {} (tls {}{}{})",
+                "route {} -> {} ({})",
                 route.domain,
                 hop_text(&route.host, route.port),
-                route.tls,
-                route
-                    .rate
-                    .map(|r| format!(
-                        ", at most {} messages per {}",
-                        r.count,
-                        crate::abuse::rate::period_text(r.period_secs)
-                    ))
-                    .unwrap_or_default(),
-                route
-                    .concurrency
-                    .map(|c| format!(", {c} connections at once"))
-                    .unwrap_or_default()
+                options_text(&route)
             );
+            match before {
+                Some(b) if b.host.eq_ignore_ascii_case(&route.host) && b.port == route.port => {
+                    if !kept.is_empty() {
+                        println!("kept from the route it changes: {}", kept.join(", "));
+                    }
+                }
+                Some(b) => println!(
+                    "replaces {} -> {} ({}): a new next hop starts afresh, nothing of the old route is carried over to it",
+                    b.domain,
+                    hop_text(&b.host, b.port),
+                    options_text(&b)
+                ),
+                None => {}
+            }
         }
         RouteCommand::Remove { domain } => {
             let domain = normalize_route_domain(&domain).map_err(anyhow::Error::msg)?;
@@ -193,6 +215,101 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `route add` was told, option by option: `None` not given,
+/// `Some(None)` dropped (`--no-login`...), `Some(Some(v))` set.
+struct RouteOptions {
+    tls: Option<TlsMode>,
+    auth: Option<Option<RouteAuth>>,
+    rate: Option<Option<crate::abuse::rate::Rate>>,
+    concurrency: Option<Option<usize>>,
+}
+
+impl RouteOptions {
+    /// The route to store, and the options it kept (as text). Added to a
+    /// route of the same next hop, the options not given keep their
+    /// values: adding `--rate` keeps the smarthost's TLS and login. To
+    /// another next hop nothing is kept: credentials are never sent to a
+    /// host they were not given for.
+    fn apply(
+        self,
+        domain: String,
+        host: String,
+        port: u16,
+        before: Option<&Route>,
+    ) -> (Route, Vec<String>) {
+        let same = before.filter(|b| b.host.eq_ignore_ascii_case(&host) && b.port == port);
+        let mut kept = Vec::new();
+        let tls = match (self.tls, same) {
+            (Some(t), _) => t,
+            (None, Some(b)) => {
+                kept.push(format!("tls {}", b.tls));
+                b.tls
+            }
+            (None, None) => TlsMode::Opportunistic,
+        };
+        let auth = match (self.auth, same) {
+            (Some(a), _) => a,
+            (None, Some(b)) => {
+                if let Some(a) = &b.auth {
+                    kept.push(format!("login {}", a.user));
+                }
+                b.auth.clone()
+            }
+            (None, None) => None,
+        };
+        let rate = match (self.rate, same) {
+            (Some(r), _) => r,
+            (None, Some(b)) => {
+                if let Some(r) = b.rate {
+                    kept.push(format!("rate {r}"));
+                }
+                b.rate
+            }
+            (None, None) => None,
+        };
+        let concurrency = match (self.concurrency, same) {
+            (Some(c), _) => c,
+            (None, Some(b)) => {
+                if let Some(c) = b.concurrency {
+                    kept.push(format!("concurrency {c}"));
+                }
+                b.concurrency
+            }
+            (None, None) => None,
+        };
+        let route = Route {
+            domain,
+            host,
+            port,
+            tls,
+            auth,
+            rate,
+            concurrency,
+        };
+        (route, kept)
+    }
+}
+
+/// A route's options as `route add` confirms them: `tls required, login
+/// gw, at most 300 messages per 1h, 2 connections at once`.
+fn options_text(route: &Route) -> String {
+    let mut parts = vec![format!("tls {}", route.tls)];
+    if let Some(a) = &route.auth {
+        parts.push(format!("login {}", a.user));
+    }
+    if let Some(r) = route.rate {
+        parts.push(format!(
+            "at most {} messages per {}",
+            r.count,
+            crate::abuse::rate::period_text(r.period_secs)
+        ));
+    }
+    if let Some(c) = route.concurrency {
+        parts.push(format!("{c} connections at once"));
+    }
+    parts.join(", ")
 }
 
 /// Warns about local domains whose mail would be held for want of a route.
