@@ -192,19 +192,20 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 hop_text(&route.host, route.port),
                 options_text(&route)
             );
+            let same_hop = before
+                .as_ref()
+                .is_some_and(|b| b.host.eq_ignore_ascii_case(&route.host) && b.port == route.port);
             match before {
-                Some(b) if b.host.eq_ignore_ascii_case(&route.host) && b.port == route.port => {
-                    if !kept.is_empty() {
-                        println!("kept from the route it changes: {}", kept.join(", "));
-                    }
+                Some(_) if same_hop && !kept.is_empty() => {
+                    println!("kept from the route it changes: {}", kept.join(", "));
                 }
-                Some(b) => println!(
+                Some(b) if !same_hop => println!(
                     "replaces {} -> {} ({}): a new next hop starts afresh, nothing of the old route is carried over to it",
                     b.domain,
                     hop_text(&b.host, b.port),
                     options_text(&b)
                 ),
-                None => {}
+                _ => {}
             }
         }
         RouteCommand::Remove { domain } => {
