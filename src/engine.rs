@@ -1264,6 +1264,13 @@ async fn watch_config(
                         if !first || reload_tls {
                             shared.events.emit(Event::PolicyReloaded { allow, deny });
                         }
+                        // Said at start and at each change of the switches
+                        // (not at every ban saved), while it lasts.
+                        if first || before.policy.switches() != snapshot.policy.switches() {
+                            for class in snapshot.policy.switches().open_to_anyone() {
+                                shared.events.emit(Event::OpenToAnyone { class });
+                            }
+                        }
                         first = false;
                         bindings = new_bindings;
                     }

@@ -41,6 +41,12 @@ pub enum Event {
         allow: usize,
         deny: usize,
     },
+    /// A class of mail anyone may send, its relay controls off
+    /// ([`crate::policy::settings::Switches::open_to_anyone`]): said when
+    /// the engine starts and whenever the switches change, while it lasts.
+    OpenToAnyone {
+        class: crate::policy::decision::RelayClass,
+    },
     /// The stored configuration could not be loaded; the old one stays.
     ConfigRejected {
         error: ConfigError,
@@ -451,7 +457,8 @@ impl Event {
             Event::EngineStarted { .. }
             | Event::ListenerUp { .. }
             | Event::ListenerDown { .. }
-            | Event::PolicyReloaded { .. } => (K::Config, None),
+            | Event::PolicyReloaded { .. }
+            | Event::OpenToAnyone { .. } => (K::Config, None),
             Event::ListenerFailed { .. }
             | Event::ConfigRejected { .. }
             | Event::Error { .. }
@@ -559,6 +566,10 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
         Event::PolicyReloaded { allow, deny } => d(
             Info,
             put!("configuration reloaded: {allow} allow and {deny} deny entries"),
+        ),
+        Event::OpenToAnyone { class } => d(
+            Warn,
+            put!("warning: {}", crate::policy::settings::open_warning(*class)),
         ),
         Event::ConfigRejected { error } => d(
             Error,

@@ -176,3 +176,45 @@ fn a_user_added_while_running_can_authenticate() {
     });
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+#[test]
+fn switching_the_relay_open_is_warned_about_everywhere_it_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    // One switch off leaves domain-restrict-send: no warning.
+    let one = cli(&db, &["policy", "set", "relay.listed-ip", "off"]);
+    assert!(!one.contains("warning:"), "{one}");
+    server.wait_for("configuration reloaded", Duration::from_secs(5));
+    // The last control off: the CLI, policy show and the engine say it.
+    let open = cli(&db, &["policy", "set", "domain-restrict-send", "off"]);
+    assert!(
+        open.contains("warning: relaygate is an OPEN RELAY: relay.listed-ip, relay.auth and domain-restrict-send are off"),
+        "{open}"
+    );
+    assert!(
+        cli(&db, &["policy", "show"]).contains("warning: relaygate is an OPEN RELAY"),
+        "policy show"
+    );
+    let line = server.wait_for("OPEN RELAY", Duration::from_secs(5));
+    assert!(line.contains("WARN"), "{line}");
+    // And it is one: an outsider relays.
+    let mut c = Client::connect_from(addr, "127.0.0.9".parse().unwrap());
+    c.reply();
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<a@far.test>", "250");
+    c.expect("RCPT TO:<x@far.test>", "250");
+    c.expect("QUIT", "221");
+    // Outbound open to anyone is warned about too; closing both ends it.
+    let out = cli(&db, &["policy", "set", "outbound.listed-ip", "off"]);
+    assert!(
+        out.contains("warning: outbound mail is open to anyone") && out.contains("OPEN RELAY"),
+        "{out}"
+    );
+    cli(&db, &["policy", "set", "outbound.listed-ip", "on"]);
+    let closed = cli(&db, &["policy", "set", "relay.listed-ip", "on"]);
+    assert!(!closed.contains("warning:"), "{closed}");
+    assert!(!cli(&db, &["policy", "show"]).contains("warning:"));
+    assert_eq!(server.terminate().code(), Some(0));
+}

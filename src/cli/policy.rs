@@ -60,6 +60,9 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             for note in config.switches.notes() {
                 println!("note: {note}");
             }
+            for class in config.switches.open_to_anyone() {
+                println!("warning: {}", crate::policy::settings::open_warning(class));
+            }
             if server.verify_recipients {
                 for note in unverifiable_domains(store)? {
                     println!("{note}");
@@ -113,6 +116,9 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             let on = parse_on_off(&value)?;
             store.set_switch(&key, on)?;
             println!("{key} = {}", if on { "on" } else { "off" });
+            for class in store.load_config()?.switches.open_to_anyone() {
+                println!("warning: {}", crate::policy::settings::open_warning(class));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

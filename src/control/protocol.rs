@@ -295,6 +295,9 @@ mod tests {
             },
             Event::ListenerDown { addr: peer },
             Event::PolicyReloaded { allow: 1, deny: 2 },
+            Event::OpenToAnyone {
+                class: crate::policy::decision::RelayClass::Relay,
+            },
             Event::ConfigRejected {
                 error: ConfigError::Tls {
                     cert: "/c".into(),
@@ -432,6 +435,7 @@ mod tests {
                 | Event::ListenerFailed { .. }
                 | Event::ListenerDown { .. }
                 | Event::PolicyReloaded { .. }
+                | Event::OpenToAnyone { .. }
                 | Event::ConfigRejected { .. }
                 | Event::SessionOpened { .. }
                 | Event::SessionRefused { .. }

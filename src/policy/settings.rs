@@ -1,6 +1,7 @@
 //! The policy switches, their keys as the CLI and the store spell them, and
 //! their safe defaults.
 
+use crate::policy::decision::RelayClass;
 use std::fmt;
 
 /// How clients may authenticate.
@@ -80,6 +81,35 @@ impl Switches {
             )
         })
         .collect()
+    }
+}
+
+impl Switches {
+    /// The classes of mail anyone on the Internet may send through the
+    /// gateway: relay with no control left (both its switches and
+    /// domain-restrict-send off: an open relay), and outbound with
+    /// neither switch (any client may send anywhere as a local sender).
+    pub fn open_to_anyone(&self) -> Vec<RelayClass> {
+        let open = |c: ClassSwitches| !c.listed_ip && !c.auth;
+        let mut classes = Vec::new();
+        if open(self.outbound) {
+            classes.push(RelayClass::Outbound);
+        }
+        if open(self.relay) && !self.domain_restrict_send {
+            classes.push(RelayClass::Relay);
+        }
+        classes
+    }
+}
+
+/// The warning for a class [`Switches::open_to_anyone`] names, as the
+/// CLI, the console and the engine's log say it.
+pub fn open_warning(class: RelayClass) -> String {
+    match class {
+        RelayClass::Relay => "relaygate is an OPEN RELAY: relay.listed-ip, relay.auth and domain-restrict-send are off, so anyone may send mail from anywhere to anywhere through it (relaygate policy set relay.listed-ip on)".to_string(),
+        _ => format!(
+            "{class} mail is open to anyone: {class}.listed-ip and {class}.auth are off, so any client may send to anywhere with a sender in a local domain (relaygate policy set {class}.listed-ip on)"
+        ),
     }
 }
 

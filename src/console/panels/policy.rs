@@ -234,6 +234,10 @@ pub fn render(
     for note in config.switches.notes() {
         settings.push(Line::styled(format!("note: {note}"), theme.warning));
     }
+    for class in config.switches.open_to_anyone() {
+        let text = crate::policy::settings::open_warning(class);
+        settings.push(Line::styled(format!("warning: {text}"), theme.error));
+    }
     frame.render_widget(
         Paragraph::new(settings)
             .wrap(ratatui::widgets::Wrap { trim: false })
