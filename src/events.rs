@@ -81,6 +81,10 @@ pub enum Event {
     ControlRefused {
         uid: u32,
         pid: Option<i32>,
+        /// Refusals of the same user before this one that were not said
+        /// (one is said a minute).
+        #[serde(default)]
+        repeated: u64,
     },
     SessionClosed {
         session: u64,
@@ -575,11 +579,17 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             Error,
             put!("configuration change rejected, previous one stays: {error}"),
         ),
-        Event::ControlRefused { uid, pid } => d(
+        Event::ControlRefused { uid, pid, repeated } => d(
             Warn,
             put!(
-                "control socket: refused a client running as uid {uid}{}",
-                pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                "control socket: refused a client running as uid {uid}{}{}",
+                pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                match repeated {
+                    0 => String::new(),
+                    n => format!(
+                        ", and {n} more of that user in the minute before (said once a minute)"
+                    ),
+                }
             ),
         ),
         Event::SessionOpened {

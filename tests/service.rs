@@ -352,6 +352,97 @@ fn a_peer_running_as_another_user_is_refused_and_logged() {
     );
 }
 
+/// A member of the console group only by a supplementary group that no
+/// /etc/group line lists (LDAP, sssd, setgroups) watches; a refused user
+/// looping connect and close is said once, not once a connection (the
+/// event log keeps its newest million rows: a flood would push the mail
+/// history out).
+#[test]
+fn a_supplementary_group_watches_and_a_refused_flood_is_said_once() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run clients as other users");
+        return;
+    }
+    let python = "/usr/bin/python3";
+    if !Path::new(python).exists() {
+        eprintln!("skipped: needs {python} to run clients as other users");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[("console-group", "nogroup")]);
+    let mut server = Server::start(&db);
+    server.addr();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let hello = format!(
+        "import socket,sys\n\
+         s=socket.socket(socket.AF_UNIX)\n\
+         s.settimeout(10)\n\
+         s.connect(sys.argv[1])\n\
+         f=s.makefile('rb')\n\
+         sys.stdout.write(f.readline().decode())\n"
+    );
+    // uid 5003, primary group 5003, nogroup (65534) only as a
+    // supplementary group.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=5003",
+            "--regid=5003",
+            "--groups=65534",
+            python,
+            "-c",
+            &hello,
+        ])
+        .arg(socket_of(&db))
+        .output()
+        .expect("setpriv python3");
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.contains("\"watch\"") && !reply.contains("not allowed"),
+        "{reply} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not in the group at all (the socket opened to all on purpose, so
+    // that only the credentials check stands in the way): 300
+    // connections, one line.
+    std::fs::set_permissions(socket_of(&db), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let flood = "import socket,sys\n\
+         for _ in range(300):\n    s=socket.socket(socket.AF_UNIX)\n    s.connect(sys.argv[1])\n    s.close()\n";
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=5004",
+            "--regid=5004",
+            "--clear-groups",
+            python,
+            "-c",
+            flood,
+        ])
+        .arg(socket_of(&db))
+        .output()
+        .expect("setpriv python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_for(
+        "refused a client running as uid 5004",
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    server.drain_log();
+    let said = server
+        .log
+        .iter()
+        .filter(|l| l.contains("refused a client running as uid 5004"))
+        .count();
+    assert_eq!(said, 1, "{:?}", server.log);
+    assert!(
+        !server.log.iter().any(|l| l.contains("uid 5003")),
+        "{:?}",
+        server.log
+    );
+}
+
 #[test]
 fn the_console_group_gets_a_0660_socket_and_watches_only() {
     if !is_root() {

@@ -339,6 +339,7 @@ mod tests {
             Event::ControlRefused {
                 uid: 65534,
                 pid: Some(9),
+                repeated: 3,
             },
             Event::SessionClosed {
                 session: 1,

@@ -12,7 +12,7 @@ use crate::events::Event;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -214,6 +214,7 @@ async fn accept_loop(
     let mut setting = ctx.shared.snapshot().settings.console_group.clone();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     let mut accept_errors = crate::engine::AcceptErrors::new("control socket accept");
+    let mut refusals = Refusals::default();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -249,7 +250,15 @@ async fn accept_loop(
                     }
                     let access = match stream.peer_cred() {
                         Ok(cred) => {
-                            match access::decide(cred.uid(), cred.gid(), ctx.own_uid, group.as_ref()) {
+                            let peer = access::Peer {
+                                uid: cred.uid(),
+                                gid: cred.gid(),
+                                groups: match &group {
+                                    Some(_) => access::Peer::groups_of(cred.pid(), cred.uid()),
+                                    None => Vec::new(),
+                                },
+                            };
+                            match access::decide(&peer, ctx.own_uid, group.as_ref()) {
                                 Some(a) => Ok((a, cred.uid())),
                                 None => Err((cred.uid(), cred.pid())),
                             }
@@ -266,7 +275,9 @@ async fn accept_loop(
                             }
                         },
                         Err((uid, pid)) => {
-                            ctx.shared.events.emit(Event::ControlRefused { uid, pid });
+                            if let Some(repeated) = refusals.note(uid, Instant::now()) {
+                                ctx.shared.events.emit(Event::ControlRefused { uid, pid, repeated });
+                            }
                             tokio::spawn(refuse(
                                 stream,
                                 "not allowed: the console needs the service user, root, or the console group".into(),
@@ -283,6 +294,48 @@ async fn accept_loop(
     }
     // A clean shutdown leaves no socket behind.
     let _ = std::fs::remove_file(&path);
+}
+
+/// The refused clients said in the log: each user's first refusal of a
+/// minute, then, a minute on, one line with how many followed. A local
+/// user looping connect and close would otherwise write a log line and an
+/// event-log row per connection, and push the mail history out of the
+/// event log (it keeps its newest million rows).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Per uid: when its last refusal was said, and how many were not.
+    users: std::collections::HashMap<u32, (Instant, u64)>,
+}
+
+/// How often one user's refusals are said.
+const REFUSALS_SAID_EVERY: Duration = Duration::from_secs(60);
+/// Users remembered at most; past that, the memory starts again (each
+/// user's next refusal is said at once).
+const REFUSALS_USERS: usize = 1024;
+
+impl Refusals {
+    /// Notes a refusal of `uid`: `Some(n)` when it is to be said, with the
+    /// `n` refusals since the last one said; `None` when it is counted.
+    fn note(&mut self, uid: u32, now: Instant) -> Option<u64> {
+        if self.users.len() >= REFUSALS_USERS && !self.users.contains_key(&uid) {
+            self.users.clear();
+        }
+        match self.users.get_mut(&uid) {
+            Some((said, unsaid)) if now.duration_since(*said) < REFUSALS_SAID_EVERY => {
+                *unsaid += 1;
+                None
+            }
+            Some((said, unsaid)) => {
+                let repeated = *unsaid;
+                (*said, *unsaid) = (now, 0);
+                Some(repeated)
+            }
+            None => {
+                self.users.insert(uid, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 async fn refuse(mut stream: UnixStream, message: String) {
@@ -545,5 +598,31 @@ async fn read_requests(
         if out.send(parsed).await.is_err() || fatal {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_refusals_are_said_once_a_minute_with_their_count() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        assert_eq!(r.note(5003, t0), Some(0));
+        for k in 1..=1000u64 {
+            assert_eq!(r.note(5003, t0 + Duration::from_millis(k)), None);
+        }
+        // Another user is said at once.
+        assert_eq!(r.note(5004, t0 + Duration::from_secs(1)), Some(0));
+        // A minute on: said again, with the thousand not said.
+        assert_eq!(r.note(5003, t0 + Duration::from_secs(60)), Some(1000));
+        assert_eq!(r.note(5003, t0 + Duration::from_secs(61)), None);
+        assert_eq!(r.note(5003, t0 + Duration::from_secs(121)), Some(1));
+        // Bounded: many users start the memory again.
+        for uid in 0..(REFUSALS_USERS as u32 + 10) {
+            r.note(100_000 + uid, t0);
+        }
+        assert!(r.users.len() <= REFUSALS_USERS);
     }
 }
