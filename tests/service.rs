@@ -373,14 +373,12 @@ fn a_supplementary_group_watches_and_a_refused_flood_is_said_once() {
     let mut server = Server::start(&db);
     server.addr();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let hello = format!(
-        "import socket,sys\n\
+    let hello = "import socket,sys\n\
          s=socket.socket(socket.AF_UNIX)\n\
          s.settimeout(10)\n\
          s.connect(sys.argv[1])\n\
          f=s.makefile('rb')\n\
-         sys.stdout.write(f.readline().decode())\n"
-    );
+         sys.stdout.write(f.readline().decode())\n";
     // uid 5003, primary group 5003, nogroup (65534) only as a
     // supplementary group.
     let out = Command::new("setpriv")
@@ -390,7 +388,7 @@ fn a_supplementary_group_watches_and_a_refused_flood_is_said_once() {
             "--groups=65534",
             python,
             "-c",
-            &hello,
+            hello,
         ])
         .arg(socket_of(&db))
         .output()
