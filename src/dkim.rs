@@ -76,8 +76,13 @@ impl DkimKey {
                 );
             }
         }
-        .map_err(|e| format!("not a usable RSA key (2048 to 8192 bits): {e}"))?;
+        .map_err(|e| format!("not a usable RSA key: {}", rejection_words(&e.to_string())))?;
         Ok(DkimKey { pair })
+    }
+
+    /// Its size, for `dkim show`.
+    pub fn bits(&self) -> usize {
+        self.pair.public().modulus_len() * 8
     }
 
     /// The `p=` of the DNS record: the public key as a DER
@@ -89,6 +94,20 @@ impl DkimKey {
     /// The TXT record to publish at `SELECTOR._domainkey.DOMAIN`.
     pub fn dns_record(&self) -> String {
         format!("v=DKIM1; k=rsa; p={}", self.public_key_base64())
+    }
+}
+
+/// Why ring refused a key (its `KeyRejected` says `TooSmall`), in words.
+fn rejection_words(ring_says: &str) -> String {
+    match ring_says {
+        "TooSmall" => "shorter than 2048 bits (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048)".into(),
+        "TooLarge" => "longer than 8192 bits".into(),
+        "WrongAlgorithm" => "it is another kind of key: DKIM here signs with rsa-sha256 (openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048)".into(),
+        "InvalidEncoding" | "InvalidComponent" | "InconsistentComponents" => {
+            "the key's contents are damaged or inconsistent".into()
+        }
+        "VersionNotSupported" => "a PKCS#8 version this build does not read".into(),
+        other => format!("refused ({other}); an RSA key of 2048 to 8192 bits is needed"),
     }
 }
 

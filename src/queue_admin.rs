@@ -157,6 +157,8 @@ pub struct Applied {
     /// Delete with a bounce: left alone, their delivery under way (its
     /// outcome is not known yet, and a bounce would say it failed).
     pub in_flight: Vec<String>,
+    /// Hold or release: chosen messages that were so already.
+    pub unchanged: usize,
 }
 
 impl Applied {
@@ -176,9 +178,28 @@ impl Applied {
             QueueAction::Retry if one.is_some() => {
                 format!("{what}: every queued recipient is due now")
             }
-            QueueAction::Retry => format!("{what}: {} recipients due now", self.due),
-            QueueAction::Hold => format!("{what} held"),
-            QueueAction::Release => format!("{what} released"),
+            QueueAction::Retry => format!(
+                "{what}: {} due now",
+                plural(self.due, "recipient", "recipients")
+            ),
+            QueueAction::Hold | QueueAction::Release => {
+                let hold = action == QueueAction::Hold;
+                let (done, already) = if hold {
+                    ("held", "held already")
+                } else {
+                    ("released", "not held")
+                };
+                match (one, self.unchanged) {
+                    (Some(id), 1) => format!("{id} was {already}"),
+                    (Some(id), _) => format!("{id} {done}"),
+                    (None, 0) => format!("{what} {done}"),
+                    (None, n) => format!(
+                        "{} {done}; {n} {} {already}",
+                        messages(self.messages.len().saturating_sub(n)),
+                        if n == 1 { "was" } else { "were" }
+                    ),
+                }
+            }
             QueueAction::Delete { bounce: false } => format!("{what} deleted silently"),
             QueueAction::Delete { bounce: true } => match (one, self.bounces.as_slice()) {
                 (Some(_), [(_, b, to)]) => format!("{what} deleted; bounce {b} queued to <{to}>"),
@@ -204,7 +225,8 @@ impl Applied {
     }
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+/// `1 message`, `2 messages`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
     } else {
@@ -312,8 +334,12 @@ pub fn apply(
             crate::spool::SpoolError::Full(_) => QueueAdminError::Full(e.to_string()),
             e => QueueAdminError::Write(e.to_string()),
         })?;
-    if action == QueueAction::Retry {
-        applied.due = n;
+    match action {
+        QueueAction::Retry => applied.due = n,
+        QueueAction::Hold | QueueAction::Release => {
+            applied.unchanged = applied.messages.len().saturating_sub(n);
+        }
+        QueueAction::Delete { .. } => {}
     }
     Ok(applied)
 }
@@ -466,7 +492,16 @@ mod tests {
             due: 5,
             bounces: vec![("Q1".into(), "B1".into(), "a@b".into())],
             in_flight: vec!["Q4".into()],
+            unchanged: 1,
         };
+        assert_eq!(
+            many.summary(QueueAction::Hold, false),
+            "1 message held; 1 was held already; 1 message was no longer queued"
+        );
+        assert_eq!(
+            many.summary(QueueAction::Release, false),
+            "1 message released; 1 was not held; 1 message was no longer queued"
+        );
         assert_eq!(
             many.summary(QueueAction::Retry, false),
             "2 messages: 5 recipients due now; 1 message was no longer queued"

@@ -899,7 +899,8 @@ fn apply(conn: &rusqlite::Connection, op: &SpoolOp) -> rusqlite::Result<usize> {
             let params = rusqlite::params![message_id, *held as i64];
             conn.prepare_cached("UPDATE recipients SET held = ?2 WHERE message_id = ?1")?
                 .execute(params)?;
-            conn.prepare_cached("UPDATE messages SET held = ?2 WHERE id = ?1")?
+            // 1 if the message changed, 0 if it was so already.
+            conn.prepare_cached("UPDATE messages SET held = ?2 WHERE id = ?1 AND held != ?2")?
                 .execute(params)
         }
         SpoolOp::RetryNow { message_id } => match message_id {

@@ -346,7 +346,8 @@ fn relaygate_attaches_to_the_running_service_follows_it_across_a_restart_and_lea
 
     // The service restarts: the console says so, then follows the new one.
     assert_eq!(daemon.terminate().code(), Some(0));
-    console.wait_for(&["engine gone, reconnecting"]);
+    // What the panel still shows is said to be the last picture.
+    console.wait_for(&["engine gone, reconnecting", "as last seen, not now"]);
     let mut daemon = common::Server::start(&db);
     let port = daemon.addr().port();
     let pid = daemon.child.id();

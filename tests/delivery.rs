@@ -773,8 +773,17 @@ fn bulk_queue_actions_by_domain_text_and_age() {
 
     assert!(cli(&db, &["queue", "hold", "--older-than", "1h"]).contains("0 messages held"));
     // `all`, as `queue retry all` takes it: every message, then back.
+    // Two are held already, and said so.
     let out = cli(&db, &["queue", "hold", "all"]);
-    assert!(out.contains("6 messages held"), "{out}");
+    assert!(
+        out.contains("4 messages held; 2 were held already"),
+        "{out}"
+    );
+    let out = cli(&db, &["queue", "hold", &one[0]]);
+    assert!(
+        out.contains(&format!("{} was held already", one[0])),
+        "{out}"
+    );
     assert!(listing().iter().all(|e| e.held));
     let out = cli(&db, &["queue", "release", "ALL"]);
     assert!(out.contains("6 messages released"), "{out}");

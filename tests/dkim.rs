@@ -211,7 +211,46 @@ fn what_users_send_is_signed_and_verifies() {
         "not a key",
     );
     assert_eq!(out.code, 2, "{out:?}");
-    assert_eq!(record(&cli(&db, &["dkim", "show"])), txt);
+    // A short RSA key and an Ed25519 key are refused in words, not in
+    // the crypto library's names (`TooSmall`).
+    for (algorithm, opts, says) in [
+        (
+            "RSA",
+            &["-pkeyopt", "rsa_keygen_bits:1024"][..],
+            "shorter than 2048 bits",
+        ),
+        ("ED25519", &[][..], "it is another kind of key"),
+    ] {
+        let pem = Command::new("openssl")
+            .args(["genpkey", "-algorithm", algorithm])
+            .args(opts)
+            .output()
+            .unwrap();
+        assert!(pem.status.success(), "{pem:?}");
+        let out = common::run_cli(
+            &db,
+            &[
+                "dkim",
+                "add",
+                "example.com",
+                "--selector",
+                "s3",
+                "--key-file",
+                "-",
+            ],
+            &String::from_utf8_lossy(&pem.stdout),
+        );
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr.contains(says)
+                && !out.stderr.contains("TooSmall")
+                && !out.stderr.contains("WrongAlgorithm"),
+            "{out:?}"
+        );
+    }
+    let shown = cli(&db, &["dkim", "show"]);
+    assert!(shown.contains("selector s1  (RSA, 2048 bits)"), "{shown}");
+    assert_eq!(record(&shown), txt);
     // The key travels with `config export`/`apply` to another node.
     let export = dir.path().join("config.toml");
     cli(&db, &["config", "export", export.to_str().unwrap()]);

@@ -323,6 +323,21 @@ fn a_client_speaking_another_protocol_version_gets_a_clear_error() {
     let mut rest = Vec::new();
     let _ = raw.read.read_to_end(&mut rest);
     assert!(rest.is_empty());
+    // A short request cut off before its end of line is said to be that,
+    // not an over-long one.
+    let mut raw = Raw::connect(&db);
+    let _hello = raw.line();
+    raw.write
+        .write_all(b"{\"type\":\"hello\",\"protocol\":6}")
+        .unwrap();
+    raw.write.shutdown(std::net::Shutdown::Write).unwrap();
+    match raw.message() {
+        ServerMessage::Error { message } => assert!(
+            message.contains("closed in the middle of a request") && !message.contains("longer"),
+            "{message}"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
 }
 
 #[test]

@@ -106,6 +106,9 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("binding {addr} ({}{proxy})", binding.kind);
             }
+            if let Some(warning) = super::user::submission_without_auth(store)? {
+                println!("{warning}");
+            }
         }
         BindCommand::Remove { addr } => {
             let addr = parse_listen_addr(&addr).map_err(anyhow::Error::msg)?;

@@ -66,7 +66,7 @@ pub fn run(store: &mut Store, cmd: DkimCommand) -> anyhow::Result<ExitCode> {
             {
                 match DkimKey::from_pem(&pem) {
                     Ok(key) => {
-                        println!("{domain}  selector {selector}  ({key:?})");
+                        println!("{domain}  selector {selector}  (RSA, {} bits)", key.bits());
                         println!("  {}", zone_line(&domain, &selector, &key.dns_record()));
                     }
                     Err(e) => println!("{domain}  selector {selector}  UNUSABLE KEY: {e}"),

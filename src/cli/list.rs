@@ -3,6 +3,7 @@
 use crate::policy::ip_lists::ListKind;
 use crate::policy::ip_pattern::IpPattern;
 use crate::policy::list_text::{ParsedEntry, format_list_text, parse_list_text};
+use crate::queue_admin::plural;
 use crate::store::Store;
 use clap::{Subcommand, ValueEnum};
 use std::io::Write;
@@ -59,7 +60,7 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
             };
             for kind in lists {
                 let entries = store.list_entries(kind)?;
-                println!("{kind} ({} entries):", entries.len());
+                println!("{kind} ({}):", plural(entries.len(), "entry", "entries"));
                 for e in entries {
                     println!("  {e}");
                 }
@@ -87,11 +88,11 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
             let outcome = store.add_entries(list.into(), &parsed.entries)?;
             let dups = parsed.duplicates.len() + outcome.duplicates.len();
             println!(
-                "imported {} entries into the {} list; {} duplicates and {} invalid entries skipped",
-                outcome.added.len(),
+                "imported {} into the {} list; {} and {} skipped",
+                plural(outcome.added.len(), "entry", "entries"),
                 ListKind::from(list),
-                dups,
-                parsed.invalid.len()
+                plural(dups, "duplicate", "duplicates"),
+                plural(parsed.invalid.len(), "invalid entry", "invalid entries")
             );
             for (e, first) in &parsed.duplicates {
                 println!("  duplicate, line {}: {} (same as {first})", e.line, e.text);
@@ -112,7 +113,16 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
         ListCommand::Export { list, file } => {
             let text = format_list_text(&store.list_entries(list.into())?);
             match file {
-                Some(path) => super::write_private_file(&path, &text)?,
+                Some(path) => {
+                    super::write_private_file(&path, &text)?;
+                    let n = store.list_entries(list.into())?.len();
+                    println!(
+                        "exported {} of the {} list to {} (owner-only)",
+                        plural(n, "entry", "entries"),
+                        ListKind::from(list),
+                        path.display()
+                    );
+                }
                 None => std::io::stdout().write_all(text.as_bytes())?,
             }
         }

@@ -103,6 +103,15 @@ pub fn run(store: &mut Store, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                     println!("{note}");
                 }
             }
+            if key == "max-command-line"
+                && let Ok(n) = value.parse::<usize>()
+                && n < crate::smtp::server::DSN_COMMAND_LINE
+            {
+                println!(
+                    "note: a command line of up to {} bytes is still taken: the room RFC 3461 gives DSN parameters",
+                    crate::smtp::server::DSN_COMMAND_LINE
+                );
+            }
             if key == "plaintext-auth" && value == "on" {
                 println!(
                     "warning: AUTH is now offered without TLS: passwords cross the network in clear"
@@ -159,7 +168,7 @@ fn tls_problem(settings: &ServerSettings) -> Option<String> {
         .err()
         .map(|e| {
             format!(
-                "error: the TLS files do not load for this user ({e}); the engine keeps its previous certificate (none at start) until they do"
+                "warning: the TLS files do not load for this user ({e}); stored all the same (the other of the pair may come next), and the engine keeps its previous certificate (none at start) until they do"
             )
         }),
     }

@@ -187,7 +187,18 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             if entries.is_empty() {
                 println!("the queue is empty");
             }
-            let in_flight = in_flight_now(store.path());
+            let in_flight = match ask_in_flight(store.path()) {
+                Ok(attempts) => attempts,
+                Err(e) => {
+                    println!(
+                        "warning: the running engine could not be asked what it is delivering ({e}): a message being delivered now is not marked"
+                    );
+                    Vec::new()
+                }
+            };
+            if let Some(note) = delivery_off(store)? {
+                println!("{note}");
+            }
             for e in entries {
                 let sender = if e.sender.is_empty() {
                     "<>".to_string()
@@ -245,10 +256,20 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
                 }
                 other => other?,
             };
-            println!("{n} recipients due now");
+            println!(
+                "{} due now",
+                crate::queue_admin::plural(n, "recipient", "recipients")
+            );
+            if let Some(note) = delivery_off(store)? {
+                println!("{note}");
+            }
         }
         QueueCommand::Retry { id, filter } => {
-            act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?
+            let code = act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?;
+            if let Some(note) = delivery_off(store)? {
+                println!("{note}");
+            }
+            code
         }
         QueueCommand::Hold { id, filter } => {
             act(store, &path, &reader, id, &filter, now, QueueAction::Hold)?
@@ -270,10 +291,12 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The running engine's delivery attempts under way, if an engine runs on
-/// this database and lets us ask; otherwise none.
-fn in_flight_now(db: &std::path::Path) -> Vec<crate::delivery::InFlightAttempt> {
-    ask_in_flight(db).unwrap_or_default()
+/// With `delivery off` nothing is sent, whatever "next attempt now" says.
+fn delivery_off(store: &Store) -> anyhow::Result<Option<String>> {
+    Ok((!store.server_settings()?.delivery).then(|| {
+        "note: delivery is off: nothing is sent until `relaygate policy set delivery on`"
+            .to_string()
+    }))
 }
 
 /// The running engine's delivery attempts under way (none when no engine

@@ -190,7 +190,32 @@ pub fn run_auth(store: &mut Store, cmd: AuthCommand) -> anyhow::Result<ExitCode>
             };
             store.set_auth_mode(mode, login.as_ref())?;
             println!("auth mode {mode}");
+            if let Some(warning) = submission_without_auth(store)? {
+                println!("{warning}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A submission binding refuses MAIL until AUTH, and `auth mode none`
+/// offers no AUTH: the port then takes no mail at all.
+pub fn submission_without_auth(store: &Store) -> anyhow::Result<Option<String>> {
+    if store.auth_mode()?.0 != AuthMode::None {
+        return Ok(None);
+    }
+    let ports: Vec<String> = store
+        .bindings()?
+        .into_iter()
+        .filter(|b| b.kind == crate::bindings::BindKind::Submission)
+        .map(|b| b.addr.to_string())
+        .collect();
+    Ok((!ports.is_empty()).then(|| {
+        format!(
+            "warning: auth mode is none, so the submission binding{} {} offer{} no AUTH and take no mail (530 5.7.0 to every MAIL); relaygate auth mode any-user turns AUTH on",
+            if ports.len() == 1 { "" } else { "s" },
+            ports.join(", "),
+            if ports.len() == 1 { "s" } else { "" },
+        )
+    }))
 }

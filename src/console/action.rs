@@ -205,7 +205,10 @@ pub enum Action {
         events: Vec<Stamped>,
     },
     /// The engine went away; the console reconnects when it is back.
-    Detached(String),
+    Detached {
+        reason: String,
+        refused: bool,
+    },
     BindingsRetried(Vec<ListenerStatus>),
     /// The engine refused a request.
     RemoteError(String),

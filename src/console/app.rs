@@ -114,8 +114,12 @@ pub enum Link {
     OneProcess,
     /// Attached to a running engine over its control socket.
     Attached { pid: u32, access: Access },
-    /// The engine went away; reconnecting.
-    Detached { reason: String, pid: Option<u32> },
+    /// The engine went away, or refused us (`refused`); reconnecting.
+    Detached {
+        reason: String,
+        pid: Option<u32>,
+        refused: bool,
+    },
 }
 
 /// What to tell a watcher who presses an edit key.
@@ -452,13 +456,17 @@ impl App {
                 }
                 Vec::new()
             }
-            Action::Detached(reason) => {
+            Action::Detached { reason, refused } => {
                 let pid = match &self.link {
                     Link::Attached { pid, .. } => Some(*pid),
                     Link::Detached { pid, .. } => *pid,
                     Link::OneProcess => None,
                 };
-                self.link = Link::Detached { reason, pid };
+                self.link = Link::Detached {
+                    reason,
+                    pid,
+                    refused,
+                };
                 Vec::new()
             }
             Action::BindingsRetried(listeners) => {

@@ -41,7 +41,9 @@ impl ConsoleEvent {
             ConsoleEvent::Tick(now) => Some(Action::Tick(now)),
             ConsoleEvent::Engine(stamped) => Some(Action::Engine(stamped)),
             ConsoleEvent::Link(ClientEvent::Attached(hello)) => Some(Action::Attached(hello)),
-            ConsoleEvent::Link(ClientEvent::Detached(why)) => Some(Action::Detached(why)),
+            ConsoleEvent::Link(ClientEvent::Detached { reason, refused }) => {
+                Some(Action::Detached { reason, refused })
+            }
             ConsoleEvent::Link(ClientEvent::Message(m)) => match m {
                 ServerMessage::Hello { .. } => None,
                 ServerMessage::Snapshot { snapshot } => Some(Action::Snapshot(snapshot)),

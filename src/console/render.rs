@@ -32,6 +32,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
             &app.live,
             &app.traffic,
             &app.listeners,
+            matches!(app.link, crate::console::app::Link::Detached { .. }),
             app.now,
             theme,
         ),
@@ -84,6 +85,11 @@ pub fn link_label(link: &Link) -> (String, String, bool) {
             format!("attached to pid {pid}, watching"),
             format!("{pid} ro"),
             true,
+        ),
+        Link::Detached { refused: true, .. } => (
+            "refused by the engine, retrying".into(),
+            "REFUSED".into(),
+            false,
         ),
         Link::Detached { .. } => ("engine gone, reconnecting".into(), "GONE".into(), false),
     }
@@ -540,6 +546,24 @@ pub fn scroll_top(selected: usize, height: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::wrap_words;
+
+    #[test]
+    fn an_engine_that_refuses_us_is_not_called_gone() {
+        use super::{Link, link_label};
+        let gone = Link::Detached {
+            reason: "the engine closed the connection".into(),
+            pid: Some(7),
+            refused: false,
+        };
+        let refused = Link::Detached {
+            reason: "the console group changed".into(),
+            pid: Some(7),
+            refused: true,
+        };
+        assert_eq!(link_label(&gone).0, "engine gone, reconnecting");
+        assert_eq!(link_label(&refused).0, "refused by the engine, retrying");
+        assert!(!link_label(&refused).2);
+    }
 
     #[test]
     fn wrap_words_breaks_at_spaces_and_keeps_every_character() {

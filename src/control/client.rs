@@ -49,8 +49,12 @@ pub struct Attached {
 pub enum ClientEvent {
     Attached(EngineHello),
     Message(ServerMessage),
-    /// The engine went away (or refused us); reconnecting.
-    Detached(String),
+    /// The engine went away, or is up and refused us (`refused`: the
+    /// console group changed, too many consoles...); reconnecting.
+    Detached {
+        reason: String,
+        refused: bool,
+    },
 }
 
 async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Option<Vec<u8>>> {
@@ -167,7 +171,11 @@ pub async fn follow(
                 Ok(a) => current = Some(a),
                 Err(AttachError::NotRunning { .. }) => {}
                 Err(e) => {
-                    if !emit(ClientEvent::Detached(e.to_string())) {
+                    // Up, but it would not take us (or its socket is not
+                    // ours to open); a close before its hello is a stop.
+                    let refused = !matches!(e, AttachError::Closed);
+                    let reason = e.to_string();
+                    if !emit(ClientEvent::Detached { reason, refused }) {
                         return;
                     }
                 }
@@ -188,11 +196,14 @@ pub async fn follow(
                 }
             }
         });
+        // The engine's last word, if it sent us away with an error.
+        let mut refused = false;
         let reason = loop {
             tokio::select! {
                 line = lines.recv() => match line {
                     Some(Ok(Some(line))) => match protocol::decode_server(&line) {
                         Ok(message) => {
+                            refused = matches!(message, ServerMessage::Error { .. });
                             if !emit(ClientEvent::Message(message)) {
                                 line_reader.abort();
                                 return;
@@ -217,7 +228,7 @@ pub async fn follow(
             }
         };
         line_reader.abort();
-        if !emit(ClientEvent::Detached(reason)) {
+        if !emit(ClientEvent::Detached { reason, refused }) {
             return;
         }
     }

@@ -578,9 +578,12 @@ async fn read_requests(
             return;
         }
         if line.last() != Some(&b'\n') {
-            let _ = out
-                .send(Err(format!("request longer than {MAX_REQUEST} bytes")))
-                .await;
+            let why = if (n as u64) < MAX_REQUEST {
+                "the connection closed in the middle of a request (no end of line)".to_string()
+            } else {
+                format!("request longer than {MAX_REQUEST} bytes")
+            };
+            let _ = out.send(Err(why)).await;
             return;
         }
         let first = !hello_seen;

@@ -228,7 +228,7 @@ impl fmt::Display for Reason {
             ),
             Reason::RecipientUnknown { check } => write!(
                 f,
-                "{} refuses the recipient ({}){} (verify-recipients is on)",
+                "{} refuses the recipient ({}){} (recipient verification)",
                 check.hop,
                 check.said,
                 if check.remembered {

@@ -212,6 +212,7 @@ pub fn render(
     view: &LiveView,
     traffic: &Traffic,
     listeners: &[ListenerStatus],
+    stale: bool,
     now: SystemTime,
     theme: &Theme,
 ) {
@@ -224,7 +225,7 @@ pub fn render(
     ])
     .areas(area);
     frame.render_widget(
-        Paragraph::new(header_line(listeners, traffic, theme)),
+        Paragraph::new(header_line(listeners, traffic, stale, theme)),
         header,
     );
     let counters = counter_lines(traffic, theme);
@@ -239,13 +240,18 @@ pub fn render(
 }
 
 /// Where the engine listens (the bound address, so port 0 shows its real
-/// port) and how many are connected.
+/// port) and how many are connected; `stale` (the engine gone), as last
+/// seen, not as it is.
 pub fn header_line<'a>(
     listeners: &'a [ListenerStatus],
     traffic: &Traffic,
+    stale: bool,
     theme: &Theme,
 ) -> Line<'a> {
     let mut spans = Vec::new();
+    if stale {
+        spans.push(Span::styled("as last seen, not now: ", theme.warning));
+    }
     if listeners.is_empty() {
         spans.push(Span::styled("not listening anywhere", theme.warning));
     }
