@@ -265,11 +265,10 @@ pub fn run(store: &mut Store, cmd: QueueCommand) -> anyhow::Result<ExitCode> {
             }
         }
         QueueCommand::Retry { id, filter } => {
-            let code = act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?;
+            act(store, &path, &reader, id, &filter, now, QueueAction::Retry)?;
             if let Some(note) = delivery_off(store)? {
                 println!("{note}");
             }
-            code
         }
         QueueCommand::Hold { id, filter } => {
             act(store, &path, &reader, id, &filter, now, QueueAction::Hold)?

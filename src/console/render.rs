@@ -31,8 +31,10 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
             body,
             &app.live,
             &app.traffic,
-            &app.listeners,
-            matches!(app.link, crate::console::app::Link::Detached { .. }),
+            panels::live::Listeners {
+                listeners: &app.listeners,
+                stale: matches!(app.link, crate::console::app::Link::Detached { .. }),
+            },
             app.now,
             theme,
         ),

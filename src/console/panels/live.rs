@@ -205,17 +205,25 @@ impl LiveView {
     }
 }
 
+/// The engine's listeners, and whether they are only as last seen (the
+/// engine gone).
+#[derive(Clone, Copy)]
+pub struct Listeners<'a> {
+    pub listeners: &'a [ListenerStatus],
+    pub stale: bool,
+}
+
 /// Draws the panel from its view and the engine's picture.
 pub fn render(
     frame: &mut Frame,
     area: Rect,
     view: &LiveView,
     traffic: &Traffic,
-    listeners: &[ListenerStatus],
-    stale: bool,
+    listeners: Listeners<'_>,
     now: SystemTime,
     theme: &Theme,
 ) {
+    let Listeners { listeners, stale } = listeners;
     let tail_height = if area.height >= 30 { 8 } else { 5 };
     let [header, top, table, tail] = Layout::vertical([
         Constraint::Length(1),
