@@ -227,8 +227,10 @@ struct VersionOnlyLoose {
 }
 
 /// What applying `new` over `old` changes, section by section; empty when
-/// nothing does.
-pub fn diff(old: &ConfigDoc, new: &ConfigDoc) -> String {
+/// nothing does. A setting `new` leaves out takes its default
+/// (`defaults`, as a new database has them): no change if it had it
+/// already, else a change to the default.
+pub fn diff(old: &ConfigDoc, new: &ConfigDoc, defaults: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
     let mut section =
         |name: &str, added: Vec<String>, removed: Vec<String>, changed: Vec<String>| {
@@ -276,8 +278,17 @@ pub fn diff(old: &ConfigDoc, new: &ConfigDoc) -> String {
         }
     }
     for (k, v) in &old.settings {
-        if !new.settings.contains_key(k) {
-            removed.push(format!("{k} = {}", shown(k, v)));
+        if new.settings.contains_key(k) {
+            continue;
+        }
+        match defaults.get(k) {
+            Some(d) if d == v => {}
+            Some(d) => changed.push(format!(
+                "{k}: {} -> {} (the default)",
+                shown(k, v),
+                shown(k, d)
+            )),
+            None => removed.push(format!("{k} = {}", shown(k, v))),
         }
     }
     section("settings", added, removed, changed);
@@ -371,6 +382,22 @@ pub fn diff(old: &ConfigDoc, new: &ConfigDoc) -> String {
             )
         },
     );
+    // Added and removed quotas are said whole, not by number alone.
+    let whole = |rows: &[QuotaRow], key: String| {
+        rows.iter()
+            .find(|q| format!("#{}", q.id) == key)
+            .map_or(key.clone(), |q| {
+                format!(
+                    "{key}: {} {} {}{}",
+                    q.key,
+                    q.rate,
+                    q.unit,
+                    if q.suspend { " (suspends)" } else { "" }
+                )
+            })
+    };
+    let a = a.into_iter().map(|k| whole(&new.quotas, k)).collect();
+    let r = r.into_iter().map(|k| whole(&old.quotas, k)).collect();
     section("quotas", a, r, c);
     if old.rules != new.rules {
         let show = |r: &RuleRow| {
@@ -444,13 +471,32 @@ mod tests {
         new.domains.clear();
         new.settings
             .insert("hostname".into(), "mx.example.com".into());
-        let d = diff(&old, &new);
+        let none = BTreeMap::new();
+        let d = diff(&old, &new, &none);
         assert!(d.contains("lists.allow:\n  + 192.168.0.0/16"), "{d}");
         assert!(d.contains("domains:\n  - example.com"), "{d}");
         assert!(
             d.contains("settings:\n  ~ hostname: \"gw.example.com\" -> \"mx.example.com\""),
             "{d}"
         );
-        assert_eq!(diff(&old, &old), "");
+        assert_eq!(diff(&old, &old, &none), "");
+        // Left out: the default, said only where it changes something.
+        let mut old = doc();
+        old.settings.insert("relay.listed-ip".into(), "on".into());
+        old.settings.insert("max-recipients".into(), "50".into());
+        let mut new = old.clone();
+        new.settings.clear();
+        let defaults: BTreeMap<String, String> = [
+            ("relay.listed-ip".to_string(), "on".to_string()),
+            ("max-recipients".to_string(), "100".to_string()),
+        ]
+        .into();
+        let d = diff(&old, &new, &defaults);
+        assert!(!d.contains("relay.listed-ip"), "{d}");
+        assert!(
+            d.contains("~ max-recipients: \"50\" -> \"100\" (the default)"),
+            "{d}"
+        );
+        assert!(d.contains("- hostname = \"gw.example.com\""), "{d}");
     }
 }

@@ -45,7 +45,7 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             check_applies(&doc)
                 .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was changed", file.display()))?;
             let current = store.export_config()?;
-            let changes = diff(&current, &doc);
+            let changes = diff(&current, &doc, &default_settings()?);
             if changes.is_empty() {
                 println!("no changes: the database already equals {}", file.display());
                 return Ok(ExitCode::SUCCESS);
@@ -62,6 +62,19 @@ pub fn run(store: &mut Store, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every setting's value in a new database: the stored ones (switches,
+/// auth mode) and the engine settings' defaults.
+fn default_settings() -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut defaults = Store::scratch()?.export_config()?.settings;
+    let server = crate::server_settings::ServerSettings::default();
+    for (key, _) in crate::server_settings::SERVER_KEYS {
+        if let Some(v) = server.get(key) {
+            defaults.entry((*key).to_string()).or_insert(v);
+        }
+    }
+    Ok(defaults)
 }
 
 /// Whether a configuration would apply: it is applied to a scratch
