@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The paths that belong to one database.
@@ -61,6 +61,11 @@ pub enum LockError {
         db_flag(db)
     )]
     Held { pid: Option<u32>, db: PathBuf },
+    #[error(
+        "the database {db} has {names} names (hard links): the engine's lock, spool, event log, socket and SQLite's write-ahead log go by the name, so an engine started on another name would run beside this one on the same file; remove the other names, or copy the file (sqlite3 {db} .backup COPY)",
+        db = db.display()
+    )]
+    HardLinked { db: PathBuf, names: u64 },
     #[error("cannot take the engine lock {path}: {source}")]
     Io {
         path: PathBuf,
@@ -100,6 +105,15 @@ impl EngineLock {
             path: dir.lock.clone(),
             source,
         };
+        // One file, one name: a hard link would give it a second lock.
+        if let Ok(meta) = std::fs::metadata(&dir.db)
+            && meta.nlink() > 1
+        {
+            return Err(LockError::HardLinked {
+                db: dir.db.clone(),
+                names: meta.nlink(),
+            });
+        }
         if let Some(parent) = dir.lock.parent() {
             ensure_private_dir(parent).map_err(io)?;
         }
@@ -209,5 +223,21 @@ mod tests {
         drop(lock);
         assert_eq!(dir.running_engine(), None);
         EngineLock::acquire(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_with_a_second_name_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("r.db");
+        std::fs::write(&db, b"").unwrap();
+        std::fs::hard_link(&db, tmp.path().join("other.db")).unwrap();
+        match EngineLock::acquire(&DataDir::for_db(&db)) {
+            Err(e @ LockError::HardLinked { names: 2, .. }) => {
+                assert!(e.to_string().contains("2 names (hard links)"), "{e}")
+            }
+            other => panic!("expected HardLinked, got {other:?}"),
+        }
+        std::fs::remove_file(tmp.path().join("other.db")).unwrap();
+        EngineLock::acquire(&DataDir::for_db(&db)).unwrap();
     }
 }
