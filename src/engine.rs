@@ -972,7 +972,12 @@ async fn reconcile(
                     tx.send_replace(kind);
                     l.status.binding.kind = kind;
                     if let Ok(bound) = l.status.bound {
-                        shared.events.emit(Event::ListenerUp { addr: bound, kind });
+                        let proxied = shared.snapshot().proxied.contains_key(addr);
+                        shared.events.emit(Event::ListenerUp {
+                            addr: bound,
+                            kind,
+                            proxied,
+                        });
                     }
                 }
             }
@@ -1045,6 +1050,7 @@ async fn open_listener(
             shared.events.emit(Event::ListenerUp {
                 addr: bound,
                 kind: binding.kind,
+                proxied: shared.snapshot().proxied.contains_key(&binding.addr),
             });
             let (stop, stopped) = watch::channel(false);
             let (kind, kinds) = watch::channel(binding.kind);

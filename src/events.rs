@@ -27,6 +27,10 @@ pub enum Event {
     ListenerUp {
         addr: SocketAddr,
         kind: BindKind,
+        /// Its clients come through a proxy that sends the PROXY protocol
+        /// header (`bind add --trusted-proxy`).
+        #[serde(default)]
+        proxied: bool,
     },
     ListenerFailed {
         addr: SocketAddr,
@@ -562,7 +566,17 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
         Event::EngineStarted { pid, version } => {
             d(Info, put!("relaygate {version} engine started (pid {pid})"))
         }
-        Event::ListenerUp { addr, kind } => d(Info, put!("listening on {addr} ({kind})")),
+        Event::ListenerUp {
+            addr,
+            kind,
+            proxied,
+        } => d(
+            Info,
+            put!(
+                "listening on {addr} ({kind}{})",
+                if *proxied { ", PROXY protocol" } else { "" }
+            ),
+        ),
         Event::ListenerFailed { addr, kind, error } => {
             d(Error, put!("cannot listen on {addr} ({kind}): {error}"))
         }

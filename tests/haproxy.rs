@@ -229,6 +229,11 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     );
     let mut server = Server::start(&db);
     let addr = server.addr();
+    // The log says which listener takes the PROXY protocol.
+    server.wait_for(
+        &format!("listening on 127.0.0.1:{port} (smtp, PROXY protocol)"),
+        Duration::from_secs(5),
+    );
     let closed_silently = |from: &str, send: &[u8]| {
         let mut c = Client::connect_from(addr, from.parse().unwrap());
         let _ = c.stream.write_all(send);

@@ -287,6 +287,7 @@ mod tests {
             Event::ListenerUp {
                 addr: peer,
                 kind: BindKind::Smtp,
+                proxied: true,
             },
             Event::ListenerFailed {
                 addr: peer,
