@@ -99,13 +99,30 @@ impl Traced {
         })
     }
 
-    /// fsyncs so far of files whose name contains `needle`.
+    /// fsyncs so far of files whose name contains `needle`, each counted
+    /// once it has returned. One that another thread's sync interrupted
+    /// in strace's output (`PID fsync(7</x/spool.db-wal> <unfinished
+    /// ...>`, later `PID <... fsync resumed>) = 0`, without the name)
+    /// counts at its resumption.
     fn syncs(&self, needle: &str) -> usize {
-        std::fs::read_to_string(&self.trace)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle) && !l.contains("unfinished"))
-            .count()
+        let trace = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut waiting = std::collections::HashSet::new();
+        let mut done = 0;
+        for line in trace.lines() {
+            let pid = line.split_whitespace().next().unwrap_or_default();
+            if line.contains("unfinished") {
+                if line.contains(needle) {
+                    waiting.insert(pid.to_string());
+                }
+            } else if line.contains("resumed>") {
+                if waiting.remove(pid) {
+                    done += 1;
+                }
+            } else if line.contains(needle) {
+                done += 1;
+            }
+        }
+        done
     }
 }
 

@@ -250,36 +250,18 @@ impl RouteOptions {
             }
             (None, None) => TlsMode::Opportunistic,
         };
-        let auth = match (self.auth, same) {
-            (Some(a), _) => a,
-            (None, Some(b)) => {
-                if let Some(a) = &b.auth {
-                    kept.push(format!("login {}", a.user));
-                }
-                b.auth.clone()
-            }
-            (None, None) => None,
-        };
-        let rate = match (self.rate, same) {
-            (Some(r), _) => r,
-            (None, Some(b)) => {
-                if let Some(r) = b.rate {
-                    kept.push(format!("rate {r}"));
-                }
-                b.rate
-            }
-            (None, None) => None,
-        };
-        let concurrency = match (self.concurrency, same) {
-            (Some(c), _) => c,
-            (None, Some(b)) => {
-                if let Some(c) = b.concurrency {
-                    kept.push(format!("concurrency {c}"));
-                }
-                b.concurrency
-            }
-            (None, None) => None,
-        };
+        let auth = kept_or_given(self.auth, same.map(|b| &b.auth), &mut kept, |a| {
+            format!("login {}", a.user)
+        });
+        let rate = kept_or_given(self.rate, same.map(|b| &b.rate), &mut kept, |r| {
+            format!("rate {r}")
+        });
+        let concurrency = kept_or_given(
+            self.concurrency,
+            same.map(|b| &b.concurrency),
+            &mut kept,
+            |c| format!("concurrency {c}"),
+        );
         let route = Route {
             domain,
             host,
@@ -290,6 +272,26 @@ impl RouteOptions {
             concurrency,
         };
         (route, kept)
+    }
+}
+
+/// One optional option of a route: as given (`Some(None)`: dropped), else
+/// the same next hop's, noted in `kept` as `say` puts it, else none.
+fn kept_or_given<T: Clone>(
+    given: Option<Option<T>>,
+    before: Option<&Option<T>>,
+    kept: &mut Vec<String>,
+    say: impl Fn(&T) -> String,
+) -> Option<T> {
+    match (given, before) {
+        (Some(value), _) => value,
+        (None, Some(before)) => {
+            if let Some(v) = before {
+                kept.push(say(v));
+            }
+            before.clone()
+        }
+        (None, None) => None,
     }
 }
 
