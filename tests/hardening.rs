@@ -520,6 +520,22 @@ fn a_binding_that_cannot_open_is_retried_until_it_does() {
     server.addr();
     let failed = server.wait_for(&format!("cannot listen on {busy}"), Duration::from_secs(5));
     assert!(failed.contains("in use"), "{failed}");
+    // bind show asks the running engine, and says so.
+    let shown = common::cli(&db, &["bind", "show"]);
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with(&busy))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        line.contains("NOT LISTENING") && line.contains("in use"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("127.0.0.1:0") && l.contains("listening on 127.0.0.1:")),
+        "{shown}"
+    );
     // The port comes free: the engine takes it within its back-off.
     std::thread::sleep(Duration::from_millis(1500));
     drop(squatter);

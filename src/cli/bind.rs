@@ -57,10 +57,23 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
                 println!("no bindings: the engine listens nowhere");
             }
             let proxied = store.proxy_bindings()?;
+            // The running engine says which ones it could not open.
+            let engine = super::ask_engine_status(store.path());
             for b in bindings {
+                let state = match &engine {
+                    Ok(Some(status)) => match status.listeners.iter().find(|l| l.binding == b) {
+                        Some(l) => match &l.bound {
+                            Ok(bound) if *bound == b.addr => String::new(),
+                            Ok(bound) => format!("  listening on {bound}"),
+                            Err(e) => format!("  NOT LISTENING: {e} (tried again, doubling)"),
+                        },
+                        None => "  not open yet".to_string(),
+                    },
+                    _ => String::new(),
+                };
                 match proxied.get(&b.addr) {
                     Some(nets) => println!(
-                        "{:<40} {}  PROXY protocol from {}",
+                        "{:<40} {}  PROXY protocol from {}{state}",
                         b.addr.to_string(),
                         b.kind,
                         nets.iter()
@@ -68,8 +81,13 @@ pub fn run(store: &mut Store, cmd: BindCommand) -> anyhow::Result<ExitCode> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                    None => println!("{:<40} {}", b.addr.to_string(), b.kind),
+                    None => println!("{:<40} {}{state}", b.addr.to_string(), b.kind),
                 }
+            }
+            if let Err(e) = engine {
+                println!(
+                    "warning: the running engine could not be asked which bindings it has open ({e})"
+                );
             }
         }
         BindCommand::Add {

@@ -297,3 +297,23 @@ pub fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<
     }
     written
 }
+
+/// What the engine running on `db` says of itself (its listeners, the
+/// attempts under way), `None` when no engine runs, or why the running one
+/// could not be asked.
+pub fn ask_engine_status(
+    db: &std::path::Path,
+) -> Result<Option<crate::control::protocol::EngineStatus>, String> {
+    let dir = crate::data_dir::DataDir::for_db(db);
+    if dir.running_engine().is_none() {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(crate::control::client::fetch_status(db, &dir.socket))
+        .map(Some)
+        .map_err(|e| e.to_string())
+}

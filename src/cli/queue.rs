@@ -301,16 +301,7 @@ fn delivery_off(store: &Store) -> anyhow::Result<Option<String>> {
 /// The running engine's delivery attempts under way (none when no engine
 /// runs), or why the running one could not be asked.
 fn ask_in_flight(db: &std::path::Path) -> Result<Vec<crate::delivery::InFlightAttempt>, String> {
-    let dir = crate::data_dir::DataDir::for_db(db);
-    if dir.running_engine().is_none() {
-        return Ok(Vec::new());
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(crate::control::client::fetch_status(db, &dir.socket))
+    Ok(super::ask_engine_status(db)?
         .map(|s| s.in_flight)
-        .map_err(|e| e.to_string())
+        .unwrap_or_default())
 }
