@@ -111,11 +111,12 @@ pub fn run(store: &mut Store, cmd: ListCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ListCommand::Export { list, file } => {
-            let text = format_list_text(&store.list_entries(list.into())?);
+            let entries = store.list_entries(list.into())?;
+            let text = format_list_text(&entries);
             match file {
                 Some(path) => {
                     super::write_private_file(&path, &text)?;
-                    let n = store.list_entries(list.into())?.len();
+                    let n = entries.len();
                     println!(
                         "exported {} of the {} list to {} (owner-only)",
                         plural(n, "entry", "entries"),

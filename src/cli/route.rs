@@ -192,14 +192,11 @@ pub fn run(store: &mut Store, cmd: RouteCommand) -> anyhow::Result<ExitCode> {
                 hop_text(&route.host, route.port),
                 options_text(&route)
             );
-            let same_hop = before
-                .as_ref()
-                .is_some_and(|b| b.host.eq_ignore_ascii_case(&route.host) && b.port == route.port);
-            match before {
-                Some(_) if same_hop && !kept.is_empty() => {
+            match (before, kept) {
+                (Some(_), Some(kept)) if !kept.is_empty() => {
                     println!("kept from the route it changes: {}", kept.join(", "));
                 }
-                Some(b) if !same_hop => println!(
+                (Some(b), None) => println!(
                     "replaces {} -> {} ({}): a new next hop starts afresh, nothing of the old route is carried over to it",
                     b.domain,
                     hop_text(&b.host, b.port),
@@ -228,7 +225,8 @@ struct RouteOptions {
 }
 
 impl RouteOptions {
-    /// The route to store, and the options it kept (as text). Added to a
+    /// The route to store, and the options it kept (as text), `None`
+    /// when `before` goes to another next hop. Added to a
     /// route of the same next hop, the options not given keep their
     /// values: adding `--rate` keeps the smarthost's TLS and login. To
     /// another next hop nothing is kept: credentials are never sent to a
@@ -239,7 +237,7 @@ impl RouteOptions {
         host: String,
         port: u16,
         before: Option<&Route>,
-    ) -> (Route, Vec<String>) {
+    ) -> (Route, Option<Vec<String>>) {
         let same = before.filter(|b| b.host.eq_ignore_ascii_case(&host) && b.port == port);
         let mut kept = Vec::new();
         let tls = match (self.tls, same) {
@@ -271,7 +269,7 @@ impl RouteOptions {
             rate,
             concurrency,
         };
-        (route, kept)
+        (route, same.map(|_| kept))
     }
 }
 
