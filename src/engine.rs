@@ -803,8 +803,9 @@ impl Engine {
             control_stopped,
         ) {
             Ok(control) => engine.control = Some((stop_control, control)),
-            // A path longer than a Unix socket's (about 108 bytes): mail
-            // goes on; only the console cannot attach.
+            // A socket file name too long even through its directory
+            // (see `SocketAddress`): mail goes on; only the console cannot
+            // attach.
             Err(crate::control::server::ControlError::Io { path, source })
                 if source.kind() == std::io::ErrorKind::InvalidInput =>
             {

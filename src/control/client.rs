@@ -72,7 +72,11 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Opt
 /// Connects to the engine whose socket is `socket`, reads its hello and
 /// answers with ours.
 pub async fn connect(db: &Path, socket: &Path) -> Result<Attached, AttachError> {
-    let stream = match UnixStream::connect(socket).await {
+    let address = super::SocketAddress::of(socket).map_err(|source| AttachError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    })?;
+    let stream = match UnixStream::connect(address.path()).await {
         Ok(s) => s,
         Err(e)
             if matches!(

@@ -128,7 +128,8 @@ pub fn start(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
+    let listener =
+        UnixListener::bind(super::SocketAddress::of(path).map_err(io)?.path()).map_err(io)?;
     let group = shared.snapshot().settings.console_group.clone();
     let ctx = Arc::new(Context {
         shared,
