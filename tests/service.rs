@@ -502,15 +502,17 @@ fn consoles_are_capped_per_user_and_places_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[]);
     let mut server = Server::start(&db);
-    server.addr();
+    let addr = server.addr();
     let mut attached: Vec<Raw> = (0..8)
         .map(|_| {
             let mut r = Raw::connect(&db);
             r.hello();
+            assert!(matches!(r.message(), ServerMessage::Snapshot { .. }));
             r
         })
         .collect();
     let mut ninth = Raw::connect(&db);
+    ninth.hello();
     match ninth.message() {
         ServerMessage::Error { message } => {
             assert!(
@@ -520,14 +522,57 @@ fn consoles_are_capped_per_user_and_places_come_back() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // A one-shot question takes no console's place: the CLI still asks
+    // the engine which port its port-0 binding got.
+    let shown = run_cli(&db, &["bind", "show"], "");
+    assert!(
+        shown.code == 0 && shown.stdout.contains(&format!("listening on {addr}")),
+        "{shown:?}"
+    );
     drop(attached.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut again = Raw::connect(&db);
-        if let ServerMessage::Hello { .. } = again.message() {
+        again.hello();
+        if let ServerMessage::Snapshot { .. } = again.message() {
             break;
         }
         assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Connections that never say hello are capped too (each waits up to
+/// ten seconds), and a question past the cap gets a clear refusal, not a
+/// hang; once they go, questions are answered again.
+#[test]
+fn connections_that_never_say_hello_are_capped_and_a_question_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    let mut server = Server::start(&db);
+    let addr = server.addr();
+    let mut silent: Vec<Raw> = (0..8)
+        .map(|_| {
+            let mut r = Raw::connect(&db);
+            assert!(matches!(r.message(), ServerMessage::Hello { .. }));
+            r
+        })
+        .collect();
+    let shown = run_cli(&db, &["bind", "show"], "");
+    assert!(
+        shown
+            .stdout
+            .contains("too many connections opening at once"),
+        "{shown:?}"
+    );
+    silent.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = run_cli(&db, &["bind", "show"], "");
+        if shown.stdout.contains(&format!("listening on {addr}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered again: {shown:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -329,7 +329,7 @@ async fn in_process_link(
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     send(ServerMessage::BindingsRetried { listeners: feed.listeners() })
                 }
-                Some(ClientMessage::Hello { .. }) => true,
+                Some(ClientMessage::Hello { .. } | ClientMessage::AskStatus { .. }) => true,
                 None => false,
             },
             _ = status.tick() => send(ServerMessage::Status {

@@ -70,8 +70,21 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Opt
 }
 
 /// Connects to the engine whose socket is `socket`, reads its hello and
-/// answers with ours.
+/// answers with ours: a console attaches.
 pub async fn connect(db: &Path, socket: &Path) -> Result<Attached, AttachError> {
+    greet(
+        db,
+        socket,
+        ClientMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+        },
+    )
+    .await
+}
+
+/// Connects, reads the engine's hello and answers with `first` (a
+/// console's hello, or a one-shot question).
+async fn greet(db: &Path, socket: &Path, first: ClientMessage) -> Result<Attached, AttachError> {
     let address = super::SocketAddress::of(socket).map_err(|source| AttachError::Io {
         socket: socket.to_path_buf(),
         source,
@@ -102,18 +115,13 @@ pub async fn connect(db: &Path, socket: &Path) -> Result<Attached, AttachError> 
         socket: socket.to_path_buf(),
         source,
     };
-    let first = tokio::time::timeout(Duration::from_secs(10), read_line(&mut reader))
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_line(&mut reader))
         .await
         .map_err(|_| AttachError::Closed)?
         .map_err(io)?
         .ok_or(AttachError::Closed)?;
-    let (engine, pid, access) = protocol::check_hello(&first)?;
-    writer
-        .write_all(&encode(&ClientMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-        }))
-        .await
-        .map_err(io)?;
+    let (engine, pid, access) = protocol::check_hello(&hello)?;
+    writer.write_all(&encode(&first)).await.map_err(io)?;
     Ok(Attached {
         hello: EngineHello {
             engine,
@@ -125,13 +133,16 @@ pub async fn connect(db: &Path, socket: &Path) -> Result<Attached, AttachError> 
     })
 }
 
-/// The running engine's status (listeners, attempts under way), read off
+/// The running engine's status (listeners, attempts under way), asked on
 /// its control socket; for one-shot commands like `queue show`.
 pub async fn fetch_status(
     db: &Path,
     socket: &Path,
 ) -> Result<super::protocol::EngineStatus, AttachError> {
-    let mut attached = connect(db, socket).await?;
+    let question = ClientMessage::AskStatus {
+        protocol: PROTOCOL_VERSION,
+    };
+    let mut attached = greet(db, socket, question).await?;
     let wait = async {
         loop {
             let line = read_line(&mut attached.reader)
@@ -141,8 +152,12 @@ pub async fn fetch_status(
                     source,
                 })?
                 .ok_or(AttachError::Closed)?;
-            if let ServerMessage::Status { status } = protocol::decode_server(&line)? {
-                return Ok(status);
+            match protocol::decode_server(&line)? {
+                ServerMessage::Status { status } => return Ok(status),
+                ServerMessage::Error { message } => {
+                    return Err(ProtocolError::Refused(message).into());
+                }
+                _ => {}
             }
         }
     };

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 /// event, which an older console could not read; 4: the notice event;
 /// 5: recipient verification in decisions; 6: the blocklist event and a
 /// refusal's cause).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The longest line either side accepts (a snapshot of many sessions is
 /// one line).
@@ -116,7 +116,15 @@ pub enum ServerMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
+    /// A console's first line: it attaches, and takes a console's place.
     Hello {
+        protocol: u32,
+    },
+    /// A one-shot question's first line (the CLI's `queue`, `bind show`):
+    /// the engine answers with its [`ServerMessage::Status`] and closes. It
+    /// takes no console's place, so attached consoles never stand in the
+    /// way of a command that must ask the engine first.
+    AskStatus {
         protocol: u32,
     },
     /// One session's full dialogue; its command lines are then sent live
@@ -218,11 +226,16 @@ pub fn check_hello(line: &[u8]) -> Result<(String, u32, Access), ProtocolError> 
 }
 
 /// Checks a client's hello on the engine's side.
-pub fn check_client_hello(line: &[u8]) -> Result<(), ProtocolError> {
+pub fn check_client_hello(line: &[u8]) -> Result<ClientMessage, ProtocolError> {
     let value: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| ProtocolError::Garbled(e.to_string()))?;
     match value.get("protocol").and_then(|p| p.as_u64()) {
-        Some(p) if p == u64::from(PROTOCOL_VERSION) => Ok(()),
+        Some(p) if p == u64::from(PROTOCOL_VERSION) => match decode_client(line)? {
+            first @ (ClientMessage::Hello { .. } | ClientMessage::AskStatus { .. }) => Ok(first),
+            _ => Err(ProtocolError::Garbled(
+                "the first line is not a hello".into(),
+            )),
+        },
         Some(p) => Err(ProtocolError::ConsoleVersion {
             theirs: u32::try_from(p).unwrap_or(u32::MAX),
             ours: PROTOCOL_VERSION,

@@ -31,6 +31,11 @@ const MAX_REQUEST: u64 = 64 * 1024;
 /// engine grow, or use up its descriptors, by connecting over and over.
 const MAX_CONSOLES: usize = 64;
 const MAX_CONSOLES_PER_USER: usize = 8;
+/// Connections that have not yet said what they are (a console, or a
+/// one-shot question), in all and per user: each waits at most
+/// `HELLO_TIMEOUT`, and holds no snapshot.
+const MAX_WAITING: usize = 64;
+const MAX_WAITING_PER_USER: usize = 8;
 
 /// Why the socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -50,56 +55,96 @@ struct Context {
     feed: Feed,
     retry_bindings: Arc<Notify>,
     own_uid: u32,
-    /// Consoles attached, by user id.
-    attached: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    /// Connections by user id: consoles attached, and connections not yet
+    /// past their hello.
+    places: std::sync::Mutex<std::collections::HashMap<u32, Places>>,
     /// Bumped when the console group changes: watchers are let go, to
     /// be decided again when they reconnect.
     group_changed: watch::Sender<u64>,
 }
 
-/// A console's place under [`MAX_CONSOLES`]; given back when dropped.
-struct Attached {
-    ctx: Arc<Context>,
-    uid: u32,
+/// One user's connections, by what they are.
+#[derive(Debug, Default, Clone, Copy)]
+struct Places {
+    consoles: usize,
+    waiting: usize,
 }
 
-impl Attached {
-    /// A place for `uid`'s console, or why there is none.
-    fn take(ctx: &Arc<Context>, uid: u32, access: Access) -> Result<Attached, String> {
-        let mut attached = ctx
-            .attached
+/// A connection's place under the caps: first among the waiting, then,
+/// once it says it is a console, among the consoles (a one-shot question
+/// never takes one). Given back when dropped.
+struct Place {
+    ctx: Arc<Context>,
+    uid: u32,
+    console: bool,
+}
+
+impl Place {
+    /// A place for a new connection of `uid`'s, or why there is none.
+    fn waiting(ctx: &Arc<Context>, uid: u32, access: Access) -> Result<Place, String> {
+        let mut places = ctx
+            .places
             .lock()
             .map_err(|_| "internal: lock poisoned".to_string())?;
-        let total: usize = attached.values().sum();
-        let mine = attached.get(&uid).copied().unwrap_or(0);
+        let total: usize = places.values().map(|p| p.waiting).sum();
+        let mine = places.get(&uid).copied().unwrap_or_default();
         // The total caps watchers: the service user and root always get
         // in (within their own per-user cap).
+        if (total >= MAX_WAITING && access == Access::Watch) || mine.waiting >= MAX_WAITING_PER_USER
+        {
+            return Err(format!(
+                "too many connections opening at once ({}); try again in a few seconds",
+                mine.waiting.max(total)
+            ));
+        }
+        places.entry(uid).or_default().waiting += 1;
+        Ok(Place {
+            ctx: Arc::clone(ctx),
+            uid,
+            console: false,
+        })
+    }
+
+    /// Turns a waiting place into a console's, or says why there is none.
+    fn attach(&mut self, access: Access) -> Result<(), String> {
+        let mut places = self
+            .ctx
+            .places
+            .lock()
+            .map_err(|_| "internal: lock poisoned".to_string())?;
+        let total: usize = places.values().map(|p| p.consoles).sum();
+        let mine = places.get(&self.uid).copied().unwrap_or_default();
         if total >= MAX_CONSOLES && access == Access::Watch {
             return Err(format!(
                 "too many consoles attached ({total}); try again when one has gone"
             ));
         }
-        if mine >= MAX_CONSOLES_PER_USER {
+        if mine.consoles >= MAX_CONSOLES_PER_USER {
             return Err(format!(
-                "too many consoles attached by this user ({mine}); close one first"
+                "too many consoles attached by this user ({}); close one first",
+                mine.consoles
             ));
         }
-        *attached.entry(uid).or_insert(0) += 1;
-        Ok(Attached {
-            ctx: Arc::clone(ctx),
-            uid,
-        })
+        let p = places.entry(self.uid).or_default();
+        p.waiting = p.waiting.saturating_sub(1);
+        p.consoles += 1;
+        self.console = true;
+        Ok(())
     }
 }
 
-impl Drop for Attached {
+impl Drop for Place {
     fn drop(&mut self) {
-        if let Ok(mut attached) = self.ctx.attached.lock()
-            && let Some(n) = attached.get_mut(&self.uid)
+        if let Ok(mut places) = self.ctx.places.lock()
+            && let Some(p) = places.get_mut(&self.uid)
         {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                attached.remove(&self.uid);
+            if self.console {
+                p.consoles = p.consoles.saturating_sub(1);
+            } else {
+                p.waiting = p.waiting.saturating_sub(1);
+            }
+            if p.consoles == 0 && p.waiting == 0 {
+                places.remove(&self.uid);
             }
         }
     }
@@ -136,7 +181,7 @@ pub fn start(
         feed,
         retry_bindings,
         own_uid: access::own_uid(),
-        attached: std::sync::Mutex::new(std::collections::HashMap::new()),
+        places: std::sync::Mutex::new(std::collections::HashMap::new()),
         group_changed: watch::Sender::new(0),
     });
     let applied = apply_mode(&ctx, path, group.as_deref());
@@ -267,7 +312,7 @@ async fn accept_loop(
                         Err(_) => Err((u32::MAX, None)),
                     };
                     match access {
-                        Ok((access, uid)) => match Attached::take(&ctx, uid, access) {
+                        Ok((access, uid)) => match Place::waiting(&ctx, uid, access) {
                             Ok(place) => {
                                 tokio::spawn(serve_client(Arc::clone(&ctx), stream, access, place));
                             }
@@ -361,7 +406,7 @@ async fn send(
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
-async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access, _place: Attached) {
+async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access, mut place: Place) {
     let mut group_changed = ctx.group_changed.subscribe();
     let (read, write) = stream.into_split();
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
@@ -380,7 +425,19 @@ async fn serve_client(ctx: Arc<Context>, stream: UnixStream, access: Access, _pl
     let reader = tokio::spawn(read_requests(read, requests_tx));
     let first = tokio::time::timeout(HELLO_TIMEOUT, requests.recv()).await;
     match first {
-        Ok(Some(Ok(ClientMessage::Hello { .. }))) => {}
+        Ok(Some(Ok(ClientMessage::Hello { .. }))) => {
+            if let Err(message) = place.attach(access) {
+                let _ = send(&mut writer, &ServerMessage::Error { message }, true).await;
+                reader.abort();
+                return;
+            }
+        }
+        Ok(Some(Ok(ClientMessage::AskStatus { .. }))) => {
+            let status = ctx.feed.status(0);
+            let _ = send(&mut writer, &ServerMessage::Status { status }, true).await;
+            reader.abort();
+            return;
+        }
         Ok(Some(Err(message))) => {
             let _ = send(&mut writer, &ServerMessage::Error { message }, true).await;
             reader.abort();
@@ -536,7 +593,7 @@ async fn answer(
     request: ClientMessage,
 ) -> bool {
     let reply = match request {
-        ClientMessage::Hello { .. } => ServerMessage::Error {
+        ClientMessage::Hello { .. } | ClientMessage::AskStatus { .. } => ServerMessage::Error {
             message: "hello twice".into(),
         },
         ClientMessage::Dialogue { session } => ServerMessage::Dialogue {
@@ -592,11 +649,7 @@ async fn read_requests(
             protocol::decode_client(&line).map_err(|e| e.to_string())
         } else {
             hello_seen = true;
-            protocol::check_client_hello(&line)
-                .map(|()| ClientMessage::Hello {
-                    protocol: PROTOCOL_VERSION,
-                })
-                .map_err(|e| e.to_string())
+            protocol::check_client_hello(&line).map_err(|e| e.to_string())
         };
         let fatal = parsed.is_err() && first;
         if out.send(parsed).await.is_err() || fatal {
