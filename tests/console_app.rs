@@ -459,6 +459,93 @@ fn an_allow_entry_typed_and_saved_is_stored_and_in_the_policy() {
     );
 }
 
+/// Another admin changes the lists (here: the CLI's store) while an edit
+/// is open: the save keeps their changes and adds only this edit's, on
+/// either list, whether or not the console reloaded meanwhile, and says
+/// what it kept.
+#[test]
+fn a_save_keeps_what_another_admin_changed_while_the_lists_were_edited() {
+    for reload_meanwhile in [false, true] {
+        let mut h = Harness::new(|_| {});
+        h.typed("4e\n203.0.113.50");
+        assert!(h.app.lists.is_dirty());
+        {
+            let mut other = h.store();
+            let parse = |t: &str| relaygate::policy::list_text::parse_list_text(t).entries;
+            other
+                .add_entries(ListKind::Allow, &parse("203.0.113.60"))
+                .expect("add allow");
+            other
+                .add_entries(ListKind::Deny, &parse("203.0.113.66"))
+                .expect("add deny");
+        }
+        if reload_meanwhile {
+            let config = h.io.load_config().expect("config");
+            h.act(Action::ConfigLoaded(Box::new(config)));
+            assert!(h.app.lists.is_dirty(), "the edit survives the reload");
+        }
+        h.ctrl('s');
+        let said = h.status();
+        assert!(said.starts_with("saved the allow list"), "{said}");
+        assert!(
+            said.contains("kept what was changed in the allow list elsewhere while you edited (added 203.0.113.60)"),
+            "{said}"
+        );
+        let store = h.store();
+        let allow = store.list_entries(ListKind::Allow).expect("allow");
+        assert!(
+            allow.iter().any(|e| e == "203.0.113.50") && allow.iter().any(|e| e == "203.0.113.60"),
+            "{allow:?}"
+        );
+        // The deny list was not edited here: the other admin's entry stays.
+        assert_eq!(
+            store.list_entries(ListKind::Deny).expect("deny"),
+            ["*.*.*.*", "::/0", "203.0.113.66"]
+        );
+    }
+}
+
+/// The same for a user's sender addresses: the form's save adds and
+/// removes only what it changed.
+#[test]
+fn saving_sender_addresses_keeps_an_address_added_meanwhile() {
+    let mut h = Harness::new(|store| {
+        store.add_user("alice", "$argon2id$fake").expect("user");
+        store
+            .set_sender_addresses(
+                "alice",
+                &["alice@example.com".into(), "@example.org".into()],
+            )
+            .expect("addresses");
+    });
+    h.typed("6s");
+    assert!(matches!(h.app.mode, Mode::Form(_)), "no form open");
+    h.store()
+        .set_sender_addresses(
+            "alice",
+            &[
+                "alice@example.com".into(),
+                "@example.org".into(),
+                "boss@example.com".into(),
+            ],
+        )
+        .expect("addresses elsewhere");
+    h.typed(" al@example.com\n");
+    let said = h.status();
+    assert!(said.contains("added boss@example.com"), "{said}");
+    let mut now = h.store().sender_addresses("alice").expect("addresses");
+    now.sort();
+    assert_eq!(
+        now,
+        [
+            "@example.org",
+            "al@example.com",
+            "alice@example.com",
+            "boss@example.com"
+        ]
+    );
+}
+
 #[test]
 fn an_invalid_entry_is_refused_with_its_reason_and_nothing_is_saved() {
     let mut h = Harness::new(|_| {});

@@ -11,7 +11,6 @@ use crate::control::protocol::{ClientMessage, EngineSnapshot, EngineStatus};
 use crate::engine::ListenerStatus;
 use crate::events::Stamped;
 use crate::policy::ip_lists::ListKind;
-use crate::policy::list_text::ParsedEntry;
 use crate::policy::rules::Rule;
 use crate::policy::settings::AuthMode;
 use crate::spool::QueueEntry;
@@ -261,11 +260,9 @@ pub struct QueueOp {
 /// Each runs whole or not at all and answers with [`Action::Done`].
 #[derive(Debug, Clone)]
 pub enum Effect {
-    /// Replace the lists that changed (`None`: leave that list alone).
-    SaveLists {
-        allow: Option<Vec<ParsedEntry>>,
-        deny: Option<Vec<ParsedEntry>>,
-    },
+    /// Save the edits of the lists that changed, keeping what others
+    /// changed meanwhile.
+    SaveLists(Vec<crate::store::ListEdit>),
     AddDomain(String),
     RemoveDomain(String),
     /// Hash a password (argon2: a good part of a second, so off the
@@ -284,8 +281,10 @@ pub enum Effect {
         hash: String,
     },
     RemoveUser(String),
+    /// A login's sender addresses, edited from `base`.
     SetSenderAddresses {
         name: String,
+        base: Vec<String>,
         addresses: Vec<String>,
     },
     /// A new auth mode; `specified` keeps the stored login (a new one

@@ -868,14 +868,14 @@ impl App {
                     self.lists.report.clear();
                     Vec::new()
                 }
-                Ok((None, None)) => {
+                Ok(edits) if edits.is_empty() => {
                     self.lists.end();
                     self.say(true, "nothing to save: the lists are as stored");
                     Vec::new()
                 }
-                Ok((allow, deny)) => {
+                Ok(edits) => {
                     self.saving_lists = true;
-                    vec![Effect::SaveLists { allow, deny }]
+                    vec![Effect::SaveLists(edits)]
                 }
             },
             Command::Cancel => {
@@ -1085,8 +1085,9 @@ impl App {
                     })
                 })
             }
-            FormPurpose::SenderAddresses(name) => Ok(Some(Effect::SetSenderAddresses {
+            FormPurpose::SenderAddresses(name, base) => Ok(Some(Effect::SetSenderAddresses {
                 name: name.clone(),
+                base: base.clone(),
                 addresses: form
                     .value(0)
                     .split([' ', ',', ';'])

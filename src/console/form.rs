@@ -15,7 +15,9 @@ pub enum FormPurpose {
     AddRule,
     AddUser,
     ResetPassword(String),
-    SenderAddresses(String),
+    /// A login's sender addresses, and what they were when the form
+    /// opened (see [`crate::store::Store::edit_sender_addresses`]).
+    SenderAddresses(String, Vec<String>),
     /// The one login of auth mode `specified`.
     SpecifiedLogin,
     Import(ListKind),

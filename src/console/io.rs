@@ -13,6 +13,7 @@ use crate::policy::ip_lists::ListKind;
 use crate::policy::rules::Rule;
 use crate::policy::settings::{AuthMode, Switches};
 use crate::policy::{Login, Policy, PolicyConfig};
+use crate::queue_admin::plural;
 use crate::spool::{Spool, SpoolReader, spool_path_for};
 use crate::store::{Store, StoreError, UserInfo};
 use std::collections::VecDeque;
@@ -361,7 +362,7 @@ impl ConsoleIo {
         let store = self.store()?;
         let e = |e: StoreError| format!("not saved: {e}");
         match effect {
-            Effect::SaveLists { allow, deny } => save_lists(store, allow, deny),
+            Effect::SaveLists(edits) => save_lists(store, &edits),
             Effect::AddQuota {
                 scope,
                 unit,
@@ -433,17 +434,37 @@ impl ConsoleIo {
                 .remove_user(&name)
                 .map(|()| format!("saved: user {name} removed"))
                 .map_err(e),
-            Effect::SetSenderAddresses { name, addresses } => store
-                .set_sender_addresses(&name, &addresses)
-                .map(|a| {
-                    format!(
+            Effect::SetSenderAddresses {
+                name,
+                base,
+                addresses,
+            } => store
+                .edit_sender_addresses(&name, &base, &addresses)
+                .map(|edited| {
+                    let mut said = format!(
                         "saved: {name} may send as {}",
-                        if a.is_empty() {
+                        if edited.now.is_empty() {
                             "no address".to_string()
                         } else {
-                            a.join(", ")
+                            edited.now.join(", ")
                         }
-                    )
+                    );
+                    let mut kept = Vec::new();
+                    for (what, list) in [
+                        ("added", &edited.added_elsewhere),
+                        ("removed", &edited.removed_elsewhere),
+                    ] {
+                        if !list.is_empty() {
+                            kept.push(format!("{what} {}", list.join(", ")));
+                        }
+                    }
+                    if !kept.is_empty() {
+                        said.push_str(&format!(
+                            " (kept what was changed elsewhere while you edited: {})",
+                            kept.join("; ")
+                        ));
+                    }
+                    said
                 })
                 .map_err(e),
             Effect::SetAuthMode { mode } => store
@@ -496,37 +517,47 @@ impl ConsoleIo {
     }
 }
 
-/// Saves the changed lists, both in one transaction: the engine sees the
-/// old lists or the new ones, never one of each.
-fn save_lists(
-    store: &mut Store,
-    allow: Option<Vec<crate::policy::list_text::ParsedEntry>>,
-    deny: Option<Vec<crate::policy::list_text::ParsedEntry>>,
-) -> Result<String, String> {
-    let count = |v: &Option<Vec<_>>| v.as_ref().map(Vec::len);
-    let (allow_n, deny_n) = (count(&allow), count(&deny));
-    let mut changed: Vec<(ListKind, &[crate::policy::list_text::ParsedEntry])> = Vec::new();
-    if let Some(entries) = &allow {
-        changed.push((ListKind::Allow, entries));
-    }
-    if let Some(entries) = &deny {
-        changed.push((ListKind::Deny, entries));
-    }
-    if changed.is_empty() {
+/// Saves the edited lists, both in one transaction (the engine sees the
+/// old lists or the new ones, never one of each), keeping what was changed
+/// elsewhere meanwhile and saying so.
+fn save_lists(store: &mut Store, edits: &[crate::store::ListEdit]) -> Result<String, String> {
+    if edits.is_empty() {
         return Ok("nothing to save: the lists are as stored".into());
     }
-    store
-        .replace_lists(&changed)
+    let saved = store
+        .save_list_edits(edits)
         .map_err(|e| format!("not saved: {e}"))?;
-    let part = |name: &str, n: Option<usize>| n.map(|n| format!("{name} list ({n} entries)"));
-    let parts: Vec<String> = [part("allow", allow_n), part("deny", deny_n)]
-        .into_iter()
-        .flatten()
+    let parts: Vec<String> = saved
+        .iter()
+        .map(|l| {
+            format!(
+                "{} list ({})",
+                l.list,
+                plural(l.entries, "entry", "entries")
+            )
+        })
         .collect();
-    Ok(format!(
-        "saved the {}; the engine applies it within a second",
-        parts.join(" and the ")
-    ))
+    let mut said = format!("saved the {}", parts.join(" and the "));
+    for l in &saved {
+        let mut kept = Vec::new();
+        for (what, entries) in [
+            ("added", &l.added_elsewhere),
+            ("removed", &l.removed_elsewhere),
+        ] {
+            if !entries.is_empty() {
+                kept.push(format!("{what} {}", entries.join(", ")));
+            }
+        }
+        if !kept.is_empty() {
+            said.push_str(&format!(
+                "; kept what was changed in the {} list elsewhere while you edited ({})",
+                l.list,
+                kept.join("; ")
+            ));
+        }
+    }
+    said.push_str("; the engine applies it within a second");
+    Ok(said)
 }
 
 /// Adds a binding or moves one to a new address or kind. When the address

@@ -105,6 +105,11 @@ pub struct ListEditor {
     /// The lists as stored when last loaded.
     pub saved_allow: Vec<String>,
     pub saved_deny: Vec<String>,
+    /// The lists the edit began from: what it changes is told apart from
+    /// what others changed meanwhile by these, and only its own changes
+    /// are saved (see [`crate::store::Store::save_list_edits`]).
+    base_allow: Vec<String>,
+    base_deny: Vec<String>,
     pub editing: bool,
     pub focus: ListFocus,
     pub test: TestBox,
@@ -138,6 +143,8 @@ impl ListEditor {
             deny_check: ListCheck::of(deny),
             saved_allow: allow.to_vec(),
             saved_deny: deny.to_vec(),
+            base_allow: allow.to_vec(),
+            base_deny: deny.to_vec(),
             editing: false,
             focus: ListFocus::Allow,
             test: TestBox::default(),
@@ -252,11 +259,16 @@ impl ListEditor {
         }
     }
 
+    fn base(&self, list: ListKind) -> &[String] {
+        match list {
+            ListKind::Allow => &self.base_allow,
+            ListKind::Deny => &self.base_deny,
+        }
+    }
+
+    /// Whether the edit changed `list` from what it began with.
     fn changed(&self, list: ListKind) -> bool {
-        let saved = match list {
-            ListKind::Allow => &self.saved_allow,
-            ListKind::Deny => &self.saved_deny,
-        };
+        let saved = self.base(list);
         let check = self.check(list);
         !check.invalid.is_empty()
             || check.entries.len() != saved.len()
@@ -271,6 +283,8 @@ impl ListEditor {
     pub fn mark_saved(&mut self) {
         self.saved_allow = self.allow_check.texts();
         self.saved_deny = self.deny_check.texts();
+        self.base_allow = self.saved_allow.clone();
+        self.base_deny = self.saved_deny.clone();
         self.changed_underneath = false;
     }
 
@@ -279,11 +293,9 @@ impl ListEditor {
         self.changed(ListKind::Allow) || self.changed(ListKind::Deny)
     }
 
-    /// The lists to save (`None`: unchanged), or every invalid line.
-    #[allow(clippy::type_complexity)]
-    pub fn to_save(
-        &self,
-    ) -> Result<(Option<Vec<ParsedEntry>>, Option<Vec<ParsedEntry>>), Vec<String>> {
+    /// The edits to save (none: the lists are as they began), or every
+    /// invalid line.
+    pub fn to_save(&self) -> Result<Vec<crate::store::ListEdit>, Vec<String>> {
         let mut problems = Vec::new();
         for list in [ListKind::Allow, ListKind::Deny] {
             for (line, why) in &self.check(list).invalid {
@@ -293,8 +305,15 @@ impl ListEditor {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let pick = |list| self.changed(list).then(|| self.check(list).entries.clone());
-        Ok((pick(ListKind::Allow), pick(ListKind::Deny)))
+        Ok([ListKind::Allow, ListKind::Deny]
+            .into_iter()
+            .filter(|list| self.changed(*list))
+            .map(|list| crate::store::ListEdit {
+                list,
+                base: self.base(list).to_vec(),
+                entries: self.check(list).entries.clone(),
+            })
+            .collect())
     }
 
     /// A key for the focused editor or test field.

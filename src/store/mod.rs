@@ -441,6 +441,42 @@ impl Store {
         Ok(removed)
     }
 
+    /// Saves an edit of one or both lists (the console's save), in one
+    /// transaction. Each edit was made from `base`, the list as stored when
+    /// the edit began; what another process added or removed meanwhile is
+    /// kept so (a three-way merge by canonical entry), so that a save never
+    /// undoes a change its editor did not see. Returns, per list, what it
+    /// now holds and what was kept from elsewhere.
+    pub fn save_list_edits(&mut self, edits: &[ListEdit]) -> Result<Vec<SavedList>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut merged = Vec::new();
+        {
+            let mut current_of =
+                tx.prepare("SELECT entry, canonical FROM ip_entries WHERE list = ?1 ORDER BY id")?;
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO ip_entries (list, entry, canonical) VALUES (?1, ?2, ?3)",
+            )?;
+            for edit in edits {
+                let current: Vec<(String, String)> = current_of
+                    .query_map([edit.list.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let (entries, saved) = merge_list_edit(edit, &current);
+                tx.execute(
+                    "DELETE FROM ip_entries WHERE list = ?1",
+                    [edit.list.as_str()],
+                )?;
+                for (text, canonical) in &entries {
+                    insert.execute(params![edit.list.as_str(), text, canonical])?;
+                }
+                merged.push(saved);
+            }
+        }
+        tx.commit()?;
+        Ok(merged)
+    }
+
     /// Replaces a whole list in one transaction.
     pub fn replace_entries(&mut self, list: ListKind, entries: &[ParsedEntry]) -> Result<()> {
         self.replace_lists(&[(list, entries)])
@@ -611,32 +647,48 @@ impl Store {
         normalized.sort();
         normalized.dedup();
         let tx = self.conn.transaction()?;
-        let is_user: bool = tx
-            .query_row("SELECT 1 FROM users WHERE name = ?1", [login], |_| Ok(true))
-            .optional()?
-            .unwrap_or(false);
-        let is_specified: bool = tx
-            .query_row(
-                "SELECT 1 FROM settings WHERE key = 'auth.specified-user' AND value = ?1",
-                [login],
-                |_| Ok(true),
-            )
-            .optional()?
-            .unwrap_or(false);
-        if !is_user && !is_specified {
-            return Err(StoreError::Invalid(format!(
-                "no user {login} (nor a specified login of that name)"
-            )));
-        }
-        tx.execute("DELETE FROM sender_addresses WHERE login = ?1", [login])?;
-        for a in &normalized {
-            tx.execute(
-                "INSERT INTO sender_addresses (login, address) VALUES (?1, ?2)",
-                [login, a],
-            )?;
-        }
+        put_sender_addresses(&tx, login, &normalized)?;
         tx.commit()?;
         Ok(normalized)
+    }
+
+    /// The console's save of a login's sender addresses, edited from
+    /// `base` (what it had when the form opened): what another process
+    /// added or removed meanwhile is kept so, as [`Store::save_list_edits`]
+    /// does for the IP lists.
+    pub fn edit_sender_addresses(
+        &mut self,
+        login: &str,
+        base: &[String],
+        addresses: &[String],
+    ) -> Result<EditedAddresses> {
+        let normalize = |list: &[String]| -> Result<std::collections::BTreeSet<String>> {
+            list.iter().map(|a| normalize_owned_address(a)).collect()
+        };
+        let (base, edited) = (normalize(base)?, normalize(addresses)?);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: std::collections::BTreeSet<String> = tx
+            .prepare("SELECT address FROM sender_addresses WHERE login = ?1")?
+            .query_map([login], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let removed_here: std::collections::BTreeSet<&String> = base.difference(&edited).collect();
+        let now: Vec<String> = current
+            .iter()
+            .filter(|a| !removed_here.contains(a))
+            .chain(edited.difference(&base))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        put_sender_addresses(&tx, login, &now)?;
+        tx.commit()?;
+        Ok(EditedAddresses {
+            added_elsewhere: current.difference(&base).cloned().collect(),
+            removed_elsewhere: base.difference(&current).cloned().collect(),
+            now,
+        })
     }
 
     // ----- auth mode and switches -----
@@ -1551,4 +1603,176 @@ fn set_private_mode(path: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn set_private_mode(_path: &Path) -> std::io::Result<()> {
     Ok(())
+}
+
+/// An edit of one IP list: the entries it ends with, and the list it was
+/// made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEdit {
+    pub list: ListKind,
+    /// The entries as stored when the edit began.
+    pub base: Vec<String>,
+    pub entries: Vec<ParsedEntry>,
+}
+
+/// A list as [`Store::save_list_edits`] saved it: how many entries it
+/// holds, and what another process changed in it while it was edited
+/// (kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedList {
+    pub list: ListKind,
+    pub entries: usize,
+    /// Added elsewhere, and kept.
+    pub added_elsewhere: Vec<String>,
+    /// Removed elsewhere, and left out.
+    pub removed_elsewhere: Vec<String>,
+}
+
+/// The list an edit saves as, as (entry, canonical) pairs, given the list
+/// stored now: the stored list without what the edit removed from its
+/// base, then what it added. When nothing changed underneath, simply the
+/// edit.
+fn merge_list_edit(
+    edit: &ListEdit,
+    current: &[(String, String)],
+) -> (Vec<(String, String)>, SavedList) {
+    use std::collections::HashSet;
+    let edited: Vec<(String, String)> = edit
+        .entries
+        .iter()
+        .map(|e| (e.text.clone(), e.pattern.canonical()))
+        .collect();
+    let mut elsewhere = SavedList {
+        list: edit.list,
+        entries: edited.len(),
+        added_elsewhere: Vec::new(),
+        removed_elsewhere: Vec::new(),
+    };
+    if current.iter().map(|(t, _)| t).eq(edit.base.iter()) {
+        return (edited, elsewhere);
+    }
+    // The base came from the store: every entry parses.
+    let base: HashSet<String> = crate::policy::list_text::parse_list_text(&edit.base.join("\n"))
+        .entries
+        .iter()
+        .map(|e| e.pattern.canonical())
+        .collect();
+    let kept: HashSet<&str> = edited.iter().map(|(_, c)| c.as_str()).collect();
+    let stored: HashSet<&str> = current.iter().map(|(_, c)| c.as_str()).collect();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (text, canonical) in current {
+        let removed_here = base.contains(canonical) && !kept.contains(canonical.as_str());
+        if !base.contains(canonical) {
+            elsewhere.added_elsewhere.push(text.clone());
+        }
+        if !removed_here {
+            out.push((text.clone(), canonical.clone()));
+        }
+    }
+    for (text, canonical) in &edited {
+        if !base.contains(canonical) && !stored.contains(canonical.as_str()) {
+            out.push((text.clone(), canonical.clone()));
+        }
+    }
+    for e in crate::policy::list_text::parse_list_text(&edit.base.join("\n")).entries {
+        let canonical = e.pattern.canonical();
+        if !stored.contains(canonical.as_str()) {
+            elsewhere.removed_elsewhere.push(e.text);
+        }
+    }
+    elsewhere.entries = out.len();
+    (out, elsewhere)
+}
+
+/// A login's sender addresses after [`Store::edit_sender_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditedAddresses {
+    pub now: Vec<String>,
+    /// Added by another process while the form was open, and kept.
+    pub added_elsewhere: Vec<String>,
+    /// Removed by another process meanwhile, and left out.
+    pub removed_elsewhere: Vec<String>,
+}
+
+/// Replaces a login's sender addresses within `tx` (a user's, or the
+/// `specified` login's).
+fn put_sender_addresses(
+    tx: &rusqlite::Transaction,
+    login: &str,
+    addresses: &[String],
+) -> Result<()> {
+    {
+        let is_user: bool = tx
+            .query_row("SELECT 1 FROM users WHERE name = ?1", [login], |_| Ok(true))
+            .optional()?
+            .unwrap_or(false);
+        let is_specified: bool = tx
+            .query_row(
+                "SELECT 1 FROM settings WHERE key = 'auth.specified-user' AND value = ?1",
+                [login],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if !is_user && !is_specified {
+            return Err(StoreError::Invalid(format!(
+                "no user {login} (nor a specified login of that name)"
+            )));
+        }
+        tx.execute("DELETE FROM sender_addresses WHERE login = ?1", [login])?;
+        for a in addresses {
+            tx.execute(
+                "INSERT INTO sender_addresses (login, address) VALUES (?1, ?2)",
+                [login, a],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::list_text::parse_list_text;
+
+    fn edit(base: &[&str], edited: &[&str]) -> ListEdit {
+        ListEdit {
+            list: ListKind::Allow,
+            base: base.iter().map(|s| s.to_string()).collect(),
+            entries: parse_list_text(&edited.join("\n")).entries,
+        }
+    }
+
+    fn stored(entries: &[&str]) -> Vec<(String, String)> {
+        parse_list_text(&entries.join("\n"))
+            .entries
+            .into_iter()
+            .map(|e| (e.text, e.pattern.canonical()))
+            .collect()
+    }
+
+    fn texts(v: &[(String, String)]) -> Vec<&str> {
+        v.iter().map(|(t, _)| t.as_str()).collect()
+    }
+
+    #[test]
+    fn an_edit_keeps_what_changed_elsewhere_meanwhile() {
+        // Nothing changed underneath: the edit as it is, in its order.
+        let e = edit(&["10.0.0.1", "10.0.0.2"], &["10.0.0.2", "10.0.0.3"]);
+        let (out, elsewhere) = merge_list_edit(&e, &stored(&["10.0.0.1", "10.0.0.2"]));
+        assert_eq!(texts(&out), ["10.0.0.2", "10.0.0.3"]);
+        assert!(elsewhere.added_elsewhere.is_empty() && elsewhere.removed_elsewhere.is_empty());
+        // Another admin added .60 and removed .2 meanwhile; this edit
+        // removed .1 and added .50: all four changes hold.
+        let e = edit(&["10.0.0.1", "10.0.0.2"], &["10.0.0.2", "10.0.0.50"]);
+        let (out, elsewhere) = merge_list_edit(&e, &stored(&["10.0.0.1", "10.0.0.60"]));
+        assert_eq!(texts(&out), ["10.0.0.60", "10.0.0.50"]);
+        assert_eq!(elsewhere.added_elsewhere, ["10.0.0.60"]);
+        assert_eq!(elsewhere.removed_elsewhere, ["10.0.0.2"]);
+        assert_eq!(elsewhere.entries, 2);
+        // An entry both added (in another spelling) is kept once.
+        let e = edit(&["10.0.0.1"], &["10.0.0.1", "10.0.0.0/24"]);
+        let (out, _) = merge_list_edit(&e, &stored(&["10.0.0.1", "10.0.0.*"]));
+        assert_eq!(texts(&out), ["10.0.0.1", "10.0.0.*"]);
+    }
 }

@@ -88,7 +88,7 @@ fn render_problems(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let mut lines: Vec<Line> = Vec::new();
     if lists.changed_underneath {
         lines.push(Line::styled(
-            "the stored lists were changed elsewhere while you edit; saving replaces them",
+            "the stored lists were changed elsewhere while you edit; saving keeps those changes and adds yours",
             theme.warning,
         ));
     }

@@ -67,7 +67,7 @@ impl UsersView {
                 password_fields(),
             ),
             (Command::SenderAddresses, Some(u)) => Request::form(
-                FormPurpose::SenderAddresses(u.name.clone()),
+                FormPurpose::SenderAddresses(u.name.clone(), u.addresses.clone()),
                 format!("Sender addresses of {}", u.name),
                 vec![
                     Field::new(
