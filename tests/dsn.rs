@@ -557,6 +557,48 @@ fn relayed_notice_with_envid_and_original_recipient() {
     assert!(!String::from_utf8_lossy(headers.contents()).contains(BODY_MARKER));
 }
 
+/// A header section crafted to be huge (anyone may send one in and ask
+/// for a notice to a forged sender) goes back cut to whole fields within
+/// 50,000 bytes, and the notice says so; a bounce is cut alike.
+#[test]
+fn a_huge_header_section_goes_back_cut_to_fifty_thousand_bytes() {
+    let mut crafted = Vec::new();
+    for i in 0..5000 {
+        crafted.extend(format!("X-Payload-{i}: {}\r\n", "SPAM".repeat(200)).bytes());
+        crafted.extend(b"\tfolded continuation of the same field\r\n");
+    }
+    crafted.extend(b"Subject: last\r\n\r\nbody\r\n");
+    assert!(crafted.len() > 4_000_000);
+    let mut relayed = failed("bob@far.test", "2.0.0", None, None);
+    relayed.action = DsnAction::Relayed;
+    for recipients in [vec![relayed], two_recipients()] {
+        let raw = notice(&crafted, &recipients, None, true);
+        assert!(raw.len() < 60_000, "a notice of {} bytes", raw.len());
+        assert_wire_safe(&raw);
+        let m = parse(&raw);
+        let [text, _, headers] = report_parts(&m);
+        let said = text.text_contents().expect("text");
+        assert!(
+            said.contains("header section (") && said.contains("is cut to"),
+            "{said}"
+        );
+        let returned = String::from_utf8_lossy(headers.contents()).into_owned();
+        assert!(returned.len() <= 50_000 && returned.len() > 40_000);
+        // Whole fields only: the last one kept ends with its continuation.
+        assert!(
+            returned
+                .trim_end()
+                .ends_with("folded continuation of the same field"),
+            "{}",
+            &returned[returned.len() - 200..]
+        );
+        assert!(!returned.contains("Subject: last"));
+    }
+    // A small header section is not cut, and nothing is said.
+    let raw = notice(&original(), &two_recipients(), None, false);
+    assert!(!String::from_utf8_lossy(&raw).contains("is cut to"));
+}
+
 #[test]
 fn ret_full_returns_a_small_seven_bit_message_whole_and_others_as_headers() {
     let failures = two_recipients();

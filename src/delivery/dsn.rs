@@ -190,10 +190,16 @@ pub fn build_bounce(input: &BounceInput<'_>) -> Vec<u8> {
         "Successful Mail Delivery Report"
     };
 
-    let notification = notification_text(&mta, &id, input.arrival, &recipients);
+    let mut notification = notification_text(&mta, &id, input.arrival, &recipients);
     let report = delivery_status(&mta, &id, input, &recipients);
     let whole = any_failed && input.return_full && returnable_whole(input.original);
-    let lines = header_lines(input.original);
+    let (lines, cut) = capped(header_lines(input.original));
+    if let Some(total) = cut.filter(|_| !whole) {
+        let kept: usize = lines.iter().map(|l| l.len() + 2).sum();
+        notification.push_str(&format!(
+            "\r\nThe original message's header section ({total} bytes) is cut to\r\nits first {kept} bytes (whole fields) below.\r\n"
+        ));
+    }
     let global_headers = (input.global && !whole)
         .then(|| global_headers(&lines))
         .flatten();
@@ -791,6 +797,39 @@ fn status_code(s: &str, action: DsnAction) -> String {
             DsnAction::Relayed => "2.0.0".into(),
         }
     }
+}
+
+/// The header section a notice carries at most, in bytes with line
+/// endings (Postfix's `bounce_size_limit`): a message crafted with a huge
+/// header section (which anyone may send in, asking `NOTIFY=SUCCESS` for a
+/// forged sender) must not make the gateway mail its content outside.
+const HEADERS_MAX: usize = RETURN_FULL_MAX;
+
+/// `lines` cut to whole fields within [`HEADERS_MAX`]; with the whole
+/// section's size when it was cut.
+fn capped(lines: Vec<&[u8]>) -> (Vec<&[u8]>, Option<usize>) {
+    let total: usize = lines.iter().map(|l| l.len() + 2).sum();
+    if total <= HEADERS_MAX {
+        return (lines, None);
+    }
+    let mut keep = 0;
+    let mut size = 0;
+    for (i, line) in lines.iter().enumerate() {
+        size += line.len() + 2;
+        if size > HEADERS_MAX {
+            break;
+        }
+        // A field ends where the next line starts a new one.
+        let next_starts_field = lines
+            .get(i + 1)
+            .is_none_or(|next| !matches!(next.first(), Some(b' ' | b'\t')));
+        if next_starts_field {
+            keep = i + 1;
+        }
+    }
+    let mut lines = lines;
+    lines.truncate(keep);
+    (lines, Some(total))
 }
 
 /// The header section's lines, without line endings: the lines up to the
