@@ -4,8 +4,9 @@
 use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::{Output, PasswordHash};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::collections::VecDeque;
 use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -96,10 +97,16 @@ pub struct LoginCache {
     key: [u8; 32],
     ttl: std::time::Duration,
     entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    /// Client addresses (IPv6 by /64) a login succeeded from, and when:
+    /// their checks go in the known lane of [`PasswordChecker`].
+    known: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, std::time::Instant>>,
 }
 
 /// Logins kept at most.
 const LOGIN_CACHE_MAX: usize = 10_000;
+/// Addresses a login succeeded from, kept at most, and for how long.
+const KNOWN_ADDRESSES_MAX: usize = 10_000;
+const KNOWN_ADDRESS_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 impl LoginCache {
     pub fn new(ttl: std::time::Duration) -> LoginCache {
@@ -115,7 +122,35 @@ impl LoginCache {
             key,
             ttl,
             entries: Default::default(),
+            known: Default::default(),
         }
+    }
+
+    /// Remembers that a login succeeded from `client` (its key: an IPv4
+    /// address, an IPv6 /64).
+    pub fn known_address(&self, client: std::net::IpAddr) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        if known.len() >= KNOWN_ADDRESSES_MAX && !known.contains_key(&client) {
+            known.retain(|_, at| at.elapsed() < KNOWN_ADDRESS_FOR);
+            if known.len() >= KNOWN_ADDRESSES_MAX {
+                // The oldest goes.
+                if let Some(oldest) = known.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip) {
+                    known.remove(&oldest);
+                }
+            }
+        }
+        known.insert(client, std::time::Instant::now());
+    }
+
+    /// Whether a login succeeded from `client` lately.
+    pub fn is_known_address(&self, client: std::net::IpAddr) -> bool {
+        self.known
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&client).copied())
+            .is_some_and(|at| at.elapsed() < KNOWN_ADDRESS_FOR)
     }
 
     fn tag(&self, login: &str, password: &str, hash: &str) -> [u8; 32] {
@@ -175,13 +210,27 @@ fn tag_with(key: &[u8; 32], fields: &[&[u8]]) -> [u8; 32] {
 }
 
 /// The engine's password checks: a few threads (about one per core), each
-/// with one argon2 working memory it reuses, behind a bounded queue. The
-/// memory is bounded by the threads, however many clients send AUTH at
+/// with one argon2 working memory it reuses, behind two bounded queues.
+/// The memory is bounded by the threads, however many clients send AUTH at
 /// once; a check that cannot be queued is refused at once (the client gets
 /// 454 4.7.0) rather than waited for.
+///
+/// The queues are two lanes: one for clients the gateway already trusts
+/// ([`Lane::Known`]: allow-listed, or an address a login succeeded from
+/// lately), taken first, and one for everyone else. A flood of guesses
+/// from thousands of addresses fills only the second, so the office and
+/// its roaming users still get their logins checked.
 #[derive(Debug, Clone)]
 pub struct PasswordChecker {
-    jobs: SyncSender<Job>,
+    handle: Arc<CheckerHandle>,
+}
+
+/// Which queue a check waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Allow-listed, or an address a login succeeded from lately.
+    Known,
+    Other,
 }
 
 struct Job {
@@ -196,23 +245,58 @@ impl std::fmt::Debug for Job {
     }
 }
 
+#[derive(Debug, Default)]
+struct Queues {
+    known: VecDeque<Job>,
+    other: VecDeque<Job>,
+    /// Every checker handle is gone: the threads end.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct CheckerQueues {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    /// Checks waiting at most, per lane.
+    capacity: usize,
+}
+
+/// The checkers' queues as their users hold them: when the last handle
+/// goes, the threads are told to end.
+#[derive(Debug)]
+struct CheckerHandle(Arc<CheckerQueues>);
+
+impl Drop for CheckerHandle {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.0.queues.lock() {
+            q.closed = true;
+        }
+        self.0.ready.notify_all();
+    }
+}
+
 /// The queue is full: try again later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("too many password checks waiting")]
 pub struct CheckerBusy;
 
 impl PasswordChecker {
-    /// `threads` checkers behind a queue of `queue` waiting checks.
+    /// `threads` checkers behind two queues of `queue` waiting checks each.
     pub fn start(threads: usize, queue: usize) -> PasswordChecker {
-        let (jobs, incoming) = sync_channel::<Job>(queue);
-        let incoming = std::sync::Arc::new(std::sync::Mutex::new(incoming));
+        let queues = Arc::new(CheckerQueues {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            capacity: queue,
+        });
         for i in 0..threads.max(1) {
-            let incoming = std::sync::Arc::clone(&incoming);
+            let queues = Arc::clone(&queues);
             let _ = std::thread::Builder::new()
                 .name(format!("password-check-{i}"))
-                .spawn(move || check_loop(&incoming));
+                .spawn(move || check_loop(&queues));
         }
-        PasswordChecker { jobs }
+        PasswordChecker {
+            handle: Arc::new(CheckerHandle(queues)),
+        }
     }
 
     /// About one checker per core, at most four.
@@ -221,33 +305,54 @@ impl PasswordChecker {
         PasswordChecker::start(cores.clamp(1, 4), 32)
     }
 
-    /// Queues a check; the answer comes on the receiver.
+    /// Queues a check in `lane`; the answer comes on the receiver.
     pub fn submit(
         &self,
+        lane: Lane,
         hash: Option<String>,
         password: String,
     ) -> Result<tokio::sync::oneshot::Receiver<bool>, CheckerBusy> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        match self.jobs.try_send(Job {
-            hash,
-            password,
-            reply,
-        }) {
-            Ok(()) => Ok(answer),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(CheckerBusy),
+        let shared = &self.handle.0;
+        {
+            let mut q = shared.queues.lock().map_err(|_| CheckerBusy)?;
+            let queue = match lane {
+                Lane::Known => &mut q.known,
+                Lane::Other => &mut q.other,
+            };
+            if queue.len() >= shared.capacity {
+                return Err(CheckerBusy);
+            }
+            queue.push_back(Job {
+                hash,
+                password,
+                reply,
+            });
         }
+        shared.ready.notify_one();
+        Ok(answer)
     }
 }
 
-fn check_loop(incoming: &std::sync::Mutex<Receiver<Job>>) {
+fn check_loop(shared: &CheckerQueues) {
     let mut memory: Vec<Block> = Vec::new();
     loop {
-        let job = match incoming.lock() {
-            Ok(rx) => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-            Err(_) => return,
+        let job = {
+            let Ok(mut q) = shared.queues.lock() else {
+                return;
+            };
+            loop {
+                if let Some(job) = q.known.pop_front().or_else(|| q.other.pop_front()) {
+                    break job;
+                }
+                if q.closed {
+                    return;
+                }
+                q = match shared.ready.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
         };
         // A client that went away does not need its answer, nor the work.
         if job.reply.is_closed() {
@@ -298,17 +403,67 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let good = checker.submit(Some(h.clone()), "s3cret".into()).unwrap();
+        let good = checker
+            .submit(Lane::Other, Some(h.clone()), "s3cret".into())
+            .unwrap();
         assert!(rt.block_on(good).unwrap());
-        let bad = checker.submit(Some(h.clone()), "nope".into()).unwrap();
+        let bad = checker
+            .submit(Lane::Other, Some(h.clone()), "nope".into())
+            .unwrap();
         assert!(!rt.block_on(bad).unwrap());
         // One thread busy, one waiting: the next is refused, not queued.
         let answers: Vec<_> = (0..8)
-            .map(|_| checker.submit(Some(h.clone()), "x".into()))
+            .map(|_| checker.submit(Lane::Other, Some(h.clone()), "x".into()))
             .collect();
         assert!(answers.iter().any(|a| a.is_err()), "the queue is bounded");
         for a in answers.into_iter().flatten() {
             assert!(!rt.block_on(a).unwrap());
         }
+    }
+
+    /// A flood fills the other lane; a known client's check is still
+    /// queued, and is judged before every guess still waiting.
+    #[test]
+    fn a_known_clients_check_goes_past_a_flood_of_guesses() {
+        let h = hash_password("s3cret").unwrap();
+        let checker = PasswordChecker::start(1, 2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut guesses = Vec::new();
+        while let Ok(a) = checker.submit(Lane::Other, Some(h.clone()), "guess".into()) {
+            guesses.push(a);
+        }
+        assert!(guesses.len() >= 2);
+        let known = checker
+            .submit(Lane::Known, Some(h.clone()), "s3cret".into())
+            .expect("the known lane has room");
+        assert!(rt.block_on(known).unwrap());
+        // The thread takes the known check first: at most the one guess it
+        // had begun was judged before it; the queued ones are still waiting
+        // (each takes a good part of a second).
+        let early: Vec<Option<bool>> = guesses.iter_mut().map(|a| a.try_recv().ok()).collect();
+        let judged_before = early.iter().flatten().count();
+        assert!(judged_before <= 1, "{judged_before} guesses went first");
+        for (a, early) in guesses.into_iter().zip(early) {
+            assert!(!early.unwrap_or_else(|| rt.block_on(a).unwrap()));
+        }
+    }
+
+    #[test]
+    fn addresses_a_login_succeeded_from_are_known_for_a_while() {
+        let cache = LoginCache::new(std::time::Duration::from_secs(300));
+        let a: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(!cache.is_known_address(a));
+        cache.known_address(a);
+        assert!(cache.is_known_address(a));
+        assert!(!cache.is_known_address("192.0.2.8".parse().unwrap()));
+        for i in 0..(KNOWN_ADDRESSES_MAX as u32 + 5) {
+            cache.known_address(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            )));
+        }
+        assert!(cache.known.lock().unwrap().len() <= KNOWN_ADDRESSES_MAX);
     }
 }

@@ -778,6 +778,9 @@ async fn check_password(
         && ctx.shared.logins.hit(&req.login, &req.password, hash)
     {
         ticket.judged(true, settings);
+        ctx.shared
+            .logins
+            .known_address(crate::engine::client_key(ip));
         if is_suspended(ctx, &req_login) {
             return AuthOutcome::Suspended;
         }
@@ -787,13 +790,28 @@ async fn check_password(
         .password_hash
         .clone()
         .map(|hash| (req.login.clone(), req.password.clone(), hash));
-    let Ok(answer) = ctx.shared.passwords.submit(req.password_hash, req.password) else {
+    // The office and addresses a login succeeded from go first: a flood of
+    // guesses from elsewhere cannot keep them waiting.
+    let client = crate::engine::client_key(ip);
+    let lane = if ctx.shared.logins.is_known_address(client)
+        || ctx.shared.snapshot().policy.lists().allows(ip)
+    {
+        crate::credentials::Lane::Known
+    } else {
+        crate::credentials::Lane::Other
+    };
+    let Ok(answer) = ctx
+        .shared
+        .passwords
+        .submit(lane, req.password_hash, req.password)
+    else {
         return AuthOutcome::Busy;
     };
     let ok = answer.await.unwrap_or(false);
     ticket.judged(ok, settings);
     if ok && let Some((login, password, hash)) = remember {
         ctx.shared.logins.remember(&login, &password, &hash);
+        ctx.shared.logins.known_address(client);
     }
     if ok && is_suspended(ctx, &req_login) {
         return AuthOutcome::Suspended;
