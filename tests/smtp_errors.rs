@@ -334,7 +334,7 @@ fn bad_bytes_in_commands_are_refused_and_the_session_goes_on() {
 fn too_many_bad_commands_close_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[("max-bad-commands", "3")]);
-    let (server, addr) = start(&db);
+    let (mut server, addr) = start(&db);
 
     let mut c = connect(addr);
     c.expect("FROB", "500 5.5.2");
@@ -364,6 +364,30 @@ fn too_many_bad_commands_close_the_session() {
     }
     c.expect(&long, "421 4.7.0");
     assert_closed(&mut c);
+
+    // A client that pipelines far past the limit before it reads still
+    // gets every reply and the 421, then the end of the connection: not a
+    // reset that throws its unread replies away. The log says why.
+    let mut raw = TcpStream::connect(addr).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    raw.write_all(format!("EHLO c.test\r\n{}", "FROB\r\n".repeat(5000)).as_bytes())
+        .expect("pipeline");
+    let mut got = Vec::new();
+    let read = raw.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(read.is_ok(), "{read:?} after {got:?}");
+    assert!(got.starts_with("220 ") && got.contains("250 "), "{got}");
+    assert_eq!(got.matches("500 5.5.2").count(), 3, "{got}");
+    assert!(
+        got.trim_end()
+            .ends_with("421 4.7.0 gw.example.com Error: too many errors"),
+        "{got}"
+    );
+    server.wait_for(
+        "too many bad commands (max-bad-commands)",
+        Duration::from_secs(5),
+    );
     assert_eq!(server.terminate().code(), Some(0));
 }
 

@@ -688,12 +688,22 @@ async fn run(
                             });
                         }
                     }
-                    Action::Close => {
+                    Action::Close(reason) => {
                         // Given back before the goodbye, so a client that
                         // has read it can count on the quota being free.
                         ctx.shared.abuse.release(std::mem::take(&mut quota.holds));
-                        flush_last(conn, &mut out, write_limit).await?;
-                        return Ok("closed".into());
+                        // Input left unread (a client pipelining past its
+                        // errors): closing at once would answer it with a
+                        // reset, and the client would lose the replies.
+                        if reason == super::session::CloseReason::TooManyErrors
+                            || !framer.pending().is_empty()
+                        {
+                            flush(conn, &mut out, write_limit).await?;
+                            linger(conn).await;
+                        } else {
+                            flush_last(conn, &mut out, write_limit).await?;
+                        }
+                        return Ok(reason.to_string());
                     }
                 }
             }
@@ -1060,6 +1070,27 @@ async fn shutting_down(
 /// Writes the session's last replies: on plain TCP with MSG_MORE, so the
 /// kernel holds them for the FIN that closing the socket sends next, and
 /// they go out in one segment (one wake-up of the client, not two).
+/// How long, and how much, a closing session reads and drops what the
+/// client still sends, after its half-close (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Half-closes (the client sees the end after every reply) and reads what
+/// the client still sends, for a moment, so that the close is not a reset
+/// that would throw away the replies it has not read yet.
+async fn linger(conn: &mut Conn) {
+    let _ = tokio::time::timeout(LINGER, conn.shutdown()).await;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => break,
+        }
+    }
+}
+
 async fn flush_last(conn: &mut Conn, out: &mut Vec<u8>, within: Duration) -> io::Result<()> {
     if let Conn::Plain(tcp) = conn
         && !out.is_empty()

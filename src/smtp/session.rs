@@ -235,7 +235,28 @@ pub enum Action {
     /// line until then.
     Message(Box<Message>),
     /// Close the connection, after writing any reply before this.
-    Close,
+    Close(CloseReason),
+}
+
+/// Why the session closes the connection: said in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said QUIT.
+    Quit,
+    /// More bad commands than `max-bad-commands`: the client got `421`.
+    TooManyErrors,
+    /// A line came after the session had ended.
+    AlreadyClosed,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::Quit => "the client said QUIT",
+            CloseReason::TooManyErrors => "too many bad commands (max-bad-commands): 421 sent",
+            CloseReason::AlreadyClosed => "input after the session had ended",
+        })
+    }
 }
 
 /// Checks of an allowed recipient that need the network.
@@ -501,7 +522,7 @@ impl Session {
                 let prompt = prompt.clone();
                 self.auth_response(prompt, line, policy)
             }
-            Phase::Closed => vec![Action::Close],
+            Phase::Closed => vec![Action::Close(CloseReason::AlreadyClosed)],
             // The I/O layer must wait for the result it was asked for;
             // answer without changing state rather than guess.
             Phase::VerifyingAuth { .. } | Phase::TlsHandshake | Phase::Data(_) | Phase::Storing => {
@@ -539,7 +560,7 @@ impl Session {
             Command::Noop => vec![reply(250, "2.0.0", "Ok")],
             Command::Quit => {
                 self.phase = Phase::Closed;
-                vec![reply(221, "2.0.0", "Bye"), Action::Close]
+                vec![reply(221, "2.0.0", "Bye"), Action::Close(CloseReason::Quit)]
             }
             Command::Help => vec![reply(
                 214,
@@ -1172,7 +1193,10 @@ impl Session {
         if self.bad_commands > self.params.limits.max_bad_commands {
             self.phase = Phase::Closed;
             let text = format!("{} Error: too many errors", self.params.hostname);
-            return vec![reply(421, "4.7.0", text), Action::Close];
+            return vec![
+                reply(421, "4.7.0", text),
+                Action::Close(CloseReason::TooManyErrors),
+            ];
         }
         vec![Action::Reply(answer)]
     }

@@ -154,7 +154,7 @@ impl Client {
                     wire.push_str(&r.to_string());
                 }
                 Action::StartTls | Action::StartData => {}
-                Action::Close => self.closed = true,
+                Action::Close(_) => self.closed = true,
             }
         }
         wire
@@ -635,7 +635,7 @@ fn vrfy_help_noop_quit() {
     assert!(c.closed);
     assert!(c.session.is_closed());
     let after = c.session.handle_line(b"NOOP", &c.policy);
-    assert!(matches!(after.as_slice(), [Action::Close]));
+    assert!(matches!(after.as_slice(), [Action::Close(_)]));
 }
 
 #[test]
