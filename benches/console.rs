@@ -78,6 +78,7 @@ fn session_events(policy: &Policy, i: u64, at: SystemTime) -> Vec<Stamped> {
             local: "127.0.0.1:2525".parse().expect("local"),
             kind: BindKind::Smtp,
             tls: i.is_multiple_of(3),
+            via: None,
         },
         Event::Command {
             session: i,

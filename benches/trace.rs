@@ -69,6 +69,7 @@ fn main() {
             local,
             kind: relaygate::bindings::BindKind::Smtp,
             tls: false,
+            via: None,
         });
         push(Event::Decision {
             session: s,

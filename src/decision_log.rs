@@ -810,6 +810,7 @@ mod tests {
                     local: "127.0.0.1:25".parse().unwrap(),
                     kind: crate::bindings::BindKind::Smtp,
                     tls: false,
+                    via: None,
                 },
             )
         };

@@ -13,6 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
+/// A session that came through a load balancer speaking the PROXY
+/// protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxyVia {
+    /// The load balancer's address (the TCP peer).
+    #[serde(serialize_with = "crate::net_text::serialize_socket")]
+    pub proxy: SocketAddr,
+    /// The binding that took the connection.
+    #[serde(serialize_with = "crate::net_text::serialize_socket")]
+    pub binding: SocketAddr,
+}
+
 /// One thing that happened in the engine. The same value reaches the
 /// headless log, the persisted event log (as JSON), the control socket and
 /// the screen; text is made from it at each edge, never parsed back.
@@ -59,10 +71,16 @@ pub enum Event {
         session: u64,
         #[serde(serialize_with = "crate::net_text::serialize_socket")]
         peer: SocketAddr,
+        /// The address the client connected to (behind a load balancer:
+        /// as its PROXY header says).
         #[serde(serialize_with = "crate::net_text::serialize_socket")]
         local: SocketAddr,
         kind: BindKind,
         tls: bool,
+        /// The load balancer it came through, and the binding that took
+        /// it from there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<ProxyVia>,
     },
     /// A session refused at the greeting (a ban, too many sessions).
     SessionRefused {
@@ -612,14 +630,25 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             local,
             kind,
             tls,
+            via,
         } => d(
             Info,
-            put!(
-                "session {session} opened from {} on {} ({kind}{})",
-                AddrText::socket(*peer),
-                AddrText::socket(*local),
-                if *tls { ", TLS" } else { "" }
-            ),
+            match via {
+                None => put!(
+                    "session {session} opened from {} on {} ({kind}{})",
+                    AddrText::socket(*peer),
+                    AddrText::socket(*local),
+                    if *tls { ", TLS" } else { "" }
+                ),
+                Some(v) => put!(
+                    "session {session} opened from {} to {} ({kind}{}) through the load balancer {} on {} (PROXY protocol)",
+                    AddrText::socket(*peer),
+                    AddrText::socket(*local),
+                    if *tls { ", TLS" } else { "" },
+                    AddrText::socket(v.proxy),
+                    AddrText::socket(v.binding)
+                ),
+            },
         ),
         Event::SessionRefused { peer, reply, .. } => d(Warn, put!("refused {peer}: {reply}")),
         Event::BlocklistUnusable {

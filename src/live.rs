@@ -295,6 +295,7 @@ impl LiveState {
                 local,
                 kind,
                 tls,
+                ..
             } => {
                 self.counters.sessions += 1;
                 // A console may get the row in a tick before the event
@@ -550,6 +551,7 @@ mod tests {
                 local: "127.0.0.1:25".parse().unwrap(),
                 kind: BindKind::Smtp,
                 tls: false,
+                via: None,
             }),
         };
         let mut engine = LiveState::default();

@@ -224,9 +224,17 @@ impl Metrics {
     pub fn count(&mut self, event: &Event, route_of: &dyn Fn(&str) -> String) {
         let c = &self.counted;
         match event {
-            Event::SessionOpened { session, local, .. } => {
+            Event::SessionOpened {
+                session,
+                local,
+                via,
+                ..
+            } => {
+                // Behind a load balancer, `local` is what the PROXY header
+                // claims: the binding keeps the labels few and true.
+                let listener = via.map_or(*local, |v| v.binding);
                 let l = ListenerLabels {
-                    listener: local.to_string(),
+                    listener: listener.to_string(),
                 };
                 c.sessions.get_or_create(&l).inc();
                 c.sessions_open.get_or_create(&l).inc();

@@ -821,6 +821,7 @@ mod tests {
                 local: "127.0.0.1:25".parse().unwrap(),
                 kind: crate::bindings::BindKind::Smtp,
                 tls: false,
+                via: None,
             },
             Event::AuthFailed {
                 session: 2,

@@ -204,6 +204,7 @@ fn populated() -> Harness {
                 local,
                 kind: BindKind::Smtp,
                 tls: id == 1,
+                via: None,
             },
         ));
         h.act(stamped(
@@ -402,6 +403,7 @@ fn ten_thousand_connections_render_only_the_visible_rows() {
                 local,
                 kind: BindKind::Smtp,
                 tls: false,
+                via: None,
             },
         ));
     }
@@ -1058,6 +1060,7 @@ fn t_on_a_log_line_opens_its_message_s_story_from_the_event_log() {
             local: "127.0.0.1:25".parse().unwrap(),
             kind: BindKind::Smtp,
             tls: false,
+            via: None,
         },
         Event::MessageAccepted {
             session: 3,
@@ -1212,6 +1215,7 @@ fn a_trace_waits_for_the_event_log_to_catch_up_with_the_screen() {
                 local: "127.0.0.1:25".parse().unwrap(),
                 kind: BindKind::Smtp,
                 tls: false,
+                via: None,
             },
         ),
         stamp(
@@ -1533,6 +1537,7 @@ fn live_filters_and_sorts_and_opens_the_row_shown() {
                 local,
                 kind: BindKind::Smtp,
                 tls: false,
+                via: None,
             },
         ));
     }

@@ -208,7 +208,11 @@ fn haproxy_in_front_of_two_nodes() {
 fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let db = test_db(dir.path(), &[]);
+    let metrics_port = free_port();
+    let db = test_db(
+        dir.path(),
+        &[("metrics-listen", &format!("127.0.0.1:{metrics_port}"))],
+    );
     let port = free_port();
     cli(&db, &["bind", "remove", "127.0.0.1:0"]);
     cli(
@@ -263,6 +267,36 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     c.expect("MAIL FROM:<a@far.test>", "250");
     c.expect("RCPT TO:<x@elsewhere.test>", "554");
     server.wait_for("peer=192.0.2.44", Duration::from_secs(5));
+    server.wait_for(
+        &format!("opened from 192.0.2.44:4000 to 127.0.0.1:25 (smtp) through the load balancer 127.0.0.2:"),
+        Duration::from_secs(5),
+    );
+    // The header's destination is the client's story: a session counts
+    // under the binding that took it, so a proxy (or a client behind it)
+    // cannot make up metric labels.
+    let mut c = Client::connect_from(addr, "127.0.0.2".parse().unwrap());
+    c.send(b"PROXY TCP4 192.0.2.45 198.51.100.9 4001 4444\r\n");
+    assert!(c.reply().starts_with("220"));
+    c.expect("QUIT", "221");
+    server.wait_for("the client said QUIT", Duration::from_secs(5));
+    let want = format!("relaygate_sessions_total{{listener=\"127.0.0.1:{port}\"}} 2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let scraped = loop {
+        let mut m = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
+        m.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut scraped = String::new();
+        m.read_to_string(&mut scraped).unwrap();
+        if scraped.contains(&want) || std::time::Instant::now() > deadline {
+            break scraped;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(scraped.contains(&want), "{scraped}");
+    assert!(
+        !scraped.contains("198.51.100.9") && !scraped.contains("127.0.0.1:25\""),
+        "{scraped}"
+    );
     // Bad input to the CLI: exit 2, nothing changed.
     let out = common::run_cli(&db, &["bind", "add", "127.0.0.1:2", "--proxy-protocol"], "");
     assert_eq!(out.code, 2, "{out:?}");

@@ -330,6 +330,7 @@ mod tests {
                 local: peer,
                 kind: BindKind::Smtps,
                 tls: true,
+                via: None,
             },
             Event::SessionRefused {
                 peer,

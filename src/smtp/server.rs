@@ -319,6 +319,10 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
         local: ctx.local,
         kind: ctx.kind,
         tls: params.tls_active,
+        via: ctx.proxy.map(|proxy| crate::events::ProxyVia {
+            proxy,
+            binding: ctx.binding,
+        }),
     });
     let mut session = Session::new(params);
     let why = match run(&ctx, id, &board, &settings, &mut conn, &mut session, early).await {
