@@ -268,7 +268,7 @@ fn a_proxy_binding_refuses_strangers_and_bad_headers_without_a_greeting() {
     c.expect("RCPT TO:<x@elsewhere.test>", "554");
     server.wait_for("peer=192.0.2.44", Duration::from_secs(5));
     server.wait_for(
-        &format!("opened from 192.0.2.44:4000 to 127.0.0.1:25 (smtp) through the load balancer 127.0.0.2:"),
+        "opened from 192.0.2.44:4000 to 127.0.0.1:25 (smtp) through the load balancer 127.0.0.2:",
         Duration::from_secs(5),
     );
     // The header's destination is the client's story: a session counts
