@@ -133,6 +133,12 @@ impl DecisionLog {
         Ok(DecisionLog { conn, run: 0 })
     }
 
+    /// The highest session number of the newest engine run in the log
+    /// (0: none, or a log from before the trace index).
+    pub fn last_session(&self) -> u64 {
+        crate::trace::last_session(&self.conn).unwrap_or(0)
+    }
+
     /// Searches the history (see [`crate::trace`]).
     pub fn trace(
         &self,

@@ -744,7 +744,12 @@ impl Engine {
             in_flight,
             boards,
             total_sessions: AtomicU64::new(0),
-            next_session: AtomicU64::new(0),
+            // Numbered on from the history's last session: a restart never
+            // reuses a number the log and the trace already hold.
+            next_session: AtomicU64::new(
+                crate::decision_log::DecisionLog::open_read_only(&dir.log)
+                    .map_or(0, |log| log.last_session()),
+            ),
             state,
             delivery_queue,
             abuse: Default::default(),
@@ -896,6 +901,10 @@ impl Engine {
     /// then closes every session with 421 and waits for them all. The
     /// control socket is removed and the lock released last.
     pub async fn shutdown(mut self) {
+        self.shared.events.emit(Event::EngineStopping {
+            pid: std::process::id(),
+            grace_secs: self.shared.snapshot().settings.shutdown_grace_secs,
+        });
         if let Some(metrics) = self.metrics.take() {
             metrics.abort();
         }

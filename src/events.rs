@@ -36,6 +36,12 @@ pub enum Event {
         pid: u32,
         version: String,
     },
+    /// The engine was asked to stop: no new sessions; messages in DATA
+    /// may finish within `grace_secs`. The history shows when it was down.
+    EngineStopping {
+        pid: u32,
+        grace_secs: u64,
+    },
     ListenerUp {
         addr: SocketAddr,
         kind: BindKind,
@@ -481,6 +487,7 @@ impl Event {
         use EventKind as K;
         match self {
             Event::EngineStarted { .. }
+            | Event::EngineStopping { .. }
             | Event::ListenerUp { .. }
             | Event::ListenerDown { .. }
             | Event::PolicyReloaded { .. }
@@ -584,6 +591,12 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
         Event::EngineStarted { pid, version } => {
             d(Info, put!("relaygate {version} engine started (pid {pid})"))
         }
+        Event::EngineStopping { pid, grace_secs } => d(
+            Info,
+            put!(
+                "engine stopping (pid {pid}): no new sessions; messages in DATA may finish within {grace_secs} s"
+            ),
+        ),
         Event::ListenerUp {
             addr,
             kind,

@@ -300,6 +300,14 @@ pub fn prune(conn: &Connection) -> rusqlite::Result<usize> {
 
 /// The engine run a writer opening `conn` now starts: one more than the
 /// last one logged.
+/// The number of the newest run's highest session (0: none): the engine
+/// numbers its sessions on from there, so that no two sessions in the
+/// history have the same number.
+pub fn last_session(conn: &Connection) -> rusqlite::Result<u64> {
+    let last: Option<i64> = conn.query_row("SELECT max(session) FROM events", [], |r| r.get(0))?;
+    Ok(last.map_or(0, |k| (k.max(0) as u64) & ((1 << SESSION_BITS) - 1)))
+}
+
 pub fn next_run(conn: &Connection) -> rusqlite::Result<u64> {
     let last: Option<i64> = conn.query_row(
         &format!("SELECT max(session) >> {SESSION_BITS} FROM events"),

@@ -828,7 +828,25 @@ fn check_knows_suspensions_and_bans() {
         dave.stdout
     );
 
-    ok(&db, &["ban", "add", "203.0.113.0/24"]);
+    let said = ok(&db, &["ban", "add", "203.0.113.0/24"]);
+    assert!(!said.contains("warning"), "{said}");
+    // A ban as wide as everything, or over the LAN the allow list lets
+    // relay, is said to be that.
+    let said = ok(&db, &["ban", "add", "0.0.0.0/0", "--for", "1m"]);
+    assert!(
+        said.contains("warning: 0.0.0.0/0 covers allow-listed clients (127.0.0.0/8, 10.*.*.*"),
+        "{said}"
+    );
+    ok(&db, &["ban", "remove", "0.0.0.0/0"]);
+    let said = ok(&db, &["ban", "add", "10.1.2.3", "--for", "1m"]);
+    assert!(
+        said.contains("covers allow-listed clients (10.*.*.*)"),
+        "{said}"
+    );
+    ok(&db, &["ban", "remove", "10.1.2.3"]);
+    let said = ok(&db, &["ban", "add", "2001:db8::/16", "--for", "1m"]);
+    assert!(said.contains("covers 2^112 addresses"), "{said}");
+    ok(&db, &["ban", "remove", "2001:db8::/16"]);
     let banned = check("203.0.113.9");
     assert_eq!(banned.code, 1, "{}", banned.stdout);
     assert!(

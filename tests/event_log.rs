@@ -73,3 +73,46 @@ fn decisions_are_kept_across_restarts() {
             .any(|e| matches!(e, Event::EngineStarted { .. }))
     );
 }
+
+/// The history says when the engine stopped, and a restarted engine
+/// numbers its sessions on from the last one it holds: a log line or a
+/// trace never shows two sessions under one number.
+#[test]
+fn a_restart_is_in_the_history_and_session_numbers_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = test_db(dir.path(), &[]);
+    for expected in [1u64, 2, 3] {
+        let mut server = Server::start(&db);
+        let mut c = Client::connect(server.addr());
+        c.reply();
+        c.expect("QUIT", "221");
+        server.wait_for(
+            &format!("session {expected} closed: the client said QUIT"),
+            Duration::from_secs(5),
+        );
+        assert_eq!(server.terminate().code(), Some(0));
+    }
+    let log = DecisionLog::open(&log_path_for(&db)).expect("log opens");
+    let events: Vec<Event> = log
+        .recent(1000)
+        .expect("records")
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Event(stamped) => Some((*stamped.event).clone()),
+            LogRecord::Legacy { .. } => None,
+        })
+        .collect();
+    let opened: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::SessionOpened { session, .. } => Some(*session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [1, 2, 3]);
+    let stops = events
+        .iter()
+        .filter(|e| matches!(e, Event::EngineStopping { .. }))
+        .count();
+    assert_eq!(stops, 3, "{events:?}");
+}

@@ -802,12 +802,27 @@ fn an_engine_starts_without_tls_when_its_files_do_not_load() {
     let dir = tempfile::tempdir().unwrap();
     let db = test_db(dir.path(), &[]);
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A file that does not exist is said to be missing at once, not only
+    // that the other of the pair is not set yet.
+    let gone = dir.path().join("nonexistent.pem");
+    let set = cli(
+        &db,
+        &["policy", "set", "tls-cert-file", gone.to_str().unwrap()],
+    );
+    assert!(
+        set.contains(&format!(
+            "warning: tls-cert-file {}: No such file",
+            gone.display()
+        )),
+        "{set}"
+    );
     std::fs::write(&cert, "not a certificate\n").unwrap();
     std::fs::write(&key, "not a key\n").unwrap();
-    cli(
+    let set = cli(
         &db,
         &["policy", "set", "tls-cert-file", cert.to_str().unwrap()],
     );
+    assert!(set.contains("warning: tls-key-file is not set"), "{set}");
     let set = cli(
         &db,
         &["policy", "set", "tls-key-file", key.to_str().unwrap()],

@@ -426,6 +426,13 @@ fn auth_errors_and_success() {
     c.expect("AUTH GSSAPI", "504 5.5.4");
     // PLAIN that is not authzid NUL authcid NUL password.
     c.expect(&format!("AUTH PLAIN {}", b64("alice")), "501 5.5.2");
+    // Well-formed, asking to act as another user: refused as such, with
+    // the right password, and no login.
+    let other = base64::engine::general_purpose::STANDARD.encode(b"bob\0alice\0wonderland");
+    c.expect(
+        &format!("AUTH PLAIN {other}"),
+        "535 5.7.8 Error: authentication failed: acting as another user",
+    );
     c.expect(
         &format!("AUTH PLAIN {}", plain("alice", "looking-glass")),
         "535 5.7.8",

@@ -66,6 +66,9 @@ pub fn run(store: &mut Store, cmd: BanCommand) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
             store.put_ban(&ban)?;
             println!("banned {} until {}", ban.net, when(ban.until, now));
+            if let Some(warning) = wide_ban_warning(store, &ban.net) {
+                println!("warning: {warning}");
+            }
         }
         BanCommand::Remove { net } => {
             let net = parse_ban_net(&net).map_err(anyhow::Error::msg)?;
@@ -76,4 +79,43 @@ pub fn run(store: &mut Store, cmd: BanCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an administrator should hear about a ban this wide: one that
+/// covers a /8 (IPv4) or a /16 (IPv6) or more, or the allow list's own
+/// clients (their LAN, refused at connect like anyone).
+fn wide_ban_warning(store: &Store, net: &ipnet::IpNet) -> Option<String> {
+    let short = match net {
+        ipnet::IpNet::V4(n) => n.prefix_len() <= 8,
+        ipnet::IpNet::V6(n) => n.prefix_len() <= 16,
+    };
+    let allowed = store
+        .list_entries(crate::policy::ip_lists::ListKind::Allow)
+        .ok()?
+        .into_iter()
+        .filter(|e| {
+            // The entry starts inside the ban, or the ban inside the entry.
+            crate::policy::list_text::parse_list_text(e)
+                .entries
+                .first()
+                .is_some_and(|p| {
+                    net.contains(&p.pattern.lowest()) || p.pattern.matches(net.network())
+                })
+        })
+        .collect::<Vec<_>>();
+    match (short, allowed.is_empty()) {
+        (_, false) => Some(format!(
+            "{net} covers allow-listed clients ({}): they are refused at connect too; lift it with `relaygate ban remove {net}`",
+            allowed.join(", ")
+        )),
+        (true, true) => Some(format!(
+            "{net} covers {} addresses: every client in it is refused at connect; lift it with `relaygate ban remove {net}`",
+            if net.prefix_len() == 0 {
+                "all".to_string()
+            } else {
+                format!("2^{}", net.max_prefix_len() - net.prefix_len())
+            }
+        )),
+        (false, true) => None,
+    }
 }

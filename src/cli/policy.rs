@@ -152,15 +152,24 @@ fn unverifiable_domains(store: &Store) -> anyhow::Result<Vec<String>> {
 /// or files that do not load (the engine keeps its previous certificate;
 /// everything else still applies).
 fn tls_problem(settings: &ServerSettings) -> Option<String> {
-    let missing = |key: &str| {
-        Some(format!(
-            "warning: {key} is not set: the generated certificate stays in use until both files are set"
-        ))
+    // A file given that cannot be read is said first: the pair's other
+    // half may well come next, but this one will not do.
+    let unreadable = |key: &str, path: &str| {
+        std::fs::File::open(path).err().map(|e| {
+            format!("warning: {key} {path}: {e}; stored all the same, the engine cannot use it")
+        })
+    };
+    let missing = |key: &str, set: (&str, &str)| {
+        unreadable(set.0, set.1).or_else(|| {
+            Some(format!(
+                "warning: {key} is not set: the generated certificate stays in use until both files are set"
+            ))
+        })
     };
     match (&settings.tls_cert_file, &settings.tls_key_file) {
         (None, None) => None,
-        (Some(_), None) => missing("tls-key-file"),
-        (None, Some(_)) => missing("tls-cert-file"),
+        (Some(cert), None) => missing("tls-key-file", ("tls-cert-file", cert)),
+        (None, Some(key)) => missing("tls-cert-file", ("tls-key-file", key)),
         (Some(cert), Some(key)) => crate::tls::load_server_config(
             std::path::Path::new(cert),
             std::path::Path::new(key),

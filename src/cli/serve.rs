@@ -79,7 +79,6 @@ pub fn run(db: &Path) -> anyhow::Result<ExitCode> {
             sd_notify::NotifyState::Stopping,
             sd_notify::NotifyState::ExtendTimeoutUsec(extend),
         ]);
-        tracing::info!("shutting down: no new sessions; messages in DATA may finish");
         engine.shutdown().await;
         // Let the logger print what the shutdown emitted.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -297,6 +297,10 @@ mod tests {
                 pid: 7,
                 version: "0.1.0".into(),
             },
+            Event::EngineStopping {
+                pid: 7,
+                grace_secs: 30,
+            },
             Event::ListenerUp {
                 addr: peer,
                 kind: BindKind::Smtp,
@@ -447,6 +451,7 @@ mod tests {
         for e in &all {
             match e {
                 Event::EngineStarted { .. }
+                | Event::EngineStopping { .. }
                 | Event::ListenerUp { .. }
                 | Event::ListenerFailed { .. }
                 | Event::ListenerDown { .. }

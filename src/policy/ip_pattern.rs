@@ -106,6 +106,14 @@ impl IpPattern {
         }
     }
 
+    /// The lowest address the entry covers.
+    pub fn lowest(&self) -> IpAddr {
+        match self {
+            IpPattern::V4(r) => IpAddr::V4(Ipv4Addr::new(r[0].0, r[1].0, r[2].0, r[3].0)),
+            IpPattern::V6(net) => IpAddr::V6(net.network()),
+        }
+    }
+
     /// Whether the peer address falls under this entry.
     pub fn matches(&self, ip: IpAddr) -> bool {
         match (self, effective_ip(ip)) {

@@ -1109,8 +1109,17 @@ impl Session {
         };
         match prompt {
             AuthPrompt::Plain => match split_plain(&decoded) {
-                Some((login, password)) => self.verify(login, password, policy),
-                None => self.error(501, "5.5.2", "Error: malformed AUTH PLAIN response"),
+                Ok((login, password)) => self.verify(login, password, policy),
+                Err(PlainError::Malformed) => {
+                    self.error(501, "5.5.2", "Error: malformed AUTH PLAIN response")
+                }
+                // Well-formed, but asking to act as someone else: no
+                // password is checked, and no guess is spent.
+                Err(PlainError::OtherIdentity) => self.error(
+                    535,
+                    "5.7.8",
+                    "Error: authentication failed: acting as another user (an authorization identity other than the login) is not supported",
+                ),
             },
             AuthPrompt::LoginUsername => match String::from_utf8(decoded) {
                 Ok(login) => {
@@ -1210,20 +1219,31 @@ fn reply(
     Action::Reply(Reply::new(code, status, text))
 }
 
+/// Why an AUTH PLAIN response is refused before any password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlainError {
+    /// Not `authzid NUL authcid NUL password`, or not UTF-8.
+    Malformed,
+    /// An authorization identity other than the login.
+    OtherIdentity,
+}
+
 /// `authzid NUL authcid NUL password` (RFC 4616). An authorization
 /// identity other than the login itself is refused: nobody may act as
 /// someone else.
-fn split_plain(decoded: &[u8]) -> Option<(String, String)> {
+fn split_plain(decoded: &[u8]) -> Result<(String, String), PlainError> {
     let mut parts = decoded.split(|&b| b == 0);
-    let authzid = parts.next()?;
-    let login = parts.next()?;
-    let password = parts.next()?;
-    if parts.next().is_some() || (!authzid.is_empty() && authzid != login) {
-        return None;
+    let (Some(authzid), Some(login), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(PlainError::Malformed);
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PlainError::Malformed);
+    let (login, password) = (text(login)?, text(password)?);
+    if !authzid.is_empty() && authzid != login.as_bytes() {
+        return Err(PlainError::OtherIdentity);
     }
-    let login = String::from_utf8(login.to_vec()).ok()?;
-    let password = String::from_utf8(password.to_vec()).ok()?;
-    Some((login, password))
+    Ok((login, password))
 }
 
 mod io_view;
