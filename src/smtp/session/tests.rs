@@ -663,7 +663,13 @@ fn auth_plain_refuses_another_authorization_identity() {
     let mut c = Client::new(BindKind::Smtp, loopback(), Limits::default());
     c.cmd("EHLO c", "250");
     let other = b64(format!("bob\0alice\0{PASSWORD}").as_bytes());
-    c.cmd(&format!("AUTH PLAIN {other}"), "501 5.5.2");
+    // Well-formed, with the right password: refused as acting as another
+    // user, no password checked (no guess spent).
+    c.cmd(
+        &format!("AUTH PLAIN {other}"),
+        "535 5.7.8 Error: authentication failed: acting as another user",
+    );
+    assert_eq!(c.session.auth_failures(), 0);
     c.cmd(&format!("AUTH PLAIN {}", b64(b"no-nul")), "501 5.5.2");
     c.cmd("AUTH PLAIN =", "501 5.5.2");
     assert_eq!(c.session.login(), None);
