@@ -1996,3 +1996,111 @@ fn a_spool_disk_short_of_room_shows_on_the_status_line() {
     h.act(status(2 << 30));
     assert_eq!(shown(&h), None);
 }
+
+/// A key press that would make the gateway an open relay asks first, and
+/// while it is open every panel's header says so.
+#[test]
+fn opening_the_relay_from_the_console_asks_first_and_the_header_says_so() {
+    let mut h = Harness::new(|s| {
+        s.set_switch("relay.listed-ip", true).expect("switch");
+        s.set_switch("relay.auth", false).expect("switch");
+        s.set_switch("domain-restrict-send", false).expect("switch");
+    });
+    h.typed("5");
+    for _ in 0..5 {
+        h.key(KeyCode::Down);
+    }
+    h.key(KeyCode::Char(' '));
+    match &h.app.mode {
+        Mode::Confirm(c) => assert!(
+            c.question
+                .starts_with("Turn relay.listed-ip off? Then relaygate is an OPEN RELAY"),
+            "{}",
+            c.question
+        ),
+        other => panic!("no question: {other:?}"),
+    }
+    assert_eq!(
+        h.store()
+            .switches()
+            .expect("switches")
+            .get("relay.listed-ip"),
+        Some(true),
+        "nothing changes before the answer"
+    );
+    h.typed("y");
+    assert_eq!(
+        h.store()
+            .switches()
+            .expect("switches")
+            .get("relay.listed-ip"),
+        Some(false)
+    );
+    let config = h.io.load_config().expect("config");
+    h.act(Action::ConfigLoaded(Box::new(config)));
+    for panel in ["1", "7"] {
+        h.typed(panel);
+        let screen = h.screen(160, 30).backend().to_string();
+        assert!(
+            screen.lines().next().unwrap_or("").contains("OPEN RELAY"),
+            "{screen}"
+        );
+    }
+    // Closing it again needs no question, and the header is quiet.
+    h.typed("5");
+    h.key(KeyCode::Char(' '));
+    assert!(matches!(h.app.mode, Mode::Normal));
+    let config = h.io.load_config().expect("config");
+    h.act(Action::ConfigLoaded(Box::new(config)));
+    let screen = h.screen(160, 30).backend().to_string();
+    assert!(!screen.contains("OPEN RELAY"), "{screen}");
+}
+
+/// With the engine gone, the Bindings panel does not go on saying its
+/// listeners listen.
+#[test]
+fn bindings_are_not_said_to_listen_while_the_engine_is_gone() {
+    let mut h = Harness::new(|_| {});
+    let default = addr("127.0.0.1:2525");
+    h.act(Action::Listeners(vec![ListenerStatus {
+        binding: Binding {
+            addr: default,
+            kind: BindKind::Smtp,
+        },
+        bound: Ok(default),
+    }]));
+    h.typed("3");
+    let screen = h.screen(120, 30).backend().to_string();
+    assert!(screen.contains("listening on 127.0.0.1:2525"), "{screen}");
+    h.act(Action::Detached {
+        reason: "the engine closed the connection".into(),
+        refused: false,
+    });
+    let screen = h.screen(120, 30).backend().to_string();
+    assert!(!screen.contains("listening on"), "{screen}");
+    assert!(
+        screen.contains("unknown: the engine is not reachable"),
+        "{screen}"
+    );
+}
+
+/// With delivery off, the Queue panel says so above its "next in" times.
+#[test]
+fn the_queue_panel_says_when_delivery_is_off() {
+    let mut h = Harness::new(|s| {
+        s.set_server_setting("delivery", "off").expect("setting");
+    });
+    h.typed("7");
+    let screen = h.screen(160, 30).backend().to_string();
+    assert!(
+        screen.contains("delivery is off: nothing is sent"),
+        "{screen}"
+    );
+    h.store()
+        .set_server_setting("delivery", "on")
+        .expect("setting");
+    let config = h.io.load_config().expect("config");
+    h.act(Action::ConfigLoaded(Box::new(config)));
+    let screen = h.screen(160, 30).backend().to_string();
+    assert!(!screen.contains("delivery is off"), "{screen}");
+}

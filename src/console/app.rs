@@ -50,6 +50,11 @@ pub enum Pending {
     RemoveQuota(i64),
     LiftBan(ipnet::IpNet),
     Unsuspend(String),
+    /// A switch change that opens the gateway to anyone (asked first).
+    SetSwitch {
+        key: String,
+        on: bool,
+    },
 }
 
 /// A question before something that cannot be undone.
@@ -931,6 +936,7 @@ impl App {
             Pending::RemoveQuota(id) => vec![Effect::RemoveQuota(id)],
             Pending::LiftBan(net) => vec![Effect::LiftBan(net)],
             Pending::Unsuspend(name) => vec![Effect::Unsuspend(name)],
+            Pending::SetSwitch { key, on } => vec![Effect::SetSwitch { key, on }],
             Pending::DeleteMessages { ids, named } => {
                 self.queue.marked.clear();
                 vec![

@@ -36,6 +36,8 @@ pub struct ConfigView {
     pub plaintext_auth: bool,
     /// `verify-recipients`: local recipients are asked about at their route.
     pub verify_recipients: bool,
+    /// `delivery off`: nothing is sent (the queue only grows).
+    pub delivery_off: bool,
     pub rules: Vec<Rule>,
     pub bindings: Vec<Binding>,
     /// The stored configuration, for the test box's "edited" policy.
@@ -140,6 +142,7 @@ impl ConsoleIo {
             switches: policy_config.switches,
             plaintext_auth: settings.plaintext_auth,
             verify_recipients: settings.verify_recipients,
+            delivery_off: !settings.delivery,
             rules: store.rules()?,
             bindings: store.bindings()?,
             policy_config,

@@ -188,7 +188,7 @@ pub static KEYMAP: &[KeyBinding] = &[
     bind!(X::Panel(P::Lists), [ch('e'), code(KeyCode::Enter)], C::Edit, "edit", "edit the allow and deny lists"),
     bind!(X::Panel(P::Lists), [ch('i')], C::Import, "import", "import a CSV/TSV file into the focused list"),
     bind!(X::Panel(P::Lists), [ch('t')], C::Toggle, "test", "test an IP, sender, recipient and user"),
-    bind!(X::ListEdit, [ctrl('s')], C::Save, "save", "save both lists in one go (refused while a line is invalid)"),
+    bind!(X::ListEdit, [ctrl('s')], C::Save, "save", "save both lists in one go (refused while a line is invalid); only this edit's changes: what others changed meanwhile is kept"),
     bind!(X::ListEdit, [code(KeyCode::Esc), ctrl('c')], C::Cancel, "cancel", "cancel: drop the unsaved edits (asks first)"),
     bind!(X::ListEdit, [code(KeyCode::Tab)], C::NextField, "next", "focus: allow list, deny list, test box"),
     bind!(X::ListEdit, [code(KeyCode::BackTab)], C::PrevField, "", "focus the previous one"),

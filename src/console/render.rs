@@ -49,15 +49,27 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
             } else {
                 &app.config.bindings
             };
-            panels::bindings::render(frame, body, &app.bindings, bindings, &app.listeners, theme)
+            let listeners = match app.link {
+                // The engine's last word about its listeners is no word
+                // about them now.
+                crate::console::app::Link::Detached { .. } => None,
+                _ => Some(app.listeners.as_slice()),
+            };
+            panels::bindings::render(frame, body, &app.bindings, bindings, listeners, theme)
         }
         Panel::Lists => panels::lists::render(frame, body, app, theme),
         Panel::Policy => panels::policy::render(frame, body, &app.policy, &app.config, theme),
         Panel::Users => panels::users::render(frame, body, &app.users, &app.config, theme),
         Panel::Limits => panels::limits::render(frame, body, &app.limits, &app.config, theme),
-        Panel::Queue => {
-            panels::queue::render(frame, body, &app.queue, &app.in_flight, app.now, theme)
-        }
+        Panel::Queue => panels::queue::render(
+            frame,
+            body,
+            &app.queue,
+            &app.in_flight,
+            app.now,
+            app.config.delivery_off,
+            theme,
+        ),
     }
     draw_status(frame, status, app, theme);
     draw_footer(frame, footer, app, theme);
@@ -94,6 +106,19 @@ pub fn link_label(link: &Link) -> (String, String, bool) {
             false,
         ),
         Link::Detached { .. } => ("engine gone, reconnecting".into(), "GONE".into(), false),
+    }
+}
+
+/// What the header says while the switches leave the gateway open to
+/// anyone (see [`crate::policy::settings::Switches::open_to_anyone`]).
+pub fn open_label(switches: &crate::policy::settings::Switches) -> Option<&'static str> {
+    let open = switches.open_to_anyone();
+    if open.contains(&crate::policy::decision::RelayClass::Relay) {
+        Some("OPEN RELAY")
+    } else if open.is_empty() {
+        None
+    } else {
+        Some("OPEN TO ANYONE")
     }
 }
 
@@ -168,7 +193,14 @@ fn tabs_width(form: TabForm) -> usize {
 }
 
 fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
-    let (long, short, ok) = link_label(&app.link);
+    let (mut long, mut short, mut ok) = link_label(&app.link);
+    // Open to anyone: said on every panel for as long as it lasts, not
+    // only in the Policy panel and one log line.
+    if let Some(open) = open_label(&app.config.switches) {
+        long = format!("{open} · {long}");
+        short = open.to_string();
+        ok = false;
+    }
     // The tabs first, whole; the link takes what is left of the line.
     let form = tab_form(area.width, long.chars().count(), short.chars().count());
     // A blank column between the tabs and the link.

@@ -92,7 +92,8 @@ pub fn render(
     area: Rect,
     view: &BindingsView,
     bindings: &[Binding],
-    listeners: &[ListenerStatus],
+    // `None`: the engine cannot be asked now (gone, or refusing us).
+    listeners: Option<&[ListenerStatus]>,
     theme: &Theme,
 ) {
     let [table_area, help] =
@@ -105,6 +106,16 @@ pub fn render(
         .skip(top)
         .take(height)
         .map(|b| {
+            let Some(listeners) = listeners else {
+                return Row::new(vec![
+                    ratatui::text::Text::raw(b.addr.to_string()),
+                    ratatui::text::Text::raw(b.kind.to_string()),
+                    ratatui::text::Text::styled(
+                        "unknown: the engine is not reachable",
+                        theme.warning,
+                    ),
+                ]);
+            };
             let (state, style) = match listeners.iter().find(|l| l.binding.addr == b.addr) {
                 Some(l) => match &l.bound {
                     Ok(addr) if l.binding.kind == b.kind => {

@@ -121,10 +121,35 @@ impl PolicyView {
                 ),
                 Pending::AuthMode,
             ),
-            Some(PolicyRow::Switch { key, .. }) => Request::Effects(vec![Effect::SetSwitch {
-                key: key.to_string(),
-                on: !config.switches.get(key).unwrap_or(false),
-            }]),
+            Some(PolicyRow::Switch { key, .. }) => {
+                let on = !config.switches.get(key).unwrap_or(false);
+                let mut after = config.switches;
+                let _ = after.set(key, on);
+                let before = config.switches.open_to_anyone();
+                // One key press must not open the gateway to anyone
+                // without a question.
+                match after
+                    .open_to_anyone()
+                    .into_iter()
+                    .find(|class| !before.contains(class))
+                {
+                    Some(class) => Request::ask(
+                        format!(
+                            "Turn {key} {}? Then {}",
+                            if on { "on" } else { "off" },
+                            crate::policy::settings::open_warning(class)
+                        ),
+                        Pending::SetSwitch {
+                            key: key.to_string(),
+                            on,
+                        },
+                    ),
+                    None => Request::Effects(vec![Effect::SetSwitch {
+                        key: key.to_string(),
+                        on,
+                    }]),
+                }
+            }
             Some(PolicyRow::PlaintextAuth) => Request::Effects(vec![Effect::SetServerSetting {
                 key: "plaintext-auth".into(),
                 value: if config.plaintext_auth { "off" } else { "on" }.into(),

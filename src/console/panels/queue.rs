@@ -265,6 +265,7 @@ pub fn render(
     view: &QueueView,
     in_flight: &HashMap<String, InFlightAttempt>,
     now: SystemTime,
+    delivery_off: bool,
     theme: &Theme,
 ) {
     let now = epoch_ms(now) / 1000;
@@ -287,6 +288,13 @@ pub fn render(
     let mut top_lines: Vec<Line> = Vec::new();
     if let Some(e) = &view.error {
         top_lines.push(Line::styled(e.clone(), theme.error));
+    }
+    if delivery_off {
+        // "next in 70s" would be a promise nobody keeps.
+        top_lines.push(Line::styled(
+            "delivery is off: nothing is sent, whatever the times below say, until `relaygate policy set delivery on`",
+            theme.warning,
+        ));
     }
     if view.entries.is_empty() {
         top_lines.push(Line::styled("the queue is empty", theme.dim));
