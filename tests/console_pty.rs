@@ -139,6 +139,16 @@ impl Console {
         }
     }
 
+    /// Waits until `needle` is off the screen (a popup closed): a key
+    /// typed right after an Esc could otherwise be read with it as Alt+key.
+    fn wait_gone(&mut self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.text().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} stays on the screen");
+            self.pump(Duration::from_millis(50));
+        }
+    }
+
     fn press(&mut self, bytes: &str) {
         self.keys.write_all(bytes.as_bytes()).expect("type");
         self.keys.flush().expect("flush");
@@ -448,6 +458,7 @@ fn a_message_is_traced_end_to_end_from_the_log_panel() {
     // The Queue panel (read on its own thread) shows it; held by its
     // domain with a mark and a question.
     console.press("\x1b");
+    console.wait_gone("Trace: message");
     console.press("7");
     console.wait_for(&[&id, "queued to", "far.test"]);
     console.press("/far.test\r");
