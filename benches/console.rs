@@ -171,6 +171,7 @@ fn long_log(app: &mut App) {
             text,
             detail: None,
             trace: None,
+            session: None,
         });
     }
 }

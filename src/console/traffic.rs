@@ -27,6 +27,9 @@ pub struct LogLine {
     pub detail: Option<String>,
     /// What finds this line's story (`t`), if it belongs to one.
     pub trace: Option<crate::trace::TraceQuery>,
+    /// The session the line is about, if any: a line that names nothing
+    /// else to find it by (a close) is traced by its session's opening.
+    pub session: Option<u64>,
 }
 
 /// The filters of the Log panel.
@@ -168,6 +171,12 @@ pub fn log_line(stamped: &Stamped) -> Option<LogLine> {
         text,
         detail,
         trace: crate::trace::TraceQuery::for_event(&stamped.event),
+        session: match stamped.event.as_ref() {
+            Event::SessionOpened { session, .. }
+            | Event::SessionClosed { session, .. }
+            | Event::TlsEstablished { session } => Some(*session),
+            _ => None,
+        },
     })
 }
 
@@ -188,6 +197,7 @@ pub fn history_line(record: crate::decision_log::LogRecord) -> Option<LogLine> {
             text,
             detail: None,
             trace: None,
+            session: None,
         }),
     }
 }

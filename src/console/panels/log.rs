@@ -82,8 +82,18 @@ impl LogView {
     /// belongs to one.
     pub fn trace_query(&self, log: &EventLog) -> Option<TraceAsk> {
         let line = self.selected_line(log)?;
+        // A close (or TLS) line names only its session: its story is the
+        // one its opening line finds.
+        let query = line.trace.clone().or_else(|| {
+            let session = line.session?;
+            log.lines
+                .iter()
+                .rev()
+                .filter(|l| l.at_ms <= line.at_ms && l.session == Some(session))
+                .find_map(|l| l.trace.clone())
+        })?;
         Some(TraceAsk {
-            query: line.trace.clone()?,
+            query,
             shown_ms: Some(line.at_ms),
         })
     }
@@ -347,4 +357,50 @@ fn highlight<'a>(line: Line<'a>, needle: &str, theme: &Theme) -> Line<'a> {
         }
     }
     Line::from(spans).style(style)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::BindKind;
+    use crate::events::{Event, Stamped};
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn line(ms: u64, event: Event) -> LogLine {
+        crate::console::traffic::log_line(&Stamped {
+            at: UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(ms),
+            event: Arc::new(event),
+        })
+        .expect("a log line")
+    }
+
+    /// `t` on a session's close line finds the story its opening finds.
+    #[test]
+    fn a_close_line_is_traced_by_its_sessions_opening() {
+        let mut log = EventLog::default();
+        for (session, ip) in [(7u64, "192.0.2.7"), (8, "192.0.2.8")] {
+            log.push(line(
+                session,
+                Event::SessionOpened {
+                    session,
+                    peer: format!("{ip}:4000").parse().unwrap(),
+                    local: "127.0.0.1:25".parse().unwrap(),
+                    kind: BindKind::Smtp,
+                    tls: false,
+                    via: None,
+                },
+            ));
+        }
+        log.push(line(
+            20,
+            Event::SessionClosed {
+                session: 7,
+                why: "the client said QUIT".into(),
+            },
+        ));
+        let view = LogView::default();
+        let asked = view.trace_query(&log).expect("a story for the close line");
+        assert_eq!(asked.query.ip, Some("192.0.2.7".parse().unwrap()));
+    }
 }
