@@ -754,7 +754,10 @@ fn describe_raw_into(event: &Event, out: &mut String) -> Level {
             recipients,
         } => d(
             Info,
-            put!("session {session} message {id} accepted: {size} bytes, {recipients} recipients"),
+            put!(
+                "session {session} message {id} accepted: {size} bytes, {recipients} recipient{}",
+                if *recipients == 1 { "" } else { "s" }
+            ),
         ),
         Event::Delivery {
             message_id,

@@ -465,7 +465,13 @@ fn message_lines(
         lines.push(Line::from(vec![
             Span::raw("    "),
             Span::styled(format!("<{}> {}", r.address, r.state), style),
-            Span::styled(format!(", {} attempts{when}", r.attempts), theme.dim),
+            Span::styled(
+                format!(
+                    ", {}{when}",
+                    crate::queue_admin::plural(r.attempts as usize, "attempt", "attempts")
+                ),
+                theme.dim,
+            ),
             Span::styled(
                 r.notify
                     .as_ref()
