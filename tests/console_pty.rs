@@ -350,6 +350,8 @@ fn relaygate_attaches_to_the_running_service_follows_it_across_a_restart_and_lea
     console.wait_for(&[
         &format!("attached to pid {pid}"),
         &format!("listening 127.0.0.1:{port}"),
+        // q leaves the engine running: the footer says detach, not quit.
+        " detach ",
     ]);
     refused_session(port, "first.test");
     console.wait_for(&["first.test", "denied  outbound 1"]);

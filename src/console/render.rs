@@ -287,7 +287,15 @@ fn draw_status(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 
 fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let mut spans = Vec::new();
+    // Attached, `q` leaves the engine running: "quit" would make an admin
+    // fear for the mail.
+    let attached = !matches!(app.link, crate::console::app::Link::OneProcess);
     for (keys, hint) in footer_fit(keymap::footer(&app.contexts()), area.width as usize) {
+        let hint = if attached && hint == "quit" {
+            "detach"
+        } else {
+            hint
+        };
         spans.push(Span::styled(keys, theme.key));
         spans.push(Span::raw(format!(" {hint}  ")));
     }
