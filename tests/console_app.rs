@@ -2020,6 +2020,12 @@ fn opening_the_relay_from_the_console_asks_first_and_the_header_says_so() {
         ),
         other => panic!("no question: {other:?}"),
     }
+    // The whole warning shows, to its last words.
+    let screen = h.screen(120, 40).backend().to_string();
+    assert!(
+        screen.contains("Are you sure?") && screen.contains("listed-ip on)"),
+        "{screen}"
+    );
     assert_eq!(
         h.store()
             .switches()

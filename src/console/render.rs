@@ -78,7 +78,14 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         Mode::Help { scroll } => draw_help(frame, app, *scroll, theme),
         Mode::Viewer { source, scroll } => draw_viewer(frame, app, source, *scroll, theme),
         Mode::Form(form) => draw_form(frame, form, theme),
-        Mode::Confirm(c) => draw_confirm(frame, &c.question, app, theme),
+        Mode::Confirm(c) => {
+            // The auth mode is picked from three, not confirmed.
+            let title = match c.pending {
+                crate::console::app::Pending::AuthMode => " Choose ",
+                _ => " Are you sure? ",
+            };
+            draw_confirm(frame, &c.question, title, app, theme)
+        }
     }
 }
 
@@ -498,7 +505,7 @@ fn draw_form(frame: &mut Frame, form: &Form, theme: &Theme) {
     );
 }
 
-fn draw_confirm(frame: &mut Frame, question: &str, app: &App, theme: &Theme) {
+fn draw_confirm(frame: &mut Frame, question: &str, title: &str, app: &App, theme: &Theme) {
     let keys: Vec<Span> = keymap::footer(&app.contexts())
         .into_iter()
         .flat_map(|(k, h)| [Span::styled(k, theme.key), Span::raw(format!(" {h}   "))])
@@ -508,14 +515,16 @@ fn draw_confirm(frame: &mut Frame, question: &str, app: &App, theme: &Theme) {
         Line::raw(""),
         Line::from(keys),
     ];
-    let area = popup_area(frame.area(), 64, 7);
+    // Tall enough for a long question (an open relay's warning) wrapped
+    // at word boundaries: a line more than its length needs, and the keys.
+    let question_lines = question.chars().count().div_ceil(60).max(1) + 1;
+    let height = u16::try_from(question_lines + 4).unwrap_or(u16::MAX);
+    let area = popup_area(frame.area(), 64, height.max(7));
     frame.render_widget(Clear, area);
     frame.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::bordered()
-                .title(" Are you sure? ")
-                .title_style(theme.warning),
-        ),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(title).title_style(theme.warning)),
         area,
     );
 }
