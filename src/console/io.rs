@@ -452,19 +452,11 @@ impl ConsoleIo {
                             edited.now.join(", ")
                         }
                     );
-                    let mut kept = Vec::new();
-                    for (what, list) in [
-                        ("added", &edited.added_elsewhere),
-                        ("removed", &edited.removed_elsewhere),
-                    ] {
-                        if !list.is_empty() {
-                            kept.push(format!("{what} {}", list.join(", ")));
-                        }
-                    }
-                    if !kept.is_empty() {
+                    if let Some(kept) =
+                        changed_elsewhere(&edited.added_elsewhere, &edited.removed_elsewhere)
+                    {
                         said.push_str(&format!(
-                            " (kept what was changed elsewhere while you edited: {})",
-                            kept.join("; ")
+                            " (kept what was changed elsewhere while you edited: {kept})"
                         ));
                     }
                     said
@@ -520,6 +512,17 @@ impl ConsoleIo {
     }
 }
 
+/// What another admin changed while an edit was open, as a save says it
+/// ("added a, b; removed c"); `None` when nothing.
+fn changed_elsewhere(added: &[String], removed: &[String]) -> Option<String> {
+    let parts: Vec<String> = [("added", added), ("removed", removed)]
+        .into_iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(what, list)| format!("{what} {}", list.join(", ")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Saves the edited lists, both in one transaction (the engine sees the
 /// old lists or the new ones, never one of each), keeping what was changed
 /// elsewhere meanwhile and saying so.
@@ -542,20 +545,10 @@ fn save_lists(store: &mut Store, edits: &[crate::store::ListEdit]) -> Result<Str
         .collect();
     let mut said = format!("saved the {}", parts.join(" and the "));
     for l in &saved {
-        let mut kept = Vec::new();
-        for (what, entries) in [
-            ("added", &l.added_elsewhere),
-            ("removed", &l.removed_elsewhere),
-        ] {
-            if !entries.is_empty() {
-                kept.push(format!("{what} {}", entries.join(", ")));
-            }
-        }
-        if !kept.is_empty() {
+        if let Some(kept) = changed_elsewhere(&l.added_elsewhere, &l.removed_elsewhere) {
             said.push_str(&format!(
-                "; kept what was changed in the {} list elsewhere while you edited ({})",
-                l.list,
-                kept.join("; ")
+                "; kept what was changed in the {} list elsewhere while you edited ({kept})",
+                l.list
             ));
         }
     }
