@@ -220,7 +220,7 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
     let first = ctx.shared.snapshot();
     if let Some(trusted) = first.proxied.get(&ctx.binding) {
         let from = ctx.peer;
-        match proxy_header(&ctx, trusted, &mut stream).await {
+        match Box::pin(proxy_header(&ctx, trusted, &mut stream)).await {
             Ok((header, rest)) => {
                 if let ProxyHeader::Proxied { client, local } = header {
                     ctx.proxy = Some(from);
@@ -292,7 +292,7 @@ pub async fn serve_connection(mut ctx: ConnectionContext, mut stream: TcpStream)
             });
             return;
         };
-        conn = match handshake(&acceptor, conn).await {
+        conn = match Box::pin(handshake(&acceptor, conn)).await {
             Ok(c) => c,
             Err(e) => {
                 ctx.shared.events.emit(Event::SessionClosed {
@@ -401,7 +401,15 @@ async fn run(
                     DataProgress::Continue => {
                         let n = framer.pending().len();
                         framer.consume(n);
-                        spill_body(ctx, id, session, &mut spill, &mut spill_failed, SPILL_AT).await;
+                        Box::pin(spill_body(
+                            ctx,
+                            id,
+                            session,
+                            &mut spill,
+                            &mut spill_failed,
+                            SPILL_AT,
+                        ))
+                        .await;
                         break;
                     }
                     DataProgress::Finished { consumed, actions } => {
@@ -519,11 +527,12 @@ async fn run(
                             board.stage("DNS blocklists");
                             // Once per session: the answer is the client's.
                             if blocklisted.is_none() {
-                                let lookup = ctx
-                                    .shared
-                                    .dnsbl
-                                    .check(&settings.dns_servers, &settings.dnsbl, ip)
-                                    .await;
+                                let lookup = Box::pin(ctx.shared.dnsbl.check(
+                                    &settings.dns_servers,
+                                    &settings.dnsbl,
+                                    ip,
+                                ))
+                                .await;
                                 for (zone, trouble) in lookup.problems {
                                     ctx.shared.events.emit(Event::BlocklistUnusable {
                                         session: Some(id),
@@ -549,7 +558,7 @@ async fn run(
                                     settings,
                                 )
                             });
-                            rd = verify_recipient(ctx, config, rd).await;
+                            rd = Box::pin(verify_recipient(ctx, config, rd)).await;
                         }
                         let more = session.recipient_network_checked(rd);
                         if !more.iter().any(|a| matches!(a, Action::ReserveQuota(_)))
@@ -584,7 +593,7 @@ async fn run(
                     }
                     Action::VerifyAuth(req) => {
                         let login = req.login.clone();
-                        let outcome = check_password(ctx, ip, settings, req).await;
+                        let outcome = Box::pin(check_password(ctx, ip, settings, req)).await;
                         let more = session.auth_result(outcome);
                         // The dialogue shows the outcome, never the secret.
                         record_command(ctx, board, id, b"(credentials checked)", false, &more);
@@ -627,7 +636,7 @@ async fn run(
                             return Ok("TLS disappeared before the handshake".into());
                         };
                         let plain = std::mem::replace(conn, Conn::Gone);
-                        match handshake(&acceptor, plain).await {
+                        match Box::pin(handshake(&acceptor, plain)).await {
                             Ok(tls) => {
                                 *conn = tls;
                                 session.tls_established();
@@ -664,8 +673,15 @@ async fn run(
                         let reply = if let Some(why) = spill_failed.take() {
                             session.message_stored(Err(why))
                         } else {
-                            store_message(ctx, id, settings, session, *message, spilled.as_ref())
-                                .await
+                            Box::pin(store_message(
+                                ctx,
+                                id,
+                                settings,
+                                session,
+                                *message,
+                                spilled.as_ref(),
+                            ))
+                            .await
                         };
                         drop(spilled);
                         if reply.code == 250 {
