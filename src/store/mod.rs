@@ -1651,33 +1651,39 @@ fn merge_list_edit(
     if current.iter().map(|(t, _)| t).eq(edit.base.iter()) {
         return (edited, elsewhere);
     }
-    // The base came from the store: every entry parses.
-    let base: HashSet<String> = crate::policy::list_text::parse_list_text(&edit.base.join("\n"))
-        .entries
-        .iter()
-        .map(|e| e.pattern.canonical())
-        .collect();
+    // The base came from the store: every entry parses. Parsed once, as
+    // (entry, canonical) pairs like the others.
+    let base_entries: Vec<(String, String)> =
+        crate::policy::list_text::parse_list_text(&edit.base.join("\n"))
+            .entries
+            .into_iter()
+            .map(|e| {
+                let canonical = e.pattern.canonical();
+                (e.text, canonical)
+            })
+            .collect();
+    let base: HashSet<&str> = base_entries.iter().map(|(_, c)| c.as_str()).collect();
     let kept: HashSet<&str> = edited.iter().map(|(_, c)| c.as_str()).collect();
     let stored: HashSet<&str> = current.iter().map(|(_, c)| c.as_str()).collect();
     let mut out: Vec<(String, String)> = Vec::new();
     for (text, canonical) in current {
-        let removed_here = base.contains(canonical) && !kept.contains(canonical.as_str());
-        if !base.contains(canonical) {
+        let in_base = base.contains(canonical.as_str());
+        if !in_base {
             elsewhere.added_elsewhere.push(text.clone());
         }
-        if !removed_here {
+        // Removed by this edit: left out.
+        if !in_base || kept.contains(canonical.as_str()) {
             out.push((text.clone(), canonical.clone()));
         }
     }
     for (text, canonical) in &edited {
-        if !base.contains(canonical) && !stored.contains(canonical.as_str()) {
+        if !base.contains(canonical.as_str()) && !stored.contains(canonical.as_str()) {
             out.push((text.clone(), canonical.clone()));
         }
     }
-    for e in crate::policy::list_text::parse_list_text(&edit.base.join("\n")).entries {
-        let canonical = e.pattern.canonical();
+    for (text, canonical) in &base_entries {
         if !stored.contains(canonical.as_str()) {
-            elsewhere.removed_elsewhere.push(e.text);
+            elsewhere.removed_elsewhere.push(text.clone());
         }
     }
     elsewhere.entries = out.len();
